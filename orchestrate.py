@@ -1,0 +1,2673 @@
+"""orchestrate: run a project's check-and-release workflow from a git hook, a CI job or a terminal.
+
+A workflow is a JSON file of ordered steps (Python scripts in their own virtualenvs, Cypress
+suites, Jira updates, shell commands, plugins). ``orchestrate run NAME`` runs them in the
+foreground, streams their output, records the run in ``runs/<run_id>.json``, writes a JUnit
+report to ``runs/<run_id>/junit.xml`` and exits non-zero when a step fails.
+
+Promises: a definition error is one line naming the file, the step and the key (exit 2) and
+nothing runs; a run record is never torn; secrets are masked as ``***`` in everything
+orchestrate prints or writes; a step's whole process tree ends with the step.
+
+Map of this module (``grep -n '^# ===' orchestrate.py``):
+  1. Constants and exit codes      2. Errors
+  3. Workflow model and validation 4. Run store
+  5. Processes                     6. Runners
+  7. Engine                        8. Reports
+  9. Git and CI                    10. HTTP server
+  11. CLI and main
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Workflow", "Step", "Settings", "RunOptions", "RunStore", "StepContext", "StepResult",
+    "TestCase", "Runner", "register_runner", "load_workflow", "load_settings", "list_workflows",
+    "execute_run", "build_junit_xml", "main", "OrchestrateError", "DefinitionError",
+    "UsageError", "StepFailure",
+]
+
+# === 1. Constants and exit codes ===
+
+EXIT_OK = 0
+EXIT_STEP_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+SCHEMA_VERSION = 1  # v1: first version of runs/<run_id>.json
+
+RUN_STATUSES = ("pending", "running", "failed", "completed")
+STEP_STATUSES = ("pending", "running", "passed", "failed", "skipped")
+WHEN_STATUSES = ("success", "failure", "always")
+
+MAX_WORKFLOW_BYTES = 4 * 1024 * 1024  # a workflow is a hand-written file; 4 MiB is far beyond any real one
+TAIL_MAX_BYTES = 4096  # the run record keeps a bounded tail; the step log keeps everything
+TAIL_MAX_LINES = 40
+READ_CHUNK = 1024 * 1024  # large binary reads: line-by-line reading is several times slower
+KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this many seconds (as docker stop and systemd do)
+SNAPSHOT_INTERVAL_S = 0.5  # between full rewrites of a running record; the journal covers the gap
+DEFAULT_KEEP_RUNS = 300
+SECRET_KEY_RE = re.compile(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
+MIN_SECRET_LEN = 3  # masking one- or two-character values would garble every line
+
+# === 2. Errors ===
+
+
+class OrchestrateError(Exception):
+    """A problem to tell the user in one line; the CLI turns it into its exit code."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class DefinitionError(OrchestrateError):
+    """The workflow (or settings) file is wrong; nothing ran."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(OrchestrateError):
+    """The command line is wrong; nothing ran."""
+
+    exit_code = EXIT_USAGE
+
+
+class StoreError(OrchestrateError):
+    """runs/ cannot be read or written: the environment is unusable (exit 3)."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class RecordUnreadable(StoreError):
+    """A run record exists but cannot be used (corrupt, newer schema)."""
+
+
+class StepFailure(Exception):
+    """Raised by a runner: the step failed, with this message."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM arrived while a step ran."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# === 3. Workflow model and validation ===
+
+
+@dataclass
+class KeySpec:
+    types: tuple[type, ...]
+    required: bool = False
+    item_type: type | None = None
+
+
+@dataclass
+class Step:
+    index: int
+    name: str
+    type: str
+    config: dict[str, Any]
+    raw: dict[str, Any]
+    timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 0.0
+    continue_on_error: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    when: dict[str, Any] = field(default_factory=dict)
+    required: bool = False
+    shard: str = "all"
+    label: str = ""
+    definition_sha256: str = ""
+
+    @property
+    def when_status(self) -> str:
+        return self.when.get("status", "success")
+
+
+@dataclass
+class Workflow:
+    name: str
+    path: Path
+    description: str
+    env: dict[str, str]
+    steps: list[Step]
+    secrets: set[str]
+    sha256: str
+    display_path: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Settings:
+    cypress_modules: dict[str, str] = field(default_factory=dict)
+    keep_runs: int = DEFAULT_KEEP_RUNS
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+COMMON_KEYS: dict[str, KeySpec] = {
+    "name": KeySpec((str,), required=True),
+    "type": KeySpec((str,), required=True),
+    "description": KeySpec((str,)),
+    "timeout": KeySpec((int, float)),
+    "retries": KeySpec((int,)),
+    "retry_delay": KeySpec((int, float)),
+    "continue_on_error": KeySpec((bool,)),
+    "env": KeySpec((dict,), item_type=str),
+    "cwd": KeySpec((str,)),
+    "when": KeySpec((dict,)),
+    "required": KeySpec((bool,)),
+    "shard": KeySpec((str,)),
+}
+WORKFLOW_KEYS: dict[str, KeySpec] = {
+    "name": KeySpec((str,)),
+    "description": KeySpec((str,)),
+    "env": KeySpec((dict,), item_type=str),
+    "secrets": KeySpec((list,), item_type=str),
+    "steps": KeySpec((list,), required=True),
+}
+WHEN_KEYS = ("status", "changed", "branch")
+SETTINGS_KEYS: dict[str, KeySpec] = {
+    "cypress_modules": KeySpec((dict,), item_type=str),
+    "keep_runs": KeySpec((int,)),
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "an object"}
+_PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+_STEP_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
+_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VAR_EXPR_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+def _describe_type(types: tuple[type, ...]) -> str:
+    if types == (int, float):
+        return "a number"
+    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+
+
+def _value_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return _TYPE_NAMES.get(type(value), type(value).__name__).replace("an ", "").replace("a ", "")
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # bool is an int in Python, never in a workflow file
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def check_value(value: Any, spec: KeySpec, where: str, key: str) -> None:
+    """Raise DefinitionError unless value matches spec (type, and item type of lists/dicts)."""
+    if not _type_ok(value, spec.types):
+        raise DefinitionError(
+            f"{where}: key '{key}' must be {_describe_type(spec.types)}, not {_value_type_name(value)}")
+    if spec.item_type is not None and isinstance(value, list):
+        for i, item in enumerate(value):
+            if not _type_ok(item, (spec.item_type,)):
+                raise DefinitionError(
+                    f"{where}: key '{key}[{i}]' must be {_describe_type((spec.item_type,))}, "
+                    f"not {_value_type_name(item)}")
+    if spec.item_type is not None and isinstance(value, dict):
+        for k, item in value.items():
+            if not _type_ok(item, (spec.item_type,)):
+                raise DefinitionError(
+                    f"{where}: key '{key}.{k}' must be {_describe_type((spec.item_type,))}, "
+                    f"not {_value_type_name(item)}")
+
+
+def check_plain_name(name: str, what: str) -> str:
+    """A name that becomes a file name: no separators, no traversal, no control characters."""
+    if not isinstance(name, str) or not _PLAIN_NAME_RE.match(name) or ".." in name:
+        shown = repr(name) if len(str(name)) <= 60 else repr(str(name)[:60]) + "…"
+        raise UsageError(
+            f"{what} {shown} is not a plain name: use letters, digits, '_', '-' and '.', "
+            f"at most 100 characters, no '/' or '..'")
+    return name
+
+
+def check_workflow_name(name: str) -> str:
+    if name.endswith(".json"):
+        name = name[: -len(".json")]
+    return check_plain_name(name, "workflow name")
+
+
+def interpolate(value: str, variables: dict[str, str], where: str) -> tuple[str, list[str]]:
+    """Expand ${VAR} and ${VAR:-default}; '$${' is a literal '${'. Returns (text, names used)."""
+    if "$" not in value:
+        return value, []
+    out: list[str] = []
+    used: list[str] = []
+    i = 0
+    while True:
+        j = value.find("$", i)
+        if j < 0:
+            out.append(value[i:])
+            break
+        out.append(value[i:j])
+        if value.startswith("$${", j):
+            out.append("${")
+            i = j + 3
+            continue
+        if not value.startswith("${", j):
+            out.append("$")
+            i = j + 1
+            continue
+        end = value.find("}", j)
+        if end < 0:
+            raise DefinitionError(
+                f"{where}: unterminated '${{' in {value!r} (write '$${{' for a literal '${{')")
+        expr = value[j + 2: end]
+        match = _VAR_EXPR_RE.fullmatch(expr)
+        if not match:
+            raise DefinitionError(
+                f"{where}: '${{{expr}}}' is not a variable reference: use ${{NAME}} or "
+                f"${{NAME:-default}} (write '$${{' for a literal '${{')")
+        name, default = match.group(1), match.group(2)
+        if default is not None and "${" in default:
+            raise DefinitionError(f"{where}: nested '${{' inside '${{{expr}}}' is not supported")
+        current = variables.get(name)
+        if current is not None and (current != "" or default is None):
+            out.append(current)
+        elif default is not None:
+            out.append(default)
+        else:
+            raise DefinitionError(
+                f"{where}: variable ${{{name}}} is not set (export it, pass --var {name}=VALUE, "
+                f"or write ${{{name}:-default}})")
+        used.append(name)
+        i = end + 1
+    return "".join(out), used
+
+
+def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: str,
+                      secrets: set[str]) -> Any:
+    """Interpolate every string inside value; values of secret-named keys that came from a
+    variable are remembered as secrets."""
+    if isinstance(value, str):
+        text, used = interpolate(value, variables, f"{where}: key '{key}'")
+        if used and SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]):
+            secrets.add(text)
+        return text
+    if isinstance(value, list):
+        return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets)
+                for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets)
+                for k, v in value.items()}
+    return value
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES) -> Any:
+    """Read a JSON document with one clear message for every way it can be wrong."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DefinitionError(
+                f"{shown}: file is {size / 1e6:.1f} MB; a workflow file may be at most "
+                f"{max_bytes // (1024 * 1024)} MiB")
+        data = path.read_bytes()
+    except DefinitionError:
+        raise
+    except IsADirectoryError:
+        raise DefinitionError(f"{shown}: is a folder, not a JSON file") from None
+    except OSError as exc:
+        raise DefinitionError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DefinitionError(f"{shown}: file is UTF-16; save it as UTF-8")
+    if data.startswith(b"\xef\xbb\xbf"):  # a BOM some Windows editors add; JSON allows ignoring it
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DefinitionError(
+            f"{shown}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}); "
+            f"save the file as UTF-8") from None
+    if not text.strip():
+        raise DefinitionError(f"{shown}: file is empty; expected a JSON object")
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise DefinitionError(
+            f"{shown}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except _DuplicateKey as exc:
+        raise DefinitionError(f"{shown}: key '{exc}' appears twice in the same object") from None
+    except RecursionError:
+        raise DefinitionError(f"{shown}: JSON is nested too deeply") from None
+
+
+def _check_keys(obj: dict[str, Any], specs: dict[str, KeySpec], where: str,
+                extra_allowed: bool = False) -> None:
+    for key in obj:
+        if key not in specs and not extra_allowed:
+            raise DefinitionError(f"{where}: unknown key '{key}'{did_you_mean(key, specs)}")
+    for key, spec in specs.items():
+        if key in obj:
+            check_value(obj[key], spec, where, key)
+        elif spec.required:
+            raise DefinitionError(f"{where}: missing required key '{key}'")
+
+
+def _display_path(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return str(path.resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def load_settings(root: Path) -> Settings:
+    path = root / "orchestrate.json"
+    if not path.exists():
+        return Settings()
+    shown = "orchestrate.json"
+    data = parse_json_file(path, shown)
+    if not isinstance(data, dict):
+        raise DefinitionError(f"{shown}: expected a JSON object, not {_value_type_name(data)}")
+    _check_keys(data, SETTINGS_KEYS, shown)
+    keep = data.get("keep_runs", DEFAULT_KEEP_RUNS)
+    if keep < 1:
+        raise DefinitionError(f"{shown}: key 'keep_runs' must be at least 1")
+    return Settings(cypress_modules=dict(data.get("cypress_modules", {})), keep_runs=keep, raw=data)
+
+
+def list_workflows(workflows_dir: Path) -> list[tuple[str, Path]]:
+    if not workflows_dir.is_dir():
+        return []
+    return sorted((p.stem, p) for p in workflows_dir.glob("*.json") if p.is_file())
+
+
+def _validate_common(step: dict[str, Any], where: str) -> None:
+    name = step["name"]
+    if not name.strip():
+        raise DefinitionError(f"{where}: key 'name' must not be empty")
+    if len(name) > 100 or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
+        raise DefinitionError(
+            f"{where}: key 'name' must be at most 100 characters without '/', '\\' or "
+            f"control characters")
+    if "timeout" in step and not step["timeout"] > 0:
+        raise DefinitionError(f"{where}: key 'timeout' must be a number of seconds above 0")
+    if "retries" in step and not 0 <= step["retries"] <= 100:
+        raise DefinitionError(f"{where}: key 'retries' must be between 0 and 100")
+    if "retry_delay" in step and not 0 <= step["retry_delay"] <= 3600:
+        raise DefinitionError(f"{where}: key 'retry_delay' must be between 0 and 3600 seconds")
+    if "shard" in step and step["shard"] not in ("all", "first"):
+        raise DefinitionError(
+            f"{where}: key 'shard' must be \"all\" or \"first\"{did_you_mean(step['shard'], ['all', 'first'])}")
+    when = step.get("when", {})
+    for key, value in when.items():
+        if key not in WHEN_KEYS:
+            raise DefinitionError(f"{where}: unknown key 'when.{key}'{did_you_mean(key, WHEN_KEYS)}")
+        if key == "status":
+            if value not in WHEN_STATUSES:
+                shown = value if isinstance(value, str) else _value_type_name(value)
+                raise DefinitionError(
+                    f"{where}: key 'when.status' must be one of success, failure, always, "
+                    f"not '{shown}'{did_you_mean(str(value), WHEN_STATUSES)}")
+        else:
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not items or not all(
+                    isinstance(v, str) and v for v in items):
+                raise DefinitionError(
+                    f"{where}: key 'when.{key}' must be a non-empty list of glob strings")
+
+
+def _find_plugin(step_type: str, root: Path) -> str | None:
+    """Where a plugin type is defined: a file under integrations/, or an entry point."""
+    path = root / "integrations" / f"{step_type}_runner.py"
+    if path.is_file():
+        return str(path)
+    if step_type in _entry_point_names():
+        return f"entry point {step_type}"
+    return None
+
+
+_ENTRY_POINTS: dict[str, Any] | None = None
+
+
+def _entry_point_names() -> dict[str, Any]:
+    global _ENTRY_POINTS
+    if _ENTRY_POINTS is None:  # importlib.metadata costs tens of ms: only for plugin types
+        from importlib.metadata import entry_points
+
+        _ENTRY_POINTS = {ep.name: ep for ep in entry_points(group="orchestrate.runners")}
+    return _ENTRY_POINTS
+
+
+def _canonical_hash(value: Any) -> str:
+    data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def load_workflow(name: str, workflows_dir: Path, variables: dict[str, str] | None = None,
+                  settings: Settings | None = None, root: Path | None = None) -> Workflow:
+    """Load and strictly validate workflows/<name>.json; DefinitionError on the first problem."""
+    name = check_workflow_name(name)
+    root = root if root is not None else workflows_dir.parent
+    settings = settings or Settings()
+    path = workflows_dir / f"{name}.json"
+    shown = _display_path(path, root)
+    if not path.is_file():
+        known = [n for n, _ in list_workflows(workflows_dir)]
+        hint = did_you_mean(name, known) or (
+            f"; known: {', '.join(known)}" if known else f"; {_display_path(workflows_dir, root)}/ has no workflows (try: orchestrate init)")
+        raise UsageError(f"no workflow '{name}': {shown} does not exist{hint}")
+    data = parse_json_file(path, shown)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    return build_workflow(data, name, path, shown, variables if variables is not None else dict(os.environ),
+                          settings, root, sha256)
+
+
+def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict[str, str],
+                   settings: Settings, root: Path, sha256: str = "") -> Workflow:
+    """Validate a parsed workflow document: pure except for plugin lookup under root."""
+    if not isinstance(data, dict):
+        raise DefinitionError(f"{shown}: expected a JSON object with a 'steps' list, not {_value_type_name(data)}")
+    _check_keys(data, WORKFLOW_KEYS, shown)
+    if "name" in data and data["name"] != name:
+        raise DefinitionError(
+            f"{shown}: key 'name' is '{data['name']}' but the file is {name}.json; "
+            f"make them match (the file name is how you run it)")
+    if not data["steps"]:
+        raise DefinitionError(f"{shown}: key 'steps' is empty; add at least one step")
+    secrets: set[str] = set()
+    warnings: list[str] = []
+    for var in data.get("secrets", []):
+        if not _VAR_NAME_RE.match(var):
+            raise DefinitionError(f"{shown}: key 'secrets' lists '{var}', which is not a variable name")
+        if variables.get(var):
+            secrets.add(variables[var])
+    env = _interpolate_tree(data.get("env", {}), variables, shown, "env", secrets)
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    for index, raw_step in enumerate(data["steps"]):
+        where = f"{shown}: steps[{index}]"
+        if not isinstance(raw_step, dict):
+            raise DefinitionError(f"{where}: expected an object, not {_value_type_name(raw_step)}")
+        step_name = raw_step.get("name")
+        if isinstance(step_name, str):
+            where = f'{shown}: steps[{index}] "{step_name}"'
+        for key in ("name", "type"):
+            if key not in raw_step:
+                raise DefinitionError(f"{where}: missing required key '{key}'")
+            check_value(raw_step[key], COMMON_KEYS[key], where, key)
+        step_type = raw_step["type"]
+        runner = RUNNERS.get(step_type)
+        if runner is None:
+            if not _STEP_TYPE_RE.match(step_type) or _find_plugin(step_type, root) is None:
+                plugins = sorted(p.name[: -len("_runner.py")] for p in (root / "integrations").glob("*_runner.py"))
+                plugins += sorted(n for n in _entry_point_names() if n not in plugins)
+                raise DefinitionError(
+                    f"{where}: unknown step type '{step_type}'{did_you_mean(step_type, list(RUNNERS) + plugins)}; "
+                    f"built-in types: {', '.join(sorted(RUNNERS))}; plugins: "
+                    f"{', '.join(plugins) if plugins else 'none (add integrations/' + step_type + '_runner.py)'}")
+            runner = PluginRunner(step_type)
+        specs = {**COMMON_KEYS, **runner.keys}
+        _check_keys(raw_step, specs, where, extra_allowed=runner.accepts_any_key)
+        _validate_common(raw_step, where)
+        if step_name in seen:
+            raise DefinitionError(
+                f"{where}: duplicate step name '{step_name}' (also steps[{seen[step_name]}]); step names must be unique")
+        seen[step_name] = index
+        for key, value in raw_step.items():
+            if key == "token" and isinstance(value, str) and value and "${" not in value:
+                secrets.add(value)
+                warnings.append(
+                    f"{where}: key 'token' holds a literal token; keep it out of the file with "
+                    f"\"token\": \"${{JIRA_TOKEN}}\" (it is masked as *** all the same)")
+        resolved = {k: (v if k in ("name", "type") else
+                        _interpolate_tree(v, variables, where, k, secrets))
+                    for k, v in raw_step.items()}
+        config = {k: v for k, v in resolved.items() if k not in COMMON_KEYS}
+        step = Step(
+            index=index, name=step_name, type=step_type, config=config, raw=resolved,
+            timeout=float(resolved["timeout"]) if "timeout" in resolved else None,
+            retries=resolved.get("retries", 0), retry_delay=float(resolved.get("retry_delay", 0)),
+            continue_on_error=resolved.get("continue_on_error", False),
+            env=dict(resolved.get("env", {})), cwd=resolved.get("cwd"),
+            when=dict(resolved.get("when", {})), required=resolved.get("required", False),
+            shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"')
+        runner.check_definition(step, path, settings)
+        steps.append(step)
+    secrets = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
+    masker = Masker(secrets)
+    for step in steps:
+        step.definition_sha256 = _canonical_hash(masker.mask_tree(step.raw))
+    return Workflow(name=name, path=path, description=data.get("description", ""), env=env,
+                    steps=steps, secrets=secrets, sha256=sha256, display_path=shown,
+                    warnings=warnings)
+
+
+class Masker:
+    """Replaces every secret value by *** (also its URL-encoded form, as in https://u:TOKEN@host)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        from urllib.parse import quote
+
+        forms: set[str] = set()
+        for secret in secrets:
+            if len(secret) >= MIN_SECRET_LEN:
+                forms.add(secret)
+                forms.add(quote(secret, safe=""))
+        # longest first, so a secret that contains another is masked whole
+        self.secrets = sorted(forms, key=len, reverse=True)
+        self.byte_secrets = [s.encode("utf-8", "surrogateescape") for s in self.secrets]
+        self.longest = max((len(b) for b in self.byte_secrets), default=0)
+
+    def __bool__(self) -> bool:
+        return bool(self.secrets)
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def mask_bytes(self, data: bytes) -> bytes:
+        for secret in self.byte_secrets:
+            if secret in data:
+                data = data.replace(secret, b"***")
+        return data
+
+    def mask_tree(self, value: Any) -> Any:
+        if not self.secrets:
+            return value
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, list):
+            return [self.mask_tree(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.mask_tree(v) for k, v in value.items()}
+        return value
+
+
+class StreamMasker:
+    """Masks a byte stream whose secrets may be split across two writes: it holds back only
+    a suffix that could still become a secret, so output stays live."""
+
+    def __init__(self, masker: Masker) -> None:
+        self.masker = masker
+        self.pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if not self.masker:
+            return data
+        buffer = self.masker.mask_bytes(self.pending + data)
+        hold = 0
+        for secret in self.masker.byte_secrets:
+            for n in range(min(len(secret) - 1, len(buffer)), hold, -1):
+                if buffer.endswith(secret[:n]):
+                    hold = n
+                    break
+        self.pending = buffer[len(buffer) - hold:] if hold else b""
+        return buffer[: len(buffer) - hold] if hold else buffer
+
+    def flush(self) -> bytes:
+        rest, self.pending = self.pending, b""
+        return self.masker.mask_bytes(rest)
+
+
+# === 4. Run store ===
+
+RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}$")
+_LOOSE_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+
+
+def utc_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def new_run_id() -> str:
+    """Sortable by start time (UTC, milliseconds) and unique across concurrent runs."""
+    now = time.time()
+    return (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1000):03d}Z-"
+            + os.urandom(3).hex())
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _LOOSE_RUN_ID_RE.match(run_id):
+        shown = repr(run_id) if len(str(run_id)) <= 60 else repr(str(run_id)[:60]) + "…"
+        raise UsageError(f"{shown} is not a run id (ids look like 20261127T154000123Z-1a2b3c; see: orchestrate runs)")
+    return run_id
+
+
+def _pid_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process, so a reused pid is not taken for our run."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        return stat[stat.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_alive(pid: int | None, start: str | None = None) -> bool:
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if start is not None:
+        current = _pid_start_time(pid)
+        if current is not None and current != start:
+            return False
+    return True
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Temporary file in the same folder, flush, fsync, os.replace: a reader or a crash never
+    sees a torn file (the pipx and git approach)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _dump_record(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+
+
+class RunStore:
+    """runs/<run_id>.json (snapshot), runs/<run_id>.journal (append-only step updates between
+    snapshots) and runs/<run_id>/ (logs, junit.xml, artifacts)."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.runs_dir = runs_dir
+
+    # paths
+    def record_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{check_run_id(run_id)}.json"
+
+    def journal_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{check_run_id(run_id)}.journal"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / check_run_id(run_id)
+
+    def junit_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "junit.xml"
+
+    # writing
+    def ensure_dir(self) -> None:
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.runs_dir, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write run records to {self.runs_dir}: {exc.strerror or exc} "
+                f"(make it writable, or pass --runs-dir)") from None
+
+    def create(self, record: dict[str, Any]) -> None:
+        """Write a new record; never replaces an existing one (os.link is exclusive)."""
+        self.ensure_dir()
+        path = self.record_path(record["run_id"])
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.new.tmp")
+        try:
+            write_atomic(tmp, _dump_record(record))
+            try:
+                os.link(tmp, path)
+            finally:
+                _unlink_quietly(tmp)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def write_snapshot(self, record: dict[str, Any]) -> None:
+        path = self.record_path(record["run_id"])
+        try:
+            write_atomic(path, _dump_record(record))
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc} (the previous record is intact)") from None
+
+    # reading
+    def load(self, run_id: str) -> dict[str, Any]:
+        path = self.record_path(run_id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"no run '{run_id}' in {self.runs_dir} (see: orchestrate runs)") from None
+        except OSError as exc:
+            raise RecordUnreadable(f"{path}: unreadable: {exc.strerror or exc}") from None
+        return self._parse(path, data)
+
+    def _parse(self, path: Path, data: bytes) -> dict[str, Any]:
+        try:
+            record = json.loads(data.decode("utf-8", "surrogateescape"))
+        except (ValueError, RecursionError) as exc:
+            raise RecordUnreadable(f"{path}: unreadable: not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or "run_id" not in record:
+            raise RecordUnreadable(f"{path}: unreadable: not a run record")
+        version = record.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise RecordUnreadable(
+                f"{path}: unreadable: schema_version {version!r} is newer than this orchestrate "
+                f"understands ({SCHEMA_VERSION}); upgrade orchestrate")
+        self._apply_journal(record)
+        return self._settle(record)
+
+    def _apply_journal(self, record: dict[str, Any]) -> None:
+        if record.get("status") not in ("running", "pending") and not record.get("journal_seq"):
+            return
+        try:
+            lines = self.journal_path(record["run_id"]).read_bytes().splitlines()
+        except (OSError, UsageError):
+            return
+        seen = record.get("journal_seq", 0)
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                break  # a line torn by a crash: everything before it stands
+            if event.get("seq", 0) <= seen:
+                continue
+            index = event.get("index")
+            if isinstance(index, int) and 0 <= index < len(record.get("log", [])):
+                record["log"][index] = event["entry"]
+            for key in ("status", "current"):
+                if key in event:
+                    record[key] = event[key]
+            seen = event.get("seq", seen)
+
+    def _settle(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A run left 'running' by a process that no longer exists is failed (interrupted)."""
+        if record.get("status") == "running" and record.get("host") in (None, socket.gethostname()):
+            if not process_alive(record.get("pid"), record.get("pid_start")):
+                record["status"] = "failed"
+                record["message"] = f"interrupted: orchestrate (pid {record.get('pid')}) stopped before the run ended"
+                record["interrupted"] = True
+                for entry in record.get("log", []):
+                    if entry.get("status") == "running":
+                        entry["status"] = "failed"
+                        entry["message"] = "interrupted"
+        return record
+
+    def list_ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.runs_dir)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.runs_dir}: {exc.strerror or exc}") from None
+        ids = [n[:-5] for n in names if n.endswith(".json") and not n.startswith(".")]
+        return sorted((i for i in ids if _LOOSE_RUN_ID_RE.match(i)), reverse=True)
+
+    def list(self, workflow: str | None = None, status: str | None = None,
+             limit: int | None = 20) -> list[dict[str, Any]]:
+        """Newest first; reads only as many records as it needs."""
+        rows: list[dict[str, Any]] = []
+        for run_id in self.list_ids():
+            if limit is not None and len(rows) >= limit:
+                break
+            try:
+                record = self.load(run_id)
+            except (RecordUnreadable, UsageError) as exc:
+                if workflow is None and status is None:
+                    rows.append({"run_id": run_id, "unreadable": str(exc)})
+                continue
+            if workflow is not None and record.get("workflow") != workflow:
+                continue
+            if status is not None and record.get("status") != status:
+                continue
+            rows.append(record)
+        return rows
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete the oldest finished runs beyond `keep`; never a running or pending one."""
+        removed: list[str] = []
+        ids = self.list_ids()
+        import shutil
+
+        for run_id in ids[keep:]:
+            try:
+                record = self.load(run_id)
+            except UsageError:
+                continue
+            except RecordUnreadable:
+                continue  # the user may want to look at it: prune leaves unreadable records alone
+            if record.get("status") in ("running", "pending"):
+                continue
+            for path in (self.record_path(run_id), self.journal_path(run_id)):
+                _unlink_quietly(path)
+            shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+            removed.append(run_id)
+        self._remove_stale_temp_files()
+        return removed
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temporary files of writers killed mid-write (their pid is in the name)."""
+        try:
+            names = os.listdir(self.runs_dir)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                parts = name.split(".")
+                pid = next((int(p) for p in parts if p.isdigit()), None)
+                if pid is not None and not process_alive(pid):
+                    _unlink_quietly(self.runs_dir / name)
+
+
+class RunRecorder:
+    """Keeps one run's record current: a full snapshot at most every SNAPSHOT_INTERVAL_S and an
+    fsync'd journal line per step update, so recording a step costs the same at step 1,000 as
+    at step 1 (rewriting the whole record each time would be O(N^2))."""
+
+    def __init__(self, store: RunStore, record: dict[str, Any]) -> None:
+        self.store = store
+        self.record = record
+        self.seq = 0
+        self.journal_fd: int | None = None
+        self.last_snapshot = 0.0
+
+    def snapshot(self) -> None:
+        self.record["journal_seq"] = self.seq
+        self.store.write_snapshot(self.record)
+        self.last_snapshot = time.monotonic()
+
+    def update_step(self, index: int, entry: dict[str, Any], current: str | None) -> None:
+        self.record["log"][index] = entry
+        self.record["current"] = current
+        if time.monotonic() - self.last_snapshot >= SNAPSHOT_INTERVAL_S:
+            self.seq += 1
+            self.snapshot()
+            return
+        self.seq += 1
+        line = json.dumps({"seq": self.seq, "index": index, "entry": entry, "current": current},
+                          ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+        try:
+            if self.journal_fd is None:
+                self.journal_fd = os.open(self.store.journal_path(self.record["run_id"]),
+                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.write(self.journal_fd, line)
+            os.fsync(self.journal_fd)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.store.journal_path(self.record['run_id'])}: "
+                             f"{exc.strerror or exc}") from None
+
+    def finish(self) -> None:
+        self.snapshot()
+        if self.journal_fd is not None:
+            os.close(self.journal_fd)
+            self.journal_fd = None
+        _unlink_quietly(self.store.journal_path(self.record["run_id"]))
+
+
+# === 5. Processes ===
+
+_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def readable_text(data: bytes) -> str:
+    """Bytes a step printed, as text fit for a record: decoded leniently, escapes removed."""
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
+    text = _ANSI_RE.sub("", text)
+    return _CONTROL_RE.sub("", text.replace("\r", "\n"))
+
+
+class OutputSink:
+    """Where one step's output goes: masked, to its log file, to the console, and into a
+    bounded tail for the record. Output is handled in chunks, never whole in memory."""
+
+    def __init__(self, log_path: Path | None, masker: Masker,
+                 console_write: Callable[[bytes], None] | None,
+                 on_idle: Callable[[], None] | None = None) -> None:
+        self.stream_masker = StreamMasker(masker)
+        self.log_path = log_path
+        self.log_file = open(log_path, "ab", buffering=0) if log_path is not None else None
+        self.console_write = console_write
+        self.on_idle = on_idle
+        self.tail = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._emit(self.stream_masker.feed(data))
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.log_file is not None:
+            self.log_file.write(data)
+        if self.console_write is not None:
+            self.console_write(data)
+        self.tail += data[-TAIL_MAX_BYTES * 2:]
+        if len(self.tail) > TAIL_MAX_BYTES * 4:
+            del self.tail[: len(self.tail) - TAIL_MAX_BYTES * 2]
+
+    def flush(self) -> None:
+        self._emit(self.stream_masker.flush())
+
+    def line(self, text: str) -> None:
+        self.write(text.encode("utf-8", "surrogateescape") + b"\n")
+
+    def tail_text(self) -> str:
+        text = readable_text(bytes(self.tail[-TAIL_MAX_BYTES:]))
+        lines = text.rstrip("\n").split("\n")
+        return "\n".join(lines[-TAIL_MAX_LINES:])
+
+    def close(self) -> None:
+        self.flush()
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+
+
+@dataclass
+class ProcessResult:
+    exit_code: int | None
+    timed_out: bool
+    output_tail: str
+
+
+class SignalGuard:
+    """Turns SIGINT/SIGTERM into a flag plus a byte on a pipe that the output loop watches, so a
+    signal interrupts a step at once without raising in the middle of a record write."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        try:
+            os.write(self.write_fd, b"!")
+        except OSError:
+            pass
+
+    def __enter__(self) -> "SignalGuard":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise RunInterrupted(self.signum)
+
+    def sleep(self, seconds: float) -> None:
+        import select
+
+        deadline = time.monotonic() + seconds
+        while self.signum is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            select.select([self.read_fd], [], [], left)
+        self.check()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def end_process_group(process: Any, grace: float = KILL_GRACE_S) -> None:
+    """SIGTERM to the step's whole process group, SIGKILL after the grace period."""
+    pgid = process.pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if process.poll() is not None and not _group_alive(pgid):
+            return
+        time.sleep(0.02)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], sink: OutputSink,
+                timeout: float | None = None, guard: SignalGuard | None = None,
+                grace: float = KILL_GRACE_S) -> ProcessResult:
+    """The one way orchestrate starts a process: stdin closed, its own process group (so a
+    timeout or Ctrl-C ends the whole tree), stdout and stderr streamed in large chunks."""
+    import selectors
+    import subprocess
+
+    shell = isinstance(argv, str)
+    try:
+        process = subprocess.Popen(
+            argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd), env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True)
+    except FileNotFoundError as exc:
+        missing = exc.filename if exc.filename and str(exc.filename) != str(cwd) else argv[0]
+        if not Path(cwd).is_dir():
+            raise StepFailure(f"working directory {cwd} does not exist") from None
+        raise StepFailure(f"command not found: {missing!r} (is it installed and on PATH?)") from None
+    except PermissionError as exc:
+        raise StepFailure(f"cannot execute {argv[0] if not shell else '/bin/sh'!r}: {exc.strerror}") from None
+    except OSError as exc:
+        raise StepFailure(f"cannot start {argv if shell else argv[0]!r}: {exc.strerror or exc}") from None
+    assert process.stdout is not None
+    out_fd = process.stdout.fileno()
+    os.set_blocking(out_fd, False)
+    selector = selectors.DefaultSelector()
+    selector.register(out_fd, selectors.EVENT_READ, "out")
+    if guard is not None:
+        selector.register(guard.read_fd, selectors.EVENT_READ, "signal")
+    deadline = time.monotonic() + timeout if timeout else None
+    timed_out = False
+    exited_at: float | None = None
+    try:
+        while True:
+            now = time.monotonic()
+            if guard is not None and guard.signum is not None:
+                raise RunInterrupted(guard.signum)
+            if deadline is not None and now >= deadline and not timed_out:
+                timed_out = True
+                end_process_group(process, grace)
+                _drain(out_fd, sink)
+                break
+            if exited_at is None and process.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > 0.2:
+                # the step is done but something it started still holds the pipe: a step's
+                # processes end with the step, or a push would hang on a forgotten daemon
+                if _group_alive(process.pid):
+                    try:
+                        os.killpg(process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                _drain(out_fd, sink)
+                break
+            wait = 0.5 if exited_at is None else 0.05
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - now))
+            events = selector.select(wait)
+            if not events and sink.on_idle is not None:
+                sink.on_idle()
+            eof = False
+            for key, _ in events:
+                if key.data == "signal":
+                    continue
+                try:
+                    chunk = os.read(out_fd, READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    eof = True
+                    break
+                sink.write(chunk)
+            if eof:
+                process.wait()
+                if _group_alive(process.pid):  # background leftovers of the step
+                    try:
+                        os.killpg(process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                break
+    except BaseException:
+        end_process_group(process, grace)
+        raise
+    finally:
+        selector.close()
+        process.stdout.close()
+        sink.flush()
+    code = process.wait()
+    return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out,
+                         output_tail=sink.tail_text())
+
+
+def _drain(fd: int, sink: OutputSink) -> None:
+    import select
+
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if not ready:
+            return
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return
+        sink.write(chunk)
+
+
+# === 6. Runners ===
+
+
+@dataclass
+class TestCase:
+    __test__ = False  # not a pytest class
+    name: str
+    classname: str
+    time: float
+    status: str
+    message: str = ""
+    text: str = ""
+
+
+@dataclass
+class StepResult:
+    status: str
+    message: str = ""
+    exit_code: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    testcases: list[TestCase] = field(default_factory=list)
+
+
+@dataclass
+class StepContext:
+    step: Step
+    workflow: Workflow
+    settings: Settings
+    root: Path
+    runs_dir: Path
+    run_id: str
+    run_dir: Path
+    env: dict[str, str]
+    cwd: Path
+    masker: Masker
+    previous: list[dict[str, Any]]
+    trigger: dict[str, Any]
+    options: "RunOptions"
+    sink: OutputSink | None = None
+    guard: SignalGuard | None = None
+    debug_write: Callable[[str], None] | None = None
+    last_process: ProcessResult | None = None
+
+    def run_process(self, argv: Sequence[str] | str, *, cwd: Path | None = None,
+                    env: dict[str, str] | None = None) -> ProcessResult:
+        if self.sink is None:
+            raise RuntimeError("run_process outside a running step")
+        if self.options.debug and self.debug_write is not None:
+            shown = argv if isinstance(argv, str) else shlex.join(argv)
+            self.debug_write(f"+ {self.masker.mask(shown)}  (in {cwd or self.cwd})")
+        result = run_process(argv, cwd=cwd or self.cwd, env=env if env is not None else self.env,
+                             sink=self.sink, timeout=self.step.timeout, guard=self.guard)
+        self.last_process = result
+        return result
+
+    def emit(self, line: str) -> None:
+        if self.sink is not None:
+            self.sink.line(line)
+
+
+class Runner:
+    """A step type. Runners return a StepResult (or raise StepFailure) and never print: the
+    engine streams, times, records and reports."""
+
+    type_name: str = ""
+    keys: dict[str, KeySpec] = {}
+    accepts_any_key = False
+
+    def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
+        """Definition-time checks beyond key types; raise DefinitionError."""
+
+    def preflight(self, ctx: StepContext) -> list[str]:
+        """Problems on disk, reported ahead of time by validate and --dry-run."""
+        return []
+
+    def describe(self, ctx: StepContext) -> list[str]:
+        """The dry-run plan: what the step would do, secrets masked."""
+        return []
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        raise NotImplementedError
+
+
+RUNNERS: dict[str, Runner] = {}
+
+
+def register_runner(cls: type[Runner]) -> type[Runner]:
+    RUNNERS[cls.type_name] = cls()
+    return cls
+
+
+def _process_result(result: ProcessResult, what: str) -> StepResult:
+    if result.timed_out:
+        raise StepFailure("")  # replaced by the engine with the timeout message
+    if result.exit_code == 0:
+        return StepResult("passed", exit_code=0)
+    if result.exit_code is not None and result.exit_code < 0:
+        name = signal.Signals(-result.exit_code).name if -result.exit_code in signal.Signals._value2member_map_ else str(-result.exit_code)
+        return StepResult("failed", f"{what} was killed by {name}", exit_code=result.exit_code)
+    return StepResult("failed", f"{what} exited with code {result.exit_code}", exit_code=result.exit_code)
+
+
+def venv_python(venv: Path) -> Path:
+    if os.name == "nt":
+        return venv / "Scripts" / "python.exe"
+    return venv / "bin" / "python"
+
+
+_REQUIREMENTS_MARKER = ".orchestrate-requirements.sha256"
+
+
+@register_runner
+class PythonRunner(Runner):
+    """A Python script run by its own virtualenv's interpreter."""
+
+    type_name = "python"
+    keys = {
+        "script": KeySpec((str,), required=True),
+        "venv": KeySpec((str,), required=True),
+        "args": KeySpec((list,), item_type=str),
+        "requirements": KeySpec((str,)),
+    }
+
+    def _paths(self, ctx: StepContext) -> tuple[Path, Path, Path | None]:
+        config = ctx.step.config
+        requirements = ctx.root / config["requirements"] if config.get("requirements") else None
+        return ctx.root / config["venv"], ctx.root / config["script"], requirements
+
+    def _venv_fix(self, ctx: StepContext, venv: Path) -> str:
+        shown = ctx.step.config["venv"]
+        return (f"virtualenv {shown} does not exist; create it with: python3 -m venv {shown} && "
+                f"{shown}/bin/pip install -r <your requirements file> (or add \"requirements\" to the "
+                f"step and orchestrate builds it)")
+
+    def preflight(self, ctx: StepContext) -> list[str]:
+        venv, script, requirements = self._paths(ctx)
+        problems = []
+        if requirements is None and not venv_python(venv).exists():
+            problems.append(self._venv_fix(ctx, venv))
+        if requirements is not None and not requirements.is_file():
+            problems.append(f"requirements file {ctx.step.config['requirements']} does not exist")
+        if not script.is_file():
+            problems.append(f"script {ctx.step.config['script']} does not exist")
+        return problems
+
+    def describe(self, ctx: StepContext) -> list[str]:
+        venv, script, requirements = self._paths(ctx)
+        lines = []
+        if requirements is not None:
+            state = self._venv_state(venv, requirements)
+            if state != "ready":
+                lines.append(f"build virtualenv {ctx.step.config['venv']} from "
+                             f"{ctx.step.config['requirements']} ({state})")
+        argv = [str(venv_python(venv).relative_to(ctx.root) if venv.is_relative_to(ctx.root) else venv_python(venv)),
+                ctx.step.config["script"], *ctx.step.config.get("args", [])]
+        lines.append(ctx.masker.mask(shlex.join(argv)))
+        return lines
+
+    @staticmethod
+    def _venv_state(venv: Path, requirements: Path) -> str:
+        if not venv_python(venv).exists():
+            return "missing"
+        marker = venv / _REQUIREMENTS_MARKER
+        if not marker.exists():
+            return "ready"  # a virtualenv orchestrate did not build is never touched
+        try:
+            digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+        except OSError:
+            return "ready"
+        return "ready" if marker.read_text().strip() == digest else "requirements changed"
+
+    def _build_venv(self, ctx: StepContext, venv: Path, requirements: Path, state: str) -> None:
+        import shutil
+
+        if not requirements.is_file():
+            raise StepFailure(f"requirements file {ctx.step.config['requirements']} does not exist")
+        data = requirements.read_bytes()
+        ctx.emit(f"orchestrate: building virtualenv {ctx.step.config['venv']} "
+                 f"({state}) from {ctx.step.config['requirements']}")
+        if venv.exists():
+            shutil.rmtree(venv)
+        has_requirements = any(line.strip() and not line.strip().startswith(b"#")
+                               for line in data.splitlines())
+        # no pip when nothing is to be installed: creating a venv without it is offline and fast
+        create = [sys.executable, "-m", "venv", str(venv)] + ([] if has_requirements else ["--without-pip"])
+        result = ctx.run_process(create)
+        if result.exit_code != 0:
+            raise StepFailure(f"could not create virtualenv {ctx.step.config['venv']} (exit code {result.exit_code})")
+        if has_requirements:
+            result = ctx.run_process([str(venv_python(venv)), "-m", "pip", "install",
+                                      "--disable-pip-version-check", "-r", str(requirements)])
+            if result.exit_code != 0:
+                shutil.rmtree(venv, ignore_errors=True)  # a half-built venv must not pass as ready
+                raise StepFailure(f"pip install -r {ctx.step.config['requirements']} failed "
+                                  f"(exit code {result.exit_code}); see the step log")
+        (venv / _REQUIREMENTS_MARKER).write_text(hashlib.sha256(data).hexdigest() + "\n")
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        venv, script, requirements = self._paths(ctx)
+        if requirements is not None:
+            state = self._venv_state(venv, requirements)
+            if state != "ready":
+                self._build_venv(ctx, venv, requirements, state)
+        python = venv_python(venv)
+        if not python.exists():
+            raise StepFailure(self._venv_fix(ctx, venv))
+        if not script.is_file():
+            raise StepFailure(f"script {ctx.step.config['script']} does not exist")
+        argv = [str(python), str(script), *ctx.step.config.get("args", [])]
+        return _process_result(ctx.run_process(argv), "script")
+
+
+@register_runner
+class CommandRunner(Runner):
+    """A command: an argv list run directly, or a string run by /bin/sh."""
+
+    type_name = "command"
+    keys = {"run": KeySpec((str, list), required=True, item_type=None)}
+
+    def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
+        run = step.raw.get("run")
+        where = f"{workflow_path.parent.name}/{workflow_path.name}: {step.label}"
+        if isinstance(run, list):
+            if not run:
+                raise DefinitionError(f"{where}: key 'run' is an empty list; give the command and its arguments")
+            for i, item in enumerate(run):
+                if not isinstance(item, str):
+                    raise DefinitionError(f"{where}: key 'run[{i}]' must be a string, not {_value_type_name(item)}")
+        elif not run.strip():
+            raise DefinitionError(f"{where}: key 'run' is empty; give a command")
+
+    def preflight(self, ctx: StepContext) -> list[str]:
+        import shutil
+
+        run = ctx.step.config["run"]
+        if isinstance(run, list):
+            program = run[0]
+            if "/" in program:
+                if not (ctx.cwd / program).exists():
+                    return [f"command {program} does not exist"]
+            elif shutil.which(program, path=ctx.env.get("PATH")) is None:
+                return [f"command '{program}' is not on PATH"]
+        return []
+
+    def describe(self, ctx: StepContext) -> list[str]:
+        run = ctx.step.config["run"]
+        return [ctx.masker.mask(run if isinstance(run, str) else shlex.join(run))]
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        return _process_result(ctx.run_process(ctx.step.config["run"]), "command")
+
+
+_PLUGIN_BOOTSTRAP = r"""
+import json, os, sys, traceback
+result_path = os.environ.pop("ORCHESTRATE_PLUGIN_RESULT")
+step = json.loads(os.environ.pop("ORCHESTRATE_PLUGIN_STEP"))
+kind, target, type_name = sys.argv[1], sys.argv[2], sys.argv[3]
+def report(ok, message):
+    with open(result_path, "w", encoding="utf-8", errors="replace") as handle:
+        json.dump({"ok": ok, "message": message}, handle)
+try:
+    if kind == "file":
+        import importlib.util
+        sys.path.insert(0, os.path.dirname(target))
+        spec = importlib.util.spec_from_file_location(type_name + "_runner", target)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        execute = getattr(module, "execute", None)
+    else:
+        from importlib.metadata import entry_points
+        loaded = [ep for ep in entry_points(group="orchestrate.runners") if ep.name == type_name][0].load()
+        execute = getattr(loaded, "execute", loaded)
+    if not callable(execute):
+        report(False, target + ": has no execute(step) function")
+        sys.exit(1)
+except BaseException as exc:
+    traceback.print_exc()
+    report(False, target + ": cannot load plugin: " + type(exc).__name__ + ": " + str(exc))
+    sys.exit(1)
+try:
+    result = execute(step)
+except BaseException as exc:
+    traceback.print_exc()
+    report(False, target + ": " + (type(exc).__name__ + ": " + str(exc) if str(exc) else type(exc).__name__))
+    sys.exit(1)
+sys.stdout.flush()
+report(True, result if isinstance(result, str) else "")
+"""
+
+
+class PluginRunner(Runner):
+    """A type that is not built in: integrations/<type>_runner.py or an entry point in group
+    orchestrate.runners. execute(step) runs in a child interpreter, so a plugin gets the same
+    streaming, timeout and process-tree handling as any step and cannot take orchestrate down."""
+
+    accepts_any_key = True
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def _target(self, root: Path) -> tuple[str, str]:
+        path = root / "integrations" / f"{self.type_name}_runner.py"
+        if path.is_file():
+            return "file", str(path)
+        if self.type_name in _entry_point_names():
+            return "entry_point", f"entry point '{self.type_name}'"
+        raise StepFailure(f"plugin for type '{self.type_name}' not found: add integrations/{self.type_name}_runner.py")
+
+    def describe(self, ctx: StepContext) -> list[str]:
+        kind, target = self._target(ctx.root)
+        shown = _display_path(Path(target), ctx.root) if kind == "file" else target
+        return [f"plugin {shown}: execute(step)"]
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        kind, target = self._target(ctx.root)
+        shown = _display_path(Path(target), ctx.root) if kind == "file" else target
+        result_path = ctx.run_dir / f".plugin-result-{ctx.step.index + 1}.json"
+        env = dict(ctx.env, ORCHESTRATE_PLUGIN_RESULT=str(result_path),
+                   ORCHESTRATE_PLUGIN_STEP=json.dumps(ctx.step.raw))
+        process = ctx.run_process([sys.executable, "-c", _PLUGIN_BOOTSTRAP, kind, shown if kind != "file" else target,
+                                   self.type_name], env=env)
+        try:
+            outcome = json.loads(result_path.read_text(encoding="utf-8"))
+            result_path.unlink()
+        except (OSError, ValueError):
+            outcome = None
+        if process.timed_out:
+            raise StepFailure("")
+        if outcome is None:
+            return StepResult("failed", f"{shown}: plugin process ended without a result "
+                              f"(exit code {process.exit_code})", exit_code=process.exit_code)
+        message = ctx.masker.mask(str(outcome.get("message", "")).replace(target, shown))
+        if outcome.get("ok") and process.exit_code == 0:
+            return StepResult("passed", message, exit_code=0)
+        return StepResult("failed", message or f"{shown}: failed", exit_code=process.exit_code)
+
+
+# === 7. Engine ===
+
+
+@dataclass
+class RunOptions:
+    dry_run: bool = False
+    only: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    keep_going: bool = False
+    quiet: bool = False
+    json_output: bool = False
+    debug: bool = False
+    variables: dict[str, str] = field(default_factory=dict)
+    junit_xml: Path | None = None
+    shard: tuple[int, int] | None = None
+    git_hook: str | None = None
+    from_ref: str | None = None
+    to_ref: str | None = None
+    push_remote: str | None = None
+    push_url: str | None = None
+    run_id: str | None = None
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*", value or "")
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise UsageError(f"--shard {value!r}: expected I/N with 1 <= I <= N, e.g. --shard 2/3")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_vars(pairs: Iterable[str]) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not _VAR_NAME_RE.match(key):
+            raise UsageError(f"--var {pair!r}: expected KEY=VALUE with KEY a variable name (letters, digits, _)")
+        result[key] = value
+    return result
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "step"
+
+
+def step_log_name(step: Step, total: int) -> str:
+    width = max(2, len(str(total)))
+    return f"{step.index + 1:0{width}d}-{_slug(step.name)}.log"
+
+
+def _pending_entry(step: Step, log_file: str) -> dict[str, Any]:
+    return {"step": step.name, "type": step.type, "status": "pending", "started_at": None,
+            "finished_at": None, "duration_s": None, "exit_code": None, "attempts": 0,
+            "message": "", "output_tail": "", "log_file": log_file,
+            "definition_sha256": step.definition_sha256}
+
+
+def select_steps(workflow: Workflow, options: RunOptions) -> dict[int, str]:
+    """Steps excluded before the run starts, with the reason (pure)."""
+    names = [s.name for s in workflow.steps]
+    for flag, chosen in (("--only", options.only), ("--skip", options.skip)):
+        for name in chosen:
+            if name not in names:
+                raise UsageError(f"{flag} {name!r}: no such step in {workflow.name}{did_you_mean(name, names)}; "
+                                 f"steps: {', '.join(names)}")
+    excluded: dict[int, str] = {}
+    for step in workflow.steps:
+        if options.only and step.name not in options.only:
+            excluded[step.index] = "not selected by --only"
+        elif step.name in options.skip:
+            excluded[step.index] = "skipped by --skip"
+        elif step.shard == "first" and options.shard is not None and options.shard[0] != 1:
+            excluded[step.index] = f"runs on shard 1 only (this is shard {options.shard[0]}/{options.shard[1]})"
+    return excluded
+
+
+def status_gate(step: Step, failed_so_far: list[str], keep_going: bool) -> str | None:
+    """Why a step does not run given earlier failures, or None (pure)."""
+    when = step.when_status
+    if when == "always":
+        return None
+    if when == "failure":
+        return None if failed_so_far else "runs only after a failure (when.status = failure)"
+    if failed_so_far and not keep_going:
+        return f"an earlier step failed ({', '.join(failed_so_far)})"
+    return None
+
+
+def _step_environment(workflow: Workflow, step: Step, root: Path, run_id: str,
+                      base: dict[str, str]) -> dict[str, str]:
+    env = dict(base)
+    env.update(workflow.env)
+    env.update(step.env)
+    env.update(ORCHESTRATE_RUN_ID=run_id, ORCHESTRATE_WORKFLOW=workflow.name,
+               ORCHESTRATE_STEP=step.name, ORCHESTRATE_ROOT=str(root))
+    return env
+
+
+def make_context(workflow: Workflow, step: Step, settings: Settings, root: Path, store: RunStore,
+                 run_id: str, options: RunOptions, masker: Masker, previous: list[dict[str, Any]],
+                 trigger: dict[str, Any], base_env: dict[str, str]) -> StepContext:
+    cwd = (root / step.cwd) if step.cwd else root
+    return StepContext(step=step, workflow=workflow, settings=settings, root=root,
+                       runs_dir=store.runs_dir, run_id=run_id, run_dir=store.runs_dir / run_id,
+                       env=_step_environment(workflow, step, root, run_id, base_env), cwd=cwd,
+                       masker=masker, previous=previous, trigger=trigger, options=options)
+
+
+def runner_for(step: Step) -> Runner:
+    return RUNNERS.get(step.type) or PluginRunner(step.type)
+
+
+def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
+             options: RunOptions) -> list[dict[str, Any]]:
+    """What a run would do, step by step, with warnings about what is missing on disk."""
+    excluded = select_steps(workflow, options)
+    masker = Masker(workflow.secrets)
+    base_env = _base_environment(options)
+    plan = []
+    for step in workflow.steps:
+        ctx = make_context(workflow, step, settings, root, store, "dry-run", options, masker, [],
+                           {}, base_env)
+        runner = runner_for(step)
+        item: dict[str, Any] = {"step": step.name, "type": step.type, "skip": excluded.get(step.index),
+                                "when": step.when_status, "commands": [], "warnings": []}
+        if item["skip"] is None:
+            try:
+                item["commands"] = [masker.mask(line) for line in runner.describe(ctx)]
+            except StepFailure as exc:
+                item["warnings"].append(masker.mask(str(exc)))
+            item["warnings"] += [masker.mask(w) for w in runner.preflight(ctx)]
+            if step.cwd and not ctx.cwd.is_dir():
+                item["warnings"].append(f"working directory {step.cwd} does not exist")
+        plan.append(item)
+    return plan
+
+
+def _base_environment(options: RunOptions) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(options.variables)
+    return env
+
+
+class Engine:
+    """Runs one workflow: steps in order in the foreground, recording every change."""
+
+    def __init__(self, workflow: Workflow, settings: Settings, root: Path, store: RunStore,
+                 options: RunOptions, console: "Console") -> None:
+        self.workflow = workflow
+        self.settings = settings
+        self.root = root
+        self.store = store
+        self.options = options
+        self.console = console
+        self.masker = Masker(workflow.secrets)
+        self.testcases: dict[int, list[TestCase]] = {}
+
+    def _new_record(self, run_id: str, trigger: dict[str, Any]) -> dict[str, Any]:
+        total = len(self.workflow.steps)
+        return {
+            "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": self.workflow.name,
+            "status": "running", "current": None, "started_at": utc_now(), "finished_at": None,
+            "duration_s": None, "exit_code": None, "message": "",
+            "pid": os.getpid(), "pid_start": _pid_start_time(os.getpid()), "host": socket.gethostname(),
+            "trigger": trigger, "workflow_file": self.workflow.display_path,
+            "workflow_sha256": self.workflow.sha256,
+            "options": {"only": self.options.only, "skip": self.options.skip,
+                        "keep_going": self.options.keep_going,
+                        "shard": "%d/%d" % self.options.shard if self.options.shard else None},
+            "log": [_pending_entry(s, f"{self.store.runs_dir.name}/{run_id}/{step_log_name(s, total)}")
+                    for s in self.workflow.steps],
+            "junit": f"{self.store.runs_dir.name}/{run_id}/junit.xml",
+        }
+
+    def start(self, trigger: dict[str, Any]) -> RunRecorder:
+        self.store.ensure_dir()
+        if self.options.run_id:
+            run_id = check_run_id(self.options.run_id)
+            record = self._new_record(run_id, trigger)
+            try:
+                existing = self.store.load(run_id)
+            except UsageError:
+                existing = None
+            if existing is not None:
+                if existing.get("status") != "pending":
+                    raise UsageError(f"run {run_id} already exists with status {existing.get('status')}")
+                record["trigger"] = {**existing.get("trigger", {}), **trigger,
+                                     "source": existing.get("trigger", {}).get("source", trigger.get("source"))}
+                record["started_at"] = utc_now()
+                self.store.write_snapshot(record)
+            else:
+                self.store.create(record)
+        else:
+            for _ in range(20):
+                run_id = new_run_id()
+                record = self._new_record(run_id, trigger)
+                try:
+                    self.store.create(record)
+                    break
+                except FileExistsError:
+                    continue
+            else:
+                raise StoreError(f"could not allocate a unique run id in {self.store.runs_dir}")
+        try:
+            self.store.run_dir(run_id).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.store.run_dir(run_id)}: {exc.strerror or exc}") from None
+        recorder = RunRecorder(self.store, record)
+        recorder.last_snapshot = time.monotonic()
+        return recorder
+
+    def run(self, trigger: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        recorder = self.start(trigger)
+        record = recorder.record
+        run_id = record["run_id"]
+        started = time.monotonic()
+        excluded = select_steps(self.workflow, self.options)
+        failed: list[str] = []
+        interrupted: RunInterrupted | None = None
+        base_env = _base_environment(self.options)
+        extra_gates = list(STEP_GATES)
+        total = len(self.workflow.steps)
+        self.console.run_started(self.workflow, record, self.masker)
+        with SignalGuard() as guard:
+            for step in self.workflow.steps:
+                entry = dict(record["log"][step.index])
+                reason = excluded.get(step.index)
+                if interrupted is not None:
+                    reason = f"run interrupted by {interrupted.args[0]}"
+                if reason is None:
+                    reason = status_gate(step, failed, self.options.keep_going)
+                if reason is None:
+                    for gate in extra_gates:
+                        reason = gate(step, self, record)
+                        if reason:
+                            break
+                if reason is not None:
+                    entry.update(status="skipped", message=reason)
+                    recorder.update_step(step.index, entry, None)
+                    self.console.step_skipped(step, total, reason)
+                    continue
+                try:
+                    entry = self._run_step(step, entry, recorder, guard, base_env, total)
+                except RunInterrupted as exc:
+                    interrupted = exc
+                    entry = record["log"][step.index]
+                if entry["status"] == "failed" and not entry.get("allowed_failure"):
+                    failed.append(step.name)
+                if interrupted is None and guard.signum is not None:
+                    interrupted = RunInterrupted(guard.signum)
+            duration = time.monotonic() - started
+            record["current"] = None
+            record["finished_at"] = utc_now()
+            record["duration_s"] = round(duration, 3)
+            if interrupted is not None:
+                record["status"] = "failed"
+                record["interrupted"] = True
+                name = interrupted.args[0]
+                record["message"] = f"interrupted by {name}" + (" (Ctrl-C)" if interrupted.signum == signal.SIGINT else "")
+                exit_code = EXIT_SIGINT if interrupted.signum == signal.SIGINT else EXIT_SIGTERM
+            elif failed:
+                record["status"] = "failed"
+                record["message"] = f"failed: {', '.join(failed)}"
+                exit_code = EXIT_STEP_FAILED
+            else:
+                record["status"] = "completed"
+                exit_code = EXIT_OK
+            record["exit_code"] = exit_code
+            self._write_reports(record)
+            recorder.finish()
+        self.console.run_finished(self.workflow, record)
+        return record, exit_code
+
+    def _write_reports(self, record: dict[str, Any]) -> None:
+        xml = build_junit_xml(record, self.testcases, shard=self.options.shard)
+        path = self.store.junit_path(record["run_id"])
+        try:
+            write_atomic(path, xml)
+            if self.options.junit_xml is not None:
+                self.options.junit_xml.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.options.junit_xml, xml)
+        except OSError as exc:
+            raise StoreError(f"cannot write the JUnit report: {exc.strerror or exc}") from None
+        for hook in REPORT_HOOKS:
+            hook(self, record)
+
+    def _run_step(self, step: Step, entry: dict[str, Any], recorder: RunRecorder,
+                  guard: SignalGuard, base_env: dict[str, str], total: int) -> dict[str, Any]:
+        record = recorder.record
+        run_id = record["run_id"]
+        runner = runner_for(step)
+        ctx = make_context(self.workflow, step, self.settings, self.root, self.store, run_id,
+                           self.options, self.masker, [dict(e) for e in record["log"][: step.index]],
+                           record["trigger"], base_env)
+        ctx.guard = guard
+        ctx.debug_write = self.console.debug
+        log_path = self.store.run_dir(run_id) / step_log_name(step, total)
+        entry.update(status="running", started_at=utc_now())
+        recorder.update_step(step.index, entry, step.name)
+        self.console.step_started(step, total)
+        started = time.monotonic()
+        sink = OutputSink(log_path, self.masker, self.console.step_output_writer(),
+                          on_idle=self.console.tick)
+        ctx.sink = sink
+        attempts = 0
+        result = StepResult("failed", "did not run")
+        try:
+            while True:
+                attempts += 1
+                if attempts > 1:
+                    ctx.emit(f"orchestrate: attempt {attempts} of {step.retries + 1} "
+                             f"(after {step.retry_delay:g}s)")
+                ctx.last_process = None
+                try:
+                    if step.cwd and not ctx.cwd.is_dir():
+                        raise StepFailure(f"working directory {step.cwd} does not exist")
+                    result = runner.execute(ctx)
+                except StepFailure as exc:
+                    result = StepResult("failed", str(exc))
+                    if ctx.last_process is not None and ctx.last_process.exit_code is not None:
+                        result.exit_code = ctx.last_process.exit_code
+                if ctx.last_process is not None and ctx.last_process.timed_out:
+                    result = StepResult("failed", f"timed out after {step.timeout:g} s", exit_code=None,
+                                        extra=result.extra, testcases=result.testcases)
+                if result.status != "failed" or attempts > step.retries:
+                    break
+                guard.sleep(step.retry_delay)
+        except RunInterrupted as exc:
+            result = StepResult("failed", f"interrupted by {exc.args[0]}")
+            self._finish_entry(entry, result, attempts, started, sink, step, recorder)
+            raise
+        except Exception as exc:  # a runner bug must not lose the record or the report
+            import traceback
+
+            sink.line(traceback.format_exc().rstrip())
+            result = StepResult("failed", f"internal error in the {step.type} runner: "
+                                f"{type(exc).__name__}: {exc}")
+        self._finish_entry(entry, result, attempts, started, sink, step, recorder)
+        return entry
+
+    def _finish_entry(self, entry: dict[str, Any], result: StepResult, attempts: int, started: float,
+                      sink: OutputSink, step: Step, recorder: RunRecorder) -> None:
+        sink.close()
+        entry.update(result.extra)
+        entry.update(status=result.status, finished_at=utc_now(),
+                     duration_s=round(time.monotonic() - started, 3), exit_code=result.exit_code,
+                     attempts=attempts, message=self.masker.mask(result.message),
+                     output_tail=sink.tail_text())
+        if result.status == "failed" and step.continue_on_error:
+            entry["allowed_failure"] = True
+        if result.testcases:
+            self.testcases[step.index] = result.testcases
+        recorder.update_step(step.index, entry, None)
+        self.console.step_finished(step, entry)
+
+
+# Seams for the git/CI section: a gate returns a skip reason or None; a report hook runs after
+# junit.xml is written. Built-in ones register themselves below their definitions.
+STEP_GATES: list[Callable[[Step, Engine, dict[str, Any]], str | None]] = []
+REPORT_HOOKS: list[Callable[[Engine, dict[str, Any]], None]] = []
+
+
+def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
+                options: RunOptions, console: "Console | None" = None,
+                trigger: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
+    console = console or Console(quiet=True, stream=open(os.devnull, "w"))
+    engine = Engine(workflow, settings, root, store, options, console)
+    record, code = engine.run(trigger if trigger is not None else build_trigger(root, options))
+    if settings.keep_runs:
+        try:
+            if len(store.list_ids()) > settings.keep_runs:
+                store.prune(settings.keep_runs)
+        except OrchestrateError:
+            pass
+    return record, code
+
+
+# === 8. Reports ===
+
+_XML_ILLEGAL_RE = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text that XML 1.0 can carry: escapes removed, forbidden characters shown as \\xNN
+    (pytest's junitxml does the same)."""
+    text = _ANSI_RE.sub("", text)
+    return _XML_ILLEGAL_RE.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
+                               else "\\u%04x" % ord(m.group()), text)
+
+
+def _junit_time(seconds: Any) -> str:
+    return f"{float(seconds or 0):.3f}"
+
+
+def _junit_timestamp(iso: str | None) -> str:
+    # the Ant schema's pattern: no fraction, no zone (UTC by our convention)
+    return (iso or utc_now())[:19]
+
+
+def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]] | None = None,
+                    shard: tuple[int, int] | None = None) -> bytes:
+    """One <testsuite> per run (a <testcase> per step), plus one per step that reported its own
+    test cases; valid against both Jenkins xunit's junit-10.xsd and the Ant-style JUnit.xsd."""
+    import xml.etree.ElementTree as ET
+
+    testcases = testcases or {}
+    hostname = xml_safe(socket.gethostname() or "localhost") or "localhost"
+    workflow = xml_safe(record.get("workflow") or "workflow")
+    suite_name = workflow + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
+    root = ET.Element("testsuites")
+    suite = ET.SubElement(root, "testsuite")
+    entries = record.get("log", [])
+    failures = sum(1 for e in entries if e.get("status") == "failed" and not e.get("allowed_failure"))
+    skipped = sum(1 for e in entries if e.get("status") in ("skipped", "pending")
+                  or e.get("allowed_failure"))
+    suite.attrib.update(name=suite_name, package=workflow, id="0",
+                        timestamp=_junit_timestamp(record.get("started_at")), hostname=hostname,
+                        tests=str(len(entries)), failures=str(failures), errors="0",
+                        skipped=str(skipped), time=_junit_time(record.get("duration_s")))
+    props = ET.SubElement(suite, "properties")
+    for key in ("run_id", "status", "workflow_sha256"):
+        if record.get(key):
+            ET.SubElement(props, "property", name=key, value=xml_safe(str(record[key])))
+    git = (record.get("trigger") or {}).get("git") or {}
+    for key in ("commit", "branch"):
+        if git.get(key):
+            ET.SubElement(props, "property", name=f"git.{key}", value=xml_safe(str(git[key])))
+    out_lines = []
+    for entry in entries:
+        case = ET.SubElement(suite, "testcase", classname=workflow,
+                             name=xml_safe(entry.get("step") or "step"),
+                             time=_junit_time(entry.get("duration_s")))
+        status = entry.get("status")
+        message = xml_safe(entry.get("message") or "")
+        if status == "failed" and entry.get("allowed_failure"):
+            ET.SubElement(case, "skipped", message=f"failed, allowed by continue_on_error: {message}")
+        elif status == "failed":
+            failure = ET.SubElement(case, "failure", message=message or "failed", type="StepFailed")
+            failure.text = xml_safe(entry.get("output_tail") or "")
+        elif status in ("skipped", "pending"):
+            ET.SubElement(case, "skipped", message=message or "not run")
+        out_lines.append(f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s)"
+                         + (f": {entry.get('message')}" if entry.get("message") else ""))
+    ET.SubElement(suite, "system-out").text = xml_safe("\n".join(out_lines) + ("\n" + record["message"] if record.get("message") else ""))
+    ET.SubElement(suite, "system-err").text = ""
+    for n, (index, cases) in enumerate(sorted(testcases.items()), start=1):
+        step_name = xml_safe(entries[index].get("step") if index < len(entries) else f"step {index}")
+        sub = ET.SubElement(root, "testsuite")
+        sub.attrib.update(
+            name=f"{suite_name} › {step_name}", package=f"{workflow}.{step_name}", id=str(n),
+            timestamp=_junit_timestamp(entries[index].get("started_at") if index < len(entries) else None),
+            hostname=hostname, tests=str(len(cases)),
+            failures=str(sum(1 for c in cases if c.status == "failed")), errors="0",
+            skipped=str(sum(1 for c in cases if c.status == "skipped")),
+            time=_junit_time(sum(c.time for c in cases)))
+        ET.SubElement(sub, "properties")
+        for case_data in cases:
+            case = ET.SubElement(sub, "testcase", classname=xml_safe(case_data.classname) or step_name,
+                                 name=xml_safe(case_data.name) or "test", time=_junit_time(case_data.time))
+            if case_data.status == "failed":
+                failure = ET.SubElement(case, "failure", message=xml_safe(case_data.message) or "failed",
+                                        type="TestFailed")
+                failure.text = xml_safe(case_data.text)
+            elif case_data.status == "skipped":
+                ET.SubElement(case, "skipped", message=xml_safe(case_data.message) or "skipped")
+        ET.SubElement(sub, "system-out").text = ""
+        ET.SubElement(sub, "system-err").text = ""
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def summary_counts(record: dict[str, Any]) -> str:
+    entries = record.get("log", [])
+    passed = sum(1 for e in entries if e.get("status") == "passed")
+    failed = sum(1 for e in entries if e.get("status") == "failed")
+    allowed = sum(1 for e in entries if e.get("allowed_failure"))
+    skipped = sum(1 for e in entries if e.get("status") in ("skipped", "pending"))
+    failed_text = f"{failed} failed" + (f" ({allowed} allowed)" if allowed else "")
+    return f"{passed} passed, {failed_text}, {skipped} skipped"
+
+
+def closing_line(record: dict[str, Any]) -> str:
+    return (f"{record.get('workflow')}: {summary_counts(record)} in "
+            f"{float(record.get('duration_s') or 0):.1f}s (run {record.get('run_id')})")
+
+
+def render_step_table(record: dict[str, Any]) -> list[str]:
+    rows = []
+    for entry in record.get("log", []):
+        status = entry.get("status", "?")
+        label = "failed*" if entry.get("allowed_failure") else status
+        detail = entry.get("message") or ""
+        rows.append(f"  {label:<8} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
+                    + (f" — {detail}" if detail and status != "passed" else ""))
+    if any(e.get("allowed_failure") for e in record.get("log", [])):
+        rows.append("  (* failure allowed by continue_on_error)")
+    return rows
+
+
+_COLORS = {"passed": "32", "failed": "31", "skipped": "33", "header": "1", "dim": "2"}
+
+
+class Console:
+    """Everything orchestrate prints while running. Colour only on a terminal without NO_COLOR;
+    the live --quiet status line only on a terminal, never into a pipe or CI log."""
+
+    def __init__(self, quiet: bool = False, stream: Any = None, debug: bool = False,
+                 color: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.quiet = quiet
+        self.debug_enabled = debug
+        is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.is_tty = is_tty
+        self.color = (is_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+                      if color is None else color)
+        self.live = is_tty and quiet
+        self.step_start = 0.0
+        self.current: tuple[int, int, str] | None = None
+        self.masker = Masker()
+        self.step_tail: list[bytes] = []
+        self.ci = detect_ci_output()
+
+    def style(self, text: str, kind: str) -> str:
+        return f"\x1b[{_COLORS[kind]}m{text}\x1b[0m" if self.color else text
+
+    def write(self, text: str) -> None:
+        self._clear_live()
+        self.stream.write(self.masker.mask(text) + "\n")
+        self.stream.flush()
+
+    def debug(self, text: str) -> None:
+        if self.debug_enabled:
+            self.write(self.style(text, "dim"))
+
+    def _binary(self) -> Any:
+        return getattr(self.stream, "buffer", None)
+
+    def step_output_writer(self) -> Callable[[bytes], None] | None:
+        if self.quiet:
+            return None
+        binary = self._binary()
+
+        def write(data: bytes) -> None:
+            if binary is not None:
+                binary.write(self.ci.fence_output(data))
+                binary.flush()
+            else:
+                self.stream.write(self.ci.fence_output(data).decode("utf-8", "replace"))
+                self.stream.flush()
+        return write
+
+    def _clear_live(self) -> None:
+        if self.live and self.current is not None:
+            self.stream.write("\r\x1b[2K")
+
+    def tick(self) -> None:
+        if self.live and self.current is not None:
+            number, total, name = self.current
+            elapsed = time.monotonic() - self.step_start
+            self.stream.write(f"\r\x1b[2K[{number}/{total}] {name} … {elapsed:.0f}s")
+            self.stream.flush()
+
+    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
+        self.masker = masker
+        for line in self.ci.run_started(masker):
+            self.stream.write(line + "\n")
+        if not self.quiet:
+            self.write(self.style(f"orchestrate: {workflow.name} ({len(workflow.steps)} steps, run {record['run_id']})", "dim"))
+
+    def step_started(self, step: Step, total: int) -> None:
+        self.current = (step.index + 1, total, step.name)
+        self.step_start = time.monotonic()
+        if self.quiet:
+            self.tick()
+            return
+        for line in self.ci.step_started(step):
+            self.stream.write(line + "\n")
+        self.write(self.style(f"[{step.index + 1}/{total}] {step.name} ({step.type})", "header"))
+        self.stream.flush()
+
+    def step_skipped(self, step: Step, total: int, reason: str) -> None:
+        if not self.quiet:
+            self.write(self.style(f"[{step.index + 1}/{total}] {step.name} ({step.type}): skipped — {reason}", "skipped"))
+
+    def step_finished(self, step: Step, entry: dict[str, Any]) -> None:
+        binary = self._binary()
+        if binary is not None:
+            binary.flush()
+        status = entry["status"]
+        kind = "failed" if status == "failed" and not entry.get("allowed_failure") else (
+            "skipped" if status != "passed" else "passed")
+        self._clear_live()
+        if not self.quiet:
+            for line in self.ci.step_output_ended(step):
+                self.stream.write(line + "\n")
+        if self.quiet and status == "failed":
+            self.write(self.style(f"[{step.index + 1}] {step.name} ({step.type}) failed; last output:", "failed"))
+            if entry.get("output_tail"):
+                self.write(entry["output_tail"])
+        text = f"  {status}" + (" (allowed)" if entry.get("allowed_failure") else "") + \
+            f" in {format_duration(entry.get('duration_s'))}" + \
+            (f": {entry['message']}" if entry.get("message") and status != "passed" else "")
+        if not self.quiet or status == "failed":
+            self.write(self.style(text, kind))
+        for line in self.ci.step_finished(step, entry):
+            self.stream.write(line + "\n")
+        self.current = None
+        self.stream.flush()
+
+    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
+        self._clear_live()
+        self.current = None
+        if not self.quiet:
+            self.write("")
+        for row in render_step_table(record):
+            status = row.split()[0] if row.strip() else ""
+            kind = {"passed": "passed", "failed": "failed", "skipped": "skipped"}.get(status)
+            self.write(self.style(row, kind) if kind else row)
+        kind = "passed" if record["status"] == "completed" else "failed"
+        self.write(self.style(closing_line(record), kind))
+
+
+# === 9. Git and CI ===
+
+
+class PlainCIOutput:
+    """Console decorations for a CI provider; plain output needs none."""
+
+    name = "none"
+
+    def run_started(self, masker: Masker) -> list[str]:
+        return []
+
+    def step_started(self, step: Step) -> list[str]:
+        return []
+
+    def fence_output(self, data: bytes) -> bytes:
+        return data
+
+    def step_output_ended(self, step: Step) -> list[str]:
+        return []
+
+    def step_finished(self, step: Step, entry: dict[str, Any]) -> list[str]:
+        return []
+
+
+CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {}
+
+
+def detect_ci_provider(env: dict[str, str] | None = None) -> str | None:
+    env = os.environ if env is None else env
+    if env.get("GITHUB_ACTIONS") == "true":
+        return "github"
+    if env.get("GITLAB_CI"):
+        return "gitlab"
+    if env.get("JENKINS_URL") or env.get("JENKINS_HOME"):
+        return "jenkins"
+    if env.get("CI", "").lower() in ("true", "1", "yes"):
+        return "generic"
+    return None
+
+
+def detect_ci_output() -> PlainCIOutput:
+    provider = detect_ci_provider()
+    factory = CI_OUTPUTS.get(provider or "")
+    return factory() if factory else PlainCIOutput()
+
+
+def run_git(args: list[str], cwd: Path, timeout: float = 10.0) -> str | None:
+    """The one way orchestrate asks git something: no stdin, never a prompt, None on failure."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GIT_INDEX_FILE",)}  # a hook's index must not leak into our queries
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    try:
+        done = subprocess.run(["git", *args], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.decode("utf-8", "replace").strip()
+
+
+def _inside_git(root: Path) -> bool:
+    for folder in (root, *root.resolve().parents):
+        if (folder / ".git").exists():
+            return True
+    return False
+
+
+def git_info(root: Path) -> dict[str, Any]:
+    if not _inside_git(root):
+        return {}
+    head = run_git(["rev-parse", "HEAD", "--abbrev-ref", "HEAD"], root)
+    if not head:
+        return {}
+    commit, _, branch = head.partition("\n")
+    status = run_git(["status", "--porcelain", "--untracked-files=no"], root)
+    return {"commit": commit, "branch": None if branch == "HEAD" else branch,
+            "dirty": bool(status) if status is not None else None}
+
+
+def ci_info(env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = os.environ if env is None else env
+    provider = detect_ci_provider(env)
+    if provider is None:
+        return {}
+    info: dict[str, Any] = {"provider": provider}
+    if provider == "github":
+        if env.get("GITHUB_SERVER_URL") and env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
+            info["job_url"] = f"{env['GITHUB_SERVER_URL']}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+        info["commit"] = env.get("GITHUB_SHA")
+        info["branch"] = env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME")
+    elif provider == "gitlab":
+        info.update(job_url=env.get("CI_JOB_URL"), commit=env.get("CI_COMMIT_SHA"),
+                    branch=env.get("CI_COMMIT_REF_NAME"))
+    elif provider == "jenkins":
+        info.update(job_url=env.get("BUILD_URL"), commit=env.get("GIT_COMMIT"),
+                    branch=env.get("BRANCH_NAME") or env.get("GIT_BRANCH"))
+    return {k: v for k, v in info.items() if v}
+
+
+def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
+    ci = ci_info()
+    source = "pre-push" if options.git_hook else ("ci" if ci else "cli")
+    trigger: dict[str, Any] = {"source": source, "git": git_info(root)}
+    if ci:
+        trigger["ci"] = ci
+    if options.shard:
+        trigger["shard"] = "%d/%d" % options.shard
+    return trigger
+
+
+# === 10. HTTP server ===
+
+# === 11. CLI and main ===
+
+import typer  # noqa: E402  (after the library code: the CLI is a thin layer over it)
+
+app = typer.Typer(
+    name="orchestrate", add_completion=False, no_args_is_help=True,
+    pretty_exceptions_enable=False, rich_markup_mode=None,
+    help="Run a project's check-and-release workflow (workflows/<name>.json).\n\n"
+         "Exit codes: 0 every step passed or was skipped; 1 a step failed; 2 usage or "
+         "definition error (nothing ran); 3 internal error; 130/143 interrupted.")
+
+
+@dataclass
+class Paths:
+    root: Path
+    workflows_dir: Path
+    runs_dir: Path
+
+
+def _paths(ctx: typer.Context) -> Paths:
+    return ctx.obj  # type: ignore[no-any-return]
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _boundary(func: Callable[..., int | None]) -> Callable[..., None]:
+    """The one place domain errors become messages and exit codes."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = func(*args, **kwargs)
+        except OrchestrateError as exc:
+            _err(f"orchestrate: error: {exc}")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _err("orchestrate: interrupted")
+            raise typer.Exit(EXIT_SIGINT) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except BrokenPipeError:
+            raise typer.Exit(EXIT_OK) from None
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+            _err("orchestrate: internal error (a bug, not a step failure): please report it "
+                 "with the traceback above; exit code 3")
+            raise typer.Exit(EXIT_INTERNAL) from None
+        raise typer.Exit(code or 0)
+    return wrapper
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"orchestrate {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def cli(
+    ctx: typer.Context,
+    root: Path = typer.Option(None, "--root", envvar="ORCHESTRATE_ROOT",
+                              help="Project root (default: current directory).", show_default=False),
+    workflows_dir: Path = typer.Option(None, "--workflows-dir", help="Folder of workflow files (default: ROOT/workflows)."),
+    runs_dir: Path = typer.Option(None, "--runs-dir", help="Folder of run records (default: ROOT/runs)."),
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
+    """Run a project's check-and-release workflow from a git hook, a CI job or a terminal."""
+    base = (root or Path.cwd()).absolute()
+    ctx.obj = Paths(root=base, workflows_dir=(workflows_dir or base / "workflows").absolute(),
+                    runs_dir=(runs_dir or base / "runs").absolute())
+
+
+@app.command()
+@_boundary
+def run(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Workflow name (workflows/NAME.json)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; run nothing."),
+    only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable)."),
+    skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable)."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="Run every step even after a failure; still exit 1."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failing output and the summary."),
+    json_output: bool = typer.Option(False, "--json", help="Print the final run record as JSON on stdout."),
+    debug: bool = typer.Option(False, "--debug", help="Echo each command orchestrate runs."),
+    var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable)."),
+    junit_xml: Path = typer.Option(None, "--junit-xml", help="Also write the JUnit report here."),
+    shard: str = typer.Option(None, "--shard", envvar="ORCHESTRATE_SHARD", help="I/N: run shard I of N of each Cypress suite."),
+    git_hook: str = typer.Option(None, "--git-hook", help="Hook mode (pre-push): read git's ref lines from stdin."),
+    push_remote: str = typer.Option(None, "--push-remote", help="Remote name git passes to pre-push."),
+    push_url: str = typer.Option(None, "--push-url", help="Remote URL git passes to pre-push."),
+    from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
+    to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
+    run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
+) -> int:
+    """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
+    paths = _paths(ctx)
+    if git_hook is not None and git_hook != "pre-push":
+        raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
+    options = RunOptions(
+        dry_run=dry_run, only=list(only), skip=list(skip), keep_going=keep_going, quiet=quiet,
+        json_output=json_output, debug=debug, variables=parse_vars(var), junit_xml=junit_xml,
+        shard=parse_shard(shard) if shard else None, git_hook=git_hook, from_ref=from_ref,
+        to_ref=to_ref, push_remote=push_remote, push_url=push_url,
+        run_id=check_run_id(run_id) if run_id else None)
+    return run_workflow_command(paths, name, options)
+
+
+def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
+    """`orchestrate run`: load, validate, then run or plan. Returns the exit code."""
+    human = sys.stderr if options.json_output else sys.stdout
+    settings = load_settings(paths.root)
+    workflow = load_workflow(name, paths.workflows_dir, _base_environment(options), settings, paths.root)
+    for warning in workflow.warnings:
+        _err(f"orchestrate: warning: {warning}")
+    store = RunStore(paths.runs_dir)
+    if options.dry_run:
+        return print_plan(workflow, settings, paths, store, options, human)
+    for hook in PRE_RUN_HOOKS:
+        early = hook(paths, workflow, options)
+        if early is not None:
+            return early
+    console = Console(quiet=options.quiet, stream=human, debug=options.debug)
+    trigger = build_trigger(paths.root, options)
+    for hook in TRIGGER_HOOKS:
+        hook(trigger, paths, options)
+    record, code = execute_run(workflow, settings, paths.root, store, options, console, trigger)
+    if options.json_output:
+        sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    return code
+
+
+# Seams for the git section: a pre-run hook may end the run early with an exit code (a push
+# with nothing to check); a trigger hook adds to the record's trigger.
+PRE_RUN_HOOKS: list[Callable[[Paths, Workflow, RunOptions], int | None]] = []
+TRIGGER_HOOKS: list[Callable[[dict[str, Any], Paths, RunOptions], None]] = []
+
+
+def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
+               options: RunOptions, out: Any) -> int:
+    plan = plan_run(workflow, settings, paths.root, store, options)
+    out.write(f"{workflow.name} ({workflow.display_path}): {len(plan)} steps — dry run, nothing will run\n")
+    for number, item in enumerate(plan, start=1):
+        when = f", when {item['when']}" if item["when"] != "success" else ""
+        out.write(f"  [{number}/{len(plan)}] {item['step']} ({item['type']}{when})"
+                  + (f": skipped — {item['skip']}" if item["skip"] else "") + "\n")
+        for line in item["commands"]:
+            out.write(f"        {line}\n")
+        for warning in item["warnings"]:
+            out.write(f"        warning: {warning}\n")
+    if options.json_output:
+        sys.stdout.write(json.dumps({"workflow": workflow.name, "dry_run": True, "plan": plan}, indent=2) + "\n")
+    out.flush()
+    return EXIT_OK
+
+
+@app.command()
+@_boundary
+def validate(
+    ctx: typer.Context,
+    names: list[str] = typer.Argument(None, help="Workflow names (default: all under workflows/)."),
+) -> int:
+    """Check workflow definitions without running anything; warn about what is missing on disk."""
+    paths = _paths(ctx)
+    settings = load_settings(paths.root)
+    chosen = list(names or []) or [n for n, _ in list_workflows(paths.workflows_dir)]
+    if not chosen:
+        raise UsageError(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
+    errors = 0
+    store = RunStore(paths.runs_dir)
+    for name in chosen:
+        try:
+            workflow = load_workflow(name, paths.workflows_dir, dict(os.environ), settings, paths.root)
+        except OrchestrateError as exc:
+            _err(f"orchestrate: error: {exc}")
+            errors += 1
+            continue
+        plan = plan_run(workflow, settings, paths.root, store, RunOptions())
+        warnings = workflow.warnings + [f"{workflow.display_path}: steps[{i}] \"{item['step']}\": {w}"
+                                        for i, item in enumerate(plan) for w in item["warnings"]]
+        for warning in warnings:
+            _err(f"orchestrate: warning: {warning}")
+        typer.echo(f"{workflow.display_path}: ok ({len(workflow.steps)} steps"
+                   + (f", {len(warnings)} warnings" if warnings else "") + ")")
+    return EXIT_USAGE if errors else EXIT_OK
+
+
+@app.command("list")
+@_boundary
+def list_command(ctx: typer.Context) -> int:
+    """List the workflows with their step count and description."""
+    paths = _paths(ctx)
+    found = list_workflows(paths.workflows_dir)
+    if not found:
+        typer.echo(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
+        return EXIT_OK
+    width = max(len(n) for n, _ in found)
+    for name, path in found:
+        try:
+            data = parse_json_file(path, name)
+            steps = data.get("steps") if isinstance(data, dict) else None
+            count = f"{len(steps)} steps" if isinstance(steps, list) else "?"
+            description = data.get("description", "") if isinstance(data, dict) else ""
+            typer.echo(f"{name:<{width}}  {count:>9}  {description}".rstrip())
+        except DefinitionError:
+            typer.echo(f"{name:<{width}}  {'invalid':>9}  (see: orchestrate validate {name})")
+    return EXIT_OK
+
+
+@app.command()
+@_boundary
+def status(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="Run id (see: orchestrate runs)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+) -> int:
+    """Show one run: its status, current step and every step's result."""
+    store = RunStore(_paths(ctx).runs_dir)
+    record = store.load(check_run_id(run_id))
+    if json_output:
+        typer.echo(json.dumps(record, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    typer.echo(f"run {record['run_id']}: {record.get('workflow')} — {record.get('status')}"
+               + (f" (current: {record['current']})" if record.get("current") else ""))
+    typer.echo(f"  started {record.get('started_at')}"
+               + (f", finished {record['finished_at']} ({format_duration(record.get('duration_s'))})"
+                  if record.get("finished_at") else ""))
+    trigger = record.get("trigger") or {}
+    git = trigger.get("git") or {}
+    typer.echo(f"  trigger {trigger.get('source', '?')}"
+               + (f", {git.get('branch') or 'detached'} @ {str(git.get('commit'))[:12]}" if git.get("commit") else ""))
+    if record.get("message"):
+        typer.echo(f"  {record['message']}")
+    for row in render_step_table(record):
+        typer.echo(row)
+    return EXIT_OK
+
+
+@app.command()
+@_boundary
+def runs(
+    ctx: typer.Context,
+    workflow: str = typer.Option(None, "--workflow", "-w", help="Only runs of this workflow."),
+    status_filter: str = typer.Option(None, "--status", "-s", help="Only runs with this status."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="At most this many runs."),
+    json_output: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
+) -> int:
+    """List recent runs, newest first."""
+    if status_filter is not None and status_filter not in RUN_STATUSES:
+        raise UsageError(f"--status {status_filter!r}: expected one of {', '.join(RUN_STATUSES)}"
+                         f"{did_you_mean(status_filter, RUN_STATUSES)}")
+    store = RunStore(_paths(ctx).runs_dir)
+    rows = store.list(workflow=workflow, status=status_filter, limit=limit)
+    if json_output:
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not rows:
+        typer.echo("no runs yet")
+    for row in rows:
+        if "unreadable" in row:
+            typer.echo(f"{row['run_id']}  unreadable: {row['unreadable']}")
+            continue
+        typer.echo(f"{row['run_id']}  {row.get('status', '?'):<9}  {format_duration(row.get('duration_s')):>7}  "
+                   f"{row.get('workflow')}  ({(row.get('trigger') or {}).get('source', '?')})"
+                   + (f"  {row['message']}" if row.get("message") else ""))
+    return EXIT_OK
+
+
+@app.command()
+@_boundary
+def logs(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="Run id."),
+    step: str = typer.Argument(None, help="Step name or number (default: all steps)."),
+) -> int:
+    """Print the full output of a run's steps from their log files."""
+    paths = _paths(ctx)
+    store = RunStore(paths.runs_dir)
+    record = store.load(check_run_id(run_id))
+    entries = record.get("log", [])
+    chosen = entries
+    if step is not None:
+        names = [e.get("step") for e in entries]
+        if step.isdigit() and 1 <= int(step) <= len(entries):
+            chosen = [entries[int(step) - 1]]
+        elif step in names:
+            chosen = [entries[names.index(step)]]
+        else:
+            raise UsageError(f"run {run_id} has no step {step!r}{did_you_mean(step, [str(n) for n in names])}; "
+                             f"steps: {', '.join(str(n) for n in names)}")
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    for entry in chosen:
+        if len(chosen) > 1:
+            typer.echo(f"=== {entry.get('step')} ({entry.get('status')}) ===")
+        log_name = Path(entry.get("log_file") or "").name
+        path = store.run_dir(run_id) / log_name
+        if not log_name or not path.is_file():
+            typer.echo("(no output recorded)")
+            continue
+        with open(path, "rb") as handle:
+            while chunk := handle.read(READ_CHUNK):
+                if out is not None:
+                    sys.stdout.flush()
+                    out.write(chunk)
+                else:
+                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+@app.command()
+@_boundary
+def prune(
+    ctx: typer.Context,
+    keep: int = typer.Option(..., "--keep", min=0, help="Keep the newest N runs."),
+) -> int:
+    """Delete old runs, keeping the newest N (running ones are never deleted)."""
+    removed = RunStore(_paths(ctx).runs_dir).prune(keep)
+    typer.echo(f"removed {len(removed)} runs")
+    return EXIT_OK
+
+
+_INIT_WORKFLOW = {
+    "name": "pre-push",
+    "description": "Checks run before every git push",
+    "steps": [
+        {"name": "hello", "type": "command", "run": ["python3", "-c", "print('replace me with your checks')"]},
+    ],
+}
+
+
+@app.command()
+@_boundary
+def init(ctx: typer.Context) -> int:
+    """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
+    paths = _paths(ctx)
+    created = []
+    paths.workflows_dir.mkdir(parents=True, exist_ok=True)
+    target = paths.workflows_dir / "pre-push.json"
+    if not target.exists():
+        target.write_text(json.dumps(_INIT_WORKFLOW, indent=2) + "\n")
+        created.append(target)
+    paths.runs_dir.mkdir(parents=True, exist_ok=True)
+    ignore = paths.runs_dir / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# run records are local state, never committed\n*\n!.gitignore\n")
+        created.append(ignore)
+    for path in created:
+        typer.echo(f"created {_display_path(path, paths.root)}")
+    if not created:
+        typer.echo("nothing to do: workflows/pre-push.json and runs/.gitignore exist")
+    typer.echo("next: orchestrate run pre-push   then: orchestrate hook install")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `orchestrate` command; returns the exit code."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="orchestrate")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Shared fixtures: a temporary project root and helpers to drive the real CLI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import orchestrate
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMAS = REPO.parent / "shared" / "schemas"
+CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "JENKINS_HOME", "BUILD_URL",
+                "GITHUB_STEP_SUMMARY", "ORCHESTRATE_SKIP", "ORCHESTRATE_SHARD", "ORCHESTRATE_ROOT",
+                "NO_COLOR")
+
+
+@pytest.fixture(autouse=True)
+def _no_ci_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI runs the suite with CI=true: tests that want a CI set it themselves."""
+    for name in CI_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+class Project:
+    """A temporary project root with workflows/ and runs/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.workflows = root / "workflows"
+        self.runs = root / "runs"
+        self.workflows.mkdir()
+
+    def workflow(self, name: str, steps: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
+        path = self.workflows / f"{name}.json"
+        path.write_text(json.dumps({"steps": steps or [], **extra}, indent=1))
+        return path
+
+    def write(self, relative: str, text: str | bytes) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+        return path
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> Any:
+        """Run the CLI in-process (Typer's CliRunner) with stdout and stderr kept apart."""
+        runner = CliRunner()
+        return runner.invoke(orchestrate.app, ["--root", str(self.root), *args], env=env,
+                             catch_exceptions=False)
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run the installed `orchestrate` command as a real process."""
+        full_env = dict(os.environ)
+        for name in CI_VARIABLES:
+            full_env.pop(name, None)
+        full_env.update(env or {})
+        return subprocess.run([orchestrate_bin(), "--root", str(self.root), *args], capture_output=True,
+                              text=True, env=full_env, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.runs.glob("*.json"))]
+
+    def last_record(self) -> dict[str, Any]:
+        records = self.records()
+        assert records, "no run record was written"
+        return records[-1]
+
+
+def orchestrate_bin() -> str:
+    candidate = Path(sys.executable).parent / "orchestrate"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("orchestrate")
+    assert found, "the orchestrate console script is not installed (pip install -e .)"
+    return found
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path / "project")
+
+
+def junit_schemas() -> list[Any]:
+    import xmlschema
+
+    return [xmlschema.XMLSchema(str(SCHEMAS / "jenkins-xunit-junit-10.xsd")),
+            xmlschema.XMLSchema(str(SCHEMAS / "windyroad-JUnit.xsd"))]
+
+
+def assert_valid_junit(path_or_bytes: Path | bytes) -> None:
+    data = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
+    for schema in junit_schemas():
+        schema.validate(data.decode("utf-8"))
