@@ -200,9 +200,10 @@ SETTINGS_KEYS: dict[str, KeySpec] = {
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "an object"}
-_PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-_STEP_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
-_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# \Z, not $: '$' also matches before a trailing newline, and "w\n" would become a file name
+_PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+_STEP_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,49}\Z")
+_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _VAR_EXPR_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
@@ -220,9 +221,14 @@ def _value_type_name(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__).replace("an ", "").replace("a ", "")
 
 
+MAX_NUMBER = 2 ** 53  # beyond this a JSON number is no longer exact in JavaScript or a float
+
+
 def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     if isinstance(value, bool):  # bool is an int in Python, never in a workflow file
         return bool in types
+    if isinstance(value, (int, float)) and not -MAX_NUMBER <= value <= MAX_NUMBER:
+        return False  # 1e999 is inf and 10**400 overflows float(): no key means such numbers
     if isinstance(value, int) and float in types:
         return True
     return isinstance(value, types)
@@ -231,6 +237,8 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 def check_value(value: Any, spec: KeySpec, where: str, key: str) -> None:
     """Raise DefinitionError unless value matches spec (type, and item type of lists/dicts)."""
     if not _type_ok(value, spec.types):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _type_ok(0, spec.types):
+            raise DefinitionError(f"{where}: key '{key}' is out of range (at most {MAX_NUMBER})")
         raise DefinitionError(
             f"{where}: key '{key}' must be {_describe_type(spec.types)}, not {_value_type_name(value)}")
     if spec.item_type is not None and isinstance(value, list):
@@ -316,6 +324,8 @@ def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: st
     """Interpolate every string inside value; values of secret-named keys that came from a
     variable are remembered as secrets."""
     if isinstance(value, str):
+        if "\x00" in value:  # argv, environment and paths cannot carry NUL: fail now, not mid-run
+            raise DefinitionError(f"{where}: key '{key}' contains a NUL character")
         text, used = interpolate(value, variables, f"{where}: key '{key}'")
         if used and SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]):
             secrets.add(text)
@@ -324,6 +334,10 @@ def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: st
         return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets)
                 for i, v in enumerate(value)]
     if isinstance(value, dict):
+        if key == "env" and any(not k or "=" in k or "\x00" in k for k in value):
+            bad = next(k for k in value if not k or "=" in k or "\x00" in k)
+            raise DefinitionError(f"{where}: key '{key}' has {bad!r}, which is not an environment "
+                                  f"variable name (no '=', no NUL, not empty)")
         return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets)
                 for k, v in value.items()}
     return value
@@ -340,6 +354,15 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 class _DuplicateKey(ValueError):
     pass
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; RFC 8259 does not, and no key means them
+    raise _NotJSON(f"{name} is not a JSON value")
 
 
 def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES) -> Any:
@@ -371,14 +394,49 @@ def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES)
     if not text.strip():
         raise DefinitionError(f"{shown}: file is empty; expected a JSON object")
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        document = json.loads(text, object_pairs_hook=_reject_duplicate_keys,
+                              parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise DefinitionError(
             f"{shown}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except _NotJSON as exc:
+        raise DefinitionError(f"{shown}: invalid JSON: {exc}") from None
     except _DuplicateKey as exc:
         raise DefinitionError(f"{shown}: key '{exc}' appears twice in the same object") from None
     except RecursionError:
         raise DefinitionError(f"{shown}: JSON is nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (CVE-2020-10735 limit)
+        raise DefinitionError(f"{shown}: invalid JSON: {str(exc).split(';')[0]}") from None
+    problem = _check_document(document)
+    if problem:
+        raise DefinitionError(f"{shown}: {problem}")
+    return document
+
+
+MAX_NESTING = 64  # far beyond any workflow; keeps every recursive walk of a document safe
+
+
+def _check_document(document: Any) -> str | None:
+    """What no later stage can handle, found with one iterative walk: nesting deeper than
+    MAX_NESTING (validation, masking and hashing recurse) and lone surrogates from '\\ud800'
+    escapes (they cannot be encoded as UTF-8 for argv, environment or the run record)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return f"JSON is nested more than {MAX_NESTING} levels deep"
+        if isinstance(value, str):
+            if _SURROGATE_RE.search(value):
+                return f"string {value[:40]!r} contains a lone UTF-16 surrogate (\\uD800-\\uDFFF); use the real character"
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, dict):
+            stack.extend((key, depth + 1) for key in value)
+            stack.extend((item, depth + 1) for item in value.values())
+    return None
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def _check_keys(obj: dict[str, Any], specs: dict[str, KeySpec], where: str,
@@ -655,8 +713,8 @@ class StreamMasker:
 
 # === 4. Run store ===
 
-RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}$")
-_LOOSE_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
+_LOOSE_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
 
 
 def utc_now() -> str:
@@ -1764,11 +1822,12 @@ class Engine:
         return recorder
 
     def run(self, trigger: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        # a bad --only/--skip is a usage error: reported before a record exists (nothing ran)
+        excluded = select_steps(self.workflow, self.options)
         recorder = self.start(trigger)
         record = recorder.record
         run_id = record["run_id"]
         started = time.monotonic()
-        excluded = select_steps(self.workflow, self.options)
         failed: list[str] = []
         interrupted: RunInterrupted | None = None
         base_env = _base_environment(self.options)
@@ -2320,7 +2379,13 @@ def _paths(ctx: typer.Context) -> Paths:
     return ctx.obj  # type: ignore[no-any-return]
 
 
+_MESSAGE_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _err(text: str) -> None:
+    """One line on stderr: control characters a message quotes from a file or an argument
+    (a newline, an ANSI or OSC escape in a key name) are shown escaped, never acted on."""
+    text = _MESSAGE_CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], text)
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
 
