@@ -35,7 +35,7 @@ class Project:
         self.root = root
         self.workflows = root / "workflows"
         self.runs = root / "runs"
-        self.workflows.mkdir()
+        self.workflows.mkdir(parents=True)
 
     def workflow(self, name: str, steps: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
         path = self.workflows / f"{name}.json"
