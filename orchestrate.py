@@ -1488,15 +1488,20 @@ try:
         from importlib.metadata import entry_points
         loaded = [ep for ep in entry_points(group="orchestrate.runners") if ep.name == type_name][0].load()
         execute = getattr(loaded, "execute", loaded)
-    if not callable(execute):
-        report(False, target + ": has no execute(step) function")
-        sys.exit(1)
 except BaseException as exc:
     traceback.print_exc()
     report(False, target + ": cannot load plugin: " + type(exc).__name__ + ": " + str(exc))
     sys.exit(1)
+if not callable(execute):
+    report(False, target + ": has no execute(step) function")
+    sys.exit(1)
 try:
     result = execute(step)
+except SystemExit as exc:
+    if exc.code not in (None, 0):
+        report(False, target + ": called sys.exit(" + repr(exc.code) + ")")
+        sys.exit(1)
+    result = None
 except BaseException as exc:
     traceback.print_exc()
     report(False, target + ": " + (type(exc).__name__ + ": " + str(exc) if str(exc) else type(exc).__name__))
