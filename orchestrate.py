@@ -2410,7 +2410,7 @@ def run(
     options = RunOptions(
         dry_run=dry_run, only=list(only), skip=list(skip), keep_going=keep_going, quiet=quiet,
         json_output=json_output, debug=debug, variables=parse_vars(var), junit_xml=junit_xml,
-        shard=parse_shard(shard) if shard else None, git_hook=git_hook, from_ref=from_ref,
+        shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
         run_id=check_run_id(run_id) if run_id else None)
     return run_workflow_command(paths, name, options)
