@@ -1546,15 +1546,20 @@ try:
         from importlib.metadata import entry_points
         loaded = [ep for ep in entry_points(group="orchestrate.runners") if ep.name == type_name][0].load()
         execute = getattr(loaded, "execute", loaded)
-    if not callable(execute):
-        report(False, target + ": has no execute(step) function")
-        sys.exit(1)
 except BaseException as exc:
     traceback.print_exc()
     report(False, target + ": cannot load plugin: " + type(exc).__name__ + ": " + str(exc))
     sys.exit(1)
+if not callable(execute):
+    report(False, target + ": has no execute(step) function")
+    sys.exit(1)
 try:
     result = execute(step)
+except SystemExit as exc:
+    if exc.code not in (None, 0):
+        report(False, target + ": called sys.exit(" + repr(exc.code) + ")")
+        sys.exit(1)
+    result = None
 except BaseException as exc:
     traceback.print_exc()
     report(False, target + ": " + (type(exc).__name__ + ": " + str(exc) if str(exc) else type(exc).__name__))
@@ -2470,7 +2475,7 @@ def run(
     options = RunOptions(
         dry_run=dry_run, only=list(only), skip=list(skip), keep_going=keep_going, quiet=quiet,
         json_output=json_output, debug=debug, variables=parse_vars(var), junit_xml=junit_xml,
-        shard=parse_shard(shard) if shard else None, git_hook=git_hook, from_ref=from_ref,
+        shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
         run_id=check_run_id(run_id) if run_id else None)
     return run_workflow_command(paths, name, options)

@@ -63,6 +63,8 @@ class Project:
         full_env = dict(os.environ)
         for name in CI_VARIABLES:
             full_env.pop(name, None)
+        # the orchestrate.py of this checkout, even when another copy is installed
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
         full_env.update(env or {})
         return subprocess.run([orchestrate_bin(), "--root", str(self.root), *args], capture_output=True,
                               text=True, env=full_env, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)

@@ -1,0 +1,310 @@
+"""The engine with real child processes: streaming, timeouts, retries, signals, conditions."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, assert_valid_junit, orchestrate_bin, REPO
+
+PY = sys.executable
+
+
+def cmd(name: str, run: object, **extra: object) -> dict:
+    return {"name": name, "type": "command", "run": run, **extra}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_failing_step_skips_the_rest_but_runs_always_and_failure_steps(project: Project) -> None:
+    project.workflow("w", [
+        cmd("ok", "echo one"),
+        cmd("boom", "echo broken >&2; exit 3"),
+        cmd("later", "echo should-not-run"),
+        cmd("cleanup", "echo cleaning", when={"status": "always"}),
+        cmd("on failure", "echo reporting", when={"status": "failure"}),
+    ])
+    result = project.cli("run", "w")
+    assert result.exit_code == 1
+    record = project.last_record()
+    assert record["status"] == "failed"
+    statuses = {e["step"]: e["status"] for e in record["log"]}
+    assert statuses == {"ok": "passed", "boom": "failed", "later": "skipped", "cleanup": "passed",
+                        "on failure": "passed"}
+    later = record["log"][2]
+    assert later["message"] == "an earlier step failed (boom)"
+    assert record["log"][1]["exit_code"] == 3
+    assert record["log"][1]["message"] == "command exited with code 3"
+    assert "broken" in record["log"][1]["output_tail"]
+    assert "should-not-run" not in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("w: 3 passed, 1 failed, 1 skipped in ")
+    assert_valid_junit(project.runs / record["run_id"] / "junit.xml")
+
+
+def test_failure_only_step_is_skipped_when_all_pass(project: Project) -> None:
+    project.workflow("w", [cmd("ok", "true"), cmd("on failure", "echo x", when={"status": "failure"})])
+    result = project.cli("run", "w")
+    assert result.exit_code == 0
+    entry = project.last_record()["log"][1]
+    assert entry["status"] == "skipped"
+    assert entry["message"] == "runs only after a failure (when.status = failure)"
+
+
+def test_continue_on_error_is_recorded_but_ignored_by_status(project: Project) -> None:
+    project.workflow("w", [cmd("flaky lint", "exit 1", continue_on_error=True), cmd("next", "echo next")])
+    result = project.cli("run", "w")
+    assert result.exit_code == 0
+    record = project.last_record()
+    assert record["status"] == "completed"
+    assert record["log"][0]["status"] == "failed" and record["log"][0]["allowed_failure"] is True
+    assert record["log"][1]["status"] == "passed"
+    assert "1 failed (1 allowed)" in result.stdout
+
+
+def test_keep_going_runs_everything_and_still_fails(project: Project) -> None:
+    project.workflow("w", [cmd("a", "exit 1"), cmd("b", "echo b-ran")])
+    result = project.cli("run", "w", "--keep-going")
+    assert result.exit_code == 1
+    assert "b-ran" in result.stdout
+    assert [e["status"] for e in project.last_record()["log"]] == ["failed", "passed"]
+
+
+def test_only_and_skip(project: Project) -> None:
+    project.workflow("w", [cmd("a", "echo A"), cmd("b", "echo B"), cmd("c", "echo C")])
+    result = project.cli("run", "w", "--only", "b")
+    assert result.exit_code == 0
+    assert [e["message"] for e in project.last_record()["log"]] == ["not selected by --only", "", "not selected by --only"]
+    result = project.cli("run", "w", "--skip", "a", "--skip", "c")
+    assert [e["status"] for e in project.last_record()["log"]] == ["skipped", "passed", "skipped"]
+    bad = project.cli("run", "w", "--only", "bb")
+    assert bad.exit_code == 2
+    assert "--only 'bb': no such step in w (did you mean 'b'?); steps: a, b, c" in bad.stderr
+
+
+def test_step_environment_and_closed_stdin(project: Project) -> None:
+    script = ("import os, sys; data = sys.stdin.read(); "
+              "print({k: v for k, v in os.environ.items() if k.startswith(('ORCHESTRATE_', 'APP_', 'STEP_'))}, repr(data))")
+    project.workflow("w", [cmd("env check", [PY, "-c", script], env={"STEP_LEVEL": "s"})], env={"APP_LEVEL": "w"})
+    result = project.run("run", "w")
+    assert result.returncode == 0, result.stderr
+    record = project.last_record()
+    tail = record["log"][0]["output_tail"]
+    assert f"'ORCHESTRATE_RUN_ID': '{record['run_id']}'" in tail
+    assert "'ORCHESTRATE_WORKFLOW': 'w'" in tail
+    assert "'ORCHESTRATE_STEP': 'env check'" in tail
+    assert f"'ORCHESTRATE_ROOT': '{project.root}'" in tail
+    assert "'APP_LEVEL': 'w'" in tail and "'STEP_LEVEL': 's'" in tail
+    assert tail.endswith("''")  # stdin is closed: read() returns at once with nothing
+
+
+def test_output_streams_live_before_the_step_ends(project: Project) -> None:
+    gate = project.root / "gate"
+    script = f"import os, time\nprint('first line', flush=True)\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\nprint('second line')"
+    project.write("s.py", script)
+    project.workflow("w", [cmd("stream", [PY, "s.py"])])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in ("CI", "GITHUB_ACTIONS"):
+        env.pop(name, None)
+    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    assert process.stdout is not None
+    seen = []
+    while True:
+        line = process.stdout.readline().decode()
+        seen.append(line)
+        if "first line" in line:
+            break
+        assert line, f"stream ended early: {seen}"
+    assert not any("second line" in s for s in seen)
+    gate.write_text("go")
+    rest = process.stdout.read().decode()
+    assert process.wait(30) == 0
+    order = "".join(seen) + rest
+    assert order.index("[1/1] stream (command)") < order.index("first line") < order.index("second line") < order.index("passed in")
+
+
+def test_fifty_megabytes_of_output_reach_log_and_console_with_bounded_tail(project: Project) -> None:
+    script = "import sys\nchunk = (b'x' * 1023 + b'\\n') * 1024\nfor _ in range(50): sys.stdout.buffer.write(chunk)\n"
+    project.write("big.py", script)
+    project.workflow("w", [cmd("big", [PY, "big.py"])])
+    out_path = project.root / "console.out"
+    with open(out_path, "wb") as out:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        done = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "w"], stdout=out,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    record = project.last_record()
+    log = project.runs / record["run_id"] / "01-big.log"
+    assert log.stat().st_size == 50 * 1024 * 1024
+    assert out_path.stat().st_size > 50 * 1024 * 1024
+    assert len(record["log"][0]["output_tail"]) <= 4096
+    assert (project.runs / f"{record['run_id']}.json").stat().st_size < 20000
+
+
+def test_timeout_ends_the_whole_process_tree(project: Project) -> None:
+    pids = project.root / "pids"
+    script = f"sleep 300 & echo $! > {pids}; echo $$ >> {pids}; echo started; sleep 300"
+    project.workflow("w", [cmd("hang", script, timeout=1), cmd("after", "echo after")])
+    started = time.monotonic()
+    result = project.cli("run", "w")
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 1
+    entry = project.last_record()["log"][0]
+    assert entry["status"] == "failed"
+    assert entry["message"] == "timed out after 1 s"
+    assert entry["exit_code"] is None
+    for pid in map(int, pids.read_text().split()):
+        _wait_for(lambda: not _alive(pid), 10)
+
+
+def test_timeout_escalates_to_kill_when_term_is_ignored(project: Project) -> None:
+    pids = project.root / "pids"
+    script = f"trap '' TERM; (trap '' TERM; sleep 300) & echo $! > {pids}; sleep 300"
+    project.workflow("w", [cmd("stubborn", script, timeout=1)])
+    started = time.monotonic()
+    result = project.cli("run", "w")
+    assert result.exit_code == 1
+    assert time.monotonic() - started < 1 + 5 + 5
+    pid = int(pids.read_text())
+    _wait_for(lambda: not _alive(pid), 10)
+
+
+def test_retries_pass_on_second_attempt(project: Project) -> None:
+    counter = project.root / "count"
+    script = f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; echo attempt $n; [ $n -ge 2 ]"
+    project.workflow("w", [cmd("flaky", script, retries=2, retry_delay=0.1)])
+    result = project.cli("run", "w")
+    assert result.exit_code == 0, result.stdout
+    entry = project.last_record()["log"][0]
+    assert entry["status"] == "passed" and entry["attempts"] == 2
+    assert "orchestrate: attempt 2 of 3 (after 0.1s)" in result.stdout
+    log = (project.runs / project.last_record()["run_id"] / "01-flaky.log").read_text()
+    assert "attempt 1" in log and "attempt 2" in log
+
+
+def test_retries_exhausted_record_all_attempts(project: Project) -> None:
+    project.workflow("w", [cmd("never", "exit 4", retries=2)])
+    result = project.cli("run", "w")
+    assert result.exit_code == 1
+    entry = project.last_record()["log"][0]
+    assert entry["attempts"] == 3 and entry["exit_code"] == 4
+
+
+@pytest.mark.parametrize("signum,code,name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_signal_ends_step_tree_records_failure_and_writes_report(project: Project, signum: int, code: int, name: str) -> None:
+    pids = project.root / "pids"
+    script = f"sleep 300 & echo $! > {pids}; echo ready; sleep 300"
+    project.workflow("w", [cmd("long", script), cmd("cleanup", "echo cleanup", when={"status": "always"})])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    _wait_for(lambda: pids.exists() and pids.read_text().strip() != "")
+    time.sleep(0.2)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == code, stderr
+    record = project.last_record()
+    assert record["status"] == "failed"
+    assert record["message"].startswith(f"interrupted by {name}")
+    assert record["log"][0]["status"] == "failed"
+    assert record["log"][0]["message"] == f"interrupted by {name}"
+    assert record["log"][1]["status"] == "skipped"
+    assert (project.runs / record["run_id"] / "junit.xml").exists()
+    assert_valid_junit(project.runs / record["run_id"] / "junit.xml")
+    _wait_for(lambda: not _alive(int(pids.read_text())), 10)
+
+
+def test_missing_command_and_cwd_fail_the_step_with_a_fix(project: Project) -> None:
+    project.workflow("w", [cmd("nope", ["definitely-not-a-command-xyz"]),
+                           cmd("cwd", "true", cwd="missing/dir", when={"status": "always"})])
+    result = project.cli("run", "w")
+    assert result.exit_code == 1
+    log = project.last_record()["log"]
+    assert log[0]["message"] == "command not found: 'definitely-not-a-command-xyz' (is it installed and on PATH?)"
+    assert log[1]["message"] == "working directory missing/dir does not exist"
+
+
+def test_json_output_goes_to_stdout_and_human_output_to_stderr(project: Project) -> None:
+    project.workflow("w", [cmd("a", "echo hello")])
+    result = project.run("run", "w", "--json")
+    assert result.returncode == 0
+    record = json.loads(result.stdout)
+    assert record["status"] == "completed" and record["log"][0]["status"] == "passed"
+    assert "hello" in result.stderr and "w: 1 passed, 0 failed, 0 skipped" in result.stderr
+
+
+def test_quiet_shows_only_failing_output_and_summary(project: Project) -> None:
+    project.workflow("w", [cmd("a", "echo noisy-but-fine"), cmd("b", "echo why-it-broke; exit 1")])
+    result = project.run("run", "w", "--quiet")
+    assert result.returncode == 1
+    assert "noisy-but-fine" not in result.stdout
+    assert "why-it-broke" in result.stdout
+    assert "\r" not in result.stdout  # no live status line into a pipe
+    assert result.stdout.rstrip().splitlines()[-1].startswith("w: 1 passed, 1 failed, 0 skipped")
+
+
+def test_no_colour_into_a_pipe(project: Project) -> None:
+    project.workflow("w", [cmd("a", "true")])
+    result = project.run("run", "w")
+    assert "\x1b[" not in result.stdout
+
+
+def test_debug_echoes_commands(project: Project) -> None:
+    project.workflow("w", [cmd("a", ["echo", "hi"])])
+    result = project.cli("run", "w", "--debug")
+    assert "+ echo hi" in result.stdout
+
+
+def test_dry_run_prints_plan_and_writes_nothing(project: Project) -> None:
+    project.workflow("w", [cmd("a", ["echo", "${WHO:-world}"]), cmd("b", "exit 1", when={"status": "always"})])
+    result = project.cli("run", "w", "--dry-run")
+    assert result.exit_code == 0
+    assert "[1/2] a (command)" in result.stdout and "echo world" in result.stdout
+    assert "[2/2] b (command, when always)" in result.stdout
+    assert not project.runs.exists()
+
+
+def test_run_ids_are_unique_and_sorted_by_start(project: Project) -> None:
+    project.workflow("w", [cmd("a", "true")])
+    for _ in range(3):
+        assert project.cli("run", "w").exit_code == 0
+    ids = [r["run_id"] for r in project.records()]
+    assert len(set(ids)) == 3 and ids == sorted(ids)
+    listed = project.cli("runs").stdout.splitlines()
+    assert [line.split()[0] for line in listed] == sorted(ids, reverse=True)
+
+
+def test_background_process_left_by_a_step_ends_with_it(project: Project) -> None:
+    pids = project.root / "pids"
+    project.workflow("w", [cmd("daemon", f"sleep 300 & echo $! > {pids}; echo left it running")])
+    started = time.monotonic()
+    result = project.cli("run", "w")
+    assert result.exit_code == 0
+    assert time.monotonic() - started < 10
+    _wait_for(lambda: not _alive(int(pids.read_text())), 10)

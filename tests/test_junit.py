@@ -1,0 +1,87 @@
+"""JUnit reports: valid against both schemas in shared/schemas whatever bytes a step prints."""
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import orchestrate
+from conftest import Project, assert_valid_junit
+
+PY = sys.executable
+
+
+def test_every_byte_value_ansi_and_cdata_end_keep_the_report_valid(project: Project) -> None:
+    script = ("import sys\n"
+              "sys.stdout.buffer.write(bytes(range(256)) * 3)\n"
+              "sys.stdout.buffer.write(b'\\x1b[31mred\\x1b[0m \\x1b]8;;http://x\\x07link\\x1b]8;;\\x07 ]]> <&> \\xff\\xfe\\xed\\xa0\\x80\\n')\n"
+              "sys.exit(1)\n")
+    project.write("noise.py", script)
+    project.workflow("w", [{"name": "noise <&> \"q\"", "type": "command", "run": [PY, "noise.py"]},
+                           {"name": "after", "type": "command", "run": "true"}])
+    result = project.cli("run", "w")
+    assert result.exit_code == 1
+    record = project.last_record()
+    junit = project.runs / record["run_id"] / "junit.xml"
+    assert_valid_junit(junit)
+    tree = ET.parse(junit)
+    suite = tree.getroot().find("testsuite")
+    assert suite is not None
+    assert suite.get("tests") == "2" and suite.get("failures") == "1" and suite.get("skipped") == "1"
+    failure = suite.find("testcase/failure")
+    assert failure is not None and "]]>" in (failure.text or "")
+    assert "\x1b" not in (failure.text or "")
+    assert suite.find("testcase").get("name") == 'noise <&> "q"'
+
+
+def test_report_written_for_passing_run_and_copied_with_junit_xml(project: Project, tmp_path) -> None:
+    project.workflow("w", [{"name": "a", "type": "command", "run": "echo ok"}])
+    copy = tmp_path / "reports" / "junit.xml"
+    result = project.cli("run", "w", "--junit-xml", str(copy))
+    assert result.exit_code == 0
+    record = project.last_record()
+    original = (project.runs / record["run_id"] / "junit.xml").read_bytes()
+    assert copy.read_bytes() == original
+    assert_valid_junit(original)
+    root = ET.fromstring(original)
+    case = root.find("testsuite/testcase")
+    assert case is not None and case.get("classname") == "w" and case.get("name") == "a"
+    assert root.find("testsuite/properties/property[@name='run_id']").get("value") == record["run_id"]
+
+
+def test_skipped_and_allowed_failures_are_skipped_cases() -> None:
+    record = {"workflow": "w", "run_id": "r", "started_at": "2026-11-27T15:40:00.123Z", "duration_s": 1.5,
+              "log": [
+                  {"step": "a", "status": "failed", "allowed_failure": True, "message": "exit 1", "duration_s": 0.1},
+                  {"step": "b", "status": "skipped", "message": "an earlier step failed (x)", "duration_s": None},
+                  {"step": "c", "status": "passed", "duration_s": 12345.6789},
+              ]}
+    xml = orchestrate.build_junit_xml(record)
+    assert_valid_junit(xml)
+    root = ET.fromstring(xml)
+    skipped = root.findall("testsuite/testcase/skipped")
+    assert [s.get("message") for s in skipped] == ["failed, allowed by continue_on_error: exit 1",
+                                                   "an earlier step failed (x)"]
+    assert root.find("testsuite").get("timestamp") == "2026-11-27T15:40:00"
+
+
+def test_extra_testcases_become_their_own_suite() -> None:
+    record = {"workflow": "deploy", "run_id": "r", "started_at": "2026-11-27T15:40:00.123Z", "duration_s": 3,
+              "log": [{"step": "ui smoke", "status": "failed", "message": "1 of 2 tests failed",
+                       "duration_s": 2.0, "started_at": "2026-11-27T15:40:01.000Z"}]}
+    cases = [orchestrate.TestCase("login works", "login.cy.js", 0.5, "passed"),
+             orchestrate.TestCase("logout \x00 works", "login.cy.js", 0.25, "failed", "expected 1", "AssertionError\n  at x")]
+    xml = orchestrate.build_junit_xml(record, {0: cases}, shard=(2, 3))
+    assert_valid_junit(xml)
+    suites = ET.fromstring(xml).findall("testsuite")
+    assert suites[0].get("name") == "deploy (shard 2/3)"
+    assert suites[1].get("name") == "deploy (shard 2/3) › ui smoke"
+    assert suites[1].get("tests") == "2" and suites[1].get("failures") == "1"
+    assert suites[1].findall("testcase")[1].get("name") == "logout \\x00 works"
+
+
+@pytest.mark.parametrize("text", ["\x00\x01\x1f", "\ud800 lone", "\ufffe\uffff", "ok\ttab\nnew"])
+def test_xml_safe_removes_what_xml_forbids(text: str) -> None:
+    safe = orchestrate.xml_safe(text)
+    ET.fromstring(f"<a>{safe.replace('&', '&amp;').replace('<', '&lt;')}</a>".encode("utf-8", "surrogatepass"))

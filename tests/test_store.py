@@ -1,0 +1,196 @@
+"""The run store: atomic records, the journal, interrupted runs, listing, pruning, bad ids."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import orchestrate
+from conftest import Project
+
+
+def _record(run_id: str, status: str = "completed", workflow: str = "w", **extra: object) -> dict:
+    return {"schema_version": 1, "run_id": run_id, "workflow": workflow, "status": status, "current": None,
+            "started_at": "2026-11-27T15:40:00.000Z", "finished_at": None, "pid": None, "trigger": {"source": "cli"},
+            "log": [], **extra}
+
+
+def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    orchestrate.write_atomic(path, b"one")
+    orchestrate.write_atomic(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["r.json"]
+    assert path.stat().st_mode & 0o002 == 0
+
+
+def test_create_never_overwrites(tmp_path: Path) -> None:
+    store = orchestrate.RunStore(tmp_path / "runs")
+    store.create(_record("20261127T154000000Z-aaaaaa"))
+    with pytest.raises(FileExistsError):
+        store.create(_record("20261127T154000000Z-aaaaaa", status="failed"))
+    assert store.load("20261127T154000000Z-aaaaaa")["status"] == "completed"
+
+
+def test_running_record_of_dead_process_reads_as_interrupted(tmp_path: Path) -> None:
+    store = orchestrate.RunStore(tmp_path / "runs")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    entry = {"step": "a", "status": "running"}
+    store.create(_record("20261127T154000000Z-bbbbbb", status="running", pid=dead.pid, log=[entry]))
+    record = store.load("20261127T154000000Z-bbbbbb")
+    assert record["status"] == "failed"
+    assert record["message"].startswith(f"interrupted: orchestrate (pid {dead.pid}) stopped")
+    assert record["log"][0]["status"] == "failed"
+    alive = _record("20261127T154000000Z-cccccc", status="running", pid=os.getpid(),
+                    pid_start=orchestrate._pid_start_time(os.getpid()))
+    store.create(alive)
+    assert store.load("20261127T154000000Z-cccccc")["status"] == "running"
+
+
+def test_journal_updates_are_applied_and_a_torn_line_ignored(tmp_path: Path) -> None:
+    store = orchestrate.RunStore(tmp_path / "runs")
+    run_id = "20261127T154000000Z-dddddd"
+    record = _record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate._pid_start_time(os.getpid()),
+                     log=[{"step": "a", "status": "pending"}, {"step": "b", "status": "pending"}])
+    store.create(record)
+    recorder = orchestrate.RunRecorder(store, record)
+    recorder.last_snapshot = time.monotonic() + 3600  # force journal writes
+    recorder.update_step(0, {"step": "a", "status": "passed"}, None)
+    recorder.update_step(1, {"step": "b", "status": "running"}, "b")
+    with open(store.journal_path(run_id), "ab") as handle:
+        handle.write(b'{"seq": 99, "index": 1, "entry": {"st')
+    loaded = store.load(run_id)
+    assert [e["status"] for e in loaded["log"]] == ["passed", "running"]
+    assert loaded["current"] == "b"
+    on_disk = json.loads(store.record_path(run_id).read_text())
+    assert on_disk["log"][0]["status"] == "pending"  # the snapshot itself was not rewritten
+    recorder.finish()
+    assert not store.journal_path(run_id).exists()
+    assert json.loads(store.record_path(run_id).read_text())["log"][0]["status"] == "passed"
+
+
+def test_status_is_current_while_the_run_goes_on(project: Project) -> None:
+    gate = project.root / "gate"
+    project.workflow("w", [{"name": "first", "type": "command", "run": "true"},
+                           {"name": "waits", "type": "command", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"}])
+    env = {**os.environ, "PYTHONPATH": str(Path(orchestrate.__file__).parent)}
+    from conftest import orchestrate_bin
+    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w", "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ids = orchestrate.RunStore(project.runs).list_ids()
+            if ids:
+                record = orchestrate.RunStore(project.runs).load(ids[0])
+                if record["current"] == "waits":
+                    break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("status never showed the running step")
+        shown = project.cli("status", ids[0])
+        assert "— running (current: waits)" in shown.stdout
+        assert record["log"][0]["status"] == "passed"
+    finally:
+        gate.write_text("")
+        process.wait(20)
+    assert project.cli("status", ids[0]).stdout.splitlines()[0].endswith("— completed")
+
+
+def test_runs_lists_newest_first_with_filters_and_reports_unreadable(project: Project) -> None:
+    store = orchestrate.RunStore(project.runs)
+    store.create(_record("20261127T150000000Z-000001", workflow="a"))
+    store.create(_record("20261127T150000000Z-000002", workflow="b", status="failed"))
+    store.create(_record("20261127T150000000Z-000003", workflow="a"))
+    (project.runs / "20261127T150000000Z-000004.json").write_text('{"schema_version": 1, "run_id": "x", "trunc')
+    (project.runs / "20261127T150000000Z-000005.json").write_text(json.dumps(_record("20261127T150000000Z-000005") | {"schema_version": 99}))
+    (project.runs / ".20261127T150000000Z-000006.json.123.tmp").write_text("{")
+    result = project.cli("runs")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [f"20261127T150000000Z-00000{i}" for i in (5, 4, 3, 2, 1)]
+    assert "unreadable:" in lines[0] and "schema_version 99 is newer" in lines[0]
+    assert "unreadable:" in lines[1] and "20261127T150000000Z-000004.json" in lines[1]
+    only_a = project.cli("runs", "--workflow", "a", "--json")
+    assert [r["run_id"] for r in json.loads(only_a.stdout)] == ["20261127T150000000Z-000003", "20261127T150000000Z-000001"]
+    failed = project.cli("runs", "--status", "failed", "--json")
+    assert [r["run_id"] for r in json.loads(failed.stdout)] == ["20261127T150000000Z-000002"]
+    assert project.cli("runs", "--status", "faild").exit_code == 2
+    assert len(json.loads(project.cli("runs", "--limit", "2", "--json").stdout)) == 2
+    unreadable = project.cli("status", "20261127T150000000Z-000004")
+    assert unreadable.exit_code == 3
+    assert "20261127T150000000Z-000004.json: unreadable: not valid JSON" in unreadable.stderr
+
+
+@pytest.mark.parametrize("run_id", ["../../etc/passwd", "", "x" * 101, "a/b", ".hidden", "a b"])
+def test_bad_run_ids_are_refused(project: Project, run_id: str) -> None:
+    for command in (["status", run_id], ["logs", run_id]):
+        result = project.cli(*command)
+        assert result.exit_code == 2
+        assert "is not a run id" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_prune_keeps_newest_and_never_running(project: Project) -> None:
+    store = orchestrate.RunStore(project.runs)
+    for i in range(1, 6):
+        store.create(_record(f"20261127T150000000Z-00000{i}"))
+        store.run_dir(f"20261127T150000000Z-00000{i}").mkdir()
+    store.write_snapshot(_record("20261127T150000000Z-000001", status="running", pid=os.getpid(),
+                                 pid_start=orchestrate._pid_start_time(os.getpid())))
+    result = project.cli("prune", "--keep", "2")
+    assert result.exit_code == 0
+    assert "removed 2 runs" in result.stdout
+    assert store.list_ids() == ["20261127T150000000Z-000005", "20261127T150000000Z-000004", "20261127T150000000Z-000001"]
+    assert not store.run_dir("20261127T150000000Z-000002").exists()
+
+
+def test_keep_runs_setting_prunes_after_each_run(project: Project) -> None:
+    project.write("orchestrate.json", json.dumps({"keep_runs": 2}))
+    project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
+    for _ in range(4):
+        assert project.cli("run", "w", "--quiet").exit_code == 0
+    assert len(orchestrate.RunStore(project.runs).list_ids()) == 2
+
+
+def test_logs_prints_full_output_by_name_or_number(project: Project) -> None:
+    project.workflow("w", [{"name": "a", "type": "command", "run": "echo alpha"},
+                           {"name": "b", "type": "command", "run": "echo beta"}])
+    project.cli("run", "w")
+    run_id = project.last_record()["run_id"]
+    assert project.cli("logs", run_id, "b").stdout == "beta\n"
+    assert project.cli("logs", run_id, "1").stdout == "alpha\n"
+    both = project.cli("logs", run_id).stdout
+    assert "=== a (passed) ===" in both and "beta" in both
+    bad = project.cli("logs", run_id, "c")
+    assert bad.exit_code == 2 and "has no step 'c'" in bad.stderr
+
+
+def test_record_has_what_resume_will_need(project: Project) -> None:
+    project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
+    project.cli("run", "w")
+    record = project.last_record()
+    assert len(record["workflow_sha256"]) == 64
+    assert len(record["log"][0]["definition_sha256"]) == 64
+    for key in ("schema_version", "run_id", "workflow", "status", "current", "started_at", "finished_at",
+                "pid", "trigger", "log"):
+        assert key in record
+    for key in ("step", "type", "status", "started_at", "finished_at", "duration_s", "exit_code", "attempts",
+                "message", "output_tail", "log_file"):
+        assert key in record["log"][0]
+    assert record["log"][0]["log_file"] == f"runs/{record['run_id']}/01-a.log"
+    assert "environ" not in json.dumps(record).lower()
+
+
+def test_unwritable_runs_dir_is_exit_3_with_a_hint(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
+    project.write("runs", "a file where the folder should be")
+    result = project.cli("run", "w")
+    assert result.exit_code == 3
+    assert "cannot write run records to" in result.stderr and "--runs-dir" in result.stderr
+    assert "Traceback" not in result.stderr
