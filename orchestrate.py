@@ -1165,6 +1165,84 @@ def end_process_group(process: Any, grace: float = KILL_GRACE_S) -> None:
     process.wait()
 
 
+# The watchdog: a step runs in its own session (so a timeout or Ctrl-C can end its whole tree),
+# which also means nothing ends it when orchestrate itself is killed with SIGKILL (or by the
+# OOM killer): PR_SET_PDEATHSIG would only reach the direct child, and setting it from a
+# preexec_fn is not safe once threads exist. So orchestrate starts one tiny /bin/sh per
+# process that reads "+PGID" / "-PGID" lines from a pipe only orchestrate holds the write end
+# of. When orchestrate dies, however it dies, the kernel closes that pipe, `read` sees end of
+# file, and the shell ends every group still registered: SIGTERM, then SIGKILL after the
+# grace period, as end_process_group does (dash's kill takes no "--"). The shell sits in its own session, so a signal to
+# orchestrate's process group does not take it down first.
+_WATCHDOG_SCRIPT = r"""
+groups=" "
+while IFS= read -r line; do
+  case $line in
+    +*) groups="$groups${line#+} " ;;
+    -*) g=${line#-}; groups="${groups%%" $g "*} ${groups#*" $g "}" ;;
+  esac
+done
+[ -z "${groups## }" ] && exit 0
+for g in $groups; do kill -TERM "-$g" 2>/dev/null; done
+i=0
+while [ "$i" -lt "$1" ]; do
+  alive=
+  for g in $groups; do kill -0 "-$g" 2>/dev/null && alive=1; done
+  [ -z "$alive" ] && exit 0
+  sleep 0.1; i=$((i + 1))
+done
+for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
+"""
+
+
+class StepWatchdog:
+    """Ends registered step process groups if this process dies without ending them."""
+
+    def __init__(self, grace: float = KILL_GRACE_S) -> None:
+        self.grace = grace
+        self.write_fd: int | None = None
+        self.owner_pid = 0
+        self.process: Any = None  # kept so Popen.__del__ does not warn while it waits for EOF
+
+    def _ensure(self) -> int | None:
+        if self.write_fd is not None and self.owner_pid == os.getpid():
+            return self.write_fd
+        import subprocess
+
+        read_fd, write_fd = os.pipe()  # not inheritable (PEP 446): steps never hold it open
+        try:
+            self.process = subprocess.Popen(["/bin/sh", "-c", _WATCHDOG_SCRIPT, "orchestrate-watchdog",
+                              str(max(1, int(self.grace * 10)))],
+                             stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True, close_fds=True)
+        except OSError:
+            os.close(write_fd)
+            return None  # best effort: without /bin/sh, steps still end with every clean exit
+        finally:
+            os.close(read_fd)
+        self.write_fd, self.owner_pid = write_fd, os.getpid()
+        return write_fd
+
+    def _send(self, line: str) -> None:
+        fd = self._ensure()
+        if fd is None:
+            return
+        try:
+            os.write(fd, line.encode() + b"\n")
+        except OSError:  # the watchdog was killed: start a new one next time
+            os.close(fd)
+            self.write_fd = None
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def release(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+
+WATCHDOG = StepWatchdog()
+
+
 def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], sink: OutputSink,
                 timeout: float | None = None, guard: SignalGuard | None = None,
                 grace: float = KILL_GRACE_S) -> ProcessResult:
@@ -1188,6 +1266,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         raise StepFailure(f"cannot execute {argv[0] if not shell else '/bin/sh'!r}: {exc.strerror}") from None
     except OSError as exc:
         raise StepFailure(f"cannot start {argv if shell else argv[0]!r}: {exc.strerror or exc}") from None
+    WATCHDOG.watch(process.pid)
     assert process.stdout is not None
     out_fd = process.stdout.fileno()
     os.set_blocking(out_fd, False)
@@ -1252,6 +1331,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     finally:
         selector.close()
         process.stdout.close()
+        WATCHDOG.release(process.pid)
         sink.flush()
     code = process.wait()
     return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out,
