@@ -795,6 +795,35 @@ def _dump_record(record: dict[str, Any]) -> bytes:
     return json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
 
 
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "workflow": (str,), "status": (str,), "current": (str, type(None)),
+    "started_at": (str, type(None)), "finished_at": (str, type(None)),
+    "duration_s": (int, float, type(None)), "exit_code": (int, type(None)), "message": (str, type(None)),
+    "pid": (int, type(None)), "trigger": (dict, type(None)), "log": (list,),
+}
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "step": (str,), "status": (str,), "message": (str, type(None)), "duration_s": (int, float, type(None)),
+    "output_tail": (str, type(None)), "log_file": (str, type(None)),
+}
+
+
+def _record_shape_problem(record: dict[str, Any]) -> str | None:
+    """The types every reader relies on; a record written by hand or damaged otherwise is
+    reported as unreadable instead of crashing `runs` for every other record."""
+    for key, types in _RECORD_FIELDS.items():
+        if key in record and (not isinstance(record[key], types) or isinstance(record[key], bool)):
+            return f"key '{key}' has the wrong type"
+    if record.get("status") not in RUN_STATUSES:
+        return f"status {record.get('status')!r} is not one of {', '.join(RUN_STATUSES)}"
+    for i, entry in enumerate(record.get("log", [])):
+        if not isinstance(entry, dict):
+            return f"log[{i}] is not an object"
+        for key, types in _ENTRY_FIELDS.items():
+            if key in entry and (not isinstance(entry[key], types) or isinstance(entry[key], bool)):
+                return f"log[{i}].{key} has the wrong type"
+    return None
+
+
 class RunStore:
     """runs/<run_id>.json (snapshot), runs/<run_id>.journal (append-only step updates between
     snapshots) and runs/<run_id>/ (logs, junit.xml, artifacts)."""
@@ -868,11 +897,16 @@ class RunStore:
         if not isinstance(record, dict) or "run_id" not in record:
             raise RecordUnreadable(f"{path}: unreadable: not a run record")
         version = record.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise RecordUnreadable(f"{path}: unreadable: schema_version {version!r} is not a version number")
+        if version > SCHEMA_VERSION:
             raise RecordUnreadable(
                 f"{path}: unreadable: schema_version {version!r} is newer than this orchestrate "
                 f"understands ({SCHEMA_VERSION}); upgrade orchestrate")
         self._apply_journal(record)
+        problem = _record_shape_problem(record)
+        if problem:  # every reader (runs, status, logs, prune, junit) may rely on these types
+            raise RecordUnreadable(f"{path}: unreadable: not a run record: {problem}")
         return self._settle(record)
 
     def _apply_journal(self, record: dict[str, Any]) -> None:
@@ -888,11 +922,14 @@ class RunStore:
                 event = json.loads(line)
             except ValueError:
                 break  # a line torn by a crash: everything before it stands
+            if not isinstance(event, dict) or not isinstance(event.get("seq", 0), int):
+                break  # not a line orchestrate wrote: stop trusting the journal here
             if event.get("seq", 0) <= seen:
                 continue
             index = event.get("index")
-            if isinstance(index, int) and 0 <= index < len(record.get("log", [])):
-                record["log"][index] = event["entry"]
+            log = record.get("log")
+            if isinstance(index, int) and isinstance(log, list) and 0 <= index < len(log) and "entry" in event:
+                log[index] = event["entry"]
             for key in ("status", "current"):
                 if key in event:
                     record[key] = event[key]
