@@ -119,3 +119,12 @@ def assert_one_line_error(result: Any, *places: str) -> None:
     assert lines[0].startswith("orchestrate: error: "), lines[0]
     for place in places:
         assert place in lines[0], f"{place!r} not in {lines[0]!r}"
+
+
+def cli(root: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """The CLI in-process (fast): Typer's CliRunner, stdout and stderr apart."""
+    from typer.testing import CliRunner
+
+    import orchestrate
+
+    return CliRunner().invoke(orchestrate.app, ["--root", str(root), *args], env=env, catch_exceptions=False)
