@@ -65,6 +65,11 @@ READ_CHUNK = 1024 * 1024  # large binary reads: line-by-line reading is several 
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this many seconds (as docker stop and systemd do)
 SNAPSHOT_INTERVAL_S = 0.5  # between full rewrites of a running record; the journal covers the gap
 DEFAULT_KEEP_RUNS = 300
+# Modes given explicitly wherever orchestrate creates something under runs/: with the
+# umask 000 some CI images and containers run with, open()'s 0o666 and mkdir's 0o777
+# would make run records, logs and folders world-writable (anyone could forge a result).
+RUNS_FILE_MODE = 0o644
+RUNS_DIR_MODE = 0o755
 SECRET_KEY_RE = re.compile(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
 MIN_SECRET_LEN = 3  # masking one- or two-character values would garble every line
 
@@ -762,7 +767,7 @@ def process_alive(pid: int | None, start: str | None = None) -> bool:
     return True
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE) -> None:
     """Temporary file in the same folder, flush, fsync, os.replace: a reader or a crash never
     sees a torn file (the pipx and git approach)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -847,7 +852,7 @@ class RunStore:
     # writing
     def ensure_dir(self) -> None:
         try:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            self.runs_dir.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
             if not os.access(self.runs_dir, os.W_OK | os.X_OK):
                 raise PermissionError(13, "Permission denied")
         except OSError as exc:
@@ -1044,7 +1049,7 @@ class RunRecorder:
         try:
             if self.journal_fd is None:
                 self.journal_fd = os.open(self.store.journal_path(self.record["run_id"]),
-                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE)
             os.write(self.journal_fd, line)
             os.fsync(self.journal_fd)
         except OSError as exc:
@@ -1081,7 +1086,8 @@ class OutputSink:
                  on_idle: Callable[[], None] | None = None) -> None:
         self.stream_masker = StreamMasker(masker)
         self.log_path = log_path
-        self.log_file = open(log_path, "ab", buffering=0) if log_path is not None else None
+        self.log_file = (os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE),
+                                   "ab", buffering=0) if log_path is not None else None)
         self.console_write = console_write
         self.on_idle = on_idle
         self.tail = bytearray()
@@ -1649,7 +1655,7 @@ result_path = os.environ.pop("ORCHESTRATE_PLUGIN_RESULT")
 step = json.loads(os.environ.pop("ORCHESTRATE_PLUGIN_STEP"))
 kind, target, type_name = sys.argv[1], sys.argv[2], sys.argv[3]
 def report(ok, message):
-    with open(result_path, "w", encoding="utf-8", errors="replace") as handle:
+    with open(os.open(result_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8", errors="replace") as handle:
         json.dump({"ok": ok, "message": message}, handle)
 try:
     if kind == "file":
@@ -1936,7 +1942,7 @@ class Engine:
             else:
                 raise StoreError(f"could not allocate a unique run id in {self.store.runs_dir}")
         try:
-            self.store.run_dir(run_id).mkdir(exist_ok=True)
+            self.store.run_dir(run_id).mkdir(mode=RUNS_DIR_MODE, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self.store.run_dir(run_id)}: {exc.strerror or exc}") from None
         recorder = RunRecorder(self.store, record)
@@ -2833,7 +2839,7 @@ def init(ctx: typer.Context) -> int:
     if not target.exists():
         target.write_text(json.dumps(_INIT_WORKFLOW, indent=2) + "\n")
         created.append(target)
-    paths.runs_dir.mkdir(parents=True, exist_ok=True)
+    paths.runs_dir.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
     ignore = paths.runs_dir / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# run records are local state, never committed\n*\n!.gitignore\n")
