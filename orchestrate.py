@@ -1099,7 +1099,12 @@ class OutputSink:
         if not data:
             return
         if self.log_file is not None:
-            self.log_file.write(data)
+            try:
+                self.log_file.write(data)
+            except OSError as exc:  # disk full, quota, I/O error: the run cannot be recorded
+                self._close_log()
+                raise StoreError(f"cannot write {self.log_path}: {exc.strerror or exc} "
+                                 f"(free some space, or pass --runs-dir)") from None
         if self.console_write is not None:
             self.console_write(data)
         self.tail += data[-TAIL_MAX_BYTES * 2:]
@@ -1118,10 +1123,18 @@ class OutputSink:
         return "\n".join(lines[-TAIL_MAX_LINES:])
 
     def close(self) -> None:
-        self.flush()
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
+        try:
+            self.flush()
+        finally:
+            self._close_log()
+
+    def _close_log(self) -> None:
+        log_file, self.log_file = self.log_file, None
+        if log_file is not None:
+            try:
+                log_file.close()
+            except OSError:
+                pass
 
 
 @dataclass
@@ -1954,63 +1967,89 @@ class Engine:
         excluded = select_steps(self.workflow, self.options)
         recorder = self.start(trigger)
         record = recorder.record
-        run_id = record["run_id"]
         started = time.monotonic()
-        failed: list[str] = []
-        interrupted: RunInterrupted | None = None
         base_env = _base_environment(self.options)
-        extra_gates = list(STEP_GATES)
         total = len(self.workflow.steps)
         self.console.run_started(self.workflow, record, self.masker)
         with SignalGuard() as guard:
-            for step in self.workflow.steps:
-                entry = dict(record["log"][step.index])
-                reason = excluded.get(step.index)
-                if interrupted is not None:
-                    reason = f"run interrupted by {interrupted.args[0]}"
-                if reason is None:
-                    reason = status_gate(step, failed, self.options.keep_going)
-                if reason is None:
-                    for gate in extra_gates:
-                        reason = gate(step, self, record)
-                        if reason:
-                            break
-                if reason is not None:
-                    entry.update(status="skipped", message=reason)
-                    recorder.update_step(step.index, entry, None)
-                    self.console.step_skipped(step, total, reason)
-                    continue
-                try:
-                    entry = self._run_step(step, entry, recorder, guard, base_env, total)
-                except RunInterrupted as exc:
-                    interrupted = exc
-                    entry = record["log"][step.index]
-                if entry["status"] == "failed" and not entry.get("allowed_failure"):
-                    failed.append(step.name)
-                if interrupted is None and guard.signum is not None:
-                    interrupted = RunInterrupted(guard.signum)
-            duration = time.monotonic() - started
-            record["current"] = None
-            record["finished_at"] = utc_now()
-            record["duration_s"] = round(duration, 3)
-            if interrupted is not None:
-                record["status"] = "failed"
-                record["interrupted"] = True
-                name = interrupted.args[0]
-                record["message"] = f"interrupted by {name}" + (" (Ctrl-C)" if interrupted.signum == signal.SIGINT else "")
-                exit_code = EXIT_SIGINT if interrupted.signum == signal.SIGINT else EXIT_SIGTERM
-            elif failed:
-                record["status"] = "failed"
-                record["message"] = f"failed: {', '.join(failed)}"
-                exit_code = EXIT_STEP_FAILED
-            else:
-                record["status"] = "completed"
-                exit_code = EXIT_OK
-            record["exit_code"] = exit_code
-            self._write_reports(record)
-            recorder.finish()
+            try:
+                exit_code = self._run_steps(recorder, guard, excluded, started, base_env, total)
+            except StoreError as exc:
+                self._record_store_failure(recorder, exc, started)
+                raise
         self.console.run_finished(self.workflow, record)
         return record, exit_code
+
+    def _record_store_failure(self, recorder: RunRecorder, exc: StoreError, started: float) -> None:
+        """Best effort after runs/ stopped taking writes: mark the run failed and try once to
+        save the record and report. When that fails too, the last whole snapshot stays on
+        disk, and status/runs report the run as interrupted once this process is gone."""
+        record = recorder.record
+        for entry in record["log"]:
+            if entry.get("status") in ("running", "pending"):
+                entry.update(status="failed" if entry["status"] == "running" else "skipped",
+                             message=f"run stopped: {exc}")
+        record.update(status="failed", current=None, finished_at=utc_now(), exit_code=EXIT_INTERNAL,
+                      duration_s=round(time.monotonic() - started, 3), message=f"run stopped: {exc}")
+        for attempt in (lambda: self._write_reports(record), recorder.finish):
+            try:
+                attempt()
+            except (OrchestrateError, OSError):
+                pass
+
+    def _run_steps(self, recorder: RunRecorder, guard: SignalGuard, excluded: dict[int, str],
+                   started: float, base_env: dict[str, str], total: int) -> int:
+        record = recorder.record
+        failed: list[str] = []
+        interrupted: RunInterrupted | None = None
+        extra_gates = list(STEP_GATES)
+        for step in self.workflow.steps:
+            entry = dict(record["log"][step.index])
+            reason = excluded.get(step.index)
+            if interrupted is not None:
+                reason = f"run interrupted by {interrupted.args[0]}"
+            if reason is None:
+                reason = status_gate(step, failed, self.options.keep_going)
+            if reason is None:
+                for gate in extra_gates:
+                    reason = gate(step, self, record)
+                    if reason:
+                        break
+            if reason is not None:
+                entry.update(status="skipped", message=reason)
+                recorder.update_step(step.index, entry, None)
+                self.console.step_skipped(step, total, reason)
+                continue
+            try:
+                entry = self._run_step(step, entry, recorder, guard, base_env, total)
+            except RunInterrupted as exc:
+                interrupted = exc
+                entry = record["log"][step.index]
+            if entry["status"] == "failed" and not entry.get("allowed_failure"):
+                failed.append(step.name)
+            if interrupted is None and guard.signum is not None:
+                interrupted = RunInterrupted(guard.signum)
+        duration = time.monotonic() - started
+        record["current"] = None
+        record["finished_at"] = utc_now()
+        record["duration_s"] = round(duration, 3)
+        if interrupted is not None:
+            record["status"] = "failed"
+            record["interrupted"] = True
+            name = interrupted.args[0]
+            record["message"] = f"interrupted by {name}" + (" (Ctrl-C)" if interrupted.signum == signal.SIGINT else "")
+            exit_code = EXIT_SIGINT if interrupted.signum == signal.SIGINT else EXIT_SIGTERM
+        elif failed:
+            record["status"] = "failed"
+            record["message"] = f"failed: {', '.join(failed)}"
+            exit_code = EXIT_STEP_FAILED
+        else:
+            record["status"] = "completed"
+            exit_code = EXIT_OK
+        record["exit_code"] = exit_code
+        self._write_reports(record)
+        recorder.finish()
+        return exit_code
 
     def _write_reports(self, record: dict[str, Any]) -> None:
         xml = build_junit_xml(record, self.testcases, shard=self.options.shard)
@@ -2069,6 +2108,14 @@ class Engine:
         except RunInterrupted as exc:
             result = StepResult("failed", f"interrupted by {exc.args[0]}")
             self._finish_entry(entry, result, attempts, started, sink, step, recorder)
+            raise
+        except StoreError:
+            # runs/ became unwritable mid-step (disk full): not the step's failure and not a
+            # runner bug; Engine.run records what it still can and the CLI exits 3
+            try:
+                sink.close()
+            except StoreError:
+                pass
             raise
         except Exception as exc:  # a runner bug must not lose the record or the report
             import traceback
