@@ -1,0 +1,145 @@
+"""Guarantee 7 — disk trouble: runs/ not writable, or the disk filling up while a run writes
+its record, journal, report or step log: one clear line on stderr, exit 3 (DESIGN.md: an
+unusable environment, never mistaken for a step failure), every record already on disk still
+whole, and the interrupted run reported as failed, never 'running'."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchestrate
+from _rel import PY, all_records_parse, clean_env, cli, processes_with, wait_gone
+
+STEPS = [
+    {"name": "first", "type": "command", "run": ["echo", "first"]},
+    {"name": "stream", "type": "command",
+     "run": [PY, "-c", "import sys\nfor i in range(300): print('line', i, 'x' * 100, flush=True)", "orch-disk-marker"]},
+    {"name": "last", "type": "command", "run": ["echo", "last"]},
+]
+
+
+def _project(root: Path) -> None:
+    (root / "workflows").mkdir(parents=True)
+    (root / "workflows" / "w.json").write_text(json.dumps({"steps": STEPS}))
+
+
+def _assert_exit_3_one_line(result: Any, *words: str) -> None:
+    code = result.exit_code if hasattr(result, "exit_code") else result.returncode
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
+    assert code == 3, (code, stderr)
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("orchestrate: error: "), lines
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def _previous_run(root: Path) -> dict[Path, bytes]:
+    assert cli(root, "run", "w").exit_code == 0
+    return {p: p.read_bytes() for p in (root / "runs").rglob("*") if p.is_file()}
+
+
+def test_runs_folder_is_a_file(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    _project(root)
+    (root / "runs").write_text("not a folder")
+    _assert_exit_3_one_line(cli(root, "run", "w"), str(root / "runs"), "--runs-dir")
+    assert (root / "runs").read_text() == "not a folder"
+
+
+def test_runs_folder_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run as root in CI, where chmod does not stop writes: the permission check is
+    made to fail instead (os.access is what RunStore.ensure_dir asks)."""
+    root = tmp_path / "project"
+    _project(root)
+    before = _previous_run(root)
+    real_access = os.access
+    monkeypatch.setattr(orchestrate.os, "access",
+                        lambda path, mode, **kw: False if Path(path) == root / "runs" else real_access(path, mode, **kw))
+    _assert_exit_3_one_line(cli(root, "run", "w"), str(root / "runs"), "Permission denied", "--runs-dir")
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in (root / "runs").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("err", [errno.EACCES, errno.ENOSPC, errno.EROFS, errno.EDQUOT])
+def test_write_seam_fails_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    root = tmp_path / "project"
+    _project(root)
+    before = _previous_run(root)
+
+    def refuse(path: Path, data: bytes, mode: int = 0o644) -> None:
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(orchestrate, "write_atomic", refuse)
+    _assert_exit_3_one_line(cli(root, "run", "w"), os.strerror(err))
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in (root / "runs").rglob("*") if p.is_file()} == before
+    assert cli(root, "runs").exit_code == 0
+
+
+DISK_FULL_AFTER = """
+import errno, os, sys, orchestrate
+fail_at, seam = int(os.environ["FAIL_AT"]), os.environ["FAIL_SEAM"]
+calls = [0]
+def failing(real):
+    def patched(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] >= fail_at:  # and the disk stays full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+    return patched
+if seam == "fsync":  # every durable write of the store: records, journal, junit
+    os.fsync = failing(os.fsync)
+else:  # the step logs
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle, self.write = handle, failing(handle.write)
+        def close(self):
+            self.handle.close()
+    real_init = orchestrate.OutputSink.__init__
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        if self.log_file is not None:
+            self.log_file = FullDisk(self.log_file)
+    orchestrate.OutputSink.__init__ = init
+sys.exit(orchestrate.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("seam", ["fsync", "log"])
+def test_disk_full_at_every_write_of_a_run(tmp_path: Path, seam: str) -> None:
+    root = tmp_path / "project"
+    _project(root)
+    previous = _previous_run(root)
+    n = 0
+    while True:
+        n += 1
+        done = subprocess.run([PY, "-c", DISK_FULL_AFTER, "--root", str(root), "run", "w"], capture_output=True,
+                              env=clean_env(FAIL_AT=str(n), FAIL_SEAM=seam), timeout=60, stdin=subprocess.DEVNULL)
+        assert not wait_gone("orch-disk-marker", 5)
+        records = all_records_parse(root / "runs")  # whatever was on disk is whole
+        for path, data in previous.items():
+            assert path.read_bytes() == data, f"{path} changed"
+        if done.returncode == 0:
+            break
+        _assert_exit_3_one_line(done, "No space left on device")
+        for row in json.loads(cli(root, "runs", "--json", "--limit", "1000").stdout):
+            assert "unreadable" not in row and row["status"] in ("completed", "failed"), row
+        assert len(records) >= 1
+        if seam == "log":  # the record and report could still be written: they say why it stopped
+            newest = max(records, key=lambda r: r["run_id"])
+            assert newest["status"] == "failed" and newest["exit_code"] == 3
+            assert "No space left on device" in newest["message"]
+            assert [e["status"] for e in newest["log"]].count("failed") == 1
+            from conftest import assert_valid_junit
+
+            assert_valid_junit(root / "runs" / newest["run_id"] / "junit.xml")
+        assert n < 100
+    assert n > 3, "the injected failure never hit a write"
+    assert processes_with("orch-disk-marker") == []
