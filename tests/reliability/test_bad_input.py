@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _rel import assert_one_line_error, files_under
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import orchestrate
-from _rel import assert_one_line_error, files_under
 
 W = "workflows/w.json"
 OK_STEP = {"name": "a", "type": "command", "run": ["true"]}

@@ -8,8 +8,9 @@ import subprocess
 import threading
 from pathlib import Path
 
-import orchestrate
 from _rel import PY, clean_env, orchestrate_argv
+
+import orchestrate
 
 N = 20
 # each step checks that its own run's record and folder still exist: if a concurrent prune

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _rel import PY, all_records_parse, clean_env, cli, kill_all, run, wait_gone
 
 import orchestrate
-from _rel import PY, all_records_parse, clean_env, cli, kill_all, run, wait_gone
 
 SEED = 20261127
 KILLS = 50
@@ -190,7 +190,7 @@ def test_corrupt_records_are_reported_and_never_stop_listing(tmp_path: Path) -> 
     assert listed.returncode == 0, listed.stderr
     assert "Traceback" not in listed.stderr
     for rid in good:
-        assert re.search(rf"^{rid}\s+completed", listed.stdout, re.M), listed.stdout
+        assert re.search(rf"^{rid}\s+completed", listed.stdout, re.MULTILINE), listed.stdout
     for rid, kind in bad.items():
         line = next((ln for ln in listed.stdout.splitlines() if ln.startswith(rid)), None)
         assert line is not None, f"{kind} record missing from runs"

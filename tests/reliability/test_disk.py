@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _rel import PY, all_records_parse, clean_env, cli, processes_with, wait_gone
 
 import orchestrate
-from _rel import PY, all_records_parse, clean_env, cli, processes_with, wait_gone
 
 STEPS = [
     {"name": "first", "type": "command", "run": ["echo", "first"]},

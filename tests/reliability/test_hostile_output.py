@@ -7,12 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import orchestrate
 from _rel import PY, clean_env, orchestrate_argv
+
+import orchestrate
 
 HOSTILE = (bytes(range(256)) * 4
            + b"\x1b[31mred\x1b[0m \x1b[2J\x1b[H \x1b[?1049h"          # colour, clear screen, alt screen

@@ -21,7 +21,7 @@ def execute(step):
     sys.stderr.write("to stderr: " + step["token"] + "\\n")
     raise RuntimeError("jira refused " + step["token"])
 '''
-SPLIT = (f"import sys, time, os\nt = os.environ['JIRA_TOKEN']\n"
+SPLIT = ("import sys, time, os\nt = os.environ['JIRA_TOKEN']\n"
          "sys.stdout.write('split: ' + t[:7]); sys.stdout.flush(); time.sleep(0.3)\n"
          "sys.stdout.write(t[7:] + ' end\\n'); sys.stdout.flush()\n"
          "sys.stderr.write('err ' + t[:3]); sys.stderr.flush(); time.sleep(0.2); sys.stderr.write(t[3:] + '\\n')\n"

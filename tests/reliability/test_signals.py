@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import orchestrate
 from _rel import PY, clean_env, kill_all, orchestrate_argv, processes_with, wait_gone
+
+import orchestrate
 
 STUBBORN = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
 POLITE = "import sys, time; print('ready', flush=True); time.sleep(60)"
