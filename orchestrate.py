@@ -1558,6 +1558,216 @@ class PluginRunner(Runner):
         return StepResult("failed", message or f"{shown}: failed", exit_code=process.exit_code)
 
 
+# --- HTTP helper -------------------------------------------------------------------
+# The one place orchestrate talks HTTP.  It retries what a retry can fix (a refused or
+# timed-out connection, 429, 5xx) and nothing else, and it never puts request headers
+# (where credentials live) into a message.
+
+HTTP_ATTEMPTS = 4  # 1 try + 3 retries
+HTTP_BACKOFF_S = 1.0  # 1 s, 2 s, 4 s between attempts
+HTTP_MAX_DELAY_S = 30.0  # cap for backoff and for a server's Retry-After
+HTTP_CONNECT_TIMEOUT_S = 10.0
+HTTP_READ_TIMEOUT_S = 30.0
+# RFC 9110 §9.2.2: only these may be repeated blindly after the request may have reached
+# the server.  A POST whose response never came is not retried (it may have been applied:
+# a second Jira comment is worse than a failed step).
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@dataclass
+class HttpResponse:
+    """A finished HTTP exchange (any status).  Header names are lower-case."""
+
+    status: int
+    headers: dict[str, str]
+    text: str
+    attempts: int
+    url: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+class HttpTransportError(Exception):
+    """No HTTP response at all after the last attempt.  `kind` is one of refused,
+    dns, connect_timeout, read_timeout, aborted, tls, connection.  The message names
+    host and port only: never a header, never a credential."""
+
+    def __init__(self, kind: str, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.attempts = attempts
+
+
+def _http_sleep(seconds: float, guard: SignalGuard | None = None) -> None:
+    """Wait between attempts; with a guard, Ctrl-C/SIGTERM end the wait at once.  The seam
+    tests monkeypatch to make backoff instant."""
+    if guard is not None:
+        guard.sleep(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date, RFC 9110
+    §10.2.3); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _host_port(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
+def _transport_failure(exc: Exception, method: str, url: str,
+                       connect_timeout: float, read_timeout: float) -> tuple[str, str, bool]:
+    """Classify a requests exception as (kind, message, retryable)."""
+    from urllib.parse import urlsplit
+
+    import requests  # already loaded by the caller; local so module import stays cheap
+    import urllib3
+
+    where = _host_port(url)
+    host = urlsplit(url).hostname or where
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return ("connect_timeout",
+                f"could not connect to {where} within {connect_timeout:g}s (connect_timeout)", True)
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        again = method in _IDEMPOTENT_METHODS
+        note = "" if again else " (not retried: the request may already have been applied)"
+        return ("read_timeout",
+                f"no response from {where} within {read_timeout:g}s (read_timeout){note}", again)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ("tls", (f"TLS handshake with {where} failed — check the certificate or the "
+                        "http/https scheme of the URL"), False)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if isinstance(reason, urllib3.exceptions.NameResolutionError):
+            return "dns", f"cannot resolve host {host!r} — check the URL", True
+        if isinstance(reason, urllib3.exceptions.NewConnectionError):
+            cause: BaseException | None = reason
+            while cause is not None:
+                if isinstance(cause, ConnectionRefusedError):
+                    return "refused", f"connection refused by {where}", True
+                cause = cause.__cause__ or cause.__context__
+            return "connection", f"could not connect to {where}", True
+        # The connection broke after the request was sent (RemoteDisconnected, reset).
+        again = method in _IDEMPOTENT_METHODS
+        note = "" if again else " (not retried: the request may already have been applied)"
+        return "aborted", f"{where} closed the connection without a response{note}", again
+    return "connection", f"request to {where} failed ({type(exc).__name__})", False
+
+
+def http_request(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+    connect_timeout: float = HTTP_CONNECT_TIMEOUT_S,
+    read_timeout: float = HTTP_READ_TIMEOUT_S,
+    attempts: int = HTTP_ATTEMPTS,
+    backoff: float = HTTP_BACKOFF_S,
+    max_delay: float = HTTP_MAX_DELAY_S,
+    retry_statuses: Callable[[int], bool] = lambda status: status == 429 or status >= 500,
+    sleep: Callable[[float], None] | None = None,
+    on_retry: Callable[[int, str, float], None] | None = None,
+) -> HttpResponse:
+    """Send one request, retrying connection failures and `retry_statuses` with
+    exponential backoff (backoff * 2**n, or the server's Retry-After), both capped at
+    `max_delay`.  Returns the last response whatever its status (the caller maps
+    statuses to messages); raises HttpTransportError when no response ever came.
+    Redirects are not followed: a POST silently turned into a GET by a redirect is a
+    lost comment.  `on_retry(attempt, reason, delay)` is told before each wait."""
+    import requests  # here, not at module top: start-up time matters in a git hook
+
+    sleep = sleep or _http_sleep
+    method = method.upper()
+    for attempt in range(1, attempts + 1):
+        delay = min(max_delay, backoff * 2 ** (attempt - 1))
+        try:
+            resp = requests.request(method, url, headers=headers, json=json_body,
+                                    timeout=(connect_timeout, read_timeout),
+                                    allow_redirects=False)
+        except requests.exceptions.RequestException as exc:
+            kind, message, retryable = _transport_failure(exc, method, url,
+                                                          connect_timeout, read_timeout)
+            if not retryable or attempt == attempts:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise HttpTransportError(kind, message + tries, attempt) from None
+            reason = message
+        else:
+            result = HttpResponse(status=resp.status_code,
+                                  headers={k.lower(): v for k, v in resp.headers.items()},
+                                  text=resp.text, attempts=attempt, url=url)
+            if not retry_statuses(resp.status_code) or attempt == attempts:
+                return result
+            reason = f"HTTP {resp.status_code}"
+            retry_after = parse_retry_after(result.headers.get("retry-after"))
+            if retry_after is not None:
+                delay = min(max_delay, retry_after)
+        if on_retry is not None:
+            on_retry(attempt, reason, delay)
+        sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def summarize_http_body(text: str, content_type: str = "", limit: int = 200) -> str:
+    """One short line describing an error body: Jira's errorMessages/errors, another
+    JSON message, an HTML page's title, or the first line of text.  Never the whole page."""
+    import html
+
+    text = text or ""
+    stripped = text.strip()
+    if not stripped:
+        return "empty body"
+    looks_html = "html" in content_type.lower() or stripped[:200].lower().startswith(
+        ("<!doctype html", "<html"))
+    if not looks_html:
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            parts = [str(m) for m in data.get("errorMessages") or [] if m]
+            errors = data.get("errors")
+            if isinstance(errors, dict):
+                parts += [f"{k}: {v}" for k, v in errors.items()]
+            for key in ("message", "error"):
+                if not parts and isinstance(data.get(key), str):
+                    parts.append(data[key])
+            summary = "; ".join(parts) if parts else json.dumps(data, sort_keys=True)
+            return _shorten(summary, limit)
+        if data is None and "<" not in stripped[:1]:
+            return _shorten(stripped.splitlines()[0], limit)
+    match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    if match and match.group(1).strip():
+        return f"HTML page {_shorten(html.unescape(' '.join(match.group(1).split())), 80)!r}"
+    body_text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
+    return f"HTML page {_shorten(html.unescape(body_text), 80)!r}" if body_text else "HTML page"
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 # === 7. Engine ===
 
 
