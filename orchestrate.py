@@ -1558,6 +1558,745 @@ class PluginRunner(Runner):
         return StepResult("failed", message or f"{shown}: failed", exit_code=process.exit_code)
 
 
+# --- HTTP helper -------------------------------------------------------------------
+# The one place orchestrate talks HTTP.  It retries what a retry can fix (a refused or
+# timed-out connection, 429, 5xx) and nothing else, and it never puts request headers
+# (where credentials live) into a message.
+
+HTTP_ATTEMPTS = 4  # 1 try + 3 retries
+HTTP_BACKOFF_S = 1.0  # 1 s, 2 s, 4 s between attempts
+HTTP_MAX_DELAY_S = 30.0  # cap for backoff and for a server's Retry-After
+HTTP_CONNECT_TIMEOUT_S = 10.0
+HTTP_READ_TIMEOUT_S = 30.0
+# RFC 9110 §9.2.2: only these may be repeated blindly after the request may have reached
+# the server.  A POST whose response never came is not retried (it may have been applied:
+# a second Jira comment is worse than a failed step).
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@dataclass
+class HttpResponse:
+    """A finished HTTP exchange (any status).  Header names are lower-case."""
+
+    status: int
+    headers: dict[str, str]
+    text: str
+    attempts: int
+    url: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+class HttpTransportError(Exception):
+    """No HTTP response at all after the last attempt.  `kind` is one of refused,
+    dns, connect_timeout, read_timeout, aborted, tls, connection.  The message names
+    host and port only: never a header, never a credential."""
+
+    def __init__(self, kind: str, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.attempts = attempts
+
+
+def _http_sleep(seconds: float, guard: SignalGuard | None = None) -> None:
+    """Wait between attempts; with a guard, Ctrl-C/SIGTERM end the wait at once.  The seam
+    tests monkeypatch to make backoff instant."""
+    if guard is not None:
+        guard.sleep(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date, RFC 9110
+    §10.2.3); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _host_port(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
+def _transport_failure(exc: Exception, method: str, url: str,
+                       connect_timeout: float, read_timeout: float) -> tuple[str, str, bool]:
+    """Classify a requests exception as (kind, message, retryable)."""
+    from urllib.parse import urlsplit
+
+    import requests  # already loaded by the caller; local so module import stays cheap
+    import urllib3
+
+    where = _host_port(url)
+    host = urlsplit(url).hostname or where
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return ("connect_timeout",
+                f"could not connect to {where} within {connect_timeout:g}s (connect_timeout)", True)
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        again = method in _IDEMPOTENT_METHODS
+        note = "" if again else " (not retried: the request may already have been applied)"
+        return ("read_timeout",
+                f"no response from {where} within {read_timeout:g}s (read_timeout){note}", again)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ("tls", (f"TLS handshake with {where} failed — check the certificate or the "
+                        "http/https scheme of the URL"), False)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if isinstance(reason, urllib3.exceptions.NameResolutionError):
+            return "dns", f"cannot resolve host {host!r} — check the URL", True
+        if isinstance(reason, urllib3.exceptions.NewConnectionError):
+            cause: BaseException | None = reason
+            while cause is not None:
+                if isinstance(cause, ConnectionRefusedError):
+                    return "refused", f"connection refused by {where}", True
+                cause = cause.__cause__ or cause.__context__
+            return "connection", f"could not connect to {where}", True
+        # The connection broke after the request was sent (RemoteDisconnected, reset).
+        again = method in _IDEMPOTENT_METHODS
+        note = "" if again else " (not retried: the request may already have been applied)"
+        return "aborted", f"{where} closed the connection without a response{note}", again
+    return "connection", f"request to {where} failed ({type(exc).__name__})", False
+
+
+def http_request(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+    connect_timeout: float = HTTP_CONNECT_TIMEOUT_S,
+    read_timeout: float = HTTP_READ_TIMEOUT_S,
+    attempts: int = HTTP_ATTEMPTS,
+    backoff: float = HTTP_BACKOFF_S,
+    max_delay: float = HTTP_MAX_DELAY_S,
+    retry_statuses: Callable[[int], bool] = lambda status: status == 429 or status >= 500,
+    sleep: Callable[[float], None] | None = None,
+    on_retry: Callable[[int, str, float], None] | None = None,
+) -> HttpResponse:
+    """Send one request, retrying connection failures and `retry_statuses` with
+    exponential backoff (backoff * 2**n, or the server's Retry-After), both capped at
+    `max_delay`.  Returns the last response whatever its status (the caller maps
+    statuses to messages); raises HttpTransportError when no response ever came.
+    Redirects are not followed: a POST silently turned into a GET by a redirect is a
+    lost comment.  `on_retry(attempt, reason, delay)` is told before each wait."""
+    import requests  # here, not at module top: start-up time matters in a git hook
+
+    sleep = sleep or _http_sleep
+    method = method.upper()
+    for attempt in range(1, attempts + 1):
+        delay = min(max_delay, backoff * 2 ** (attempt - 1))
+        try:
+            resp = requests.request(method, url, headers=headers, json=json_body,
+                                    timeout=(connect_timeout, read_timeout),
+                                    allow_redirects=False)
+        except requests.exceptions.RequestException as exc:
+            kind, message, retryable = _transport_failure(exc, method, url,
+                                                          connect_timeout, read_timeout)
+            if not retryable or attempt == attempts:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise HttpTransportError(kind, message + tries, attempt) from None
+            reason = message
+        else:
+            result = HttpResponse(status=resp.status_code,
+                                  headers={k.lower(): v for k, v in resp.headers.items()},
+                                  text=resp.text, attempts=attempt, url=url)
+            if not retry_statuses(resp.status_code) or attempt == attempts:
+                return result
+            reason = f"HTTP {resp.status_code}"
+            retry_after = parse_retry_after(result.headers.get("retry-after"))
+            if retry_after is not None:
+                delay = min(max_delay, retry_after)
+        if on_retry is not None:
+            on_retry(attempt, reason, delay)
+        sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def summarize_http_body(text: str, content_type: str = "", limit: int = 200) -> str:
+    """One short line describing an error body: Jira's errorMessages/errors, another
+    JSON message, an HTML page's title, or the first line of text.  Never the whole page."""
+    import html
+
+    text = text or ""
+    stripped = text.strip()
+    if not stripped:
+        return "empty body"
+    looks_html = "html" in content_type.lower() or stripped[:200].lower().startswith(
+        ("<!doctype html", "<html"))
+    if not looks_html:
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            parts = [str(m) for m in data.get("errorMessages") or [] if m]
+            errors = data.get("errors")
+            if isinstance(errors, dict):
+                parts += [f"{k}: {v}" for k, v in errors.items()]
+            for key in ("message", "error"):
+                if not parts and isinstance(data.get(key), str):
+                    parts.append(data[key])
+            summary = "; ".join(parts) if parts else json.dumps(data, sort_keys=True)
+            return _shorten(summary, limit)
+        if data is None and "<" not in stripped[:1]:
+            return _shorten(stripped.splitlines()[0], limit)
+    match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    if match and match.group(1).strip():
+        return f"HTML page {_shorten(html.unescape(' '.join(match.group(1).split())), 80)!r}"
+    body_text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
+    return f"HTML page {_shorten(html.unescape(body_text), 80)!r}" if body_text else "HTML page"
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- Jira: pure helpers ------------------------------------------------------------
+
+JIRA_ISSUE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]+-[0-9]+")
+# Jira stores a comment in a field limited to 32,767 characters (Java string length, so
+# UTF-16 code units); longer bodies are rejected with a 400.  We cut and say so instead.
+JIRA_COMMENT_LIMIT = 32_767
+JIRA_TRUNCATION_MARKER = "\n[… truncated by orchestrate: {omitted} characters omitted]"
+JIRA_PLACEHOLDERS = ("workflow", "run_id", "status", "failed_steps", "summary",
+                     "git_branch", "git_commit", "ci_url")
+JIRA_UNKNOWN_VALUE = "n/a"
+_JIRA_API_PATH_RE = re.compile(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3|latest)$")
+_ENV_REF_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class JiraApi:
+    base: str  # ".../rest/api/2" or ".../rest/api/3", no trailing slash
+    version: int  # 2: plain-text bodies, 3: Atlassian Document Format
+    site: str  # the site root, for messages
+
+
+def jira_api(jira_url: str) -> JiraApi:
+    """Resolve `jira_url` to an API base.  An explicit `.../rest/api/2|3` is kept
+    (`latest` is API 2); a site root uses API 3 on Jira Cloud (`*.atlassian.net`) and
+    API 2 elsewhere (Server/Data Center has no API 3).  ValueError says why not."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(jira_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{jira_url!r} is not an http(s) URL "
+                         "(expected e.g. https://your-site.atlassian.net)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{jira_url!r} has a query or fragment; give the site root "
+                         "or the API base, e.g. https://jira.example.com/rest/api/2")
+    path = parts.path.rstrip("/")
+    root = f"{parts.scheme}://{parts.netloc}"
+    match = _JIRA_API_PATH_RE.match(path)
+    if match:
+        version = 3 if match["version"] == "3" else 2
+        site = root + match["prefix"]
+        return JiraApi(base=f"{root}{path}", version=version, site=site)
+    if "/rest/" in path + "/":
+        raise ValueError(f"{jira_url!r} is not a Jira REST API base "
+                         "(expected .../rest/api/2, .../rest/api/3 or the site root)")
+    site = root + path  # a context path such as /jira is kept
+    version = 3 if (parts.hostname or "").lower().endswith(".atlassian.net") else 2
+    return JiraApi(base=f"{site}/rest/api/{version}", version=version, site=site)
+
+
+def check_jira_issue_key(issue: str) -> str:
+    if not JIRA_ISSUE_KEY_RE.fullmatch(issue):
+        raise ValueError(f"{issue!r} is not a Jira issue key (expected e.g. PROJ-123: "
+                         "a capital letter, capitals/digits/_, a dash, a number)")
+    return issue
+
+
+def jira_template_fields(template: str) -> list[str]:
+    """The placeholders a comment template uses.  ValueError for an unknown one, a
+    malformed brace, or a conversion/format spec; `{{` and `}}` are literal braces."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write {{{{ or }}}} for a literal brace)") from None
+    fields = []
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name not in JIRA_PLACEHOLDERS:
+            hint = did_you_mean(name, JIRA_PLACEHOLDERS) or (
+                " (placeholders: " + ", ".join(f"{{{p}}}" for p in JIRA_PLACEHOLDERS)
+                + "; write {{ or }} for a literal brace)")
+            raise ValueError(f"unknown placeholder {shown}{hint}")
+        if spec or conversion:
+            raise ValueError(f"placeholder {shown}: conversions and format specs are not "
+                             f"supported, write {{{name}}}")
+        fields.append(name)
+    return fields
+
+
+def render_jira_comment(template: str, values: dict[str, str]) -> str:
+    """Substitute placeholders (only names, never attribute or index lookups)."""
+    import string
+
+    jira_template_fields(template)
+    out = []
+    for literal, name, _spec, _conversion in string.Formatter().parse(template):
+        out.append(literal)
+        if name is not None:
+            out.append(values.get(name) or JIRA_UNKNOWN_VALUE)
+    return "".join(out)
+
+
+def _run_status_so_far(previous: list[dict]) -> str:
+    # a continue_on_error step's failure is recorded as allowed_failure and does not fail the run
+    failed = [e for e in previous if e.get("status") == "failed" and not e.get("allowed_failure")]
+    return "failed" if failed else "passed"
+
+
+def jira_template_values(workflow: str, run_id: str, previous: list[dict],
+                         trigger: dict) -> dict[str, str]:
+    """The values a comment template can use, from the run so far."""
+    lines = []
+    for entry in previous:
+        line = f"{entry.get('step')}: {entry.get('status')}"
+        if isinstance(entry.get("duration_s"), (int, float)):
+            line += f" in {entry['duration_s']:.1f}s"
+        if entry.get("status") in ("failed", "skipped") and entry.get("message"):
+            line += f" — {_shorten(str(entry['message']).splitlines()[0], 200)}"
+        lines.append(line)
+    failed = [str(e.get("step")) for e in previous if e.get("status") == "failed"]
+    git = trigger.get("git")
+    git = git if isinstance(git, dict) else {}
+    ci = trigger.get("ci")  # ci_info(): GitHub Actions, GitLab CI, Jenkins
+    ci = ci if isinstance(ci, dict) else {}
+    return {
+        "workflow": workflow,
+        "run_id": run_id,
+        "status": _run_status_so_far(previous),
+        "failed_steps": ", ".join(failed) if failed else "none",
+        "summary": "\n".join(lines) if lines else "no earlier steps",
+        "git_branch": str(git.get("branch") or ""),
+        "git_commit": str(git.get("commit") or ""),
+        "ci_url": str(ci.get("job_url") or ""),
+    }
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def truncate_jira_text(text: str, limit: int = JIRA_COMMENT_LIMIT) -> str:
+    """Cut `text` to at most `limit` UTF-16 code units, ending with a marker that says
+    how much was cut.  Text within the limit is returned unchanged."""
+    total = _utf16_len(text)
+    if total <= limit:
+        return text
+    keep = limit - _utf16_len(JIRA_TRUNCATION_MARKER.format(omitted=total))
+    head = text.encode("utf-16-le")[: 2 * max(keep, 0)].decode("utf-16-le", errors="ignore")
+    return head + JIRA_TRUNCATION_MARKER.format(omitted=total - _utf16_len(head))
+
+
+def jira_adf_document(text: str) -> dict[str, Any]:
+    """Atlassian Document Format for plain text: one paragraph per line, an empty line
+    an empty paragraph (ADF forbids empty text nodes)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    content: list[dict[str, Any]] = []
+    for line in lines:
+        paragraph: dict[str, Any] = {"type": "paragraph", "content": []}
+        if line:
+            paragraph["content"].append({"type": "text", "text": line})
+        content.append(paragraph)
+    return {"type": "doc", "version": 1, "content": content}
+
+
+def jira_comment_payload(text: str, api_version: int,
+                         limit: int = JIRA_COMMENT_LIMIT) -> tuple[dict[str, Any], bool]:
+    """The JSON body of POST .../comment and whether it was truncated.  API 2 takes a
+    string; API 3 an ADF document, sized so its serialized form fits the limit too
+    (Jira stores the ADF JSON in the same limited field)."""
+    text = text.rstrip("\n")
+    if api_version != 3:
+        body = truncate_jira_text(text, limit)
+        return {"body": body}, body != text
+    def fits(budget: int) -> tuple[dict[str, Any], bool] | None:
+        cut = truncate_jira_text(text, budget)
+        doc = jira_adf_document(cut)
+        size = _utf16_len(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+        return ({"body": doc}, cut != text) if size <= limit else None
+
+    best = fits(limit)
+    if best is not None:
+        return best
+    low, high = 0, limit  # the largest text budget whose document fits: ~15 tries
+    best = fits(0) or ({"body": jira_adf_document(JIRA_TRUNCATION_MARKER.strip().format(omitted=len(text)))}, True)
+    while low < high - 1:
+        middle = (low + high) // 2
+        found = fits(middle)
+        if found is None:
+            high = middle
+        else:
+            low, best = middle, found
+    return best
+
+
+def jira_auth_header(user: str | None, token: str) -> str:
+    """user + token: HTTP Basic (Jira Cloud: account e-mail + API token); token alone:
+    Bearer (Server/Data Center personal access token)."""
+    import base64
+
+    if user:
+        return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode("ascii")
+    return "Bearer " + token
+
+
+def token_is_literal(raw_value: Any) -> bool:
+    """True when the token is written in the workflow file itself rather than taken from
+    the environment: any text outside ${VAR} references, or a non-empty ${VAR:-default}."""
+    if not isinstance(raw_value, str) or not raw_value:
+        return False
+    if any(m["default"] for m in _ENV_REF_RE.finditer(raw_value)):
+        return True
+    return bool(_ENV_REF_RE.sub("", raw_value).strip())
+
+
+def _token_source(raw_value: Any) -> str:
+    """Where the user should look when the token is refused."""
+    if isinstance(raw_value, str):
+        match = _ENV_REF_RE.fullmatch(raw_value.strip())
+        if match:
+            return match["name"]
+    return "the step's token"
+
+
+def select_jira_transition(transitions: list[dict], wanted: str | dict, issue: str) -> dict:
+    """Pick from GET .../transitions: by transition name (case-insensitive; else by target
+    status name), or by {"to_status_category": key or name}.  ValueError lists the
+    transitions that are available."""
+    def label(t: dict) -> str:
+        to: dict = t.get("to") or {}
+        category = (to.get("statusCategory") or {}).get("key")
+        target = f" → {to.get('name')}" if to.get("name") else ""
+        return f"{t.get('name')!r}{target}" + (f" [{category}]" if category else "")
+
+    if isinstance(wanted, str):
+        key = wanted.casefold()
+        for field_of in (lambda t: t.get("name"), lambda t: (t.get("to") or {}).get("name")):
+            found = [t for t in transitions if str(field_of(t) or "").casefold() == key]
+            if found:
+                return found[0]
+        asked = f"transition {wanted!r}"
+    else:
+        category = str(wanted.get("to_status_category", "")).casefold()
+        for t in transitions:
+            cat = (t.get("to") or {}).get("statusCategory") or {}
+            if category in (str(cat.get("key", "")).casefold(), str(cat.get("name", "")).casefold()):
+                return t
+        asked = f"a transition to status category {wanted.get('to_status_category')!r}"
+    available = ", ".join(label(t) for t in transitions) or "none"
+    raise ValueError(f"{asked} is not available for {issue}; available: {available}")
+
+
+def jira_error_message(resp: HttpResponse, *, action: str, issue: str, user: str | None,
+                       site: str, token_source: str) -> str:
+    """One readable line for a failed Jira response."""
+    status = resp.status
+    who = user or "the token's owner"
+    detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
+    is_json = detail != "empty body" and not detail.startswith("HTML page")
+    tries = f" after {resp.attempts} attempts" if resp.attempts > 1 else ""
+    if status == 401:
+        return f"authentication failed for {who} at {site} — check {token_source}"
+    if status == 403:
+        if "AUTHENTICATION_DENIED" in resp.headers.get("x-seraph-loginreason", ""):
+            return (f"login for {who} at {site} is blocked by a CAPTCHA after failed "
+                    "attempts — sign in once in a browser, then check " + token_source)
+        return f"permission denied: {who} may not {action} on {issue} at {site} ({detail})"
+    if status == 404:
+        if is_json:
+            return f"issue {issue} not found or not visible to {who} at {site}"
+        return f"{resp.url} answered 404 ({detail}) — is jira_url the Jira site?"
+    if status == 400:
+        return f"Jira rejected the {action} on {issue} (400): {detail}"
+    if status == 429:
+        return f"rate limited by Jira at {site} (429){tries} — try again later"
+    if status >= 500:
+        return f"Jira server error {status} at {site}{tries}: {detail}"
+    if 300 <= status < 400:
+        where = resp.headers.get("location", "?")
+        return (f"{resp.url} redirected ({status}) to {where} — put the final URL "
+                "(https, no login page) in jira_url")
+    return f"Jira answered {status} to the {action} on {issue}: {detail}"
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """Last line of defence, applied on top of the masker to everything this runner says."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+# --- Jira: the runner --------------------------------------------------------------
+
+
+@dataclass
+class JiraPlan:
+    """Everything a jira step will send, computed before any request."""
+
+    api: JiraApi
+    issue: str
+    user: str | None
+    token: str
+    comment_text: str
+    comment_payload: dict[str, Any]
+    truncated: bool
+    transition: str | dict | None
+    connect_timeout: float
+    read_timeout: float
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        auth = jira_auth_header(self.user, self.token).split(" ", 1)[1]
+        return (self.token, auth, f"{self.user}:{self.token}" if self.user else "")
+
+    def headers(self, *, with_body: bool) -> dict[str, str]:
+        headers = {"Authorization": jira_auth_header(self.user, self.token),
+                   "Accept": "application/json", "User-Agent": "orchestrate"}
+        if with_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def url(self, what: str) -> str:
+        from urllib.parse import quote
+
+        return f"{self.api.base}/issue/{quote(self.issue, safe='')}/{what}"
+
+
+@register_runner
+class JiraRunner(Runner):
+    """Comment on a Jira issue and optionally transition it (Cloud or Server/DC)."""
+
+    type_name = "jira"
+    keys = {
+        "jira_url": KeySpec((str,), required=True),
+        "user": KeySpec((str,)),
+        "token": KeySpec((str,), required=True),
+        "issue": KeySpec((str,), required=True),
+        "comment": KeySpec((str,), required=True),
+        "transition": KeySpec((str, dict)),
+        "connect_timeout": KeySpec((int, float)),
+        "read_timeout": KeySpec((int, float)),
+    }
+
+    # -- definition time ------------------------------------------------------------
+
+    def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
+        config = step.config
+
+        shown = f"{workflow_path.parent.name}/{workflow_path.name}"
+
+        def bad(key: str, why: str) -> DefinitionError:
+            return DefinitionError(f"{shown}: {step.label}: key {key!r}: {why}")
+
+        try:
+            jira_api(config["jira_url"])
+        except ValueError as exc:
+            raise bad("jira_url", str(exc)) from None
+        try:
+            check_jira_issue_key(config["issue"])
+        except ValueError as exc:
+            raise bad("issue", str(exc)) from None
+        if not config["comment"].strip():
+            raise bad("comment", "is empty (Jira rejects an empty comment)")
+        try:
+            jira_template_fields(config["comment"])
+        except ValueError as exc:
+            raise bad("comment", str(exc)) from None
+        transition = config.get("transition")
+        if isinstance(transition, str) and not transition.strip():
+            raise bad("transition", "is empty (give a transition name such as 'Done')")
+        if isinstance(transition, dict):
+            unknown = [k for k in transition if k != "to_status_category"]
+            if unknown:
+                raise bad("transition", f"unknown key {unknown[0]!r}"
+                          + did_you_mean(unknown[0], ["to_status_category"]))
+            category = transition.get("to_status_category")
+            if not isinstance(category, str) or not category.strip():
+                raise bad("transition", 'expected {"to_status_category": "done"} '
+                          "(a status category key or name: new, indeterminate, done)")
+        for key in ("connect_timeout", "read_timeout"):
+            value = config.get(key)
+            if value is not None and (isinstance(value, bool) or value <= 0):
+                raise bad(key, f"must be a positive number of seconds, not {value!r}")
+
+    def plan(self, ctx: StepContext) -> JiraPlan:
+        """Resolve the step into the requests it makes (pure apart from ctx)."""
+        config = ctx.step.config
+        api = jira_api(config["jira_url"])
+        issue = check_jira_issue_key(config["issue"])
+        values = jira_template_values(ctx.workflow.name, ctx.run_id, ctx.previous, ctx.trigger)
+        token = config["token"]
+        user = config.get("user") or None
+        secrets = (token, jira_auth_header(user, token).split(" ", 1)[1])
+        text = _scrub(ctx.masker.mask(render_jira_comment(config["comment"], values)), secrets)
+        payload, truncated = jira_comment_payload(text, api.version)
+        # the step's own `timeout` bounds each wait too (the engine only times processes)
+        cap = ctx.step.timeout or float("inf")
+        return JiraPlan(api=api, issue=issue, user=user, token=token, comment_text=text,
+                        comment_payload=payload, truncated=truncated,
+                        transition=config.get("transition"),
+                        connect_timeout=min(cap, float(config.get("connect_timeout") or HTTP_CONNECT_TIMEOUT_S)),
+                        read_timeout=min(cap, float(config.get("read_timeout") or HTTP_READ_TIMEOUT_S)))
+
+    def preflight(self, ctx: StepContext) -> list[str]:
+        from urllib.parse import urlsplit
+
+        warnings: list[str] = []
+        if not ctx.step.config["token"]:
+            warnings.append(f"key 'token' is empty; set {_token_source(_jira_raw_value(ctx, 'token'))} "
+                            "before the step runs")
+        try:
+            api = jira_api(ctx.step.config["jira_url"])
+        except ValueError:
+            return warnings
+        host = urlsplit(api.site).hostname or ""
+        if api.site.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+            warnings.append("jira_url uses http://: the token would cross the network "
+                            "unencrypted; use https://")
+        return warnings
+
+    def describe(self, ctx: StepContext) -> list[str]:
+        plan = self.plan(ctx)
+        scheme = "Basic" if plan.user else "Bearer"
+        who = f" (user {plan.user})" if plan.user else " (personal access token)"
+        auth = f"Authorization: {scheme} ***{who}"
+        def say(text: str) -> str:
+            return _scrub(ctx.masker.mask(text), plan.secrets)
+
+        lines = [f"POST {plan.url('comment')}", f"  {auth}",
+                 f"  body: {json.dumps(plan.comment_payload, ensure_ascii=False)}"]
+        if plan.truncated:
+            lines.append(f"  (comment truncated to Jira's {JIRA_COMMENT_LIMIT} characters)")
+        if plan.transition is not None:
+            if isinstance(plan.transition, str):
+                chosen = f"the transition named {plan.transition!r}"
+            else:
+                chosen = f"a transition to category {plan.transition['to_status_category']!r}"
+            lines += [f"GET {plan.url('transitions')}", f"  {auth}",
+                      f"POST {plan.url('transitions')}", f"  {auth}",
+                      f'  body: {{"transition": {{"id": <id of {chosen}, looked up at run time>}}}}']
+        return [say(line) for line in lines]
+
+    # -- run time -------------------------------------------------------------------
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        try:
+            plan = self.plan(ctx)
+        except ValueError as exc:  # checked at load time too; here before any request
+            raise StepFailure(f"{ctx.step.label}: {exc}") from None
+        def say(text: str) -> str:
+            return _scrub(ctx.masker.mask(text), plan.secrets)
+
+        raw_token = _jira_raw_value(ctx, "token")
+        if not plan.token:
+            raise StepFailure(f"key 'token' is empty: set {_token_source(raw_token)} (for Jira Cloud "
+                              "an API token, for Server/Data Center a personal access token)")
+        if token_is_literal(raw_token):
+            ctx.emit(say(f"warning: {ctx.step.label}: the Jira token is written in "
+                         f"{ctx.workflow.path.name}; use \"token\": \"${{JIRA_TOKEN}}\" "
+                         "and keep it out of the repository"))
+        extra: dict[str, Any] = {"jira_issue": plan.issue, "comment_id": None, "transition": None}
+
+        def fail(message: str) -> StepResult:
+            return StepResult(status="failed", message=say(message), extra=extra)
+
+        def call(method: str, what: str, body: Any, action: str) -> HttpResponse | str:
+            def on_retry(attempt: int, reason: str, delay: float) -> None:
+                ctx.emit(say(f"jira: {method} {plan.url(what)}: {reason}; retrying in "
+                             f"{delay:g}s (attempt {attempt + 1} of {HTTP_ATTEMPTS})"))
+            if ctx.options.debug and ctx.debug_write is not None:
+                ctx.debug_write(say(f"+ {method} {plan.url(what)}"))
+            try:
+                resp = http_request(method, plan.url(what),
+                                    headers=plan.headers(with_body=body is not None),
+                                    json_body=body, connect_timeout=plan.connect_timeout,
+                                    read_timeout=plan.read_timeout, on_retry=on_retry,
+                                    sleep=lambda seconds: _http_sleep(seconds, ctx.guard))
+            except HttpTransportError as exc:
+                return f"cannot {action} on {plan.issue}: {exc}"
+            if not 200 <= resp.status < 300:
+                return jira_error_message(resp, action=action, issue=plan.issue,
+                                          user=plan.user, site=plan.api.site,
+                                          token_source=_token_source(raw_token))
+            return resp
+
+        if plan.truncated:
+            ctx.emit(f"jira: comment longer than {JIRA_COMMENT_LIMIT} characters, truncated")
+        resp = call("POST", "comment", plan.comment_payload, "comment")
+        if isinstance(resp, str):
+            return fail(resp)
+        try:
+            extra["comment_id"] = str(resp.json()["id"])
+        except (ValueError, KeyError, TypeError):
+            # A 2xx without Jira's JSON is a login page or proxy, not Jira.
+            detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
+            return fail(f"{resp.url} answered {resp.status} without a Jira comment "
+                        f"({detail}) — is jira_url the Jira REST API?")
+        ctx.emit(say(f"jira: commented on {plan.issue} (comment {extra['comment_id']})"))
+        message = f"commented on {plan.issue}"
+
+        if plan.transition is not None:
+            listing = call("GET", "transitions", None, "read transitions")
+            if isinstance(listing, str):
+                return fail(f"{message}, but {listing}")
+            try:
+                transitions = listing.json()["transitions"]
+                if not isinstance(transitions, list):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                detail = summarize_http_body(listing.text, listing.headers.get("content-type", ""))
+                return fail(f"{message}, but GET transitions answered without a list ({detail})")
+            try:
+                chosen = select_jira_transition(transitions, plan.transition, plan.issue)
+            except ValueError as exc:
+                return fail(f"{message}, but {exc}")
+            done = call("POST", "transitions", {"transition": {"id": str(chosen.get("id"))}},
+                        "transition")
+            if isinstance(done, str):
+                return fail(f"{message}, but {done}")
+            target = (chosen.get("to") or {}).get("name")
+            extra["transition"] = chosen.get("name")
+            message += f", moved by {chosen.get('name')!r}" + (f" to {target!r}" if target else "")
+            ctx.emit(say(f"jira: {message}"))
+        return StepResult(status="passed", message=say(message), extra=extra)
+
+
+def _jira_raw_value(ctx: StepContext, key: str) -> Any:
+    """The value of `key` as written in the workflow file, before ${VAR} interpolation
+    (Step keeps only interpolated values): says whether a token is literal and which
+    variable to blame when Jira refuses it."""
+    try:
+        data = parse_json_file(ctx.workflow.path, ctx.workflow.display_path)
+        return data["steps"][ctx.step.index].get(key)
+    except (OrchestrateError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
 # === 7. Engine ===
 
 
