@@ -1608,7 +1608,6 @@ def expand_braces(pattern: str) -> list[str]:
             continue
         prefix, suffix = pattern[:start], pattern[end + 1 :]
         bounds = [start, *commas, end]
-
         expanded: list[str] = []
         for left, right in itertools.pairwise(bounds):
             for item in expand_braces(prefix + pattern[left + 1 : right] + suffix):
@@ -2093,7 +2092,7 @@ class CypressRunner(Runner):
 
     def describe(self, ctx: StepContext) -> list[str]:
         project = self._project(ctx)
-        specs, empty = self._specs(ctx, project)
+        specs, _ = self._specs(ctx, project)
         share = self._share(ctx, specs)
         command = shlex.join(self._argv(ctx, project, share or ["<no spec files>"]))
         lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && {command}")]
@@ -2138,7 +2137,7 @@ class CypressRunner(Runner):
         artifacts = collect_cypress_artifacts(
             folders, before, ctx.run_dir / "artifacts" / self._slug(ctx)
         )
-        reports, problems = read_cypress_reports(report_dir)
+        reports, unreadable = read_cypress_reports(report_dir)
         tests = [test for report in reports for test in report.tests]
         failed = [test for test in tests if test.status == "failed"]
         extra.update(
@@ -2167,7 +2166,7 @@ class CypressRunner(Runner):
             names = ", ".join(t.display_name for t in failed[:3])
             more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
             message = f"{len(failed)} of {len(tests)} Cypress tests failed: {names}{more}"
-        elif not reports and not problems:
+        elif not reports and not unreadable:
             message = (
                 f"Cypress exited {code} and wrote no JUnit report to "
                 f"{_display_path(report_dir, ctx.root)}: it stopped before running a spec "
@@ -2177,8 +2176,8 @@ class CypressRunner(Runner):
             message = f"Cypress exited {code} although its JUnit reports record no failed test (see the step log)"
         else:
             message = ""
-        if problems:
-            message = "; ".join(filter(None, [message, *problems]))
+        if unreadable:
+            message = "; ".join(filter(None, [message, *unreadable]))
         status = "failed" if message else "passed"
         if status == "passed":
             message = f"{len(tests)} Cypress tests passed in {len(share)} spec files"
