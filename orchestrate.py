@@ -2297,6 +2297,634 @@ def _jira_raw_value(ctx: StepContext, key: str) -> Any:
         return None
 
 
+# --- cypress: end-to-end suites ---
+#
+# orchestrate expands the spec glob itself and hands Cypress an explicit, comma-joined list
+# of files: Cypress splits its own --spec value on commas, so a glob such as
+# "**/*.cy.{js,ts}" would reach it in pieces. Results are read from the JUnit files Cypress
+# writes, never from its exit code alone: that code is the number of failed tests modulo
+# 256, so 256 failures exit 0.
+
+CYPRESS_DEFAULT_FOLDER = "cypress/e2e"
+CYPRESS_DEFAULT_SPEC = "**/*.cy.{js,jsx,ts,tsx}"
+CYPRESS_INSTALL_HINT = 'run "npm ci" (or "npm install cypress --save-dev") in {project}'
+CYPRESS_FAILED_NAMES_MAX = 100  # names kept in the run record; the JUnit report has all
+CYPRESS_HISTORY_RUNS = 50  # earlier runs read for spec durations when sharding
+# (cypress config key, default folder, name under runs/<id>/artifacts/<step>/)
+CYPRESS_ARTIFACT_DIRS = (
+    ("screenshotsFolder", "cypress/screenshots", "screenshots"),
+    ("videosFolder", "cypress/videos", "videos"),
+)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand shell braces: "a.{js,ts}" -> ["a.js", "a.ts"], nested groups included.
+
+    Like bash, a group without a top-level comma ("{x}") or without its closing brace
+    stays literal. Duplicates are dropped, first occurrence kept.
+    """
+    import itertools
+
+    search_from = 0
+    while True:
+        start = pattern.find("{", search_from)
+        if start < 0:
+            return [pattern]
+        depth, commas, end = 0, [], -1
+        for pos in range(start, len(pattern)):
+            char = pattern[pos]
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    end = pos
+                    break
+            elif char == "," and depth == 1:
+                commas.append(pos)
+        if end < 0 or not commas:
+            search_from = start + 1
+            continue
+        prefix, suffix = pattern[:start], pattern[end + 1 :]
+        bounds = [start, *commas, end]
+        expanded: list[str] = []
+        for left, right in itertools.pairwise(bounds):
+            for item in expand_braces(prefix + pattern[left + 1 : right] + suffix):
+                if item not in expanded:
+                    expanded.append(item)
+        return expanded
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile one brace-free glob to a regex over POSIX relative paths.
+
+    `*` and `?` stay inside one path segment, `[...]`/`[!...]` are character classes,
+    `**/` is any number of directories (none included) and a final `**` is anything.
+    """
+    out: list[str] = []
+    pos, size = 0, len(pattern)
+    while pos < size:
+        char = pattern[pos]
+        if pattern.startswith("**", pos) and (pos == 0 or pattern[pos - 1] == "/"):
+            after = pos + 2
+            if pattern.startswith("/", after):
+                out.append("(?:[^/]+/)*")
+                pos = after + 1
+                continue
+            if after == size:
+                out.append(".*")
+                pos = after
+                continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            close = pos + 1
+            if close < size and pattern[close] in "!^":
+                close += 1
+            if close < size and pattern[close] == "]":
+                close += 1
+            close = pattern.find("]", close)
+            if close < 0:
+                out.append(re.escape(char))
+            else:
+                body = pattern[pos + 1 : close].replace("\\", "\\\\")
+                if body[:1] in ("!", "^"):
+                    out.append(f"[^/{body[1:]}]")
+                else:
+                    out.append(f"[{body}]")
+                pos = close
+        else:
+            out.append(re.escape(char))
+        pos += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
+    """Spec files under `project/folder` whose folder-relative path matches `spec`.
+
+    Returns POSIX paths relative to the project, sorted, so every machine builds the
+    same list. node_modules and dot-folders and dot-files are never searched, as in
+    Cypress's own spec finder.
+    """
+    base = project / folder
+    if not base.is_dir():
+        return []
+    patterns = [glob_regex(p) for p in expand_braces(spec.strip().removeprefix("./"))]
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if d != "node_modules" and not d.startswith(".")]
+        for filename in filenames:
+            if filename.startswith("."):
+                continue
+            path = os.path.join(dirpath, filename)
+            in_folder = os.path.relpath(path, base).replace(os.sep, "/")
+            if any(p.match(in_folder) for p in patterns):
+                found.append(os.path.relpath(path, project).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def resolve_cypress_project(value: str, modules: dict[str, str]) -> str:
+    """The project folder (relative to the root) for a step's `project` value.
+
+    A value with a '/' (or "." itself) is a folder; any other is a short name from
+    `cypress_modules` in orchestrate.json. Raises ValueError naming the known names.
+    """
+    if "/" in value or value in (".", ".."):
+        return value
+    if value in modules:
+        return modules[value]
+    if modules:
+        known = "known: " + ", ".join(sorted(modules))
+    else:
+        known = "orchestrate.json defines no cypress_modules"
+    raise ValueError(
+        f"{value!r} is not a cypress_modules short name ({known})"
+        f"{did_you_mean(value, modules)}; write a folder with a '/', e.g. './{value}'"
+    )
+
+
+def _cypress_option_value(values: dict[str, Any]) -> str:
+    """--env/--config value: "k=v,k2=v2", or JSON when a value would not survive that.
+
+    Cypress splits the k=v form on commas and reads a JSON object whole, so values with
+    a comma, lists and objects go as JSON (both forms are documented by Cypress).
+    """
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    scalar = all(isinstance(v, (str, int, float)) for v in values.values())
+    if scalar and not any("," in k or "," in text(v) for k, v in values.items()):
+        return ",".join(f"{k}={text(v)}" for k, v in values.items())
+    return json.dumps(dict(values), separators=(",", ":"))
+
+
+def cypress_argv(
+    project: Path,
+    specs: Sequence[str],
+    report_dir: Path,
+    *,
+    browser: str | None = None,
+    headed: bool = False,
+    env: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+) -> list[str]:
+    """The command that runs the project's own Cypress on exactly `specs`."""
+    argv = [
+        str(project / "node_modules" / ".bin" / "cypress"),
+        "run",
+        "--project",
+        str(project),
+        "--spec",
+        ",".join(specs),
+        "--reporter",
+        "junit",
+        "--reporter-options",
+        # [hash] is mocha-junit-reporter's: one file per spec, none overwritten.
+        f"mochaFile={report_dir / 'results-[hash].xml'}",
+    ]
+    if browser:
+        argv += ["--browser", browser]
+    if headed:
+        argv.append("--headed")
+    if env:
+        argv += ["--env", _cypress_option_value(env)]
+    if config:
+        argv += ["--config", _cypress_option_value(config)]
+    return argv
+
+
+@dataclass
+class CypressTest:
+    """One test case from a Cypress JUnit file."""
+
+    spec: str
+    suite: str  # describe() titles, outermost first, space-joined as mocha does
+    title: str
+    time: float
+    status: str  # "passed" | "failed" | "skipped"
+    message: str = ""
+    text: str = ""
+
+    @property
+    def display_name(self) -> str:
+        """`spec › suite › test`, how the record and messages name a test."""
+        return " › ".join(part for part in (self.spec, self.suite, self.title) if part)
+
+
+@dataclass
+class CypressReport:
+    """One JUnit file: Cypress writes one per spec."""
+
+    spec: str
+    time: float
+    tests: list[CypressTest]
+
+
+def _valid_seconds(value: Any) -> bool:
+    """A usable duration: a finite, non-negative JSON number (true/false are not numbers)."""
+    import math
+
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
+def _seconds(value: str | None) -> float:
+    """A JUnit time attribute as seconds; 0 where it is missing or not a duration."""
+    try:
+        seconds = float((value or "0").replace(",", ""))
+    except ValueError:
+        return 0.0
+    return seconds if _valid_seconds(seconds) else 0.0
+
+
+def parse_cypress_junit(data: bytes | str, fallback_spec: str = "") -> CypressReport:
+    """Parse a mocha-junit-reporter file as Cypress writes it.
+
+    Shape (one file per spec): <testsuites name="Mocha Tests" time tests failures>, a
+    first <testsuite name="Root Suite" file="cypress/e2e/x.cy.js">, then one <testsuite>
+    per describe() whose <testcase name="<suite titles> <test title>" classname="<test
+    title>"> holds <failure message type> or <skipped/>. Counts come from the test cases,
+    not from the summary attributes. Raises ET.ParseError on a torn or foreign file.
+    """
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(data)
+    suites = list(root.iter("testsuite"))
+    spec = next((s.get("file", "") for s in suites if s.get("file")), "") or fallback_spec
+    spec = spec.replace("\\", "/").removeprefix("./")
+    tests: list[CypressTest] = []
+    for suite in suites:
+        suite_name = suite.get("name", "")
+        for case in suite.findall("testcase"):
+            full = case.get("name", "")
+            title = case.get("classname") or full
+            if full.endswith(" " + title):
+                suite_title = full[: -len(title) - 1]
+            else:
+                suite_title = "" if suite_name == "Root Suite" else suite_name
+            problem = case.find("failure")
+            if problem is None:
+                problem = case.find("error")
+            if problem is not None:
+                status = "failed"
+                message = problem.get("message", "")
+                text = problem.text or ""
+            elif case.find("skipped") is not None:
+                status, message, text = "skipped", "", ""
+            else:
+                status, message, text = "passed", "", ""
+            tests.append(
+                CypressTest(spec, suite_title, title, _seconds(case.get("time")), status, message, text)
+            )
+    if root.tag == "testsuites" and root.get("time"):
+        time = _seconds(root.get("time"))
+    else:
+        time = sum(t.time for t in tests)
+    return CypressReport(spec=spec, time=round(time, 3), tests=tests)
+
+
+def read_cypress_reports(report_dir: Path) -> tuple[list[CypressReport], list[str]]:
+    """Every JUnit file in `report_dir` (sorted), and one problem line per unreadable one."""
+    import xml.etree.ElementTree as ET
+
+    reports: list[CypressReport] = []
+    problems: list[str] = []
+    if not report_dir.is_dir():
+        return reports, problems
+    for path in sorted(report_dir.glob("*.xml")):
+        try:
+            reports.append(parse_cypress_junit(path.read_bytes()))
+        except (ET.ParseError, OSError) as exc:
+            problems.append(f"unreadable JUnit file {path.name} ({exc})")
+    reports.sort(key=lambda report: report.spec)  # file names are content hashes: order by spec
+    return reports, problems
+
+
+def plan_shards(
+    specs: Iterable[str], shard_count: int, durations: dict[str, float] | None = None
+) -> list[list[str]]:
+    """Split `specs` into `shard_count` lists: deterministic and duration-balanced.
+
+    Greedy longest-processing-time: specs from longest to shortest (ties by name), each
+    to the shard with the least time so far (ties: fewer specs, then lower number). So
+    the busiest shard gets at most the ideal share plus the longest single spec. A spec
+    with no recorded duration counts as the mean of the recorded ones; with none
+    recorded every spec weighs the same and the split is even by count. The result
+    depends only on the arguments: every machine of a CI matrix computes the same plan
+    from the same spec list and history.
+    """
+    if shard_count < 1:
+        raise ValueError(f"shard count must be at least 1, got {shard_count}")
+    unique = sorted(set(specs))
+    durations = durations or {}
+    # rounded to ms: no float noise between hosts
+    known = {s: round(float(durations[s]), 3) for s in unique if _valid_seconds(durations.get(s))}
+    default = round(sum(known.values()) / len(known), 3) if known else 1.0
+    weight = {spec: known.get(spec, default) for spec in unique}
+    shards: list[list[str]] = [[] for _ in range(shard_count)]
+    loads = [0.0] * shard_count
+    for spec in sorted(unique, key=lambda s: (-weight[s], s)):
+        target = min(range(shard_count), key=lambda i: (loads[i], len(shards[i]), i))
+        shards[target].append(spec)
+        loads[target] += weight[spec]
+    return [sorted(shard) for shard in shards]
+
+
+def shard_specs(
+    specs: Sequence[str],
+    shard_index: int,
+    shard_count: int,
+    durations: dict[str, float] | None = None,
+) -> list[str]:
+    """The specs of shard `shard_index` (1-based, as in `--shard 2/3`) of `shard_count`."""
+    if not 1 <= shard_index <= shard_count:
+        raise ValueError(f"shard {shard_index}/{shard_count}: need 1 <= I <= N")
+    return plan_shards(specs, shard_count, durations)[shard_index - 1]
+
+
+def spec_durations_from_records(
+    records: Iterable[dict[str, Any]], step_name: str, workflow: str | None = None
+) -> dict[str, float]:
+    """Per-spec seconds from earlier run records' `spec_durations`, newest first wins.
+
+    `records` must come newest first (as RunStore.list returns them); only entries of
+    the step `step_name` (of `workflow`, when given) count.
+    """
+    durations: dict[str, float] = {}
+    for record in records:
+        if workflow is not None and record.get("workflow") != workflow:
+            continue
+        for entry in record.get("log") or ():
+            if not isinstance(entry, dict) or entry.get("step") != step_name:
+                continue
+            recorded = entry.get("spec_durations")
+            if not isinstance(recorded, dict):
+                continue
+            for spec, seconds in recorded.items():
+                if spec not in durations and _valid_seconds(seconds):
+                    durations[spec] = float(seconds)
+    return durations
+
+
+def _artifact_snapshot(folders: Iterable[Path]) -> dict[Path, tuple[int, int]]:
+    snapshot: dict[Path, tuple[int, int]] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for path in folder.rglob("*"):
+                if path.is_file():
+                    stat = path.stat()
+                    snapshot[path] = (stat.st_mtime_ns, stat.st_size)
+    return snapshot
+
+
+def _cypress_artifact_folders(project: Path, config: dict[str, Any]) -> list[tuple[str, Path]]:
+    folders = []
+    for key, default, label in CYPRESS_ARTIFACT_DIRS:
+        value = config.get(key)
+        folders.append((label, project / (value if isinstance(value, str) and value else default)))
+    return folders
+
+
+def collect_cypress_artifacts(
+    folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path
+) -> list[Path]:
+    """Copy the screenshots and videos that are new or changed since `before` to `dest`.
+
+    Cypress empties these folders before a run by default (trashAssetsBeforeRuns), so
+    what is there afterwards and differs from the snapshot is this run's.
+    """
+    import shutil
+
+    copied: list[Path] = []
+    after = _artifact_snapshot(folder for _, folder in folders)
+    for label, folder in folders:
+        for path in sorted(p for p in after if folder in p.parents):
+            if before.get(path) == after[path]:
+                continue
+            target = dest / label / path.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied.append(target)
+    return copied
+
+
+@register_runner
+class CypressRunner(Runner):
+    """Runs a Cypress project's own `cypress run` on an explicit list of spec files.
+
+    Passes only when Cypress exits 0 and its JUnit files record no failed test; every
+    test becomes a JUnit test case of the run's report. Under `--shard I/N` it runs the
+    duration-balanced share I of the spec files.
+    """
+
+    type_name = "cypress"
+    keys = {
+        "project": KeySpec((str,), required=True),
+        "folder": KeySpec((str,)),
+        "spec": KeySpec((str,)),
+        "browser": KeySpec((str,)),
+        # the common key: set in the step's environment like any step's, and passed to
+        # Cypress as --env (Cypress turns "true" and "3" back into a boolean and a number)
+        "env": KeySpec((dict,), item_type=str),
+        "config": KeySpec((dict,)),
+        "headed": KeySpec((bool,)),
+        "allow_empty": KeySpec((bool,)),
+    }
+
+    def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
+        where = f"{workflow_path.parent.name}/{workflow_path.name}: {step.label}"
+        try:
+            resolve_cypress_project(step.config["project"], settings.cypress_modules)
+        except ValueError as exc:
+            raise DefinitionError(f"{where}: key 'project': {exc}") from None
+        for key in ("folder", "spec"):
+            value = step.config.get(key)
+            if value is not None and (not value.strip() or os.path.isabs(value)):
+                raise DefinitionError(
+                    f"{where}: key '{key}': {value!r} must be a non-empty path inside the project"
+                )
+
+    # -- the parts shared by preflight, describe and execute --
+
+    def _project(self, ctx: StepContext) -> Path:
+        relative = resolve_cypress_project(ctx.step.config["project"], ctx.settings.cypress_modules)
+        return Path(os.path.abspath(ctx.root / relative))
+
+    @staticmethod
+    def _slug(ctx: StepContext) -> str:
+        """The step's folder name under runs/<run_id>/: its log file's name without .log."""
+        return step_log_name(ctx.step, len(ctx.workflow.steps)).removesuffix(".log")
+
+    def _report_dir(self, ctx: StepContext) -> Path:
+        return ctx.run_dir / "cypress" / self._slug(ctx)
+
+    def _install_problems(self, ctx: StepContext, project: Path) -> list[str]:
+        """What on disk keeps Cypress from starting, each with its fix."""
+        import shutil
+
+        shown = _display_path(project, ctx.root)
+        if not project.is_dir():
+            return [(f"Cypress project folder {shown} does not exist "
+                     "(check the step's 'project', or create it in an earlier step)")]
+        problems = []
+        if not (project / "package.json").is_file():
+            problems.append(
+                f"{shown} has no package.json: not a Node project "
+                '(run "npm init -y" and "npm install cypress --save-dev" there)'
+            )
+        if not (project / "node_modules" / ".bin" / "cypress").is_file():
+            problems.append(
+                f"Cypress is not installed in {shown}: " + CYPRESS_INSTALL_HINT.format(project=shown)
+            )
+        if shutil.which("node", path=ctx.env.get("PATH", os.defpath)) is None:
+            problems.append("node is not on PATH: install Node.js or add its bin folder to PATH")
+        return problems
+
+    _EMPTY_HINT = " (set 'folder' or 'spec', or \"allow_empty\": true to skip the step instead)"
+
+    def _specs(self, ctx: StepContext, project: Path) -> tuple[list[str], str]:
+        """All matching spec files, and what to say when there are none."""
+        folder = ctx.step.config.get("folder", CYPRESS_DEFAULT_FOLDER)
+        pattern = ctx.step.config.get("spec", CYPRESS_DEFAULT_SPEC)
+        specs = find_spec_files(project, folder, pattern)
+        return specs, f"no spec files match {pattern!r} in {_display_path(project / folder, ctx.root)}"
+
+    def _share(self, ctx: StepContext, specs: list[str]) -> list[str]:
+        """This shard's specs (all of them when not sharded)."""
+        if ctx.options.shard is None:
+            return specs
+        index, count = ctx.options.shard
+        return shard_specs(specs, index, count, self._recorded_durations(ctx))
+
+    def _recorded_durations(self, ctx: StepContext) -> dict[str, float]:
+        records = RunStore(ctx.runs_dir).list(workflow=ctx.workflow.name, limit=CYPRESS_HISTORY_RUNS)
+        return spec_durations_from_records(records, ctx.step.name, ctx.workflow.name)
+
+    def _argv(self, ctx: StepContext, project: Path, specs: Sequence[str]) -> list[str]:
+        config = ctx.step.config
+        return cypress_argv(
+            project,
+            specs,
+            self._report_dir(ctx),
+            browser=config.get("browser"),
+            headed=bool(config.get("headed")),
+            env=ctx.step.env,
+            config=config.get("config"),
+        )
+
+    # -- the Runner protocol --
+
+    def preflight(self, ctx: StepContext) -> list[str]:
+        project = self._project(ctx)
+        problems = self._install_problems(ctx, project)
+        if project.is_dir():
+            specs, empty = self._specs(ctx, project)
+            if not specs:
+                allowed = ctx.step.config.get("allow_empty")
+                problems.append(empty + (": the step will be skipped" if allowed else self._EMPTY_HINT))
+        return problems
+
+    def describe(self, ctx: StepContext) -> list[str]:
+        project = self._project(ctx)
+        specs, _ = self._specs(ctx, project)
+        share = self._share(ctx, specs)
+        command = shlex.join(self._argv(ctx, project, share or ["<no spec files>"]))
+        lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && {command}")]
+        if specs and ctx.options.shard is not None:  # (no specs: preflight warns)
+            index, count = ctx.options.shard
+            lines.append(f"shard {index}/{count}: {len(share)} of {len(specs)} spec files")
+        return lines
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        import shutil
+
+        config = ctx.step.config
+        project = self._project(ctx)
+        problems = self._install_problems(ctx, project)
+        if problems:
+            raise StepFailure("; ".join(problems))
+        shard = "{}/{}".format(*ctx.options.shard) if ctx.options.shard else None
+        extra: dict[str, Any] = {
+            "tests": 0, "failures": 0, "failed_tests": [], "specs": [],
+            "spec_durations": {}, "artifacts": [], "shard": shard,
+        }
+        specs, empty = self._specs(ctx, project)
+        if not specs:
+            if config.get("allow_empty"):
+                return StepResult(status="skipped", message=empty, extra=extra)
+            raise StepFailure(empty + self._EMPTY_HINT)
+        share = self._share(ctx, specs)
+        extra["specs"] = share
+        if not share:  # only a shard can come out empty: N shards over fewer than N specs
+            count = ctx.options.shard[1] if ctx.options.shard else 1
+            message = f"shard {shard} has no spec files to run ({len(specs)} spec files over {count} shards)"
+            return StepResult(status="skipped", message=message, extra=extra)
+
+        report_dir = self._report_dir(ctx)
+        shutil.rmtree(report_dir, ignore_errors=True)  # a retry must not read the last attempt's files
+        report_dir.mkdir(parents=True)
+        folders = _cypress_artifact_folders(project, config.get("config") or {})
+        before = _artifact_snapshot(folder for _, folder in folders)
+        ctx.emit(f"cypress: {len(share)} of {len(specs)} spec files" + (f" (shard {shard})" if shard else ""))
+        process = ctx.run_process(self._argv(ctx, project, share), cwd=project)
+
+        artifacts = collect_cypress_artifacts(
+            folders, before, ctx.run_dir / "artifacts" / self._slug(ctx)
+        )
+        reports, unreadable = read_cypress_reports(report_dir)
+        tests = [test for report in reports for test in report.tests]
+        failed = [test for test in tests if test.status == "failed"]
+        extra.update(
+            tests=len(tests),
+            failures=len(failed),
+            failed_tests=[ctx.masker.mask(t.display_name) for t in failed[:CYPRESS_FAILED_NAMES_MAX]],
+            spec_durations={r.spec: r.time for r in reports if r.spec},
+            # the same form as the record's log_file: runs/<run_id>/artifacts/...
+            artifacts=[p.relative_to(ctx.runs_dir.parent).as_posix() for p in artifacts],
+        )
+        testcases = [
+            TestCase(
+                name=ctx.masker.mask(" › ".join(p for p in (t.suite, t.title) if p)),
+                classname=t.spec or "cypress",
+                time=t.time,
+                status=t.status,
+                message=ctx.masker.mask(t.message),
+                text=ctx.masker.mask(t.text),
+            )
+            for t in tests
+        ]
+
+        code = process.exit_code
+        # a timeout is reported by the engine, which keeps the tests counted so far
+        if failed:
+            names = ", ".join(t.display_name for t in failed[:3])
+            more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+            message = f"{len(failed)} of {len(tests)} Cypress tests failed: {names}{more}"
+        elif not reports and not unreadable:
+            message = (
+                f"Cypress exited {code} and wrote no JUnit report to "
+                f"{_display_path(report_dir, ctx.root)}: it stopped before running a spec "
+                "(see the step log)"
+            )
+        elif code != 0:
+            message = f"Cypress exited {code} although its JUnit reports record no failed test (see the step log)"
+        else:
+            message = ""
+        if unreadable:
+            message = "; ".join(filter(None, [message, *unreadable]))
+        status = "failed" if message else "passed"
+        if status == "passed":
+            message = f"{len(tests)} Cypress tests passed in {len(share)} spec files"
+        return StepResult(
+            status=status, message=ctx.masker.mask(message), exit_code=code, extra=extra, testcases=testcases
+        )
+
+
 # === 7. Engine ===
 
 
