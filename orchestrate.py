@@ -1091,6 +1091,10 @@ def _group_alive(pgid: int) -> bool:
 def end_process_group(process: Any, grace: float = KILL_GRACE_S) -> None:
     """SIGTERM to the step's whole process group, SIGKILL after the grace period."""
     pgid = process.pid
+    if not isinstance(pgid, int) or pgid <= 0:
+        # never signal group 0 (our own) or -1 (everything): only a fake process has such a pid
+        process.wait()
+        return
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
@@ -1131,7 +1135,10 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     except OSError as exc:
         raise StepFailure(f"cannot start {argv if shell else argv[0]!r}: {exc.strerror or exc}") from None
     assert process.stdout is not None
-    out_fd = process.stdout.fileno()
+    try:
+        out_fd = process.stdout.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream, not a pipe
+        return _read_unselectable(process, sink)
     os.set_blocking(out_fd, False)
     selector = selectors.DefaultSelector()
     selector.register(out_fd, selectors.EVENT_READ, "out")
@@ -1198,6 +1205,19 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     code = process.wait()
     return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out,
                          output_tail=sink.tail_text())
+
+
+def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
+    """Output that is not a pipe (a stand-in process such as pytest-subprocess's) cannot be
+    watched for a timeout or a signal: read it to the end."""
+    output, _ = process.communicate()  # in memory already: nothing to stream
+    try:
+        if output:
+            sink.write(output if isinstance(output, bytes) else str(output).encode())
+    finally:
+        sink.flush()
+    code = process.wait()
+    return ProcessResult(exit_code=code, timed_out=False, output_tail=sink.tail_text())
 
 
 def _drain(fd: int, sink: OutputSink) -> None:

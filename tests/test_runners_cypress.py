@@ -10,11 +10,10 @@ runs real Cypress. Instead:
   JUnit file per spec in the layout Cypress's mocha-junit-reporter produces, and exits
   with its failure count modulo 256, as Cypress does. It records the argv, cwd and
   environment it really received, so those are checked as a child process saw them;
-- the exact argv, cwd and environment handed to the process helper are also checked at
-  orchestrate's own seam, `orchestrate.run_process`. pytest-subprocess cannot stand in
-  there: orchestrate's one process helper streams the child's pipe by file descriptor and
-  ends its process group by pid, and pytest-subprocess's FakePopen has neither (a BytesIO
-  pipe, pid 0 — and os.killpg(0, ...) would signal the test runner's own group).
+- the exact argv, cwd and environment of the Cypress process are checked with
+  pytest-subprocess (a faked `Popen`, whose callback writes the JUnit files Cypress would),
+  and also at orchestrate's own seam, `orchestrate.run_process`. orchestrate's process
+  helper reads a fake process's in-memory output to the end and never signals its pid 0.
 
 A `node` stub on PATH stands in for Node.js, which the step checks for before it starts.
 """
@@ -286,6 +285,50 @@ def test_exact_argv_cwd_and_environment_at_the_process_seam(
     assert call["env"]["ORCHESTRATE_STEP"] == "ui smoke"
     # Cypress ran nothing: no report is a failure, never a pass
     assert "wrote no JUnit report" in cypress_entry(project)["message"]
+
+
+def test_exact_argv_and_environment_with_pytest_subprocess(project: Project, fp: Any) -> None:
+    """The real Cypress cannot run here: pytest-subprocess fakes its process."""
+    web = make_cypress_project(project, {"login.cy.js": spec("pass 1")}, install=True)
+    cypress_workflow(project, browser="electron", env={"SHOP": "demo"}, config={"retries": 1})
+    fp.allow_unregistered(True)  # git and the like run for real
+
+    seen: dict[str, Any] = {}
+
+    def write_reports(process: Any) -> None:
+        seen["kwargs"] = process.kwargs
+        argv = process.args
+        mocha_file = argv[argv.index("--reporter-options") + 1].split("=", 1)[1]
+        target = Path(mocha_file.replace("[hash]", "fake1"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="Mocha Tests" time="0.5" tests="2" failures="1">'
+            '<testsuite name="Root Suite" timestamp="2026-11-27T15:40:00" tests="0" file="cypress/e2e/login.cy.js" time="0" failures="0"></testsuite>'
+            '<testsuite name="login" timestamp="2026-11-27T15:40:00" tests="2" time="0.5" failures="1">'
+            '<testcase name="login works" time="0.2" classname="works"></testcase>'
+            '<testcase name="login rejects" time="0.3" classname="rejects"><failure message="expected 401" type="AssertionError">'
+            'AssertionError: expected 401</failure></testcase></testsuite></testsuites>')
+
+    run_id_holder: dict[str, str] = {}
+    binary = str(web / "node_modules" / ".bin" / "cypress")
+    fp.register([binary, fp.any()], stdout=["Running: login.cy.js", "1 of 2 failed"], returncode=1,
+                callback=write_reports)
+    result = project.cli("run", "ui")
+    assert result.exit_code == 1
+    run_id_holder["id"] = project.last_record()["run_id"]
+    [call] = [c for c in fp.calls if c[0] == binary]
+    report = project.runs / run_id_holder["id"] / "cypress" / "01-ui-smoke"
+    assert list(call) == [binary, "run", "--project", str(web), "--spec", "cypress/e2e/login.cy.js",
+                          "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml",
+                          "--browser", "electron", "--env", "SHOP=demo", "--config", "retries=1"]
+    entry = cypress_entry(project)
+    assert entry["tests"] == 2 and entry["failures"] == 1
+    assert entry["failed_tests"] == ["cypress/e2e/login.cy.js › login › rejects"]
+    assert "Running: login.cy.js" in entry["output_tail"]
+    env = seen["kwargs"]["env"]
+    assert env["SHOP"] == "demo" and env["ORCHESTRATE_STEP"] == "ui smoke"
+    assert env["ORCHESTRATE_RUN_ID"] == run_id_holder["id"]
+    assert seen["kwargs"]["cwd"] == str(web) and seen["kwargs"]["start_new_session"] is True
 
 
 def test_the_child_process_gets_that_argv_cwd_and_environment(project: Project) -> None:
