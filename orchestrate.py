@@ -2946,6 +2946,7 @@ class RunOptions:
     push_remote: str | None = None
     push_url: str | None = None
     run_id: str | None = None
+    git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -3064,6 +3065,8 @@ def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore
 def _base_environment(options: RunOptions) -> dict[str, str]:
     env = dict(os.environ)
     env.update(options.variables)
+    for hook in ENV_HOOKS:
+        hook(env, options)
     return env
 
 
@@ -3284,6 +3287,12 @@ class Engine:
 # junit.xml is written. Built-in ones register themselves below their definitions.
 STEP_GATES: list[Callable[[Step, Engine, dict[str, Any]], str | None]] = []
 REPORT_HOOKS: list[Callable[[Engine, dict[str, Any]], None]] = []
+# An env hook edits the environment every step starts from (in place).
+ENV_HOOKS: list[Callable[[dict[str, str], RunOptions], None]] = []
+# A pre-run hook may end the run early with an exit code (a push with nothing to check); a
+# trigger hook adds to the record's trigger.
+PRE_RUN_HOOKS: list[Callable[[Any, Workflow, RunOptions], int | None]] = []
+TRIGGER_HOOKS: list[Callable[[dict[str, Any], Any, RunOptions], None]] = []
 
 
 def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
@@ -3808,10 +3817,7 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     return code
 
 
-# Seams for the git section: a pre-run hook may end the run early with an exit code (a push
-# with nothing to check); a trigger hook adds to the record's trigger.
-PRE_RUN_HOOKS: list[Callable[[Paths, Workflow, RunOptions], int | None]] = []
-TRIGGER_HOOKS: list[Callable[[dict[str, Any], Paths, RunOptions], None]] = []
+# PRE_RUN_HOOKS and TRIGGER_HOOKS: seams defined with the engine's (section 7).
 
 
 def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
