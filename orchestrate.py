@@ -5074,6 +5074,57 @@ def init(ctx: typer.Context) -> int:
     return EXIT_OK
 
 
+hook_app = typer.Typer(name="hook", no_args_is_help=True, rich_markup_mode=None,
+                       help="Install, remove or inspect orchestrate's git pre-push hook.")
+app.add_typer(hook_app, name="hook")
+
+
+@hook_app.command("install")
+@_boundary
+def hook_install(
+    ctx: typer.Context,
+    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+    workflow: str = typer.Option(None, "--workflow", help="Workflow the hook runs (default: pre-push)."),
+    force: bool = typer.Option(False, "--force", help="Keep a foreign hook as HOOK.legacy and run it first."),
+) -> int:
+    """Install the hook into the folder git uses (core.hooksPath and worktrees respected)."""
+    change = install_hook(_paths(ctx).root, hook, workflow, force)
+    typer.echo(change.message)
+    typer.echo("skip it for one push with: git push --no-verify (or ORCHESTRATE_SKIP=1 git push)")
+    return EXIT_OK
+
+
+@hook_app.command("uninstall")
+@_boundary
+def hook_uninstall(
+    ctx: typer.Context,
+    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+) -> int:
+    """Remove orchestrate's hook (never a foreign one) and restore the hook it replaced."""
+    typer.echo(uninstall_hook(_paths(ctx).root, hook).message)
+    return EXIT_OK
+
+
+@hook_app.command("status")
+@_boundary
+def hook_status_command(
+    ctx: typer.Context,
+    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> int:
+    """Say what git will run on push: the hooks folder, the hook's owner and its workflow."""
+    if hook not in SUPPORTED_HOOKS:
+        render_hook(hook)  # the usage error with its suggestion
+    info = hook_status(_paths(ctx).root, hook)
+    if json_output:
+        typer.echo(json.dumps(info, indent=2))
+        return EXIT_OK
+    typer.echo(info["summary"])
+    typer.echo(f"  hooks folder: {info['hooks_dir']}"
+               + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else ""))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `orchestrate` command; returns the exit code."""
     try:
