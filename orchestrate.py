@@ -3912,11 +3912,10 @@ def gate_reason(when: Mapping[str, Any], changes: ChangeSet) -> str | None:
             shown = ", ".join(repr(branch) for branch in changes.branches)
             return f"when.branch {branch_patterns}: branch {shown} does not match"
     changed_patterns = _as_patterns(when.get("changed"))
-    if changed_patterns and changes.files is not None:
-        if not any(path_matches(path, pattern)
-                   for path in changes.files for pattern in changed_patterns):
-            return (f"when.changed {changed_patterns}: no changed file matches "
-                    f"({len(changes.files)} changed, {changes.description})")
+    if changed_patterns and changes.files is not None and not any(
+            path_matches(path, pattern) for path in changes.files for pattern in changed_patterns):
+        return (f"when.changed {changed_patterns}: no changed file matches "
+                f"({len(changes.files)} changed, {changes.description})")
     return None
 
 
@@ -4251,13 +4250,14 @@ def detect_ci_output() -> PlainCIOutput:
 
 # --- GitHub step summary ---------------------------------------------------------------------
 
-def _parse_time(value: Any) -> datetime | None:
+def _epoch_ms(value: Any) -> int | None:
+    """Milliseconds since the epoch of a record timestamp ("2026-11-27T15:40:00.123Z")."""
     from datetime import datetime
 
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
         return None
 
@@ -4293,14 +4293,11 @@ def render_gantt(record: Mapping[str, Any]) -> str:
              "    dateFormat x", "    axisFormat %M:%S", "    section steps"]
     drawn = 0
     for index, entry in enumerate(record.get("log") or ()):
-        start = _parse_time(entry.get("started_at"))
-        if start is None or entry.get("status") == "skipped":
+        start_ms = _epoch_ms(entry.get("started_at"))
+        if start_ms is None or entry.get("status") == "skipped":
             continue
-        end = _parse_time(entry.get("finished_at"))
-        start_ms = int(start.timestamp() * 1000)
-        if end is not None:
-            end_ms = int(end.timestamp() * 1000)
-        else:
+        end_ms = _epoch_ms(entry.get("finished_at"))
+        if end_ms is None:
             end_ms = start_ms + int(float(entry.get("duration_s") or 0) * 1000)
         tag = {"passed": "done, ", "failed": "crit, ", "running": "active, "}.get(
             str(entry.get("status")), "")

@@ -13,18 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import CI_VARIABLES, Project, assert_valid_junit, orchestrate_bin
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-value-42"
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Project:
-    # conftest's Project expects its root to exist (workflows/ is made without parents)
-    (tmp_path / "project").mkdir()
-    return Project(tmp_path / "project")
 
 
 def github_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -135,7 +127,7 @@ def test_gitlab_sections(project: Project) -> None:
     env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES}
     env.update(CI="true", GITLAB_CI="true", CI_JOB_URL="https://gitlab.example/j/5")
     # bytes: text mode would turn the markers' \r into newlines
-    result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "ci"],
+    result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "ci"], check=False,
                             capture_output=True, env=env, stdin=subprocess.DEVNULL)
     assert result.returncode == 0
     out = result.stdout.decode()
@@ -329,7 +321,7 @@ def test_readme_git_and_ci_commands_work(tmp_path: Path) -> None:
     assert any(c.startswith("orchestrate hook install") for c in commands)
     for command in commands:
         argv = shlex.split(command)
-        env_prefix = {}
+        env_prefix: dict[str, Any] = {}
         while argv and re.fullmatch(r"[A-Z_]+=.*", argv[0]):
             key, _, value = argv.pop(0).partition("=")
             env_prefix[key] = value

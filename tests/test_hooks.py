@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CI_VARIABLES, orchestrate_bin
 
 import orchestrate
-from conftest import CI_VARIABLES, orchestrate_bin
 
 REPO = Path(__file__).resolve().parent.parent
 Z40 = "0" * 40
@@ -54,7 +54,7 @@ class GitProject:
 
     # --- helpers ------------------------------------------------------------------------
     def git_in(self, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["git", *args], cwd=cwd, env=self.env, capture_output=True,
+        result = subprocess.run(["git", *args], check=False, cwd=cwd, env=self.env, capture_output=True,
                                 text=True, stdin=subprocess.DEVNULL, timeout=120)
         if check:
             assert result.returncode == 0, f"git {args}: {result.stderr}"
@@ -69,7 +69,7 @@ class GitProject:
     def push(self, *args: str, cwd: Path | None = None,
              **env: str) -> subprocess.CompletedProcess[str]:
         full = {**self.env, **env}
-        return subprocess.run(["git", "push", "origin", *args], cwd=cwd or self.root, env=full,
+        return subprocess.run(["git", "push", "origin", *args], check=False, cwd=cwd or self.root, env=full,
                               capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=180)
 
@@ -100,7 +100,7 @@ class GitProject:
         self.write(f"workflows/{name}.json", json.dumps({"steps": steps}, indent=1))
 
     def orchestrate(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([orchestrate_bin(), *args], cwd=self.root, env={**self.env, **env},
+        return subprocess.run([orchestrate_bin(), *args], check=False, cwd=self.root, env={**self.env, **env},
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
 
     def records(self) -> list[dict[str, Any]]:
@@ -156,7 +156,7 @@ def test_shipped_hook_is_the_installed_one_and_shellcheck_clean() -> None:
     assert (REPO / "hooks" / "pre-push").read_text() == orchestrate.render_hook()
     assert os.access(REPO / "hooks" / "pre-push", os.X_OK)
     if shutil.which("shellcheck"):
-        result = subprocess.run(["shellcheck", "-s", "sh", str(REPO / "hooks" / "pre-push")],
+        result = subprocess.run(["shellcheck", "-s", "sh", str(REPO / "hooks" / "pre-push")], check=False,
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
 
@@ -171,7 +171,7 @@ def test_unknown_hook_type(gp: GitProject) -> None:
 def test_outside_a_repository(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
-    result = subprocess.run([orchestrate_bin(), "--root", str(plain), "hook", "install"],
+    result = subprocess.run([orchestrate_bin(), "--root", str(plain), "hook", "install"], check=False,
                             capture_output=True, text=True, env=clean_env(tmp_path),
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 2
@@ -302,7 +302,7 @@ def test_core_hooks_path(tmp_path: Path) -> None:
 def test_git_worktree(gp: GitProject) -> None:
     worktree = gp.tmp / "wt"
     gp.git("worktree", "add", "-q", str(worktree), "-b", "side")
-    status = subprocess.run([orchestrate_bin(), "hook", "status"], cwd=worktree, env=gp.env,
+    status = subprocess.run([orchestrate_bin(), "hook", "status"], check=False, cwd=worktree, env=gp.env,
                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert status.stdout.startswith(f"git runs {gp.root / '.git' / 'hooks' / 'pre-push'}")
     (worktree / "src" / "side.py").write_text("x = 1\n")
@@ -431,7 +431,7 @@ def test_changed_gating_on_new_branch_counts_only_commits_not_on_the_remote(gp: 
 # --- stdin handling ---------------------------------------------------------------------
 
 def test_git_hook_mode_rejects_garbage_on_stdin(gp: GitProject) -> None:
-    result = subprocess.run([orchestrate_bin(), "run", "pre-push", "--git-hook", "pre-push"],
+    result = subprocess.run([orchestrate_bin(), "run", "pre-push", "--git-hook", "pre-push"], check=False,
                             cwd=gp.root, env=gp.env, input="not a ref line\n",
                             capture_output=True, text=True)
     assert result.returncode == 2
@@ -441,7 +441,7 @@ def test_git_hook_mode_rejects_garbage_on_stdin(gp: GitProject) -> None:
 
 
 def test_without_git_hook_stdin_is_never_read(gp: GitProject) -> None:
-    result = subprocess.run([orchestrate_bin(), "run", "pre-push"], cwd=gp.root, env=gp.env,
+    result = subprocess.run([orchestrate_bin(), "run", "pre-push"], check=False, cwd=gp.root, env=gp.env,
                             input="garbage that would fail parsing\n", capture_output=True,
                             text=True)
     assert result.returncode == 0
