@@ -15,8 +15,13 @@ import pytest
 import yaml
 from conftest import CI_VARIABLES, Project, assert_valid_junit, orchestrate_bin
 
+import orchestrate
+
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-value-42"
+Z40 = "0" * 40
+A = "a" * 40
+B = "b" * 40
 
 
 def github_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -335,3 +340,150 @@ def test_readme_git_and_ci_commands_work(tmp_path: Path) -> None:
         else:
             raise AssertionError(f"README command not covered by this test: {command}")
         assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
+
+
+# === pure parts, called directly ===
+
+# --- CI detection ---------------------------------------------------------------------
+
+def test_detect_ci_github_pull_request(tmp_path: Path) -> None:
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"base": {"sha": B}}}))
+    env = {"CI": "true", "GITHUB_ACTIONS": "true", "GITHUB_SERVER_URL": "https://github.com",
+           "GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "42", "GITHUB_SHA": A,
+           "GITHUB_HEAD_REF": "feat", "GITHUB_REF_NAME": "7/merge", "GITHUB_BASE_REF": "main",
+           "GITHUB_EVENT_PATH": str(event)}
+    ci = orchestrate.detect_ci(env, orchestrate.read_github_event(env))
+    assert ci == {"provider": "github", "job_url": "https://github.com/o/r/actions/runs/42",
+                  "commit": A, "branch": "feat", "base": B}
+    assert (orchestrate.detect_ci(env, {}) or {}).get("base") == "origin/main"
+
+
+def test_detect_ci_github_push_event():
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_REF_NAME": "main"}
+    assert orchestrate.detect_ci(env, {"before": B})["base"] == B
+    assert orchestrate.detect_ci(env, {"before": Z40})["base"] == ""
+
+
+def test_detect_ci_gitlab_jenkins_generic_none():
+    gl = orchestrate.detect_ci({"GITLAB_CI": "true", "CI": "true", "CI_JOB_URL": "https://gl/j/1",
+                       "CI_COMMIT_SHA": A, "CI_COMMIT_BRANCH": "dev",
+                       "CI_COMMIT_BEFORE_SHA": Z40})
+    assert gl == {"provider": "gitlab", "job_url": "https://gl/j/1", "commit": A,
+                  "branch": "dev", "base": ""}
+    jk = orchestrate.detect_ci({"JENKINS_URL": "http://j/", "BUILD_URL": "http://j/job/x/3/",
+                       "GIT_COMMIT": A, "GIT_BRANCH": "origin/main", "CHANGE_TARGET": "main"})
+    assert jk == {"provider": "jenkins", "job_url": "http://j/job/x/3/", "commit": A,
+                  "branch": "main", "base": "origin/main"}
+    assert orchestrate.detect_ci({"CI": "true"})["provider"] == "generic"
+    assert orchestrate.detect_ci({"CI": "false"}) is None
+    assert orchestrate.detect_ci({}) is None
+
+
+def test_build_trigger():
+    git_state = {"commit": A, "branch": "main", "dirty": True}
+    t = orchestrate.make_trigger(git_state, None)
+    assert t["source"] == "cli" and t["git"] == git_state and t["provider"] is None
+    push = orchestrate.parse_push_refs(f"refs/heads/main {A} refs/heads/main {B}", "origin", "u")
+    t = orchestrate.make_trigger(git_state, None, push, "pre-push")
+    assert t["source"] == "pre-push" and t["push"]["remote"] == "origin"
+    ci = {"provider": "gitlab", "job_url": "u", "commit": B, "branch": "dev", "base": ""}
+    t = orchestrate.make_trigger(git_state, ci)
+    assert (t["source"], t["provider"], t["job_url"], t["commit"], t["branch"]) == (
+        "ci", "gitlab", "u", B, "dev")
+
+
+def test_strip_git_env_and_step_env():
+    env = {"GIT_DIR": "/x/.git", "GIT_INDEX_FILE": "i", "GIT_PREFIX": "", "PATH": "/bin",
+           "GIT_SSH_COMMAND": "ssh", "GIT_CONFIG_KEY_0": "a", "GIT_EXEC_PATH": "/g"}
+    assert orchestrate.strip_git_env(env) == {"PATH": "/bin", "GIT_SSH_COMMAND": "ssh",
+                                     "GIT_CONFIG_KEY_0": "a", "GIT_EXEC_PATH": "/g"}
+    push = orchestrate.PushInfo("origin", "u", ())
+    out = orchestrate.step_git_env(env, orchestrate.ChangeSet((), "", (), B, A), push)
+    assert out["ORCHESTRATE_PUSH_REMOTE"] == "origin"
+    assert (out["ORCHESTRATE_FROM_REF"], out["ORCHESTRATE_TO_REF"]) == (B, A)
+    assert "GIT_DIR" not in out and out["GIT_TERMINAL_PROMPT"] == "0"
+
+
+# --- GitHub / GitLab markup -----------------------------------------------------------
+
+def test_gha_escapes():
+    assert orchestrate.gha_escape_data("50% a\r\nb: c, d") == "50%25 a%0D%0Ab: c, d"
+    assert orchestrate.gha_escape_property("50% a\nb: c, d") == "50%25 a%0Ab%3A c%2C d"
+    assert orchestrate.gha_error("unit: tests, fast", "line1\nline2 100%") == (
+        "::error title=unit%3A tests%2C fast::line1%0Aline2 100%25")
+
+
+def test_gha_masks_multiline_secret():
+    assert orchestrate.gha_mask_lines(["tok%en", "l1\nl2", "  "]) == [
+        "::add-mask::l1", "::add-mask::l2", "::add-mask::tok%25en"]
+
+
+def make_step(index: int, name: str) -> orchestrate.Step:
+    return orchestrate.Step(index=index, name=name, type="command", config={}, raw={})
+
+
+def test_github_output_fences_and_annotates() -> None:
+    out = orchestrate.GitHubCIOutput()
+    assert out.run_started(orchestrate.Masker(["tok%en"])) == [
+        "::add-mask::tok%2525en", "::add-mask::tok%25en"]  # the value and its URL-encoded form
+    start = out.step_started(make_step(0, "unit tests"))
+    assert start[0] == "::group::unit tests (command)"
+    token = start[1].removeprefix("::stop-commands::")
+    assert len(token) > 30
+    assert out.step_output_ended(make_step(0, "unit tests")) == [f"::{token}::", "::endgroup::"]
+    assert out.step_finished(make_step(0, "unit tests"), {"status": "failed", "message": "exit 1"}) == [
+        "::error title=unit tests failed::exit 1"]
+    assert out.step_finished(make_step(0, "u"), {"status": "failed", "message": "m",
+                                                "allowed_failure": True}) == [
+        "::warning title=u failed (continue_on_error)::m"]
+    assert out.step_finished(make_step(0, "u"), {"status": "passed"}) == []
+    assert out.step_started(make_step(1, "b"))[1] != start[1]  # a fresh token per step
+
+
+def test_gitlab_output_sections() -> None:
+    out = orchestrate.GitLabCIOutput(clock=lambda: 1700000000.5)
+    assert out.step_started(make_step(1, "ui smoke: tests")) == [
+        "\x1b[0Ksection_start:1700000000:step_2_ui_smoke_tests\r\x1b[0Kui smoke: tests (command)"]
+    assert out.step_output_ended(make_step(1, "ui smoke: tests")) == [
+        "\x1b[0Ksection_end:1700000000:step_2_ui_smoke_tests\r\x1b[0K"]
+    assert out.step_output_ended(make_step(1, "x")) == []
+
+
+RECORD = {
+    "run_id": "20261127T154000123Z-1a2b3c", "workflow": "deploy", "status": "failed",
+    "trigger": {"job_url": "https://github.com/o/r/actions/runs/1"},
+    "log": [
+        {"step": "unit tests", "status": "passed", "duration_s": 1.92,
+         "started_at": "2026-11-27T15:40:00.000Z", "finished_at": "2026-11-27T15:40:01.920Z"},
+        {"step": "ui: smoke | e2e", "status": "failed", "duration_s": 10.0, "message": "exit 1",
+         "failed_tests": ["login > works", {"name": "cart <b>"}],
+         "started_at": "2026-11-27T15:40:01.920Z", "finished_at": "2026-11-27T15:40:11.920Z"},
+        {"step": "notify", "status": "skipped", "message": "when.branch ['main']: no"},
+    ],
+}
+
+
+def test_render_step_summary():
+    md = orchestrate.render_step_summary(RECORD)
+    assert md.startswith("### orchestrate: deploy failed\n")
+    assert "1 passed, 1 failed, 1 skipped · run `20261127T154000123Z-1a2b3c` · " \
+           "[job log](https://github.com/o/r/actions/runs/1)" in md
+    assert "| unit tests | passed | 1.9s |  |" in md
+    assert "| ui: smoke \\| e2e | **failed** | 10.0s | login &gt; works; cart &lt;b&gt; |" in md
+    assert "| notify | skipped |  | when.branch ['main']: no |" in md
+    assert "```mermaid\ngantt\n    title deploy\n    dateFormat x\n" in md
+    assert "    unit tests :done, s0, 1795794000000, 1795794001920\n" in md
+    assert "    ui  smoke | e2e :crit, s1, 1795794001920, 1795794011920\n" in md
+    assert "notify :" not in md
+
+
+def test_append_step_summary(tmp_path):
+    target = tmp_path / "summary.md"
+    target.write_text("before\n")
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(target)}
+    assert orchestrate.append_step_summary(env, RECORD) == target
+    assert target.read_text().startswith("before\n### orchestrate: deploy failed")
+    assert orchestrate.append_step_summary({"GITHUB_STEP_SUMMARY": str(target)}, RECORD) is None
+
+

@@ -16,6 +16,9 @@ import orchestrate
 
 REPO = Path(__file__).resolve().parent.parent
 Z40 = "0" * 40
+Z64 = "0" * 64
+A = "a" * 40
+B = "b" * 40
 
 
 def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -446,3 +449,300 @@ def test_without_git_hook_stdin_is_never_read(gp: GitProject) -> None:
                             text=True)
     assert result.returncode == 0
     assert gp.records()[-1]["trigger"]["source"] == "cli"
+
+
+# === pure parts and git helpers, called directly ===
+
+# --- parse_push_refs ---------------------------------------------------------------
+
+def test_parse_push_refs_all_kinds():
+    text = (f"refs/heads/main {A} refs/heads/main {B}\n"
+            f"\n"
+            f"(delete) {Z40} refs/heads/old {B}\n"
+            f"refs/tags/v1 {A} refs/tags/v1 {Z40}\n")
+    push = orchestrate.parse_push_refs(text, "origin", "../r.git")
+    assert [r.remote_ref for r in push.refs] == ["refs/heads/main", "refs/heads/old", "refs/tags/v1"]
+    assert push.refs[1].is_deletion and not push.refs[0].is_deletion
+    assert push.refs[2].is_tag and push.refs[2].is_new
+    assert push.updates == (push.refs[0],)
+    assert push.branches == ["main"]
+    assert push.as_dict()["refs"][0] == {"local_ref": "refs/heads/main", "local_oid": A,
+                                         "remote_ref": "refs/heads/main", "remote_oid": B}
+
+
+def test_parse_push_refs_sha256_zero():
+    push = orchestrate.parse_push_refs(f"(delete) {Z64} refs/heads/x {'c' * 64}\n")
+    assert push.refs[0].is_deletion
+
+
+@pytest.mark.parametrize("line", [
+    "refs/heads/main abc refs/heads/main def",
+    "only three fields here",
+    f"refs/heads/main {A} refs/heads/main {B} extra",
+])
+def test_parse_push_refs_rejects_garbage(line):
+    with pytest.raises(orchestrate.UsageError, match=r"stdin line 1 is not '<local ref> <local oid>"):
+        orchestrate.parse_push_refs(line + "\n")
+
+
+@pytest.mark.parametrize("text, new, expected", [
+    ("", True, "nothing to push (everything up to date)"),
+    (f"(delete) {Z40} refs/heads/a {B}\n(delete) {Z40} refs/heads/b {B}\n", True,
+     "push only deletes refs/heads/a, refs/heads/b"),
+    (f"refs/tags/v1 {A} refs/tags/v1 {Z40}\n", True, "push only carries tags (v1)"),
+    (f"refs/tags/v1 {A} refs/tags/v1 {Z40}\n(delete) {Z40} refs/heads/b {B}\n", True,
+     "push only carries tags (v1)"),
+    (f"refs/heads/main {A} refs/heads/copy {Z40}\n", False,
+     "push carries no new commits (every pushed commit is on the remote already)"),
+    (f"refs/heads/main {A} refs/heads/main {B}\n", True, None),
+])
+def test_push_skip_reason(text, new, expected):
+    assert orchestrate.push_skip_reason(orchestrate.parse_push_refs(text), lambda ref: new) == expected
+
+
+# --- globs and gates -----------------------------------------------------------------
+
+@pytest.mark.parametrize("path, pattern, expected", [
+    ("a.py", "*.py", True),
+    ("src/deep/a.py", "*.py", True),
+    ("src/a.pyc", "*.py", False),
+    ("src/a.py", "src/**", True),
+    ("src/x/y/z.txt", "src/**", True),
+    ("lib/src/a.py", "src/**", False),
+    ("src/a.py", "src/*.py", True),
+    ("src/x/a.py", "src/*.py", False),
+    ("src/x/a.py", "src/**/*.py", True),
+    ("src/a.py", "src/**/*.py", True),
+    ("docs/index.md", "docs/", True),
+    ("setup.py", "/setup.py", True),
+    ("sub/setup.py", "/setup.py", False),
+    ("a/b/Makefile", "**/Makefile", True),
+    ("file1.txt", "file[0-9].txt", True),
+    ("fileX.txt", "file[!0-9].txt", True),
+    ("file1.txt", "file[!0-9].txt", False),
+    ("a+b(c).txt", "a+b(c).txt", True),
+    ("x.py", "?.py", True),
+    ("xy.py", "?.py", False),
+])
+def test_path_matches(path, pattern, expected):
+    assert orchestrate.path_matches(path, pattern) is expected
+
+
+@pytest.mark.parametrize("branch, pattern, expected", [
+    ("main", "main", True),
+    ("main", "refs/heads/main", True),
+    ("mainline", "main", False),
+    ("release/1.2", "release/*", True),
+    ("release/1.2/hotfix", "release/*", False),
+    ("release/1.2/hotfix", "release/**", True),
+    ("feature-x", "feature-*", True),
+])
+def test_branch_matches(branch, pattern, expected):
+    assert orchestrate.branch_matches(branch, pattern) is expected
+
+
+def test_gate_reason():
+    changes = orchestrate.ChangeSet(("src/a.py", "README.md"), "origin/main...HEAD", ("feat/x",))
+    assert orchestrate.gate_reason({}, changes) is None
+    assert orchestrate.gate_reason({"changed": ["*.py"]}, changes) is None
+    assert orchestrate.gate_reason({"changed": ["docs/**"]}, changes) == (
+        "when.changed ['docs/**']: no changed file matches (2 changed, origin/main...HEAD)")
+    assert orchestrate.gate_reason({"branch": ["feat/*"]}, changes) is None
+    assert orchestrate.gate_reason({"branch": ["main", "release/*"]}, changes) == (
+        "when.branch ['main', 'release/*']: branch 'feat/x' does not match")
+    unknown = orchestrate.ChangeSet(None, "", ())
+    assert orchestrate.gate_reason({"changed": ["docs/**"]}, unknown) is None  # nothing to compare: runs
+    assert "no branch (detached HEAD" in orchestrate.gate_reason({"branch": "main"}, unknown)
+
+
+# --- ORCHESTRATE_SKIP ---------------------------------------------------------------
+
+class S:
+    def __init__(self, name, required=False):
+        self.name, self.required = name, required
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, (False, [])), ("", (False, [])), ("0", (False, [])), ("false", (False, [])),
+    ("1", (True, [])), ("true", (True, [])), ("ALL", (True, [])),
+    ("lint", (False, ["lint"])), ("lint, e2e tests ,", (False, ["lint", "e2e tests"])),
+])
+def test_parse_skip_env(value, expected):
+    assert orchestrate.parse_skip_env(value) == expected
+
+
+def test_skip_env_plan_required_and_unknown():
+    steps = [S("lint"), S("unit tests", required=True), S("e2e")]
+    skipped, warnings = orchestrate.skip_env_plan("1", steps)
+    assert skipped == {"lint": "ORCHESTRATE_SKIP=1", "e2e": "ORCHESTRATE_SKIP=1"}
+    assert warnings == ["ORCHESTRATE_SKIP: step 'unit tests' is required and runs anyway"]
+    skipped, warnings = orchestrate.skip_env_plan("lnt,e2e", steps)
+    assert skipped == {"e2e": "ORCHESTRATE_SKIP=lnt,e2e"}
+    assert warnings == ["ORCHESTRATE_SKIP: no step 'lnt' in this workflow (did you mean 'lint'?)"]
+
+
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL).stdout.strip()
+
+
+@pytest.fixture
+def git_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("GIT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    (tmp_path / "gitconfig").write_text(
+        "[user]\n\tname = T\n\temail = t@example.com\n[init]\n\tdefaultBranch = main\n")
+
+
+# --- real git: changes, git_info --------------------------------------------------------
+
+@pytest.fixture
+def repo(tmp_path, git_env):
+    remote = tmp_path / "remote.git"
+    work = tmp_path / "work"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    git(tmp_path, "init", "-q", str(work))
+    git(work, "remote", "add", "origin", str(remote))
+    (work / "README.md").write_text("hi\n")
+    (work / "src").mkdir()
+    (work / "src" / "a.py").write_text("a = 1\n")
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "one")
+    return work
+
+
+def commit(work, path, text, msg="c"):
+    p = work / path
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    git(work, "add", path)
+    git(work, "commit", "-qm", msg)
+    return git(work, "rev-parse", "HEAD")
+
+
+def test_git_info(repo):
+    info = orchestrate.git_info(repo)
+    assert info == {"commit": git(repo, "rev-parse", "HEAD"), "branch": "main", "dirty": False}
+    (repo / "new.txt").write_text("x")
+    assert orchestrate.git_info(repo)["dirty"] is False  # untracked files do not count
+    (repo / "README.md").write_text("changed\n")
+    assert orchestrate.git_info(repo)["dirty"] is True
+    git(repo, "checkout", "-q", "--detach")
+    assert orchestrate.git_info(repo)["branch"] is None
+    assert orchestrate.git_info(repo.parent) == {}  # not a repository
+
+
+def test_git_info_ignores_hook_git_dir(repo, monkeypatch, tmp_path):
+    other = tmp_path / "other"
+    git(tmp_path, "init", "-q", str(other))
+    head = git(repo, "rev-parse", "HEAD")
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))  # what a hook may export
+    assert orchestrate.git_info(repo)["commit"] == head
+
+
+def test_push_changes_root_commit_new_branch(repo):
+    head = git(repo, "rev-parse", "HEAD")
+    push = orchestrate.parse_push_refs(f"refs/heads/main {head} refs/heads/main {Z40}", "origin", "u")
+    assert orchestrate.push_skip_reason(push, lambda r: orchestrate.push_has_new_commits(repo, r)) is None
+    changes = orchestrate.push_changes(repo, push)
+    assert changes.files == ("README.md", "src/a.py")
+    assert (changes.from_ref, changes.to_ref, changes.branches) == ("", head, ("main",))
+
+
+def test_push_changes_existing_branch_and_new_branch(repo):
+    git(repo, "push", "-q", "origin", "main")
+    base = git(repo, "rev-parse", "HEAD")
+    tip = commit(repo, "docs/guide.md", "g")
+    push = orchestrate.parse_push_refs(f"refs/heads/main {tip} refs/heads/main {base}", "origin", "u")
+    changes = orchestrate.push_changes(repo, push)
+    assert changes.files == ("docs/guide.md",)
+    assert (changes.from_ref, changes.to_ref) == (base, tip)
+    # a new branch carries only the commits no remote ref has
+    git(repo, "checkout", "-qb", "feat")
+    tip2 = commit(repo, "src/b.py", "b")
+    push = orchestrate.parse_push_refs(f"refs/heads/feat {tip2} refs/heads/feat {Z40}", "origin", "u")
+    changes = orchestrate.push_changes(repo, push)
+    assert changes.files == ("docs/guide.md", "src/b.py")
+    assert changes.from_ref == base and changes.branches == ("feat",)
+
+
+def test_push_of_known_commits_to_new_name_is_nothing_new(repo):
+    git(repo, "push", "-q", "origin", "main")
+    head = git(repo, "rev-parse", "HEAD")
+    push = orchestrate.parse_push_refs(f"refs/heads/main {head} refs/heads/copy {Z40}", "origin", "u")
+    assert orchestrate.push_skip_reason(push, lambda r: orchestrate.push_has_new_commits(repo, r)) == (
+        "push carries no new commits (every pushed commit is on the remote already)")
+
+
+def test_compare_changes(repo):
+    git(repo, "branch", "base")
+    commit(repo, "src/c.py", "c")
+    changes = orchestrate.compare_changes(repo, "base", "HEAD", branches=["main"])
+    assert changes.files == ("src/c.py",) and changes.description == "base...HEAD"
+    with pytest.raises(orchestrate.UsageError, match=r"--from-ref nope --to-ref HEAD: cannot compare"):
+        orchestrate.compare_changes(repo, "nope")
+    guessed = orchestrate.compare_changes(repo, "origin/nope", explicit=False)
+    assert guessed.files is None and "fetch the full history" in guessed.description
+
+
+# --- hook install --------------------------------------------------------------------
+
+def test_render_hook_workflow_and_errors():
+    text = orchestrate.render_hook("pre-push", "quick")
+    assert "\ndefault_workflow=quick\n" in text and orchestrate.HOOK_ID in text
+    with pytest.raises(orchestrate.UsageError, match=r"orchestrate installs only pre-push \(did you mean 'pre-push'\?\)"):
+        orchestrate.render_hook("pre-pushh")
+    with pytest.raises(orchestrate.UsageError):
+        orchestrate.render_hook("pre-push", "a b")
+
+
+def test_install_uninstall_cycle_with_foreign_hook(repo):
+    hooks = repo / ".git" / "hooks"
+    foreign = hooks / "pre-push"
+    foreign.write_text("#!/bin/sh\nexit 0\n")
+    foreign.chmod(0o755)
+    assert orchestrate.hook_status(repo)["state"] == "foreign"
+    with pytest.raises(orchestrate.UsageError, match=r"not write is already there; rerun with --force"):
+        orchestrate.install_hook(repo)
+    change = orchestrate.install_hook(repo, force=True)
+    assert change.legacy == hooks / "pre-push.legacy"
+    assert (hooks / "pre-push.legacy").read_text() == "#!/bin/sh\nexit 0\n"
+    assert orchestrate.is_our_hook(foreign) and os.access(foreign, os.X_OK)
+    status = orchestrate.hook_status(repo)
+    assert status["state"] == "orchestrate" and status["legacy"]
+    assert "pre-push.legacy first, then orchestrate workflow 'pre-push'" in status["summary"]
+    # reinstalling our own hook needs no force and keeps the legacy one
+    assert "kept as pre-push.legacy" in orchestrate.install_hook(repo, workflow="quick").message
+    assert orchestrate.hook_status(repo)["workflow"] == "quick"
+    change = orchestrate.uninstall_hook(repo)
+    assert "restored the previous hook" in change.message
+    assert foreign.read_text() == "#!/bin/sh\nexit 0\n"
+    assert not (hooks / "pre-push.legacy").exists()
+    with pytest.raises(orchestrate.UsageError, match="not written by orchestrate; left as it is"):
+        orchestrate.uninstall_hook(repo)
+
+
+def test_install_respects_core_hooks_path(repo):
+    git(repo, "config", "core.hooksPath", ".githooks")
+    change = orchestrate.install_hook(repo)
+    assert change.path == repo / ".githooks" / "pre-push"
+    status = orchestrate.hook_status(repo)
+    assert status["core_hooks_path"] == ".githooks"
+    assert status["hooks_dir"] == str(repo / ".githooks")
+
+
+def test_install_in_worktree_uses_common_hooks(repo, tmp_path):
+    wt = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", str(wt), "-b", "side")
+    change = orchestrate.install_hook(wt)
+    assert change.path == repo / ".git" / "hooks" / "pre-push"
+
+
+def test_hooks_dir_outside_repo(tmp_path, git_env):
+    with pytest.raises(orchestrate.UsageError, match="not inside a git repository"):
+        orchestrate.hooks_dir(tmp_path)
