@@ -21,6 +21,7 @@ Map of this module (``grep -n '^# ===' orchestrate.py``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 __version__ = "0.1.0"
 
@@ -2966,6 +2967,7 @@ class RunOptions:
     push_remote: str | None = None
     push_url: str | None = None
     run_id: str | None = None
+    git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -3084,6 +3086,8 @@ def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore
 def _base_environment(options: RunOptions) -> dict[str, str]:
     env = dict(os.environ)
     env.update(options.variables)
+    for hook in ENV_HOOKS:
+        hook(env, options)
     return env
 
 
@@ -3304,6 +3308,12 @@ class Engine:
 # junit.xml is written. Built-in ones register themselves below their definitions.
 STEP_GATES: list[Callable[[Step, Engine, dict[str, Any]], str | None]] = []
 REPORT_HOOKS: list[Callable[[Engine, dict[str, Any]], None]] = []
+# An env hook edits the environment every step starts from (in place).
+ENV_HOOKS: list[Callable[[dict[str, str], RunOptions], None]] = []
+# A pre-run hook may end the run early with an exit code (a push with nothing to check); a
+# trigger hook adds to the record's trigger.
+PRE_RUN_HOOKS: list[Callable[[Any, Workflow, RunOptions], int | None]] = []
+TRIGGER_HOOKS: list[Callable[[dict[str, Any], Any, RunOptions], None]] = []
 
 
 def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
@@ -3575,10 +3585,604 @@ class Console:
 
 
 # === 9. Git and CI ===
+#
+# Everything orchestrate knows about git and CI systems: the pre-push hook's ref lines, the
+# files a push or a CI comparison changes, `when.changed` / `when.branch` gates,
+# ORCHESTRATE_SKIP, CI detection for the run's trigger, GitHub Actions / GitLab console
+# markup, and installing the pre-push hook.  The parsing, matching and rendering functions
+# are pure; only `run_git`, the `*_changes` functions, `git_info`, `read_github_event`,
+# `append_step_summary` and the hook install functions touch processes or files.
+#
+# Wired into the core through its seams: PRE_RUN_HOOKS (read the push, skip a run with nothing
+# to check), STEP_GATES (ORCHESTRATE_SKIP, when.changed, when.branch), ENV_HOOKS (step
+# environment), REPORT_HOOKS ($GITHUB_STEP_SUMMARY) and CI_OUTPUTS (console markup).
+
+GIT_TIMEOUT = 60.0  # seconds; a git call that takes longer is stuck (a lock, a dead NFS mount)
+
+# pre-commit's list (pre_commit/git.py no_git_env): variables git sets for a hook that would
+# point a nested git at the wrong repository (GIT_DIR, GIT_INDEX_FILE, GIT_WORK_TREE...) are
+# dropped; these configure transport or identity and are kept.
+_GIT_ENV_KEEP = frozenset({
+    "GIT_EXEC_PATH", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_NO_VERIFY",
+    "GIT_CONFIG_COUNT", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM",
+    "GIT_HTTP_PROXY_AUTHMETHOD", "GIT_ALLOW_PROTOCOL", "GIT_ASKPASS", "GIT_TERMINAL_PROMPT",
+    "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL",
+})
+_GIT_ENV_KEEP_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
+
+# githooks(5): all-zero object names mean "no object": 40 hex digits for SHA-1 repositories,
+# 64 for SHA-256 ones.
+_ZERO_OID_RE = re.compile(r"\A(?:0{40}|0{64})\Z")
+_OID_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+
+
+class GitError(OrchestrateError):
+    """git could not be run, or a git command failed where orchestrate needs its answer."""
+
+    exit_code = 3
+
+
+def strip_git_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the GIT_* variables a hook exports (GIT_DIR, GIT_INDEX_FILE, GIT_PREFIX...)."""
+    return {
+        key: value for key, value in env.items()
+        if not key.startswith("GIT_") or key in _GIT_ENV_KEEP
+        or key.startswith(_GIT_ENV_KEEP_PREFIXES)
+    }
+
+
+def run_git(args: Sequence[str], cwd: Path, *, check: bool = True,
+            env: Mapping[str, str] | None = None) -> str:
+    """Run `git ARGS` in `cwd` and return its stdout (utf-8, undecodable bytes escaped).
+
+    The one place orchestrate runs git: stdin is closed and prompts are off so it can never
+    wait for a user (a push from an IDE has nobody to answer), GIT_* hook variables are
+    removed so `cwd` decides the repository, and a hung git is ended after GIT_TIMEOUT.
+    """
+    import subprocess
+
+    child_env = strip_git_env(os.environ if env is None else env)
+    child_env["GIT_TERMINAL_PROMPT"] = "0"
+    child_env["GIT_OPTIONAL_LOCKS"] = "0"  # `git status` must not take index.lock during a push
+    argv = ["git", *args]
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=GIT_TIMEOUT, check=False)
+    except FileNotFoundError:
+        raise GitError("git: command not found; install git or put it on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise GitError(f"{shlex.join(argv)}: no answer after {GIT_TIMEOUT:.0f}s in {cwd}") from None
+    if check and proc.returncode != 0:
+        why = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise GitError(f"{shlex.join(argv)} failed in {cwd}: "
+                       f"{why[-1] if why else f'exit {proc.returncode}'}")
+    return proc.stdout.decode("utf-8", "surrogateescape")
+
+
+def _git_lines(args: Sequence[str], cwd: Path) -> list[str]:
+    """`run_git` for -z output: the NUL-separated items."""
+    return [item for item in run_git(args, cwd).split("\0") if item]
+
+
+# --- Push refs -------------------------------------------------------------------------------
+
+def is_zero_oid(oid: str) -> bool:
+    return bool(_ZERO_OID_RE.match(oid))
+
+
+@dataclass(frozen=True)
+class PushRef:
+    """One ref line git writes to a pre-push hook's stdin."""
+
+    local_ref: str
+    local_oid: str
+    remote_ref: str
+    remote_oid: str
+
+    @property
+    def is_deletion(self) -> bool:
+        return is_zero_oid(self.local_oid)
+
+    @property
+    def is_new(self) -> bool:
+        """The remote has no such ref yet (a new branch or tag)."""
+        return is_zero_oid(self.remote_oid)
+
+    @property
+    def is_tag(self) -> bool:
+        return self.remote_ref.startswith("refs/tags/")
+
+    @property
+    def branch(self) -> str | None:
+        """The remote branch name pushed to ("main" for refs/heads/main), None for others."""
+        prefix = "refs/heads/"
+        return self.remote_ref[len(prefix):] if self.remote_ref.startswith(prefix) else None
+
+    def as_dict(self) -> dict[str, str]:
+        return {"local_ref": self.local_ref, "local_oid": self.local_oid,
+                "remote_ref": self.remote_ref, "remote_oid": self.remote_oid}
+
+
+@dataclass(frozen=True)
+class PushInfo:
+    """What `git push` is about to send: the remote and every ref line."""
+
+    remote: str
+    url: str
+    refs: tuple[PushRef, ...]
+
+    @property
+    def updates(self) -> tuple[PushRef, ...]:
+        """Branch updates: what the workflow checks (no deletions, no tags)."""
+        return tuple(ref for ref in self.refs if not ref.is_deletion and not ref.is_tag)
+
+    @property
+    def branches(self) -> list[str]:
+        return [ref.branch for ref in self.updates if ref.branch]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"remote": self.remote, "url": self.url,
+                "refs": [ref.as_dict() for ref in self.refs]}
+
+
+def parse_push_refs(text: str, remote: str = "", url: str = "") -> PushInfo:
+    """Parse git's pre-push stdin: `<local ref> SP <local oid> SP <remote ref> SP <remote oid>`.
+
+    Blank lines are ignored. A malformed line is a UsageError naming it: it means orchestrate
+    was not started by git (or by a hook that mangled stdin), and guessing would let a push
+    through unchecked.
+    """
+    refs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 4 or not (_OID_RE.match(fields[1]) and _OID_RE.match(fields[3])):
+            raise UsageError(
+                f"--git-hook pre-push: stdin line {number} is not "
+                f"'<local ref> <local oid> <remote ref> <remote oid>': {line[:200]!r} "
+                "(git writes these lines; run the hook from git, or pass --from-ref/--to-ref)")
+        refs.append(PushRef(*fields))
+    return PushInfo(remote=remote, url=url, refs=tuple(refs))
+
+
+def push_skip_reason(push: PushInfo, has_new_commits: Callable[[PushRef], bool]) -> str | None:
+    """Why this push needs no workflow run at all, or None when it must be checked.
+
+    Skipped: nothing to push (git still runs the hook for "Everything up-to-date"), only
+    deletions, only tags, or branch updates whose commits all are on the remote already
+    (`git push origin main:copy`). `has_new_commits` answers the last question with git.
+    """
+    if not push.refs:
+        return "nothing to push (everything up to date)"
+    if all(ref.is_deletion for ref in push.refs):
+        names = ", ".join(ref.remote_ref for ref in push.refs)
+        return f"push only deletes {names}"
+    updates = push.updates
+    if not updates:
+        tags = ", ".join(ref.remote_ref.removeprefix("refs/tags/")
+                         for ref in push.refs if ref.is_tag and not ref.is_deletion)
+        return f"push only carries tags ({tags})"
+    if not any(has_new_commits(ref) for ref in updates):
+        return "push carries no new commits (every pushed commit is on the remote already)"
+    return None
+
+
+def _have_object(root: Path, oid: str) -> bool:
+    return bool(run_git(["cat-file", "-t", oid], root, check=False).strip())
+
+
+def _commits_not_on_remotes(root: Path, ref: PushRef) -> list[str]:
+    """The pushed commits the remote lacks, oldest first (what `git push` sends)."""
+    if not ref.is_new and _have_object(root, ref.remote_oid):
+        exclude = [f"^{ref.remote_oid}"]
+    else:
+        # a new branch, or a remote tip we have never fetched: commits on no remote ref
+        exclude = ["--not", "--remotes"]
+    return run_git(["rev-list", "--reverse", "--topo-order", ref.local_oid, *exclude],
+                   root).split()
+
+
+def push_has_new_commits(root: Path, ref: PushRef) -> bool:
+    return bool(_commits_not_on_remotes(root, ref))
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """What a run compares against, for `when.changed` and `when.branch`.
+
+    files is None when there is nothing to compare with (a terminal run without
+    --from-ref): `changed` gates then stay open rather than silently skipping work.
+    """
+
+    files: tuple[str, ...] | None = None
+    description: str = ""
+    branches: tuple[str, ...] = ()
+    from_ref: str = ""
+    to_ref: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"description": self.description, "from_ref": self.from_ref,
+                "to_ref": self.to_ref, "branches": list(self.branches),
+                "files": None if self.files is None else len(self.files)}
+
+
+def push_range(root: Path, ref: PushRef) -> tuple[str, str]:
+    """(from, to) object names for one pushed ref: from is "" when every commit is new."""
+    if not ref.is_new and _have_object(root, ref.remote_oid):
+        return ref.remote_oid, ref.local_oid
+    new = _commits_not_on_remotes(root, ref)
+    if not new:
+        return ref.local_oid, ref.local_oid
+    parent = run_git(["rev-parse", "--verify", "-q", f"{new[0]}^"], root, check=False).strip()
+    return parent, ref.local_oid
+
+
+def _changed_between(root: Path, from_oid: str, to_oid: str) -> list[str]:
+    if not from_oid:  # a root commit: every file of the tree is new
+        return _git_lines(["ls-tree", "-r", "--name-only", "-z", to_oid], root)
+    return _git_lines(["diff", "--name-only", "--no-renames", "-z", from_oid, to_oid], root)
+
+
+def push_changes(root: Path, push: PushInfo) -> ChangeSet:
+    """The files the pushed commits change: remote oid..local oid for an existing branch;
+    for a new branch, from the parent of its first commit not on any remote ref."""
+    files: set[str] = set()
+    first_from = first_to = ""
+    for index, ref in enumerate(push.updates):
+        from_oid, to_oid = push_range(root, ref)
+        if index == 0:
+            first_from, first_to = from_oid, to_oid
+        if from_oid != to_oid:
+            files.update(_changed_between(root, from_oid, to_oid))
+    names = ", ".join(ref.remote_ref.removeprefix("refs/heads/") for ref in push.updates)
+    return ChangeSet(files=tuple(sorted(files)), description=f"pushed to {push.remote or '?'}: {names}",
+                     branches=tuple(push.branches), from_ref=first_from, to_ref=first_to)
+
+
+def compare_changes(root: Path, from_ref: str, to_ref: str = "HEAD", *,
+                    branches: Sequence[str] = (), explicit: bool = True) -> ChangeSet:
+    """The files changed on `to_ref` since it left `from_ref` (`git diff from...to`, the
+    merge-base comparison a pull request shows).
+
+    An unknown ref given on the command line is a UsageError; one guessed from CI variables
+    (a shallow clone lacks the base) only opens the gates, with the reason kept.
+    """
+    try:
+        files = _git_lines(["diff", "--name-only", "--no-renames", "-z",
+                            f"{from_ref}...{to_ref}", "--"], root)
+    except GitError as exc:
+        hint = ("fetch the full history in CI (actions/checkout fetch-depth: 0, GitLab "
+                "GIT_DEPTH: 0)")
+        if explicit:
+            raise UsageError(f"--from-ref {from_ref} --to-ref {to_ref}: cannot compare: "
+                             f"{exc}; {hint}") from None
+        return ChangeSet(None, f"cannot compare {from_ref}...{to_ref} ({hint})",
+                         tuple(branches), from_ref, to_ref)
+    return ChangeSet(tuple(sorted(set(files))), f"{from_ref}...{to_ref}", tuple(branches),
+                     from_ref, to_ref)
+
+
+# --- Globs and gates -------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=512)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a path glob: `*` and `?` stay inside one folder, `**` crosses folders
+    (`src/**` is everything under src, `**/x` is x at any depth), `[abc]`/`[!abc]` classes."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1:end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def path_matches(path: str, pattern: str) -> bool:
+    """Whether a repository path matches a `when.changed` glob, gitignore-style:
+    a pattern without "/" matches a file name at any depth (`*.py`), one with "/" is
+    anchored at the repository root (`src/**`, `/setup.py`), a trailing "/" means the
+    whole folder (`docs/`)."""
+    pattern = pattern.strip()
+    if pattern.endswith("/"):
+        pattern += "**"
+    if pattern.startswith("/"):
+        pattern = pattern[1:]
+    elif "/" not in pattern:
+        pattern = "**/" + pattern
+    return bool(_glob_regex(pattern).match(path))
+
+
+def branch_matches(branch: str, pattern: str) -> bool:
+    """`main`, `release/*` (one level), `feature/**` (any depth)."""
+    return bool(_glob_regex(pattern.strip().removeprefix("refs/heads/")).match(branch))
+
+
+def _as_patterns(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [str(item) for item in value or ()]
+
+
+def gate_reason(when: Mapping[str, Any], changes: ChangeSet) -> str | None:
+    """Why `when.changed` / `when.branch` keep a step from running, or None when it runs."""
+    branch_patterns = _as_patterns(when.get("branch"))
+    if branch_patterns:
+        if not changes.branches:
+            return (f"when.branch {branch_patterns}: no branch (detached HEAD, or a push of "
+                    "no branch)")
+        if not any(branch_matches(branch, pattern)
+                   for branch in changes.branches for pattern in branch_patterns):
+            shown = ", ".join(repr(branch) for branch in changes.branches)
+            return f"when.branch {branch_patterns}: branch {shown} does not match"
+    changed_patterns = _as_patterns(when.get("changed"))
+    if changed_patterns and changes.files is not None and not any(
+            path_matches(path, pattern) for path in changes.files for pattern in changed_patterns):
+        return (f"when.changed {changed_patterns}: no changed file matches "
+                f"({len(changes.files)} changed, {changes.description})")
+    return None
+
+
+# --- ORCHESTRATE_SKIP ------------------------------------------------------------------------
+
+_SKIP_ALL = frozenset({"1", "true", "yes", "all", "*"})
+_SKIP_NONE = frozenset({"", "0", "false", "no"})
+
+
+def parse_skip_env(value: str | None) -> tuple[bool, list[str]]:
+    """ORCHESTRATE_SKIP: "1" (or true/yes/all) skips every step, "a,b c" skips the steps named
+    a and "b c" (names may hold spaces, so only commas separate them)."""
+    text = (value or "").strip()
+    if text.lower() in _SKIP_NONE:
+        return False, []
+    if text.lower() in _SKIP_ALL:
+        return True, []
+    return False, [name.strip() for name in text.split(",") if name.strip()]
+
+
+def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, str], list[str]]:
+    """Which steps ORCHESTRATE_SKIP skips ({name: reason}) and warnings to print.
+
+    A step with `"required": true` is never skipped this way (that is what required means:
+    a team's last line of defence). A name matching no step is a warning, not an error:
+    the variable may be set for several workflows at once.
+    """
+    skip_all, names = parse_skip_env(value)
+    skipped: dict[str, str] = {}
+    warnings: list[str] = []
+    by_name = {step.name: step for step in steps}
+    for name in names:
+        if name not in by_name:
+            warnings.append(f"ORCHESTRATE_SKIP: no step {name!r} in this workflow"
+                            f"{did_you_mean(name, by_name)}")
+    for step in steps:
+        if not (skip_all or step.name in names):
+            continue
+        if step.required:
+            warnings.append(f"ORCHESTRATE_SKIP: step {step.name!r} is required and runs anyway")
+        else:
+            skipped[step.name] = f"ORCHESTRATE_SKIP={value}"
+    return skipped, warnings
+
+
+# --- Git state and CI detection --------------------------------------------------------------
+
+def git_info(root: Path) -> dict[str, Any]:
+    """{"commit", "branch", "dirty"} of the checkout at `root` in one `git status` call;
+    {} outside a repository (orchestrate runs fine without git)."""
+    try:
+        out = run_git(["status", "--porcelain=v2", "--branch", "-z",
+                       "--untracked-files=no"], root, check=False)
+    except GitError:
+        return {}
+    commit = branch = None
+    dirty = False
+    seen_header = False
+    for item in out.split("\0"):
+        if item.startswith("# branch.oid "):
+            seen_header = True
+            oid = item[len("# branch.oid "):]
+            commit = None if oid == "(initial)" else oid
+        elif item.startswith("# branch.head "):
+            head = item[len("# branch.head "):]
+            branch = None if head == "(detached)" else head
+        elif item and not item.startswith("#"):
+            dirty = True
+    if not seen_header:
+        return {}
+    return {"commit": commit, "branch": branch, "dirty": dirty}
+
+
+def read_github_event(env: Mapping[str, str]) -> dict[str, Any]:
+    """The webhook payload GitHub Actions leaves at GITHUB_EVENT_PATH ({} if unreadable)."""
+    path = env.get("GITHUB_EVENT_PATH")
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def detect_ci(env: Mapping[str, str], event: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The CI system this run is in, from its documented variables, or None outside CI.
+
+    Returns {"provider", "job_url", "commit", "branch", "base"}: base is what `when.changed`
+    compares with (a pull request's base, a push's previous tip), "" when unknown.
+    """
+    if env.get("GITHUB_ACTIONS") == "true":
+        event = event or {}
+        job_url = ""
+        if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
+            server = env.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+            job_url = f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+        base = ""
+        pull = event.get("pull_request")
+        if isinstance(pull, dict) and isinstance(pull.get("base"), dict):
+            base = str(pull["base"].get("sha") or "")
+        elif env.get("GITHUB_BASE_REF"):
+            base = f"origin/{env['GITHUB_BASE_REF']}"
+        elif isinstance(event.get("before"), str) and not is_zero_oid(event["before"]):
+            base = event["before"]  # a push event: the branch tip before this push
+        return {"provider": "github", "job_url": job_url, "commit": env.get("GITHUB_SHA", ""),
+                "branch": env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", ""),
+                "base": base}
+    if env.get("GITLAB_CI"):
+        base = env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")
+        before = env.get("CI_COMMIT_BEFORE_SHA", "")
+        if not base and before and not is_zero_oid(before):
+            base = before
+        return {"provider": "gitlab", "job_url": env.get("CI_JOB_URL", ""),
+                "commit": env.get("CI_COMMIT_SHA", ""),
+                "branch": (env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
+                           or env.get("CI_COMMIT_BRANCH") or env.get("CI_COMMIT_REF_NAME", "")),
+                "base": base}
+    if env.get("JENKINS_URL") or env.get("JENKINS_HOME"):
+        branch = env.get("CHANGE_BRANCH") or env.get("BRANCH_NAME") or env.get("GIT_BRANCH", "")
+        target = env.get("CHANGE_TARGET", "")
+        return {"provider": "jenkins", "job_url": env.get("BUILD_URL", ""),
+                "commit": env.get("GIT_COMMIT", ""), "branch": branch.removeprefix("origin/"),
+                "base": f"origin/{target}" if target else ""}
+    if _truthy(env.get("CI")):
+        return {"provider": "generic", "job_url": "", "commit": "", "branch": "", "base": ""}
+    return None
+
+
+def make_trigger(git: Mapping[str, Any], ci: Mapping[str, Any] | None,
+                 push: PushInfo | None = None, hook: str | None = None) -> dict[str, Any]:
+    """The run record's "trigger": source (pre-push | ci | cli), provider, job_url, commit,
+    branch, the git state, and the push's ref lines when started by the hook."""
+    source = hook if hook else ("ci" if ci else "cli")
+    trigger: dict[str, Any] = {
+        "source": source,
+        "provider": ci["provider"] if ci else None,
+        "job_url": (ci or {}).get("job_url") or None,
+        "commit": (ci or {}).get("commit") or git.get("commit"),
+        "branch": (ci or {}).get("branch") or git.get("branch"),
+        "git": {"commit": git.get("commit"), "branch": git.get("branch"),
+                "dirty": git.get("dirty")},
+    }
+    if ci:
+        trigger["ci"] = dict(ci)
+    if push is not None:
+        trigger["push"] = push.as_dict()
+    return trigger
+
+
+def step_git_env(env: Mapping[str, str], changes: ChangeSet | None,
+                 push: PushInfo | None) -> dict[str, str]:
+    """A step's environment in hook or CI mode: git's hook variables removed (a step's own
+    `git` must see its cwd, not the pushing repository's index), no credential prompts,
+    and ORCHESTRATE_PUSH_REMOTE / ORCHESTRATE_FROM_REF / ORCHESTRATE_TO_REF set."""
+    out = strip_git_env(env)
+    out["GIT_TERMINAL_PROMPT"] = "0"
+    out["ORCHESTRATE_PUSH_REMOTE"] = push.remote if push else ""
+    out["ORCHESTRATE_FROM_REF"] = changes.from_ref if changes else ""
+    out["ORCHESTRATE_TO_REF"] = changes.to_ref if changes else ""
+    return out
+
+
+# --- GitHub Actions and GitLab console markup ------------------------------------------------
+
+def gha_escape_data(text: str) -> str:
+    """Escape a workflow command's message (actions/toolkit command.ts escapeData)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def gha_escape_property(text: str) -> str:
+    """Escape a workflow command's property value (escapeProperty: also ':' and ',')."""
+    return gha_escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def gha_group(title: str) -> str:
+    return f"::group::{gha_escape_data(title)}"
+
+
+def gha_endgroup() -> str:
+    return "::endgroup::"
+
+
+def new_stop_token() -> str:
+    """A token a step cannot guess, so its output cannot end the fence early."""
+    import secrets
+
+    return "orchestrate-" + secrets.token_hex(16)
+
+
+def gha_stop_commands(token: str) -> str:
+    """Until `gha_resume_commands(token)`, the runner treats `::...::` lines as plain text:
+    a step printing `::error::` or `::set-output` cannot forge annotations or outputs."""
+    return f"::stop-commands::{token}"
+
+
+def gha_resume_commands(token: str) -> str:
+    return f"::{token}::"
+
+
+def gha_mask_lines(values: Iterable[str]) -> list[str]:
+    """`::add-mask::` for every secret, line by line (the runner masks single lines)."""
+    lines = []
+    for value in sorted(set(values)):
+        for part in value.splitlines():
+            if part.strip():
+                lines.append(f"::add-mask::{gha_escape_data(part)}")
+    return lines
+
+
+def gha_error(title: str, message: str) -> str:
+    return f"::error title={gha_escape_property(title)}::{gha_escape_data(message)}"
+
+
+def gha_warning(title: str, message: str) -> str:
+    return f"::warning title={gha_escape_property(title)}::{gha_escape_data(message)}"
+
+
+_GITLAB_SECTION_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def gitlab_section_name(index: int, step_name: str) -> str:
+    return f"step_{index + 1}_" + _GITLAB_SECTION_RE.sub("_", step_name)[:60]
+
+
+def gitlab_section_start(name: str, header: str, when: float, collapsed: bool = False) -> str:
+    """GitLab's collapsible job-log section: ESC[0Ksection_start:TS:NAME\\r ESC[0K HEADER."""
+    option = "[collapsed=true]" if collapsed else ""
+    return f"\x1b[0Ksection_start:{int(when)}:{name}{option}\r\x1b[0K{header}"
+
+
+def gitlab_section_end(name: str, when: float) -> str:
+    return f"\x1b[0Ksection_end:{int(when)}:{name}\r\x1b[0K"
 
 
 class PlainCIOutput:
-    """Console decorations for a CI provider; plain output needs none."""
+    """Console decorations for a CI provider; plain output (Jenkins, a terminal) needs none.
+
+    The Console prints what these return: `run_started` before any step (GitHub masks must
+    come before a secret's first appearance), `step_started` before a step's header,
+    `fence_output` on every chunk of its output, `step_output_ended` after its last chunk,
+    `step_finished` after its status line.
+    """
 
     name = "none"
 
@@ -3598,93 +4202,532 @@ class PlainCIOutput:
         return []
 
 
-CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {}
+class GitHubCIOutput(PlainCIOutput):
+    """GitHub Actions: a log group per step, child output fenced with ::stop-commands:: (a
+    step printing `::error::` or `::set-output` cannot forge workflow commands), secrets
+    registered with ::add-mask::, an ::error annotation per failed step."""
+
+    name = "github"
+
+    def __init__(self) -> None:
+        self._token = ""
+
+    def run_started(self, masker: Masker) -> list[str]:
+        return gha_mask_lines(masker.secrets)
+
+    def step_started(self, step: Step) -> list[str]:
+        self._token = new_stop_token()
+        return [gha_group(f"{step.name} ({step.type})"), gha_stop_commands(self._token)]
+
+    def step_output_ended(self, step: Step) -> list[str]:
+        lines = [gha_resume_commands(self._token)] if self._token else []
+        self._token = ""
+        return lines + [gha_endgroup()]
+
+    def step_finished(self, step: Step, entry: dict[str, Any]) -> list[str]:
+        if entry.get("status") != "failed":
+            return []
+        message = str(entry.get("message") or "step failed")
+        if entry.get("allowed_failure"):
+            return [gha_warning(f"{step.name} failed (continue_on_error)", message)]
+        return [gha_error(f"{step.name} failed", message)]
 
 
-def detect_ci_provider(env: dict[str, str] | None = None) -> str | None:
-    env = os.environ if env is None else env
-    if env.get("GITHUB_ACTIONS") == "true":
-        return "github"
-    if env.get("GITLAB_CI"):
-        return "gitlab"
-    if env.get("JENKINS_URL") or env.get("JENKINS_HOME"):
-        return "jenkins"
-    if env.get("CI", "").lower() in ("true", "1", "yes"):
-        return "generic"
-    return None
+class GitLabCIOutput(PlainCIOutput):
+    """GitLab CI: a collapsible job-log section per step."""
+
+    name = "gitlab"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._section = ""
+
+    def step_started(self, step: Step) -> list[str]:
+        self._section = gitlab_section_name(step.index, step.name)
+        return [gitlab_section_start(self._section, f"{step.name} ({step.type})", self._clock())]
+
+    def step_output_ended(self, step: Step) -> list[str]:
+        if not self._section:
+            return []
+        line = gitlab_section_end(self._section, self._clock())
+        self._section = ""
+        return [line]
+
+
+CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {
+    "github": GitHubCIOutput, "gitlab": GitLabCIOutput}
+
+
+def detect_ci_provider(env: Mapping[str, str] | None = None) -> str | None:
+    ci = detect_ci(os.environ if env is None else env, {})
+    return ci["provider"] if ci else None
 
 
 def detect_ci_output() -> PlainCIOutput:
-    provider = detect_ci_provider()
-    factory = CI_OUTPUTS.get(provider or "")
+    factory = CI_OUTPUTS.get(detect_ci_provider() or "")
     return factory() if factory else PlainCIOutput()
 
 
-def run_git(args: list[str], cwd: Path, timeout: float = 10.0) -> str | None:
-    """The one way orchestrate asks git something: no stdin, never a prompt, None on failure."""
-    import subprocess
+# --- GitHub step summary ---------------------------------------------------------------------
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GIT_INDEX_FILE",)}  # a hook's index must not leak into our queries
-    env["GIT_TERMINAL_PROMPT"] = "0"
+def _epoch_ms(value: Any) -> int | None:
+    """Milliseconds since the epoch of a record timestamp ("2026-11-27T15:40:00.123Z")."""
+    from datetime import datetime
+
+    if not isinstance(value, str) or not value:
+        return None
     try:
-        done = subprocess.run(["git", *args], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
         return None
-    if done.returncode != 0:
+
+
+def _md_cell(text: Any, limit: int = 300) -> str:
+    """A Markdown table cell: one line, no pipe breaking the row, no HTML."""
+    value = " ".join(str(text or "").split())
+    if len(value) > limit:
+        value = value[:limit - 1] + "…"
+    return (value.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+            .replace(">", "&gt;"))
+
+
+def _failed_tests(entry: Mapping[str, Any]) -> list[str]:
+    names = []
+    for item in entry.get("failed_tests") or ():
+        if isinstance(item, Mapping):
+            names.append(str(item.get("name") or item.get("title") or item))
+        else:
+            names.append(str(item))
+    return names
+
+
+def _mermaid_label(text: str) -> str:
+    # ':' ends a gantt task label and '#'/';' start comments/statements in Mermaid
+    return re.sub(r"[:#;\n\r]+", " ", text).strip() or "step"
+
+
+def render_gantt(record: Mapping[str, Any]) -> str:
+    """A Mermaid `gantt` of the steps that ran, on a real clock (dateFormat x = epoch ms)."""
+    lines = ["```mermaid", "gantt",
+             f"    title {_mermaid_label(str(record.get('workflow', 'run')))}",
+             "    dateFormat x", "    axisFormat %M:%S", "    section steps"]
+    drawn = 0
+    for index, entry in enumerate(record.get("log") or ()):
+        start_ms = _epoch_ms(entry.get("started_at"))
+        if start_ms is None or entry.get("status") == "skipped":
+            continue
+        end_ms = _epoch_ms(entry.get("finished_at"))
+        if end_ms is None:
+            end_ms = start_ms + int(float(entry.get("duration_s") or 0) * 1000)
+        tag = {"passed": "done, ", "failed": "crit, ", "running": "active, "}.get(
+            str(entry.get("status")), "")
+        lines.append(f"    {_mermaid_label(str(entry.get('step', '')))} :{tag}s{index}, "
+                     f"{start_ms}, {max(end_ms, start_ms + 1)}")
+        drawn += 1
+    lines.append("```")
+    return "\n".join(lines) if drawn else ""
+
+
+def render_step_summary(record: Mapping[str, Any]) -> str:
+    """The Markdown appended to $GITHUB_STEP_SUMMARY: headline, table, gantt timeline."""
+    log = list(record.get("log") or ())
+    counts = {status: sum(1 for entry in log if entry.get("status") == status)
+              for status in ("passed", "failed", "skipped")}
+    trigger = record.get("trigger") or {}
+    head = (f"### orchestrate: {_md_cell(record.get('workflow'))} {record.get('status', '')}")
+    parts = [f"{counts['passed']} passed", f"{counts['failed']} failed",
+             f"{counts['skipped']} skipped"]
+    meta = ", ".join(parts) + f" · run `{record.get('run_id', '')}`"
+    if trigger.get("job_url"):
+        meta += f" · [job log]({trigger['job_url']})"
+    rows = ["| Step | Status | Time | Failed tests / reason |", "|---|---|---:|---|"]
+    for entry in log:
+        status = str(entry.get("status", ""))
+        shown = f"**{status}**" if status == "failed" else status
+        duration = entry.get("duration_s")
+        took = f"{float(duration):.1f}s" if isinstance(duration, (int, float)) and status != "skipped" else ""
+        failed = _failed_tests(entry)
+        detail = "; ".join(failed[:10]) + (f" (+{len(failed) - 10} more)" if len(failed) > 10 else "")
+        if not detail and status in ("failed", "skipped"):
+            detail = str(entry.get("message") or "")
+        rows.append(f"| {_md_cell(entry.get('step'))} | {shown} | {took} | {_md_cell(detail)} |")
+    sections = [head, "", meta, "", *rows, ""]
+    gantt = render_gantt(record)
+    if gantt:
+        sections += [gantt, ""]
+    return "\n".join(sections) + "\n"
+
+
+def append_step_summary(env: Mapping[str, str], record: Mapping[str, Any]) -> Path | None:
+    """Append the run's summary to $GITHUB_STEP_SUMMARY (under GitHub Actions only)."""
+    target = env.get("GITHUB_STEP_SUMMARY")
+    if env.get("GITHUB_ACTIONS") != "true" or not target:
         return None
-    return done.stdout.decode("utf-8", "replace").strip()
+    path = Path(target)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(render_step_summary(record))
+    return path
 
 
-def _inside_git(root: Path) -> bool:
-    for folder in (root, *root.resolve().parents):
-        if (folder / ".git").exists():
-            return True
-    return False
+# --- Hook installation -----------------------------------------------------------------------
+
+HOOK_ID = "orchestrate-hook-id: 5c1e0a8f3b7d4e2a"  # marks hooks orchestrate wrote; never change
+SUPPORTED_HOOKS = ("pre-push",)
+
+PRE_PUSH_HOOK = r'''#!/bin/sh
+# orchestrate pre-push hook: runs an orchestrate workflow before `git push` sends anything;
+# a failing workflow stops the push.
+# orchestrate-hook-id: 5c1e0a8f3b7d4e2a
+#
+# Install: orchestrate hook install     Remove: orchestrate hook uninstall
+# A hook that was here before is kept as pre-push.legacy and runs first.
+#
+#   skip this push:         git push --no-verify
+#   skip the workflow:      ORCHESTRATE_SKIP=1 git push   (steps marked "required" still run)
+#   skip some steps:        ORCHESTRATE_SKIP="lint,e2e tests" git push
+#   another workflow:       git config orchestrate.prePushWorkflow NAME
+#                           (or ORCHESTRATE_PRE_PUSH_WORKFLOW=NAME)
+#   orchestrate elsewhere:  ORCHESTRATE_BIN=/path/to/orchestrate
+#   not installed:          the push fails and says how to install it;
+#                           ORCHESTRATE_ALLOW_MISSING=1 lets it through
+#
+# git runs `pre-push <remote name> <remote url>` with one line per ref on stdin:
+#   <local ref> <local oid> <remote ref> <remote oid>
+# Plain POSIX sh, no python: it costs a few milliseconds before orchestrate starts.
+
+default_workflow=pre-push
+
+workflow=${ORCHESTRATE_PRE_PUSH_WORKFLOW:-}
+if [ -z "$workflow" ]; then
+    workflow=$(git config --get orchestrate.prePushWorkflow) || workflow=
+fi
+[ -n "$workflow" ] || workflow=$default_workflow
+
+# A hook that was here before orchestrate's: run it first, with the same arguments and stdin.
+legacy=$0.legacy
+if [ -f "$legacy" ] && [ -x "$legacy" ]; then
+    refs=$(cat)
+    if [ -n "$refs" ]; then
+        printf '%s\n' "$refs" | "$legacy" "$@" || exit
+    else
+        "$legacy" "$@" </dev/null || exit
+    fi
+else
+    legacy=
+fi
+
+# Find orchestrate: $ORCHESTRATE_BIN, then PATH, then pipx's default ~/.local/bin.
+bin=${ORCHESTRATE_BIN:-}
+if [ -n "$bin" ]; then
+    if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
+        echo "orchestrate pre-push: ORCHESTRATE_BIN=$bin is not an executable file" >&2
+        exit 1
+    fi
+else
+    saved_ifs=$IFS
+    IFS=:
+    set -f
+    # shellcheck disable=SC2086 # split PATH on ':' on purpose
+    for dir in $PATH; do
+        if [ -f "${dir:-.}/orchestrate" ] && [ -x "${dir:-.}/orchestrate" ]; then
+            bin=${dir:-.}/orchestrate
+            break
+        fi
+    done
+    set +f
+    IFS=$saved_ifs
+    if [ -z "$bin" ] && [ -x "${HOME:-/nonexistent}/.local/bin/orchestrate" ]; then
+        bin=$HOME/.local/bin/orchestrate
+    fi
+fi
+
+if [ -z "$bin" ]; then
+    if [ "${ORCHESTRATE_ALLOW_MISSING:-}" = 1 ] || [ "${ORCHESTRATE_SKIP:-}" = 1 ]; then
+        echo "orchestrate pre-push: orchestrate not found; push allowed (ORCHESTRATE_ALLOW_MISSING/ORCHESTRATE_SKIP)" >&2
+        exit 0
+    fi
+    echo "orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): install it with 'pipx install orchestrate', or skip this check with 'git push --no-verify'" >&2
+    exit 1
+fi
+
+if [ -n "$legacy" ]; then
+    printf '%s\n' "$refs" | "$bin" run "$workflow" --git-hook pre-push --push-remote "$1" --push-url "$2"
+    exit
+fi
+exec "$bin" run "$workflow" --git-hook pre-push --push-remote "$1" --push-url "$2"
+'''
 
 
-def git_info(root: Path) -> dict[str, Any]:
-    if not _inside_git(root):
-        return {}
-    head = run_git(["rev-parse", "HEAD", "--abbrev-ref", "HEAD"], root)
-    if not head:
-        return {}
-    commit, _, branch = head.partition("\n")
-    status = run_git(["status", "--porcelain", "--untracked-files=no"], root)
-    return {"commit": commit, "branch": None if branch == "HEAD" else branch,
-            "dirty": bool(status) if status is not None else None}
+def render_hook(hook: str = "pre-push", workflow: str | None = None) -> str:
+    """The hook script `hook install` writes; `workflow` replaces the default workflow name."""
+    if hook not in SUPPORTED_HOOKS:
+        raise UsageError(f"hook {hook!r}: orchestrate installs only "
+                         f"{', '.join(SUPPORTED_HOOKS)}{did_you_mean(hook, SUPPORTED_HOOKS)}")
+    text = PRE_PUSH_HOOK
+    if workflow:
+        check_workflow_name(workflow)
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", workflow):
+            raise UsageError(f"--workflow {workflow!r}: use letters, digits and . _ + - only "
+                             "in a hook's workflow name")
+        text = text.replace("\ndefault_workflow=pre-push\n", f"\ndefault_workflow={workflow}\n")
+    return text
 
 
-def ci_info(env: dict[str, str] | None = None) -> dict[str, Any]:
+def hooks_dir(repo_dir: Path) -> Path:
+    """The folder git really runs hooks from: `git rev-parse --git-path hooks` follows
+    core.hooksPath and, in a linked worktree, the main repository's common folder."""
+    try:
+        out = run_git(["rev-parse", "--git-path", "hooks"], repo_dir).strip()
+    except GitError as exc:
+        raise UsageError(f"{repo_dir}: not inside a git repository ({exc}); run "
+                         "`git init` first or pass --root") from None
+    path = Path(out)
+    return path if path.is_absolute() else (repo_dir / path).resolve()
+
+
+def is_our_hook(path: Path) -> bool:
+    try:
+        return HOOK_ID in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+def _hook_workflow(text: str) -> str:
+    match = re.search(r"^default_workflow=(\S+)$", text, re.MULTILINE)
+    return match.group(1) if match else "pre-push"
+
+
+def _write_executable(path: Path, text: str) -> None:
+    """Write a hook atomically (a push racing the install sees old or new, never half)."""
+    tmp = path.with_name(f".{path.name}.orchestrate-tmp")
+    tmp.write_text(text, encoding="utf-8", newline="\n")
+    tmp.chmod(0o755)
+    os.replace(tmp, path)
+
+
+@dataclass
+class HookChange:
+    path: Path
+    message: str
+    legacy: Path | None = None
+
+
+def install_hook(repo_dir: Path, hook: str = "pre-push", workflow: str | None = None,
+                 force: bool = False) -> HookChange:
+    """Install orchestrate's hook; a foreign hook is refused, or with force kept as
+    HOOK.legacy and run first (pre-commit's convention)."""
+    text = render_hook(hook, workflow)
+    folder = hooks_dir(repo_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / hook
+    legacy = folder / f"{hook}.legacy"
+    kept: Path | None = legacy if legacy.exists() else None
+    if (path.exists() or path.is_symlink()) and not is_our_hook(path):
+        if not force:
+            raise UsageError(
+                f"{path}: a {hook} hook orchestrate did not write is already there; "
+                f"rerun with --force to keep it as {legacy.name} and run it before "
+                "orchestrate, or move it away")
+        if legacy.exists() or legacy.is_symlink():
+            raise UsageError(f"{path}: both a foreign {hook} hook and {legacy.name} exist; "
+                             f"move one of them away, then rerun")
+        os.replace(path, legacy)
+        kept = legacy
+    _write_executable(path, text)
+    message = f"installed {hook} hook at {path} (workflow {_hook_workflow(text)!r})"
+    if kept:
+        message += f"; the previous hook is kept as {kept.name} and runs first"
+    return HookChange(path, message, kept)
+
+
+def uninstall_hook(repo_dir: Path, hook: str = "pre-push") -> HookChange:
+    """Remove orchestrate's hook (never a foreign one) and put HOOK.legacy back."""
+    if hook not in SUPPORTED_HOOKS:
+        render_hook(hook)  # raises the usage error
+    folder = hooks_dir(repo_dir)
+    path = folder / hook
+    legacy = folder / f"{hook}.legacy"
+    if not (path.exists() or path.is_symlink()):
+        return HookChange(path, f"no {hook} hook at {path}; nothing to remove")
+    if not is_our_hook(path):
+        raise UsageError(f"{path}: this {hook} hook was not written by orchestrate; "
+                         "left as it is (remove it yourself if you mean to)")
+    path.unlink()
+    if legacy.exists() or legacy.is_symlink():
+        os.replace(legacy, path)
+        return HookChange(path, f"removed orchestrate's {hook} hook; restored the previous "
+                          f"hook from {legacy.name}", path)
+    return HookChange(path, f"removed orchestrate's {hook} hook from {path}")
+
+
+def hook_status(repo_dir: Path, hook: str = "pre-push") -> dict[str, Any]:
+    """What git will run on push, as data: hooks folder, whether core.hooksPath moved it,
+    the hook's owner (orchestrate | foreign | none), its workflow and chained legacy hook."""
+    folder = hooks_dir(repo_dir)
+    path = folder / hook
+    legacy = folder / f"{hook}.legacy"
+    hooks_path = run_git(["config", "--get", "core.hooksPath"], repo_dir, check=False).strip()
+    configured = run_git(["config", "--get", "orchestrate.prePushWorkflow"], repo_dir,
+                         check=False).strip()
+    state = "none"
+    workflow = None
+    if path.exists():
+        state = "orchestrate" if is_our_hook(path) else "foreign"
+    executable = path.exists() and os.access(path, os.X_OK)
+    if state == "orchestrate":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        workflow = (os.environ.get("ORCHESTRATE_PRE_PUSH_WORKFLOW") or configured
+                    or _hook_workflow(text))
+    has_legacy = legacy.exists() and os.access(legacy, os.X_OK)
+    if state == "none":
+        summary = f"git runs no {hook} hook (none at {path}); install: orchestrate hook install"
+    elif not executable:
+        summary = f"git ignores {path}: it is not executable (chmod +x it)"
+    elif state == "foreign":
+        summary = (f"git runs {path}, a hook orchestrate did not write; "
+                   "orchestrate hook install --force keeps it and runs it first")
+    else:
+        summary = f"git runs {path}: orchestrate workflow {workflow!r}"
+        if has_legacy:
+            summary = f"git runs {path}: {legacy.name} first, then orchestrate workflow {workflow!r}"
+    return {"hook": hook, "hooks_dir": str(folder), "core_hooks_path": hooks_path or None,
+            "path": str(path), "state": state, "executable": executable,
+            "workflow": workflow, "legacy": str(legacy) if has_legacy else None,
+            "summary": summary}
+
+
+# --- Wiring into a run -----------------------------------------------------------------------
+
+@dataclass
+class GitState:
+    """What this section learns before a run starts; the engine carries it as RunOptions.git."""
+
+    git: dict[str, Any] = field(default_factory=dict)
+    ci: dict[str, Any] | None = None
+    push: PushInfo | None = None
+    changes: ChangeSet | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # ORCHESTRATE_SKIP: step -> reason
+
+
+def _read_hook_stdin() -> str:
+    stream = sys.stdin
+    if stream is None:
+        return ""
+    if stream.isatty():
+        raise UsageError("--git-hook pre-push reads git's ref lines from stdin, which is a "
+                         "terminal here; let git run the hook (git push), or compare commits "
+                         "with --from-ref REF [--to-ref REF]")
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+    return data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+
+
+def _gated(workflow: Workflow) -> bool:
+    return any(step.when.get("changed") or step.when.get("branch") for step in workflow.steps)
+
+
+def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
+                      env: Mapping[str, str] | None = None,
+                      stdin_text: str | None = None) -> int | None:
+    """Before a run: read the push (hook mode), end a run with nothing to check (exit 0 and
+    one line why), plan ORCHESTRATE_SKIP, and find the changes `when.changed` compares.
+
+    The compared range, first found: the push's refs; --from-ref/--to-ref; pre-commit's
+    PRE_COMMIT_FROM_REF/PRE_COMMIT_TO_REF; the CI system's base (pull request base, previous
+    push tip). Without any, `when.changed` steps run (nothing says they may be skipped).
+    """
     env = os.environ if env is None else env
-    provider = detect_ci_provider(env)
-    if provider is None:
-        return {}
-    info: dict[str, Any] = {"provider": provider}
-    if provider == "github":
-        if env.get("GITHUB_SERVER_URL") and env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
-            info["job_url"] = f"{env['GITHUB_SERVER_URL']}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
-        info["commit"] = env.get("GITHUB_SHA")
-        info["branch"] = env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME")
-    elif provider == "gitlab":
-        info.update(job_url=env.get("CI_JOB_URL"), commit=env.get("CI_COMMIT_SHA"),
-                    branch=env.get("CI_COMMIT_REF_NAME"))
-    elif provider == "jenkins":
-        info.update(job_url=env.get("BUILD_URL"), commit=env.get("GIT_COMMIT"),
-                    branch=env.get("BRANCH_NAME") or env.get("GIT_BRANCH"))
-    return {k: v for k, v in info.items() if v}
+    root = paths.root
+    event = read_github_event(env) if env.get("GITHUB_ACTIONS") == "true" else {}
+    state = GitState(git=git_info(root), ci=detect_ci(env, event))
+    options.git = state
+    human = sys.stderr if options.json_output else sys.stdout
+    if options.git_hook == "pre-push":
+        text = _read_hook_stdin() if stdin_text is None else stdin_text
+        state.push = parse_push_refs(text, options.push_remote or "", options.push_url or "")
+        reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref))
+        if reason:
+            human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
+            human.flush()
+            return EXIT_OK
+    skip_value = env.get("ORCHESTRATE_SKIP")
+    state.skipped, warnings = skip_env_plan(skip_value, workflow.steps)
+    for warning in warnings:
+        sys.stderr.write(f"orchestrate: warning: {warning}\n")
+    if state.skipped:
+        human.write(f"orchestrate: ORCHESTRATE_SKIP={skip_value}: skipping "
+                    f"{', '.join(state.skipped)}\n")
+    branch = (state.ci or {}).get("branch") or state.git.get("branch")
+    branches = (branch,) if branch else ()
+    if state.push is not None:
+        state.changes = push_changes(root, state.push)
+    elif options.from_ref or options.to_ref:
+        if not options.from_ref:
+            raise UsageError("--to-ref needs --from-ref: the commit to compare with")
+        state.changes = compare_changes(root, options.from_ref, options.to_ref or "HEAD",
+                                        branches=branches)
+    elif env.get("PRE_COMMIT_FROM_REF") and env.get("PRE_COMMIT_TO_REF"):
+        state.changes = compare_changes(root, env["PRE_COMMIT_FROM_REF"],
+                                        env["PRE_COMMIT_TO_REF"], branches=branches,
+                                        explicit=False)
+    elif _gated(workflow):
+        base = (state.ci or {}).get("base")
+        state.changes = (compare_changes(root, base, "HEAD", branches=branches, explicit=False)
+                         if base else
+                         ChangeSet(None, "nothing to compare with (no push, no --from-ref)",
+                                   branches))
+    return None
+
+
+def git_gate(step: Step, engine: Engine, record: dict[str, Any]) -> str | None:
+    """STEP_GATES entry: ORCHESTRATE_SKIP, then `when.branch` and `when.changed`."""
+    state = engine.options.git
+    if not isinstance(state, GitState):
+        return None
+    if step.name in state.skipped:
+        return state.skipped[step.name]
+    if state.changes is None or not (step.when.get("changed") or step.when.get("branch")):
+        return None
+    return gate_reason(step.when, state.changes)
+
+
+def git_step_environment(env: dict[str, str], options: RunOptions) -> None:
+    """ENV_HOOKS entry: hook variables out, ORCHESTRATE_PUSH_REMOTE/FROM_REF/TO_REF in."""
+    state = options.git
+    if isinstance(state, GitState):
+        updated = step_git_env(env, state.changes, state.push)
+        env.clear()
+        env.update(updated)
+
+
+def github_step_summary(engine: Engine, record: dict[str, Any]) -> None:
+    """REPORT_HOOKS entry: the Markdown summary under GitHub Actions."""
+    try:
+        append_step_summary(os.environ, record)
+    except OSError as exc:
+        sys.stderr.write(f"orchestrate: warning: cannot append to $GITHUB_STEP_SUMMARY: "
+                         f"{exc.strerror or exc}\n")
 
 
 def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
-    ci = ci_info()
-    source = "pre-push" if options.git_hook else ("ci" if ci else "cli")
-    trigger: dict[str, Any] = {"source": source, "git": git_info(root)}
-    if ci:
-        trigger["ci"] = ci
+    """The run record's trigger for this run (see make_trigger)."""
+    state = options.git if isinstance(options.git, GitState) else None
+    if state is None:
+        env = os.environ
+        event = read_github_event(env) if env.get("GITHUB_ACTIONS") == "true" else {}
+        state = GitState(git=git_info(root), ci=detect_ci(env, event))
+    hook = options.git_hook or ("pre-push" if os.environ.get("PRE_COMMIT_FROM_REF") else None)
+    trigger = make_trigger(state.git, state.ci, state.push, hook)
+    if state.changes is not None:
+        trigger["compare"] = state.changes.as_dict()
     if options.shard:
         trigger["shard"] = "%d/%d" % options.shard
     return trigger
+
+
+PRE_RUN_HOOKS.append(prepare_git_state)
+STEP_GATES.append(git_gate)
+ENV_HOOKS.append(git_step_environment)
+REPORT_HOOKS.append(github_step_summary)
 
 
 # === 10. HTTP server ===
@@ -3828,10 +4871,7 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     return code
 
 
-# Seams for the git section: a pre-run hook may end the run early with an exit code (a push
-# with nothing to check); a trigger hook adds to the record's trigger.
-PRE_RUN_HOOKS: list[Callable[[Paths, Workflow, RunOptions], int | None]] = []
-TRIGGER_HOOKS: list[Callable[[dict[str, Any], Paths, RunOptions], None]] = []
+# PRE_RUN_HOOKS and TRIGGER_HOOKS: seams defined with the engine's (section 7).
 
 
 def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
@@ -4048,6 +5088,57 @@ def init(ctx: typer.Context) -> int:
     if not created:
         typer.echo("nothing to do: workflows/pre-push.json and runs/.gitignore exist")
     typer.echo("next: orchestrate run pre-push   then: orchestrate hook install")
+    return EXIT_OK
+
+
+hook_app = typer.Typer(name="hook", no_args_is_help=True, rich_markup_mode=None,
+                       help="Install, remove or inspect orchestrate's git pre-push hook.")
+app.add_typer(hook_app, name="hook")
+
+
+@hook_app.command("install")
+@_boundary
+def hook_install(
+    ctx: typer.Context,
+    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+    workflow: str = typer.Option(None, "--workflow", help="Workflow the hook runs (default: pre-push)."),
+    force: bool = typer.Option(False, "--force", help="Keep a foreign hook as HOOK.legacy and run it first."),
+) -> int:
+    """Install the hook into the folder git uses (core.hooksPath and worktrees respected)."""
+    change = install_hook(_paths(ctx).root, hook, workflow, force)
+    typer.echo(change.message)
+    typer.echo("skip it for one push with: git push --no-verify (or ORCHESTRATE_SKIP=1 git push)")
+    return EXIT_OK
+
+
+@hook_app.command("uninstall")
+@_boundary
+def hook_uninstall(
+    ctx: typer.Context,
+    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+) -> int:
+    """Remove orchestrate's hook (never a foreign one) and restore the hook it replaced."""
+    typer.echo(uninstall_hook(_paths(ctx).root, hook).message)
+    return EXIT_OK
+
+
+@hook_app.command("status")
+@_boundary
+def hook_status_command(
+    ctx: typer.Context,
+    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> int:
+    """Say what git will run on push: the hooks folder, the hook's owner and its workflow."""
+    if hook not in SUPPORTED_HOOKS:
+        render_hook(hook)  # the usage error with its suggestion
+    info = hook_status(_paths(ctx).root, hook)
+    if json_output:
+        typer.echo(json.dumps(info, indent=2))
+        return EXIT_OK
+    typer.echo(info["summary"])
+    typer.echo(f"  hooks folder: {info['hooks_dir']}"
+               + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else ""))
     return EXIT_OK
 
 
