@@ -21,6 +21,7 @@ Map of this module (``grep -n '^# ===' orchestrate.py``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 __version__ = "0.1.0"
 
@@ -1205,6 +1206,10 @@ def _group_alive(pgid: int) -> bool:
 def end_process_group(process: Any, grace: float = KILL_GRACE_S) -> None:
     """SIGTERM to the step's whole process group, SIGKILL after the grace period."""
     pgid = process.pid
+    if not isinstance(pgid, int) or pgid <= 0:
+        # never signal group 0 (our own) or -1 (everything): only a fake process has such a pid
+        process.wait()
+        return
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
@@ -1324,7 +1329,10 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         raise StepFailure(f"cannot start {argv if shell else argv[0]!r}: {exc.strerror or exc}") from None
     WATCHDOG.watch(process.pid)
     assert process.stdout is not None
-    out_fd = process.stdout.fileno()
+    try:
+        out_fd = process.stdout.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream, not a pipe
+        return _read_unselectable(process, sink)
     os.set_blocking(out_fd, False)
     selector = selectors.DefaultSelector()
     selector.register(out_fd, selectors.EVENT_READ, "out")
@@ -1392,6 +1400,19 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     code = process.wait()
     return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out,
                          output_tail=sink.tail_text())
+
+
+def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
+    """Output that is not a pipe (a stand-in process such as pytest-subprocess's) cannot be
+    watched for a timeout or a signal: read it to the end."""
+    output, _ = process.communicate()  # in memory already: nothing to stream
+    try:
+        if output:
+            sink.write(output if isinstance(output, bytes) else str(output).encode())
+    finally:
+        sink.flush()
+    code = process.wait()
+    return ProcessResult(exit_code=code, timed_out=False, output_tail=sink.tail_text())
 
 
 def _drain(fd: int, sink: OutputSink) -> None:
@@ -1752,6 +1773,1373 @@ class PluginRunner(Runner):
         return StepResult("failed", message or f"{shown}: failed", exit_code=process.exit_code)
 
 
+# --- HTTP helper -------------------------------------------------------------------
+# The one place orchestrate talks HTTP.  It retries what a retry can fix (a refused or
+# timed-out connection, 429, 5xx) and nothing else, and it never puts request headers
+# (where credentials live) into a message.
+
+HTTP_ATTEMPTS = 4  # 1 try + 3 retries
+HTTP_BACKOFF_S = 1.0  # 1 s, 2 s, 4 s between attempts
+HTTP_MAX_DELAY_S = 30.0  # cap for backoff and for a server's Retry-After
+HTTP_CONNECT_TIMEOUT_S = 10.0
+HTTP_READ_TIMEOUT_S = 30.0
+# RFC 9110 §9.2.2: only these may be repeated blindly after the request may have reached
+# the server.  A POST whose response never came is not retried (it may have been applied:
+# a second Jira comment is worse than a failed step).
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@dataclass
+class HttpResponse:
+    """A finished HTTP exchange (any status).  Header names are lower-case."""
+
+    status: int
+    headers: dict[str, str]
+    text: str
+    attempts: int
+    url: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+class HttpTransportError(Exception):
+    """No HTTP response at all after the last attempt.  `kind` is one of refused,
+    dns, connect_timeout, read_timeout, aborted, tls, connection.  The message names
+    host and port only: never a header, never a credential."""
+
+    def __init__(self, kind: str, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.attempts = attempts
+
+
+def _http_sleep(seconds: float, guard: SignalGuard | None = None) -> None:
+    """Wait between attempts; with a guard, Ctrl-C/SIGTERM end the wait at once.  The seam
+    tests monkeypatch to make backoff instant."""
+    if guard is not None:
+        guard.sleep(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date, RFC 9110
+    §10.2.3); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _host_port(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
+def _transport_failure(exc: Exception, method: str, url: str,
+                       connect_timeout: float, read_timeout: float) -> tuple[str, str, bool]:
+    """Classify a requests exception as (kind, message, retryable)."""
+    from urllib.parse import urlsplit
+
+    import requests  # already loaded by the caller; local so module import stays cheap
+    import urllib3
+
+    where = _host_port(url)
+    host = urlsplit(url).hostname or where
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return ("connect_timeout",
+                f"could not connect to {where} within {connect_timeout:g}s (connect_timeout)", True)
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        again = method in _IDEMPOTENT_METHODS
+        note = "" if again else " (not retried: the request may already have been applied)"
+        return ("read_timeout",
+                f"no response from {where} within {read_timeout:g}s (read_timeout){note}", again)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ("tls", (f"TLS handshake with {where} failed — check the certificate or the "
+                        "http/https scheme of the URL"), False)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if isinstance(reason, urllib3.exceptions.NameResolutionError):
+            return "dns", f"cannot resolve host {host!r} — check the URL", True
+        if isinstance(reason, urllib3.exceptions.NewConnectionError):
+            cause: BaseException | None = reason
+            while cause is not None:
+                if isinstance(cause, ConnectionRefusedError):
+                    return "refused", f"connection refused by {where}", True
+                cause = cause.__cause__ or cause.__context__
+            return "connection", f"could not connect to {where}", True
+        # The connection broke after the request was sent (RemoteDisconnected, reset).
+        again = method in _IDEMPOTENT_METHODS
+        note = "" if again else " (not retried: the request may already have been applied)"
+        return "aborted", f"{where} closed the connection without a response{note}", again
+    return "connection", f"request to {where} failed ({type(exc).__name__})", False
+
+
+def http_request(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+    connect_timeout: float = HTTP_CONNECT_TIMEOUT_S,
+    read_timeout: float = HTTP_READ_TIMEOUT_S,
+    attempts: int = HTTP_ATTEMPTS,
+    backoff: float = HTTP_BACKOFF_S,
+    max_delay: float = HTTP_MAX_DELAY_S,
+    retry_statuses: Callable[[int], bool] = lambda status: status == 429 or status >= 500,
+    sleep: Callable[[float], None] | None = None,
+    on_retry: Callable[[int, str, float], None] | None = None,
+) -> HttpResponse:
+    """Send one request, retrying connection failures and `retry_statuses` with
+    exponential backoff (backoff * 2**n, or the server's Retry-After), both capped at
+    `max_delay`.  Returns the last response whatever its status (the caller maps
+    statuses to messages); raises HttpTransportError when no response ever came.
+    Redirects are not followed: a POST silently turned into a GET by a redirect is a
+    lost comment.  `on_retry(attempt, reason, delay)` is told before each wait."""
+    import requests  # here, not at module top: start-up time matters in a git hook
+
+    sleep = sleep or _http_sleep
+    method = method.upper()
+    for attempt in range(1, attempts + 1):
+        delay = min(max_delay, backoff * 2 ** (attempt - 1))
+        try:
+            resp = requests.request(method, url, headers=headers, json=json_body,
+                                    timeout=(connect_timeout, read_timeout),
+                                    allow_redirects=False)
+        except requests.exceptions.RequestException as exc:
+            kind, message, retryable = _transport_failure(exc, method, url,
+                                                          connect_timeout, read_timeout)
+            if not retryable or attempt == attempts:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise HttpTransportError(kind, message + tries, attempt) from None
+            reason = message
+        else:
+            result = HttpResponse(status=resp.status_code,
+                                  headers={k.lower(): v for k, v in resp.headers.items()},
+                                  text=resp.text, attempts=attempt, url=url)
+            if not retry_statuses(resp.status_code) or attempt == attempts:
+                return result
+            reason = f"HTTP {resp.status_code}"
+            retry_after = parse_retry_after(result.headers.get("retry-after"))
+            if retry_after is not None:
+                delay = min(max_delay, retry_after)
+        if on_retry is not None:
+            on_retry(attempt, reason, delay)
+        sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def summarize_http_body(text: str, content_type: str = "", limit: int = 200) -> str:
+    """One short line describing an error body: Jira's errorMessages/errors, another
+    JSON message, an HTML page's title, or the first line of text.  Never the whole page."""
+    import html
+
+    text = text or ""
+    stripped = text.strip()
+    if not stripped:
+        return "empty body"
+    looks_html = "html" in content_type.lower() or stripped[:200].lower().startswith(
+        ("<!doctype html", "<html"))
+    if not looks_html:
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            parts = [str(m) for m in data.get("errorMessages") or [] if m]
+            errors = data.get("errors")
+            if isinstance(errors, dict):
+                parts += [f"{k}: {v}" for k, v in errors.items()]
+            for key in ("message", "error"):
+                if not parts and isinstance(data.get(key), str):
+                    parts.append(data[key])
+            summary = "; ".join(parts) if parts else json.dumps(data, sort_keys=True)
+            return _shorten(summary, limit)
+        if data is None and "<" not in stripped[:1]:
+            return _shorten(stripped.splitlines()[0], limit)
+    match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    if match and match.group(1).strip():
+        return f"HTML page {_shorten(html.unescape(' '.join(match.group(1).split())), 80)!r}"
+    body_text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
+    return f"HTML page {_shorten(html.unescape(body_text), 80)!r}" if body_text else "HTML page"
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- Jira: pure helpers ------------------------------------------------------------
+
+JIRA_ISSUE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]+-[0-9]+")
+# Jira stores a comment in a field limited to 32,767 characters (Java string length, so
+# UTF-16 code units); longer bodies are rejected with a 400.  We cut and say so instead.
+JIRA_COMMENT_LIMIT = 32_767
+JIRA_TRUNCATION_MARKER = "\n[… truncated by orchestrate: {omitted} characters omitted]"
+JIRA_PLACEHOLDERS = ("workflow", "run_id", "status", "failed_steps", "summary",
+                     "git_branch", "git_commit", "ci_url")
+JIRA_UNKNOWN_VALUE = "n/a"
+_JIRA_API_PATH_RE = re.compile(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3|latest)$")
+_ENV_REF_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class JiraApi:
+    base: str  # ".../rest/api/2" or ".../rest/api/3", no trailing slash
+    version: int  # 2: plain-text bodies, 3: Atlassian Document Format
+    site: str  # the site root, for messages
+
+
+def jira_api(jira_url: str) -> JiraApi:
+    """Resolve `jira_url` to an API base.  An explicit `.../rest/api/2|3` is kept
+    (`latest` is API 2); a site root uses API 3 on Jira Cloud (`*.atlassian.net`) and
+    API 2 elsewhere (Server/Data Center has no API 3).  ValueError says why not."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(jira_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{jira_url!r} is not an http(s) URL "
+                         "(expected e.g. https://your-site.atlassian.net)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{jira_url!r} has a query or fragment; give the site root "
+                         "or the API base, e.g. https://jira.example.com/rest/api/2")
+    path = parts.path.rstrip("/")
+    root = f"{parts.scheme}://{parts.netloc}"
+    match = _JIRA_API_PATH_RE.match(path)
+    if match:
+        version = 3 if match["version"] == "3" else 2
+        site = root + match["prefix"]
+        return JiraApi(base=f"{root}{path}", version=version, site=site)
+    if "/rest/" in path + "/":
+        raise ValueError(f"{jira_url!r} is not a Jira REST API base "
+                         "(expected .../rest/api/2, .../rest/api/3 or the site root)")
+    site = root + path  # a context path such as /jira is kept
+    version = 3 if (parts.hostname or "").lower().endswith(".atlassian.net") else 2
+    return JiraApi(base=f"{site}/rest/api/{version}", version=version, site=site)
+
+
+def check_jira_issue_key(issue: str) -> str:
+    if not JIRA_ISSUE_KEY_RE.fullmatch(issue):
+        raise ValueError(f"{issue!r} is not a Jira issue key (expected e.g. PROJ-123: "
+                         "a capital letter, capitals/digits/_, a dash, a number)")
+    return issue
+
+
+def jira_template_fields(template: str) -> list[str]:
+    """The placeholders a comment template uses.  ValueError for an unknown one, a
+    malformed brace, or a conversion/format spec; `{{` and `}}` are literal braces."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write {{{{ or }}}} for a literal brace)") from None
+    fields = []
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name not in JIRA_PLACEHOLDERS:
+            hint = did_you_mean(name, JIRA_PLACEHOLDERS) or (
+                " (placeholders: " + ", ".join(f"{{{p}}}" for p in JIRA_PLACEHOLDERS)
+                + "; write {{ or }} for a literal brace)")
+            raise ValueError(f"unknown placeholder {shown}{hint}")
+        if spec or conversion:
+            raise ValueError(f"placeholder {shown}: conversions and format specs are not "
+                             f"supported, write {{{name}}}")
+        fields.append(name)
+    return fields
+
+
+def render_jira_comment(template: str, values: dict[str, str]) -> str:
+    """Substitute placeholders (only names, never attribute or index lookups)."""
+    import string
+
+    jira_template_fields(template)
+    out = []
+    for literal, name, _spec, _conversion in string.Formatter().parse(template):
+        out.append(literal)
+        if name is not None:
+            out.append(values.get(name) or JIRA_UNKNOWN_VALUE)
+    return "".join(out)
+
+
+def _run_status_so_far(previous: list[dict]) -> str:
+    # a continue_on_error step's failure is recorded as allowed_failure and does not fail the run
+    failed = [e for e in previous if e.get("status") == "failed" and not e.get("allowed_failure")]
+    return "failed" if failed else "passed"
+
+
+def jira_template_values(workflow: str, run_id: str, previous: list[dict],
+                         trigger: dict) -> dict[str, str]:
+    """The values a comment template can use, from the run so far."""
+    lines = []
+    for entry in previous:
+        line = f"{entry.get('step')}: {entry.get('status')}"
+        if isinstance(entry.get("duration_s"), (int, float)):
+            line += f" in {entry['duration_s']:.1f}s"
+        if entry.get("status") in ("failed", "skipped") and entry.get("message"):
+            line += f" — {_shorten(str(entry['message']).splitlines()[0], 200)}"
+        lines.append(line)
+    failed = [str(e.get("step")) for e in previous if e.get("status") == "failed"]
+    git = trigger.get("git")
+    git = git if isinstance(git, dict) else {}
+    ci = trigger.get("ci")  # ci_info(): GitHub Actions, GitLab CI, Jenkins
+    ci = ci if isinstance(ci, dict) else {}
+    return {
+        "workflow": workflow,
+        "run_id": run_id,
+        "status": _run_status_so_far(previous),
+        "failed_steps": ", ".join(failed) if failed else "none",
+        "summary": "\n".join(lines) if lines else "no earlier steps",
+        "git_branch": str(git.get("branch") or ""),
+        "git_commit": str(git.get("commit") or ""),
+        "ci_url": str(ci.get("job_url") or ""),
+    }
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def truncate_jira_text(text: str, limit: int = JIRA_COMMENT_LIMIT) -> str:
+    """Cut `text` to at most `limit` UTF-16 code units, ending with a marker that says
+    how much was cut.  Text within the limit is returned unchanged."""
+    total = _utf16_len(text)
+    if total <= limit:
+        return text
+    keep = limit - _utf16_len(JIRA_TRUNCATION_MARKER.format(omitted=total))
+    head = text.encode("utf-16-le")[: 2 * max(keep, 0)].decode("utf-16-le", errors="ignore")
+    return head + JIRA_TRUNCATION_MARKER.format(omitted=total - _utf16_len(head))
+
+
+def jira_adf_document(text: str) -> dict[str, Any]:
+    """Atlassian Document Format for plain text: one paragraph per line, an empty line
+    an empty paragraph (ADF forbids empty text nodes)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    content: list[dict[str, Any]] = []
+    for line in lines:
+        paragraph: dict[str, Any] = {"type": "paragraph", "content": []}
+        if line:
+            paragraph["content"].append({"type": "text", "text": line})
+        content.append(paragraph)
+    return {"type": "doc", "version": 1, "content": content}
+
+
+def jira_comment_payload(text: str, api_version: int,
+                         limit: int = JIRA_COMMENT_LIMIT) -> tuple[dict[str, Any], bool]:
+    """The JSON body of POST .../comment and whether it was truncated.  API 2 takes a
+    string; API 3 an ADF document, sized so its serialized form fits the limit too
+    (Jira stores the ADF JSON in the same limited field)."""
+    text = text.rstrip("\n")
+    if api_version != 3:
+        body = truncate_jira_text(text, limit)
+        return {"body": body}, body != text
+    def fits(budget: int) -> tuple[dict[str, Any], bool] | None:
+        cut = truncate_jira_text(text, budget)
+        doc = jira_adf_document(cut)
+        size = _utf16_len(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+        return ({"body": doc}, cut != text) if size <= limit else None
+
+    best = fits(limit)
+    if best is not None:
+        return best
+    low, high = 0, limit  # the largest text budget whose document fits: ~15 tries
+    best = fits(0) or ({"body": jira_adf_document(JIRA_TRUNCATION_MARKER.strip().format(omitted=len(text)))}, True)
+    while low < high - 1:
+        middle = (low + high) // 2
+        found = fits(middle)
+        if found is None:
+            high = middle
+        else:
+            low, best = middle, found
+    return best
+
+
+def jira_auth_header(user: str | None, token: str) -> str:
+    """user + token: HTTP Basic (Jira Cloud: account e-mail + API token); token alone:
+    Bearer (Server/Data Center personal access token)."""
+    import base64
+
+    if user:
+        return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode("ascii")
+    return "Bearer " + token
+
+
+def token_is_literal(raw_value: Any) -> bool:
+    """True when the token is written in the workflow file itself rather than taken from
+    the environment: any text outside ${VAR} references, or a non-empty ${VAR:-default}."""
+    if not isinstance(raw_value, str) or not raw_value:
+        return False
+    if any(m["default"] for m in _ENV_REF_RE.finditer(raw_value)):
+        return True
+    return bool(_ENV_REF_RE.sub("", raw_value).strip())
+
+
+def _token_source(raw_value: Any) -> str:
+    """Where the user should look when the token is refused."""
+    if isinstance(raw_value, str):
+        match = _ENV_REF_RE.fullmatch(raw_value.strip())
+        if match:
+            return match["name"]
+    return "the step's token"
+
+
+def select_jira_transition(transitions: list[dict], wanted: str | dict, issue: str) -> dict:
+    """Pick from GET .../transitions: by transition name (case-insensitive; else by target
+    status name), or by {"to_status_category": key or name}.  ValueError lists the
+    transitions that are available."""
+    def label(t: dict) -> str:
+        to: dict = t.get("to") or {}
+        category = (to.get("statusCategory") or {}).get("key")
+        target = f" → {to.get('name')}" if to.get("name") else ""
+        return f"{t.get('name')!r}{target}" + (f" [{category}]" if category else "")
+
+    if isinstance(wanted, str):
+        key = wanted.casefold()
+        for field_of in (lambda t: t.get("name"), lambda t: (t.get("to") or {}).get("name")):
+            found = [t for t in transitions if str(field_of(t) or "").casefold() == key]
+            if found:
+                return found[0]
+        asked = f"transition {wanted!r}"
+    else:
+        category = str(wanted.get("to_status_category", "")).casefold()
+        for t in transitions:
+            cat = (t.get("to") or {}).get("statusCategory") or {}
+            if category in (str(cat.get("key", "")).casefold(), str(cat.get("name", "")).casefold()):
+                return t
+        asked = f"a transition to status category {wanted.get('to_status_category')!r}"
+    available = ", ".join(label(t) for t in transitions) or "none"
+    raise ValueError(f"{asked} is not available for {issue}; available: {available}")
+
+
+def jira_error_message(resp: HttpResponse, *, action: str, issue: str, user: str | None,
+                       site: str, token_source: str) -> str:
+    """One readable line for a failed Jira response."""
+    status = resp.status
+    who = user or "the token's owner"
+    detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
+    is_json = detail != "empty body" and not detail.startswith("HTML page")
+    tries = f" after {resp.attempts} attempts" if resp.attempts > 1 else ""
+    if status == 401:
+        return f"authentication failed for {who} at {site} — check {token_source}"
+    if status == 403:
+        if "AUTHENTICATION_DENIED" in resp.headers.get("x-seraph-loginreason", ""):
+            return (f"login for {who} at {site} is blocked by a CAPTCHA after failed "
+                    "attempts — sign in once in a browser, then check " + token_source)
+        return f"permission denied: {who} may not {action} on {issue} at {site} ({detail})"
+    if status == 404:
+        if is_json:
+            return f"issue {issue} not found or not visible to {who} at {site}"
+        return f"{resp.url} answered 404 ({detail}) — is jira_url the Jira site?"
+    if status == 400:
+        return f"Jira rejected the {action} on {issue} (400): {detail}"
+    if status == 429:
+        return f"rate limited by Jira at {site} (429){tries} — try again later"
+    if status >= 500:
+        return f"Jira server error {status} at {site}{tries}: {detail}"
+    if 300 <= status < 400:
+        where = resp.headers.get("location", "?")
+        return (f"{resp.url} redirected ({status}) to {where} — put the final URL "
+                "(https, no login page) in jira_url")
+    return f"Jira answered {status} to the {action} on {issue}: {detail}"
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """Last line of defence, applied on top of the masker to everything this runner says."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+# --- Jira: the runner --------------------------------------------------------------
+
+
+@dataclass
+class JiraPlan:
+    """Everything a jira step will send, computed before any request."""
+
+    api: JiraApi
+    issue: str
+    user: str | None
+    token: str
+    comment_text: str
+    comment_payload: dict[str, Any]
+    truncated: bool
+    transition: str | dict | None
+    connect_timeout: float
+    read_timeout: float
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        auth = jira_auth_header(self.user, self.token).split(" ", 1)[1]
+        return (self.token, auth, f"{self.user}:{self.token}" if self.user else "")
+
+    def headers(self, *, with_body: bool) -> dict[str, str]:
+        headers = {"Authorization": jira_auth_header(self.user, self.token),
+                   "Accept": "application/json", "User-Agent": "orchestrate"}
+        if with_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def url(self, what: str) -> str:
+        from urllib.parse import quote
+
+        return f"{self.api.base}/issue/{quote(self.issue, safe='')}/{what}"
+
+
+@register_runner
+class JiraRunner(Runner):
+    """Comment on a Jira issue and optionally transition it (Cloud or Server/DC)."""
+
+    type_name = "jira"
+    keys = {
+        "jira_url": KeySpec((str,), required=True),
+        "user": KeySpec((str,)),
+        "token": KeySpec((str,), required=True),
+        "issue": KeySpec((str,), required=True),
+        "comment": KeySpec((str,), required=True),
+        "transition": KeySpec((str, dict)),
+        "connect_timeout": KeySpec((int, float)),
+        "read_timeout": KeySpec((int, float)),
+    }
+
+    # -- definition time ------------------------------------------------------------
+
+    def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
+        config = step.config
+
+        shown = f"{workflow_path.parent.name}/{workflow_path.name}"
+
+        def bad(key: str, why: str) -> DefinitionError:
+            return DefinitionError(f"{shown}: {step.label}: key {key!r}: {why}")
+
+        try:
+            jira_api(config["jira_url"])
+        except ValueError as exc:
+            raise bad("jira_url", str(exc)) from None
+        try:
+            check_jira_issue_key(config["issue"])
+        except ValueError as exc:
+            raise bad("issue", str(exc)) from None
+        if not config["comment"].strip():
+            raise bad("comment", "is empty (Jira rejects an empty comment)")
+        try:
+            jira_template_fields(config["comment"])
+        except ValueError as exc:
+            raise bad("comment", str(exc)) from None
+        transition = config.get("transition")
+        if isinstance(transition, str) and not transition.strip():
+            raise bad("transition", "is empty (give a transition name such as 'Done')")
+        if isinstance(transition, dict):
+            unknown = [k for k in transition if k != "to_status_category"]
+            if unknown:
+                raise bad("transition", f"unknown key {unknown[0]!r}"
+                          + did_you_mean(unknown[0], ["to_status_category"]))
+            category = transition.get("to_status_category")
+            if not isinstance(category, str) or not category.strip():
+                raise bad("transition", 'expected {"to_status_category": "done"} '
+                          "(a status category key or name: new, indeterminate, done)")
+        for key in ("connect_timeout", "read_timeout"):
+            value = config.get(key)
+            if value is not None and (isinstance(value, bool) or value <= 0):
+                raise bad(key, f"must be a positive number of seconds, not {value!r}")
+
+    def plan(self, ctx: StepContext) -> JiraPlan:
+        """Resolve the step into the requests it makes (pure apart from ctx)."""
+        config = ctx.step.config
+        api = jira_api(config["jira_url"])
+        issue = check_jira_issue_key(config["issue"])
+        values = jira_template_values(ctx.workflow.name, ctx.run_id, ctx.previous, ctx.trigger)
+        token = config["token"]
+        user = config.get("user") or None
+        secrets = (token, jira_auth_header(user, token).split(" ", 1)[1])
+        text = _scrub(ctx.masker.mask(render_jira_comment(config["comment"], values)), secrets)
+        payload, truncated = jira_comment_payload(text, api.version)
+        # the step's own `timeout` bounds each wait too (the engine only times processes)
+        cap = ctx.step.timeout or float("inf")
+        return JiraPlan(api=api, issue=issue, user=user, token=token, comment_text=text,
+                        comment_payload=payload, truncated=truncated,
+                        transition=config.get("transition"),
+                        connect_timeout=min(cap, float(config.get("connect_timeout") or HTTP_CONNECT_TIMEOUT_S)),
+                        read_timeout=min(cap, float(config.get("read_timeout") or HTTP_READ_TIMEOUT_S)))
+
+    def preflight(self, ctx: StepContext) -> list[str]:
+        from urllib.parse import urlsplit
+
+        warnings: list[str] = []
+        if not ctx.step.config["token"]:
+            warnings.append(f"key 'token' is empty; set {_token_source(_jira_raw_value(ctx, 'token'))} "
+                            "before the step runs")
+        try:
+            api = jira_api(ctx.step.config["jira_url"])
+        except ValueError:
+            return warnings
+        host = urlsplit(api.site).hostname or ""
+        if api.site.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+            warnings.append("jira_url uses http://: the token would cross the network "
+                            "unencrypted; use https://")
+        return warnings
+
+    def describe(self, ctx: StepContext) -> list[str]:
+        plan = self.plan(ctx)
+        scheme = "Basic" if plan.user else "Bearer"
+        who = f" (user {plan.user})" if plan.user else " (personal access token)"
+        auth = f"Authorization: {scheme} ***{who}"
+        def say(text: str) -> str:
+            return _scrub(ctx.masker.mask(text), plan.secrets)
+
+        lines = [f"POST {plan.url('comment')}", f"  {auth}",
+                 f"  body: {json.dumps(plan.comment_payload, ensure_ascii=False)}"]
+        if plan.truncated:
+            lines.append(f"  (comment truncated to Jira's {JIRA_COMMENT_LIMIT} characters)")
+        if plan.transition is not None:
+            if isinstance(plan.transition, str):
+                chosen = f"the transition named {plan.transition!r}"
+            else:
+                chosen = f"a transition to category {plan.transition['to_status_category']!r}"
+            lines += [f"GET {plan.url('transitions')}", f"  {auth}",
+                      f"POST {plan.url('transitions')}", f"  {auth}",
+                      f'  body: {{"transition": {{"id": <id of {chosen}, looked up at run time>}}}}']
+        return [say(line) for line in lines]
+
+    # -- run time -------------------------------------------------------------------
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        try:
+            plan = self.plan(ctx)
+        except ValueError as exc:  # checked at load time too; here before any request
+            raise StepFailure(f"{ctx.step.label}: {exc}") from None
+        def say(text: str) -> str:
+            return _scrub(ctx.masker.mask(text), plan.secrets)
+
+        raw_token = _jira_raw_value(ctx, "token")
+        if not plan.token:
+            raise StepFailure(f"key 'token' is empty: set {_token_source(raw_token)} (for Jira Cloud "
+                              "an API token, for Server/Data Center a personal access token)")
+        if token_is_literal(raw_token):
+            ctx.emit(say(f"warning: {ctx.step.label}: the Jira token is written in "
+                         f"{ctx.workflow.path.name}; use \"token\": \"${{JIRA_TOKEN}}\" "
+                         "and keep it out of the repository"))
+        extra: dict[str, Any] = {"jira_issue": plan.issue, "comment_id": None, "transition": None}
+
+        def fail(message: str) -> StepResult:
+            return StepResult(status="failed", message=say(message), extra=extra)
+
+        def call(method: str, what: str, body: Any, action: str) -> HttpResponse | str:
+            def on_retry(attempt: int, reason: str, delay: float) -> None:
+                ctx.emit(say(f"jira: {method} {plan.url(what)}: {reason}; retrying in "
+                             f"{delay:g}s (attempt {attempt + 1} of {HTTP_ATTEMPTS})"))
+            if ctx.options.debug and ctx.debug_write is not None:
+                ctx.debug_write(say(f"+ {method} {plan.url(what)}"))
+            try:
+                resp = http_request(method, plan.url(what),
+                                    headers=plan.headers(with_body=body is not None),
+                                    json_body=body, connect_timeout=plan.connect_timeout,
+                                    read_timeout=plan.read_timeout, on_retry=on_retry,
+                                    sleep=lambda seconds: _http_sleep(seconds, ctx.guard))
+            except HttpTransportError as exc:
+                return f"cannot {action} on {plan.issue}: {exc}"
+            if not 200 <= resp.status < 300:
+                return jira_error_message(resp, action=action, issue=plan.issue,
+                                          user=plan.user, site=plan.api.site,
+                                          token_source=_token_source(raw_token))
+            return resp
+
+        if plan.truncated:
+            ctx.emit(f"jira: comment longer than {JIRA_COMMENT_LIMIT} characters, truncated")
+        resp = call("POST", "comment", plan.comment_payload, "comment")
+        if isinstance(resp, str):
+            return fail(resp)
+        try:
+            extra["comment_id"] = str(resp.json()["id"])
+        except (ValueError, KeyError, TypeError):
+            # A 2xx without Jira's JSON is a login page or proxy, not Jira.
+            detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
+            return fail(f"{resp.url} answered {resp.status} without a Jira comment "
+                        f"({detail}) — is jira_url the Jira REST API?")
+        ctx.emit(say(f"jira: commented on {plan.issue} (comment {extra['comment_id']})"))
+        message = f"commented on {plan.issue}"
+
+        if plan.transition is not None:
+            listing = call("GET", "transitions", None, "read transitions")
+            if isinstance(listing, str):
+                return fail(f"{message}, but {listing}")
+            try:
+                transitions = listing.json()["transitions"]
+                if not isinstance(transitions, list):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                detail = summarize_http_body(listing.text, listing.headers.get("content-type", ""))
+                return fail(f"{message}, but GET transitions answered without a list ({detail})")
+            try:
+                chosen = select_jira_transition(transitions, plan.transition, plan.issue)
+            except ValueError as exc:
+                return fail(f"{message}, but {exc}")
+            done = call("POST", "transitions", {"transition": {"id": str(chosen.get("id"))}},
+                        "transition")
+            if isinstance(done, str):
+                return fail(f"{message}, but {done}")
+            target = (chosen.get("to") or {}).get("name")
+            extra["transition"] = chosen.get("name")
+            message += f", moved by {chosen.get('name')!r}" + (f" to {target!r}" if target else "")
+            ctx.emit(say(f"jira: {message}"))
+        return StepResult(status="passed", message=say(message), extra=extra)
+
+
+def _jira_raw_value(ctx: StepContext, key: str) -> Any:
+    """The value of `key` as written in the workflow file, before ${VAR} interpolation
+    (Step keeps only interpolated values): says whether a token is literal and which
+    variable to blame when Jira refuses it."""
+    try:
+        data = parse_json_file(ctx.workflow.path, ctx.workflow.display_path)
+        return data["steps"][ctx.step.index].get(key)
+    except (OrchestrateError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+# --- cypress: end-to-end suites ---
+#
+# orchestrate expands the spec glob itself and hands Cypress an explicit, comma-joined list
+# of files: Cypress splits its own --spec value on commas, so a glob such as
+# "**/*.cy.{js,ts}" would reach it in pieces. Results are read from the JUnit files Cypress
+# writes, never from its exit code alone: that code is the number of failed tests modulo
+# 256, so 256 failures exit 0.
+
+CYPRESS_DEFAULT_FOLDER = "cypress/e2e"
+CYPRESS_DEFAULT_SPEC = "**/*.cy.{js,jsx,ts,tsx}"
+CYPRESS_INSTALL_HINT = 'run "npm ci" (or "npm install cypress --save-dev") in {project}'
+CYPRESS_FAILED_NAMES_MAX = 100  # names kept in the run record; the JUnit report has all
+CYPRESS_HISTORY_RUNS = 50  # earlier runs read for spec durations when sharding
+# (cypress config key, default folder, name under runs/<id>/artifacts/<step>/)
+CYPRESS_ARTIFACT_DIRS = (
+    ("screenshotsFolder", "cypress/screenshots", "screenshots"),
+    ("videosFolder", "cypress/videos", "videos"),
+)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand shell braces: "a.{js,ts}" -> ["a.js", "a.ts"], nested groups included.
+
+    Like bash, a group without a top-level comma ("{x}") or without its closing brace
+    stays literal. Duplicates are dropped, first occurrence kept.
+    """
+    import itertools
+
+    search_from = 0
+    while True:
+        start = pattern.find("{", search_from)
+        if start < 0:
+            return [pattern]
+        depth, commas, end = 0, [], -1
+        for pos in range(start, len(pattern)):
+            char = pattern[pos]
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    end = pos
+                    break
+            elif char == "," and depth == 1:
+                commas.append(pos)
+        if end < 0 or not commas:
+            search_from = start + 1
+            continue
+        prefix, suffix = pattern[:start], pattern[end + 1 :]
+        bounds = [start, *commas, end]
+        expanded: list[str] = []
+        for left, right in itertools.pairwise(bounds):
+            for item in expand_braces(prefix + pattern[left + 1 : right] + suffix):
+                if item not in expanded:
+                    expanded.append(item)
+        return expanded
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile one brace-free glob to a regex over POSIX relative paths.
+
+    `*` and `?` stay inside one path segment, `[...]`/`[!...]` are character classes,
+    `**/` is any number of directories (none included) and a final `**` is anything.
+    """
+    out: list[str] = []
+    pos, size = 0, len(pattern)
+    while pos < size:
+        char = pattern[pos]
+        if pattern.startswith("**", pos) and (pos == 0 or pattern[pos - 1] == "/"):
+            after = pos + 2
+            if pattern.startswith("/", after):
+                out.append("(?:[^/]+/)*")
+                pos = after + 1
+                continue
+            if after == size:
+                out.append(".*")
+                pos = after
+                continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            close = pos + 1
+            if close < size and pattern[close] in "!^":
+                close += 1
+            if close < size and pattern[close] == "]":
+                close += 1
+            close = pattern.find("]", close)
+            if close < 0:
+                out.append(re.escape(char))
+            else:
+                body = pattern[pos + 1 : close].replace("\\", "\\\\")
+                if body[:1] in ("!", "^"):
+                    out.append(f"[^/{body[1:]}]")
+                else:
+                    out.append(f"[{body}]")
+                pos = close
+        else:
+            out.append(re.escape(char))
+        pos += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
+    """Spec files under `project/folder` whose folder-relative path matches `spec`.
+
+    Returns POSIX paths relative to the project, sorted, so every machine builds the
+    same list. node_modules and dot-folders and dot-files are never searched, as in
+    Cypress's own spec finder.
+    """
+    base = project / folder
+    if not base.is_dir():
+        return []
+    patterns = [glob_regex(p) for p in expand_braces(spec.strip().removeprefix("./"))]
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if d != "node_modules" and not d.startswith(".")]
+        for filename in filenames:
+            if filename.startswith("."):
+                continue
+            path = os.path.join(dirpath, filename)
+            in_folder = os.path.relpath(path, base).replace(os.sep, "/")
+            if any(p.match(in_folder) for p in patterns):
+                found.append(os.path.relpath(path, project).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def resolve_cypress_project(value: str, modules: dict[str, str]) -> str:
+    """The project folder (relative to the root) for a step's `project` value.
+
+    A value with a '/' (or "." itself) is a folder; any other is a short name from
+    `cypress_modules` in orchestrate.json. Raises ValueError naming the known names.
+    """
+    if "/" in value or value in (".", ".."):
+        return value
+    if value in modules:
+        return modules[value]
+    if modules:
+        known = "known: " + ", ".join(sorted(modules))
+    else:
+        known = "orchestrate.json defines no cypress_modules"
+    raise ValueError(
+        f"{value!r} is not a cypress_modules short name ({known})"
+        f"{did_you_mean(value, modules)}; write a folder with a '/', e.g. './{value}'"
+    )
+
+
+def _cypress_option_value(values: dict[str, Any]) -> str:
+    """--env/--config value: "k=v,k2=v2", or JSON when a value would not survive that.
+
+    Cypress splits the k=v form on commas and reads a JSON object whole, so values with
+    a comma, lists and objects go as JSON (both forms are documented by Cypress).
+    """
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    scalar = all(isinstance(v, (str, int, float)) for v in values.values())
+    if scalar and not any("," in k or "," in text(v) for k, v in values.items()):
+        return ",".join(f"{k}={text(v)}" for k, v in values.items())
+    return json.dumps(dict(values), separators=(",", ":"))
+
+
+def cypress_argv(
+    project: Path,
+    specs: Sequence[str],
+    report_dir: Path,
+    *,
+    browser: str | None = None,
+    headed: bool = False,
+    env: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+) -> list[str]:
+    """The command that runs the project's own Cypress on exactly `specs`."""
+    argv = [
+        str(project / "node_modules" / ".bin" / "cypress"),
+        "run",
+        "--project",
+        str(project),
+        "--spec",
+        ",".join(specs),
+        "--reporter",
+        "junit",
+        "--reporter-options",
+        # [hash] is mocha-junit-reporter's: one file per spec, none overwritten.
+        f"mochaFile={report_dir / 'results-[hash].xml'}",
+    ]
+    if browser:
+        argv += ["--browser", browser]
+    if headed:
+        argv.append("--headed")
+    if env:
+        argv += ["--env", _cypress_option_value(env)]
+    if config:
+        argv += ["--config", _cypress_option_value(config)]
+    return argv
+
+
+@dataclass
+class CypressTest:
+    """One test case from a Cypress JUnit file."""
+
+    spec: str
+    suite: str  # describe() titles, outermost first, space-joined as mocha does
+    title: str
+    time: float
+    status: str  # "passed" | "failed" | "skipped"
+    message: str = ""
+    text: str = ""
+
+    @property
+    def display_name(self) -> str:
+        """`spec › suite › test`, how the record and messages name a test."""
+        return " › ".join(part for part in (self.spec, self.suite, self.title) if part)
+
+
+@dataclass
+class CypressReport:
+    """One JUnit file: Cypress writes one per spec."""
+
+    spec: str
+    time: float
+    tests: list[CypressTest]
+
+
+def _valid_seconds(value: Any) -> bool:
+    """A usable duration: a finite, non-negative JSON number (true/false are not numbers)."""
+    import math
+
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
+def _seconds(value: str | None) -> float:
+    """A JUnit time attribute as seconds; 0 where it is missing or not a duration."""
+    try:
+        seconds = float((value or "0").replace(",", ""))
+    except ValueError:
+        return 0.0
+    return seconds if _valid_seconds(seconds) else 0.0
+
+
+def parse_cypress_junit(data: bytes | str, fallback_spec: str = "") -> CypressReport:
+    """Parse a mocha-junit-reporter file as Cypress writes it.
+
+    Shape (one file per spec): <testsuites name="Mocha Tests" time tests failures>, a
+    first <testsuite name="Root Suite" file="cypress/e2e/x.cy.js">, then one <testsuite>
+    per describe() whose <testcase name="<suite titles> <test title>" classname="<test
+    title>"> holds <failure message type> or <skipped/>. Counts come from the test cases,
+    not from the summary attributes. Raises ET.ParseError on a torn or foreign file.
+    """
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(data)
+    suites = list(root.iter("testsuite"))
+    spec = next((s.get("file", "") for s in suites if s.get("file")), "") or fallback_spec
+    spec = spec.replace("\\", "/").removeprefix("./")
+    tests: list[CypressTest] = []
+    for suite in suites:
+        suite_name = suite.get("name", "")
+        for case in suite.findall("testcase"):
+            full = case.get("name", "")
+            title = case.get("classname") or full
+            if full.endswith(" " + title):
+                suite_title = full[: -len(title) - 1]
+            else:
+                suite_title = "" if suite_name == "Root Suite" else suite_name
+            problem = case.find("failure")
+            if problem is None:
+                problem = case.find("error")
+            if problem is not None:
+                status = "failed"
+                message = problem.get("message", "")
+                text = problem.text or ""
+            elif case.find("skipped") is not None:
+                status, message, text = "skipped", "", ""
+            else:
+                status, message, text = "passed", "", ""
+            tests.append(
+                CypressTest(spec, suite_title, title, _seconds(case.get("time")), status, message, text)
+            )
+    if root.tag == "testsuites" and root.get("time"):
+        time = _seconds(root.get("time"))
+    else:
+        time = sum(t.time for t in tests)
+    return CypressReport(spec=spec, time=round(time, 3), tests=tests)
+
+
+def read_cypress_reports(report_dir: Path) -> tuple[list[CypressReport], list[str]]:
+    """Every JUnit file in `report_dir` (sorted), and one problem line per unreadable one."""
+    import xml.etree.ElementTree as ET
+
+    reports: list[CypressReport] = []
+    problems: list[str] = []
+    if not report_dir.is_dir():
+        return reports, problems
+    for path in sorted(report_dir.glob("*.xml")):
+        try:
+            reports.append(parse_cypress_junit(path.read_bytes()))
+        except (ET.ParseError, OSError) as exc:
+            problems.append(f"unreadable JUnit file {path.name} ({exc})")
+    reports.sort(key=lambda report: report.spec)  # file names are content hashes: order by spec
+    return reports, problems
+
+
+def plan_shards(
+    specs: Iterable[str], shard_count: int, durations: dict[str, float] | None = None
+) -> list[list[str]]:
+    """Split `specs` into `shard_count` lists: deterministic and duration-balanced.
+
+    Greedy longest-processing-time: specs from longest to shortest (ties by name), each
+    to the shard with the least time so far (ties: fewer specs, then lower number). So
+    the busiest shard gets at most the ideal share plus the longest single spec. A spec
+    with no recorded duration counts as the mean of the recorded ones; with none
+    recorded every spec weighs the same and the split is even by count. The result
+    depends only on the arguments: every machine of a CI matrix computes the same plan
+    from the same spec list and history.
+    """
+    if shard_count < 1:
+        raise ValueError(f"shard count must be at least 1, got {shard_count}")
+    unique = sorted(set(specs))
+    durations = durations or {}
+    # rounded to ms: no float noise between hosts
+    known = {s: round(float(durations[s]), 3) for s in unique if _valid_seconds(durations.get(s))}
+    default = round(sum(known.values()) / len(known), 3) if known else 1.0
+    weight = {spec: known.get(spec, default) for spec in unique}
+    shards: list[list[str]] = [[] for _ in range(shard_count)]
+    loads = [0.0] * shard_count
+    for spec in sorted(unique, key=lambda s: (-weight[s], s)):
+        target = min(range(shard_count), key=lambda i: (loads[i], len(shards[i]), i))
+        shards[target].append(spec)
+        loads[target] += weight[spec]
+    return [sorted(shard) for shard in shards]
+
+
+def shard_specs(
+    specs: Sequence[str],
+    shard_index: int,
+    shard_count: int,
+    durations: dict[str, float] | None = None,
+) -> list[str]:
+    """The specs of shard `shard_index` (1-based, as in `--shard 2/3`) of `shard_count`."""
+    if not 1 <= shard_index <= shard_count:
+        raise ValueError(f"shard {shard_index}/{shard_count}: need 1 <= I <= N")
+    return plan_shards(specs, shard_count, durations)[shard_index - 1]
+
+
+def spec_durations_from_records(
+    records: Iterable[dict[str, Any]], step_name: str, workflow: str | None = None
+) -> dict[str, float]:
+    """Per-spec seconds from earlier run records' `spec_durations`, newest first wins.
+
+    `records` must come newest first (as RunStore.list returns them); only entries of
+    the step `step_name` (of `workflow`, when given) count.
+    """
+    durations: dict[str, float] = {}
+    for record in records:
+        if workflow is not None and record.get("workflow") != workflow:
+            continue
+        for entry in record.get("log") or ():
+            if not isinstance(entry, dict) or entry.get("step") != step_name:
+                continue
+            recorded = entry.get("spec_durations")
+            if not isinstance(recorded, dict):
+                continue
+            for spec, seconds in recorded.items():
+                if spec not in durations and _valid_seconds(seconds):
+                    durations[spec] = float(seconds)
+    return durations
+
+
+def _artifact_snapshot(folders: Iterable[Path]) -> dict[Path, tuple[int, int]]:
+    snapshot: dict[Path, tuple[int, int]] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for path in folder.rglob("*"):
+                if path.is_file():
+                    stat = path.stat()
+                    snapshot[path] = (stat.st_mtime_ns, stat.st_size)
+    return snapshot
+
+
+def _cypress_artifact_folders(project: Path, config: dict[str, Any]) -> list[tuple[str, Path]]:
+    folders = []
+    for key, default, label in CYPRESS_ARTIFACT_DIRS:
+        value = config.get(key)
+        folders.append((label, project / (value if isinstance(value, str) and value else default)))
+    return folders
+
+
+def collect_cypress_artifacts(
+    folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path
+) -> list[Path]:
+    """Copy the screenshots and videos that are new or changed since `before` to `dest`.
+
+    Cypress empties these folders before a run by default (trashAssetsBeforeRuns), so
+    what is there afterwards and differs from the snapshot is this run's.
+    """
+    import shutil
+
+    copied: list[Path] = []
+    after = _artifact_snapshot(folder for _, folder in folders)
+    for label, folder in folders:
+        for path in sorted(p for p in after if folder in p.parents):
+            if before.get(path) == after[path]:
+                continue
+            target = dest / label / path.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied.append(target)
+    return copied
+
+
+@register_runner
+class CypressRunner(Runner):
+    """Runs a Cypress project's own `cypress run` on an explicit list of spec files.
+
+    Passes only when Cypress exits 0 and its JUnit files record no failed test; every
+    test becomes a JUnit test case of the run's report. Under `--shard I/N` it runs the
+    duration-balanced share I of the spec files.
+    """
+
+    type_name = "cypress"
+    keys = {
+        "project": KeySpec((str,), required=True),
+        "folder": KeySpec((str,)),
+        "spec": KeySpec((str,)),
+        "browser": KeySpec((str,)),
+        # the common key: set in the step's environment like any step's, and passed to
+        # Cypress as --env (Cypress turns "true" and "3" back into a boolean and a number)
+        "env": KeySpec((dict,), item_type=str),
+        "config": KeySpec((dict,)),
+        "headed": KeySpec((bool,)),
+        "allow_empty": KeySpec((bool,)),
+    }
+
+    def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
+        where = f"{workflow_path.parent.name}/{workflow_path.name}: {step.label}"
+        try:
+            resolve_cypress_project(step.config["project"], settings.cypress_modules)
+        except ValueError as exc:
+            raise DefinitionError(f"{where}: key 'project': {exc}") from None
+        for key in ("folder", "spec"):
+            value = step.config.get(key)
+            if value is not None and (not value.strip() or os.path.isabs(value)):
+                raise DefinitionError(
+                    f"{where}: key '{key}': {value!r} must be a non-empty path inside the project"
+                )
+
+    # -- the parts shared by preflight, describe and execute --
+
+    def _project(self, ctx: StepContext) -> Path:
+        relative = resolve_cypress_project(ctx.step.config["project"], ctx.settings.cypress_modules)
+        return Path(os.path.abspath(ctx.root / relative))
+
+    @staticmethod
+    def _slug(ctx: StepContext) -> str:
+        """The step's folder name under runs/<run_id>/: its log file's name without .log."""
+        return step_log_name(ctx.step, len(ctx.workflow.steps)).removesuffix(".log")
+
+    def _report_dir(self, ctx: StepContext) -> Path:
+        return ctx.run_dir / "cypress" / self._slug(ctx)
+
+    def _install_problems(self, ctx: StepContext, project: Path) -> list[str]:
+        """What on disk keeps Cypress from starting, each with its fix."""
+        import shutil
+
+        shown = _display_path(project, ctx.root)
+        if not project.is_dir():
+            return [(f"Cypress project folder {shown} does not exist "
+                     "(check the step's 'project', or create it in an earlier step)")]
+        problems = []
+        if not (project / "package.json").is_file():
+            problems.append(
+                f"{shown} has no package.json: not a Node project "
+                '(run "npm init -y" and "npm install cypress --save-dev" there)'
+            )
+        if not (project / "node_modules" / ".bin" / "cypress").is_file():
+            problems.append(
+                f"Cypress is not installed in {shown}: " + CYPRESS_INSTALL_HINT.format(project=shown)
+            )
+        if shutil.which("node", path=ctx.env.get("PATH", os.defpath)) is None:
+            problems.append("node is not on PATH: install Node.js or add its bin folder to PATH")
+        return problems
+
+    _EMPTY_HINT = " (set 'folder' or 'spec', or \"allow_empty\": true to skip the step instead)"
+
+    def _specs(self, ctx: StepContext, project: Path) -> tuple[list[str], str]:
+        """All matching spec files, and what to say when there are none."""
+        folder = ctx.step.config.get("folder", CYPRESS_DEFAULT_FOLDER)
+        pattern = ctx.step.config.get("spec", CYPRESS_DEFAULT_SPEC)
+        specs = find_spec_files(project, folder, pattern)
+        return specs, f"no spec files match {pattern!r} in {_display_path(project / folder, ctx.root)}"
+
+    def _share(self, ctx: StepContext, specs: list[str]) -> list[str]:
+        """This shard's specs (all of them when not sharded)."""
+        if ctx.options.shard is None:
+            return specs
+        index, count = ctx.options.shard
+        return shard_specs(specs, index, count, self._recorded_durations(ctx))
+
+    def _recorded_durations(self, ctx: StepContext) -> dict[str, float]:
+        records = RunStore(ctx.runs_dir).list(workflow=ctx.workflow.name, limit=CYPRESS_HISTORY_RUNS)
+        return spec_durations_from_records(records, ctx.step.name, ctx.workflow.name)
+
+    def _argv(self, ctx: StepContext, project: Path, specs: Sequence[str]) -> list[str]:
+        config = ctx.step.config
+        return cypress_argv(
+            project,
+            specs,
+            self._report_dir(ctx),
+            browser=config.get("browser"),
+            headed=bool(config.get("headed")),
+            env=ctx.step.env,
+            config=config.get("config"),
+        )
+
+    # -- the Runner protocol --
+
+    def preflight(self, ctx: StepContext) -> list[str]:
+        project = self._project(ctx)
+        problems = self._install_problems(ctx, project)
+        if project.is_dir():
+            specs, empty = self._specs(ctx, project)
+            if not specs:
+                allowed = ctx.step.config.get("allow_empty")
+                problems.append(empty + (": the step will be skipped" if allowed else self._EMPTY_HINT))
+        return problems
+
+    def describe(self, ctx: StepContext) -> list[str]:
+        project = self._project(ctx)
+        specs, _ = self._specs(ctx, project)
+        share = self._share(ctx, specs)
+        command = shlex.join(self._argv(ctx, project, share or ["<no spec files>"]))
+        lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && {command}")]
+        if specs and ctx.options.shard is not None:  # (no specs: preflight warns)
+            index, count = ctx.options.shard
+            lines.append(f"shard {index}/{count}: {len(share)} of {len(specs)} spec files")
+        return lines
+
+    def execute(self, ctx: StepContext) -> StepResult:
+        import shutil
+
+        config = ctx.step.config
+        project = self._project(ctx)
+        problems = self._install_problems(ctx, project)
+        if problems:
+            raise StepFailure("; ".join(problems))
+        shard = "{}/{}".format(*ctx.options.shard) if ctx.options.shard else None
+        extra: dict[str, Any] = {
+            "tests": 0, "failures": 0, "failed_tests": [], "specs": [],
+            "spec_durations": {}, "artifacts": [], "shard": shard,
+        }
+        specs, empty = self._specs(ctx, project)
+        if not specs:
+            if config.get("allow_empty"):
+                return StepResult(status="skipped", message=empty, extra=extra)
+            raise StepFailure(empty + self._EMPTY_HINT)
+        share = self._share(ctx, specs)
+        extra["specs"] = share
+        if not share:  # only a shard can come out empty: N shards over fewer than N specs
+            count = ctx.options.shard[1] if ctx.options.shard else 1
+            message = f"shard {shard} has no spec files to run ({len(specs)} spec files over {count} shards)"
+            return StepResult(status="skipped", message=message, extra=extra)
+
+        report_dir = self._report_dir(ctx)
+        shutil.rmtree(report_dir, ignore_errors=True)  # a retry must not read the last attempt's files
+        report_dir.mkdir(parents=True)
+        folders = _cypress_artifact_folders(project, config.get("config") or {})
+        before = _artifact_snapshot(folder for _, folder in folders)
+        ctx.emit(f"cypress: {len(share)} of {len(specs)} spec files" + (f" (shard {shard})" if shard else ""))
+        process = ctx.run_process(self._argv(ctx, project, share), cwd=project)
+
+        artifacts = collect_cypress_artifacts(
+            folders, before, ctx.run_dir / "artifacts" / self._slug(ctx)
+        )
+        reports, unreadable = read_cypress_reports(report_dir)
+        tests = [test for report in reports for test in report.tests]
+        failed = [test for test in tests if test.status == "failed"]
+        extra.update(
+            tests=len(tests),
+            failures=len(failed),
+            failed_tests=[ctx.masker.mask(t.display_name) for t in failed[:CYPRESS_FAILED_NAMES_MAX]],
+            spec_durations={r.spec: r.time for r in reports if r.spec},
+            # the same form as the record's log_file: runs/<run_id>/artifacts/...
+            artifacts=[p.relative_to(ctx.runs_dir.parent).as_posix() for p in artifacts],
+        )
+        testcases = [
+            TestCase(
+                name=ctx.masker.mask(" › ".join(p for p in (t.suite, t.title) if p)),
+                classname=t.spec or "cypress",
+                time=t.time,
+                status=t.status,
+                message=ctx.masker.mask(t.message),
+                text=ctx.masker.mask(t.text),
+            )
+            for t in tests
+        ]
+
+        code = process.exit_code
+        # a timeout is reported by the engine, which keeps the tests counted so far
+        if failed:
+            names = ", ".join(t.display_name for t in failed[:3])
+            more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+            message = f"{len(failed)} of {len(tests)} Cypress tests failed: {names}{more}"
+        elif not reports and not unreadable:
+            message = (
+                f"Cypress exited {code} and wrote no JUnit report to "
+                f"{_display_path(report_dir, ctx.root)}: it stopped before running a spec "
+                "(see the step log)"
+            )
+        elif code != 0:
+            message = f"Cypress exited {code} although its JUnit reports record no failed test (see the step log)"
+        else:
+            message = ""
+        if unreadable:
+            message = "; ".join(filter(None, [message, *unreadable]))
+        status = "failed" if message else "passed"
+        if status == "passed":
+            message = f"{len(tests)} Cypress tests passed in {len(share)} spec files"
+        return StepResult(
+            status=status, message=ctx.masker.mask(message), exit_code=code, extra=extra, testcases=testcases
+        )
+
+
 # === 7. Engine ===
 
 
@@ -1773,6 +3161,7 @@ class RunOptions:
     push_remote: str | None = None
     push_url: str | None = None
     run_id: str | None = None
+    git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -1891,6 +3280,8 @@ def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore
 def _base_environment(options: RunOptions) -> dict[str, str]:
     env = dict(os.environ)
     env.update(options.variables)
+    for hook in ENV_HOOKS:
+        hook(env, options)
     return env
 
 
@@ -2146,6 +3537,12 @@ class Engine:
 # junit.xml is written. Built-in ones register themselves below their definitions.
 STEP_GATES: list[Callable[[Step, Engine, dict[str, Any]], str | None]] = []
 REPORT_HOOKS: list[Callable[[Engine, dict[str, Any]], None]] = []
+# An env hook edits the environment every step starts from (in place).
+ENV_HOOKS: list[Callable[[dict[str, str], RunOptions], None]] = []
+# A pre-run hook may end the run early with an exit code (a push with nothing to check); a
+# trigger hook adds to the record's trigger.
+PRE_RUN_HOOKS: list[Callable[[Any, Workflow, RunOptions], int | None]] = []
+TRIGGER_HOOKS: list[Callable[[dict[str, Any], Any, RunOptions], None]] = []
 
 
 def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
@@ -2417,10 +3814,604 @@ class Console:
 
 
 # === 9. Git and CI ===
+#
+# Everything orchestrate knows about git and CI systems: the pre-push hook's ref lines, the
+# files a push or a CI comparison changes, `when.changed` / `when.branch` gates,
+# ORCHESTRATE_SKIP, CI detection for the run's trigger, GitHub Actions / GitLab console
+# markup, and installing the pre-push hook.  The parsing, matching and rendering functions
+# are pure; only `run_git`, the `*_changes` functions, `git_info`, `read_github_event`,
+# `append_step_summary` and the hook install functions touch processes or files.
+#
+# Wired into the core through its seams: PRE_RUN_HOOKS (read the push, skip a run with nothing
+# to check), STEP_GATES (ORCHESTRATE_SKIP, when.changed, when.branch), ENV_HOOKS (step
+# environment), REPORT_HOOKS ($GITHUB_STEP_SUMMARY) and CI_OUTPUTS (console markup).
+
+GIT_TIMEOUT = 60.0  # seconds; a git call that takes longer is stuck (a lock, a dead NFS mount)
+
+# pre-commit's list (pre_commit/git.py no_git_env): variables git sets for a hook that would
+# point a nested git at the wrong repository (GIT_DIR, GIT_INDEX_FILE, GIT_WORK_TREE...) are
+# dropped; these configure transport or identity and are kept.
+_GIT_ENV_KEEP = frozenset({
+    "GIT_EXEC_PATH", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_NO_VERIFY",
+    "GIT_CONFIG_COUNT", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM",
+    "GIT_HTTP_PROXY_AUTHMETHOD", "GIT_ALLOW_PROTOCOL", "GIT_ASKPASS", "GIT_TERMINAL_PROMPT",
+    "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL",
+})
+_GIT_ENV_KEEP_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
+
+# githooks(5): all-zero object names mean "no object": 40 hex digits for SHA-1 repositories,
+# 64 for SHA-256 ones.
+_ZERO_OID_RE = re.compile(r"\A(?:0{40}|0{64})\Z")
+_OID_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+
+
+class GitError(OrchestrateError):
+    """git could not be run, or a git command failed where orchestrate needs its answer."""
+
+    exit_code = 3
+
+
+def strip_git_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the GIT_* variables a hook exports (GIT_DIR, GIT_INDEX_FILE, GIT_PREFIX...)."""
+    return {
+        key: value for key, value in env.items()
+        if not key.startswith("GIT_") or key in _GIT_ENV_KEEP
+        or key.startswith(_GIT_ENV_KEEP_PREFIXES)
+    }
+
+
+def run_git(args: Sequence[str], cwd: Path, *, check: bool = True,
+            env: Mapping[str, str] | None = None) -> str:
+    """Run `git ARGS` in `cwd` and return its stdout (utf-8, undecodable bytes escaped).
+
+    The one place orchestrate runs git: stdin is closed and prompts are off so it can never
+    wait for a user (a push from an IDE has nobody to answer), GIT_* hook variables are
+    removed so `cwd` decides the repository, and a hung git is ended after GIT_TIMEOUT.
+    """
+    import subprocess
+
+    child_env = strip_git_env(os.environ if env is None else env)
+    child_env["GIT_TERMINAL_PROMPT"] = "0"
+    child_env["GIT_OPTIONAL_LOCKS"] = "0"  # `git status` must not take index.lock during a push
+    argv = ["git", *args]
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=GIT_TIMEOUT, check=False)
+    except FileNotFoundError:
+        raise GitError("git: command not found; install git or put it on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise GitError(f"{shlex.join(argv)}: no answer after {GIT_TIMEOUT:.0f}s in {cwd}") from None
+    if check and proc.returncode != 0:
+        why = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise GitError(f"{shlex.join(argv)} failed in {cwd}: "
+                       f"{why[-1] if why else f'exit {proc.returncode}'}")
+    return proc.stdout.decode("utf-8", "surrogateescape")
+
+
+def _git_lines(args: Sequence[str], cwd: Path) -> list[str]:
+    """`run_git` for -z output: the NUL-separated items."""
+    return [item for item in run_git(args, cwd).split("\0") if item]
+
+
+# --- Push refs -------------------------------------------------------------------------------
+
+def is_zero_oid(oid: str) -> bool:
+    return bool(_ZERO_OID_RE.match(oid))
+
+
+@dataclass(frozen=True)
+class PushRef:
+    """One ref line git writes to a pre-push hook's stdin."""
+
+    local_ref: str
+    local_oid: str
+    remote_ref: str
+    remote_oid: str
+
+    @property
+    def is_deletion(self) -> bool:
+        return is_zero_oid(self.local_oid)
+
+    @property
+    def is_new(self) -> bool:
+        """The remote has no such ref yet (a new branch or tag)."""
+        return is_zero_oid(self.remote_oid)
+
+    @property
+    def is_tag(self) -> bool:
+        return self.remote_ref.startswith("refs/tags/")
+
+    @property
+    def branch(self) -> str | None:
+        """The remote branch name pushed to ("main" for refs/heads/main), None for others."""
+        prefix = "refs/heads/"
+        return self.remote_ref[len(prefix):] if self.remote_ref.startswith(prefix) else None
+
+    def as_dict(self) -> dict[str, str]:
+        return {"local_ref": self.local_ref, "local_oid": self.local_oid,
+                "remote_ref": self.remote_ref, "remote_oid": self.remote_oid}
+
+
+@dataclass(frozen=True)
+class PushInfo:
+    """What `git push` is about to send: the remote and every ref line."""
+
+    remote: str
+    url: str
+    refs: tuple[PushRef, ...]
+
+    @property
+    def updates(self) -> tuple[PushRef, ...]:
+        """Branch updates: what the workflow checks (no deletions, no tags)."""
+        return tuple(ref for ref in self.refs if not ref.is_deletion and not ref.is_tag)
+
+    @property
+    def branches(self) -> list[str]:
+        return [ref.branch for ref in self.updates if ref.branch]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"remote": self.remote, "url": self.url,
+                "refs": [ref.as_dict() for ref in self.refs]}
+
+
+def parse_push_refs(text: str, remote: str = "", url: str = "") -> PushInfo:
+    """Parse git's pre-push stdin: `<local ref> SP <local oid> SP <remote ref> SP <remote oid>`.
+
+    Blank lines are ignored. A malformed line is a UsageError naming it: it means orchestrate
+    was not started by git (or by a hook that mangled stdin), and guessing would let a push
+    through unchecked.
+    """
+    refs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 4 or not (_OID_RE.match(fields[1]) and _OID_RE.match(fields[3])):
+            raise UsageError(
+                f"--git-hook pre-push: stdin line {number} is not "
+                f"'<local ref> <local oid> <remote ref> <remote oid>': {line[:200]!r} "
+                "(git writes these lines; run the hook from git, or pass --from-ref/--to-ref)")
+        refs.append(PushRef(*fields))
+    return PushInfo(remote=remote, url=url, refs=tuple(refs))
+
+
+def push_skip_reason(push: PushInfo, has_new_commits: Callable[[PushRef], bool]) -> str | None:
+    """Why this push needs no workflow run at all, or None when it must be checked.
+
+    Skipped: nothing to push (git still runs the hook for "Everything up-to-date"), only
+    deletions, only tags, or branch updates whose commits all are on the remote already
+    (`git push origin main:copy`). `has_new_commits` answers the last question with git.
+    """
+    if not push.refs:
+        return "nothing to push (everything up to date)"
+    if all(ref.is_deletion for ref in push.refs):
+        names = ", ".join(ref.remote_ref for ref in push.refs)
+        return f"push only deletes {names}"
+    updates = push.updates
+    if not updates:
+        tags = ", ".join(ref.remote_ref.removeprefix("refs/tags/")
+                         for ref in push.refs if ref.is_tag and not ref.is_deletion)
+        return f"push only carries tags ({tags})"
+    if not any(has_new_commits(ref) for ref in updates):
+        return "push carries no new commits (every pushed commit is on the remote already)"
+    return None
+
+
+def _have_object(root: Path, oid: str) -> bool:
+    return bool(run_git(["cat-file", "-t", oid], root, check=False).strip())
+
+
+def _commits_not_on_remotes(root: Path, ref: PushRef) -> list[str]:
+    """The pushed commits the remote lacks, oldest first (what `git push` sends)."""
+    if not ref.is_new and _have_object(root, ref.remote_oid):
+        exclude = [f"^{ref.remote_oid}"]
+    else:
+        # a new branch, or a remote tip we have never fetched: commits on no remote ref
+        exclude = ["--not", "--remotes"]
+    return run_git(["rev-list", "--reverse", "--topo-order", ref.local_oid, *exclude],
+                   root).split()
+
+
+def push_has_new_commits(root: Path, ref: PushRef) -> bool:
+    return bool(_commits_not_on_remotes(root, ref))
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """What a run compares against, for `when.changed` and `when.branch`.
+
+    files is None when there is nothing to compare with (a terminal run without
+    --from-ref): `changed` gates then stay open rather than silently skipping work.
+    """
+
+    files: tuple[str, ...] | None = None
+    description: str = ""
+    branches: tuple[str, ...] = ()
+    from_ref: str = ""
+    to_ref: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"description": self.description, "from_ref": self.from_ref,
+                "to_ref": self.to_ref, "branches": list(self.branches),
+                "files": None if self.files is None else len(self.files)}
+
+
+def push_range(root: Path, ref: PushRef) -> tuple[str, str]:
+    """(from, to) object names for one pushed ref: from is "" when every commit is new."""
+    if not ref.is_new and _have_object(root, ref.remote_oid):
+        return ref.remote_oid, ref.local_oid
+    new = _commits_not_on_remotes(root, ref)
+    if not new:
+        return ref.local_oid, ref.local_oid
+    parent = run_git(["rev-parse", "--verify", "-q", f"{new[0]}^"], root, check=False).strip()
+    return parent, ref.local_oid
+
+
+def _changed_between(root: Path, from_oid: str, to_oid: str) -> list[str]:
+    if not from_oid:  # a root commit: every file of the tree is new
+        return _git_lines(["ls-tree", "-r", "--name-only", "-z", to_oid], root)
+    return _git_lines(["diff", "--name-only", "--no-renames", "-z", from_oid, to_oid], root)
+
+
+def push_changes(root: Path, push: PushInfo) -> ChangeSet:
+    """The files the pushed commits change: remote oid..local oid for an existing branch;
+    for a new branch, from the parent of its first commit not on any remote ref."""
+    files: set[str] = set()
+    first_from = first_to = ""
+    for index, ref in enumerate(push.updates):
+        from_oid, to_oid = push_range(root, ref)
+        if index == 0:
+            first_from, first_to = from_oid, to_oid
+        if from_oid != to_oid:
+            files.update(_changed_between(root, from_oid, to_oid))
+    names = ", ".join(ref.remote_ref.removeprefix("refs/heads/") for ref in push.updates)
+    return ChangeSet(files=tuple(sorted(files)), description=f"pushed to {push.remote or '?'}: {names}",
+                     branches=tuple(push.branches), from_ref=first_from, to_ref=first_to)
+
+
+def compare_changes(root: Path, from_ref: str, to_ref: str = "HEAD", *,
+                    branches: Sequence[str] = (), explicit: bool = True) -> ChangeSet:
+    """The files changed on `to_ref` since it left `from_ref` (`git diff from...to`, the
+    merge-base comparison a pull request shows).
+
+    An unknown ref given on the command line is a UsageError; one guessed from CI variables
+    (a shallow clone lacks the base) only opens the gates, with the reason kept.
+    """
+    try:
+        files = _git_lines(["diff", "--name-only", "--no-renames", "-z",
+                            f"{from_ref}...{to_ref}", "--"], root)
+    except GitError as exc:
+        hint = ("fetch the full history in CI (actions/checkout fetch-depth: 0, GitLab "
+                "GIT_DEPTH: 0)")
+        if explicit:
+            raise UsageError(f"--from-ref {from_ref} --to-ref {to_ref}: cannot compare: "
+                             f"{exc}; {hint}") from None
+        return ChangeSet(None, f"cannot compare {from_ref}...{to_ref} ({hint})",
+                         tuple(branches), from_ref, to_ref)
+    return ChangeSet(tuple(sorted(set(files))), f"{from_ref}...{to_ref}", tuple(branches),
+                     from_ref, to_ref)
+
+
+# --- Globs and gates -------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=512)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a path glob: `*` and `?` stay inside one folder, `**` crosses folders
+    (`src/**` is everything under src, `**/x` is x at any depth), `[abc]`/`[!abc]` classes."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1:end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def path_matches(path: str, pattern: str) -> bool:
+    """Whether a repository path matches a `when.changed` glob, gitignore-style:
+    a pattern without "/" matches a file name at any depth (`*.py`), one with "/" is
+    anchored at the repository root (`src/**`, `/setup.py`), a trailing "/" means the
+    whole folder (`docs/`)."""
+    pattern = pattern.strip()
+    if pattern.endswith("/"):
+        pattern += "**"
+    if pattern.startswith("/"):
+        pattern = pattern[1:]
+    elif "/" not in pattern:
+        pattern = "**/" + pattern
+    return bool(_glob_regex(pattern).match(path))
+
+
+def branch_matches(branch: str, pattern: str) -> bool:
+    """`main`, `release/*` (one level), `feature/**` (any depth)."""
+    return bool(_glob_regex(pattern.strip().removeprefix("refs/heads/")).match(branch))
+
+
+def _as_patterns(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [str(item) for item in value or ()]
+
+
+def gate_reason(when: Mapping[str, Any], changes: ChangeSet) -> str | None:
+    """Why `when.changed` / `when.branch` keep a step from running, or None when it runs."""
+    branch_patterns = _as_patterns(when.get("branch"))
+    if branch_patterns:
+        if not changes.branches:
+            return (f"when.branch {branch_patterns}: no branch (detached HEAD, or a push of "
+                    "no branch)")
+        if not any(branch_matches(branch, pattern)
+                   for branch in changes.branches for pattern in branch_patterns):
+            shown = ", ".join(repr(branch) for branch in changes.branches)
+            return f"when.branch {branch_patterns}: branch {shown} does not match"
+    changed_patterns = _as_patterns(when.get("changed"))
+    if changed_patterns and changes.files is not None and not any(
+            path_matches(path, pattern) for path in changes.files for pattern in changed_patterns):
+        return (f"when.changed {changed_patterns}: no changed file matches "
+                f"({len(changes.files)} changed, {changes.description})")
+    return None
+
+
+# --- ORCHESTRATE_SKIP ------------------------------------------------------------------------
+
+_SKIP_ALL = frozenset({"1", "true", "yes", "all", "*"})
+_SKIP_NONE = frozenset({"", "0", "false", "no"})
+
+
+def parse_skip_env(value: str | None) -> tuple[bool, list[str]]:
+    """ORCHESTRATE_SKIP: "1" (or true/yes/all) skips every step, "a,b c" skips the steps named
+    a and "b c" (names may hold spaces, so only commas separate them)."""
+    text = (value or "").strip()
+    if text.lower() in _SKIP_NONE:
+        return False, []
+    if text.lower() in _SKIP_ALL:
+        return True, []
+    return False, [name.strip() for name in text.split(",") if name.strip()]
+
+
+def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, str], list[str]]:
+    """Which steps ORCHESTRATE_SKIP skips ({name: reason}) and warnings to print.
+
+    A step with `"required": true` is never skipped this way (that is what required means:
+    a team's last line of defence). A name matching no step is a warning, not an error:
+    the variable may be set for several workflows at once.
+    """
+    skip_all, names = parse_skip_env(value)
+    skipped: dict[str, str] = {}
+    warnings: list[str] = []
+    by_name = {step.name: step for step in steps}
+    for name in names:
+        if name not in by_name:
+            warnings.append(f"ORCHESTRATE_SKIP: no step {name!r} in this workflow"
+                            f"{did_you_mean(name, by_name)}")
+    for step in steps:
+        if not (skip_all or step.name in names):
+            continue
+        if step.required:
+            warnings.append(f"ORCHESTRATE_SKIP: step {step.name!r} is required and runs anyway")
+        else:
+            skipped[step.name] = f"ORCHESTRATE_SKIP={value}"
+    return skipped, warnings
+
+
+# --- Git state and CI detection --------------------------------------------------------------
+
+def git_info(root: Path) -> dict[str, Any]:
+    """{"commit", "branch", "dirty"} of the checkout at `root` in one `git status` call;
+    {} outside a repository (orchestrate runs fine without git)."""
+    try:
+        out = run_git(["status", "--porcelain=v2", "--branch", "-z",
+                       "--untracked-files=no"], root, check=False)
+    except GitError:
+        return {}
+    commit = branch = None
+    dirty = False
+    seen_header = False
+    for item in out.split("\0"):
+        if item.startswith("# branch.oid "):
+            seen_header = True
+            oid = item[len("# branch.oid "):]
+            commit = None if oid == "(initial)" else oid
+        elif item.startswith("# branch.head "):
+            head = item[len("# branch.head "):]
+            branch = None if head == "(detached)" else head
+        elif item and not item.startswith("#"):
+            dirty = True
+    if not seen_header:
+        return {}
+    return {"commit": commit, "branch": branch, "dirty": dirty}
+
+
+def read_github_event(env: Mapping[str, str]) -> dict[str, Any]:
+    """The webhook payload GitHub Actions leaves at GITHUB_EVENT_PATH ({} if unreadable)."""
+    path = env.get("GITHUB_EVENT_PATH")
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def detect_ci(env: Mapping[str, str], event: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The CI system this run is in, from its documented variables, or None outside CI.
+
+    Returns {"provider", "job_url", "commit", "branch", "base"}: base is what `when.changed`
+    compares with (a pull request's base, a push's previous tip), "" when unknown.
+    """
+    if env.get("GITHUB_ACTIONS") == "true":
+        event = event or {}
+        job_url = ""
+        if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
+            server = env.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+            job_url = f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+        base = ""
+        pull = event.get("pull_request")
+        if isinstance(pull, dict) and isinstance(pull.get("base"), dict):
+            base = str(pull["base"].get("sha") or "")
+        elif env.get("GITHUB_BASE_REF"):
+            base = f"origin/{env['GITHUB_BASE_REF']}"
+        elif isinstance(event.get("before"), str) and not is_zero_oid(event["before"]):
+            base = event["before"]  # a push event: the branch tip before this push
+        return {"provider": "github", "job_url": job_url, "commit": env.get("GITHUB_SHA", ""),
+                "branch": env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", ""),
+                "base": base}
+    if env.get("GITLAB_CI"):
+        base = env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")
+        before = env.get("CI_COMMIT_BEFORE_SHA", "")
+        if not base and before and not is_zero_oid(before):
+            base = before
+        return {"provider": "gitlab", "job_url": env.get("CI_JOB_URL", ""),
+                "commit": env.get("CI_COMMIT_SHA", ""),
+                "branch": (env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
+                           or env.get("CI_COMMIT_BRANCH") or env.get("CI_COMMIT_REF_NAME", "")),
+                "base": base}
+    if env.get("JENKINS_URL") or env.get("JENKINS_HOME"):
+        branch = env.get("CHANGE_BRANCH") or env.get("BRANCH_NAME") or env.get("GIT_BRANCH", "")
+        target = env.get("CHANGE_TARGET", "")
+        return {"provider": "jenkins", "job_url": env.get("BUILD_URL", ""),
+                "commit": env.get("GIT_COMMIT", ""), "branch": branch.removeprefix("origin/"),
+                "base": f"origin/{target}" if target else ""}
+    if _truthy(env.get("CI")):
+        return {"provider": "generic", "job_url": "", "commit": "", "branch": "", "base": ""}
+    return None
+
+
+def make_trigger(git: Mapping[str, Any], ci: Mapping[str, Any] | None,
+                 push: PushInfo | None = None, hook: str | None = None) -> dict[str, Any]:
+    """The run record's "trigger": source (pre-push | ci | cli), provider, job_url, commit,
+    branch, the git state, and the push's ref lines when started by the hook."""
+    source = hook if hook else ("ci" if ci else "cli")
+    trigger: dict[str, Any] = {
+        "source": source,
+        "provider": ci["provider"] if ci else None,
+        "job_url": (ci or {}).get("job_url") or None,
+        "commit": (ci or {}).get("commit") or git.get("commit"),
+        "branch": (ci or {}).get("branch") or git.get("branch"),
+        "git": {"commit": git.get("commit"), "branch": git.get("branch"),
+                "dirty": git.get("dirty")},
+    }
+    if ci:
+        trigger["ci"] = dict(ci)
+    if push is not None:
+        trigger["push"] = push.as_dict()
+    return trigger
+
+
+def step_git_env(env: Mapping[str, str], changes: ChangeSet | None,
+                 push: PushInfo | None) -> dict[str, str]:
+    """A step's environment in hook or CI mode: git's hook variables removed (a step's own
+    `git` must see its cwd, not the pushing repository's index), no credential prompts,
+    and ORCHESTRATE_PUSH_REMOTE / ORCHESTRATE_FROM_REF / ORCHESTRATE_TO_REF set."""
+    out = strip_git_env(env)
+    out["GIT_TERMINAL_PROMPT"] = "0"
+    out["ORCHESTRATE_PUSH_REMOTE"] = push.remote if push else ""
+    out["ORCHESTRATE_FROM_REF"] = changes.from_ref if changes else ""
+    out["ORCHESTRATE_TO_REF"] = changes.to_ref if changes else ""
+    return out
+
+
+# --- GitHub Actions and GitLab console markup ------------------------------------------------
+
+def gha_escape_data(text: str) -> str:
+    """Escape a workflow command's message (actions/toolkit command.ts escapeData)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def gha_escape_property(text: str) -> str:
+    """Escape a workflow command's property value (escapeProperty: also ':' and ',')."""
+    return gha_escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def gha_group(title: str) -> str:
+    return f"::group::{gha_escape_data(title)}"
+
+
+def gha_endgroup() -> str:
+    return "::endgroup::"
+
+
+def new_stop_token() -> str:
+    """A token a step cannot guess, so its output cannot end the fence early."""
+    import secrets
+
+    return "orchestrate-" + secrets.token_hex(16)
+
+
+def gha_stop_commands(token: str) -> str:
+    """Until `gha_resume_commands(token)`, the runner treats `::...::` lines as plain text:
+    a step printing `::error::` or `::set-output` cannot forge annotations or outputs."""
+    return f"::stop-commands::{token}"
+
+
+def gha_resume_commands(token: str) -> str:
+    return f"::{token}::"
+
+
+def gha_mask_lines(values: Iterable[str]) -> list[str]:
+    """`::add-mask::` for every secret, line by line (the runner masks single lines)."""
+    lines = []
+    for value in sorted(set(values)):
+        for part in value.splitlines():
+            if part.strip():
+                lines.append(f"::add-mask::{gha_escape_data(part)}")
+    return lines
+
+
+def gha_error(title: str, message: str) -> str:
+    return f"::error title={gha_escape_property(title)}::{gha_escape_data(message)}"
+
+
+def gha_warning(title: str, message: str) -> str:
+    return f"::warning title={gha_escape_property(title)}::{gha_escape_data(message)}"
+
+
+_GITLAB_SECTION_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def gitlab_section_name(index: int, step_name: str) -> str:
+    return f"step_{index + 1}_" + _GITLAB_SECTION_RE.sub("_", step_name)[:60]
+
+
+def gitlab_section_start(name: str, header: str, when: float, collapsed: bool = False) -> str:
+    """GitLab's collapsible job-log section: ESC[0Ksection_start:TS:NAME\\r ESC[0K HEADER."""
+    option = "[collapsed=true]" if collapsed else ""
+    return f"\x1b[0Ksection_start:{int(when)}:{name}{option}\r\x1b[0K{header}"
+
+
+def gitlab_section_end(name: str, when: float) -> str:
+    return f"\x1b[0Ksection_end:{int(when)}:{name}\r\x1b[0K"
 
 
 class PlainCIOutput:
-    """Console decorations for a CI provider; plain output needs none."""
+    """Console decorations for a CI provider; plain output (Jenkins, a terminal) needs none.
+
+    The Console prints what these return: `run_started` before any step (GitHub masks must
+    come before a secret's first appearance), `step_started` before a step's header,
+    `fence_output` on every chunk of its output, `step_output_ended` after its last chunk,
+    `step_finished` after its status line.
+    """
 
     name = "none"
 
@@ -2440,93 +4431,532 @@ class PlainCIOutput:
         return []
 
 
-CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {}
+class GitHubCIOutput(PlainCIOutput):
+    """GitHub Actions: a log group per step, child output fenced with ::stop-commands:: (a
+    step printing `::error::` or `::set-output` cannot forge workflow commands), secrets
+    registered with ::add-mask::, an ::error annotation per failed step."""
+
+    name = "github"
+
+    def __init__(self) -> None:
+        self._token = ""
+
+    def run_started(self, masker: Masker) -> list[str]:
+        return gha_mask_lines(masker.secrets)
+
+    def step_started(self, step: Step) -> list[str]:
+        self._token = new_stop_token()
+        return [gha_group(f"{step.name} ({step.type})"), gha_stop_commands(self._token)]
+
+    def step_output_ended(self, step: Step) -> list[str]:
+        lines = [gha_resume_commands(self._token)] if self._token else []
+        self._token = ""
+        return lines + [gha_endgroup()]
+
+    def step_finished(self, step: Step, entry: dict[str, Any]) -> list[str]:
+        if entry.get("status") != "failed":
+            return []
+        message = str(entry.get("message") or "step failed")
+        if entry.get("allowed_failure"):
+            return [gha_warning(f"{step.name} failed (continue_on_error)", message)]
+        return [gha_error(f"{step.name} failed", message)]
 
 
-def detect_ci_provider(env: dict[str, str] | None = None) -> str | None:
-    env = os.environ if env is None else env
-    if env.get("GITHUB_ACTIONS") == "true":
-        return "github"
-    if env.get("GITLAB_CI"):
-        return "gitlab"
-    if env.get("JENKINS_URL") or env.get("JENKINS_HOME"):
-        return "jenkins"
-    if env.get("CI", "").lower() in ("true", "1", "yes"):
-        return "generic"
-    return None
+class GitLabCIOutput(PlainCIOutput):
+    """GitLab CI: a collapsible job-log section per step."""
+
+    name = "gitlab"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._section = ""
+
+    def step_started(self, step: Step) -> list[str]:
+        self._section = gitlab_section_name(step.index, step.name)
+        return [gitlab_section_start(self._section, f"{step.name} ({step.type})", self._clock())]
+
+    def step_output_ended(self, step: Step) -> list[str]:
+        if not self._section:
+            return []
+        line = gitlab_section_end(self._section, self._clock())
+        self._section = ""
+        return [line]
+
+
+CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {
+    "github": GitHubCIOutput, "gitlab": GitLabCIOutput}
+
+
+def detect_ci_provider(env: Mapping[str, str] | None = None) -> str | None:
+    ci = detect_ci(os.environ if env is None else env, {})
+    return ci["provider"] if ci else None
 
 
 def detect_ci_output() -> PlainCIOutput:
-    provider = detect_ci_provider()
-    factory = CI_OUTPUTS.get(provider or "")
+    factory = CI_OUTPUTS.get(detect_ci_provider() or "")
     return factory() if factory else PlainCIOutput()
 
 
-def run_git(args: list[str], cwd: Path, timeout: float = 10.0) -> str | None:
-    """The one way orchestrate asks git something: no stdin, never a prompt, None on failure."""
-    import subprocess
+# --- GitHub step summary ---------------------------------------------------------------------
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GIT_INDEX_FILE",)}  # a hook's index must not leak into our queries
-    env["GIT_TERMINAL_PROMPT"] = "0"
+def _epoch_ms(value: Any) -> int | None:
+    """Milliseconds since the epoch of a record timestamp ("2026-11-27T15:40:00.123Z")."""
+    from datetime import datetime
+
+    if not isinstance(value, str) or not value:
+        return None
     try:
-        done = subprocess.run(["git", *args], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
         return None
-    if done.returncode != 0:
+
+
+def _md_cell(text: Any, limit: int = 300) -> str:
+    """A Markdown table cell: one line, no pipe breaking the row, no HTML."""
+    value = " ".join(str(text or "").split())
+    if len(value) > limit:
+        value = value[:limit - 1] + "…"
+    return (value.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+            .replace(">", "&gt;"))
+
+
+def _failed_tests(entry: Mapping[str, Any]) -> list[str]:
+    names = []
+    for item in entry.get("failed_tests") or ():
+        if isinstance(item, Mapping):
+            names.append(str(item.get("name") or item.get("title") or item))
+        else:
+            names.append(str(item))
+    return names
+
+
+def _mermaid_label(text: str) -> str:
+    # ':' ends a gantt task label and '#'/';' start comments/statements in Mermaid
+    return re.sub(r"[:#;\n\r]+", " ", text).strip() or "step"
+
+
+def render_gantt(record: Mapping[str, Any]) -> str:
+    """A Mermaid `gantt` of the steps that ran, on a real clock (dateFormat x = epoch ms)."""
+    lines = ["```mermaid", "gantt",
+             f"    title {_mermaid_label(str(record.get('workflow', 'run')))}",
+             "    dateFormat x", "    axisFormat %M:%S", "    section steps"]
+    drawn = 0
+    for index, entry in enumerate(record.get("log") or ()):
+        start_ms = _epoch_ms(entry.get("started_at"))
+        if start_ms is None or entry.get("status") == "skipped":
+            continue
+        end_ms = _epoch_ms(entry.get("finished_at"))
+        if end_ms is None:
+            end_ms = start_ms + int(float(entry.get("duration_s") or 0) * 1000)
+        tag = {"passed": "done, ", "failed": "crit, ", "running": "active, "}.get(
+            str(entry.get("status")), "")
+        lines.append(f"    {_mermaid_label(str(entry.get('step', '')))} :{tag}s{index}, "
+                     f"{start_ms}, {max(end_ms, start_ms + 1)}")
+        drawn += 1
+    lines.append("```")
+    return "\n".join(lines) if drawn else ""
+
+
+def render_step_summary(record: Mapping[str, Any]) -> str:
+    """The Markdown appended to $GITHUB_STEP_SUMMARY: headline, table, gantt timeline."""
+    log = list(record.get("log") or ())
+    counts = {status: sum(1 for entry in log if entry.get("status") == status)
+              for status in ("passed", "failed", "skipped")}
+    trigger = record.get("trigger") or {}
+    head = (f"### orchestrate: {_md_cell(record.get('workflow'))} {record.get('status', '')}")
+    parts = [f"{counts['passed']} passed", f"{counts['failed']} failed",
+             f"{counts['skipped']} skipped"]
+    meta = ", ".join(parts) + f" · run `{record.get('run_id', '')}`"
+    if trigger.get("job_url"):
+        meta += f" · [job log]({trigger['job_url']})"
+    rows = ["| Step | Status | Time | Failed tests / reason |", "|---|---|---:|---|"]
+    for entry in log:
+        status = str(entry.get("status", ""))
+        shown = f"**{status}**" if status == "failed" else status
+        duration = entry.get("duration_s")
+        took = f"{float(duration):.1f}s" if isinstance(duration, (int, float)) and status != "skipped" else ""
+        failed = _failed_tests(entry)
+        detail = "; ".join(failed[:10]) + (f" (+{len(failed) - 10} more)" if len(failed) > 10 else "")
+        if not detail and status in ("failed", "skipped"):
+            detail = str(entry.get("message") or "")
+        rows.append(f"| {_md_cell(entry.get('step'))} | {shown} | {took} | {_md_cell(detail)} |")
+    sections = [head, "", meta, "", *rows, ""]
+    gantt = render_gantt(record)
+    if gantt:
+        sections += [gantt, ""]
+    return "\n".join(sections) + "\n"
+
+
+def append_step_summary(env: Mapping[str, str], record: Mapping[str, Any]) -> Path | None:
+    """Append the run's summary to $GITHUB_STEP_SUMMARY (under GitHub Actions only)."""
+    target = env.get("GITHUB_STEP_SUMMARY")
+    if env.get("GITHUB_ACTIONS") != "true" or not target:
         return None
-    return done.stdout.decode("utf-8", "replace").strip()
+    path = Path(target)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(render_step_summary(record))
+    return path
 
 
-def _inside_git(root: Path) -> bool:
-    for folder in (root, *root.resolve().parents):
-        if (folder / ".git").exists():
-            return True
-    return False
+# --- Hook installation -----------------------------------------------------------------------
+
+HOOK_ID = "orchestrate-hook-id: 5c1e0a8f3b7d4e2a"  # marks hooks orchestrate wrote; never change
+SUPPORTED_HOOKS = ("pre-push",)
+
+PRE_PUSH_HOOK = r'''#!/bin/sh
+# orchestrate pre-push hook: runs an orchestrate workflow before `git push` sends anything;
+# a failing workflow stops the push.
+# orchestrate-hook-id: 5c1e0a8f3b7d4e2a
+#
+# Install: orchestrate hook install     Remove: orchestrate hook uninstall
+# A hook that was here before is kept as pre-push.legacy and runs first.
+#
+#   skip this push:         git push --no-verify
+#   skip the workflow:      ORCHESTRATE_SKIP=1 git push   (steps marked "required" still run)
+#   skip some steps:        ORCHESTRATE_SKIP="lint,e2e tests" git push
+#   another workflow:       git config orchestrate.prePushWorkflow NAME
+#                           (or ORCHESTRATE_PRE_PUSH_WORKFLOW=NAME)
+#   orchestrate elsewhere:  ORCHESTRATE_BIN=/path/to/orchestrate
+#   not installed:          the push fails and says how to install it;
+#                           ORCHESTRATE_ALLOW_MISSING=1 lets it through
+#
+# git runs `pre-push <remote name> <remote url>` with one line per ref on stdin:
+#   <local ref> <local oid> <remote ref> <remote oid>
+# Plain POSIX sh, no python: it costs a few milliseconds before orchestrate starts.
+
+default_workflow=pre-push
+
+workflow=${ORCHESTRATE_PRE_PUSH_WORKFLOW:-}
+if [ -z "$workflow" ]; then
+    workflow=$(git config --get orchestrate.prePushWorkflow) || workflow=
+fi
+[ -n "$workflow" ] || workflow=$default_workflow
+
+# A hook that was here before orchestrate's: run it first, with the same arguments and stdin.
+legacy=$0.legacy
+if [ -f "$legacy" ] && [ -x "$legacy" ]; then
+    refs=$(cat)
+    if [ -n "$refs" ]; then
+        printf '%s\n' "$refs" | "$legacy" "$@" || exit
+    else
+        "$legacy" "$@" </dev/null || exit
+    fi
+else
+    legacy=
+fi
+
+# Find orchestrate: $ORCHESTRATE_BIN, then PATH, then pipx's default ~/.local/bin.
+bin=${ORCHESTRATE_BIN:-}
+if [ -n "$bin" ]; then
+    if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
+        echo "orchestrate pre-push: ORCHESTRATE_BIN=$bin is not an executable file" >&2
+        exit 1
+    fi
+else
+    saved_ifs=$IFS
+    IFS=:
+    set -f
+    # shellcheck disable=SC2086 # split PATH on ':' on purpose
+    for dir in $PATH; do
+        if [ -f "${dir:-.}/orchestrate" ] && [ -x "${dir:-.}/orchestrate" ]; then
+            bin=${dir:-.}/orchestrate
+            break
+        fi
+    done
+    set +f
+    IFS=$saved_ifs
+    if [ -z "$bin" ] && [ -x "${HOME:-/nonexistent}/.local/bin/orchestrate" ]; then
+        bin=$HOME/.local/bin/orchestrate
+    fi
+fi
+
+if [ -z "$bin" ]; then
+    if [ "${ORCHESTRATE_ALLOW_MISSING:-}" = 1 ] || [ "${ORCHESTRATE_SKIP:-}" = 1 ]; then
+        echo "orchestrate pre-push: orchestrate not found; push allowed (ORCHESTRATE_ALLOW_MISSING/ORCHESTRATE_SKIP)" >&2
+        exit 0
+    fi
+    echo "orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): install it with 'pipx install orchestrate', or skip this check with 'git push --no-verify'" >&2
+    exit 1
+fi
+
+if [ -n "$legacy" ]; then
+    printf '%s\n' "$refs" | "$bin" run "$workflow" --git-hook pre-push --push-remote "$1" --push-url "$2"
+    exit
+fi
+exec "$bin" run "$workflow" --git-hook pre-push --push-remote "$1" --push-url "$2"
+'''
 
 
-def git_info(root: Path) -> dict[str, Any]:
-    if not _inside_git(root):
-        return {}
-    head = run_git(["rev-parse", "HEAD", "--abbrev-ref", "HEAD"], root)
-    if not head:
-        return {}
-    commit, _, branch = head.partition("\n")
-    status = run_git(["status", "--porcelain", "--untracked-files=no"], root)
-    return {"commit": commit, "branch": None if branch == "HEAD" else branch,
-            "dirty": bool(status) if status is not None else None}
+def render_hook(hook: str = "pre-push", workflow: str | None = None) -> str:
+    """The hook script `hook install` writes; `workflow` replaces the default workflow name."""
+    if hook not in SUPPORTED_HOOKS:
+        raise UsageError(f"hook {hook!r}: orchestrate installs only "
+                         f"{', '.join(SUPPORTED_HOOKS)}{did_you_mean(hook, SUPPORTED_HOOKS)}")
+    text = PRE_PUSH_HOOK
+    if workflow:
+        check_workflow_name(workflow)
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", workflow):
+            raise UsageError(f"--workflow {workflow!r}: use letters, digits and . _ + - only "
+                             "in a hook's workflow name")
+        text = text.replace("\ndefault_workflow=pre-push\n", f"\ndefault_workflow={workflow}\n")
+    return text
 
 
-def ci_info(env: dict[str, str] | None = None) -> dict[str, Any]:
+def hooks_dir(repo_dir: Path) -> Path:
+    """The folder git really runs hooks from: `git rev-parse --git-path hooks` follows
+    core.hooksPath and, in a linked worktree, the main repository's common folder."""
+    try:
+        out = run_git(["rev-parse", "--git-path", "hooks"], repo_dir).strip()
+    except GitError as exc:
+        raise UsageError(f"{repo_dir}: not inside a git repository ({exc}); run "
+                         "`git init` first or pass --root") from None
+    path = Path(out)
+    return path if path.is_absolute() else (repo_dir / path).resolve()
+
+
+def is_our_hook(path: Path) -> bool:
+    try:
+        return HOOK_ID in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+def _hook_workflow(text: str) -> str:
+    match = re.search(r"^default_workflow=(\S+)$", text, re.MULTILINE)
+    return match.group(1) if match else "pre-push"
+
+
+def _write_executable(path: Path, text: str) -> None:
+    """Write a hook atomically (a push racing the install sees old or new, never half)."""
+    tmp = path.with_name(f".{path.name}.orchestrate-tmp")
+    tmp.write_text(text, encoding="utf-8", newline="\n")
+    tmp.chmod(0o755)
+    os.replace(tmp, path)
+
+
+@dataclass
+class HookChange:
+    path: Path
+    message: str
+    legacy: Path | None = None
+
+
+def install_hook(repo_dir: Path, hook: str = "pre-push", workflow: str | None = None,
+                 force: bool = False) -> HookChange:
+    """Install orchestrate's hook; a foreign hook is refused, or with force kept as
+    HOOK.legacy and run first (pre-commit's convention)."""
+    text = render_hook(hook, workflow)
+    folder = hooks_dir(repo_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / hook
+    legacy = folder / f"{hook}.legacy"
+    kept: Path | None = legacy if legacy.exists() else None
+    if (path.exists() or path.is_symlink()) and not is_our_hook(path):
+        if not force:
+            raise UsageError(
+                f"{path}: a {hook} hook orchestrate did not write is already there; "
+                f"rerun with --force to keep it as {legacy.name} and run it before "
+                "orchestrate, or move it away")
+        if legacy.exists() or legacy.is_symlink():
+            raise UsageError(f"{path}: both a foreign {hook} hook and {legacy.name} exist; "
+                             f"move one of them away, then rerun")
+        os.replace(path, legacy)
+        kept = legacy
+    _write_executable(path, text)
+    message = f"installed {hook} hook at {path} (workflow {_hook_workflow(text)!r})"
+    if kept:
+        message += f"; the previous hook is kept as {kept.name} and runs first"
+    return HookChange(path, message, kept)
+
+
+def uninstall_hook(repo_dir: Path, hook: str = "pre-push") -> HookChange:
+    """Remove orchestrate's hook (never a foreign one) and put HOOK.legacy back."""
+    if hook not in SUPPORTED_HOOKS:
+        render_hook(hook)  # raises the usage error
+    folder = hooks_dir(repo_dir)
+    path = folder / hook
+    legacy = folder / f"{hook}.legacy"
+    if not (path.exists() or path.is_symlink()):
+        return HookChange(path, f"no {hook} hook at {path}; nothing to remove")
+    if not is_our_hook(path):
+        raise UsageError(f"{path}: this {hook} hook was not written by orchestrate; "
+                         "left as it is (remove it yourself if you mean to)")
+    path.unlink()
+    if legacy.exists() or legacy.is_symlink():
+        os.replace(legacy, path)
+        return HookChange(path, f"removed orchestrate's {hook} hook; restored the previous "
+                          f"hook from {legacy.name}", path)
+    return HookChange(path, f"removed orchestrate's {hook} hook from {path}")
+
+
+def hook_status(repo_dir: Path, hook: str = "pre-push") -> dict[str, Any]:
+    """What git will run on push, as data: hooks folder, whether core.hooksPath moved it,
+    the hook's owner (orchestrate | foreign | none), its workflow and chained legacy hook."""
+    folder = hooks_dir(repo_dir)
+    path = folder / hook
+    legacy = folder / f"{hook}.legacy"
+    hooks_path = run_git(["config", "--get", "core.hooksPath"], repo_dir, check=False).strip()
+    configured = run_git(["config", "--get", "orchestrate.prePushWorkflow"], repo_dir,
+                         check=False).strip()
+    state = "none"
+    workflow = None
+    if path.exists():
+        state = "orchestrate" if is_our_hook(path) else "foreign"
+    executable = path.exists() and os.access(path, os.X_OK)
+    if state == "orchestrate":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        workflow = (os.environ.get("ORCHESTRATE_PRE_PUSH_WORKFLOW") or configured
+                    or _hook_workflow(text))
+    has_legacy = legacy.exists() and os.access(legacy, os.X_OK)
+    if state == "none":
+        summary = f"git runs no {hook} hook (none at {path}); install: orchestrate hook install"
+    elif not executable:
+        summary = f"git ignores {path}: it is not executable (chmod +x it)"
+    elif state == "foreign":
+        summary = (f"git runs {path}, a hook orchestrate did not write; "
+                   "orchestrate hook install --force keeps it and runs it first")
+    else:
+        summary = f"git runs {path}: orchestrate workflow {workflow!r}"
+        if has_legacy:
+            summary = f"git runs {path}: {legacy.name} first, then orchestrate workflow {workflow!r}"
+    return {"hook": hook, "hooks_dir": str(folder), "core_hooks_path": hooks_path or None,
+            "path": str(path), "state": state, "executable": executable,
+            "workflow": workflow, "legacy": str(legacy) if has_legacy else None,
+            "summary": summary}
+
+
+# --- Wiring into a run -----------------------------------------------------------------------
+
+@dataclass
+class GitState:
+    """What this section learns before a run starts; the engine carries it as RunOptions.git."""
+
+    git: dict[str, Any] = field(default_factory=dict)
+    ci: dict[str, Any] | None = None
+    push: PushInfo | None = None
+    changes: ChangeSet | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # ORCHESTRATE_SKIP: step -> reason
+
+
+def _read_hook_stdin() -> str:
+    stream = sys.stdin
+    if stream is None:
+        return ""
+    if stream.isatty():
+        raise UsageError("--git-hook pre-push reads git's ref lines from stdin, which is a "
+                         "terminal here; let git run the hook (git push), or compare commits "
+                         "with --from-ref REF [--to-ref REF]")
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+    return data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+
+
+def _gated(workflow: Workflow) -> bool:
+    return any(step.when.get("changed") or step.when.get("branch") for step in workflow.steps)
+
+
+def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
+                      env: Mapping[str, str] | None = None,
+                      stdin_text: str | None = None) -> int | None:
+    """Before a run: read the push (hook mode), end a run with nothing to check (exit 0 and
+    one line why), plan ORCHESTRATE_SKIP, and find the changes `when.changed` compares.
+
+    The compared range, first found: the push's refs; --from-ref/--to-ref; pre-commit's
+    PRE_COMMIT_FROM_REF/PRE_COMMIT_TO_REF; the CI system's base (pull request base, previous
+    push tip). Without any, `when.changed` steps run (nothing says they may be skipped).
+    """
     env = os.environ if env is None else env
-    provider = detect_ci_provider(env)
-    if provider is None:
-        return {}
-    info: dict[str, Any] = {"provider": provider}
-    if provider == "github":
-        if env.get("GITHUB_SERVER_URL") and env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
-            info["job_url"] = f"{env['GITHUB_SERVER_URL']}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
-        info["commit"] = env.get("GITHUB_SHA")
-        info["branch"] = env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME")
-    elif provider == "gitlab":
-        info.update(job_url=env.get("CI_JOB_URL"), commit=env.get("CI_COMMIT_SHA"),
-                    branch=env.get("CI_COMMIT_REF_NAME"))
-    elif provider == "jenkins":
-        info.update(job_url=env.get("BUILD_URL"), commit=env.get("GIT_COMMIT"),
-                    branch=env.get("BRANCH_NAME") or env.get("GIT_BRANCH"))
-    return {k: v for k, v in info.items() if v}
+    root = paths.root
+    event = read_github_event(env) if env.get("GITHUB_ACTIONS") == "true" else {}
+    state = GitState(git=git_info(root), ci=detect_ci(env, event))
+    options.git = state
+    human = sys.stderr if options.json_output else sys.stdout
+    if options.git_hook == "pre-push":
+        text = _read_hook_stdin() if stdin_text is None else stdin_text
+        state.push = parse_push_refs(text, options.push_remote or "", options.push_url or "")
+        reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref))
+        if reason:
+            human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
+            human.flush()
+            return EXIT_OK
+    skip_value = env.get("ORCHESTRATE_SKIP")
+    state.skipped, warnings = skip_env_plan(skip_value, workflow.steps)
+    for warning in warnings:
+        sys.stderr.write(f"orchestrate: warning: {warning}\n")
+    if state.skipped:
+        human.write(f"orchestrate: ORCHESTRATE_SKIP={skip_value}: skipping "
+                    f"{', '.join(state.skipped)}\n")
+    branch = (state.ci or {}).get("branch") or state.git.get("branch")
+    branches = (branch,) if branch else ()
+    if state.push is not None:
+        state.changes = push_changes(root, state.push)
+    elif options.from_ref or options.to_ref:
+        if not options.from_ref:
+            raise UsageError("--to-ref needs --from-ref: the commit to compare with")
+        state.changes = compare_changes(root, options.from_ref, options.to_ref or "HEAD",
+                                        branches=branches)
+    elif env.get("PRE_COMMIT_FROM_REF") and env.get("PRE_COMMIT_TO_REF"):
+        state.changes = compare_changes(root, env["PRE_COMMIT_FROM_REF"],
+                                        env["PRE_COMMIT_TO_REF"], branches=branches,
+                                        explicit=False)
+    elif _gated(workflow):
+        base = (state.ci or {}).get("base")
+        state.changes = (compare_changes(root, base, "HEAD", branches=branches, explicit=False)
+                         if base else
+                         ChangeSet(None, "nothing to compare with (no push, no --from-ref)",
+                                   branches))
+    return None
+
+
+def git_gate(step: Step, engine: Engine, record: dict[str, Any]) -> str | None:
+    """STEP_GATES entry: ORCHESTRATE_SKIP, then `when.branch` and `when.changed`."""
+    state = engine.options.git
+    if not isinstance(state, GitState):
+        return None
+    if step.name in state.skipped:
+        return state.skipped[step.name]
+    if state.changes is None or not (step.when.get("changed") or step.when.get("branch")):
+        return None
+    return gate_reason(step.when, state.changes)
+
+
+def git_step_environment(env: dict[str, str], options: RunOptions) -> None:
+    """ENV_HOOKS entry: hook variables out, ORCHESTRATE_PUSH_REMOTE/FROM_REF/TO_REF in."""
+    state = options.git
+    if isinstance(state, GitState):
+        updated = step_git_env(env, state.changes, state.push)
+        env.clear()
+        env.update(updated)
+
+
+def github_step_summary(engine: Engine, record: dict[str, Any]) -> None:
+    """REPORT_HOOKS entry: the Markdown summary under GitHub Actions."""
+    try:
+        append_step_summary(os.environ, record)
+    except OSError as exc:
+        sys.stderr.write(f"orchestrate: warning: cannot append to $GITHUB_STEP_SUMMARY: "
+                         f"{exc.strerror or exc}\n")
 
 
 def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
-    ci = ci_info()
-    source = "pre-push" if options.git_hook else ("ci" if ci else "cli")
-    trigger: dict[str, Any] = {"source": source, "git": git_info(root)}
-    if ci:
-        trigger["ci"] = ci
+    """The run record's trigger for this run (see make_trigger)."""
+    state = options.git if isinstance(options.git, GitState) else None
+    if state is None:
+        env = os.environ
+        event = read_github_event(env) if env.get("GITHUB_ACTIONS") == "true" else {}
+        state = GitState(git=git_info(root), ci=detect_ci(env, event))
+    hook = options.git_hook or ("pre-push" if os.environ.get("PRE_COMMIT_FROM_REF") else None)
+    trigger = make_trigger(state.git, state.ci, state.push, hook)
+    if state.changes is not None:
+        trigger["compare"] = state.changes.as_dict()
     if options.shard:
         trigger["shard"] = "%d/%d" % options.shard
     return trigger
+
+
+PRE_RUN_HOOKS.append(prepare_git_state)
+STEP_GATES.append(git_gate)
+ENV_HOOKS.append(git_step_environment)
+REPORT_HOOKS.append(github_step_summary)
 
 
 # === 10. HTTP server ===
@@ -2676,10 +5106,7 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     return code
 
 
-# Seams for the git section: a pre-run hook may end the run early with an exit code (a push
-# with nothing to check); a trigger hook adds to the record's trigger.
-PRE_RUN_HOOKS: list[Callable[[Paths, Workflow, RunOptions], int | None]] = []
-TRIGGER_HOOKS: list[Callable[[dict[str, Any], Paths, RunOptions], None]] = []
+# PRE_RUN_HOOKS and TRIGGER_HOOKS: seams defined with the engine's (section 7).
 
 
 def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
@@ -2896,6 +5323,57 @@ def init(ctx: typer.Context) -> int:
     if not created:
         typer.echo("nothing to do: workflows/pre-push.json and runs/.gitignore exist")
     typer.echo("next: orchestrate run pre-push   then: orchestrate hook install")
+    return EXIT_OK
+
+
+hook_app = typer.Typer(name="hook", no_args_is_help=True, rich_markup_mode=None,
+                       help="Install, remove or inspect orchestrate's git pre-push hook.")
+app.add_typer(hook_app, name="hook")
+
+
+@hook_app.command("install")
+@_boundary
+def hook_install(
+    ctx: typer.Context,
+    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+    workflow: str = typer.Option(None, "--workflow", help="Workflow the hook runs (default: pre-push)."),
+    force: bool = typer.Option(False, "--force", help="Keep a foreign hook as HOOK.legacy and run it first."),
+) -> int:
+    """Install the hook into the folder git uses (core.hooksPath and worktrees respected)."""
+    change = install_hook(_paths(ctx).root, hook, workflow, force)
+    typer.echo(change.message)
+    typer.echo("skip it for one push with: git push --no-verify (or ORCHESTRATE_SKIP=1 git push)")
+    return EXIT_OK
+
+
+@hook_app.command("uninstall")
+@_boundary
+def hook_uninstall(
+    ctx: typer.Context,
+    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+) -> int:
+    """Remove orchestrate's hook (never a foreign one) and restore the hook it replaced."""
+    typer.echo(uninstall_hook(_paths(ctx).root, hook).message)
+    return EXIT_OK
+
+
+@hook_app.command("status")
+@_boundary
+def hook_status_command(
+    ctx: typer.Context,
+    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> int:
+    """Say what git will run on push: the hooks folder, the hook's owner and its workflow."""
+    if hook not in SUPPORTED_HOOKS:
+        render_hook(hook)  # the usage error with its suggestion
+    info = hook_status(_paths(ctx).root, hook)
+    if json_output:
+        typer.echo(json.dumps(info, indent=2))
+        return EXIT_OK
+    typer.echo(info["summary"])
+    typer.echo(f"  hooks folder: {info['hooks_dir']}"
+               + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else ""))
     return EXIT_OK
 
 

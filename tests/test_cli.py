@@ -100,7 +100,7 @@ def test_shipped_demo_runs_offline_and_reports(tmp_path: Path) -> None:
 
 
 def test_shipped_workflows_validate(tmp_path: Path) -> None:
-    result = subprocess.run([orchestrate_bin(), "--root", str(REPO), "validate", "demo"], capture_output=True,
+    result = subprocess.run([orchestrate_bin(), "--root", str(REPO), "validate"], capture_output=True,
                             text=True, timeout=60, env=_clean_env())
     assert result.returncode == 0, result.stderr
     assert "workflows/demo.json: ok (3 steps" in result.stdout

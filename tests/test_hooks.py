@@ -1,0 +1,748 @@
+"""The pre-push hook with real git: a work repository, a bare remote, `orchestrate hook install`
+and real `git push`es. The hook runs the installed `orchestrate` console script."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CI_VARIABLES, orchestrate_bin
+
+import orchestrate
+
+REPO = Path(__file__).resolve().parent.parent
+Z40 = "0" * 40
+Z64 = "0" * 64
+A = "a" * 40
+B = "b" * 40
+
+
+def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a developer's shell: no CI, no git hook variables, no
+    ORCHESTRATE_* left over, git configured only by a private global file."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GIT_", "ORCHESTRATE_", "PRE_COMMIT")) and k not in CI_VARIABLES}
+    env.update(HOME=str(tmp / "home"), GIT_CONFIG_GLOBAL=str(tmp / "gitconfig"),
+               GIT_CONFIG_NOSYSTEM="1",
+               PATH=f"{Path(orchestrate_bin()).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(extra)
+    return env
+
+
+class GitProject:
+    """A repository that is also an orchestrate project, with a bare remote `origin`."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        (tmp / "home").mkdir(exist_ok=True)
+        (tmp / "gitconfig").write_text("[user]\n\tname = Test\n\temail = test@example.com\n"
+                                       "[init]\n\tdefaultBranch = main\n"
+                                       "[advice]\n\tdetachedHead = false\n")
+        self.env = clean_env(tmp)
+        self.remote = tmp / "remote.git"
+        self.root = tmp / "work"
+        self.out = tmp / "out"
+        self.out.mkdir()
+        self.git_in(tmp, "init", "-q", "--bare", str(self.remote))
+        self.git_in(tmp, "init", "-q", str(self.root))
+        self.git("remote", "add", "origin", str(self.remote))
+        self.write("runs/.gitignore", "*\n!.gitignore\n")
+        self.write("src/app.py", "print('app')\n")
+        self.workflow([self.record_step("check")])
+        self.commit("initial")
+
+    # --- helpers ------------------------------------------------------------------------
+    def git_in(self, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(["git", *args], check=False, cwd=cwd, env=self.env, capture_output=True,
+                                text=True, stdin=subprocess.DEVNULL, timeout=120)
+        if check:
+            assert result.returncode == 0, f"git {args}: {result.stderr}"
+        return result
+
+    def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.git_in(self.root, *args, check=check)
+
+    def head(self, ref: str = "HEAD", cwd: Path | None = None) -> str:
+        return self.git_in(cwd or self.root, "rev-parse", ref).stdout.strip()
+
+    def push(self, *args: str, cwd: Path | None = None,
+             **env: str) -> subprocess.CompletedProcess[str]:
+        full = {**self.env, **env}
+        return subprocess.run(["git", "push", "origin", *args], check=False, cwd=cwd or self.root, env=full,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=180)
+
+    def remote_has(self, commit: str) -> bool:
+        return self.git_in(self.remote, "cat-file", "-e", f"{commit}^{{commit}}",
+                           check=False).returncode == 0
+
+    def write(self, relative: str, text: str) -> None:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def commit(self, message: str, **files: str) -> str:
+        for relative, text in files.items():
+            self.write(relative.replace("__", "/"), text)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+        return self.head()
+
+    def record_step(self, name: str, **extra: Any) -> dict[str, Any]:
+        """A step that appends its name and environment to out/, and fails when
+        out/fail-<name> exists."""
+        script = (f'echo "{name}" >> "{self.out}/order"; env > "{self.out}/env-{name}"; '
+                  f'test ! -e "{self.out}/fail-{name}"')
+        return {"name": name, "type": "command", "run": script, **extra}
+
+    def workflow(self, steps: list[dict[str, Any]], name: str = "pre-push") -> None:
+        self.write(f"workflows/{name}.json", json.dumps({"steps": steps}, indent=1))
+
+    def orchestrate(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([orchestrate_bin(), *args], check=False, cwd=self.root, env={**self.env, **env},
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted((self.root / "runs").glob("*.json"))]
+
+    def ran(self) -> list[str]:
+        order = self.out / "order"
+        return order.read_text().splitlines() if order.exists() else []
+
+    def step_env(self, name: str) -> dict[str, str]:
+        lines = (self.out / f"env-{name}").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
+    def reset_out(self) -> None:
+        for path in self.out.iterdir():
+            path.unlink()
+
+
+@pytest.fixture
+def gp(tmp_path: Path) -> GitProject:
+    project = GitProject(tmp_path)
+    result = project.orchestrate("hook", "install")
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+# --- install, uninstall, status ---------------------------------------------------------
+
+def test_install_says_where_and_status_says_what_git_runs(gp: GitProject) -> None:
+    status = gp.orchestrate("hook", "status")
+    assert status.returncode == 0
+    hook = gp.root / ".git" / "hooks" / "pre-push"
+    assert status.stdout.splitlines()[0] == f"git runs {hook}: orchestrate workflow 'pre-push'"
+    assert os.access(hook, os.X_OK)
+    assert hook.read_text() == (REPO / "hooks" / "pre-push").read_text()
+    info = json.loads(gp.orchestrate("hook", "status", "--json").stdout)
+    assert info["state"] == "orchestrate" and info["legacy"] is None
+
+
+def test_install_message_and_workflow_option(tmp_path: Path) -> None:
+    gp = GitProject(tmp_path)
+    result = gp.orchestrate("hook", "install", "--workflow", "quick")
+    hook = gp.root / ".git" / "hooks" / "pre-push"
+    assert result.stdout.splitlines() == [
+        f"installed pre-push hook at {hook} (workflow 'quick')",
+        "skip it for one push with: git push --no-verify (or ORCHESTRATE_SKIP=1 git push)"]
+    gp.workflow([gp.record_step("quick-step")], name="quick")
+    assert gp.push("main").returncode == 0
+    assert gp.ran() == ["quick-step"]
+
+
+def test_shipped_hook_is_the_installed_one_and_shellcheck_clean() -> None:
+    assert (REPO / "hooks" / "pre-push").read_text() == orchestrate.render_hook()
+    assert os.access(REPO / "hooks" / "pre-push", os.X_OK)
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", "-s", "sh", str(REPO / "hooks" / "pre-push")], check=False,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+def test_unknown_hook_type(gp: GitProject) -> None:
+    result = gp.orchestrate("hook", "install", "--hook", "pre-pushh")
+    assert result.returncode == 2
+    assert result.stderr == ("orchestrate: error: hook 'pre-pushh': orchestrate installs only "
+                             "pre-push (did you mean 'pre-push'?)\n")
+
+
+def test_outside_a_repository(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    result = subprocess.run([orchestrate_bin(), "--root", str(plain), "hook", "install"], check=False,
+                            capture_output=True, text=True, env=clean_env(tmp_path),
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "not inside a git repository" in result.stderr and "git init" in result.stderr
+
+
+# --- pushes --------------------------------------------------------------------------
+
+def test_push_passes_and_is_recorded(gp: GitProject) -> None:
+    head = gp.head()
+    result = gp.push("main")
+    assert result.returncode == 0, result.stderr
+    assert gp.remote_has(head)
+    assert gp.ran() == ["check"]
+    record = gp.records()[-1]
+    assert record["status"] == "completed"
+    trigger = record["trigger"]
+    assert trigger["source"] == "pre-push" and trigger["branch"] == "main"
+    assert trigger["push"] == {"remote": "origin", "url": str(gp.remote), "refs": [
+        {"local_ref": "refs/heads/main", "local_oid": head,
+         "remote_ref": "refs/heads/main", "remote_oid": Z40}]}
+    env = gp.step_env("check")
+    assert env["ORCHESTRATE_PUSH_REMOTE"] == "origin"
+    assert env["ORCHESTRATE_TO_REF"] == head and env["ORCHESTRATE_FROM_REF"] == ""
+    assert "GIT_PREFIX" not in env  # exported by git for the hook, not for steps
+    assert env["GIT_TERMINAL_PROMPT"] == "0"
+
+
+def test_failing_workflow_rejects_push_and_no_verify_bypasses(gp: GitProject) -> None:
+    (gp.out / "fail-check").touch()
+    head = gp.head()
+    result = gp.push("main")
+    assert result.returncode != 0
+    assert "pre-push: 0 passed, 1 failed, 0 skipped" in result.stdout + result.stderr
+    assert "failed to push some refs" in result.stderr
+    assert not gp.remote_has(head)
+    assert gp.records()[-1]["status"] == "failed"
+    result = gp.push("--no-verify", "main")
+    assert result.returncode == 0
+    assert gp.remote_has(head)
+    assert gp.ran() == ["check"]  # the hook ran once, for the rejected push
+
+
+def test_up_to_date_tag_only_and_deletion_only_pushes_are_skipped(gp: GitProject) -> None:
+    assert gp.push("main").returncode == 0
+    assert gp.push("main:other").returncode == 0  # a branch to delete below
+    runs = len(gp.records())
+    result = gp.push("main")
+    assert result.returncode == 0
+    assert ("orchestrate: pre-push: nothing to check: nothing to push (everything up to date)"
+            in result.stdout + result.stderr)
+    gp.git("tag", "v1")
+    result = gp.push("v1")
+    assert result.returncode == 0
+    assert "nothing to check: push only carries tags (v1)" in result.stdout + result.stderr
+    result = gp.push(":other")
+    assert result.returncode == 0
+    assert "nothing to check: push only deletes refs/heads/other" in result.stdout + result.stderr
+    assert len(gp.records()) == runs  # no run was recorded for them
+    assert gp.ran() == ["check"]
+
+
+def test_push_of_commits_the_remote_has_is_skipped(gp: GitProject) -> None:
+    assert gp.push("main").returncode == 0
+    result = gp.push("main:copy")
+    assert result.returncode == 0
+    assert "nothing to check: push carries no new commits" in result.stdout + result.stderr
+    assert gp.ran() == ["check"]
+
+
+def test_foreign_hook_is_kept_chained_and_restored(tmp_path: Path) -> None:
+    gp = GitProject(tmp_path)
+    hook = gp.root / ".git" / "hooks" / "pre-push"
+    foreign = (f'#!/bin/sh\necho legacy >> "{gp.out}/order"\n'
+               f'echo "$1 $2" > "{gp.out}/legacy-args"\ncat > "{gp.out}/legacy-stdin"\n')
+    hook.write_text(foreign)
+    hook.chmod(0o755)
+    assert json.loads(gp.orchestrate("hook", "status", "--json").stdout)["state"] == "foreign"
+    refused = gp.orchestrate("hook", "install")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"orchestrate: error: {hook}: a pre-push hook orchestrate did not write is already "
+        "there; rerun with --force to keep it as pre-push.legacy and run it before "
+        "orchestrate, or move it away\n")
+    assert hook.read_text() == foreign
+    forced = gp.orchestrate("hook", "install", "--force")
+    assert forced.returncode == 0
+    assert "the previous hook is kept as pre-push.legacy and runs first" in forced.stdout
+    assert "pre-push.legacy first, then orchestrate" in gp.orchestrate("hook", "status").stdout
+    head = gp.head()
+    assert gp.push("main").returncode == 0
+    assert gp.ran() == ["legacy", "check"]
+    assert (gp.out / "legacy-args").read_text() == f"origin {gp.remote}\n"
+    assert (gp.out / "legacy-stdin").read_text() == (
+        f"refs/heads/main {head} refs/heads/main {Z40}\n")
+    assert gp.records()[-1]["trigger"]["push"]["refs"][0]["local_oid"] == head
+    removed = gp.orchestrate("hook", "uninstall")
+    assert removed.stdout == "removed orchestrate's pre-push hook; restored the previous hook from pre-push.legacy\n"
+    assert hook.read_text() == foreign
+    assert not (hook.parent / "pre-push.legacy").exists()
+    again = gp.orchestrate("hook", "uninstall")
+    assert again.returncode == 2 and "not written by orchestrate; left as it is" in again.stderr
+
+
+def test_failing_legacy_hook_stops_the_push_before_orchestrate(tmp_path: Path) -> None:
+    gp = GitProject(tmp_path)
+    hook = gp.root / ".git" / "hooks" / "pre-push"
+    hook.write_text("#!/bin/sh\necho 'legacy says no' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    assert gp.orchestrate("hook", "install", "--force").returncode == 0
+    result = gp.push("main")
+    assert result.returncode != 0 and "legacy says no" in result.stderr
+    assert gp.ran() == [] and gp.records() == []
+
+
+def test_core_hooks_path(tmp_path: Path) -> None:
+    gp = GitProject(tmp_path)
+    gp.git("config", "core.hooksPath", ".githooks")
+    result = gp.orchestrate("hook", "install")
+    assert result.stdout.startswith(f"installed pre-push hook at {gp.root / '.githooks' / 'pre-push'}")
+    assert not (gp.root / ".git" / "hooks" / "pre-push").exists()
+    status = gp.orchestrate("hook", "status").stdout
+    assert f"hooks folder: {gp.root / '.githooks'} (core.hooksPath = .githooks)" in status
+    assert gp.push("main").returncode == 0
+    assert gp.ran() == ["check"]
+
+
+def test_git_worktree(gp: GitProject) -> None:
+    worktree = gp.tmp / "wt"
+    gp.git("worktree", "add", "-q", str(worktree), "-b", "side")
+    status = subprocess.run([orchestrate_bin(), "hook", "status"], check=False, cwd=worktree, env=gp.env,
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert status.stdout.startswith(f"git runs {gp.root / '.git' / 'hooks' / 'pre-push'}")
+    (worktree / "src" / "side.py").write_text("x = 1\n")
+    gp.git_in(worktree, "add", "-A")
+    gp.git_in(worktree, "commit", "-qm", "side")
+    result = gp.push("side", cwd=worktree)
+    assert result.returncode == 0, result.stderr
+    assert gp.ran() == ["check"]
+    # the run belongs to the worktree's checkout: its root, its branch
+    records = [json.loads(p.read_text()) for p in (worktree / "runs").glob("*.json")]
+    assert [r["trigger"]["branch"] for r in records] == ["side"]
+
+
+def test_orchestrate_missing_from_path(gp: GitProject) -> None:
+    path = "/usr/bin:/bin"
+    result = gp.push("main", PATH=path)
+    assert result.returncode != 0
+    assert ("orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): "
+            "install it with 'pipx install orchestrate', or skip this check with "
+            "'git push --no-verify'") in result.stderr
+    assert not gp.remote_has(gp.head())
+    result = gp.push("main", PATH=path, ORCHESTRATE_ALLOW_MISSING="1")
+    assert result.returncode == 0 and "push allowed" in result.stderr
+    assert gp.ran() == []
+
+
+def test_orchestrate_found_by_orchestrate_bin_and_local_bin(gp: GitProject) -> None:
+    result = gp.push("main", PATH="/usr/bin:/bin", ORCHESTRATE_BIN=orchestrate_bin())
+    assert result.returncode == 0, result.stderr
+    local_bin = gp.tmp / "home" / ".local" / "bin"
+    local_bin.mkdir(parents=True)
+    (local_bin / "orchestrate").symlink_to(orchestrate_bin())
+    gp.commit("second", **{"src__b.py": "b = 2\n"})
+    result = gp.push("main", PATH="/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    assert gp.ran() == ["check", "check"]
+
+
+def test_workflow_from_git_config_and_environment(gp: GitProject) -> None:
+    gp.workflow([gp.record_step("configured")], name="configured")
+    gp.workflow([gp.record_step("from-env")], name="from-env")
+    gp.git("config", "orchestrate.prePushWorkflow", "configured")
+    assert "orchestrate workflow 'configured'" in gp.orchestrate("hook", "status").stdout
+    assert gp.push("main").returncode == 0
+    gp.commit("second", **{"src__b.py": "b = 2\n"})
+    assert gp.push("main", ORCHESTRATE_PRE_PUSH_WORKFLOW="from-env").returncode == 0
+    assert gp.ran() == ["configured", "from-env"]
+
+
+# --- ORCHESTRATE_SKIP ------------------------------------------------------------------
+
+def test_orchestrate_skip_all_keeps_required_steps(gp: GitProject) -> None:
+    gp.workflow([gp.record_step("lint"), gp.record_step("secrets scan", required=True)])
+    (gp.out / "fail-lint").touch()
+    result = gp.push("main", ORCHESTRATE_SKIP="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "orchestrate: ORCHESTRATE_SKIP=1: skipping lint" in output
+    assert "ORCHESTRATE_SKIP: step 'secrets scan' is required and runs anyway" in output
+    assert gp.ran() == ["secrets scan"]
+    record = gp.records()[-1]
+    assert [(e["step"], e["status"], e["message"]) for e in record["log"]] == [
+        ("lint", "skipped", "ORCHESTRATE_SKIP=1"), ("secrets scan", "passed", "")]
+    junit = (gp.root / record["junit"]).read_text()
+    assert '<skipped message="ORCHESTRATE_SKIP=1"' in junit
+
+
+def test_orchestrate_skip_named_steps(gp: GitProject) -> None:
+    gp.workflow([gp.record_step("lint"), gp.record_step("unit tests"), gp.record_step("e2e")])
+    result = gp.push("main", ORCHESTRATE_SKIP="lint, e2e,lnt")
+    assert result.returncode == 0
+    assert gp.ran() == ["unit tests"]
+    assert "ORCHESTRATE_SKIP: no step 'lnt' in this workflow (did you mean 'lint'?)" in result.stderr
+
+
+# --- when.changed and when.branch ---------------------------------------------------
+
+def gated_workflow(gp: GitProject) -> None:
+    gp.workflow([
+        gp.record_step("python", when={"changed": ["*.py"]}),
+        gp.record_step("docs", when={"changed": ["docs/**"]}),
+        gp.record_step("main only", when={"branch": ["main"]}),
+        gp.record_step("always"),
+    ])
+
+
+def test_changed_gating_on_existing_branch(gp: GitProject) -> None:
+    gated_workflow(gp)
+    gp.commit("gated workflow")
+    assert gp.push("main").returncode == 0  # the first push: every file is new
+    assert gp.ran() == ["python", "main only", "always"]
+    gp.reset_out()
+    base = gp.head()
+    tip = gp.commit("docs", **{"docs__guide.md": "# guide\n"})
+    assert gp.push("main").returncode == 0
+    assert gp.ran() == ["docs", "main only", "always"]
+    record = gp.records()[-1]
+    python = record["log"][0]
+    assert python["status"] == "skipped"
+    assert python["message"] == ("when.changed ['*.py']: no changed file matches "
+                                 "(1 changed, pushed to origin: main)")
+    assert record["trigger"]["compare"]["from_ref"] == base
+    env = gp.step_env("docs")
+    assert (env["ORCHESTRATE_FROM_REF"], env["ORCHESTRATE_TO_REF"]) == (base, tip)
+    junit = (gp.root / record["junit"]).read_text()
+    assert ("<skipped message=\"when.changed ['*.py']: no changed file matches "
+            "(1 changed, pushed to origin: main)\"") in junit.replace("&apos;", "'")
+
+
+def test_changed_gating_on_new_branch_counts_only_commits_not_on_the_remote(gp: GitProject) -> None:
+    gated_workflow(gp)
+    gp.commit("docs on main", **{"docs__a.md": "a\n"})
+    assert gp.push("main").returncode == 0
+    gp.reset_out()
+    gp.git("checkout", "-q", "-b", "feature/x")
+    gp.commit("code", **{"src__deep__mod.py": "m = 1\n"})
+    result = gp.push("feature/x")
+    assert result.returncode == 0, result.stderr
+    # docs/a.md is on the remote already: only the feature's own commit counts
+    assert gp.ran() == ["python", "always"]
+    log = {e["step"]: e for e in gp.records()[-1]["log"]}
+    assert log["main only"]["message"] == "when.branch ['main']: branch 'feature/x' does not match"
+    assert log["docs"]["message"].startswith("when.changed ['docs/**']: no changed file matches")
+
+
+# --- stdin handling ---------------------------------------------------------------------
+
+def test_git_hook_mode_rejects_garbage_on_stdin(gp: GitProject) -> None:
+    result = subprocess.run([orchestrate_bin(), "run", "pre-push", "--git-hook", "pre-push"], check=False,
+                            cwd=gp.root, env=gp.env, input="not a ref line\n",
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert ("--git-hook pre-push: stdin line 1 is not '<local ref> <local oid> <remote ref> "
+            "<remote oid>': 'not a ref line'") in result.stderr
+    assert gp.ran() == []
+
+
+def test_without_git_hook_stdin_is_never_read(gp: GitProject) -> None:
+    result = subprocess.run([orchestrate_bin(), "run", "pre-push"], check=False, cwd=gp.root, env=gp.env,
+                            input="garbage that would fail parsing\n", capture_output=True,
+                            text=True)
+    assert result.returncode == 0
+    assert gp.records()[-1]["trigger"]["source"] == "cli"
+
+
+# === pure parts and git helpers, called directly ===
+
+# --- parse_push_refs ---------------------------------------------------------------
+
+def test_parse_push_refs_all_kinds():
+    text = (f"refs/heads/main {A} refs/heads/main {B}\n"
+            f"\n"
+            f"(delete) {Z40} refs/heads/old {B}\n"
+            f"refs/tags/v1 {A} refs/tags/v1 {Z40}\n")
+    push = orchestrate.parse_push_refs(text, "origin", "../r.git")
+    assert [r.remote_ref for r in push.refs] == ["refs/heads/main", "refs/heads/old", "refs/tags/v1"]
+    assert push.refs[1].is_deletion and not push.refs[0].is_deletion
+    assert push.refs[2].is_tag and push.refs[2].is_new
+    assert push.updates == (push.refs[0],)
+    assert push.branches == ["main"]
+    assert push.as_dict()["refs"][0] == {"local_ref": "refs/heads/main", "local_oid": A,
+                                         "remote_ref": "refs/heads/main", "remote_oid": B}
+
+
+def test_parse_push_refs_sha256_zero():
+    push = orchestrate.parse_push_refs(f"(delete) {Z64} refs/heads/x {'c' * 64}\n")
+    assert push.refs[0].is_deletion
+
+
+@pytest.mark.parametrize("line", [
+    "refs/heads/main abc refs/heads/main def",
+    "only three fields here",
+    f"refs/heads/main {A} refs/heads/main {B} extra",
+])
+def test_parse_push_refs_rejects_garbage(line):
+    with pytest.raises(orchestrate.UsageError, match=r"stdin line 1 is not '<local ref> <local oid>"):
+        orchestrate.parse_push_refs(line + "\n")
+
+
+@pytest.mark.parametrize("text, new, expected", [
+    ("", True, "nothing to push (everything up to date)"),
+    (f"(delete) {Z40} refs/heads/a {B}\n(delete) {Z40} refs/heads/b {B}\n", True,
+     "push only deletes refs/heads/a, refs/heads/b"),
+    (f"refs/tags/v1 {A} refs/tags/v1 {Z40}\n", True, "push only carries tags (v1)"),
+    (f"refs/tags/v1 {A} refs/tags/v1 {Z40}\n(delete) {Z40} refs/heads/b {B}\n", True,
+     "push only carries tags (v1)"),
+    (f"refs/heads/main {A} refs/heads/copy {Z40}\n", False,
+     "push carries no new commits (every pushed commit is on the remote already)"),
+    (f"refs/heads/main {A} refs/heads/main {B}\n", True, None),
+])
+def test_push_skip_reason(text, new, expected):
+    assert orchestrate.push_skip_reason(orchestrate.parse_push_refs(text), lambda ref: new) == expected
+
+
+# --- globs and gates -----------------------------------------------------------------
+
+@pytest.mark.parametrize("path, pattern, expected", [
+    ("a.py", "*.py", True),
+    ("src/deep/a.py", "*.py", True),
+    ("src/a.pyc", "*.py", False),
+    ("src/a.py", "src/**", True),
+    ("src/x/y/z.txt", "src/**", True),
+    ("lib/src/a.py", "src/**", False),
+    ("src/a.py", "src/*.py", True),
+    ("src/x/a.py", "src/*.py", False),
+    ("src/x/a.py", "src/**/*.py", True),
+    ("src/a.py", "src/**/*.py", True),
+    ("docs/index.md", "docs/", True),
+    ("setup.py", "/setup.py", True),
+    ("sub/setup.py", "/setup.py", False),
+    ("a/b/Makefile", "**/Makefile", True),
+    ("file1.txt", "file[0-9].txt", True),
+    ("fileX.txt", "file[!0-9].txt", True),
+    ("file1.txt", "file[!0-9].txt", False),
+    ("a+b(c).txt", "a+b(c).txt", True),
+    ("x.py", "?.py", True),
+    ("xy.py", "?.py", False),
+])
+def test_path_matches(path, pattern, expected):
+    assert orchestrate.path_matches(path, pattern) is expected
+
+
+@pytest.mark.parametrize("branch, pattern, expected", [
+    ("main", "main", True),
+    ("main", "refs/heads/main", True),
+    ("mainline", "main", False),
+    ("release/1.2", "release/*", True),
+    ("release/1.2/hotfix", "release/*", False),
+    ("release/1.2/hotfix", "release/**", True),
+    ("feature-x", "feature-*", True),
+])
+def test_branch_matches(branch, pattern, expected):
+    assert orchestrate.branch_matches(branch, pattern) is expected
+
+
+def test_gate_reason():
+    changes = orchestrate.ChangeSet(("src/a.py", "README.md"), "origin/main...HEAD", ("feat/x",))
+    assert orchestrate.gate_reason({}, changes) is None
+    assert orchestrate.gate_reason({"changed": ["*.py"]}, changes) is None
+    assert orchestrate.gate_reason({"changed": ["docs/**"]}, changes) == (
+        "when.changed ['docs/**']: no changed file matches (2 changed, origin/main...HEAD)")
+    assert orchestrate.gate_reason({"branch": ["feat/*"]}, changes) is None
+    assert orchestrate.gate_reason({"branch": ["main", "release/*"]}, changes) == (
+        "when.branch ['main', 'release/*']: branch 'feat/x' does not match")
+    unknown = orchestrate.ChangeSet(None, "", ())
+    assert orchestrate.gate_reason({"changed": ["docs/**"]}, unknown) is None  # nothing to compare: runs
+    assert "no branch (detached HEAD" in orchestrate.gate_reason({"branch": "main"}, unknown)
+
+
+# --- ORCHESTRATE_SKIP ---------------------------------------------------------------
+
+class S:
+    def __init__(self, name, required=False):
+        self.name, self.required = name, required
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, (False, [])), ("", (False, [])), ("0", (False, [])), ("false", (False, [])),
+    ("1", (True, [])), ("true", (True, [])), ("ALL", (True, [])),
+    ("lint", (False, ["lint"])), ("lint, e2e tests ,", (False, ["lint", "e2e tests"])),
+])
+def test_parse_skip_env(value, expected):
+    assert orchestrate.parse_skip_env(value) == expected
+
+
+def test_skip_env_plan_required_and_unknown():
+    steps = [S("lint"), S("unit tests", required=True), S("e2e")]
+    skipped, warnings = orchestrate.skip_env_plan("1", steps)
+    assert skipped == {"lint": "ORCHESTRATE_SKIP=1", "e2e": "ORCHESTRATE_SKIP=1"}
+    assert warnings == ["ORCHESTRATE_SKIP: step 'unit tests' is required and runs anyway"]
+    skipped, warnings = orchestrate.skip_env_plan("lnt,e2e", steps)
+    assert skipped == {"e2e": "ORCHESTRATE_SKIP=lnt,e2e"}
+    assert warnings == ["ORCHESTRATE_SKIP: no step 'lnt' in this workflow (did you mean 'lint'?)"]
+
+
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL).stdout.strip()
+
+
+@pytest.fixture
+def git_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("GIT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    (tmp_path / "gitconfig").write_text(
+        "[user]\n\tname = T\n\temail = t@example.com\n[init]\n\tdefaultBranch = main\n")
+
+
+# --- real git: changes, git_info --------------------------------------------------------
+
+@pytest.fixture
+def repo(tmp_path, git_env):
+    remote = tmp_path / "remote.git"
+    work = tmp_path / "work"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    git(tmp_path, "init", "-q", str(work))
+    git(work, "remote", "add", "origin", str(remote))
+    (work / "README.md").write_text("hi\n")
+    (work / "src").mkdir()
+    (work / "src" / "a.py").write_text("a = 1\n")
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "one")
+    return work
+
+
+def commit(work, path, text, msg="c"):
+    p = work / path
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    git(work, "add", path)
+    git(work, "commit", "-qm", msg)
+    return git(work, "rev-parse", "HEAD")
+
+
+def test_git_info(repo):
+    info = orchestrate.git_info(repo)
+    assert info == {"commit": git(repo, "rev-parse", "HEAD"), "branch": "main", "dirty": False}
+    (repo / "new.txt").write_text("x")
+    assert orchestrate.git_info(repo)["dirty"] is False  # untracked files do not count
+    (repo / "README.md").write_text("changed\n")
+    assert orchestrate.git_info(repo)["dirty"] is True
+    git(repo, "checkout", "-q", "--detach")
+    assert orchestrate.git_info(repo)["branch"] is None
+    assert orchestrate.git_info(repo.parent) == {}  # not a repository
+
+
+def test_git_info_ignores_hook_git_dir(repo, monkeypatch, tmp_path):
+    other = tmp_path / "other"
+    git(tmp_path, "init", "-q", str(other))
+    head = git(repo, "rev-parse", "HEAD")
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))  # what a hook may export
+    assert orchestrate.git_info(repo)["commit"] == head
+
+
+def test_push_changes_root_commit_new_branch(repo):
+    head = git(repo, "rev-parse", "HEAD")
+    push = orchestrate.parse_push_refs(f"refs/heads/main {head} refs/heads/main {Z40}", "origin", "u")
+    assert orchestrate.push_skip_reason(push, lambda r: orchestrate.push_has_new_commits(repo, r)) is None
+    changes = orchestrate.push_changes(repo, push)
+    assert changes.files == ("README.md", "src/a.py")
+    assert (changes.from_ref, changes.to_ref, changes.branches) == ("", head, ("main",))
+
+
+def test_push_changes_existing_branch_and_new_branch(repo):
+    git(repo, "push", "-q", "origin", "main")
+    base = git(repo, "rev-parse", "HEAD")
+    tip = commit(repo, "docs/guide.md", "g")
+    push = orchestrate.parse_push_refs(f"refs/heads/main {tip} refs/heads/main {base}", "origin", "u")
+    changes = orchestrate.push_changes(repo, push)
+    assert changes.files == ("docs/guide.md",)
+    assert (changes.from_ref, changes.to_ref) == (base, tip)
+    # a new branch carries only the commits no remote ref has
+    git(repo, "checkout", "-qb", "feat")
+    tip2 = commit(repo, "src/b.py", "b")
+    push = orchestrate.parse_push_refs(f"refs/heads/feat {tip2} refs/heads/feat {Z40}", "origin", "u")
+    changes = orchestrate.push_changes(repo, push)
+    assert changes.files == ("docs/guide.md", "src/b.py")
+    assert changes.from_ref == base and changes.branches == ("feat",)
+
+
+def test_push_of_known_commits_to_new_name_is_nothing_new(repo):
+    git(repo, "push", "-q", "origin", "main")
+    head = git(repo, "rev-parse", "HEAD")
+    push = orchestrate.parse_push_refs(f"refs/heads/main {head} refs/heads/copy {Z40}", "origin", "u")
+    assert orchestrate.push_skip_reason(push, lambda r: orchestrate.push_has_new_commits(repo, r)) == (
+        "push carries no new commits (every pushed commit is on the remote already)")
+
+
+def test_compare_changes(repo):
+    git(repo, "branch", "base")
+    commit(repo, "src/c.py", "c")
+    changes = orchestrate.compare_changes(repo, "base", "HEAD", branches=["main"])
+    assert changes.files == ("src/c.py",) and changes.description == "base...HEAD"
+    with pytest.raises(orchestrate.UsageError, match=r"--from-ref nope --to-ref HEAD: cannot compare"):
+        orchestrate.compare_changes(repo, "nope")
+    guessed = orchestrate.compare_changes(repo, "origin/nope", explicit=False)
+    assert guessed.files is None and "fetch the full history" in guessed.description
+
+
+# --- hook install --------------------------------------------------------------------
+
+def test_render_hook_workflow_and_errors():
+    text = orchestrate.render_hook("pre-push", "quick")
+    assert "\ndefault_workflow=quick\n" in text and orchestrate.HOOK_ID in text
+    with pytest.raises(orchestrate.UsageError, match=r"orchestrate installs only pre-push \(did you mean 'pre-push'\?\)"):
+        orchestrate.render_hook("pre-pushh")
+    with pytest.raises(orchestrate.UsageError):
+        orchestrate.render_hook("pre-push", "a b")
+
+
+def test_install_uninstall_cycle_with_foreign_hook(repo):
+    hooks = repo / ".git" / "hooks"
+    foreign = hooks / "pre-push"
+    foreign.write_text("#!/bin/sh\nexit 0\n")
+    foreign.chmod(0o755)
+    assert orchestrate.hook_status(repo)["state"] == "foreign"
+    with pytest.raises(orchestrate.UsageError, match=r"not write is already there; rerun with --force"):
+        orchestrate.install_hook(repo)
+    change = orchestrate.install_hook(repo, force=True)
+    assert change.legacy == hooks / "pre-push.legacy"
+    assert (hooks / "pre-push.legacy").read_text() == "#!/bin/sh\nexit 0\n"
+    assert orchestrate.is_our_hook(foreign) and os.access(foreign, os.X_OK)
+    status = orchestrate.hook_status(repo)
+    assert status["state"] == "orchestrate" and status["legacy"]
+    assert "pre-push.legacy first, then orchestrate workflow 'pre-push'" in status["summary"]
+    # reinstalling our own hook needs no force and keeps the legacy one
+    assert "kept as pre-push.legacy" in orchestrate.install_hook(repo, workflow="quick").message
+    assert orchestrate.hook_status(repo)["workflow"] == "quick"
+    change = orchestrate.uninstall_hook(repo)
+    assert "restored the previous hook" in change.message
+    assert foreign.read_text() == "#!/bin/sh\nexit 0\n"
+    assert not (hooks / "pre-push.legacy").exists()
+    with pytest.raises(orchestrate.UsageError, match="not written by orchestrate; left as it is"):
+        orchestrate.uninstall_hook(repo)
+
+
+def test_install_respects_core_hooks_path(repo):
+    git(repo, "config", "core.hooksPath", ".githooks")
+    change = orchestrate.install_hook(repo)
+    assert change.path == repo / ".githooks" / "pre-push"
+    status = orchestrate.hook_status(repo)
+    assert status["core_hooks_path"] == ".githooks"
+    assert status["hooks_dir"] == str(repo / ".githooks")
+
+
+def test_install_in_worktree_uses_common_hooks(repo, tmp_path):
+    wt = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", str(wt), "-b", "side")
+    change = orchestrate.install_hook(wt)
+    assert change.path == repo / ".git" / "hooks" / "pre-push"
+
+
+def test_hooks_dir_outside_repo(tmp_path, git_env):
+    with pytest.raises(orchestrate.UsageError, match="not inside a git repository"):
+        orchestrate.hooks_dir(tmp_path)

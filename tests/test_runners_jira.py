@@ -1,0 +1,610 @@
+"""The `jira` step against a real HTTP server on 127.0.0.1 that behaves like Jira
+(tests/jira_server.py): exact requests for REST API 2 and 3, transitions, every error
+shape, retries and timeouts, dry run, and the promise that the token is never written
+or printed anywhere."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import time
+from typing import Any
+
+import jsonschema
+import pytest
+from conftest import REPO, SCHEMAS, Project
+from jira_server import DEFAULT_TRANSITIONS, FakeJira, closed_port
+
+import orchestrate as o
+
+TOKEN = "jira-TEST-token-5f3c9a17"
+USER = "ci-bot@example.com"
+BASIC = "Basic " + base64.b64encode(f"{USER}:{TOKEN}".encode()).decode()
+ADF_SCHEMA = json.loads((SCHEMAS / "atlaskit-adf-schema-57.7.22-full.json").read_text())
+ENV = {"JIRA_TOKEN": TOKEN}
+
+
+@pytest.fixture
+def jira() -> Any:
+    with FakeJira() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Backoff waits, recorded instead of slept (in-process runs only)."""
+    waits: list[float] = []
+    monkeypatch.setattr(o, "_http_sleep", lambda seconds, guard=None: waits.append(seconds))
+    return waits
+
+
+def jira_step(server: FakeJira, version: int = 3, **overrides: Any) -> dict[str, Any]:
+    step = {"name": "notify jira", "type": "jira", "jira_url": server.api_url(version),
+            "user": USER, "token": "${JIRA_TOKEN}", "issue": "PROJ-123",
+            "comment": "{workflow} {status}\n\n{summary}", "when": {"status": "always"}}
+    step.update(overrides)
+    return {k: v for k, v in step.items() if v is not None}
+
+
+def write_workflow(project: Project, *steps: dict[str, Any], name: str = "notify") -> None:
+    first = {"name": "unit", "type": "command", "run": ["python3", "-c", "print('ok')"]}
+    project.workflow(name, [first, *steps])
+
+
+def secret_forms() -> list[bytes]:
+    return [TOKEN.encode(), BASIC.split(" ", 1)[1].encode()]
+
+
+def assert_token_nowhere(project: Project, *outputs: str) -> int:
+    """Every file orchestrate wrote under the project, and every captured output: no token,
+    not even inside the Basic credentials. Returns how many files were checked."""
+    checked = 0
+    for path in project.root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for form in secret_forms():
+                if path.parent == project.workflows and form == TOKEN.encode():
+                    continue  # a workflow with a literal token holds it by the user's choice
+                assert form not in data, f"token leaked into {path}"
+            checked += 1
+    for text in outputs:
+        for form in secret_forms():
+            assert form.decode() not in text, f"token leaked into output: {text!r}"
+    return checked
+
+
+def entry(project: Project, step: str = "notify jira") -> dict[str, Any]:
+    return next(e for e in project.last_record()["log"] if e["step"] == step)
+
+
+def step_log(project: Project, step: str = "notify jira") -> str:
+    return (project.root / entry(project, step)["log_file"]).read_text()
+
+
+# -- happy paths: the exact requests ----------------------------------------------------
+
+
+def test_api3_basic_auth_adf_comment_and_transition_by_category(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 3, transition={"to_status_category": "done"}))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    post, get, move = jira.requests
+    assert (post.method, post.path) == ("POST", "/rest/api/3/issue/PROJ-123/comment")
+    assert post.header("Authorization") == BASIC
+    assert post.header("Content-Type") == "application/json"
+    assert post.header("Accept") == "application/json"
+    body = post.json["body"]
+    jsonschema.validate(body, ADF_SCHEMA)
+    assert set(post.json) == {"body"}
+    texts = [p["content"][0]["text"] if p["content"] else "" for p in body["content"]]
+    assert texts[0] == "notify passed" and texts[1] == ""
+    assert re.fullmatch(r"unit: passed in \d+\.\ds", texts[2])
+    assert all(p["content"] != [{"type": "text", "text": ""}] for p in body["content"])
+    assert (get.method, get.path, get.body) == ("GET", "/rest/api/3/issue/PROJ-123/transitions", b"")
+    assert get.header("Authorization") == BASIC and get.header("Content-Type") is None
+    assert (move.method, move.path, move.json) == (
+        "POST", "/rest/api/3/issue/PROJ-123/transitions", {"transition": {"id": "31"}})
+    assert move.header("Authorization") == BASIC
+    record = entry(project)
+    assert record["status"] == "passed"
+    assert (record["jira_issue"], record["comment_id"], record["transition"]) == ("PROJ-123", "10000", "Close Issue")
+    assert record["message"] == "commented on PROJ-123, moved by 'Close Issue' to 'Done'"
+    assert "jira: commented on PROJ-123 (comment 10000)" in result.stdout
+    assert_token_nowhere(project, result.stdout, result.stderr)
+
+
+def test_api2_bearer_plain_comment_and_transition_by_name(project: Project, jira: FakeJira) -> None:
+    # a site root that is not *.atlassian.net means Server/Data Center: REST API 2
+    step = jira_step(jira, jira_url=jira.url, user=None, transition="start progress",
+                     comment="Run {run_id} of {workflow}: {status}; failed: {failed_steps}; {{literal}}")
+    write_workflow(project, step)
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    post, get, move = jira.requests
+    run_id = project.last_record()["run_id"]
+    assert (post.method, post.path) == ("POST", "/rest/api/2/issue/PROJ-123/comment")
+    assert post.header("Authorization") == f"Bearer {TOKEN}"
+    assert post.json == {"body": f"Run {run_id} of notify: passed; failed: none; {{literal}}"}
+    assert get.path == "/rest/api/2/issue/PROJ-123/transitions"
+    assert move.json == {"transition": {"id": "21"}}
+    assert entry(project)["transition"] == "Start Progress"
+    assert_token_nowhere(project, result.stdout, result.stderr)
+
+
+def test_empty_user_means_bearer(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 2, user="${JIRA_USER:-}"))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert jira.requests[0].header("Authorization") == f"Bearer {TOKEN}"
+
+
+def test_comment_reports_an_earlier_failure(project: Project, jira: FakeJira) -> None:
+    failing = {"name": "ui smoke", "type": "command", "run": ["python3", "-c", "raise SystemExit(3)"]}
+    project.workflow("notify", [failing, jira_step(jira, 2, comment="{status}: {failed_steps}\n{summary}")])
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 1
+    body = jira.requests[0].json["body"]
+    assert body.startswith("failed: ui smoke\nui smoke: failed in ")
+    assert body.endswith("— command exited with code 3")
+    assert entry(project)["status"] == "passed"
+
+
+def test_long_comment_is_truncated_not_rejected(project: Project, jira: FakeJira) -> None:
+    long_comment = "\n".join(f"line {i}: " + "x" * 90 for i in range(600))  # ~60,000 characters
+    write_workflow(project, jira_step(jira, 3, comment=long_comment))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    body = jira.requests[0].json["body"]
+    jsonschema.validate(body, ADF_SCHEMA)
+    assert len(json.dumps(body, ensure_ascii=False, separators=(",", ":"))) <= o.JIRA_COMMENT_LIMIT
+    last = body["content"][-1]["content"][0]["text"]
+    assert re.fullmatch(r"\[… truncated by orchestrate: \d+ characters omitted\]", last)
+    assert "comment longer than 32767 characters, truncated" in step_log(project)
+
+
+# -- transitions ------------------------------------------------------------------------
+
+
+def test_unavailable_transition_lists_available_ones(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 2, transition="Reopen"))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 1
+    record = entry(project)
+    assert record["message"] == (
+        "commented on PROJ-123, but transition 'Reopen' is not available for PROJ-123; available: "
+        "'To Do' → To Do [new], 'Start Progress' → In Progress [indeterminate], 'Close Issue' → Done [done]")
+    assert record["comment_id"] == "10000" and record["transition"] is None
+    assert [r.method for r in jira.requests] == ["POST", "GET"]  # nothing was posted to transitions
+    assert record["message"] in result.stdout
+
+
+def test_unavailable_category(project: Project, jira: FakeJira) -> None:
+    jira.transitions = [t for t in DEFAULT_TRANSITIONS if t["to"]["statusCategory"]["key"] != "done"]
+    write_workflow(project, jira_step(jira, 3, transition={"to_status_category": "done"}))
+    assert project.cli("run", "notify", env=ENV).exit_code == 1
+    assert entry(project)["message"].startswith(
+        "commented on PROJ-123, but a transition to status category 'done' is not available for PROJ-123; "
+        "available: 'To Do'")
+
+
+# -- Jira's error answers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status, body, headers, expected", [
+    (401, "Client must be authenticated to access this resource.", {"Content-Type": "text/plain"},
+     "authentication failed for ci-bot@example.com at {site} — check JIRA_TOKEN"),
+    (403, {"errorMessages": ["You do not have the permission to comment on this issue."], "errors": {}}, {},
+     ("permission denied: ci-bot@example.com may not comment on PROJ-123 at {site} "
+     "(You do not have the permission to comment on this issue.)")),
+    (403, "", {"X-Seraph-LoginReason": "AUTHENTICATION_DENIED"},
+     ("login for ci-bot@example.com at {site} is blocked by a CAPTCHA after failed attempts — sign in "
+     "once in a browser, then check JIRA_TOKEN")),
+    (404, {"errorMessages": ["Issue does not exist or you do not have permission to see it."], "errors": {}}, {},
+     "issue PROJ-123 not found or not visible to ci-bot@example.com at {site}"),
+    (400, {"errorMessages": ["Comment is invalid."], "errors": {"comment": "Comment body can not be empty!"}}, {},
+     "Jira rejected the comment on PROJ-123 (400): Comment is invalid.; comment: Comment body can not be empty!"),
+])
+def test_error_answers_become_one_readable_message(project: Project, jira: FakeJira, slept: list[float],
+                                                   status: int, body: Any, headers: dict[str, str],
+                                                   expected: str) -> None:
+    jira.script(status, body, headers=headers, times=4)
+    write_workflow(project, jira_step(jira, 2))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 1
+    message = expected.format(site=jira.url)
+    assert entry(project)["message"] == message
+    assert message in result.stdout
+    assert len(jira.requests) == 1 and slept == []  # a 4xx is never retried
+    assert_token_nowhere(project, result.stdout, result.stderr)
+
+
+def test_404_from_something_that_is_not_jira(project: Project, jira: FakeJira) -> None:
+    jira.script_html_error(404, "Page Not Found")
+    write_workflow(project, jira_step(jira, 2))
+    project.cli("run", "notify", env=ENV)
+    assert entry(project)["message"] == (
+        f"{jira.api_url(2)}/issue/PROJ-123/comment answered 404 (HTML page 'Page Not Found') — is jira_url the Jira site?")
+
+
+def test_token_user_var_named_in_401(project: Project, jira: FakeJira) -> None:
+    jira.script(401, "")
+    write_workflow(project, jira_step(jira, 2, user=None, token="${MY_PAT}"))
+    project.cli("run", "notify", env={"MY_PAT": TOKEN})
+    assert entry(project)["message"] == f"authentication failed for the token's owner at {jira.url} — check MY_PAT"
+
+
+def test_token_echoed_by_the_server_is_masked(project: Project, jira: FakeJira) -> None:
+    jira.script(400, {"errorMessages": [f"Bad credentials {TOKEN} / {BASIC}"], "errors": {}})
+    write_workflow(project, jira_step(jira, 2))
+    result = project.cli("run", "notify", env=ENV)
+    assert entry(project)["message"] == "Jira rejected the comment on PROJ-123 (400): Bad credentials *** / Basic ***"
+    assert_token_nowhere(project, result.stdout, result.stderr)
+
+
+def test_html_error_page_is_summarized(project: Project, jira: FakeJira, slept: list[float]) -> None:
+    jira.script_html_error(502, "502 Bad Gateway", times=4)
+    write_workflow(project, jira_step(jira, 2))
+    result = project.cli("run", "notify", env=ENV)
+    assert entry(project)["message"] == (
+        f"Jira server error 502 at {jira.url} after 4 attempts: HTML page '502 Bad Gateway'")
+    assert "The proxy could not reach Jira" not in result.stdout + step_log(project)
+    assert "<html" not in json.dumps(project.last_record()).lower()
+
+
+def test_html_login_page_with_200(project: Project, jira: FakeJira) -> None:
+    jira.script(200, "<html><head><title>Log in - Jira</title></head></html>", headers={"Content-Type": "text/html"})
+    write_workflow(project, jira_step(jira, 2))
+    project.cli("run", "notify", env=ENV)
+    assert entry(project)["message"] == (
+        f"{jira.api_url(2)}/issue/PROJ-123/comment answered 200 without a Jira comment "
+        "(HTML page 'Log in - Jira') — is jira_url the Jira REST API?")
+
+
+def test_redirect_is_not_followed(project: Project, jira: FakeJira) -> None:
+    jira.script(302, b"", headers={"Location": "https://sso.example.com/login"})
+    write_workflow(project, jira_step(jira, 2))
+    project.cli("run", "notify", env=ENV)
+    assert len(jira.requests) == 1
+    assert entry(project)["message"].endswith(
+        "redirected (302) to https://sso.example.com/login — put the final URL (https, no login page) in jira_url")
+
+
+# -- retries and timeouts ---------------------------------------------------------------
+
+
+def test_429_with_retry_after_then_success(project: Project, jira: FakeJira, slept: list[float]) -> None:
+    jira.script(429, {"errorMessages": ["Rate limit exceeded."]}, headers={"Retry-After": "2"})
+    write_workflow(project, jira_step(jira, 3))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    assert slept == [2.0] and len(jira.requests) == 2
+    assert jira.requests[0].json == jira.requests[1].json
+    assert f"jira: POST {jira.api_url(3)}/issue/PROJ-123/comment: HTTP 429; retrying in 2s (attempt 2 of 4)" in step_log(project)
+    assert len(jira.comments) == 1
+
+
+def test_429_on_every_attempt(project: Project, jira: FakeJira, slept: list[float]) -> None:
+    jira.script(429, "", headers={"Retry-After": "600"}, times=4)
+    write_workflow(project, jira_step(jira, 2))
+    project.cli("run", "notify", env=ENV)
+    assert slept == [o.HTTP_MAX_DELAY_S] * 3  # Retry-After is honoured, but capped
+    assert entry(project)["message"] == f"rate limited by Jira at {jira.url} (429) after 4 attempts — try again later"
+
+
+def test_500_three_times_then_success(project: Project, jira: FakeJira, slept: list[float]) -> None:
+    jira.script(500, {"errorMessages": ["Internal server error"], "errors": {}}, times=3)
+    write_workflow(project, jira_step(jira, 2))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    assert slept == [1.0, 2.0, 4.0] and len(jira.requests) == 4
+    assert entry(project)["comment_id"] == "10000"
+
+
+def test_500_every_time_fails_with_attempt_count(project: Project, jira: FakeJira, slept: list[float]) -> None:
+    jira.script(500, {"errorMessages": ["Internal server error"], "errors": {}}, times=10)
+    write_workflow(project, jira_step(jira, 2))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 1
+    assert entry(project)["message"] == f"Jira server error 500 at {jira.url} after 4 attempts: Internal server error"
+    assert len(jira.requests) == 4 and slept == [1.0, 2.0, 4.0]
+
+
+def test_server_that_never_answers(project: Project, jira: FakeJira, slept: list[float]) -> None:
+    jira.script_hang(30, times=4)
+    write_workflow(project, jira_step(jira, 2, read_timeout=0.5, connect_timeout=2))
+    started = time.monotonic()
+    result = project.cli("run", "notify", env=ENV)
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1
+    # a POST that got no answer may have been applied: it is not repeated (no duplicate comment)
+    assert entry(project)["message"] == (
+        f"cannot comment on PROJ-123: no response from 127.0.0.1:{jira.port} within 0.5s (read_timeout) "
+        "(not retried: the request may already have been applied)")
+    assert len(jira.requests) == 1 and slept == []
+
+
+def test_step_timeout_bounds_the_read_timeout(project: Project, jira: FakeJira) -> None:
+    jira.script_hang(30)
+    write_workflow(project, jira_step(jira, 2, timeout=0.5))
+    project.cli("run", "notify", env=ENV)
+    assert "within 0.5s (read_timeout)" in entry(project)["message"]
+
+
+def test_connection_refused(project: Project, slept: list[float]) -> None:
+    port = closed_port()
+    step = {"name": "notify jira", "type": "jira", "jira_url": f"http://127.0.0.1:{port}/rest/api/2",
+            "user": USER, "token": "${JIRA_TOKEN}", "issue": "PROJ-123", "comment": "hello"}
+    write_workflow(project, step)
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 1
+    assert entry(project)["message"] == (
+        f"cannot comment on PROJ-123: connection refused by 127.0.0.1:{port} after 4 attempts")
+    assert slept == [1.0, 2.0, 4.0]
+    assert_token_nowhere(project, result.stdout, result.stderr)
+
+
+# -- dry run, validation, warnings ------------------------------------------------------
+
+
+def test_dry_run_shows_requests_masked_and_sends_nothing(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 3, comment="Deploy {status}", transition="Done"))
+    result = project.cli("run", "notify", "--dry-run", env=ENV)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    start = lines.index(f"POST {jira.api_url(3)}/issue/PROJ-123/comment")
+    assert lines[start + 1] == f"Authorization: Basic *** (user {USER})"
+    assert lines[start + 2] == ('body: {"body": {"type": "doc", "version": 1, "content": [{"type": "paragraph", '
+                                '"content": [{"type": "text", "text": "Deploy passed"}]}]}}')
+    assert lines[start + 3] == f"GET {jira.api_url(3)}/issue/PROJ-123/transitions"
+    assert f"POST {jira.api_url(3)}/issue/PROJ-123/transitions" in lines
+    assert jira.requests == []
+    assert_token_nowhere(project, result.stdout, result.stderr)
+
+
+def test_dry_run_bearer(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 2, user=None, comment="hi"))
+    result = project.cli("run", "notify", "--dry-run", env=ENV)
+    assert "Authorization: Bearer *** (personal access token)" in result.stdout
+    assert 'body: {"body": "hi"}' in result.stdout
+    assert_token_nowhere(project, result.stdout, result.stderr)
+
+
+def test_literal_token_warns_and_is_masked(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 2, token=TOKEN))
+    result = project.cli("run", "notify")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "key 'token' holds a literal token" in result.stderr
+    assert "the Jira token is written in notify.json" in step_log(project)
+    assert jira.requests[0].header("Authorization") == BASIC
+    assert_token_nowhere(project, result.stdout, result.stderr)
+
+
+def test_empty_token_fails_the_step_not_the_definition(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 2, token="${JIRA_TOKEN:-}"))
+    validated = project.cli("validate", "notify", env={"JIRA_TOKEN": ""})
+    assert validated.exit_code == 0
+    assert "key 'token' is empty; set JIRA_TOKEN before the step runs" in validated.stderr
+    result = project.cli("run", "notify", env={"JIRA_TOKEN": ""})
+    assert result.exit_code == 1
+    assert entry(project)["message"].startswith("key 'token' is empty: set JIRA_TOKEN")
+    assert jira.requests == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"issue": "proj-123"}, ("key 'issue': 'proj-123' is not a Jira issue key (expected e.g. PROJ-123: "
+                            "a capital letter, capitals/digits/_, a dash, a number)")),
+    ({"issue": "${JIRA_ISSUE}"}, "key 'issue': 'PROJ-7 ' is not a Jira issue key"),
+    ({"comment": "Deploy {stauts}"}, "key 'comment': unknown placeholder {stauts} (did you mean 'status'?)"),
+    ({"comment": "Deploy {nope}"}, ("key 'comment': unknown placeholder {nope} (placeholders: {workflow}, "
+                                   "{run_id}, {status}, {failed_steps}, {summary}, {git_branch}, {git_commit}, "
+                                   "{ci_url}; write {{ or }} for a literal brace)")),
+    ({"comment": "json: {\"a\": 1}"}, "key 'comment': unknown placeholder {\"a\": 1}"),
+    ({"comment": "a } b"}, "key 'comment': Single '}' encountered in format string (write {{ or }} for a literal brace)"),
+    ({"comment": "{status!r}"}, "key 'comment': placeholder {status!r}: conversions and format specs are not supported"),
+    ({"jira_url": "jira.example.com"}, "key 'jira_url': 'jira.example.com' is not an http(s) URL"),
+    ({"jira_url": "https://x.atlassian.net/rest/api/4"}, ("key 'jira_url': 'https://x.atlassian.net/rest/api/4' "
+                                                         "is not a Jira REST API base")),
+    ({"transition": {"to_status_categry": "done"}}, ("key 'transition': unknown key 'to_status_categry' "
+                                                    "(did you mean 'to_status_category'?)")),
+    ({"transition": ["Done"]}, "key 'transition' must be a string or an object, not list"),
+    ({"read_timeout": 0}, "key 'read_timeout': must be a positive number of seconds, not 0"),
+    ({"tokn": "x"}, "unknown key 'tokn' (did you mean 'token'?)"),
+    ({"token": None}, "missing required key 'token'"),
+])
+def test_definition_errors(project: Project, jira: FakeJira, override: dict[str, Any], message: str) -> None:
+    step = {**jira_step(jira, 2), **override}
+    write_workflow(project, {k: v for k, v in step.items() if v is not None})
+    result = project.cli("run", "notify", env={**ENV, "JIRA_ISSUE": "PROJ-7 "})
+    assert result.exit_code == 2
+    assert result.stderr.startswith('orchestrate: error: workflows/notify.json: steps[1] "notify jira": ')
+    assert message in result.stderr
+    assert jira.requests == [] and not list(project.runs.glob("*.json"))
+
+
+# -- the real command, end to end ---------------------------------------------------------
+
+
+def test_installed_command_end_to_end(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 3, transition="Close Issue"))
+    result = project.run("run", "notify", env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [(r.method, r.path) for r in jira.requests] == [
+        ("POST", "/rest/api/3/issue/PROJ-123/comment"), ("GET", "/rest/api/3/issue/PROJ-123/transitions"),
+        ("POST", "/rest/api/3/issue/PROJ-123/transitions")]
+    jsonschema.validate(jira.requests[0].json["body"], ADF_SCHEMA)
+    jira.script(401, "")
+    failed = project.run("run", "notify", "--json", env=ENV)
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["log"][1]["message"] == (
+        f"authentication failed for {USER} at {jira.url} — check JIRA_TOKEN")
+    dry = project.run("run", "notify", "--dry-run", env=ENV)
+    assert dry.returncode == 0 and "Authorization: Basic ***" in dry.stdout
+    checked = assert_token_nowhere(project, result.stdout, result.stderr, failed.stdout, failed.stderr,
+                                   dry.stdout, dry.stderr)
+    assert checked >= 8  # two records, their step logs and junit.xml files, the workflow
+
+
+def test_seed_deploy_workflow_posts_to_the_test_server(project: Project, jira: FakeJira,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    seed = REPO / "workflows" / "deploy.json"
+    if not seed.exists():
+        pytest.skip("workflows/deploy.json is not on this branch yet")
+    shutil.copy(seed, project.workflows / "deploy.json")
+    if "cypress" not in o.RUNNERS:  # the cypress step type comes from another branch
+        class StandIn(o.Runner):
+            type_name = "cypress"
+            accepts_any_key = True
+        monkeypatch.setitem(o.RUNNERS, "cypress", StandIn())
+    env = {"JIRA_URL": jira.api_url(2), "JIRA_USER": USER, "JIRA_TOKEN": TOKEN}
+    validated = project.cli("validate", "deploy", env={"JIRA_TOKEN": ""})
+    assert validated.exit_code == 0, validated.stdout + validated.stderr
+    result = project.cli("run", "deploy", "--only", "notify jira", env=env)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    (post,) = jira.requests
+    assert (post.method, post.path) == ("POST", "/rest/api/2/issue/PROJ-123/comment")
+    assert post.header("Authorization") == BASIC
+    assert post.json == {"body": json.loads(seed.read_text())["steps"][2]["comment"]}
+    assert_token_nowhere(project, result.stdout, result.stderr)
+
+
+# -- pure helpers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, base, version, site", [
+    ("https://x.atlassian.net/rest/api/2", "https://x.atlassian.net/rest/api/2", 2, "https://x.atlassian.net"),
+    ("https://x.atlassian.net/rest/api/3/", "https://x.atlassian.net/rest/api/3", 3, "https://x.atlassian.net"),
+    ("https://x.atlassian.net", "https://x.atlassian.net/rest/api/3", 3, "https://x.atlassian.net"),
+    ("https://X.Atlassian.NET/", "https://X.Atlassian.NET/rest/api/3", 3, "https://X.Atlassian.NET"),
+    ("https://jira.example.com", "https://jira.example.com/rest/api/2", 2, "https://jira.example.com"),
+    ("https://example.com/jira/", "https://example.com/jira/rest/api/2", 2, "https://example.com/jira"),
+    ("http://127.0.0.1:8080/jira/rest/api/latest", "http://127.0.0.1:8080/jira/rest/api/latest", 2,
+     "http://127.0.0.1:8080/jira"),
+])
+def test_api_base_resolution(url: str, base: str, version: int, site: str) -> None:
+    assert o.jira_api(url) == o.JiraApi(base, version, site)
+
+
+@pytest.mark.parametrize("key, ok", [
+    ("PROJ-123", True), ("AB-1", True), ("A_1-9", True), ("proj-1", False), ("P-1", False),
+    ("PROJ123", False), ("PROJ-12a", False), ("1PROJ-1", False), ("PROJ-1\n", False)])
+def test_issue_key_pattern(key: str, ok: bool) -> None:
+    if ok:
+        assert o.check_jira_issue_key(key) == key
+    else:
+        with pytest.raises(ValueError, match="is not a Jira issue key"):
+            o.check_jira_issue_key(key)
+
+
+def test_template_values() -> None:
+    previous = [
+        {"step": "unit", "status": "passed", "duration_s": 1.94},
+        {"step": "ui", "status": "failed", "duration_s": 12.0, "message": "2 tests failed\nmore"},
+        {"step": "lint", "status": "failed", "duration_s": 0.2, "message": "style", "allowed_failure": True},
+        {"step": "docs", "status": "skipped", "message": "not changed"},
+    ]
+    trigger = {"source": "ci", "git": {"commit": "abc123", "branch": "main"},
+               "ci": {"provider": "github", "job_url": "https://github.com/o/r/actions/runs/7"}}
+    values = o.jira_template_values("deploy", "RID", previous, trigger)
+    text = o.render_jira_comment("{workflow} {run_id} {status} [{failed_steps}] {git_branch}@{git_commit} "
+                                 "{ci_url}\n{summary}", values)
+    assert text == ("deploy RID failed [ui, lint] main@abc123 https://github.com/o/r/actions/runs/7\n"
+                    "unit: passed in 1.9s\nui: failed in 12.0s — 2 tests failed\nlint: failed in 0.2s — style\n"
+                    "docs: skipped — not changed")
+    only_allowed = o.jira_template_values("w", "R", previous[2:3], {})
+    assert only_allowed["status"] == "passed"  # continue_on_error failures do not fail the run
+    empty = o.jira_template_values("w", "R", [], {})
+    assert o.render_jira_comment("{status} {failed_steps} {git_branch} {ci_url} {summary}", empty) == \
+        "passed none n/a n/a no earlier steps"
+
+
+def test_adf_document() -> None:
+    doc = o.jira_adf_document("line one\n\n  indented\r\nlast")
+    jsonschema.validate(doc, ADF_SCHEMA)
+    assert doc == {"type": "doc", "version": 1, "content": [
+        {"type": "paragraph", "content": [{"type": "text", "text": "line one"}]},
+        {"type": "paragraph", "content": []},
+        {"type": "paragraph", "content": [{"type": "text", "text": "  indented"}]},
+        {"type": "paragraph", "content": [{"type": "text", "text": "last"}]}]}
+    with pytest.raises(jsonschema.ValidationError):  # the schema does forbid empty text nodes
+        jsonschema.validate({"type": "doc", "version": 1, "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": ""}]}]}, ADF_SCHEMA)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_truncation(version: int) -> None:
+    text = ("x" * 99 + "\n") * 1000
+    payload, truncated = o.jira_comment_payload(text, version)
+    body = payload["body"]
+    serialized = body if version == 2 else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    assert truncated and o.JIRA_COMMENT_LIMIT - 200 < len(serialized) <= o.JIRA_COMMENT_LIMIT
+    if version == 3:
+        jsonschema.validate(body, ADF_SCHEMA)
+    assert o.jira_comment_payload("short\n", version) == (
+        {"body": "short" if version == 2 else o.jira_adf_document("short")}, False)
+
+
+def test_truncation_counts_utf16_units_like_jira() -> None:
+    out = o.truncate_jira_text("😀" * 20000)  # 20,000 code points, 40,000 UTF-16 units
+    assert len(out.encode("utf-16-le")) // 2 <= o.JIRA_COMMENT_LIMIT
+    assert out.endswith("characters omitted]") and "\ufffd" not in out
+
+
+def test_auth_and_literal_token() -> None:
+    assert o.jira_auth_header(USER, TOKEN) == BASIC
+    assert o.jira_auth_header(None, TOKEN) == o.jira_auth_header("", TOKEN) == f"Bearer {TOKEN}"
+    assert [o.token_is_literal(v) for v in ("${JIRA_TOKEN}", "${JIRA_TOKEN:-}", "${JIRA_TOKEN:-abc}",
+                                            "abc", "pre${X}", None)] == [False, False, True, True, True, False]
+
+
+@pytest.mark.parametrize("text, ctype, expected", [
+    ('{"errorMessages": ["Bad"], "errors": {"comment": "too long"}}', "application/json", "Bad; comment: too long"),
+    ('{"message": "Rate limit exceeded"}', "application/json", "Rate limit exceeded"),
+    ("<html><head><title>502 Bad  Gateway</title></head><body>" + "x" * 5000 + "</body></html>", "text/html",
+     "HTML page '502 Bad Gateway'"),
+    ("<!DOCTYPE html><html><body><h1>Oops</h1></body></html>", "", "HTML page 'Oops'"),
+    ("plain failure\nsecond line", "text/plain", "plain failure"),
+    ("", "", "empty body"),
+])
+def test_summarize_error_bodies(text: str, ctype: str, expected: str) -> None:
+    assert o.summarize_http_body(text, ctype) == expected
+
+
+def test_retry_after_forms() -> None:
+    assert o.parse_retry_after("3") == 3.0
+    assert o.parse_retry_after(None) is None and o.parse_retry_after("soon") is None
+    assert o.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+
+
+# -- the HTTP helper on its own ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409])
+def test_http_helper_does_not_retry_4xx(jira: FakeJira, status: int) -> None:
+    jira.script(status, {"errorMessages": ["no"]}, times=5)
+    resp = o.http_request("GET", jira.url + "/x", sleep=pytest.fail)
+    assert resp.status == status and resp.attempts == 1
+
+
+def test_http_helper_retries_idempotent_read_timeouts(jira: FakeJira) -> None:
+    jira.script_hang(10, times=4)
+    waits: list[float] = []
+    with pytest.raises(o.HttpTransportError) as info:
+        o.http_request("GET", jira.url + "/x", read_timeout=0.2, sleep=waits.append)
+    assert info.value.kind == "read_timeout" and info.value.attempts == 4 and waits == [1.0, 2.0, 4.0]
+    assert str(info.value).endswith("within 0.2s (read_timeout) after 4 attempts")
+
+
+def test_http_helper_connection_dropped_after_post(jira: FakeJira) -> None:
+    jira.script(close=True)
+    with pytest.raises(o.HttpTransportError) as info:
+        o.http_request("POST", jira.url + "/x", json_body={}, sleep=pytest.fail)
+    assert info.value.kind == "aborted"
+    assert str(info.value) == (f"127.0.0.1:{jira.port} closed the connection without a response "
+                               "(not retried: the request may already have been applied)")
+
+
+def test_http_helper_dns_failure() -> None:
+    with pytest.raises(o.HttpTransportError) as info:
+        o.http_request("GET", "http://no-such-host.invalid/x", attempts=1)
+    assert info.value.kind == "dns" and str(info.value) == "cannot resolve host 'no-such-host.invalid' — check the URL"
