@@ -3693,13 +3693,57 @@ def render_step_table(record: dict[str, Any]) -> list[str]:
 _COLORS = {"passed": "32", "failed": "31", "skipped": "33", "header": "1", "dim": "2"}
 
 
+class _ConsoleStream:
+    """A console stream that may go away (`orchestrate run deploy | head`, a CI log pipe
+    closed early): the run, its record and its report matter more than its echo, so after
+    EPIPE output is dropped and the run carries on. Before, the BrokenPipeError ended the run
+    mid-step with exit 0 and left a record that later read as interrupted."""
+
+    def __init__(self, stream: Any, binary: bool = False) -> None:
+        self._stream = stream
+        self._binary = binary
+        self.gone = False
+        inner = getattr(stream, "buffer", None)
+        self.buffer = _ConsoleStream(inner, binary=True) if inner is not None and not binary else None
+
+    def _went_away(self) -> None:
+        self.gone = True
+        if self.buffer is not None:
+            self.buffer.gone = True
+        try:  # so the interpreter's final flush of sys.stdout does not complain either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, AttributeError, ValueError):
+            pass
+
+    def write(self, data: Any) -> None:
+        if self.gone:
+            return
+        try:
+            self._stream.write(data)
+        except BrokenPipeError:
+            self._went_away()
+
+    def flush(self) -> None:
+        if self.gone:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._went_away()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._stream, "isatty", lambda: False)())
+
+
 class Console:
     """Everything orchestrate prints while running. Colour only on a terminal without NO_COLOR;
     the live --quiet status line only on a terminal, never into a pipe or CI log."""
 
     def __init__(self, quiet: bool = False, stream: Any = None, debug: bool = False,
                  color: bool | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout
+        self.stream = _ConsoleStream(stream if stream is not None else sys.stdout)
         self.quiet = quiet
         self.debug_enabled = debug
         is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
