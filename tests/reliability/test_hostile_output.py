@@ -141,3 +141,18 @@ def test_fifty_megabytes_without_a_newline_and_ten_megabyte_lines(tmp_path: Path
     for entry in record["log"]:
         assert len(entry["output_tail"].encode()) <= orchestrate.TAIL_MAX_BYTES * 3
     assert (root / "runs" / f"{record['run_id']}.json").stat().st_size < 64 * 1024
+
+
+def test_console_going_away_does_not_stop_the_run(tmp_path: Path) -> None:
+    """`orchestrate run w | head -1`: the reader leaves; the run still completes and records."""
+    root = tmp_path / "project"
+    _project(root, [{"name": "talks", "type": "command", "run": _printer("for i in range(20000): out.write(b'line %d\\n' % i)")},
+                    {"name": "after", "type": "command", "run": ["echo", "after"]}])
+    done = subprocess.run(["sh", "-c", '"$@" | head -c 100 >/dev/null', "sh",
+                           *orchestrate_argv(root, "run", "w")], env=clean_env(), capture_output=True, timeout=60)
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr
+    record = _only_record(root)
+    assert record["status"] == "completed", record["message"]
+    assert [e["status"] for e in record["log"]] == ["passed", "passed"]
+    log = (root / "runs" / record["run_id"] / Path(record["log"][0]["log_file"]).name).read_bytes()
+    assert log.count(b"\n") == 20000
