@@ -1295,10 +1295,12 @@ class StepWatchdog:
             self.write_fd = None
 
     def watch(self, pgid: int) -> None:
-        self._send(f"+{pgid}")
+        if isinstance(pgid, int) and pgid > 1:  # never 0 or 1: 'kill -1' means every process
+            self._send(f"+{pgid}")
 
     def release(self, pgid: int) -> None:
-        self._send(f"-{pgid}")
+        if isinstance(pgid, int) and pgid > 1:
+            self._send(f"-{pgid}")
 
 
 WATCHDOG = StepWatchdog()
