@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _rel import PY, all_records_parse, clean_env, cli, kill_all, run, wait_gone
+from _rel import PY, all_records_parse, clean_env, cli, kill_all, processes_with, run, wait_gone
 
 import orchestrate
 
 SEED = 20261127
 KILLS = 50
 STREAM = ("import sys, time\n"
-          "for i in range(150):\n"
-          "    sys.stdout.write('line %d %s\\n' % (i, 'x' * 300)); sys.stdout.flush(); time.sleep(0.002)\n")
+          "for i in range(250):\n"
+          "    sys.stdout.write('line %d %s\\n' % (i, 'x' * 300)); sys.stdout.flush(); time.sleep(0.003)\n")
 # orchestrate with every record update written as a full snapshot (write_atomic), so kills land
 # inside record writes as often as possible; the plain command is used for the other half
 LAUNCH_SNAPSHOT_EVERY_UPDATE = ("import sys, orchestrate\norchestrate.SNAPSHOT_INTERVAL_S = 0.0\n"
@@ -45,7 +45,7 @@ def _crash_workflow(root: Path, name: str, marker: str) -> Path:
 
 
 def _one_kill(root: Path, trial: int, delay: float, snapshot_every_update: bool,
-              after_first_step: bool) -> dict[str, Any]:
+              moment: str) -> dict[str, Any]:
     marker = f"orch-crash-{SEED}-{trial}"
     started = _crash_workflow(root, f"crash{trial}", marker)
     launcher = ["-c", LAUNCH_SNAPSHOT_EVERY_UPDATE] if snapshot_every_update else ["-m", "orchestrate"]
@@ -53,32 +53,39 @@ def _one_kill(root: Path, trial: int, delay: float, snapshot_every_update: bool,
                                env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        if after_first_step:  # start-up time varies with load: count from the first step
-            deadline = time.monotonic() + 20
-            while not started.exists() and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.005)
+        # start-up time varies with load: count from the first step, or from the stream step
+        deadline = time.monotonic() + 20
+        while moment != "start-up" and process.poll() is None and time.monotonic() < deadline:
+            if (started.exists() if moment == "steps" else bool(processes_with(f"{marker}-grandchild"))):
+                break
+            time.sleep(0.005)
         time.sleep(delay)
+        alive_at_kill = processes_with(marker)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         left = wait_gone(marker, timeout=orchestrate.KILL_GRACE_S + 3)
     finally:
         kill_all(marker)
-    return {"trial": trial, "pid": process.pid, "delay": delay, "left": left}
+    return {"trial": trial, "pid": process.pid, "delay": delay, "left": left, "alive_at_kill": bool(alive_at_kill)}
 
 
 def test_sigkill_at_fifty_random_moments(tmp_path: Path) -> None:
     root = tmp_path / "project"
     rng = random.Random(SEED)
-    # ten kills during start-up (parsing, creating the record), forty from the first step on:
-    # between quick steps, while the stream step prints, at the end (reports, final record)
-    plan = [(i, rng.uniform(0.0, 0.5) if i < 10 else rng.uniform(0.0, 1.0), i % 2 == 0, i >= 10)
-            for i in range(KILLS)]
+    # ten kills during start-up (parsing, creating the record), twenty from the first step on
+    # (between quick steps, during record writes, at the end: reports, final record), twenty
+    # while the stream step prints and its grandchild sleeps
+    moments = ["start-up"] * 10 + ["steps"] * 20 + ["stream"] * 20
+    plan = [(i, rng.uniform(0.0, {"start-up": 0.5, "steps": 1.0, "stream": 0.8}[moment]), i % 2 == 0, moment)
+            for i, moment in enumerate(moments)]
     with ThreadPoolExecutor(max_workers=4) as pool:  # four at a time, all sharing one runs/
         outcomes = list(pool.map(lambda p: _one_kill(root, *p), plan))
 
     # the killed run's step process tree is gone: the watchdog ended it
     survivors = [o for o in outcomes if o["left"]]
     assert not survivors, f"step processes outlived a SIGKILLed orchestrate: {survivors}"
+    # and the proof is not vacuous: many kills caught the streaming step and its grandchild
+    assert sum(o["alive_at_kill"] for o in outcomes) >= 15, outcomes
 
     runs = root / "runs"
     records = all_records_parse(runs)  # every runs/*.json is a whole JSON document
