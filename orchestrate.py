@@ -1231,56 +1231,80 @@ def end_process_group(process: Any, grace: float = KILL_GRACE_S) -> None:
 # OOM killer): PR_SET_PDEATHSIG would only reach the direct child, and setting it from a
 # preexec_fn is not safe once threads exist. So orchestrate starts one tiny /bin/sh per
 # process that reads "+PGID" / "-PGID" lines from a pipe only orchestrate holds the write end
-# of. When orchestrate dies, however it dies, the kernel closes that pipe, `read` sees end of
-# file, and the shell ends every group still registered: SIGTERM, then SIGKILL after the
-# grace period, as end_process_group does (dash's kill takes no "--"). The shell sits in its own session, so a signal to
-# orchestrate's process group does not take it down first.
+# of. When orchestrate dies, however it dies, the kernel closes that pipe and `read` sees end
+# of file. Unless orchestrate said "bye" (a clean exit), the shell then ends every registered
+# group and every process whose environment carries this orchestrate's ORCHESTRATE_WATCHDOG
+# token (from /proc: that also catches a step started in the milliseconds between fork and
+# registration, and anything that left the group): SIGTERM, then SIGKILL after the grace
+# period, as end_process_group does. The shell sits in its own session, so a signal to
+# orchestrate's process group does not take it down first. (dash's kill takes no "--".)
 _WATCHDOG_SCRIPT = r"""
-groups=" "
+grace=$1 token=$2 groups=" "
 while IFS= read -r line; do
   case $line in
     +*) groups="$groups${line#+} " ;;
-    -*) g=${line#-}; groups="${groups%%" $g "*} ${groups#*" $g "}" ;;
+    -*) g=${line#-}; case $groups in *" $g "*) groups="${groups%%" $g "*} ${groups#*" $g "}" ;; esac ;;
+    bye) exit 0 ;;
   esac
 done
-[ -z "${groups## }" ] && exit 0
-for g in $groups; do kill -TERM "-$g" 2>/dev/null; done
+tagged() {
+  grep -la "ORCHESTRATE_WATCHDOG=$token" /proc/[0-9]*/environ 2>/dev/null |
+    sed -n 's|^/proc/\([0-9][0-9]*\)/environ$|\1|p'
+}
+end() {
+  for g in $groups; do kill "-$1" "-$g" 2>/dev/null; done
+  for p in $(tagged); do kill "-$1" "$p" 2>/dev/null; done
+}
+end TERM
 i=0
-while [ "$i" -lt "$1" ]; do
-  alive=
+while [ "$i" -lt "$grace" ]; do
+  alive=$(tagged)
   for g in $groups; do kill -0 "-$g" 2>/dev/null && alive=1; done
   [ -z "$alive" ] && exit 0
   sleep 0.1; i=$((i + 1))
 done
-for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
+end KILL
 """
+WATCHDOG_ENV = "ORCHESTRATE_WATCHDOG"
 
 
 class StepWatchdog:
-    """Ends registered step process groups if this process dies without ending them."""
+    """Ends this process's steps if it dies without ending them (see the comment above)."""
 
     def __init__(self, grace: float = KILL_GRACE_S) -> None:
         self.grace = grace
+        self.token = os.urandom(8).hex()
         self.write_fd: int | None = None
         self.owner_pid = 0
         self.process: Any = None  # kept so Popen.__del__ does not warn while it waits for EOF
 
+    def step_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The step's environment, tagged so the watchdog can find its processes."""
+        self._ensure()
+        return {**env, WATCHDOG_ENV: self.token}
+
     def _ensure(self) -> int | None:
         if self.write_fd is not None and self.owner_pid == os.getpid():
             return self.write_fd
+        import atexit
         import subprocess
 
+        if self.owner_pid != os.getpid():
+            self.token = os.urandom(8).hex()  # a forked copy gets its own
         read_fd, write_fd = os.pipe()  # not inheritable (PEP 446): steps never hold it open
         try:
-            self.process = subprocess.Popen(["/bin/sh", "-c", _WATCHDOG_SCRIPT, "orchestrate-watchdog",
-                              str(max(1, int(self.grace * 10)))],
-                             stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True, close_fds=True)
+            self.process = subprocess.Popen(
+                ["/bin/sh", "-c", _WATCHDOG_SCRIPT, "orchestrate-watchdog",
+                 str(max(1, int(self.grace * 10))), self.token],
+                stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, close_fds=True)
         except OSError:
             os.close(write_fd)
             return None  # best effort: without /bin/sh, steps still end with every clean exit
         finally:
             os.close(read_fd)
+        if self.owner_pid == 0:
+            atexit.register(self.close)
         self.write_fd, self.owner_pid = write_fd, os.getpid()
         return write_fd
 
@@ -1302,6 +1326,16 @@ class StepWatchdog:
         if isinstance(pgid, int) and pgid > 1:
             self._send(f"-{pgid}")
 
+    def close(self) -> None:
+        """A clean exit: every step has been ended by run_process; nothing to do."""
+        if self.write_fd is not None and self.owner_pid == os.getpid():
+            try:
+                os.write(self.write_fd, b"bye\n")
+                os.close(self.write_fd)
+            except OSError:
+                pass
+            self.write_fd = None
+
 
 WATCHDOG = StepWatchdog()
 
@@ -1317,7 +1351,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     shell = isinstance(argv, str)
     try:
         process = subprocess.Popen(
-            argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd), env=env,
+            argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd), env=WATCHDOG.step_env(env),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     except FileNotFoundError as exc:
