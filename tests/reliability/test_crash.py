@@ -46,7 +46,7 @@ def _crash_workflow(root: Path, name: str, marker: str) -> Path:
 
 def _one_kill(root: Path, trial: int, delay: float, snapshot_every_update: bool,
               moment: str) -> dict[str, Any]:
-    marker = f"orch-crash-{SEED}-{trial}"
+    marker = f"orch-crash-{SEED}-t{trial:02d}"  # no marker is a prefix of another
     started = _crash_workflow(root, f"crash{trial}", marker)
     launcher = ["-c", LAUNCH_SNAPSHOT_EVERY_UPDATE] if snapshot_every_update else ["-m", "orchestrate"]
     process = subprocess.Popen([PY, *launcher, "--root", str(root), "run", f"crash{trial}"],
@@ -230,3 +230,33 @@ def test_torn_journal_line_keeps_everything_before_it(tmp_path: Path) -> None:
     record = json.loads(run(root, "status", rid, "--json").stdout)
     assert record["status"] == "failed" and record["interrupted"]
     assert record["log"][0]["status"] == "passed"
+
+
+LAUNCH_DIE_BEFORE_REGISTERING = """
+import os, signal, sys, orchestrate
+def die(pgid):  # SIGKILL in the window between the step's fork and its registration
+    os.kill(os.getpid(), signal.SIGKILL)
+orchestrate.WATCHDOG.watch = die
+sys.exit(orchestrate.main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_between_fork_and_registration_still_ends_the_step(tmp_path: Path) -> None:
+    """The watchdog also finds the step by the token in its environment (the race the fifty
+    kills once hit under load: orchestrate killed while Popen was starting the step)."""
+    root = tmp_path / "project"
+    marker = f"orch-crash-{SEED}-unregistered"
+    sleeper = f"{PY} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'"
+    step = {"name": "s", "type": "command", "run": f"{sleeper} {marker}-grandchild & exec {sleeper} {marker}"}
+    (root / "workflows").mkdir(parents=True)
+    (root / "workflows" / "w.json").write_text(json.dumps({"steps": [step]}))
+    try:
+        done = subprocess.run([PY, "-c", LAUNCH_DIE_BEFORE_REGISTERING, "--root", str(root), "run", "w"],
+                              env=clean_env(), capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert done.returncode == -signal.SIGKILL
+        # they ignore SIGTERM: gone after the grace period, by SIGKILL
+        assert wait_gone(marker, orchestrate.KILL_GRACE_S + 3) == []
+    finally:
+        kill_all(marker)
+    rows = json.loads(run(root, "runs", "--json").stdout)
+    assert rows[0]["status"] == "failed" and rows[0]["interrupted"]
