@@ -5040,6 +5040,512 @@ REPORT_HOOKS.append(github_step_summary)
 
 
 # === 10. HTTP server ===
+#
+# `orchestrate serve` (the optional `server` extra): the seed's HTTP service shape on the
+# same run store the CLI uses. Each run is its own `orchestrate run NAME --run-id ID` child
+# process, so a crashing workflow never takes the server down and `status`/`runs` on the
+# CLI see HTTP runs like any other. FastAPI and uvicorn are imported inside create_app()
+# and serve() only: the base install (typer + requests) must never import them.
+#
+# Annotations in this section use only builtins and `Any`: FastAPI evaluates string
+# annotations (PEP 563) against this module's globals, where no FastAPI name lives.
+
+SERVER_EXTRA_HINT = (
+    "pipx install 'orchestrate[server]' (or, into an existing pipx install: "
+    "pipx inject orchestrate fastapi uvicorn; in a virtualenv: pip install 'orchestrate[server]')"
+)
+API_TOKEN_ENV = "ORCHESTRATE_API_TOKEN"
+SERVER_STOPPED = "server stopped"
+MAX_QUEUED_RUNS = 1000  # pending runs one server holds before /start answers 429
+_LOG_FOLLOW_INTERVAL_S = 0.25
+_RUN_STATUS_PATTERN = "^(pending|running|failed|completed)$"
+
+
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: could resolve anywhere, so treat it as exposed
+
+
+def _check_text(value: str, what: str) -> str:
+    """Reject what cannot travel as an argv element: NUL bytes and unpaired surrogates."""
+    if "\x00" in value:
+        raise UsageError(f"{what}: NUL character is not allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what}: not valid UTF-8 text") from None
+    return value
+
+
+def _child_command(env: dict[str, str]) -> list[str]:
+    """How to start `orchestrate` with the interpreter this server runs on.
+
+    The console script beside sys.executable (a pipx or virtualenv install) imports the
+    module as `orchestrate`, as plugins that import orchestrate expect; without one,
+    `python -m orchestrate` with this module's folder put on PYTHONPATH in `env`.
+    """
+    script = Path(sys.executable).with_name("orchestrate")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    module_dir = str(Path(__file__).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [module_dir, env.get("PYTHONPATH")]))
+    return [sys.executable, "-m", "orchestrate"]
+
+
+@dataclass
+class QueuedRun:
+    run_id: str
+    argv: list[str]
+    variables: dict[str, str] = field(default_factory=dict)  # in the child's environment, not its argv
+
+
+class RunDispatcher:
+    """Starts queued runs as child processes, at most `max_parallel` at once, in order.
+
+    A thread, not asyncio: the children are plain processes, and reaping them every
+    fraction of a second costs nothing. Pending runs live only in memory (their vars may
+    hold secrets), so a stopped server fails its queue with "server stopped".
+    """
+
+    def __init__(self, store: RunStore, root: Path, child_argv: list[str],
+                 max_parallel: int, env: dict[str, str]) -> None:
+        self.store = store
+        self.root = root
+        self.child_argv = child_argv
+        self.max_parallel = max(1, max_parallel)
+        self.env = env
+        import threading
+
+        self._queue: list[QueuedRun] = []  # at most MAX_QUEUED_RUNS: pop(0) is cheap enough
+        self._running: dict[str, tuple[Any, Any]] = {}  # run id -> (Popen, its output file)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: Any = None
+
+    # -- called from request handlers
+    def submit(self, run: QueuedRun) -> None:
+        with self._cond:
+            self._queue.append(run)
+            self._cond.notify()
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def running(self) -> int:
+        with self._cond:
+            return len(self._running)
+
+    # -- lifecycle
+    def start(self) -> None:
+        import threading
+
+        self._thread = threading.Thread(target=self._loop, name="orchestrate-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop starting runs; fail the queue. Running children finish on their own."""
+        with self._cond:
+            self._stopping = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for run in left:
+            self._fail_pending(run.run_id, SERVER_STOPPED)
+
+    # -- the thread
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._reap()
+                while self._queue and len(self._running) < self.max_parallel:
+                    self._spawn(self._queue.pop(0))
+                self._cond.wait(timeout=0.2)
+
+    def _spawn(self, run: QueuedRun) -> None:
+        import subprocess
+        import tempfile
+
+        # the child's own output (it runs --quiet; its steps log to runs/): kept only to say
+        # why a run that never started failed, closed when the child is reaped
+        output = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                # variables travel in the environment: an argv is readable by every local user (ps)
+                run.argv, cwd=self.root, env={**self.env, **run.variables}, stdin=subprocess.DEVNULL,
+                stdout=output, stderr=subprocess.STDOUT,
+                # its own session: Ctrl-C on the server's terminal does not end runs that
+                # already started; they finish and record themselves.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            output.close()
+            self._fail_pending(run.run_id, f"could not start orchestrate run: {exc}")
+            return
+        self._running[run.run_id] = (proc, output)
+
+    def _reap(self) -> None:
+        for run_id, (proc, output) in list(self._running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self._running[run_id]
+            output.seek(0)
+            tail = output.read()[-2000:].decode("utf-8", "replace").strip()
+            output.close()
+            # A child that exits before adopting its pending record (an option it
+            # refused, an unusable environment) would leave the run pending forever.
+            last_line = tail.splitlines()[-1] if tail else ""
+            self._fail_pending(run_id, f"orchestrate run exited with code {code} before starting"
+                                       + (f": {last_line}" if last_line else ""))
+
+    def _fail_pending(self, run_id: str, message: str) -> None:
+        """Mark a run failed if (and only if) it is still pending."""
+        try:
+            record = self.store.load(run_id)
+        except OrchestrateError:
+            return
+        if record.get("status") != "pending":
+            return
+        record.update(status="failed", finished_at=utc_now(), current=None, message=message)
+        self.store.write_snapshot(record)
+
+
+def fail_orphaned_pending_runs(store: RunStore) -> list[str]:
+    """Fail runs a previous server queued but never started ("server stopped").
+
+    A pending HTTP run belongs to the server whose pid its trigger names; while that
+    server lives (another server on the same runs folder) its queue is left alone.
+    """
+    failed = []
+    for summary in store.list(status="pending", limit=None):
+        run_id = summary.get("run_id")
+        if not run_id or summary.get("unreadable"):
+            continue
+        try:
+            record = store.load(run_id)
+        except OrchestrateError:
+            continue
+        trigger = record.get("trigger") or {}
+        if record.get("status") != "pending" or trigger.get("source") != "http":
+            continue
+        server_pid = trigger.get("server_pid")
+        if isinstance(server_pid, int) and server_pid != os.getpid() and process_alive(server_pid):
+            continue
+        record.update(status="failed", finished_at=utc_now(), current=None, message=SERVER_STOPPED)
+        store.write_snapshot(record)
+        failed.append(run_id)
+    return failed
+
+
+def _step_log_file(store: RunStore, run_id: str, record: dict, step: str) -> Path | None:
+    """The log file of `step` in this run, or None while it has none.
+
+    Only the file name from the record is trusted: the file is always looked up inside
+    the run's own folder, whatever the record says.
+    """
+    entry = _step_entry(record, step)
+    if entry is None or not entry.get("log_file"):
+        return None
+    path = store.run_dir(run_id) / Path(str(entry["log_file"])).name
+    return path if path.is_file() else None
+
+
+def _step_entry(record: dict, step: str) -> dict | None:
+    """A step's log entry by name or 1-based number, as `orchestrate logs` takes it."""
+    entries = [e for e in record.get("log") or [] if isinstance(e, dict)]
+    for entry in entries:
+        if entry.get("step") == step:
+            return entry
+    if step.isdigit() and 1 <= int(step) <= len(entries):
+        return entries[int(step) - 1]
+    return None
+
+
+def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: int = 2,
+               token: str | None = None) -> Any:
+    """The FastAPI application of `orchestrate serve` (needs the `server` extra)."""
+    import asyncio
+    import contextlib
+    import hmac
+
+    from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Security
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from fastapi.security import HTTPBearer
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    root = Path(root).resolve()
+    workflows_dir = Path(workflows_dir)
+    runs_dir = Path(runs_dir)
+    store = RunStore(runs_dir)
+    # the runs never need the API token: keep it out of their environment (and their steps')
+    child_env = {k: v for k, v in os.environ.items() if k != API_TOKEN_ENV}
+    dispatcher = RunDispatcher(store, root, _child_command(child_env), max_parallel, child_env)
+
+    class StartRequest(BaseModel):
+        """Optional body of POST /start: what `--var`, `--only` and `--skip` give on the CLI."""
+        model_config = ConfigDict(extra="forbid")
+        vars: dict[str, str] = Field(default_factory=dict, description="--var KEY=VALUE")
+        only: list[str] = Field(default_factory=list, description="--only STEP")
+        skip: list[str] = Field(default_factory=list, description="--skip STEP")
+
+    class ErrorBody(BaseModel):
+        detail: str
+
+    def error(status: int, message: str) -> HTTPException:
+        return HTTPException(status_code=status, detail=message)
+
+    def check_name(name: str) -> str:
+        try:
+            return check_workflow_name(_check_text(name, "workflow name"))
+        except (UsageError, ValueError) as exc:
+            raise error(400, str(exc)) from None
+
+    def check_id(run_id: str) -> str:
+        try:
+            return check_run_id(_check_text(run_id, "run id"))
+        except (UsageError, ValueError) as exc:
+            raise error(400, str(exc)) from None
+
+    def load_record(run_id: str) -> dict:
+        check_id(run_id)
+        try:
+            return store.load(run_id)
+        except UsageError:
+            raise error(404, f"unknown run '{run_id}'") from None
+        except OrchestrateError as exc:  # unreadable record: the server's data, not the request
+            raise error(500, str(exc)) from None
+
+    bearer = HTTPBearer(auto_error=False, description=f"the value of {API_TOKEN_ENV}")
+
+    def require_token(credentials: Any = Security(bearer)) -> None:  # noqa: B008 (FastAPI's idiom)
+        if token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        # constant time, so the token cannot be guessed a byte at a time from timings
+        if not given or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+            raise HTTPException(status_code=401, detail=f"missing or wrong bearer token ({API_TOKEN_ENV})",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fail_orphaned_pending_runs(store)
+        dispatcher.start()
+        yield
+        dispatcher.stop()
+
+    app = FastAPI(
+        title="orchestrate",
+        version=__version__,
+        description="Start orchestrate workflows and follow their runs over HTTP.",
+        lifespan=lifespan,
+        # with a token, the schema and docs are behind it too (added to the router below)
+        **({"docs_url": None, "redoc_url": None, "openapi_url": None} if token is not None else {}),
+    )
+    app.state.dispatcher = dispatcher
+    app.state.store = store
+    errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+    if token is not None:
+        errors[401] = {"model": ErrorBody}
+    api = APIRouter(dependencies=[Security(require_token)], responses=errors)
+    if token is not None:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        @api.get("/openapi.json", include_in_schema=False)
+        def openapi_schema() -> dict:
+            return app.openapi()
+
+        @api.get("/docs", include_in_schema=False)
+        def docs() -> Any:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="orchestrate API")
+
+    @app.get("/healthz", tags=["server"])
+    def healthz() -> dict:
+        """Liveness probe; the only endpoint that never needs the token."""
+        return {"status": "ok"}
+
+    start_body_schema = StartRequest.model_json_schema()
+
+    @api.post("/start", status_code=202, tags=["runs"],
+              responses={422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+              openapi_extra={"requestBody": {"required": False, "content": {
+                  "application/json": {"schema": start_body_schema}}}})
+    def start(name: str = Query(..., description="workflow name (workflows/NAME.json)"),
+              body: Any = Body(None)) -> dict:  # noqa: B008 (FastAPI's idiom)
+        """Queue a run of workflow NAME; it starts as soon as fewer than --max-parallel run."""
+        name = check_name(name)
+        if isinstance(body, (str, bytes)):  # `curl -d '{...}'` without -H 'Content-Type: application/json'
+            try:
+                body = json.loads(body) if body.strip() else None
+            except ValueError:
+                raise error(422, "body: expected JSON like {\"vars\": {}, \"only\": [], \"skip\": []}") from None
+        try:
+            request = StartRequest.model_validate({} if body is None else body)
+        except ValidationError as exc:
+            raise error(422, "; ".join(".".join(["body", *map(str, e["loc"])]) + f": {e['msg']}"
+                                       for e in exc.errors())) from None
+        try:
+            for key, value in request.vars.items():
+                _check_text(key, "vars key")
+                _check_text(value, f"vars[{key!r}]")
+                if not _VAR_NAME_RE.match(key):  # the names --var KEY=VALUE takes
+                    raise UsageError(f"vars key {key!r}: expected a variable name (letters, digits, _)")
+            for step_name in [*request.only, *request.skip]:
+                _check_text(step_name, "step name")
+        except UsageError as exc:
+            raise error(422, str(exc)) from None
+        known = dict(list_workflows(workflows_dir))
+        if name not in known:
+            raise error(404, f"unknown workflow '{name}'{did_you_mean(name, known)}")
+        try:
+            variables = {**os.environ, **request.vars}  # what the run will see (_base_environment)
+            workflow = load_workflow(name, workflows_dir, variables, load_settings(root), root)
+            select_steps(workflow, RunOptions(only=request.only, skip=request.skip))  # as `run` checks them
+        except OrchestrateError as exc:
+            raise error(422, str(exc)) from None
+        if dispatcher.queued() >= MAX_QUEUED_RUNS:
+            raise error(429, f"{MAX_QUEUED_RUNS} runs already wait; try again when some have started")
+
+        run_id = new_run_id()
+        store.create({
+            "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": name, "status": "pending",
+            "current": None, "started_at": None, "finished_at": None, "pid": None, "message": "",
+            "workflow_sha256": workflow.sha256, "options": {"only": request.only, "skip": request.skip},
+            # the run keeps this trigger when it adopts the record; var values stay out of
+            # it (they may be secrets): names only
+            "trigger": {"source": "http", "server_pid": os.getpid(), "queued_at": utc_now(),
+                        "vars": sorted(request.vars)},
+            "log": [],
+        })
+        argv = [*dispatcher.child_argv, "--root", str(root), "--workflows-dir", str(workflows_dir),
+                "--runs-dir", str(runs_dir), "run", name, f"--run-id={run_id}", "--quiet"]
+        # --opt=value, so a value starting with '-' is never read as an option
+        argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
+        dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
+        return {"run_id": run_id}
+
+    @api.get("/status/{run_id}", tags=["runs"])
+    def status(run_id: str) -> dict:
+        """The run's record, as stored (secrets already masked): current, status, log, ..."""
+        return load_record(run_id)
+
+    @api.get("/runs", tags=["runs"])
+    def runs(workflow: str | None = Query(None, description="only runs of this workflow"),
+             status: str | None = Query(None, pattern=_RUN_STATUS_PATTERN),
+             limit: int = Query(20, ge=1, le=1000)) -> list:
+        """Run history, newest first."""
+        if workflow is not None:
+            workflow = check_name(workflow)
+        return store.list(workflow=workflow, status=status, limit=limit)
+
+    @api.get("/workflows", tags=["workflows"])
+    def workflows() -> list:
+        """The workflows under workflows/, with their descriptions."""
+        listed = []
+        for wf_name, path in list_workflows(workflows_dir):
+            description = None
+            try:
+                description = json.loads(path.read_text(encoding="utf-8")).get("description")
+            except (OSError, ValueError, AttributeError):
+                pass  # an invalid file is still listed; `validate` says what is wrong
+            listed.append({"name": wf_name, "path": os.path.relpath(path, root), "description": description})
+        return listed
+
+    @api.get("/runs/{run_id}/junit", tags=["runs"], response_class=Response,
+             responses={200: {"content": {"application/xml": {}}}})
+    def junit(run_id: str) -> Any:
+        """The run's JUnit XML report (404 until the run has written it)."""
+        record = load_record(run_id)
+        try:
+            data = store.junit_path(run_id).read_bytes()
+        except FileNotFoundError:
+            raise error(404, f"run '{run_id}' has no JUnit report yet (status {record.get('status')})") from None
+        return Response(content=data, media_type="application/xml")
+
+    @api.get("/runs/{run_id}/logs/{step}", tags=["runs"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {}}}})
+    def logs(run_id: str, step: str) -> Any:
+        """A step's full log (masked); followed until the step ends while it is running."""
+        record = load_record(run_id)
+        path = _step_log_file(store, run_id, record, step)
+        if path is None:
+            names = [str(e.get("step", "")) for e in record.get("log") or []]
+            if _step_entry(record, step) is not None:
+                raise error(404, f"step '{step}' of run '{run_id}' has no log yet")
+            raise error(404, f"run '{run_id}' has no step '{step}'{did_you_mean(step, names)}")
+
+        def still_writing() -> bool:
+            try:
+                current = store.load(run_id)
+            except OrchestrateError:
+                return False
+            if current.get("status") not in ("pending", "running"):
+                return False
+            entry = _step_entry(current, step)
+            return entry is not None and entry.get("status") in ("pending", "running")
+
+        async def follow() -> Any:
+            handle = await asyncio.to_thread(open, path, "rb")
+            try:
+                while True:
+                    chunk = await asyncio.to_thread(handle.read, READ_CHUNK)
+                    if chunk:
+                        yield chunk
+                        continue
+                    if not await asyncio.to_thread(still_writing):
+                        while rest := await asyncio.to_thread(handle.read, READ_CHUNK):
+                            yield rest
+                        return
+                    await asyncio.sleep(_LOG_FOLLOW_INTERVAL_S)
+            finally:
+                handle.close()
+
+        return StreamingResponse(follow(), media_type="text/plain; charset=utf-8")
+
+    app.include_router(api)
+
+    @app.exception_handler(OrchestrateError)
+    async def orchestrate_error(request: Any, exc: Any) -> Any:
+        status_code = 400 if isinstance(exc, UsageError) else 422 if isinstance(exc, DefinitionError) else 500
+        return JSONResponse(status_code=status_code, content={"detail": str(exc)})
+
+    return app
+
+
+def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Path,
+          runs_dir: Path) -> None:
+    """Run the HTTP API in the foreground until Ctrl-C."""
+    token = os.environ.get(API_TOKEN_ENV) or None
+    if not _is_loopback_host(host) and token is None:
+        raise UsageError(
+            f"refusing to serve on {host}: anyone who can reach it could start workflows. "
+            f"Set {API_TOKEN_ENV} (clients then send 'Authorization: Bearer <token>') "
+            f"or keep the default --host 127.0.0.1")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise OrchestrateError(f"orchestrate serve needs the 'server' extra ({exc.name} is missing): "
+                               f"{SERVER_EXTRA_HINT}") from None
+    app = create_app(root, workflows_dir, runs_dir, max_parallel=max_parallel, token=token)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"orchestrate serve: http://{shown}:{port} (API docs at /docs), "
+          f"at most {max_parallel} run(s) at once, "
+          f"{'bearer token required' if token else 'no token (loopback only)'}", file=sys.stderr)
+    # a client following a log must not hold a Ctrl-C'd server open for long
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+
 
 # === 11. CLI and main ===
 
@@ -5454,6 +5960,26 @@ def hook_status_command(
     typer.echo(info["summary"])
     typer.echo(f"  hooks folder: {info['hooks_dir']}"
                + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else ""))
+    return EXIT_OK
+
+
+@app.command("serve")
+@_boundary
+def serve_command(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to bind; anything but loopback needs ORCHESTRATE_API_TOKEN."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    max_parallel: int = typer.Option(2, "--max-parallel", min=1,
+                                     help="Runs at once; more starts wait as pending, in order."),
+) -> int:
+    """Serve the HTTP API (the 'server' extra): POST /start?name=NAME, GET /status/RUN_ID, docs at /docs.
+
+    Each run is its own `orchestrate run` process on the same run store as the CLI. With
+    ORCHESTRATE_API_TOKEN set, every endpoint but /healthz needs 'Authorization: Bearer <token>'.
+    """
+    paths = _paths(ctx)
+    serve(host, port, max_parallel, paths.root, paths.workflows_dir, paths.runs_dir)
     return EXIT_OK
 
 
