@@ -5549,25 +5549,17 @@ def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Pa
 
 # === 11. CLI and main ===
 
-import typer  # noqa: E402  (after the library code: the CLI is a thin layer over it)
-
-app = typer.Typer(
-    name="orchestrate", add_completion=False, no_args_is_help=True,
-    pretty_exceptions_enable=False, rich_markup_mode=None,
-    help="Run a project's check-and-release workflow (workflows/<name>.json).\n\n"
-         "Exit codes: 0 every step passed or was skipped; 1 a step failed; 2 usage or "
-         "definition error (nothing ran); 3 internal error; 130/143 interrupted.")
-
+# The Typer app is built on first use (``orchestrate.app``, or any command line main() does
+# not take itself): importing Typer costs more than the rest of a run put together, and a git
+# hook pays start-up on every push. main() reads the everyday ``run`` command line itself, with
+# the same options and the same checks (tests/test_cli.py holds the two to parity), and hands
+# everything else — help, other commands, anything unusual, every error — to Typer.
 
 @dataclass
 class Paths:
     root: Path
     workflows_dir: Path
     runs_dir: Path
-
-
-def _paths(ctx: typer.Context) -> Paths:
-    return ctx.obj  # type: ignore[no-any-return]
 
 
 _MESSAGE_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -5579,92 +5571,6 @@ def _err(text: str) -> None:
     text = _MESSAGE_CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], text)
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
-
-
-def _boundary(func: Callable[..., int | None]) -> Callable[..., None]:
-    """The one place domain errors become messages and exit codes."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            code = func(*args, **kwargs)
-        except OrchestrateError as exc:
-            _err(f"orchestrate: error: {exc}")
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            _err("orchestrate: interrupted")
-            raise typer.Exit(EXIT_SIGINT) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except BrokenPipeError:
-            raise typer.Exit(EXIT_OK) from None
-        except Exception:
-            import traceback
-
-            traceback.print_exc()
-            _err("orchestrate: internal error (a bug, not a step failure): please report it "
-                 "with the traceback above; exit code 3")
-            raise typer.Exit(EXIT_INTERNAL) from None
-        raise typer.Exit(code or 0)
-    return wrapper
-
-
-def _version_callback(value: bool) -> None:
-    if value:
-        typer.echo(f"orchestrate {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def cli(
-    ctx: typer.Context,
-    root: Path = typer.Option(None, "--root", envvar="ORCHESTRATE_ROOT",
-                              help="Project root (default: current directory).", show_default=False),
-    workflows_dir: Path = typer.Option(None, "--workflows-dir", help="Folder of workflow files (default: ROOT/workflows)."),
-    runs_dir: Path = typer.Option(None, "--runs-dir", help="Folder of run records (default: ROOT/runs)."),
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                 help="Show the version and exit."),
-) -> None:
-    """Run a project's check-and-release workflow from a git hook, a CI job or a terminal."""
-    base = (root or Path.cwd()).absolute()
-    ctx.obj = Paths(root=base, workflows_dir=(workflows_dir or base / "workflows").absolute(),
-                    runs_dir=(runs_dir or base / "runs").absolute())
-
-
-@app.command()
-@_boundary
-def run(
-    ctx: typer.Context,
-    name: str = typer.Argument(..., help="Workflow name (workflows/NAME.json)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; run nothing."),
-    only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable)."),
-    skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable)."),
-    keep_going: bool = typer.Option(False, "--keep-going", help="Run every step even after a failure; still exit 1."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failing output and the summary."),
-    json_output: bool = typer.Option(False, "--json", help="Print the final run record as JSON on stdout."),
-    debug: bool = typer.Option(False, "--debug", help="Echo each command orchestrate runs."),
-    var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable)."),
-    junit_xml: Path = typer.Option(None, "--junit-xml", help="Also write the JUnit report here."),
-    shard: str = typer.Option(None, "--shard", envvar="ORCHESTRATE_SHARD", help="I/N: run shard I of N of each Cypress suite."),
-    git_hook: str = typer.Option(None, "--git-hook", help="Hook mode (pre-push): read git's ref lines from stdin."),
-    push_remote: str = typer.Option(None, "--push-remote", help="Remote name git passes to pre-push."),
-    push_url: str = typer.Option(None, "--push-url", help="Remote URL git passes to pre-push."),
-    from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
-    to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
-    run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
-) -> int:
-    """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
-    paths = _paths(ctx)
-    if git_hook is not None and git_hook != "pre-push":
-        raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
-    options = RunOptions(
-        dry_run=dry_run, only=list(only), skip=list(skip), keep_going=keep_going, quiet=quiet,
-        json_output=json_output, debug=debug, variables=parse_vars(var), junit_xml=junit_xml,
-        shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
-        to_ref=to_ref, push_remote=push_remote, push_url=push_url,
-        run_id=check_run_id(run_id) if run_id else None)
-    return run_workflow_command(paths, name, options)
 
 
 def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
@@ -5713,172 +5619,6 @@ def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunS
     return EXIT_OK
 
 
-@app.command()
-@_boundary
-def validate(
-    ctx: typer.Context,
-    names: list[str] = typer.Argument(None, help="Workflow names (default: all under workflows/)."),
-) -> int:
-    """Check workflow definitions without running anything; warn about what is missing on disk."""
-    paths = _paths(ctx)
-    settings = load_settings(paths.root)
-    chosen = list(names or []) or [n for n, _ in list_workflows(paths.workflows_dir)]
-    if not chosen:
-        raise UsageError(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
-    errors = 0
-    store = RunStore(paths.runs_dir)
-    for name in chosen:
-        try:
-            workflow = load_workflow(name, paths.workflows_dir, dict(os.environ), settings, paths.root)
-        except OrchestrateError as exc:
-            _err(f"orchestrate: error: {exc}")
-            errors += 1
-            continue
-        plan = plan_run(workflow, settings, paths.root, store, RunOptions())
-        warnings = workflow.warnings + [f"{workflow.display_path}: steps[{i}] \"{item['step']}\": {w}"
-                                        for i, item in enumerate(plan) for w in item["warnings"]]
-        for warning in warnings:
-            _err(f"orchestrate: warning: {warning}")
-        typer.echo(f"{workflow.display_path}: ok ({len(workflow.steps)} steps"
-                   + (f", {len(warnings)} warnings" if warnings else "") + ")")
-    return EXIT_USAGE if errors else EXIT_OK
-
-
-@app.command("list")
-@_boundary
-def list_command(ctx: typer.Context) -> int:
-    """List the workflows with their step count and description."""
-    paths = _paths(ctx)
-    found = list_workflows(paths.workflows_dir)
-    if not found:
-        typer.echo(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
-        return EXIT_OK
-    width = max(len(n) for n, _ in found)
-    for name, path in found:
-        try:
-            data = parse_json_file(path, name)
-            steps = data.get("steps") if isinstance(data, dict) else None
-            count = f"{len(steps)} steps" if isinstance(steps, list) else "?"
-            description = data.get("description", "") if isinstance(data, dict) else ""
-            typer.echo(f"{name:<{width}}  {count:>9}  {description}".rstrip())
-        except DefinitionError:
-            typer.echo(f"{name:<{width}}  {'invalid':>9}  (see: orchestrate validate {name})")
-    return EXIT_OK
-
-
-@app.command()
-@_boundary
-def status(
-    ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="Run id (see: orchestrate runs)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
-) -> int:
-    """Show one run: its status, current step and every step's result."""
-    store = RunStore(_paths(ctx).runs_dir)
-    record = store.load(check_run_id(run_id))
-    if json_output:
-        typer.echo(json.dumps(record, indent=2, ensure_ascii=False))
-        return EXIT_OK
-    typer.echo(f"run {record['run_id']}: {record.get('workflow')} — {record.get('status')}"
-               + (f" (current: {record['current']})" if record.get("current") else ""))
-    typer.echo(f"  started {record.get('started_at')}"
-               + (f", finished {record['finished_at']} ({format_duration(record.get('duration_s'))})"
-                  if record.get("finished_at") else ""))
-    trigger = record.get("trigger") or {}
-    git = trigger.get("git") or {}
-    typer.echo(f"  trigger {trigger.get('source', '?')}"
-               + (f", {git.get('branch') or 'detached'} @ {str(git.get('commit'))[:12]}" if git.get("commit") else ""))
-    if record.get("message"):
-        typer.echo(f"  {record['message']}")
-    for row in render_step_table(record):
-        typer.echo(row)
-    return EXIT_OK
-
-
-@app.command()
-@_boundary
-def runs(
-    ctx: typer.Context,
-    workflow: str = typer.Option(None, "--workflow", "-w", help="Only runs of this workflow."),
-    status_filter: str = typer.Option(None, "--status", "-s", help="Only runs with this status."),
-    limit: int = typer.Option(20, "--limit", "-n", min=1, help="At most this many runs."),
-    json_output: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
-) -> int:
-    """List recent runs, newest first."""
-    if status_filter is not None and status_filter not in RUN_STATUSES:
-        raise UsageError(f"--status {status_filter!r}: expected one of {', '.join(RUN_STATUSES)}"
-                         f"{did_you_mean(status_filter, RUN_STATUSES)}")
-    store = RunStore(_paths(ctx).runs_dir)
-    rows = store.list(workflow=workflow, status=status_filter, limit=limit)
-    if json_output:
-        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-        return EXIT_OK
-    if not rows:
-        typer.echo("no runs yet")
-    for row in rows:
-        if "unreadable" in row:
-            typer.echo(f"{row['run_id']}  unreadable: {row['unreadable']}")
-            continue
-        typer.echo(f"{row['run_id']}  {row.get('status', '?'):<9}  {format_duration(row.get('duration_s')):>7}  "
-                   f"{row.get('workflow')}  ({(row.get('trigger') or {}).get('source', '?')})"
-                   + (f"  {row['message']}" if row.get("message") else ""))
-    return EXIT_OK
-
-
-@app.command()
-@_boundary
-def logs(
-    ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="Run id."),
-    step: str = typer.Argument(None, help="Step name or number (default: all steps)."),
-) -> int:
-    """Print the full output of a run's steps from their log files."""
-    paths = _paths(ctx)
-    store = RunStore(paths.runs_dir)
-    record = store.load(check_run_id(run_id))
-    entries = record.get("log", [])
-    chosen = entries
-    if step is not None:
-        names = [e.get("step") for e in entries]
-        if step.isdigit() and 1 <= int(step) <= len(entries):
-            chosen = [entries[int(step) - 1]]
-        elif step in names:
-            chosen = [entries[names.index(step)]]
-        else:
-            raise UsageError(f"run {run_id} has no step {step!r}{did_you_mean(step, [str(n) for n in names])}; "
-                             f"steps: {', '.join(str(n) for n in names)}")
-    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-    for entry in chosen:
-        if len(chosen) > 1:
-            typer.echo(f"=== {entry.get('step')} ({entry.get('status')}) ===")
-        log_name = Path(entry.get("log_file") or "").name
-        path = store.run_dir(run_id) / log_name
-        if not log_name or not path.is_file():
-            typer.echo("(no output recorded)")
-            continue
-        with open(path, "rb") as handle:
-            while chunk := handle.read(READ_CHUNK):
-                if out is not None:
-                    sys.stdout.flush()
-                    out.write(chunk)
-                else:
-                    sys.stdout.write(chunk.decode("utf-8", "replace"))
-        sys.stdout.flush()
-    return EXIT_OK
-
-
-@app.command()
-@_boundary
-def prune(
-    ctx: typer.Context,
-    keep: int = typer.Option(..., "--keep", min=0, help="Keep the newest N runs."),
-) -> int:
-    """Delete old runs, keeping the newest N (running ones are never deleted)."""
-    removed = RunStore(_paths(ctx).runs_dir).prune(keep)
-    typer.echo(f"removed {len(removed)} runs")
-    return EXIT_OK
-
-
 _INIT_WORKFLOW = {
     "name": "pre-push",
     "description": "Checks run before every git push",
@@ -5888,105 +5628,486 @@ _INIT_WORKFLOW = {
 }
 
 
-@app.command()
-@_boundary
-def init(ctx: typer.Context) -> int:
-    """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
-    paths = _paths(ctx)
-    created = []
-    paths.workflows_dir.mkdir(parents=True, exist_ok=True)
-    target = paths.workflows_dir / "pre-push.json"
-    if not target.exists():
-        target.write_text(json.dumps(_INIT_WORKFLOW, indent=2) + "\n")
-        created.append(target)
-    paths.runs_dir.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
-    ignore = paths.runs_dir / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# run records are local state, never committed\n*\n!.gitignore\n")
-        created.append(ignore)
-    for path in created:
-        typer.echo(f"created {_display_path(path, paths.root)}")
-    if not created:
-        typer.echo("nothing to do: workflows/pre-push.json and runs/.gitignore exist")
-    typer.echo("next: orchestrate run pre-push   then: orchestrate hook install")
-    return EXIT_OK
+def make_paths(root: Path | str | None, workflows_dir: Path | str | None,
+               runs_dir: Path | str | None) -> Paths:
+    base = (Path(root) if root else Path.cwd()).absolute()
+    return Paths(root=base,
+                 workflows_dir=(Path(workflows_dir) if workflows_dir else base / "workflows").absolute(),
+                 runs_dir=(Path(runs_dir) if runs_dir else base / "runs").absolute())
 
 
-hook_app = typer.Typer(name="hook", no_args_is_help=True, rich_markup_mode=None,
-                       help="Install, remove or inspect orchestrate's git pre-push hook.")
-app.add_typer(hook_app, name="hook")
+def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: Sequence[str] = (),
+                     keep_going: bool = False, quiet: bool = False, json_output: bool = False,
+                     debug: bool = False, var: Sequence[str] = (), junit_xml: Path | str | None = None,
+                     shard: str | None = None, git_hook: str | None = None, push_remote: str | None = None,
+                     push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
+                     run_id: str | None = None) -> RunOptions:
+    """The checked options of `orchestrate run`, from either command-line parser."""
+    if git_hook is not None and git_hook != "pre-push":
+        raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
+    return RunOptions(
+        dry_run=dry_run, only=list(only), skip=list(skip), keep_going=keep_going, quiet=quiet,
+        json_output=json_output, debug=debug, variables=parse_vars(var),
+        junit_xml=Path(junit_xml) if junit_xml is not None else None,
+        shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
+        to_ref=to_ref, push_remote=push_remote, push_url=push_url,
+        run_id=check_run_id(run_id) if run_id else None)
 
 
-@hook_app.command("install")
-@_boundary
-def hook_install(
-    ctx: typer.Context,
-    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
-    workflow: str = typer.Option(None, "--workflow", help="Workflow the hook runs (default: pre-push)."),
-    force: bool = typer.Option(False, "--force", help="Keep a foreign hook as HOOK.legacy and run it first."),
-) -> int:
-    """Install the hook into the folder git uses (core.hooksPath and worktrees respected)."""
-    change = install_hook(_paths(ctx).root, hook, workflow, force)
-    typer.echo(change.message)
-    typer.echo("skip it for one push with: git push --no-verify (or ORCHESTRATE_SKIP=1 git push)")
-    return EXIT_OK
-
-
-@hook_app.command("uninstall")
-@_boundary
-def hook_uninstall(
-    ctx: typer.Context,
-    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
-) -> int:
-    """Remove orchestrate's hook (never a foreign one) and restore the hook it replaced."""
-    typer.echo(uninstall_hook(_paths(ctx).root, hook).message)
-    return EXIT_OK
-
-
-@hook_app.command("status")
-@_boundary
-def hook_status_command(
-    ctx: typer.Context,
-    hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
-) -> int:
-    """Say what git will run on push: the hooks folder, the hook's owner and its workflow."""
-    if hook not in SUPPORTED_HOOKS:
-        render_hook(hook)  # the usage error with its suggestion
-    info = hook_status(_paths(ctx).root, hook)
-    if json_output:
-        typer.echo(json.dumps(info, indent=2))
+def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type[BaseException], ...] = (),
+            **kwargs: Any) -> int:
+    """The one place domain errors become one-line messages and exit codes."""
+    try:
+        return func(*args, **kwargs) or EXIT_OK
+    except passthrough:
+        raise
+    except OrchestrateError as exc:
+        _err(f"orchestrate: error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("orchestrate: interrupted")
+        return EXIT_SIGINT
+    except BrokenPipeError:
         return EXIT_OK
-    typer.echo(info["summary"])
-    typer.echo(f"  hooks folder: {info['hooks_dir']}"
-               + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else ""))
-    return EXIT_OK
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        _err("orchestrate: internal error (a bug, not a step failure): please report it "
+             "with the traceback above; exit code 3")
+        return EXIT_INTERNAL
 
 
-@app.command("serve")
-@_boundary
-def serve_command(
-    ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", "--host",
-                             help="Address to bind; anything but loopback needs ORCHESTRATE_API_TOKEN."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-    max_parallel: int = typer.Option(2, "--max-parallel", min=1,
-                                     help="Runs at once; more starts wait as pending, in order."),
-) -> int:
-    """Serve the HTTP API (the 'server' extra): POST /start?name=NAME, GET /status/RUN_ID, docs at /docs.
+def build_app() -> Any:
+    """The Typer application: every command, its options and its --help text."""
+    global typer  # the commands' annotations (typer.Context) are resolved in module globals
+    import typer
 
-    Each run is its own `orchestrate run` process on the same run store as the CLI. With
-    ORCHESTRATE_API_TOKEN set, every endpoint but /healthz needs 'Authorization: Bearer <token>'.
-    """
-    paths = _paths(ctx)
-    serve(host, port, max_parallel, paths.root, paths.workflows_dir, paths.runs_dir)
-    return EXIT_OK
+
+    app = typer.Typer(
+        name="orchestrate", add_completion=False, no_args_is_help=True,
+        pretty_exceptions_enable=False, rich_markup_mode=None,
+        help="Run a project's check-and-release workflow (workflows/<name>.json).\n\n"
+             "Exit codes: 0 every step passed or was skipped; 1 a step failed; 2 usage or "
+             "definition error (nothing ran); 3 internal error; 130/143 interrupted.")
+
+
+    def _paths(ctx: typer.Context) -> Paths:
+        return ctx.obj  # type: ignore[no-any-return]
+
+
+    def _boundary(func: Callable[..., int | None]) -> Callable[..., None]:
+        import functools
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            raise typer.Exit(guarded(func, *args, passthrough=(typer.Exit, typer.Abort), **kwargs))
+        return wrapper
+
+
+    def _version_callback(value: bool) -> None:
+        if value:
+            typer.echo(f"orchestrate {__version__}")
+            raise typer.Exit(0)
+
+
+    @app.callback()
+    def cli(
+        ctx: typer.Context,
+        root: Path = typer.Option(None, "--root", envvar="ORCHESTRATE_ROOT",
+                                  help="Project root (default: current directory).", show_default=False),
+        workflows_dir: Path = typer.Option(None, "--workflows-dir", help="Folder of workflow files (default: ROOT/workflows)."),
+        runs_dir: Path = typer.Option(None, "--runs-dir", help="Folder of run records (default: ROOT/runs)."),
+        version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                     help="Show the version and exit."),
+    ) -> None:
+        """Run a project's check-and-release workflow from a git hook, a CI job or a terminal."""
+        ctx.obj = make_paths(root, workflows_dir, runs_dir)
+
+
+    @app.command()
+    @_boundary
+    def run(
+        ctx: typer.Context,
+        name: str = typer.Argument(..., help="Workflow name (workflows/NAME.json)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; run nothing."),
+        only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable)."),
+        skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable)."),
+        keep_going: bool = typer.Option(False, "--keep-going", help="Run every step even after a failure; still exit 1."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failing output and the summary."),
+        json_output: bool = typer.Option(False, "--json", help="Print the final run record as JSON on stdout."),
+        debug: bool = typer.Option(False, "--debug", help="Echo each command orchestrate runs."),
+        var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable)."),
+        junit_xml: Path = typer.Option(None, "--junit-xml", help="Also write the JUnit report here."),
+        shard: str = typer.Option(None, "--shard", envvar="ORCHESTRATE_SHARD", help="I/N: run shard I of N of each Cypress suite."),
+        git_hook: str = typer.Option(None, "--git-hook", help="Hook mode (pre-push): read git's ref lines from stdin."),
+        push_remote: str = typer.Option(None, "--push-remote", help="Remote name git passes to pre-push."),
+        push_url: str = typer.Option(None, "--push-url", help="Remote URL git passes to pre-push."),
+        from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
+        to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
+        run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
+    ) -> int:
+        """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
+        options = make_run_options(
+            dry_run=dry_run, only=only, skip=skip, keep_going=keep_going, quiet=quiet,
+            json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
+            git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
+            to_ref=to_ref, run_id=run_id)
+        return run_workflow_command(_paths(ctx), name, options)
+
+
+    @app.command()
+    @_boundary
+    def validate(
+        ctx: typer.Context,
+        names: list[str] = typer.Argument(None, help="Workflow names (default: all under workflows/)."),
+    ) -> int:
+        """Check workflow definitions without running anything; warn about what is missing on disk."""
+        paths = _paths(ctx)
+        settings = load_settings(paths.root)
+        chosen = list(names or []) or [n for n, _ in list_workflows(paths.workflows_dir)]
+        if not chosen:
+            raise UsageError(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
+        errors = 0
+        store = RunStore(paths.runs_dir)
+        for name in chosen:
+            try:
+                workflow = load_workflow(name, paths.workflows_dir, dict(os.environ), settings, paths.root)
+            except OrchestrateError as exc:
+                _err(f"orchestrate: error: {exc}")
+                errors += 1
+                continue
+            plan = plan_run(workflow, settings, paths.root, store, RunOptions())
+            warnings = workflow.warnings + [f"{workflow.display_path}: steps[{i}] \"{item['step']}\": {w}"
+                                            for i, item in enumerate(plan) for w in item["warnings"]]
+            for warning in warnings:
+                _err(f"orchestrate: warning: {warning}")
+            typer.echo(f"{workflow.display_path}: ok ({len(workflow.steps)} steps"
+                       + (f", {len(warnings)} warnings" if warnings else "") + ")")
+        return EXIT_USAGE if errors else EXIT_OK
+
+
+    @app.command("list")
+    @_boundary
+    def list_command(ctx: typer.Context) -> int:
+        """List the workflows with their step count and description."""
+        paths = _paths(ctx)
+        found = list_workflows(paths.workflows_dir)
+        if not found:
+            typer.echo(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
+            return EXIT_OK
+        width = max(len(n) for n, _ in found)
+        for name, path in found:
+            try:
+                data = parse_json_file(path, name)
+                steps = data.get("steps") if isinstance(data, dict) else None
+                count = f"{len(steps)} steps" if isinstance(steps, list) else "?"
+                description = data.get("description", "") if isinstance(data, dict) else ""
+                typer.echo(f"{name:<{width}}  {count:>9}  {description}".rstrip())
+            except DefinitionError:
+                typer.echo(f"{name:<{width}}  {'invalid':>9}  (see: orchestrate validate {name})")
+        return EXIT_OK
+
+
+    @app.command()
+    @_boundary
+    def status(
+        ctx: typer.Context,
+        run_id: str = typer.Argument(..., help="Run id (see: orchestrate runs)."),
+        json_output: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+    ) -> int:
+        """Show one run: its status, current step and every step's result."""
+        store = RunStore(_paths(ctx).runs_dir)
+        record = store.load(check_run_id(run_id))
+        if json_output:
+            typer.echo(json.dumps(record, indent=2, ensure_ascii=False))
+            return EXIT_OK
+        typer.echo(f"run {record['run_id']}: {record.get('workflow')} — {record.get('status')}"
+                   + (f" (current: {record['current']})" if record.get("current") else ""))
+        typer.echo(f"  started {record.get('started_at')}"
+                   + (f", finished {record['finished_at']} ({format_duration(record.get('duration_s'))})"
+                      if record.get("finished_at") else ""))
+        trigger = record.get("trigger") or {}
+        git = trigger.get("git") or {}
+        typer.echo(f"  trigger {trigger.get('source', '?')}"
+                   + (f", {git.get('branch') or 'detached'} @ {str(git.get('commit'))[:12]}" if git.get("commit") else ""))
+        if record.get("message"):
+            typer.echo(f"  {record['message']}")
+        for row in render_step_table(record):
+            typer.echo(row)
+        return EXIT_OK
+
+
+    @app.command()
+    @_boundary
+    def runs(
+        ctx: typer.Context,
+        workflow: str = typer.Option(None, "--workflow", "-w", help="Only runs of this workflow."),
+        status_filter: str = typer.Option(None, "--status", "-s", help="Only runs with this status."),
+        limit: int = typer.Option(20, "--limit", "-n", min=1, help="At most this many runs."),
+        json_output: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
+    ) -> int:
+        """List recent runs, newest first."""
+        if status_filter is not None and status_filter not in RUN_STATUSES:
+            raise UsageError(f"--status {status_filter!r}: expected one of {', '.join(RUN_STATUSES)}"
+                             f"{did_you_mean(status_filter, RUN_STATUSES)}")
+        store = RunStore(_paths(ctx).runs_dir)
+        rows = store.list(workflow=workflow, status=status_filter, limit=limit)
+        if json_output:
+            typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+            return EXIT_OK
+        if not rows:
+            typer.echo("no runs yet")
+        for row in rows:
+            if "unreadable" in row:
+                typer.echo(f"{row['run_id']}  unreadable: {row['unreadable']}")
+                continue
+            typer.echo(f"{row['run_id']}  {row.get('status', '?'):<9}  {format_duration(row.get('duration_s')):>7}  "
+                       f"{row.get('workflow')}  ({(row.get('trigger') or {}).get('source', '?')})"
+                       + (f"  {row['message']}" if row.get("message") else ""))
+        return EXIT_OK
+
+
+    @app.command()
+    @_boundary
+    def logs(
+        ctx: typer.Context,
+        run_id: str = typer.Argument(..., help="Run id."),
+        step: str = typer.Argument(None, help="Step name or number (default: all steps)."),
+    ) -> int:
+        """Print the full output of a run's steps from their log files."""
+        paths = _paths(ctx)
+        store = RunStore(paths.runs_dir)
+        record = store.load(check_run_id(run_id))
+        entries = record.get("log", [])
+        chosen = entries
+        if step is not None:
+            names = [e.get("step") for e in entries]
+            if step.isdigit() and 1 <= int(step) <= len(entries):
+                chosen = [entries[int(step) - 1]]
+            elif step in names:
+                chosen = [entries[names.index(step)]]
+            else:
+                raise UsageError(f"run {run_id} has no step {step!r}{did_you_mean(step, [str(n) for n in names])}; "
+                                 f"steps: {', '.join(str(n) for n in names)}")
+        out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+        for entry in chosen:
+            if len(chosen) > 1:
+                typer.echo(f"=== {entry.get('step')} ({entry.get('status')}) ===")
+            log_name = Path(entry.get("log_file") or "").name
+            path = store.run_dir(run_id) / log_name
+            if not log_name or not path.is_file():
+                typer.echo("(no output recorded)")
+                continue
+            with open(path, "rb") as handle:
+                while chunk := handle.read(READ_CHUNK):
+                    if out is not None:
+                        sys.stdout.flush()
+                        out.write(chunk)
+                    else:
+                        sys.stdout.write(chunk.decode("utf-8", "replace"))
+            sys.stdout.flush()
+        return EXIT_OK
+
+
+    @app.command()
+    @_boundary
+    def prune(
+        ctx: typer.Context,
+        keep: int = typer.Option(..., "--keep", min=0, help="Keep the newest N runs."),
+    ) -> int:
+        """Delete old runs, keeping the newest N (running ones are never deleted)."""
+        removed = RunStore(_paths(ctx).runs_dir).prune(keep)
+        typer.echo(f"removed {len(removed)} runs")
+        return EXIT_OK
+
+
+    @app.command()
+    @_boundary
+    def init(ctx: typer.Context) -> int:
+        """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
+        paths = _paths(ctx)
+        created = []
+        paths.workflows_dir.mkdir(parents=True, exist_ok=True)
+        target = paths.workflows_dir / "pre-push.json"
+        if not target.exists():
+            target.write_text(json.dumps(_INIT_WORKFLOW, indent=2) + "\n")
+            created.append(target)
+        paths.runs_dir.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
+        ignore = paths.runs_dir / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# run records are local state, never committed\n*\n!.gitignore\n")
+            created.append(ignore)
+        for path in created:
+            typer.echo(f"created {_display_path(path, paths.root)}")
+        if not created:
+            typer.echo("nothing to do: workflows/pre-push.json and runs/.gitignore exist")
+        typer.echo("next: orchestrate run pre-push   then: orchestrate hook install")
+        return EXIT_OK
+
+
+    hook_app = typer.Typer(name="hook", no_args_is_help=True, rich_markup_mode=None,
+                           help="Install, remove or inspect orchestrate's git pre-push hook.")
+    app.add_typer(hook_app, name="hook")
+
+
+    @hook_app.command("install")
+    @_boundary
+    def hook_install(
+        ctx: typer.Context,
+        hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+        workflow: str = typer.Option(None, "--workflow", help="Workflow the hook runs (default: pre-push)."),
+        force: bool = typer.Option(False, "--force", help="Keep a foreign hook as HOOK.legacy and run it first."),
+    ) -> int:
+        """Install the hook into the folder git uses (core.hooksPath and worktrees respected)."""
+        change = install_hook(_paths(ctx).root, hook, workflow, force)
+        typer.echo(change.message)
+        typer.echo("skip it for one push with: git push --no-verify (or ORCHESTRATE_SKIP=1 git push)")
+        return EXIT_OK
+
+
+    @hook_app.command("uninstall")
+    @_boundary
+    def hook_uninstall(
+        ctx: typer.Context,
+        hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+    ) -> int:
+        """Remove orchestrate's hook (never a foreign one) and restore the hook it replaced."""
+        typer.echo(uninstall_hook(_paths(ctx).root, hook).message)
+        return EXIT_OK
+
+
+    @hook_app.command("status")
+    @_boundary
+    def hook_status_command(
+        ctx: typer.Context,
+        hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
+        json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    ) -> int:
+        """Say what git will run on push: the hooks folder, the hook's owner and its workflow."""
+        if hook not in SUPPORTED_HOOKS:
+            render_hook(hook)  # the usage error with its suggestion
+        info = hook_status(_paths(ctx).root, hook)
+        if json_output:
+            typer.echo(json.dumps(info, indent=2))
+            return EXIT_OK
+        typer.echo(info["summary"])
+        typer.echo(f"  hooks folder: {info['hooks_dir']}"
+                   + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else ""))
+        return EXIT_OK
+
+
+    @app.command("serve")
+    @_boundary
+    def serve_command(
+        ctx: typer.Context,
+        host: str = typer.Option("127.0.0.1", "--host",
+                                 help="Address to bind; anything but loopback needs ORCHESTRATE_API_TOKEN."),
+        port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+        max_parallel: int = typer.Option(2, "--max-parallel", min=1,
+                                         help="Runs at once; more starts wait as pending, in order."),
+    ) -> int:
+        """Serve the HTTP API (the 'server' extra): POST /start?name=NAME, GET /status/RUN_ID, docs at /docs.
+
+        Each run is its own `orchestrate run` process on the same run store as the CLI. With
+        ORCHESTRATE_API_TOKEN set, every endpoint but /healthz needs 'Authorization: Bearer <token>'.
+        """
+        paths = _paths(ctx)
+        serve(host, port, max_parallel, paths.root, paths.workflows_dir, paths.runs_dir)
+        return EXIT_OK
+
+    return app
+
+
+_APP: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    """``orchestrate.app`` is built on first access (PEP 562)."""
+    global _APP
+    if name == "app":
+        if _APP is None:
+            _APP = build_app()
+        return _APP
+    raise AttributeError(f"module 'orchestrate' has no attribute {name!r}")
+
+
+_FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
+_FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
+                   "--json": "json_output", "--debug": "debug"}
+_FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
+                    "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
+                    "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",
+                    "--run-id": "run_id"}
+_FAST_REPEATABLE = ("only", "skip", "var")
+
+
+def parse_fast_run(argv: Sequence[str], environ: dict[str, str] | None = None) -> tuple[Any, ...] | None:
+    """Read `[--root R] [--workflows-dir W] [--runs-dir D] run NAME [run options]` without Typer.
+    Returns (root, workflows_dir, runs_dir, name, run option values), or None for anything else,
+    which Typer then parses (and reports, if it is wrong)."""
+    environ = os.environ if environ is None else environ
+    global_values: dict[str, str] = {}
+    run_values: dict[str, Any] = {key: [] for key in _FAST_REPEATABLE}
+    name: str | None = None
+    seen_run = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not seen_run and arg == "run":
+            seen_run = True
+            continue
+        if not arg.startswith("-"):
+            if not seen_run or name is not None:
+                return None
+            name = arg
+            continue
+        option, has_value, value = arg.partition("=")
+        table = _FAST_RUN_VALUES if seen_run else _FAST_GLOBAL_OPTIONS
+        if seen_run and option in _FAST_RUN_FLAGS and not has_value:
+            run_values[_FAST_RUN_FLAGS[option]] = True
+            continue
+        if option not in table:
+            return None  # --help, --version, a typo, '--', '-qx': Typer decides
+        if not has_value:
+            if i >= len(argv) or argv[i].startswith("-"):
+                return None
+            value = argv[i]
+            i += 1
+        key = table[option]
+        if key in _FAST_REPEATABLE:
+            run_values[key].append(value)
+        elif seen_run:
+            run_values[key] = value
+        else:
+            global_values[key] = value
+    if not seen_run or name is None:
+        return None
+    if "root" not in global_values and environ.get("ORCHESTRATE_ROOT"):
+        global_values["root"] = environ["ORCHESTRATE_ROOT"]
+    if "shard" not in run_values and environ.get("ORCHESTRATE_SHARD"):
+        run_values["shard"] = environ["ORCHESTRATE_SHARD"]
+    return (global_values.get("root"), global_values.get("workflows_dir"), global_values.get("runs_dir"),
+            name, run_values)
+
+
+def _run_fast(parsed: tuple[Any, ...]) -> int:
+    root, workflows_dir, runs_dir, name, values = parsed
+    return run_workflow_command(make_paths(root, workflows_dir, runs_dir), name, make_run_options(**values))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `orchestrate` command; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--version"]:
+        sys.stdout.write(f"orchestrate {__version__}\n")
+        return EXIT_OK
+    parsed = parse_fast_run(args)
+    if parsed is not None:
+        return guarded(_run_fast, parsed)
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="orchestrate")
+        __getattr__("app")(args=args, prog_name="orchestrate")
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)

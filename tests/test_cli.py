@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import sys
+
 import pytest
 
 import orchestrate
@@ -158,3 +160,57 @@ def test_internal_error_is_exit_3_with_traceback_and_hint(project: Project, monk
     assert result.exit_code == 3
     assert "Traceback" in result.stderr and "ZeroDivisionError: a bug" in result.stderr
     assert "internal error (a bug, not a step failure)" in result.stderr
+
+
+# main() reads the everyday `run` command line itself, without importing Typer (start-up time
+# matters in a git hook). These cases hold its reading to Typer's, option for option.
+PARITY_CASES = [
+    ["run", "w"],
+    ["run", "w", "--quiet"],
+    ["run", "-q", "w", "--json", "--debug", "--dry-run", "--keep-going"],
+    ["run", "w", "--only", "a", "--only=b", "--skip", "c"],
+    ["run", "w", "--var", "A=1", "--var=B=two=2", "--junit-xml", "out/j.xml"],
+    ["run", "w", "--shard", "2/3", "--from-ref", "main", "--to-ref=HEAD"],
+    ["run", "w", "--git-hook", "pre-push", "--push-remote", "origin", "--push-url", "git@x:y.git"],
+    ["--workflows-dir", "wf", "--runs-dir=rr", "run", "w", "--run-id", "20261127T154000123Z-abcdef"],
+]
+
+
+@pytest.mark.parametrize("args", PARITY_CASES, ids=lambda a: " ".join(a))
+def test_fast_run_parsing_matches_typer(project: Project, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    captured: list[tuple] = []
+    monkeypatch.setattr(orchestrate, "run_workflow_command",
+                        lambda paths, name, options: captured.append((paths, name, options)) or 0)
+    monkeypatch.chdir(project.root)
+    monkeypatch.setenv("ORCHESTRATE_SHARD", "1/2")
+    typer_result = CliRunnerNoRoot().invoke(orchestrate.app, args, catch_exceptions=False)
+    assert typer_result.exit_code == 0, typer_result.output
+    parsed = orchestrate.parse_fast_run(args, {"ORCHESTRATE_SHARD": "1/2"})
+    assert parsed is not None
+    assert orchestrate.guarded(orchestrate._run_fast, parsed) == 0
+    assert captured[0] == captured[1]
+
+
+@pytest.mark.parametrize("args", [["run"], ["--help"], ["run", "w", "--help"], ["run", "w", "--bogus"],
+                                  ["run", "a", "b"], ["run", "w", "--only"], ["run", "w", "--var", "-x"],
+                                  ["status", "x"], ["run", "w", "-qd"], ["--version"], ["run", "--", "w"]])
+def test_everything_else_goes_to_typer(args: list[str]) -> None:
+    assert orchestrate.parse_fast_run(args, {}) is None
+
+
+def test_run_does_not_import_typer(project: Project) -> None:
+    project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
+    code = ("import sys, orchestrate; rc = orchestrate.main(['--root', sys.argv[1], 'run', 'w', '-q']); "
+            "print(rc, 'typer' in sys.modules, 'requests' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(project.root)], capture_output=True, text=True,
+                          env=_clean_env(), timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "0 False False", done.stdout + done.stderr
+
+
+class CliRunnerNoRoot:
+    """Typer's CliRunner without the --root that Project.cli adds."""
+
+    def invoke(self, app, args, **kwargs):  # type: ignore[no-untyped-def]
+        from typer.testing import CliRunner
+
+        return CliRunner().invoke(app, args, **kwargs)
