@@ -129,6 +129,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 @dataclass
 class KeySpec:
+    """A type-specific key of a step type: its allowed types and whether it is required."""
+
     types: tuple[type, ...]
     required: bool = False
     item_type: type | None = None
@@ -136,6 +138,8 @@ class KeySpec:
 
 @dataclass
 class Step:
+    """One validated step, its values interpolated."""
+
     index: int
     name: str
     type: str
@@ -160,6 +164,8 @@ class Step:
 
 @dataclass
 class Workflow:
+    """A validated workflow file."""
+
     name: str
     path: Path
     description: str
@@ -173,6 +179,8 @@ class Workflow:
 
 @dataclass
 class Settings:
+    """Project settings from <root>/orchestrate.json."""
+
     cypress_modules: dict[str, str] = field(default_factory=dict)
     keep_runs: int = DEFAULT_KEEP_RUNS
     raw: dict[str, Any] = field(default_factory=dict)
@@ -1140,6 +1148,8 @@ class OutputSink:
 
 @dataclass
 class ProcessResult:
+    """How a step process ended, and the end of what it printed."""
+
     exit_code: int | None
     timed_out: bool
     output_tail: str
@@ -1472,6 +1482,8 @@ def _drain(fd: int, sink: OutputSink) -> None:
 
 @dataclass
 class TestCase:
+    """A test case a step reports itself (Cypress), for the JUnit report."""
+
     __test__ = False  # not a pytest class
     name: str
     classname: str
@@ -1483,6 +1495,8 @@ class TestCase:
 
 @dataclass
 class StepResult:
+    """What a runner returns: the step's status, message and extra record fields."""
+
     status: str
     message: str = ""
     exit_code: int | None = None
@@ -1492,6 +1506,8 @@ class StepResult:
 
 @dataclass
 class StepContext:
+    """Everything a runner may use while its step runs."""
+
     step: Step
     workflow: Workflow
     settings: Settings
@@ -2035,6 +2051,8 @@ _ENV_REF_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>
 
 @dataclass(frozen=True)
 class JiraApi:
+    """Where a Jira REST API lives and which version it speaks."""
+
     base: str  # ".../rest/api/2" or ".../rest/api/3", no trailing slash
     version: int  # 2: plain-text bodies, 3: Atlassian Document Format
     site: str  # the site root, for messages
@@ -3181,6 +3199,8 @@ class CypressRunner(Runner):
 
 @dataclass
 class RunOptions:
+    """The options of one `orchestrate run`."""
+
     dry_run: bool = False
     only: list[str] = field(default_factory=list)
     skip: list[str] = field(default_factory=list)
@@ -4816,6 +4836,8 @@ def _write_executable(path: Path, text: str) -> None:
 
 @dataclass
 class HookChange:
+    """What hook install or uninstall did, in one sentence."""
+
     path: Path
     message: str
     legacy: Path | None = None
@@ -5100,6 +5122,8 @@ def _child_command(env: dict[str, str]) -> list[str]:
 
 @dataclass
 class QueuedRun:
+    """A run the HTTP server accepted and has not started yet."""
+
     run_id: str
     argv: list[str]
     variables: dict[str, str] = field(default_factory=dict)  # in the child's environment, not its argv
@@ -5557,6 +5581,8 @@ def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Pa
 
 @dataclass
 class Paths:
+    """Where the project root, its workflows and its run records are."""
+
     root: Path
     workflows_dir: Path
     runs_dir: Path
