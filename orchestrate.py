@@ -3598,7 +3598,10 @@ def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunSt
 
 # === 8. Reports ===
 
-_XML_ILLEGAL_RE = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# The characters XML 1.0 forbids, listed directly. The same set written as the complement of the
+# allowed ranges ("[^\x09\x0a\x0d\x20-\ud7ff...\U0010ffff]") takes ~5 ms to compile, at every
+# start of every command (python -X importtime); this one ~0.5 ms, and substitutes faster too.
+_XML_ILLEGAL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def xml_safe(text: str) -> str:
