@@ -877,12 +877,15 @@ class RunStore:
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 
-    def write_snapshot(self, record: dict[str, Any]) -> None:
+    def write_snapshot(self, record: dict[str, Any]) -> int:
+        """Replace the record atomically; returns its size in bytes."""
         path = self.record_path(record["run_id"])
+        data = _dump_record(record)
         try:
-            write_atomic(path, _dump_record(record))
+            write_atomic(path, data)
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc} (the previous record is intact)") from None
+        return len(data)
 
     # reading
     def load(self, run_id: str) -> dict[str, Any]:
@@ -1021,9 +1024,15 @@ class RunStore:
 
 
 class RunRecorder:
-    """Keeps one run's record current: a full snapshot at most every SNAPSHOT_INTERVAL_S and an
-    fsync'd journal line per step update, so recording a step costs the same at step 1,000 as
-    at step 1 (rewriting the whole record each time would be O(N^2))."""
+    """Keeps one run's record current: a journal line per step update (fsync'd when a step
+    ends) and now and then a full snapshot, so recording a step costs the same at step 1,000
+    as at step 1 (rewriting the whole record each time would be O(N^2)).
+
+    A snapshot rewrites every step's entry, pending ones included, so one every
+    SNAPSHOT_INTERVAL_S would still cost O(N) per interval: 12-21 snapshots of 420 KB took
+    0.8-2.5 s of a 1,000-step run (cProfile, busy disk). So a snapshot also waits until the
+    journal written since the last one is half its size: the bytes rewritten stay
+    proportional to the bytes journaled, whatever N."""
 
     def __init__(self, store: RunStore, record: dict[str, Any]) -> None:
         self.store = store
@@ -1031,10 +1040,13 @@ class RunRecorder:
         self.seq = 0
         self.journal_fd: int | None = None
         self.last_snapshot = 0.0
+        self.snapshot_bytes = 0  # size of the last snapshot
+        self.journal_bytes = 0  # journal written since the last snapshot
 
     def snapshot(self) -> None:
         self.record["journal_seq"] = self.seq
-        self.store.write_snapshot(self.record)
+        self.snapshot_bytes = self.store.write_snapshot(self.record)
+        self.journal_bytes = 0
         self.last_snapshot = time.monotonic()
 
     def update_step(self, index: int, entry: dict[str, Any], current: str | None,
@@ -1044,7 +1056,8 @@ class RunRecorder:
         record reports as interrupted anyway; a step's outcome is always fsync'd."""
         self.record["log"][index] = entry
         self.record["current"] = current
-        if time.monotonic() - self.last_snapshot >= SNAPSHOT_INTERVAL_S:
+        if (time.monotonic() - self.last_snapshot >= SNAPSHOT_INTERVAL_S
+                and 2 * self.journal_bytes >= self.snapshot_bytes):
             self.seq += 1
             self.snapshot()
             return
@@ -1056,6 +1069,7 @@ class RunRecorder:
                 self.journal_fd = os.open(self.store.journal_path(self.record["run_id"]),
                                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE)
             os.write(self.journal_fd, line)
+            self.journal_bytes += len(line)
             if durable:
                 os.fsync(self.journal_fd)
         except OSError as exc:
