@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -742,6 +741,12 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def _hostname() -> str:
+    """gethostname(2), which is uname's nodename on POSIX: without importing socket (~3 ms at
+    every start, -X importtime) for the one name."""
+    return os.uname().nodename
+
+
 def _pid_start_time(pid: int) -> str | None:
     """The kernel's start time of a process, so a reused pid is not taken for our run."""
     try:
@@ -946,7 +951,7 @@ class RunStore:
 
     def _settle(self, record: dict[str, Any]) -> dict[str, Any]:
         """A run left 'running' by a process that no longer exists is failed (interrupted)."""
-        if record.get("status") == "running" and record.get("host") in (None, socket.gethostname()):
+        if record.get("status") == "running" and record.get("host") in (None, _hostname()):
             if not process_alive(record.get("pid"), record.get("pid_start")):
                 record["status"] = "failed"
                 record["message"] = f"interrupted: orchestrate (pid {record.get('pid')}) stopped before the run ended"
@@ -3360,7 +3365,7 @@ class Engine:
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": self.workflow.name,
             "status": "running", "current": None, "started_at": utc_now(), "finished_at": None,
             "duration_s": None, "exit_code": None, "message": "",
-            "pid": os.getpid(), "pid_start": _pid_start_time(os.getpid()), "host": socket.gethostname(),
+            "pid": os.getpid(), "pid_start": _pid_start_time(os.getpid()), "host": _hostname(),
             "trigger": trigger, "workflow_file": self.workflow.display_path,
             "workflow_sha256": self.workflow.sha256,
             "options": {"only": self.options.only, "skip": self.options.skip,
@@ -3649,7 +3654,7 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
     import xml.etree.ElementTree as ET
 
     testcases = testcases or {}
-    hostname = xml_safe(socket.gethostname() or "localhost") or "localhost"
+    hostname = xml_safe(_hostname() or "localhost") or "localhost"
     workflow = xml_safe(record.get("workflow") or "workflow")
     suite_name = workflow + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
     root = ET.Element("testsuites")
