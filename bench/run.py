@@ -672,7 +672,7 @@ def _x(value: float | None, unit: str = "×") -> str:
 
 
 def _size(size: int) -> str:
-    return f"{size // 1000} GB" if size >= 1000 * MB and size % (1000 * MB) == 0 else f"{size // MB} MB"
+    return f"{size // (1000 * MB)} GB" if size >= 1000 * MB and size % (1000 * MB) == 0 else f"{size // MB} MB"
 
 
 def _empty(folder: Path) -> None:
