@@ -1394,6 +1394,12 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream, not a pipe
         return _read_unselectable(process, sink)
     os.set_blocking(out_fd, False)
+    try:  # Linux: a 1 MiB pipe instead of 64 KiB, so a read can take a whole READ_CHUNK
+        import fcntl
+
+        fcntl.fcntl(out_fd, fcntl.F_SETPIPE_SZ, READ_CHUNK)
+    except (ImportError, AttributeError, OSError):
+        pass  # elsewhere, or above /proc/sys/fs/pipe-max-size: the default pipe works
     selector = selectors.DefaultSelector()
     selector.register(out_fd, selectors.EVENT_READ, "out")
     if guard is not None:
