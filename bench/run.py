@@ -822,7 +822,6 @@ def machine_info(orchestrate: list[str], python: str, env: dict[str, str]) -> di
         "cpu": cpu,
         "cpus": os.cpu_count(),
         "memory": mem,
-        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "orchestrate": orchestrate,
         "orchestrate_version": read([*orchestrate, "--version"]),
         "python": python,
@@ -856,6 +855,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="orchestrate-bench-"))
     bench = Bench(orchestrate, mode, work, cache)
     started = time.perf_counter()
+    load_at_start = list(os.getloadavg())
     command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"orchestrate bench ({mode.name}): {shlex.join(orchestrate)}; projects in {work}", file=sys.stderr)
     failures: list[str] = []
@@ -874,6 +874,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     failed = "\n".join(failures) or None
     r = bench.results
     info = machine_info(orchestrate, bench.python, bench.env)
+    info["loadavg_at_start"] = load_at_start  # 1, 5, 15 min: other jobs on the machine
+    info["loadavg_at_end"] = list(os.getloadavg())
+    info["nice"] = os.nice(0)
     doc = {
         "schema_version": 1,
         "mode": mode.name,
@@ -889,7 +892,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\n{info['orchestrate_version']} on {info['cpus']} × {info['cpu']}, Python {info['python_version']}, "
-          f"Typer {info['typer_version'] or '?'}, mode {mode.name}")
+          f"Typer {info['typer_version'] or '?'}, mode {mode.name}, load average "
+          f"{load_at_start[0]:.2f} at start, {info['loadavg_at_end'][0]:.2f} at end")
     print(r.table())
     for note in r.notes:
         print(f"note: {note}")
