@@ -79,9 +79,9 @@ class Mode:
 
 
 QUICK = Mode("quick", 5, 3, 3, (1, 10, 100), (10 * MB,), (10, 1000), False, 60, reps_history=3)
-NORMAL = Mode("normal", 15, 11, 5, (1, 10, 100, 1000), (10 * MB, 200 * MB), (10, 10000), True, 300)
+NORMAL = Mode("normal", 15, 21, 5, (1, 10, 100, 1000), (10 * MB, 200 * MB), (10, 10000), True, 300)
 FULL = Mode(
-    "full", 21, 15, 7, (1, 10, 100, 1000), (10 * MB, 200 * MB, 1000 * MB), (10, 10000), True, 600
+    "full", 21, 31, 7, (1, 10, 100, 1000), (10 * MB, 200 * MB, 1000 * MB), (10, 10000), True, 600
 )
 
 
@@ -206,13 +206,24 @@ def run_once(cmd: Cmd, timeout: float) -> Sample:
 
 def measure_pair(a: Cmd, b: Cmd, reps: int, timeout: float, warmup: int = 1) -> tuple[Cmd, Cmd]:
     """Alternate A and B (A B, B A, A B, ...): slow drift and periodic noise hit both."""
-    for _ in range(warmup):
-        run_once(a, timeout)
-        run_once(b, timeout)
-    for i in range(reps):
-        for cmd in (a, b) if i % 2 == 0 else (b, a):
-            cmd.samples.append(run_once(cmd, timeout))
+    measure_rounds([(a, b, reps)], timeout, warmup)
     return a, b
+
+
+def measure_rounds(pairs: list[tuple[Cmd, Cmd, int]], timeout: float, warmup: int = 1) -> None:
+    """Several (A, B, repetitions) measured in rounds: each round runs every pair that still
+    needs samples, A and B alternating, the pairs' order rotating. Figures derived from
+    several pairs (a slope from t(N) - t(1)) then see the same drift in all of them."""
+    for a, b, _ in pairs:
+        for _ in range(warmup):
+            run_once(a, timeout)
+            run_once(b, timeout)
+    for i in range(max(reps for _, _, reps in pairs)):
+        shift = i % len(pairs)
+        for a, b, reps in pairs[shift:] + pairs[:shift]:
+            if i < reps:
+                for cmd in (a, b) if i % 2 == 0 else (b, a):
+                    cmd.samples.append(run_once(cmd, timeout))
 
 
 def check_output(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> str:
@@ -482,8 +493,8 @@ class Bench:
             script.write_text("#!/bin/bash\n" + "/bin/true\n" * n)
             orch[n] = self.orch_cmd(f"orchestrate run steps{n}", root, "run", f"steps{n}")
             bash[n] = Cmd(f"bash steps{n}.sh", ["bash", str(script)], root, self.env)
-            reps = m.reps_big if n >= 1000 else m.reps_steps
-            measure_pair(orch[n], bash[n], reps, m.timeout)
+        measure_rounds([(orch[n], bash[n], m.reps_big if n >= 1000 else m.reps_steps) for n in counts],
+                       m.timeout)
 
         def per_step(side: dict[int, Cmd], n: int) -> float:
             return (side[n].median_ms - side[1].median_ms) / (n - 1)
@@ -554,13 +565,15 @@ class Bench:
         })
         tee_file = self.work / "tee.out"
 
-        def pair(size: int, reps: int) -> tuple[Cmd, Cmd]:
+        def pair(size: int) -> tuple[Cmd, Cmd]:
             a = self.orch_cmd(f"orchestrate run out{size}", root, "run", f"out{size}")
             b = Cmd(f"tee {size}", ["/bin/sh", "-c", f"yes {LINE} | head -c {size} | tee {tee_file} >/dev/null"],
                     root, self.env, after=lambda: tee_file.unlink(missing_ok=True))
-            return measure_pair(a, b, reps, m.timeout)
+            return a, b
 
-        zero_o, zero_t = pair(0, m.reps_fixed)
+        pairs = {size: pair(size) for size in (0, *sizes)}
+        measure_rounds([(*pairs[size], m.reps_fixed if size == 0 else m.reps_big) for size in pairs], m.timeout)
+        zero_o, zero_t = pairs[0]
         fig: dict[str, Any] = {
             "estimator": "throughput = SIZE / (median t(SIZE) - median t(0)), each side net of its fixed cost",
             "zero_bytes": _pair(zero_o, zero_t),
@@ -569,7 +582,7 @@ class Bench:
         with_target = [s for s in sizes if s >= 200 * MB] or [max(sizes)]
         rss: dict[int, float] = {}
         for size in sizes:
-            o, t = pair(size, m.reps_big)
+            o, t = pairs[size]
             net_o = o.median_ms - zero_o.median_ms
             net_t = t.median_ms - zero_t.median_ms
             thr_o = size / MB / (net_o / 1000) if net_o > 0 else None
@@ -766,7 +779,7 @@ def bench_env(orchestrate: list[str], cache: Path, notes: list[str]) -> dict[str
     env = dict(os.environ)
     # Not the user's CI integration, skip switch or root: the bench decides those.
     for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "ORCHESTRATE_SKIP", "ORCHESTRATE_ROOT",
-                 "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+                 "ORCHESTRATE_BIN", "ORCHESTRATE_PRE_PUSH_WORKFLOW", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
         env.pop(name, None)
     if env.pop("PYTHONDONTWRITEBYTECODE", None):
         # With it, an editable install recompiles orchestrate.py on every start (a pipx
