@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -750,6 +749,12 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def _hostname() -> str:
+    """gethostname(2), which is uname's nodename on POSIX: without importing socket (~3 ms at
+    every start, -X importtime) for the one name."""
+    return os.uname().nodename
+
+
 def _pid_start_time(pid: int) -> str | None:
     """The kernel's start time of a process, so a reused pid is not taken for our run."""
     try:
@@ -885,12 +890,15 @@ class RunStore:
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 
-    def write_snapshot(self, record: dict[str, Any]) -> None:
+    def write_snapshot(self, record: dict[str, Any]) -> int:
+        """Replace the record atomically; returns its size in bytes."""
         path = self.record_path(record["run_id"])
+        data = _dump_record(record)
         try:
-            write_atomic(path, _dump_record(record))
+            write_atomic(path, data)
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc} (the previous record is intact)") from None
+        return len(data)
 
     # reading
     def load(self, run_id: str) -> dict[str, Any]:
@@ -951,7 +959,7 @@ class RunStore:
 
     def _settle(self, record: dict[str, Any]) -> dict[str, Any]:
         """A run left 'running' by a process that no longer exists is failed (interrupted)."""
-        if record.get("status") == "running" and record.get("host") in (None, socket.gethostname()):
+        if record.get("status") == "running" and record.get("host") in (None, _hostname()):
             if not process_alive(record.get("pid"), record.get("pid_start")):
                 record["status"] = "failed"
                 record["message"] = f"interrupted: orchestrate (pid {record.get('pid')}) stopped before the run ended"
@@ -1029,9 +1037,15 @@ class RunStore:
 
 
 class RunRecorder:
-    """Keeps one run's record current: a full snapshot at most every SNAPSHOT_INTERVAL_S and an
-    fsync'd journal line per step update, so recording a step costs the same at step 1,000 as
-    at step 1 (rewriting the whole record each time would be O(N^2))."""
+    """Keeps one run's record current: a journal line per step update (fsync'd when a step
+    ends) and now and then a full snapshot, so recording a step costs the same at step 1,000
+    as at step 1 (rewriting the whole record each time would be O(N^2)).
+
+    A snapshot rewrites every step's entry, pending ones included, so one every
+    SNAPSHOT_INTERVAL_S would still cost O(N) per interval: 12-21 snapshots of 420 KB took
+    0.8-2.5 s of a 1,000-step run (cProfile, busy disk). So a snapshot also waits until the
+    journal written since the last one is half its size: the bytes rewritten stay
+    proportional to the bytes journaled, whatever N."""
 
     def __init__(self, store: RunStore, record: dict[str, Any]) -> None:
         self.store = store
@@ -1039,16 +1053,24 @@ class RunRecorder:
         self.seq = 0
         self.journal_fd: int | None = None
         self.last_snapshot = 0.0
+        self.snapshot_bytes = 0  # size of the last snapshot
+        self.journal_bytes = 0  # journal written since the last snapshot
 
     def snapshot(self) -> None:
         self.record["journal_seq"] = self.seq
-        self.store.write_snapshot(self.record)
+        self.snapshot_bytes = self.store.write_snapshot(self.record)
+        self.journal_bytes = 0
         self.last_snapshot = time.monotonic()
 
-    def update_step(self, index: int, entry: dict[str, Any], current: str | None) -> None:
+    def update_step(self, index: int, entry: dict[str, Any], current: str | None,
+                    durable: bool = True) -> None:
+        """durable=False for a step that starts: the line is written (so `status` shows it at
+        once) but not fsync'd. A crash loses at most that "running" mark, which the settled
+        record reports as interrupted anyway; a step's outcome is always fsync'd."""
         self.record["log"][index] = entry
         self.record["current"] = current
-        if time.monotonic() - self.last_snapshot >= SNAPSHOT_INTERVAL_S:
+        if (time.monotonic() - self.last_snapshot >= SNAPSHOT_INTERVAL_S
+                and 2 * self.journal_bytes >= self.snapshot_bytes):
             self.seq += 1
             self.snapshot()
             return
@@ -1060,7 +1082,9 @@ class RunRecorder:
                 self.journal_fd = os.open(self.store.journal_path(self.record["run_id"]),
                                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE)
             os.write(self.journal_fd, line)
-            os.fsync(self.journal_fd)
+            self.journal_bytes += len(line)
+            if durable:
+                os.fsync(self.journal_fd)
         except OSError as exc:
             raise StoreError(f"cannot write {self.store.journal_path(self.record['run_id'])}: "
                              f"{exc.strerror or exc}") from None
@@ -1380,6 +1404,12 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream, not a pipe
         return _read_unselectable(process, sink)
     os.set_blocking(out_fd, False)
+    try:  # Linux: a 1 MiB pipe instead of 64 KiB, so a read can take a whole READ_CHUNK
+        import fcntl
+
+        fcntl.fcntl(out_fd, fcntl.F_SETPIPE_SZ, READ_CHUNK)
+    except (ImportError, AttributeError, OSError):
+        pass  # elsewhere, or above /proc/sys/fs/pipe-max-size: the default pipe works
     selector = selectors.DefaultSelector()
     selector.register(out_fd, selectors.EVENT_READ, "out")
     if guard is not None:
@@ -3361,7 +3391,7 @@ class Engine:
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": self.workflow.name,
             "status": "running", "current": None, "started_at": utc_now(), "finished_at": None,
             "duration_s": None, "exit_code": None, "message": "",
-            "pid": os.getpid(), "pid_start": _pid_start_time(os.getpid()), "host": socket.gethostname(),
+            "pid": os.getpid(), "pid_start": _pid_start_time(os.getpid()), "host": _hostname(),
             "trigger": trigger, "workflow_file": self.workflow.display_path,
             "workflow_sha256": self.workflow.sha256,
             "options": {"only": self.options.only, "skip": self.options.skip,
@@ -3516,14 +3546,16 @@ class Engine:
         record = recorder.record
         run_id = record["run_id"]
         runner = runner_for(step)
+        # The earlier entries as they are, for runners to read: copying each of them made
+        # step k cost O(k): 0.12 ms a step on average over a 1,000-step run (cProfile).
+        previous = record["log"][: step.index]
         ctx = make_context(self.workflow, step, self.settings, self.root, self.store, run_id,
-                           self.options, self.masker, [dict(e) for e in record["log"][: step.index]],
-                           record["trigger"], base_env)
+                           self.options, self.masker, previous, record["trigger"], base_env)
         ctx.guard = guard
         ctx.debug_write = self.console.debug
         log_path = self.store.run_dir(run_id) / step_log_name(step, total)
         entry.update(status="running", started_at=utc_now())
-        recorder.update_step(step.index, entry, step.name)
+        recorder.update_step(step.index, entry, step.name, durable=False)
         self.console.step_started(step, total)
         started = time.monotonic()
         sink = OutputSink(log_path, self.masker, self.console.step_output_writer(),
@@ -3618,7 +3650,10 @@ def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunSt
 
 # === 8. Reports ===
 
-_XML_ILLEGAL_RE = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# The characters XML 1.0 forbids, listed directly. The same set written as the complement of the
+# allowed ranges ("[^\x09\x0a\x0d\x20-\ud7ff...\U0010ffff]") takes ~5 ms to compile, at every
+# start of every command (python -X importtime); this one ~0.5 ms, and substitutes faster too.
+_XML_ILLEGAL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def xml_safe(text: str) -> str:
@@ -3645,7 +3680,7 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
     import xml.etree.ElementTree as ET
 
     testcases = testcases or {}
-    hostname = xml_safe(socket.gethostname() or "localhost") or "localhost"
+    hostname = xml_safe(_hostname() or "localhost") or "localhost"
     workflow = xml_safe(record.get("workflow") or "workflow")
     suite_name = workflow + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
     root = ET.Element("testsuites")

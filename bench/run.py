@@ -1,0 +1,926 @@
+#!/usr/bin/env python3
+"""Performance benchmark for orchestrate (issue 7): each figure against its baseline.
+
+    python bench/run.py [--quick | --full] [--orchestrate CMD] [--json-out PATH]
+
+Standard library only. It builds its own temporary projects (git repositories with
+workflows/<name>.json of `command` steps running /bin/true) and measures, each against
+a baseline in the same invocation, alternating the two (A B, then B A, ...) so that
+drift on a noisy machine hits both alike:
+
+1. fixed cost   `orchestrate --root P run one` vs `python -c pass` (the interpreter
+                orchestrate runs on) and vs `pre-commit run --hook-stage pre-push` with
+                one equivalent `language: system` hook; `--version` and `--help`; the
+                installed pre-push hook vs the orchestrate command it runs.
+2. per step     workflows of N /bin/true steps vs a bash script of N /bin/true lines.
+                per-step cost at N = (t(N) - t(1)) / (N - 1), from medians: the fixed
+                cost cancels. slope = per-step cost at the largest N; flatness = per-step
+                cost at the largest N / at N = 10.
+3. streaming    one step printing SIZE bytes of 80-byte lines vs the same pipeline
+                through `tee FILE >/dev/null`. Throughput is net of each side's fixed
+                cost (the same command printing 0 bytes); peak RSS from wait4(2).
+4. history      `runs --limit 20` and `status ID` with 10 and 10,000 earlier runs
+                (real runs, cloned under fresh sortable run ids).
+
+It prints one table, writes bench/results.json (or --json-out) with every figure, the
+targets of issue 7 and pass/fail for each, and exits 0 even when a target fails: the
+numbers are the output (CI runs --quick as a smoke test and asserts no threshold).
+Exit 1 means a measured command failed, 2 a usage error.
+
+Modes: --quick (CI smoke test, well under a minute: small N and sizes, few
+repetitions, pre-commit only when already installed in the bench cache), default
+(N up to 1,000, 200 MB, 10,000 runs), --full (adds 1 GB of output, more repetitions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+MB = 1000 * 1000
+MiB = 1024 * 1024
+LINE = "x" * 79  # `yes LINE` prints 80-byte lines: text a test suite might print
+RUN_ID_RE = re.compile(r"^(\d{8}T\d{6})(\d{3})Z-([0-9a-f]+)$")  # 20261127T154000123Z-1a2b3c
+SECTIONS = ("fixed", "hook", "steps", "stream", "history")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    reps_fixed: int  # alternating pairs for sub-second commands
+    reps_steps: int  # pairs for N <= 100
+    reps_big: int  # pairs for N = 1,000 and for streaming
+    step_counts: tuple[int, ...]
+    stream_sizes: tuple[int, ...]
+    history_sizes: tuple[int, int]
+    install_precommit: bool
+    timeout: float  # seconds, for one measured command
+    reps_history: int = 11
+
+
+QUICK = Mode("quick", 5, 3, 3, (1, 10, 100), (10 * MB,), (10, 1000), False, 60, reps_history=3)
+NORMAL = Mode("normal", 15, 21, 5, (1, 10, 100, 1000), (10 * MB, 200 * MB), (10, 10000), True, 300)
+FULL = Mode(
+    "full", 21, 31, 7, (1, 10, 100, 1000), (10 * MB, 200 * MB, 1000 * MB), (10, 10000), True, 600
+)
+
+
+# === Measuring ===
+
+
+class CommandFailed(Exception):
+    """A measured or set-up command exited non-zero: the benchmark's numbers would lie."""
+
+
+@dataclass
+class Sample:
+    seconds: float
+    maxrss_kib: int  # peak RSS of the process and the descendants it waited for
+    cpu_seconds: float  # user + system CPU: steadier than wall time on a busy machine
+
+
+@dataclass
+class Cmd:
+    """One side of a comparison: a command line, where and how it runs, its samples."""
+
+    label: str
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    stdin: bytes = b""
+    after: Callable[[], None] | None = None  # untimed clean-up after each run
+    samples: list[Sample] = field(default_factory=list)
+
+    def times_ms(self) -> list[float]:
+        return [s.seconds * 1000 for s in self.samples]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms())
+
+    @property
+    def peak_rss_mib(self) -> float:
+        return max(s.maxrss_kib for s in self.samples) / 1024
+
+    def summary(self) -> dict[str, Any]:
+        t = self.times_ms()
+        return {
+            "label": self.label,
+            "argv": self.argv,
+            "runs": len(t),
+            "median_ms": round(statistics.median(t), 3),
+            "min_ms": round(min(t), 3),
+            "max_ms": round(max(t), 3),
+            "times_ms": [round(x, 3) for x in t],
+            "peak_rss_mib": round(self.peak_rss_mib, 2),
+            "median_cpu_ms": round(statistics.median(s.cpu_seconds for s in self.samples) * 1000, 3),
+        }
+
+    def cell(self) -> str:
+        t = self.times_ms()
+        return f"{_ms(statistics.median(t))} ({_ms(min(t), False)}–{_ms(max(t))})"
+
+
+def _ms(value: float, unit: bool = True) -> str:
+    if value >= 10000:
+        text, suffix = f"{value / 1000:.1f}", " s"
+    elif value >= 1000:
+        text, suffix = f"{value / 1000:.2f}", " s"
+    elif value >= 100:
+        text, suffix = f"{value:.0f}", " ms"
+    else:
+        text, suffix = f"{value:.1f}", " ms"
+    return text + suffix if unit else text
+
+
+def run_once(cmd: Cmd, timeout: float) -> Sample:
+    """Run cmd once: wall time from spawn to reap, and rusage from wait4(2).
+
+    wait4 gives this child's own peak RSS (the maximum over it and the descendants it
+    reaped), unlike RUSAGE_CHILDREN, which keeps the maximum over every child so far.
+    """
+    with tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd.argv,
+            cwd=cmd.cwd,
+            env=cmd.env,
+            stdin=subprocess.PIPE if cmd.stdin else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,  # so a timeout ends the whole tree
+        )
+        timed_out = threading.Event()
+
+        def _kill() -> None:
+            timed_out.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        timer = threading.Timer(timeout, _kill)
+        timer.start()
+        try:
+            if cmd.stdin:
+                assert proc.stdin is not None
+                try:
+                    proc.stdin.write(cmd.stdin)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        elapsed = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0 or timed_out.is_set():
+            err.seek(0)
+            tail = err.read()[-3000:].decode(errors="replace")
+            why = f"timed out after {timeout:g}s" if timed_out.is_set() else f"exited {proc.returncode}"
+            raise CommandFailed(f"{cmd.label}: `{shlex.join(cmd.argv)}` in {cmd.cwd} {why}\n{tail}")
+    if cmd.after:
+        cmd.after()
+    return Sample(elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+
+
+def measure_pair(a: Cmd, b: Cmd, reps: int, timeout: float, warmup: int = 1) -> tuple[Cmd, Cmd]:
+    """Alternate A and B (A B, B A, A B, ...): slow drift and periodic noise hit both."""
+    measure_rounds([(a, b, reps)], timeout, warmup)
+    return a, b
+
+
+def measure_rounds(pairs: list[tuple[Cmd, Cmd, int]], timeout: float, warmup: int = 1) -> None:
+    """Several (A, B, repetitions) measured in rounds: each round runs every pair that still
+    needs samples, A and B alternating, the pairs' order rotating. Figures derived from
+    several pairs (a slope from t(N) - t(1)) then see the same drift in all of them."""
+    for a, b, _ in pairs:
+        for _ in range(warmup):
+            run_once(a, timeout)
+            run_once(b, timeout)
+    for i in range(max(reps for _, _, reps in pairs)):
+        shift = i % len(pairs)
+        for a, b, reps in pairs[shift:] + pairs[:shift]:
+            if i < reps:
+                for cmd in (a, b) if i % 2 == 0 else (b, a):
+                    cmd.samples.append(run_once(cmd, timeout))
+
+
+def check_output(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> str:
+    """A set-up command (not timed): its stdout, or CommandFailed with its stderr."""
+    proc = subprocess.run(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise CommandFailed(
+            f"set-up command `{shlex.join(argv)}` in {cwd} exited {proc.returncode}\n"
+            f"{proc.stdout.decode(errors='replace')[-1500:]}{proc.stderr.decode(errors='replace')[-1500:]}"
+        )
+    return proc.stdout.decode(errors="replace")
+
+
+# === Results ===
+
+
+@dataclass
+class Row:
+    figure: str
+    orchestrate: str
+    baseline: str
+    value: str
+    target: str = ""
+    verdict: str = ""
+
+
+class Results:
+    def __init__(self) -> None:
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.targets: list[dict[str, Any]] = []
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+
+    def target(
+        self, name: str, figure: str, value: float | None, op: str, limit: float, unit: str, text: str
+    ) -> str:
+        """Record a target of issue 7; returns the table's verdict cell."""
+        ok = None if value is None else (value <= limit if op == "<=" else value >= limit)
+        self.targets.append(
+            {
+                "name": name,
+                "figure": figure,
+                "description": text,
+                "value": None if value is None else round(value, 4),
+                "op": op,
+                "limit": limit,
+                "unit": unit,
+                "pass": ok,
+            }
+        )
+        return "skipped" if ok is None else ("PASS" if ok else "FAIL")
+
+    def skip(self, figure: str, label: str, reason: str) -> None:
+        self.figures[figure] = {"skipped": reason}
+        self.rows.append(Row(label, "—", "—", "—", "", "skipped (see note)"))
+        self.notes.append(f"{label}: skipped: {reason}")
+
+    def table(self) -> str:
+        head = Row("figure", "orchestrate median (min–max)", "baseline median (min–max)", "value", "target", "")
+        rows = [head, *self.rows]
+        cols = ["figure", "orchestrate", "baseline", "value", "target", "verdict"]
+        widths = {c: max(len(getattr(r, c)) for r in rows) for c in cols}
+        lines = []
+        for i, r in enumerate(rows):
+            lines.append("  ".join(getattr(r, c).ljust(widths[c]) for c in cols).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * widths[c] for c in cols))
+        return "\n".join(lines)
+
+
+# === The benchmark ===
+
+
+def step(name: str, run: list[str]) -> dict[str, Any]:
+    return {"name": name, "type": "command", "run": run}
+
+
+TRUE_STEP = [step("s1", ["/bin/true"])]
+
+
+class Bench:
+    def __init__(self, orchestrate: list[str], mode: Mode, work: Path, cache: Path) -> None:
+        self.orch = orchestrate
+        self.mode = mode
+        self.work = work
+        self.cache = cache
+        self.results = Results()
+        self.python = interpreter_of(orchestrate)
+        self.env = bench_env(orchestrate, cache, self.results.notes)
+
+    # --- projects ---
+
+    def git(self, cwd: Path, *args: str) -> str:
+        argv = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", *args]
+        return check_output(argv, cwd, self.env).strip()
+
+    def project(self, name: str, workflows: dict[str, list[dict[str, Any]]]) -> Path:
+        """A git repository with workflows/<name>.json, runs/ ignored, one commit."""
+        root = self.work / name
+        (root / "workflows").mkdir(parents=True)
+        for wf, steps in workflows.items():
+            doc = {"name": wf, "steps": steps}
+            (root / "workflows" / f"{wf}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (root / ".gitignore").write_text("runs/\n")
+        self.git(root, "init", "-q")
+        self.git(root, "add", "-A")
+        self.git(root, "commit", "-q", "-m", "bench project")
+        return root
+
+    def orch_cmd(self, label: str, root: Path, *args: str, clean: bool = True) -> Cmd:
+        """`orchestrate --root ROOT ARGS`; clean: empty runs/ after each run (untimed), so
+        a figure measures one thing (the history figures measure what runs/ holds)."""
+        after = (lambda: _empty(root / "runs")) if clean else None
+        return Cmd(label, [*self.orch, "--root", str(root), *args], root, self.env, after=after)
+
+    # --- 1. fixed cost ---
+
+    def fixed(self) -> None:
+        m, r = self.mode, self.results
+        root = self.project("fixed", {"one": TRUE_STEP})
+        python = Cmd("python -c pass", [self.python, "-c", "pass"], root, self.env)
+        run_one = self.orch_cmd("orchestrate run one", root, "run", "one")
+        measure_pair(run_one, python, m.reps_fixed, m.timeout)
+        ratio = run_one.median_ms / python.median_ms
+        verdict = r.target(
+            "fixed_vs_python", "fixed_run_vs_python", ratio, "<=", 6.0, "x",
+            "orchestrate run one ≤ 6× python -c pass",
+        )
+        r.figures["fixed_run_vs_python"] = _pair(run_one, python, ratio=ratio)
+        r.rows.append(Row("fixed: run one vs python -c pass", run_one.cell(), python.cell(), f"{ratio:.2f}×", "≤ 6×", verdict))
+        r.figures["fixed_run_peak_rss"] = {"peak_rss_mib": round(run_one.peak_rss_mib, 2)}
+
+        for flag in ("--version", "--help"):
+            cmd = Cmd(f"orchestrate {flag}", [*self.orch, flag], root, self.env)
+            base = Cmd("python -c pass", [self.python, "-c", "pass"], root, self.env)
+            measure_pair(cmd, base, m.reps_fixed, m.timeout)
+            ratio = cmd.median_ms / base.median_ms
+            key = f"{flag.strip('-')}_vs_python"
+            r.figures[key] = _pair(cmd, base, ratio=ratio)
+            r.rows.append(Row(f"fixed: {flag} vs python -c pass", cmd.cell(), base.cell(), f"{ratio:.2f}×"))
+
+        precommit = self.precommit()
+        if isinstance(precommit, str):
+            r.skip("fixed_run_vs_precommit", "fixed: run one vs pre-commit", precommit)
+            r.target("fixed_vs_precommit", "fixed_run_vs_precommit", None, "<=", 0.5, "x",
+                     "orchestrate run one ≤ 0.5× pre-commit run --hook-stage pre-push")
+            return
+        argv, version = precommit
+        # One local `language: system` hook, the equivalent of the one /bin/true step.
+        (root / ".pre-commit-config.yaml").write_text(
+            "repos:\n- repo: local\n  hooks:\n  - id: s1\n    name: s1\n    entry: /bin/true\n"
+            "    language: system\n    pass_filenames: false\n    always_run: true\n"
+        )
+        self.git(root, "add", ".pre-commit-config.yaml")
+        self.git(root, "commit", "-q", "-m", "pre-commit config")
+        pc = Cmd("pre-commit run", [*argv, "run", "--hook-stage", "pre-push"], root, self.env)
+        run_one = self.orch_cmd("orchestrate run one", root, "run", "one")
+        measure_pair(run_one, pc, m.reps_fixed, m.timeout)
+        ratio = run_one.median_ms / pc.median_ms
+        verdict = r.target(
+            "fixed_vs_precommit", "fixed_run_vs_precommit", ratio, "<=", 0.5, "x",
+            "orchestrate run one ≤ 0.5× pre-commit run --hook-stage pre-push",
+        )
+        r.figures["fixed_run_vs_precommit"] = _pair(run_one, pc, ratio=ratio, precommit_version=version)
+        r.rows.append(Row(f"fixed: run one vs pre-commit {version}", run_one.cell(), pc.cell(), f"{ratio:.2f}×", "≤ 0.5×", verdict))
+
+    def precommit(self) -> tuple[list[str], str] | str:
+        """pre-commit's argv and version, from the bench's own venv (installed there with
+        pip unless --quick), else from PATH; or why it is skipped."""
+        venv = self.cache / "pre-commit-venv"
+        exe = venv / "bin" / "pre-commit"
+        if not exe.exists() and shutil.which("pre-commit"):
+            exe = Path(shutil.which("pre-commit") or "")
+        elif not exe.exists():
+            if not self.mode.install_precommit:
+                return f"not installed in {venv} (--quick installs nothing; a normal run installs it)"
+            try:
+                print(f"installing pre-commit into {venv} ...", file=sys.stderr)
+                check_output([sys.executable, "-m", "venv", str(venv)], self.work, self.env, 300)
+                check_output(
+                    [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "pre-commit"],
+                    self.work, self.env, 600,
+                )
+            except (CommandFailed, subprocess.TimeoutExpired, OSError) as exc:
+                shutil.rmtree(venv, ignore_errors=True)
+                return f"could not install pre-commit: {str(exc).splitlines()[0]}"
+        version = check_output([str(exe), "--version"], self.work, self.env).strip().split()[-1]
+        return [str(exe)], version
+
+    # --- 1b. the installed pre-push hook ---
+
+    def hook(self) -> None:
+        m, r = self.mode, self.results
+        label = "hook: pre-push hook vs direct"
+        root = self.project("hook", {"pre-push": TRUE_STEP})
+        self.git(root, "commit", "-q", "--allow-empty", "-m", "second")
+        head, parent = self.git(root, "rev-parse", "HEAD", "HEAD~1").split()
+        hook = root / ".git" / "hooks" / "pre-push"
+        how = "orchestrate hook install"
+        try:
+            check_output([*self.orch, "--root", str(root), "hook", "install"], root, self.env)
+        except CommandFailed as exc:
+            why = [line for line in str(exc).splitlines()[1:] if line.strip()][-1:] or ["?"]
+            self.results.notes.append(f"hook: `orchestrate hook install` failed: {why[0].strip()}")
+        if not hook.exists() and (REPO / "hooks" / "pre-push").exists():
+            how = "copied from hooks/pre-push"
+            shutil.copy(REPO / "hooks" / "pre-push", hook)
+            hook.chmod(0o755)
+        if not hook.exists():
+            r.skip("hook_overhead", label, "no hooks/pre-push in the repository and `hook install` made none")
+            r.target("hook_overhead", "hook_overhead", None, "<=", 10.0, "ms", "pre-push hook adds ≤ 10 ms")
+            return
+        remote = str(self.work / "remote.git")
+        refs = f"refs/heads/main {head} refs/heads/main {parent}\n".encode()
+        direct_argv = self.hook_target(hook, root, remote, refs)
+        if direct_argv is None:
+            r.skip("hook_overhead", label, "the hook does not run `orchestrate` from PATH, so the "
+                   "command it runs could not be recorded for the direct comparison")
+            r.target("hook_overhead", "hook_overhead", None, "<=", 10.0, "ms", "pre-push hook adds ≤ 10 ms")
+            return
+        via_hook = Cmd("pre-push hook", [str(hook), "origin", remote], root, self.env, stdin=refs,
+                       after=lambda: _empty(root / "runs"))
+        direct = Cmd("orchestrate (as the hook calls it)", direct_argv, root, self.env, stdin=refs,
+                     after=lambda: _empty(root / "runs"))
+        measure_pair(via_hook, direct, m.reps_fixed, m.timeout)
+        overhead = via_hook.median_ms - direct.median_ms
+        verdict = r.target("hook_overhead", "hook_overhead", overhead, "<=", 10.0, "ms",
+                           "the installed pre-push hook adds ≤ 10 ms over calling orchestrate directly")
+        r.figures["hook_overhead"] = _pair(via_hook, direct, overhead_ms=round(overhead, 3), installed_by=how)
+        r.rows.append(Row(label, via_hook.cell(), direct.cell(), f"{overhead:+.1f} ms", "≤ 10 ms", verdict))
+
+    def hook_target(self, hook: Path, root: Path, remote: str, refs: bytes) -> list[str] | None:
+        """The orchestrate command line the hook runs, found by running the hook once with
+        a recording `orchestrate` first on PATH (the real orchestrate gets the same
+        arguments), or None when the hook does not take orchestrate from PATH."""
+        shim_dir = self.work / "shim"
+        shim_dir.mkdir(exist_ok=True)
+        record = shim_dir / "argv"
+        shim = shim_dir / "orchestrate"
+        shim.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > '{record}'\ncat >/dev/null\n")
+        shim.chmod(0o755)
+        env = dict(self.env, PATH=f"{shim_dir}{os.pathsep}{self.env['PATH']}")
+        subprocess.run([str(hook), "origin", remote], cwd=root, env=env, input=refs,
+                       capture_output=True, timeout=120)
+        _empty(root / "runs")
+        if record.exists():
+            args = record.read_bytes().split(b"\0")[:-1]
+            return [*self.orch, *(a.decode() for a in args)]
+        return None
+
+    # --- 2. per-step cost ---
+
+    def steps(self) -> None:
+        m, r = self.mode, self.results
+        counts = m.step_counts
+        root = self.project("steps", {
+            f"steps{n}": [step(f"s{i + 1}", ["/bin/true"]) for i in range(n)] for n in counts
+        })
+        scripts = self.work / "bash"
+        scripts.mkdir()
+        orch: dict[int, Cmd] = {}
+        bash: dict[int, Cmd] = {}
+        for n in counts:
+            script = scripts / f"steps{n}.sh"
+            script.write_text("#!/bin/bash\n" + "/bin/true\n" * n)
+            orch[n] = self.orch_cmd(f"orchestrate run steps{n}", root, "run", f"steps{n}")
+            bash[n] = Cmd(f"bash steps{n}.sh", ["bash", str(script)], root, self.env)
+        measure_rounds([(orch[n], bash[n], m.reps_big if n >= 1000 else m.reps_steps) for n in counts],
+                       m.timeout)
+
+        def per_step(side: dict[int, Cmd], n: int) -> float:
+            return (side[n].median_ms - side[1].median_ms) / (n - 1)
+
+        fig: dict[str, Any] = {"estimator": "(median t(N) - median t(1)) / (N - 1)", "by_n": {}}
+        for n in counts:
+            entry = _pair(orch[n], bash[n], ratio=orch[n].median_ms / bash[n].median_ms)
+            if n > 1:
+                entry["orchestrate_ms_per_step"] = round(per_step(orch, n), 4)
+                entry["bash_ms_per_step"] = round(per_step(bash, n), 4)
+            fig["by_n"][str(n)] = entry
+            r.rows.append(Row(f"steps: N={n} vs bash", orch[n].cell(), bash[n].cell(),
+                              f"{orch[n].median_ms / bash[n].median_ms:.2f}×"))
+        top = max(counts)
+        slope, bash_slope = per_step(orch, top), per_step(bash, top)
+        ratio = _ratio(slope, bash_slope)
+        flat = _ratio(per_step(orch, top), per_step(orch, 10))
+        bash_flat = _ratio(per_step(bash, top), per_step(bash, 10))
+        for name, value in (("slope ratio", ratio), ("flatness", flat)):
+            if value is None:
+                r.notes.append(f"steps: {name} not computed: a per-step cost came out ≤ 0 (too noisy; "
+                               "run again on a quieter machine)")
+        in_run = self.in_run_flatness(root, top)
+        fig.update(slope_ms_per_step=round(slope, 4), bash_slope_ms_per_step=round(bash_slope, 4),
+                   slope_ratio=_round(ratio), flatness=_round(flat), bash_flatness=_round(bash_flat),
+                   flatness_n=[10, top], in_run=in_run)
+        r.figures["per_step"] = fig
+        v1 = r.target("per_step_vs_bash", "per_step", ratio, "<=", 2.2, "x",
+                      f"per-step cost (slope at N={top}) ≤ 2.2× bash's")
+        r.rows.append(Row(f"steps: slope at N={top} (ms/step)", f"{slope:.3f} ms/step",
+                          f"{bash_slope:.3f} ms/step", _x(ratio), "≤ 2.2×", v1))
+        v2 = r.target("flatness", "per_step", flat, "<=", 1.3, "x",
+                      f"per-step cost at N={top} ≤ 1.3× that at N=10")
+        r.rows.append(Row(f"steps: flatness per-step N={top} / N=10", _x(flat, ""), f"{_x(bash_flat, '')} (bash)",
+                          _x(flat, ""), "≤ 1.3", v2))
+        if "late_over_early" in in_run:
+            k = in_run["window"]
+            r.rows.append(Row(f"steps: in one N={top} run, last {k} / first {k} steps",
+                              f"{in_run['late_ms_per_step']:.3f} / {in_run['early_ms_per_step']:.3f} ms/step", "",
+                              _x(in_run["late_over_early"], "")))
+
+    def in_run_flatness(self, root: Path, n: int) -> dict[str, Any]:
+        """From one more run's record: the mean interval between step starts over the last k
+        steps ÷ over the first k. Start-up noise does not enter it, so it shows a cost that
+        grows with the step's index (an O(N^2) record) even on a busy machine."""
+        check_output([*self.orch, "--root", str(root), "run", f"steps{n}"], root, self.env, self.mode.timeout)
+        try:
+            (record,) = [json.loads(p.read_text()) for p in (root / "runs").glob("*.json")]
+            starts = [dt.datetime.strptime(e["started_at"], "%Y-%m-%dT%H:%M:%S.%fZ") for e in record["log"]]
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            return {"error": f"cannot read step start times from the run record: {exc!r}"}
+        finally:
+            _empty(root / "runs")
+        k = max(10, n // 10)
+        early = (starts[k] - starts[0]).total_seconds() * 1000 / k
+        late = (starts[-1] - starts[-1 - k]).total_seconds() * 1000 / k
+        return {"window": k, "early_ms_per_step": round(early, 4), "late_ms_per_step": round(late, 4),
+                "late_over_early": _round(_ratio(late, early))}
+
+    # --- 3. streaming ---
+
+    def stream(self) -> None:
+        m, r = self.mode, self.results
+        sizes = m.stream_sizes
+        root = self.project("stream", {
+            f"out{size}": [step("out", ["/bin/sh", "-c", f"yes {LINE} | head -c {size}"])]
+            for size in (0, *sizes)
+        })
+        tee_file = self.work / "tee.out"
+
+        def pair(size: int) -> tuple[Cmd, Cmd]:
+            a = self.orch_cmd(f"orchestrate run out{size}", root, "run", f"out{size}")
+            b = Cmd(f"tee {size}", ["/bin/sh", "-c", f"yes {LINE} | head -c {size} | tee {tee_file} >/dev/null"],
+                    root, self.env, after=lambda: tee_file.unlink(missing_ok=True))
+            return a, b
+
+        pairs = {size: pair(size) for size in (0, *sizes)}
+        measure_rounds([(*pairs[size], m.reps_fixed if size == 0 else m.reps_big) for size in pairs], m.timeout)
+        zero_o, zero_t = pairs[0]
+        fig: dict[str, Any] = {
+            "estimator": "throughput = SIZE / (median t(SIZE) - median t(0)), each side net of its fixed cost",
+            "zero_bytes": _pair(zero_o, zero_t),
+            "by_size": {},
+        }
+        with_target = [s for s in sizes if s >= 200 * MB] or [max(sizes)]
+        rss: dict[int, float] = {}
+        for size in sizes:
+            o, t = pairs[size]
+            net_o = o.median_ms - zero_o.median_ms
+            net_t = t.median_ms - zero_t.median_ms
+            thr_o = size / MB / (net_o / 1000) if net_o > 0 else None
+            thr_t = size / MB / (net_t / 1000) if net_t > 0 else None
+            ratio = _ratio(thr_o or 0, thr_t or 0)
+            label = _size(size)
+            if ratio is None:
+                r.notes.append(f"stream: {label}: the output took less time than the noise in the 0-byte run "
+                               "(too small or too noisy to give a throughput)")
+            rss[size] = o.peak_rss_mib
+            fig["by_size"][str(size)] = _pair(
+                o, t, orchestrate_mb_per_s=_round(thr_o, 1), tee_mb_per_s=_round(thr_t, 1),
+                throughput_ratio=_round(ratio), end_to_end_ratio=round(t.median_ms / o.median_ms, 4),
+            )
+            target, verdict = "", ""
+            if size in with_target:
+                target = "≥ 0.9×"
+                verdict = r.target(f"streaming_{label.replace(' ', '')}", "streaming", ratio, ">=", 0.9, "x",
+                                   f"streaming throughput at {label} ≥ 0.9× tee's")
+            rate = lambda v: "" if v is None else f" {v:.0f} MB/s"  # noqa: E731
+            r.rows.append(Row(f"stream: {label} vs tee (throughput)", f"{o.cell()}{rate(thr_o)}",
+                              f"{t.cell()}{rate(thr_t)}", _x(ratio), target, verdict))
+        top, low = max(sizes), min(sizes)
+        fig["peak_rss_mib"] = {str(s): round(v, 2) for s, v in rss.items()}
+        v = r.target("peak_rss", "streaming", rss[top], "<=", 40.0, "MiB", f"peak RSS at {_size(top)} ≤ 40 MiB")
+        r.rows.append(Row(f"stream: peak RSS at {_size(top)}", f"{rss[top]:.1f} MiB", "", f"{rss[top]:.1f} MiB",
+                          "≤ 40 MiB", v))
+        growth = rss[top] - rss[low]
+        fig["rss_growth_mib"] = round(growth, 2)
+        fig["rss_growth_between"] = [low, top]
+        if top > low:
+            v = r.target("rss_growth", "streaming", growth, "<=", 5.0, "MiB",
+                         f"peak RSS growth {_size(low)} → {_size(top)} ≤ 5 MiB")
+            r.rows.append(Row(f"stream: RSS growth {_size(low)} → {_size(top)}",
+                              f"{rss[low]:.1f} → {rss[top]:.1f} MiB", "", f"{growth:+.1f} MiB", "≤ 5 MiB", v))
+        else:
+            r.notes.append("stream: one output size only, so no RSS growth target")
+        r.figures["streaming"] = fig
+
+    # --- 4. history ---
+
+    def history(self) -> None:
+        m, r = self.mode, self.results
+        small_n, big_n = m.history_sizes
+        small = self.project("history-small", {"tiny": TRUE_STEP})
+        big = self.project("history-big", {"tiny": TRUE_STEP})
+        real = 2  # real runs in each project; the rest are clones of them under fresh ids
+        for root, n in ((small, small_n), (big, big_n)):
+            for _ in range(real):
+                check_output([*self.orch, "--root", str(root), "run", "tiny"], root, self.env)
+            made = clone_runs(root / "runs", n - real)
+            if isinstance(made, str):
+                r.skip("history_runs", "history: runs --limit 20", made)
+                r.skip("history_status", "history: status ID", made)
+                r.target("history_runs", "history_runs", None, "<=", 2.0, "x",
+                         "runs --limit 20 at 10,000 runs ≤ 2× at 10")
+                return
+        small_ids = run_ids(small / "runs")
+        big_ids = run_ids(big / "runs")
+        label_big = f"{len(big_ids):,}"
+        a = self.orch_cmd(f"runs --limit 20 ({label_big} runs)", big, "runs", "--limit", "20", clean=False)
+        b = self.orch_cmd(f"runs --limit 20 ({len(small_ids)} runs)", small, "runs", "--limit", "20", clean=False)
+        measure_pair(a, b, m.reps_history, m.timeout)
+        ratio = a.median_ms / b.median_ms
+        verdict = r.target("history_runs", "history_runs", ratio, "<=", 2.0, "x",
+                           f"runs --limit 20 with {label_big} runs ≤ 2× with {len(small_ids)}")
+        r.figures["history_runs"] = _pair(a, b, ratio=ratio, runs=[len(big_ids), len(small_ids)])
+        r.rows.append(Row(f"history: runs --limit 20, {label_big} vs {len(small_ids)} runs", a.cell(), b.cell(),
+                          f"{ratio:.2f}×", "≤ 2×", verdict))
+        # status of a run in the middle of the history: neither the newest nor the oldest.
+        a = self.orch_cmd("status (big)", big, "status", big_ids[len(big_ids) // 2], clean=False)
+        b = self.orch_cmd("status (small)", small, "status", small_ids[len(small_ids) // 2], clean=False)
+        measure_pair(a, b, m.reps_history, m.timeout)
+        ratio = a.median_ms / b.median_ms
+        r.figures["history_status"] = _pair(a, b, ratio=ratio, runs=[len(big_ids), len(small_ids)])
+        r.rows.append(Row(f"history: status ID, {label_big} vs {len(small_ids)} runs", a.cell(), b.cell(),
+                          f"{ratio:.2f}×"))
+
+
+# === Helpers ===
+
+
+def _pair(a: Cmd, b: Cmd, **extra: Any) -> dict[str, Any]:
+    out = {"orchestrate": a.summary(), "baseline": b.summary(),
+           # noise on a shared machine only ever adds time: the minimums show the floor
+           "ratio_of_min": round(min(a.times_ms()) / min(b.times_ms()), 4)}
+    out.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in extra.items()})
+    return out
+
+
+def _ratio(num: float, den: float) -> float | None:
+    """num / den, or None when either is not positive (noise swamped a difference)."""
+    return num / den if num > 0 and den > 0 else None
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _x(value: float | None, unit: str = "×") -> str:
+    return "n/a (noise)" if value is None else f"{value:.2f}{unit}"
+
+
+def _size(size: int) -> str:
+    return f"{size // (1000 * MB)} GB" if size >= 1000 * MB and size % (1000 * MB) == 0 else f"{size // MB} MB"
+
+
+def _empty(folder: Path) -> None:
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.name != ".gitkeep":
+                entry.unlink(missing_ok=True)
+
+
+def run_ids(runs: Path) -> list[str]:
+    """Run ids in runs/, oldest first (ids sort by start time)."""
+    return sorted(p.stem for p in runs.glob("*.json") if RUN_ID_RE.match(p.stem))
+
+
+def clone_runs(runs: Path, count: int) -> int | str:
+    """Add `count` copies of the newest real run under fresh, older run ids of the same
+    format (every file and folder named after the id, with the id replaced inside too).
+    Returns the count, or why it could not."""
+    ids = run_ids(runs)
+    if not ids:
+        names = sorted(p.name for p in runs.iterdir()) if runs.is_dir() else []
+        return f"no run record named like 20261127T154000123Z-1a2b3c.json in runs/ (found {names[:5]})"
+    template = ids[-1]
+    entries = [p for p in runs.iterdir() if p.name.startswith(template)]
+    record = json.loads((runs / f"{template}.json").read_text())
+    oldest = RUN_ID_RE.match(ids[0])
+    assert oldest is not None
+    start = dt.datetime.strptime(oldest.group(1) + oldest.group(2), "%Y%m%dT%H%M%S%f")
+    start -= dt.timedelta(seconds=count * 7)
+    hex_len = len(oldest.group(3))
+    for i in range(count):
+        when = start + dt.timedelta(seconds=i * 7, milliseconds=i % 1000)
+        new_id = when.strftime("%Y%m%dT%H%M%S") + f"{when.microsecond // 1000:03d}Z-" + secrets.token_hex(8)[:hex_len]
+        iso = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+        for entry in entries:
+            target = runs / entry.name.replace(template, new_id, 1)
+            if entry.name == f"{template}.json":
+                copy = dict(record, run_id=new_id, started_at=iso)
+                if record.get("finished_at"):
+                    copy["finished_at"] = iso
+                text = json.dumps(copy).replace(template, new_id)
+                target.write_text(text)
+            elif entry.is_dir():
+                _copy_tree(entry, target, template, new_id)
+            else:
+                _copy_file(entry, target, template, new_id)
+    return count
+
+
+def _copy_tree(src: Path, dst: Path, old: str, new: str) -> None:
+    dst.mkdir()
+    for entry in src.iterdir():
+        if entry.is_dir():
+            _copy_tree(entry, dst / entry.name, old, new)
+        else:
+            _copy_file(entry, dst / entry.name.replace(old, new), old, new)
+
+
+def _copy_file(src: Path, dst: Path, old: str, new: str) -> None:
+    data = src.read_bytes()
+    dst.write_bytes(data.replace(old.encode(), new.encode()))
+
+
+def interpreter_of(orchestrate: list[str]) -> str:
+    """The Python that runs orchestrate: the baseline for `python -c pass` is the same
+    interpreter (a pyenv shim or another version would measure something else)."""
+    first = orchestrate[0]
+    if "python" in Path(first).name:
+        return first
+    path = Path(shutil.which(first) or first)
+    try:
+        head = path.read_bytes()[:1024].decode(errors="replace").splitlines()
+    except OSError:
+        return sys.executable
+    if head and head[0].startswith("#!"):
+        shebang = head[0][2:].strip().split()
+        if shebang and "python" in Path(shebang[0]).name:
+            return shebang[0]
+        if shebang and Path(shebang[0]).name == "env" and len(shebang) > 1:
+            return shutil.which(shebang[-1]) or sys.executable
+        for line in head[1:4]:  # pip's launcher for long paths: '''exec' /path/python "$0" "$@"
+            found = re.match(r"'''exec' (\S+) ", line)
+            if found:
+                return found.group(1)
+    return sys.executable
+
+
+def bench_env(orchestrate: list[str], cache: Path, notes: list[str]) -> dict[str, str]:
+    env = dict(os.environ)
+    # Not the user's CI integration, skip switch or root: the bench decides those.
+    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "ORCHESTRATE_SKIP", "ORCHESTRATE_ROOT",
+                 "ORCHESTRATE_BIN", "ORCHESTRATE_PRE_PUSH_WORKFLOW", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        env.pop(name, None)
+    if env.pop("PYTHONDONTWRITEBYTECODE", None):
+        # With it, an editable install recompiles orchestrate.py on every start (a pipx
+        # install has its .pyc): that is not what a user's push pays.
+        notes.append("PYTHONDONTWRITEBYTECODE was set: unset for the measured commands")
+    env["PRE_COMMIT_HOME"] = str(cache / "pre-commit-home")
+    env["NO_COLOR"] = "1"
+    # The hook finds orchestrate on PATH, as after `pipx install`.
+    exe = shutil.which(orchestrate[0])
+    if exe:
+        env["PATH"] = f"{Path(exe).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def find_orchestrate(arg: str | None) -> list[str]:
+    if arg:
+        return shlex.split(arg)
+    beside = Path(sys.executable).parent / "orchestrate"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("orchestrate")
+    if found:
+        return [found]
+    raise SystemExit(
+        "bench/run.py: no `orchestrate` beside this Python nor on PATH: install it "
+        "(pip install -e .) or pass --orchestrate CMD"
+    )
+
+
+def machine_info(orchestrate: list[str], python: str, env: dict[str, str]) -> dict[str, Any]:
+    def read(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, cwd=REPO).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    except (OSError, IndexError):
+        pass
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory": mem,
+        "orchestrate": orchestrate,
+        "orchestrate_version": read([*orchestrate, "--version"]),
+        "python": python,
+        "python_version": read([python, "-c", "import sys; print(sys.version.split()[0])"]),
+        "typer_version": read([python, "-c", "import typer; print(typer.__version__)"]),
+        "repo_commit": read(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "bench_python": sys.version.split()[0],
+    }
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="CI smoke test: small and fast (< 60 s)")
+    size.add_argument("--full", action="store_true", help="also 1 GB of output, more repetitions")
+    parser.add_argument("--orchestrate", metavar="CMD", help="command to run orchestrate "
+                        "(default: the console script beside this Python, else on PATH)")
+    parser.add_argument("--json-out", metavar="PATH", type=Path, default=BENCH_DIR / "results.json")
+    parser.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary projects (path printed)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    mode = QUICK if args.quick else FULL if args.full else NORMAL
+    sections = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
+
+    orchestrate = find_orchestrate(args.orchestrate)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orchestrate-bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="orchestrate-bench-"))
+    bench = Bench(orchestrate, mode, work, cache)
+    started = time.perf_counter()
+    load_at_start = list(os.getloadavg())
+    command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"orchestrate bench ({mode.name}): {shlex.join(orchestrate)}; projects in {work}", file=sys.stderr)
+    failures: list[str] = []
+    try:
+        for name in sections:  # one failing section does not hide the others' figures
+            t0 = time.perf_counter()
+            try:
+                getattr(bench, name)()
+            except (CommandFailed, subprocess.TimeoutExpired) as exc:
+                failures.append(f"{name}: {exc}")
+                bench.results.notes.append(f"{name}: FAILED, figures missing: {str(exc).splitlines()[0]}")
+            print(f"  {name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    failed = "\n".join(failures) or None
+    r = bench.results
+    info = machine_info(orchestrate, bench.python, bench.env)
+    info["loadavg_at_start"] = load_at_start  # 1, 5, 15 min: other jobs on the machine
+    info["loadavg_at_end"] = list(os.getloadavg())
+    info["nice"] = os.nice(0)
+    doc = {
+        "schema_version": 1,
+        "mode": mode.name,
+        "command": command,
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": info,
+        "figures": r.figures,
+        "targets": r.targets,
+        "all_targets_pass": all(t["pass"] for t in r.targets if t["pass"] is not None),
+        "notes": r.notes,
+        "error": failed,
+    }
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\n{info['orchestrate_version']} on {info['cpus']} × {info['cpu']}, Python {info['python_version']}, "
+          f"Typer {info['typer_version'] or '?'}, mode {mode.name}, load average "
+          f"{load_at_start[0]:.2f} at start, {info['loadavg_at_end'][0]:.2f} at end")
+    print(r.table())
+    for note in r.notes:
+        print(f"note: {note}")
+    passed = sum(1 for t in r.targets if t["pass"])
+    judged = sum(1 for t in r.targets if t["pass"] is not None)
+    print(f"targets: {passed} of {judged} met; results in {args.json_out} ({doc['seconds']}s)")
+    if failed:
+        print(f"bench/run.py: a measured command failed, so the figures above are incomplete:\n{failed}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
