@@ -1084,7 +1084,8 @@ class RunRecorder:
             os.write(self.journal_fd, line)
             self.journal_bytes += len(line)
             if durable:
-                os.fsync(self.journal_fd)
+                # fdatasync: the appended bytes and the file's size, without the timestamps fsync adds
+                getattr(os, "fdatasync", os.fsync)(self.journal_fd)
         except OSError as exc:
             raise StoreError(f"cannot write {self.store.journal_path(self.record['run_id'])}: "
                              f"{exc.strerror or exc}") from None
@@ -1119,8 +1120,7 @@ class OutputSink:
                  on_idle: Callable[[], None] | None = None) -> None:
         self.stream_masker = StreamMasker(masker)
         self.log_path = log_path
-        self.log_file = (os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE),
-                                   "ab", buffering=0) if log_path is not None else None)
+        self.log_file: Any = None  # created with the first byte: a silent step costs no file
         self.console_write = console_write
         self.on_idle = on_idle
         self.tail = bytearray()
@@ -1131,11 +1131,16 @@ class OutputSink:
     def _emit(self, data: bytes) -> None:
         if not data:
             return
-        if self.log_file is not None:
+        if self.log_path is not None:
             try:
+                if self.log_file is None:
+                    self.log_file = os.fdopen(
+                        os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE),
+                        "ab", buffering=0)
                 self.log_file.write(data)
             except OSError as exc:  # disk full, quota, I/O error: the run cannot be recorded
                 self._close_log()
+                self.log_path = None
                 raise StoreError(f"cannot write {self.log_path}: {exc.strerror or exc} "
                                  f"(free some space, or pass --runs-dir)") from None
         if self.console_write is not None:
@@ -1374,6 +1379,17 @@ class StepWatchdog:
 WATCHDOG = StepWatchdog()
 
 
+_DEVNULL_FD: int | None = None
+
+
+def _devnull() -> int:
+    """One /dev/null for every step's stdin (subprocess.DEVNULL opens it again per process)."""
+    global _DEVNULL_FD
+    if _DEVNULL_FD is None:
+        _DEVNULL_FD = os.open(os.devnull, os.O_RDONLY)
+    return _DEVNULL_FD
+
+
 def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], sink: OutputSink,
                 timeout: float | None = None, guard: SignalGuard | None = None,
                 grace: float = KILL_GRACE_S) -> ProcessResult:
@@ -1386,7 +1402,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     try:
         process = subprocess.Popen(
             argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd), env=WATCHDOG.step_env(env),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=_devnull(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     except FileNotFoundError as exc:
         missing = exc.filename if exc.filename and str(exc.filename) != str(cwd) else argv[0]
@@ -5540,7 +5556,10 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         path = _step_log_file(store, run_id, record, step)
         if path is None:
             names = [str(e.get("step", "")) for e in record.get("log") or []]
-            if _step_entry(record, step) is not None:
+            entry = _step_entry(record, step)
+            if entry is not None and entry.get("status") in ("passed", "failed", "skipped"):
+                return PlainTextResponse("")  # it printed nothing: no file was ever created
+            if entry is not None:
                 raise error(404, f"step '{step}' of run '{run_id}' has no log yet")
             raise error(404, f"run '{run_id}' has no step '{step}'{did_you_mean(step, names)}")
 

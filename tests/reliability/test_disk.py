@@ -96,18 +96,15 @@ def failing(real):
     return patched
 if seam == "fsync":  # every durable write of the store: records, journal, junit
     os.fsync = failing(os.fsync)
-else:  # the step logs
+    os.fdatasync = failing(os.fdatasync)
+else:  # the step logs (opened with os.fdopen when a step first prints)
     class FullDisk:
         def __init__(self, handle):
             self.handle, self.write = handle, failing(handle.write)
         def close(self):
             self.handle.close()
-    real_init = orchestrate.OutputSink.__init__
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        if self.log_file is not None:
-            self.log_file = FullDisk(self.log_file)
-    orchestrate.OutputSink.__init__ = init
+    real_fdopen = os.fdopen
+    os.fdopen = lambda *args, **kwargs: FullDisk(real_fdopen(*args, **kwargs))
 sys.exit(orchestrate.main(sys.argv[1:]))
 """
 
