@@ -20,7 +20,7 @@ Map of this module (``grep -n '^# ===' orchestrate.py``):
 
 from __future__ import annotations
 
-import dataclasses
+import builtins  # RunStore.list shadows the built-in inside the class
 import functools
 import hashlib
 import json
@@ -32,15 +32,35 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:  # imported for real only when the CLI app is built (see build_app)
+    import typer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Workflow", "Step", "Settings", "RunOptions", "RunStore", "StepContext", "StepResult",
-    "TestCase", "Runner", "register_runner", "load_workflow", "load_settings", "list_workflows",
-    "execute_run", "build_junit_xml", "main", "OrchestrateError", "DefinitionError",
-    "UsageError", "StepFailure",
+    "DefinitionError",
+    "OrchestrateError",
+    "RunOptions",
+    "RunStore",
+    "Runner",
+    "Settings",
+    "Step",
+    "StepContext",
+    "StepFailure",
+    "StepResult",
+    "TestCase",
+    "UsageError",
+    "Workflow",
+    "build_junit_xml",
+    "execute_run",
+    "list_workflows",
+    "load_settings",
+    "load_workflow",
+    "main",
+    "register_runner",
 ]
 
 # === 1. Constants and exit codes ===
@@ -622,6 +642,7 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
         specs = {**COMMON_KEYS, **runner.keys}
         _check_keys(raw_step, specs, where, extra_allowed=runner.accepts_any_key)
         _validate_common(raw_step, where)
+        step_name = raw_step["name"]  # a string now: _check_keys has checked it
         if step_name in seen:
             raise DefinitionError(
                 f"{where}: duplicate step name '{step_name}' (also steps[{seen[step_name]}]); step names must be unique")
@@ -959,15 +980,15 @@ class RunStore:
 
     def _settle(self, record: dict[str, Any]) -> dict[str, Any]:
         """A run left 'running' by a process that no longer exists is failed (interrupted)."""
-        if record.get("status") == "running" and record.get("host") in (None, _hostname()):
-            if not process_alive(record.get("pid"), record.get("pid_start")):
-                record["status"] = "failed"
-                record["message"] = f"interrupted: orchestrate (pid {record.get('pid')}) stopped before the run ended"
-                record["interrupted"] = True
-                for entry in record.get("log", []):
-                    if entry.get("status") == "running":
-                        entry["status"] = "failed"
-                        entry["message"] = "interrupted"
+        if (record.get("status") == "running" and record.get("host") in (None, _hostname())
+                and not process_alive(record.get("pid"), record.get("pid_start"))):
+            record["status"] = "failed"
+            record["message"] = f"interrupted: orchestrate (pid {record.get('pid')}) stopped before the run ended"
+            record["interrupted"] = True
+            for entry in record.get("log", []):
+                if entry.get("status") == "running":
+                    entry["status"] = "failed"
+                    entry["message"] = "interrupted"
         return record
 
     def list_ids(self) -> list[str]:
@@ -1000,7 +1021,7 @@ class RunStore:
             rows.append(record)
         return rows
 
-    def prune(self, keep: int) -> list[str]:
+    def prune(self, keep: int) -> builtins.list[str]:
         """Delete the oldest finished runs beyond `keep`; never a running or pending one."""
         removed: list[str] = []
         ids = self.list_ids()
@@ -1202,7 +1223,7 @@ class SignalGuard:
         except OSError:
             pass
 
-    def __enter__(self) -> "SignalGuard":
+    def __enter__(self) -> SignalGuard:
         import threading
 
         if threading.current_thread() is threading.main_thread():
@@ -1566,7 +1587,7 @@ class StepContext:
     masker: Masker
     previous: list[dict[str, Any]]
     trigger: dict[str, Any]
-    options: "RunOptions"
+    options: RunOptions
     sink: OutputSink | None = None
     guard: SignalGuard | None = None
     debug_write: Callable[[str], None] | None = None
@@ -1675,7 +1696,7 @@ class PythonRunner(Runner):
         return problems
 
     def describe(self, ctx: StepContext) -> list[str]:
-        venv, script, requirements = self._paths(ctx)
+        venv, _script, requirements = self._paths(ctx)
         lines = []
         if requirements is not None:
             state = self._venv_state(venv, requirements)
@@ -1757,7 +1778,7 @@ class CommandRunner(Runner):
             for i, item in enumerate(run):
                 if not isinstance(item, str):
                     raise DefinitionError(f"{where}: key 'run[{i}]' must be a string, not {_value_type_name(item)}")
-        elif not run.strip():
+        elif not str(run).strip():
             raise DefinitionError(f"{where}: key 'run' is empty; give a command")
 
     def preflight(self, ctx: StepContext) -> list[str]:
@@ -3391,7 +3412,7 @@ class Engine:
     """Runs one workflow: steps in order in the foreground, recording every change."""
 
     def __init__(self, workflow: Workflow, settings: Settings, root: Path, store: RunStore,
-                 options: RunOptions, console: "Console") -> None:
+                 options: RunOptions, console: Console) -> None:
         self.workflow = workflow
         self.settings = settings
         self.root = root
@@ -3650,7 +3671,7 @@ TRIGGER_HOOKS: list[Callable[[dict[str, Any], Any, RunOptions], None]] = []
 
 
 def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
-                options: RunOptions, console: "Console | None" = None,
+                options: RunOptions, console: Console | None = None,
                 trigger: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
     console = console or Console(quiet=True, stream=open(os.devnull, "w"))
     engine = Engine(workflow, settings, root, store, options, console)
@@ -5253,7 +5274,7 @@ class RunDispatcher:
 
         # the child's own output (it runs --quiet; its steps log to runs/): kept only to say
         # why a run that never started failed, closed when the child is reaped
-        output = tempfile.TemporaryFile()  # noqa: SIM115
+        output = tempfile.TemporaryFile()
         try:
             proc = subprocess.Popen(
                 # variables travel in the environment: an argv is readable by every local user (ps)
@@ -5403,7 +5424,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
 
     bearer = HTTPBearer(auto_error=False, description=f"the value of {API_TOKEN_ENV}")
 
-    def require_token(credentials: Any = Security(bearer)) -> None:  # noqa: B008 (FastAPI's idiom)
+    def require_token(credentials: Any = Security(bearer)) -> None:
         if token is None:
             return
         given = credentials.credentials if credentials is not None else ""
@@ -5420,13 +5441,14 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         yield
         dispatcher.stop()
 
+    docs_off: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None} if token is not None else {}
     app = FastAPI(
         title="orchestrate",
         version=__version__,
         description="Start orchestrate workflows and follow their runs over HTTP.",
         lifespan=lifespan,
         # with a token, the schema and docs are behind it too (added to the router below)
-        **({"docs_url": None, "redoc_url": None, "openapi_url": None} if token is not None else {}),
+        **docs_off,
     )
     app.state.dispatcher = dispatcher
     app.state.store = store
@@ -5457,7 +5479,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
               openapi_extra={"requestBody": {"required": False, "content": {
                   "application/json": {"schema": start_body_schema}}}})
     def start(name: str = Query(..., description="workflow name (workflows/NAME.json)"),
-              body: Any = Body(None)) -> dict:  # noqa: B008 (FastAPI's idiom)
+              body: Any = Body(None)) -> dict:
         """Queue a run of workflow NAME; it starts as soon as fewer than --max-parallel run."""
         name = check_name(name)
         if isinstance(body, (str, bytes)):  # `curl -d '{...}'` without -H 'Content-Type: application/json'
@@ -6122,11 +6144,11 @@ _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit
 _FAST_REPEATABLE = ("only", "skip", "var")
 
 
-def parse_fast_run(argv: Sequence[str], environ: dict[str, str] | None = None) -> tuple[Any, ...] | None:
+def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> tuple[Any, ...] | None:
     """Read `[--root R] [--workflows-dir W] [--runs-dir D] run NAME [run options]` without Typer.
     Returns (root, workflows_dir, runs_dir, name, run option values), or None for anything else,
     which Typer then parses (and reports, if it is wrong)."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     global_values: dict[str, str] = {}
     run_values: dict[str, Any] = {key: [] for key in _FAST_REPEATABLE}
     name: str | None = None
@@ -6164,10 +6186,10 @@ def parse_fast_run(argv: Sequence[str], environ: dict[str, str] | None = None) -
             global_values[key] = value
     if not seen_run or name is None:
         return None
-    if "root" not in global_values and environ.get("ORCHESTRATE_ROOT"):
-        global_values["root"] = environ["ORCHESTRATE_ROOT"]
-    if "shard" not in run_values and environ.get("ORCHESTRATE_SHARD"):
-        run_values["shard"] = environ["ORCHESTRATE_SHARD"]
+    if "root" not in global_values and env.get("ORCHESTRATE_ROOT"):
+        global_values["root"] = env["ORCHESTRATE_ROOT"]
+    if "shard" not in run_values and env.get("ORCHESTRATE_SHARD"):
+        run_values["shard"] = env["ORCHESTRATE_SHARD"]
     return (global_values.get("root"), global_values.get("workflows_dir"), global_values.get("runs_dir"),
             name, run_values)
 
