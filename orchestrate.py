@@ -30,7 +30,6 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -94,6 +93,93 @@ SECRET_KEY_RE = re.compile(r"token|password|passwd|secret|api[_-]?key", re.IGNOR
 MIN_SECRET_LEN = 3  # masking one- or two-character values would garble every line
 
 # === 2. Errors ===
+
+# Record classes. The standard dataclasses module imports inspect, and generating this module's
+# classes with it cost about 20 ms at every start (measured with bench/run.py and -X importtime),
+# which a git hook pays on every push. This is the subset orchestrate uses: annotated fields
+# with defaults or default factories, __init__ (positional or keyword), __repr__, __eq__, and
+# frozen classes that hash; one generated __init__ per class, shared __repr__ and __eq__.
+
+_MISSING = object()
+
+
+class _Factory:
+    __slots__ = ("factory",)
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+
+
+def _record_repr(self: Any) -> str:
+    inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__record_fields__)
+    return f"{type(self).__qualname__}({inner})"
+
+
+def _record_eq(self: Any, other: Any) -> Any:
+    if type(other) is not type(self):
+        return NotImplemented
+    return all(getattr(self, n) == getattr(other, n) for n in self.__record_fields__)
+
+
+def _record_hash(self: Any) -> int:
+    return hash(tuple(getattr(self, n) for n in self.__record_fields__))
+
+
+def _frozen_setattr(self: Any, name: str, value: Any) -> None:
+    raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name!r}")
+
+
+if TYPE_CHECKING:  # type checkers know the standard decorator; ours is a subset of it
+    from dataclasses import dataclass, field
+else:
+
+    def field(*, default_factory: Callable[[], Any]) -> Any:
+        """A field whose default is made anew for each instance (as dataclasses.field)."""
+        return _Factory(default_factory)
+
+    def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
+        """The subset of @dataclasses.dataclass described above."""
+
+        def wrap(cls: Any) -> Any:
+            names = [n for n, a in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063  (inspect is what this avoids importing)
+                     if not str(a).startswith(("ClassVar", "typing.ClassVar"))]
+            defaults: dict[str, Any] = {}
+            params, lines = [], []
+            assign = "__setattr(self, {0!r}, {1})" if frozen else "self.{0} = {1}"
+            for name in names:
+                if name in cls.__dict__:
+                    default = cls.__dict__[name]
+                    defaults[name] = default
+                    if isinstance(default, _Factory):
+                        delattr(cls, name)
+                        params.append(f"{name}=__missing")
+                        value = f"__defaults[{name!r}].factory() if {name} is __missing else {name}"
+                    else:
+                        params.append(f"{name}=__defaults[{name!r}]")
+                        value = name
+                else:
+                    params.append(name)
+                    value = name
+                lines.append("    " + assign.format(name, value))
+            source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
+            namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
+                                         "__setattr": object.__setattr__}
+            exec(source, namespace)  # generated from the class's own field names
+            init = namespace["__init__"]
+            init.__qualname__ = f"{cls.__qualname__}.__init__"
+            cls.__init__ = init
+            cls.__record_fields__ = tuple(names)
+            cls.__repr__ = _record_repr
+            cls.__eq__ = _record_eq
+            if frozen:
+                cls.__setattr__ = _frozen_setattr
+                cls.__hash__ = _record_hash
+            else:
+                cls.__hash__ = None
+            return cls
+
+        return wrap if cls is None else wrap(cls)
+
 
 
 class OrchestrateError(Exception):

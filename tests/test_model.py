@@ -1,0 +1,65 @@
+"""orchestrate's own record classes (a start-up-cheap subset of dataclasses)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import orchestrate
+from conftest import REPO
+
+
+@orchestrate.dataclass
+class Sample:
+    """A record with every kind of field."""
+
+    name: str
+    count: int = 0
+    tags: list[str] = orchestrate.field(default_factory=list)
+
+
+@orchestrate.dataclass(frozen=True)
+class Point:
+    """A frozen record."""
+
+    x: int
+    y: int = 0
+
+
+def test_init_positional_keyword_defaults_and_factories() -> None:
+    a = Sample("a")
+    b = Sample(name="a", count=0)
+    assert a == b and a is not b
+    assert a.tags == [] and a.tags is not b.tags  # a fresh list each time
+    assert Sample("x", 2, ["t"]).tags == ["t"]
+    assert repr(Sample("x", 2)) == "Sample(name='x', count=2, tags=[])"
+    assert Sample("a") != Sample("b") and Sample("a") != "a"
+    with pytest.raises(TypeError):
+        Sample()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        hash(Sample("a"))
+
+
+def test_frozen_records_hash_and_refuse_changes() -> None:
+    p = Point(1)
+    assert {p, Point(1, 0)} == {Point(1)}
+    with pytest.raises(AttributeError, match="frozen"):
+        p.x = 3  # type: ignore[misc]
+
+
+def test_importing_orchestrate_stays_light() -> None:
+    """What a git hook pays at every push: none of these on the way to running a workflow."""
+    code = "import sys, orchestrate; print(sorted(m for m in %r if m in sys.modules))" % (
+        ("dataclasses", "inspect", "typer", "requests", "socket", "fastapi", "uvicorn", "rich"),)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def _fields(record: Any) -> tuple[str, ...]:
+    return type(record).__record_fields__
+
+
+def test_run_options_fields_are_what_the_cli_fills() -> None:
+    assert "shard" in _fields(orchestrate.RunOptions()) and "variables" in _fields(orchestrate.RunOptions())
