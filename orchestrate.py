@@ -1578,20 +1578,27 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
             for key, _ in events:
                 if key.data == "signal":
                     continue
-                # While output flows, read what is there before asking the selector again:
-                # a select and a waitpid per chunk were a tenth of the streaming time. A
-                # short read means the pipe is empty; a signal is checked after each chunk.
-                for _ in range(64):
+                # While output flows, read until the pipe is empty (EAGAIN) before asking
+                # the selector again, gathering the reads into one buffer: a writer's small
+                # writes (8 KiB from `head`) make many short reads, and a select, a waitpid
+                # and a pass through the sink for each cost more than the read itself.
+                filled = 0
+                for _ in range(256):
                     try:
-                        size = os.readv(out_fd, [buffer])
+                        size = os.readv(out_fd, [view[filled:]])
                     except BlockingIOError:
                         break
                     if not size:
                         eof = True
                         break
-                    sink.write(view[:size])  # a view: the sink copies what it keeps (no 1 MiB copy per chunk)
-                    if size < READ_CHUNK or (guard is not None and guard.signum is not None):
-                        break
+                    filled += size
+                    if filled == READ_CHUNK:
+                        sink.write(view)  # a view: the sink copies only what it keeps
+                        filled = 0
+                        if guard is not None and guard.signum is not None:
+                            break
+                if filled:
+                    sink.write(view[:filled])
                 if eof:
                     break
             if eof:
