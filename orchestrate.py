@@ -776,7 +776,6 @@ class Masker:
         # longest first, so a secret that contains another is masked whole
         self.secrets = sorted(forms, key=len, reverse=True)
         self.byte_secrets = [s.encode("utf-8", "surrogateescape") for s in self.secrets]
-        self.longest = max((len(b) for b in self.byte_secrets), default=0)
 
     def __bool__(self) -> bool:
         return bool(self.secrets)
@@ -3989,7 +3988,6 @@ class Console:
         self.step_start = 0.0
         self.current: tuple[int, int, str] | None = None
         self.masker = Masker()
-        self.step_tail: list[bytes] = []
         self.ci = detect_ci_output()
 
     def style(self, text: str, kind: str) -> str:
@@ -5340,10 +5338,6 @@ class RunDispatcher:
     def queued(self) -> int:
         with self._cond:
             return len(self._queue)
-
-    def running(self) -> int:
-        with self._cond:
-            return len(self._running)
 
     # -- lifecycle
     def start(self) -> None:
