@@ -261,6 +261,7 @@ class Step:
     shard: str = "all"
     label: str = ""
     definition_sha256: str = ""
+    source: dict[str, Any] = field(default_factory=dict)  # as written, before ${VAR}
 
     @property
     def when_status(self) -> str:
@@ -750,7 +751,7 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
             continue_on_error=resolved.get("continue_on_error", False),
             env=dict(resolved.get("env", {})), cwd=resolved.get("cwd"),
             when=dict(resolved.get("when", {})), required=resolved.get("required", False),
-            shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"')
+            shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"', source=raw_step)
         runner.check_definition(step, path, settings)
         steps.append(step)
     secrets = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
@@ -2729,14 +2730,9 @@ class JiraRunner(Runner):
 
 
 def _jira_raw_value(ctx: StepContext, key: str) -> Any:
-    """The value of `key` as written in the workflow file, before ${VAR} interpolation
-    (Step keeps only interpolated values): says whether a token is literal and which
-    variable to blame when Jira refuses it."""
-    try:
-        data = parse_json_file(ctx.workflow.path, ctx.workflow.display_path)
-        return data["steps"][ctx.step.index].get(key)
-    except (OrchestrateError, KeyError, IndexError, TypeError, AttributeError):
-        return None
+    """The value of `key` as written in the workflow file, before ${VAR} interpolation:
+    says whether a token is literal and which variable to blame when Jira refuses it."""
+    return ctx.step.source.get(key)
 
 
 # --- cypress: end-to-end suites ---
@@ -2797,6 +2793,7 @@ def expand_braces(pattern: str) -> list[str]:
         return expanded
 
 
+@functools.lru_cache(maxsize=512)
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """Compile one brace-free glob to a regex over POSIX relative paths.
 
@@ -4371,35 +4368,7 @@ def compare_changes(root: Path, from_ref: str, to_ref: str = "HEAD", *,
 
 # --- Globs and gates -------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=512)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Translate a path glob: `*` and `?` stay inside one folder, `**` crosses folders
-    (`src/**` is everything under src, `**/x` is x at any depth), `[abc]`/`[!abc]` classes."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1:end]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+# Globs are glob_regex() of the Runners section (Cypress specs use the same syntax).
 
 
 def path_matches(path: str, pattern: str) -> bool:
@@ -4414,12 +4383,12 @@ def path_matches(path: str, pattern: str) -> bool:
         pattern = pattern[1:]
     elif "/" not in pattern:
         pattern = "**/" + pattern
-    return bool(_glob_regex(pattern).match(path))
+    return bool(glob_regex(pattern).match(path))
 
 
 def branch_matches(branch: str, pattern: str) -> bool:
     """`main`, `release/*` (one level), `feature/**` (any depth)."""
-    return bool(_glob_regex(pattern.strip().removeprefix("refs/heads/")).match(branch))
+    return bool(glob_regex(pattern.strip().removeprefix("refs/heads/")).match(branch))
 
 
 def _as_patterns(value: Any) -> list[str]:
