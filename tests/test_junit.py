@@ -1,4 +1,4 @@
-"""JUnit reports: valid against both schemas in shared/schemas whatever bytes a step prints."""
+"""JUnit reports: valid against both schemas in tests/schemas whatever bytes a step prints."""
 from __future__ import annotations
 
 import sys
