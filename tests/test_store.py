@@ -58,10 +58,9 @@ def test_journal_updates_are_applied_and_a_torn_line_ignored(tmp_path: Path) -> 
     record = _record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate._pid_start_time(os.getpid()),
                      log=[{"step": "a", "status": "pending"}, {"step": "b", "status": "pending"}])
     store.create(record)
-    recorder = orchestrate.RunRecorder(store, record)
-    recorder.last_snapshot = time.monotonic() + 3600  # force journal writes
-    recorder.update_step(0, {"step": "a", "status": "passed"}, None)
-    recorder.update_step(1, {"step": "b", "status": "running"}, "b")
+    recorder = orchestrate.RunRecorder(store, record, snapshot_interval=3600)  # journal only
+    recorder.step_finished(0, {"step": "a", "status": "passed"})
+    recorder.step_started(1, {"step": "b", "status": "running"})
     with open(store.journal_path(run_id), "ab") as handle:
         handle.write(b'{"seq": 99, "index": 1, "entry": {"st')
     loaded = store.load(run_id)
