@@ -914,6 +914,45 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
+def _epoch_ms(value: Any) -> int | None:
+    """Milliseconds since the epoch of a record timestamp ("2026-11-27T15:40:00.123Z", as
+    utc_now writes them), without importing datetime at the end of every run."""
+    if not isinstance(value, str) or len(value) != 24 or value[10] != "T" or value[-1] != "Z":
+        return None
+    try:
+        year, month, day = int(value[0:4]), int(value[5:7]), int(value[8:10])
+        hour, minute, second, milli = int(value[11:13]), int(value[14:16]), int(value[17:19]), int(value[20:23])
+    except ValueError:
+        return None
+    # days from 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146097 + day_of_era - 719468
+    return ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + milli
+
+
+def step_offsets(record: Mapping[str, Any]) -> list[float | None] | None:
+    """Each step's start, in seconds after the run started, when some steps of the run
+    overlapped in time (ran in parallel); None when they ran one after another."""
+    spans = []
+    for entry in record.get("log") or ():
+        start, end = _epoch_ms(entry.get("started_at")), _epoch_ms(entry.get("finished_at"))
+        spans.append((start, end if end is not None else start))
+    timed = sorted((s, e) for s, e in spans if s is not None and e is not None)
+    latest_end = None
+    for start, end in timed:
+        if latest_end is not None and start < latest_end:
+            break
+        latest_end = end if latest_end is None else max(latest_end, end)
+    else:
+        return None
+    origin = _epoch_ms(record.get("started_at")) or timed[0][0]
+    return [None if s is None else max(0, s - origin) / 1000 for s, _ in spans]
+
+
 def new_run_id() -> str:
     """Sortable by start time (UTC, milliseconds) and unique across concurrent runs."""
     now = time.time()
@@ -4237,7 +4276,9 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
             failure.text = xml_safe(entry.get("output_tail") or "")
         elif status in ("skipped", "pending"):
             ET.SubElement(case, "skipped", message=message or "not run")
-        out_lines.append(f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s)"
+        # testcase has no start attribute in either schema: the start goes into system-out
+        started = f", started {entry['started_at']}" if entry.get("started_at") else ""
+        out_lines.append(f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s{started})"
                          + (f": {entry.get('message')}" if entry.get("message") else ""))
     ET.SubElement(suite, "system-out").text = xml_safe("\n".join(out_lines) + ("\n" + record["message"] if record.get("message") else ""))
     ET.SubElement(suite, "system-err").text = ""
@@ -4291,12 +4332,17 @@ def closing_line(record: dict[str, Any]) -> str:
 
 
 def render_step_table(record: dict[str, Any]) -> list[str]:
+    """One row per step: status, duration and, when steps overlapped, when each started."""
     rows = []
-    for entry in record.get("log", []):
+    offsets = step_offsets(record)
+    for i, entry in enumerate(record.get("log", [])):
         status = entry.get("status", "?")
         label = "failed*" if entry.get("allowed_failure") else status
         detail = entry.get("message") or ""
-        rows.append(f"  {label:<8} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
+        start = ""
+        if offsets is not None:
+            start = f"{'+' + format_duration(offsets[i]) if offsets[i] is not None else '-':>8}"
+        rows.append(f"  {label:<8}{start} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
                     + (f" — {detail}" if detail and status != "passed" else ""))
     if any(e.get("allowed_failure") for e in record.get("log", [])):
         rows.append("  (* failure allowed by continue_on_error)")
@@ -5253,18 +5299,6 @@ def detect_ci_output() -> PlainCIOutput:
 
 
 # --- GitHub step summary ---------------------------------------------------------------------
-
-def _epoch_ms(value: Any) -> int | None:
-    """Milliseconds since the epoch of a record timestamp ("2026-11-27T15:40:00.123Z")."""
-    from datetime import datetime
-
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
-
 
 def _md_cell(text: Any, limit: int = 300) -> str:
     """A Markdown table cell: one line, no pipe breaking the row, no HTML."""
