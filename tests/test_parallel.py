@@ -280,7 +280,7 @@ def test_ctrl_c_with_three_steps_running_leaves_no_process(project: Project, tmp
         time.sleep(0.05)
     assert len(list(started.iterdir())) == 3
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=30)
+    _out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
     assert _processes_with(tag) == []
     record = project.last_record()
