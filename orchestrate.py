@@ -32,7 +32,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:  # imported for real only when the CLI app is built (see build_app)
@@ -72,7 +72,10 @@ EXIT_INTERNAL = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
-SCHEMA_VERSION = 1  # v1: first version of runs/<run_id>.json
+# runs/<run_id>.json: v1 first version; v2 adds "running" (the steps running now, in start
+# order; "current" is the first of them) and options.jobs. Older records are migrated on read
+# (migrate_record), newer ones refused.
+SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("pending", "running", "failed", "completed")
 STEP_STATUSES = ("pending", "running", "passed", "failed", "skipped")
@@ -1033,11 +1036,75 @@ def _dump_record(record: dict[str, Any]) -> bytes:
     return json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
 
 
+class StepEntry(TypedDict, total=False):
+    """One step of a run record's "log" (what _pending_entry starts and the engine fills)."""
+
+    step: str
+    type: str
+    status: str  # pending | running | passed | failed | skipped
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    exit_code: int | None
+    attempts: int
+    message: str
+    output_tail: str
+    log_file: str
+    definition_sha256: str
+    allowed_failure: bool
+
+
+class RunRecord(TypedDict, total=False):
+    """runs/<run_id>.json (see SCHEMA_VERSION for its versions)."""
+
+    schema_version: int
+    run_id: str
+    workflow: str
+    status: str  # pending | running | failed | completed
+    current: str | None
+    running: list[str]
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    exit_code: int | None
+    message: str
+    pid: int | None
+    pid_start: str | None
+    host: str
+    trigger: dict[str, Any]
+    workflow_file: str
+    workflow_sha256: str
+    options: dict[str, Any]
+    log: list[StepEntry]
+    junit: str
+    interrupted: bool
+    journal_seq: int
+
+
+def migrate_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record of an older schema_version in today's shape (on read; files are not rewritten)."""
+    if record.get("schema_version") == 1:
+        current = record.get("current")
+        record["running"] = [current] if isinstance(current, str) and record.get("status") == "running" else []
+        record["schema_version"] = 2
+    return record
+
+
+def check_record(record: Mapping[str, Any]) -> None:
+    """Before every write: a record that readers would refuse is orchestrate's bug, never
+    something to put on disk."""
+    problem = _record_shape_problem(record)
+    if problem is None and record.get("schema_version") != SCHEMA_VERSION:
+        problem = f"schema_version {record.get('schema_version')!r} is not {SCHEMA_VERSION}"
+    if problem is not None:
+        raise AssertionError(f"run record {record.get('run_id')!r} is malformed: {problem}")
+
+
 _RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "workflow": (str,), "status": (str,), "current": (str, type(None)),
     "started_at": (str, type(None)), "finished_at": (str, type(None)),
     "duration_s": (int, float, type(None)), "exit_code": (int, type(None)), "message": (str, type(None)),
-    "pid": (int, type(None)), "trigger": (dict, type(None)), "log": (list,),
+    "pid": (int, type(None)), "trigger": (dict, type(None)), "log": (list,), "running": (list,),
 }
 _ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
     "step": (str,), "status": (str,), "message": (str, type(None)), "duration_s": (int, float, type(None)),
@@ -1045,7 +1112,7 @@ _ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
-def _record_shape_problem(record: dict[str, Any]) -> str | None:
+def _record_shape_problem(record: Mapping[str, Any]) -> str | None:
     """The types every reader relies on; a record written by hand or damaged otherwise is
     reported as unreadable instead of crashing `runs` for every other record."""
     for key, types in _RECORD_FIELDS.items():
@@ -1095,6 +1162,7 @@ class RunStore:
 
     def create(self, record: dict[str, Any]) -> None:
         """Write a new record; never replaces an existing one (os.link is exclusive)."""
+        check_record(record)
         self.ensure_dir()
         path = self.record_path(record["run_id"])
         tmp = path.with_name(f".{path.name}.{os.getpid()}.new.tmp")
@@ -1111,6 +1179,7 @@ class RunStore:
 
     def write_snapshot(self, record: dict[str, Any]) -> int:
         """Replace the record atomically; returns its size in bytes."""
+        check_record(record)
         path = self.record_path(record["run_id"])
         data = _dump_record(record)
         try:
@@ -1144,6 +1213,7 @@ class RunStore:
             raise RecordUnreadable(
                 f"{path}: unreadable: schema_version {version!r} is newer than this orchestrate "
                 f"understands ({SCHEMA_VERSION}); upgrade orchestrate")
+        record = migrate_record(record)
         self._apply_journal(record)
         problem = _record_shape_problem(record)
         if problem:  # every reader (runs, status, logs, prune, junit) may rely on these types

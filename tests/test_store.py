@@ -14,7 +14,8 @@ from conftest import Project
 
 
 def _record(run_id: str, status: str = "completed", workflow: str = "w", **extra: object) -> dict:
-    return {"schema_version": 1, "run_id": run_id, "workflow": workflow, "status": status, "current": None,
+    return {"schema_version": orchestrate.SCHEMA_VERSION, "run_id": run_id, "workflow": workflow,
+            "status": status, "current": None,
             "started_at": "2026-11-27T15:40:00.000Z", "finished_at": None, "pid": None, "trigger": {"source": "cli"},
             "log": [], **extra}
 
@@ -193,3 +194,25 @@ def test_unwritable_runs_dir_is_exit_3_with_a_hint(project: Project, monkeypatch
     assert result.exit_code == 3
     assert "cannot write run records to" in result.stderr and "--runs-dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_version_1_record_is_migrated_on_read(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    v1 = {"schema_version": 1, "run_id": "20261127T154000000Z-aaaaab", "workflow": "w", "status": "completed",
+          "current": None, "started_at": "2026-11-27T15:40:00.000Z", "finished_at": "2026-11-27T15:40:01.000Z",
+          "pid": None, "trigger": {"source": "cli"}, "log": [{"step": "a", "status": "passed"}]}
+    (runs / "20261127T154000000Z-aaaaab.json").write_text(json.dumps(v1))
+    loaded = orchestrate.RunStore(runs).load("20261127T154000000Z-aaaaab")
+    assert loaded["schema_version"] == orchestrate.SCHEMA_VERSION == 2
+    assert loaded["running"] == []
+    assert loaded["log"] == v1["log"]
+    # the file itself is left as it was
+    assert json.loads((runs / "20261127T154000000Z-aaaaab.json").read_text()) == v1
+
+
+def test_a_malformed_record_is_never_written(tmp_path: Path) -> None:
+    store = orchestrate.RunStore(tmp_path / "runs")
+    with pytest.raises(AssertionError, match="status 'finished' is not one of"):
+        store.create(_record("20261127T154000000Z-aaaaac", status="finished"))
+    assert not (tmp_path / "runs" / "20261127T154000000Z-aaaaac.json").exists()
