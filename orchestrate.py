@@ -134,57 +134,88 @@ def _frozen_setattr(self: Any, name: str, value: Any) -> None:
     raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name!r}")
 
 
-if TYPE_CHECKING:  # type checkers know the standard decorator; ours is a subset of it
-    from dataclasses import dataclass, field
-else:
+class _DataclassFields:
+    """`__dataclass_fields__` of a record class, built on first use: dataclasses.fields(),
+    asdict() and replace() work on these classes as on real dataclasses, for code that imports
+    dataclasses anyway (type checkers see the classes as dataclasses: both must agree)."""
 
-    def field(*, default_factory: Callable[[], Any]) -> Any:
-        """A field whose default is made anew for each instance (as dataclasses.field)."""
-        return _Factory(default_factory)
+    def __get__(self, obj: Any, cls: Any) -> dict[str, Any]:
+        import dataclasses
 
-    def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
-        """The subset of @dataclasses.dataclass described above."""
-
-        def wrap(cls: Any) -> Any:
-            names = [n for n, a in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063  (inspect is what this avoids importing)
-                     if not str(a).startswith(("ClassVar", "typing.ClassVar"))]
-            defaults: dict[str, Any] = {}
-            params, lines = [], []
-            assign = "__setattr(self, {0!r}, {1})" if frozen else "self.{0} = {1}"
-            for name in names:
-                if name in cls.__dict__:
-                    default = cls.__dict__[name]
-                    defaults[name] = default
-                    if isinstance(default, _Factory):
-                        delattr(cls, name)
-                        params.append(f"{name}=__missing")
-                        value = f"__defaults[{name!r}].factory() if {name} is __missing else {name}"
-                    else:
-                        params.append(f"{name}=__defaults[{name!r}]")
-                        value = name
-                else:
-                    params.append(name)
-                    value = name
-                lines.append("    " + assign.format(name, value))
-            source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
-            namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
-                                         "__setattr": object.__setattr__}
-            exec(source, namespace)  # generated from the class's own field names
-            init = namespace["__init__"]
-            init.__qualname__ = f"{cls.__qualname__}.__init__"
-            cls.__init__ = init
-            cls.__record_fields__ = tuple(names)
-            cls.__repr__ = _record_repr
-            cls.__eq__ = _record_eq
-            if frozen:
-                cls.__setattr__ = _frozen_setattr
-                cls.__hash__ = _record_hash
+        fields: dict[str, Any] = {}
+        for name in cls.__record_fields__:
+            default = cls.__record_defaults__.get(name, _MISSING)
+            if isinstance(default, _Factory):
+                spec = dataclasses.field(default_factory=default.factory)
+            elif default is _MISSING:
+                spec = dataclasses.field()
             else:
-                cls.__hash__ = None
-            return cls
+                spec = dataclasses.field(default=default)
+            spec.name = name
+            spec.type = cls.__annotations__.get(name, Any)
+            spec._field_type = dataclasses._FIELD  # type: ignore[attr-defined]  # what fields() keeps
+            fields[name] = spec
+        cls.__dataclass_fields__ = fields  # built once per class
+        return fields
 
-        return wrap if cls is None else wrap(cls)
 
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:
+    def dataclass_transform(**_: Any) -> Callable[[Any], Any]:
+        return lambda decorator: decorator
+
+
+def field(*, default_factory: Callable[[], Any]) -> Any:
+    """A field whose default is made anew for each instance (as dataclasses.field)."""
+    return _Factory(default_factory)
+
+
+@dataclass_transform(field_specifiers=(field,))
+def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
+    """The subset of @dataclasses.dataclass described above."""
+
+    def wrap(cls: Any) -> Any:
+        names = [n for n, a in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063  (inspect is what this avoids importing)
+                 if not str(a).startswith(("ClassVar", "typing.ClassVar"))]
+        defaults: dict[str, Any] = {}
+        params, lines = [], []
+        assign = "__setattr(self, {0!r}, {1})" if frozen else "self.{0} = {1}"
+        for name in names:
+            if name in cls.__dict__:
+                default = cls.__dict__[name]
+                defaults[name] = default
+                if isinstance(default, _Factory):
+                    delattr(cls, name)
+                    params.append(f"{name}=__missing")
+                    value = f"__defaults[{name!r}].factory() if {name} is __missing else {name}"
+                else:
+                    params.append(f"{name}=__defaults[{name!r}]")
+                    value = name
+            else:
+                params.append(name)
+                value = name
+            lines.append("    " + assign.format(name, value))
+        source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
+        namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
+                                     "__setattr": object.__setattr__}
+        exec(source, namespace)  # generated from the class's own field names
+        init = namespace["__init__"]
+        init.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = init
+        cls.__record_fields__ = tuple(names)
+        cls.__record_defaults__ = defaults
+        cls.__dataclass_fields__ = _DataclassFields()
+        cls.__repr__ = _record_repr
+        cls.__eq__ = _record_eq
+        if frozen:
+            cls.__setattr__ = _frozen_setattr
+            cls.__hash__ = _record_hash
+        else:
+            cls.__hash__ = None
+        return cls
+
+    return wrap if cls is None else wrap(cls)
 
 
 class OrchestrateError(Exception):
