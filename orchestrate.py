@@ -1255,9 +1255,15 @@ class RunStore:
         if record.get("status") not in ("running", "pending") and not record.get("journal_seq"):
             return
         try:
-            lines = self.journal_path(record["run_id"]).read_bytes().splitlines()
-        except (OSError, UsageError):
-            return
+            journal = self.journal_path(record["run_id"])
+        except UsageError:
+            return  # a hand-made record with a strange id: it has no journal of ours
+        try:
+            lines = journal.read_bytes().splitlines()
+        except FileNotFoundError:
+            return  # no step has been recorded since the last snapshot
+        except OSError as exc:  # never show a stale record as if it were current
+            raise RecordUnreadable(f"{journal}: unreadable: {exc.strerror or exc}") from None
         seen = record.get("journal_seq", 0)
         for line in lines:
             try:

@@ -216,3 +216,15 @@ def test_a_malformed_record_is_never_written(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="status 'finished' is not one of"):
         store.create(_record("20261127T154000000Z-aaaaac", status="finished"))
     assert not (tmp_path / "runs" / "20261127T154000000Z-aaaaac.json").exists()
+
+
+def test_an_unreadable_journal_makes_the_record_unreadable_not_stale(project: Project) -> None:
+    run_id = "20261127T154000000Z-aaaaad"
+    store = orchestrate.RunStore(project.runs)
+    store.create(_record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate._pid_start_time(os.getpid()),
+                         log=[{"step": "a", "status": "running"}]))
+    store.journal_path(run_id).mkdir()  # what a read error looks like, even to root
+    result = project.cli("status", run_id)
+    assert result.exit_code == 3
+    assert result.stderr.strip() == (f"orchestrate: error: {store.journal_path(run_id)}: unreadable: "
+                                     "Is a directory")
