@@ -2118,9 +2118,10 @@ def _proxy_for(url: str) -> tuple[str, str]:
     return (_host_port(proxy) if proxy else "?"), variable
 
 
-def _transport_failure(exc: Exception, method: str, url: str,
-                       connect_timeout: float, read_timeout: float) -> tuple[str, str, bool, bool]:
-    """Classify a requests exception as (kind, message, retryable, maybe_applied)."""
+def _transport_failure(exc: Exception, method: str, url: str, connect_timeout: float,
+                       read_timeout: float) -> tuple[str, str, str, bool, bool]:
+    """Classify a requests exception as (kind, message, hint, retryable, maybe_applied);
+    the hint (" — what to do") goes after any "after N attempts"."""
     from urllib.parse import urlsplit
 
     import requests  # already loaded by the caller; local so module import stays cheap
@@ -2131,46 +2132,47 @@ def _transport_failure(exc: Exception, method: str, url: str,
     again = method in _IDEMPOTENT_METHODS
     note = "" if again else " (not retried: the request may already have been applied)"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return ("connect_timeout",
-                f"could not connect to {where} within {connect_timeout:.3g}s (connect_timeout)", True, False)
+        return ("connect_timeout", f"could not connect to {where} within {connect_timeout:.3g}s "
+                "(connect_timeout)", "", True, False)
     if isinstance(exc, requests.exceptions.ReadTimeout):
-        return ("read_timeout",
-                f"no response from {where} within {read_timeout:.3g}s (read_timeout){note}", again, True)
+        return ("read_timeout", f"no response from {where} within {read_timeout:.3g}s (read_timeout){note}",
+                "", again, True)
     if isinstance(exc, requests.exceptions.ProxyError):
         # refused or unreachable proxy: the request never left for the server
         proxy, variable = _proxy_for(url)
-        return ("proxy", f"cannot connect to the proxy {proxy} ({variable}) on the way to {where} "
-                f"— check {variable} and NO_PROXY", True, False)
+        return ("proxy", f"cannot connect to the proxy {proxy} ({variable}) on the way to {where}",
+                f" — check {variable} and NO_PROXY", True, False)
     if isinstance(exc, requests.exceptions.SSLError):
         text = str(exc)
         if "CERTIFICATE_VERIFY_FAILED" in text:
-            why = ("certificate not trusted) — if the site uses a private CA, give the step "
-                   "\"ca_bundle\" (or set REQUESTS_CA_BUNDLE) with its CA certificate file")
+            why, hint = "certificate not trusted", (" — if the site uses a private CA, give the step "
+                                                    "\"ca_bundle\" (or set REQUESTS_CA_BUNDLE) with its CA "
+                                                    "certificate file")
         elif "match" in text and "hostname" in text.lower():
-            why = "the certificate is for another host name) — check the host name in the URL"
+            why, hint = "the certificate is for another host name", " — check the host name in the URL"
         elif any(s in text for s in ("WRONG_VERSION_NUMBER", "record layer failure", "UNKNOWN_PROTOCOL",
                                      "packet length too long", "HTTP_REQUEST")):
-            why = "the server does not speak TLS on that port) — is the URL http:// rather than https://?"
+            why, hint = "the server does not speak TLS on that port", " — is the URL http:// rather than https://?"
         else:
-            why = ("TLS error) — check the certificate (\"ca_bundle\" or REQUESTS_CA_BUNDLE for a "
-                   "private CA) and the http/https scheme of the URL")
-        return "tls", f"TLS handshake with {where} failed ({why}", False, False
+            why, hint = "TLS error", (" — check the certificate (\"ca_bundle\" or REQUESTS_CA_BUNDLE for a "
+                                      "private CA) and the http/https scheme of the URL")
+        return "tls", f"TLS handshake with {where} failed ({why})", hint, False, False
     if isinstance(exc, requests.exceptions.ConnectionError):
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         if isinstance(reason, urllib3.exceptions.NameResolutionError):
-            return "dns", f"cannot resolve host {host!r} — check the URL", True, False
+            return "dns", f"cannot resolve host {host!r}", " — check the URL", True, False
         if isinstance(reason, urllib3.exceptions.NewConnectionError):
             cause: BaseException | None = reason
             while cause is not None:
                 if isinstance(cause, ConnectionRefusedError):
-                    return "refused", f"connection refused by {where}", True, False
+                    return "refused", f"connection refused by {where}", "", True, False
                 cause = cause.__cause__ or cause.__context__
-            return "connection", f"could not connect to {where}", True, False
+            return "connection", f"could not connect to {where}", "", True, False
         # The connection broke after the request was sent (RemoteDisconnected, reset).
-        return "aborted", f"{where} closed the connection without a response{note}", again, True
+        return "aborted", f"{where} closed the connection without a response{note}", "", again, True
     if isinstance(exc, OSError) and "CA certificate bundle" in str(exc):
-        return "tls", f"cannot use the CA bundle: {exc}", False, False
-    return "connection", f"request to {where} failed ({type(exc).__name__})", False, False
+        return "tls", f"cannot use the CA bundle ({exc})", "", False, False
+    return "connection", f"request to {where} failed ({type(exc).__name__})", "", False, False
 
 
 def http_request(
@@ -2220,13 +2222,13 @@ def http_request(
             resp = requests.request(method, url, headers=headers, json=json_body, auth=auth,
                                     verify=verify, timeout=(connect, read), allow_redirects=False)
         except (requests.exceptions.RequestException, OSError) as exc:
-            kind, message, retryable, maybe_applied = _transport_failure(exc, method, url, connect, read)
+            kind, message, hint, retryable, maybe_applied = _transport_failure(exc, method, url, connect, read)
             tries = f" after {attempt} attempts" if attempt > 1 else ""
             if not retryable or attempt == attempts:
-                raise HttpTransportError(kind, message + tries, attempt, maybe_applied) from None
+                raise HttpTransportError(kind, message + tries + hint, attempt, maybe_applied) from None
             if deadline is not None and time.monotonic() + delay >= deadline:
                 raise HttpTransportError(kind, message + tries + " (the step's timeout leaves no time "
-                                         "for another attempt)", attempt, maybe_applied) from None
+                                         "for another attempt)" + hint, attempt, maybe_applied) from None
             reason = message
         else:
             result = HttpResponse(status=resp.status_code,

@@ -338,7 +338,7 @@ class FakeJira:
     # -- scripting ------------------------------------------------------------------
 
     def status_named(self, name: str) -> dict[str, Any]:
-        for transition in self.transitions:
+        for transition in [*self.transitions, *DEFAULT_TRANSITIONS]:
             if transition["to"]["name"] == name:
                 return json.loads(json.dumps(transition["to"]))
         raise KeyError(f"no transition leads to a status named {name!r}")

@@ -620,3 +620,139 @@ def test_http_helper_dns_failure() -> None:
     with pytest.raises(o.HttpTransportError) as info:
         o.http_request("GET", "http://no-such-host.invalid/x", attempts=1)
     assert info.value.kind == "dns" and str(info.value) == "cannot resolve host 'no-such-host.invalid' — check the URL"
+
+
+# -- issue 14 §1: transitions follow the outcome --------------------------------------------
+
+
+FAILING = {"name": "ui smoke", "type": "command", "run": ["python3", "-c", "raise SystemExit(3)"]}
+PASSING = {"name": "unit", "type": "command", "run": ["python3", "-c", "print('ok')"]}
+WONT_DO = {"id": "41", "name": "Won't Do",
+           "to": {"id": "10002", "name": "Won't Do", "statusCategory": {"id": 3, "key": "done", "name": "Done"}}}
+DONE = {"id": "51", "name": "Done",
+        "to": {"id": "10001", "name": "Done", "statusCategory": {"id": 3, "key": "done", "name": "Done"}}}
+
+
+def routes(jira: FakeJira) -> list[tuple[str, str]]:
+    return [(r.method, r.path + (f"?{r.query}" if r.query else "")) for r in jira.requests]
+
+
+def test_plain_transition_on_a_failed_run_comments_and_does_not_close(project: Project, jira: FakeJira) -> None:
+    # README's old example: "when": "always" with a plain transition closed the issue of a failed run
+    project.workflow("notify", [FAILING, jira_step(jira, 3, transition={"to_status_category": "done"})])
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 1
+    assert routes(jira) == [("POST", "/rest/api/3/issue/PROJ-123/comment")]
+    assert jira.issue_status("PROJ-123") == "To Do" and jira.applied_transitions == []
+    record = entry(project)
+    assert record["status"] == "passed"
+    assert record["message"] == "commented on PROJ-123, not moved (the run so far failed)"
+    assert record["jira_issues"][0]["moved"] == "not moved"
+
+
+@pytest.mark.parametrize("first, moved_to, transition_id", [(PASSING, "Done", "31"), (FAILING, "In Progress", "21")])
+def test_on_success_and_on_failure(project: Project, jira: FakeJira, first: dict[str, Any], moved_to: str,
+                                   transition_id: str) -> None:
+    transition = {"on_success": {"to_status_category": "done"}, "on_failure": "Start Progress"}
+    project.workflow("notify", [first, jira_step(jira, 2, transition=transition)])
+    project.cli("run", "notify", env=ENV)
+    assert jira.applied_transitions == [("PROJ-123", transition_id)]
+    assert jira.issue_status("PROJ-123") == moved_to
+    assert entry(project)["message"].endswith(f" to {moved_to!r}")
+
+
+def test_only_on_failure_leaves_a_passed_run_alone(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 2, transition={"on_failure": "Start Progress"}))
+    assert project.cli("run", "notify", env=ENV).exit_code == 0
+    assert entry(project)["message"] == "commented on PROJ-123, not moved (the run so far passed)"
+    assert [r.method for r in jira.requests] == ["POST"]
+
+
+@pytest.mark.parametrize("transition", [{"to_status_category": "done"}, "Done", "done"])
+def test_issue_already_in_the_target_is_not_transitioned(project: Project, jira: FakeJira,
+                                                         transition: Any) -> None:
+    jira.add_issue("PROJ-123", status="Done")
+    write_workflow(project, jira_step(jira, 3, transition=transition))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    assert routes(jira) == [("POST", "/rest/api/3/issue/PROJ-123/comment"),
+                            ("GET", "/rest/api/3/issue/PROJ-123?fields=status&expand=transitions")]
+    record = entry(project)
+    assert record["status"] == "passed"
+    assert record["message"] == "commented on PROJ-123, already in Done"
+    assert record["jira_issues"][0]["moved"] == "already"
+
+
+def test_category_prefers_the_transition_named_like_the_category(project: Project, jira: FakeJira) -> None:
+    jira.transitions = [DEFAULT_TRANSITIONS[1], WONT_DO, DONE]  # Jira's order: Won't Do before Done
+    write_workflow(project, jira_step(jira, 3, transition={"to_status_category": "done"}))
+    project.cli("run", "notify", env=ENV)
+    assert jira.applied_transitions == [("PROJ-123", "51")]
+    record = entry(project)
+    assert record["message"] == "commented on PROJ-123, moved by 'Done' to 'Done' (also matched: \"Won't Do\")"
+    assert (record["transition"], record["jira_issues"][0]["also_matched"]) == ("Done", ["Won't Do"])
+
+
+def test_category_without_a_same_named_transition_takes_jiras_first(project: Project, jira: FakeJira) -> None:
+    other = {**DONE, "id": "61", "name": "Resolve", "to": {**DONE["to"], "id": "10003", "name": "Resolved"}}
+    jira.transitions = [WONT_DO, other]
+    write_workflow(project, jira_step(jira, 2, transition={"to_status_category": "done"}))
+    project.cli("run", "notify", env=ENV)
+    assert jira.applied_transitions == [("PROJ-123", "41")]
+    assert entry(project)["jira_issues"][0]["also_matched"] == ["Resolve"]
+
+
+def test_prefer_pins_the_transition(project: Project, jira: FakeJira) -> None:
+    jira.transitions = [WONT_DO, DONE]
+    write_workflow(project, jira_step(jira, 2, transition={"to_status_category": "done", "prefer": "won't do"}))
+    project.cli("run", "notify", env=ENV)
+    assert jira.applied_transitions == [("PROJ-123", "41")]
+    jira.add_issue("PROJ-123")
+    write_workflow(project, jira_step(jira, 2, transition={"to_status_category": "done", "prefer": "Fixed"}))
+    assert project.cli("run", "notify", env=ENV).exit_code == 1
+    assert entry(project)["message"] == (
+        "commented on PROJ-123, but no transition into category 'done' is named 'Fixed' (prefer) for PROJ-123; "
+        "matching: \"Won't Do\" → Won't Do [done], 'Done' → Done [done]")
+
+
+def test_fields_go_with_the_transition_and_a_missing_one_is_explained(project: Project, jira: FakeJira) -> None:
+    jira.required_fields = {"31": ["resolution"]}
+    write_workflow(project, jira_step(jira, 3, transition="Close Issue"))
+    assert project.cli("run", "notify", env=ENV).exit_code == 1
+    assert entry(project)["message"] == (
+        "commented on PROJ-123, but Jira rejected the transition 'Close Issue' on PROJ-123 (400): resolution: "
+        "Field 'resolution' is required — give the field in the transition's \"fields\", e.g. "
+        "\"fields\": {\"resolution\": {\"name\": \"Fixed\"}}")
+    fields = {"resolution": {"name": "Fixed"}}
+    write_workflow(project, jira_step(jira, 3, transition={"name": "Close Issue", "fields": fields}))
+    assert project.cli("run", "notify", env=ENV).exit_code == 0
+    assert jira.requests[-1].json == {"transition": {"id": "31"}, "fields": fields}
+    assert jira.transition_fields == [fields] and jira.issue_status("PROJ-123") == "Done"
+
+
+def test_no_transitions_at_all_names_the_permission(project: Project, jira: FakeJira) -> None:
+    jira.transitions = []
+    jira.issues["PROJ-123"]["status"] = dict(DEFAULT_TRANSITIONS[0]["to"])
+    write_workflow(project, jira_step(jira, 2, transition="Close Issue"))
+    assert project.cli("run", "notify", env=ENV).exit_code == 1
+    assert entry(project)["message"] == (
+        "commented on PROJ-123, but Jira offers no transitions for PROJ-123 — the user may lack the "
+        "'Transition issues' permission in its project")
+
+
+@pytest.mark.parametrize("transition, message", [
+    ({"on_success": "Done", "prefer": "x"}, "key 'transition': with on_success/on_failure, key 'prefer' belongs "
+                                            "inside one of them"),
+    ({"on_sucess": "Done"}, "key 'transition': unknown key 'on_sucess' (did you mean 'on_success'?)"),
+    ({"on_failure": {"to_status_categry": "done"}}, ("key 'transition': on_failure: unknown key "
+                                                     "'to_status_categry' (did you mean 'to_status_category'?)")),
+    ({"name": "Close", "prefer": "Done"}, "key 'transition': 'prefer' picks among the transitions into a category"),
+    ({"to_status_category": "done", "fields": ["resolution"]}, "key 'transition': 'fields' must be an object"),
+    ({"on_success": ""}, "key 'transition': on_success: is empty (give a transition name such as 'Done')"),
+])
+def test_transition_definition_errors(project: Project, jira: FakeJira, transition: Any, message: str) -> None:
+    write_workflow(project, jira_step(jira, 2, transition=transition))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert jira.requests == []
