@@ -3154,8 +3154,10 @@ class JiraRunner(Runner):
                 if resp.maybe_applied and action == "added":
                     work.comment, work.uncertain_reason = "uncertain", resp.kind.replace("_", " ")
                     detail = str(resp).replace(" (not retried: the request may already have been applied)", "")
-                    return False, say(f"cannot comment on {issue}: {detail}; not retried: the comment may "
-                                      f"have been posted{check}")
+                    message = say(f"cannot comment on {issue}: {detail}; not retried: the comment may "
+                                  f"have been posted{check}")
+                    ctx.emit(f"jira: {message}")
+                    return False, message
                 return False, say(f"cannot comment on {issue}: {resp}")
             if not 200 <= resp.status < 300:
                 if resp.status == 404 and work.found and action == "added":
@@ -3166,7 +3168,9 @@ class JiraRunner(Runner):
                 message = refused(resp, "comment" if action == "added" else "comment edit")
                 if action == "added" and resp.status >= 500 and resp.status != 503:
                     work.comment, work.uncertain_reason = "uncertain", f"Jira answered {resp.status}"
-                    return False, say(f"{message} — not retried: the comment may have been posted{check}")
+                    message = say(f"{message} — not retried: the comment may have been posted{check}")
+                    ctx.emit(f"jira: {message}")  # a later attempt's message refers to it
+                    return False, message
                 return False, say(message)
             try:
                 work.comment_id = str(resp.json()["id"])

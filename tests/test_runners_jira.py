@@ -756,3 +756,133 @@ def test_transition_definition_errors(project: Project, jira: FakeJira, transiti
     assert result.exit_code == 2
     assert message in result.stderr
     assert jira.requests == []
+
+
+# -- issue 14 §2: one comment, never two ---------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_comment_answered_with_a_server_error_is_not_posted_again(project: Project, jira: FakeJira,
+                                                                  slept: list[float], status: int) -> None:
+    # a 504 from a proxy in front of Jira often comes after Jira stored the comment: once
+    # posted four identical comments
+    jira.script_jira_error(status, ["Gateway timeout"], times=4)
+    write_workflow(project, jira_step(jira, 2, retries=2))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 1
+    assert len(jira.requests_of("POST", "comment")) == 1 and slept == []
+    record = entry(project)
+    assert record["attempts"] == 3
+    assert record["message"] == (
+        "the comment on PROJ-123 may have been posted "
+        f"(Jira answered {status}; not sent again)")
+    assert record["jira_issues"][0]["comment"] == "uncertain"
+    assert (f"Jira server error {status} at {jira.url}: Gateway timeout — not retried: the comment may have been "
+            "posted; check PROJ-123 before running again") in result.stdout
+
+
+@pytest.mark.parametrize("status, headers", [(429, {"Retry-After": "3"}), (503, {"Retry-After": "5"}), (503, {})])
+def test_comment_retried_where_jira_processed_nothing(project: Project, jira: FakeJira, slept: list[float],
+                                                      status: int, headers: dict[str, str]) -> None:
+    jira.script_jira_error(status, ["busy"], headers=headers, times=2)
+    write_workflow(project, jira_step(jira, 3))
+    assert project.cli("run", "notify", env=ENV).exit_code == 0
+    assert len(jira.requests_of("POST", "comment")) == 3 and len(jira.comments) == 1
+    assert slept == [float(headers["Retry-After"])] * 2 if headers else slept == [1.0, 2.0]
+
+
+def test_step_retry_repeats_only_the_transition(project: Project, jira: FakeJira, slept: list[float]) -> None:
+    jira.script_jira_error(409, ["Conflict"], method="POST", path_contains="/transitions")
+    write_workflow(project, jira_step(jira, 3, transition="Close Issue", retries=2))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    assert [m for m, _ in routes(jira)] == ["POST", "GET", "POST", "GET", "POST"]
+    assert len(jira.requests_of("POST", "comment")) == 1 and len(jira.comments) == 1
+    record = entry(project)
+    assert (record["status"], record["attempts"], record["comment_id"]) == ("passed", 2, "10000")
+    assert record["message"] == "commented on PROJ-123, moved by 'Close Issue' to 'Done'"
+    assert "jira: PROJ-123: comment 10000 was added by an earlier attempt; not sent again" in step_log(project)
+
+
+def test_step_retry_after_an_uncertain_comment_still_transitions(project: Project, jira: FakeJira) -> None:
+    jira.script_jira_error(504, ["Gateway timeout"], method="POST", path_contains="/comment")
+    write_workflow(project, jira_step(jira, 3, transition="Close Issue", retries=1))
+    assert project.cli("run", "notify", env=ENV).exit_code == 1
+    assert len(jira.requests_of("POST", "comment")) == 1
+    assert jira.applied_transitions == [("PROJ-123", "31")]
+    assert entry(project)["message"] == ("the comment on PROJ-123 may have been posted (Jira answered 504; not "
+                                         "sent again), moved by 'Close Issue' to 'Done'")
+
+
+def test_read_timeout_then_step_retry_does_not_post_again(project: Project, jira: FakeJira) -> None:
+    jira.script_hang(30)
+    write_workflow(project, jira_step(jira, 2, read_timeout=0.3, retries=1))
+    assert project.cli("run", "notify", env=ENV).exit_code == 1
+    assert len(jira.requests_of("POST", "comment")) == 1
+    assert entry(project)["message"] == ("the comment on PROJ-123 may have been posted (read timeout; not sent "
+                                         "again)")
+
+
+def test_retry_after_longer_than_two_minutes_ends_the_retries(project: Project, jira: FakeJira,
+                                                              slept: list[float]) -> None:
+    jira.script(429, "", headers={"Retry-After": "600"}, times=4)
+    write_workflow(project, jira_step(jira, 2))
+    project.cli("run", "notify", env=ENV)
+    assert slept == [] and len(jira.requests) == 1
+    assert entry(project)["message"] == (
+        f"rate limited by Jira at {jira.url} (429; Retry-After: 600); not retried: the server asks to wait 600s, "
+        "more than orchestrate waits (120s) — try again later")
+
+
+def test_retry_after_is_never_waited_past_the_steps_timeout(project: Project, jira: FakeJira,
+                                                            slept: list[float]) -> None:
+    jira.script(429, "", headers={"Retry-After": "10"}, times=4)
+    write_workflow(project, jira_step(jira, 2, timeout=5))
+    project.cli("run", "notify", env=ENV)
+    assert slept == [] and len(jira.requests) == 1
+    assert entry(project)["message"] == (
+        f"rate limited by Jira at {jira.url} (429; Retry-After: 10); not retried: waiting 10s would pass the "
+        "step's timeout — try again later")
+
+
+def test_backoff_never_waits_past_the_steps_timeout(project: Project, slept: list[float]) -> None:
+    port = closed_port()
+    step = {"name": "notify jira", "type": "jira", "jira_url": f"http://127.0.0.1:{port}/rest/api/2",
+            "user": USER, "token": "${JIRA_TOKEN}", "issue": "PROJ-123", "comment": "hello", "timeout": 1.5}
+    write_workflow(project, step)
+    project.cli("run", "notify", env=ENV)
+    assert slept == [1.0]  # a 1 s wait fits in 1.5 s, a 2 s one does not (the fake sleep takes no time)
+    assert entry(project)["message"] == (
+        f"cannot comment on PROJ-123: connection refused by 127.0.0.1:{port} after 2 attempts (the step's "
+        "timeout leaves no time for another attempt)")
+
+
+def test_update_run_keeps_one_comment_per_issue_and_run(project: Project, jira: FakeJira) -> None:
+    steps = [jira_step(jira, 3, name="started", comment="{workflow} started", update="run"),
+             PASSING,
+             jira_step(jira, 3, name="finished", comment="{workflow} {status}: {failed_steps}", update="run"),
+             jira_step(jira, 3, name="separate", comment="a comment of its own")]
+    project.workflow("notify", steps)
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    assert routes(jira) == [("POST", "/rest/api/3/issue/PROJ-123/comment"),
+                            ("PUT", "/rest/api/3/issue/PROJ-123/comment/10000"),
+                            ("POST", "/rest/api/3/issue/PROJ-123/comment")]
+    assert [(c["id"], c["edits"]) for c in jira.comments] == [("10000", 1), ("10001", 0)]
+    assert jira.comments[0]["body"] == o.jira_adf_document("notify passed: none")
+    finished = entry(project, "finished")
+    assert (finished["message"], finished["comment_id"]) == ("updated comment 10000 on PROJ-123", "10000")
+    assert finished["jira_issues"][0]["comment"] == "updated"
+    project.cli("run", "notify", env=ENV)  # another run: a comment of its own
+    assert [c["id"] for c in jira.comments] == ["10000", "10001", "10002", "10003"]
+
+
+def test_update_run_posts_anew_when_the_comment_was_deleted(project: Project, jira: FakeJira) -> None:
+    steps = [jira_step(jira, 2, name="started", comment="started", update="run"),
+             jira_step(jira, 2, name="finished", comment="finished", update="run")]
+    project.workflow("notify", steps)
+    jira.script_jira_error(404, ["Can not find a comment for the id: 10000."], method="PUT")
+    assert project.cli("run", "notify", env=ENV).exit_code == 0
+    assert [m for m, _ in routes(jira)] == ["POST", "PUT", "POST"]
+    assert entry(project, "finished")["message"] == "commented on PROJ-123"
+    assert "jira: PROJ-123: comment 10000 is gone; posting a new one" in step_log(project, "finished")
