@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -886,3 +887,151 @@ def test_update_run_posts_anew_when_the_comment_was_deleted(project: Project, ji
     assert [m for m, _ in routes(jira)] == ["POST", "PUT", "POST"]
     assert entry(project, "finished")["message"] == "commented on PROJ-123"
     assert "jira: PROJ-123: comment 10000 is gone; posting a new one" in step_log(project, "finished")
+
+
+# -- issue 14 §3: the right issues ---------------------------------------------------------
+
+
+def git_repo(root: Path, *messages: str, branch: str | bytes = "main") -> list[str]:
+    """A git repository at `root` (the project) with one commit per message; the commit ids."""
+    import subprocess
+
+    def git(*args: str | bytes) -> str:
+        done = subprocess.run(["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
+                              cwd=root, capture_output=True, check=True, stdin=subprocess.DEVNULL)
+        return done.stdout.decode().strip()
+
+    root.mkdir(parents=True, exist_ok=True)
+    git("init", "-q", "-b", "main")
+    ids = []
+    for number, message in enumerate(messages):
+        (root / f"file{number}.txt").write_text(message)
+        git("add", "-A")
+        git("commit", "-q", "-m", message)
+        ids.append(git("rev-parse", "HEAD"))
+    if branch != "main":
+        git("checkout", "-q", "-b", branch)
+    return ids
+
+
+def test_issue_list_with_a_numeric_id_each_commented_once(project: Project, jira: FakeJira) -> None:
+    jira.add_issue("PROJ-7")
+    seven_id = jira.issues["PROJ-7"]["id"]
+    write_workflow(project, jira_step(jira, 3, issue=["PROJ-123", seven_id, "PROJ-123"], transition="Close Issue"))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    assert [r.path for r in jira.requests_of("POST", "comment")] == [
+        "/rest/api/3/issue/PROJ-123/comment", f"/rest/api/3/issue/{seven_id}/comment"]
+    assert jira.applied_transitions == [("PROJ-123", "31"), ("PROJ-7", "31")]
+    record = entry(project)
+    assert record["message"] == ("commented on PROJ-123, moved by 'Close Issue' to 'Done'; "
+                                 f"commented on {seven_id}, moved by 'Close Issue' to 'Done'")
+    assert [i["issue"] for i in record["jira_issues"]] == ["PROJ-123", seven_id]
+    assert (record["jira_issue"], record["comment_id"]) == ("PROJ-123", "10000")
+
+
+def test_issues_from_branch_and_pushed_commits_of_a_real_push(tmp_path: Path, jira: FakeJira) -> None:
+    from test_hooks import GitProject
+
+    gp = GitProject(tmp_path)
+    gp.env.update(PYTHONPATH=str(REPO), JIRA_TOKEN=TOKEN)  # the hook runs this checkout's orchestrate
+    assert gp.orchestrate("hook", "install").returncode == 0
+    jira.add_issue("PROJ-7", "PROJ-8", "PROJ-9", "OTHER-1")
+    step = jira_step(jira, 2, issue=None, issues_from=["branch", "commits"], projects=["PROJ"],
+                     comment="{git_branch}: {status}")
+    gp.workflow([gp.record_step("check"), step])
+    gp.commit("PROJ-9: add the notify workflow")
+    pushed = gp.push("main")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert [(c["issue"], c["body"]) for c in jira.comments] == [("PROJ-9", "main: passed")]
+    gp.git("checkout", "-q", "-b", "feature/PROJ-7-login")
+    gp.commit("PROJ-8: validate the form", src__form_py="x = 1\n")
+    gp.commit("Refs PROJ-7, OTHER-1 and UTF-8 handling", src__form_py="x = 2\n")
+    pushed = gp.push("-u", "feature/PROJ-7-login")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    # the branch's key first, then the pushed commits' (newest first); PROJ-9 was pushed before,
+    # OTHER-1 and UTF-8 are not of project PROJ
+    assert [(c["issue"], c["body"]) for c in jira.comments[1:]] == [
+        ("PROJ-7", "feature/PROJ\\-7\\-login: passed"), ("PROJ-8", "feature/PROJ\\-7\\-login: passed")]
+    record = gp.records()[-1]
+    notify = record["log"][1]
+    assert notify["message"] == "commented on PROJ-7; commented on PROJ-8"
+    assert "jira: issues: PROJ-7, PROJ-8" in (gp.root / notify["log_file"]).read_text()
+
+
+def test_issues_from_compared_commits(project: Project, jira: FakeJira) -> None:
+    ids = git_repo(project.root, "PROJ-1 old", "PROJ-2 first", "fixes PROJ-3 (and PROJ-2)", branch="topic")
+    jira.add_issue("PROJ-1", "PROJ-2", "PROJ-3")
+    write_workflow(project, jira_step(jira, 3, issue=None, issues_from=["commits"]))
+    result = project.cli("run", "notify", "--from-ref", ids[0], env=ENV)
+    assert result.exit_code == 0, result.stdout
+    assert [c["issue"] for c in jira.comments] == ["PROJ-3", "PROJ-2"]
+
+
+def test_no_key_found_skips_the_step(project: Project, jira: FakeJira) -> None:
+    ids = git_repo(project.root, "initial", "no key here")
+    write_workflow(project, jira_step(jira, 3, issue=None, issues_from=["branch", "commits"], projects=["PROJ"]))
+    result = project.cli("run", "notify", "--from-ref", ids[0], env=ENV)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    record = entry(project)
+    assert record["status"] == "skipped"
+    assert record["message"] == (f"no Jira issue key of project PROJ in branch 'main' or the commits "
+                                 f"{ids[0]}..HEAD (1)")
+    assert jira.requests == [] and project.last_record()["status"] == "completed"
+
+
+def test_no_key_outside_git_skips_the_step(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 3, issue=None, issues_from=["branch", "commits"]))
+    assert project.cli("run", "notify", env=ENV).exit_code == 0
+    assert entry(project)["message"] == ("no Jira issue key in no branch (detached HEAD) or no commits to read "
+                                         "(not a push, no --from-ref)")
+
+
+def test_empty_issue_variable_skips_the_step(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 3, issue="${JIRA_ISSUE:-}"))
+    assert project.cli("validate", "notify", env=ENV).exit_code == 0
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert (entry(project)["status"], entry(project)["message"]) == (
+        "skipped", "no Jira issue: key 'issue' is empty (JIRA_ISSUE is not set)")
+    assert jira.requests == []
+
+
+def test_found_key_jira_does_not_know_is_ignored(project: Project, jira: FakeJira) -> None:
+    ids = git_repo(project.root, "initial", "SHA-256 digests for PROJ-123")
+    write_workflow(project, jira_step(jira, 2, issue=None, issues_from=["commits"]))
+    result = project.cli("run", "notify", "--from-ref", ids[0], env=ENV)
+    assert result.exit_code == 0, result.stdout
+    assert [c["issue"] for c in jira.comments] == ["PROJ-123"]
+    assert entry(project)["message"] == "SHA-256: no such issue, ignored; commented on PROJ-123"
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"issue": None}, "missing required key 'issue' (an issue key, a list of them, or \"issues_from\": "
+                      "[\"branch\", \"commits\"])"),
+    ({"issue": ["PROJ-1", "bad"]}, "key 'issue[1]': 'bad' is not a Jira issue key"),
+    ({"issue": None, "issues_from": ["branches"]}, ("key 'issues_from': 'branches' is not a source of issue keys "
+                                                    "(branch, commits) (did you mean 'branch'?)")),
+    ({"issue": None, "issues_from": []}, "key 'issues_from': is empty"),
+    ({"issues_from": ["branch"], "projects": ["proj"]}, "key 'projects': 'proj' is not a Jira project key"),
+    ({"projects": ["PROJ"]}, "key 'projects': restricts the keys issues_from finds; add \"issues_from\""),
+    ({"update": "always"}, "key 'update': 'always': the one value is \"run\""),
+    ({"visibility": {"type": "team", "value": "x"}}, 'key \'visibility\': expected {"type": "role", "value": '
+                                                     '"Developers"}'),
+    ({"visibility": {"type": "role", "vale": "x"}}, "key 'visibility': unknown key 'vale' (did you mean 'value'?)"),
+    ({"ca_bundle": " "}, "key 'ca_bundle': is empty"),
+])
+def test_more_definition_errors(project: Project, jira: FakeJira, override: dict[str, Any], message: str) -> None:
+    step = {**jira_step(jira, 2), **override}
+    write_workflow(project, {k: v for k, v in step.items() if v is not None})
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 2
+    assert result.stderr.startswith('orchestrate: error: workflows/notify.json: steps[1] "notify jira": ')
+    assert message in result.stderr
+    assert jira.requests == []
+
+
+def test_find_issue_keys() -> None:
+    texts = ["feature/PROJ-12-login_AB-3", "Fix PROJ-12, ABC_1-7; not xPROJ-1 nor PROJ-1a nor proj-4 (UTF-8)"]
+    assert o.find_jira_issue_keys(texts) == ["PROJ-12", "AB-3", "ABC_1-7", "UTF-8"]
+    assert o.find_jira_issue_keys(texts, ["PROJ", "ABC_1"]) == ["PROJ-12", "ABC_1-7"]
