@@ -1035,3 +1035,135 @@ def test_find_issue_keys() -> None:
     texts = ["feature/PROJ-12-login_AB-3", "Fix PROJ-12, ABC_1-7; not xPROJ-1 nor PROJ-1a nor proj-4 (UTF-8)"]
     assert o.find_jira_issue_keys(texts) == ["PROJ-12", "AB-3", "ABC_1-7", "UTF-8"]
     assert o.find_jira_issue_keys(texts, ["PROJ", "ABC_1"]) == ["PROJ-12", "ABC_1-7"]
+
+
+# -- issue 14 §4: authentication and the network -------------------------------------------
+
+
+@pytest.mark.parametrize("user, expected", [(USER, BASIC), (None, f"Bearer {TOKEN}")])
+def test_netrc_never_replaces_the_steps_credentials(project: Project, jira: FakeJira, tmp_path: Path,
+                                                    user: str | None, expected: str) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone-else password not-the-token\n")
+    netrc.chmod(0o600)
+    write_workflow(project, jira_step(jira, 2, user=user))
+    result = project.cli("run", "notify", env={**ENV, "NETRC": str(netrc)})
+    assert result.exit_code == 0, result.stdout
+    assert [r.header("Authorization") for r in jira.requests] == [expected]
+
+
+@pytest.mark.parametrize("url, base, version", [
+    ("https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f", "https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f/rest/api/3", 3),
+    ("https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f/", "https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f/rest/api/3", 3),
+    ("https://api.atlassian.com/ex/jira/0a1b/rest/api/2", "https://api.atlassian.com/ex/jira/0a1b/rest/api/2", 2),
+    ("https://api.atlassian.com/other/thing", "https://api.atlassian.com/other/thing/rest/api/2", 2),
+])
+def test_scoped_token_gateway_uses_api3(url: str, base: str, version: int) -> None:
+    api = o.jira_api(url)
+    assert (api.base, api.version) == (base, version)
+
+
+def test_scoped_token_gateway_path_is_an_operation_of_the_document(jira: FakeJira) -> None:
+    # the gateway's /ex/jira/<cloudId> prefix stands where a site's context path does
+    jira_url = f"{jira.url}/ex/jira/0a1b2c3d/rest/api/3"
+    resp = o.http_request("GET", f"{jira_url}/issue/PROJ-123?fields=status", sleep=pytest.fail)
+    assert resp.status == 200 and resp.json()["fields"]["status"]["name"] == "To Do"
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
+                   "NO_PROXY", "no_proxy")
+
+
+def test_refused_proxy_is_named_not_the_jira_host(project: Project, jira: FakeJira, slept: list[float]) -> None:
+    proxy_port = closed_port()
+    env: dict[str, str | None] = {**ENV, **{name: None for name in PROXY_VARIABLES},
+                                  "HTTP_PROXY": f"http://proxy-user:proxy-pass@127.0.0.1:{proxy_port}"}
+    write_workflow(project, jira_step(jira, 2))
+    result = project.cli("run", "notify", env=env)  # type: ignore[arg-type]
+    assert result.exit_code == 1
+    assert entry(project)["message"] == (
+        f"cannot comment on PROJ-123: cannot connect to the proxy 127.0.0.1:{proxy_port} (HTTP_PROXY) on the way "
+        f"to 127.0.0.1:{jira.port} after 4 attempts — check HTTP_PROXY and NO_PROXY")
+    assert jira.requests == [] and slept == [1.0, 2.0, 4.0]
+    assert "proxy-pass" not in result.stdout + json.dumps(project.last_record())
+    env["NO_PROXY"] = "127.0.0.1"
+    assert project.cli("run", "notify", env=env).exit_code == 0  # type: ignore[arg-type]
+
+
+def test_https_to_a_plain_http_port(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 2, jira_url=f"https://127.0.0.1:{jira.port}/rest/api/2"))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 1
+    assert entry(project)["message"] == (
+        f"cannot comment on PROJ-123: TLS handshake with 127.0.0.1:{jira.port} failed (the server does not speak "
+        "TLS on that port) — is the URL http:// rather than https://?")
+    assert jira.requests == []
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made by the openssl command."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "jira.pem", folder / "jira.key"
+    assert shutil.which("openssl"), "these tests make their certificate with the openssl command: install it"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                    str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def test_private_ca_is_explained_and_ca_bundle_trusts_it(project: Project, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    with FakeJira(certfile=str(cert), keyfile=str(key)) as jira:
+        write_workflow(project, jira_step(jira, 3))
+        assert project.cli("run", "notify", env={**ENV, "REQUESTS_CA_BUNDLE": None}).exit_code == 1
+        assert entry(project)["message"] == (
+            f"cannot comment on PROJ-123: TLS handshake with 127.0.0.1:{jira.port} failed (certificate not "
+            "trusted) — if the site uses a private CA, give the step \"ca_bundle\" (or set REQUESTS_CA_BUNDLE) "
+            "with its CA certificate file")
+        project.write("certs/jira-ca.pem", cert.read_text())
+        write_workflow(project, jira_step(jira, 3, ca_bundle="certs/jira-ca.pem"))
+        assert project.cli("run", "notify", env=ENV).exit_code == 0
+        write_workflow(project, jira_step(jira, 3))
+        assert project.cli("run", "notify", env={**ENV, "REQUESTS_CA_BUNDLE": str(cert)}).exit_code == 0
+        assert len(jira.comments) == 2
+
+
+def test_missing_ca_bundle_is_one_line(project: Project, jira: FakeJira) -> None:
+    write_workflow(project, jira_step(jira, 3, ca_bundle="certs/nope.pem"))
+    validated = project.cli("validate", "notify", env=ENV)
+    assert validated.exit_code == 0 and "ca_bundle certs/nope.pem does not exist" in validated.stderr
+    assert project.cli("run", "notify", env=ENV).exit_code == 1
+    assert entry(project)["message"] == ("ca_bundle certs/nope.pem does not exist (a PEM file of the CA "
+                                         "certificates that signed Jira's certificate)")
+    assert jira.requests == []
+
+
+def test_413_and_409_are_one_line_each(project: Project, jira: FakeJira) -> None:
+    jira.script_jira_error(413, ["The number of comments on this issue has reached the limit"], method="POST",
+                           path_contains="/comment")
+    write_workflow(project, jira_step(jira, 2))
+    project.cli("run", "notify", env=ENV)
+    assert entry(project)["message"] == (
+        "Jira refused the comment on PROJ-123 (413): the issue has reached Jira's per-issue limit (of comments "
+        "or attachments) — delete old ones or comment elsewhere (The number of comments on this issue has "
+        "reached the limit)")
+    jira.script_jira_error(409, ["Conflict"], method="POST", path_contains="/transitions")
+    write_workflow(project, jira_step(jira, 2, transition="Close Issue"))
+    project.cli("run", "notify", env=ENV)
+    assert entry(project)["message"] == (
+        "commented on PROJ-123, but Jira refused the transition 'Close Issue' on PROJ-123 (409 conflict: the "
+        "issue was changed at the same time by someone else) — run the step again")
+
+
+def test_branch_name_that_is_not_utf8(project: Project, jira: FakeJira) -> None:
+    git_repo(project.root, "initial", branch=b"feature/PROJ-7-caf\xe9")
+    jira.add_issue("PROJ-7")
+    write_workflow(project, jira_step(jira, 3, issue=None, issues_from=["branch"], comment="on {git_branch}"))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    (comment,) = jira.comments
+    assert comment["issue"] == "PROJ-7"
+    assert comment["body"] == o.jira_adf_document("on feature/PROJ-7-caf\ufffd")
