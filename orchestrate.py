@@ -2311,6 +2311,9 @@ JIRA_PLACEHOLDERS = ("workflow", "run_id", "status", "failed_steps", "summary",
                      "git_branch", "git_commit", "ci_url")
 JIRA_UNKNOWN_VALUE = "n/a"
 JIRA_ISSUES_FROM = ("branch", "commits")
+# More keys than this found by issues_from is a mistake (a merge of a long branch, a commit
+# message listing a backlog), not a set of issues to comment on: the step fails, sends nothing.
+JIRA_MAX_FOUND_ISSUES = 20
 # The names Jira gives its three status categories (a category's own name is the preferred
 # target when several transitions lead into it)
 JIRA_CATEGORY_NAMES = {"new": "To Do", "indeterminate": "In Progress", "done": "Done"}
@@ -3004,7 +3007,7 @@ class JiraRunner(Runner):
             lines += [f"GET {plan.url(issue)}?fields=status&expand=transitions", f"  {auth}",
                       f"POST {plan.url(issue, 'transitions')}", f"  {auth}",
                       f"  body: {json.dumps(body, ensure_ascii=False)}"]
-        return [say(line) for line in lines]
+        return [say(line.replace("%3Cissue%3E", "<issue>")) for line in lines]
 
     # -- run time -------------------------------------------------------------------
 
@@ -3050,6 +3053,12 @@ class JiraRunner(Runner):
                                  "jira_issues": []}
         if not issues:
             return StepResult(status="skipped", message=say(why_none), extra=extra)
+        found = [i for i, by_search in issues if by_search]
+        if len(found) > JIRA_MAX_FOUND_ISSUES:
+            return StepResult(status="failed", extra=extra, message=say(
+                f"issues_from found {len(found)} issue keys ({', '.join(found[:5])}, …), more than "
+                f"{JIRA_MAX_FOUND_ISSUES}: nothing was sent; narrow them with \"projects\" or name the "
+                "issues in \"issue\""))
         if not plan.token:
             raise StepFailure(f"key 'token' is empty: set {_token_source(raw_token)} (for Jira Cloud "
                               "an API token, for Server/Data Center a personal access token)")

@@ -1167,3 +1167,101 @@ def test_branch_name_that_is_not_utf8(project: Project, jira: FakeJira) -> None:
     (comment,) = jira.comments
     assert comment["issue"] == "PROJ-7"
     assert comment["body"] == o.jira_adf_document("on feature/PROJ-7-caf\ufffd")
+
+
+# -- issue 14 §5: comments people can read -------------------------------------------------
+
+
+def test_urls_become_adf_links(project: Project, jira: FakeJira, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "7",
+                        "GITHUB_SERVER_URL": "https://github.com"}.items():
+        monkeypatch.setenv(name, value)
+    write_workflow(project, jira_step(jira, 3, comment="CI: {ci_url}\nSee https://example.com/docs/x?a=1 (or not)."))
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    body = jira.comments[0]["body"]
+    jsonschema.validate(body, ADF_SCHEMA)
+    link = [{"type": "link", "attrs": {"href": "https://github.com/o/r/actions/runs/7"}}]
+    assert body["content"][0]["content"] == [
+        {"type": "text", "text": "CI: "},
+        {"type": "text", "text": "https://github.com/o/r/actions/runs/7", "marks": link}]
+    assert body["content"][1]["content"] == [
+        {"type": "text", "text": "See "},
+        {"type": "text", "text": "https://example.com/docs/x?a=1",
+         "marks": [{"type": "link", "attrs": {"href": "https://example.com/docs/x?a=1"}}]},
+        {"type": "text", "text": " (or not)."}]
+
+
+@pytest.mark.parametrize("text, pieces", [
+    ("https://a.example/x).", [("https://a.example/x", True), (").", False)]),
+    ("(https://a.example/wiki/A_(b))", [("(", False), ("https://a.example/wiki/A_(b)", True), (")", False)]),
+    ("http:// alone", [("http:// alone", False)]),
+    ("two: http://a.example, https://b.example!", [("two: ", False), ("http://a.example", True), (", ", False),
+                                                   ("https://b.example", True), ("!", False)]),
+])
+def test_url_pieces(text: str, pieces: list[tuple[str, bool]]) -> None:
+    assert o._split_urls(text) == pieces
+    jsonschema.validate(o.jira_adf_document(text), ADF_SCHEMA)
+
+
+def test_api2_escapes_what_orchestrate_writes(project: Project, jira: FakeJira) -> None:
+    failing = {"name": "ui-smoke_[e2e]", "type": "command",
+               "run": ["python3", "-c", "raise SystemExit(3)"], "continue_on_error": True}
+    project.workflow("notify", [failing, jira_step(jira, 2, comment="*Run* {status}\n{summary}\n{failed_steps}")])
+    result = project.cli("run", "notify", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    body = jira.comments[0]["body"]
+    lines = body.split("\n")
+    assert lines[0] == "*Run* passed"  # the user's own markup stays markup
+    assert re.fullmatch(r"ui\\-smoke\\_\\\[e2e\\\]: failed in \d+\.\ds — command exited with code 3", lines[1])
+    assert lines[2] == "ui\\-smoke\\_\\[e2e\\]"
+
+
+def test_api2_truncation_marker_is_escaped() -> None:
+    payload, truncated = o.jira_comment_payload("x" * 40000, 2)
+    assert truncated
+    assert re.search(r"\n\\\[… truncated by orchestrate: \d+ characters omitted\\\]\Z", payload["body"])
+    assert len(payload["body"]) <= o.JIRA_COMMENT_LIMIT
+
+
+def test_wiki_escape_leaves_urls_whole() -> None:
+    assert o.jira_wiki_escape("a-b *c* {d} see https://x.example/a_b-c!") == (
+        "a\\-b \\*c\\* \\{d\\} see https://x.example/a_b-c\\!")
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_visibility_is_sent_as_jira_defines_it(project: Project, jira: FakeJira, version: int) -> None:
+    visibility = {"type": "role", "value": "Developers"}
+    steps = [jira_step(jira, version, name="a", visibility=visibility, update="run"),
+             jira_step(jira, version, name="b", visibility=visibility, update="run")]
+    project.workflow("notify", steps)
+    assert project.cli("run", "notify", env=ENV).exit_code == 0
+    post, put = jira.requests
+    assert post.json["visibility"] == put.json["visibility"] == visibility
+    assert jira.comments[0]["visibility"] == visibility
+
+
+def test_dry_run_with_issues_from(project: Project, jira: FakeJira) -> None:
+    step = jira_step(jira, 2, issue=None, issues_from=["branch", "commits"], projects=["PROJ"],
+                     transition={"on_success": {"name": "Close Issue", "fields": {"resolution": {"name": "Fixed"}}}})
+    write_workflow(project, step)
+    result = project.cli("run", "notify", "--dry-run", env=ENV)
+    assert result.exit_code == 0, result.stdout
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert ("issues: keys found in the branch name and the commit messages (projects: PROJ), "
+            "each commented once") in lines
+    assert f"POST {jira.api_url(2)}/issue/<issue>/comment" in lines
+    assert ('body: {"transition": {"id": "<looked up at run time>"}, "fields": {"resolution": {"name": "Fixed"}}}'
+            in lines)
+    assert jira.requests == []
+
+
+def test_too_many_found_keys_send_nothing(project: Project, jira: FakeJira) -> None:
+    backlog = "Backlog: " + " ".join(f"PROJ-{n}" for n in range(1, 26))
+    ids = git_repo(project.root, "initial", backlog)
+    write_workflow(project, jira_step(jira, 2, issue=None, issues_from=["commits"]))
+    assert project.cli("run", "notify", "--from-ref", ids[0], env=ENV).exit_code == 1
+    assert entry(project)["message"] == (
+        "issues_from found 25 issue keys (PROJ-1, PROJ-2, PROJ-3, PROJ-4, PROJ-5, …), more than 20: nothing was "
+        "sent; narrow them with \"projects\" or name the issues in \"issue\"")
+    assert jira.requests == []
