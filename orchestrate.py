@@ -3169,7 +3169,8 @@ class JiraRunner(Runner):
                     return False, message
                 return False, say(f"cannot comment on {issue}: {resp}")
             if not 200 <= resp.status < 300:
-                if resp.status == 404 and work.found and action == "added":
+                if (resp.status == 404 and work.found and action == "added"
+                        and "json" in resp.headers.get("content-type", "")):  # Jira's own "no such issue"
                     ctx.emit(say(f"jira: {issue}: no such issue (found in the branch or a commit "
                                  "message); ignored"))
                     work.moved = "no such issue"
@@ -3236,7 +3237,9 @@ class JiraRunner(Runner):
         if target.get("fields"):
             body["fields"] = target["fields"]
         action = f"transition {chosen.get('name')!r}"
-        moved = call("POST", plan.url(issue, "transitions"), body, action)
+        # like a comment: sent again only where Jira cannot have applied it
+        moved = call("POST", plan.url(issue, "transitions"), body, action,
+                     retry_statuses=lambda status: status in (429, 503))
         if isinstance(moved, HttpTransportError):
             return False, say(f"{done}, but cannot transition {issue}: {moved}")
         if not 200 <= moved.status < 300:

@@ -1265,3 +1265,19 @@ def test_too_many_found_keys_send_nothing(project: Project, jira: FakeJira) -> N
         "issues_from found 25 issue keys (PROJ-1, PROJ-2, PROJ-3, PROJ-4, PROJ-5, …), more than 20: nothing was "
         "sent; narrow them with \"projects\" or name the issues in \"issue\"")
     assert jira.requests == []
+
+
+def test_found_key_answered_by_something_that_is_not_jira_fails(project: Project, jira: FakeJira) -> None:
+    ids = git_repo(project.root, "initial", "PROJ-123 done")
+    jira.script_html_error(404, "Page Not Found")
+    write_workflow(project, jira_step(jira, 2, issue=None, issues_from=["commits"]))
+    assert project.cli("run", "notify", "--from-ref", ids[0], env=ENV).exit_code == 1
+    assert entry(project)["message"].endswith("answered 404 (HTML page 'Page Not Found') — is jira_url the Jira site?")
+
+
+def test_transition_answered_with_500_is_not_sent_again(project: Project, jira: FakeJira, slept: list[float]) -> None:
+    jira.script_jira_error(500, ["boom"], method="POST", path_contains="/transitions", times=4)
+    write_workflow(project, jira_step(jira, 2, transition="Close Issue"))
+    assert project.cli("run", "notify", env=ENV).exit_code == 1
+    assert len(jira.requests_of("POST", "transitions")) == 1 and slept == []
+    assert entry(project)["message"] == f"commented on PROJ-123, but Jira server error 500 at {jira.url}: boom"
