@@ -2813,20 +2813,21 @@ class JiraPlan:
         return f"{self.api.base}/issue/{quote(issue, safe='')}" + (f"/{what}" if what else "")
 
 
-@dataclass
 class _JiraIssueWork:
-    """What one attempt of a jira step did for one issue (kept across the step's attempts
-    in ctx.runner_state, so a retry never posts a comment Jira already answered)."""
+    """What the attempts of a jira step did for one issue (kept across the step's attempts
+    in ctx.runner_state, so a retry never posts a comment Jira already answered).  A plain
+    class: a dataclass costs its creation at every start of orchestrate."""
 
-    issue: str
-    found: bool  # found by issues_from rather than named by the step
-    comment_id: str | None = None
-    comment: str | None = None  # added, updated, uncertain (may have been posted), or None
-    uncertain_reason: str = ""
-    transition: str | None = None
-    moved: str | None = None  # moved, already, not moved (outcome), or None
-    to_status: str | None = None
-    also_matched: list[str] = field(default_factory=list)
+    def __init__(self, issue: str, found: bool) -> None:
+        self.issue = issue
+        self.found = found  # found by issues_from rather than named by the step
+        self.comment_id: str | None = None
+        self.comment: str | None = None  # added, updated, uncertain (may have been posted), or None
+        self.uncertain_reason = ""
+        self.transition: str | None = None
+        self.moved: str | None = None  # moved, already, not moved (outcome), no such issue, or None
+        self.to_status: str | None = None
+        self.also_matched: list[str] = []
 
     def record(self) -> dict[str, Any]:
         return {"issue": self.issue, "comment_id": self.comment_id, "comment": self.comment,
@@ -3053,10 +3054,10 @@ class JiraRunner(Runner):
                                  "jira_issues": []}
         if not issues:
             return StepResult(status="skipped", message=say(why_none), extra=extra)
-        found = [i for i, by_search in issues if by_search]
-        if len(found) > JIRA_MAX_FOUND_ISSUES:
+        searched = [i for i, by_search in issues if by_search]
+        if len(searched) > JIRA_MAX_FOUND_ISSUES:
             return StepResult(status="failed", extra=extra, message=say(
-                f"issues_from found {len(found)} issue keys ({', '.join(found[:5])}, …), more than "
+                f"issues_from found {len(searched)} issue keys ({', '.join(searched[:5])}, …), more than "
                 f"{JIRA_MAX_FOUND_ISSUES}: nothing was sent; narrow them with \"projects\" or name the "
                 "issues in \"issue\""))
         if not plan.token:
