@@ -2346,6 +2346,10 @@ def jira_api(jira_url: str) -> JiraApi:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{jira_url!r} is not an http(s) URL "
                          "(expected e.g. https://your-site.atlassian.net)")
+    if parts.username is not None or parts.password is not None:
+        # messages name the URL: credentials in it would be printed and written everywhere
+        raise ValueError(f"{parts.scheme}://***@{parts.hostname}…: credentials do not belong in the URL; "
+                         "give them as \"user\" and \"token\"")
     if parts.query or parts.fragment:
         raise ValueError(f"{jira_url!r} has a query or fragment; give the site root "
                          "or the API base, e.g. https://jira.example.com/rest/api/2")

@@ -1020,6 +1020,9 @@ def test_found_key_jira_does_not_know_is_ignored(project: Project, jira: FakeJir
                                                      '"Developers"}'),
     ({"visibility": {"type": "role", "vale": "x"}}, "key 'visibility': unknown key 'vale' (did you mean 'value'?)"),
     ({"ca_bundle": " "}, "key 'ca_bundle': is empty"),
+    ({"jira_url": "https://me:hunter2-password@x.atlassian.net"},
+     "key 'jira_url': https://***@x.atlassian.net…: credentials do not belong in the URL; give them as \"user\" "
+     "and \"token\""),
 ])
 def test_more_definition_errors(project: Project, jira: FakeJira, override: dict[str, Any], message: str) -> None:
     step = {**jira_step(jira, 2), **override}
@@ -1027,7 +1030,7 @@ def test_more_definition_errors(project: Project, jira: FakeJira, override: dict
     result = project.cli("run", "notify", env=ENV)
     assert result.exit_code == 2
     assert result.stderr.startswith('orchestrate: error: workflows/notify.json: steps[1] "notify jira": ')
-    assert message in result.stderr
+    assert message in result.stderr and "hunter2" not in result.stderr
     assert jira.requests == []
 
 
