@@ -1943,6 +1943,10 @@ class StepContext:
     guard: SignalGuard | None = None
     debug_write: Callable[[str], None] | None = None
     last_process: ProcessResult | None = None
+    # A runner's own memory across the attempts of one step: on a retry (`retries`) the
+    # engine calls execute() again with this same context, so what an attempt already did
+    # outside (a Jira comment posted) can be kept here and not done twice.
+    runner_state: dict[str, Any] = field(default_factory=dict)
 
     def run_process(self, argv: Sequence[str] | str, *, cwd: Path | None = None,
                     env: dict[str, str] | None = None) -> ProcessResult:
@@ -2245,12 +2249,15 @@ class PluginRunner(Runner):
 
 # --- HTTP helper -------------------------------------------------------------------
 # The one place orchestrate talks HTTP.  It retries what a retry can fix (a refused or
-# timed-out connection, 429, 5xx) and nothing else, and it never puts request headers
-# (where credentials live) into a message.
+# timed-out connection, 429, 5xx — or fewer statuses, as the caller says) and nothing
+# else, and it never puts request headers (where credentials live) into a message.
 
 HTTP_ATTEMPTS = 4  # 1 try + 3 retries
 HTTP_BACKOFF_S = 1.0  # 1 s, 2 s, 4 s between attempts
-HTTP_MAX_DELAY_S = 30.0  # cap for backoff and for a server's Retry-After
+HTTP_MAX_DELAY_S = 30.0  # cap for the backoff between attempts
+# A server's Retry-After is waited for up to this; a longer one ends the retries at once
+# (waiting less than the server asked only earns another 429).
+HTTP_MAX_RETRY_AFTER_S = 120.0
 HTTP_CONNECT_TIMEOUT_S = 10.0
 HTTP_READ_TIMEOUT_S = 30.0
 # RFC 9110 §9.2.2: only these may be repeated blindly after the request may have reached
@@ -2261,13 +2268,16 @@ _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 @dataclass
 class HttpResponse:
-    """A finished HTTP exchange (any status).  Header names are lower-case."""
+    """A finished HTTP exchange (any status).  Header names are lower-case.  `stopped`
+    says why no further attempt was made although the status is one that is retried
+    (a Retry-After too long, the deadline)."""
 
     status: int
     headers: dict[str, str]
     text: str
     attempts: int
     url: str
+    stopped: str = ""
 
     def json(self) -> Any:
         return json.loads(self.text)
@@ -2275,13 +2285,32 @@ class HttpResponse:
 
 class HttpTransportError(Exception):
     """No HTTP response at all after the last attempt.  `kind` is one of refused,
-    dns, connect_timeout, read_timeout, aborted, tls, connection.  The message names
-    host and port only: never a header, never a credential."""
+    dns, connect_timeout, read_timeout, aborted, tls, proxy, connection, deadline.
+    `maybe_applied` is True when the request may have reached the server (a timeout or a
+    dropped connection after sending).  The message names host and port only: never a
+    header, never a credential."""
 
-    def __init__(self, kind: str, message: str, attempts: int) -> None:
+    def __init__(self, kind: str, message: str, attempts: int, maybe_applied: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.attempts = attempts
+        self.maybe_applied = maybe_applied
+
+
+class _AuthorizationHeader:
+    """requests' `auth=` hook that sets one Authorization header.  Credentials must go
+    through `auth=`: given as a plain header, requests replaces them with ~/.netrc's (or
+    $NETRC's) entry for the host, and the wrong account's refusal then blames the token."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def __call__(self, request: Any) -> Any:
+        request.headers["Authorization"] = self._value
+        return request
+
+    def __repr__(self) -> str:
+        return "<Authorization ***>"
 
 
 def _http_sleep(seconds: float, guard: SignalGuard | None = None) -> None:
@@ -2315,14 +2344,28 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 def _host_port(url: str) -> str:
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    parts = urlsplit(url if "://" in url else f"http://{url}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.hostname}:{port}"
 
 
-def _transport_failure(exc: Exception, method: str, url: str,
-                       connect_timeout: float, read_timeout: float) -> tuple[str, str, bool]:
-    """Classify a requests exception as (kind, message, retryable)."""
+def _proxy_for(url: str) -> tuple[str, str]:
+    """(host:port of the proxy requests uses for `url`, the variable that names it)."""
+    from urllib.parse import urlsplit
+
+    import requests.utils
+
+    proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url)) or ""
+    scheme = urlsplit(url).scheme
+    variable = next((name for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY")
+                     if proxy and os.environ.get(name) == proxy), f"{scheme.upper()}_PROXY")
+    return (_host_port(proxy) if proxy else "?"), variable
+
+
+def _transport_failure(exc: Exception, method: str, url: str, connect_timeout: float,
+                       read_timeout: float) -> tuple[str, str, str, bool, bool]:
+    """Classify a requests exception as (kind, message, hint, retryable, maybe_applied);
+    the hint (" — what to do") goes after any "after N attempts"."""
     from urllib.parse import urlsplit
 
     import requests  # already loaded by the caller; local so module import stays cheap
@@ -2330,33 +2373,50 @@ def _transport_failure(exc: Exception, method: str, url: str,
 
     where = _host_port(url)
     host = urlsplit(url).hostname or where
+    again = method in _IDEMPOTENT_METHODS
+    note = "" if again else " (not retried: the request may already have been applied)"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return ("connect_timeout",
-                f"could not connect to {where} within {connect_timeout:g}s (connect_timeout)", True)
+        return ("connect_timeout", f"could not connect to {where} within {connect_timeout:.3g}s "
+                "(connect_timeout)", "", True, False)
     if isinstance(exc, requests.exceptions.ReadTimeout):
-        again = method in _IDEMPOTENT_METHODS
-        note = "" if again else " (not retried: the request may already have been applied)"
-        return ("read_timeout",
-                f"no response from {where} within {read_timeout:g}s (read_timeout){note}", again)
+        return ("read_timeout", f"no response from {where} within {read_timeout:.3g}s (read_timeout){note}",
+                "", again, True)
+    if isinstance(exc, requests.exceptions.ProxyError):
+        # refused or unreachable proxy: the request never left for the server
+        proxy, variable = _proxy_for(url)
+        return ("proxy", f"cannot connect to the proxy {proxy} ({variable}) on the way to {where}",
+                f" — check {variable} and NO_PROXY", True, False)
     if isinstance(exc, requests.exceptions.SSLError):
-        return ("tls", (f"TLS handshake with {where} failed — check the certificate or the "
-                        "http/https scheme of the URL"), False)
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            why, hint = "certificate not trusted", (" — if the site uses a private CA, give the step "
+                                                    "\"ca_bundle\" (or set REQUESTS_CA_BUNDLE) with its CA "
+                                                    "certificate file")
+        elif "match" in text and "hostname" in text.lower():
+            why, hint = "the certificate is for another host name", " — check the host name in the URL"
+        elif any(s in text for s in ("WRONG_VERSION_NUMBER", "record layer failure", "UNKNOWN_PROTOCOL",
+                                     "packet length too long", "HTTP_REQUEST")):
+            why, hint = "the server does not speak TLS on that port", " — is the URL http:// rather than https://?"
+        else:
+            why, hint = "TLS error", (" — check the certificate (\"ca_bundle\" or REQUESTS_CA_BUNDLE for a "
+                                      "private CA) and the http/https scheme of the URL")
+        return "tls", f"TLS handshake with {where} failed ({why})", hint, False, False
     if isinstance(exc, requests.exceptions.ConnectionError):
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         if isinstance(reason, urllib3.exceptions.NameResolutionError):
-            return "dns", f"cannot resolve host {host!r} — check the URL", True
+            return "dns", f"cannot resolve host {host!r}", " — check the URL", True, False
         if isinstance(reason, urllib3.exceptions.NewConnectionError):
             cause: BaseException | None = reason
             while cause is not None:
                 if isinstance(cause, ConnectionRefusedError):
-                    return "refused", f"connection refused by {where}", True
+                    return "refused", f"connection refused by {where}", "", True, False
                 cause = cause.__cause__ or cause.__context__
-            return "connection", f"could not connect to {where}", True
+            return "connection", f"could not connect to {where}", "", True, False
         # The connection broke after the request was sent (RemoteDisconnected, reset).
-        again = method in _IDEMPOTENT_METHODS
-        note = "" if again else " (not retried: the request may already have been applied)"
-        return "aborted", f"{where} closed the connection without a response{note}", again
-    return "connection", f"request to {where} failed ({type(exc).__name__})", False
+        return "aborted", f"{where} closed the connection without a response{note}", "", again, True
+    if isinstance(exc, OSError) and "CA certificate bundle" in str(exc):
+        return "tls", f"cannot use the CA bundle ({exc})", "", False, False
+    return "connection", f"request to {where} failed ({type(exc).__name__})", "", False, False
 
 
 def http_request(
@@ -2365,37 +2425,54 @@ def http_request(
     *,
     headers: dict[str, str] | None = None,
     json_body: Any = None,
+    auth: Any = None,
+    verify: bool | str = True,
     connect_timeout: float = HTTP_CONNECT_TIMEOUT_S,
     read_timeout: float = HTTP_READ_TIMEOUT_S,
     attempts: int = HTTP_ATTEMPTS,
     backoff: float = HTTP_BACKOFF_S,
     max_delay: float = HTTP_MAX_DELAY_S,
+    max_retry_after: float = HTTP_MAX_RETRY_AFTER_S,
+    deadline: float | None = None,
     retry_statuses: Callable[[int], bool] = lambda status: status == 429 or status >= 500,
     sleep: Callable[[float], None] | None = None,
     on_retry: Callable[[int, str, float], None] | None = None,
 ) -> HttpResponse:
     """Send one request, retrying connection failures and `retry_statuses` with
-    exponential backoff (backoff * 2**n, or the server's Retry-After), both capped at
-    `max_delay`.  Returns the last response whatever its status (the caller maps
-    statuses to messages); raises HttpTransportError when no response ever came.
-    Redirects are not followed: a POST silently turned into a GET by a redirect is a
-    lost comment.  `on_retry(attempt, reason, delay)` is told before each wait."""
+    exponential backoff (backoff * 2**n, capped at `max_delay`), or after the server's
+    Retry-After when it sends one (up to `max_retry_after`; longer ends the retries).
+    `deadline` (a time.monotonic() value, e.g. from the step's timeout) bounds every wait
+    and every timeout: no attempt starts or waits past it.  Returns the last response
+    whatever its status (the caller maps statuses to messages); raises
+    HttpTransportError when no response ever came.  Redirects are not followed: a POST
+    silently turned into a GET by a redirect is a lost comment.  `auth` is requests'
+    auth hook (see _AuthorizationHeader).  `on_retry(attempt, reason, delay)` is told
+    before each wait."""
     import requests  # here, not at module top: start-up time matters in a git hook
 
     sleep = sleep or _http_sleep
     method = method.upper()
+    where = _host_port(url)
     for attempt in range(1, attempts + 1):
+        connect, read = connect_timeout, read_timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HttpTransportError("deadline", f"the step's timeout ran out before the request to "
+                                         f"{where} could be sent", attempt - 1)
+            connect, read = min(connect, left), min(read, left)
         delay = min(max_delay, backoff * 2 ** (attempt - 1))
         try:
-            resp = requests.request(method, url, headers=headers, json=json_body,
-                                    timeout=(connect_timeout, read_timeout),
-                                    allow_redirects=False)
-        except requests.exceptions.RequestException as exc:
-            kind, message, retryable = _transport_failure(exc, method, url,
-                                                          connect_timeout, read_timeout)
+            resp = requests.request(method, url, headers=headers, json=json_body, auth=auth,
+                                    verify=verify, timeout=(connect, read), allow_redirects=False)
+        except (requests.exceptions.RequestException, OSError) as exc:
+            kind, message, hint, retryable, maybe_applied = _transport_failure(exc, method, url, connect, read)
+            tries = f" after {attempt} attempts" if attempt > 1 else ""
             if not retryable or attempt == attempts:
-                tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise HttpTransportError(kind, message + tries, attempt) from None
+                raise HttpTransportError(kind, message + tries + hint, attempt, maybe_applied) from None
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise HttpTransportError(kind, message + tries + " (the step's timeout leaves no time "
+                                         "for another attempt)" + hint, attempt, maybe_applied) from None
             reason = message
         else:
             result = HttpResponse(status=resp.status_code,
@@ -2406,7 +2483,14 @@ def http_request(
             reason = f"HTTP {resp.status_code}"
             retry_after = parse_retry_after(result.headers.get("retry-after"))
             if retry_after is not None:
-                delay = min(max_delay, retry_after)
+                if retry_after > max_retry_after:
+                    result.stopped = (f"not retried: the server asks to wait {retry_after:g}s, more than "
+                                      f"orchestrate waits ({max_retry_after:g}s)")
+                    return result
+                delay = retry_after
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                result.stopped = (f"not retried: waiting {delay:g}s would pass the step's timeout")
+                return result
         if on_retry is not None:
             on_retry(attempt, reason, delay)
         sleep(delay)
@@ -2456,13 +2540,32 @@ def _shorten(text: str, limit: int) -> str:
 # --- Jira: pure helpers ------------------------------------------------------------
 
 JIRA_ISSUE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]+-[0-9]+")
-# Jira stores a comment in a field limited to 32,767 characters (Java string length, so
+# Keys inside free text (a branch name, a commit message); compiled on first use (re's cache)
+_JIRA_KEY_IN_TEXT = r"(?<![A-Za-z0-9])[A-Z][A-Z0-9_]+-[0-9]+(?![A-Za-z0-9])"
+_JIRA_PROJECT = r"[A-Z][A-Z0-9_]+"
+# A URL in a comment: it ends at whitespace or at characters no URL carries unencoded;
+# trailing sentence punctuation is not part of it.
+_URL_IN_TEXT = r"https?://[^\s<>\"'`{}|\\^\[\]]+"
+_URL_TRAILING = ".,;:!?)"
+# Jira Cloud stores a comment in a field limited to 32,767 characters (Java string length, so
 # UTF-16 code units); longer bodies are rejected with a 400.  We cut and say so instead.
 JIRA_COMMENT_LIMIT = 32_767
 JIRA_TRUNCATION_MARKER = "\n[… truncated by orchestrate: {omitted} characters omitted]"
 JIRA_PLACEHOLDERS = ("workflow", "run_id", "status", "failed_steps", "summary",
                      "git_branch", "git_commit", "ci_url")
 JIRA_UNKNOWN_VALUE = "n/a"
+JIRA_ISSUES_FROM = ("branch", "commits")
+# More keys than this found by issues_from is a mistake (a merge of a long branch, a commit
+# message listing a backlog), not a set of issues to comment on: the step fails, sends nothing.
+JIRA_MAX_FOUND_ISSUES = 20
+# The names Jira gives its three status categories (a category's own name is the preferred
+# target when several transitions lead into it)
+JIRA_CATEGORY_NAMES = {"new": "To Do", "indeterminate": "In Progress", "done": "Done"}
+JIRA_TRANSITION_KEYS = ("name", "to_status_category", "prefer", "fields")
+# Characters Jira's wiki markup (API 2, Server/Data Center) gives a meaning: *bold*,
+# _italic_, -strike-, +underline+, ^sup^, ~sub~, ??cite??, {macro}, [link], |table|,
+# !image!, # lists.  A backslash before one shows it as written.
+_JIRA_WIKI_SPECIAL = "*_-+^~?{}[]|!#"
 _JIRA_API_PATH_RE = re.compile(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3|latest)$")
 _ENV_REF_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -2472,20 +2575,25 @@ class JiraApi:
     """Where a Jira REST API lives and which version it speaks."""
 
     base: str  # ".../rest/api/2" or ".../rest/api/3", no trailing slash
-    version: int  # 2: plain-text bodies, 3: Atlassian Document Format
+    version: int  # 2: wiki-markup string bodies, 3: Atlassian Document Format
     site: str  # the site root, for messages
 
 
 def jira_api(jira_url: str) -> JiraApi:
     """Resolve `jira_url` to an API base.  An explicit `.../rest/api/2|3` is kept
-    (`latest` is API 2); a site root uses API 3 on Jira Cloud (`*.atlassian.net`) and
-    API 2 elsewhere (Server/Data Center has no API 3).  ValueError says why not."""
+    (`latest` is API 2); a site root uses API 3 on Jira Cloud (`*.atlassian.net`, and
+    `https://api.atlassian.com/ex/jira/<cloudId>` for scoped API tokens) and API 2
+    elsewhere (Server/Data Center has no API 3).  ValueError says why not."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(jira_url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{jira_url!r} is not an http(s) URL "
                          "(expected e.g. https://your-site.atlassian.net)")
+    if parts.username is not None or parts.password is not None:
+        # messages name the URL: credentials in it would be printed and written everywhere
+        raise ValueError(f"{parts.scheme}://***@{parts.hostname}…: credentials do not belong in the URL; "
+                         "give them as \"user\" and \"token\"")
     if parts.query or parts.fragment:
         raise ValueError(f"{jira_url!r} has a query or fragment; give the site root "
                          "or the API base, e.g. https://jira.example.com/rest/api/2")
@@ -2500,15 +2608,32 @@ def jira_api(jira_url: str) -> JiraApi:
         raise ValueError(f"{jira_url!r} is not a Jira REST API base "
                          "(expected .../rest/api/2, .../rest/api/3 or the site root)")
     site = root + path  # a context path such as /jira is kept
-    version = 3 if (parts.hostname or "").lower().endswith(".atlassian.net") else 2
+    hostname = (parts.hostname or "").lower()
+    cloud = hostname.endswith(".atlassian.net") or (
+        hostname == "api.atlassian.com" and re.fullmatch(r"/ex/jira/[^/]+", path) is not None)
+    version = 3 if cloud else 2
     return JiraApi(base=f"{site}/rest/api/{version}", version=version, site=site)
 
 
 def check_jira_issue_key(issue: str) -> str:
-    if not JIRA_ISSUE_KEY_RE.fullmatch(issue):
+    """An issue key (PROJ-123) or a numeric issue id (10042): Jira takes either in a path."""
+    if not (JIRA_ISSUE_KEY_RE.fullmatch(issue) or re.fullmatch(r"[1-9][0-9]{0,17}", issue)):
         raise ValueError(f"{issue!r} is not a Jira issue key (expected e.g. PROJ-123: "
-                         "a capital letter, capitals/digits/_, a dash, a number)")
+                         "a capital letter, capitals/digits/_, a dash, a number) or a numeric issue id")
     return issue
+
+
+def find_jira_issue_keys(texts: Iterable[str], projects: Sequence[str] = ()) -> list[str]:
+    """Issue keys named in `texts` (a branch name, commit messages), first seen first, each
+    once; with `projects`, only keys of those projects (UTF-8 and SHA-256 look like keys)."""
+    wanted = set(projects)
+    found: dict[str, None] = {}
+    for text in texts:
+        for match in re.finditer(_JIRA_KEY_IN_TEXT, text):
+            key = match.group()
+            if not wanted or key.rsplit("-", 1)[0] in wanted:
+                found.setdefault(key)
+    return list(found)
 
 
 def jira_template_fields(template: str) -> list[str]:
@@ -2584,54 +2709,103 @@ def jira_template_values(workflow: str, run_id: str, previous: list[dict],
     }
 
 
+def jira_unicode_text(text: str) -> str:
+    """`text` as Unicode JSON can carry: git hands orchestrate undecodable bytes of a branch
+    name or message as lone surrogates (surrogateescape), which no JSON text may hold and
+    Jira refuses; each such byte becomes U+FFFD."""
+    if not re.search("[\ud800-\udfff]", text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return re.sub("[\ud800-\udfff]", "\ufffd", text)
+
+
+def _split_urls(text: str) -> list[tuple[str, bool]]:
+    """`text` cut into (piece, is_url) runs, URLs without trailing sentence punctuation."""
+    pieces: list[tuple[str, bool]] = []
+    last = 0
+    for match in re.finditer(_URL_IN_TEXT, text):
+        url = match.group()
+        while url and url[-1] in _URL_TRAILING and not (url[-1] == ")" and url.count("(") >= url.count(")")):
+            url = url[:-1]
+        if len(url) <= len("https://"):
+            continue
+        if match.start() > last:
+            pieces.append((text[last:match.start()], False))
+        pieces.append((url, True))
+        last = match.start() + len(url)
+    if last < len(text):
+        pieces.append((text[last:], False))
+    return pieces
+
+
+def jira_wiki_escape(text: str) -> str:
+    """Text shown as written by Jira's wiki markup (API 2): a backslash before each
+    character the markup gives a meaning; URLs are left whole (Jira links them)."""
+    return "".join(piece if is_url else "".join("\\" + c if c in _JIRA_WIKI_SPECIAL else c for c in piece)
+                   for piece, is_url in _split_urls(text))
+
+
 def _utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def truncate_jira_text(text: str, limit: int = JIRA_COMMENT_LIMIT) -> str:
-    """Cut `text` to at most `limit` UTF-16 code units, ending with a marker that says
-    how much was cut.  Text within the limit is returned unchanged."""
+def truncate_jira_text(text: str, limit: int = JIRA_COMMENT_LIMIT,
+                       marker: str = JIRA_TRUNCATION_MARKER) -> str:
+    """Cut `text` to at most `limit` UTF-16 code units, ending with `marker` (its
+    {omitted} says how much was cut).  Text within the limit is returned unchanged."""
     total = _utf16_len(text)
     if total <= limit:
         return text
-    keep = limit - _utf16_len(JIRA_TRUNCATION_MARKER.format(omitted=total))
+    keep = limit - _utf16_len(marker.format(omitted=total))
     head = text.encode("utf-16-le")[: 2 * max(keep, 0)].decode("utf-16-le", errors="ignore")
-    return head + JIRA_TRUNCATION_MARKER.format(omitted=total - _utf16_len(head))
+    return head + marker.format(omitted=total - _utf16_len(head))
+
+
+def _adf_inline(line: str) -> list[dict[str, Any]]:
+    nodes: list[dict[str, Any]] = []
+    for piece, is_url in _split_urls(line):
+        node: dict[str, Any] = {"type": "text", "text": piece}
+        if is_url:
+            node["marks"] = [{"type": "link", "attrs": {"href": piece}}]
+        nodes.append(node)
+    return nodes
 
 
 def jira_adf_document(text: str) -> dict[str, Any]:
     """Atlassian Document Format for plain text: one paragraph per line, an empty line
-    an empty paragraph (ADF forbids empty text nodes)."""
+    an empty paragraph (ADF forbids empty text nodes), each URL a text node with a link
+    mark so Jira shows it as a link."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    content: list[dict[str, Any]] = []
-    for line in lines:
-        paragraph: dict[str, Any] = {"type": "paragraph", "content": []}
-        if line:
-            paragraph["content"].append({"type": "text", "text": line})
-        content.append(paragraph)
-    return {"type": "doc", "version": 1, "content": content}
+    return {"type": "doc", "version": 1,
+            "content": [{"type": "paragraph", "content": _adf_inline(line)} for line in lines]}
 
 
-def jira_comment_payload(text: str, api_version: int,
-                         limit: int = JIRA_COMMENT_LIMIT) -> tuple[dict[str, Any], bool]:
-    """The JSON body of POST .../comment and whether it was truncated.  API 2 takes a
-    string; API 3 an ADF document, sized so its serialized form fits the limit too
-    (Jira stores the ADF JSON in the same limited field)."""
+def jira_comment_payload(text: str, api_version: int, limit: int = JIRA_COMMENT_LIMIT, *,
+                         visibility: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+    """The JSON body of POST/PUT .../comment and whether it was truncated.  API 2 takes a
+    string of wiki markup (the truncation marker escaped to show as written); API 3 an
+    ADF document, sized so its serialized form fits the limit too (Jira stores the ADF
+    JSON in the same limited field).  `visibility` restricts who sees the comment."""
     text = text.rstrip("\n")
+    extra = {"visibility": dict(visibility)} if visibility else {}
     if api_version != 3:
-        body = truncate_jira_text(text, limit)
-        return {"body": body}, body != text
+        body = truncate_jira_text(text, limit, jira_wiki_escape(JIRA_TRUNCATION_MARKER).replace(
+            "\\{omitted\\}", "{omitted}"))
+        return {"body": body, **extra}, body != text
     def fits(budget: int) -> tuple[dict[str, Any], bool] | None:
         cut = truncate_jira_text(text, budget)
         doc = jira_adf_document(cut)
         size = _utf16_len(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
-        return ({"body": doc}, cut != text) if size <= limit else None
+        return ({"body": doc, **extra}, cut != text) if size <= limit else None
 
     best = fits(limit)
     if best is not None:
         return best
     low, high = 0, limit  # the largest text budget whose document fits: ~15 tries
-    best = fits(0) or ({"body": jira_adf_document(JIRA_TRUNCATION_MARKER.strip().format(omitted=len(text)))}, True)
+    best = fits(0) or ({"body": jira_adf_document(JIRA_TRUNCATION_MARKER.strip().format(omitted=len(text))),
+                        **extra}, True)
     while low < high - 1:
         middle = (low + high) // 2
         found = fits(middle)
@@ -2671,32 +2845,126 @@ def _token_source(raw_value: Any) -> str:
     return "the step's token"
 
 
-def select_jira_transition(transitions: list[dict], wanted: str | dict, issue: str) -> dict:
-    """Pick from GET .../transitions: by transition name (case-insensitive; else by target
-    status name), or by {"to_status_category": key or name}.  ValueError lists the
-    transitions that are available."""
+def _parse_transition_target(value: Any, where: str) -> dict[str, Any]:
+    """One transition target: a name, or an object with `name` or `to_status_category`
+    (optional `prefer` with a category, optional `fields`)."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{where}is empty (give a transition name such as 'Done')")
+        return {"name": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}must be a transition name or an object, not {_value_type_name(value)}")
+    for key in value:
+        if key not in JIRA_TRANSITION_KEYS:
+            raise ValueError(f"{where}unknown key {key!r}" + did_you_mean(
+                key, [*JIRA_TRANSITION_KEYS, "on_success", "on_failure"]))
+    if ("name" in value) == ("to_status_category" in value):
+        raise ValueError(f'{where}expected {{"to_status_category": "done"}} (a status category key or name: '
+                         'new, indeterminate, done) or {"name": "Close Issue"}')
+    for key in ("name", "to_status_category", "prefer"):
+        if key in value and (not isinstance(value[key], str) or not value[key].strip()):
+            raise ValueError(f"{where}key {key!r} must be a non-empty string")
+    if "prefer" in value and "name" in value:
+        raise ValueError(f"{where}'prefer' picks among the transitions into a category; "
+                         "with 'name' the transition is already chosen")
+    if "fields" in value and not isinstance(value["fields"], dict):
+        raise ValueError(f"{where}'fields' must be an object such as "
+                         '{"resolution": {"name": "Fixed"}}')
+    return dict(value)
+
+
+def parse_jira_transition(value: Any) -> dict[str, dict[str, Any] | None]:
+    """The step's `transition` as {"on_success": target or None, "on_failure": target or
+    None}.  A plain name or target object applies only when the run so far passed: a
+    notification that runs `when: always` must not close the issue of a failed run."""
+    if value is None:
+        return {"on_success": None, "on_failure": None}
+    if isinstance(value, dict) and ({"on_success", "on_failure"} & set(value)):
+        extra = [k for k in value if k not in ("on_success", "on_failure")]
+        if extra:
+            raise ValueError(f"with on_success/on_failure, key {extra[0]!r} belongs inside one of them")
+        return {outcome: (None if value.get(outcome) is None else
+                          _parse_transition_target(value[outcome], f"{outcome}: "))
+                for outcome in ("on_success", "on_failure")}
+    return {"on_success": _parse_transition_target(value, ""), "on_failure": None}
+
+
+def describe_jira_target(target: dict[str, Any]) -> str:
+    if "name" in target:
+        return f"the transition named {target['name']!r}"
+    prefer = f", preferring {target['prefer']!r}" if target.get("prefer") else ""
+    return f"a transition to category {target['to_status_category']!r}{prefer}"
+
+
+def _category_matches(category: Any, wanted: str) -> bool:
+    category = category if isinstance(category, dict) else {}
+    return wanted.casefold() in (str(category.get("key", "")).casefold(), str(category.get("name", "")).casefold())
+
+
+def jira_status_is_target(status: dict[str, Any], target: dict[str, Any]) -> bool:
+    """Is an issue whose status is `status` (GET issue's fields.status) already where
+    `target` leads?  For a name: the status has that name (a transition name cannot be
+    compared before the transitions are known); for a category: the status is in it."""
+    if not isinstance(status, dict) or not status:
+        return False
+    if "name" in target:
+        return str(status.get("name", "")).casefold() == target["name"].casefold()
+    return _category_matches(status.get("statusCategory"), target["to_status_category"])
+
+
+def select_jira_transition(transitions: list[dict], target: dict[str, Any],
+                           issue: str) -> tuple[dict, list[dict]]:
+    """Pick from Jira's list of transitions: by transition name (case-insensitive; else
+    by target status name), or into a status category.  Several into the category: the
+    one `prefer` names, else one whose transition or target status name is the
+    category's own name ("Done", "In Progress", "To Do"), else the first in Jira's order.
+    Returns (chosen, the other transitions that matched).  ValueError lists what is
+    available; an empty list says the user may lack the permission."""
     def label(t: dict) -> str:
         to: dict = t.get("to") or {}
         category = (to.get("statusCategory") or {}).get("key")
-        target = f" → {to.get('name')}" if to.get("name") else ""
-        return f"{t.get('name')!r}{target}" + (f" [{category}]" if category else "")
+        goes = f" → {to.get('name')}" if to.get("name") else ""
+        return f"{t.get('name')!r}{goes}" + (f" [{category}]" if category else "")
 
-    if isinstance(wanted, str):
-        key = wanted.casefold()
+    def named(t: dict, name: str) -> bool:
+        return name.casefold() in (str(t.get("name") or "").casefold(),
+                                   str((t.get("to") or {}).get("name") or "").casefold())
+
+    if not transitions:
+        raise ValueError(f"Jira offers no transitions for {issue} — the user may lack the "
+                         "'Transition issues' permission in its project")
+    if "name" in target:
+        key = target["name"].casefold()
         for field_of in (lambda t: t.get("name"), lambda t: (t.get("to") or {}).get("name")):
             found = [t for t in transitions if str(field_of(t) or "").casefold() == key]
             if found:
-                return found[0]
-        asked = f"transition {wanted!r}"
+                return found[0], []
+        asked = f"transition {target['name']!r}"
     else:
-        category = str(wanted.get("to_status_category", "")).casefold()
-        for t in transitions:
-            cat = (t.get("to") or {}).get("statusCategory") or {}
-            if category in (str(cat.get("key", "")).casefold(), str(cat.get("name", "")).casefold()):
-                return t
-        asked = f"a transition to status category {wanted.get('to_status_category')!r}"
-    available = ", ".join(label(t) for t in transitions) or "none"
+        wanted = target["to_status_category"]
+        matches = [t for t in transitions if _category_matches((t.get("to") or {}).get("statusCategory"), wanted)]
+        if matches:
+            prefer = target.get("prefer")
+            if prefer:
+                pinned = [t for t in matches if named(t, prefer)]
+                if not pinned:
+                    raise ValueError(f"no transition into category {wanted!r} is named {prefer!r} (prefer) for "
+                                     f"{issue}; matching: {', '.join(label(t) for t in matches)}")
+                chosen = pinned[0]
+            else:
+                category = ((matches[0].get("to") or {}).get("statusCategory") or {})
+                own = str(category.get("name") or JIRA_CATEGORY_NAMES.get(str(category.get("key")), ""))
+                chosen = next((t for t in matches if own and named(t, own)), matches[0])
+            return chosen, [t for t in matches if t is not chosen]
+        asked = f"a transition to status category {wanted!r}"
+    available = ", ".join(label(t) for t in transitions)
     raise ValueError(f"{asked} is not available for {issue}; available: {available}")
+
+
+def _rate_limit_details(resp: HttpResponse) -> str:
+    shown = [f"{name}: {_shorten(resp.headers[name.lower()], 60)}"
+             for name in ("Retry-After", "RateLimit-Reason") if resp.headers.get(name.lower())]
+    return "".join(f"; {item}" for item in shown)
 
 
 def jira_error_message(resp: HttpResponse, *, action: str, issue: str, user: str | None,
@@ -2707,6 +2975,7 @@ def jira_error_message(resp: HttpResponse, *, action: str, issue: str, user: str
     detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
     is_json = detail != "empty body" and not detail.startswith("HTML page")
     tries = f" after {resp.attempts} attempts" if resp.attempts > 1 else ""
+    stopped = f"; {resp.stopped}" if resp.stopped else ""
     if status == 401:
         return f"authentication failed for {who} at {site} — check {token_source}"
     if status == 403:
@@ -2719,11 +2988,20 @@ def jira_error_message(resp: HttpResponse, *, action: str, issue: str, user: str
             return f"issue {issue} not found or not visible to {who} at {site}"
         return f"{resp.url} answered 404 ({detail}) — is jira_url the Jira site?"
     if status == 400:
+        if action.startswith("transition") and "required" in detail.lower():
+            return (f"Jira rejected the {action} on {issue} (400): {detail} — give the field in the "
+                    "transition's \"fields\", e.g. \"fields\": {\"resolution\": {\"name\": \"Fixed\"}}")
         return f"Jira rejected the {action} on {issue} (400): {detail}"
+    if status == 409:
+        return (f"Jira refused the {action} on {issue} (409 conflict: the issue was changed at the "
+                f"same time by someone else) — run the step again")
+    if status == 413:
+        return (f"Jira refused the {action} on {issue} (413): the issue has reached Jira's per-issue "
+                f"limit (of comments or attachments) — delete old ones or comment elsewhere ({detail})")
     if status == 429:
-        return f"rate limited by Jira at {site} (429){tries} — try again later"
+        return f"rate limited by Jira at {site} (429{_rate_limit_details(resp)}){tries}{stopped} — try again later"
     if status >= 500:
-        return f"Jira server error {status} at {site}{tries}: {detail}"
+        return f"Jira server error {status} at {site}{tries}{stopped}: {detail}"
     if 300 <= status < 400:
         where = resp.headers.get("location", "?")
         return (f"{resp.url} redirected ({status}) to {where} — put the final URL "
@@ -2743,16 +3021,22 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 @dataclass
 class JiraPlan:
-    """Everything a jira step will send, computed before any request."""
+    """Everything a jira step will send, computed before any request.  `issues` are the
+    ones the step names ("" entries are skipped); issues_from adds the keys found in the
+    run's branch and commits at run time."""
 
     api: JiraApi
-    issue: str
+    issues: list[str]
+    issues_from: list[str]
+    projects: list[str]
     user: str | None
     token: str
     comment_text: str
     comment_payload: dict[str, Any]
     truncated: bool
-    transition: str | dict | None
+    transition: dict[str, dict[str, Any] | None]
+    update: str | None
+    verify: bool | str
     connect_timeout: float
     read_timeout: float
 
@@ -2761,31 +3045,61 @@ class JiraPlan:
         auth = jira_auth_header(self.user, self.token).split(" ", 1)[1]
         return (self.token, auth, f"{self.user}:{self.token}" if self.user else "")
 
+    @property
+    def auth(self) -> _AuthorizationHeader:
+        return _AuthorizationHeader(jira_auth_header(self.user, self.token))
+
     def headers(self, *, with_body: bool) -> dict[str, str]:
-        headers = {"Authorization": jira_auth_header(self.user, self.token),
-                   "Accept": "application/json", "User-Agent": "orchestrate"}
+        headers = {"Accept": "application/json", "User-Agent": "orchestrate"}
         if with_body:
             headers["Content-Type"] = "application/json"
         return headers
 
-    def url(self, what: str) -> str:
+    def url(self, issue: str, what: str = "") -> str:
         from urllib.parse import quote
 
-        return f"{self.api.base}/issue/{quote(self.issue, safe='')}/{what}"
+        return f"{self.api.base}/issue/{quote(issue, safe='')}" + (f"/{what}" if what else "")
+
+
+class _JiraIssueWork:
+    """What the attempts of a jira step did for one issue (kept across the step's attempts
+    in ctx.runner_state, so a retry never posts a comment Jira already answered).  A plain
+    class: a dataclass costs its creation at every start of orchestrate."""
+
+    def __init__(self, issue: str, found: bool) -> None:
+        self.issue = issue
+        self.found = found  # found by issues_from rather than named by the step
+        self.comment_id: str | None = None
+        self.comment: str | None = None  # added, updated, uncertain (may have been posted), or None
+        self.uncertain_reason = ""
+        self.transition: str | None = None
+        self.moved: str | None = None  # moved, already, not moved (outcome), no such issue, or None
+        self.to_status: str | None = None
+        self.also_matched: list[str] = []
+
+    def record(self) -> dict[str, Any]:
+        return {"issue": self.issue, "comment_id": self.comment_id, "comment": self.comment,
+                "transition": self.transition, "moved": self.moved, "status": self.to_status,
+                "also_matched": self.also_matched}
 
 
 @register_runner
 class JiraRunner(Runner):
-    """Comment on a Jira issue and optionally transition it (Cloud or Server/DC)."""
+    """Comment on Jira issues and optionally transition them (Cloud or Server/DC)."""
 
     type_name = "jira"
     keys = {
         "jira_url": KeySpec((str,), required=True),
         "user": KeySpec((str,)),
         "token": KeySpec((str,), required=True),
-        "issue": KeySpec((str,), required=True),
+        "issue": KeySpec((str, list), item_type=str),
+        "issues_from": KeySpec((list,), item_type=str),
+        "projects": KeySpec((list,), item_type=str),
         "comment": KeySpec((str,), required=True),
+        "update": KeySpec((str,)),
+        "visibility": KeySpec((dict,)),
         "transition": KeySpec((str, dict)),
+        "ca_bundle": KeySpec((str,)),
         "connect_timeout": KeySpec((int, float)),
         "read_timeout": KeySpec((int, float)),
     }
@@ -2804,28 +3118,55 @@ class JiraRunner(Runner):
             jira_api(config["jira_url"])
         except ValueError as exc:
             raise bad("jira_url", str(exc)) from None
-        try:
-            check_jira_issue_key(config["issue"])
-        except ValueError as exc:
-            raise bad("issue", str(exc)) from None
+        if "issue" not in config and "issues_from" not in config:
+            raise DefinitionError(f"{shown}: {step.label}: missing required key 'issue' (an issue key, a list "
+                                  "of them, or \"issues_from\": [\"branch\", \"commits\"])")
+        issues = config.get("issue", [])
+        for index, issue in enumerate([issues] if isinstance(issues, str) else issues):
+            if issue:  # empty ("${JIRA_ISSUE:-}" unset): the step is skipped at run time
+                try:
+                    check_jira_issue_key(issue)
+                except ValueError as exc:
+                    raise bad("issue" if isinstance(issues, str) else f"issue[{index}]", str(exc)) from None
+        sources = config.get("issues_from")
+        if sources is not None:
+            if not sources:
+                raise bad("issues_from", 'is empty; give ["branch"], ["commits"] or both')
+            for source in sources:
+                if source not in JIRA_ISSUES_FROM:
+                    raise bad("issues_from", f"{source!r} is not a source of issue keys (branch, commits)"
+                              + did_you_mean(source, JIRA_ISSUES_FROM))
+        for project in config.get("projects", []):
+            if not re.fullmatch(_JIRA_PROJECT, project):
+                raise bad("projects", f"{project!r} is not a Jira project key (e.g. PROJ)")
+        if "projects" in config and sources is None:
+            raise bad("projects", "restricts the keys issues_from finds; add \"issues_from\"")
         if not config["comment"].strip():
             raise bad("comment", "is empty (Jira rejects an empty comment)")
         try:
             jira_template_fields(config["comment"])
         except ValueError as exc:
             raise bad("comment", str(exc)) from None
-        transition = config.get("transition")
-        if isinstance(transition, str) and not transition.strip():
-            raise bad("transition", "is empty (give a transition name such as 'Done')")
-        if isinstance(transition, dict):
-            unknown = [k for k in transition if k != "to_status_category"]
+        if config.get("update") not in (None, "run"):
+            raise bad("update", f"{config['update']!r}: the one value is \"run\" (one comment per issue "
+                      "and run, edited by later steps)")
+        visibility = config.get("visibility")
+        if visibility is not None:
+            unknown = [k for k in visibility if k not in ("type", "value", "identifier")]
             if unknown:
-                raise bad("transition", f"unknown key {unknown[0]!r}"
-                          + did_you_mean(unknown[0], ["to_status_category"]))
-            category = transition.get("to_status_category")
-            if not isinstance(category, str) or not category.strip():
-                raise bad("transition", 'expected {"to_status_category": "done"} '
-                          "(a status category key or name: new, indeterminate, done)")
+                raise bad("visibility", f"unknown key {unknown[0]!r}"
+                          + did_you_mean(unknown[0], ["type", "value", "identifier"]))
+            named = [visibility.get(k) for k in ("value", "identifier")]
+            if visibility.get("type") not in ("role", "group") or not any(
+                    isinstance(n, str) and n.strip() for n in named):
+                raise bad("visibility", 'expected {"type": "role", "value": "Developers"} '
+                          '(type role or group; value the role or group name)')
+        try:
+            parse_jira_transition(config.get("transition"))
+        except ValueError as exc:
+            raise bad("transition", str(exc)) from None
+        if "ca_bundle" in config and not config["ca_bundle"].strip():
+            raise bad("ca_bundle", "is empty; give the CA certificate file (PEM), or leave the key out")
         for key in ("connect_timeout", "read_timeout"):
             value = config.get(key)
             if value is not None and (isinstance(value, bool) or value <= 0):
@@ -2835,18 +3176,26 @@ class JiraRunner(Runner):
         """Resolve the step into the requests it makes (pure apart from ctx)."""
         config = ctx.step.config
         api = jira_api(config["jira_url"])
-        issue = check_jira_issue_key(config["issue"])
+        issues = config.get("issue", [])
+        issues = [check_jira_issue_key(i) for i in ([issues] if isinstance(issues, str) else issues) if i]
         values = jira_template_values(ctx.workflow.name, ctx.run_id, ctx.previous, ctx.trigger)
+        if api.version != 3:  # wiki markup: what orchestrate fills in shows as written
+            values = {k: (v if k == "ci_url" else jira_wiki_escape(v)) for k, v in values.items()}
         token = config["token"]
         user = config.get("user") or None
         secrets = (token, jira_auth_header(user, token).split(" ", 1)[1])
-        text = _scrub(ctx.masker.mask(render_jira_comment(config["comment"], values)), secrets)
-        payload, truncated = jira_comment_payload(text, api.version)
+        text = _scrub(ctx.masker.mask(jira_unicode_text(render_jira_comment(config["comment"], values))), secrets)
+        payload, truncated = jira_comment_payload(text, api.version, visibility=config.get("visibility"))
+        bundle = config.get("ca_bundle")
         # the step's own `timeout` bounds each wait too (the engine only times processes)
         cap = ctx.step.timeout or float("inf")
-        return JiraPlan(api=api, issue=issue, user=user, token=token, comment_text=text,
-                        comment_payload=payload, truncated=truncated,
-                        transition=config.get("transition"),
+        return JiraPlan(api=api, issues=list(dict.fromkeys(issues)),
+                        issues_from=list(config.get("issues_from", [])),
+                        projects=list(config.get("projects", [])), user=user, token=token,
+                        comment_text=text, comment_payload=payload, truncated=truncated,
+                        transition=parse_jira_transition(config.get("transition")),
+                        update=config.get("update"),
+                        verify=str(ctx.root / bundle) if bundle else True,
                         connect_timeout=min(cap, float(config.get("connect_timeout") or HTTP_CONNECT_TIMEOUT_S)),
                         read_timeout=min(cap, float(config.get("read_timeout") or HTTP_READ_TIMEOUT_S)))
 
@@ -2857,6 +3206,9 @@ class JiraRunner(Runner):
         if not ctx.step.config["token"]:
             warnings.append(f"key 'token' is empty; set {_token_source(_jira_raw_value(ctx, 'token'))} "
                             "before the step runs")
+        bundle = ctx.step.config.get("ca_bundle")
+        if bundle and not (ctx.root / bundle).is_file():
+            warnings.append(f"ca_bundle {bundle} does not exist")
         try:
             api = jira_api(ctx.step.config["jira_url"])
         except ValueError:
@@ -2875,21 +3227,65 @@ class JiraRunner(Runner):
         def say(text: str) -> str:
             return _scrub(ctx.masker.mask(text), plan.secrets)
 
-        lines = [f"POST {plan.url('comment')}", f"  {auth}",
-                 f"  body: {json.dumps(plan.comment_payload, ensure_ascii=False)}"]
+        lines = []
+        if plan.issues_from:
+            found = " and ".join({"branch": "the branch name", "commits": "the commit messages"}[s]
+                                 for s in plan.issues_from)
+            only = f" (projects: {', '.join(plan.projects)})" if plan.projects else ""
+            lines.append(f"issues: {', '.join(plan.issues + ['keys found in ' + found + only])}, "
+                         "each commented once")
+        elif len(plan.issues) != 1:
+            lines.append(f"issues: {', '.join(plan.issues) or 'none (the step will be skipped)'}")
+        issue = plan.issues[0] if plan.issues and not plan.issues_from else "<issue>"
+        if plan.update == "run":
+            lines.append("update: run — PUT to this run's comment when an earlier step of the run posted one")
+        lines += [f"POST {plan.url(issue, 'comment')}", f"  {auth}",
+                  f"  body: {json.dumps(plan.comment_payload, ensure_ascii=False)}"]
         if plan.truncated:
             lines.append(f"  (comment truncated to Jira's {JIRA_COMMENT_LIMIT} characters)")
-        if plan.transition is not None:
-            if isinstance(plan.transition, str):
-                chosen = f"the transition named {plan.transition!r}"
-            else:
-                chosen = f"a transition to category {plan.transition['to_status_category']!r}"
-            lines += [f"GET {plan.url('transitions')}", f"  {auth}",
-                      f"POST {plan.url('transitions')}", f"  {auth}",
-                      f'  body: {{"transition": {{"id": <id of {chosen}, looked up at run time>}}}}']
-        return [say(line) for line in lines]
+        on_success, on_failure = plan.transition["on_success"], plan.transition["on_failure"]
+        if on_success or on_failure:
+            lines.append("transition: " + "; ".join(
+                f"{label}: {describe_jira_target(target) if target else 'none'}"
+                for label, target in (("if the run so far passed", on_success),
+                                      ("if it failed", on_failure))))
+            body: dict[str, Any] = {"transition": {"id": "<looked up at run time>"}}
+            fields = [t.get("fields") for t in (on_success, on_failure) if t and t.get("fields")]
+            if fields:
+                body["fields"] = fields[0]
+            lines += [f"GET {plan.url(issue)}?fields=status&expand=transitions", f"  {auth}",
+                      f"POST {plan.url(issue, 'transitions')}", f"  {auth}",
+                      f"  body: {json.dumps(body, ensure_ascii=False)}"]
+        return [say(line.replace("%3Cissue%3E", "<issue>")) for line in lines]
 
     # -- run time -------------------------------------------------------------------
+
+    def resolve_issues(self, ctx: StepContext, plan: JiraPlan) -> tuple[list[tuple[str, bool]], str]:
+        """(issue, found by issues_from) for each issue to comment on, each once, and why
+        there are none when the list is empty."""
+        issues = [(i, False) for i in plan.issues]
+        if not plan.issues_from:
+            raw = _jira_raw_value(ctx, "issue")
+            variable = _token_source(raw) if isinstance(raw, str) else ""
+            why = (f"no Jira issue: key 'issue' is empty ({variable} is not set)"
+                   if variable and variable != "the step's token" else "no Jira issue: key 'issue' is empty")
+            return issues, why
+        state = ctx.options.git if isinstance(ctx.options.git, GitState) else None
+        texts: list[str] = []
+        looked: list[str] = []
+        if "branch" in plan.issues_from:
+            branches = run_branch_names(state, ctx.trigger)
+            texts += branches
+            looked.append("branch " + ", ".join(repr(jira_unicode_text(b)) for b in branches)
+                          if branches else "no branch (detached HEAD)")
+        if "commits" in plan.issues_from:
+            messages, what = run_commit_messages(ctx.root, state)
+            texts += messages
+            looked.append(f"{what} ({len(messages)})" if messages or what.startswith("the ") else what)
+        named = {i for i, _ in issues}
+        issues += [(key, True) for key in find_jira_issue_keys(texts, plan.projects) if key not in named]
+        only = f" of project {', '.join(plan.projects)}" if plan.projects else ""
+        return issues, f"no Jira issue key{only} in {' or '.join(looked)}"
 
     def execute(self, ctx: StepContext) -> StepResult:
         try:
@@ -2900,77 +3296,211 @@ class JiraRunner(Runner):
             return _scrub(ctx.masker.mask(text), plan.secrets)
 
         raw_token = _jira_raw_value(ctx, "token")
+        issues, why_none = self.resolve_issues(ctx, plan)
+        extra: dict[str, Any] = {"jira_issue": issues[0][0] if issues else None, "comment_id": None,
+                                 "transition": None, "jira_site": plan.api.site, "jira_update": plan.update,
+                                 "jira_issues": []}
+        if not issues:
+            return StepResult(status="skipped", message=say(why_none), extra=extra)
+        searched = [i for i, by_search in issues if by_search]
+        if len(searched) > JIRA_MAX_FOUND_ISSUES:
+            return StepResult(status="failed", extra=extra, message=say(
+                f"issues_from found {len(searched)} issue keys ({', '.join(searched[:5])}, …), more than "
+                f"{JIRA_MAX_FOUND_ISSUES}: nothing was sent; narrow them with \"projects\" or name the "
+                "issues in \"issue\""))
         if not plan.token:
             raise StepFailure(f"key 'token' is empty: set {_token_source(raw_token)} (for Jira Cloud "
                               "an API token, for Server/Data Center a personal access token)")
-        if token_is_literal(raw_token):
+        if isinstance(plan.verify, str) and not Path(plan.verify).is_file():
+            raise StepFailure(f"ca_bundle {ctx.step.config['ca_bundle']} does not exist (a PEM file of "
+                              "the CA certificates that signed Jira's certificate)")
+        if token_is_literal(raw_token) and not ctx.runner_state.get("warned"):
+            ctx.runner_state["warned"] = True
             ctx.emit(say(f"warning: {ctx.step.label}: the Jira token is written in "
                          f"{ctx.workflow.path.name}; use \"token\": \"${{JIRA_TOKEN}}\" "
                          "and keep it out of the repository"))
-        extra: dict[str, Any] = {"jira_issue": plan.issue, "comment_id": None, "transition": None}
-
-        def fail(message: str) -> StepResult:
-            return StepResult(status="failed", message=say(message), extra=extra)
-
-        def call(method: str, what: str, body: Any, action: str) -> HttpResponse | str:
-            def on_retry(attempt: int, reason: str, delay: float) -> None:
-                ctx.emit(say(f"jira: {method} {plan.url(what)}: {reason}; retrying in "
-                             f"{delay:g}s (attempt {attempt + 1} of {HTTP_ATTEMPTS})"))
-            if ctx.options.debug and ctx.debug_write is not None:
-                ctx.debug_write(say(f"+ {method} {plan.url(what)}"))
-            try:
-                resp = http_request(method, plan.url(what),
-                                    headers=plan.headers(with_body=body is not None),
-                                    json_body=body, connect_timeout=plan.connect_timeout,
-                                    read_timeout=plan.read_timeout, on_retry=on_retry,
-                                    sleep=lambda seconds: _http_sleep(seconds, ctx.guard))
-            except HttpTransportError as exc:
-                return f"cannot {action} on {plan.issue}: {exc}"
-            if not 200 <= resp.status < 300:
-                return jira_error_message(resp, action=action, issue=plan.issue,
-                                          user=plan.user, site=plan.api.site,
-                                          token_source=_token_source(raw_token))
-            return resp
-
         if plan.truncated:
             ctx.emit(f"jira: comment longer than {JIRA_COMMENT_LIMIT} characters, truncated")
-        resp = call("POST", "comment", plan.comment_payload, "comment")
-        if isinstance(resp, str):
-            return fail(resp)
-        try:
-            extra["comment_id"] = str(resp.json()["id"])
-        except (ValueError, KeyError, TypeError):
-            # A 2xx without Jira's JSON is a login page or proxy, not Jira.
-            detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
-            return fail(f"{resp.url} answered {resp.status} without a Jira comment "
-                        f"({detail}) — is jira_url the Jira REST API?")
-        ctx.emit(say(f"jira: commented on {plan.issue} (comment {extra['comment_id']})"))
-        message = f"commented on {plan.issue}"
+        if len(issues) > 1 or any(found for _, found in issues):
+            ctx.emit(say(f"jira: issues: {', '.join(i for i, _ in issues)}"))
+        # the step's timeout is a deadline for the whole attempt: every wait and request fits in it
+        deadline = time.monotonic() + ctx.step.timeout if ctx.step.timeout else None
+        passed = _run_status_so_far(ctx.previous) == "passed"
+        works: dict[str, _JiraIssueWork] = ctx.runner_state.setdefault("issues", {})
+        messages: list[str] = []
+        failed = False
+        for issue, found in issues:
+            work = works.setdefault(issue, _JiraIssueWork(issue, found))
+            ok, message = self._issue(ctx, plan, work, passed, deadline, raw_token)
+            failed = failed or not ok
+            if message:
+                messages.append(message)
+        records = [works[i].record() for i, _ in issues]
+        extra["jira_issues"] = records
+        extra.update(comment_id=records[0]["comment_id"], transition=records[0]["transition"])
+        return StepResult(status="failed" if failed else "passed", message=say("; ".join(messages)), extra=extra)
 
-        if plan.transition is not None:
-            listing = call("GET", "transitions", None, "read transitions")
-            if isinstance(listing, str):
-                return fail(f"{message}, but {listing}")
+    def _earlier_comment(self, ctx: StepContext, plan: JiraPlan, issue: str) -> str | None:
+        """The id of the comment an earlier `"update": "run"` step of this run posted on
+        `issue` at the same site (their run-record entries carry it)."""
+        for entry in reversed(ctx.previous):
+            if entry.get("type") != "jira" or entry.get("jira_update") != "run" or entry.get(
+                    "jira_site") != plan.api.site:
+                continue
+            for item in entry.get("jira_issues") or []:
+                if isinstance(item, dict) and item.get("issue") == issue and item.get("comment_id"):
+                    return str(item["comment_id"])
+        return None
+
+    def _issue(self, ctx: StepContext, plan: JiraPlan, work: _JiraIssueWork, passed: bool,
+               deadline: float | None, raw_token: Any) -> tuple[bool, str]:
+        """Comment on one issue (unless an earlier attempt did), then transition it.
+        Returns (ok, the issue's part of the step message)."""
+        issue = work.issue
+        def say(text: str) -> str:
+            return _scrub(ctx.masker.mask(text), plan.secrets)
+
+        def call(method: str, url: str, body: Any, action: str,
+                 retry_statuses: Callable[[int], bool] | None = None) -> HttpResponse | HttpTransportError:
+            def on_retry(attempt: int, reason: str, delay: float) -> None:
+                ctx.emit(say(f"jira: {method} {url}: {reason}; retrying in "
+                             f"{delay:g}s (attempt {attempt + 1} of {HTTP_ATTEMPTS})"))
+            if ctx.options.debug and ctx.debug_write is not None:
+                ctx.debug_write(say(f"+ {method} {url}"))
             try:
-                transitions = listing.json()["transitions"]
-                if not isinstance(transitions, list):
-                    raise TypeError
+                return http_request(method, url, headers=plan.headers(with_body=body is not None),
+                                    json_body=body, auth=plan.auth, verify=plan.verify,
+                                    connect_timeout=plan.connect_timeout, read_timeout=plan.read_timeout,
+                                    deadline=deadline, on_retry=on_retry,
+                                    retry_statuses=retry_statuses or (lambda s: s == 429 or s >= 500),
+                                    sleep=lambda seconds: _http_sleep(seconds, ctx.guard))
+            except HttpTransportError as exc:
+                return exc
+
+        def refused(resp: HttpResponse, action: str) -> str:
+            return jira_error_message(resp, action=action, issue=issue, user=plan.user, site=plan.api.site,
+                                      token_source=_token_source(raw_token))
+
+        # -- the comment: at most once per issue, whatever the step's retries --------
+        if work.comment in ("added", "updated"):
+            ctx.emit(say(f"jira: {issue}: comment {work.comment_id} was {work.comment} by an earlier "
+                         "attempt; not sent again"))
+            done = f"commented on {issue}"
+        elif work.comment == "uncertain":
+            ctx.emit(say(f"jira: {issue}: an earlier attempt's comment may have been posted "
+                         f"({work.uncertain_reason}); not sent again"))
+            done = f"the comment on {issue} may have been posted ({work.uncertain_reason}; not sent again)"
+        else:
+            earlier = self._earlier_comment(ctx, plan, issue) if plan.update == "run" else None
+            resp: HttpResponse | HttpTransportError | None = None
+            if earlier is not None:
+                # PUT is idempotent: its retries (429, 5xx, a lost answer) cannot duplicate it
+                resp = call("PUT", plan.url(issue, f"comment/{earlier}"), plan.comment_payload, "comment edit")
+                if isinstance(resp, HttpResponse) and resp.status == 404 and "comment" in resp.text.lower():
+                    ctx.emit(say(f"jira: {issue}: comment {earlier} is gone; posting a new one"))
+                    resp = None
+            if resp is None:
+                # Jira processed nothing only after a refused connection, 429 or 503; a 500,
+                # 502 or 504 may come after the comment was stored, so it is not sent again
+                resp = call("POST", plan.url(issue, "comment"), plan.comment_payload, "comment",
+                            retry_statuses=lambda status: status in (429, 503))
+                action = "added"
+            else:
+                action = "updated"
+            check = f"; check {issue} before running again"
+            if isinstance(resp, HttpTransportError):
+                if resp.maybe_applied and action == "added":
+                    work.comment, work.uncertain_reason = "uncertain", resp.kind.replace("_", " ")
+                    detail = str(resp).replace(" (not retried: the request may already have been applied)", "")
+                    message = say(f"cannot comment on {issue}: {detail}; not retried: the comment may "
+                                  f"have been posted{check}")
+                    ctx.emit(f"jira: {message}")
+                    return False, message
+                return False, say(f"cannot comment on {issue}: {resp}")
+            if not 200 <= resp.status < 300:
+                if (resp.status == 404 and work.found and action == "added"
+                        and "json" in resp.headers.get("content-type", "")):  # Jira's own "no such issue"
+                    ctx.emit(say(f"jira: {issue}: no such issue (found in the branch or a commit "
+                                 "message); ignored"))
+                    work.moved = "no such issue"
+                    return True, f"{issue}: no such issue, ignored"
+                message = refused(resp, "comment" if action == "added" else "comment edit")
+                if action == "added" and resp.status >= 500 and resp.status != 503:
+                    work.comment, work.uncertain_reason = "uncertain", f"Jira answered {resp.status}"
+                    message = say(f"{message} — not retried: the comment may have been posted{check}")
+                    ctx.emit(f"jira: {message}")  # a later attempt's message refers to it
+                    return False, message
+                return False, say(message)
+            try:
+                work.comment_id = str(resp.json()["id"])
             except (ValueError, KeyError, TypeError):
-                detail = summarize_http_body(listing.text, listing.headers.get("content-type", ""))
-                return fail(f"{message}, but GET transitions answered without a list ({detail})")
-            try:
-                chosen = select_jira_transition(transitions, plan.transition, plan.issue)
-            except ValueError as exc:
-                return fail(f"{message}, but {exc}")
-            done = call("POST", "transitions", {"transition": {"id": str(chosen.get("id"))}},
-                        "transition")
-            if isinstance(done, str):
-                return fail(f"{message}, but {done}")
-            target = (chosen.get("to") or {}).get("name")
-            extra["transition"] = chosen.get("name")
-            message += f", moved by {chosen.get('name')!r}" + (f" to {target!r}" if target else "")
-            ctx.emit(say(f"jira: {message}"))
-        return StepResult(status="passed", message=say(message), extra=extra)
+                # A 2xx without Jira's JSON is a login page or proxy, not Jira.
+                detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
+                return False, say(f"{resp.url} answered {resp.status} without a Jira comment "
+                                  f"({detail}) — is jira_url the Jira REST API?")
+            work.comment = action
+            verb = "commented on" if action == "added" else f"updated comment {work.comment_id} on"
+            ctx.emit(say(f"jira: {verb} {issue} (comment {work.comment_id})" if action == "added"
+                         else f"jira: {verb} {issue}"))
+            done = f"{verb} {issue}"
+        ok = work.comment != "uncertain"
+
+        # -- the transition: only for the outcome it is meant for ---------------------
+        target = plan.transition["on_success" if passed else "on_failure"]
+        if target is None:
+            if plan.transition["on_failure" if passed else "on_success"] is not None:
+                work.moved = "not moved"
+                return ok, f"{done}, not moved (the run so far {'passed' if passed else 'failed'})"
+            return ok, done
+        if work.moved == "already":
+            return ok, f"{done}, already in {work.to_status}"
+        if work.moved == "moved":  # by an earlier attempt
+            return ok, f"{done}, moved by {work.transition!r}" + (f" to {work.to_status!r}" if work.to_status else "")
+        looked = call("GET", plan.url(issue) + "?fields=status&expand=transitions", None, "read transitions")
+        if isinstance(looked, HttpTransportError):
+            return False, say(f"{done}, but cannot read the transitions of {issue}: {looked}")
+        if not 200 <= looked.status < 300:
+            return False, say(f"{done}, but {refused(looked, 'read transitions')}")
+        try:
+            data = looked.json()
+            transitions = data["transitions"]
+            status = (data.get("fields") or {}).get("status") or {}
+            if not isinstance(transitions, list) or not isinstance(status, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            detail = summarize_http_body(looked.text, looked.headers.get("content-type", ""))
+            return False, say(f"{done}, but GET {issue} answered without its transitions ({detail})")
+        if jira_status_is_target(status, target):
+            work.moved, work.to_status = "already", str(status.get("name"))
+            ctx.emit(say(f"jira: {issue} is already in {work.to_status}; not transitioned"))
+            return ok, f"{done}, already in {work.to_status}"
+        try:
+            chosen, others = select_jira_transition(transitions, target, issue)
+        except ValueError as exc:
+            return False, say(f"{done}, but {exc}")
+        goes_to = (chosen.get("to") or {})
+        if status.get("id") is not None and goes_to.get("id") == status.get("id"):
+            work.moved, work.to_status = "already", str(status.get("name"))
+            return ok, f"{done}, already in {work.to_status}"
+        body: dict[str, Any] = {"transition": {"id": str(chosen.get("id"))}}
+        if target.get("fields"):
+            body["fields"] = target["fields"]
+        action = f"transition {chosen.get('name')!r}"
+        # like a comment: sent again only where Jira cannot have applied it
+        moved = call("POST", plan.url(issue, "transitions"), body, action,
+                     retry_statuses=lambda status: status in (429, 503))
+        if isinstance(moved, HttpTransportError):
+            return False, say(f"{done}, but cannot transition {issue}: {moved}")
+        if not 200 <= moved.status < 300:
+            return False, say(f"{done}, but {refused(moved, action)}")
+        work.transition, work.moved = str(chosen.get("name")), "moved"
+        work.to_status = str(goes_to.get("name")) if goes_to.get("name") else None
+        work.also_matched = [str(t.get("name")) for t in others]
+        message = f"{done}, moved by {chosen.get('name')!r}" + (f" to {work.to_status!r}" if work.to_status else "")
+        if others:
+            message += f" (also matched: {', '.join(repr(n) for n in work.also_matched)})"
+        ctx.emit(say(f"jira: {message}"))
+        return ok, message
 
 
 def _jira_raw_value(ctx: StepContext, key: str) -> Any:
@@ -5734,6 +6264,55 @@ class GitState:
     push: PushInfo | None = None
     changes: ChangeSet | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # ORCHESTRATE_SKIP: step -> reason
+
+
+def run_branch_names(state: GitState | None, trigger: Mapping[str, Any]) -> list[str]:
+    """The branch names this run is about, each once: the pushed branches (remote and
+    local names), the CI system's branch, the checkout's branch."""
+    names: list[Any] = []
+    if state is not None:
+        if state.push is not None:
+            for ref in state.push.updates:
+                names.append(ref.branch)
+                names.append(ref.local_ref.removeprefix("refs/heads/") if ref.local_ref.startswith("refs/heads/")
+                             else None)
+        names += [(state.ci or {}).get("branch"), state.git.get("branch")]
+    names.append(trigger.get("branch"))
+    return list(dict.fromkeys(str(n) for n in names if n))
+
+
+RUN_COMMIT_MESSAGES_LIMIT = 1000  # per pushed ref: a new long-lived branch can carry thousands
+
+
+def run_commit_messages(root: Path, state: GitState | None) -> tuple[list[str], str]:
+    """The messages of the commits this run checks, newest first, and what they are: the
+    pushed commits (each pushed ref's new commits), else the compared range (--from-ref,
+    pre-commit's refs, the CI base), else none and why."""
+    ranges: list[list[str]] = []
+    if state is not None and state.push is not None:
+        for ref in state.push.updates:
+            from_oid, to_oid = push_range(root, ref)
+            if from_oid != to_oid:
+                ranges.append([to_oid, f"^{from_oid}"] if from_oid else [to_oid, "--not", "--remotes"])
+        what = "the pushed commits"
+    elif state is not None and state.changes is not None and state.changes.from_ref and state.changes.to_ref:
+        ranges.append([state.changes.to_ref, f"^{state.changes.from_ref}"])
+        what = f"the commits {state.changes.from_ref}..{state.changes.to_ref}"
+    elif state is not None and (state.ci or {}).get("base"):
+        base = str((state.ci or {})["base"])
+        ranges.append(["HEAD", f"^{base}"])
+        what = f"the commits {base}..HEAD"
+    else:
+        return [], "no commits to read (not a push, no --from-ref)"
+    messages: list[str] = []
+    for revisions in ranges:
+        try:
+            out = run_git(["log", f"--max-count={RUN_COMMIT_MESSAGES_LIMIT}", "--format=%B%x00",
+                           *revisions, "--"], root, check=False)
+        except GitError:
+            out = ""
+        messages += [m.strip() for m in out.split("\0") if m.strip()]
+    return messages, what
 
 
 def _read_hook_stdin() -> str:
