@@ -20,6 +20,7 @@ Map of this module (``grep -n '^# ===' orchestrate.py``):
 
 from __future__ import annotations
 
+import _thread  # locks without importing threading (a run in one thread never needs it)
 import builtins  # RunStore.list shadows the built-in inside the class
 import functools
 import hashlib
@@ -31,7 +32,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:  # imported for real only when the CLI app is built (see build_app)
@@ -71,7 +72,10 @@ EXIT_INTERNAL = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
-SCHEMA_VERSION = 1  # v1: first version of runs/<run_id>.json
+# runs/<run_id>.json: v1 first version; v2 adds "running" (the steps running now, in start
+# order; "current" is the first of them) and options.jobs. Older records are migrated on read
+# (migrate_record), newer ones refused.
+SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("pending", "running", "failed", "completed")
 STEP_STATUSES = ("pending", "running", "passed", "failed", "skipped")
@@ -84,6 +88,7 @@ READ_CHUNK = 1024 * 1024  # large binary reads: line-by-line reading is several 
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this many seconds (as docker stop and systemd do)
 SNAPSHOT_INTERVAL_S = 0.5  # between full rewrites of a running record; the journal covers the gap
 DEFAULT_KEEP_RUNS = 300
+MAX_JOBS = 256  # steps at once: far beyond what one machine runs usefully
 # Modes given explicitly wherever orchestrate creates something under runs/: with the
 # umask 000 some CI images and containers run with, open()'s 0o666 and mkdir's 0o777
 # would make run records, logs and folders world-writable (anyone could forge a result).
@@ -129,57 +134,88 @@ def _frozen_setattr(self: Any, name: str, value: Any) -> None:
     raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name!r}")
 
 
-if TYPE_CHECKING:  # type checkers know the standard decorator; ours is a subset of it
-    from dataclasses import dataclass, field
-else:
+class _DataclassFields:
+    """`__dataclass_fields__` of a record class, built on first use: dataclasses.fields(),
+    asdict() and replace() work on these classes as on real dataclasses, for code that imports
+    dataclasses anyway (type checkers see the classes as dataclasses: both must agree)."""
 
-    def field(*, default_factory: Callable[[], Any]) -> Any:
-        """A field whose default is made anew for each instance (as dataclasses.field)."""
-        return _Factory(default_factory)
+    def __get__(self, obj: Any, cls: Any) -> dict[str, Any]:
+        import dataclasses
 
-    def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
-        """The subset of @dataclasses.dataclass described above."""
-
-        def wrap(cls: Any) -> Any:
-            names = [n for n, a in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063  (inspect is what this avoids importing)
-                     if not str(a).startswith(("ClassVar", "typing.ClassVar"))]
-            defaults: dict[str, Any] = {}
-            params, lines = [], []
-            assign = "__setattr(self, {0!r}, {1})" if frozen else "self.{0} = {1}"
-            for name in names:
-                if name in cls.__dict__:
-                    default = cls.__dict__[name]
-                    defaults[name] = default
-                    if isinstance(default, _Factory):
-                        delattr(cls, name)
-                        params.append(f"{name}=__missing")
-                        value = f"__defaults[{name!r}].factory() if {name} is __missing else {name}"
-                    else:
-                        params.append(f"{name}=__defaults[{name!r}]")
-                        value = name
-                else:
-                    params.append(name)
-                    value = name
-                lines.append("    " + assign.format(name, value))
-            source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
-            namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
-                                         "__setattr": object.__setattr__}
-            exec(source, namespace)  # generated from the class's own field names
-            init = namespace["__init__"]
-            init.__qualname__ = f"{cls.__qualname__}.__init__"
-            cls.__init__ = init
-            cls.__record_fields__ = tuple(names)
-            cls.__repr__ = _record_repr
-            cls.__eq__ = _record_eq
-            if frozen:
-                cls.__setattr__ = _frozen_setattr
-                cls.__hash__ = _record_hash
+        fields: dict[str, Any] = {}
+        for name in cls.__record_fields__:
+            default = cls.__record_defaults__.get(name, _MISSING)
+            if isinstance(default, _Factory):
+                spec = dataclasses.field(default_factory=default.factory)
+            elif default is _MISSING:
+                spec = dataclasses.field()
             else:
-                cls.__hash__ = None
-            return cls
+                spec = dataclasses.field(default=default)
+            spec.name = name
+            spec.type = cls.__annotations__.get(name, Any)
+            spec._field_type = dataclasses._FIELD  # type: ignore[attr-defined]  # what fields() keeps
+            fields[name] = spec
+        cls.__dataclass_fields__ = fields  # built once per class
+        return fields
 
-        return wrap if cls is None else wrap(cls)
 
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:
+    def dataclass_transform(**_: Any) -> Callable[[Any], Any]:
+        return lambda decorator: decorator
+
+
+def field(*, default_factory: Callable[[], Any]) -> Any:
+    """A field whose default is made anew for each instance (as dataclasses.field)."""
+    return _Factory(default_factory)
+
+
+@dataclass_transform(field_specifiers=(field,))
+def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
+    """The subset of @dataclasses.dataclass described above."""
+
+    def wrap(cls: Any) -> Any:
+        names = [n for n, a in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063  (inspect is what this avoids importing)
+                 if not str(a).startswith(("ClassVar", "typing.ClassVar"))]
+        defaults: dict[str, Any] = {}
+        params, lines = [], []
+        assign = "__setattr(self, {0!r}, {1})" if frozen else "self.{0} = {1}"
+        for name in names:
+            if name in cls.__dict__:
+                default = cls.__dict__[name]
+                defaults[name] = default
+                if isinstance(default, _Factory):
+                    delattr(cls, name)
+                    params.append(f"{name}=__missing")
+                    value = f"__defaults[{name!r}].factory() if {name} is __missing else {name}"
+                else:
+                    params.append(f"{name}=__defaults[{name!r}]")
+                    value = name
+            else:
+                params.append(name)
+                value = name
+            lines.append("    " + assign.format(name, value))
+        source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
+        namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
+                                     "__setattr": object.__setattr__}
+        exec(source, namespace)  # generated from the class's own field names
+        init = namespace["__init__"]
+        init.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = init
+        cls.__record_fields__ = tuple(names)
+        cls.__record_defaults__ = defaults
+        cls.__dataclass_fields__ = _DataclassFields()
+        cls.__repr__ = _record_repr
+        cls.__eq__ = _record_eq
+        if frozen:
+            cls.__setattr__ = _frozen_setattr
+            cls.__hash__ = _record_hash
+        else:
+            cls.__hash__ = None
+        return cls
+
+    return wrap if cls is None else wrap(cls)
 
 
 class OrchestrateError(Exception):
@@ -262,6 +298,7 @@ class Step:
     label: str = ""
     definition_sha256: str = ""
     source: dict[str, Any] = field(default_factory=dict)  # as written, before ${VAR}
+    needs: list[str] | None = None  # None: the step depends on the step above it
 
     @property
     def when_status(self) -> str:
@@ -289,6 +326,7 @@ class Settings:
 
     cypress_modules: dict[str, str] = field(default_factory=dict)
     keep_runs: int = DEFAULT_KEEP_RUNS
+    jobs: int | None = None  # steps at once; None: the number of CPUs
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -305,6 +343,7 @@ COMMON_KEYS: dict[str, KeySpec] = {
     "when": KeySpec((dict,)),
     "required": KeySpec((bool,)),
     "shard": KeySpec((str,)),
+    "needs": KeySpec((list,), item_type=str),
 }
 WORKFLOW_KEYS: dict[str, KeySpec] = {
     "name": KeySpec((str,)),
@@ -317,6 +356,7 @@ WHEN_KEYS = ("status", "changed", "branch")
 SETTINGS_KEYS: dict[str, KeySpec] = {
     "cypress_modules": KeySpec((dict,), item_type=str),
     "keep_runs": KeySpec((int,)),
+    "jobs": KeySpec((int,)),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "an object"}
@@ -592,7 +632,11 @@ def load_settings(root: Path) -> Settings:
     keep = data.get("keep_runs", DEFAULT_KEEP_RUNS)
     if keep < 1:
         raise DefinitionError(f"{shown}: key 'keep_runs' must be at least 1")
-    return Settings(cypress_modules=dict(data.get("cypress_modules", {})), keep_runs=keep, raw=data)
+    jobs = data.get("jobs")
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise DefinitionError(f"{shown}: key 'jobs' must be between 1 and {MAX_JOBS}")
+    return Settings(cypress_modules=dict(data.get("cypress_modules", {})), keep_runs=keep, jobs=jobs,
+                    raw=data)
 
 
 def list_workflows(workflows_dir: Path) -> list[tuple[str, Path]]:
@@ -751,9 +795,11 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
             continue_on_error=resolved.get("continue_on_error", False),
             env=dict(resolved.get("env", {})), cwd=resolved.get("cwd"),
             when=dict(resolved.get("when", {})), required=resolved.get("required", False),
-            shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"', source=raw_step)
+            shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"', source=raw_step,
+            needs=list(raw_step["needs"]) if "needs" in raw_step else None)
         runner.check_definition(step, path, settings)
         steps.append(step)
+    check_step_needs(steps, shown)
     secrets = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
     masker = Masker(secrets)
     for step in steps:
@@ -761,6 +807,66 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
     return Workflow(name=name, path=path, description=data.get("description", ""), env=env,
                     steps=steps, secrets=secrets, sha256=sha256, display_path=shown,
                     warnings=warnings)
+
+
+def check_step_needs(steps: Sequence[Step], shown: str) -> None:
+    """`needs` names steps of the same workflow, never the step itself, and forms no cycle."""
+    names = {step.name: step for step in steps}
+    for step in steps:
+        for i, need in enumerate(step.needs or ()):
+            where = f"{shown}: {step.label}: key 'needs[{i}]'"
+            if need == step.name:
+                raise DefinitionError(f"{where}: a step cannot need itself")
+            if need not in names:
+                raise DefinitionError(f"{where}: no step named {need!r} in this workflow"
+                                      f"{did_you_mean(need, names)}")
+            if need in (step.needs or [])[:i]:
+                raise DefinitionError(f"{where}: {need!r} is listed twice")
+    cycle = _dependency_cycle(steps)
+    if cycle:
+        first = steps[cycle[0]]
+        raise DefinitionError(f"{shown}: {first.label}: key 'needs': the steps form a cycle: "
+                              + " → ".join(repr(steps[i].name) for i in cycle))
+
+
+def step_dependencies(steps: Sequence[Step]) -> list[tuple[int, ...]]:
+    """The steps each step waits for, by index: its `needs`; without `needs`, the step above it
+    (a workflow without `needs` is a chain, as before `needs` existed), or every step above it
+    for a `when.status` failure/always step (it judges them all)."""
+    index_of = {step.name: step.index for step in steps}
+    deps: list[tuple[int, ...]] = []
+    for i, step in enumerate(steps):
+        if step.needs is not None:
+            deps.append(tuple(index_of[name] for name in step.needs))
+        elif step.when_status != "success":
+            deps.append(tuple(range(i)))
+        else:
+            deps.append((i - 1,) if i else ())
+    return deps
+
+
+def _dependency_cycle(steps: Sequence[Step]) -> list[int] | None:
+    """A cycle in the step graph as the indices along it (first repeated at the end), or None."""
+    deps = step_dependencies(steps)
+    state = [0] * len(steps)  # 1: on the current path, 2: done
+    for start in range(len(steps)):
+        if state[start]:
+            continue
+        path = [start]
+        stack = [iter(deps[start])]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state[nxt] == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif not state[nxt]:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(deps[nxt]))
+    return None
 
 
 class Masker:
@@ -842,6 +948,45 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
+def _epoch_ms(value: Any) -> int | None:
+    """Milliseconds since the epoch of a record timestamp ("2026-11-27T15:40:00.123Z", as
+    utc_now writes them), without importing datetime at the end of every run."""
+    if not isinstance(value, str) or len(value) != 24 or value[10] != "T" or value[-1] != "Z":
+        return None
+    try:
+        year, month, day = int(value[0:4]), int(value[5:7]), int(value[8:10])
+        hour, minute, second, milli = int(value[11:13]), int(value[14:16]), int(value[17:19]), int(value[20:23])
+    except ValueError:
+        return None
+    # days from 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146097 + day_of_era - 719468
+    return ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + milli
+
+
+def step_offsets(record: Mapping[str, Any]) -> list[float | None] | None:
+    """Each step's start, in seconds after the run started, when some steps of the run
+    overlapped in time (ran in parallel); None when they ran one after another."""
+    spans = []
+    for entry in record.get("log") or ():
+        start, end = _epoch_ms(entry.get("started_at")), _epoch_ms(entry.get("finished_at"))
+        spans.append((start, end if end is not None else start))
+    timed = sorted((s, e) for s, e in spans if s is not None and e is not None)
+    latest_end = None
+    for start, end in timed:
+        if latest_end is not None and start < latest_end:
+            break
+        latest_end = end if latest_end is None else max(latest_end, end)
+    else:
+        return None
+    origin = _epoch_ms(record.get("started_at")) or timed[0][0]
+    return [None if s is None else max(0, s - origin) / 1000 for s, _ in spans]
+
+
 def new_run_id() -> str:
     """Sortable by start time (UTC, milliseconds) and unique across concurrent runs."""
     now = time.time()
@@ -891,7 +1036,8 @@ def process_alive(pid: int | None, start: str | None = None) -> bool:
 def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE) -> None:
     """Temporary file in the same folder, flush, fsync, os.replace: a reader or a crash never
     sees a torn file (the pipx and git approach)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # pid and thread in the name: steps finishing in parallel threads never share a temporary file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_thread.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(data)
@@ -921,11 +1067,75 @@ def _dump_record(record: dict[str, Any]) -> bytes:
     return json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
 
 
+class StepEntry(TypedDict, total=False):
+    """One step of a run record's "log" (what _pending_entry starts and the engine fills)."""
+
+    step: str
+    type: str
+    status: str  # pending | running | passed | failed | skipped
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    exit_code: int | None
+    attempts: int
+    message: str
+    output_tail: str
+    log_file: str
+    definition_sha256: str
+    allowed_failure: bool
+
+
+class RunRecord(TypedDict, total=False):
+    """runs/<run_id>.json (see SCHEMA_VERSION for its versions)."""
+
+    schema_version: int
+    run_id: str
+    workflow: str
+    status: str  # pending | running | failed | completed
+    current: str | None
+    running: list[str]
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    exit_code: int | None
+    message: str
+    pid: int | None
+    pid_start: str | None
+    host: str
+    trigger: dict[str, Any]
+    workflow_file: str
+    workflow_sha256: str
+    options: dict[str, Any]
+    log: list[StepEntry]
+    junit: str
+    interrupted: bool
+    journal_seq: int
+
+
+def migrate_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record of an older schema_version in today's shape (on read; files are not rewritten)."""
+    if record.get("schema_version") == 1:
+        current = record.get("current")
+        record["running"] = [current] if isinstance(current, str) and record.get("status") == "running" else []
+        record["schema_version"] = 2
+    return record
+
+
+def check_record(record: Mapping[str, Any]) -> None:
+    """Before every write: a record that readers would refuse is orchestrate's bug, never
+    something to put on disk."""
+    problem = _record_shape_problem(record)
+    if problem is None and record.get("schema_version") != SCHEMA_VERSION:
+        problem = f"schema_version {record.get('schema_version')!r} is not {SCHEMA_VERSION}"
+    if problem is not None:
+        raise AssertionError(f"run record {record.get('run_id')!r} is malformed: {problem}")
+
+
 _RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "workflow": (str,), "status": (str,), "current": (str, type(None)),
     "started_at": (str, type(None)), "finished_at": (str, type(None)),
     "duration_s": (int, float, type(None)), "exit_code": (int, type(None)), "message": (str, type(None)),
-    "pid": (int, type(None)), "trigger": (dict, type(None)), "log": (list,),
+    "pid": (int, type(None)), "trigger": (dict, type(None)), "log": (list,), "running": (list,),
 }
 _ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
     "step": (str,), "status": (str,), "message": (str, type(None)), "duration_s": (int, float, type(None)),
@@ -933,7 +1143,7 @@ _ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
-def _record_shape_problem(record: dict[str, Any]) -> str | None:
+def _record_shape_problem(record: Mapping[str, Any]) -> str | None:
     """The types every reader relies on; a record written by hand or damaged otherwise is
     reported as unreadable instead of crashing `runs` for every other record."""
     for key, types in _RECORD_FIELDS.items():
@@ -983,6 +1193,7 @@ class RunStore:
 
     def create(self, record: dict[str, Any]) -> None:
         """Write a new record; never replaces an existing one (os.link is exclusive)."""
+        check_record(record)
         self.ensure_dir()
         path = self.record_path(record["run_id"])
         tmp = path.with_name(f".{path.name}.{os.getpid()}.new.tmp")
@@ -999,6 +1210,7 @@ class RunStore:
 
     def write_snapshot(self, record: dict[str, Any]) -> int:
         """Replace the record atomically; returns its size in bytes."""
+        check_record(record)
         path = self.record_path(record["run_id"])
         data = _dump_record(record)
         try:
@@ -1032,6 +1244,7 @@ class RunStore:
             raise RecordUnreadable(
                 f"{path}: unreadable: schema_version {version!r} is newer than this orchestrate "
                 f"understands ({SCHEMA_VERSION}); upgrade orchestrate")
+        record = migrate_record(record)
         self._apply_journal(record)
         problem = _record_shape_problem(record)
         if problem:  # every reader (runs, status, logs, prune, junit) may rely on these types
@@ -1042,9 +1255,15 @@ class RunStore:
         if record.get("status") not in ("running", "pending") and not record.get("journal_seq"):
             return
         try:
-            lines = self.journal_path(record["run_id"]).read_bytes().splitlines()
-        except (OSError, UsageError):
-            return
+            journal = self.journal_path(record["run_id"])
+        except UsageError:
+            return  # a hand-made record with a strange id: it has no journal of ours
+        try:
+            lines = journal.read_bytes().splitlines()
+        except FileNotFoundError:
+            return  # no step has been recorded since the last snapshot
+        except OSError as exc:  # never show a stale record as if it were current
+            raise RecordUnreadable(f"{journal}: unreadable: {exc.strerror or exc}") from None
         seen = record.get("journal_seq", 0)
         for line in lines:
             try:
@@ -1059,7 +1278,7 @@ class RunStore:
             log = record.get("log")
             if isinstance(index, int) and isinstance(log, list) and 0 <= index < len(log) and "entry" in event:
                 log[index] = event["entry"]
-            for key in ("status", "current"):
+            for key in ("current", "running"):
                 if key in event:
                     record[key] = event[key]
             seen = event.get("seq", seen)
@@ -1154,14 +1373,19 @@ class RunRecorder:
     journal written since the last one is half its size: the bytes rewritten stay
     proportional to the bytes journaled, whatever N."""
 
-    def __init__(self, store: RunStore, record: dict[str, Any]) -> None:
+    def __init__(self, store: RunStore, record: dict[str, Any],
+                 snapshot_interval: float | None = None) -> None:
         self.store = store
         self.record = record
         self.seq = 0
         self.journal_fd: int | None = None
-        self.last_snapshot = 0.0
+        self.snapshot_interval = SNAPSHOT_INTERVAL_S if snapshot_interval is None else snapshot_interval
+        self.last_snapshot = time.monotonic()  # the record was just written whole
         self.snapshot_bytes = 0  # size of the last snapshot
         self.journal_bytes = 0  # journal written since the last snapshot
+        self.running: list[str] = []  # names of the steps running now, in start order
+        # steps finish in worker threads when they run in parallel: one writer at a time
+        self.lock = _thread.RLock()
 
     def snapshot(self) -> None:
         self.record["journal_seq"] = self.seq
@@ -1169,20 +1393,32 @@ class RunRecorder:
         self.journal_bytes = 0
         self.last_snapshot = time.monotonic()
 
-    def update_step(self, index: int, entry: dict[str, Any], current: str | None,
-                    durable: bool = True) -> None:
-        """durable=False for a step that starts: the line is written (so `status` shows it at
-        once) but not fsync'd. A crash loses at most that "running" mark, which the settled
-        record reports as interrupted anyway; a step's outcome is always fsync'd."""
+    def step_started(self, index: int, entry: dict[str, Any]) -> None:
+        """A step starts: it joins `running` (in start order; `current` is the first of them).
+        The line is written but not fsync'd: a crash loses at most that "running" mark, which
+        the settled record reports as interrupted anyway."""
+        with self.lock:
+            self.running.append(entry["step"])
+            self._update(index, entry, durable=False)
+
+    def step_finished(self, index: int, entry: dict[str, Any]) -> None:
+        """A step's outcome (passed, failed or skipped): always fsync'd."""
+        with self.lock:
+            if entry["step"] in self.running:
+                self.running.remove(entry["step"])
+            self._update(index, entry, durable=True)
+
+    def _update(self, index: int, entry: dict[str, Any], durable: bool) -> None:
         self.record["log"][index] = entry
-        self.record["current"] = current
-        if (time.monotonic() - self.last_snapshot >= SNAPSHOT_INTERVAL_S
+        self.record["running"] = list(self.running)
+        self.record["current"] = self.running[0] if self.running else None
+        self.seq += 1
+        if (time.monotonic() - self.last_snapshot >= self.snapshot_interval
                 and 2 * self.journal_bytes >= self.snapshot_bytes):
-            self.seq += 1
             self.snapshot()
             return
-        self.seq += 1
-        line = json.dumps({"seq": self.seq, "index": index, "entry": entry, "current": current},
+        line = json.dumps({"seq": self.seq, "index": index, "entry": entry,
+                           "current": self.record["current"], "running": self.record["running"]},
                           ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
         try:
             if self.journal_fd is None:
@@ -1198,6 +1434,10 @@ class RunRecorder:
                              f"{exc.strerror or exc}") from None
 
     def finish(self) -> None:
+        with self.lock:
+            self._finish()
+
+    def _finish(self) -> None:
         self.snapshot()
         if self.journal_fd is not None:
             os.close(self.journal_fd)
@@ -1323,6 +1563,10 @@ class SignalGuard:
             signal.signal(sig, handler)
         os.close(self.read_fd)
         os.close(self.write_fd)
+
+    def interrupt(self, signum: int) -> None:
+        """Stop the run as if `signum` had arrived (every step watching this guard ends)."""
+        self._handler(signum, None)
 
     def check(self) -> None:
         if self.signum is not None:
@@ -3917,6 +4161,8 @@ class RunOptions:
     push_remote: str | None = None
     push_url: str | None = None
     run_id: str | None = None
+    jobs: int | None = None  # steps at once; None: settings.jobs, else the number of CPUs
+    output: str | None = None  # live | grouped | prefixed; None: live unless steps can overlap
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
 
 
@@ -3972,16 +4218,84 @@ def select_steps(workflow: Workflow, options: RunOptions) -> dict[int, str]:
     return excluded
 
 
-def status_gate(step: Step, failed_so_far: list[str], keep_going: bool) -> str | None:
-    """Why a step does not run given earlier failures, or None (pure)."""
+class StepGraph:
+    """The dependencies of a workflow's steps (see step_dependencies), with every step's
+    ancestors (what it waits for, transitively) as a bitmask, and whether any two steps can run
+    at the same time. Pure: computed once per run from the validated steps."""
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.deps = step_dependencies(steps)
+        self.explicit = [step.needs is not None for step in steps]
+        self.ancestors = [0] * len(steps)
+        import itertools
+
+        for index in self._order():
+            mask = 0
+            for dep in self.deps[index]:
+                mask |= self.ancestors[dep] | (1 << dep)
+            self.ancestors[index] = mask
+        # a chain (every step after the one before it) never has two steps running at once
+        order = self._order()
+        self.parallel = any(not (self.ancestors[b] >> a) & 1 for a, b in itertools.pairwise(order))
+
+    def _order(self) -> list[int]:
+        """Indices in an order where every step comes after its dependencies (lowest first)."""
+        import heapq
+
+        waiting = [len(d) for d in self.deps]
+        users: list[list[int]] = [[] for _ in self.deps]
+        for index, deps in enumerate(self.deps):
+            for dep in deps:
+                users[dep].append(index)
+        ready = [i for i, n in enumerate(waiting) if n == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            index = heapq.heappop(ready)
+            order.append(index)
+            for user in users[index]:
+                waiting[user] -= 1
+                if not waiting[user]:
+                    heapq.heappush(ready, user)
+        return order
+
+    def is_ancestor(self, ancestor: int, index: int) -> bool:
+        return bool((self.ancestors[index] >> ancestor) & 1)
+
+    def ancestor_indices(self, index: int) -> list[int]:
+        mask = self.ancestors[index]
+        return [i for i in range(mask.bit_length()) if (mask >> i) & 1]
+
+
+# What a finished step means for the steps after it.
+PASSED, FAILED, ALLOWED, SKIPPED, BLOCKED = "passed", "failed", "allowed", "skipped", "blocked"
+
+
+def status_gate(step: Step, graph: StepGraph, outcomes: Sequence[str | None],
+                failed: Sequence[str], keep_going: bool, names: Sequence[str]) -> tuple[str | None, bool]:
+    """Why a step does not run given the outcomes so far, or None; and whether that skip
+    blocks the steps that need it (pure).
+
+    `when.status` is judged on the steps it depends on, transitively: `always` runs once they
+    have finished, `failure` only when one of them failed. A `success` step does not start once
+    any step has failed, unless --keep-going; then only a failure among the steps it `needs`
+    (or a need skipped because of one) keeps it from running: dependencies by position, without
+    `needs`, only order the steps."""
     when = step.when_status
+    index = step.index
     if when == "always":
-        return None
+        return None, False
     if when == "failure":
-        return None if failed_so_far else "runs only after a failure (when.status = failure)"
-    if failed_so_far and not keep_going:
-        return f"an earlier step failed ({', '.join(failed_so_far)})"
-    return None
+        if any(outcomes[i] == FAILED for i in graph.ancestor_indices(index)):
+            return None, False
+        return "runs only after a failure (when.status = failure)", False
+    if failed and not keep_going:
+        return f"an earlier step failed ({', '.join(failed)})", True
+    if graph.explicit[index]:
+        bad = [names[d] for d in graph.deps[index] if outcomes[d] in (FAILED, BLOCKED)]
+        if bad:
+            return f"a step it needs did not pass ({', '.join(bad)})", True
+    return None, False
 
 
 def _step_environment(workflow: Workflow, step: Step, root: Path, run_id: str,
@@ -4009,11 +4323,11 @@ def runner_for(step: Step) -> Runner:
 
 
 def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
-             options: RunOptions) -> list[dict[str, Any]]:
+             options: RunOptions, env_hooks: Iterable[EnvHook] = ()) -> list[dict[str, Any]]:
     """What a run would do, step by step, with warnings about what is missing on disk."""
     excluded = select_steps(workflow, options)
     masker = Masker(workflow.secrets)
-    base_env = _base_environment(options)
+    base_env = _base_environment(options, env_hooks)
     plan = []
     for step in workflow.steps:
         ctx = make_context(workflow, step, settings, root, store, "dry-run", options, masker, [],
@@ -4033,39 +4347,108 @@ def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore
     return plan
 
 
-def _base_environment(options: RunOptions) -> dict[str, str]:
+def _base_environment(options: RunOptions, env_hooks: Iterable[EnvHook] = ()) -> dict[str, str]:
+    """The environment every step starts from: orchestrate's own, --var values, then the hooks."""
     env = dict(os.environ)
     env.update(options.variables)
-    for hook in ENV_HOOKS:
+    for hook in env_hooks:
         hook(env, options)
     return env
 
 
+StepGate = Callable[[Step, RunOptions], "str | None"]
+EnvHook = Callable[[dict[str, str], RunOptions], None]
+
+
+class RunSink:
+    """Receives the events of one run. The engine calls a sink's methods one at a time (steps
+    that run in parallel threads take turns), so a sink needs no lock of its own; it keeps
+    whatever per-step state it needs keyed by the step's index."""
+
+    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
+        """Before any step."""
+
+    def step_started(self, step: Step, entry: dict[str, Any]) -> None:
+        """A step starts (its entry is `running`)."""
+
+    def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
+        """A step will not run; entry["message"] says why."""
+
+    def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
+        """A step ended (passed, failed or skipped by its runner); its log is complete."""
+
+    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
+        """After the last step, once the record and the JUnit report are written."""
+
+    def tick(self) -> None:
+        """Called now and then while steps run (live status lines)."""
+
+    def debug(self, text: str) -> None:
+        """With --debug: a command orchestrate is about to run."""
+
+
+@dataclass
+class RunWiring:
+    """Everything a run consults beyond its workflow, settings and options, built in one place
+    (the CLI's run_wiring): gates that may skip a step (ORCHESTRATE_SKIP, when.changed), hooks
+    that shape the environment every step starts from, and the sinks that show and report the
+    run (the console, the GitHub step summary)."""
+
+    gates: list[StepGate] = field(default_factory=list)
+    env_hooks: list[EnvHook] = field(default_factory=list)
+    sinks: list[RunSink] = field(default_factory=list)
+
+
+class _Sinks:
+    """The sinks of one run behind one lock: events from parallel steps never interleave."""
+
+    def __init__(self, sinks: Sequence[RunSink]) -> None:
+        self.sinks = list(sinks)
+        self.lock = _thread.RLock()
+
+    def emit(self, event: str, *args: Any) -> None:
+        with self.lock:
+            for sink in self.sinks:
+                getattr(sink, event)(*args)
+
+
+def default_jobs(settings: Settings) -> int:
+    return settings.jobs or os.cpu_count() or 1
+
+
 class Engine:
-    """Runs one workflow: steps in order in the foreground, recording every change."""
+    """Runs one workflow: a scheduler over the step graph. A step starts once every step it
+    depends on has finished, at most `jobs` at a time, in step order among those ready. Each
+    event (step started, skipped, finished; run started, finished) goes to the recorder and to
+    every sink. When only one step can run (a chain, or --jobs 1), it runs in this thread: the
+    sequential case is the same code, with no thread to pay for."""
 
     def __init__(self, workflow: Workflow, settings: Settings, root: Path, store: RunStore,
-                 options: RunOptions, console: Console) -> None:
+                 options: RunOptions, wiring: RunWiring | None = None) -> None:
         self.workflow = workflow
         self.settings = settings
         self.root = root
         self.store = store
         self.options = options
-        self.console = console
+        self.wiring = wiring or RunWiring()
+        self.sinks = _Sinks(self.wiring.sinks)
         self.masker = Masker(workflow.secrets)
         self.testcases: dict[int, list[TestCase]] = {}
+        self.graph = StepGraph(workflow.steps)
+        self.jobs = max(1, options.jobs or default_jobs(settings))
+        self.names = [step.name for step in workflow.steps]
 
     def _new_record(self, run_id: str, trigger: dict[str, Any]) -> dict[str, Any]:
         total = len(self.workflow.steps)
         return {
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": self.workflow.name,
-            "status": "running", "current": None, "started_at": utc_now(), "finished_at": None,
-            "duration_s": None, "exit_code": None, "message": "",
+            "status": "running", "current": None, "running": [], "started_at": utc_now(),
+            "finished_at": None, "duration_s": None, "exit_code": None, "message": "",
             "pid": os.getpid(), "pid_start": _pid_start_time(os.getpid()), "host": _hostname(),
             "trigger": trigger, "workflow_file": self.workflow.display_path,
             "workflow_sha256": self.workflow.sha256,
             "options": {"only": self.options.only, "skip": self.options.skip,
-                        "keep_going": self.options.keep_going,
+                        "keep_going": self.options.keep_going, "jobs": self.jobs,
                         "shard": "%d/%d" % self.options.shard if self.options.shard else None},
             "log": [_pending_entry(s, f"{self.store.runs_dir.name}/{run_id}/{step_log_name(s, total)}")
                     for s in self.workflow.steps],
@@ -4105,9 +4488,7 @@ class Engine:
             self.store.run_dir(run_id).mkdir(mode=RUNS_DIR_MODE, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self.store.run_dir(run_id)}: {exc.strerror or exc}") from None
-        recorder = RunRecorder(self.store, record)
-        recorder.last_snapshot = time.monotonic()
-        return recorder
+        return RunRecorder(self.store, record)
 
     def run(self, trigger: dict[str, Any]) -> tuple[dict[str, Any], int]:
         # a bad --only/--skip is a usage error: reported before a record exists (nothing ran)
@@ -4115,71 +4496,26 @@ class Engine:
         recorder = self.start(trigger)
         record = recorder.record
         started = time.monotonic()
-        base_env = _base_environment(self.options)
-        total = len(self.workflow.steps)
-        self.console.run_started(self.workflow, record, self.masker)
+        base_env = _base_environment(self.options, self.wiring.env_hooks)
+        self.sinks.emit("run_started", self.workflow, record, self.masker)
         with SignalGuard() as guard:
+            scheduler = _Scheduler(self, recorder, guard, excluded, base_env)
             try:
-                exit_code = self._run_steps(recorder, guard, excluded, started, base_env, total)
+                interrupted, failed = scheduler.run()
             except StoreError as exc:
                 self._record_store_failure(recorder, exc, started)
                 raise
-        self.console.run_finished(self.workflow, record)
+            exit_code = self._finish_run(recorder, interrupted, failed, started)
+        self.sinks.emit("run_finished", self.workflow, record)
         return record, exit_code
 
-    def _record_store_failure(self, recorder: RunRecorder, exc: StoreError, started: float) -> None:
-        """Best effort after runs/ stopped taking writes: mark the run failed and try once to
-        save the record and report. When that fails too, the last whole snapshot stays on
-        disk, and status/runs report the run as interrupted once this process is gone."""
+    def _finish_run(self, recorder: RunRecorder, interrupted: RunInterrupted | None,
+                    failed: list[str], started: float) -> int:
         record = recorder.record
-        for entry in record["log"]:
-            if entry.get("status") in ("running", "pending"):
-                entry.update(status="failed" if entry["status"] == "running" else "skipped",
-                             message=f"run stopped: {exc}")
-        record.update(status="failed", current=None, finished_at=utc_now(), exit_code=EXIT_INTERNAL,
-                      duration_s=round(time.monotonic() - started, 3), message=f"run stopped: {exc}")
-        for attempt in (lambda: self._write_reports(record), recorder.finish):
-            try:
-                attempt()
-            except (OrchestrateError, OSError):
-                pass
-
-    def _run_steps(self, recorder: RunRecorder, guard: SignalGuard, excluded: dict[int, str],
-                   started: float, base_env: dict[str, str], total: int) -> int:
-        record = recorder.record
-        failed: list[str] = []
-        interrupted: RunInterrupted | None = None
-        extra_gates = list(STEP_GATES)
-        for step in self.workflow.steps:
-            entry = dict(record["log"][step.index])
-            reason = excluded.get(step.index)
-            if interrupted is not None:
-                reason = f"run interrupted by {interrupted.args[0]}"
-            if reason is None:
-                reason = status_gate(step, failed, self.options.keep_going)
-            if reason is None:
-                for gate in extra_gates:
-                    reason = gate(step, self, record)
-                    if reason:
-                        break
-            if reason is not None:
-                entry.update(status="skipped", message=reason)
-                recorder.update_step(step.index, entry, None)
-                self.console.step_skipped(step, total, reason)
-                continue
-            try:
-                entry = self._run_step(step, entry, recorder, guard, base_env, total)
-            except RunInterrupted as exc:
-                interrupted = exc
-                entry = record["log"][step.index]
-            if entry["status"] == "failed" and not entry.get("allowed_failure"):
-                failed.append(step.name)
-            if interrupted is None and guard.signum is not None:
-                interrupted = RunInterrupted(guard.signum)
-        duration = time.monotonic() - started
         record["current"] = None
+        record["running"] = []
         record["finished_at"] = utc_now()
-        record["duration_s"] = round(duration, 3)
+        record["duration_s"] = round(time.monotonic() - started, 3)
         if interrupted is not None:
             record["status"] = "failed"
             record["interrupted"] = True
@@ -4198,6 +4534,24 @@ class Engine:
         recorder.finish()
         return exit_code
 
+    def _record_store_failure(self, recorder: RunRecorder, exc: StoreError, started: float) -> None:
+        """Best effort after runs/ stopped taking writes: mark the run failed and try once to
+        save the record and report. When that fails too, the last whole snapshot stays on
+        disk, and status/runs report the run as interrupted once this process is gone."""
+        record = recorder.record
+        for entry in record["log"]:
+            if entry.get("status") in ("running", "pending"):
+                entry.update(status="failed" if entry["status"] == "running" else "skipped",
+                             message=f"run stopped: {exc}")
+        record.update(status="failed", current=None, running=[], finished_at=utc_now(),
+                      exit_code=EXIT_INTERNAL, duration_s=round(time.monotonic() - started, 3),
+                      message=f"run stopped: {exc}")
+        for attempt in (lambda: self._write_reports(record), recorder.finish):
+            try:
+                attempt()
+            except (OrchestrateError, OSError):
+                pass  # the same disk trouble again: the one line the CLI prints says it all
+
     def _write_reports(self, record: dict[str, Any]) -> None:
         xml = build_junit_xml(record, self.testcases, shard=self.options.shard)
         path = self.store.junit_path(record["run_id"])
@@ -4208,28 +4562,36 @@ class Engine:
                 write_atomic(self.options.junit_xml, xml)
         except OSError as exc:
             raise StoreError(f"cannot write the JUnit report: {exc.strerror or exc}") from None
-        for hook in REPORT_HOOKS:
-            hook(self, record)
 
-    def _run_step(self, step: Step, entry: dict[str, Any], recorder: RunRecorder,
-                  guard: SignalGuard, base_env: dict[str, str], total: int) -> dict[str, Any]:
+    def previous_entries(self, step: Step, log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The entries a runner may read as "the run so far": those of the steps this one
+        depends on, transitively, in step order (in a chain, every step above it)."""
+        if not self.graph.parallel:
+            # the entries as they are: copying each of them made step k cost O(k) (cProfile)
+            return log[: step.index]
+        return [log[i] for i in self.graph.ancestor_indices(step.index)]
+
+    def run_step(self, step: Step, entry: dict[str, Any], recorder: RunRecorder,
+                 guard: SignalGuard, base_env: dict[str, str], inline: bool) -> dict[str, Any]:
         record = recorder.record
         run_id = record["run_id"]
+        total = len(self.workflow.steps)
         runner = runner_for(step)
-        # The earlier entries as they are, for runners to read: copying each of them made
-        # step k cost O(k): 0.12 ms a step on average over a 1,000-step run (cProfile).
-        previous = record["log"][: step.index]
         ctx = make_context(self.workflow, step, self.settings, self.root, self.store, run_id,
-                           self.options, self.masker, previous, record["trigger"], base_env)
+                           self.options, self.masker, self.previous_entries(step, record["log"]),
+                           record["trigger"], base_env)
         ctx.guard = guard
-        ctx.debug_write = self.console.debug
+        ctx.debug_write = self._debug_writer()
         log_path = self.store.run_dir(run_id) / step_log_name(step, total)
         entry.update(status="running", started_at=utc_now())
-        recorder.update_step(step.index, entry, step.name, durable=False)
-        self.console.step_started(step, total)
+        recorder.step_started(step.index, entry)
+        self.sinks.emit("step_started", step, entry)
         started = time.monotonic()
-        sink = OutputSink(log_path, self.masker, self.console.step_output_writer(),
-                          on_idle=self.console.tick)
+        console = self._console()
+        sink = OutputSink(log_path, self.masker,
+                          console.step_output_writer(step) if console is not None else None,
+                          # while a step runs in this thread, its output loop drives the live lines
+                          on_idle=(lambda: self.sinks.emit("tick")) if inline else None)
         ctx.sink = sink
         attempts = 0
         result = StepResult("failed", "did not run")
@@ -4256,7 +4618,7 @@ class Engine:
                 guard.sleep(step.retry_delay)
         except RunInterrupted as exc:
             result = StepResult("failed", f"interrupted by {exc.args[0]}")
-            self._finish_entry(entry, result, attempts, started, sink, step, recorder)
+            self._finish_entry(entry, result, attempts, started, sink, step, recorder, log_path)
             raise
         except StoreError:
             # runs/ became unwritable mid-step (disk full): not the step's failure and not a
@@ -4272,11 +4634,19 @@ class Engine:
             sink.line(traceback.format_exc().rstrip())
             result = StepResult("failed", f"internal error in the {step.type} runner: "
                                 f"{type(exc).__name__}: {exc}")
-        self._finish_entry(entry, result, attempts, started, sink, step, recorder)
+        self._finish_entry(entry, result, attempts, started, sink, step, recorder, log_path)
         return entry
 
+    def _console(self) -> Console | None:
+        return next((s for s in self.wiring.sinks if isinstance(s, Console)), None)
+
+    def _debug_writer(self) -> Callable[[str], None] | None:
+        if not self.options.debug:
+            return None
+        return lambda text: self.sinks.emit("debug", text)
+
     def _finish_entry(self, entry: dict[str, Any], result: StepResult, attempts: int, started: float,
-                      sink: OutputSink, step: Step, recorder: RunRecorder) -> None:
+                      sink: OutputSink, step: Step, recorder: RunRecorder, log_path: Path) -> None:
         sink.close()
         entry.update(result.extra)
         entry.update(status=result.status, finished_at=utc_now(),
@@ -4287,34 +4657,192 @@ class Engine:
             entry["allowed_failure"] = True
         if result.testcases:
             self.testcases[step.index] = result.testcases
-        recorder.update_step(step.index, entry, None)
-        self.console.step_finished(step, entry)
+        recorder.step_finished(step.index, entry)
+        self.sinks.emit("step_finished", step, entry, log_path)
+
+    def skip_step(self, step: Step, recorder: RunRecorder, reason: str) -> None:
+        entry = dict(recorder.record["log"][step.index])
+        entry.update(status="skipped", message=reason)
+        recorder.step_finished(step.index, entry)
+        self.sinks.emit("step_skipped", step, entry)
 
 
-# Seams for the git/CI section: a gate returns a skip reason or None; a report hook runs after
-# junit.xml is written. Built-in ones register themselves below their definitions.
-STEP_GATES: list[Callable[[Step, Engine, dict[str, Any]], str | None]] = []
-REPORT_HOOKS: list[Callable[[Engine, dict[str, Any]], None]] = []
-# An env hook edits the environment every step starts from (in place).
-ENV_HOOKS: list[Callable[[dict[str, str], RunOptions], None]] = []
-# A pre-run hook may end the run early with an exit code (a push with nothing to check); a
-# trigger hook adds to the record's trigger.
-PRE_RUN_HOOKS: list[Callable[[Any, Workflow, RunOptions], int | None]] = []
-TRIGGER_HOOKS: list[Callable[[dict[str, Any], Any, RunOptions], None]] = []
+def outcome_of(entry: Mapping[str, Any]) -> str:
+    status = entry.get("status")
+    if status == "failed":
+        return ALLOWED if entry.get("allowed_failure") else FAILED
+    return PASSED if status == "passed" else SKIPPED
+
+
+class _Scheduler:
+    """One run's walk over the step graph (see Engine). Readiness is kept incrementally (a count
+    of unfinished dependencies per step and a heap of ready steps), so a 1,000-step chain costs
+    O(log N) per step here, not a scan of every waiting step."""
+
+    def __init__(self, engine: Engine, recorder: RunRecorder, guard: SignalGuard,
+                 excluded: dict[int, str], base_env: dict[str, str]) -> None:
+        self.engine = engine
+        self.recorder = recorder
+        self.guard = guard
+        self.excluded = excluded
+        self.base_env = base_env
+        self.steps = engine.workflow.steps
+        deps = engine.graph.deps
+        self.outcomes: list[str | None] = [None] * len(self.steps)
+        self.unfinished = [len(d) for d in deps]  # dependencies not finished yet, per step
+        self.users: list[list[int]] = [[] for _ in deps]
+        for index, step_deps in enumerate(deps):
+            for dep in step_deps:
+                self.users[dep].append(index)
+        self.ready = [i for i, n in enumerate(self.unfinished) if n == 0]  # a heap; sorted is one
+        self.running: dict[int, Any] = {}  # index -> its thread
+        self.failed: list[str] = []
+        self.interrupted: RunInterrupted | None = None
+        self.events: Any = None  # queue of (index, entry | exception) from the threads
+        self.problem: BaseException | None = None
+
+    def run(self) -> tuple[RunInterrupted | None, list[str]]:
+        jobs = self.engine.jobs
+        while True:
+            startable = self._startable()
+            if not startable and not self.running:
+                break
+            if startable and not self.running and (len(startable) == 1 or jobs == 1):
+                self.ready = startable[1:]
+                self._run_inline(startable[0])
+                continue
+            room = max(0, jobs - len(self.running))
+            self.ready = startable[room:]
+            for index in startable[:room]:
+                self._start_thread(index)
+            self._wait_for_one()
+            if self.problem is not None:
+                self._stop_others()
+                raise self.problem
+        return self.interrupted, self.failed
+
+    def _startable(self) -> list[int]:
+        """The ready steps that may run, in step order. A ready step found skipped is recorded
+        at once, which may make the steps after it ready: they are judged in the same pass."""
+        import heapq
+
+        startable = []
+        while self.ready:
+            index = heapq.heappop(self.ready)
+            reason, blocks = self._skip_reason(index)
+            if reason is None:
+                startable.append(index)
+                continue
+            self.engine.skip_step(self.steps[index], self.recorder, reason)
+            self._done(index, BLOCKED if blocks else SKIPPED)
+        startable.sort()
+        return startable
+
+    def _done(self, index: int, outcome: str) -> None:
+        import heapq
+
+        self.outcomes[index] = outcome
+        if outcome == FAILED:
+            self.failed.append(self.steps[index].name)
+        for user in self.users[index]:
+            self.unfinished[user] -= 1
+            if not self.unfinished[user]:
+                heapq.heappush(self.ready, user)
+
+    def _skip_reason(self, index: int) -> tuple[str | None, bool]:
+        reason = self.excluded.get(index)
+        if reason is not None:
+            return reason, False
+        if self.interrupted is None and self.guard.signum is not None:
+            self.interrupted = RunInterrupted(self.guard.signum)
+        if self.interrupted is not None:
+            return f"run interrupted by {self.interrupted.args[0]}", True
+        step = self.steps[index]
+        reason, blocks = status_gate(step, self.engine.graph, self.outcomes, self.failed,
+                                     self.engine.options.keep_going, self.engine.names)
+        if reason is not None:
+            return reason, blocks
+        for gate in self.engine.wiring.gates:
+            reason = gate(step, self.engine.options)
+            if reason:
+                return reason, False
+        return None, False
+
+    def _run_inline(self, index: int) -> None:
+        entry = dict(self.recorder.record["log"][index])
+        try:
+            entry = self.engine.run_step(self.steps[index], entry, self.recorder, self.guard,
+                                         self.base_env, inline=True)
+        except RunInterrupted as exc:
+            self.interrupted = self.interrupted or exc
+            entry = self.recorder.record["log"][index]
+        self._finished(index, entry)
+
+    def _start_thread(self, index: int) -> None:
+        import queue
+        import threading
+
+        if self.events is None:
+            self.events = queue.SimpleQueue()
+        entry = dict(self.recorder.record["log"][index])
+        thread = threading.Thread(target=self._thread_main, args=(index, entry),
+                                  name=f"orchestrate-step-{index + 1}", daemon=True)
+        self.running[index] = thread
+        thread.start()
+
+    def _thread_main(self, index: int, entry: dict[str, Any]) -> None:
+        try:
+            entry = self.engine.run_step(self.steps[index], entry, self.recorder, self.guard,
+                                         self.base_env, inline=False)
+            self.events.put((index, entry))
+        except BaseException as exc:  # handed to the scheduler's thread, which decides
+            self.events.put((index, exc))
+
+    def _wait_for_one(self) -> None:
+        """Until a running step finishes; the live lines tick meanwhile."""
+        import queue
+
+        while True:
+            try:
+                index, result = self.events.get(timeout=0.25)
+                break
+            except queue.Empty:
+                self.engine.sinks.emit("tick")
+        self.running.pop(index).join()
+        if isinstance(result, RunInterrupted):
+            self.interrupted = self.interrupted or result
+            result = self.recorder.record["log"][index]
+        elif isinstance(result, BaseException):
+            self.problem = self.problem or result
+            return
+        self._finished(index, result)
+
+    def _finished(self, index: int, entry: dict[str, Any]) -> None:
+        self._done(index, outcome_of(entry))
+        if self.interrupted is None and self.guard.signum is not None:
+            self.interrupted = RunInterrupted(self.guard.signum)
+
+    def _stop_others(self) -> None:
+        """runs/ failed under one step: end the others (as SIGTERM would) and wait for them."""
+        self.guard.interrupt(signal.SIGTERM)
+        for thread in list(self.running.values()):
+            thread.join()
+        self.running.clear()
 
 
 def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
-                options: RunOptions, console: Console | None = None,
+                options: RunOptions, wiring: RunWiring | None = None,
                 trigger: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
-    console = console or Console(quiet=True, stream=open(os.devnull, "w"))
-    engine = Engine(workflow, settings, root, store, options, console)
-    record, code = engine.run(trigger if trigger is not None else build_trigger(root, options))
+    """Run a workflow and prune old runs; returns the final record and the exit code. `wiring`
+    says what the run consults and who hears of it (see RunWiring): nothing else is."""
+    engine = Engine(workflow, settings, root, store, options, wiring)
+    record, code = engine.run(trigger if trigger is not None else {"source": "api"})
     if settings.keep_runs:
         try:
             if len(store.list_ids()) > settings.keep_runs:
                 store.prune(settings.keep_runs)
-        except OrchestrateError:
-            pass
+        except OrchestrateError as exc:  # the run is recorded; say why old ones stay
+            sys.stderr.write(f"orchestrate: warning: could not prune old runs: {exc}\n")
     return record, code
 
 
@@ -4385,7 +4913,9 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
             failure.text = xml_safe(entry.get("output_tail") or "")
         elif status in ("skipped", "pending"):
             ET.SubElement(case, "skipped", message=message or "not run")
-        out_lines.append(f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s)"
+        # testcase has no start attribute in either schema: the start goes into system-out
+        started = f", started {entry['started_at']}" if entry.get("started_at") else ""
+        out_lines.append(f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s{started})"
                          + (f": {entry.get('message')}" if entry.get("message") else ""))
     ET.SubElement(suite, "system-out").text = xml_safe("\n".join(out_lines) + ("\n" + record["message"] if record.get("message") else ""))
     ET.SubElement(suite, "system-err").text = ""
@@ -4439,12 +4969,17 @@ def closing_line(record: dict[str, Any]) -> str:
 
 
 def render_step_table(record: dict[str, Any]) -> list[str]:
+    """One row per step: status, duration and, when steps overlapped, when each started."""
     rows = []
-    for entry in record.get("log", []):
+    offsets = step_offsets(record)
+    for i, entry in enumerate(record.get("log", [])):
         status = entry.get("status", "?")
         label = "failed*" if entry.get("allowed_failure") else status
         detail = entry.get("message") or ""
-        rows.append(f"  {label:<8} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
+        start = ""
+        if offsets is not None:
+            start = f"{'+' + format_duration(offsets[i]) if offsets[i] is not None else '-':>8}"
+        rows.append(f"  {label:<8}{start} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
                     + (f" — {detail}" if detail and status != "passed" else ""))
     if any(e.get("allowed_failure") for e in record.get("log", [])):
         rows.append("  (* failure allowed by continue_on_error)")
@@ -4498,12 +5033,21 @@ class _ConsoleStream:
         return bool(getattr(self._stream, "isatty", lambda: False)())
 
 
-class Console:
+class Console(RunSink):
     """Everything orchestrate prints while running. Colour only on a terminal without NO_COLOR;
-    the live --quiet status line only on a terminal, never into a pipe or CI log."""
+    live status lines only on a terminal, never into a pipe or CI log.
+
+    Output modes: `live` streams the one running step's output as it comes (a chain, or
+    --jobs 1); `grouped` prints each step's output whole when it ends, from its log file, so
+    steps running in parallel never interleave (the default when they can); `prefixed` streams
+    every line as it comes with `name | ` in front. Under GitHub Actions and GitLab a step is
+    one group or section: `prefixed` is printed grouped there."""
+
+    MODES = ("live", "grouped", "prefixed")
 
     def __init__(self, quiet: bool = False, stream: Any = None, debug: bool = False,
-                 color: bool | None = None) -> None:
+                 color: bool | None = None, ci: PlainCIOutput | None = None,
+                 output: str = "live") -> None:
         self.stream = _ConsoleStream(stream if stream is not None else sys.stdout)
         self.quiet = quiet
         self.debug_enabled = debug
@@ -4511,19 +5055,33 @@ class Console:
         self.is_tty = is_tty
         self.color = (is_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
                       if color is None else color)
-        self.live = is_tty and quiet
-        self.step_start = 0.0
-        self.current: tuple[int, int, str] | None = None
+        self.ci = ci if ci is not None else PlainCIOutput()
+        if output == "prefixed" and self.ci.name != "none":
+            output = "grouped"
+        self.mode = output
         self.masker = Masker()
-        self.ci = detect_ci_output()
+        self.total = 0
+        self.lock = _thread.RLock()  # prefixed output arrives from the steps' threads
+        self.running: dict[int, tuple[Step, float]] = {}  # index -> (step, started), start order
+        self.live_lines = 0  # status lines drawn at the bottom of the terminal
+        self.at_line_start = True  # live mode: the last byte of step output was a newline
+        self.last_output = 0.0
+        self.partial: dict[int, bytes] = {}  # prefixed mode: each step's unfinished line
+
+    # -- plain writing -------------------------------------------------------------------
 
     def style(self, text: str, kind: str) -> str:
         return f"\x1b[{_COLORS[kind]}m{text}\x1b[0m" if self.color else text
 
     def write(self, text: str) -> None:
-        self._clear_live()
-        self.stream.write(self.masker.mask(text) + "\n")
-        self.stream.flush()
+        with self.lock:
+            self._clear_live()
+            self.stream.write(self.masker.mask(text) + "\n")
+            self.stream.flush()
+
+    def _lines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.stream.write(line + "\n")
 
     def debug(self, text: str) -> None:
         if self.debug_enabled:
@@ -4532,89 +5090,192 @@ class Console:
     def _binary(self) -> Any:
         return getattr(self.stream, "buffer", None)
 
-    def step_output_writer(self) -> Callable[[bytes], None] | None:
-        if self.quiet:
-            return None
-        binary = self._binary()
-
-        def write(data: bytes) -> None:
-            if binary is not None:
-                binary.write(self.ci.fence_output(data))
-                binary.flush()
-            else:
-                self.stream.write(bytes(self.ci.fence_output(data)).decode("utf-8", "replace"))
-                self.stream.flush()
-        return write
-
-    def _clear_live(self) -> None:
-        if self.live and self.current is not None:
-            self.stream.write("\r\x1b[2K")
-
-    def tick(self) -> None:
-        if self.live and self.current is not None:
-            number, total, name = self.current
-            elapsed = time.monotonic() - self.step_start
-            self.stream.write(f"\r\x1b[2K[{number}/{total}] {name} … {elapsed:.0f}s")
-            self.stream.flush()
-
-    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
-        self.masker = masker
-        for line in self.ci.run_started(masker):
-            self.stream.write(line + "\n")
-        if not self.quiet:
-            self.write(self.style(f"orchestrate: {workflow.name} ({len(workflow.steps)} steps, run {record['run_id']})", "dim"))
-
-    def step_started(self, step: Step, total: int) -> None:
-        self.current = (step.index + 1, total, step.name)
-        self.step_start = time.monotonic()
-        if self.quiet:
-            self.tick()
-            return
-        for line in self.ci.step_started(step):
-            self.stream.write(line + "\n")
-        self.write(self.style(f"[{step.index + 1}/{total}] {step.name} ({step.type})", "header"))
-        self.stream.flush()
-
-    def step_skipped(self, step: Step, total: int, reason: str) -> None:
-        if not self.quiet:
-            self.write(self.style(f"[{step.index + 1}/{total}] {step.name} ({step.type}): skipped — {reason}", "skipped"))
-
-    def step_finished(self, step: Step, entry: dict[str, Any]) -> None:
+    def _raw(self, data: bytes) -> None:
         binary = self._binary()
         if binary is not None:
+            binary.write(data)
             binary.flush()
-        status = entry["status"]
-        kind = "failed" if status == "failed" and not entry.get("allowed_failure") else (
-            "skipped" if status != "passed" else "passed")
+        else:
+            self.stream.write(bytes(data).decode("utf-8", "replace"))
+            self.stream.flush()
+
+    def _number(self, step: Step) -> str:
+        return f"[{step.index + 1}/{self.total}]"
+
+    # -- live status lines ----------------------------------------------------------------
+
+    def _live_text(self) -> list[str]:
+        now = time.monotonic()
+        return [f"{self._number(step)} {step.name} … {now - since:.0f}s"
+                for step, since in self.running.values()]
+
+    def _clear_live(self) -> None:
+        if not self.live_lines:
+            return
+        if self.live_lines == 1:
+            self.stream.write("\r\x1b[2K")
+        else:  # up to the first status line, then clear to the end of the screen
+            self.stream.write(f"\r\x1b[{self.live_lines - 1}A\x1b[J")
+        self.live_lines = 0
+
+    def _draw_live(self) -> None:
+        """The status lines: one per running step (on one line with --quiet); in live mode
+        only while the step is silent and its output is at the start of a line."""
+        if not self.is_tty or not self.running:
+            return
+        if self.quiet:
+            text = [" · ".join(self._live_text())]
+        elif self.mode == "live":
+            if not self.at_line_start or time.monotonic() - self.last_output < 1.0:
+                return
+            text = self._live_text()[:1]
+        else:
+            text = self._live_text()
         self._clear_live()
-        if not self.quiet:
-            for line in self.ci.step_output_ended(step):
-                self.stream.write(line + "\n")
-        if self.quiet and status == "failed":
-            self.write(self.style(f"[{step.index + 1}] {step.name} ({step.type}) failed; last output:", "failed"))
-            if entry.get("output_tail"):
-                self.write(entry["output_tail"])
-        text = f"  {status}" + (" (allowed)" if entry.get("allowed_failure") else "") + \
-            f" in {format_duration(entry.get('duration_s'))}" + \
-            (f": {entry['message']}" if entry.get("message") and status != "passed" else "")
-        if not self.quiet or status == "failed":
-            self.write(self.style(text, kind))
-        for line in self.ci.step_finished(step, entry):
-            self.stream.write(line + "\n")
-        self.current = None
+        self.stream.write("\r\x1b[2K" + "\n".join(self.style(t, "dim") if not self.quiet else t
+                                                  for t in text))
         self.stream.flush()
+        self.live_lines = len(text)
+
+    def tick(self) -> None:
+        with self.lock:
+            self._draw_live()
+
+    # -- step output ----------------------------------------------------------------------
+
+    def step_output_writer(self, step: Step) -> Callable[[bytes], None] | None:
+        """How a step's output reaches the terminal while it runs (None: it does not)."""
+        if self.quiet or self.mode == "grouped":
+            return None
+        if self.mode == "prefixed":
+            return lambda data: self._prefixed(step, data)
+
+        def write(data: bytes) -> None:
+            with self.lock:
+                self._clear_live()
+                self._raw(self.ci.fence_output(data))
+                if data:
+                    self.at_line_start = bytes(data[-1:]) == b"\n"
+                self.last_output = time.monotonic()
+        return write
+
+    _PREFIX_LINE_MAX = 64 * 1024  # a line that never ends is printed in pieces of this size
+
+    def _prefixed(self, step: Step, data: bytes) -> None:
+        with self.lock:
+            pending = self.partial.get(step.index, b"") + bytes(data)
+            lines = pending.split(b"\n")
+            rest = lines.pop()
+            while len(rest) > self._PREFIX_LINE_MAX:
+                lines.append(rest[: self._PREFIX_LINE_MAX])
+                rest = rest[self._PREFIX_LINE_MAX:]
+            self.partial[step.index] = rest
+            if lines:
+                self._clear_live()
+                prefix = self.masker.mask(f"{step.name} | ").encode("utf-8", "replace")
+                self._raw(b"".join(prefix + line + b"\n" for line in lines))
+                self._draw_live()
+
+    def _flush_prefixed(self, step: Step) -> None:
+        rest = self.partial.pop(step.index, b"")
+        if rest:
+            prefix = self.masker.mask(f"{step.name} | ").encode("utf-8", "replace")
+            self._raw(prefix + rest + b"\n")
+
+    def _replay_log(self, log_path: Path) -> None:
+        """Grouped mode: a finished step's whole output, from its log (already masked)."""
+        try:
+            handle = open(log_path, "rb")
+        except OSError:
+            return  # a silent step has no log file
+        last = b"\n"
+        with handle:
+            while chunk := handle.read(READ_CHUNK):
+                self._raw(self.ci.fence_output(chunk))
+                last = chunk[-1:]
+        if last != b"\n":
+            self._raw(b"\n")
+
+    # -- the run's events (RunSink) ---------------------------------------------------------
+
+    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
+        with self.lock:
+            self.masker = masker
+            self.total = len(workflow.steps)
+            self._lines(self.ci.run_started(masker))
+            if not self.quiet:
+                self.write(self.style(f"orchestrate: {workflow.name} ({len(workflow.steps)} steps, "
+                                      f"run {record['run_id']})", "dim"))
+
+    def _header(self, step: Step) -> None:
+        self._lines(self.ci.step_started(step))
+        self.write(self.style(f"{self._number(step)} {step.name} ({step.type})", "header"))
+
+    def step_started(self, step: Step, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.running[step.index] = (step, time.monotonic())
+            self.last_output = time.monotonic()
+            self.at_line_start = True
+            if not self.quiet:
+                if self.mode == "live":
+                    self._header(step)
+                elif self.mode == "prefixed" or not self.is_tty:
+                    self.write(self.style(f"{self._number(step)} {step.name} ({step.type}) started", "dim"))
+            self._draw_live()
+
+    def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.write(self.style(f"{self._number(step)} {step.name} ({step.type}): skipped — "
+                                  f"{entry.get('message', '')}", "skipped"))
+
+    def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
+        with self.lock:
+            self.running.pop(step.index, None)
+            self._clear_live()
+            binary = self._binary()
+            if binary is not None:
+                binary.flush()
+            status = entry["status"]
+            kind = "failed" if status == "failed" and not entry.get("allowed_failure") else (
+                "skipped" if status != "passed" else "passed")
+            if not self.quiet:
+                if self.mode == "grouped":
+                    self._header(step)
+                    self._replay_log(log_path)
+                elif self.mode == "prefixed":
+                    self._flush_prefixed(step)
+                elif not self.at_line_start and self.ci.name != "none":
+                    self._raw(b"\n")  # the fence's closing token needs a line of its own
+                self.at_line_start = True
+                if self.mode != "prefixed":
+                    self._lines(self.ci.step_output_ended(step))
+            if self.quiet and status == "failed":
+                self.write(self.style(f"[{step.index + 1}] {step.name} ({step.type}) failed; last output:", "failed"))
+                if entry.get("output_tail"):
+                    self.write(entry["output_tail"])
+            text = f"  {status}" + (" (allowed)" if entry.get("allowed_failure") else "") + \
+                f" in {format_duration(entry.get('duration_s'))}" + \
+                (f": {entry['message']}" if entry.get("message") and status != "passed" else "")
+            if self.mode == "prefixed":
+                text = f"{self._number(step)} {step.name}:{text[1:]}"
+            if not self.quiet or status == "failed":
+                self.write(self.style(text, kind))
+            self._lines(self.ci.step_finished(step, entry))
+            self.stream.flush()
+            self._draw_live()
 
     def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
-        self._clear_live()
-        self.current = None
-        if not self.quiet:
-            self.write("")
-        for row in render_step_table(record):
-            status = row.split()[0] if row.strip() else ""
-            kind = {"passed": "passed", "failed": "failed", "skipped": "skipped"}.get(status)
-            self.write(self.style(row, kind) if kind else row)
-        kind = "passed" if record["status"] == "completed" else "failed"
-        self.write(self.style(closing_line(record), kind))
+        with self.lock:
+            self._clear_live()
+            self.running.clear()
+            if not self.quiet:
+                self.write("")
+            for row in render_step_table(record):
+                status = row.split()[0] if row.strip() else ""
+                kind = {"passed": "passed", "failed": "failed", "skipped": "skipped"}.get(status)
+                self.write(self.style(row, kind) if kind else row)
+            kind = "passed" if record["status"] == "completed" else "failed"
+            self.write(self.style(closing_line(record), kind))
 
 
 # === 9. Git and CI ===
@@ -4626,9 +5287,10 @@ class Console:
 # are pure; only `run_git`, the `*_changes` functions, `git_info`, `read_github_event`,
 # `append_step_summary` and the hook install functions touch processes or files.
 #
-# Wired into the core through its seams: PRE_RUN_HOOKS (read the push, skip a run with nothing
-# to check), STEP_GATES (ORCHESTRATE_SKIP, when.changed, when.branch), ENV_HOOKS (step
-# environment), REPORT_HOOKS ($GITHUB_STEP_SUMMARY) and CI_OUTPUTS (console markup).
+# What a run takes from here is wired explicitly by the CLI (run_wiring in section 11):
+# prepare_git_state before the run (read the push, end a run with nothing to check), git_gate
+# (ORCHESTRATE_SKIP, when.changed, when.branch), git_step_environment (the steps' environment),
+# GitHubStepSummary ($GITHUB_STEP_SUMMARY) and detect_ci_output (console markup).
 
 GIT_TIMEOUT = 60.0  # seconds; a git call that takes longer is stuck (a lock, a dead NFS mount)
 
@@ -5275,18 +5937,6 @@ def detect_ci_output() -> PlainCIOutput:
 
 # --- GitHub step summary ---------------------------------------------------------------------
 
-def _epoch_ms(value: Any) -> int | None:
-    """Milliseconds since the epoch of a record timestamp ("2026-11-27T15:40:00.123Z")."""
-    from datetime import datetime
-
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
-
-
 def _md_cell(text: Any, limit: int = 300) -> str:
     """A Markdown table cell: one line, no pipe breaking the row, no HTML."""
     value = " ".join(str(text or "").split())
@@ -5734,9 +6384,9 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
     return None
 
 
-def git_gate(step: Step, engine: Engine, record: dict[str, Any]) -> str | None:
-    """STEP_GATES entry: ORCHESTRATE_SKIP, then `when.branch` and `when.changed`."""
-    state = engine.options.git
+def git_gate(step: Step, options: RunOptions) -> str | None:
+    """A step gate (RunWiring.gates): ORCHESTRATE_SKIP, then `when.branch` and `when.changed`."""
+    state = options.git
     if not isinstance(state, GitState):
         return None
     if step.name in state.skipped:
@@ -5747,7 +6397,8 @@ def git_gate(step: Step, engine: Engine, record: dict[str, Any]) -> str | None:
 
 
 def git_step_environment(env: dict[str, str], options: RunOptions) -> None:
-    """ENV_HOOKS entry: hook variables out, ORCHESTRATE_PUSH_REMOTE/FROM_REF/TO_REF in."""
+    """An environment hook (RunWiring.env_hooks): hook variables out,
+    ORCHESTRATE_PUSH_REMOTE/FROM_REF/TO_REF in."""
     state = options.git
     if isinstance(state, GitState):
         updated = step_git_env(env, state.changes, state.push)
@@ -5755,13 +6406,18 @@ def git_step_environment(env: dict[str, str], options: RunOptions) -> None:
         env.update(updated)
 
 
-def github_step_summary(engine: Engine, record: dict[str, Any]) -> None:
-    """REPORT_HOOKS entry: the Markdown summary under GitHub Actions."""
-    try:
-        append_step_summary(os.environ, record)
-    except OSError as exc:
-        sys.stderr.write(f"orchestrate: warning: cannot append to $GITHUB_STEP_SUMMARY: "
-                         f"{exc.strerror or exc}\n")
+class GitHubStepSummary(RunSink):
+    """A run sink: the Markdown summary under GitHub Actions, once the run has ended."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env = os.environ if env is None else env
+
+    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
+        try:
+            append_step_summary(self.env, record)
+        except OSError as exc:
+            sys.stderr.write(f"orchestrate: warning: cannot append to $GITHUB_STEP_SUMMARY: "
+                             f"{exc.strerror or exc}\n")
 
 
 def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
@@ -5780,10 +6436,6 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
     return trigger
 
 
-PRE_RUN_HOOKS.append(prepare_git_state)
-STEP_GATES.append(git_gate)
-ENV_HOOKS.append(git_step_environment)
-REPORT_HOOKS.append(github_step_summary)
 
 
 # === 10. HTTP server ===
@@ -6334,22 +6986,26 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     store = RunStore(paths.runs_dir)
     if options.dry_run:
         return print_plan(workflow, settings, paths, store, options, human)
-    for hook in PRE_RUN_HOOKS:
-        early = hook(paths, workflow, options)
-        if early is not None:
-            return early
-    console = Console(quiet=options.quiet, stream=human, debug=options.debug)
+    early = prepare_git_state(paths, workflow, options)
+    if early is not None:
+        return early
     trigger = build_trigger(paths.root, options)
-    for hook in TRIGGER_HOOKS:
-        hook(trigger, paths, options)
-    record, code = execute_run(workflow, settings, paths.root, store, options, console, trigger)
+    wiring = run_wiring(workflow, settings, options, human)
+    record, code = execute_run(workflow, settings, paths.root, store, options, wiring, trigger)
     if options.json_output:
         sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     return code
 
 
-# PRE_RUN_HOOKS and TRIGGER_HOOKS: seams defined with the engine's (section 7).
+def run_wiring(workflow: Workflow, settings: Settings, options: RunOptions, human: Any) -> RunWiring:
+    """Everything a run consults and who hears of it, in one place (see RunWiring)."""
+    jobs = options.jobs or default_jobs(settings)
+    output = options.output or ("grouped" if jobs > 1 and StepGraph(workflow.steps).parallel else "live")
+    console = Console(quiet=options.quiet, stream=human, debug=options.debug, ci=detect_ci_output(),
+                      output=output)
+    return RunWiring(gates=[git_gate], env_hooks=[git_step_environment],
+                     sinks=[console, GitHubStepSummary()])
 
 
 def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
@@ -6392,17 +7048,29 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      debug: bool = False, var: Sequence[str] = (), junit_xml: Path | str | None = None,
                      shard: str | None = None, git_hook: str | None = None, push_remote: str | None = None,
                      push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
-                     run_id: str | None = None) -> RunOptions:
+                     run_id: str | None = None, jobs: str | int | None = None,
+                     output: str | None = None) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
+    if output is not None and output not in Console.MODES:
+        raise UsageError(f"--output {output!r}: expected one of {', '.join(Console.MODES)}"
+                         f"{did_you_mean(output, Console.MODES)}")
     return RunOptions(
         dry_run=dry_run, only=list(only), skip=list(skip), keep_going=keep_going, quiet=quiet,
         json_output=json_output, debug=debug, variables=parse_vars(var),
         junit_xml=Path(junit_xml) if junit_xml is not None else None,
         shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
-        run_id=check_run_id(run_id) if run_id else None)
+        run_id=check_run_id(run_id) if run_id else None,
+        jobs=parse_jobs(jobs) if jobs is not None else None, output=output)
+
+
+def parse_jobs(value: str | int) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_JOBS:
+        raise UsageError(f"--jobs {value!r}: expected a number of steps at once, 1 to {MAX_JOBS}")
+    return int(text)
 
 
 def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type[BaseException], ...] = (),
@@ -6497,13 +7165,15 @@ def build_app() -> Any:
         from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
         to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
         run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
+        jobs: str = typer.Option(None, "--jobs", "-j", help="Steps at once (default: \"jobs\" in orchestrate.json, else the number of CPUs); 1 runs them in order."),
+        output: str = typer.Option(None, "--output", help="live, grouped (each step whole when it ends; the default when steps run in parallel) or prefixed (every line as it comes, 'name | ' in front)."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
             dry_run=dry_run, only=only, skip=skip, keep_going=keep_going, quiet=quiet,
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
-            to_ref=to_ref, run_id=run_id)
+            to_ref=to_ref, run_id=run_id, jobs=jobs, output=output)
         return run_workflow_command(_paths(ctx), name, options)
 
 
@@ -6789,7 +7459,7 @@ _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quie
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",
-                    "--run-id": "run_id"}
+                    "--run-id": "run_id", "--jobs": "jobs", "-j": "jobs", "--output": "output"}
 _FAST_REPEATABLE = ("only", "skip", "var")
 
 

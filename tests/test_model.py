@@ -58,8 +58,25 @@ def test_importing_orchestrate_stays_light() -> None:
 
 
 def _fields(record: Any) -> tuple[str, ...]:
-    return type(record).__record_fields__
+    import dataclasses
+
+    return tuple(f.name for f in dataclasses.fields(record))
 
 
 def test_run_options_fields_are_what_the_cli_fills() -> None:
     assert "shard" in _fields(orchestrate.RunOptions()) and "variables" in _fields(orchestrate.RunOptions())
+
+
+def test_the_standard_dataclasses_functions_work_on_records() -> None:
+    """mypy sees these classes as dataclasses (dataclass_transform): runtime agrees."""
+    import dataclasses
+
+    result = orchestrate.StepResult("failed", "boom", exit_code=3)
+    assert dataclasses.is_dataclass(result)
+    assert dataclasses.asdict(result) == {"status": "failed", "message": "boom", "exit_code": 3,
+                                          "extra": {}, "testcases": []}
+    assert [f.name for f in dataclasses.fields(Sample)] == ["name", "count", "tags"]
+    changed = dataclasses.replace(Sample("a", 2, ["t"]), count=5)
+    assert changed == Sample("a", 5, ["t"])
+    assert dataclasses.replace(Point(1), y=2) == Point(1, 2)
+    assert Sample("b").tags == []  # a factory still makes a fresh default

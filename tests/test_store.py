@@ -14,7 +14,8 @@ from conftest import Project
 
 
 def _record(run_id: str, status: str = "completed", workflow: str = "w", **extra: object) -> dict:
-    return {"schema_version": 1, "run_id": run_id, "workflow": workflow, "status": status, "current": None,
+    return {"schema_version": orchestrate.SCHEMA_VERSION, "run_id": run_id, "workflow": workflow,
+            "status": status, "current": None,
             "started_at": "2026-11-27T15:40:00.000Z", "finished_at": None, "pid": None, "trigger": {"source": "cli"},
             "log": [], **extra}
 
@@ -58,10 +59,9 @@ def test_journal_updates_are_applied_and_a_torn_line_ignored(tmp_path: Path) -> 
     record = _record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate._pid_start_time(os.getpid()),
                      log=[{"step": "a", "status": "pending"}, {"step": "b", "status": "pending"}])
     store.create(record)
-    recorder = orchestrate.RunRecorder(store, record)
-    recorder.last_snapshot = time.monotonic() + 3600  # force journal writes
-    recorder.update_step(0, {"step": "a", "status": "passed"}, None)
-    recorder.update_step(1, {"step": "b", "status": "running"}, "b")
+    recorder = orchestrate.RunRecorder(store, record, snapshot_interval=3600)  # journal only
+    recorder.step_finished(0, {"step": "a", "status": "passed"})
+    recorder.step_started(1, {"step": "b", "status": "running"})
     with open(store.journal_path(run_id), "ab") as handle:
         handle.write(b'{"seq": 99, "index": 1, "entry": {"st')
     loaded = store.load(run_id)
@@ -194,3 +194,37 @@ def test_unwritable_runs_dir_is_exit_3_with_a_hint(project: Project, monkeypatch
     assert result.exit_code == 3
     assert "cannot write run records to" in result.stderr and "--runs-dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_version_1_record_is_migrated_on_read(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    v1 = {"schema_version": 1, "run_id": "20261127T154000000Z-aaaaab", "workflow": "w", "status": "completed",
+          "current": None, "started_at": "2026-11-27T15:40:00.000Z", "finished_at": "2026-11-27T15:40:01.000Z",
+          "pid": None, "trigger": {"source": "cli"}, "log": [{"step": "a", "status": "passed"}]}
+    (runs / "20261127T154000000Z-aaaaab.json").write_text(json.dumps(v1))
+    loaded = orchestrate.RunStore(runs).load("20261127T154000000Z-aaaaab")
+    assert loaded["schema_version"] == orchestrate.SCHEMA_VERSION == 2
+    assert loaded["running"] == []
+    assert loaded["log"] == v1["log"]
+    # the file itself is left as it was
+    assert json.loads((runs / "20261127T154000000Z-aaaaab.json").read_text()) == v1
+
+
+def test_a_malformed_record_is_never_written(tmp_path: Path) -> None:
+    store = orchestrate.RunStore(tmp_path / "runs")
+    with pytest.raises(AssertionError, match="status 'finished' is not one of"):
+        store.create(_record("20261127T154000000Z-aaaaac", status="finished"))
+    assert not (tmp_path / "runs" / "20261127T154000000Z-aaaaac.json").exists()
+
+
+def test_an_unreadable_journal_makes_the_record_unreadable_not_stale(project: Project) -> None:
+    run_id = "20261127T154000000Z-aaaaad"
+    store = orchestrate.RunStore(project.runs)
+    store.create(_record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate._pid_start_time(os.getpid()),
+                         log=[{"step": "a", "status": "running"}]))
+    store.journal_path(run_id).mkdir()  # what a read error looks like, even to root
+    result = project.cli("status", run_id)
+    assert result.exit_code == 3
+    assert result.stderr.strip() == (f"orchestrate: error: {store.journal_path(run_id)}: unreadable: "
+                                     "Is a directory")
