@@ -13,6 +13,9 @@ drift on a noisy machine hits both alike:
                 one equivalent `language: system` hook; `--version` and `--help`; the
                 installed pre-push hook vs the orchestrate command it runs.
 2. per step     workflows of N /bin/true steps vs a bash script of N /bin/true lines.
+   parallel     8 independent sleeping steps with --jobs 8 vs one such step (net of the
+                fixed cost), and a chain's per-step cost vs the release before parallel
+                steps (v0.1.0's orchestrate.py, taken from git).
                 per-step cost at N = (t(N) - t(1)) / (N - 1), from medians: the fixed
                 cost cancels. slope = per-step cost at the largest N; flatness = per-step
                 cost at the largest N / at N = 10.
@@ -61,7 +64,10 @@ MB = 1000 * 1000
 MiB = 1024 * 1024
 LINE = "x" * 79  # `yes LINE` prints 80-byte lines: text a test suite might print
 RUN_ID_RE = re.compile(r"^(\d{8}T\d{6})(\d{3})Z-([0-9a-f]+)$")  # 20261127T154000123Z-1a2b3c
-SECTIONS = ("fixed", "hook", "steps", "stream", "history")
+SECTIONS = ("fixed", "hook", "steps", "parallel", "stream", "history")
+# The release the per-step cost of a chain is compared with (issue 16: the parallel engine must
+# not make the sequential case slower). Its orchestrate.py is taken from git.
+BASELINE_REF = "v0.1.0"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class Mode:
     reps_steps: int  # pairs for N <= 100
     reps_big: int  # pairs for N = 1,000 and for streaming
     step_counts: tuple[int, ...]
+    parallel_sleep: float  # seconds each of the 8 parallel steps sleeps
+    chain_n: int  # steps of the chain compared with the baseline release
     stream_sizes: tuple[int, ...]
     history_sizes: tuple[int, int]
     install_precommit: bool
@@ -78,10 +86,10 @@ class Mode:
     reps_history: int = 11
 
 
-QUICK = Mode("quick", 5, 3, 3, (1, 10, 100), (10 * MB,), (10, 1000), False, 60, reps_history=3)
-NORMAL = Mode("normal", 15, 21, 5, (1, 10, 100, 1000), (10 * MB, 200 * MB), (10, 10000), True, 300)
+QUICK = Mode("quick", 5, 3, 3, (1, 10, 100), 0.2, 100, (10 * MB,), (10, 1000), False, 60, reps_history=3)
+NORMAL = Mode("normal", 15, 21, 5, (1, 10, 100, 1000), 0.5, 1000, (10 * MB, 200 * MB), (10, 10000), True, 300)
 FULL = Mode(
-    "full", 21, 31, 7, (1, 10, 100, 1000), (10 * MB, 200 * MB, 1000 * MB), (10, 10000), True, 600
+    "full", 21, 31, 7, (1, 10, 100, 1000), 0.5, 1000, (10 * MB, 200 * MB, 1000 * MB), (10, 10000), True, 600
 )
 
 
@@ -553,6 +561,81 @@ class Bench:
         late = (starts[-1] - starts[-1 - k]).total_seconds() * 1000 / k
         return {"window": k, "early_ms_per_step": round(early, 4), "late_ms_per_step": round(late, 4),
                 "late_over_early": _round(_ratio(late, early))}
+
+    # --- 2b. steps in parallel ---
+
+    def parallel(self) -> None:
+        """8 independent sleeping steps with --jobs 8 against one such step, both net of the
+        fixed cost (a one-step /bin/true run in the same rounds); and the per-step cost of a
+        chain against the same chain run by the release before parallel steps existed."""
+        m, r = self.mode, self.results
+        pause = m.parallel_sleep
+        sleeper = ["sleep", f"{pause:g}"]
+        root = self.project("parallel", {
+            "eight": [dict(step(f"s{i + 1}", sleeper), needs=[]) for i in range(8)],
+            "sleep1": [step("s1", sleeper)],
+            "true1": TRUE_STEP,
+        })
+        eight = self.orch_cmd("orchestrate run eight --jobs 8", root, "run", "eight", "--jobs", "8")
+        one = self.orch_cmd("orchestrate run sleep1", root, "run", "sleep1")
+        fixed = self.orch_cmd("orchestrate run true1", root, "run", "true1")
+        fixed_base = Cmd("python -c pass", [self.python, "-c", "pass"], root, self.env)
+        measure_rounds([(eight, one, m.reps_steps), (fixed, fixed_base, m.reps_steps)], m.timeout)
+        fixed_ms = fixed.median_ms
+        value = (eight.median_ms - fixed_ms) / (pause * 1000)
+        verdict = r.target("parallel_eight", "parallel_eight", value, "<=", 1.2, "x",
+                           f"8 independent {pause:g} s steps with --jobs 8 end within 1.2× one step's "
+                           "time plus the fixed cost")
+        r.figures["parallel_eight"] = _pair(eight, one, fixed_ms=round(fixed_ms, 3), step_s=pause,
+                                            eight_net_over_one_step=round(value, 4))
+        r.rows.append(Row(f"parallel: 8 × sleep {pause:g} --jobs 8, net of fixed, / one step",
+                          eight.cell(), one.cell(), f"{value:.2f}×", "≤ 1.2×", verdict))
+        self.chain_vs_release(root)
+
+    def chain_vs_release(self, root: Path) -> None:
+        m, r = self.mode, self.results
+        label = f"parallel: chain of {m.chain_n}, per step vs {BASELINE_REF}"
+        old = self.work / "baseline"
+        old.mkdir()
+        try:
+            source = check_output(["git", "-C", str(REPO), "show", f"{BASELINE_REF}:orchestrate.py"], REPO, self.env)
+        except CommandFailed:
+            r.skip("chain_vs_release", label, f"git has no {BASELINE_REF} here (a shallow clone?): "
+                   f"`git fetch --tags` to compare with it")
+            r.target("chain_vs_release", "chain_vs_release", None, "<=", 1.05, "x",
+                     f"per-step cost of a chain ≤ 1.05× {BASELINE_REF}'s")
+            return
+        (old / "orchestrate.py").write_text(source)
+        chain = self.project("chain", {
+            "chain": [step(f"s{i + 1}", ["/bin/true"]) for i in range(m.chain_n)], "one": TRUE_STEP})
+
+        def side(label: str, pythonpath: str, workflow: str) -> Cmd:
+            env = dict(self.env, PYTHONPATH=pythonpath)
+            return Cmd(label, [self.python, "-m", "orchestrate", "--root", str(chain), "run", workflow],
+                       chain, env, after=lambda: _empty(chain / "runs"))
+
+        new_n, new_1 = side("this orchestrate", str(REPO), "chain"), side("this orchestrate", str(REPO), "one")
+        old_n, old_1 = side(BASELINE_REF, str(old), "chain"), side(BASELINE_REF, str(old), "one")
+        measure_rounds([(new_n, old_n, m.reps_big), (new_1, old_1, m.reps_steps)], m.timeout)
+        new_slope = (new_n.median_ms - new_1.median_ms) / (m.chain_n - 1)
+        old_slope = (old_n.median_ms - old_1.median_ms) / (m.chain_n - 1)
+        ratio = _ratio(new_slope, old_slope)
+        verdict = r.target("chain_vs_release", "chain_vs_release", ratio, "<=", 1.05, "x",
+                           f"per-step cost of a {m.chain_n}-step chain ≤ 1.05× {BASELINE_REF}'s")
+        def cpu_ms(cmd: Cmd) -> float:
+            return statistics.median(s.cpu_seconds for s in cmd.samples) * 1000
+
+        # CPU time as well: steadier than wall time when other jobs share the machine
+        cpu_ratio = _ratio(cpu_ms(new_n) - cpu_ms(new_1), cpu_ms(old_n) - cpu_ms(old_1))
+        r.figures["chain_vs_release"] = {"n": m.chain_n, "ms_per_step": round(new_slope, 4),
+                                         "release_ms_per_step": round(old_slope, 4), "ratio": _round(ratio),
+                                         "cpu_ratio": _round(cpu_ratio),
+                                         "this": new_n.summary(), "release": old_n.summary()}
+        r.rows.append(Row(f"parallel: chain of {m.chain_n}, CPU per step vs {BASELINE_REF}",
+                          f"{(cpu_ms(new_n) - cpu_ms(new_1)) / (m.chain_n - 1):.3f} ms/step",
+                          f"{(cpu_ms(old_n) - cpu_ms(old_1)) / (m.chain_n - 1):.3f} ms/step", _x(cpu_ratio)))
+        r.rows.append(Row(label, f"{new_slope:.3f} ms/step", f"{old_slope:.3f} ms/step", _x(ratio), "≤ 1.05×",
+                          verdict))
 
     # --- 3. streaming ---
 
