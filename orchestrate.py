@@ -1290,14 +1290,19 @@ class ProcessResult:
     exit_code: int | None
     timed_out: bool
     output_tail: str
+    leftover_processes: int = 0  # what it left running after it exited, ended by orchestrate
 
 
 class SignalGuard:
     """Turns SIGINT/SIGTERM into a flag plus a byte on a pipe that the output loop watches, so a
-    signal interrupts a step at once without raising in the middle of a record write."""
+    signal interrupts a step at once without raising in the middle of a record write. `count`
+    says how many arrived: a second one ends the step's processes without the grace period.
+    `announce`, when set, is told at once what is being stopped (the engine prints it)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.count = 0
+        self.announce: Callable[[str], None] | None = None
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.write_fd, False)
         self.previous: dict[int, Any] = {}
@@ -1305,6 +1310,7 @@ class SignalGuard:
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum is None:
             self.signum = signum
+        self.count += 1
         try:
             os.write(self.write_fd, b"!")
         except OSError:
@@ -1350,27 +1356,144 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-def end_process_group(process: Any, grace: float = KILL_GRACE_S) -> None:
-    """SIGTERM to the step's whole process group, SIGKILL after the grace period."""
+# --- a step process's tree ---
+# Each step attempt's processes carry ORCHESTRATE_STEP_TOKEN=<random> in their environment (the
+# engine sets one per attempt, so steps running at the same time never find each other's). When
+# a process ends, whatever it left running is ended too: its process group, and on Linux every
+# process whose /proc/<pid>/environ carries the token, which finds what left the group (setsid,
+# a double fork, nohup … &). Without /proc (macOS) only the group can be found. Zombies do not
+# count: killpg(pgid, 0) succeeds on them, and a container's init may take seconds to reap them
+# (a `sh -c "sleep 30"` timing out took 2.2 s instead of 1 because of that).
+STEP_TOKEN_ENV = "ORCHESTRATE_STEP_TOKEN"
+# a process ending sooner than this is swept with a scan of the pids allocated since it started
+# (from /proc/loadavg's last pid); after a longer run the pids may have wrapped: a full scan
+_QUICK_SCAN_S = 1.0
+
+
+def new_step_token() -> str:
+    return os.urandom(8).hex()
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time in clock ticks) of a process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return fields[0].decode("ascii", "replace"), int(fields[2]), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _last_pid() -> int | None:
+    try:
+        with open("/proc/loadavg", "rb") as handle:
+            return int(handle.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ProcessTree:
+    """The processes one step process stands for: its group, and what carries its token."""
+
+    def __init__(self, pgid: int, token: str) -> None:
+        self.pgid = pgid
+        self.needle = f"\0{STEP_TOKEN_ENV}={token}\0".encode()
+        self.started = time.monotonic()
+        stat = _proc_stat(pgid)
+        self.start_ticks = stat[2] if stat is not None else None
+
+    def members(self) -> dict[int, int] | None:
+        """Live processes of the tree other than the step process itself, {pid: start ticks};
+        None where /proc cannot tell (then only the group is known, through killpg)."""
+        if self.start_ticks is None:
+            return None
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return None
+        pids = [int(name) for name in names if name.isdigit()]
+        last = _last_pid()
+        if last is not None and last >= self.pgid and time.monotonic() - self.started < _QUICK_SCAN_S:
+            pids = [pid for pid in pids if self.pgid < pid <= last]
+        found: dict[int, int] = {}
+        own = os.getpid()
+        for pid in pids:
+            if pid in (own, self.pgid):
+                continue
+            stat = _proc_stat(pid)
+            if stat is None or stat[0] in ("Z", "X", "x") or stat[2] < self.start_ticks:
+                continue
+            if stat[1] == self.pgid or self._tagged(pid):
+                found[pid] = stat[2]
+        return found
+
+    def _tagged(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:
+            return False
+        return self.needle in b"\0" + environ + b"\0"
+
+    def signal(self, signum: int, pids: Mapping[int, int]) -> None:
+        try:
+            os.killpg(self.pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid, start in pids.items():
+            stat = _proc_stat(pid)
+            if stat is not None and stat[2] == start:  # the same process, not a reused pid
+                try:
+                    os.kill(pid, signum)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+def stop_tree(tree: ProcessTree, process: Any, grace: float = KILL_GRACE_S,
+              guard: SignalGuard | None = None, until: float | None = None) -> int:
+    """End a step process's tree: SIGTERM, then SIGKILL after `grace` seconds, at `until` (the
+    step's deadline), or at once when another SIGINT/SIGTERM arrives. Returns how many
+    processes besides the step process were found (what it left running, once it exited)."""
+    found = tree.members()
+    if process.poll() is not None and found is not None and not found:
+        return 0  # the usual end of a step: nothing left, one scan
+    if found is None and process.poll() is not None and not _group_alive(tree.pgid):
+        return 0
+    found = dict(found or {})
+    tree.signal(signal.SIGTERM, found)
+    kill_at = time.monotonic() + grace
+    if until is not None:
+        kill_at = min(kill_at, until)
+    signals_seen = guard.count if guard is not None else 0
+    while True:
+        if process.poll() is not None:
+            alive = tree.members()
+            if alive is None:
+                if not _group_alive(tree.pgid):
+                    break
+            else:
+                found.update(alive)
+                if not alive:
+                    break
+        if time.monotonic() >= kill_at or (guard is not None and guard.count > signals_seen):
+            break
+        time.sleep(0.02)
+    tree.signal(signal.SIGKILL, {**found, **(tree.members() or {})})
+    process.wait()
+    return len(found)
+
+
+def end_process_group(process: Any, grace: float = KILL_GRACE_S, *, guard: SignalGuard | None = None,
+                      tree: ProcessTree | None = None) -> int:
+    """SIGTERM to the step's whole process group (and what carries its token), SIGKILL after
+    the grace period."""
     pgid = process.pid
     if not isinstance(pgid, int) or pgid <= 0:
         # never signal group 0 (our own) or -1 (everything): only a fake process has such a pid
         process.wait()
-        return
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if process.poll() is not None and not _group_alive(pgid):
-            return
-        time.sleep(0.02)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+        return 0
+    return stop_tree(tree or ProcessTree(pgid, ""), process, grace, guard)
 
 
 # The watchdog: a step runs in its own session (so a timeout or Ctrl-C can end its whole tree),
@@ -1424,11 +1547,17 @@ class StepWatchdog:
         self.write_fd: int | None = None
         self.owner_pid = 0
         self.process: Any = None  # kept so Popen.__del__ does not warn while it waits for EOF
+        # steps may start processes from several threads: one writer at a time on the pipe, one
+        # watchdog started (_thread: the threading module is not imported at start-up)
+        import _thread
+
+        self.lock = _thread.allocate_lock()
 
     def step_env(self, env: dict[str, str]) -> dict[str, str]:
         """The step's environment, tagged so the watchdog can find its processes."""
-        self._ensure()
-        return {**env, WATCHDOG_ENV: self.token}
+        with self.lock:
+            self._ensure()
+            return {**env, WATCHDOG_ENV: self.token}
 
     def _ensure(self) -> int | None:
         if self.write_fd is not None and self.owner_pid == os.getpid():
@@ -1456,14 +1585,15 @@ class StepWatchdog:
         return write_fd
 
     def _send(self, line: str) -> None:
-        fd = self._ensure()
-        if fd is None:
-            return
-        try:
-            os.write(fd, line.encode() + b"\n")
-        except OSError:  # the watchdog was killed: start a new one next time
-            os.close(fd)
-            self.write_fd = None
+        with self.lock:
+            fd = self._ensure()
+            if fd is None:
+                return
+            try:
+                os.write(fd, line.encode() + b"\n")
+            except OSError:  # the watchdog was killed: start a new one next time
+                os.close(fd)
+                self.write_fd = None
 
     def watch(self, pgid: int) -> None:
         if isinstance(pgid, int) and pgid > 1:  # never 0 or 1: 'kill -1' means every process
@@ -1475,6 +1605,10 @@ class StepWatchdog:
 
     def close(self) -> None:
         """A clean exit: every step has been ended by run_process; nothing to do."""
+        with self.lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.write_fd is not None and self.owner_pid == os.getpid():
             try:
                 os.write(self.write_fd, b"bye\n")
@@ -1494,23 +1628,43 @@ def _devnull() -> int:
     """One /dev/null for every step's stdin (subprocess.DEVNULL opens it again per process)."""
     global _DEVNULL_FD
     if _DEVNULL_FD is None:
-        _DEVNULL_FD = os.open(os.devnull, os.O_RDONLY)
+        with WATCHDOG.lock:  # two threads starting their first step at once open it once
+            if _DEVNULL_FD is None:
+                _DEVNULL_FD = os.open(os.devnull, os.O_RDONLY)
     return _DEVNULL_FD
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when the process exits (Linux 5.3+), else None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], sink: OutputSink,
                 timeout: float | None = None, guard: SignalGuard | None = None,
-                grace: float = KILL_GRACE_S) -> ProcessResult:
-    """The one way orchestrate starts a process: stdin closed, its own process group (so a
-    timeout or Ctrl-C ends the whole tree), stdout and stderr streamed in large chunks."""
+                grace: float = KILL_GRACE_S, deadline: float | None = None, stdin: int | None = None,
+                name: str | None = None) -> ProcessResult:
+    """The one way orchestrate starts a process: stdin closed (or the given descriptor), its own
+    process group (so a timeout or Ctrl-C ends the whole tree), stdout and stderr streamed in
+    large chunks. `deadline` (time.monotonic()) is when the step's attempt runs out of time,
+    shared by every process the attempt starts; `timeout` is the same for this process alone.
+    Safe to call from several threads at once."""
     import selectors
     import subprocess
 
+    if timeout:
+        deadline = min(deadline if deadline is not None else float("inf"), time.monotonic() + timeout)
+    if deadline is not None and time.monotonic() >= deadline:
+        return ProcessResult(exit_code=None, timed_out=True, output_tail=sink.tail_text())
+    token = env.get(STEP_TOKEN_ENV) or new_step_token()
     shell = isinstance(argv, str)
     try:
         process = subprocess.Popen(
-            argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd), env=WATCHDOG.step_env(env),
-            stdin=_devnull(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd),
+            env=WATCHDOG.step_env({**env, STEP_TOKEN_ENV: token}),
+            stdin=_devnull() if stdin is None else stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     except FileNotFoundError as exc:
         missing = exc.filename if exc.filename and str(exc.filename) != str(cwd) else argv[0]
@@ -1520,13 +1674,15 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     except PermissionError as exc:
         raise StepFailure(f"cannot execute {argv[0] if not shell else '/bin/sh'!r}: {exc.strerror}") from None
     except OSError as exc:
-        raise StepFailure(f"cannot start {argv if shell else argv[0]!r}: {exc.strerror or exc}") from None
+        shown = (argv if len(argv) <= 200 else argv[:200] + "…") if isinstance(argv, str) else argv[0]
+        raise StepFailure(f"cannot start {shown!r}: {exc.strerror or exc}") from None
     WATCHDOG.watch(process.pid)
     assert process.stdout is not None
     try:
         out_fd = process.stdout.fileno()
     except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream, not a pipe
         return _read_unselectable(process, sink)
+    tree = ProcessTree(process.pid, token)
     os.set_blocking(out_fd, False)
     try:  # Linux: a 1 MiB pipe instead of 64 KiB, so a read can take a whole READ_CHUNK
         import fcntl
@@ -1543,40 +1699,53 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     selector.register(out_fd, selectors.EVENT_READ, "out")
     if guard is not None:
         selector.register(guard.read_fd, selectors.EVENT_READ, "signal")
-    deadline = time.monotonic() + timeout if timeout else None
+    # A step that closes its stdout and stderr (`exec >/dev/null 2>&1; sleep 30`) ends the
+    # output long before it exits: the wait for its exit is watched like the output, for the
+    # deadline and for signals, woken by a pidfd where there is one.
+    exit_fd = _pidfd(process.pid)
+    if exit_fd is not None:
+        selector.register(exit_fd, selectors.EVENT_READ, "exit")
     timed_out = False
+    eof = False
+    leftovers = 0
     exited_at: float | None = None
     try:
         while True:
             now = time.monotonic()
             if guard is not None and guard.signum is not None:
                 raise RunInterrupted(guard.signum)
-            if deadline is not None and now >= deadline and not timed_out:
+            if deadline is not None and now >= deadline:
                 timed_out = True
-                end_process_group(process, grace)
-                _drain(out_fd, sink)
+                stop_tree(tree, process, grace, guard)
+                if not eof:
+                    _drain(out_fd, sink)
                 break
             if exited_at is None and process.poll() is not None:
                 exited_at = now
-            if exited_at is not None and now - exited_at > 0.2:
-                # the step is done but something it started still holds the pipe: a step's
-                # processes end with the step, or a push would hang on a forgotten daemon
-                if _group_alive(process.pid):
-                    try:
-                        os.killpg(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                _drain(out_fd, sink)
+            if exited_at is not None and (eof or now - exited_at > 0.2):
+                # The step is done. What it left running ends with it (a push must not hang on
+                # a forgotten daemon, and the pipe may be held by one): SIGTERM, the grace period
+                # (bounded by the deadline), SIGKILL.
+                leftovers = stop_tree(tree, process, grace, guard, until=deadline)
+                if not eof:
+                    _drain(out_fd, sink)
+                if leftovers:
+                    sink.line(f"orchestrate: ended {leftovers} process{'es' if leftovers > 1 else ''} "
+                              f"the step left running")
+                if guard is not None and guard.signum is not None:
+                    raise RunInterrupted(guard.signum)
                 break
-            wait = 0.5 if exited_at is None else 0.05
+            if eof:
+                wait = 0.5 if exit_fd is not None else 0.05
+            else:
+                wait = 0.5 if exited_at is None else 0.05
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - now))
             events = selector.select(wait)
             if not events and sink.on_idle is not None:
                 sink.on_idle()
-            eof = False
             for key, _ in events:
-                if key.data == "signal":
+                if key.data != "out":
                     continue
                 # While output flows, read until the pipe is empty (EAGAIN) before asking
                 # the selector again, gathering the reads into one buffer: a writer's small
@@ -1600,26 +1769,24 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
                 if filled:
                     sink.write(view[:filled])
                 if eof:
-                    break
-            if eof:
-                process.wait()
-                if _group_alive(process.pid):  # background leftovers of the step
-                    try:
-                        os.killpg(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                break
-    except BaseException:
-        end_process_group(process, grace)
+                    selector.unregister(out_fd)
+    except BaseException as exc:
+        if isinstance(exc, RunInterrupted) and guard is not None and guard.announce is not None \
+                and name is not None and process.poll() is None:
+            guard.announce(f"stopping {name} (SIGTERM sent; SIGKILL in {grace:g} s; "
+                           f"Ctrl-C again to kill now)")
+        stop_tree(tree, process, grace, guard)
         raise
     finally:
         selector.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
         process.stdout.close()
         WATCHDOG.release(process.pid)
         sink.flush()
     code = process.wait()
     return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out,
-                         output_tail=sink.tail_text())
+                         output_tail=sink.tail_text(), leftover_processes=leftovers)
 
 
 def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
@@ -1699,18 +1866,31 @@ class StepContext:
     guard: SignalGuard | None = None
     debug_write: Callable[[str], None] | None = None
     last_process: ProcessResult | None = None
+    # the attempt's time budget: one deadline (time.monotonic()) for every process it starts
+    deadline: float | None = None
+    timed_out: bool = False  # the attempt ran out of time (a process, or a wait of the runner)
+    leftover_processes: int = 0  # processes the attempt's processes left running, ended
 
     def run_process(self, argv: Sequence[str] | str, *, cwd: Path | None = None,
-                    env: dict[str, str] | None = None) -> ProcessResult:
+                    env: dict[str, str] | None = None, stdin: int | None = None) -> ProcessResult:
         if self.sink is None:
             raise RuntimeError("run_process outside a running step")
         if self.options.debug and self.debug_write is not None:
             shown = argv if isinstance(argv, str) else shlex.join(argv)
             self.debug_write(f"+ {self.masker.mask(shown)}  (in {cwd or self.cwd})")
         result = run_process(argv, cwd=cwd or self.cwd, env=env if env is not None else self.env,
-                             sink=self.sink, timeout=self.step.timeout, guard=self.guard)
+                             sink=self.sink, deadline=self.deadline,
+                             timeout=self.step.timeout if self.deadline is None else None,
+                             guard=self.guard, grace=self.options.kill_grace, stdin=stdin,
+                             name=self.step.name)
         self.last_process = result
+        self.timed_out = self.timed_out or result.timed_out
+        self.leftover_processes += result.leftover_processes
         return result
+
+    def time_left(self) -> float | None:
+        """Seconds until the attempt's deadline (None: no timeout)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     def emit(self, line: str) -> None:
         if self.sink is not None:
@@ -3388,6 +3568,7 @@ class RunOptions:
     push_url: str | None = None
     run_id: str | None = None
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
+    kill_grace: float = KILL_GRACE_S  # SIGTERM, then SIGKILL this many seconds later
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -3524,6 +3705,7 @@ class Engine:
         self.console = console
         self.masker = Masker(workflow.secrets)
         self.testcases: dict[int, list[TestCase]] = {}
+        self.internal_error: str | None = None  # the first bug a built-in runner raised
 
     def _new_record(self, run_id: str, trigger: dict[str, Any]) -> dict[str, Any]:
         total = len(self.workflow.steps)
@@ -3589,6 +3771,7 @@ class Engine:
         total = len(self.workflow.steps)
         self.console.run_started(self.workflow, record, self.masker)
         with SignalGuard() as guard:
+            guard.announce = self._announce
             try:
                 exit_code = self._run_steps(recorder, guard, excluded, started, base_env, total)
             except StoreError as exc:
@@ -3596,6 +3779,14 @@ class Engine:
                 raise
         self.console.run_finished(self.workflow, record)
         return record, exit_code
+
+    def _announce(self, text: str) -> None:
+        """Said at once, on stderr, when a signal stops a step (the grace period may follow)."""
+        try:
+            sys.stderr.write(f"orchestrate: {self.masker.mask(text)}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
 
     def _record_store_failure(self, recorder: RunRecorder, exc: StoreError, started: float) -> None:
         """Best effort after runs/ stopped taking writes: mark the run failed and try once to
@@ -3656,6 +3847,11 @@ class Engine:
             name = interrupted.args[0]
             record["message"] = f"interrupted by {name}" + (" (Ctrl-C)" if interrupted.signum == signal.SIGINT else "")
             exit_code = EXIT_SIGINT if interrupted.signum == signal.SIGINT else EXIT_SIGTERM
+        elif self.internal_error is not None:
+            record["status"] = "failed"
+            record["message"] = self.internal_error
+            record["internal_error"] = True
+            exit_code = EXIT_INTERNAL
         elif failed:
             record["status"] = "failed"
             record["message"] = f"failed: {', '.join(failed)}"
@@ -3710,6 +3906,11 @@ class Engine:
                     ctx.emit(f"orchestrate: attempt {attempts} of {step.retries + 1} "
                              f"(after {step.retry_delay:g}s)")
                 ctx.last_process = None
+                # `timeout` is the budget of the whole attempt: every process it starts (a venv
+                # build, pip, the script) and every wait shares this one deadline
+                ctx.deadline = time.monotonic() + step.timeout if step.timeout else None
+                ctx.timed_out = False
+                ctx.env[STEP_TOKEN_ENV] = new_step_token()  # finds this attempt's processes only
                 try:
                     if step.cwd and not ctx.cwd.is_dir():
                         raise StepFailure(f"working directory {step.cwd} does not exist")
@@ -3718,7 +3919,7 @@ class Engine:
                     result = StepResult("failed", str(exc))
                     if ctx.last_process is not None and ctx.last_process.exit_code is not None:
                         result.exit_code = ctx.last_process.exit_code
-                if ctx.last_process is not None and ctx.last_process.timed_out:
+                if ctx.timed_out:
                     result = StepResult("failed", f"timed out after {step.timeout:g} s", exit_code=None,
                                         extra=result.extra, testcases=result.testcases)
                 if result.status != "failed" or attempts > step.retries:
@@ -3726,6 +3927,7 @@ class Engine:
                 guard.sleep(step.retry_delay)
         except RunInterrupted as exc:
             result = StepResult("failed", f"interrupted by {exc.args[0]}")
+            entry["leftover_processes"] = ctx.leftover_processes
             self._finish_entry(entry, result, attempts, started, sink, step, recorder)
             raise
         except StoreError:
@@ -3736,12 +3938,21 @@ class Engine:
             except StoreError:
                 pass
             raise
-        except Exception as exc:  # a runner bug must not lose the record or the report
+        except Exception as exc:
+            # A bug in a built-in runner (plugins run in a child interpreter: their exceptions
+            # are step failures) is not a failed check: the run goes on to its report and
+            # cleanup steps, and ends with exit 3, not 1, so CI does not read it as "tests failed".
             import traceback
 
-            sink.line(traceback.format_exc().rstrip())
-            result = StepResult("failed", f"internal error in the {step.type} runner: "
-                                f"{type(exc).__name__}: {exc}")
+            trace = self.masker.mask(traceback.format_exc().rstrip())
+            sink.line(trace)
+            sys.stderr.write(trace + "\n")
+            sys.stderr.flush()
+            message = self.masker.mask(f"internal error in the {step.type} runner: {type(exc).__name__}: {exc}")
+            result = StepResult("failed", message)
+            if self.internal_error is None:
+                self.internal_error = message
+        entry["leftover_processes"] = ctx.leftover_processes
         self._finish_entry(entry, result, attempts, started, sink, step, recorder)
         return entry
 
@@ -5767,6 +5978,9 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     if options.json_output:
         sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
+    if record.get("internal_error"):
+        _err(f"orchestrate: {record['message']} (a bug, not a step failure): please report it with "
+             f"the traceback above; exit code 3")
     return code
 
 
