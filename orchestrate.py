@@ -753,6 +753,7 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
             when=dict(resolved.get("when", {})), required=resolved.get("required", False),
             shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"', source=raw_step)
         runner.check_definition(step, path, settings)
+        runner.check_paths(step, where, root)
         steps.append(step)
     secrets = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
     masker = Masker(secrets)
@@ -1908,6 +1909,10 @@ class Runner:
     def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
         """Definition-time checks beyond key types; raise DefinitionError."""
 
+    def check_paths(self, step: Step, where: str, root: Path) -> None:
+        """Definition-time checks of the step's paths against the project root (`where` names
+        the file and the step); raise DefinitionError."""
+
     def preflight(self, ctx: StepContext) -> list[str]:
         """Problems on disk, reported ahead of time by validate and --dry-run."""
         return []
@@ -1945,7 +1950,112 @@ def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
+# A virtualenv orchestrate builds carries this marker (the requirements file's sha256 on its
+# first line) next to its pyvenv.cfg. Only a folder with both, and not a symbolic link, is ever
+# rebuilt or removed: a `"venv": "src"` that is the user's source folder is left alone (0.1.0
+# ran rmtree on any folder without bin/python, the project root included).
 _REQUIREMENTS_MARKER = ".orchestrate-requirements.sha256"
+_VENV_BUILD_INFIX = ".orchestrate-build-"  # <venv>.orchestrate-build-<random>: a build under way
+_VENV_OLD_INFIX = ".orchestrate-old-"  # the previous venv between the swap and its removal
+_VENV_LOCK_SUFFIX = ".orchestrate-lock"  # beside the venv: one build at a time across runs
+_NOT_A_VENV = "not a virtualenv"
+
+
+def venv_built_by_orchestrate(venv: Path) -> bool:
+    """Whether `venv` is a virtualenv orchestrate built: a real folder (not a link) holding
+    pyvenv.cfg and the marker orchestrate writes when a build succeeds."""
+    try:
+        if venv.is_symlink() or not venv.is_dir():
+            return False
+        marker = venv / _REQUIREMENTS_MARKER
+        return (venv / "pyvenv.cfg").is_file() and marker.is_file() and not marker.is_symlink()
+    except OSError:
+        return False
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class _VenvLock:
+    """An exclusive flock on <venv>.orchestrate-lock, waited for within the step's deadline and
+    its signals. The file is removed on release; a waiter that then holds the lock of a removed
+    file tries again with the file on disk (so two runs never both believe they hold it)."""
+
+    def __init__(self, ctx: StepContext, venv: Path) -> None:
+        self.ctx = ctx
+        self.path = venv.with_name(venv.name + _VENV_LOCK_SUFFIX)
+        self.fd: int | None = None
+
+    def __enter__(self) -> _VenvLock:
+        import fcntl
+
+        told = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if not told:
+                            self.ctx.emit(f"orchestrate: waiting for another run building virtualenv "
+                                          f"{self.ctx.step.config['venv']}")
+                            told = True
+                        left = self.ctx.time_left()
+                        if left is not None and left <= 0:
+                            self.ctx.timed_out = True
+                            raise StepFailure("") from None
+                        pause = 0.1 if left is None else max(0.0, min(0.1, left))
+                        if self.ctx.guard is not None:
+                            self.ctx.guard.sleep(pause)
+                        else:
+                            time.sleep(pause)
+                held = os.fstat(fd)
+                try:
+                    current = os.stat(self.path, follow_symlinks=False)
+                except FileNotFoundError:
+                    current = None
+                if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                    self.fd = fd
+                    return self
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def __exit__(self, *exc: Any) -> None:
+        _unlink_quietly(self.path)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _relocate_venv(built: Path, final: Path) -> None:
+    """A venv records its own path in its scripts' #! lines, bin/activate* and pyvenv.cfg: a venv
+    built in <venv>.orchestrate-build-… and moved into place must name its final folder, or
+    bin/pip and every installed console script would point at a folder that no longer exists."""
+    old, new = os.fsencode(str(built)), os.fsencode(str(final))
+    candidates = [built / "pyvenv.cfg"]
+    bin_dir = venv_python(built).parent
+    try:
+        candidates += sorted(bin_dir.iterdir())
+    except OSError:
+        pass
+    for path in candidates:
+        try:
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > 1024 * 1024:
+                continue
+            data = path.read_bytes()
+            if old not in data or not (data.startswith(b"#!") or path.name.lower().startswith("activate")
+                                       or path.name == "pyvenv.cfg"):
+                continue  # never edit a binary: its length matters
+            mode = path.stat().st_mode
+            path.write_bytes(data.replace(old, new))
+            os.chmod(path, mode)
+        except OSError:
+            continue
 
 
 @register_runner
@@ -1960,6 +2070,33 @@ class PythonRunner(Runner):
         "requirements": KeySpec((str,)),
     }
 
+    def check_paths(self, step: Step, where: str, root: Path) -> None:
+        """A venv orchestrate builds (the step has `requirements`) must be a folder of its own
+        inside the root: never the root, a folder above it or outside it (links resolved), and
+        never a folder that holds the step's script or requirements file, since a rebuild
+        replaces the whole folder. A venv without `requirements` is only read: anywhere goes."""
+        config = step.config
+        if not config.get("requirements"):
+            return
+        real_root = os.path.realpath(root)
+        shown = config["venv"]
+        venv = os.path.realpath(os.path.join(root, shown))
+        example = os.path.join(os.path.dirname(config["script"]), ".venv")
+        fix = (f"a virtualenv built from 'requirements' needs a folder of its own inside the project, "
+               f"e.g. \"venv\": \"{example}\"")
+        if venv == real_root:
+            raise DefinitionError(f"{where}: key 'venv': {shown!r} is the project root; {fix}")
+        if _inside(real_root, venv):
+            raise DefinitionError(f"{where}: key 'venv': {shown!r} is a folder above the project root; {fix}")
+        if not _inside(venv, real_root):
+            resolved = "" if venv == os.path.normpath(os.path.join(root, shown)) else f" (it resolves to {venv})"
+            raise DefinitionError(f"{where}: key 'venv': {shown!r} is outside the project root{resolved}; {fix}")
+        for key, label in (("script", "script"), ("requirements", "requirements file")):
+            if _inside(os.path.realpath(os.path.join(root, config[key])), venv):
+                raise DefinitionError(
+                    f"{where}: key 'venv': {shown!r} contains the step's {label} {config[key]}; "
+                    f"orchestrate replaces the whole venv folder when it rebuilds it, so {fix}")
+
     def _paths(self, ctx: StepContext) -> tuple[Path, Path, Path | None]:
         config = ctx.step.config
         requirements = ctx.root / config["requirements"] if config.get("requirements") else None
@@ -1971,6 +2108,12 @@ class PythonRunner(Runner):
                 f"{shown}/bin/pip install -r <your requirements file> (or add \"requirements\" to the "
                 f"step and orchestrate builds it)")
 
+    def _not_a_venv(self, ctx: StepContext) -> str:
+        shown = ctx.step.config["venv"]
+        return (f"venv {shown} exists but is not a virtualenv orchestrate built (no pyvenv.cfg and "
+                f"{_REQUIREMENTS_MARKER} in it), so orchestrate leaves it untouched: move it away, or "
+                f"point \"venv\" at another folder")
+
     def preflight(self, ctx: StepContext) -> list[str]:
         venv, script, requirements = self._paths(ctx)
         problems = []
@@ -1978,6 +2121,8 @@ class PythonRunner(Runner):
             problems.append(self._venv_fix(ctx, venv))
         if requirements is not None and not requirements.is_file():
             problems.append(f"requirements file {ctx.step.config['requirements']} does not exist")
+        if requirements is not None and self._venv_state(venv, requirements) == _NOT_A_VENV:
+            problems.append(self._not_a_venv(ctx))
         if not script.is_file():
             problems.append(f"script {ctx.step.config['script']} does not exist")
         return problems
@@ -1987,7 +2132,7 @@ class PythonRunner(Runner):
         lines = []
         if requirements is not None:
             state = self._venv_state(venv, requirements)
-            if state != "ready":
+            if state not in ("ready", _NOT_A_VENV):
                 lines.append(f"build virtualenv {ctx.step.config['venv']} from "
                              f"{ctx.step.config['requirements']} ({state})")
         argv = [str(venv_python(venv).relative_to(ctx.root) if venv.is_relative_to(ctx.root) else venv_python(venv)),
@@ -1997,49 +2142,126 @@ class PythonRunner(Runner):
 
     @staticmethod
     def _venv_state(venv: Path, requirements: Path) -> str:
-        if not venv_python(venv).exists():
+        """ready, missing, requirements changed, broken (ours, without its interpreter), or
+        not a virtualenv (a folder orchestrate did not build and cannot use)."""
+        if not os.path.lexists(venv):
             return "missing"
-        marker = venv / _REQUIREMENTS_MARKER
-        if not marker.exists():
-            return "ready"  # a virtualenv orchestrate did not build is never touched
+        if not venv_built_by_orchestrate(venv):
+            # a virtualenv orchestrate did not build is used as it is, never touched
+            return "ready" if venv_python(venv).exists() else _NOT_A_VENV
+        if not venv_python(venv).exists():
+            return "broken"
         try:
             digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+            recorded = (venv / _REQUIREMENTS_MARKER).read_text(errors="replace").split("\n", 1)[0].strip()
         except OSError:
             return "ready"
-        return "ready" if marker.read_text().strip() == digest else "requirements changed"
+        return "ready" if recorded == digest else "requirements changed"
 
-    def _build_venv(self, ctx: StepContext, venv: Path, requirements: Path, state: str) -> None:
+    def _build_venv(self, ctx: StepContext, venv: Path, requirements: Path) -> None:
+        """Build into <venv>.orchestrate-build-<random> beside it and swap it in only once pip
+        has succeeded: a failed rebuild leaves the previous venv as it was. One build at a time
+        (a lock file beside the venv), so two runs never build into the same folder."""
+        config = ctx.step.config
+        if not requirements.is_file():
+            raise StepFailure(f"requirements file {config['requirements']} does not exist")
+        try:
+            venv.parent.mkdir(parents=True, exist_ok=True)
+            lock = _VenvLock(ctx, venv)
+            lock.__enter__()
+        except OSError as exc:
+            raise StepFailure(f"cannot lock virtualenv {config['venv']}: "
+                              f"{venv.name + _VENV_LOCK_SUFFIX}: {exc.strerror or exc}") from None
+        try:
+            state = self._venv_state(venv, requirements)  # another run may have built it meanwhile
+            if state == "ready":
+                return
+            if state == _NOT_A_VENV:
+                raise StepFailure(self._not_a_venv(ctx))
+            self._remove_abandoned_builds(venv)
+            self._build_and_swap(ctx, venv, requirements, state)
+        finally:
+            lock.__exit__()
+
+    @staticmethod
+    def _remove_abandoned_builds(venv: Path) -> None:
+        """Folders of builds whose run was killed (their names are orchestrate's own)."""
         import shutil
 
-        if not requirements.is_file():
-            raise StepFailure(f"requirements file {ctx.step.config['requirements']} does not exist")
+        try:
+            siblings = list(venv.parent.iterdir())
+        except OSError:
+            return
+        for path in siblings:
+            if (path.name.startswith((venv.name + _VENV_BUILD_INFIX, venv.name + _VENV_OLD_INFIX))
+                    and not path.is_symlink() and path.is_dir()):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _build_and_swap(self, ctx: StepContext, venv: Path, requirements: Path, state: str) -> None:
+        import shutil
+
+        config = ctx.step.config
         data = requirements.read_bytes()
-        ctx.emit(f"orchestrate: building virtualenv {ctx.step.config['venv']} "
-                 f"({state}) from {ctx.step.config['requirements']}")
-        if venv.exists():
-            shutil.rmtree(venv)
+        ctx.emit(f"orchestrate: building virtualenv {config['venv']} ({state}) from {config['requirements']}")
+        kept = f"; the previous virtualenv {config['venv']} was kept" if os.path.lexists(venv) else ""
+        build = venv.with_name(f"{venv.name}{_VENV_BUILD_INFIX}{os.urandom(4).hex()}")
         has_requirements = any(line.strip() and not line.strip().startswith(b"#")
                                for line in data.splitlines())
-        # no pip when nothing is to be installed: creating a venv without it is offline and fast
-        create = [sys.executable, "-m", "venv", str(venv)] + ([] if has_requirements else ["--without-pip"])
-        result = ctx.run_process(create)
-        if result.exit_code != 0:
-            raise StepFailure(f"could not create virtualenv {ctx.step.config['venv']} (exit code {result.exit_code})")
-        if has_requirements:
-            result = ctx.run_process([str(venv_python(venv)), "-m", "pip", "install",
-                                      "--disable-pip-version-check", "-r", str(requirements)])
+        try:
+            # no pip when nothing is to be installed: creating a venv without it is offline and fast
+            create = [sys.executable, "-m", "venv", "--prompt", venv.name, str(build)] + (
+                [] if has_requirements else ["--without-pip"])
+            result = ctx.run_process(create)
             if result.exit_code != 0:
-                shutil.rmtree(venv, ignore_errors=True)  # a half-built venv must not pass as ready
-                raise StepFailure(f"pip install -r {ctx.step.config['requirements']} failed "
-                                  f"(exit code {result.exit_code}); see the step log")
-        (venv / _REQUIREMENTS_MARKER).write_text(hashlib.sha256(data).hexdigest() + "\n")
+                raise StepFailure(f"could not create virtualenv {config['venv']} "
+                                  f"(exit code {result.exit_code}){kept}")
+            if has_requirements:
+                result = ctx.run_process([str(venv_python(build)), "-m", "pip", "install",
+                                          "--disable-pip-version-check", "-r", str(requirements)])
+                if result.exit_code != 0:
+                    raise StepFailure(f"pip install -r {config['requirements']} failed "
+                                      f"(exit code {result.exit_code}){kept}; see the step log")
+            _relocate_venv(build, venv)
+            (build / _REQUIREMENTS_MARKER).write_text(
+                hashlib.sha256(data).hexdigest() + "\n"
+                "# orchestrate built this virtualenv from the requirements file with this sha256;\n"
+                "# it rebuilds (replaces) it when that file changes. Delete this file to keep it as is.\n")
+            self._swap(ctx, build, venv)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)  # only ever the folder this build created
+            raise
+
+    @staticmethod
+    def _swap(ctx: StepContext, build: Path, venv: Path) -> None:
+        import shutil
+
+        try:
+            if not os.path.lexists(venv):
+                os.rename(build, venv)
+                return
+            if not venv_built_by_orchestrate(venv):  # checked again: it is about to move
+                raise StepFailure(f"venv {ctx.step.config['venv']} changed while orchestrate rebuilt it; "
+                                  f"it was left untouched")
+            old = venv.with_name(f"{venv.name}{_VENV_OLD_INFIX}{os.urandom(4).hex()}")
+            os.rename(venv, old)
+            try:
+                os.rename(build, venv)
+            except OSError:
+                os.rename(old, venv)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            raise StepFailure(f"could not move the new virtualenv into {ctx.step.config['venv']}: "
+                              f"{exc.strerror or exc}") from None
 
     def execute(self, ctx: StepContext) -> StepResult:
         venv, script, requirements = self._paths(ctx)
         if requirements is not None:
             state = self._venv_state(venv, requirements)
+            if state == _NOT_A_VENV:
+                raise StepFailure(self._not_a_venv(ctx))
             if state != "ready":
-                self._build_venv(ctx, venv, requirements, state)
+                self._build_venv(ctx, venv, requirements)
         python = venv_python(venv)
         if not python.exists():
             raise StepFailure(self._venv_fix(ctx, venv))

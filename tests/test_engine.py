@@ -435,3 +435,38 @@ def test_grace_period_is_an_option(project: Project) -> None:
     assert code == 1 and record["log"][0]["message"] == "timed out after 0.5 s"
     assert record["log"][0]["duration_s"] < 0.5 + orchestrate.KILL_GRACE_S  # not the default 5 s
     _wait_for(lambda: not _alive(int(pids.read_text())), 10)
+
+
+# --- issue 11: a bug in a built-in runner is exit 3, never a step failure ------------------------
+
+BROKEN_RUNNER = """
+import sys, orchestrate
+def broken(self, ctx):
+    ctx.emit("about to break")
+    return 1 / 0
+orchestrate.CommandRunner.execute = broken
+sys.exit(orchestrate.main(sys.argv[1:]))
+"""
+
+
+def test_internal_error_in_a_built_in_runner_is_exit_3_with_the_report_written(project: Project) -> None:
+    project.workflow("w", [cmd("checks", "echo never"), cmd("later", "echo never"),
+                           {"name": "cleanup", "type": "python", "script": "x.py", "venv": ".venv",
+                            "when": {"status": "always"}}])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([PY, "-c", BROKEN_RUNNER, "--root", str(project.root), "run", "w"], capture_output=True,
+                          text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback (most recent call last)" in done.stderr and "ZeroDivisionError: division by zero" in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1] == (
+        "orchestrate: internal error in the command runner: ZeroDivisionError: division by zero "
+        "(a bug, not a step failure): please report it with the traceback above; exit code 3")
+    record = project.last_record()
+    assert record["status"] == "failed" and record["exit_code"] == 3
+    assert record["message"] == "internal error in the command runner: ZeroDivisionError: division by zero"
+    assert [e["status"] for e in record["log"]] == ["failed", "skipped", "failed"]  # cleanup still ran
+    assert record["log"][0]["message"] == record["message"]
+    log = (project.runs / record["run_id"] / "01-checks.log").read_text()
+    assert "about to break" in log and "ZeroDivisionError: division by zero" in log and "Traceback" in log
+    assert_valid_junit(project.runs / record["run_id"] / "junit.xml")
+    assert "internal error in the command runner" in (project.runs / record["run_id"] / "junit.xml").read_text()
