@@ -634,6 +634,14 @@ def _validate_common(step: dict[str, Any], where: str) -> None:
                     isinstance(v, str) and v for v in items):
                 raise DefinitionError(
                     f"{where}: key 'when.{key}' must be a non-empty list of glob strings")
+            as_matched = changed_glob if key == "changed" else branch_glob
+            for i, pattern in enumerate(items):
+                try:
+                    as_matched(pattern)
+                except GlobError as exc:
+                    shown = f"when.{key}" if isinstance(value, str) else f"when.{key}[{i}]"
+                    raise DefinitionError(f"{where}: key '{shown}': invalid glob "
+                                          f"{_shorten(pattern, 80)!r}: {exc}") from None
 
 
 def _find_plugin(step_type: str, root: Path) -> str | None:
@@ -3157,89 +3165,271 @@ CYPRESS_ARTIFACT_DIRS = (
 )
 
 
+# --- globs ---
+# One translator for every glob orchestrate matches (Cypress `spec`, `when.changed`,
+# `when.branch`), built so that a hostile pattern cannot hang a run:
+# - braces are expanded after counting: a pattern that would expand to more than
+#   GLOB_MAX_PATTERNS patterns is refused (0.1.0 expanded "{a,b}" x 16 recursively, which
+#   hung `validate` for over a minute), and so is one longer than GLOB_MAX_LENGTH;
+# - the expanded patterns become one regular expression whose matching time is linear in the
+#   path's length: a fixed-width chunk between two `*` of a segment, and the segments between
+#   two `**/`, are matched at their leftmost place and never retried (an atomic group, written
+#   as a lookahead and a backreference, as CPython's fnmatch does since 3.9), which is exact
+#   for globs and leaves no backtracking that grows with the path;
+# - a character class is checked when the workflow is loaded: `[z-a]` is a definition error.
+GLOB_MAX_PATTERNS = 1000
+GLOB_MAX_LENGTH = 10_000
+_GLOB_MAX_NESTING = 32
+
+
+class GlobError(ValueError):
+    """A glob that cannot be used; the message says why (the caller names the key)."""
+
+
+def _brace_pairs(pattern: str) -> dict[int, int]:
+    """Index of each '{' that has a matching '}' -> index of that '}'."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for index, char in enumerate(pattern):
+        if char == "{":
+            stack.append(index)
+            if len(stack) > _GLOB_MAX_NESTING:
+                raise GlobError(f"braces are nested more than {_GLOB_MAX_NESTING} deep")
+        elif char == "}" and stack:
+            pairs[stack.pop()] = index
+    return pairs
+
+
+def _parse_braces(pattern: str, pairs: dict[int, int], start: int, end: int) -> list[Any]:
+    """pattern[start:end] as a sequence of literal strings and groups (lists of sequences).
+    As in bash, braces without a top-level comma ("{x}") or without their closing brace stay
+    literal (what is inside them is still read)."""
+    import itertools
+
+    items: list[Any] = []
+    literal: list[str] = []
+    index = start
+    while index < end:
+        char = pattern[index]
+        close = pairs.get(index, -1) if char == "{" else -1
+        if 0 <= close < end:
+            commas, inner = [], index + 1
+            while inner < close:
+                if pattern[inner] == "{" and inner in pairs:
+                    inner = pairs[inner] + 1
+                    continue
+                if pattern[inner] == ",":
+                    commas.append(inner)
+                inner += 1
+            if commas:
+                if literal:
+                    items.append("".join(literal))
+                    literal = []
+                bounds = [index, *commas, close]
+                items.append([_parse_braces(pattern, pairs, left + 1, right)
+                              for left, right in itertools.pairwise(bounds)])
+                index = close + 1
+                continue
+        literal.append(char)
+        index += 1
+    if literal:
+        items.append("".join(literal))
+    return items
+
+
+def _brace_count(sequence: list[Any]) -> int:
+    total = 1
+    for item in sequence:
+        if isinstance(item, list):
+            total *= sum(_brace_count(alternative) for alternative in item)
+            if total > GLOB_MAX_PATTERNS:
+                return total
+    return total
+
+
+def _brace_expand(sequence: list[Any]) -> list[str]:
+    results = [""]
+    for item in sequence:
+        if isinstance(item, str):
+            results = [prefix + item for prefix in results]
+        else:
+            endings = [text for alternative in item for text in _brace_expand(alternative)]
+            results = [prefix + ending for prefix in results for ending in endings]
+    return results
+
+
 def expand_braces(pattern: str) -> list[str]:
     """Expand shell braces: "a.{js,ts}" -> ["a.js", "a.ts"], nested groups included.
 
     Like bash, a group without a top-level comma ("{x}") or without its closing brace
-    stays literal. Duplicates are dropped, first occurrence kept.
+    stays literal. Duplicates are dropped, first occurrence kept. GlobError when the pattern
+    would expand to more than GLOB_MAX_PATTERNS patterns (counted before anything is built).
     """
-    import itertools
+    if len(pattern) > GLOB_MAX_LENGTH:
+        raise GlobError(f"the pattern is {len(pattern):,} characters long; at most {GLOB_MAX_LENGTH:,} are allowed")
+    if "{" not in pattern:
+        return [pattern]
+    sequence = _parse_braces(pattern, _brace_pairs(pattern), 0, len(pattern))
+    if _brace_count(sequence) > GLOB_MAX_PATTERNS:
+        raise GlobError(f"its braces expand to more than {GLOB_MAX_PATTERNS:,} patterns, the most "
+                        f"orchestrate accepts (list fewer alternatives, or use * and ?)")
+    return list(dict.fromkeys(_brace_expand(sequence)))
 
-    search_from = 0
-    while True:
-        start = pattern.find("{", search_from)
-        if start < 0:
-            return [pattern]
-        depth, commas, end = 0, [], -1
-        for pos in range(start, len(pattern)):
-            char = pattern[pos]
-            if char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    end = pos
-                    break
-            elif char == "," and depth == 1:
-                commas.append(pos)
-        if end < 0 or not commas:
-            search_from = start + 1
+
+_CLASS_SPECIAL = frozenset("\\]^-[&~|")
+
+
+def _glob_class(pattern: str, pos: int) -> tuple[str, int] | None:
+    """The regex of the character class at pattern[pos] == '[' and the index after it, or None
+    when it has no closing ']' (then '[' is literal). A class never matches '/'."""
+    index = pos + 1
+    negate = index < len(pattern) and pattern[index] in "!^"
+    if negate:
+        index += 1
+    start = index
+    if index < len(pattern) and pattern[index] == "]":
+        index += 1  # a ']' first is a member, as in fnmatch
+    close = pattern.find("]", index)
+    if close < 0:
+        return None
+    body = pattern[start:close]
+    parts: list[str] = []
+    k = 0
+    while k < len(body):
+        if k + 2 < len(body) and body[k + 1] == "-":
+            low, high = body[k], body[k + 2]
+            if low > high:
+                raise GlobError(f"the character range {low}-{high} in [{body}] is reversed (write {high}-{low})")
+            parts.append(_class_char(low) + "-" + _class_char(high))
+            k += 3
+        else:
+            parts.append(_class_char(body[k]))
+            k += 1
+    inner = "".join(parts)
+    return (f"[^/{inner}]" if negate else f"(?!/)[{inner}]"), close + 1
+
+
+def _class_char(char: str) -> str:
+    return "\\" + char if char in _CLASS_SPECIAL else char
+
+
+def _glob_tokens(pattern: str) -> list[tuple[str, str]]:
+    """A brace-free glob as tokens: ("sep", "/"), ("star", ""), ("one", regex) for a literal,
+    `?` or a class (each matches exactly one character)."""
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(pattern):
+        char = pattern[pos]
+        if char == "/":
+            tokens.append(("sep", "/"))
+        elif char == "*":
+            tokens.append(("star", ""))
+        elif char == "?":
+            tokens.append(("one", "[^/]"))
+        elif char == "[":
+            found = _glob_class(pattern, pos)
+            if found is not None:
+                tokens.append(("one", found[0]))
+                pos = found[1]
+                continue
+            tokens.append(("one", re.escape(char)))
+        else:
+            tokens.append(("one", re.escape(char)))
+        pos += 1
+    return tokens
+
+
+class _GroupNames:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def next(self) -> str:
+        self.count += 1
+        return f"g{self.count}"
+
+
+def _segment_regex(tokens: list[tuple[str, str]], names: _GroupNames) -> str:
+    """One path segment: fixed chunks between stars; the chunks between the first and the last
+    star are found at their leftmost place, atomically (see the comment above)."""
+    chunks: list[str] = [""]
+    for kind, text in tokens:
+        if kind == "star":
+            chunks.append("")
+        else:
+            chunks[-1] += text
+    if len(chunks) == 1:
+        return chunks[0]
+    first, *middle, last = chunks
+    out = [first]
+    for chunk in middle:
+        if chunk:
+            name = names.next()
+            out.append(f"(?=(?P<{name}>[^/]*?{chunk}))(?P={name})")
+    out.append("[^/]*" + last)
+    return "".join(out)
+
+
+def _glob_pattern_regex(pattern: str, names: _GroupNames) -> str:
+    """The regex of one brace-free glob over a POSIX relative path (to be matched from its start).
+
+    `*` and `?` stay inside one path segment, `[...]`/`[!...]` are character classes,
+    `**/` is any number of directories (none included) and a final `**` is anything."""
+    tokens = _glob_tokens(pattern)
+    segments: list[list[tuple[str, str]]] = [[]]
+    for token in tokens:
+        if token[0] == "sep":
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    globstar = [("star", ""), ("star", "")]
+    ends_anything = len(segments) > 0 and segments[-1] == globstar
+    if ends_anything:
+        segments.pop()
+    # runs of segments between `**/` (consecutive `**` are one)
+    runs: list[list[str]] = [[]]
+    for index, segment in enumerate(segments):
+        if segment == globstar and index < len(segments) - 1 + (1 if ends_anything else 0):
+            if runs[-1] or len(runs) == 1:
+                runs.append([])
             continue
-        prefix, suffix = pattern[:start], pattern[end + 1 :]
-        bounds = [start, *commas, end]
-        expanded: list[str] = []
-        for left, right in itertools.pairwise(bounds):
-            for item in expand_braces(prefix + pattern[left + 1 : right] + suffix):
-                if item not in expanded:
-                    expanded.append(item)
-        return expanded
+        runs[-1].append(_segment_regex(segment, names))
+    out: list[str] = []
+    for position, run in enumerate(runs):
+        text = "".join(part + "/" for part in run)
+        last_run = position == len(runs) - 1
+        if last_run and not ends_anything:
+            text = text[:-1]  # the last segment has no '/' after it
+        if position == 0:
+            out.append(text)
+        elif last_run and not ends_anything:
+            out.append(f"(?:[^/]+/)*{text}")
+        else:
+            name = names.next()
+            out.append(f"(?=(?P<{name}>(?:[^/]+/)*?{text}))(?P={name})")
+    if ends_anything:
+        out.append(".*")
+    return "".join(out) + r"\Z"
 
 
 @functools.lru_cache(maxsize=512)
 def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile one brace-free glob to a regex over POSIX relative paths.
+    """Compile a glob (braces included) to one regex over POSIX relative paths, to be used with
+    .match(). Raises GlobError for a pattern that cannot be used (see above)."""
+    names = _GroupNames()
+    alternatives = [_glob_pattern_regex(expanded, names) for expanded in expand_braces(pattern)]
+    try:
+        return re.compile(alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")",
+                          re.DOTALL)
+    except (re.error, RecursionError, OverflowError) as exc:  # not expected: every piece is escaped
+        raise GlobError(f"cannot be compiled ({exc})") from None
 
-    `*` and `?` stay inside one path segment, `[...]`/`[!...]` are character classes,
-    `**/` is any number of directories (none included) and a final `**` is anything.
-    """
-    out: list[str] = []
-    pos, size = 0, len(pattern)
-    while pos < size:
-        char = pattern[pos]
-        if pattern.startswith("**", pos) and (pos == 0 or pattern[pos - 1] == "/"):
-            after = pos + 2
-            if pattern.startswith("/", after):
-                out.append("(?:[^/]+/)*")
-                pos = after + 1
-                continue
-            if after == size:
-                out.append(".*")
-                pos = after
-                continue
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[":
-            close = pos + 1
-            if close < size and pattern[close] in "!^":
-                close += 1
-            if close < size and pattern[close] == "]":
-                close += 1
-            close = pattern.find("]", close)
-            if close < 0:
-                out.append(re.escape(char))
-            else:
-                body = pattern[pos + 1 : close].replace("\\", "\\\\")
-                if body[:1] in ("!", "^"):
-                    out.append(f"[^/{body[1:]}]")
-                else:
-                    out.append(f"[{body}]")
-                pos = close
-        else:
-            out.append(re.escape(char))
-        pos += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+def check_glob(pattern: str, where: str, key: str) -> None:
+    """A definition-time check of a glob: DefinitionError naming the key."""
+    try:
+        glob_regex(pattern)
+    except GlobError as exc:
+        raise DefinitionError(f"{where}: key '{key}': invalid glob {_shorten(pattern, 80)!r}: {exc}") from None
 
 
 def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
@@ -3252,7 +3442,7 @@ def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
     base = project / folder
     if not base.is_dir():
         return []
-    patterns = [glob_regex(p) for p in expand_braces(spec.strip().removeprefix("./"))]
+    pattern = glob_regex(spec.strip().removeprefix("./"))
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = [d for d in dirnames if d != "node_modules" and not d.startswith(".")]
@@ -3261,7 +3451,7 @@ def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
                 continue
             path = os.path.join(dirpath, filename)
             in_folder = os.path.relpath(path, base).replace(os.sep, "/")
-            if any(p.match(in_folder) for p in patterns):
+            if pattern.match(in_folder):
                 found.append(os.path.relpath(path, project).replace(os.sep, "/"))
     return sorted(found)
 
@@ -3589,6 +3779,9 @@ class CypressRunner(Runner):
                 raise DefinitionError(
                     f"{where}: key '{key}': {value!r} must be a non-empty path inside the project"
                 )
+        spec = step.config.get("spec")
+        if spec is not None:
+            check_glob(spec.strip().removeprefix("./"), where, "spec")
 
     # -- the parts shared by preflight, describe and execute --
 
@@ -4804,11 +4997,11 @@ def compare_changes(root: Path, from_ref: str, to_ref: str = "HEAD", *,
 # Globs are glob_regex() of the Runners section (Cypress specs use the same syntax).
 
 
-def path_matches(path: str, pattern: str) -> bool:
-    """Whether a repository path matches a `when.changed` glob, gitignore-style:
-    a pattern without "/" matches a file name at any depth (`*.py`), one with "/" is
-    anchored at the repository root (`src/**`, `/setup.py`), a trailing "/" means the
-    whole folder (`docs/`)."""
+def changed_glob(pattern: str) -> re.Pattern[str]:
+    """The regex of a `when.changed` glob, gitignore-style: a pattern without "/" matches a
+    file name at any depth (`*.py`), one with "/" is anchored at the repository root
+    (`src/**`, `/setup.py`), a trailing "/" means the whole folder (`docs/`). GlobError
+    when it cannot be used (checked when the workflow is loaded)."""
     pattern = pattern.strip()
     if pattern.endswith("/"):
         pattern += "**"
@@ -4816,12 +5009,22 @@ def path_matches(path: str, pattern: str) -> bool:
         pattern = pattern[1:]
     elif "/" not in pattern:
         pattern = "**/" + pattern
-    return bool(glob_regex(pattern).match(path))
+    return glob_regex(pattern)
+
+
+def branch_glob(pattern: str) -> re.Pattern[str]:
+    """The regex of a `when.branch` pattern: `main`, `release/*` (one level), `feature/**`."""
+    return glob_regex(pattern.strip().removeprefix("refs/heads/"))
+
+
+def path_matches(path: str, pattern: str) -> bool:
+    """Whether a repository path matches a `when.changed` glob (see changed_glob)."""
+    return bool(changed_glob(pattern).match(path))
 
 
 def branch_matches(branch: str, pattern: str) -> bool:
     """`main`, `release/*` (one level), `feature/**` (any depth)."""
-    return bool(glob_regex(pattern.strip().removeprefix("refs/heads/")).match(branch))
+    return bool(branch_glob(pattern).match(branch))
 
 
 def _as_patterns(value: Any) -> list[str]:
