@@ -899,9 +899,11 @@ def process_alive(pid: int | None, start: str | None = None) -> bool:
 
 def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE) -> None:
     """Temporary file in the same folder, flush, fsync, os.replace: a reader or a crash never
-    sees a torn file (the pipx and git approach)."""
+    sees a torn file (the pipx and git approach). The temporary file is created anew, never
+    opened through a link planted at its name; os.replace replaces a link at `path` itself."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    _unlink_quietly(tmp)  # a leftover of a killed writer with the same pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, mode)
     try:
         view = memoryview(data)
         while view:
@@ -924,6 +926,50 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def make_runs_dirs(path: Path, runs_dir: Path) -> None:
+    """Create `path` and every folder between it and `runs_dir` with RUNS_DIR_MODE. mkdir's
+    mode is masked by the umask and never widened: with umask 000, Path.mkdir()'s default
+    0o777 made Cypress report and artifact folders world-writable. A symbolic link (or a file)
+    on the way is refused with StoreError, so a link planted under runs/ never leads a write
+    outside it."""
+    import stat
+
+    current = runs_dir
+    for part in path.relative_to(runs_dir).parts:
+        current = current / part
+        try:
+            os.mkdir(current, RUNS_DIR_MODE)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot create {current}: {exc.strerror or exc}") from None
+        try:
+            info = os.lstat(current)
+        except OSError as exc:
+            raise StoreError(f"cannot create {current}: {exc.strerror or exc}") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise StoreError(f"{current} is {'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a folder'}; "
+                             f"orchestrate does not write through it: remove it")
+
+
+def copy_into_runs(source: Path, target: Path, runs_dir: Path) -> None:
+    """Copy a file (a screenshot, a video) under runs/ as a new file with RUNS_FILE_MODE and the
+    source's times: never through a link planted at `target`, never with the source's mode
+    (a file Cypress wrote under umask 000 is world-writable)."""
+    import shutil
+
+    make_runs_dirs(target.parent, runs_dir)
+    _unlink_quietly(target)  # a retry's copy, or a planted link: replaced, never followed
+    info = source.stat()
+    with open(source, "rb") as reader, os.fdopen(
+            os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, RUNS_FILE_MODE), "wb") as writer:
+        shutil.copyfileobj(reader, writer, READ_CHUNK)
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def _dump_record(record: dict[str, Any]) -> bytes:
@@ -1196,7 +1242,7 @@ class RunRecorder:
         try:
             if self.journal_fd is None:
                 self.journal_fd = os.open(self.store.journal_path(self.record["run_id"]),
-                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE)
+                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW, RUNS_FILE_MODE)
             os.write(self.journal_fd, line)
             self.journal_bytes += len(line)
             if durable:
@@ -1251,14 +1297,21 @@ class OutputSink:
         if self.log_path is not None:
             try:
                 if self.log_file is None:
+                    # O_NOFOLLOW: a link planted at the log's name is not followed out of runs/
                     self.log_file = os.fdopen(
-                        os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE),
+                        os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW,
+                                RUNS_FILE_MODE),
                         "ab", buffering=0)
                 self.log_file.write(data)
             except OSError as exc:  # disk full, quota, I/O error: the run cannot be recorded
+                import errno
+
+                path, self.log_path = self.log_path, None
                 self._close_log()
-                self.log_path = None
-                raise StoreError(f"cannot write {self.log_path}: {exc.strerror or exc} "
+                if exc.errno == errno.ELOOP:
+                    raise StoreError(f"cannot write {path}: it is a symbolic link; orchestrate does "
+                                     f"not write through it: remove it") from None
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc} "
                                  f"(free some space, or pass --runs-dir)") from None
         if self.console_write is not None:
             self.console_write(data)
@@ -2319,13 +2372,22 @@ class CommandRunner(Runner):
         return _process_result(ctx.run_process(ctx.step.config["run"]), "command")
 
 
+# The step dict reaches the child on its stdin (a file that has no name: memfd or an unlinked
+# temporary file), never in an environment variable: a big step made exec fail with E2BIG, and
+# the environment of a process is readable by its other processes for as long as they live. The
+# child then puts /dev/null on its stdin, as every step has.
 _PLUGIN_BOOTSTRAP = r"""
 import json, os, sys, traceback
 result_path = os.environ.pop("ORCHESTRATE_PLUGIN_RESULT")
-step = json.loads(os.environ.pop("ORCHESTRATE_PLUGIN_STEP"))
+with os.fdopen(os.dup(0), "rb") as source:
+    step = json.loads(source.read().decode("utf-8", "surrogateescape"))
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+os.close(null)
 kind, target, type_name = sys.argv[1], sys.argv[2], sys.argv[3]
 def report(ok, message):
-    with open(os.open(result_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8", errors="replace") as handle:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with open(os.open(result_path, flags, 0o600), "w", encoding="utf-8", errors="replace") as handle:
         json.dump({"ok": ok, "message": message}, handle)
 try:
     if kind == "file":
@@ -2362,6 +2424,24 @@ report(True, result if isinstance(result, str) else "")
 """
 
 
+def _unnamed_file(data: bytes) -> int:
+    """A read-only descriptor of a file holding `data` that no path leads to (memfd on Linux,
+    else a temporary file unlinked at once), positioned at its start."""
+    try:
+        fd = os.memfd_create("orchestrate-step", getattr(os, "MFD_CLOEXEC", 0))
+    except (AttributeError, OSError):
+        import tempfile
+
+        handle = tempfile.TemporaryFile()
+        fd = os.dup(handle.fileno())
+        handle.close()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 class PluginRunner(Runner):
     """A type that is not built in: integrations/<type>_runner.py or an entry point in group
     orchestrate.runners. execute(step) runs in a child interpreter, so a plugin gets the same
@@ -2389,10 +2469,15 @@ class PluginRunner(Runner):
         kind, target = self._target(ctx.root)
         shown = _display_path(Path(target), ctx.root) if kind == "file" else target
         result_path = ctx.run_dir / f".plugin-result-{ctx.step.index + 1}.json"
-        env = dict(ctx.env, ORCHESTRATE_PLUGIN_RESULT=str(result_path),
-                   ORCHESTRATE_PLUGIN_STEP=json.dumps(ctx.step.raw))
-        process = ctx.run_process([sys.executable, "-c", _PLUGIN_BOOTSTRAP, kind, shown if kind != "file" else target,
-                                   self.type_name], env=env)
+        _unlink_quietly(result_path)  # the child creates it anew (O_EXCL): never through a link
+        env = dict(ctx.env, ORCHESTRATE_PLUGIN_RESULT=str(result_path))
+        step_file = _unnamed_file(json.dumps(ctx.step.raw, ensure_ascii=False).encode("utf-8", "surrogateescape"))
+        try:
+            process = ctx.run_process([sys.executable, "-c", _PLUGIN_BOOTSTRAP, kind,
+                                       shown if kind != "file" else target, self.type_name],
+                                      env=env, stdin=step_file)
+        finally:
+            os.close(step_file)
         try:
             outcome = json.loads(result_path.read_text(encoding="utf-8"))
             result_path.unlink()
@@ -3529,6 +3614,40 @@ def cypress_argv(
     return argv
 
 
+# Linux refuses an exec whose argv and environment pass ARG_MAX (E2BIG), and any single
+# argument longer than 128 KiB (MAX_ARG_STRLEN), which the comma-joined --spec list of a few
+# thousand spec files is. So specs are run in batches, each one `cypress run`, whose results
+# merge into the one step: a batch's --spec stays under CYPRESS_SPEC_ARG_BYTES and its whole
+# command line under half of what ARG_MAX leaves beside the environment.
+CYPRESS_SPEC_ARG_BYTES = 100_000
+
+
+def _argv_budget(env: Mapping[str, str]) -> int:
+    """Bytes a command line may take: well below ARG_MAX once the environment is counted."""
+    try:
+        arg_max = os.sysconf("SC_ARG_MAX")
+    except (AttributeError, ValueError, OSError):
+        arg_max = 256 * 1024
+    if arg_max <= 0:
+        arg_max = 256 * 1024
+    environment = sum(len(k.encode()) + len(v.encode()) + 2 + 8 for k, v in env.items())  # + the pointer
+    return max(16 * 1024, (arg_max - environment) // 2)
+
+
+def spec_batches(specs: Sequence[str], budget: int = CYPRESS_SPEC_ARG_BYTES) -> list[list[str]]:
+    """`specs` in order, cut into batches whose comma-joined length stays within `budget`."""
+    batches: list[list[str]] = [[]]
+    size = 0
+    for name in specs:
+        cost = len(name.encode("utf-8", "surrogateescape")) + 1
+        if batches[-1] and size + cost > budget:
+            batches.append([])
+            size = 0
+        batches[-1].append(name)
+        size += cost
+    return batches if batches[0] else []
+
+
 @dataclass
 class CypressTest:
     """One test case from a Cypress JUnit file."""
@@ -3722,26 +3841,42 @@ def _cypress_artifact_folders(project: Path, config: dict[str, Any]) -> list[tup
 
 
 def collect_cypress_artifacts(
-    folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path
+    folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path,
+    runs_dir: Path | None = None,
 ) -> list[Path]:
-    """Copy the screenshots and videos that are new or changed since `before` to `dest`.
+    """Copy the screenshots and videos that are new or changed since `before` to `dest`
+    (under `runs_dir`: folders and files get the runs/ modes, links there are not followed).
 
     Cypress empties these folders before a run by default (trashAssetsBeforeRuns), so
     what is there afterwards and differs from the snapshot is this run's.
     """
-    import shutil
-
     copied: list[Path] = []
     after = _artifact_snapshot(folder for _, folder in folders)
+    base = runs_dir if runs_dir is not None else dest.parent
     for label, folder in folders:
         for path in sorted(p for p in after if folder in p.parents):
             if before.get(path) == after[path]:
                 continue
             target = dest / label / path.relative_to(folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+            copy_into_runs(path, target, base)
             copied.append(target)
     return copied
+
+
+def _drop_write_by_others(folder: Path) -> None:
+    """Cypress writes its JUnit files under runs/ with the umask it was given (000 in some CI
+    images): take group and world write away before they are read, like every file under runs/."""
+    try:
+        paths = list(folder.iterdir())
+    except OSError:
+        return
+    for path in paths:
+        try:
+            info = path.lstat()
+            if not path.is_symlink() and info.st_mode & 0o022:
+                os.chmod(path, info.st_mode & 0o7755)
+        except OSError:
+            continue
 
 
 @register_runner
@@ -3863,12 +3998,18 @@ class CypressRunner(Runner):
                 problems.append(empty + (": the step will be skipped" if allowed else self._EMPTY_HINT))
         return problems
 
+    def _batches(self, ctx: StepContext, project: Path, specs: Sequence[str]) -> list[list[str]]:
+        """The specs cut so that no `cypress run` command line is too long to start (E2BIG)."""
+        others = sum(len(arg.encode()) + 1 for arg in self._argv(ctx, project, []))
+        budget = min(CYPRESS_SPEC_ARG_BYTES, _argv_budget(ctx.env) - others)
+        return spec_batches(specs, max(4096, budget))
+
     def describe(self, ctx: StepContext) -> list[str]:
         project = self._project(ctx)
         specs, _ = self._specs(ctx, project)
         share = self._share(ctx, specs)
-        command = shlex.join(self._argv(ctx, project, share or ["<no spec files>"]))
-        lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && {command}")]
+        lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && {shlex.join(self._argv(ctx, project, batch))}")
+                 for batch in (self._batches(ctx, project, share) or [["<no spec files>"]])]
         if specs and ctx.options.shard is not None:  # (no specs: preflight warns)
             index, count = ctx.options.shard
             lines.append(f"shard {index}/{count}: {len(share)} of {len(specs)} spec files")
@@ -3901,15 +4042,30 @@ class CypressRunner(Runner):
 
         report_dir = self._report_dir(ctx)
         shutil.rmtree(report_dir, ignore_errors=True)  # a retry must not read the last attempt's files
-        report_dir.mkdir(parents=True)
+        make_runs_dirs(report_dir, ctx.runs_dir)
         folders = _cypress_artifact_folders(project, config.get("config") or {})
-        before = _artifact_snapshot(folder for _, folder in folders)
-        ctx.emit(f"cypress: {len(share)} of {len(specs)} spec files" + (f" (shard {shard})" if shard else ""))
-        process = ctx.run_process(self._argv(ctx, project, share), cwd=project)
-
-        artifacts = collect_cypress_artifacts(
-            folders, before, ctx.run_dir / "artifacts" / self._slug(ctx)
-        )
+        batches = self._batches(ctx, project, share)
+        ctx.emit(f"cypress: {len(share)} of {len(specs)} spec files" + (f" (shard {shard})" if shard else "")
+                 + (f" in {len(batches)} batches (one command line would be too long)" if len(batches) > 1 else ""))
+        artifacts: list[Path] = []
+        code: int | None = 0
+        for number, batch in enumerate(batches, start=1):
+            if len(batches) > 1:
+                ctx.emit(f"cypress: batch {number} of {len(batches)}: {len(batch)} spec files")
+            # Cypress empties its screenshot and video folders before each run: each batch's
+            # artifacts are copied before the next batch starts
+            before = _artifact_snapshot(folder for _, folder in folders)
+            process = ctx.run_process(self._argv(ctx, project, batch), cwd=project)
+            artifacts += collect_cypress_artifacts(
+                folders, before, ctx.run_dir / "artifacts" / self._slug(ctx), ctx.runs_dir
+            )
+            if code == 0:
+                code = process.exit_code  # the first batch that did not pass speaks for the step
+            if ctx.timed_out:
+                break
+        if len(batches) > 1:
+            extra["batches"] = len(batches)
+        _drop_write_by_others(report_dir)
         reports, unreadable = read_cypress_reports(report_dir)
         tests = [test for report in reports for test in report.tests]
         failed = [test for test in tests if test.status == "failed"]
@@ -3933,7 +4089,6 @@ class CypressRunner(Runner):
             for t in tests
         ]
 
-        code = process.exit_code
         # a timeout is reported by the engine, which keeps the tests counted so far
         if failed:
             names = ", ".join(t.display_name for t in failed[:3])
@@ -4168,10 +4323,7 @@ class Engine:
                     continue
             else:
                 raise StoreError(f"could not allocate a unique run id in {self.store.runs_dir}")
-        try:
-            self.store.run_dir(run_id).mkdir(mode=RUNS_DIR_MODE, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create {self.store.run_dir(run_id)}: {exc.strerror or exc}") from None
+        make_runs_dirs(self.store.run_dir(run_id), self.store.runs_dir)  # a planted link is refused
         recorder = RunRecorder(self.store, record)
         recorder.last_snapshot = time.monotonic()
         return recorder
@@ -4284,11 +4436,17 @@ class Engine:
         path = self.store.junit_path(record["run_id"])
         try:
             write_atomic(path, xml)
-            if self.options.junit_xml is not None:
-                self.options.junit_xml.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(self.options.junit_xml, xml)
         except OSError as exc:
             raise StoreError(f"cannot write the JUnit report: {exc.strerror or exc}") from None
+        if self.options.junit_xml is not None:
+            try:
+                write_report_copy(self.options.junit_xml, xml)
+            except OSError as exc:
+                import errno
+
+                why = " (a FIFO nobody reads)" if exc.errno == errno.ENXIO else ""
+                raise StoreError(f"cannot write the JUnit report to {self.options.junit_xml}: "
+                                 f"{exc.strerror or exc}{why}") from None
         for hook in REPORT_HOOKS:
             hook(self, record)
 
@@ -4508,6 +4666,53 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
         ET.SubElement(sub, "system-out").text = ""
         ET.SubElement(sub, "system-err").text = ""
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+_STD_STREAM_PATH_RE = re.compile(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_report_copy(path: Path, data: bytes) -> None:
+    """Write `--junit-xml PATH` without destroying what PATH is: /dev/stdout and its kind are
+    written to the descriptor itself; a device, FIFO or socket is opened and written into
+    (never replaced by a regular file: as root, /dev/full used to become one); a symbolic link
+    to a regular file stays a link and its target is replaced atomically; anything else is
+    replaced atomically as before. Raises OSError."""
+    import stat
+
+    stream = _STD_STREAM_PATH_RE.fullmatch(str(path))
+    if stream is not None:
+        fd = 1 if stream.group(1) else 2 if stream.group(2) else int(stream.group(3) or stream.group(4))
+        for handle in (sys.stdout, sys.stderr):
+            try:
+                handle.flush()
+            except (OSError, ValueError):
+                pass
+        _write_fd(fd, data)
+        return
+    try:
+        info: os.stat_result | None = os.stat(path)  # through a link: what it leads to
+    except FileNotFoundError:
+        info = None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(21, "is a folder", str(path))
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of hanging the run
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        try:
+            os.set_blocking(fd, True)
+            _write_fd(fd, data)
+        finally:
+            os.close(fd)
+        return
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, data)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -6430,6 +6635,24 @@ def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunS
     return EXIT_OK
 
 
+def check_init_target(root: Path, folder: Path, name: str, option: str) -> None:
+    """`init` never creates a file through a symbolic link leading outside the root: a folder
+    under the root that resolves elsewhere, or a link at the file's own name. (A folder given
+    outside the root with --workflows-dir/--runs-dir is the user's explicit choice.)"""
+    real_root = os.path.realpath(root)
+    inside = _inside(os.path.normpath(folder), os.path.normpath(root))
+    if inside and not _inside(os.path.realpath(folder), real_root):
+        shown = os.path.relpath(folder, root)
+        raise UsageError(f"{shown} leads outside the project root (to {os.path.realpath(folder)}); "
+                         f"orchestrate init does not create files through it: remove the link, or pass "
+                         f"{option} {os.path.realpath(folder)}")
+    target = folder / name
+    if os.path.islink(target) and not _inside(os.path.realpath(target), real_root if inside else os.path.realpath(folder)):
+        shown = os.path.relpath(target, root) if inside else str(target)
+        raise UsageError(f"{shown} is a symbolic link to {os.path.realpath(target)}, outside the project "
+                         f"root; orchestrate init does not write through it: remove the link")
+
+
 _INIT_WORKFLOW = {
     "name": "pre-push",
     "description": "Checks run before every git push",
@@ -6738,17 +6961,25 @@ def build_app() -> Any:
     def init(ctx: typer.Context) -> int:
         """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
         paths = _paths(ctx)
+        files = [(paths.workflows_dir, "pre-push.json", "--workflows-dir", 0o755,
+                  json.dumps(_INIT_WORKFLOW, indent=2) + "\n"),
+                 (paths.runs_dir, ".gitignore", "--runs-dir", RUNS_DIR_MODE,
+                  "# run records are local state, never committed\n*\n!.gitignore\n")]
+        for folder, name, option, _mode, _text in files:  # everything is checked before anything is written
+            check_init_target(paths.root, folder, name, option)
         created = []
-        paths.workflows_dir.mkdir(parents=True, exist_ok=True)
-        target = paths.workflows_dir / "pre-push.json"
-        if not target.exists():
-            target.write_text(json.dumps(_INIT_WORKFLOW, indent=2) + "\n")
+        for folder, name, _option, mode, text in files:
+            folder.mkdir(mode=mode, parents=True, exist_ok=True)
+            target = folder / name
+            if os.path.lexists(target):
+                continue
+            try:  # O_EXCL: never through a link, never over a file made meanwhile
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
             created.append(target)
-        paths.runs_dir.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
-        ignore = paths.runs_dir / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text("# run records are local state, never committed\n*\n!.gitignore\n")
-            created.append(ignore)
         for path in created:
             typer.echo(f"created {_display_path(path, paths.root)}")
         if not created:
