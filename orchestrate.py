@@ -1513,10 +1513,14 @@ class ProcessTree:
 
 
 def stop_tree(tree: ProcessTree, process: Any, grace: float = KILL_GRACE_S,
-              guard: SignalGuard | None = None, until: float | None = None) -> int:
+              guard: SignalGuard | None = None, until: float | None = None,
+              signals_seen: int | None = None) -> int:
     """End a step process's tree: SIGTERM, then SIGKILL after `grace` seconds, at `until` (the
-    step's deadline), or at once when another SIGINT/SIGTERM arrives. Returns how many
-    processes besides the step process were found (what it left running, once it exited)."""
+    step's deadline), or at once when a signal beyond the `signals_seen` first ones arrives
+    (default: those received so far). Returns how many processes besides the step process
+    were found (what it left running, once it exited)."""
+    if signals_seen is None:
+        signals_seen = guard.count if guard is not None else 0
     found = tree.members()
     if process.poll() is not None and found is not None and not found:
         return 0  # the usual end of a step: nothing left, one scan
@@ -1527,7 +1531,6 @@ def stop_tree(tree: ProcessTree, process: Any, grace: float = KILL_GRACE_S,
     kill_at = time.monotonic() + grace
     if until is not None:
         kill_at = min(kill_at, until)
-    signals_seen = guard.count if guard is not None else 0
     while True:
         if process.poll() is not None:
             alive = tree.members()
@@ -1833,11 +1836,14 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
                 if eof:
                     selector.unregister(out_fd)
     except BaseException as exc:
-        if isinstance(exc, RunInterrupted) and guard is not None and guard.announce is not None \
+        interrupted = isinstance(exc, RunInterrupted)
+        if interrupted and guard is not None and guard.announce is not None \
                 and name is not None and process.poll() is None:
             guard.announce(f"stopping {name} (SIGTERM sent; SIGKILL in {grace:g} s; "
                            f"Ctrl-C again to kill now)")
-        stop_tree(tree, process, grace, guard)
+        # the first signal stopped the step: any later one, even one that arrives while the
+        # tree is still being looked for, means "kill now"
+        stop_tree(tree, process, grace, guard, signals_seen=1 if interrupted else None)
         raise
     finally:
         selector.close()

@@ -251,3 +251,18 @@ def test_an_abandoned_build_is_cleaned_up_and_a_broken_venv_of_ours_rebuilt(proj
     assert result.exit_code == 0, result.stdout
     assert "orchestrate: building virtualenv app/.venv (broken)" in result.stdout
     assert sorted(p.name for p in (project.root / "app").iterdir()) == [".venv", "main.py", "requirements.txt"]
+
+
+def test_building_the_venv_counts_against_the_steps_timeout(project: Project, tmp_path: Path) -> None:
+    """The script alone (5 s) is within the 6 s timeout; with the venv build before it (a venv
+    with pip, then `pip install` of a wheel: well over a second however fast the machine) it
+    is not. 0.1.0 gave each of the three processes the whole timeout."""
+    wheel = _wheel(tmp_path)
+    project.write("app/main.py", "import time\ntime.sleep(5)\nprint('finished')\n")
+    project.write("app/requirements.txt", f"{wheel}\n")
+    project.workflow("w", [step(requirements="app/requirements.txt", timeout=6)])
+    result = project.run("run", "w", env={"PIP_NO_INDEX": "1"}, timeout=120)
+    assert result.returncode == 1, result.stdout
+    entry = project.last_record()["log"][0]
+    assert entry["message"] == "timed out after 6 s"
+    assert "finished" not in result.stdout and entry["duration_s"] < 6 + 5
