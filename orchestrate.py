@@ -678,6 +678,14 @@ def _validate_common(step: dict[str, Any], where: str) -> None:
                     isinstance(v, str) and v for v in items):
                 raise DefinitionError(
                     f"{where}: key 'when.{key}' must be a non-empty list of glob strings")
+            as_matched = changed_glob if key == "changed" else branch_glob
+            for i, pattern in enumerate(items):
+                try:
+                    as_matched(pattern)
+                except GlobError as exc:
+                    shown = f"when.{key}" if isinstance(value, str) else f"when.{key}[{i}]"
+                    raise DefinitionError(f"{where}: key '{shown}': invalid glob "
+                                          f"{_shorten(pattern, 80)!r}: {exc}") from None
 
 
 def _find_plugin(step_type: str, root: Path) -> str | None:
@@ -798,6 +806,7 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
             shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"', source=raw_step,
             needs=list(raw_step["needs"]) if "needs" in raw_step else None)
         runner.check_definition(step, path, settings)
+        runner.check_paths(step, where, root)
         steps.append(step)
     check_step_needs(steps, shown)
     secrets = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
@@ -1035,10 +1044,12 @@ def process_alive(pid: int | None, start: str | None = None) -> bool:
 
 def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE) -> None:
     """Temporary file in the same folder, flush, fsync, os.replace: a reader or a crash never
-    sees a torn file (the pipx and git approach)."""
+    sees a torn file (the pipx and git approach). The temporary file is created anew, never
+    opened through a link planted at its name; os.replace replaces a link at `path` itself."""
     # pid and thread in the name: steps finishing in parallel threads never share a temporary file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{_thread.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    _unlink_quietly(tmp)  # a leftover of a killed writer with the same pid and thread id
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, mode)
     try:
         view = memoryview(data)
         while view:
@@ -1061,6 +1072,50 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def make_runs_dirs(path: Path, runs_dir: Path) -> None:
+    """Create `path` and every folder between it and `runs_dir` with RUNS_DIR_MODE. mkdir's
+    mode is masked by the umask and never widened: with umask 000, Path.mkdir()'s default
+    0o777 made Cypress report and artifact folders world-writable. A symbolic link (or a file)
+    on the way is refused with StoreError, so a link planted under runs/ never leads a write
+    outside it."""
+    import stat
+
+    current = runs_dir
+    for part in path.relative_to(runs_dir).parts:
+        current = current / part
+        try:
+            os.mkdir(current, RUNS_DIR_MODE)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot create {current}: {exc.strerror or exc}") from None
+        try:
+            info = os.lstat(current)
+        except OSError as exc:
+            raise StoreError(f"cannot create {current}: {exc.strerror or exc}") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise StoreError(f"{current} is {'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a folder'}; "
+                             f"orchestrate does not write through it: remove it")
+
+
+def copy_into_runs(source: Path, target: Path, runs_dir: Path) -> None:
+    """Copy a file (a screenshot, a video) under runs/ as a new file with RUNS_FILE_MODE and the
+    source's times: never through a link planted at `target`, never with the source's mode
+    (a file Cypress wrote under umask 000 is world-writable)."""
+    import shutil
+
+    make_runs_dirs(target.parent, runs_dir)
+    _unlink_quietly(target)  # a retry's copy, or a planted link: replaced, never followed
+    info = source.stat()
+    with open(source, "rb") as reader, os.fdopen(
+            os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, RUNS_FILE_MODE), "wb") as writer:
+        shutil.copyfileobj(reader, writer, READ_CHUNK)
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def _dump_record(record: dict[str, Any]) -> bytes:
@@ -1423,7 +1478,7 @@ class RunRecorder:
         try:
             if self.journal_fd is None:
                 self.journal_fd = os.open(self.store.journal_path(self.record["run_id"]),
-                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE)
+                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW, RUNS_FILE_MODE)
             os.write(self.journal_fd, line)
             self.journal_bytes += len(line)
             if durable:
@@ -1482,14 +1537,21 @@ class OutputSink:
         if self.log_path is not None:
             try:
                 if self.log_file is None:
+                    # O_NOFOLLOW: a link planted at the log's name is not followed out of runs/
                     self.log_file = os.fdopen(
-                        os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, RUNS_FILE_MODE),
+                        os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW,
+                                RUNS_FILE_MODE),
                         "ab", buffering=0)
                 self.log_file.write(data)
             except OSError as exc:  # disk full, quota, I/O error: the run cannot be recorded
+                import errno
+
+                path, self.log_path = self.log_path, None
                 self._close_log()
-                self.log_path = None
-                raise StoreError(f"cannot write {self.log_path}: {exc.strerror or exc} "
+                if exc.errno == errno.ELOOP:
+                    raise StoreError(f"cannot write {path}: it is a symbolic link; orchestrate does "
+                                     f"not write through it: remove it") from None
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc} "
                                  f"(free some space, or pass --runs-dir)") from None
         if self.console_write is not None:
             self.console_write(data)
@@ -1530,14 +1592,19 @@ class ProcessResult:
     exit_code: int | None
     timed_out: bool
     output_tail: str
+    leftover_processes: int = 0  # what it left running after it exited, ended by orchestrate
 
 
 class SignalGuard:
     """Turns SIGINT/SIGTERM into a flag plus a byte on a pipe that the output loop watches, so a
-    signal interrupts a step at once without raising in the middle of a record write."""
+    signal interrupts a step at once without raising in the middle of a record write. `count`
+    says how many arrived: a second one ends the step's processes without the grace period.
+    `announce`, when set, is told at once what is being stopped (the engine prints it)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.count = 0
+        self.announce: Callable[[str], None] | None = None
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.write_fd, False)
         self.previous: dict[int, Any] = {}
@@ -1545,6 +1612,7 @@ class SignalGuard:
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum is None:
             self.signum = signum
+        self.count += 1
         try:
             os.write(self.write_fd, b"!")
         except OSError:
@@ -1594,27 +1662,147 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-def end_process_group(process: Any, grace: float = KILL_GRACE_S) -> None:
-    """SIGTERM to the step's whole process group, SIGKILL after the grace period."""
+# --- a step process's tree ---
+# Each step attempt's processes carry ORCHESTRATE_STEP_TOKEN=<random> in their environment (the
+# engine sets one per attempt, so steps running at the same time never find each other's). When
+# a process ends, whatever it left running is ended too: its process group, and on Linux every
+# process whose /proc/<pid>/environ carries the token, which finds what left the group (setsid,
+# a double fork, nohup … &). Without /proc (macOS) only the group can be found. Zombies do not
+# count: killpg(pgid, 0) succeeds on them, and a container's init may take seconds to reap them
+# (a `sh -c "sleep 30"` timing out took 2.2 s instead of 1 because of that).
+STEP_TOKEN_ENV = "ORCHESTRATE_STEP_TOKEN"
+# a process ending sooner than this is swept with a scan of the pids allocated since it started
+# (from /proc/loadavg's last pid); after a longer run the pids may have wrapped: a full scan
+_QUICK_SCAN_S = 1.0
+
+
+def new_step_token() -> str:
+    return os.urandom(8).hex()
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time in clock ticks) of a process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return fields[0].decode("ascii", "replace"), int(fields[2]), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _last_pid() -> int | None:
+    try:
+        with open("/proc/loadavg", "rb") as handle:
+            return int(handle.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ProcessTree:
+    """The processes one step process stands for: its group, and what carries its token."""
+
+    def __init__(self, pgid: int, token: str) -> None:
+        self.pgid = pgid
+        self.needle = f"\0{STEP_TOKEN_ENV}={token}\0".encode()
+        self.started = time.monotonic()
+        stat = _proc_stat(pgid)
+        self.start_ticks = stat[2] if stat is not None else None
+
+    def members(self) -> dict[int, int] | None:
+        """Live processes of the tree other than the step process itself, {pid: start ticks};
+        None where /proc cannot tell (then only the group is known, through killpg)."""
+        if self.start_ticks is None:
+            return None
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return None
+        pids = [int(name) for name in names if name.isdigit()]
+        last = _last_pid()
+        if last is not None and last >= self.pgid and time.monotonic() - self.started < _QUICK_SCAN_S:
+            pids = [pid for pid in pids if self.pgid < pid <= last]
+        found: dict[int, int] = {}
+        own = os.getpid()
+        for pid in pids:
+            if pid in (own, self.pgid):
+                continue
+            stat = _proc_stat(pid)
+            if stat is None or stat[0] in ("Z", "X", "x") or stat[2] < self.start_ticks:
+                continue
+            if stat[1] == self.pgid or self._tagged(pid):
+                found[pid] = stat[2]
+        return found
+
+    def _tagged(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:
+            return False
+        return self.needle in b"\0" + environ + b"\0"
+
+    def signal(self, signum: int, pids: Mapping[int, int]) -> None:
+        try:
+            os.killpg(self.pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid, start in pids.items():
+            stat = _proc_stat(pid)
+            if stat is not None and stat[2] == start:  # the same process, not a reused pid
+                try:
+                    os.kill(pid, signum)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+def stop_tree(tree: ProcessTree, process: Any, grace: float = KILL_GRACE_S,
+              guard: SignalGuard | None = None, until: float | None = None,
+              signals_seen: int | None = None) -> int:
+    """End a step process's tree: SIGTERM, then SIGKILL after `grace` seconds, at `until` (the
+    step's deadline), or at once when a signal beyond the `signals_seen` first ones arrives
+    (default: those received so far). Returns how many processes besides the step process
+    were found (what it left running, once it exited)."""
+    if signals_seen is None:
+        signals_seen = guard.count if guard is not None else 0
+    found = tree.members()
+    if process.poll() is not None and found is not None and not found:
+        return 0  # the usual end of a step: nothing left, one scan
+    if found is None and process.poll() is not None and not _group_alive(tree.pgid):
+        return 0
+    found = dict(found or {})
+    tree.signal(signal.SIGTERM, found)
+    kill_at = time.monotonic() + grace
+    if until is not None:
+        kill_at = min(kill_at, until)
+    while True:
+        if process.poll() is not None:
+            alive = tree.members()
+            if alive is None:
+                if not _group_alive(tree.pgid):
+                    break
+            else:
+                found.update(alive)
+                if not alive:
+                    break
+        if time.monotonic() >= kill_at or (guard is not None and guard.count > signals_seen):
+            break
+        time.sleep(0.02)
+    tree.signal(signal.SIGKILL, {**found, **(tree.members() or {})})
+    process.wait()
+    return len(found)
+
+
+def end_process_group(process: Any, grace: float = KILL_GRACE_S, *, guard: SignalGuard | None = None,
+                      tree: ProcessTree | None = None) -> int:
+    """SIGTERM to the step's whole process group (and what carries its token), SIGKILL after
+    the grace period."""
     pgid = process.pid
     if not isinstance(pgid, int) or pgid <= 0:
         # never signal group 0 (our own) or -1 (everything): only a fake process has such a pid
         process.wait()
-        return
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if process.poll() is not None and not _group_alive(pgid):
-            return
-        time.sleep(0.02)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+        return 0
+    return stop_tree(tree or ProcessTree(pgid, ""), process, grace, guard)
 
 
 # The watchdog: a step runs in its own session (so a timeout or Ctrl-C can end its whole tree),
@@ -1668,11 +1856,17 @@ class StepWatchdog:
         self.write_fd: int | None = None
         self.owner_pid = 0
         self.process: Any = None  # kept so Popen.__del__ does not warn while it waits for EOF
+        # steps may start processes from several threads: one writer at a time on the pipe, one
+        # watchdog started (_thread: the threading module is not imported at start-up)
+        import _thread
+
+        self.lock = _thread.allocate_lock()
 
     def step_env(self, env: dict[str, str]) -> dict[str, str]:
         """The step's environment, tagged so the watchdog can find its processes."""
-        self._ensure()
-        return {**env, WATCHDOG_ENV: self.token}
+        with self.lock:
+            self._ensure()
+            return {**env, WATCHDOG_ENV: self.token}
 
     def _ensure(self) -> int | None:
         if self.write_fd is not None and self.owner_pid == os.getpid():
@@ -1700,14 +1894,15 @@ class StepWatchdog:
         return write_fd
 
     def _send(self, line: str) -> None:
-        fd = self._ensure()
-        if fd is None:
-            return
-        try:
-            os.write(fd, line.encode() + b"\n")
-        except OSError:  # the watchdog was killed: start a new one next time
-            os.close(fd)
-            self.write_fd = None
+        with self.lock:
+            fd = self._ensure()
+            if fd is None:
+                return
+            try:
+                os.write(fd, line.encode() + b"\n")
+            except OSError:  # the watchdog was killed: start a new one next time
+                os.close(fd)
+                self.write_fd = None
 
     def watch(self, pgid: int) -> None:
         if isinstance(pgid, int) and pgid > 1:  # never 0 or 1: 'kill -1' means every process
@@ -1719,6 +1914,10 @@ class StepWatchdog:
 
     def close(self) -> None:
         """A clean exit: every step has been ended by run_process; nothing to do."""
+        with self.lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.write_fd is not None and self.owner_pid == os.getpid():
             try:
                 os.write(self.write_fd, b"bye\n")
@@ -1738,23 +1937,43 @@ def _devnull() -> int:
     """One /dev/null for every step's stdin (subprocess.DEVNULL opens it again per process)."""
     global _DEVNULL_FD
     if _DEVNULL_FD is None:
-        _DEVNULL_FD = os.open(os.devnull, os.O_RDONLY)
+        with WATCHDOG.lock:  # two threads starting their first step at once open it once
+            if _DEVNULL_FD is None:
+                _DEVNULL_FD = os.open(os.devnull, os.O_RDONLY)
     return _DEVNULL_FD
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when the process exits (Linux 5.3+), else None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], sink: OutputSink,
                 timeout: float | None = None, guard: SignalGuard | None = None,
-                grace: float = KILL_GRACE_S) -> ProcessResult:
-    """The one way orchestrate starts a process: stdin closed, its own process group (so a
-    timeout or Ctrl-C ends the whole tree), stdout and stderr streamed in large chunks."""
+                grace: float = KILL_GRACE_S, deadline: float | None = None, stdin: int | None = None,
+                name: str | None = None) -> ProcessResult:
+    """The one way orchestrate starts a process: stdin closed (or the given descriptor), its own
+    process group (so a timeout or Ctrl-C ends the whole tree), stdout and stderr streamed in
+    large chunks. `deadline` (time.monotonic()) is when the step's attempt runs out of time,
+    shared by every process the attempt starts; `timeout` is the same for this process alone.
+    Safe to call from several threads at once."""
     import selectors
     import subprocess
 
+    if timeout:
+        deadline = min(deadline if deadline is not None else float("inf"), time.monotonic() + timeout)
+    if deadline is not None and time.monotonic() >= deadline:
+        return ProcessResult(exit_code=None, timed_out=True, output_tail=sink.tail_text())
+    token = env.get(STEP_TOKEN_ENV) or new_step_token()
     shell = isinstance(argv, str)
     try:
         process = subprocess.Popen(
-            argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd), env=WATCHDOG.step_env(env),
-            stdin=_devnull(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd),
+            env=WATCHDOG.step_env({**env, STEP_TOKEN_ENV: token}),
+            stdin=_devnull() if stdin is None else stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     except FileNotFoundError as exc:
         missing = exc.filename if exc.filename and str(exc.filename) != str(cwd) else argv[0]
@@ -1764,13 +1983,15 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     except PermissionError as exc:
         raise StepFailure(f"cannot execute {argv[0] if not shell else '/bin/sh'!r}: {exc.strerror}") from None
     except OSError as exc:
-        raise StepFailure(f"cannot start {argv if shell else argv[0]!r}: {exc.strerror or exc}") from None
+        shown = (argv if len(argv) <= 200 else argv[:200] + "…") if isinstance(argv, str) else argv[0]
+        raise StepFailure(f"cannot start {shown!r}: {exc.strerror or exc}") from None
     WATCHDOG.watch(process.pid)
     assert process.stdout is not None
     try:
         out_fd = process.stdout.fileno()
     except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream, not a pipe
         return _read_unselectable(process, sink)
+    tree = ProcessTree(process.pid, token)
     os.set_blocking(out_fd, False)
     try:  # Linux: a 1 MiB pipe instead of 64 KiB, so a read can take a whole READ_CHUNK
         import fcntl
@@ -1787,40 +2008,53 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     selector.register(out_fd, selectors.EVENT_READ, "out")
     if guard is not None:
         selector.register(guard.read_fd, selectors.EVENT_READ, "signal")
-    deadline = time.monotonic() + timeout if timeout else None
+    # A step that closes its stdout and stderr (`exec >/dev/null 2>&1; sleep 30`) ends the
+    # output long before it exits: the wait for its exit is watched like the output, for the
+    # deadline and for signals, woken by a pidfd where there is one.
+    exit_fd = _pidfd(process.pid)
+    if exit_fd is not None:
+        selector.register(exit_fd, selectors.EVENT_READ, "exit")
     timed_out = False
+    eof = False
+    leftovers = 0
     exited_at: float | None = None
     try:
         while True:
             now = time.monotonic()
             if guard is not None and guard.signum is not None:
                 raise RunInterrupted(guard.signum)
-            if deadline is not None and now >= deadline and not timed_out:
+            if deadline is not None and now >= deadline:
                 timed_out = True
-                end_process_group(process, grace)
-                _drain(out_fd, sink)
+                stop_tree(tree, process, grace, guard)
+                if not eof:
+                    _drain(out_fd, sink)
                 break
             if exited_at is None and process.poll() is not None:
                 exited_at = now
-            if exited_at is not None and now - exited_at > 0.2:
-                # the step is done but something it started still holds the pipe: a step's
-                # processes end with the step, or a push would hang on a forgotten daemon
-                if _group_alive(process.pid):
-                    try:
-                        os.killpg(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                _drain(out_fd, sink)
+            if exited_at is not None and (eof or now - exited_at > 0.2):
+                # The step is done. What it left running ends with it (a push must not hang on
+                # a forgotten daemon, and the pipe may be held by one): SIGTERM, the grace period
+                # (bounded by the deadline), SIGKILL.
+                leftovers = stop_tree(tree, process, grace, guard, until=deadline)
+                if not eof:
+                    _drain(out_fd, sink)
+                if leftovers:
+                    sink.line(f"orchestrate: ended {leftovers} process{'es' if leftovers > 1 else ''} "
+                              f"the step left running")
+                if guard is not None and guard.signum is not None:
+                    raise RunInterrupted(guard.signum)
                 break
-            wait = 0.5 if exited_at is None else 0.05
+            if eof:
+                wait = 0.5 if exit_fd is not None else 0.05
+            else:
+                wait = 0.5 if exited_at is None else 0.05
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - now))
             events = selector.select(wait)
             if not events and sink.on_idle is not None:
                 sink.on_idle()
-            eof = False
             for key, _ in events:
-                if key.data == "signal":
+                if key.data != "out":
                     continue
                 # While output flows, read until the pipe is empty (EAGAIN) before asking
                 # the selector again, gathering the reads into one buffer: a writer's small
@@ -1844,26 +2078,27 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
                 if filled:
                     sink.write(view[:filled])
                 if eof:
-                    break
-            if eof:
-                process.wait()
-                if _group_alive(process.pid):  # background leftovers of the step
-                    try:
-                        os.killpg(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                break
-    except BaseException:
-        end_process_group(process, grace)
+                    selector.unregister(out_fd)
+    except BaseException as exc:
+        interrupted = isinstance(exc, RunInterrupted)
+        if interrupted and guard is not None and guard.announce is not None \
+                and name is not None and process.poll() is None:
+            guard.announce(f"stopping {name} (SIGTERM sent; SIGKILL in {grace:g} s; "
+                           f"Ctrl-C again to kill now)")
+        # the first signal stopped the step: any later one, even one that arrives while the
+        # tree is still being looked for, means "kill now"
+        stop_tree(tree, process, grace, guard, signals_seen=1 if interrupted else None)
         raise
     finally:
         selector.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
         process.stdout.close()
         WATCHDOG.release(process.pid)
         sink.flush()
     code = process.wait()
     return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out,
-                         output_tail=sink.tail_text())
+                         output_tail=sink.tail_text(), leftover_processes=leftovers)
 
 
 def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
@@ -1947,18 +2182,31 @@ class StepContext:
     # engine calls execute() again with this same context, so what an attempt already did
     # outside (a Jira comment posted) can be kept here and not done twice.
     runner_state: dict[str, Any] = field(default_factory=dict)
+    # the attempt's time budget: one deadline (time.monotonic()) for every process it starts
+    deadline: float | None = None
+    timed_out: bool = False  # the attempt ran out of time (a process, or a wait of the runner)
+    leftover_processes: int = 0  # processes the attempt's processes left running, ended
 
     def run_process(self, argv: Sequence[str] | str, *, cwd: Path | None = None,
-                    env: dict[str, str] | None = None) -> ProcessResult:
+                    env: dict[str, str] | None = None, stdin: int | None = None) -> ProcessResult:
         if self.sink is None:
             raise RuntimeError("run_process outside a running step")
         if self.options.debug and self.debug_write is not None:
             shown = argv if isinstance(argv, str) else shlex.join(argv)
             self.debug_write(f"+ {self.masker.mask(shown)}  (in {cwd or self.cwd})")
         result = run_process(argv, cwd=cwd or self.cwd, env=env if env is not None else self.env,
-                             sink=self.sink, timeout=self.step.timeout, guard=self.guard)
+                             sink=self.sink, deadline=self.deadline,
+                             timeout=self.step.timeout if self.deadline is None else None,
+                             guard=self.guard, grace=self.options.kill_grace, stdin=stdin,
+                             name=self.step.name)
         self.last_process = result
+        self.timed_out = self.timed_out or result.timed_out
+        self.leftover_processes += result.leftover_processes
         return result
+
+    def time_left(self) -> float | None:
+        """Seconds until the attempt's deadline (None: no timeout)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     def emit(self, line: str) -> None:
         if self.sink is not None:
@@ -1975,6 +2223,10 @@ class Runner:
 
     def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
         """Definition-time checks beyond key types; raise DefinitionError."""
+
+    def check_paths(self, step: Step, where: str, root: Path) -> None:
+        """Definition-time checks of the step's paths against the project root (`where` names
+        the file and the step); raise DefinitionError."""
 
     def preflight(self, ctx: StepContext) -> list[str]:
         """Problems on disk, reported ahead of time by validate and --dry-run."""
@@ -2013,7 +2265,112 @@ def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
+# A virtualenv orchestrate builds carries this marker (the requirements file's sha256 on its
+# first line) next to its pyvenv.cfg. Only a folder with both, and not a symbolic link, is ever
+# rebuilt or removed: a `"venv": "src"` that is the user's source folder is left alone (0.1.0
+# ran rmtree on any folder without bin/python, the project root included).
 _REQUIREMENTS_MARKER = ".orchestrate-requirements.sha256"
+_VENV_BUILD_INFIX = ".orchestrate-build-"  # <venv>.orchestrate-build-<random>: a build under way
+_VENV_OLD_INFIX = ".orchestrate-old-"  # the previous venv between the swap and its removal
+_VENV_LOCK_SUFFIX = ".orchestrate-lock"  # beside the venv: one build at a time across runs
+_NOT_A_VENV = "not a virtualenv"
+
+
+def venv_built_by_orchestrate(venv: Path) -> bool:
+    """Whether `venv` is a virtualenv orchestrate built: a real folder (not a link) holding
+    pyvenv.cfg and the marker orchestrate writes when a build succeeds."""
+    try:
+        if venv.is_symlink() or not venv.is_dir():
+            return False
+        marker = venv / _REQUIREMENTS_MARKER
+        return (venv / "pyvenv.cfg").is_file() and marker.is_file() and not marker.is_symlink()
+    except OSError:
+        return False
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class _VenvLock:
+    """An exclusive flock on <venv>.orchestrate-lock, waited for within the step's deadline and
+    its signals. The file is removed on release; a waiter that then holds the lock of a removed
+    file tries again with the file on disk (so two runs never both believe they hold it)."""
+
+    def __init__(self, ctx: StepContext, venv: Path) -> None:
+        self.ctx = ctx
+        self.path = venv.with_name(venv.name + _VENV_LOCK_SUFFIX)
+        self.fd: int | None = None
+
+    def __enter__(self) -> _VenvLock:
+        import fcntl
+
+        told = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if not told:
+                            self.ctx.emit(f"orchestrate: waiting for another run building virtualenv "
+                                          f"{self.ctx.step.config['venv']}")
+                            told = True
+                        left = self.ctx.time_left()
+                        if left is not None and left <= 0:
+                            self.ctx.timed_out = True
+                            raise StepFailure("") from None
+                        pause = 0.1 if left is None else max(0.0, min(0.1, left))
+                        if self.ctx.guard is not None:
+                            self.ctx.guard.sleep(pause)
+                        else:
+                            time.sleep(pause)
+                held = os.fstat(fd)
+                try:
+                    current = os.stat(self.path, follow_symlinks=False)
+                except FileNotFoundError:
+                    current = None
+                if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                    self.fd = fd
+                    return self
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def __exit__(self, *exc: Any) -> None:
+        _unlink_quietly(self.path)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _relocate_venv(built: Path, final: Path) -> None:
+    """A venv records its own path in its scripts' #! lines, bin/activate* and pyvenv.cfg: a venv
+    built in <venv>.orchestrate-build-… and moved into place must name its final folder, or
+    bin/pip and every installed console script would point at a folder that no longer exists."""
+    old, new = os.fsencode(str(built)), os.fsencode(str(final))
+    candidates = [built / "pyvenv.cfg"]
+    bin_dir = venv_python(built).parent
+    try:
+        candidates += sorted(bin_dir.iterdir())
+    except OSError:
+        pass
+    for path in candidates:
+        try:
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > 1024 * 1024:
+                continue
+            data = path.read_bytes()
+            if old not in data or not (data.startswith(b"#!") or path.name.lower().startswith("activate")
+                                       or path.name == "pyvenv.cfg"):
+                continue  # never edit a binary: its length matters
+            mode = path.stat().st_mode
+            path.write_bytes(data.replace(old, new))
+            os.chmod(path, mode)
+        except OSError:
+            continue
 
 
 @register_runner
@@ -2028,6 +2385,33 @@ class PythonRunner(Runner):
         "requirements": KeySpec((str,)),
     }
 
+    def check_paths(self, step: Step, where: str, root: Path) -> None:
+        """A venv orchestrate builds (the step has `requirements`) must be a folder of its own
+        inside the root: never the root, a folder above it or outside it (links resolved), and
+        never a folder that holds the step's script or requirements file, since a rebuild
+        replaces the whole folder. A venv without `requirements` is only read: anywhere goes."""
+        config = step.config
+        if not config.get("requirements"):
+            return
+        real_root = os.path.realpath(root)
+        shown = config["venv"]
+        venv = os.path.realpath(os.path.join(root, shown))
+        example = os.path.join(os.path.dirname(config["script"]), ".venv")
+        fix = (f"a virtualenv built from 'requirements' needs a folder of its own inside the project, "
+               f"e.g. \"venv\": \"{example}\"")
+        if venv == real_root:
+            raise DefinitionError(f"{where}: key 'venv': {shown!r} is the project root; {fix}")
+        if _inside(real_root, venv):
+            raise DefinitionError(f"{where}: key 'venv': {shown!r} is a folder above the project root; {fix}")
+        if not _inside(venv, real_root):
+            resolved = "" if venv == os.path.normpath(os.path.join(root, shown)) else f" (it resolves to {venv})"
+            raise DefinitionError(f"{where}: key 'venv': {shown!r} is outside the project root{resolved}; {fix}")
+        for key, label in (("script", "script"), ("requirements", "requirements file")):
+            if _inside(os.path.realpath(os.path.join(root, config[key])), venv):
+                raise DefinitionError(
+                    f"{where}: key 'venv': {shown!r} contains the step's {label} {config[key]}; "
+                    f"orchestrate replaces the whole venv folder when it rebuilds it, so {fix}")
+
     def _paths(self, ctx: StepContext) -> tuple[Path, Path, Path | None]:
         config = ctx.step.config
         requirements = ctx.root / config["requirements"] if config.get("requirements") else None
@@ -2039,6 +2423,12 @@ class PythonRunner(Runner):
                 f"{shown}/bin/pip install -r <your requirements file> (or add \"requirements\" to the "
                 f"step and orchestrate builds it)")
 
+    def _not_a_venv(self, ctx: StepContext) -> str:
+        shown = ctx.step.config["venv"]
+        return (f"venv {shown} exists but is not a virtualenv orchestrate built (no pyvenv.cfg and "
+                f"{_REQUIREMENTS_MARKER} in it), so orchestrate leaves it untouched: move it away, or "
+                f"point \"venv\" at another folder")
+
     def preflight(self, ctx: StepContext) -> list[str]:
         venv, script, requirements = self._paths(ctx)
         problems = []
@@ -2046,6 +2436,8 @@ class PythonRunner(Runner):
             problems.append(self._venv_fix(ctx, venv))
         if requirements is not None and not requirements.is_file():
             problems.append(f"requirements file {ctx.step.config['requirements']} does not exist")
+        if requirements is not None and self._venv_state(venv, requirements) == _NOT_A_VENV:
+            problems.append(self._not_a_venv(ctx))
         if not script.is_file():
             problems.append(f"script {ctx.step.config['script']} does not exist")
         return problems
@@ -2055,7 +2447,7 @@ class PythonRunner(Runner):
         lines = []
         if requirements is not None:
             state = self._venv_state(venv, requirements)
-            if state != "ready":
+            if state not in ("ready", _NOT_A_VENV):
                 lines.append(f"build virtualenv {ctx.step.config['venv']} from "
                              f"{ctx.step.config['requirements']} ({state})")
         argv = [str(venv_python(venv).relative_to(ctx.root) if venv.is_relative_to(ctx.root) else venv_python(venv)),
@@ -2065,49 +2457,126 @@ class PythonRunner(Runner):
 
     @staticmethod
     def _venv_state(venv: Path, requirements: Path) -> str:
-        if not venv_python(venv).exists():
+        """ready, missing, requirements changed, broken (ours, without its interpreter), or
+        not a virtualenv (a folder orchestrate did not build and cannot use)."""
+        if not os.path.lexists(venv):
             return "missing"
-        marker = venv / _REQUIREMENTS_MARKER
-        if not marker.exists():
-            return "ready"  # a virtualenv orchestrate did not build is never touched
+        if not venv_built_by_orchestrate(venv):
+            # a virtualenv orchestrate did not build is used as it is, never touched
+            return "ready" if venv_python(venv).exists() else _NOT_A_VENV
+        if not venv_python(venv).exists():
+            return "broken"
         try:
             digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+            recorded = (venv / _REQUIREMENTS_MARKER).read_text(errors="replace").split("\n", 1)[0].strip()
         except OSError:
             return "ready"
-        return "ready" if marker.read_text().strip() == digest else "requirements changed"
+        return "ready" if recorded == digest else "requirements changed"
 
-    def _build_venv(self, ctx: StepContext, venv: Path, requirements: Path, state: str) -> None:
+    def _build_venv(self, ctx: StepContext, venv: Path, requirements: Path) -> None:
+        """Build into <venv>.orchestrate-build-<random> beside it and swap it in only once pip
+        has succeeded: a failed rebuild leaves the previous venv as it was. One build at a time
+        (a lock file beside the venv), so two runs never build into the same folder."""
+        config = ctx.step.config
+        if not requirements.is_file():
+            raise StepFailure(f"requirements file {config['requirements']} does not exist")
+        try:
+            venv.parent.mkdir(parents=True, exist_ok=True)
+            lock = _VenvLock(ctx, venv)
+            lock.__enter__()
+        except OSError as exc:
+            raise StepFailure(f"cannot lock virtualenv {config['venv']}: "
+                              f"{venv.name + _VENV_LOCK_SUFFIX}: {exc.strerror or exc}") from None
+        try:
+            state = self._venv_state(venv, requirements)  # another run may have built it meanwhile
+            if state == "ready":
+                return
+            if state == _NOT_A_VENV:
+                raise StepFailure(self._not_a_venv(ctx))
+            self._remove_abandoned_builds(venv)
+            self._build_and_swap(ctx, venv, requirements, state)
+        finally:
+            lock.__exit__()
+
+    @staticmethod
+    def _remove_abandoned_builds(venv: Path) -> None:
+        """Folders of builds whose run was killed (their names are orchestrate's own)."""
         import shutil
 
-        if not requirements.is_file():
-            raise StepFailure(f"requirements file {ctx.step.config['requirements']} does not exist")
+        try:
+            siblings = list(venv.parent.iterdir())
+        except OSError:
+            return
+        for path in siblings:
+            if (path.name.startswith((venv.name + _VENV_BUILD_INFIX, venv.name + _VENV_OLD_INFIX))
+                    and not path.is_symlink() and path.is_dir()):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _build_and_swap(self, ctx: StepContext, venv: Path, requirements: Path, state: str) -> None:
+        import shutil
+
+        config = ctx.step.config
         data = requirements.read_bytes()
-        ctx.emit(f"orchestrate: building virtualenv {ctx.step.config['venv']} "
-                 f"({state}) from {ctx.step.config['requirements']}")
-        if venv.exists():
-            shutil.rmtree(venv)
+        ctx.emit(f"orchestrate: building virtualenv {config['venv']} ({state}) from {config['requirements']}")
+        kept = f"; the previous virtualenv {config['venv']} was kept" if os.path.lexists(venv) else ""
+        build = venv.with_name(f"{venv.name}{_VENV_BUILD_INFIX}{os.urandom(4).hex()}")
         has_requirements = any(line.strip() and not line.strip().startswith(b"#")
                                for line in data.splitlines())
-        # no pip when nothing is to be installed: creating a venv without it is offline and fast
-        create = [sys.executable, "-m", "venv", str(venv)] + ([] if has_requirements else ["--without-pip"])
-        result = ctx.run_process(create)
-        if result.exit_code != 0:
-            raise StepFailure(f"could not create virtualenv {ctx.step.config['venv']} (exit code {result.exit_code})")
-        if has_requirements:
-            result = ctx.run_process([str(venv_python(venv)), "-m", "pip", "install",
-                                      "--disable-pip-version-check", "-r", str(requirements)])
+        try:
+            # no pip when nothing is to be installed: creating a venv without it is offline and fast
+            create = [sys.executable, "-m", "venv", "--prompt", venv.name, str(build)] + (
+                [] if has_requirements else ["--without-pip"])
+            result = ctx.run_process(create)
             if result.exit_code != 0:
-                shutil.rmtree(venv, ignore_errors=True)  # a half-built venv must not pass as ready
-                raise StepFailure(f"pip install -r {ctx.step.config['requirements']} failed "
-                                  f"(exit code {result.exit_code}); see the step log")
-        (venv / _REQUIREMENTS_MARKER).write_text(hashlib.sha256(data).hexdigest() + "\n")
+                raise StepFailure(f"could not create virtualenv {config['venv']} "
+                                  f"(exit code {result.exit_code}){kept}")
+            if has_requirements:
+                result = ctx.run_process([str(venv_python(build)), "-m", "pip", "install",
+                                          "--disable-pip-version-check", "-r", str(requirements)])
+                if result.exit_code != 0:
+                    raise StepFailure(f"pip install -r {config['requirements']} failed "
+                                      f"(exit code {result.exit_code}){kept}; see the step log")
+            _relocate_venv(build, venv)
+            (build / _REQUIREMENTS_MARKER).write_text(
+                hashlib.sha256(data).hexdigest() + "\n"
+                "# orchestrate built this virtualenv from the requirements file with this sha256;\n"
+                "# it rebuilds (replaces) it when that file changes. Delete this file to keep it as is.\n")
+            self._swap(ctx, build, venv)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)  # only ever the folder this build created
+            raise
+
+    @staticmethod
+    def _swap(ctx: StepContext, build: Path, venv: Path) -> None:
+        import shutil
+
+        try:
+            if not os.path.lexists(venv):
+                os.rename(build, venv)
+                return
+            if not venv_built_by_orchestrate(venv):  # checked again: it is about to move
+                raise StepFailure(f"venv {ctx.step.config['venv']} changed while orchestrate rebuilt it; "
+                                  f"it was left untouched")
+            old = venv.with_name(f"{venv.name}{_VENV_OLD_INFIX}{os.urandom(4).hex()}")
+            os.rename(venv, old)
+            try:
+                os.rename(build, venv)
+            except OSError:
+                os.rename(old, venv)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            raise StepFailure(f"could not move the new virtualenv into {ctx.step.config['venv']}: "
+                              f"{exc.strerror or exc}") from None
 
     def execute(self, ctx: StepContext) -> StepResult:
         venv, script, requirements = self._paths(ctx)
         if requirements is not None:
             state = self._venv_state(venv, requirements)
+            if state == _NOT_A_VENV:
+                raise StepFailure(self._not_a_venv(ctx))
             if state != "ready":
-                self._build_venv(ctx, venv, requirements, state)
+                self._build_venv(ctx, venv, requirements)
         python = venv_python(venv)
         if not python.exists():
             raise StepFailure(self._venv_fix(ctx, venv))
@@ -2157,13 +2626,22 @@ class CommandRunner(Runner):
         return _process_result(ctx.run_process(ctx.step.config["run"]), "command")
 
 
+# The step dict reaches the child on its stdin (a file that has no name: memfd or an unlinked
+# temporary file), never in an environment variable: a big step made exec fail with E2BIG, and
+# the environment of a process is readable by its other processes for as long as they live. The
+# child then puts /dev/null on its stdin, as every step has.
 _PLUGIN_BOOTSTRAP = r"""
 import json, os, sys, traceback
 result_path = os.environ.pop("ORCHESTRATE_PLUGIN_RESULT")
-step = json.loads(os.environ.pop("ORCHESTRATE_PLUGIN_STEP"))
+with os.fdopen(os.dup(0), "rb") as source:
+    step = json.loads(source.read().decode("utf-8", "surrogateescape"))
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+os.close(null)
 kind, target, type_name = sys.argv[1], sys.argv[2], sys.argv[3]
 def report(ok, message):
-    with open(os.open(result_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8", errors="replace") as handle:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with open(os.open(result_path, flags, 0o600), "w", encoding="utf-8", errors="replace") as handle:
         json.dump({"ok": ok, "message": message}, handle)
 try:
     if kind == "file":
@@ -2200,6 +2678,24 @@ report(True, result if isinstance(result, str) else "")
 """
 
 
+def _unnamed_file(data: bytes) -> int:
+    """A read-only descriptor of a file holding `data` that no path leads to (memfd on Linux,
+    else a temporary file unlinked at once), positioned at its start."""
+    try:
+        fd = os.memfd_create("orchestrate-step", getattr(os, "MFD_CLOEXEC", 0))
+    except (AttributeError, OSError):
+        import tempfile
+
+        handle = tempfile.TemporaryFile()
+        fd = os.dup(handle.fileno())
+        handle.close()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 class PluginRunner(Runner):
     """A type that is not built in: integrations/<type>_runner.py or an entry point in group
     orchestrate.runners. execute(step) runs in a child interpreter, so a plugin gets the same
@@ -2227,10 +2723,15 @@ class PluginRunner(Runner):
         kind, target = self._target(ctx.root)
         shown = _display_path(Path(target), ctx.root) if kind == "file" else target
         result_path = ctx.run_dir / f".plugin-result-{ctx.step.index + 1}.json"
-        env = dict(ctx.env, ORCHESTRATE_PLUGIN_RESULT=str(result_path),
-                   ORCHESTRATE_PLUGIN_STEP=json.dumps(ctx.step.raw))
-        process = ctx.run_process([sys.executable, "-c", _PLUGIN_BOOTSTRAP, kind, shown if kind != "file" else target,
-                                   self.type_name], env=env)
+        _unlink_quietly(result_path)  # the child creates it anew (O_EXCL): never through a link
+        env = dict(ctx.env, ORCHESTRATE_PLUGIN_RESULT=str(result_path))
+        step_file = _unnamed_file(json.dumps(ctx.step.raw, ensure_ascii=False).encode("utf-8", "surrogateescape"))
+        try:
+            process = ctx.run_process([sys.executable, "-c", _PLUGIN_BOOTSTRAP, kind,
+                                       shown if kind != "file" else target, self.type_name],
+                                      env=env, stdin=step_file)
+        finally:
+            os.close(step_file)
         try:
             outcome = json.loads(result_path.read_text(encoding="utf-8"))
             result_path.unlink()
@@ -3529,89 +4030,271 @@ CYPRESS_ARTIFACT_DIRS = (
 )
 
 
+# --- globs ---
+# One translator for every glob orchestrate matches (Cypress `spec`, `when.changed`,
+# `when.branch`), built so that a hostile pattern cannot hang a run:
+# - braces are expanded after counting: a pattern that would expand to more than
+#   GLOB_MAX_PATTERNS patterns is refused (0.1.0 expanded "{a,b}" x 16 recursively, which
+#   hung `validate` for over a minute), and so is one longer than GLOB_MAX_LENGTH;
+# - the expanded patterns become one regular expression whose matching time is linear in the
+#   path's length: a fixed-width chunk between two `*` of a segment, and the segments between
+#   two `**/`, are matched at their leftmost place and never retried (an atomic group, written
+#   as a lookahead and a backreference, as CPython's fnmatch does since 3.9), which is exact
+#   for globs and leaves no backtracking that grows with the path;
+# - a character class is checked when the workflow is loaded: `[z-a]` is a definition error.
+GLOB_MAX_PATTERNS = 1000
+GLOB_MAX_LENGTH = 10_000
+_GLOB_MAX_NESTING = 32
+
+
+class GlobError(ValueError):
+    """A glob that cannot be used; the message says why (the caller names the key)."""
+
+
+def _brace_pairs(pattern: str) -> dict[int, int]:
+    """Index of each '{' that has a matching '}' -> index of that '}'."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for index, char in enumerate(pattern):
+        if char == "{":
+            stack.append(index)
+            if len(stack) > _GLOB_MAX_NESTING:
+                raise GlobError(f"braces are nested more than {_GLOB_MAX_NESTING} deep")
+        elif char == "}" and stack:
+            pairs[stack.pop()] = index
+    return pairs
+
+
+def _parse_braces(pattern: str, pairs: dict[int, int], start: int, end: int) -> list[Any]:
+    """pattern[start:end] as a sequence of literal strings and groups (lists of sequences).
+    As in bash, braces without a top-level comma ("{x}") or without their closing brace stay
+    literal (what is inside them is still read)."""
+    import itertools
+
+    items: list[Any] = []
+    literal: list[str] = []
+    index = start
+    while index < end:
+        char = pattern[index]
+        close = pairs.get(index, -1) if char == "{" else -1
+        if 0 <= close < end:
+            commas, inner = [], index + 1
+            while inner < close:
+                if pattern[inner] == "{" and inner in pairs:
+                    inner = pairs[inner] + 1
+                    continue
+                if pattern[inner] == ",":
+                    commas.append(inner)
+                inner += 1
+            if commas:
+                if literal:
+                    items.append("".join(literal))
+                    literal = []
+                bounds = [index, *commas, close]
+                items.append([_parse_braces(pattern, pairs, left + 1, right)
+                              for left, right in itertools.pairwise(bounds)])
+                index = close + 1
+                continue
+        literal.append(char)
+        index += 1
+    if literal:
+        items.append("".join(literal))
+    return items
+
+
+def _brace_count(sequence: list[Any]) -> int:
+    total = 1
+    for item in sequence:
+        if isinstance(item, list):
+            total *= sum(_brace_count(alternative) for alternative in item)
+            if total > GLOB_MAX_PATTERNS:
+                return total
+    return total
+
+
+def _brace_expand(sequence: list[Any]) -> list[str]:
+    results = [""]
+    for item in sequence:
+        if isinstance(item, str):
+            results = [prefix + item for prefix in results]
+        else:
+            endings = [text for alternative in item for text in _brace_expand(alternative)]
+            results = [prefix + ending for prefix in results for ending in endings]
+    return results
+
+
 def expand_braces(pattern: str) -> list[str]:
     """Expand shell braces: "a.{js,ts}" -> ["a.js", "a.ts"], nested groups included.
 
     Like bash, a group without a top-level comma ("{x}") or without its closing brace
-    stays literal. Duplicates are dropped, first occurrence kept.
+    stays literal. Duplicates are dropped, first occurrence kept. GlobError when the pattern
+    would expand to more than GLOB_MAX_PATTERNS patterns (counted before anything is built).
     """
-    import itertools
+    if len(pattern) > GLOB_MAX_LENGTH:
+        raise GlobError(f"the pattern is {len(pattern):,} characters long; at most {GLOB_MAX_LENGTH:,} are allowed")
+    if "{" not in pattern:
+        return [pattern]
+    sequence = _parse_braces(pattern, _brace_pairs(pattern), 0, len(pattern))
+    if _brace_count(sequence) > GLOB_MAX_PATTERNS:
+        raise GlobError(f"its braces expand to more than {GLOB_MAX_PATTERNS:,} patterns, the most "
+                        f"orchestrate accepts (list fewer alternatives, or use * and ?)")
+    return list(dict.fromkeys(_brace_expand(sequence)))
 
-    search_from = 0
-    while True:
-        start = pattern.find("{", search_from)
-        if start < 0:
-            return [pattern]
-        depth, commas, end = 0, [], -1
-        for pos in range(start, len(pattern)):
-            char = pattern[pos]
-            if char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    end = pos
-                    break
-            elif char == "," and depth == 1:
-                commas.append(pos)
-        if end < 0 or not commas:
-            search_from = start + 1
+
+_CLASS_SPECIAL = frozenset("\\]^-[&~|")
+
+
+def _glob_class(pattern: str, pos: int) -> tuple[str, int] | None:
+    """The regex of the character class at pattern[pos] == '[' and the index after it, or None
+    when it has no closing ']' (then '[' is literal). A class never matches '/'."""
+    index = pos + 1
+    negate = index < len(pattern) and pattern[index] in "!^"
+    if negate:
+        index += 1
+    start = index
+    if index < len(pattern) and pattern[index] == "]":
+        index += 1  # a ']' first is a member, as in fnmatch
+    close = pattern.find("]", index)
+    if close < 0:
+        return None
+    body = pattern[start:close]
+    parts: list[str] = []
+    k = 0
+    while k < len(body):
+        if k + 2 < len(body) and body[k + 1] == "-":
+            low, high = body[k], body[k + 2]
+            if low > high:
+                raise GlobError(f"the character range {low}-{high} in [{body}] is reversed (write {high}-{low})")
+            parts.append(_class_char(low) + "-" + _class_char(high))
+            k += 3
+        else:
+            parts.append(_class_char(body[k]))
+            k += 1
+    inner = "".join(parts)
+    return (f"[^/{inner}]" if negate else f"(?!/)[{inner}]"), close + 1
+
+
+def _class_char(char: str) -> str:
+    return "\\" + char if char in _CLASS_SPECIAL else char
+
+
+def _glob_tokens(pattern: str) -> list[tuple[str, str]]:
+    """A brace-free glob as tokens: ("sep", "/"), ("star", ""), ("one", regex) for a literal,
+    `?` or a class (each matches exactly one character)."""
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(pattern):
+        char = pattern[pos]
+        if char == "/":
+            tokens.append(("sep", "/"))
+        elif char == "*":
+            tokens.append(("star", ""))
+        elif char == "?":
+            tokens.append(("one", "[^/]"))
+        elif char == "[":
+            found = _glob_class(pattern, pos)
+            if found is not None:
+                tokens.append(("one", found[0]))
+                pos = found[1]
+                continue
+            tokens.append(("one", re.escape(char)))
+        else:
+            tokens.append(("one", re.escape(char)))
+        pos += 1
+    return tokens
+
+
+class _GroupNames:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def next(self) -> str:
+        self.count += 1
+        return f"g{self.count}"
+
+
+def _segment_regex(tokens: list[tuple[str, str]], names: _GroupNames) -> str:
+    """One path segment: fixed chunks between stars; the chunks between the first and the last
+    star are found at their leftmost place, atomically (see the comment above)."""
+    chunks: list[str] = [""]
+    for kind, text in tokens:
+        if kind == "star":
+            chunks.append("")
+        else:
+            chunks[-1] += text
+    if len(chunks) == 1:
+        return chunks[0]
+    first, *middle, last = chunks
+    out = [first]
+    for chunk in middle:
+        if chunk:
+            name = names.next()
+            out.append(f"(?=(?P<{name}>[^/]*?{chunk}))(?P={name})")
+    out.append("[^/]*" + last)
+    return "".join(out)
+
+
+def _glob_pattern_regex(pattern: str, names: _GroupNames) -> str:
+    """The regex of one brace-free glob over a POSIX relative path (to be matched from its start).
+
+    `*` and `?` stay inside one path segment, `[...]`/`[!...]` are character classes,
+    `**/` is any number of directories (none included) and a final `**` is anything."""
+    tokens = _glob_tokens(pattern)
+    segments: list[list[tuple[str, str]]] = [[]]
+    for token in tokens:
+        if token[0] == "sep":
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    globstar = [("star", ""), ("star", "")]
+    ends_anything = len(segments) > 0 and segments[-1] == globstar
+    if ends_anything:
+        segments.pop()
+    # runs of segments between `**/` (consecutive `**` are one)
+    runs: list[list[str]] = [[]]
+    for index, segment in enumerate(segments):
+        if segment == globstar and index < len(segments) - 1 + (1 if ends_anything else 0):
+            if runs[-1] or len(runs) == 1:
+                runs.append([])
             continue
-        prefix, suffix = pattern[:start], pattern[end + 1 :]
-        bounds = [start, *commas, end]
-        expanded: list[str] = []
-        for left, right in itertools.pairwise(bounds):
-            for item in expand_braces(prefix + pattern[left + 1 : right] + suffix):
-                if item not in expanded:
-                    expanded.append(item)
-        return expanded
+        runs[-1].append(_segment_regex(segment, names))
+    out: list[str] = []
+    for position, run in enumerate(runs):
+        text = "".join(part + "/" for part in run)
+        last_run = position == len(runs) - 1
+        if last_run and not ends_anything:
+            text = text[:-1]  # the last segment has no '/' after it
+        if position == 0:
+            out.append(text)
+        elif last_run and not ends_anything:
+            out.append(f"(?:[^/]+/)*{text}")
+        else:
+            name = names.next()
+            out.append(f"(?=(?P<{name}>(?:[^/]+/)*?{text}))(?P={name})")
+    if ends_anything:
+        out.append(".*")
+    return "".join(out) + r"\Z"
 
 
 @functools.lru_cache(maxsize=512)
 def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile one brace-free glob to a regex over POSIX relative paths.
+    """Compile a glob (braces included) to one regex over POSIX relative paths, to be used with
+    .match(). Raises GlobError for a pattern that cannot be used (see above)."""
+    names = _GroupNames()
+    alternatives = [_glob_pattern_regex(expanded, names) for expanded in expand_braces(pattern)]
+    try:
+        return re.compile(alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")",
+                          re.DOTALL)
+    except (re.error, RecursionError, OverflowError) as exc:  # not expected: every piece is escaped
+        raise GlobError(f"cannot be compiled ({exc})") from None
 
-    `*` and `?` stay inside one path segment, `[...]`/`[!...]` are character classes,
-    `**/` is any number of directories (none included) and a final `**` is anything.
-    """
-    out: list[str] = []
-    pos, size = 0, len(pattern)
-    while pos < size:
-        char = pattern[pos]
-        if pattern.startswith("**", pos) and (pos == 0 or pattern[pos - 1] == "/"):
-            after = pos + 2
-            if pattern.startswith("/", after):
-                out.append("(?:[^/]+/)*")
-                pos = after + 1
-                continue
-            if after == size:
-                out.append(".*")
-                pos = after
-                continue
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[":
-            close = pos + 1
-            if close < size and pattern[close] in "!^":
-                close += 1
-            if close < size and pattern[close] == "]":
-                close += 1
-            close = pattern.find("]", close)
-            if close < 0:
-                out.append(re.escape(char))
-            else:
-                body = pattern[pos + 1 : close].replace("\\", "\\\\")
-                if body[:1] in ("!", "^"):
-                    out.append(f"[^/{body[1:]}]")
-                else:
-                    out.append(f"[{body}]")
-                pos = close
-        else:
-            out.append(re.escape(char))
-        pos += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+def check_glob(pattern: str, where: str, key: str) -> None:
+    """A definition-time check of a glob: DefinitionError naming the key."""
+    try:
+        glob_regex(pattern)
+    except GlobError as exc:
+        raise DefinitionError(f"{where}: key '{key}': invalid glob {_shorten(pattern, 80)!r}: {exc}") from None
 
 
 def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
@@ -3624,7 +4307,7 @@ def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
     base = project / folder
     if not base.is_dir():
         return []
-    patterns = [glob_regex(p) for p in expand_braces(spec.strip().removeprefix("./"))]
+    pattern = glob_regex(spec.strip().removeprefix("./"))
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = [d for d in dirnames if d != "node_modules" and not d.startswith(".")]
@@ -3633,7 +4316,7 @@ def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
                 continue
             path = os.path.join(dirpath, filename)
             in_folder = os.path.relpath(path, base).replace(os.sep, "/")
-            if any(p.match(in_folder) for p in patterns):
+            if pattern.match(in_folder):
                 found.append(os.path.relpath(path, project).replace(os.sep, "/"))
     return sorted(found)
 
@@ -3709,6 +4392,40 @@ def cypress_argv(
     if config:
         argv += ["--config", _cypress_option_value(config)]
     return argv
+
+
+# Linux refuses an exec whose argv and environment pass ARG_MAX (E2BIG), and any single
+# argument longer than 128 KiB (MAX_ARG_STRLEN), which the comma-joined --spec list of a few
+# thousand spec files is. So specs are run in batches, each one `cypress run`, whose results
+# merge into the one step: a batch's --spec stays under CYPRESS_SPEC_ARG_BYTES and its whole
+# command line under half of what ARG_MAX leaves beside the environment.
+CYPRESS_SPEC_ARG_BYTES = 100_000
+
+
+def _argv_budget(env: Mapping[str, str]) -> int:
+    """Bytes a command line may take: well below ARG_MAX once the environment is counted."""
+    try:
+        arg_max = os.sysconf("SC_ARG_MAX")
+    except (AttributeError, ValueError, OSError):
+        arg_max = 256 * 1024
+    if arg_max <= 0:
+        arg_max = 256 * 1024
+    environment = sum(len(k.encode()) + len(v.encode()) + 2 + 8 for k, v in env.items())  # + the pointer
+    return max(16 * 1024, (arg_max - environment) // 2)
+
+
+def spec_batches(specs: Sequence[str], budget: int = CYPRESS_SPEC_ARG_BYTES) -> list[list[str]]:
+    """`specs` in order, cut into batches whose comma-joined length stays within `budget`."""
+    batches: list[list[str]] = [[]]
+    size = 0
+    for name in specs:
+        cost = len(name.encode("utf-8", "surrogateescape")) + 1
+        if batches[-1] and size + cost > budget:
+            batches.append([])
+            size = 0
+        batches[-1].append(name)
+        size += cost
+    return batches if batches[0] else []
 
 
 @dataclass
@@ -3904,26 +4621,42 @@ def _cypress_artifact_folders(project: Path, config: dict[str, Any]) -> list[tup
 
 
 def collect_cypress_artifacts(
-    folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path
+    folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path,
+    runs_dir: Path | None = None,
 ) -> list[Path]:
-    """Copy the screenshots and videos that are new or changed since `before` to `dest`.
+    """Copy the screenshots and videos that are new or changed since `before` to `dest`
+    (under `runs_dir`: folders and files get the runs/ modes, links there are not followed).
 
     Cypress empties these folders before a run by default (trashAssetsBeforeRuns), so
     what is there afterwards and differs from the snapshot is this run's.
     """
-    import shutil
-
     copied: list[Path] = []
     after = _artifact_snapshot(folder for _, folder in folders)
+    base = runs_dir if runs_dir is not None else dest.parent
     for label, folder in folders:
         for path in sorted(p for p in after if folder in p.parents):
             if before.get(path) == after[path]:
                 continue
             target = dest / label / path.relative_to(folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+            copy_into_runs(path, target, base)
             copied.append(target)
     return copied
+
+
+def _drop_write_by_others(folder: Path) -> None:
+    """Cypress writes its JUnit files under runs/ with the umask it was given (000 in some CI
+    images): take group and world write away before they are read, like every file under runs/."""
+    try:
+        paths = list(folder.iterdir())
+    except OSError:
+        return
+    for path in paths:
+        try:
+            info = path.lstat()
+            if not path.is_symlink() and info.st_mode & 0o022:
+                os.chmod(path, info.st_mode & 0o7755)
+        except OSError:
+            continue
 
 
 @register_runner
@@ -3961,6 +4694,9 @@ class CypressRunner(Runner):
                 raise DefinitionError(
                     f"{where}: key '{key}': {value!r} must be a non-empty path inside the project"
                 )
+        spec = step.config.get("spec")
+        if spec is not None:
+            check_glob(spec.strip().removeprefix("./"), where, "spec")
 
     # -- the parts shared by preflight, describe and execute --
 
@@ -4042,12 +4778,18 @@ class CypressRunner(Runner):
                 problems.append(empty + (": the step will be skipped" if allowed else self._EMPTY_HINT))
         return problems
 
+    def _batches(self, ctx: StepContext, project: Path, specs: Sequence[str]) -> list[list[str]]:
+        """The specs cut so that no `cypress run` command line is too long to start (E2BIG)."""
+        others = sum(len(arg.encode()) + 1 for arg in self._argv(ctx, project, []))
+        budget = min(CYPRESS_SPEC_ARG_BYTES, _argv_budget(ctx.env) - others)
+        return spec_batches(specs, max(4096, budget))
+
     def describe(self, ctx: StepContext) -> list[str]:
         project = self._project(ctx)
         specs, _ = self._specs(ctx, project)
         share = self._share(ctx, specs)
-        command = shlex.join(self._argv(ctx, project, share or ["<no spec files>"]))
-        lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && {command}")]
+        lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && {shlex.join(self._argv(ctx, project, batch))}")
+                 for batch in (self._batches(ctx, project, share) or [["<no spec files>"]])]
         if specs and ctx.options.shard is not None:  # (no specs: preflight warns)
             index, count = ctx.options.shard
             lines.append(f"shard {index}/{count}: {len(share)} of {len(specs)} spec files")
@@ -4080,15 +4822,30 @@ class CypressRunner(Runner):
 
         report_dir = self._report_dir(ctx)
         shutil.rmtree(report_dir, ignore_errors=True)  # a retry must not read the last attempt's files
-        report_dir.mkdir(parents=True)
+        make_runs_dirs(report_dir, ctx.runs_dir)
         folders = _cypress_artifact_folders(project, config.get("config") or {})
-        before = _artifact_snapshot(folder for _, folder in folders)
-        ctx.emit(f"cypress: {len(share)} of {len(specs)} spec files" + (f" (shard {shard})" if shard else ""))
-        process = ctx.run_process(self._argv(ctx, project, share), cwd=project)
-
-        artifacts = collect_cypress_artifacts(
-            folders, before, ctx.run_dir / "artifacts" / self._slug(ctx)
-        )
+        batches = self._batches(ctx, project, share)
+        ctx.emit(f"cypress: {len(share)} of {len(specs)} spec files" + (f" (shard {shard})" if shard else "")
+                 + (f" in {len(batches)} batches (one command line would be too long)" if len(batches) > 1 else ""))
+        artifacts: list[Path] = []
+        code: int | None = 0
+        for number, batch in enumerate(batches, start=1):
+            if len(batches) > 1:
+                ctx.emit(f"cypress: batch {number} of {len(batches)}: {len(batch)} spec files")
+            # Cypress empties its screenshot and video folders before each run: each batch's
+            # artifacts are copied before the next batch starts
+            before = _artifact_snapshot(folder for _, folder in folders)
+            process = ctx.run_process(self._argv(ctx, project, batch), cwd=project)
+            artifacts += collect_cypress_artifacts(
+                folders, before, ctx.run_dir / "artifacts" / self._slug(ctx), ctx.runs_dir
+            )
+            if code == 0:
+                code = process.exit_code  # the first batch that did not pass speaks for the step
+            if ctx.timed_out:
+                break
+        if len(batches) > 1:
+            extra["batches"] = len(batches)
+        _drop_write_by_others(report_dir)
         reports, unreadable = read_cypress_reports(report_dir)
         tests = [test for report in reports for test in report.tests]
         failed = [test for test in tests if test.status == "failed"]
@@ -4112,7 +4869,6 @@ class CypressRunner(Runner):
             for t in tests
         ]
 
-        code = process.exit_code
         # a timeout is reported by the engine, which keeps the tests counted so far
         if failed:
             names = ", ".join(t.display_name for t in failed[:3])
@@ -4164,6 +4920,7 @@ class RunOptions:
     jobs: int | None = None  # steps at once; None: settings.jobs, else the number of CPUs
     output: str | None = None  # live | grouped | prefixed; None: live unless steps can overlap
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
+    kill_grace: float = KILL_GRACE_S  # SIGTERM, then SIGKILL this many seconds later
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -4437,6 +5194,7 @@ class Engine:
         self.graph = StepGraph(workflow.steps)
         self.jobs = max(1, options.jobs or default_jobs(settings))
         self.names = [step.name for step in workflow.steps]
+        self.internal_error: str | None = None  # the first bug a built-in runner raised
 
     def _new_record(self, run_id: str, trigger: dict[str, Any]) -> dict[str, Any]:
         total = len(self.workflow.steps)
@@ -4484,10 +5242,7 @@ class Engine:
                     continue
             else:
                 raise StoreError(f"could not allocate a unique run id in {self.store.runs_dir}")
-        try:
-            self.store.run_dir(run_id).mkdir(mode=RUNS_DIR_MODE, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create {self.store.run_dir(run_id)}: {exc.strerror or exc}") from None
+        make_runs_dirs(self.store.run_dir(run_id), self.store.runs_dir)  # a planted link is refused
         return RunRecorder(self.store, record)
 
     def run(self, trigger: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -4499,6 +5254,7 @@ class Engine:
         base_env = _base_environment(self.options, self.wiring.env_hooks)
         self.sinks.emit("run_started", self.workflow, record, self.masker)
         with SignalGuard() as guard:
+            guard.announce = self._announce
             scheduler = _Scheduler(self, recorder, guard, excluded, base_env)
             try:
                 interrupted, failed = scheduler.run()
@@ -4508,6 +5264,14 @@ class Engine:
             exit_code = self._finish_run(recorder, interrupted, failed, started)
         self.sinks.emit("run_finished", self.workflow, record)
         return record, exit_code
+
+    def _announce(self, text: str) -> None:
+        """Said at once, on stderr, when a signal stops a step (the grace period may follow)."""
+        try:
+            sys.stderr.write(f"orchestrate: {self.masker.mask(text)}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
 
     def _finish_run(self, recorder: RunRecorder, interrupted: RunInterrupted | None,
                     failed: list[str], started: float) -> int:
@@ -4522,6 +5286,11 @@ class Engine:
             name = interrupted.args[0]
             record["message"] = f"interrupted by {name}" + (" (Ctrl-C)" if interrupted.signum == signal.SIGINT else "")
             exit_code = EXIT_SIGINT if interrupted.signum == signal.SIGINT else EXIT_SIGTERM
+        elif self.internal_error is not None:
+            record["status"] = "failed"
+            record["message"] = self.internal_error
+            record["internal_error"] = True
+            exit_code = EXIT_INTERNAL
         elif failed:
             record["status"] = "failed"
             record["message"] = f"failed: {', '.join(failed)}"
@@ -4557,11 +5326,17 @@ class Engine:
         path = self.store.junit_path(record["run_id"])
         try:
             write_atomic(path, xml)
-            if self.options.junit_xml is not None:
-                self.options.junit_xml.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(self.options.junit_xml, xml)
         except OSError as exc:
             raise StoreError(f"cannot write the JUnit report: {exc.strerror or exc}") from None
+        if self.options.junit_xml is not None:
+            try:
+                write_report_copy(self.options.junit_xml, xml)
+            except OSError as exc:
+                import errno
+
+                why = " (a FIFO nobody reads)" if exc.errno == errno.ENXIO else ""
+                raise StoreError(f"cannot write the JUnit report to {self.options.junit_xml}: "
+                                 f"{exc.strerror or exc}{why}") from None
 
     def previous_entries(self, step: Step, log: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The entries a runner may read as "the run so far": those of the steps this one
@@ -4602,6 +5377,11 @@ class Engine:
                     ctx.emit(f"orchestrate: attempt {attempts} of {step.retries + 1} "
                              f"(after {step.retry_delay:g}s)")
                 ctx.last_process = None
+                # `timeout` is the budget of the whole attempt: every process it starts (a venv
+                # build, pip, the script) and every wait shares this one deadline
+                ctx.deadline = time.monotonic() + step.timeout if step.timeout else None
+                ctx.timed_out = False
+                ctx.env[STEP_TOKEN_ENV] = new_step_token()  # finds this attempt's processes only
                 try:
                     if step.cwd and not ctx.cwd.is_dir():
                         raise StepFailure(f"working directory {step.cwd} does not exist")
@@ -4610,7 +5390,7 @@ class Engine:
                     result = StepResult("failed", str(exc))
                     if ctx.last_process is not None and ctx.last_process.exit_code is not None:
                         result.exit_code = ctx.last_process.exit_code
-                if ctx.last_process is not None and ctx.last_process.timed_out:
+                if ctx.timed_out:
                     result = StepResult("failed", f"timed out after {step.timeout:g} s", exit_code=None,
                                         extra=result.extra, testcases=result.testcases)
                 if result.status != "failed" or attempts > step.retries:
@@ -4618,6 +5398,7 @@ class Engine:
                 guard.sleep(step.retry_delay)
         except RunInterrupted as exc:
             result = StepResult("failed", f"interrupted by {exc.args[0]}")
+            entry["leftover_processes"] = ctx.leftover_processes
             self._finish_entry(entry, result, attempts, started, sink, step, recorder, log_path)
             raise
         except StoreError:
@@ -4628,12 +5409,21 @@ class Engine:
             except StoreError:
                 pass
             raise
-        except Exception as exc:  # a runner bug must not lose the record or the report
+        except Exception as exc:
+            # A bug in a built-in runner (plugins run in a child interpreter: their exceptions
+            # are step failures) is not a failed check: the run goes on to its report and
+            # cleanup steps, and ends with exit 3, not 1, so CI does not read it as "tests failed".
             import traceback
 
-            sink.line(traceback.format_exc().rstrip())
-            result = StepResult("failed", f"internal error in the {step.type} runner: "
-                                f"{type(exc).__name__}: {exc}")
+            trace = self.masker.mask(traceback.format_exc().rstrip())
+            sink.line(trace)
+            sys.stderr.write(trace + "\n")
+            sys.stderr.flush()
+            message = self.masker.mask(f"internal error in the {step.type} runner: {type(exc).__name__}: {exc}")
+            result = StepResult("failed", message)
+            if self.internal_error is None:
+                self.internal_error = message
+        entry["leftover_processes"] = ctx.leftover_processes
         self._finish_entry(entry, result, attempts, started, sink, step, recorder, log_path)
         return entry
 
@@ -4942,6 +5732,53 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
         ET.SubElement(sub, "system-out").text = ""
         ET.SubElement(sub, "system-err").text = ""
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+_STD_STREAM_PATH_RE = re.compile(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_report_copy(path: Path, data: bytes) -> None:
+    """Write `--junit-xml PATH` without destroying what PATH is: /dev/stdout and its kind are
+    written to the descriptor itself; a device, FIFO or socket is opened and written into
+    (never replaced by a regular file: as root, /dev/full used to become one); a symbolic link
+    to a regular file stays a link and its target is replaced atomically; anything else is
+    replaced atomically as before. Raises OSError."""
+    import stat
+
+    stream = _STD_STREAM_PATH_RE.fullmatch(str(path))
+    if stream is not None:
+        fd = 1 if stream.group(1) else 2 if stream.group(2) else int(stream.group(3) or stream.group(4))
+        for handle in (sys.stdout, sys.stderr):
+            try:
+                handle.flush()
+            except (OSError, ValueError):
+                pass
+        _write_fd(fd, data)
+        return
+    try:
+        info: os.stat_result | None = os.stat(path)  # through a link: what it leads to
+    except FileNotFoundError:
+        info = None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(21, "is a folder", str(path))
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of hanging the run
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        try:
+            os.set_blocking(fd, True)
+            _write_fd(fd, data)
+        finally:
+            os.close(fd)
+        return
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, data)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -5563,11 +6400,11 @@ def compare_changes(root: Path, from_ref: str, to_ref: str = "HEAD", *,
 # Globs are glob_regex() of the Runners section (Cypress specs use the same syntax).
 
 
-def path_matches(path: str, pattern: str) -> bool:
-    """Whether a repository path matches a `when.changed` glob, gitignore-style:
-    a pattern without "/" matches a file name at any depth (`*.py`), one with "/" is
-    anchored at the repository root (`src/**`, `/setup.py`), a trailing "/" means the
-    whole folder (`docs/`)."""
+def changed_glob(pattern: str) -> re.Pattern[str]:
+    """The regex of a `when.changed` glob, gitignore-style: a pattern without "/" matches a
+    file name at any depth (`*.py`), one with "/" is anchored at the repository root
+    (`src/**`, `/setup.py`), a trailing "/" means the whole folder (`docs/`). GlobError
+    when it cannot be used (checked when the workflow is loaded)."""
     pattern = pattern.strip()
     if pattern.endswith("/"):
         pattern += "**"
@@ -5575,12 +6412,22 @@ def path_matches(path: str, pattern: str) -> bool:
         pattern = pattern[1:]
     elif "/" not in pattern:
         pattern = "**/" + pattern
-    return bool(glob_regex(pattern).match(path))
+    return glob_regex(pattern)
+
+
+def branch_glob(pattern: str) -> re.Pattern[str]:
+    """The regex of a `when.branch` pattern: `main`, `release/*` (one level), `feature/**`."""
+    return glob_regex(pattern.strip().removeprefix("refs/heads/"))
+
+
+def path_matches(path: str, pattern: str) -> bool:
+    """Whether a repository path matches a `when.changed` glob (see changed_glob)."""
+    return bool(changed_glob(pattern).match(path))
 
 
 def branch_matches(branch: str, pattern: str) -> bool:
     """`main`, `release/*` (one level), `feature/**` (any depth)."""
-    return bool(glob_regex(pattern.strip().removeprefix("refs/heads/")).match(branch))
+    return bool(branch_glob(pattern).match(branch))
 
 
 def _as_patterns(value: Any) -> list[str]:
@@ -6995,6 +7842,9 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     if options.json_output:
         sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
+    if record.get("internal_error"):
+        _err(f"orchestrate: {record['message']} (a bug, not a step failure): please report it with "
+             f"the traceback above; exit code 3")
     return code
 
 
@@ -7024,6 +7874,24 @@ def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunS
         sys.stdout.write(json.dumps({"workflow": workflow.name, "dry_run": True, "plan": plan}, indent=2) + "\n")
     out.flush()
     return EXIT_OK
+
+
+def check_init_target(root: Path, folder: Path, name: str, option: str) -> None:
+    """`init` never creates a file through a symbolic link leading outside the root: a folder
+    under the root that resolves elsewhere, or a link at the file's own name. (A folder given
+    outside the root with --workflows-dir/--runs-dir is the user's explicit choice.)"""
+    real_root = os.path.realpath(root)
+    inside = _inside(os.path.normpath(folder), os.path.normpath(root))
+    if inside and not _inside(os.path.realpath(folder), real_root):
+        shown = os.path.relpath(folder, root)
+        raise UsageError(f"{shown} leads outside the project root (to {os.path.realpath(folder)}); "
+                         f"orchestrate init does not create files through it: remove the link, or pass "
+                         f"{option} {os.path.realpath(folder)}")
+    target = folder / name
+    if os.path.islink(target) and not _inside(os.path.realpath(target), real_root if inside else os.path.realpath(folder)):
+        shown = os.path.relpath(target, root) if inside else str(target)
+        raise UsageError(f"{shown} is a symbolic link to {os.path.realpath(target)}, outside the project "
+                         f"root; orchestrate init does not write through it: remove the link")
 
 
 _INIT_WORKFLOW = {
@@ -7348,17 +8216,25 @@ def build_app() -> Any:
     def init(ctx: typer.Context) -> int:
         """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
         paths = _paths(ctx)
+        files = [(paths.workflows_dir, "pre-push.json", "--workflows-dir", 0o755,
+                  json.dumps(_INIT_WORKFLOW, indent=2) + "\n"),
+                 (paths.runs_dir, ".gitignore", "--runs-dir", RUNS_DIR_MODE,
+                  "# run records are local state, never committed\n*\n!.gitignore\n")]
+        for folder, name, option, _mode, _text in files:  # everything is checked before anything is written
+            check_init_target(paths.root, folder, name, option)
         created = []
-        paths.workflows_dir.mkdir(parents=True, exist_ok=True)
-        target = paths.workflows_dir / "pre-push.json"
-        if not target.exists():
-            target.write_text(json.dumps(_INIT_WORKFLOW, indent=2) + "\n")
+        for folder, name, _option, mode, text in files:
+            folder.mkdir(mode=mode, parents=True, exist_ok=True)
+            target = folder / name
+            if os.path.lexists(target):
+                continue
+            try:  # O_EXCL: never through a link, never over a file made meanwhile
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
             created.append(target)
-        paths.runs_dir.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
-        ignore = paths.runs_dir / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text("# run records are local state, never committed\n*\n!.gitignore\n")
-            created.append(ignore)
         for path in created:
             typer.echo(f"created {_display_path(path, paths.root)}")
         if not created:

@@ -24,6 +24,12 @@ drift on a noisy machine hits both alike:
                 cost (the same command printing 0 bytes); peak RSS from wait4(2).
 4. history      `runs --limit 20` and `status ID` with 10 and 10,000 earlier runs
                 (real runs, cloned under fresh sortable run ids).
+5. globs        the glob matcher (issue 11) in the orchestrate interpreter: `when.changed`
+                patterns against paths, base vs 10x the patterns and vs 10x the path
+                length (hostile shapes: several `**`, several `*`), interleaved in one
+                process; and `run --dry-run` of workflows whose brace patterns 0.1.0
+                expanded for minutes ("{a,b}" x 16, "{a,b,c,d}" x 12: now a definition
+                error) vs the dry run of a plain one.
 
 It prints one table, writes bench/results.json (or --json-out) with every figure, the
 targets of issue 7 and pass/fail for each, and exits 0 even when a target fails: the
@@ -64,7 +70,7 @@ MB = 1000 * 1000
 MiB = 1024 * 1024
 LINE = "x" * 79  # `yes LINE` prints 80-byte lines: text a test suite might print
 RUN_ID_RE = re.compile(r"^(\d{8}T\d{6})(\d{3})Z-([0-9a-f]+)$")  # 20261127T154000123Z-1a2b3c
-SECTIONS = ("fixed", "hook", "steps", "parallel", "stream", "history")
+SECTIONS = ("fixed", "hook", "steps", "parallel", "stream", "history", "globs")
 # The release the per-step cost of a chain is compared with (issue 16: the parallel engine must
 # not make the sequential case slower). Its orchestrate.py is taken from git.
 BASELINE_REF = "v0.1.0"
@@ -117,6 +123,7 @@ class Cmd:
     env: dict[str, str]
     stdin: bytes = b""
     after: Callable[[], None] | None = None  # untimed clean-up after each run
+    ok_codes: tuple[int, ...] = (0,)  # a definition error (2) is the expected end of some
     samples: list[Sample] = field(default_factory=list)
 
     def times_ms(self) -> list[float]:
@@ -202,7 +209,7 @@ def run_once(cmd: Cmd, timeout: float) -> Sample:
             timer.cancel()
         elapsed = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0 or timed_out.is_set():
+        if proc.returncode not in cmd.ok_codes or timed_out.is_set():
             err.seek(0)
             tail = err.read()[-3000:].decode(errors="replace")
             why = f"timed out after {timeout:g}s" if timed_out.is_set() else f"exited {proc.returncode}"
@@ -743,6 +750,115 @@ class Bench:
         r.figures["history_status"] = _pair(a, b, ratio=ratio, runs=[len(big_ids), len(small_ids)])
         r.rows.append(Row(f"history: status ID, {label_big} vs {len(small_ids)} runs", a.cell(), b.cell(),
                           f"{ratio:.2f}×"))
+
+
+    # --- 5. globs ---
+
+    def globs(self) -> None:
+        m, r = self.mode, self.results
+        out = check_output([self.python, "-c", GLOB_SCRIPT, str(m.reps_fixed)], self.work, self.env, m.timeout)
+        data = json.loads(out)
+        # The ratio of the minimums: the figure is about how the work grows, and noise on a shared
+        # machine only ever adds time (a 10x workload is ~10.3x its base; medians of a few rounds
+        # on a loaded machine moved that by ±50 %).
+        fig: dict[str, Any] = {"estimator": "ratio of the minimum times over interleaved rounds to match every "
+                               "path against every pattern (path_matches, as when.changed does)", **data}
+        for key, label, target in (("patterns_10x", "10× the patterns", True), ("path_10x", "10× the path length", True),
+                                   ("braces_10x", "10× the brace alternatives (one glob)", False)):
+            ratio = data[key]["min_ms"] / data[data[key]["against"]]["min_ms"]
+            fig[f"{key}_ratio"] = round(ratio, 4)
+            verdict = ""
+            if target:
+                verdict = r.target(f"glob_{key}", "glob_matching", ratio, "<=", 12.0, "x",
+                                   f"glob matching with {label} ≤ 12× the time")
+            cell = lambda d: f"{_ms(d['min_ms'])} min, {_ms(d['median_ms'], False)} median"  # noqa: E731
+            r.rows.append(Row(f"globs: {label}", cell(data[key]), cell(data[data[key]["against"]]),
+                              f"{ratio:.2f}×", "≤ 12×" if target else "", verdict))
+        r.figures["glob_matching"] = fig
+
+        spec16 = "{a,b}" * 16
+        changed12 = "{a,b,c,d}" * 12
+        root = self.project("globs", {
+            "braces16": [{"name": "ui", "type": "cypress", "project": "./web", "spec": spec16}],
+            "braces12": [{"name": "lint", "type": "command", "run": ["/bin/true"], "when": {"changed": [changed12]}}],
+            "plain": [{"name": "ui", "type": "cypress", "project": "./web", "spec": "**/*.cy.{js,ts}"},
+                      {"name": "lint", "type": "command", "run": ["/bin/true"], "when": {"changed": ["src/**"]}}],
+        })
+        dry: dict[str, Any] = {}
+        for name, shown in (("braces16", '"{a,b}" × 16'), ("braces12", '"{a,b,c,d}" × 12')):
+            a = Cmd(f"orchestrate run {name} --dry-run", [*self.orch, "--root", str(root), "run", name, "--dry-run"],
+                    root, self.env, ok_codes=(2,))
+            b = self.orch_cmd("orchestrate run plain --dry-run", root, "run", "plain", "--dry-run")
+            measure_pair(a, b, m.reps_fixed, m.timeout)
+            seconds = a.median_ms / 1000
+            verdict = r.target(f"dry_run_{name}", "glob_dry_run", seconds, "<=", 0.5, "s",
+                               f"run --dry-run of a workflow with {shown} < 0.5 s")
+            dry[name] = _pair(a, b, ratio=a.median_ms / b.median_ms, pattern=spec16 if name == "braces16" else changed12)
+            r.rows.append(Row(f"globs: --dry-run with {shown} vs a plain one", a.cell(), b.cell(),
+                              f"{a.median_ms / b.median_ms:.2f}×", "< 0.5 s", verdict))
+        r.figures["glob_dry_run"] = dry
+
+
+# Run by the orchestrate interpreter: times path_matches (when.changed's matcher) over
+# workloads that differ by one factor, in interleaved rounds, and prints JSON.
+GLOB_SCRIPT = r"""
+import json, statistics, sys, time
+import orchestrate
+
+reps = int(sys.argv[1])
+SHAPES = ["src/mod#/**/*.py", "**/test_#*.py", "docs#/", "*.x#", "**/a/**/a/**/b#", "**/*a*a*a*b#",
+          "lib/**/v#/*.{js,ts}", "/setup#.cfg", "**/cache#/**", "x#/*/y/*/z"]
+
+def patterns(count):
+    return [SHAPES[k % len(SHAPES)].replace("#", str(k)) for k in range(count)]
+
+def paths(segments, count=50):
+    # near misses that make a backtracking matcher try every split: 'a' folders for the
+    # several-** shape, a long run of 'a' for the *a*a*a one (0.1.0: cubic, 350 ms a path at 400)
+    return ["a/" * segments + "a" * (6 * segments) + f".{k}" for k in range(count)]
+
+def spec_paths(count=500):
+    # every alternative "specK" starts like "specK9": each one is tried, none matches
+    return [f"spec{k % 100}9/" + "a/" * 10 + "x.cy.jsx" for k in range(count)]
+
+def brace_patterns(count):
+    return ["{" + ",".join(f"spec{k}" for k in range(count)) + "}/**/*.cy.{js,ts}"]
+
+workloads = {
+    "base": (patterns(10), paths(12)),
+    "patterns_10x": (patterns(100), paths(12)),
+    "path_10x": (patterns(10), paths(120)),
+    "braces_base": (brace_patterns(10), spec_paths()),
+    "braces_10x": (brace_patterns(100), spec_paths()),
+}
+against = {"patterns_10x": "base", "path_10x": "base", "braces_10x": "braces_base"}
+
+def once(pats, items):
+    started = time.perf_counter()
+    for _ in range(20):  # the base takes some 10 ms: far above the timer's and the scheduler's noise
+        for path in items:
+            for pattern in pats:
+                orchestrate.path_matches(path, pattern)
+    return (time.perf_counter() - started) * 1000
+
+for pats, items in workloads.values():  # compile (cached) and warm up
+    once(pats, items)
+times = {name: [] for name in workloads}
+names = list(workloads)
+for i in range(reps):
+    order = names[i % len(names):] + names[:i % len(names)]
+    for name in order:
+        times[name].append(once(*workloads[name]))
+result = {}
+for name, samples in times.items():
+    pats, items = workloads[name]
+    result[name] = {"median_ms": round(statistics.median(samples), 4), "min_ms": round(min(samples), 4),
+                    "max_ms": round(max(samples), 4), "runs": len(samples), "patterns": len(pats),
+                    "paths": len(items), "path_length": len(items[0])}
+    if name in against:
+        result[name]["against"] = against[name]
+print(json.dumps(result))
+"""
 
 
 # === Helpers ===

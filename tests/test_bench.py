@@ -5,6 +5,7 @@ the figures themselves are the benchmark's business."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,8 @@ FIGURES = {
     "history_status",
     "parallel_eight",
     "chain_vs_release",
+    "glob_matching",
+    "glob_dry_run",
 }
 # --quick installs nothing; the release tag is missing from a clone without tags
 MAY_SKIP = {"fixed_run_vs_precommit", "chain_vs_release"}
@@ -41,6 +44,10 @@ TARGETS = {
     "flatness",
     "peak_rss",
     "history_runs",
+    "glob_patterns_10x",
+    "glob_path_10x",
+    "dry_run_braces16",
+    "dry_run_braces12",
 }
 
 
@@ -62,6 +69,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick",
          "--orchestrate", _orchestrate(), "--json-out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+        # the console script imports this checkout's orchestrate.py, not another copy's
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "targets:" in proc.stdout
@@ -103,6 +112,13 @@ def test_derived_figures_are_there(results: dict) -> None:
         assert "throughput_ratio" in entry
     if "skipped" not in results["figures"]["hook_overhead"]:
         assert isinstance(results["figures"]["hook_overhead"]["overhead_ms"], float)
+    globs = results["figures"]["glob_matching"]
+    for key in ("patterns_10x", "path_10x", "braces_10x"):
+        assert globs[f"{key}_ratio"] > 0 and globs[key]["runs"] >= 3, key
+    assert globs["path_10x"]["path_length"] > 9 * globs["base"]["path_length"]  # 963 vs 99 characters
+    assert globs["patterns_10x"]["patterns"] == 10 * globs["base"]["patterns"]
+    for name in ("braces16", "braces12"):
+        assert results["figures"]["glob_dry_run"][name]["orchestrate"]["runs"] >= 3
 
 
 def test_targets_are_listed_with_a_verdict(results: dict) -> None:

@@ -214,3 +214,33 @@ class CliRunnerNoRoot:
         from typer.testing import CliRunner
 
         return CliRunner().invoke(app, args, **kwargs)
+
+
+def test_init_never_writes_through_a_link_leading_outside_the_root(project: Project, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    project.workflows.rmdir()
+    project.workflows.symlink_to(outside)
+    result = project.cli("init")
+    assert result.exit_code == 2
+    assert result.stderr == (f"orchestrate: error: workflows leads outside the project root (to {outside}); "
+                             f"orchestrate init does not create files through it: remove the link, or pass "
+                             f"--workflows-dir {outside}\n")
+    assert list(outside.iterdir()) == [] and not project.runs.exists()
+    # a link planted at the file's own name, dangling into the outside
+    project.workflows.unlink()
+    project.workflows.mkdir()
+    project.runs.mkdir()
+    (project.runs / ".gitignore").symlink_to(outside / "gitignore")
+    result = project.cli("init")
+    assert result.exit_code == 2
+    assert result.stderr == (f"orchestrate: error: runs/.gitignore is a symbolic link to {outside / 'gitignore'}, "
+                             f"outside the project root; orchestrate init does not write through it: remove the link\n")
+    assert list(outside.iterdir()) == [] and not (project.workflows / "pre-push.json").exists()
+    # an explicit folder outside the root is the user's choice; a link inside the root is fine
+    (project.runs / ".gitignore").unlink()
+    (project.root / "mine.json").write_text("{}")
+    (project.workflows / "pre-push.json").symlink_to(project.root / "mine.json")
+    result = project.cli("--runs-dir", str(outside / "runs"), "init")
+    assert result.exit_code == 0, result.stderr
+    assert (outside / "runs" / ".gitignore").is_file() and (project.root / "mine.json").read_text() == "{}"

@@ -308,3 +308,165 @@ def test_background_process_left_by_a_step_ends_with_it(project: Project) -> Non
     assert result.exit_code == 0
     assert time.monotonic() - started < 10
     _wait_for(lambda: not _alive(int(pids.read_text())), 10)
+
+
+# --- issue 11: a step's time limit and Ctrl-C hold whatever the step does ---------------------
+
+
+SLEEPER = f"{PY} -c 'import time; time.sleep(300)'"  # + a marker argument, found in /proc
+
+
+def _marked(marker: str) -> list[int]:
+    """Live processes whose command line carries marker (zombies do not count)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read() and _alive(int(name)):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def _kill_marked(marker: str) -> None:
+    for pid in _marked(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_step_that_closes_its_output_still_times_out(project: Project) -> None:
+    marker = f"orch-closed-{os.getpid()}"
+    project.workflow("w", [cmd("closed", f"exec >/dev/null 2>&1; {SLEEPER} {marker}", timeout=1)])
+    try:
+        started = time.monotonic()
+        result = project.cli("run", "w")
+        elapsed = time.monotonic() - started
+        assert result.exit_code == 1
+        entry = project.last_record()["log"][0]
+        assert entry["message"] == "timed out after 1 s"
+        assert elapsed < 15, "the wait after end-of-output ignored the timeout"
+        _wait_for(lambda: not _marked(marker), 10)
+    finally:
+        _kill_marked(marker)
+
+
+def test_string_command_timeout_ends_as_fast_as_the_argv_form(project: Project) -> None:
+    """`sh -c "sleep 30"` leaves sleep a zombie of init when the group is ended: a slow init
+    (this machine's takes ~1 s to reap) kept the group "alive" and the step 2.2 s long."""
+    project.workflow("w", [cmd("string", "sleep 30", timeout=1, continue_on_error=True),
+                           cmd("argv", ["sleep", "30"], timeout=1)])
+    result = project.cli("run", "w")
+    assert result.exit_code == 1
+    for entry in project.last_record()["log"]:
+        assert entry["message"] == "timed out after 1 s"
+        assert 1.0 <= entry["duration_s"] < 1.5, entry
+
+
+def test_processes_left_behind_are_ended_and_counted(project: Project) -> None:
+    marker = f"orch-left-{os.getpid()}"
+    script = (f"setsid {SLEEPER} {marker}-setsid & "
+              f"nohup {SLEEPER} {marker}-nohup >/dev/null 2>&1 & "
+              f"( {SLEEPER} {marker}-double & ) ; "
+              f"sleep 0.3; echo left them")
+    project.workflow("w", [cmd("daemons", script), cmd("quiet", "true")])
+    try:
+        result = project.cli("run", "w")
+        assert result.exit_code == 0, result.stdout
+        _wait_for(lambda: not _marked(marker), 10)
+        record = project.last_record()
+        assert record["log"][0]["leftover_processes"] == 3
+        assert record["log"][1]["leftover_processes"] == 0
+        log = (project.runs / record["run_id"] / "01-daemons.log").read_text()
+        assert log.endswith("left them\norchestrate: ended 3 processes the step left running\n")
+    finally:
+        _kill_marked(marker)
+
+
+def test_sweep_finds_only_this_steps_processes(project: Project) -> None:
+    """A process of another step (another token) is not this step's leftover."""
+    marker = f"orch-other-{os.getpid()}"
+    other = subprocess.Popen([PY, "-c", "import time; time.sleep(60)", marker], start_new_session=True,
+                             env={**os.environ, "ORCHESTRATE_STEP_TOKEN": "someone-elses"})
+    try:
+        project.workflow("w", [cmd("quick", "setsid sleep 0.1 & echo hi")])
+        assert project.cli("run", "w").exit_code == 0
+        assert _alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_timeout_is_the_budget_of_the_whole_attempt(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrate
+
+    class TwoProcesses(orchestrate.Runner):
+        type_name = "two_processes"
+
+        def execute(self, ctx: orchestrate.StepContext) -> orchestrate.StepResult:
+            for _ in range(2):  # each alone within the timeout, both together beyond it
+                result = ctx.run_process([PY, "-c", "import time; time.sleep(1.2)"])
+                if result.exit_code != 0:
+                    return orchestrate.StepResult("failed", "process failed", exit_code=result.exit_code)
+            return orchestrate.StepResult("passed")
+
+    monkeypatch.setitem(orchestrate.RUNNERS, "two_processes", TwoProcesses())
+    project.workflow("w", [{"name": "both", "type": "two_processes", "timeout": 2, "retries": 1}])
+    result = project.cli("run", "w")
+    assert result.exit_code == 1
+    entry = project.last_record()["log"][0]
+    assert entry["message"] == "timed out after 2 s" and entry["attempts"] == 2
+    assert 4.0 <= entry["duration_s"] < 8, entry  # two attempts of 2 s each, never 2 x 2.4 s
+
+
+def test_grace_period_is_an_option(project: Project) -> None:
+    import orchestrate
+
+    pids = project.root / "pids"
+    project.workflow("w", [cmd("stubborn", f"trap '' TERM; echo $$ > {pids}; sleep 30", timeout=0.5)])
+    workflow = orchestrate.load_workflow("w", project.workflows, root=project.root)
+    options = orchestrate.RunOptions(kill_grace=0.3)
+    record, code = orchestrate.execute_run(workflow, orchestrate.Settings(), project.root,
+                                           orchestrate.RunStore(project.runs), options)
+    assert code == 1 and record["log"][0]["message"] == "timed out after 0.5 s"
+    assert record["log"][0]["duration_s"] < 0.5 + orchestrate.KILL_GRACE_S  # not the default 5 s
+    _wait_for(lambda: not _alive(int(pids.read_text())), 10)
+
+
+# --- issue 11: a bug in a built-in runner is exit 3, never a step failure ------------------------
+
+BROKEN_RUNNER = """
+import sys, orchestrate
+def broken(self, ctx):
+    ctx.emit("about to break")
+    return 1 / 0
+orchestrate.CommandRunner.execute = broken
+sys.exit(orchestrate.main(sys.argv[1:]))
+"""
+
+
+def test_internal_error_in_a_built_in_runner_is_exit_3_with_the_report_written(project: Project) -> None:
+    project.workflow("w", [cmd("checks", "echo never"), cmd("later", "echo never"),
+                           {"name": "cleanup", "type": "python", "script": "x.py", "venv": ".venv",
+                            "when": {"status": "always"}}])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([PY, "-c", BROKEN_RUNNER, "--root", str(project.root), "run", "w"], capture_output=True,
+                          text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback (most recent call last)" in done.stderr and "ZeroDivisionError: division by zero" in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1] == (
+        "orchestrate: internal error in the command runner: ZeroDivisionError: division by zero "
+        "(a bug, not a step failure): please report it with the traceback above; exit code 3")
+    record = project.last_record()
+    assert record["status"] == "failed" and record["exit_code"] == 3
+    assert record["message"] == "internal error in the command runner: ZeroDivisionError: division by zero"
+    assert [e["status"] for e in record["log"]] == ["failed", "skipped", "failed"]  # cleanup still ran
+    assert record["log"][0]["message"] == record["message"]
+    log = (project.runs / record["run_id"] / "01-checks.log").read_text()
+    assert "about to break" in log and "ZeroDivisionError: division by zero" in log and "Traceback" in log
+    assert_valid_junit(project.runs / record["run_id"] / "junit.xml")
+    assert "internal error in the command runner" in (project.runs / record["run_id"] / "junit.xml").read_text()

@@ -94,3 +94,18 @@ def test_entry_point_plugins_are_found(project: Project, tmp_path: Path, monkeyp
     result = project.cli("run", "w")
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "from entry point ep" in result.stdout
+
+
+def test_a_huge_step_reaches_the_plugin_without_the_environment(project: Project) -> None:
+    """0.1.0 put the step dict in ORCHESTRATE_PLUGIN_STEP: one variable over 128 KiB made exec
+    fail (E2BIG), and every process of the step could read the step's values there."""
+    project.write("integrations/big_runner.py",
+                  "import os, sys\n"
+                  "def execute(step):\n"
+                  "    leaked = [k for k in os.environ if k.startswith('ORCHESTRATE_PLUGIN')]\n"
+                  "    return f\"{len(step['payload'])} {step['payload'][-3:]} env={leaked} stdin={sys.stdin.read()!r}\"\n")
+    payload = "é" * 300_000 + "end"
+    project.workflow("w", [{"name": "big", "type": "big", "payload": payload}])
+    result = project.run("run", "w")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert project.last_record()["log"][0]["message"] == "300003 end env=[] stdin=''"

@@ -756,3 +756,59 @@ def test_every_orchestrate_command_in_the_shard_examples_is_valid(project: Proje
     for line in lines:
         result = project.cli(*shlex.split(line)[1:], "--dry-run")
         assert result.exit_code == 0, (line, result.stderr)
+
+
+# --- issue 11: E2BIG and the modes of what orchestrate writes under runs/ -------------------------
+
+
+def test_thousands_of_specs_run_in_batches_that_merge_into_one_step(project: Project, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """One comma-joined --spec of 2,400 long paths is ~170 KB: more than Linux takes as one
+    argument (128 KiB), so 0.1.0 could not even start Cypress (E2BIG)."""
+    names = {f"area-{i // 100:02d}/a-rather-long-spec-file-name-for-batching-{i:04d}.cy.js": spec("pass 1")
+             for i in range(2400)}
+    make_cypress_project(project, names)
+    names["area-00/a-rather-long-spec-file-name-for-batching-0007.cy.js"] = spec("fail 1")
+    project.write("web/cypress/e2e/area-00/a-rather-long-spec-file-name-for-batching-0007.cy.js", spec("fail 1"))
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CYPRESS_CALLS", str(calls))
+    cypress_workflow(project)
+    dry = project.cli("run", "ui", "--dry-run")
+    assert dry.stdout.count("node_modules/.bin/cypress run --project") == 2
+    result = project.cli("run", "ui")
+    assert result.exit_code == 1
+    assert "cypress: 2400 of 2400 spec files in 2 batches (one command line would be too long)" in result.stdout
+    entry = cypress_entry(project)
+    assert (entry["tests"], entry["failures"], entry["batches"], len(entry["specs"])) == (2400, 1, 2, 2400)
+    assert entry["message"] == ("1 of 2400 Cypress tests failed: cypress/e2e/area-00/"
+                                "a-rather-long-spec-file-name-for-batching-0007.cy.js › a-rather-long-spec-file-name-for-batching-0007 › fails 1")
+    argvs = [json.loads(line)["argv"] for line in calls.read_text().splitlines()]
+    spec_args = [argv[argv.index("--spec") + 1] for argv in argvs]
+    assert len(spec_args) == 2 and all(len(arg.encode()) <= orchestrate.CYPRESS_SPEC_ARG_BYTES for arg in spec_args)
+    assert sorted(",".join(spec_args).split(",")) == sorted(f"cypress/e2e/{n}" for n in names)
+    assert len(junit_cypress_cases(project)) == 2400
+
+
+def test_spec_batches_keep_order_and_budget() -> None:
+    assert orchestrate.spec_batches([]) == []
+    assert orchestrate.spec_batches(["aaaa", "bbbb", "cccc"], budget=10) == [["aaaa", "bbbb"], ["cccc"]]
+    assert orchestrate.spec_batches(["a" * 50, "b"], budget=10) == [["a" * 50], ["b"]]  # one too long alone still runs
+
+
+def test_folders_and_files_under_runs_are_never_world_writable(project: Project) -> None:
+    make_cypress_project(project, {"a.cy.js": spec("fail 1", "screenshot", "video")})
+    cypress_workflow(project)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    from conftest import orchestrate_bin
+
+    done = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", orchestrate_bin(), "--root", str(project.root),
+                           "run", "ui"], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+    assert done.returncode == 1, done.stderr
+    run_dir = project.runs / project.last_record()["run_id"]
+    assert cypress_entry(project)["artifacts"], "the stand-in wrote no screenshot or video"
+    checked = list(run_dir.rglob("*"))
+    assert any(p.name == "01-ui-smoke" and p.parent.name == "cypress" for p in checked)
+    for path in [run_dir, *checked]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        expected = orchestrate.RUNS_DIR_MODE if path.is_dir() else orchestrate.RUNS_FILE_MODE
+        assert mode == expected, f"{path}: {oct(mode)}"

@@ -203,3 +203,53 @@ def test_settings_file_is_validated(project: Project) -> None:
     result = project.cli("run", "w")
     assert result.exit_code == 2
     assert "orchestrate.json: unknown key 'keep_run' (did you mean 'keep_runs'?)" in result.stderr
+
+
+# --- issue 11: hostile globs end quickly with a clear message -------------------------------------
+
+CY = {"name": "ui", "type": "cypress", "project": "e2e/app"}
+def _cut(pattern: str) -> str:
+    return pattern if len(pattern) <= 80 else pattern[:79] + "…"
+
+
+TOO_MANY = "its braces expand to more than 1,000 patterns, the most orchestrate accepts (list fewer alternatives, or use * and ?)"
+HOSTILE_GLOBS = [
+    ({**CY, "spec": "[z-a].cy.js"},
+     "steps[0] \"ui\": key 'spec': invalid glob '[z-a].cy.js': the character range z-a in [z-a] is reversed (write a-z)"),
+    ({**CY, "spec": "{a,b}" * 16}, f"steps[0] \"ui\": key 'spec': invalid glob '{_cut('{a,b}' * 16)}': {TOO_MANY}"),
+    ({**CY, "spec": "{a,b,c,d}" * 12}, f"steps[0] \"ui\": key 'spec': invalid glob '{_cut('{a,b,c,d}' * 12)}': {TOO_MANY}"),
+    ({**CY, "spec": "{" * 40 + "a,b" + "}" * 40}, "key 'spec': invalid glob '" + "{" * 40),
+    ({**CMD, "when": {"changed": ["src/**", "[z-a]/*.py"]}},
+     "steps[0] \"cmd\": key 'when.changed[1]': invalid glob '[z-a]/*.py': the character range z-a in [z-a] is reversed (write a-z)"),
+    ({**CMD, "when": {"changed": "{x,y}" * 11}}, f"steps[0] \"cmd\": key 'when.changed': invalid glob '{_cut('{x,y}' * 11)}': {TOO_MANY}"),
+    ({**CMD, "when": {"branch": ["release/[9-0]"]}},
+     "steps[0] \"cmd\": key 'when.branch[0]': invalid glob 'release/[9-0]': the character range 9-0 in [9-0] is reversed (write 0-9)"),
+]
+
+
+@pytest.mark.parametrize("step,message", HOSTILE_GLOBS, ids=[m[:50] for _, m in HOSTILE_GLOBS])
+def test_hostile_globs_are_definition_errors_in_validate_dry_run_and_run(project: Project, step: dict,
+                                                                         message: str) -> None:
+    project.workflow("w", [step])
+    for args in (["validate", "w"], ["run", "w", "--dry-run"], ["run", "w"]):
+        result = project.run(*args, timeout=30)  # 0.1.0 took over a minute on the brace patterns
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("orchestrate: error: workflows/w.json: ")
+        assert message in result.stderr, (message, result.stderr)
+    assert not project.runs.exists()
+
+
+def test_globs_at_the_limit_still_work(project: Project) -> None:
+    # 2**9 = 512 patterns, and a long list of alternatives: accepted, matched in one regex
+    pattern = "{a,b}" * 9 + ".cy.js"
+    assert orchestrate.glob_regex(pattern).match("ab" * 4 + "a.cy.js")
+    assert not orchestrate.glob_regex(pattern).match("ab" * 4 + "c.cy.js")
+    names = ",".join(f"spec{i}" for i in range(1000))
+    assert orchestrate.glob_regex("{" + names + "}.cy.js").match("spec999.cy.js")
+    with pytest.raises(orchestrate.GlobError, match="more than 1,000 patterns"):
+        orchestrate.expand_braces("{" + names + ",one-too-many}")
+    project.workflow("w", [{**CMD, "when": {"changed": ["*.{py,pyi}"], "branch": "release/{1,2}.*"}}])
+    assert project.cli("validate", "w").exit_code == 0
+    assert orchestrate.path_matches("pkg/stubs/mod.pyi", "*.{py,pyi}")
+    assert orchestrate.branch_matches("release/2.x", "release/{1,2}.*")

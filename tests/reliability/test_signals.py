@@ -92,3 +92,64 @@ def test_sigint_and_sigterm_end_the_whole_tree_and_record_the_reason(tmp_path: P
         assert f"interrupted by {name}" in junit.read_text()
         assert result["junit_copy"].read_bytes() == junit.read_bytes()
         assert not list((result["root"] / "runs").glob(f"{record['run_id']}.journal"))
+
+
+def _start_stubborn(root: Path, marker: str, run: str) -> subprocess.Popen[bytes]:
+    (root / "workflows").mkdir(parents=True)
+    (root / "workflows" / "w.json").write_text(json.dumps({"steps": [
+        {"name": "stubborn step", "type": "command", "run": run}]}))
+    return subprocess.Popen(orchestrate_argv(root, "run", "w"), env=clean_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_started(root: Path, marker: str, count: int = 1) -> None:
+    deadline = time.monotonic() + 30
+    while len(processes_with(marker)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(processes_with(marker)) >= count
+    time.sleep(0.3)  # the handlers (trap, signal.signal) are set
+
+
+def test_first_ctrl_c_says_what_it_stops_and_a_second_one_kills_at_once(tmp_path: Path) -> None:
+    import select
+
+    marker = f"orch-twice-{id(tmp_path)}"
+    process = _start_stubborn(tmp_path / "p", marker, f"trap '' TERM INT; {PY} -c \"{STUBBORN}\" {marker}")
+    try:
+        _wait_started(tmp_path / "p", marker)
+        assert process.stderr is not None
+        process.send_signal(signal.SIGINT)
+        ready, _, _ = select.select([process.stderr], [], [], 3)  # at once, not after the grace period
+        assert ready, "nothing said on stderr after Ctrl-C"
+        line = process.stderr.readline().decode()
+        assert line == "orchestrate: stopping stubborn step (SIGTERM sent; SIGKILL in 5 s; Ctrl-C again to kill now)\n"
+        assert processes_with(marker), "the stubborn step should still be in its grace period"
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        left = wait_gone(marker, timeout=orchestrate.KILL_GRACE_S + 5)
+        assert not left
+        assert time.monotonic() - sent < orchestrate.KILL_GRACE_S - 2, "the second Ctrl-C waited for the grace period"
+        process.communicate(timeout=20)
+        assert process.returncode == 130
+    finally:
+        kill_all(marker)
+        if process.poll() is None:
+            process.kill()
+
+
+def test_ctrl_c_reaches_a_step_that_closed_its_output(tmp_path: Path) -> None:
+    marker = f"orch-closed-sig-{id(tmp_path)}"
+    root = tmp_path / "p"
+    process = _start_stubborn(root, marker, f"exec >/dev/null 2>&1; {PY} -c \"{POLITE}\" {marker}")
+    try:
+        _wait_started(root, marker)
+        process.send_signal(signal.SIGINT)
+        assert not wait_gone(marker, timeout=orchestrate.KILL_GRACE_S + 5)
+        process.communicate(timeout=20)
+        assert process.returncode == 130
+        record = json.loads(next((root / "runs").glob("*.json")).read_text())
+        assert record["status"] == "failed" and record["log"][0]["message"] == "interrupted by SIGINT"
+    finally:
+        kill_all(marker)
+        if process.poll() is None:
+            process.kill()
