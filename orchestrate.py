@@ -90,7 +90,7 @@ DEFAULT_KEEP_RUNS = 300
 RUNS_FILE_MODE = 0o644
 RUNS_DIR_MODE = 0o755
 SECRET_KEY_RE = re.compile(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
-MIN_SECRET_LEN = 3  # masking one- or two-character values would garble every line
+MIN_SECRET_LEN = 4  # a shorter secret is a definition error: masking "abc" would garble every line
 
 # === 2. Errors ===
 
@@ -281,6 +281,9 @@ class Workflow:
     sha256: str
     display_path: str = ""
     warnings: list[str] = field(default_factory=list)
+    # every string that used a ${NAME}: (where, key, names), and the union of those names
+    references: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    variables_used: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -440,27 +443,89 @@ def interpolate(value: str, variables: dict[str, str], where: str) -> tuple[str,
 
 
 def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: str,
-                      secrets: set[str]) -> Any:
+                      secrets: dict[str, str], refs: list[tuple[str, str, tuple[str, ...]]]) -> Any:
     """Interpolate every string inside value; values of secret-named keys that came from a
-    variable are remembered as secrets."""
+    variable are remembered as secrets (with the ${NAME}s they came from), and every
+    (where, key, names used) goes into refs."""
     if isinstance(value, str):
         if "\x00" in value:  # argv, environment and paths cannot carry NUL: fail now, not mid-run
             raise DefinitionError(f"{where}: key '{key}' contains a NUL character")
         text, used = interpolate(value, variables, f"{where}: key '{key}'")
-        if used and SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]):
-            secrets.add(text)
+        if used:
+            refs.append((where, key, tuple(used)))
+            if SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]) and text:
+                secrets.setdefault(text, ", ".join(f"${{{n}}}" for n in dict.fromkeys(used)))
         return text
     if isinstance(value, list):
-        return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets)
+        return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets, refs)
                 for i, v in enumerate(value)]
     if isinstance(value, dict):
         if key == "env" and any(not k or "=" in k or "\x00" in k for k in value):
             bad = next(k for k in value if not k or "=" in k or "\x00" in k)
             raise DefinitionError(f"{where}: key '{key}' has {bad!r}, which is not an environment "
                                   f"variable name (no '=', no NUL, not empty)")
-        return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets)
+        return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets, refs)
                 for k, v in value.items()}
     return value
+
+
+_VAR_REFERENCE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _secret_variable_names(data: dict[str, Any], variables: dict[str, str]) -> dict[str, str]:
+    """Secret value -> "${NAME}" for every variable a definition error might otherwise quote:
+    those listed in "secrets" and those referenced from a secret-named key anywhere in the
+    file, found before validation so that an error in steps[0] cannot show a token that only
+    steps[3]'s "token" key marks as secret."""
+    names: dict[str, str] = {}
+    listed = data.get("secrets")
+    for var in listed if isinstance(listed, list) else ():
+        if isinstance(var, str) and variables.get(var):
+            names.setdefault(variables[var], f"${{{var}}}")
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((key, v) for v in value)
+        elif isinstance(value, str) and SECRET_KEY_RE.search(key):
+            for var in _VAR_REFERENCE_RE.findall(value):
+                if variables.get(var):
+                    names.setdefault(variables[var], f"${{{var}}}")
+    return names
+
+
+def _name_secrets(text: str, names: Mapping[str, str]) -> str:
+    """text with every secret value (and its encoded forms) replaced by the ${NAME} it came
+    from, or *** for a literal one: how a definition error quotes a secret."""
+    for value, name in sorted(names.items(), key=lambda item: len(item[0]), reverse=True):
+        for form in sorted(secret_forms(value) | {repr(value)[1:-1]}, key=len, reverse=True):
+            if form in text:
+                text = text.replace(form, name)
+    return text
+
+
+# names whose value steers a program before it runs its own code: a caller of the HTTP API
+# may set a workflow's ${NAME}s, never one of these in a step's environment
+_PROTECTED_ENV_RE = re.compile(r"^(?:LD_|DYLD_|PYTHON|GIT_)|^(?:PATH|BASH_ENV|ENV|NODE_OPTIONS|PERL5OPT|RUBYOPT)\Z")
+
+
+def check_http_variables(workflow: Workflow, names: Iterable[str]) -> None:
+    """DefinitionError unless every name is a ${NAME} the workflow uses and none of them
+    reaches a protected environment variable (LD_*, PYTHON*, PATH, GIT_*...) of a step."""
+    accepted = sorted(workflow.variables_used)
+    for name in sorted(set(names)):
+        if name not in workflow.variables_used:
+            raise DefinitionError(
+                f"vars key '{name}': workflow {workflow.name} does not use ${{{name}}}; accepted: "
+                + (", ".join(accepted) if accepted else "none (the workflow uses no ${NAME})"))
+        for where, key, used in workflow.references:
+            env_name = key[len("env."):] if key.startswith("env.") else None
+            if env_name is not None and name in used and _PROTECTED_ENV_RE.match(env_name):
+                raise DefinitionError(
+                    f"vars key '{name}': {where} puts ${{{name}}} into {env_name}, which a caller "
+                    f"of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)")
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -684,7 +749,20 @@ def load_workflow(name: str, workflows_dir: Path, variables: dict[str, str] | No
 
 def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict[str, str],
                    settings: Settings, root: Path, sha256: str = "") -> Workflow:
-    """Validate a parsed workflow document: pure except for plugin lookup under root."""
+    """Validate a parsed workflow document: pure except for plugin lookup under root.
+
+    A DefinitionError never quotes a secret: its value becomes the ${NAME} it came from."""
+    names = _secret_variable_names(data, variables) if isinstance(data, dict) else {}
+    try:
+        return _build_workflow(data, name, path, shown, variables, settings, root, sha256)
+    except DefinitionError as exc:
+        if not names:
+            raise
+        raise DefinitionError(_name_secrets(str(exc), names)) from None
+
+
+def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict[str, str],
+                    settings: Settings, root: Path, sha256: str) -> Workflow:
     if not isinstance(data, dict):
         raise DefinitionError(f"{shown}: expected a JSON object with a 'steps' list, not {_value_type_name(data)}")
     _check_keys(data, WORKFLOW_KEYS, shown)
@@ -694,14 +772,15 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
             f"make them match (the file name is how you run it)")
     if not data["steps"]:
         raise DefinitionError(f"{shown}: key 'steps' is empty; add at least one step")
-    secrets: set[str] = set()
+    secrets: dict[str, str] = {}  # value -> where it came from, for the too-short message
+    refs: list[tuple[str, str, tuple[str, ...]]] = []
     warnings: list[str] = []
     for var in data.get("secrets", []):
         if not _VAR_NAME_RE.match(var):
             raise DefinitionError(f"{shown}: key 'secrets' lists '{var}', which is not a variable name")
         if variables.get(var):
-            secrets.add(variables[var])
-    env = _interpolate_tree(data.get("env", {}), variables, shown, "env", secrets)
+            secrets.setdefault(variables[var], f"${{{var}}}")
+    env = _interpolate_tree(data.get("env", {}), variables, shown, "env", secrets, refs)
     steps: list[Step] = []
     seen: dict[str, int] = {}
     for index, raw_step in enumerate(data["steps"]):
@@ -736,12 +815,12 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
         seen[step_name] = index
         for key, value in raw_step.items():
             if key == "token" and isinstance(value, str) and value and "${" not in value:
-                secrets.add(value)
+                secrets.setdefault(value, f"in steps[{index}] key 'token'")
                 warnings.append(
                     f"{where}: key 'token' holds a literal token; keep it out of the file with "
                     f"\"token\": \"${{JIRA_TOKEN}}\" (it is masked as *** all the same)")
         resolved = {k: (v if k in ("name", "type") else
-                        _interpolate_tree(v, variables, where, k, secrets))
+                        _interpolate_tree(v, variables, where, k, secrets, refs))
                     for k, v in raw_step.items()}
         config = {k: v for k, v in resolved.items() if k not in COMMON_KEYS}
         step = Step(
@@ -754,26 +833,51 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
             shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"', source=raw_step)
         runner.check_definition(step, path, settings)
         steps.append(step)
-    secrets = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
+        user, token = step.config.get("user"), step.config.get("token")
+        if step_type == "jira" and isinstance(user, str) and user and isinstance(token, str) and token:
+            # the Basic credential a jira step sends: a step printing its headers prints this
+            import base64
+
+            secrets.setdefault(base64.b64encode(f"{user}:{token}".encode()).decode("ascii"),
+                               f"user:token of steps[{index}]")
+    for value, source in secrets.items():
+        if len(value) < MIN_SECRET_LEN:
+            raise DefinitionError(
+                f"{shown}: secret {source} is {len(value)} character{'s' if len(value) != 1 else ''} "
+                f"long; a secret needs at least {MIN_SECRET_LEN}, as masking a shorter value would "
+                f"garble ordinary output (use a longer secret)")
     masker = Masker(secrets)
     for step in steps:
         step.definition_sha256 = _canonical_hash(masker.mask_tree(step.raw))
     return Workflow(name=name, path=path, description=data.get("description", ""), env=env,
-                    steps=steps, secrets=secrets, sha256=sha256, display_path=shown,
-                    warnings=warnings)
+                    steps=steps, secrets=set(secrets), sha256=sha256, display_path=shown,
+                    warnings=warnings, references=refs,
+                    variables_used={n for _, _, used in refs for n in used})
+
+
+_PERCENT_ESCAPE_RE = re.compile(r"%[0-9A-F]{2}")
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The ways programs print a secret: as it is, URL-encoded (quote with no safe character
+    and with its default safe '/', quote_plus, and each with lower-case %xx as some encoders
+    write them) and JSON string escaped (ASCII-only and not)."""
+    from urllib.parse import quote, quote_plus
+
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    forms |= {_PERCENT_ESCAPE_RE.sub(lambda m: m.group().lower(), form) for form in forms if "%" in form}
+    return {form for form in forms if form}
 
 
 class Masker:
-    """Replaces every secret value by *** (also its URL-encoded form, as in https://u:TOKEN@host)."""
+    """Replaces every secret value by *** (also its encoded forms: see secret_forms)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        from urllib.parse import quote
-
         forms: set[str] = set()
         for secret in secrets:
             if len(secret) >= MIN_SECRET_LEN:
-                forms.add(secret)
-                forms.add(quote(secret, safe=""))
+                forms |= secret_forms(secret)
         # longest first, so a secret that contains another is masked whole
         self.secrets = sorted(forms, key=len, reverse=True)
         self.byte_secrets = [s.encode("utf-8", "surrogateescape") for s in self.secrets]
@@ -793,6 +897,12 @@ class Masker:
                 data = data.replace(secret, b"***")
         return data
 
+    def mask_readable(self, text: str) -> str:
+        """Text a step produced, fit for orchestrate's own lines and records: masked, escapes
+        and control characters removed, and masked again, since removing `ESC[31m` or a NUL
+        from the middle of a token puts the token back together."""
+        return self.mask(readable(self.mask(text)))
+
     def mask_tree(self, value: Any) -> Any:
         if not self.secrets:
             return value
@@ -803,6 +913,33 @@ class Masker:
         if isinstance(value, dict):
             return {k: self.mask_tree(v) for k, v in value.items()}
         return value
+
+
+_HOLD_ANCHOR = 16  # bytes of a secret's start searched for as one string (see _partial_secret)
+
+
+def _partial_secret(buffer: bytes, secret: bytes) -> int:
+    """The length of the longest end of buffer that is the start of secret (shorter than it).
+
+    Linear in the secret's length, not quadratic (slicing secret[:n] for every n cost 3 s
+    on 20 MB of output with a 120 KB secret): an end of 16 bytes or more must begin with
+    the secret's first 16 bytes, which bytes.find locates in C; the few shorter ends are
+    compared directly. Each place found is checked without copying, longest first."""
+    longest = min(len(secret) - 1, len(buffer))
+    if longest <= 0:
+        return 0
+    view, whole = memoryview(buffer), memoryview(secret)
+    anchor = secret[:_HOLD_ANCHOR]
+    if longest >= len(anchor):
+        pos = buffer.find(anchor, len(buffer) - longest)
+        while pos >= 0 and len(buffer) - pos >= len(anchor):
+            if view[pos:] == whole[: len(buffer) - pos]:
+                return len(buffer) - pos
+            pos = buffer.find(anchor, pos + 1)
+    for size in range(min(longest, len(anchor) - 1), 0, -1):
+        if view[len(buffer) - size:] == whole[:size]:
+            return size
+    return 0
 
 
 class StreamMasker:
@@ -817,12 +954,7 @@ class StreamMasker:
         if not self.masker:
             return data
         buffer = self.masker.mask_bytes(self.pending + data)
-        hold = 0
-        for secret in self.masker.byte_secrets:
-            for n in range(min(len(secret) - 1, len(buffer)), hold, -1):
-                if buffer.endswith(secret[:n]):
-                    hold = n
-                    break
+        hold = max(_partial_secret(buffer, secret) for secret in self.masker.byte_secrets)
         self.pending = buffer[len(buffer) - hold:] if hold else b""
         return buffer[: len(buffer) - hold] if hold else buffer
 
@@ -1213,8 +1345,12 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 def readable_text(data: bytes) -> str:
     """Bytes a step printed, as text fit for a record: decoded leniently, escapes removed."""
-    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
-    text = _ANSI_RE.sub("", text)
+    return readable(data.decode("utf-8", "replace"))
+
+
+def readable(text: str) -> str:
+    """Text without terminal escapes and control characters (newlines and tabs kept)."""
+    text = _ANSI_RE.sub("", text.replace("\r\n", "\n"))
     return _CONTROL_RE.sub("", text.replace("\r", "\n"))
 
 
@@ -1264,7 +1400,7 @@ class OutputSink:
         self.write(text.encode("utf-8", "surrogateescape") + b"\n")
 
     def tail_text(self) -> str:
-        text = readable_text(bytes(self.tail[-TAIL_MAX_BYTES:]))
+        text = self.stream_masker.masker.mask_readable(readable_text(bytes(self.tail[-TAIL_MAX_BYTES:])))
         lines = text.rstrip("\n").split("\n")
         return "\n".join(lines[-TAIL_MAX_LINES:])
 
@@ -3698,7 +3834,7 @@ class Engine:
         recorder.update_step(step.index, entry, step.name, durable=False)
         self.console.step_started(step, total)
         started = time.monotonic()
-        sink = OutputSink(log_path, self.masker, self.console.step_output_writer(),
+        sink = OutputSink(log_path, self.masker, self.console.step_output_writer(step),
                           on_idle=self.console.tick)
         ctx.sink = sink
         attempts = 0
@@ -3749,9 +3885,12 @@ class Engine:
                       sink: OutputSink, step: Step, recorder: RunRecorder) -> None:
         sink.close()
         entry.update(result.extra)
+        if isinstance(entry.get("failed_tests"), list):  # test names a step reported: its text
+            entry["failed_tests"] = [self.masker.mask_readable(t) if isinstance(t, str) else t
+                                     for t in entry["failed_tests"]]
         entry.update(status=result.status, finished_at=utc_now(),
                      duration_s=round(time.monotonic() - started, 3), exit_code=result.exit_code,
-                     attempts=attempts, message=self.masker.mask(result.message),
+                     attempts=attempts, message=self.masker.mask_readable(result.message),
                      output_tail=sink.tail_text())
         if result.status == "failed" and step.continue_on_error:
             entry["allowed_failure"] = True
@@ -3908,12 +4047,13 @@ def closing_line(record: dict[str, Any]) -> str:
             f"{float(record.get('duration_s') or 0):.1f}s (run {record.get('run_id')})")
 
 
-def render_step_table(record: dict[str, Any]) -> list[str]:
+def render_step_table(record: dict[str, Any], detail_text: Callable[[str], str] = readable) -> list[str]:
+    """One row per step; a step's message (its own text) goes through detail_text."""
     rows = []
     for entry in record.get("log", []):
         status = entry.get("status", "?")
         label = "failed*" if entry.get("allowed_failure") else status
-        detail = entry.get("message") or ""
+        detail = detail_text(str(entry.get("message") or ""))
         rows.append(f"  {label:<8} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
                     + (f" — {detail}" if detail and status != "passed" else ""))
     if any(e.get("allowed_failure") for e in record.get("log", [])):
@@ -3986,14 +4126,26 @@ class Console:
         self.current: tuple[int, int, str] | None = None
         self.masker = Masker()
         self.ci = detect_ci_output()
+        # per step: its output so far did not end with a newline (so the next line of
+        # orchestrate's own, a fence's closing token above all, would be glued to it)
+        self._line_open: dict[int, bool] = {}
 
     def style(self, text: str, kind: str) -> str:
         return f"\x1b[{_COLORS[kind]}m{text}\x1b[0m" if self.color else text
 
     def write(self, text: str) -> None:
+        """One of orchestrate's own lines. Not masked as a whole: the summary, the run id and
+        step names are orchestrate's; what came from a step (messages, output tails, test
+        names) was masked where it was produced and goes through step_text() here."""
         self._clear_live()
-        self.stream.write(self.masker.mask(text) + "\n")
+        self.stream.write(text + "\n")
         self.stream.flush()
+
+    def step_text(self, text: str) -> str:
+        """Text a step produced, for a line of orchestrate's own: masked, without escapes or
+        control characters (a raw ESC or BEL never reaches the terminal this way), and
+        escaped as the CI system needs (GitHub: a newline cannot start a forged command)."""
+        return self.ci.escape(self.masker.mask_readable(text))
 
     def debug(self, text: str) -> None:
         if self.debug_enabled:
@@ -4002,12 +4154,16 @@ class Console:
     def _binary(self) -> Any:
         return getattr(self.stream, "buffer", None)
 
-    def step_output_writer(self) -> Callable[[bytes], None] | None:
+    def step_output_writer(self, step: Step | None = None) -> Callable[[bytes], None] | None:
         if self.quiet:
             return None
         binary = self._binary()
+        index = step.index if step is not None else -1
 
         def write(data: bytes) -> None:
+            if not data:
+                return
+            self._line_open[index] = bytes(data[-1:]) != b"\n"
             if binary is not None:
                 binary.write(self.ci.fence_output(data))
                 binary.flush()
@@ -4015,6 +4171,12 @@ class Console:
                 self.stream.write(bytes(self.ci.fence_output(data)).decode("utf-8", "replace"))
                 self.stream.flush()
         return write
+
+    def _end_output_line(self, step: Step) -> None:
+        """Step output that did not end with a newline gets one, so the line after it (a
+        fence's closing token, a GitLab section end) starts a line as it must."""
+        if self._line_open.pop(step.index, False) or self._line_open.pop(-1, False):
+            self.stream.write("\n")
 
     def _clear_live(self) -> None:
         if self.live and self.current is not None:
@@ -4058,15 +4220,18 @@ class Console:
             "skipped" if status != "passed" else "passed")
         self._clear_live()
         if not self.quiet:
+            self._end_output_line(step)
             for line in self.ci.step_output_ended(step):
                 self.stream.write(line + "\n")
         if self.quiet and status == "failed":
             self.write(self.style(f"[{step.index + 1}] {step.name} ({step.type}) failed; last output:", "failed"))
             if entry.get("output_tail"):
-                self.write(entry["output_tail"])
+                # the step's own lines: fenced under GitHub, like its live output
+                for line in self.ci.fence(step, [self.masker.mask_readable(str(entry["output_tail"]))]):
+                    self.write(line)
         text = f"  {status}" + (" (allowed)" if entry.get("allowed_failure") else "") + \
             f" in {format_duration(entry.get('duration_s'))}" + \
-            (f": {entry['message']}" if entry.get("message") and status != "passed" else "")
+            (f": {self.step_text(str(entry['message']))}" if entry.get("message") and status != "passed" else "")
         if not self.quiet or status == "failed":
             self.write(self.style(text, kind))
         for line in self.ci.step_finished(step, entry):
@@ -4079,7 +4244,7 @@ class Console:
         self.current = None
         if not self.quiet:
             self.write("")
-        for row in render_step_table(record):
+        for row in render_step_table(record, self.step_text):
             status = row.split()[0] if row.strip() else ""
             kind = {"passed": "passed", "failed": "failed", "skipped": "skipped"}.get(status)
             self.write(self.style(row, kind) if kind else row)
@@ -4664,6 +4829,14 @@ class PlainCIOutput:
     def run_started(self, masker: Masker) -> list[str]:
         return []
 
+    def escape(self, text: str) -> str:
+        """Step-derived text on a line of orchestrate's own, outside any fence."""
+        return text
+
+    def fence(self, step: Step, lines: list[str]) -> list[str]:
+        """A step's own lines printed by orchestrate (the --quiet failure tail)."""
+        return lines
+
     def step_started(self, step: Step) -> list[str]:
         return []
 
@@ -4685,19 +4858,27 @@ class GitHubCIOutput(PlainCIOutput):
     name = "github"
 
     def __init__(self) -> None:
-        self._token = ""
+        self._tokens: dict[int, str] = {}  # by step index: steps may one day run side by side
 
     def run_started(self, masker: Masker) -> list[str]:
         return gha_mask_lines(masker.secrets)
 
+    def escape(self, text: str) -> str:
+        # the runner reads every line that starts with '::' (after spaces) as a command:
+        # escaped, a step's "boom\n::error::x" stays on orchestrate's line as text
+        return gha_escape_data(text)
+
+    def fence(self, step: Step, lines: list[str]) -> list[str]:
+        token = new_stop_token()
+        return [gha_stop_commands(token), *lines, gha_resume_commands(token)]
+
     def step_started(self, step: Step) -> list[str]:
-        self._token = new_stop_token()
-        return [gha_group(f"{step.name} ({step.type})"), gha_stop_commands(self._token)]
+        token = self._tokens[step.index] = new_stop_token()
+        return [gha_group(f"{step.name} ({step.type})"), gha_stop_commands(token)]
 
     def step_output_ended(self, step: Step) -> list[str]:
-        lines = [gha_resume_commands(self._token)] if self._token else []
-        self._token = ""
-        return lines + [gha_endgroup()]
+        token = self._tokens.pop(step.index, "")
+        return ([gha_resume_commands(token)] if token else []) + [gha_endgroup()]
 
     def step_finished(self, step: Step, entry: dict[str, Any]) -> list[str]:
         if entry.get("status") != "failed":
@@ -4715,18 +4896,15 @@ class GitLabCIOutput(PlainCIOutput):
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._section = ""
+        self._sections: dict[int, str] = {}  # by step index
 
     def step_started(self, step: Step) -> list[str]:
-        self._section = gitlab_section_name(step.index, step.name)
-        return [gitlab_section_start(self._section, f"{step.name} ({step.type})", self._clock())]
+        section = self._sections[step.index] = gitlab_section_name(step.index, step.name)
+        return [gitlab_section_start(section, f"{step.name} ({step.type})", self._clock())]
 
     def step_output_ended(self, step: Step) -> list[str]:
-        if not self._section:
-            return []
-        line = gitlab_section_end(self._section, self._clock())
-        self._section = ""
-        return [line]
+        section = self._sections.pop(step.index, "")
+        return [gitlab_section_end(section, self._clock())] if section else []
 
 
 CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {
@@ -4794,8 +4972,9 @@ def render_gantt(record: Mapping[str, Any]) -> str:
         end_ms = _epoch_ms(entry.get("finished_at"))
         if end_ms is None:
             end_ms = start_ms + int(float(entry.get("duration_s") or 0) * 1000)
-        tag = {"passed": "done, ", "failed": "crit, ", "running": "active, "}.get(
-            str(entry.get("status")), "")
+        # an allowed failure (continue_on_error) did not fail the run: not drawn as critical
+        tag = "" if entry.get("allowed_failure") else {
+            "passed": "done, ", "failed": "crit, ", "running": "active, "}.get(str(entry.get("status")), "")
         lines.append(f"    {_mermaid_label(str(entry.get('step', '')))} :{tag}s{index}, "
                      f"{start_ms}, {max(end_ms, start_ms + 1)}")
         drawn += 1
@@ -4806,19 +4985,17 @@ def render_gantt(record: Mapping[str, Any]) -> str:
 def render_step_summary(record: Mapping[str, Any]) -> str:
     """The Markdown appended to $GITHUB_STEP_SUMMARY: headline, table, gantt timeline."""
     log = list(record.get("log") or ())
-    counts = {status: sum(1 for entry in log if entry.get("status") == status)
-              for status in ("passed", "failed", "skipped")}
     trigger = record.get("trigger") or {}
     head = (f"### orchestrate: {_md_cell(record.get('workflow'))} {record.get('status', '')}")
-    parts = [f"{counts['passed']} passed", f"{counts['failed']} failed",
-             f"{counts['skipped']} skipped"]
-    meta = ", ".join(parts) + f" · run `{record.get('run_id', '')}`"
+    # counted as the console's closing line counts them: "1 failed (1 allowed)"
+    meta = summary_counts(dict(record)) + f" · run `{record.get('run_id', '')}`"
     if trigger.get("job_url"):
         meta += f" · [job log]({trigger['job_url']})"
     rows = ["| Step | Status | Time | Failed tests / reason |", "|---|---|---:|---|"]
     for entry in log:
         status = str(entry.get("status", ""))
-        shown = f"**{status}**" if status == "failed" else status
+        allowed = status == "failed" and bool(entry.get("allowed_failure"))
+        shown = "failed (allowed)" if allowed else f"**{status}**" if status == "failed" else status
         duration = entry.get("duration_s")
         took = f"{float(duration):.1f}s" if isinstance(duration, (int, float)) and status != "skipped" else ""
         failed = _failed_tests(entry)
