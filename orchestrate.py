@@ -966,6 +966,7 @@ class StreamMasker:
 # === 4. Run store ===
 
 RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
+_STATUS_PEEK_RE = re.compile(rb'\n "status": "(pending|running|failed|completed)"')
 _LOOSE_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
 
 
@@ -1240,26 +1241,47 @@ class RunStore:
         return rows
 
     def prune(self, keep: int) -> builtins.list[str]:
-        """Delete the oldest finished runs beyond `keep`; never a running or pending one."""
+        """Delete the oldest finished runs beyond the newest `keep` finished ones. Running and
+        pending runs neither count nor go: 500 runs queued on the HTTP server once made
+        every finished record, CLI runs included, "older than the newest 300"."""
         removed: list[str] = []
-        ids = self.list_ids()
         import shutil
 
-        for run_id in ids[keep:]:
+        finished = 0
+        for run_id in self.list_ids():
+            if self._peek_status(run_id) not in ("failed", "completed"):
+                try:  # the full read settles a run whose process is gone as failed
+                    status = self.load(run_id).get("status")
+                except (UsageError, RecordUnreadable):
+                    continue  # gone meanwhile, or unreadable: the user may want to look at it
+                if status in ("running", "pending"):
+                    continue
+            finished += 1
+            if finished <= keep:
+                continue
             try:
-                record = self.load(run_id)
-            except UsageError:
-                continue
-            except RecordUnreadable:
-                continue  # the user may want to look at it: prune leaves unreadable records alone
-            if record.get("status") in ("running", "pending"):
-                continue
+                self.load(run_id)
+            except (UsageError, RecordUnreadable):
+                continue  # prune leaves unreadable records alone
             for path in (self.record_path(run_id), self.journal_path(run_id)):
                 _unlink_quietly(path)
             shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
             removed.append(run_id)
         self._remove_stale_temp_files()
         return removed
+
+    def _peek_status(self, run_id: str) -> str | None:
+        """The status a snapshot starts with, from its first bytes (records are written with
+        one-space indentation, so only the top level's key reads '\\n "status": '); None
+        when it is not there. A finished snapshot never changes again: prune reads only this
+        much of each record it keeps, instead of parsing keep_runs records after every run."""
+        try:
+            with open(self.record_path(run_id), "rb") as handle:
+                head = handle.read(512)
+        except OSError:
+            return None
+        match = _STATUS_PEEK_RE.search(head)
+        return match.group(1).decode() if match else None
 
     def _remove_stale_temp_files(self) -> None:
         """Temporary files of writers killed mid-write (their pid is in the name)."""
@@ -3524,6 +3546,9 @@ class RunOptions:
     push_url: str | None = None
     run_id: str | None = None
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
+    # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
+    # into any environment, and only names the workflow uses (check_http_variables)
+    vars_from_http: bool = False
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -3640,11 +3665,39 @@ def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore
 
 
 def _base_environment(options: RunOptions) -> dict[str, str]:
+    """The environment every step starts from: orchestrate's own, with --var on top (not
+    variables from the HTTP API: those fill ${NAME}s only)."""
     env = dict(os.environ)
-    env.update(options.variables)
+    if not options.vars_from_http:
+        env.update(options.variables)
     for hook in ENV_HOOKS:
         hook(env, options)
     return env
+
+
+def interpolation_values(options: RunOptions) -> dict[str, str]:
+    """What ${NAME} reads: the step environment, and every variable given to the run."""
+    return {**_base_environment(options), **options.variables}
+
+
+def read_http_variables(stream: Any) -> dict[str, str]:
+    """`run --vars-stdin`: the JSON object of variables the HTTP server passes on stdin."""
+    data = stream.read(MAX_HTTP_VARS_BYTES + 1)
+    problem = "more than 2 MiB" if len(data) > MAX_HTTP_VARS_BYTES else None
+    variables: Any = None
+    if problem is None:
+        try:
+            variables = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError):
+            problem = "not valid JSON"
+    if problem is None and not (isinstance(variables, dict) and all(
+            isinstance(k, str) and _VAR_NAME_RE.match(k) and isinstance(v, str) and "\x00" not in v
+            for k, v in variables.items())):
+        problem = "not an object of variable names to strings"
+    if problem is not None or not isinstance(variables, dict):
+        raise UsageError(f"--vars-stdin: stdin is {problem}; it takes what orchestrate serve passes "
+                         f"({{\"NAME\": \"value\"}})")
+    return variables
 
 
 class Engine:
@@ -4299,19 +4352,39 @@ def strip_git_env(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+# What orchestrate's own git calls (status, rev-parse, rev-list, diff, config: all local and
+# read-only) may take from the environment: where the user's config and identity live, the
+# locale, and the SSH agent and proxies a future remote call would need. Nothing else: a
+# GIT_CONFIG_COUNT/KEY/VALUE triple in the environment once set core.fsmonitor, which
+# `git status` runs as a command (and LD_PRELOAD, GIT_EXEC_PATH or GIT_DIR steer git too).
+_GIT_CALL_ENV = frozenset({
+    "HOME", "PATH", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "XDG_CONFIG_HOME",
+    "SSH_AUTH_SOCK", "GNUPGHOME", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY",
+    "HTTPS_PROXY", "NO_PROXY", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM",
+    "GIT_CEILING_DIRECTORIES", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO",
+})
+
+
+def git_call_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The clean, fixed environment of orchestrate's own git calls (see _GIT_CALL_ENV)."""
+    child = {k: v for k, v in env.items() if k in _GIT_CALL_ENV or k.startswith("LC_")}
+    child["GIT_TERMINAL_PROMPT"] = "0"
+    child["GIT_OPTIONAL_LOCKS"] = "0"  # `git status` must not take index.lock during a push
+    return child
+
+
 def run_git(args: Sequence[str], cwd: Path, *, check: bool = True,
             env: Mapping[str, str] | None = None) -> str:
     """Run `git ARGS` in `cwd` and return its stdout (utf-8, undecodable bytes escaped).
 
     The one place orchestrate runs git: stdin is closed and prompts are off so it can never
-    wait for a user (a push from an IDE has nobody to answer), GIT_* hook variables are
-    removed so `cwd` decides the repository, and a hung git is ended after GIT_TIMEOUT.
+    wait for a user (a push from an IDE has nobody to answer), the environment is a fixed
+    few variables (no GIT_DIR or other hook variable, so `cwd` decides the repository; no
+    GIT_CONFIG_* or LD_*), and a hung git is ended after GIT_TIMEOUT.
     """
     import subprocess
 
-    child_env = strip_git_env(os.environ if env is None else env)
-    child_env["GIT_TERMINAL_PROMPT"] = "0"
-    child_env["GIT_OPTIONAL_LOCKS"] = "0"  # `git status` must not take index.lock during a push
+    child_env = git_call_environment(os.environ if env is None else env)
     argv = ["git", *args]
     try:
         proc = subprocess.run(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
@@ -5404,6 +5477,228 @@ SERVER_STOPPED = "server stopped"
 MAX_QUEUED_RUNS = 1000  # pending runs one server holds before /start answers 429
 _LOG_FOLLOW_INTERVAL_S = 0.25
 _RUN_STATUS_PATTERN = "^(pending|running|failed|completed)$"
+MAX_REQUEST_BODY = 1024 * 1024  # a /start body is a few hundred bytes; 1 MiB is far beyond
+REQUEST_READ_TIMEOUT_S = 10.0  # a request's headers, and then its body, must arrive within this
+MAX_REQUEST_HEADERS = 16 * 1024  # h11's limit on the request line and headers
+MAX_HTTP_VARS_BYTES = 2 * 1024 * 1024  # what `run --vars-stdin` reads at most
+
+
+# --- Who may talk to the server ---------------------------------------------------------------
+#
+# The trust model (README "HTTP API"): a run executes workflow code as the user running the
+# server, so the server must know who asks. Without a token it binds only loopback, and then
+# the danger is a web page in the developer's browser: a cross-site form POST needs no CORS
+# preflight when its Content-Type is text/plain, and DNS rebinding makes a hostile name
+# resolve to 127.0.0.1. So every request's Host must be the bound address (or localhost,
+# 127.0.0.1, [::1]) with the bound port, or a name given with --allowed-host; a request with
+# an Origin other than the server's own is refused; POST bodies must be application/json
+# (which a cross-site page cannot send without a preflight nobody answers). Bodies are
+# bounded before anything parses them or checks the token, and a caller's `vars` only fill
+# the workflow's own ${NAME}s (see check_http_variables), never the environment of
+# orchestrate, its git calls or protected variables of a step.
+
+
+@dataclass(frozen=True)
+class BindAddress:
+    """--host as given: the address to bind and its form in a URL or Host header."""
+
+    address: str  # "::1", "127.0.0.1", "localhost"
+    url_host: str  # "[::1]", "127.0.0.1", "localhost"
+
+
+def parse_bind_host(host: str) -> BindAddress:
+    """`--host` in any usual spelling: 127.0.0.1, localhost, ::1 or [::1] (as in a URL)."""
+    import ipaddress
+
+    text = host.strip()
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ip = ipaddress.ip_address(inner)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return BindAddress(str(ip), f"[{ip}]" if ip.version == 6 else str(ip))
+    if inner is not text or not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9.])?", inner):
+        raise UsageError(f"--host {host!r}: expected an IP address (127.0.0.1, ::1 or [::1]) or a host name")
+    return BindAddress(inner.lower(), inner.lower())
+
+
+def _split_host_port(value: str) -> tuple[str, int | None] | None:
+    """'name:8000' -> ('name', 8000), '[::1]:80' -> ('[::1]', 80), 'name' -> ('name', None)."""
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::([0-9]{1,5}))?", value.strip())
+    if match is None:
+        return None
+    return match.group(1).lower().rstrip("."), int(match.group(2)) if match.group(2) else None
+
+
+@dataclass
+class HostPolicy:
+    """Which Host headers name this server (see the trust model above)."""
+
+    port: int
+    local_names: frozenset[str]  # allowed with the bound port only
+    allowed: frozenset[tuple[str, int | None]]  # --allowed-host NAME[:PORT]; no port: any
+
+    @classmethod
+    def build(cls, bind: BindAddress, port: int, allowed_hosts: Iterable[str] = ()) -> HostPolicy:
+        allowed = set()
+        for entry in allowed_hosts:
+            parsed = _split_host_port(entry)
+            if parsed is None or not parsed[0]:
+                raise UsageError(f"--allowed-host {entry!r}: expected NAME or NAME:PORT, e.g. orchestrate.example.com")
+            allowed.add(parsed)
+        names = frozenset({bind.url_host.lower(), "localhost", "127.0.0.1", "[::1]"})
+        return cls(port=port, local_names=names, allowed=frozenset(allowed))
+
+    def accepts(self, host_header: str) -> bool:
+        parsed = _split_host_port(host_header)
+        if parsed is None:
+            return False
+        name, port = parsed
+        if name in self.local_names and (port or 80) == self.port:
+            return True
+        return (name, None) in self.allowed or (name, port) in self.allowed
+
+
+def _same_origin(origin: str, host_header: str) -> bool:
+    """Origin (scheme://host[:port]) names the same host and port as the Host header."""
+    match = re.fullmatch(r"(https?)://([^/?#]+)", origin.strip().lower())
+    host = _split_host_port(host_header)
+    if match is None or host is None:
+        return False  # "null" (a sandboxed frame, a file: page) and anything else
+    default = 443 if match.group(1) == "https" else 80
+    theirs = _split_host_port(match.group(2))
+    return theirs is not None and (theirs[0], theirs[1] or default) == (host[0], host[1] or default)
+
+
+def check_request_head(method: str, headers: Mapping[str, str], policy: HostPolicy,
+                       max_body: int = MAX_REQUEST_BODY) -> tuple[int, str] | None:
+    """(status, message) for a request refused on its headers alone, or None (pure)."""
+    host = headers.get("host", "")
+    if not policy.accepts(host):
+        return 403, (f"Host {host!r} is not this server: use http://127.0.0.1:{policy.port}, or start "
+                     f"it with --allowed-host NAME for a name a proxy or DNS gives it")
+    origin = headers.get("origin")
+    if origin is not None and not _same_origin(origin, host):
+        return 403, f"cross-origin request refused: Origin {origin!r} is not this server's origin"
+    length = headers.get("content-length", "")
+    if length and (not length.isdigit() or int(length) > max_body):
+        return 413, f"request body over {max_body // 1024} KiB: this API takes small JSON bodies"
+    has_body = (length not in ("", "0")) or "transfer-encoding" in headers
+    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if method in ("POST", "PUT", "PATCH") and has_body and media != "application/json":
+        return 415, (f"body must be JSON: send it with Content-Type: application/json"
+                     f" (not {media or 'none'!r})")
+    return None
+
+
+class RequestGuard:
+    """ASGI middleware in front of everything (the token check and FastAPI's body parsing
+    included): refuses by Host, Origin, Content-Type and Content-Length, then reads the
+    body itself, counting bytes as they arrive (413 beyond max_body: four concurrent 100 MB
+    bodies once took the server to 1.25 GiB) and within REQUEST_READ_TIMEOUT_S (408), and
+    hands the app the body it read. Refusals close the connection."""
+
+    def __init__(self, app: Any, policy: HostPolicy, max_body: int = MAX_REQUEST_BODY,
+                 timeout: float = REQUEST_READ_TIMEOUT_S) -> None:
+        self.app = app
+        self.policy = policy
+        self.max_body = max_body
+        self.timeout = timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import asyncio
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[str, str] = {}
+        for name, value in scope.get("headers") or ():
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        refused = check_request_head(scope["method"], headers, self.policy, self.max_body)
+        if refused is not None:
+            await self._refuse(send, *refused)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                await self._refuse(send, 408, f"request body not received within {self.timeout:g} s")
+                return
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                await self._refuse(send, 413, f"request body over {self.max_body // 1024} KiB: "
+                                              f"this API takes small JSON bodies")
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body: list[bytes] | None = [b"".join(chunks)]
+
+        async def replay() -> Any:
+            nonlocal body
+            if body is not None:
+                data, body = body[0], None
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()  # http.disconnect, for a streaming response
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send: Any, status: int, message: str) -> None:
+        data = json.dumps({"detail": message}).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+            (b"connection", b"close")]})  # whatever the client still sends is not read
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def _bounded_protocol(timeout: float = REQUEST_READ_TIMEOUT_S) -> Any:
+    """uvicorn's h11 protocol, closing a connection whose request line and headers have not
+    all arrived within `timeout` (uvicorn times out only idle keep-alive connections: a
+    client sending a header byte now and then, or nothing, held a connection forever)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedH11Protocol(H11Protocol):  # type: ignore[misc]
+        _head_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and self._between_requests():
+                self._arm()  # the first bytes of the next request on a kept-alive connection
+            super().data_received(data)
+            if not self._between_requests():
+                self._disarm()  # the request's head is in: RequestGuard bounds its body
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._head_timer = self.loop.call_later(timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _too_slow(self) -> None:
+            self._head_timer = None
+            if self._between_requests() and not self.transport.is_closing():
+                self.transport.close()
+
+    return BoundedH11Protocol
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -5461,23 +5756,44 @@ class RunDispatcher:
     """
 
     def __init__(self, store: RunStore, root: Path, child_argv: list[str],
-                 max_parallel: int, env: dict[str, str]) -> None:
+                 max_parallel: int, env: dict[str, str], max_queued: int = MAX_QUEUED_RUNS,
+                 log: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.root = root
         self.child_argv = child_argv
         self.max_parallel = max(1, max_parallel)
+        self.max_queued = max(1, max_queued)
         self.env = env
+        self.log = log or _server_log
         import threading
 
-        self._queue: list[QueuedRun] = []  # at most MAX_QUEUED_RUNS: pop(0) is cheap enough
+        self._queue: list[QueuedRun] = []  # at most max_queued: pop(0) is cheap enough
+        self._reserved = 0  # places promised to /start requests that are writing their record
         self._running: dict[str, tuple[Any, Any]] = {}  # run id -> (Popen, its output file)
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: Any = None
 
     # -- called from request handlers
-    def submit(self, run: QueuedRun) -> None:
+    def reserve(self) -> bool:
+        """Claim a place in the queue, or False when it is full. Check and claim under one
+        lock: /start runs in a thread pool, and checking the length first and enqueueing
+        after writing the record let 1,004 of 1,300 concurrent starts in against 1,000."""
         with self._cond:
+            if len(self._queue) + self._reserved >= self.max_queued:
+                return False
+            self._reserved += 1
+            return True
+
+    def release(self) -> None:
+        """Give back a place reserve() claimed, for a start that did not happen."""
+        with self._cond:
+            self._reserved -= 1
+
+    def submit(self, run: QueuedRun) -> None:
+        """Queue a run in the place reserve() claimed for it."""
+        with self._cond:
+            self._reserved -= 1
             self._queue.append(run)
             self._cond.notify()
 
@@ -5506,14 +5822,40 @@ class RunDispatcher:
 
     # -- the thread
     def _loop(self) -> None:
+        """Never ends but by stop(): whatever goes wrong with one run (runs/ unwritable, a
+        child that cannot start, a bug) is logged and fails that run, and the loop goes on.
+        Once, one StoreError ended this thread and every later run stayed pending forever
+        while /start still answered 202."""
         while True:
             with self._cond:
                 if self._stopping:
                     return
-                self._reap()
-                while self._queue and len(self._running) < self.max_parallel:
-                    self._spawn(self._queue.pop(0))
+                try:
+                    self._reap()
+                    while self._queue and len(self._running) < self.max_parallel:
+                        run = self._queue.pop(0)
+                        try:
+                            self._spawn(run)
+                        except Exception as exc:
+                            self._report(run.run_id, "could not start it", exc)
+                except Exception as exc:  # only a bug gets here: keep serving
+                    self._report(None, "dispatcher", exc)
                 self._cond.wait(timeout=0.2)
+
+    def _report(self, run_id: str | None, what: str, exc: BaseException) -> None:
+        """Log a failure, and fail the run it concerns if its record can still be written."""
+        reason = str(exc) if isinstance(exc, OrchestrateError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, OrchestrateError):
+            import traceback
+
+            self.log("".join(traceback.format_exception(exc)).rstrip())
+        self.log(f"orchestrate serve: error: {f'run {run_id}: ' if run_id else ''}{what}: {reason}")
+        if run_id is None:
+            return
+        try:
+            self._fail_pending(run_id, f"{what}: {reason}")
+        except Exception as again:
+            self.log(f"orchestrate serve: error: run {run_id}: cannot record its failure either: {again}")
 
     def _spawn(self, run: QueuedRun) -> None:
         import subprocess
@@ -5522,10 +5864,15 @@ class RunDispatcher:
         # the child's own output (it runs --quiet; its steps log to runs/): kept only to say
         # why a run that never started failed, closed when the child is reaped
         output = tempfile.TemporaryFile()
+        # the caller's vars reach the run on stdin (`run --vars-stdin`), through an unlinked
+        # 0600 file: never in its argv (every local user reads argv with ps) and never in
+        # its environment (that of orchestrate itself, and of every git it runs)
+        variables = tempfile.TemporaryFile()
         try:
+            variables.write(json.dumps(run.variables).encode("utf-8"))
+            variables.seek(0)
             proc = subprocess.Popen(
-                # variables travel in the environment: an argv is readable by every local user (ps)
-                run.argv, cwd=self.root, env={**self.env, **run.variables}, stdin=subprocess.DEVNULL,
+                run.argv, cwd=self.root, env=self.env, stdin=variables,
                 stdout=output, stderr=subprocess.STDOUT,
                 # its own session: Ctrl-C on the server's terminal does not end runs that
                 # already started; they finish and record themselves.
@@ -5535,6 +5882,8 @@ class RunDispatcher:
             output.close()
             self._fail_pending(run.run_id, f"could not start orchestrate run: {exc}")
             return
+        finally:
+            variables.close()
         self._running[run.run_id] = (proc, output)
 
     def _reap(self) -> None:
@@ -5543,14 +5892,19 @@ class RunDispatcher:
             if code is None:
                 continue
             del self._running[run_id]
-            output.seek(0)
-            tail = output.read()[-2000:].decode("utf-8", "replace").strip()
-            output.close()
+            try:
+                output.seek(0)
+                tail = output.read()[-2000:].decode("utf-8", "replace").strip()
+            finally:
+                output.close()
             # A child that exits before adopting its pending record (an option it
             # refused, an unusable environment) would leave the run pending forever.
             last_line = tail.splitlines()[-1] if tail else ""
-            self._fail_pending(run_id, f"orchestrate run exited with code {code} before starting"
-                                       + (f": {last_line}" if last_line else ""))
+            try:
+                self._fail_pending(run_id, f"orchestrate run exited with code {code} before starting"
+                                           + (f": {last_line}" if last_line else ""))
+            except Exception as exc:
+                self._report(None, f"run {run_id}: cannot record how it ended", exc)
 
     def _fail_pending(self, run_id: str, message: str) -> None:
         """Mark a run failed if (and only if) it is still pending."""
@@ -5562,6 +5916,11 @@ class RunDispatcher:
             return
         record.update(status="failed", finished_at=utc_now(), current=None, message=message)
         self.store.write_snapshot(record)
+
+
+def _server_log(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def fail_orphaned_pending_runs(store: RunStore) -> list[str]:
@@ -5615,14 +5974,39 @@ def _step_entry(record: dict, step: str) -> dict | None:
     return None
 
 
+def _parse_start_body(raw: bytes) -> Any:
+    """A /start body as JSON: (status, message) in an HTTPError-like ValueError on failure."""
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise _BodyError(400, f"body: JSON is nested more than {MAX_NESTING} levels deep") from None
+    except (ValueError, _NotJSON) as exc:
+        shown = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
+        raise _BodyError(422, f"body: not valid JSON ({shown}); expected JSON like "
+                              "{\"vars\": {}, \"only\": [], \"skip\": []}") from None
+    if _check_document(body) is not None:  # deep nesting, lone surrogates
+        raise _BodyError(400, f"body: {_check_document(body)}")
+    return body
+
+
+class _BodyError(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: int = 2,
-               token: str | None = None) -> Any:
-    """The FastAPI application of `orchestrate serve` (needs the `server` extra)."""
+               token: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
+               allowed_hosts: Sequence[str] = (), max_queued: int = MAX_QUEUED_RUNS) -> Any:
+    """The ASGI application of `orchestrate serve` (needs the `server` extra): FastAPI behind
+    RequestGuard, which knows the address it is served on (host, port, allowed_hosts)."""
     import asyncio
     import contextlib
     import hmac
 
-    from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Security
+    from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from fastapi.security import HTTPBearer
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -5633,7 +6017,9 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
     store = RunStore(runs_dir)
     # the runs never need the API token: keep it out of their environment (and their steps')
     child_env = {k: v for k, v in os.environ.items() if k != API_TOKEN_ENV}
-    dispatcher = RunDispatcher(store, root, _child_command(child_env), max_parallel, child_env)
+    dispatcher = RunDispatcher(store, root, _child_command(child_env), max_parallel, child_env,
+                               max_queued=max_queued)
+    policy = HostPolicy.build(parse_bind_host(host), port, allowed_hosts)
 
     class StartRequest(BaseModel):
         """Optional body of POST /start: what `--var`, `--only` and `--skip` give on the CLI."""
@@ -5721,19 +6107,26 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
 
     start_body_schema = StartRequest.model_json_schema()
 
-    @api.post("/start", status_code=202, tags=["runs"],
-              responses={422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
-              openapi_extra={"requestBody": {"required": False, "content": {
-                  "application/json": {"schema": start_body_schema}}}})
-    def start(name: str = Query(..., description="workflow name (workflows/NAME.json)"),
-              body: Any = Body(None)) -> dict:
+    async def start(request: Any,
+                    name: str = Query(..., description="workflow name (workflows/NAME.json)")) -> dict:
         """Queue a run of workflow NAME; it starts as soon as fewer than --max-parallel run."""
+        raw = await request.body()  # read (at most MAX_REQUEST_BODY) by RequestGuard already
+        # the rest reads and writes files: off the event loop, as FastAPI runs a plain def
+        return await asyncio.to_thread(start_run, name, raw)
+
+    start.__annotations__["request"] = Request  # a FastAPI name: not resolvable from the module
+    api.post("/start", status_code=202, tags=["runs"],
+             responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+                        422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+             openapi_extra={"requestBody": {"required": False, "content": {
+                 "application/json": {"schema": start_body_schema}}}})(start)
+
+    def start_run(name: str, raw: bytes) -> dict:
         name = check_name(name)
-        if isinstance(body, (str, bytes)):  # `curl -d '{...}'` without -H 'Content-Type: application/json'
-            try:
-                body = json.loads(body) if body.strip() else None
-            except ValueError:
-                raise error(422, "body: expected JSON like {\"vars\": {}, \"only\": [], \"skip\": []}") from None
+        try:
+            body = _parse_start_body(raw)
+        except _BodyError as exc:
+            raise error(exc.status, str(exc)) from None
         try:
             request = StartRequest.model_validate({} if body is None else body)
         except ValidationError as exc:
@@ -5753,14 +6146,27 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         if name not in known:
             raise error(404, f"unknown workflow '{name}'{did_you_mean(name, known)}")
         try:
-            variables = {**os.environ, **request.vars}  # what the run will see (_base_environment)
+            variables = {**os.environ, **request.vars}  # what the run interpolates with
             workflow = load_workflow(name, workflows_dir, variables, load_settings(root), root)
+            check_http_variables(workflow, request.vars)
             select_steps(workflow, RunOptions(only=request.only, skip=request.skip))  # as `run` checks them
         except OrchestrateError as exc:
             raise error(422, str(exc)) from None
-        if dispatcher.queued() >= MAX_QUEUED_RUNS:
-            raise error(429, f"{MAX_QUEUED_RUNS} runs already wait; try again when some have started")
+        if not dispatcher.reserve():
+            raise error(429, f"{dispatcher.max_queued} runs already wait; try again when some have started")
+        try:
+            run_id = queue_record(name, workflow, request)
+        except BaseException:
+            dispatcher.release()
+            raise
+        argv = [*dispatcher.child_argv, "--root", str(root), "--workflows-dir", str(workflows_dir),
+                "--runs-dir", str(runs_dir), "run", name, f"--run-id={run_id}", "--quiet", "--vars-stdin"]
+        # --opt=value, so a value starting with '-' is never read as an option
+        argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
+        dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
+        return {"run_id": run_id}
 
+    def queue_record(name: str, workflow: Workflow, request: Any) -> str:
         run_id = new_run_id()
         store.create({
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": name, "status": "pending",
@@ -5772,12 +6178,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
                         "vars": sorted(request.vars)},
             "log": [],
         })
-        argv = [*dispatcher.child_argv, "--root", str(root), "--workflows-dir", str(workflows_dir),
-                "--runs-dir", str(runs_dir), "run", name, f"--run-id={run_id}", "--quiet"]
-        # --opt=value, so a value starting with '-' is never read as an option
-        argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
-        dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
-        return {"run_id": run_id}
+        return run_id
 
     @api.get("/status/{run_id}", tags=["runs"])
     def status(run_id: str) -> dict:
@@ -5867,14 +6268,40 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         status_code = 400 if isinstance(exc, UsageError) else 422 if isinstance(exc, DefinitionError) else 500
         return JSONResponse(status_code=status_code, content={"detail": str(exc)})
 
-    return app
+    guarded = RequestGuard(app, policy)
+    guarded.state = app.state  # type: ignore[attr-defined]
+    return guarded
+
+
+def _listen(bind: BindAddress, port: int) -> Any:
+    """The listening socket, bound now: a host that cannot be bound ([::1] without IPv6, a
+    name that does not resolve, a port in use) is refused at once with one line, not after
+    the server has started."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            bind.address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OrchestrateError(f"cannot listen on {bind.url_host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = " (is another server running? pick another --port)" if exc.errno == 98 else ""
+        raise OrchestrateError(f"cannot listen on {bind.url_host}:{port}: {exc.strerror or exc}{hint}") from None
+    return sock
 
 
 def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Path,
-          runs_dir: Path) -> None:
+          runs_dir: Path, allowed_hosts: Sequence[str] = (), max_queued: int = MAX_QUEUED_RUNS) -> None:
     """Run the HTTP API in the foreground until Ctrl-C."""
     token = os.environ.get(API_TOKEN_ENV) or None
-    if not _is_loopback_host(host) and token is None:
+    bind = parse_bind_host(host)
+    HostPolicy.build(bind, port, allowed_hosts)  # a bad --allowed-host is a usage error now
+    if not _is_loopback_host(bind.address) and token is None:
         raise UsageError(
             f"refusing to serve on {host}: anyone who can reach it could start workflows. "
             f"Set {API_TOKEN_ENV} (clients then send 'Authorization: Bearer <token>') "
@@ -5885,13 +6312,18 @@ def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Pa
     except ImportError as exc:
         raise OrchestrateError(f"orchestrate serve needs the 'server' extra ({exc.name} is missing): "
                                f"{SERVER_EXTRA_HINT}") from None
-    app = create_app(root, workflows_dir, runs_dir, max_parallel=max_parallel, token=token)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"orchestrate serve: http://{shown}:{port} (API docs at /docs), "
+    sock = _listen(bind, port)
+    app = create_app(root, workflows_dir, runs_dir, max_parallel=max_parallel, token=token,
+                     host=host, port=port, allowed_hosts=allowed_hosts, max_queued=max_queued)
+    print(f"orchestrate serve: http://{bind.url_host}:{port} (API docs at /docs), "
           f"at most {max_parallel} run(s) at once, "
           f"{'bearer token required' if token else 'no token (loopback only)'}", file=sys.stderr)
-    # a client following a log must not hold a Ctrl-C'd server open for long
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, log_level="info", http=_bounded_protocol(),
+        # a client following a log must not hold a Ctrl-C'd server open for long
+        timeout_graceful_shutdown=5, timeout_keep_alive=5,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEADERS)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 # === 11. CLI and main ===
@@ -5926,7 +6358,11 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     """`orchestrate run`: load, validate, then run or plan. Returns the exit code."""
     human = sys.stderr if options.json_output else sys.stdout
     settings = load_settings(paths.root)
-    workflow = load_workflow(name, paths.workflows_dir, _base_environment(options), settings, paths.root)
+    if options.vars_from_http:
+        options.variables = read_http_variables(sys.stdin.buffer)
+    workflow = load_workflow(name, paths.workflows_dir, interpolation_values(options), settings, paths.root)
+    if options.vars_from_http:  # the server checked them; a run checks what it is given itself
+        check_http_variables(workflow, options.variables)
     for warning in workflow.warnings:
         _err(f"orchestrate: warning: {warning}")
     store = RunStore(paths.runs_dir)
@@ -5990,17 +6426,20 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      debug: bool = False, var: Sequence[str] = (), junit_xml: Path | str | None = None,
                      shard: str | None = None, git_hook: str | None = None, push_remote: str | None = None,
                      push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
-                     run_id: str | None = None) -> RunOptions:
+                     run_id: str | None = None, vars_stdin: bool = False) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
+    if vars_stdin and (git_hook is not None or var):
+        raise UsageError("--vars-stdin reads the variables from stdin: it cannot be combined with "
+                         "--var or --git-hook")
     return RunOptions(
         dry_run=dry_run, only=list(only), skip=list(skip), keep_going=keep_going, quiet=quiet,
         json_output=json_output, debug=debug, variables=parse_vars(var),
         junit_xml=Path(junit_xml) if junit_xml is not None else None,
         shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
-        run_id=check_run_id(run_id) if run_id else None)
+        run_id=check_run_id(run_id) if run_id else None, vars_from_http=vars_stdin)
 
 
 def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type[BaseException], ...] = (),
@@ -6095,13 +6534,15 @@ def build_app() -> Any:
         from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
         to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
         run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
+        vars_stdin: bool = typer.Option(False, "--vars-stdin", hidden=True,
+                                        help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
             dry_run=dry_run, only=only, skip=skip, keep_going=keep_going, quiet=quiet,
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
-            to_ref=to_ref, run_id=run_id)
+            to_ref=to_ref, run_id=run_id, vars_stdin=vars_stdin)
         return run_workflow_command(_paths(ctx), name, options)
 
 
@@ -6355,6 +6796,10 @@ def build_app() -> Any:
         port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
         max_parallel: int = typer.Option(2, "--max-parallel", min=1,
                                          help="Runs at once; more starts wait as pending, in order."),
+        allowed_host: list[str] = typer.Option([], "--allowed-host",
+                                               help="Another name clients (a reverse proxy) reach the server by, NAME or NAME:PORT (repeatable)."),
+        max_queued: int = typer.Option(MAX_QUEUED_RUNS, "--max-queued", min=1,
+                                       help="Pending runs the server holds; more starts get 429."),
     ) -> int:
         """Serve the HTTP API (the 'server' extra): POST /start?name=NAME, GET /status/RUN_ID, docs at /docs.
 
@@ -6362,7 +6807,8 @@ def build_app() -> Any:
         ORCHESTRATE_API_TOKEN set, every endpoint but /healthz needs 'Authorization: Bearer <token>'.
         """
         paths = _paths(ctx)
-        serve(host, port, max_parallel, paths.root, paths.workflows_dir, paths.runs_dir)
+        serve(host, port, max_parallel, paths.root, paths.workflows_dir, paths.runs_dir,
+              allowed_hosts=allowed_host, max_queued=max_queued)
         return EXIT_OK
 
     return app
@@ -6383,7 +6829,7 @@ def __getattr__(name: str) -> Any:
 
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
 _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
-                   "--json": "json_output", "--debug": "debug"}
+                   "--json": "json_output", "--debug": "debug", "--vars-stdin": "vars_stdin"}
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",

@@ -130,7 +130,7 @@ def test_no_summary_and_no_markup_outside_github(project: Project, tmp_path: Pat
 def test_gitlab_sections(project: Project) -> None:
     project.workflow("ci", [{"name": "unit tests", "type": "command", "run": "echo inside"}])
     env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES}
-    env.update(CI="true", GITLAB_CI="true", CI_JOB_URL="https://gitlab.example/j/5")
+    env.update(CI="true", GITLAB_CI="true", CI_JOB_URL="https://gitlab.example/j/5", PYTHONPATH=str(REPO))
     # bytes: text mode would turn the markers' \r into newlines
     result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "ci"], check=False,
                             capture_output=True, env=env, stdin=subprocess.DEVNULL)
@@ -602,3 +602,30 @@ def test_gitlab_section_end_starts_a_line(project: Project) -> None:
     result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "ci"], check=False,
                             capture_output=True, env=env, stdin=subprocess.DEVNULL)
     assert b"no newline\n\x1b[0Ksection_end:" in result.stdout
+
+
+def test_run_git_takes_no_config_or_loader_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "a").write_text("a")
+    git(repo, "add", "a")
+    git(repo, "commit", "-qm", "one")
+    marker = tmp_path / "fsmonitor-ran"
+    # what `{"vars": {...}}` once made orchestrate's own `git status` run
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.fsmonitor")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", f"touch {marker}; false")
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", f"'core.fsmonitor'='touch {marker}'")
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("GIT_EXEC_PATH", str(tmp_path))
+    monkeypatch.setenv("LD_PRELOAD", str(tmp_path / "evil.so"))
+
+    assert orchestrate.run_git(["status", "--porcelain"], repo) == ""
+
+    assert not marker.exists()
+    env = orchestrate.git_call_environment({"HOME": "/h", "PATH": "/bin", "LC_ALL": "C", "SSH_AUTH_SOCK": "/s",
+                                            "GIT_CONFIG_COUNT": "1", "GIT_DIR": "/x", "PYTHONPATH": "/p",
+                                            "LD_PRELOAD": "/e.so", "GIT_SSH_COMMAND": "ssh -i k"})
+    assert env == {"HOME": "/h", "PATH": "/bin", "LC_ALL": "C", "SSH_AUTH_SOCK": "/s", "GIT_SSH_COMMAND": "ssh -i k",
+                   "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
