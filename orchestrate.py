@@ -861,11 +861,13 @@ _PERCENT_ESCAPE_RE = re.compile(r"%[0-9A-F]{2}")
 def secret_forms(secret: str) -> set[str]:
     """The ways programs print a secret: as it is, URL-encoded (quote with no safe character
     and with its default safe '/', quote_plus, and each with lower-case %xx as some encoders
-    write them) and JSON string escaped (ASCII-only and not)."""
+    write them), JSON string escaped (ASCII-only and not) and XML-escaped."""
     from urllib.parse import quote, quote_plus
 
     forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
-             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+             # as XML text and attributes carry it (JUnit files tools write)
+             secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")}
     forms |= {_PERCENT_ESCAPE_RE.sub(lambda m: m.group().lower(), form) for form in forms if "%" in form}
     return {form for form in forms if form}
 
@@ -3067,10 +3069,11 @@ def cypress_argv(
     *,
     browser: str | None = None,
     headed: bool = False,
-    env: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
 ) -> list[str]:
-    """The command that runs the project's own Cypress on exactly `specs`."""
+    """The command that runs the project's own Cypress on exactly `specs`. The step's `env`
+    goes in the environment (cypress_env_variables), never here: every local user can read
+    a command line (ps), and a step's env often holds a token."""
     argv = [
         str(project / "node_modules" / ".bin" / "cypress"),
         "run",
@@ -3088,11 +3091,30 @@ def cypress_argv(
         argv += ["--browser", browser]
     if headed:
         argv.append("--headed")
-    if env:
-        argv += ["--env", _cypress_option_value(env)]
     if config:
         argv += ["--config", _cypress_option_value(config)]
     return argv
+
+
+def cypress_env_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """A cypress step's `env` as Cypress reads it from the environment: CYPRESS_<name> is
+    Cypress.env("<name>"), its value coerced to a number, boolean or JSON as with --env."""
+    return {f"CYPRESS_{name}": value for name, value in env.items()}
+
+
+def mask_cypress_reports(report_dir: Path, masker: Masker) -> None:
+    """Cypress's own JUnit files, kept under runs/: a test that prints a token in its
+    failure message or title must not leave it there."""
+    if not masker or not report_dir.is_dir():
+        return
+    for path in report_dir.glob("*.xml"):
+        try:
+            data = path.read_bytes()
+            masked = masker.mask_bytes(data)
+            if masked != data:
+                write_atomic(path, masked)
+        except OSError:
+            continue  # read_cypress_reports has already reported an unreadable file
 
 
 @dataclass
@@ -3288,12 +3310,14 @@ def _cypress_artifact_folders(project: Path, config: dict[str, Any]) -> list[tup
 
 
 def collect_cypress_artifacts(
-    folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path
+    folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path,
+    masker: Masker | None = None,
 ) -> list[Path]:
     """Copy the screenshots and videos that are new or changed since `before` to `dest`.
 
     Cypress empties these folders before a run by default (trashAssetsBeforeRuns), so
-    what is there afterwards and differs from the snapshot is this run's.
+    what is there afterwards and differs from the snapshot is this run's. Their names
+    come from test titles, so the copies' names are masked.
     """
     import shutil
 
@@ -3303,7 +3327,10 @@ def collect_cypress_artifacts(
         for path in sorted(p for p in after if folder in p.parents):
             if before.get(path) == after[path]:
                 continue
-            target = dest / label / path.relative_to(folder)
+            parts = path.relative_to(folder).parts
+            if masker:
+                parts = tuple(masker.mask(part).replace("/", "_") for part in parts)
+            target = dest.joinpath(label, *parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
             copied.append(target)
@@ -3326,7 +3353,7 @@ class CypressRunner(Runner):
         "spec": KeySpec((str,)),
         "browser": KeySpec((str,)),
         # the common key: set in the step's environment like any step's, and passed to
-        # Cypress as --env (Cypress turns "true" and "3" back into a boolean and a number)
+        # Cypress as CYPRESS_<name> (Cypress turns "true" and "3" back into a boolean and a number)
         "env": KeySpec((dict,), item_type=str),
         "config": KeySpec((dict,)),
         "headed": KeySpec((bool,)),
@@ -3410,7 +3437,6 @@ class CypressRunner(Runner):
             self._report_dir(ctx),
             browser=config.get("browser"),
             headed=bool(config.get("headed")),
-            env=ctx.step.env,
             config=config.get("config"),
         )
 
@@ -3430,7 +3456,8 @@ class CypressRunner(Runner):
         project = self._project(ctx)
         specs, _ = self._specs(ctx, project)
         share = self._share(ctx, specs)
-        command = shlex.join(self._argv(ctx, project, share or ["<no spec files>"]))
+        command = shlex.join([*(f"{k}={v}" for k, v in cypress_env_variables(ctx.step.env).items()),
+                              *self._argv(ctx, project, share or ["<no spec files>"])])
         lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && {command}")]
         if specs and ctx.options.shard is not None:  # (no specs: preflight warns)
             index, count = ctx.options.shard
@@ -3468,30 +3495,33 @@ class CypressRunner(Runner):
         folders = _cypress_artifact_folders(project, config.get("config") or {})
         before = _artifact_snapshot(folder for _, folder in folders)
         ctx.emit(f"cypress: {len(share)} of {len(specs)} spec files" + (f" (shard {shard})" if shard else ""))
-        process = ctx.run_process(self._argv(ctx, project, share), cwd=project)
+        process = ctx.run_process(self._argv(ctx, project, share), cwd=project,
+                                  env={**ctx.env, **cypress_env_variables(ctx.step.env)})
 
         artifacts = collect_cypress_artifacts(
-            folders, before, ctx.run_dir / "artifacts" / self._slug(ctx)
+            folders, before, ctx.run_dir / "artifacts" / self._slug(ctx), ctx.masker
         )
         reports, unreadable = read_cypress_reports(report_dir)
+        mask_cypress_reports(report_dir, ctx.masker)
         tests = [test for report in reports for test in report.tests]
         failed = [test for test in tests if test.status == "failed"]
         extra.update(
             tests=len(tests),
             failures=len(failed),
-            failed_tests=[ctx.masker.mask(t.display_name) for t in failed[:CYPRESS_FAILED_NAMES_MAX]],
-            spec_durations={r.spec: r.time for r in reports if r.spec},
+            failed_tests=[ctx.masker.mask_readable(t.display_name) for t in failed[:CYPRESS_FAILED_NAMES_MAX]],
+            specs=[ctx.masker.mask(spec) for spec in share],
+            spec_durations={ctx.masker.mask(r.spec): r.time for r in reports if r.spec},
             # the same form as the record's log_file: runs/<run_id>/artifacts/...
             artifacts=[p.relative_to(ctx.runs_dir.parent).as_posix() for p in artifacts],
         )
         testcases = [
             TestCase(
-                name=ctx.masker.mask(" › ".join(p for p in (t.suite, t.title) if p)),
-                classname=t.spec or "cypress",
+                name=ctx.masker.mask_readable(" › ".join(p for p in (t.suite, t.title) if p)),
+                classname=ctx.masker.mask_readable(t.spec) or "cypress",
                 time=t.time,
                 status=t.status,
-                message=ctx.masker.mask(t.message),
-                text=ctx.masker.mask(t.text),
+                message=ctx.masker.mask_readable(t.message),
+                text=ctx.masker.mask_readable(t.text),
             )
             for t in tests
         ]
