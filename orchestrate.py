@@ -5774,7 +5774,7 @@ class QueuedRun:
 
     run_id: str
     argv: list[str]
-    variables: dict[str, str] = field(default_factory=dict)  # in the child's environment, not its argv
+    variables: dict[str, str] = field(default_factory=dict)  # on the child's stdin: never its env or argv
 
 
 class RunDispatcher:

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -246,3 +247,9 @@ def test_only_step_text_is_masked_never_orchestrates_own_lines(tmp_path: Path) -
     assert lines[0] == f"orchestrate: w (2 steps, run {record['run_id']})"
     assert "  passed in " in done.stdout and "[1/2] pass check (command)" in lines
     assert lines[-1] == f"w: 1 passed, 1 failed (1 allowed), 0 skipped in {record['duration_s']:.1f}s (run {record['run_id']})"
+    # a secret that a run id contains (this year's number) leaves orchestrate's lines whole
+    year = time.strftime("%Y", time.gmtime())
+    again = run_orchestrate(root, "run", "w", env=clean_env(PW=year))
+    run_id = again.stdout.splitlines()[0].split("run ")[-1].rstrip(")")
+    assert run_id.startswith(year) and len(run_id) == 26, again.stdout
+    assert again.stdout.splitlines()[-1].endswith(f"(run {run_id})")
