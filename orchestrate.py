@@ -469,7 +469,9 @@ def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: st
     return value
 
 
-_VAR_REFERENCE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+# patterns some paths need: plain strings, compiled (and cached by re) on first use, not at
+# every start of a git hook
+_VAR_REFERENCE_RE = r"\$\{([A-Za-z_][A-Za-z0-9_]*)"
 
 
 def _secret_variable_names(data: dict[str, Any], variables: dict[str, str]) -> dict[str, str]:
@@ -490,7 +492,7 @@ def _secret_variable_names(data: dict[str, Any], variables: dict[str, str]) -> d
         elif isinstance(value, list):
             stack.extend((key, v) for v in value)
         elif isinstance(value, str) and SECRET_KEY_RE.search(key):
-            for var in _VAR_REFERENCE_RE.findall(value):
+            for var in re.findall(_VAR_REFERENCE_RE, value):
                 if variables.get(var):
                     names.setdefault(variables[var], f"${{{var}}}")
     return names
@@ -508,7 +510,7 @@ def _name_secrets(text: str, names: Mapping[str, str]) -> str:
 
 # names whose value steers a program before it runs its own code: a caller of the HTTP API
 # may set a workflow's ${NAME}s, never one of these in a step's environment
-_PROTECTED_ENV_RE = re.compile(r"^(?:LD_|DYLD_|PYTHON|GIT_)|^(?:PATH|BASH_ENV|ENV|NODE_OPTIONS|PERL5OPT|RUBYOPT)\Z")
+_PROTECTED_ENV_RE = r"^(?:LD_|DYLD_|PYTHON|GIT_)|^(?:PATH|BASH_ENV|ENV|NODE_OPTIONS|PERL5OPT|RUBYOPT)\Z"
 
 
 def check_http_variables(workflow: Workflow, names: Iterable[str]) -> None:
@@ -522,7 +524,7 @@ def check_http_variables(workflow: Workflow, names: Iterable[str]) -> None:
                 + (", ".join(accepted) if accepted else "none (the workflow uses no ${NAME})"))
         for where, key, used in workflow.references:
             env_name = key[len("env."):] if key.startswith("env.") else None
-            if env_name is not None and name in used and _PROTECTED_ENV_RE.match(env_name):
+            if env_name is not None and name in used and re.match(_PROTECTED_ENV_RE, env_name):
                 raise DefinitionError(
                     f"vars key '{name}': {where} puts ${{{name}}} into {env_name}, which a caller "
                     f"of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)")
@@ -855,7 +857,7 @@ def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dic
                     variables_used={n for _, _, used in refs for n in used})
 
 
-_PERCENT_ESCAPE_RE = re.compile(r"%[0-9A-F]{2}")
+_PERCENT_ESCAPE_RE = r"%[0-9A-F]{2}"  # compiled on first use (secret_forms)
 
 
 def secret_forms(secret: str) -> set[str]:
@@ -868,7 +870,7 @@ def secret_forms(secret: str) -> set[str]:
              json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
              # as XML text and attributes carry it (JUnit files tools write)
              secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")}
-    forms |= {_PERCENT_ESCAPE_RE.sub(lambda m: m.group().lower(), form) for form in forms if "%" in form}
+    forms |= {re.sub(_PERCENT_ESCAPE_RE, lambda m: m.group().lower(), form) for form in forms if "%" in form}
     return {form for form in forms if form}
 
 
@@ -968,7 +970,7 @@ class StreamMasker:
 # === 4. Run store ===
 
 RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
-_STATUS_PEEK_RE = re.compile(rb'\n "status": "(pending|running|failed|completed)"')
+_STATUS_PEEK_RE = rb'\n "status": "(pending|running|failed|completed)"'  # compiled on first use (prune)
 _LOOSE_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
 
 
@@ -1282,7 +1284,7 @@ class RunStore:
                 head = handle.read(512)
         except OSError:
             return None
-        match = _STATUS_PEEK_RE.search(head)
+        match = re.search(_STATUS_PEEK_RE, head)
         return match.group(1).decode() if match else None
 
     def _remove_stale_temp_files(self) -> None:
