@@ -95,7 +95,7 @@ MAX_JOBS = 256  # steps at once: far beyond what one machine runs usefully
 RUNS_FILE_MODE = 0o644
 RUNS_DIR_MODE = 0o755
 SECRET_KEY_RE = re.compile(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
-MIN_SECRET_LEN = 3  # masking one- or two-character values would garble every line
+MIN_SECRET_LEN = 4  # a shorter secret is a definition error: masking "abc" would garble every line
 
 # === 2. Errors ===
 
@@ -318,6 +318,9 @@ class Workflow:
     sha256: str
     display_path: str = ""
     warnings: list[str] = field(default_factory=list)
+    # every string that used a ${NAME}: (where, key, names), and the union of those names
+    references: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    variables_used: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -480,27 +483,91 @@ def interpolate(value: str, variables: dict[str, str], where: str) -> tuple[str,
 
 
 def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: str,
-                      secrets: set[str]) -> Any:
+                      secrets: dict[str, str], refs: list[tuple[str, str, tuple[str, ...]]]) -> Any:
     """Interpolate every string inside value; values of secret-named keys that came from a
-    variable are remembered as secrets."""
+    variable are remembered as secrets (with the ${NAME}s they came from), and every
+    (where, key, names used) goes into refs."""
     if isinstance(value, str):
         if "\x00" in value:  # argv, environment and paths cannot carry NUL: fail now, not mid-run
             raise DefinitionError(f"{where}: key '{key}' contains a NUL character")
         text, used = interpolate(value, variables, f"{where}: key '{key}'")
-        if used and SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]):
-            secrets.add(text)
+        if used:
+            refs.append((where, key, tuple(used)))
+            if SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]) and text:
+                secrets.setdefault(text, ", ".join(f"${{{n}}}" for n in dict.fromkeys(used)))
         return text
     if isinstance(value, list):
-        return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets)
+        return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets, refs)
                 for i, v in enumerate(value)]
     if isinstance(value, dict):
         if key == "env" and any(not k or "=" in k or "\x00" in k for k in value):
             bad = next(k for k in value if not k or "=" in k or "\x00" in k)
             raise DefinitionError(f"{where}: key '{key}' has {bad!r}, which is not an environment "
                                   f"variable name (no '=', no NUL, not empty)")
-        return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets)
+        return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets, refs)
                 for k, v in value.items()}
     return value
+
+
+# patterns some paths need: plain strings, compiled (and cached by re) on first use, not at
+# every start of a git hook
+_VAR_REFERENCE_RE = r"\$\{([A-Za-z_][A-Za-z0-9_]*)"
+
+
+def _secret_variable_names(data: dict[str, Any], variables: dict[str, str]) -> dict[str, str]:
+    """Secret value -> "${NAME}" for every variable a definition error might otherwise quote:
+    those listed in "secrets" and those referenced from a secret-named key anywhere in the
+    file, found before validation so that an error in steps[0] cannot show a token that only
+    steps[3]'s "token" key marks as secret."""
+    names: dict[str, str] = {}
+    listed = data.get("secrets")
+    for var in listed if isinstance(listed, list) else ():
+        if isinstance(var, str) and variables.get(var):
+            names.setdefault(variables[var], f"${{{var}}}")
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((key, v) for v in value)
+        elif isinstance(value, str) and SECRET_KEY_RE.search(key):
+            for var in re.findall(_VAR_REFERENCE_RE, value):
+                if variables.get(var):
+                    names.setdefault(variables[var], f"${{{var}}}")
+    return names
+
+
+def _name_secrets(text: str, names: Mapping[str, str]) -> str:
+    """text with every secret value (and its encoded forms) replaced by the ${NAME} it came
+    from, or *** for a literal one: how a definition error quotes a secret."""
+    for value, name in sorted(names.items(), key=lambda item: len(item[0]), reverse=True):
+        for form in sorted(secret_forms(value) | {repr(value)[1:-1]}, key=len, reverse=True):
+            if form in text:
+                text = text.replace(form, name)
+    return text
+
+
+# names whose value steers a program before it runs its own code: a caller of the HTTP API
+# may set a workflow's ${NAME}s, never one of these in a step's environment
+_PROTECTED_ENV_RE = r"^(?:LD_|DYLD_|PYTHON|GIT_)|^(?:PATH|BASH_ENV|ENV|NODE_OPTIONS|PERL5OPT|RUBYOPT)\Z"
+
+
+def check_http_variables(workflow: Workflow, names: Iterable[str]) -> None:
+    """DefinitionError unless every name is a ${NAME} the workflow uses and none of them
+    reaches a protected environment variable (LD_*, PYTHON*, PATH, GIT_*...) of a step."""
+    accepted = sorted(workflow.variables_used)
+    for name in sorted(set(names)):
+        if name not in workflow.variables_used:
+            raise DefinitionError(
+                f"vars key '{name}': workflow {workflow.name} does not use ${{{name}}}; accepted: "
+                + (", ".join(accepted) if accepted else "none (the workflow uses no ${NAME})"))
+        for where, key, used in workflow.references:
+            env_name = key[len("env."):] if key.startswith("env.") else None
+            if env_name is not None and name in used and re.match(_PROTECTED_ENV_RE, env_name):
+                raise DefinitionError(
+                    f"vars key '{name}': {where} puts ${{{name}}} into {env_name}, which a caller "
+                    f"of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)")
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -736,7 +803,20 @@ def load_workflow(name: str, workflows_dir: Path, variables: dict[str, str] | No
 
 def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict[str, str],
                    settings: Settings, root: Path, sha256: str = "") -> Workflow:
-    """Validate a parsed workflow document: pure except for plugin lookup under root."""
+    """Validate a parsed workflow document: pure except for plugin lookup under root.
+
+    A DefinitionError never quotes a secret: its value becomes the ${NAME} it came from."""
+    names = _secret_variable_names(data, variables) if isinstance(data, dict) else {}
+    try:
+        return _build_workflow(data, name, path, shown, variables, settings, root, sha256)
+    except DefinitionError as exc:
+        if not names:
+            raise
+        raise DefinitionError(_name_secrets(str(exc), names)) from None
+
+
+def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict[str, str],
+                    settings: Settings, root: Path, sha256: str) -> Workflow:
     if not isinstance(data, dict):
         raise DefinitionError(f"{shown}: expected a JSON object with a 'steps' list, not {_value_type_name(data)}")
     _check_keys(data, WORKFLOW_KEYS, shown)
@@ -746,14 +826,15 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
             f"make them match (the file name is how you run it)")
     if not data["steps"]:
         raise DefinitionError(f"{shown}: key 'steps' is empty; add at least one step")
-    secrets: set[str] = set()
+    secrets: dict[str, str] = {}  # value -> where it came from, for the too-short message
+    refs: list[tuple[str, str, tuple[str, ...]]] = []
     warnings: list[str] = []
     for var in data.get("secrets", []):
         if not _VAR_NAME_RE.match(var):
             raise DefinitionError(f"{shown}: key 'secrets' lists '{var}', which is not a variable name")
         if variables.get(var):
-            secrets.add(variables[var])
-    env = _interpolate_tree(data.get("env", {}), variables, shown, "env", secrets)
+            secrets.setdefault(variables[var], f"${{{var}}}")
+    env = _interpolate_tree(data.get("env", {}), variables, shown, "env", secrets, refs)
     steps: list[Step] = []
     seen: dict[str, int] = {}
     for index, raw_step in enumerate(data["steps"]):
@@ -788,12 +869,12 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
         seen[step_name] = index
         for key, value in raw_step.items():
             if key == "token" and isinstance(value, str) and value and "${" not in value:
-                secrets.add(value)
+                secrets.setdefault(value, f"in steps[{index}] key 'token'")
                 warnings.append(
                     f"{where}: key 'token' holds a literal token; keep it out of the file with "
                     f"\"token\": \"${{JIRA_TOKEN}}\" (it is masked as *** all the same)")
         resolved = {k: (v if k in ("name", "type") else
-                        _interpolate_tree(v, variables, where, k, secrets))
+                        _interpolate_tree(v, variables, where, k, secrets, refs))
                     for k, v in raw_step.items()}
         config = {k: v for k, v in resolved.items() if k not in COMMON_KEYS}
         step = Step(
@@ -808,14 +889,44 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
         runner.check_definition(step, path, settings)
         runner.check_paths(step, where, root)
         steps.append(step)
+        user, token = step.config.get("user"), step.config.get("token")
+        if step_type == "jira" and isinstance(user, str) and user and isinstance(token, str) and token:
+            # the Basic credential a jira step sends: a step printing its headers prints this
+            import base64
+
+            secrets.setdefault(base64.b64encode(f"{user}:{token}".encode()).decode("ascii"),
+                               f"user:token of steps[{index}]")
     check_step_needs(steps, shown)
-    secrets = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
+    for value, source in secrets.items():
+        if len(value) < MIN_SECRET_LEN:
+            raise DefinitionError(
+                f"{shown}: secret {source} is {len(value)} character{'s' if len(value) != 1 else ''} "
+                f"long; a secret needs at least {MIN_SECRET_LEN}, as masking a shorter value would "
+                f"garble ordinary output (use a longer secret)")
     masker = Masker(secrets)
     for step in steps:
         step.definition_sha256 = _canonical_hash(masker.mask_tree(step.raw))
     return Workflow(name=name, path=path, description=data.get("description", ""), env=env,
-                    steps=steps, secrets=secrets, sha256=sha256, display_path=shown,
-                    warnings=warnings)
+                    steps=steps, secrets=set(secrets), sha256=sha256, display_path=shown,
+                    warnings=warnings, references=refs,
+                    variables_used={n for _, _, used in refs for n in used})
+
+
+_PERCENT_ESCAPE_RE = r"%[0-9A-F]{2}"  # compiled on first use (secret_forms)
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The ways programs print a secret: as it is, URL-encoded (quote with no safe character
+    and with its default safe '/', quote_plus, and each with lower-case %xx as some encoders
+    write them), JSON string escaped (ASCII-only and not) and XML-escaped."""
+    from urllib.parse import quote, quote_plus
+
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+             # as XML text and attributes carry it (JUnit files tools write)
+             secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")}
+    forms |= {re.sub(_PERCENT_ESCAPE_RE, lambda m: m.group().lower(), form) for form in forms if "%" in form}
+    return {form for form in forms if form}
 
 
 def check_step_needs(steps: Sequence[Step], shown: str) -> None:
@@ -879,16 +990,13 @@ def _dependency_cycle(steps: Sequence[Step]) -> list[int] | None:
 
 
 class Masker:
-    """Replaces every secret value by *** (also its URL-encoded form, as in https://u:TOKEN@host)."""
+    """Replaces every secret value by *** (also its encoded forms: see secret_forms)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        from urllib.parse import quote
-
         forms: set[str] = set()
         for secret in secrets:
             if len(secret) >= MIN_SECRET_LEN:
-                forms.add(secret)
-                forms.add(quote(secret, safe=""))
+                forms |= secret_forms(secret)
         # longest first, so a secret that contains another is masked whole
         self.secrets = sorted(forms, key=len, reverse=True)
         self.byte_secrets = [s.encode("utf-8", "surrogateescape") for s in self.secrets]
@@ -908,6 +1016,12 @@ class Masker:
                 data = data.replace(secret, b"***")
         return data
 
+    def mask_readable(self, text: str) -> str:
+        """Text a step produced, fit for orchestrate's own lines and records: masked, escapes
+        and control characters removed, and masked again, since removing `ESC[31m` or a NUL
+        from the middle of a token puts the token back together."""
+        return self.mask(readable(self.mask(text)))
+
     def mask_tree(self, value: Any) -> Any:
         if not self.secrets:
             return value
@@ -918,6 +1032,33 @@ class Masker:
         if isinstance(value, dict):
             return {k: self.mask_tree(v) for k, v in value.items()}
         return value
+
+
+_HOLD_ANCHOR = 16  # bytes of a secret's start searched for as one string (see _partial_secret)
+
+
+def _partial_secret(buffer: bytes, secret: bytes) -> int:
+    """The length of the longest end of buffer that is the start of secret (shorter than it).
+
+    Linear in the secret's length, not quadratic (slicing secret[:n] for every n cost 3 s
+    on 20 MB of output with a 120 KB secret): an end of 16 bytes or more must begin with
+    the secret's first 16 bytes, which bytes.find locates in C; the few shorter ends are
+    compared directly. Each place found is checked without copying, longest first."""
+    longest = min(len(secret) - 1, len(buffer))
+    if longest <= 0:
+        return 0
+    view, whole = memoryview(buffer), memoryview(secret)
+    anchor = secret[:_HOLD_ANCHOR]
+    if longest >= len(anchor):
+        pos = buffer.find(anchor, len(buffer) - longest)
+        while pos >= 0 and len(buffer) - pos >= len(anchor):
+            if view[pos:] == whole[: len(buffer) - pos]:
+                return len(buffer) - pos
+            pos = buffer.find(anchor, pos + 1)
+    for size in range(min(longest, len(anchor) - 1), 0, -1):
+        if view[len(buffer) - size:] == whole[:size]:
+            return size
+    return 0
 
 
 class StreamMasker:
@@ -932,12 +1073,7 @@ class StreamMasker:
         if not self.masker:
             return data
         buffer = self.masker.mask_bytes(self.pending + data)
-        hold = 0
-        for secret in self.masker.byte_secrets:
-            for n in range(min(len(secret) - 1, len(buffer)), hold, -1):
-                if buffer.endswith(secret[:n]):
-                    hold = n
-                    break
+        hold = max(_partial_secret(buffer, secret) for secret in self.masker.byte_secrets)
         self.pending = buffer[len(buffer) - hold:] if hold else b""
         return buffer[: len(buffer) - hold] if hold else buffer
 
@@ -949,6 +1085,7 @@ class StreamMasker:
 # === 4. Run store ===
 
 RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
+_STATUS_PEEK_RE = rb'\n "status": "(pending|running|failed|completed)"'  # compiled on first use (prune)
 _LOOSE_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
 
 
@@ -1047,7 +1184,7 @@ def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE) -> None:
     sees a torn file (the pipx and git approach). The temporary file is created anew, never
     opened through a link planted at its name; os.replace replaces a link at `path` itself."""
     # pid and thread in the name: steps finishing in parallel threads never share a temporary file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_thread.get_ident()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_thread.get_native_id()}.tmp")
     _unlink_quietly(tmp)  # a leftover of a killed writer with the same pid and thread id
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, mode)
     try:
@@ -1382,26 +1519,47 @@ class RunStore:
         return rows
 
     def prune(self, keep: int) -> builtins.list[str]:
-        """Delete the oldest finished runs beyond `keep`; never a running or pending one."""
+        """Delete the oldest finished runs beyond the newest `keep` finished ones. Running and
+        pending runs neither count nor go: 500 runs queued on the HTTP server once made
+        every finished record, CLI runs included, "older than the newest 300"."""
         removed: list[str] = []
-        ids = self.list_ids()
         import shutil
 
-        for run_id in ids[keep:]:
+        finished = 0
+        for run_id in self.list_ids():
+            if self._peek_status(run_id) not in ("failed", "completed"):
+                try:  # the full read settles a run whose process is gone as failed
+                    status = self.load(run_id).get("status")
+                except (UsageError, RecordUnreadable):
+                    continue  # gone meanwhile, or unreadable: the user may want to look at it
+                if status in ("running", "pending"):
+                    continue
+            finished += 1
+            if finished <= keep:
+                continue
             try:
-                record = self.load(run_id)
-            except UsageError:
-                continue
-            except RecordUnreadable:
-                continue  # the user may want to look at it: prune leaves unreadable records alone
-            if record.get("status") in ("running", "pending"):
-                continue
+                self.load(run_id)
+            except (UsageError, RecordUnreadable):
+                continue  # prune leaves unreadable records alone
             for path in (self.record_path(run_id), self.journal_path(run_id)):
                 _unlink_quietly(path)
             shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
             removed.append(run_id)
         self._remove_stale_temp_files()
         return removed
+
+    def _peek_status(self, run_id: str) -> str | None:
+        """The status a snapshot starts with, from its first bytes (records are written with
+        one-space indentation, so only the top level's key reads '\\n "status": '); None
+        when it is not there. A finished snapshot never changes again: prune reads only this
+        much of each record it keeps, instead of parsing keep_runs records after every run."""
+        try:
+            with open(self.record_path(run_id), "rb") as handle:
+                head = handle.read(512)
+        except OSError:
+            return None
+        match = re.search(_STATUS_PEEK_RE, head)
+        return match.group(1).decode() if match else None
 
     def _remove_stale_temp_files(self) -> None:
         """Temporary files of writers killed mid-write (their pid is in the name)."""
@@ -1508,8 +1666,12 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 def readable_text(data: bytes) -> str:
     """Bytes a step printed, as text fit for a record: decoded leniently, escapes removed."""
-    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
-    text = _ANSI_RE.sub("", text)
+    return readable(data.decode("utf-8", "replace"))
+
+
+def readable(text: str) -> str:
+    """Text without terminal escapes and control characters (newlines and tabs kept)."""
+    text = _ANSI_RE.sub("", text.replace("\r\n", "\n"))
     return _CONTROL_RE.sub("", text.replace("\r", "\n"))
 
 
@@ -1566,7 +1728,7 @@ class OutputSink:
         self.write(text.encode("utf-8", "surrogateescape") + b"\n")
 
     def tail_text(self) -> str:
-        text = readable_text(bytes(self.tail[-TAIL_MAX_BYTES:]))
+        text = self.stream_masker.masker.mask_readable(readable_text(bytes(self.tail[-TAIL_MAX_BYTES:])))
         lines = text.rstrip("\n").split("\n")
         return "\n".join(lines[-TAIL_MAX_LINES:])
 
@@ -4366,10 +4528,11 @@ def cypress_argv(
     *,
     browser: str | None = None,
     headed: bool = False,
-    env: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
 ) -> list[str]:
-    """The command that runs the project's own Cypress on exactly `specs`."""
+    """The command that runs the project's own Cypress on exactly `specs`. The step's `env`
+    goes in the environment (cypress_env_variables), never here: every local user can read
+    a command line (ps), and a step's env often holds a token."""
     argv = [
         str(project / "node_modules" / ".bin" / "cypress"),
         "run",
@@ -4387,8 +4550,6 @@ def cypress_argv(
         argv += ["--browser", browser]
     if headed:
         argv.append("--headed")
-    if env:
-        argv += ["--env", _cypress_option_value(env)]
     if config:
         argv += ["--config", _cypress_option_value(config)]
     return argv
@@ -4426,6 +4587,27 @@ def spec_batches(specs: Sequence[str], budget: int = CYPRESS_SPEC_ARG_BYTES) -> 
         batches[-1].append(name)
         size += cost
     return batches if batches[0] else []
+
+
+def cypress_env_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """A cypress step's `env` as Cypress reads it from the environment: CYPRESS_<name> is
+    Cypress.env("<name>"), its value coerced to a number, boolean or JSON as with --env."""
+    return {f"CYPRESS_{name}": value for name, value in env.items()}
+
+
+def mask_cypress_reports(report_dir: Path, masker: Masker) -> None:
+    """Cypress's own JUnit files, kept under runs/: a test that prints a token in its
+    failure message or title must not leave it there."""
+    if not masker or not report_dir.is_dir():
+        return
+    for path in report_dir.glob("*.xml"):
+        try:
+            data = path.read_bytes()
+            masked = masker.mask_bytes(data)
+            if masked != data:
+                write_atomic(path, masked)
+        except OSError:
+            continue  # read_cypress_reports has already reported an unreadable file
 
 
 @dataclass
@@ -4623,12 +4805,14 @@ def _cypress_artifact_folders(project: Path, config: dict[str, Any]) -> list[tup
 def collect_cypress_artifacts(
     folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path,
     runs_dir: Path | None = None,
+    masker: Masker | None = None,
 ) -> list[Path]:
     """Copy the screenshots and videos that are new or changed since `before` to `dest`
     (under `runs_dir`: folders and files get the runs/ modes, links there are not followed).
 
     Cypress empties these folders before a run by default (trashAssetsBeforeRuns), so
-    what is there afterwards and differs from the snapshot is this run's.
+    what is there afterwards and differs from the snapshot is this run's. Their names
+    come from test titles, so the copies' names are masked.
     """
     copied: list[Path] = []
     after = _artifact_snapshot(folder for _, folder in folders)
@@ -4637,7 +4821,10 @@ def collect_cypress_artifacts(
         for path in sorted(p for p in after if folder in p.parents):
             if before.get(path) == after[path]:
                 continue
-            target = dest / label / path.relative_to(folder)
+            parts = path.relative_to(folder).parts
+            if masker:
+                parts = tuple(masker.mask(part).replace("/", "_") for part in parts)
+            target = dest.joinpath(label, *parts)
             copy_into_runs(path, target, base)
             copied.append(target)
     return copied
@@ -4675,7 +4862,7 @@ class CypressRunner(Runner):
         "spec": KeySpec((str,)),
         "browser": KeySpec((str,)),
         # the common key: set in the step's environment like any step's, and passed to
-        # Cypress as --env (Cypress turns "true" and "3" back into a boolean and a number)
+        # Cypress as CYPRESS_<name> (Cypress turns "true" and "3" back into a boolean and a number)
         "env": KeySpec((dict,), item_type=str),
         "config": KeySpec((dict,)),
         "headed": KeySpec((bool,)),
@@ -4762,7 +4949,6 @@ class CypressRunner(Runner):
             self._report_dir(ctx),
             browser=config.get("browser"),
             headed=bool(config.get("headed")),
-            env=ctx.step.env,
             config=config.get("config"),
         )
 
@@ -4788,7 +4974,9 @@ class CypressRunner(Runner):
         project = self._project(ctx)
         specs, _ = self._specs(ctx, project)
         share = self._share(ctx, specs)
-        lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && {shlex.join(self._argv(ctx, project, batch))}")
+        env_prefix = [f"{k}={v}" for k, v in cypress_env_variables(ctx.step.env).items()]
+        lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && "
+                                 f"{shlex.join([*env_prefix, *self._argv(ctx, project, batch)])}")
                  for batch in (self._batches(ctx, project, share) or [["<no spec files>"]])]
         if specs and ctx.options.shard is not None:  # (no specs: preflight warns)
             index, count = ctx.options.shard
@@ -4835,9 +5023,10 @@ class CypressRunner(Runner):
             # Cypress empties its screenshot and video folders before each run: each batch's
             # artifacts are copied before the next batch starts
             before = _artifact_snapshot(folder for _, folder in folders)
-            process = ctx.run_process(self._argv(ctx, project, batch), cwd=project)
+            process = ctx.run_process(self._argv(ctx, project, batch), cwd=project,
+                                      env={**ctx.env, **cypress_env_variables(ctx.step.env)})
             artifacts += collect_cypress_artifacts(
-                folders, before, ctx.run_dir / "artifacts" / self._slug(ctx), ctx.runs_dir
+                folders, before, ctx.run_dir / "artifacts" / self._slug(ctx), ctx.runs_dir, ctx.masker
             )
             if code == 0:
                 code = process.exit_code  # the first batch that did not pass speaks for the step
@@ -4847,24 +5036,26 @@ class CypressRunner(Runner):
             extra["batches"] = len(batches)
         _drop_write_by_others(report_dir)
         reports, unreadable = read_cypress_reports(report_dir)
+        mask_cypress_reports(report_dir, ctx.masker)
         tests = [test for report in reports for test in report.tests]
         failed = [test for test in tests if test.status == "failed"]
         extra.update(
             tests=len(tests),
             failures=len(failed),
-            failed_tests=[ctx.masker.mask(t.display_name) for t in failed[:CYPRESS_FAILED_NAMES_MAX]],
-            spec_durations={r.spec: r.time for r in reports if r.spec},
+            failed_tests=[ctx.masker.mask_readable(t.display_name) for t in failed[:CYPRESS_FAILED_NAMES_MAX]],
+            specs=[ctx.masker.mask(spec) for spec in share],
+            spec_durations={ctx.masker.mask(r.spec): r.time for r in reports if r.spec},
             # the same form as the record's log_file: runs/<run_id>/artifacts/...
             artifacts=[p.relative_to(ctx.runs_dir.parent).as_posix() for p in artifacts],
         )
         testcases = [
             TestCase(
-                name=ctx.masker.mask(" › ".join(p for p in (t.suite, t.title) if p)),
-                classname=t.spec or "cypress",
+                name=ctx.masker.mask_readable(" › ".join(p for p in (t.suite, t.title) if p)),
+                classname=ctx.masker.mask_readable(t.spec) or "cypress",
                 time=t.time,
                 status=t.status,
-                message=ctx.masker.mask(t.message),
-                text=ctx.masker.mask(t.text),
+                message=ctx.masker.mask_readable(t.message),
+                text=ctx.masker.mask_readable(t.text),
             )
             for t in tests
         ]
@@ -4921,6 +5112,9 @@ class RunOptions:
     output: str | None = None  # live | grouped | prefixed; None: live unless steps can overlap
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
     kill_grace: float = KILL_GRACE_S  # SIGTERM, then SIGKILL this many seconds later
+    # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
+    # into any environment, and only names the workflow uses (check_http_variables)
+    vars_from_http: bool = False
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -5105,9 +5299,11 @@ def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore
 
 
 def _base_environment(options: RunOptions, env_hooks: Iterable[EnvHook] = ()) -> dict[str, str]:
-    """The environment every step starts from: orchestrate's own, --var values, then the hooks."""
+    """The environment every step starts from: orchestrate's own, with --var on top (not
+    variables from the HTTP API: those fill ${NAME}s only), then the hooks."""
     env = dict(os.environ)
-    env.update(options.variables)
+    if not options.vars_from_http:
+        env.update(options.variables)
     for hook in env_hooks:
         hook(env, options)
     return env
@@ -5171,6 +5367,31 @@ class _Sinks:
 
 def default_jobs(settings: Settings) -> int:
     return settings.jobs or os.cpu_count() or 1
+
+
+def interpolation_values(options: RunOptions) -> dict[str, str]:
+    """What ${NAME} reads: the step environment, and every variable given to the run."""
+    return {**_base_environment(options), **options.variables}
+
+
+def read_http_variables(stream: Any) -> dict[str, str]:
+    """`run --vars-stdin`: the JSON object of variables the HTTP server passes on stdin."""
+    data = stream.read(MAX_HTTP_VARS_BYTES + 1)
+    problem = "more than 2 MiB" if len(data) > MAX_HTTP_VARS_BYTES else None
+    variables: Any = None
+    if problem is None:
+        try:
+            variables = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError):
+            problem = "not valid JSON"
+    if problem is None and not (isinstance(variables, dict) and all(
+            isinstance(k, str) and _VAR_NAME_RE.match(k) and isinstance(v, str) and "\x00" not in v
+            for k, v in variables.items())):
+        problem = "not an object of variable names to strings"
+    if problem is not None or not isinstance(variables, dict):
+        raise UsageError(f"--vars-stdin: stdin is {problem}; it takes what orchestrate serve passes "
+                         f"({{\"NAME\": \"value\"}})")
+    return variables
 
 
 class Engine:
@@ -5439,9 +5660,12 @@ class Engine:
                       sink: OutputSink, step: Step, recorder: RunRecorder, log_path: Path) -> None:
         sink.close()
         entry.update(result.extra)
+        if isinstance(entry.get("failed_tests"), list):  # test names a step reported: its text
+            entry["failed_tests"] = [self.masker.mask_readable(t) if isinstance(t, str) else t
+                                     for t in entry["failed_tests"]]
         entry.update(status=result.status, finished_at=utc_now(),
                      duration_s=round(time.monotonic() - started, 3), exit_code=result.exit_code,
-                     attempts=attempts, message=self.masker.mask(result.message),
+                     attempts=attempts, message=self.masker.mask_readable(result.message),
                      output_tail=sink.tail_text())
         if result.status == "failed" and step.continue_on_error:
             entry["allowed_failure"] = True
@@ -5805,14 +6029,15 @@ def closing_line(record: dict[str, Any]) -> str:
             f"{float(record.get('duration_s') or 0):.1f}s (run {record.get('run_id')})")
 
 
-def render_step_table(record: dict[str, Any]) -> list[str]:
-    """One row per step: status, duration and, when steps overlapped, when each started."""
+def render_step_table(record: dict[str, Any], detail_text: Callable[[str], str] = readable) -> list[str]:
+    """One row per step: status, duration and, when steps overlapped, when each started; a
+    step's message (its own text) goes through detail_text."""
     rows = []
     offsets = step_offsets(record)
     for i, entry in enumerate(record.get("log", [])):
         status = entry.get("status", "?")
         label = "failed*" if entry.get("allowed_failure") else status
-        detail = entry.get("message") or ""
+        detail = detail_text(str(entry.get("message") or ""))
         start = ""
         if offsets is not None:
             start = f"{'+' + format_duration(offsets[i]) if offsets[i] is not None else '-':>8}"
@@ -5911,10 +6136,19 @@ class Console(RunSink):
         return f"\x1b[{_COLORS[kind]}m{text}\x1b[0m" if self.color else text
 
     def write(self, text: str) -> None:
+        """One of orchestrate's own lines. Not masked as a whole: the summary, the run id and
+        step names are orchestrate's; what came from a step (messages, output tails, test
+        names) was masked where it was produced and goes through step_text() here."""
         with self.lock:
             self._clear_live()
-            self.stream.write(self.masker.mask(text) + "\n")
+            self.stream.write(text + "\n")
             self.stream.flush()
+
+    def step_text(self, text: str) -> str:
+        """Text a step produced, for a line of orchestrate's own: masked, without escapes or
+        control characters (a raw ESC or BEL never reaches the terminal this way), and
+        escaped as the CI system needs (GitHub: a newline cannot start a forged command)."""
+        return self.ci.escape(self.masker.mask_readable(text))
 
     def _lines(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -6009,14 +6243,14 @@ class Console(RunSink):
             self.partial[step.index] = rest
             if lines:
                 self._clear_live()
-                prefix = self.masker.mask(f"{step.name} | ").encode("utf-8", "replace")
+                prefix = f"{step.name} | ".encode("utf-8", "replace")
                 self._raw(b"".join(prefix + line + b"\n" for line in lines))
                 self._draw_live()
 
     def _flush_prefixed(self, step: Step) -> None:
         rest = self.partial.pop(step.index, b"")
         if rest:
-            prefix = self.masker.mask(f"{step.name} | ").encode("utf-8", "replace")
+            prefix = f"{step.name} | ".encode("utf-8", "replace")
             self._raw(prefix + rest + b"\n")
 
     def _replay_log(self, log_path: Path) -> None:
@@ -6063,7 +6297,7 @@ class Console(RunSink):
     def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
         if not self.quiet:
             self.write(self.style(f"{self._number(step)} {step.name} ({step.type}): skipped — "
-                                  f"{entry.get('message', '')}", "skipped"))
+                                  f"{self.step_text(str(entry.get('message', '')))}", "skipped"))
 
     def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
         with self.lock:
@@ -6081,18 +6315,22 @@ class Console(RunSink):
                     self._replay_log(log_path)
                 elif self.mode == "prefixed":
                     self._flush_prefixed(step)
-                elif not self.at_line_start and self.ci.name != "none":
-                    self._raw(b"\n")  # the fence's closing token needs a line of its own
+                elif not self.at_line_start:
+                    # output that did not end with a newline: the next line (a fence's closing
+                    # token, a GitLab section end, the status) must start a line of its own
+                    self._raw(b"\n")
                 self.at_line_start = True
                 if self.mode != "prefixed":
                     self._lines(self.ci.step_output_ended(step))
             if self.quiet and status == "failed":
                 self.write(self.style(f"[{step.index + 1}] {step.name} ({step.type}) failed; last output:", "failed"))
                 if entry.get("output_tail"):
-                    self.write(entry["output_tail"])
+                    # the step's own lines: fenced under GitHub, like its live output
+                    for line in self.ci.fence(step, [self.masker.mask_readable(str(entry["output_tail"]))]):
+                        self.write(line)
             text = f"  {status}" + (" (allowed)" if entry.get("allowed_failure") else "") + \
                 f" in {format_duration(entry.get('duration_s'))}" + \
-                (f": {entry['message']}" if entry.get("message") and status != "passed" else "")
+                (f": {self.step_text(str(entry['message']))}" if entry.get("message") and status != "passed" else "")
             if self.mode == "prefixed":
                 text = f"{self._number(step)} {step.name}:{text[1:]}"
             if not self.quiet or status == "failed":
@@ -6107,12 +6345,14 @@ class Console(RunSink):
             self.running.clear()
             if not self.quiet:
                 self.write("")
-            for row in render_step_table(record):
+            for row in render_step_table(record, self.step_text):
                 status = row.split()[0] if row.strip() else ""
                 kind = {"passed": "passed", "failed": "failed", "skipped": "skipped"}.get(status)
                 self.write(self.style(row, kind) if kind else row)
             kind = "passed" if record["status"] == "completed" else "failed"
             self.write(self.style(closing_line(record), kind))
+
+
 
 
 # === 9. Git and CI ===
@@ -6163,19 +6403,39 @@ def strip_git_env(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+# What orchestrate's own git calls (status, rev-parse, rev-list, diff, config: all local and
+# read-only) may take from the environment: where the user's config and identity live, the
+# locale, and the SSH agent and proxies a future remote call would need. Nothing else: a
+# GIT_CONFIG_COUNT/KEY/VALUE triple in the environment once set core.fsmonitor, which
+# `git status` runs as a command (and LD_PRELOAD, GIT_EXEC_PATH or GIT_DIR steer git too).
+_GIT_CALL_ENV = frozenset({
+    "HOME", "PATH", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "XDG_CONFIG_HOME",
+    "SSH_AUTH_SOCK", "GNUPGHOME", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY",
+    "HTTPS_PROXY", "NO_PROXY", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM",
+    "GIT_CEILING_DIRECTORIES", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO",
+})
+
+
+def git_call_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The clean, fixed environment of orchestrate's own git calls (see _GIT_CALL_ENV)."""
+    child = {k: v for k, v in env.items() if k in _GIT_CALL_ENV or k.startswith("LC_")}
+    child["GIT_TERMINAL_PROMPT"] = "0"
+    child["GIT_OPTIONAL_LOCKS"] = "0"  # `git status` must not take index.lock during a push
+    return child
+
+
 def run_git(args: Sequence[str], cwd: Path, *, check: bool = True,
             env: Mapping[str, str] | None = None) -> str:
     """Run `git ARGS` in `cwd` and return its stdout (utf-8, undecodable bytes escaped).
 
     The one place orchestrate runs git: stdin is closed and prompts are off so it can never
-    wait for a user (a push from an IDE has nobody to answer), GIT_* hook variables are
-    removed so `cwd` decides the repository, and a hung git is ended after GIT_TIMEOUT.
+    wait for a user (a push from an IDE has nobody to answer), the environment is a fixed
+    few variables (no GIT_DIR or other hook variable, so `cwd` decides the repository; no
+    GIT_CONFIG_* or LD_*), and a hung git is ended after GIT_TIMEOUT.
     """
     import subprocess
 
-    child_env = strip_git_env(os.environ if env is None else env)
-    child_env["GIT_TERMINAL_PROMPT"] = "0"
-    child_env["GIT_OPTIONAL_LOCKS"] = "0"  # `git status` must not take index.lock during a push
+    child_env = git_call_environment(os.environ if env is None else env)
     argv = ["git", *args]
     try:
         proc = subprocess.run(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
@@ -6703,6 +6963,14 @@ class PlainCIOutput:
     def run_started(self, masker: Masker) -> list[str]:
         return []
 
+    def escape(self, text: str) -> str:
+        """Step-derived text on a line of orchestrate's own, outside any fence."""
+        return text
+
+    def fence(self, step: Step, lines: list[str]) -> list[str]:
+        """A step's own lines printed by orchestrate (the --quiet failure tail)."""
+        return lines
+
     def step_started(self, step: Step) -> list[str]:
         return []
 
@@ -6724,19 +6992,27 @@ class GitHubCIOutput(PlainCIOutput):
     name = "github"
 
     def __init__(self) -> None:
-        self._token = ""
+        self._tokens: dict[int, str] = {}  # by step index: steps may one day run side by side
 
     def run_started(self, masker: Masker) -> list[str]:
         return gha_mask_lines(masker.secrets)
 
+    def escape(self, text: str) -> str:
+        # the runner reads every line that starts with '::' (after spaces) as a command:
+        # escaped, a step's "boom\n::error::x" stays on orchestrate's line as text
+        return gha_escape_data(text)
+
+    def fence(self, step: Step, lines: list[str]) -> list[str]:
+        token = new_stop_token()
+        return [gha_stop_commands(token), *lines, gha_resume_commands(token)]
+
     def step_started(self, step: Step) -> list[str]:
-        self._token = new_stop_token()
-        return [gha_group(f"{step.name} ({step.type})"), gha_stop_commands(self._token)]
+        token = self._tokens[step.index] = new_stop_token()
+        return [gha_group(f"{step.name} ({step.type})"), gha_stop_commands(token)]
 
     def step_output_ended(self, step: Step) -> list[str]:
-        lines = [gha_resume_commands(self._token)] if self._token else []
-        self._token = ""
-        return lines + [gha_endgroup()]
+        token = self._tokens.pop(step.index, "")
+        return ([gha_resume_commands(token)] if token else []) + [gha_endgroup()]
 
     def step_finished(self, step: Step, entry: dict[str, Any]) -> list[str]:
         if entry.get("status") != "failed":
@@ -6754,18 +7030,15 @@ class GitLabCIOutput(PlainCIOutput):
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._section = ""
+        self._sections: dict[int, str] = {}  # by step index
 
     def step_started(self, step: Step) -> list[str]:
-        self._section = gitlab_section_name(step.index, step.name)
-        return [gitlab_section_start(self._section, f"{step.name} ({step.type})", self._clock())]
+        section = self._sections[step.index] = gitlab_section_name(step.index, step.name)
+        return [gitlab_section_start(section, f"{step.name} ({step.type})", self._clock())]
 
     def step_output_ended(self, step: Step) -> list[str]:
-        if not self._section:
-            return []
-        line = gitlab_section_end(self._section, self._clock())
-        self._section = ""
-        return [line]
+        section = self._sections.pop(step.index, "")
+        return [gitlab_section_end(section, self._clock())] if section else []
 
 
 CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {
@@ -6821,8 +7094,9 @@ def render_gantt(record: Mapping[str, Any]) -> str:
         end_ms = _epoch_ms(entry.get("finished_at"))
         if end_ms is None:
             end_ms = start_ms + int(float(entry.get("duration_s") or 0) * 1000)
-        tag = {"passed": "done, ", "failed": "crit, ", "running": "active, "}.get(
-            str(entry.get("status")), "")
+        # an allowed failure (continue_on_error) did not fail the run: not drawn as critical
+        tag = "" if entry.get("allowed_failure") else {
+            "passed": "done, ", "failed": "crit, ", "running": "active, "}.get(str(entry.get("status")), "")
         lines.append(f"    {_mermaid_label(str(entry.get('step', '')))} :{tag}s{index}, "
                      f"{start_ms}, {max(end_ms, start_ms + 1)}")
         drawn += 1
@@ -6833,19 +7107,17 @@ def render_gantt(record: Mapping[str, Any]) -> str:
 def render_step_summary(record: Mapping[str, Any]) -> str:
     """The Markdown appended to $GITHUB_STEP_SUMMARY: headline, table, gantt timeline."""
     log = list(record.get("log") or ())
-    counts = {status: sum(1 for entry in log if entry.get("status") == status)
-              for status in ("passed", "failed", "skipped")}
     trigger = record.get("trigger") or {}
     head = (f"### orchestrate: {_md_cell(record.get('workflow'))} {record.get('status', '')}")
-    parts = [f"{counts['passed']} passed", f"{counts['failed']} failed",
-             f"{counts['skipped']} skipped"]
-    meta = ", ".join(parts) + f" · run `{record.get('run_id', '')}`"
+    # counted as the console's closing line counts them: "1 failed (1 allowed)"
+    meta = summary_counts(dict(record)) + f" · run `{record.get('run_id', '')}`"
     if trigger.get("job_url"):
         meta += f" · [job log]({trigger['job_url']})"
     rows = ["| Step | Status | Time | Failed tests / reason |", "|---|---|---:|---|"]
     for entry in log:
         status = str(entry.get("status", ""))
-        shown = f"**{status}**" if status == "failed" else status
+        allowed = status == "failed" and bool(entry.get("allowed_failure"))
+        shown = "failed (allowed)" if allowed else f"**{status}**" if status == "failed" else status
         duration = entry.get("duration_s")
         took = f"{float(duration):.1f}s" if isinstance(duration, (int, float)) and status != "skipped" else ""
         failed = _failed_tests(entry)
@@ -7305,6 +7577,228 @@ SERVER_STOPPED = "server stopped"
 MAX_QUEUED_RUNS = 1000  # pending runs one server holds before /start answers 429
 _LOG_FOLLOW_INTERVAL_S = 0.25
 _RUN_STATUS_PATTERN = "^(pending|running|failed|completed)$"
+MAX_REQUEST_BODY = 1024 * 1024  # a /start body is a few hundred bytes; 1 MiB is far beyond
+REQUEST_READ_TIMEOUT_S = 10.0  # a request's headers, and then its body, must arrive within this
+MAX_REQUEST_HEADERS = 16 * 1024  # h11's limit on the request line and headers
+MAX_HTTP_VARS_BYTES = 2 * 1024 * 1024  # what `run --vars-stdin` reads at most
+
+
+# --- Who may talk to the server ---------------------------------------------------------------
+#
+# The trust model (README "HTTP API"): a run executes workflow code as the user running the
+# server, so the server must know who asks. Without a token it binds only loopback, and then
+# the danger is a web page in the developer's browser: a cross-site form POST needs no CORS
+# preflight when its Content-Type is text/plain, and DNS rebinding makes a hostile name
+# resolve to 127.0.0.1. So every request's Host must be the bound address (or localhost,
+# 127.0.0.1, [::1]) with the bound port, or a name given with --allowed-host; a request with
+# an Origin other than the server's own is refused; POST bodies must be application/json
+# (which a cross-site page cannot send without a preflight nobody answers). Bodies are
+# bounded before anything parses them or checks the token, and a caller's `vars` only fill
+# the workflow's own ${NAME}s (see check_http_variables), never the environment of
+# orchestrate, its git calls or protected variables of a step.
+
+
+@dataclass(frozen=True)
+class BindAddress:
+    """--host as given: the address to bind and its form in a URL or Host header."""
+
+    address: str  # "::1", "127.0.0.1", "localhost"
+    url_host: str  # "[::1]", "127.0.0.1", "localhost"
+
+
+def parse_bind_host(host: str) -> BindAddress:
+    """`--host` in any usual spelling: 127.0.0.1, localhost, ::1 or [::1] (as in a URL)."""
+    import ipaddress
+
+    text = host.strip()
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ip = ipaddress.ip_address(inner)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return BindAddress(str(ip), f"[{ip}]" if ip.version == 6 else str(ip))
+    if inner is not text or not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9.])?", inner):
+        raise UsageError(f"--host {host!r}: expected an IP address (127.0.0.1, ::1 or [::1]) or a host name")
+    return BindAddress(inner.lower(), inner.lower())
+
+
+def _split_host_port(value: str) -> tuple[str, int | None] | None:
+    """'name:8000' -> ('name', 8000), '[::1]:80' -> ('[::1]', 80), 'name' -> ('name', None)."""
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::([0-9]{1,5}))?", value.strip())
+    if match is None:
+        return None
+    return match.group(1).lower().rstrip("."), int(match.group(2)) if match.group(2) else None
+
+
+@dataclass
+class HostPolicy:
+    """Which Host headers name this server (see the trust model above)."""
+
+    port: int
+    local_names: frozenset[str]  # allowed with the bound port only
+    allowed: frozenset[tuple[str, int | None]]  # --allowed-host NAME[:PORT]; no port: any
+
+    @classmethod
+    def build(cls, bind: BindAddress, port: int, allowed_hosts: Iterable[str] = ()) -> HostPolicy:
+        allowed = set()
+        for entry in allowed_hosts:
+            parsed = _split_host_port(entry)
+            if parsed is None or not parsed[0]:
+                raise UsageError(f"--allowed-host {entry!r}: expected NAME or NAME:PORT, e.g. orchestrate.example.com")
+            allowed.add(parsed)
+        names = frozenset({bind.url_host.lower(), "localhost", "127.0.0.1", "[::1]"})
+        return cls(port=port, local_names=names, allowed=frozenset(allowed))
+
+    def accepts(self, host_header: str) -> bool:
+        parsed = _split_host_port(host_header)
+        if parsed is None:
+            return False
+        name, port = parsed
+        if name in self.local_names and (port or 80) == self.port:
+            return True
+        return (name, None) in self.allowed or (name, port) in self.allowed
+
+
+def _same_origin(origin: str, host_header: str) -> bool:
+    """Origin (scheme://host[:port]) names the same host and port as the Host header."""
+    match = re.fullmatch(r"(https?)://([^/?#]+)", origin.strip().lower())
+    host = _split_host_port(host_header)
+    if match is None or host is None:
+        return False  # "null" (a sandboxed frame, a file: page) and anything else
+    default = 443 if match.group(1) == "https" else 80
+    theirs = _split_host_port(match.group(2))
+    return theirs is not None and (theirs[0], theirs[1] or default) == (host[0], host[1] or default)
+
+
+def check_request_head(method: str, headers: Mapping[str, str], policy: HostPolicy,
+                       max_body: int = MAX_REQUEST_BODY) -> tuple[int, str] | None:
+    """(status, message) for a request refused on its headers alone, or None (pure)."""
+    host = headers.get("host", "")
+    if not policy.accepts(host):
+        return 403, (f"Host {host!r} is not this server: use http://127.0.0.1:{policy.port}, or start "
+                     f"it with --allowed-host NAME for a name a proxy or DNS gives it")
+    origin = headers.get("origin")
+    if origin is not None and not _same_origin(origin, host):
+        return 403, f"cross-origin request refused: Origin {origin!r} is not this server's origin"
+    length = headers.get("content-length", "")
+    if length and (not length.isdigit() or int(length) > max_body):
+        return 413, f"request body over {max_body // 1024} KiB: this API takes small JSON bodies"
+    has_body = (length not in ("", "0")) or "transfer-encoding" in headers
+    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if method in ("POST", "PUT", "PATCH") and has_body and media != "application/json":
+        return 415, (f"body must be JSON: send it with Content-Type: application/json"
+                     f" (not {media or 'none'!r})")
+    return None
+
+
+class RequestGuard:
+    """ASGI middleware in front of everything (the token check and FastAPI's body parsing
+    included): refuses by Host, Origin, Content-Type and Content-Length, then reads the
+    body itself, counting bytes as they arrive (413 beyond max_body: four concurrent 100 MB
+    bodies once took the server to 1.25 GiB) and within REQUEST_READ_TIMEOUT_S (408), and
+    hands the app the body it read. Refusals close the connection."""
+
+    def __init__(self, app: Any, policy: HostPolicy, max_body: int = MAX_REQUEST_BODY,
+                 timeout: float = REQUEST_READ_TIMEOUT_S) -> None:
+        self.app = app
+        self.policy = policy
+        self.max_body = max_body
+        self.timeout = timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import asyncio
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[str, str] = {}
+        for name, value in scope.get("headers") or ():
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        refused = check_request_head(scope["method"], headers, self.policy, self.max_body)
+        if refused is not None:
+            await self._refuse(send, *refused)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                await self._refuse(send, 408, f"request body not received within {self.timeout:g} s")
+                return
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                await self._refuse(send, 413, f"request body over {self.max_body // 1024} KiB: "
+                                              f"this API takes small JSON bodies")
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body: list[bytes] | None = [b"".join(chunks)]
+
+        async def replay() -> Any:
+            nonlocal body
+            if body is not None:
+                data, body = body[0], None
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()  # http.disconnect, for a streaming response
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send: Any, status: int, message: str) -> None:
+        data = json.dumps({"detail": message}).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+            (b"connection", b"close")]})  # whatever the client still sends is not read
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def _bounded_protocol(timeout: float = REQUEST_READ_TIMEOUT_S) -> Any:
+    """uvicorn's h11 protocol, closing a connection whose request line and headers have not
+    all arrived within `timeout` (uvicorn times out only idle keep-alive connections: a
+    client sending a header byte now and then, or nothing, held a connection forever)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedH11Protocol(H11Protocol):  # type: ignore[misc]
+        _head_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and self._between_requests():
+                self._arm()  # the first bytes of the next request on a kept-alive connection
+            super().data_received(data)
+            if not self._between_requests():
+                self._disarm()  # the request's head is in: RequestGuard bounds its body
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._head_timer = self.loop.call_later(timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _too_slow(self) -> None:
+            self._head_timer = None
+            if self._between_requests() and not self.transport.is_closing():
+                self.transport.close()
+
+    return BoundedH11Protocol
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -7350,7 +7844,7 @@ class QueuedRun:
 
     run_id: str
     argv: list[str]
-    variables: dict[str, str] = field(default_factory=dict)  # in the child's environment, not its argv
+    variables: dict[str, str] = field(default_factory=dict)  # on the child's stdin: never its env or argv
 
 
 class RunDispatcher:
@@ -7362,23 +7856,44 @@ class RunDispatcher:
     """
 
     def __init__(self, store: RunStore, root: Path, child_argv: list[str],
-                 max_parallel: int, env: dict[str, str]) -> None:
+                 max_parallel: int, env: dict[str, str], max_queued: int = MAX_QUEUED_RUNS,
+                 log: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.root = root
         self.child_argv = child_argv
         self.max_parallel = max(1, max_parallel)
+        self.max_queued = max(1, max_queued)
         self.env = env
+        self.log = log or _server_log
         import threading
 
-        self._queue: list[QueuedRun] = []  # at most MAX_QUEUED_RUNS: pop(0) is cheap enough
+        self._queue: list[QueuedRun] = []  # at most max_queued: pop(0) is cheap enough
+        self._reserved = 0  # places promised to /start requests that are writing their record
         self._running: dict[str, tuple[Any, Any]] = {}  # run id -> (Popen, its output file)
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: Any = None
 
     # -- called from request handlers
-    def submit(self, run: QueuedRun) -> None:
+    def reserve(self) -> bool:
+        """Claim a place in the queue, or False when it is full. Check and claim under one
+        lock: /start runs in a thread pool, and checking the length first and enqueueing
+        after writing the record let 1,004 of 1,300 concurrent starts in against 1,000."""
         with self._cond:
+            if len(self._queue) + self._reserved >= self.max_queued:
+                return False
+            self._reserved += 1
+            return True
+
+    def release(self) -> None:
+        """Give back a place reserve() claimed, for a start that did not happen."""
+        with self._cond:
+            self._reserved -= 1
+
+    def submit(self, run: QueuedRun) -> None:
+        """Queue a run in the place reserve() claimed for it."""
+        with self._cond:
+            self._reserved -= 1
             self._queue.append(run)
             self._cond.notify()
 
@@ -7407,14 +7922,40 @@ class RunDispatcher:
 
     # -- the thread
     def _loop(self) -> None:
+        """Never ends but by stop(): whatever goes wrong with one run (runs/ unwritable, a
+        child that cannot start, a bug) is logged and fails that run, and the loop goes on.
+        Once, one StoreError ended this thread and every later run stayed pending forever
+        while /start still answered 202."""
         while True:
             with self._cond:
                 if self._stopping:
                     return
-                self._reap()
-                while self._queue and len(self._running) < self.max_parallel:
-                    self._spawn(self._queue.pop(0))
+                try:
+                    self._reap()
+                    while self._queue and len(self._running) < self.max_parallel:
+                        run = self._queue.pop(0)
+                        try:
+                            self._spawn(run)
+                        except Exception as exc:
+                            self._report(run.run_id, "could not start it", exc)
+                except Exception as exc:  # only a bug gets here: keep serving
+                    self._report(None, "dispatcher", exc)
                 self._cond.wait(timeout=0.2)
+
+    def _report(self, run_id: str | None, what: str, exc: BaseException) -> None:
+        """Log a failure, and fail the run it concerns if its record can still be written."""
+        reason = str(exc) if isinstance(exc, OrchestrateError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, OrchestrateError):
+            import traceback
+
+            self.log("".join(traceback.format_exception(exc)).rstrip())
+        self.log(f"orchestrate serve: error: {f'run {run_id}: ' if run_id else ''}{what}: {reason}")
+        if run_id is None:
+            return
+        try:
+            self._fail_pending(run_id, f"{what}: {reason}")
+        except Exception as again:
+            self.log(f"orchestrate serve: error: run {run_id}: cannot record its failure either: {again}")
 
     def _spawn(self, run: QueuedRun) -> None:
         import subprocess
@@ -7423,10 +7964,15 @@ class RunDispatcher:
         # the child's own output (it runs --quiet; its steps log to runs/): kept only to say
         # why a run that never started failed, closed when the child is reaped
         output = tempfile.TemporaryFile()
+        # the caller's vars reach the run on stdin (`run --vars-stdin`), through an unlinked
+        # 0600 file: never in its argv (every local user reads argv with ps) and never in
+        # its environment (that of orchestrate itself, and of every git it runs)
+        variables = tempfile.TemporaryFile()
         try:
+            variables.write(json.dumps(run.variables).encode("utf-8"))
+            variables.seek(0)
             proc = subprocess.Popen(
-                # variables travel in the environment: an argv is readable by every local user (ps)
-                run.argv, cwd=self.root, env={**self.env, **run.variables}, stdin=subprocess.DEVNULL,
+                run.argv, cwd=self.root, env=self.env, stdin=variables,
                 stdout=output, stderr=subprocess.STDOUT,
                 # its own session: Ctrl-C on the server's terminal does not end runs that
                 # already started; they finish and record themselves.
@@ -7436,6 +7982,8 @@ class RunDispatcher:
             output.close()
             self._fail_pending(run.run_id, f"could not start orchestrate run: {exc}")
             return
+        finally:
+            variables.close()
         self._running[run.run_id] = (proc, output)
 
     def _reap(self) -> None:
@@ -7444,14 +7992,19 @@ class RunDispatcher:
             if code is None:
                 continue
             del self._running[run_id]
-            output.seek(0)
-            tail = output.read()[-2000:].decode("utf-8", "replace").strip()
-            output.close()
+            try:
+                output.seek(0)
+                tail = output.read()[-2000:].decode("utf-8", "replace").strip()
+            finally:
+                output.close()
             # A child that exits before adopting its pending record (an option it
             # refused, an unusable environment) would leave the run pending forever.
             last_line = tail.splitlines()[-1] if tail else ""
-            self._fail_pending(run_id, f"orchestrate run exited with code {code} before starting"
-                                       + (f": {last_line}" if last_line else ""))
+            try:
+                self._fail_pending(run_id, f"orchestrate run exited with code {code} before starting"
+                                           + (f": {last_line}" if last_line else ""))
+            except Exception as exc:
+                self._report(None, f"run {run_id}: cannot record how it ended", exc)
 
     def _fail_pending(self, run_id: str, message: str) -> None:
         """Mark a run failed if (and only if) it is still pending."""
@@ -7463,6 +8016,11 @@ class RunDispatcher:
             return
         record.update(status="failed", finished_at=utc_now(), current=None, message=message)
         self.store.write_snapshot(record)
+
+
+def _server_log(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def fail_orphaned_pending_runs(store: RunStore) -> list[str]:
@@ -7516,14 +8074,39 @@ def _step_entry(record: dict, step: str) -> dict | None:
     return None
 
 
+def _parse_start_body(raw: bytes) -> Any:
+    """A /start body as JSON: (status, message) in an HTTPError-like ValueError on failure."""
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise _BodyError(400, f"body: JSON is nested more than {MAX_NESTING} levels deep") from None
+    except (ValueError, _NotJSON) as exc:
+        shown = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
+        raise _BodyError(422, f"body: not valid JSON ({shown}); expected JSON like "
+                              "{\"vars\": {}, \"only\": [], \"skip\": []}") from None
+    if _check_document(body) is not None:  # deep nesting, lone surrogates
+        raise _BodyError(400, f"body: {_check_document(body)}")
+    return body
+
+
+class _BodyError(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: int = 2,
-               token: str | None = None) -> Any:
-    """The FastAPI application of `orchestrate serve` (needs the `server` extra)."""
+               token: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
+               allowed_hosts: Sequence[str] = (), max_queued: int = MAX_QUEUED_RUNS) -> Any:
+    """The ASGI application of `orchestrate serve` (needs the `server` extra): FastAPI behind
+    RequestGuard, which knows the address it is served on (host, port, allowed_hosts)."""
     import asyncio
     import contextlib
     import hmac
 
-    from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Security
+    from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from fastapi.security import HTTPBearer
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -7534,7 +8117,9 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
     store = RunStore(runs_dir)
     # the runs never need the API token: keep it out of their environment (and their steps')
     child_env = {k: v for k, v in os.environ.items() if k != API_TOKEN_ENV}
-    dispatcher = RunDispatcher(store, root, _child_command(child_env), max_parallel, child_env)
+    dispatcher = RunDispatcher(store, root, _child_command(child_env), max_parallel, child_env,
+                               max_queued=max_queued)
+    policy = HostPolicy.build(parse_bind_host(host), port, allowed_hosts)
 
     class StartRequest(BaseModel):
         """Optional body of POST /start: what `--var`, `--only` and `--skip` give on the CLI."""
@@ -7622,19 +8207,26 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
 
     start_body_schema = StartRequest.model_json_schema()
 
-    @api.post("/start", status_code=202, tags=["runs"],
-              responses={422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
-              openapi_extra={"requestBody": {"required": False, "content": {
-                  "application/json": {"schema": start_body_schema}}}})
-    def start(name: str = Query(..., description="workflow name (workflows/NAME.json)"),
-              body: Any = Body(None)) -> dict:
+    async def start(request: Any,
+                    name: str = Query(..., description="workflow name (workflows/NAME.json)")) -> dict:
         """Queue a run of workflow NAME; it starts as soon as fewer than --max-parallel run."""
+        raw = await request.body()  # read (at most MAX_REQUEST_BODY) by RequestGuard already
+        # the rest reads and writes files: off the event loop, as FastAPI runs a plain def
+        return await asyncio.to_thread(start_run, name, raw)
+
+    start.__annotations__["request"] = Request  # a FastAPI name: not resolvable from the module
+    api.post("/start", status_code=202, tags=["runs"],
+             responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+                        422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+             openapi_extra={"requestBody": {"required": False, "content": {
+                 "application/json": {"schema": start_body_schema}}}})(start)
+
+    def start_run(name: str, raw: bytes) -> dict:
         name = check_name(name)
-        if isinstance(body, (str, bytes)):  # `curl -d '{...}'` without -H 'Content-Type: application/json'
-            try:
-                body = json.loads(body) if body.strip() else None
-            except ValueError:
-                raise error(422, "body: expected JSON like {\"vars\": {}, \"only\": [], \"skip\": []}") from None
+        try:
+            body = _parse_start_body(raw)
+        except _BodyError as exc:
+            raise error(exc.status, str(exc)) from None
         try:
             request = StartRequest.model_validate({} if body is None else body)
         except ValidationError as exc:
@@ -7654,14 +8246,27 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         if name not in known:
             raise error(404, f"unknown workflow '{name}'{did_you_mean(name, known)}")
         try:
-            variables = {**os.environ, **request.vars}  # what the run will see (_base_environment)
+            variables = {**os.environ, **request.vars}  # what the run interpolates with
             workflow = load_workflow(name, workflows_dir, variables, load_settings(root), root)
+            check_http_variables(workflow, request.vars)
             select_steps(workflow, RunOptions(only=request.only, skip=request.skip))  # as `run` checks them
         except OrchestrateError as exc:
             raise error(422, str(exc)) from None
-        if dispatcher.queued() >= MAX_QUEUED_RUNS:
-            raise error(429, f"{MAX_QUEUED_RUNS} runs already wait; try again when some have started")
+        if not dispatcher.reserve():
+            raise error(429, f"{dispatcher.max_queued} runs already wait; try again when some have started")
+        try:
+            run_id = queue_record(name, workflow, request)
+        except BaseException:
+            dispatcher.release()
+            raise
+        argv = [*dispatcher.child_argv, "--root", str(root), "--workflows-dir", str(workflows_dir),
+                "--runs-dir", str(runs_dir), "run", name, f"--run-id={run_id}", "--quiet", "--vars-stdin"]
+        # --opt=value, so a value starting with '-' is never read as an option
+        argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
+        dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
+        return {"run_id": run_id}
 
+    def queue_record(name: str, workflow: Workflow, request: Any) -> str:
         run_id = new_run_id()
         store.create({
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": name, "status": "pending",
@@ -7673,12 +8278,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
                         "vars": sorted(request.vars)},
             "log": [],
         })
-        argv = [*dispatcher.child_argv, "--root", str(root), "--workflows-dir", str(workflows_dir),
-                "--runs-dir", str(runs_dir), "run", name, f"--run-id={run_id}", "--quiet"]
-        # --opt=value, so a value starting with '-' is never read as an option
-        argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
-        dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
-        return {"run_id": run_id}
+        return run_id
 
     @api.get("/status/{run_id}", tags=["runs"])
     def status(run_id: str) -> dict:
@@ -7768,14 +8368,40 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         status_code = 400 if isinstance(exc, UsageError) else 422 if isinstance(exc, DefinitionError) else 500
         return JSONResponse(status_code=status_code, content={"detail": str(exc)})
 
-    return app
+    guarded = RequestGuard(app, policy)
+    guarded.state = app.state  # type: ignore[attr-defined]
+    return guarded
+
+
+def _listen(bind: BindAddress, port: int) -> Any:
+    """The listening socket, bound now: a host that cannot be bound ([::1] without IPv6, a
+    name that does not resolve, a port in use) is refused at once with one line, not after
+    the server has started."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            bind.address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OrchestrateError(f"cannot listen on {bind.url_host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = " (is another server running? pick another --port)" if exc.errno == 98 else ""
+        raise OrchestrateError(f"cannot listen on {bind.url_host}:{port}: {exc.strerror or exc}{hint}") from None
+    return sock
 
 
 def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Path,
-          runs_dir: Path) -> None:
+          runs_dir: Path, allowed_hosts: Sequence[str] = (), max_queued: int = MAX_QUEUED_RUNS) -> None:
     """Run the HTTP API in the foreground until Ctrl-C."""
     token = os.environ.get(API_TOKEN_ENV) or None
-    if not _is_loopback_host(host) and token is None:
+    bind = parse_bind_host(host)
+    HostPolicy.build(bind, port, allowed_hosts)  # a bad --allowed-host is a usage error now
+    if not _is_loopback_host(bind.address) and token is None:
         raise UsageError(
             f"refusing to serve on {host}: anyone who can reach it could start workflows. "
             f"Set {API_TOKEN_ENV} (clients then send 'Authorization: Bearer <token>') "
@@ -7786,13 +8412,18 @@ def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Pa
     except ImportError as exc:
         raise OrchestrateError(f"orchestrate serve needs the 'server' extra ({exc.name} is missing): "
                                f"{SERVER_EXTRA_HINT}") from None
-    app = create_app(root, workflows_dir, runs_dir, max_parallel=max_parallel, token=token)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"orchestrate serve: http://{shown}:{port} (API docs at /docs), "
+    sock = _listen(bind, port)
+    app = create_app(root, workflows_dir, runs_dir, max_parallel=max_parallel, token=token,
+                     host=host, port=port, allowed_hosts=allowed_hosts, max_queued=max_queued)
+    print(f"orchestrate serve: http://{bind.url_host}:{port} (API docs at /docs), "
           f"at most {max_parallel} run(s) at once, "
           f"{'bearer token required' if token else 'no token (loopback only)'}", file=sys.stderr)
-    # a client following a log must not hold a Ctrl-C'd server open for long
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, log_level="info", http=_bounded_protocol(),
+        # a client following a log must not hold a Ctrl-C'd server open for long
+        timeout_graceful_shutdown=5, timeout_keep_alive=5,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEADERS)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 # === 11. CLI and main ===
@@ -7827,7 +8458,11 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     """`orchestrate run`: load, validate, then run or plan. Returns the exit code."""
     human = sys.stderr if options.json_output else sys.stdout
     settings = load_settings(paths.root)
-    workflow = load_workflow(name, paths.workflows_dir, _base_environment(options), settings, paths.root)
+    if options.vars_from_http:
+        options.variables = read_http_variables(sys.stdin.buffer)
+    workflow = load_workflow(name, paths.workflows_dir, interpolation_values(options), settings, paths.root)
+    if options.vars_from_http:  # the server checked them; a run checks what it is given itself
+        check_http_variables(workflow, options.variables)
     for warning in workflow.warnings:
         _err(f"orchestrate: warning: {warning}")
     store = RunStore(paths.runs_dir)
@@ -7917,13 +8552,16 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      shard: str | None = None, git_hook: str | None = None, push_remote: str | None = None,
                      push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
                      run_id: str | None = None, jobs: str | int | None = None,
-                     output: str | None = None) -> RunOptions:
+                     output: str | None = None, vars_stdin: bool = False) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
     if output is not None and output not in Console.MODES:
         raise UsageError(f"--output {output!r}: expected one of {', '.join(Console.MODES)}"
                          f"{did_you_mean(output, Console.MODES)}")
+    if vars_stdin and (git_hook is not None or var):
+        raise UsageError("--vars-stdin reads the variables from stdin: it cannot be combined with "
+                         "--var or --git-hook")
     return RunOptions(
         dry_run=dry_run, only=list(only), skip=list(skip), keep_going=keep_going, quiet=quiet,
         json_output=json_output, debug=debug, variables=parse_vars(var),
@@ -7931,7 +8569,8 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
         shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
         run_id=check_run_id(run_id) if run_id else None,
-        jobs=parse_jobs(jobs) if jobs is not None else None, output=output)
+        jobs=parse_jobs(jobs) if jobs is not None else None, output=output,
+        vars_from_http=vars_stdin)
 
 
 def parse_jobs(value: str | int) -> int:
@@ -8035,13 +8674,15 @@ def build_app() -> Any:
         run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
         jobs: str = typer.Option(None, "--jobs", "-j", help="Steps at once (default: \"jobs\" in orchestrate.json, else the number of CPUs); 1 runs them in order."),
         output: str = typer.Option(None, "--output", help="live, grouped (each step whole when it ends; the default when steps run in parallel) or prefixed (every line as it comes, 'name | ' in front)."),
+        vars_stdin: bool = typer.Option(False, "--vars-stdin", hidden=True,
+                                        help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
             dry_run=dry_run, only=only, skip=skip, keep_going=keep_going, quiet=quiet,
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
-            to_ref=to_ref, run_id=run_id, jobs=jobs, output=output)
+            to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin)
         return run_workflow_command(_paths(ctx), name, options)
 
 
@@ -8303,6 +8944,10 @@ def build_app() -> Any:
         port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
         max_parallel: int = typer.Option(2, "--max-parallel", min=1,
                                          help="Runs at once; more starts wait as pending, in order."),
+        allowed_host: list[str] = typer.Option([], "--allowed-host",
+                                               help="Another name clients (a reverse proxy) reach the server by, NAME or NAME:PORT (repeatable)."),
+        max_queued: int = typer.Option(MAX_QUEUED_RUNS, "--max-queued", min=1,
+                                       help="Pending runs the server holds; more starts get 429."),
     ) -> int:
         """Serve the HTTP API (the 'server' extra): POST /start?name=NAME, GET /status/RUN_ID, docs at /docs.
 
@@ -8310,7 +8955,8 @@ def build_app() -> Any:
         ORCHESTRATE_API_TOKEN set, every endpoint but /healthz needs 'Authorization: Bearer <token>'.
         """
         paths = _paths(ctx)
-        serve(host, port, max_parallel, paths.root, paths.workflows_dir, paths.runs_dir)
+        serve(host, port, max_parallel, paths.root, paths.workflows_dir, paths.runs_dir,
+              allowed_hosts=allowed_host, max_queued=max_queued)
         return EXIT_OK
 
     return app
@@ -8331,7 +8977,7 @@ def __getattr__(name: str) -> Any:
 
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
 _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
-                   "--json": "json_output", "--debug": "debug"}
+                   "--json": "json_output", "--debug": "debug", "--vars-stdin": "vars_stdin"}
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",

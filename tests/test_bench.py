@@ -129,3 +129,17 @@ def test_targets_are_listed_with_a_verdict(results: dict) -> None:
         assert t["pass"] in (True, False, None), name
         assert (t["pass"] is None) == (t["value"] is None), name
     assert results["machine"]["cpus"]
+
+
+def test_masking_bench_quick_reports_its_figures(tmp_path: Path) -> None:
+    """bench/masking.py (issue 12): a long secret vs none; no threshold asserted here."""
+    out = tmp_path / "masking.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "masking.py"), "--quick", "--json-out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["secret_bytes"] == 120_000 and figures["pairs"] == 2
+    assert len(figures["run_no_secret_s"]) == len(figures["run_secret_s"]) == 2
+    assert figures["run_ratio"] > 0 and figures["ok"] in (True, False)
+    assert set(figures["stream_masker"]) == {"none_s", "secret_s", "partial_ends_s"}
+    assert "ratio" in proc.stdout

@@ -130,7 +130,7 @@ def test_no_summary_and_no_markup_outside_github(project: Project, tmp_path: Pat
 def test_gitlab_sections(project: Project) -> None:
     project.workflow("ci", [{"name": "unit tests", "type": "command", "run": "echo inside"}])
     env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES}
-    env.update(CI="true", GITLAB_CI="true", CI_JOB_URL="https://gitlab.example/j/5")
+    env.update(CI="true", GITLAB_CI="true", CI_JOB_URL="https://gitlab.example/j/5", PYTHONPATH=str(REPO))
     # bytes: text mode would turn the markers' \r into newlines
     result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "ci"], check=False,
                             capture_output=True, env=env, stdin=subprocess.DEVNULL)
@@ -487,3 +487,145 @@ def test_append_step_summary(tmp_path):
     assert orchestrate.append_step_summary({"GITHUB_STEP_SUMMARY": str(target)}, RECORD) is None
 
 
+
+
+# --- issue 12: step output cannot forge workflow commands --------------------------------
+
+_COMMAND_RE = re.compile(r"::([A-Za-z0-9_.-]+)(?: ([^:]*))?::(.*)\Z", re.DOTALL)
+
+
+def github_runner(stdout: str) -> dict[str, Any]:
+    """What the GitHub Actions runner makes of a job log, line by line as it reads it
+    (actions/runner ActionCommandManager): a line that starts with '::' after leading
+    spaces is a command; `::stop-commands::TOKEN` stops all processing until a command
+    named TOKEN; `::group::`/`::endgroup::` nest the log; `::add-mask::` hides a value."""
+    commands: list[tuple[str, str, str]] = []
+    masks: list[str] = []
+    depth, stopped = 0, None
+    for line in stdout.split("\n"):
+        match = _COMMAND_RE.match(line.lstrip())
+        if match is None:
+            continue
+        name, props, data = match.group(1), match.group(2) or "", match.group(3)
+        if stopped is not None:
+            if name == stopped:
+                stopped = None
+            continue
+        if name == "stop-commands":
+            stopped = data
+        elif name == "group":
+            depth += 1
+        elif name == "endgroup":
+            depth -= 1
+        elif name == "add-mask":
+            masks.append(data)
+        else:
+            commands.append((name, props, data))
+    return {"commands": commands, "masks": masks, "open_groups": depth, "stopped": stopped}
+
+
+PLUGIN_FORGER = '''
+def execute(step):
+    raise RuntimeError("boom\\n::error::forged by a message\\n\\x1b]0;owned\\x07\\x1b[2Jdone")
+'''
+
+
+def forging_project(project: Project) -> None:
+    project.write("integrations/forge_runner.py", PLUGIN_FORGER)
+    project.workflow("ci", [
+        {"name": "no newline", "type": "command", "run": "printf 'last line without newline'"},
+        {"name": "forged message", "type": "forge", "continue_on_error": True},
+        {"name": "tail", "type": "command",
+         "run": "echo '::error::forged by a tail'; printf '\\033[31mred\\007'; exit 4"},
+    ], env={"API_TOKEN": "${API_TOKEN:-}"})
+
+
+def test_github_runner_sees_only_orchestrates_commands(project: Project, tmp_path: Path) -> None:
+    forging_project(project)
+    for quiet in ((), ("--quiet",)):
+        env = github_env(tmp_path)
+        result = project.run("run", "ci", *quiet, env=env)
+        assert result.returncode == 1, result.stderr
+        seen = github_runner(result.stdout)
+        assert seen["stopped"] is None and seen["open_groups"] == 0, result.stdout
+        assert seen["masks"][0] == SECRET
+        # the annotations orchestrate means, and nothing a step forged
+        assert [(name, props) for name, props, _ in seen["commands"]] == [
+            ("warning", "title=forged message failed (continue_on_error)"), ("error", "title=tail failed")], quiet
+        # the message is one escaped line: its "::error::" is text, its escapes are gone
+        assert seen["commands"][0][2] == ("integrations/forge_runner.py: RuntimeError: "
+                                          "boom%0A::error::forged by a message%0Adone")
+        assert seen["commands"][1][2] == "command exited with code 4"
+        assert re.search(r"^  failed \(allowed\) in \d+\.\ds: integrations/forge_runner\.py: RuntimeError: "
+                         r"boom%0A::error::forged by a message%0Adone$", result.stdout, re.M)
+        if not quiet:
+            # the fence closes on a line of its own although the step's output did not end a line
+            assert "last line without newline\n::orchestrate-" in result.stdout
+
+
+def test_no_raw_escape_from_a_step_through_orchestrates_own_lines(project: Project) -> None:
+    forging_project(project)
+    quiet = project.run("run", "ci", "--quiet")
+    assert quiet.returncode == 1
+    assert "\x1b" not in quiet.stdout and "\x07" not in quiet.stdout  # only orchestrate's lines here
+    assert "boom\n::error::forged by a message\n]0;owned" not in quiet.stdout
+    loud = project.run("run", "ci")
+    # the live stream is the step's own, byte for byte; orchestrate's lines stay clean
+    assert "\x1b[31mred\x07" in loud.stdout
+    own = [line for line in loud.stdout.splitlines() if line.startswith(("  failed", "  passed", "ci: "))]
+    assert own and not any("\x1b" in line or "\x07" in line for line in own)
+
+
+def test_step_summary_shows_allowed_failures_as_allowed(project: Project, tmp_path: Path) -> None:
+    project.workflow("ci", [
+        {"name": "flaky", "type": "command", "run": "exit 1", "continue_on_error": True},
+        {"name": "broken", "type": "command", "run": "exit 2"},
+    ])
+    env = github_env(tmp_path)
+    result = project.run("run", "ci", env=env)
+    assert result.returncode == 1
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    record = project.last_record()
+    assert "0 passed, 2 failed (1 allowed), 0 skipped · run" in summary
+    assert "0 passed, 2 failed (1 allowed), 0 skipped in" in result.stdout.splitlines()[-1]
+    assert re.search(r"^\| flaky \| failed \(allowed\) \| \d+\.\ds \| command exited with code 1 \|$", summary, re.M)
+    assert re.search(r"^\| broken \| \*\*failed\*\* \|", summary, re.M)
+    assert re.search(r"^    flaky :s0, \d{13}, \d{13}$", summary, re.M)
+    assert re.search(r"^    broken :crit, s1, \d{13}, \d{13}$", summary, re.M)
+    assert record["log"][0]["allowed_failure"] is True
+
+
+def test_gitlab_section_end_starts_a_line(project: Project) -> None:
+    project.workflow("ci", [{"name": "unit", "type": "command", "run": "printf 'no newline'"}])
+    env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES}
+    env.update(CI="true", GITLAB_CI="true", PYTHONPATH=str(REPO))  # this checkout's orchestrate
+    result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "ci"], check=False,
+                            capture_output=True, env=env, stdin=subprocess.DEVNULL)
+    assert b"no newline\n\x1b[0Ksection_end:" in result.stdout
+
+
+def test_run_git_takes_no_config_or_loader_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "a").write_text("a")
+    git(repo, "add", "a")
+    git(repo, "commit", "-qm", "one")
+    marker = tmp_path / "fsmonitor-ran"
+    # what `{"vars": {...}}` once made orchestrate's own `git status` run
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.fsmonitor")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", f"touch {marker}; false")
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", f"'core.fsmonitor'='touch {marker}'")
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("GIT_EXEC_PATH", str(tmp_path))
+    monkeypatch.setenv("LD_PRELOAD", str(tmp_path / "evil.so"))
+
+    assert orchestrate.run_git(["status", "--porcelain"], repo) == ""
+
+    assert not marker.exists()
+    env = orchestrate.git_call_environment({"HOME": "/h", "PATH": "/bin", "LC_ALL": "C", "SSH_AUTH_SOCK": "/s",
+                                            "GIT_CONFIG_COUNT": "1", "GIT_DIR": "/x", "PYTHONPATH": "/p",
+                                            "LD_PRELOAD": "/e.so", "GIT_SSH_COMMAND": "ssh -i k"})
+    assert env == {"HOME": "/h", "PATH": "/bin", "LC_ALL": "C", "SSH_AUTH_SOCK": "/s", "GIT_SSH_COMMAND": "ssh -i k",
+                   "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}

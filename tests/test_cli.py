@@ -244,3 +244,30 @@ def test_init_never_writes_through_a_link_leading_outside_the_root(project: Proj
     result = project.cli("--runs-dir", str(outside / "runs"), "init")
     assert result.exit_code == 0, result.stderr
     assert (outside / "runs" / ".gitignore").is_file() and (project.root / "mine.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(("stdin", "message"), [
+    (b"not json", "orchestrate: error: --vars-stdin: stdin is not valid JSON; it takes what orchestrate serve passes"),
+    (b'{"A B": "x"}', "orchestrate: error: --vars-stdin: stdin is not an object of variable names to strings"),
+    (b'{"GREETING": 1}', "orchestrate: error: --vars-stdin: stdin is not an object of variable names to strings"),
+    (b'{"OTHER": "x"}', "orchestrate: error: vars key 'OTHER': workflow w does not use ${OTHER}; accepted: GREETING"),
+])
+def test_vars_stdin_takes_only_the_workflows_names(project: Project, stdin: bytes, message: str) -> None:
+    project.workflow("w", [{"name": "a", "type": "command", "run": "echo ${GREETING:-none} $GREETING"}])
+    result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "w", "--vars-stdin"],
+                            input=stdin, capture_output=True, timeout=60, env=_clean_env())
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith(message)
+    assert not project.runs.exists()
+
+
+def test_vars_stdin_fills_names_but_not_the_environment(project: Project) -> None:
+    project.workflow("w", [{"name": "a", "type": "command", "run": "echo ${GREETING:-none} env=${GREETING_ENV:-unset}$GREETING"}])
+    result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "w", "--vars-stdin"],
+                            input=b'{"GREETING": "hi"}', capture_output=True, timeout=60, env=_clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "hi env=unset\n" in result.stdout.decode()  # $GREETING: not in the step's environment
+    cli = project.cli("run", "w", "--var", "GREETING=hey")
+    assert "hey env=unsethey" in cli.stdout  # --var keeps its meaning: the environment too
+    both = project.cli("run", "w", "--var", "GREETING=x", "--vars-stdin")
+    assert both.exit_code == 2 and "--vars-stdin reads the variables from stdin" in both.stderr

@@ -315,7 +315,8 @@ def _processes_with(marker: str) -> list[int]:
 # --- output --------------------------------------------------------------------------------
 
 # The output of this chain with the engine before issue 16 (run ids and durations normalized):
-# --jobs 1 (and a chain under any --jobs) must print exactly this.
+# --jobs 1 (and a chain under any --jobs) must print exactly this. One change since, on
+# purpose (issue 12): output that does not end with a newline gets one before the status line.
 CHAIN = [
     cmd("first", "echo one; printf 'no newline'"),
     cmd("flaky", "echo flaky >&2; exit 2", continue_on_error=True),
@@ -329,7 +330,8 @@ CHAIN_OUTPUT = """\
 orchestrate: chain (7 steps, run RUNID)
 [1/7] first (command)
 one
-no newline  passed in N.Ns
+no newline
+  passed in N.Ns
 [2/7] flaky (command)
 flaky
   failed (allowed) in N.Ns: command exited with code 2

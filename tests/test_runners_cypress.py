@@ -278,10 +278,11 @@ def test_exact_argv_cwd_and_environment_at_the_process_seam(
         f"{web}/node_modules/.bin/cypress", "run", "--project", str(web),
         "--spec", "cypress/e2e/a.cy.jsx,cypress/e2e/b.cy.js",
         "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml",
-        "--browser", "chrome", "--headed", "--env", "API_URL=http://x,RETRIES=2",
-        "--config", "video=false,viewportWidth=1280"]
+        "--browser", "chrome", "--headed", "--config", "video=false,viewportWidth=1280"]
     assert call["cwd"] == web
     assert call["env"]["API_URL"] == "http://x"  # a step's env is in its environment too
+    # and reaches Cypress.env() as CYPRESS_<name>, never on the command line (issue 12)
+    assert (call["env"]["CYPRESS_API_URL"], call["env"]["CYPRESS_RETRIES"]) == ("http://x", "2")
     assert call["env"]["ORCHESTRATE_STEP"] == "ui smoke"
     # Cypress ran nothing: no report is a failure, never a pass
     assert "wrote no JUnit report" in cypress_entry(project)["message"]
@@ -320,13 +321,13 @@ def test_exact_argv_and_environment_with_pytest_subprocess(project: Project, fp:
     report = project.runs / run_id_holder["id"] / "cypress" / "01-ui-smoke"
     assert list(call) == [binary, "run", "--project", str(web), "--spec", "cypress/e2e/login.cy.js",
                           "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml",
-                          "--browser", "electron", "--env", "SHOP=demo", "--config", "retries=1"]
+                          "--browser", "electron", "--config", "retries=1"]
     entry = cypress_entry(project)
     assert entry["tests"] == 2 and entry["failures"] == 1
     assert entry["failed_tests"] == ["cypress/e2e/login.cy.js › login › rejects"]
     assert "Running: login.cy.js" in entry["output_tail"]
     env = seen["kwargs"]["env"]
-    assert env["SHOP"] == "demo" and env["ORCHESTRATE_STEP"] == "ui smoke"
+    assert env["SHOP"] == "demo" and env["CYPRESS_SHOP"] == "demo" and env["ORCHESTRATE_STEP"] == "ui smoke"
     assert env["ORCHESTRATE_RUN_ID"] == run_id_holder["id"]
     assert seen["kwargs"]["cwd"] == str(web) and seen["kwargs"]["start_new_session"] is True
 
@@ -339,9 +340,9 @@ def test_the_child_process_gets_that_argv_cwd_and_environment(project: Project) 
     assert result.exit_code == 0
     [call] = [json.loads(line) for line in calls.read_text().splitlines()]
     assert call["argv"][:5] == ["run", "--project", str(web), "--spec", "cypress/e2e/a.cy.js"]
-    assert call["argv"][-2:] == ["--env", "SHOP=demo"]
+    assert "--env" not in call["argv"]
     assert Path(call["cwd"]) == web
-    assert call["env"]["SHOP"] == "demo" and call["env"]["ORCHESTRATE_WORKFLOW"] == "ui"
+    assert call["env"]["CYPRESS_SHOP"] == "demo" and call["env"]["ORCHESTRATE_WORKFLOW"] == "ui"
 
 
 def test_dry_run_shows_the_exact_command_line_with_secrets_masked(project: Project) -> None:
@@ -349,10 +350,10 @@ def test_dry_run_shows_the_exact_command_line_with_secrets_masked(project: Proje
     cypress_workflow(project, env={"API_TOKEN": "${API_TOKEN}"}, config={"retries": {"runMode": 2}})
     result = project.cli("run", "ui", "--dry-run", env={"API_TOKEN": "s3cr3t-value"})
     assert result.exit_code == 0, result.stderr
-    expected = (f"cd {web} && {web}/node_modules/.bin/cypress run --project {web} "
+    expected = (f"cd {web} && CYPRESS_API_TOKEN=*** {web}/node_modules/.bin/cypress run --project {web} "
                 "--spec cypress/e2e/a.cy.js,cypress/e2e/b.cy.js --reporter junit --reporter-options "
                 f"'mochaFile={project.runs}/dry-run/cypress/01-ui-smoke/results-[hash].xml' "
-                "--env API_TOKEN=*** --config '{\"retries\":{\"runMode\":2}}'")
+                "--config '{\"retries\":{\"runMode\":2}}'")
     assert f"        {expected}\n" in result.stdout
     assert "s3cr3t" not in result.stdout + result.stderr
     assert not project.runs.exists() or not list(project.runs.glob("*.json"))  # nothing ran
@@ -812,3 +813,40 @@ def test_folders_and_files_under_runs_are_never_world_writable(project: Project)
         mode = stat.S_IMODE(path.lstat().st_mode)
         expected = orchestrate.RUNS_DIR_MODE if path.is_dir() else orchestrate.RUNS_FILE_MODE
         assert mode == expected, f"{path}: {oct(mode)}"
+
+
+# --- issue 12: secrets never on Cypress's command line or in its files under runs/ --------
+
+SECRET = "tok-5c0ffee5ecre7"
+
+
+def test_secret_env_goes_to_cypress_as_environment_never_argv_and_its_files_are_masked(project: Project) -> None:
+    make_cypress_project(project, {
+        "login.cy.js": spec(f"suite login as {SECRET}", "pass 1", "fail 1", "screenshot"),
+        f"{SECRET}.cy.js": spec("pass 1"),
+    })
+    project.workflow("ui", [{"name": "ui smoke", "type": "cypress", "project": "./web",
+                             "env": {"API_TOKEN": "${API_TOKEN}", "SHOP": "demo"}}])
+    calls = project.root / "calls.jsonl"
+
+    result = project.cli("run", "ui", env={"FAKE_CYPRESS_CALLS": str(calls), "API_TOKEN": SECRET})
+
+    assert result.exit_code == 1
+    [call] = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert SECRET not in " ".join(a for a in call["argv"] if not a.startswith("cypress/e2e/"))
+    assert "--env" not in call["argv"]
+    assert call["env"]["CYPRESS_API_TOKEN"] == SECRET and call["env"]["CYPRESS_SHOP"] == "demo"
+    entry = cypress_entry(project)
+    run_dir = project.runs / project.last_record()["run_id"]
+    assert entry["artifacts"] == [
+        f"runs/{run_dir.name}/artifacts/01-ui-smoke/screenshots/login.cy.js/login as *** -- fails 1 (failed).png"]
+    assert sorted(entry["spec_durations"]) == ["cypress/e2e/***.cy.js", "cypress/e2e/login.cy.js"]
+    assert sorted(entry["specs"]) == ["cypress/e2e/***.cy.js", "cypress/e2e/login.cy.js"]
+    assert entry["failed_tests"] == ["cypress/e2e/login.cy.js › login as *** › fails 1"]
+    raw = list((run_dir / "cypress" / "01-ui-smoke").glob("*.xml"))
+    assert len(raw) == 2 and any(b'name="login as ***"' in path.read_bytes() for path in raw)
+    for path in project.runs.rglob("*"):
+        assert SECRET not in path.name
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in result.stdout + result.stderr

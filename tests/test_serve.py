@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 
 import orchestrate
 import schemathesis
-from conftest import CI_VARIABLES
+from conftest import CI_VARIABLES, REPO
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
@@ -53,6 +54,13 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
         {"name": "nap", "type": "command", "run": ["sleep", "8"]},
     ]},
 }
+
+
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment for the real command: this checkout's orchestrate.py first."""
+    env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return {**env, **extra}
 
 
 def free_port() -> int:
@@ -83,6 +91,8 @@ class Server:
         self.base = f"http://{LOOPBACK}:{self.port}"
         self.log = (root / f"server-{self.port}.log").open("wb")
         full_env = {k: v for k, v in os.environ.items() if k != "ORCHESTRATE_API_TOKEN" and k not in CI_VARIABLES}
+        # the orchestrate.py of this checkout (and so of the runs it starts), not an installed copy
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [*ORCHESTRATE, "--root", str(root), "serve", "--host", LOOPBACK, "--port", str(self.port), *args],
@@ -210,7 +220,7 @@ def test_start_poll_and_fetch_junit_like_the_seed_curl_flow(serve: Callable[...,
     assert log.status_code == 200 and "hello from demo" in log.text
     # the same run store: the CLI sees the HTTP run
     cli = subprocess.run([*ORCHESTRATE, "--root", str(api_root), "status", run_id, "--json"],
-                         capture_output=True, text=True, timeout=60, check=False)
+                         capture_output=True, text=True, timeout=60, check=False, env=checkout_env())
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["status"] == "completed"
     listed = server.client.get("/runs", params={"workflow": "demo"}).json()
@@ -297,7 +307,7 @@ def test_token_is_required_when_set(serve: Callable[..., Server]) -> None:
 
 
 def test_non_loopback_host_is_refused_without_a_token(api_root: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "ORCHESTRATE_API_TOKEN"}
+    env = {k: v for k, v in checkout_env().items() if k != "ORCHESTRATE_API_TOKEN"}
     # refused before anything is bound: nothing listens on 0.0.0.0 in this test
     result = subprocess.run([*ORCHESTRATE, "--root", str(api_root), "serve", "--host", "0.0.0.0"],
                             capture_output=True, text=True, timeout=60, env=env, check=False)
@@ -353,16 +363,17 @@ def test_bad_start_bodies_are_client_errors(shared_server: Server, body: Any, st
     assert shared_server.client.get("/runs").json() == []  # nothing was queued
 
 
-def test_start_body_without_a_json_content_type_is_still_read(shared_server: Server) -> None:
-    # what `curl -X POST URL -d '{"only": ["x"]}'` sends: application/x-www-form-urlencoded
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
-
-    response = shared_server.client.post("/start", params={"name": "demo"}, content=b'{"only": ["x"]}',
-                                         headers=headers)
-    not_json = shared_server.client.post("/start", params={"name": "demo"}, content=b"only=x", headers=headers)
-
-    assert response.status_code == 422 and "--only 'x': no such step in demo" in response.json()["detail"]
-    assert not_json.status_code == 422 and "body: expected JSON" in not_json.json()["detail"]
+def test_start_body_must_be_json(shared_server: Server) -> None:
+    # what a cross-site <form> or fetch() sends without a CORS preflight: text/plain or form
+    # data; and what `curl -d '{...}'` sends without -H 'Content-Type: application/json'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        response = shared_server.client.post("/start", params={"name": "demo"}, content=b'{"only": ["hello"]}',
+                                             headers={"Content-Type": content_type})
+        media = content_type.split(";")[0]
+        assert response.status_code == 415, response.text
+        assert response.json()["detail"] == (
+            f"body must be JSON: send it with Content-Type: application/json (not '{media}')")
+    assert shared_server.client.get("/runs").json() == []  # nothing was queued
 
 
 def test_definition_error_is_422_with_the_message(serve: Callable[..., Server], api_root: Path) -> None:
@@ -484,3 +495,315 @@ def test_serve_without_the_extra_says_how_to_install_it(api_root: Path) -> None:
     assert "pipx install 'orchestrate[server]'" in result.stderr
     assert "pipx inject orchestrate fastapi uvicorn" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- issue 12: the server runs only what its caller is allowed to run ---------------------
+
+
+def _host(server: Server, host: str | None = None) -> str:
+    return host if host is not None else f"{LOOPBACK}:{server.port}"
+
+
+@pytest.mark.parametrize(("host", "origin", "status", "detail"), [
+    ("evil.example:{port}", None, 403,
+     "Host 'evil.example:{port}' is not this server: use http://127.0.0.1:{port}, or start it with "
+     "--allowed-host NAME for a name a proxy or DNS gives it"),
+    ("127.0.0.1:1", None, 403, "Host '127.0.0.1:1' is not this server"),
+    ("127.0.0.1", None, 403, "Host '127.0.0.1' is not this server"),  # port 80
+    ("", None, 403, "Host '' is not this server"),
+    ("127.0.0.1:{port}", "http://evil.example", 403,
+     "cross-origin request refused: Origin 'http://evil.example' is not this server's origin"),
+    ("127.0.0.1:{port}", "null", 403, "cross-origin request refused: Origin 'null'"),
+    ("127.0.0.1:{port}", "http://127.0.0.1:1", 403, "cross-origin request refused"),
+    ("127.0.0.1:{port}", "https://127.0.0.1:{port}", 200, None),  # same host and port
+    ("127.0.0.1:{port}", "http://127.0.0.1:{port}", 200, None),
+    ("localhost:{port}", None, 200, None),
+    ("LOCALHOST:{port}", "http://localhost:{port}", 200, None),
+    ("[::1]:{port}", None, 200, None),
+])
+def test_host_and_origin_are_checked(shared_server: Server, host: str, origin: str | None, status: int,
+                                     detail: str | None) -> None:
+    port = shared_server.port
+    headers = {"Host": host.format(port=port)}
+    if origin is not None:
+        headers["Origin"] = origin.format(port=port)
+    for method, url in (("GET", "/workflows"), ("POST", "/start?name=nope")):
+        response = shared_server.client.request(method, url, headers=headers)
+        if status == 200:
+            assert response.status_code == (200 if method == "GET" else 404), response.text
+        else:
+            assert response.status_code == status, response.text
+            assert response.json()["detail"].startswith(detail.format(port=port))  # type: ignore[union-attr]
+            assert response.headers["connection"] == "close"
+
+
+def test_allowed_host_for_a_reverse_proxy(serve: Callable[..., Server]) -> None:
+    server = serve("--allowed-host", "orchestrate.example.com", "--allowed-host", "ci.example.com:8443")
+    ok = [{"Host": "orchestrate.example.com"}, {"Host": "orchestrate.example.com:443"},
+          {"Host": "orchestrate.example.com", "Origin": "https://orchestrate.example.com"},
+          {"Host": "ci.example.com:8443"}]
+    refused = [{"Host": "ci.example.com"}, {"Host": "ci.example.com:443"}, {"Host": "example.com"},
+               {"Host": "orchestrate.example.com", "Origin": "https://evil.example"}]
+    for headers in ok:
+        assert server.client.get("/workflows", headers=headers).status_code == 200, headers
+    for headers in refused:
+        assert server.client.get("/workflows", headers=headers).status_code == 403, headers
+
+
+def test_vars_may_set_only_names_the_workflow_uses(shared_server: Server) -> None:
+    attack = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.fsmonitor", "GIT_CONFIG_VALUE_0": "touch /tmp/x"}
+
+    response = shared_server.client.post("/start", params={"name": "demo"}, json={"vars": attack})
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "vars key 'GIT_CONFIG_COUNT': workflow demo does not use ${GIT_CONFIG_COUNT}; accepted: GREETING")
+    assert shared_server.client.get("/runs").json() == []
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@example.com", *args], cwd=cwd, check=True,
+                   capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def test_http_vars_reach_interpolation_only_never_git_or_the_environment(
+        serve: Callable[..., Server], api_root: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "fsmonitor-ran"
+    # a workflow that names the variables (so they are accepted) and puts one into a step's PATH
+    (api_root / "workflows" / "names.json").write_text(json.dumps({"steps": [
+        {"name": "show", "type": "command",
+         "env": {"SHOWN": "${GIT_CONFIG_VALUE_0:-}"},  # a name the workflow maps into its env itself
+         "run": "echo key=${GIT_CONFIG_KEY_0:-} count=${GIT_CONFIG_COUNT:-}; echo \"shown=$SHOWN\"; "
+                "echo env=$(env | grep -c '^GIT_CONFIG\\|^LD_PRELOAD') ${LD_PRELOAD:-}"}]}))
+    (api_root / "workflows" / "path.json").write_text(json.dumps({"steps": [
+        {"name": "s", "type": "command", "run": "true", "env": {"PATH": "${TOOLS}:/usr/bin:/bin"}}]}))
+    (api_root / ".gitignore").write_text("runs/\nserver-*.log\n")
+    _git(api_root, "init", "-q")
+    _git(api_root, "add", "-A")
+    _git(api_root, "commit", "-qm", "init")
+    server = serve()
+    attack = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.fsmonitor",
+              "GIT_CONFIG_VALUE_0": f"touch {marker}; false", "LD_PRELOAD": "/nonexistent.so"}
+
+    run_id = server.start("names", {"vars": attack})
+    record = server.wait_done(run_id)
+    refused = server.client.post("/start", params={"name": "path"}, json={"vars": {"TOOLS": "/tmp/evil"}})
+
+    assert record["status"] == "completed", record
+    log = server.client.get(f"/runs/{run_id}/logs/show").text
+    # values for ${NAME}, never environment variables of the step
+    assert log == f"key=core.fsmonitor count=1\nshown=touch {marker}; false\nenv=0 /nonexistent.so\n"
+    assert record["trigger"]["git"]["commit"]  # orchestrate's own git status did run...
+    assert not marker.exists()  # ...without the caller's config
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == (
+        "vars key 'TOOLS': workflows/path.json: steps[0] \"s\" puts ${TOOLS} into PATH, which a caller "
+        "of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)")
+
+
+def test_definition_error_422_names_the_variable_not_the_secret(serve: Callable[..., Server], api_root: Path) -> None:
+    secret = "tok-2b7e151628aed2a6"
+    (api_root / "workflows" / "note.json").write_text(json.dumps({"steps": [
+        {"name": "note", "type": "jira", "jira_url": "https://jira.example.com/rest/api/2",
+         "issue": "${JIRA_TOKEN}", "token": "${JIRA_TOKEN}", "comment": "x"}]}))
+    server = serve()
+
+    response = server.client.post("/start", params={"name": "note"}, json={"vars": {"JIRA_TOKEN": secret}})
+
+    assert response.status_code == 422
+    assert secret not in response.text and "${JIRA_TOKEN}" in response.json()["detail"]
+
+
+def _raw(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection((LOOPBACK, port), timeout=30)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return b"".join(chunks)
+
+
+def test_bodies_are_bounded_and_deep_nesting_is_400(shared_server: Server) -> None:
+    port = shared_server.port
+    head = (f"POST /start?name=demo HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+            "Content-Type: application/json\r\n").encode()
+    # a declared length over 1 MiB: refused before a byte of it is read
+    sock = _raw(port, head + b"Content-Length: 104857600\r\n\r\n")
+    reply = _read_all(sock)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert b'{"detail": "request body over 1024 KiB: this API takes small JSON bodies"}' in reply
+    # a chunked body that never says its length: counted as it arrives
+    too_big = shared_server.client.post("/start", params={"name": "demo"}, headers={"Content-Type": "application/json"},
+                                        content=iter([b"[" + b" " * 65536] * 20))
+    assert too_big.status_code == 413
+    deep = shared_server.client.post("/start", params={"name": "demo"}, content=b"[" * 100_000 + b"]" * 100_000,
+                                     headers={"Content-Type": "application/json"})
+    assert deep.status_code == 400
+    assert deep.json()["detail"] == "body: JSON is nested more than 64 levels deep"
+    nested = shared_server.client.post("/start", params={"name": "demo"},
+                                       json={"vars": {"A": "x"}, "only": [[[[]]]] * 1, "x": [[1]] * 3})
+    assert nested.status_code == 422
+    deeper = shared_server.client.post("/start", params={"name": "demo"}, content=b"[" * 70 + b"]" * 70,
+                                       headers={"Content-Type": "application/json"})
+    assert deeper.status_code == 400 and "nested more than 64 levels deep" in deeper.json()["detail"]
+    assert shared_server.client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_incomplete_requests_are_closed_after_a_bounded_time(shared_server: Server) -> None:
+    port = shared_server.port
+    started = time.monotonic()
+    silent = _raw(port, b"")
+    half_head = _raw(port, f"GET /workflows HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n".encode())
+    half_body = _raw(port, (f"POST /start?name=demo HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+                            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"vars\"").encode())
+    replies = [_read_all(sock) for sock in (silent, half_head, half_body)]
+    waited = time.monotonic() - started
+    for sock in (silent, half_head, half_body):
+        sock.close()
+    # each connection was closed by the server (recv returned end of file, not our timeout)
+    assert replies[0] == b"" and replies[1] == b""
+    assert replies[2].startswith(b"HTTP/1.1 408 ")
+    assert b"request body not received within 10 s" in replies[2]
+    assert waited < 29  # closed by the server's bound (10 s), not by this test's 30 s timeout
+    assert shared_server.client.get("/healthz").status_code == 200
+
+
+def _peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def test_four_concurrent_100MB_unauthenticated_bodies_keep_the_server_small(serve: Callable[..., Server]) -> None:
+    """The measurement the issue asks for: the server's own peak RSS (VmHWM of the real process)."""
+    import threading
+
+    server = serve(env={"ORCHESTRATE_API_TOKEN": TOKEN})
+    port = server.port
+    before = _peak_rss_mib(server.proc.pid)
+    results: list[bytes] = []
+    chunk = b" " * (1024 * 1024)
+
+    def send(chunked: bool) -> None:
+        head = (f"POST /start?name=demo HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n"
+                + ("Transfer-Encoding: chunked\r\n\r\n" if chunked else "Content-Length: 104857600\r\n\r\n"))
+        sock = _raw(port, head.encode())
+        sent = 0
+        try:
+            while sent < 100 * 1024 * 1024:
+                sock.sendall(b"100000\r\n" + chunk + b"\r\n" if chunked else chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the server answered 413 and closed the connection: nothing more is read
+        results.append(_read_all(sock))
+        sock.close()
+
+    threads = [threading.Thread(target=send, args=(n % 2 == 0,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    peak = _peak_rss_mib(server.proc.pid)
+
+    assert not any(thread.is_alive() for thread in threads)
+    assert peak < 100, f"server peak RSS {peak:.0f} MiB (before the requests: {before:.0f} MiB)"
+    assert all(reply == b"" or reply.startswith(b"HTTP/1.1 413 ") for reply in results), results
+    assert server.client.get("/healthz").status_code == 200
+    assert server.client.get("/runs", headers={"Authorization": f"Bearer {TOKEN}"}).json() == []
+
+
+def test_queue_limit_holds_under_concurrent_starts(serve: Callable[..., Server]) -> None:
+    server = serve("--max-parallel", "1", "--max-queued", "5")
+    first = server.start("sleepy")
+    server.wait_for(first, lambda r: r["status"] == "running")
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=60)
+        async with httpx.AsyncClient(base_url=server.base, timeout=60, limits=limits) as client:
+            responses = await asyncio.gather(*(client.post("/start", params={"name": "demo"}) for _ in range(60)))
+        return [r.status_code for r in responses]
+
+    codes = asyncio.run(burst())
+
+    assert sorted(codes) == [202] * 5 + [429] * 55
+    assert len(server.client.get("/runs", params={"status": "pending"}).json()) == 5
+    assert server.client.post("/start", params={"name": "demo"}).json() == {
+        "detail": "5 runs already wait; try again when some have started"}
+
+
+def test_dispatcher_survives_a_store_error(serve: Callable[..., Server], api_root: Path) -> None:
+    (api_root / "workflows" / "victim.json").write_text(json.dumps(WORKFLOWS["demo"] | {"name": "victim"}))
+    server = serve("--max-parallel", "1")
+    busy = server.start("slow")
+    server.wait_for(busy, lambda r: r["status"] == "running")
+    victim = server.start("victim")
+    # the victim's child exits before adopting its record (its workflow is gone), and the
+    # server's write that would fail it hits a folder where its temporary file goes
+    (api_root / "workflows" / "victim.json").unlink()
+    # write_atomic's temporary name carries the writing thread's id: block every thread's
+    blockers = [api_root / "runs" / f".{victim}.json.{server.proc.pid}.{task}.tmp"
+                for task in os.listdir(f"/proc/{server.proc.pid}/task")]
+    for blocker in blockers:
+        blocker.mkdir()
+    assert server.wait_done(busy, timeout=60)["status"] == "completed"
+
+    later = server.start("demo")  # the dispatcher still starts runs
+
+    assert server.wait_done(later, timeout=60)["status"] == "completed"
+    deadline = time.monotonic() + 10
+    while f"orchestrate serve: error: run {victim}" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (f"orchestrate serve: error: run {victim}: cannot record how it ended: cannot write "
+            f"{api_root / 'runs' / victim}.json: File exists (the previous record is intact)\n") in server.output()
+    for blocker in blockers:
+        blocker.rmdir()
+
+
+def test_docs_need_the_token_too_as_the_readme_says(serve: Callable[..., Server]) -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "`/docs` and `/openapi.json` need the token too" in readme
+    server = serve(env={"ORCHESTRATE_API_TOKEN": TOKEN})
+    for path in ("/docs", "/openapi.json"):
+        assert server.client.get(path).status_code == 401
+        assert server.client.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+@pytest.mark.parametrize(("given", "address", "url_host"), [
+    ("127.0.0.1", "127.0.0.1", "127.0.0.1"), ("::1", "::1", "[::1]"), ("[::1]", "::1", "[::1]"),
+    ("localhost", "localhost", "localhost"), (" 0.0.0.0 ", "0.0.0.0", "0.0.0.0"),
+])
+def test_bind_host_spellings(given: str, address: str, url_host: str) -> None:
+    assert orchestrate.parse_bind_host(given) == orchestrate.BindAddress(address, url_host)
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--host", "[::1"], 2, "orchestrate: error: --host '[::1': expected an IP address (127.0.0.1, ::1 or [::1]) or a host name\n"),
+    (["--host", "[localhost]"], 2, "orchestrate: error: --host '[localhost]': expected an IP address"),
+    (["--allowed-host", "a:b:c"], 2, "orchestrate: error: --allowed-host 'a:b:c': expected NAME or NAME:PORT"),
+])
+def test_bad_host_options_are_refused_at_once(api_root: Path, args: list[str], code: int, message: str) -> None:
+    result = subprocess.run([*ORCHESTRATE, "--root", str(api_root), "serve", *args], capture_output=True,
+                            text=True, timeout=60, env=checkout_env(), check=False)
+    assert result.returncode == code
+    assert result.stderr.startswith(message)
+    assert result.stdout == ""
+
+
+def test_a_port_in_use_is_refused_at_once(api_root: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([*ORCHESTRATE, "--root", str(api_root), "serve", "--port", str(port)],
+                                capture_output=True, text=True, timeout=60, env=checkout_env(), check=False)
+    assert result.returncode == 3
+    assert result.stderr == (f"orchestrate: error: cannot listen on 127.0.0.1:{port}: Address already in use "
+                             "(is another server running? pick another --port)\n")

@@ -158,6 +158,40 @@ def test_keep_runs_setting_prunes_after_each_run(project: Project) -> None:
     assert len(orchestrate.RunStore(project.runs).list_ids()) == 2
 
 
+def test_queued_and_running_runs_never_count_toward_keep_runs(project: Project) -> None:
+    """500 runs queued on the HTTP server once pruned every finished record, CLI runs too."""
+    project.write("orchestrate.json", json.dumps({"keep_runs": 3}))
+    project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
+    for _ in range(2):
+        assert project.cli("run", "w", "--quiet").exit_code == 0
+    store = orchestrate.RunStore(project.runs)
+    finished = store.list_ids()
+    queued = [f"29991231T000000{n:03d}Z-0000aa" for n in range(20)]  # newer than any real run
+    for run_id in queued:
+        store.create(_record(run_id, status="pending", trigger={"source": "http"}))
+    alive = _record("29991231T000000999Z-0000bb", status="running", pid=os.getpid(),
+                    pid_start=orchestrate._pid_start_time(os.getpid()))
+    store.create(alive)
+
+    assert project.cli("run", "w", "--quiet").exit_code == 0  # prunes after the run
+    assert project.cli("run", "w", "--quiet").exit_code == 0
+
+    ids = store.list_ids()
+    assert set(queued) | {alive["run_id"]} <= set(ids)  # none of them pruned
+    kept = [i for i in ids if i not in queued and i != alive["run_id"]]
+    assert len(kept) == 3 and finished[0] in kept and finished[1] not in kept  # the newest 3 finished
+    assert store.prune(1) == sorted(kept, reverse=True)[1:]
+    assert set(queued) <= set(store.list_ids())
+
+
+def test_prune_reads_a_dead_running_run_as_finished(project: Project) -> None:
+    store = orchestrate.RunStore(project.runs)
+    store.create(_record("20261127T150000000Z-000001", status="running", pid=2 ** 22 + 12345))
+    store.create(_record("20261127T150000000Z-000002"))
+    store.create(_record("20261127T150000000Z-000003", status="pending"))
+    assert store.prune(1) == ["20261127T150000000Z-000001"]  # interrupted: finished, and older
+
+
 def test_logs_prints_full_output_by_name_or_number(project: Project) -> None:
     project.workflow("w", [{"name": "a", "type": "command", "run": "echo alpha"},
                            {"name": "b", "type": "command", "run": "echo beta"}])
