@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 if TYPE_CHECKING:  # imported for real only when the CLI app is built (see build_app)
     import typer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DefinitionError",
@@ -4921,7 +4921,7 @@ if [ -z "$bin" ]; then
         echo "orchestrate pre-push: orchestrate not found; push allowed (ORCHESTRATE_ALLOW_MISSING/ORCHESTRATE_SKIP)" >&2
         exit 0
     fi
-    echo "orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): install it with 'pipx install orchestrate', or skip this check with 'git push --no-verify'" >&2
+    echo "orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): install it with 'pipx install orchestrate-cli', or skip this check with 'git push --no-verify'" >&2
     exit 1
 fi
 
@@ -5219,8 +5219,8 @@ REPORT_HOOKS.append(github_step_summary)
 # annotations (PEP 563) against this module's globals, where no FastAPI name lives.
 
 SERVER_EXTRA_HINT = (
-    "pipx install 'orchestrate[server]' (or, into an existing pipx install: "
-    "pipx inject orchestrate fastapi uvicorn; in a virtualenv: pip install 'orchestrate[server]')"
+    "pipx install 'orchestrate-cli[server]' (or, into an existing pipx install: "
+    "pipx inject orchestrate-cli fastapi uvicorn; in a virtualenv: pip install 'orchestrate-cli[server]')"
 )
 API_TOKEN_ENV = "ORCHESTRATE_API_TOKEN"
 SERVER_STOPPED = "server stopped"
@@ -5798,6 +5798,33 @@ _INIT_WORKFLOW = {
         {"name": "hello", "type": "command", "run": ["python3", "-c", "print('replace me with your checks')"]},
     ],
 }
+# what the CI templates in hooks/ run (`orchestrate run ci`)
+_INIT_CI_WORKFLOW = {
+    "name": "ci",
+    "description": "Checks the CI job runs (hooks/github-actions.yml, gitlab-ci.yml, Jenkinsfile)",
+    "steps": [
+        {"name": "hello", "type": "command", "run": ["python3", "-c", "print('replace me with your CI checks')"]},
+    ],
+}
+
+
+def scaffold_project(paths: Paths, ci: bool = False) -> list[Path]:
+    """`orchestrate init`: workflows/pre-push.json (and workflows/ci.json with ci) and
+    runs/.gitignore; never overwrites a file. Returns what it created."""
+    created = []
+    paths.workflows_dir.mkdir(parents=True, exist_ok=True)
+    workflows = [("pre-push", _INIT_WORKFLOW)] + ([("ci", _INIT_CI_WORKFLOW)] if ci else [])
+    for name, document in workflows:
+        target = paths.workflows_dir / f"{name}.json"
+        if not target.exists():
+            target.write_text(json.dumps(document, indent=2) + "\n")
+            created.append(target)
+    paths.runs_dir.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
+    ignore = paths.runs_dir / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# run records are local state, never committed\n*\n!.gitignore\n")
+        created.append(ignore)
+    return created
 
 
 def make_paths(root: Path | str | None, workflows_dir: Path | str | None,
@@ -6096,25 +6123,20 @@ def build_app() -> Any:
 
     @app.command()
     @_boundary
-    def init(ctx: typer.Context) -> int:
+    def init(
+        ctx: typer.Context,
+        ci: bool = typer.Option(False, "--ci", help="Also scaffold workflows/ci.json, the workflow the CI templates in hooks/ run."),
+    ) -> int:
         """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
         paths = _paths(ctx)
-        created = []
-        paths.workflows_dir.mkdir(parents=True, exist_ok=True)
-        target = paths.workflows_dir / "pre-push.json"
-        if not target.exists():
-            target.write_text(json.dumps(_INIT_WORKFLOW, indent=2) + "\n")
-            created.append(target)
-        paths.runs_dir.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
-        ignore = paths.runs_dir / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text("# run records are local state, never committed\n*\n!.gitignore\n")
-            created.append(ignore)
+        created = scaffold_project(paths, ci)
         for path in created:
             typer.echo(f"created {_display_path(path, paths.root)}")
         if not created:
-            typer.echo("nothing to do: workflows/pre-push.json and runs/.gitignore exist")
-        typer.echo("next: orchestrate run pre-push   then: orchestrate hook install")
+            wanted = ["workflows/pre-push.json", *(["workflows/ci.json"] if ci else []), "runs/.gitignore"]
+            typer.echo(f"nothing to do: {', '.join(wanted[:-1])} and {wanted[-1]} exist")
+        typer.echo("next: orchestrate run pre-push   then: orchestrate hook install"
+                   + ("   in CI: orchestrate run ci" if ci else ""))
         return EXIT_OK
 
 

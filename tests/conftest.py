@@ -103,3 +103,42 @@ def assert_valid_junit(path_or_bytes: Path | bytes) -> None:
     data = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
     for schema in junit_schemas():
         schema.validate(data.decode("utf-8"))
+
+
+# --- the built distribution (tests/test_packaging.py, tests/test_templates.py) ------------
+
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".ci-venv", "runs", "__pycache__", "build", "dist",
+                                     "*.egg-info", "node_modules", ".pytest_cache", ".mypy_cache",
+                                     ".ruff_cache")
+
+
+def copy_checkout(target: Path) -> Path:
+    """This checkout's files (no git metadata, venvs, run records or build output) at target."""
+    shutil.copytree(REPO, target, ignore=COPY_IGNORE)
+    (target / "runs").mkdir()
+    if (REPO / "runs" / ".gitkeep").exists():
+        (target / "runs" / ".gitkeep").write_text("")
+    return target
+
+
+@pytest.fixture(scope="session")
+def built_dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`python -m build` of a copy of this checkout: {"wheel": ..., "sdist": ...}, built once."""
+    base = tmp_path_factory.mktemp("dist")
+    source = copy_checkout(base / "source")
+    out = base / "out"
+    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(source)],
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    wheels = sorted(out.glob("*.whl"))
+    sdists = sorted(out.glob("*.tar.gz"))
+    assert len(wheels) == 1 and len(sdists) == 1, sorted(p.name for p in out.iterdir())
+    return {"wheel": wheels[0], "sdist": sdists[0]}
+
+
+def tool_path(name: str) -> str:
+    """A command the test extra installs beside this interpreter (pipx, shellcheck, actionlint)."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    assert found, f"{name} is not installed: pip install -e '.[test]' (the test extra brings it)"
+    return found

@@ -149,6 +149,22 @@ def test_init_never_overwrites(project: Project) -> None:
     assert "mine" in (project.workflows / "pre-push.json").read_text()
 
 
+def test_init_ci_scaffolds_the_workflow_the_ci_templates_run(project: Project) -> None:
+    result = project.cli("init", "--ci")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "created workflows/pre-push.json", "created workflows/ci.json", "created runs/.gitignore",
+        "next: orchestrate run pre-push   then: orchestrate hook install   in CI: orchestrate run ci"]
+    run = project.run("run", "ci", "--junit-xml", "reports/junit.xml", cwd=project.root)
+    assert run.returncode == 0, run.stderr
+    assert (project.root / "reports" / "junit.xml").exists()
+    (project.workflows / "ci.json").write_text('{"steps": [{"name": "mine", "type": "command", "run": "true"}]}')
+    again = project.cli("init", "--ci")
+    assert again.stdout.splitlines()[0] == ("nothing to do: workflows/pre-push.json, workflows/ci.json and "
+                                            "runs/.gitignore exist")
+    assert "mine" in (project.workflows / "ci.json").read_text()
+
+
 def test_internal_error_is_exit_3_with_traceback_and_hint(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
 

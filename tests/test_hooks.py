@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CI_VARIABLES, orchestrate_bin
+from conftest import CI_VARIABLES, orchestrate_bin, tool_path
 
 import orchestrate
 
@@ -158,10 +158,9 @@ def test_install_message_and_workflow_option(tmp_path: Path) -> None:
 def test_shipped_hook_is_the_installed_one_and_shellcheck_clean() -> None:
     assert (REPO / "hooks" / "pre-push").read_text() == orchestrate.render_hook()
     assert os.access(REPO / "hooks" / "pre-push", os.X_OK)
-    if shutil.which("shellcheck"):
-        result = subprocess.run(["shellcheck", "-s", "sh", str(REPO / "hooks" / "pre-push")], check=False,
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout
+    result = subprocess.run([tool_path("shellcheck"), "-s", "sh", str(REPO / "hooks" / "pre-push")], check=False,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
 
 
 def test_unknown_hook_type(gp: GitProject) -> None:
@@ -324,7 +323,7 @@ def test_orchestrate_missing_from_path(gp: GitProject) -> None:
     result = gp.push("main", PATH=path)
     assert result.returncode != 0
     assert ("orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): "
-            "install it with 'pipx install orchestrate', or skip this check with "
+            "install it with 'pipx install orchestrate-cli', or skip this check with "
             "'git push --no-verify'") in result.stderr
     assert not gp.remote_has(gp.head())
     result = gp.push("main", PATH=path, ORCHESTRATE_ALLOW_MISSING="1")
