@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import CI_VARIABLES, REPO, tool_path
+from conftest import CI_VARIABLES, REPO, beside_repository, tool_path
 
 import orchestrate
 
@@ -183,3 +183,80 @@ def test_the_install_line_check_catches_other_distributions(line: str, wrong: st
 def test_the_install_line_check_accepts_this_distribution_and_paths(line: str) -> None:
     [(command, words)] = install_commands(line)
     assert all(_DISTRIBUTION_RE.fullmatch(name) for name in named_distributions(command, words))
+
+
+# --- the repository alone ------------------------------------------------------------------
+
+EXEMPT = "# names the folder beside the checkout; reads nothing there"
+
+
+def paths_leaving_the_repository(source: str, depth: int) -> list[str]:
+    """Expressions in a test file that reach above the checkout: a chain of `.parent` (or
+    `.parents[N]`) from `__file__` longer than the file's depth in the repository, `.parent`
+    of a name for the repository root, or a literal path to a sibling folder or to `..`."""
+    import ast
+
+    found = []
+    lines = source.splitlines()
+    for node in ast.walk(ast.parse(source)):
+        if hasattr(node, "lineno") and lines[node.lineno - 1].endswith(EXEMPT):
+            continue
+        hops, inner = 0, node
+        while True:
+            if isinstance(inner, ast.Attribute) and inner.attr == "parent":
+                hops, inner = hops + 1, inner.value
+            elif (isinstance(inner, ast.Subscript) and isinstance(inner.value, ast.Attribute)
+                  and inner.value.attr == "parents" and isinstance(inner.slice, ast.Constant)):
+                hops, inner = hops + int(inner.slice.value) + 1, inner.value.value
+            elif isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr in (
+                    "resolve", "absolute"):
+                inner = inner.func.value
+            else:
+                break
+        if hops and "__file__" in ast.unparse(inner) and hops > depth + 1:
+            found.append(ast.unparse(node))
+        elif (hops and isinstance(inner, ast.Name) and inner.id in ("REPO", "ROOT")
+              and isinstance(node, ast.Attribute)):
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.search(
+                r"(^|/)\.\./(shared|main|wt\d+)\b|^/work/", node.value):
+            found.append(repr(node.value))
+    return found
+
+
+def test_nothing_under_tests_reads_outside_the_repository() -> None:
+    offenders = {}
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        depth = len(path.relative_to(REPO).parts) - 1  # tests/x.py: 1, its parent.parent is the root
+        found = paths_leaving_the_repository(path.read_text(), depth)
+        if found:
+            offenders[str(path.relative_to(REPO))] = found
+    assert offenders == {}
+
+
+@pytest.mark.parametrize("source, depth", [
+    ('SCHEMAS = Path(__file__).resolve().parent.parent.parent / "shared"', 1),
+    ("REPO = Path(__file__).resolve().parents[2]", 1),
+    ("REPO = Path(__file__).resolve().parents[3]", 2),
+    ('data = (REPO.parent / "shared" / "x.xsd").read_text()', 1),
+    ('schema = open("../shared/junit-10.xsd")', 1),
+])
+def test_the_scan_catches_each_way_out(source: str, depth: int) -> None:
+    assert paths_leaving_the_repository(source, depth)
+
+
+@pytest.mark.parametrize("source, depth", [
+    ("REPO = Path(__file__).resolve().parent.parent", 1),
+    ("REPO = Path(__file__).resolve().parents[2]", 2),
+    ('SCHEMAS = REPO / "tests" / "schemas"', 1),
+    ('bad_name = "../x"', 1),
+])
+def test_the_scan_lets_the_repository_be(source: str, depth: int) -> None:
+    assert paths_leaving_the_repository(source, depth) == []
+
+
+def test_opening_a_file_beside_the_repository_fails_the_test() -> None:
+    parent = beside_repository()
+    assert parent is not None, "the checkout sits where its parent folder holds the temporary folder"
+    with pytest.raises(PermissionError, match=r"a test opened .*/shared/junit-10\.xsd, outside the repository"):
+        open(parent / "shared" / "junit-10.xsd")  # noqa: SIM115
