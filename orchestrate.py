@@ -290,6 +290,8 @@ class Settings:
     cypress_modules: dict[str, str] = field(default_factory=dict)
     keep_runs: int = DEFAULT_KEEP_RUNS
     raw: dict[str, Any] = field(default_factory=dict)
+    pre_push_checkout: str = "working-tree"  # or "pushed": check the pushed commit in a worktree
+    pre_push_share: list[str] = field(default_factory=list)  # untracked paths linked into it
 
 
 COMMON_KEYS: dict[str, KeySpec] = {
@@ -317,7 +319,13 @@ WHEN_KEYS = ("status", "changed", "branch")
 SETTINGS_KEYS: dict[str, KeySpec] = {
     "cypress_modules": KeySpec((dict,), item_type=str),
     "keep_runs": KeySpec((int,)),
+    "pre_push": KeySpec((dict,)),
 }
+PRE_PUSH_KEYS: dict[str, KeySpec] = {
+    "checkout": KeySpec((str,)),
+    "share": KeySpec((list,), item_type=str),
+}
+PRE_PUSH_CHECKOUTS = ("working-tree", "pushed")
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "an object"}
 # \Z, not $: '$' also matches before a trailing newline, and "w\n" would become a file name
@@ -592,7 +600,19 @@ def load_settings(root: Path) -> Settings:
     keep = data.get("keep_runs", DEFAULT_KEEP_RUNS)
     if keep < 1:
         raise DefinitionError(f"{shown}: key 'keep_runs' must be at least 1")
-    return Settings(cypress_modules=dict(data.get("cypress_modules", {})), keep_runs=keep, raw=data)
+    pre_push = data.get("pre_push", {})
+    _check_keys(pre_push, PRE_PUSH_KEYS, f"{shown}: pre_push")
+    checkout = pre_push.get("checkout", "working-tree")
+    if checkout not in PRE_PUSH_CHECKOUTS:
+        raise DefinitionError(f"{shown}: key 'pre_push.checkout' must be \"working-tree\" or \"pushed\", "
+                              f"not {checkout!r}{did_you_mean(checkout, PRE_PUSH_CHECKOUTS)}")
+    for item in pre_push.get("share", []):
+        parts = Path(item).parts
+        if not item or Path(item).is_absolute() or ".." in parts or parts in ((), (".",)) or parts[0] == ".git":
+            raise DefinitionError(f"{shown}: key 'pre_push.share' lists {item!r}: give a path inside the "
+                                  "project, relative to it, such as \".venv\"")
+    return Settings(cypress_modules=dict(data.get("cypress_modules", {})), keep_runs=keep, raw=data,
+                    pre_push_checkout=checkout, pre_push_share=list(pre_push.get("share", [])))
 
 
 def list_workflows(workflows_dir: Path) -> list[tuple[str, Path]]:
@@ -3387,6 +3407,7 @@ class RunOptions:
     push_remote: str | None = None
     push_url: str | None = None
     run_id: str | None = None
+    isolated: bool = False  # run in a temporary worktree of the commit being checked
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
 
 
@@ -5073,6 +5094,249 @@ def hook_status(repo_dir: Path, hook: str = "pre-push") -> dict[str, Any]:
             "summary": summary}
 
 
+# --- What is pushed, and checking exactly that ----------------------------------------------
+#
+# A pre-push hook runs in the developer's working tree, which may hold fixes that are not in
+# the pushed commit: the checks pass and the remote gets the broken commit. Before a run the
+# hook names the files where the two differ; with "pre_push": {"checkout": "pushed"} (or
+# `run --isolated`) the workflow runs in a temporary `git worktree` of the pushed commit
+# under runs/.worktrees/<run_id>, removed afterwards. Each worktree has an owner file
+# (<run_id>.json: pid, start time, shared links) written before it exists, so one left by a
+# killed run is found and removed at the next isolated run.
+
+WORKTREES_DIR = ".worktrees"
+MAX_NAMED_FILES = 5  # a one-line warning names this many files, then "and N more"
+
+
+def _step_paths(step: Step, settings: Settings) -> list[str]:
+    """The folders a step reads by its own keys (cwd, a script's or requirements file's
+    folder, a Cypress project), relative to the project root; the root itself is left out."""
+    folders = []
+    if step.cwd:
+        folders.append(step.cwd)
+    for key in ("script", "requirements"):
+        value = step.config.get(key)
+        if isinstance(value, str):
+            folders.append(os.path.dirname(value))
+    project = step.config.get("project") if step.type == "cypress" else None
+    if isinstance(project, str):
+        try:
+            folders.append(resolve_cypress_project(project, settings.cypress_modules))
+        except ValueError:
+            pass
+    cleaned = [os.path.normpath(folder).replace(os.sep, "/") for folder in folders if folder]
+    return [folder for folder in cleaned if folder not in (".", "") and not folder.startswith("../")]
+
+
+def untracked_file_is_used(path: str, workflow: Workflow, settings: Settings, prefix: str = "") -> bool:
+    """Whether an untracked file (repository-relative) is under a folder a step uses or
+    matches a `when.changed` pattern: a file the checks may read that the push does not carry."""
+    for step in workflow.steps:
+        if any(path_matches(path, pattern) for pattern in _as_patterns(step.when.get("changed"))):
+            return True
+        if any(path.startswith(f"{prefix}{folder}/") for folder in _step_paths(step, settings)):
+            return True
+    return False
+
+
+def _short_list(items: Sequence[str], limit: int = MAX_NAMED_FILES) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def pushed_commit(root: Path, push: PushInfo | None) -> tuple[str, str]:
+    """(commit, what it is) that is checked: the first pushed branch's commit, else HEAD."""
+    if push is not None and push.updates:
+        ref = push.updates[0]
+        return ref.local_oid, ref.local_ref.removeprefix("refs/heads/")
+    try:
+        return run_git(["rev-parse", "--verify", "HEAD^{commit}"], root).strip(), "HEAD"
+    except GitError:
+        raise UsageError(f"--isolated: {root} is not in a git repository with a commit; "
+                         "it checks a commit in its own worktree") from None
+
+
+def working_tree_difference(root: Path, push: PushInfo, workflow: Workflow, settings: Settings,
+                            runs_dir: Path) -> str | None:
+    """One line saying how the working tree differs from the pushed commit, or None: the
+    pushed branch is not HEAD, tracked files are modified or staged, untracked files lie
+    where the workflow looks. Named files are repository-relative."""
+    updates = push.updates
+    if not updates:
+        return None
+    commit, name = updates[0].local_oid, updates[0].local_ref.removeprefix("refs/heads/")
+    parts = []
+    try:
+        head = run_git(["rev-parse", "--verify", "-q", "HEAD"], root, check=False).strip()
+        prefix = run_git(["rev-parse", "--show-prefix"], root).strip()
+        if head and head != commit:
+            parts.append(f"the pushed {name} ({commit[:12]}) is not the checked-out HEAD ({head[:12]})")
+        modified = _git_lines(["diff", "--name-only", "--no-renames", "-z", commit, "--"], root)
+        untracked = _git_lines(["ls-files", "--others", "--exclude-standard", "--full-name", "-z"], root)
+    except GitError:
+        return None  # git cannot tell; the run goes on as before
+    runs_prefix = _display_path(runs_dir, root).rstrip("/") + "/"
+    untracked = [path for path in untracked
+                 if not path.startswith(prefix + runs_prefix)
+                 and untracked_file_is_used(path, workflow, settings, prefix)]
+    if modified:
+        parts.append(f"modified or staged: {_short_list(modified)}")
+    if untracked:
+        parts.append(f"untracked: {_short_list(untracked)}")
+    if not parts:
+        return None
+    return (f"pre-push: the working tree is not what is pushed ({'; '.join(parts)}); the checks see "
+            "the working tree: commit or stash first, or set \"pre_push\": {\"checkout\": \"pushed\"} in "
+            "orchestrate.json to check the pushed commit")
+
+
+@dataclass
+class PushedWorktree:
+    """A temporary worktree of the commit being checked."""
+
+    repo: Path        # the project root in the developer's checkout
+    path: Path        # the worktree (the repository's top level at the commit)
+    root: Path        # the project root inside it
+    commit: str
+    owner_file: Path
+    shared: list[str] = field(default_factory=list)
+
+
+def _worktrees_dir(runs_dir: Path) -> Path:
+    return runs_dir / WORKTREES_DIR
+
+
+def _remove_worktree(repo: Path, path: Path, shared_links: Iterable[Path]) -> None:
+    """Remove a worktree orchestrate made, never what a shared link points to."""
+    import shutil
+
+    for link in shared_links:
+        if link.is_symlink():
+            _unlink_quietly(link)
+    if path.exists():
+        run_git(["worktree", "remove", "--force", "--force", str(path)], repo, check=False)
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)  # rmtree never follows symlinks
+    run_git(["worktree", "prune"], repo, check=False)
+
+
+def clean_stale_worktrees(repo: Path, runs_dir: Path) -> list[Path]:
+    """Remove worktrees under runs/.worktrees whose owning orchestrate is gone (killed, or
+    a crash); returns them. One whose owner still runs (a concurrent push) is left alone."""
+    folder = _worktrees_dir(runs_dir)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        owner_file = folder / name
+        try:
+            owner = json.loads(owner_file.read_text(encoding="utf-8"))
+            pid, start = int(owner.get("pid", 0)), owner.get("start")
+            links = [Path(str(link)) for link in owner.get("links", [])]
+        except (OSError, ValueError, TypeError, AttributeError):
+            pid, start, links = 0, None, []
+        if process_alive(pid, start):
+            continue
+        path = folder / name[: -len(".json")]
+        _remove_worktree(repo, path, [link for link in links if folder in link.parents])
+        _unlink_quietly(owner_file)
+        removed.append(path)
+    return removed
+
+
+def add_pushed_worktree(repo: Path, runs_dir: Path, name: str, commit: str,
+                        share: Sequence[str]) -> PushedWorktree:
+    """`git worktree add --detach` of `commit` at runs/.worktrees/NAME, with each `share`
+    path of the project linked into it (a venv, node_modules: untracked things steps need)."""
+    folder = _worktrees_dir(runs_dir)
+    folder.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
+    path = folder / name
+    top = Path(run_git(["rev-parse", "--show-toplevel"], repo).strip())
+    prefix = run_git(["rev-parse", "--show-prefix"], repo).strip()
+    root = path / prefix if prefix else path
+    links = [root / item for item in share]
+    owner_file = folder / f"{name}.json"
+    # the owner file first: a kill during `worktree add` still leaves something to clean up
+    owner_file.write_text(json.dumps({"pid": os.getpid(), "start": _pid_start_time(os.getpid()),
+                                      "commit": commit, "repository": str(top),
+                                      "links": [str(link) for link in links]}) + "\n", encoding="utf-8")
+    checkout = PushedWorktree(repo=repo, path=path, root=root, commit=commit, owner_file=owner_file)
+    try:
+        # no hooks: a post-checkout hook has no business in a throw-away checkout
+        run_git(["-c", "core.hooksPath=/dev/null", "worktree", "add", "--detach", "--quiet", str(path),
+                 commit], repo)
+        for item, link in zip(share, links, strict=True):
+            target = repo / item
+            if link.exists() or link.is_symlink():
+                sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: the pushed commit has "
+                                 "its own; not linked\n")
+            elif target.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(target, target_is_directory=target.is_dir())
+                checkout.shared.append(item)
+            else:
+                sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: no such file or "
+                                 f"folder in {repo}; not linked\n")
+    except BaseException:
+        remove_pushed_worktree(checkout)
+        raise
+    return checkout
+
+
+def remove_pushed_worktree(checkout: PushedWorktree) -> None:
+    _remove_worktree(checkout.repo, checkout.path, [checkout.root / item for item in checkout.shared])
+    _unlink_quietly(checkout.owner_file)
+
+
+def wants_pushed_checkout(settings: Settings, options: RunOptions) -> bool:
+    """`run --isolated`, or a pre-push run with "pre_push": {"checkout": "pushed"}."""
+    return options.isolated or (options.git_hook == "pre-push" and settings.pre_push_checkout == "pushed")
+
+
+def enter_pushed_checkout(paths: Any, workflow: Workflow, settings: Settings, options: RunOptions,
+                          human: Any) -> tuple[PushedWorktree, Any, Settings, Workflow]:
+    """Make the worktree of the commit being checked and load the workflow as that commit
+    has it; returns (worktree, paths, settings, workflow) for the run. Run records stay in
+    the real runs/. The caller removes the worktree (remove_pushed_worktree) in a finally."""
+    state = options.git if isinstance(options.git, GitState) else None
+    commit, what = pushed_commit(paths.root, state.push if state else None)
+    for stale in clean_stale_worktrees(paths.root, paths.runs_dir):
+        human.write(f"orchestrate: removed {_display_path(stale, paths.root)}, the worktree of a run "
+                    "that was killed\n")
+    if not options.run_id:
+        options.run_id = new_run_id()  # the worktree is named after the run
+    checkout = add_pushed_worktree(paths.root, paths.runs_dir, options.run_id, commit, settings.pre_push_share)
+    try:
+        workflows_dir = paths.workflows_dir
+        try:
+            workflows_dir = checkout.root / workflows_dir.relative_to(paths.root)
+        except ValueError:
+            pass  # --workflows-dir outside the project: the same files either way
+        isolated_paths = type(paths)(root=checkout.root, workflows_dir=workflows_dir, runs_dir=paths.runs_dir)
+        if not (workflows_dir / f"{workflow.name}.json").is_file():
+            raise UsageError(f"{workflow.display_path} is not in the commit being checked ({what} "
+                             f"{commit[:12]}): commit it, or run without --isolated / "
+                             "\"pre_push\": {\"checkout\": \"pushed\"}")
+        isolated_settings = load_settings(checkout.root)
+        isolated = load_workflow(workflow.name, workflows_dir, _base_environment(options), isolated_settings,
+                                 checkout.root)
+        if state is not None:
+            state.checkout = checkout
+            state.skipped, _ = skip_env_plan(os.environ.get("ORCHESTRATE_SKIP"), isolated.steps)
+        shared = f"; linked: {', '.join(checkout.shared)}" if checkout.shared else ""
+        human.write(f"orchestrate: {workflow.name}: checking {what} at {commit[:12]} in its own worktree "
+                    f"{_display_path(checkout.path, paths.root)}{shared}\n")
+        human.flush()
+    except BaseException:
+        remove_pushed_worktree(checkout)
+        raise
+    return checkout, isolated_paths, isolated_settings, isolated
+
+
 # --- Wiring into a run -----------------------------------------------------------------------
 
 @dataclass
@@ -5084,6 +5348,7 @@ class GitState:
     push: PushInfo | None = None
     changes: ChangeSet | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # ORCHESTRATE_SKIP: step -> reason
+    checkout: PushedWorktree | None = None  # the run checks this worktree (--isolated)
 
 
 def _read_hook_stdin() -> str:
@@ -5126,6 +5391,11 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
             human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
             human.flush()
             return EXIT_OK
+        settings = load_settings(root)
+        if not wants_pushed_checkout(settings, options):
+            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir)
+            if difference:
+                sys.stderr.write(f"orchestrate: warning: {difference}\n")
     skip_value = env.get("ORCHESTRATE_SKIP")
     state.skipped, warnings = skip_env_plan(skip_value, workflow.steps)
     for warning in warnings:
@@ -5196,6 +5466,9 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
     trigger = make_trigger(state.git, state.ci, state.push, hook)
     if state.changes is not None:
         trigger["compare"] = state.changes.as_dict()
+    if state.checkout is not None:
+        trigger["checkout"] = {"commit": state.checkout.commit, "worktree": str(state.checkout.path),
+                               "shared": list(state.checkout.shared)}
     if options.shard:
         trigger["shard"] = "%d/%d" % options.shard
     return trigger
@@ -5759,11 +6032,18 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
         early = hook(paths, workflow, options)
         if early is not None:
             return early
-    console = Console(quiet=options.quiet, stream=human, debug=options.debug)
-    trigger = build_trigger(paths.root, options)
-    for hook in TRIGGER_HOOKS:
-        hook(trigger, paths, options)
-    record, code = execute_run(workflow, settings, paths.root, store, options, console, trigger)
+    checkout = None
+    if wants_pushed_checkout(settings, options):
+        checkout, paths, settings, workflow = enter_pushed_checkout(paths, workflow, settings, options, human)
+    try:
+        console = Console(quiet=options.quiet, stream=human, debug=options.debug)
+        trigger = build_trigger(paths.root, options)
+        for hook in TRIGGER_HOOKS:
+            hook(trigger, paths, options)
+        record, code = execute_run(workflow, settings, paths.root, store, options, console, trigger)
+    finally:
+        if checkout is not None:
+            remove_pushed_worktree(checkout)
     if options.json_output:
         sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
@@ -5840,7 +6120,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      debug: bool = False, var: Sequence[str] = (), junit_xml: Path | str | None = None,
                      shard: str | None = None, git_hook: str | None = None, push_remote: str | None = None,
                      push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
-                     run_id: str | None = None) -> RunOptions:
+                     run_id: str | None = None, isolated: bool = False) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
@@ -5850,7 +6130,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
         junit_xml=Path(junit_xml) if junit_xml is not None else None,
         shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
-        run_id=check_run_id(run_id) if run_id else None)
+        run_id=check_run_id(run_id) if run_id else None, isolated=isolated)
 
 
 def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type[BaseException], ...] = (),
@@ -5945,13 +6225,15 @@ def build_app() -> Any:
         from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
         to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
         run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
+        isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
+                                      "being checked (the pushed one, else HEAD), not the working tree."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
             dry_run=dry_run, only=only, skip=skip, keep_going=keep_going, quiet=quiet,
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
-            to_ref=to_ref, run_id=run_id)
+            to_ref=to_ref, run_id=run_id, isolated=isolated)
         return run_workflow_command(_paths(ctx), name, options)
 
 
@@ -6228,7 +6510,7 @@ def __getattr__(name: str) -> Any:
 
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
 _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
-                   "--json": "json_output", "--debug": "debug"}
+                   "--json": "json_output", "--debug": "debug", "--isolated": "isolated"}
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",

@@ -189,6 +189,7 @@ PARITY_CASES = [
     ["run", "w", "--shard", "2/3", "--from-ref", "main", "--to-ref=HEAD"],
     ["run", "w", "--git-hook", "pre-push", "--push-remote", "origin", "--push-url", "git@x:y.git"],
     ["--workflows-dir", "wf", "--runs-dir=rr", "run", "w", "--run-id", "20261127T154000123Z-abcdef"],
+    ["run", "w", "--isolated", "--git-hook", "pre-push"],
 ]
 
 
