@@ -74,6 +74,7 @@ EXIT_SIGTERM = 143
 SCHEMA_VERSION = 1  # v1: first version of runs/<run_id>.json
 
 RUN_STATUSES = ("pending", "running", "failed", "completed")
+RUN_STATUS_ALIASES = {"passed": "completed"}  # what a run that passed is called in its summary line
 STEP_STATUSES = ("pending", "running", "passed", "failed", "skipped")
 WHEN_STATUSES = ("success", "failure", "always")
 
@@ -222,6 +223,20 @@ class RunInterrupted(Exception):
         self.signum = signum
 
 
+def shorten_middle(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters in the middle: a long path or id usually differs from
+    its neighbours at the end, so a message keeps the start and the end."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 3
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+
+
+def plural(count: int, noun: str) -> str:
+    """ "1 step", "2 steps": counts in messages read as English."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     import difflib
 
@@ -292,6 +307,7 @@ class Settings:
     raw: dict[str, Any] = field(default_factory=dict)
     pre_push_checkout: str = "working-tree"  # or "pushed": check the pushed commit in a worktree
     pre_push_share: list[str] = field(default_factory=list)  # untracked paths linked into it
+    root: Path | None = None  # the project root the file was read from
 
 
 COMMON_KEYS: dict[str, KeySpec] = {
@@ -386,7 +402,7 @@ def check_value(value: Any, spec: KeySpec, where: str, key: str) -> None:
 def check_plain_name(name: str, what: str) -> str:
     """A name that becomes a file name: no separators, no traversal, no control characters."""
     if not isinstance(name, str) or not _PLAIN_NAME_RE.match(name) or ".." in name:
-        shown = repr(name) if len(str(name)) <= 60 else repr(str(name)[:60]) + "…"
+        shown = repr(shorten_middle(str(name)))
         raise UsageError(
             f"{what} {shown} is not a plain name: use letters, digits, '_', '-' and '.', "
             f"at most 100 characters, no '/' or '..'")
@@ -493,6 +509,15 @@ def _reject_constant(name: str) -> Any:
     raise _NotJSON(f"{name} is not a JSON value")
 
 
+def _trailing_comma(text: str, error_pos: int) -> int | None:
+    """Where the comma is, when a JSON error is a `,` right before `]` or `}` (JavaScript and
+    Python allow one; JSON does not, and the decoder's "Expecting value" does not say so)."""
+    if error_pos >= len(text) or text[error_pos] not in "]}":
+        return None
+    before = len(text[:error_pos].rstrip())
+    return before - 1 if before and text[before - 1] == "," else None
+
+
 def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES) -> Any:
     """Read a JSON document with one clear message for every way it can be wrong."""
     try:
@@ -525,6 +550,12 @@ def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES)
         document = json.loads(text, object_pairs_hook=_reject_duplicate_keys,
                               parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
+        comma = _trailing_comma(text, exc.pos)
+        if comma is not None:
+            line, column = text.count("\n", 0, comma) + 1, comma - text.rfind("\n", 0, comma)
+            raise DefinitionError(
+                f"{shown}: invalid JSON at line {line} column {column}: trailing comma before "
+                f"'{text[exc.pos]}' (JSON allows none: remove it)") from None
         raise DefinitionError(
             f"{shown}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except _NotJSON as exc:
@@ -555,7 +586,7 @@ def _check_document(document: Any) -> str | None:
             return f"JSON is nested more than {MAX_NESTING} levels deep"
         if isinstance(value, str):
             if _SURROGATE_RE.search(value):
-                return f"string {value[:40]!r} contains a lone UTF-16 surrogate (\\uD800-\\uDFFF); use the real character"
+                return f"string {shorten_middle(value, 40)!r} contains a lone UTF-16 surrogate (\\uD800-\\uDFFF); use the real character"
         elif isinstance(value, list):
             stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, dict):
@@ -591,7 +622,7 @@ def _display_path(path: Path, root: Path | None) -> str:
 def load_settings(root: Path) -> Settings:
     path = root / "orchestrate.json"
     if not path.exists():
-        return Settings()
+        return Settings(root=root)
     shown = "orchestrate.json"
     data = parse_json_file(path, shown)
     if not isinstance(data, dict):
@@ -612,7 +643,7 @@ def load_settings(root: Path) -> Settings:
             raise DefinitionError(f"{shown}: key 'pre_push.share' lists {item!r}: give a path inside the "
                                   "project, relative to it, such as \".venv\"")
     return Settings(cypress_modules=dict(data.get("cypress_modules", {})), keep_runs=keep, raw=data,
-                    pre_push_checkout=checkout, pre_push_share=list(pre_push.get("share", [])))
+                    pre_push_checkout=checkout, pre_push_share=list(pre_push.get("share", [])), root=root)
 
 
 def list_workflows(workflows_dir: Path) -> list[tuple[str, Path]]:
@@ -871,7 +902,7 @@ def new_run_id() -> str:
 
 def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not _LOOSE_RUN_ID_RE.match(run_id):
-        shown = repr(run_id) if len(str(run_id)) <= 60 else repr(str(run_id)[:60]) + "…"
+        shown = repr(shorten_middle(str(run_id)))
         raise UsageError(f"{shown} is not a run id (ids look like 20261127T154000123Z-1a2b3c; see: orchestrate runs)")
     return run_id
 
@@ -2884,16 +2915,19 @@ def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
     return sorted(found)
 
 
-def resolve_cypress_project(value: str, modules: dict[str, str]) -> str:
+def resolve_cypress_project(value: str, modules: dict[str, str], root: Path | None = None) -> str:
     """The project folder (relative to the root) for a step's `project` value.
 
     A value with a '/' (or "." itself) is a folder; any other is a short name from
-    `cypress_modules` in orchestrate.json. Raises ValueError naming the known names.
+    `cypress_modules` in orchestrate.json, or else a folder of that name under `root`
+    (`"project": "e2e"`). Raises ValueError naming the known names.
     """
     if "/" in value or value in (".", ".."):
         return value
     if value in modules:
         return modules[value]
+    if root is not None and (root / value).is_dir():
+        return value
     if modules:
         known = "known: " + ", ".join(sorted(modules))
     else:
@@ -3198,7 +3232,7 @@ class CypressRunner(Runner):
     def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
         where = f"{workflow_path.parent.name}/{workflow_path.name}: {step.label}"
         try:
-            resolve_cypress_project(step.config["project"], settings.cypress_modules)
+            resolve_cypress_project(step.config["project"], settings.cypress_modules, settings.root)
         except ValueError as exc:
             raise DefinitionError(f"{where}: key 'project': {exc}") from None
         for key in ("folder", "spec"):
@@ -3211,7 +3245,7 @@ class CypressRunner(Runner):
     # -- the parts shared by preflight, describe and execute --
 
     def _project(self, ctx: StepContext) -> Path:
-        relative = resolve_cypress_project(ctx.step.config["project"], ctx.settings.cypress_modules)
+        relative = resolve_cypress_project(ctx.step.config["project"], ctx.settings.cypress_modules, ctx.root)
         return Path(os.path.abspath(ctx.root / relative))
 
     @staticmethod
@@ -3444,19 +3478,34 @@ def _pending_entry(step: Step, log_file: str) -> dict[str, Any]:
             "definition_sha256": step.definition_sha256}
 
 
+def step_by_name_or_number(value: str, names: Sequence[str]) -> str | None:
+    """The step a user means: its name, else its number (1 = the first, as `logs` counts)."""
+    if value in names:
+        return value
+    if value.isdigit() and 1 <= int(value) <= len(names):
+        return names[int(value) - 1]
+    return None
+
+
 def select_steps(workflow: Workflow, options: RunOptions) -> dict[int, str]:
-    """Steps excluded before the run starts, with the reason (pure)."""
+    """Steps excluded before the run starts, with the reason (pure). --only and --skip take
+    step names or numbers."""
     names = [s.name for s in workflow.steps]
+    chosen_names: dict[str, set[str]] = {}
     for flag, chosen in (("--only", options.only), ("--skip", options.skip)):
-        for name in chosen:
-            if name not in names:
-                raise UsageError(f"{flag} {name!r}: no such step in {workflow.name}{did_you_mean(name, names)}; "
-                                 f"steps: {', '.join(names)}")
+        chosen_names[flag] = set()
+        for value in chosen:
+            name = step_by_name_or_number(value, names)
+            if name is None:
+                numbers = f"1-{len(names)}" if len(names) > 1 else "1"
+                raise UsageError(f"{flag} {value!r}: no such step in {workflow.name}{did_you_mean(value, names)}; "
+                                 f"steps: {', '.join(names)} (or their numbers, {numbers})")
+            chosen_names[flag].add(name)
     excluded: dict[int, str] = {}
     for step in workflow.steps:
-        if options.only and step.name not in options.only:
+        if options.only and step.name not in chosen_names["--only"]:
             excluded[step.index] = "not selected by --only"
-        elif step.name in options.skip:
+        elif step.name in chosen_names["--skip"]:
             excluded[step.index] = "skipped by --skip"
         elif step.shard == "first" and options.shard is not None and options.shard[0] != 1:
             excluded[step.index] = f"runs on shard 1 only (this is shard {options.shard[0]}/{options.shard[1]})"
@@ -3524,9 +3573,28 @@ def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore
     return plan
 
 
+def terminal_environment(env: dict[str, str], stream: Any) -> None:
+    """When orchestrate's console is a terminal, a step's output goes through a pipe, so
+    pytest, ruff and friends would drop their colour and wrap at 80 columns: tell them the
+    terminal's width and to keep colour (FORCE_COLOR, CLICOLOR_FORCE), unless NO_COLOR is set.
+    Variables the user set are kept as they are."""
+    try:
+        if not stream.isatty():
+            return
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return
+    if columns > 0:
+        env.setdefault("COLUMNS", str(columns))
+    if "NO_COLOR" not in env and env.get("TERM") != "dumb":
+        env.setdefault("FORCE_COLOR", "1")
+        env.setdefault("CLICOLOR_FORCE", "1")
+
+
 def _base_environment(options: RunOptions) -> dict[str, str]:
     env = dict(os.environ)
     env.update(options.variables)
+    terminal_environment(env, sys.stderr if options.json_output else sys.stdout)
     for hook in ENV_HOOKS:
         hook(env, options)
     return env
@@ -4053,7 +4121,7 @@ class Console:
         for line in self.ci.run_started(masker):
             self.stream.write(line + "\n")
         if not self.quiet:
-            self.write(self.style(f"orchestrate: {workflow.name} ({len(workflow.steps)} steps, run {record['run_id']})", "dim"))
+            self.write(self.style(f"orchestrate: {workflow.name} ({plural(len(workflow.steps), 'step')}, run {record['run_id']})", "dim"))
 
     def step_started(self, step: Step, total: int) -> None:
         self.current = (step.index + 1, total, step.name)
@@ -4264,7 +4332,7 @@ def parse_push_refs(text: str, remote: str = "", url: str = "") -> PushInfo:
         if len(fields) != 4 or not (_OID_RE.match(fields[1]) and _OID_RE.match(fields[3])):
             raise UsageError(
                 f"--git-hook pre-push: stdin line {number} is not "
-                f"'<local ref> <local oid> <remote ref> <remote oid>': {line[:200]!r} "
+                f"'<local ref> <local oid> <remote ref> <remote oid>': {shorten_middle(line, 200)!r} "
                 "(git writes these lines; run the hook from git, or pass --from-ref/--to-ref)")
         refs.append(PushRef(*fields))
     return PushInfo(remote=remote, url=url, refs=tuple(refs))
@@ -4459,14 +4527,18 @@ def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, st
     a team's last line of defence). A name matching no step is a warning, not an error:
     the variable may be set for several workflows at once.
     """
-    skip_all, names = parse_skip_env(value)
+    skip_all, given = parse_skip_env(value)
     skipped: dict[str, str] = {}
     warnings: list[str] = []
     by_name = {step.name: step for step in steps}
-    for name in names:
-        if name not in by_name:
-            warnings.append(f"ORCHESTRATE_SKIP: no step {name!r} in this workflow"
-                            f"{did_you_mean(name, by_name)}")
+    names = []
+    for item in given:
+        name = step_by_name_or_number(item, list(by_name))
+        if name is None:
+            warnings.append(f"ORCHESTRATE_SKIP: no step {item!r} in this workflow"
+                            f"{did_you_mean(item, by_name)}")
+        else:
+            names.append(name)
     for step in steps:
         if not (skip_all or step.name in names):
             continue
@@ -5121,7 +5193,7 @@ def _step_paths(step: Step, settings: Settings) -> list[str]:
     project = step.config.get("project") if step.type == "cypress" else None
     if isinstance(project, str):
         try:
-            folders.append(resolve_cypress_project(project, settings.cypress_modules))
+            folders.append(resolve_cypress_project(project, settings.cypress_modules, settings.root))
         except ValueError:
             pass
     cleaned = [os.path.normpath(folder).replace(os.sep, "/") for folder in folders if folder]
@@ -6056,7 +6128,7 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
 def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
                options: RunOptions, out: Any) -> int:
     plan = plan_run(workflow, settings, paths.root, store, options)
-    out.write(f"{workflow.name} ({workflow.display_path}): {len(plan)} steps — dry run, nothing will run\n")
+    out.write(f"{workflow.name} ({workflow.display_path}): {plural(len(plan), 'step')} — dry run, nothing will run\n")
     for number, item in enumerate(plan, start=1):
         when = f", when {item['when']}" if item["when"] != "success" else ""
         out.write(f"  [{number}/{len(plan)}] {item['step']} ({item['type']}{when})"
@@ -6107,9 +6179,23 @@ def scaffold_project(paths: Paths, ci: bool = False) -> list[Path]:
     return created
 
 
+def find_project_root(start: Path) -> Path:
+    """The project root for a command run without --root, found as git finds its top level:
+    the nearest folder from `start` up that has workflows/ or orchestrate.json, never above
+    the git repository's top level (the first folder up with .git). Outside a repository, or
+    with no such folder in it, `start` itself."""
+    found: Path | None = None
+    for folder in (start, *start.parents):
+        if found is None and ((folder / "workflows").is_dir() or (folder / "orchestrate.json").is_file()):
+            found = folder
+        if (folder / ".git").exists():
+            return found or start
+    return start
+
+
 def make_paths(root: Path | str | None, workflows_dir: Path | str | None,
                runs_dir: Path | str | None) -> Paths:
-    base = (Path(root) if root else Path.cwd()).absolute()
+    base = (Path(root) if root else find_project_root(Path.cwd())).absolute()
     return Paths(root=base,
                  workflows_dir=(Path(workflows_dir) if workflows_dir else base / "workflows").absolute(),
                  runs_dir=(Path(runs_dir) if runs_dir else base / "runs").absolute())
@@ -6131,6 +6217,33 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
         shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
         run_id=check_run_id(run_id) if run_id else None, isolated=isolated)
+
+
+_RUN_ID_PREFIX_RE = re.compile(r"\A[0-9A-Za-z][0-9A-Za-z-]{0,63}\Z")
+
+
+def resolve_run_ref(store: RunStore, ref: str) -> str:
+    """The run id `status` and `logs` mean: an id, "latest", or the unique run whose id
+    starts with `ref` (`20261127T1540`, or the random tail `1a2b3c`)."""
+    ids = store.list_ids()
+    if ref == "latest":
+        if not ids:
+            raise UsageError(f"no runs yet in {store.runs_dir} (start one: orchestrate run NAME)")
+        return ids[0]
+    if ref in ids:
+        return ref
+    if not _RUN_ID_PREFIX_RE.match(ref or ""):
+        return check_run_id(ref)  # raises: not a run id
+    matches = [run_id for run_id in ids if run_id.startswith(ref) or run_id.endswith("-" + ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+        raise UsageError(f"run {ref!r} is ambiguous: {plural(len(matches), 'run')} match ({shown}); "
+                         "give more of the id")
+    if re.fullmatch(r"\d{8}T\d{9}Z-[0-9a-f]{6}", ref):
+        return ref  # a whole id of a run that does not exist: the store says so
+    raise UsageError(f"no run id in {store.runs_dir} starts with {ref!r} (see: orchestrate runs)")
 
 
 def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type[BaseException], ...] = (),
@@ -6157,14 +6270,28 @@ def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type
         return EXIT_INTERNAL
 
 
+def complete_workflow_name(incomplete: str) -> list[str]:
+    """Shell completion of `orchestrate run <TAB>`: the workflows of the project found from
+    the current folder (or $ORCHESTRATE_ROOT)."""
+    paths = make_paths(os.environ.get("ORCHESTRATE_ROOT"), None, None)
+    return [name for name, _ in list_workflows(paths.workflows_dir) if name.startswith(incomplete)]
+
+
 def build_app() -> Any:
     """The Typer application: every command, its options and its --help text."""
     global typer  # the commands' annotations (typer.Context) are resolved in module globals
     import typer
+    from typer.core import TyperGroup
+
+    class GlobalOptionsAnywhere(TyperGroup):
+        """`orchestrate run pre-push --root ..` works as `orchestrate --root .. run pre-push`."""
+
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            return super().parse_args(ctx, hoist_global_options(args))  # type: ignore[no-any-return]
 
 
     app = typer.Typer(
-        name="orchestrate", add_completion=False, no_args_is_help=True,
+        name="orchestrate", cls=GlobalOptionsAnywhere, add_completion=True, no_args_is_help=True,
         pretty_exceptions_enable=False, rich_markup_mode=None,
         help="Run a project's check-and-release workflow (workflows/<name>.json).\n\n"
              "Exit codes: 0 every step passed or was skipped; 1 a step failed; 2 usage or "
@@ -6194,7 +6321,9 @@ def build_app() -> Any:
     def cli(
         ctx: typer.Context,
         root: Path = typer.Option(None, "--root", envvar="ORCHESTRATE_ROOT",
-                                  help="Project root (default: current directory).", show_default=False),
+                                  help="Project root (default: the nearest folder up with workflows/ or "
+                                       "orchestrate.json, within the git repository; else the current "
+                                       "directory). Also accepted after the command.", show_default=False),
         workflows_dir: Path = typer.Option(None, "--workflows-dir", help="Folder of workflow files (default: ROOT/workflows)."),
         runs_dir: Path = typer.Option(None, "--runs-dir", help="Folder of run records (default: ROOT/runs)."),
         version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
@@ -6208,7 +6337,8 @@ def build_app() -> Any:
     @_boundary
     def run(
         ctx: typer.Context,
-        name: str = typer.Argument(..., help="Workflow name (workflows/NAME.json)."),
+        name: str = typer.Argument(..., help="Workflow name (workflows/NAME.json).",
+                                   autocompletion=complete_workflow_name),
         dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; run nothing."),
         only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable)."),
         skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable)."),
@@ -6242,9 +6372,11 @@ def build_app() -> Any:
     def validate(
         ctx: typer.Context,
         names: list[str] = typer.Argument(None, help="Workflow names (default: all under workflows/)."),
+        var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable), as on run."),
     ) -> int:
         """Check workflow definitions without running anything; warn about what is missing on disk."""
         paths = _paths(ctx)
+        variables = {**os.environ, **parse_vars(var)}
         settings = load_settings(paths.root)
         chosen = list(names or []) or [n for n, _ in list_workflows(paths.workflows_dir)]
         if not chosen:
@@ -6253,18 +6385,18 @@ def build_app() -> Any:
         store = RunStore(paths.runs_dir)
         for name in chosen:
             try:
-                workflow = load_workflow(name, paths.workflows_dir, dict(os.environ), settings, paths.root)
+                workflow = load_workflow(name, paths.workflows_dir, variables, settings, paths.root)
             except OrchestrateError as exc:
                 _err(f"orchestrate: error: {exc}")
                 errors += 1
                 continue
-            plan = plan_run(workflow, settings, paths.root, store, RunOptions())
+            plan = plan_run(workflow, settings, paths.root, store, RunOptions(variables=parse_vars(var)))
             warnings = workflow.warnings + [f"{workflow.display_path}: steps[{i}] \"{item['step']}\": {w}"
                                             for i, item in enumerate(plan) for w in item["warnings"]]
             for warning in warnings:
                 _err(f"orchestrate: warning: {warning}")
-            typer.echo(f"{workflow.display_path}: ok ({len(workflow.steps)} steps"
-                       + (f", {len(warnings)} warnings" if warnings else "") + ")")
+            typer.echo(f"{workflow.display_path}: ok ({plural(len(workflow.steps), 'step')}"
+                       + (f", {plural(len(warnings), 'warning')}" if warnings else "") + ")")
         return EXIT_USAGE if errors else EXIT_OK
 
 
@@ -6278,14 +6410,13 @@ def build_app() -> Any:
             typer.echo(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
             return EXIT_OK
         width = max(len(n) for n, _ in found)
+        settings = load_settings(paths.root)
         for name, path in found:
-            try:
-                data = parse_json_file(path, name)
-                steps = data.get("steps") if isinstance(data, dict) else None
-                count = f"{len(steps)} steps" if isinstance(steps, list) else "?"
-                description = data.get("description", "") if isinstance(data, dict) else ""
-                typer.echo(f"{name:<{width}}  {count:>9}  {description}".rstrip())
-            except DefinitionError:
+            try:  # the checks `validate` makes: a file that parses but would not run is invalid too
+                workflow = load_workflow(name, paths.workflows_dir, dict(os.environ), settings, paths.root)
+                description = parse_json_file(path, name).get("description", "")
+                typer.echo(f"{name:<{width}}  {plural(len(workflow.steps), 'step'):>9}  {description}".rstrip())
+            except OrchestrateError:
                 typer.echo(f"{name:<{width}}  {'invalid':>9}  (see: orchestrate validate {name})")
         return EXIT_OK
 
@@ -6294,12 +6425,12 @@ def build_app() -> Any:
     @_boundary
     def status(
         ctx: typer.Context,
-        run_id: str = typer.Argument(..., help="Run id (see: orchestrate runs)."),
+        run_id: str = typer.Argument("latest", help="Run id, a unique start of one, or 'latest' (the default)."),
         json_output: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
     ) -> int:
-        """Show one run: its status, current step and every step's result."""
+        """Show one run (the latest by default): its status, current step and every step's result."""
         store = RunStore(_paths(ctx).runs_dir)
-        record = store.load(check_run_id(run_id))
+        record = store.load(resolve_run_ref(store, run_id))
         if json_output:
             typer.echo(json.dumps(record, indent=2, ensure_ascii=False))
             return EXIT_OK
@@ -6324,11 +6455,12 @@ def build_app() -> Any:
     def runs(
         ctx: typer.Context,
         workflow: str = typer.Option(None, "--workflow", "-w", help="Only runs of this workflow."),
-        status_filter: str = typer.Option(None, "--status", "-s", help="Only runs with this status."),
+        status_filter: str = typer.Option(None, "--status", "-s", help="Only runs with this status: pending, running, failed, completed (or passed)."),
         limit: int = typer.Option(20, "--limit", "-n", min=1, help="At most this many runs."),
         json_output: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
     ) -> int:
         """List recent runs, newest first."""
+        status_filter = RUN_STATUS_ALIASES.get(status_filter or "", status_filter)
         if status_filter is not None and status_filter not in RUN_STATUSES:
             raise UsageError(f"--status {status_filter!r}: expected one of {', '.join(RUN_STATUSES)}"
                              f"{did_you_mean(status_filter, RUN_STATUSES)}")
@@ -6353,13 +6485,14 @@ def build_app() -> Any:
     @_boundary
     def logs(
         ctx: typer.Context,
-        run_id: str = typer.Argument(..., help="Run id."),
+        run_id: str = typer.Argument(..., help="Run id, a unique start of one, or 'latest'."),
         step: str = typer.Argument(None, help="Step name or number (default: all steps)."),
     ) -> int:
         """Print the full output of a run's steps from their log files."""
         paths = _paths(ctx)
         store = RunStore(paths.runs_dir)
-        record = store.load(check_run_id(run_id))
+        run_id = resolve_run_ref(store, run_id)
+        record = store.load(run_id)
         entries = record.get("log", [])
         chosen = entries
         if step is not None:
@@ -6399,7 +6532,7 @@ def build_app() -> Any:
     ) -> int:
         """Delete old runs, keeping the newest N (running ones are never deleted)."""
         removed = RunStore(_paths(ctx).runs_dir).prune(keep)
-        typer.echo(f"removed {len(removed)} runs")
+        typer.echo(f"removed {plural(len(removed), 'run')}")
         return EXIT_OK
 
 
@@ -6518,8 +6651,47 @@ _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit
 _FAST_REPEATABLE = ("only", "skip", "var")
 
 
+def hoist_global_options(args: Sequence[str]) -> list[str]:
+    """`run pre-push --root ..` read as `--root .. run pre-push`: a global option given after
+    the command moves before it (Click only takes a group's options before the command).
+    Nothing after `--` moves; an option without its value stays for Typer to report."""
+    args = list(args)
+    index = 0
+    while index < len(args):  # find the command: the first word that is not a global option's
+        arg = args[index]
+        if arg == "--":
+            return args
+        if arg in _FAST_GLOBAL_OPTIONS:
+            index += 2
+        elif arg.startswith("-"):
+            index += 1
+        else:
+            break
+    else:
+        return args
+    head, moved, kept = args[:index], [], []
+    rest = args[index:]
+    position = 0
+    while position < len(rest):
+        arg = rest[position]
+        if arg == "--":
+            kept += rest[position:]
+            break
+        option, has_value, _ = arg.partition("=")
+        if option in _FAST_GLOBAL_OPTIONS and has_value:
+            moved.append(arg)
+        elif option in _FAST_GLOBAL_OPTIONS and position + 1 < len(rest):
+            moved += [arg, rest[position + 1]]
+            position += 1
+        else:
+            kept.append(arg)
+        position += 1
+    return head + moved + kept
+
+
 def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> tuple[Any, ...] | None:
-    """Read `[--root R] [--workflows-dir W] [--runs-dir D] run NAME [run options]` without Typer.
+    """Read `[--root R] [--workflows-dir W] [--runs-dir D] run NAME [run options]` without Typer
+    (the global options may also come after `run`, as hoist_global_options reads them).
     Returns (root, workflows_dir, runs_dir, name, run option values), or None for anything else,
     which Typer then parses (and reports, if it is wrong)."""
     env: Mapping[str, str] = os.environ if environ is None else environ
@@ -6540,7 +6712,8 @@ def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None
             name = arg
             continue
         option, has_value, value = arg.partition("=")
-        table = _FAST_RUN_VALUES if seen_run else _FAST_GLOBAL_OPTIONS
+        is_global = option in _FAST_GLOBAL_OPTIONS  # before or after `run` (hoist_global_options)
+        table = _FAST_GLOBAL_OPTIONS if is_global or not seen_run else _FAST_RUN_VALUES
         if seen_run and option in _FAST_RUN_FLAGS and not has_value:
             run_values[_FAST_RUN_FLAGS[option]] = True
             continue
@@ -6554,10 +6727,10 @@ def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None
         key = table[option]
         if key in _FAST_REPEATABLE:
             run_values[key].append(value)
-        elif seen_run:
-            run_values[key] = value
-        else:
+        elif is_global:
             global_values[key] = value
+        else:
+            run_values[key] = value
     if not seen_run or name is None:
         return None
     if "root" not in global_values and env.get("ORCHESTRATE_ROOT"):
@@ -6579,7 +6752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args == ["--version"]:
         sys.stdout.write(f"orchestrate {__version__}\n")
         return EXIT_OK
-    parsed = parse_fast_run(args)
+    # shell completion (`_ORCHESTRATE_COMPLETE=...`) is Typer's business, whatever argv holds
+    parsed = None if "_ORCHESTRATE_COMPLETE" in os.environ else parse_fast_run(args)
     if parsed is not None:
         return guarded(_run_fast, parsed)
     try:
