@@ -5302,8 +5302,8 @@ def clean_stale_worktrees(repo: Path, runs_dir: Path) -> list[Path]:
         return []
     removed = []
     for name in names:
-        if not name.endswith(".json"):
-            continue
+        if not name.endswith(".json") or not _LOOSE_RUN_ID_RE.match(name[: -len(".json")]):
+            continue  # only <run_id>.json: never "..json" or a name that is not a folder of ours
         owner_file = folder / name
         try:
             owner = json.loads(owner_file.read_text(encoding="utf-8"))
@@ -5346,6 +5346,10 @@ def add_pushed_worktree(repo: Path, runs_dir: Path, name: str, commit: str,
             if link.exists() or link.is_symlink():
                 sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: the pushed commit has "
                                  "its own; not linked\n")
+            elif not link.parent.resolve().is_relative_to(path.resolve()):
+                # a folder on the way is a symlink the commit carries: never link outside
+                sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: leads out of the "
+                                 "worktree through a symlink in the commit; not linked\n")
             elif target.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(target, target_is_directory=target.is_dir())

@@ -597,6 +597,34 @@ def test_a_killed_run_leaves_a_worktree_the_next_run_removes(gp: GitProject) -> 
     assert_no_worktree_left(gp)
 
 
+def test_share_never_links_outside_the_worktree_through_a_committed_symlink(gp: GitProject,
+                                                                             tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (gp.root / "lib").symlink_to(outside)  # committed: a symlink leading out of the checkout
+    gp.write("orchestrate.json", json.dumps({"pre_push": {"checkout": "pushed", "share": ["lib/venvs"]}}))
+    gp.workflow([gp.record_step("check")])
+    gp.commit("a symlinked lib")
+    (gp.root / "lib").unlink()  # in the working tree, lib is a real folder again, with a venv
+    gp.write("lib/venvs/tool", "mine\n")
+    result = gp.orchestrate("run", "pre-push", "--isolated")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("orchestrate: warning: pre_push.share 'lib/venvs': leads out of the worktree through a symlink "
+            "in the commit; not linked") in result.stderr
+    assert list(outside.iterdir()) == []
+    assert_no_worktree_left(gp)
+
+
+def test_stale_cleanup_touches_only_its_own_entries(gp: GitProject) -> None:
+    folder = gp.root / "runs" / ".worktrees"
+    folder.mkdir(parents=True)
+    (folder / "..json").write_text("{}")
+    keep = folder / "README"
+    keep.write_text("not an owner file\n")
+    removed = orchestrate.clean_stale_worktrees(gp.root, gp.root / "runs")
+    assert removed == [] and folder.is_dir() and keep.exists() and (folder / "..json").exists()
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"pre_push": {"checkout": "pushd"}},
      "orchestrate.json: key 'pre_push.checkout' must be \"working-tree\" or \"pushed\", not 'pushd' "
