@@ -159,6 +159,9 @@ def copy_checkout(target: Path) -> Path:
 @pytest.fixture(scope="session")
 def built_dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`python -m build` of a copy of this checkout: {"wheel": ..., "sdist": ...}, built once."""
+    import importlib.util
+
+    assert importlib.util.find_spec("build"), "build is not installed: pip install -e '.[test]' (the test extra brings it)"
     base = tmp_path_factory.mktemp("dist")
     source = copy_checkout(base / "source")
     out = base / "out"
