@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 if TYPE_CHECKING:  # imported for real only when the CLI app is built (see build_app)
     import typer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DefinitionError",
@@ -78,6 +78,7 @@ EXIT_SIGTERM = 143
 SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("pending", "running", "failed", "completed")
+RUN_STATUS_ALIASES = {"passed": "completed"}  # what a run that passed is called in its summary line
 STEP_STATUSES = ("pending", "running", "passed", "failed", "skipped")
 WHEN_STATUSES = ("success", "failure", "always")
 
@@ -258,6 +259,20 @@ class RunInterrupted(Exception):
         self.signum = signum
 
 
+def shorten_middle(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters in the middle: a long path or id usually differs from
+    its neighbours at the end, so a message keeps the start and the end."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 3
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+
+
+def plural(count: int, noun: str) -> str:
+    """ "1 step", "2 steps": counts in messages read as English."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     import difflib
 
@@ -331,6 +346,9 @@ class Settings:
     keep_runs: int = DEFAULT_KEEP_RUNS
     jobs: int | None = None  # steps at once; None: the number of CPUs
     raw: dict[str, Any] = field(default_factory=dict)
+    pre_push_checkout: str = "working-tree"  # or "pushed": check the pushed commit in a worktree
+    pre_push_share: list[str] = field(default_factory=list)  # untracked paths linked into it
+    root: Path | None = None  # the project root the file was read from
 
 
 COMMON_KEYS: dict[str, KeySpec] = {
@@ -360,7 +378,13 @@ SETTINGS_KEYS: dict[str, KeySpec] = {
     "cypress_modules": KeySpec((dict,), item_type=str),
     "keep_runs": KeySpec((int,)),
     "jobs": KeySpec((int,)),
+    "pre_push": KeySpec((dict,)),
 }
+PRE_PUSH_KEYS: dict[str, KeySpec] = {
+    "checkout": KeySpec((str,)),
+    "share": KeySpec((list,), item_type=str),
+}
+PRE_PUSH_CHECKOUTS = ("working-tree", "pushed")
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "an object"}
 # \Z, not $: '$' also matches before a trailing newline, and "w\n" would become a file name
@@ -421,7 +445,7 @@ def check_value(value: Any, spec: KeySpec, where: str, key: str) -> None:
 def check_plain_name(name: str, what: str) -> str:
     """A name that becomes a file name: no separators, no traversal, no control characters."""
     if not isinstance(name, str) or not _PLAIN_NAME_RE.match(name) or ".." in name:
-        shown = repr(name) if len(str(name)) <= 60 else repr(str(name)[:60]) + "…"
+        shown = repr(shorten_middle(str(name)))
         raise UsageError(
             f"{what} {shown} is not a plain name: use letters, digits, '_', '-' and '.', "
             f"at most 100 characters, no '/' or '..'")
@@ -592,6 +616,15 @@ def _reject_constant(name: str) -> Any:
     raise _NotJSON(f"{name} is not a JSON value")
 
 
+def _trailing_comma(text: str, error_pos: int) -> int | None:
+    """Where the comma is, when a JSON error is a `,` right before `]` or `}` (JavaScript and
+    Python allow one; JSON does not, and the decoder's "Expecting value" does not say so)."""
+    if error_pos >= len(text) or text[error_pos] not in "]}":
+        return None
+    before = len(text[:error_pos].rstrip())
+    return before - 1 if before and text[before - 1] == "," else None
+
+
 def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES) -> Any:
     """Read a JSON document with one clear message for every way it can be wrong."""
     try:
@@ -624,6 +657,12 @@ def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES)
         document = json.loads(text, object_pairs_hook=_reject_duplicate_keys,
                               parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
+        comma = _trailing_comma(text, exc.pos)
+        if comma is not None:
+            line, column = text.count("\n", 0, comma) + 1, comma - text.rfind("\n", 0, comma)
+            raise DefinitionError(
+                f"{shown}: invalid JSON at line {line} column {column}: trailing comma before "
+                f"'{text[exc.pos]}' (JSON allows none: remove it)") from None
         raise DefinitionError(
             f"{shown}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except _NotJSON as exc:
@@ -654,7 +693,7 @@ def _check_document(document: Any) -> str | None:
             return f"JSON is nested more than {MAX_NESTING} levels deep"
         if isinstance(value, str):
             if _SURROGATE_RE.search(value):
-                return f"string {value[:40]!r} contains a lone UTF-16 surrogate (\\uD800-\\uDFFF); use the real character"
+                return f"string {shorten_middle(value, 40)!r} contains a lone UTF-16 surrogate (\\uD800-\\uDFFF); use the real character"
         elif isinstance(value, list):
             stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, dict):
@@ -690,7 +729,7 @@ def _display_path(path: Path, root: Path | None) -> str:
 def load_settings(root: Path) -> Settings:
     path = root / "orchestrate.json"
     if not path.exists():
-        return Settings()
+        return Settings(root=root)
     shown = "orchestrate.json"
     data = parse_json_file(path, shown)
     if not isinstance(data, dict):
@@ -702,8 +741,19 @@ def load_settings(root: Path) -> Settings:
     jobs = data.get("jobs")
     if jobs is not None and not 1 <= jobs <= MAX_JOBS:
         raise DefinitionError(f"{shown}: key 'jobs' must be between 1 and {MAX_JOBS}")
-    return Settings(cypress_modules=dict(data.get("cypress_modules", {})), keep_runs=keep, jobs=jobs,
-                    raw=data)
+    pre_push = data.get("pre_push", {})
+    _check_keys(pre_push, PRE_PUSH_KEYS, f"{shown}: pre_push")
+    checkout = pre_push.get("checkout", "working-tree")
+    if checkout not in PRE_PUSH_CHECKOUTS:
+        raise DefinitionError(f"{shown}: key 'pre_push.checkout' must be \"working-tree\" or \"pushed\", "
+                              f"not {checkout!r}{did_you_mean(checkout, PRE_PUSH_CHECKOUTS)}")
+    for item in pre_push.get("share", []):
+        parts = Path(item).parts
+        if not item or Path(item).is_absolute() or ".." in parts or parts in ((), (".",)) or parts[0] == ".git":
+            raise DefinitionError(f"{shown}: key 'pre_push.share' lists {item!r}: give a path inside the "
+                                  "project, relative to it, such as \".venv\"")
+    return Settings(cypress_modules=dict(data.get("cypress_modules", {})), keep_runs=keep, jobs=jobs, raw=data,
+                    pre_push_checkout=checkout, pre_push_share=list(pre_push.get("share", [])), root=root)
 
 
 def list_workflows(workflows_dir: Path) -> list[tuple[str, Path]]:
@@ -1142,7 +1192,7 @@ def new_run_id() -> str:
 
 def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not _LOOSE_RUN_ID_RE.match(run_id):
-        shown = repr(run_id) if len(str(run_id)) <= 60 else repr(str(run_id)[:60]) + "…"
+        shown = repr(shorten_middle(str(run_id)))
         raise UsageError(f"{shown} is not a run id (ids look like 20261127T154000123Z-1a2b3c; see: orchestrate runs)")
     return run_id
 
@@ -4483,16 +4533,19 @@ def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
     return sorted(found)
 
 
-def resolve_cypress_project(value: str, modules: dict[str, str]) -> str:
+def resolve_cypress_project(value: str, modules: dict[str, str], root: Path | None = None) -> str:
     """The project folder (relative to the root) for a step's `project` value.
 
     A value with a '/' (or "." itself) is a folder; any other is a short name from
-    `cypress_modules` in orchestrate.json. Raises ValueError naming the known names.
+    `cypress_modules` in orchestrate.json, or else a folder of that name under `root`
+    (`"project": "e2e"`). Raises ValueError naming the known names.
     """
     if "/" in value or value in (".", ".."):
         return value
     if value in modules:
         return modules[value]
+    if root is not None and (root / value).is_dir():
+        return value
     if modules:
         known = "known: " + ", ".join(sorted(modules))
     else:
@@ -4872,7 +4925,7 @@ class CypressRunner(Runner):
     def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
         where = f"{workflow_path.parent.name}/{workflow_path.name}: {step.label}"
         try:
-            resolve_cypress_project(step.config["project"], settings.cypress_modules)
+            resolve_cypress_project(step.config["project"], settings.cypress_modules, settings.root)
         except ValueError as exc:
             raise DefinitionError(f"{where}: key 'project': {exc}") from None
         for key in ("folder", "spec"):
@@ -4888,7 +4941,7 @@ class CypressRunner(Runner):
     # -- the parts shared by preflight, describe and execute --
 
     def _project(self, ctx: StepContext) -> Path:
-        relative = resolve_cypress_project(ctx.step.config["project"], ctx.settings.cypress_modules)
+        relative = resolve_cypress_project(ctx.step.config["project"], ctx.settings.cypress_modules, ctx.root)
         return Path(os.path.abspath(ctx.root / relative))
 
     @staticmethod
@@ -5110,6 +5163,7 @@ class RunOptions:
     run_id: str | None = None
     jobs: int | None = None  # steps at once; None: settings.jobs, else the number of CPUs
     output: str | None = None  # live | grouped | prefixed; None: live unless steps can overlap
+    isolated: bool = False  # run in a temporary worktree of the commit being checked
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
     kill_grace: float = KILL_GRACE_S  # SIGTERM, then SIGKILL this many seconds later
     # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
@@ -5150,19 +5204,34 @@ def _pending_entry(step: Step, log_file: str) -> dict[str, Any]:
             "definition_sha256": step.definition_sha256}
 
 
+def step_by_name_or_number(value: str, names: Sequence[str]) -> str | None:
+    """The step a user means: its name, else its number (1 = the first, as `logs` counts)."""
+    if value in names:
+        return value
+    if value.isdigit() and 1 <= int(value) <= len(names):
+        return names[int(value) - 1]
+    return None
+
+
 def select_steps(workflow: Workflow, options: RunOptions) -> dict[int, str]:
-    """Steps excluded before the run starts, with the reason (pure)."""
+    """Steps excluded before the run starts, with the reason (pure). --only and --skip take
+    step names or numbers."""
     names = [s.name for s in workflow.steps]
+    chosen_names: dict[str, set[str]] = {}
     for flag, chosen in (("--only", options.only), ("--skip", options.skip)):
-        for name in chosen:
-            if name not in names:
-                raise UsageError(f"{flag} {name!r}: no such step in {workflow.name}{did_you_mean(name, names)}; "
-                                 f"steps: {', '.join(names)}")
+        chosen_names[flag] = set()
+        for value in chosen:
+            name = step_by_name_or_number(value, names)
+            if name is None:
+                numbers = f"1-{len(names)}" if len(names) > 1 else "1"
+                raise UsageError(f"{flag} {value!r}: no such step in {workflow.name}{did_you_mean(value, names)}; "
+                                 f"steps: {', '.join(names)} (or their numbers, {numbers})")
+            chosen_names[flag].add(name)
     excluded: dict[int, str] = {}
     for step in workflow.steps:
-        if options.only and step.name not in options.only:
+        if options.only and step.name not in chosen_names["--only"]:
             excluded[step.index] = "not selected by --only"
-        elif step.name in options.skip:
+        elif step.name in chosen_names["--skip"]:
             excluded[step.index] = "skipped by --skip"
         elif step.shard == "first" and options.shard is not None and options.shard[0] != 1:
             excluded[step.index] = f"runs on shard 1 only (this is shard {options.shard[0]}/{options.shard[1]})"
@@ -5298,12 +5367,32 @@ def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore
     return plan
 
 
+def terminal_environment(env: dict[str, str], stream: Any) -> None:
+    """When orchestrate's console is a terminal, a step's output goes through a pipe, so
+    pytest, ruff and friends would drop their colour and wrap at 80 columns: tell them the
+    terminal's width and to keep colour (FORCE_COLOR, CLICOLOR_FORCE), unless NO_COLOR is set.
+    Variables the user set are kept as they are."""
+    try:
+        if not stream.isatty():
+            return
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return
+    if columns > 0:
+        env.setdefault("COLUMNS", str(columns))
+    if "NO_COLOR" not in env and env.get("TERM") != "dumb":
+        env.setdefault("FORCE_COLOR", "1")
+        env.setdefault("CLICOLOR_FORCE", "1")
+
+
 def _base_environment(options: RunOptions, env_hooks: Iterable[EnvHook] = ()) -> dict[str, str]:
     """The environment every step starts from: orchestrate's own, with --var on top (not
-    variables from the HTTP API: those fill ${NAME}s only), then the hooks."""
+    variables from the HTTP API: those fill ${NAME}s only), the terminal's width and colour
+    wishes, then the hooks."""
     env = dict(os.environ)
     if not options.vars_from_http:
         env.update(options.variables)
+    terminal_environment(env, sys.stderr if options.json_output else sys.stdout)
     for hook in env_hooks:
         hook(env, options)
     return env
@@ -6275,7 +6364,7 @@ class Console(RunSink):
             self.total = len(workflow.steps)
             self._lines(self.ci.run_started(masker))
             if not self.quiet:
-                self.write(self.style(f"orchestrate: {workflow.name} ({len(workflow.steps)} steps, "
+                self.write(self.style(f"orchestrate: {workflow.name} ({plural(len(workflow.steps), 'step')}, "
                                       f"run {record['run_id']})", "dim"))
 
     def _header(self, step: Step) -> None:
@@ -6532,7 +6621,7 @@ def parse_push_refs(text: str, remote: str = "", url: str = "") -> PushInfo:
         if len(fields) != 4 or not (_OID_RE.match(fields[1]) and _OID_RE.match(fields[3])):
             raise UsageError(
                 f"--git-hook pre-push: stdin line {number} is not "
-                f"'<local ref> <local oid> <remote ref> <remote oid>': {line[:200]!r} "
+                f"'<local ref> <local oid> <remote ref> <remote oid>': {shorten_middle(line, 200)!r} "
                 "(git writes these lines; run the hook from git, or pass --from-ref/--to-ref)")
         refs.append(PushRef(*fields))
     return PushInfo(remote=remote, url=url, refs=tuple(refs))
@@ -6737,14 +6826,18 @@ def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, st
     a team's last line of defence). A name matching no step is a warning, not an error:
     the variable may be set for several workflows at once.
     """
-    skip_all, names = parse_skip_env(value)
+    skip_all, given = parse_skip_env(value)
     skipped: dict[str, str] = {}
     warnings: list[str] = []
     by_name = {step.name: step for step in steps}
-    for name in names:
-        if name not in by_name:
-            warnings.append(f"ORCHESTRATE_SKIP: no step {name!r} in this workflow"
-                            f"{did_you_mean(name, by_name)}")
+    names = []
+    for item in given:
+        name = step_by_name_or_number(item, list(by_name))
+        if name is None:
+            warnings.append(f"ORCHESTRATE_SKIP: no step {item!r} in this workflow"
+                            f"{did_you_mean(item, by_name)}")
+        else:
+            names.append(name)
     for step in steps:
         if not (skip_all or step.name in names):
             continue
@@ -7220,7 +7313,7 @@ if [ -z "$bin" ]; then
         echo "orchestrate pre-push: orchestrate not found; push allowed (ORCHESTRATE_ALLOW_MISSING/ORCHESTRATE_SKIP)" >&2
         exit 0
     fi
-    echo "orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): install it with 'pipx install orchestrate', or skip this check with 'git push --no-verify'" >&2
+    echo "orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): install it with 'pipx install orchestrate-cli', or skip this check with 'git push --no-verify'" >&2
     exit 1
 fi
 
@@ -7372,6 +7465,253 @@ def hook_status(repo_dir: Path, hook: str = "pre-push") -> dict[str, Any]:
             "summary": summary}
 
 
+# --- What is pushed, and checking exactly that ----------------------------------------------
+#
+# A pre-push hook runs in the developer's working tree, which may hold fixes that are not in
+# the pushed commit: the checks pass and the remote gets the broken commit. Before a run the
+# hook names the files where the two differ; with "pre_push": {"checkout": "pushed"} (or
+# `run --isolated`) the workflow runs in a temporary `git worktree` of the pushed commit
+# under runs/.worktrees/<run_id>, removed afterwards. Each worktree has an owner file
+# (<run_id>.json: pid, start time, shared links) written before it exists, so one left by a
+# killed run is found and removed at the next isolated run.
+
+WORKTREES_DIR = ".worktrees"
+MAX_NAMED_FILES = 5  # a one-line warning names this many files, then "and N more"
+
+
+def _step_paths(step: Step, settings: Settings) -> list[str]:
+    """The folders a step reads by its own keys (cwd, a script's or requirements file's
+    folder, a Cypress project), relative to the project root; the root itself is left out."""
+    folders = []
+    if step.cwd:
+        folders.append(step.cwd)
+    for key in ("script", "requirements"):
+        value = step.config.get(key)
+        if isinstance(value, str):
+            folders.append(os.path.dirname(value))
+    project = step.config.get("project") if step.type == "cypress" else None
+    if isinstance(project, str):
+        try:
+            folders.append(resolve_cypress_project(project, settings.cypress_modules, settings.root))
+        except ValueError:
+            pass
+    cleaned = [os.path.normpath(folder).replace(os.sep, "/") for folder in folders if folder]
+    return [folder for folder in cleaned if folder not in (".", "") and not folder.startswith("../")]
+
+
+def untracked_file_is_used(path: str, workflow: Workflow, settings: Settings, prefix: str = "") -> bool:
+    """Whether an untracked file (repository-relative) is under a folder a step uses or
+    matches a `when.changed` pattern: a file the checks may read that the push does not carry."""
+    for step in workflow.steps:
+        if any(path_matches(path, pattern) for pattern in _as_patterns(step.when.get("changed"))):
+            return True
+        if any(path.startswith(f"{prefix}{folder}/") for folder in _step_paths(step, settings)):
+            return True
+    return False
+
+
+def _short_list(items: Sequence[str], limit: int = MAX_NAMED_FILES) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def pushed_commit(root: Path, push: PushInfo | None) -> tuple[str, str]:
+    """(commit, what it is) that is checked: the first pushed branch's commit, else HEAD."""
+    if push is not None and push.updates:
+        ref = push.updates[0]
+        return ref.local_oid, ref.local_ref.removeprefix("refs/heads/")
+    try:
+        return run_git(["rev-parse", "--verify", "HEAD^{commit}"], root).strip(), "HEAD"
+    except GitError:
+        raise UsageError(f"--isolated: {root} is not in a git repository with a commit; "
+                         "it checks a commit in its own worktree") from None
+
+
+def working_tree_difference(root: Path, push: PushInfo, workflow: Workflow, settings: Settings,
+                            runs_dir: Path) -> str | None:
+    """One line saying how the working tree differs from the pushed commit, or None: the
+    pushed branch is not HEAD, tracked files are modified or staged, untracked files lie
+    where the workflow looks. Named files are repository-relative."""
+    updates = push.updates
+    if not updates:
+        return None
+    commit, name = updates[0].local_oid, updates[0].local_ref.removeprefix("refs/heads/")
+    parts = []
+    try:
+        head = run_git(["rev-parse", "--verify", "-q", "HEAD"], root, check=False).strip()
+        prefix = run_git(["rev-parse", "--show-prefix"], root).strip()
+        if head and head != commit:
+            parts.append(f"the pushed {name} ({commit[:12]}) is not the checked-out HEAD ({head[:12]})")
+        modified = _git_lines(["diff", "--name-only", "--no-renames", "-z", commit, "--"], root)
+        untracked = _git_lines(["ls-files", "--others", "--exclude-standard", "--full-name", "-z"], root)
+    except GitError:
+        return None  # git cannot tell; the run goes on as before
+    runs_prefix = _display_path(runs_dir, root).rstrip("/") + "/"
+    untracked = [path for path in untracked
+                 if not path.startswith(prefix + runs_prefix)
+                 and untracked_file_is_used(path, workflow, settings, prefix)]
+    if modified:
+        parts.append(f"modified or staged: {_short_list(modified)}")
+    if untracked:
+        parts.append(f"untracked: {_short_list(untracked)}")
+    if not parts:
+        return None
+    return (f"pre-push: the working tree is not what is pushed ({'; '.join(parts)}); the checks see "
+            "the working tree: commit or stash first, or set \"pre_push\": {\"checkout\": \"pushed\"} in "
+            "orchestrate.json to check the pushed commit")
+
+
+@dataclass
+class PushedWorktree:
+    """A temporary worktree of the commit being checked."""
+
+    repo: Path        # the project root in the developer's checkout
+    path: Path        # the worktree (the repository's top level at the commit)
+    root: Path        # the project root inside it
+    commit: str
+    owner_file: Path
+    shared: list[str] = field(default_factory=list)
+
+
+def _worktrees_dir(runs_dir: Path) -> Path:
+    return runs_dir / WORKTREES_DIR
+
+
+def _remove_worktree(repo: Path, path: Path, shared_links: Iterable[Path]) -> None:
+    """Remove a worktree orchestrate made, never what a shared link points to."""
+    import shutil
+
+    for link in shared_links:
+        if link.is_symlink():
+            _unlink_quietly(link)
+    if path.exists():
+        run_git(["worktree", "remove", "--force", "--force", str(path)], repo, check=False)
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)  # rmtree never follows symlinks
+    run_git(["worktree", "prune"], repo, check=False)
+
+
+def clean_stale_worktrees(repo: Path, runs_dir: Path) -> list[Path]:
+    """Remove worktrees under runs/.worktrees whose owning orchestrate is gone (killed, or
+    a crash); returns them. One whose owner still runs (a concurrent push) is left alone."""
+    folder = _worktrees_dir(runs_dir)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if not name.endswith(".json") or not _LOOSE_RUN_ID_RE.match(name[: -len(".json")]):
+            continue  # only <run_id>.json: never "..json" or a name that is not a folder of ours
+        owner_file = folder / name
+        try:
+            owner = json.loads(owner_file.read_text(encoding="utf-8"))
+            pid, start = int(owner.get("pid", 0)), owner.get("start")
+            links = [Path(str(link)) for link in owner.get("links", [])]
+        except (OSError, ValueError, TypeError, AttributeError):
+            pid, start, links = 0, None, []
+        if process_alive(pid, start):
+            continue
+        path = folder / name[: -len(".json")]
+        _remove_worktree(repo, path, [link for link in links if folder in link.parents])
+        _unlink_quietly(owner_file)
+        removed.append(path)
+    return removed
+
+
+def add_pushed_worktree(repo: Path, runs_dir: Path, name: str, commit: str,
+                        share: Sequence[str]) -> PushedWorktree:
+    """`git worktree add --detach` of `commit` at runs/.worktrees/NAME, with each `share`
+    path of the project linked into it (a venv, node_modules: untracked things steps need)."""
+    folder = _worktrees_dir(runs_dir)
+    folder.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
+    path = folder / name
+    top = Path(run_git(["rev-parse", "--show-toplevel"], repo).strip())
+    prefix = run_git(["rev-parse", "--show-prefix"], repo).strip()
+    root = path / prefix if prefix else path
+    links = [root / item for item in share]
+    owner_file = folder / f"{name}.json"
+    # the owner file first: a kill during `worktree add` still leaves something to clean up
+    owner_file.write_text(json.dumps({"pid": os.getpid(), "start": _pid_start_time(os.getpid()),
+                                      "commit": commit, "repository": str(top),
+                                      "links": [str(link) for link in links]}) + "\n", encoding="utf-8")
+    checkout = PushedWorktree(repo=repo, path=path, root=root, commit=commit, owner_file=owner_file)
+    try:
+        # no hooks: a post-checkout hook has no business in a throw-away checkout
+        run_git(["-c", "core.hooksPath=/dev/null", "worktree", "add", "--detach", "--quiet", str(path),
+                 commit], repo)
+        for item, link in zip(share, links, strict=True):
+            target = repo / item
+            if link.exists() or link.is_symlink():
+                sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: the pushed commit has "
+                                 "its own; not linked\n")
+            elif not link.parent.resolve().is_relative_to(path.resolve()):
+                # a folder on the way is a symlink the commit carries: never link outside
+                sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: leads out of the "
+                                 "worktree through a symlink in the commit; not linked\n")
+            elif target.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(target, target_is_directory=target.is_dir())
+                checkout.shared.append(item)
+            else:
+                sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: no such file or "
+                                 f"folder in {repo}; not linked\n")
+    except BaseException:
+        remove_pushed_worktree(checkout)
+        raise
+    return checkout
+
+
+def remove_pushed_worktree(checkout: PushedWorktree) -> None:
+    _remove_worktree(checkout.repo, checkout.path, [checkout.root / item for item in checkout.shared])
+    _unlink_quietly(checkout.owner_file)
+
+
+def wants_pushed_checkout(settings: Settings, options: RunOptions) -> bool:
+    """`run --isolated`, or a pre-push run with "pre_push": {"checkout": "pushed"}."""
+    return options.isolated or (options.git_hook == "pre-push" and settings.pre_push_checkout == "pushed")
+
+
+def enter_pushed_checkout(paths: Any, workflow: Workflow, settings: Settings, options: RunOptions,
+                          human: Any) -> tuple[PushedWorktree, Any, Settings, Workflow]:
+    """Make the worktree of the commit being checked and load the workflow as that commit
+    has it; returns (worktree, paths, settings, workflow) for the run. Run records stay in
+    the real runs/. The caller removes the worktree (remove_pushed_worktree) in a finally."""
+    state = options.git if isinstance(options.git, GitState) else None
+    commit, what = pushed_commit(paths.root, state.push if state else None)
+    for stale in clean_stale_worktrees(paths.root, paths.runs_dir):
+        human.write(f"orchestrate: removed {_display_path(stale, paths.root)}, the worktree of a run "
+                    "that was killed\n")
+    if not options.run_id:
+        options.run_id = new_run_id()  # the worktree is named after the run
+    checkout = add_pushed_worktree(paths.root, paths.runs_dir, options.run_id, commit, settings.pre_push_share)
+    try:
+        workflows_dir = paths.workflows_dir
+        try:
+            workflows_dir = checkout.root / workflows_dir.relative_to(paths.root)
+        except ValueError:
+            pass  # --workflows-dir outside the project: the same files either way
+        isolated_paths = type(paths)(root=checkout.root, workflows_dir=workflows_dir, runs_dir=paths.runs_dir)
+        if not (workflows_dir / f"{workflow.name}.json").is_file():
+            raise UsageError(f"{workflow.display_path} is not in the commit being checked ({what} "
+                             f"{commit[:12]}): commit it, or run without --isolated / "
+                             "\"pre_push\": {\"checkout\": \"pushed\"}")
+        isolated_settings = load_settings(checkout.root)
+        isolated = load_workflow(workflow.name, workflows_dir, _base_environment(options), isolated_settings,
+                                 checkout.root)
+        if state is not None:
+            state.checkout = checkout
+            state.skipped, _ = skip_env_plan(os.environ.get("ORCHESTRATE_SKIP"), isolated.steps)
+        shared = f"; linked: {', '.join(checkout.shared)}" if checkout.shared else ""
+        human.write(f"orchestrate: {workflow.name}: checking {what} at {commit[:12]} in its own worktree "
+                    f"{_display_path(checkout.path, paths.root)}{shared}\n")
+        human.flush()
+    except BaseException:
+        remove_pushed_worktree(checkout)
+        raise
+    return checkout, isolated_paths, isolated_settings, isolated
+
+
 # --- Wiring into a run -----------------------------------------------------------------------
 
 @dataclass
@@ -7383,6 +7723,7 @@ class GitState:
     push: PushInfo | None = None
     changes: ChangeSet | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # ORCHESTRATE_SKIP: step -> reason
+    checkout: PushedWorktree | None = None  # the run checks this worktree (--isolated)
 
 
 def run_branch_names(state: GitState | None, trigger: Mapping[str, Any]) -> list[str]:
@@ -7474,6 +7815,11 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
             human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
             human.flush()
             return EXIT_OK
+        settings = load_settings(root)
+        if not wants_pushed_checkout(settings, options):
+            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir)
+            if difference:
+                sys.stderr.write(f"orchestrate: warning: {difference}\n")
     skip_value = env.get("ORCHESTRATE_SKIP")
     state.skipped, warnings = skip_env_plan(skip_value, workflow.steps)
     for warning in warnings:
@@ -7550,6 +7896,9 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
     trigger = make_trigger(state.git, state.ci, state.push, hook)
     if state.changes is not None:
         trigger["compare"] = state.changes.as_dict()
+    if state.checkout is not None:
+        trigger["checkout"] = {"commit": state.checkout.commit, "worktree": str(state.checkout.path),
+                               "shared": list(state.checkout.shared)}
     if options.shard:
         trigger["shard"] = "%d/%d" % options.shard
     return trigger
@@ -7569,8 +7918,8 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
 # annotations (PEP 563) against this module's globals, where no FastAPI name lives.
 
 SERVER_EXTRA_HINT = (
-    "pipx install 'orchestrate[server]' (or, into an existing pipx install: "
-    "pipx inject orchestrate fastapi uvicorn; in a virtualenv: pip install 'orchestrate[server]')"
+    "pipx install 'orchestrate-cli[server]' (or, into an existing pipx install: "
+    "pipx inject orchestrate-cli fastapi uvicorn; in a virtualenv: pip install 'orchestrate-cli[server]')"
 )
 API_TOKEN_ENV = "ORCHESTRATE_API_TOKEN"
 SERVER_STOPPED = "server stopped"
@@ -8471,9 +8820,16 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     early = prepare_git_state(paths, workflow, options)
     if early is not None:
         return early
-    trigger = build_trigger(paths.root, options)
-    wiring = run_wiring(workflow, settings, options, human)
-    record, code = execute_run(workflow, settings, paths.root, store, options, wiring, trigger)
+    checkout = None
+    if wants_pushed_checkout(settings, options):
+        checkout, paths, settings, workflow = enter_pushed_checkout(paths, workflow, settings, options, human)
+    try:
+        trigger = build_trigger(paths.root, options)
+        wiring = run_wiring(workflow, settings, options, human)
+        record, code = execute_run(workflow, settings, paths.root, store, options, wiring, trigger)
+    finally:
+        if checkout is not None:
+            remove_pushed_worktree(checkout)
     if options.json_output:
         sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
@@ -8496,7 +8852,7 @@ def run_wiring(workflow: Workflow, settings: Settings, options: RunOptions, huma
 def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
                options: RunOptions, out: Any) -> int:
     plan = plan_run(workflow, settings, paths.root, store, options)
-    out.write(f"{workflow.name} ({workflow.display_path}): {len(plan)} steps — dry run, nothing will run\n")
+    out.write(f"{workflow.name} ({workflow.display_path}): {plural(len(plan), 'step')} — dry run, nothing will run\n")
     for number, item in enumerate(plan, start=1):
         when = f", when {item['when']}" if item["when"] != "success" else ""
         out.write(f"  [{number}/{len(plan)}] {item['step']} ({item['type']}{when})"
@@ -8532,15 +8888,68 @@ def check_init_target(root: Path, folder: Path, name: str, option: str) -> None:
 _INIT_WORKFLOW = {
     "name": "pre-push",
     "description": "Checks run before every git push",
+    # independent checks run at once ("needs": []); see README "Steps in parallel"
     "steps": [
-        {"name": "hello", "type": "command", "run": ["python3", "-c", "print('replace me with your checks')"]},
+        {"name": "lint", "type": "command", "needs": [],
+         "run": ["python3", "-c", "print('replace me with your linter, e.g. ruff check .')"]},
+        {"name": "tests", "type": "command", "needs": [],
+         "run": ["python3", "-c", "print('replace me with your tests, e.g. pytest -q')"]},
+    ],
+}
+# what the CI templates in hooks/ run (`orchestrate run ci`)
+_INIT_CI_WORKFLOW = {
+    "name": "ci",
+    "description": "Checks the CI job runs (hooks/github-actions.yml, gitlab-ci.yml, Jenkinsfile)",
+    "steps": [
+        {"name": "hello", "type": "command", "run": ["python3", "-c", "print('replace me with your CI checks')"]},
     ],
 }
 
 
+def scaffold_project(paths: Paths, ci: bool = False) -> list[Path]:
+    """`orchestrate init`: workflows/pre-push.json (and workflows/ci.json with ci) and
+    runs/.gitignore. Never over a file that exists, never through a symbolic link leading
+    outside the root (everything is checked before anything is written). Returns what it created."""
+    workflows = [("pre-push", _INIT_WORKFLOW)] + ([("ci", _INIT_CI_WORKFLOW)] if ci else [])
+    files = [(paths.workflows_dir, f"{name}.json", "--workflows-dir", 0o755, json.dumps(document, indent=2) + "\n")
+             for name, document in workflows]
+    files.append((paths.runs_dir, ".gitignore", "--runs-dir", RUNS_DIR_MODE,
+                  "# run records are local state, never committed\n*\n!.gitignore\n"))
+    for folder, name, option, _mode, _text in files:
+        check_init_target(paths.root, folder, name, option)
+    created = []
+    for folder, name, _option, mode, text in files:
+        folder.mkdir(mode=mode, parents=True, exist_ok=True)
+        target = folder / name
+        if os.path.lexists(target):
+            continue
+        try:  # O_EXCL: never through a link, never over a file made meanwhile
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        created.append(target)
+    return created
+
+
+def find_project_root(start: Path) -> Path:
+    """The project root for a command run without --root, found as git finds its top level:
+    the nearest folder from `start` up that has workflows/ or orchestrate.json, never above
+    the git repository's top level (the first folder up with .git). Outside a repository, or
+    with no such folder in it, `start` itself."""
+    found: Path | None = None
+    for folder in (start, *start.parents):
+        if found is None and ((folder / "workflows").is_dir() or (folder / "orchestrate.json").is_file()):
+            found = folder
+        if (folder / ".git").exists():
+            return found or start
+    return start
+
+
 def make_paths(root: Path | str | None, workflows_dir: Path | str | None,
                runs_dir: Path | str | None) -> Paths:
-    base = (Path(root) if root else Path.cwd()).absolute()
+    base = (Path(root) if root else find_project_root(Path.cwd())).absolute()
     return Paths(root=base,
                  workflows_dir=(Path(workflows_dir) if workflows_dir else base / "workflows").absolute(),
                  runs_dir=(Path(runs_dir) if runs_dir else base / "runs").absolute())
@@ -8552,7 +8961,8 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      shard: str | None = None, git_hook: str | None = None, push_remote: str | None = None,
                      push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
                      run_id: str | None = None, jobs: str | int | None = None,
-                     output: str | None = None, vars_stdin: bool = False) -> RunOptions:
+                     output: str | None = None, vars_stdin: bool = False,
+                     isolated: bool = False) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
@@ -8570,7 +8980,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
         run_id=check_run_id(run_id) if run_id else None,
         jobs=parse_jobs(jobs) if jobs is not None else None, output=output,
-        vars_from_http=vars_stdin)
+        vars_from_http=vars_stdin, isolated=isolated)
 
 
 def parse_jobs(value: str | int) -> int:
@@ -8578,6 +8988,33 @@ def parse_jobs(value: str | int) -> int:
     if not text.isdigit() or not 1 <= int(text) <= MAX_JOBS:
         raise UsageError(f"--jobs {value!r}: expected a number of steps at once, 1 to {MAX_JOBS}")
     return int(text)
+
+
+_RUN_ID_PREFIX_RE = re.compile(r"\A[0-9A-Za-z][0-9A-Za-z-]{0,63}\Z")
+
+
+def resolve_run_ref(store: RunStore, ref: str) -> str:
+    """The run id `status` and `logs` mean: an id, "latest", or the unique run whose id
+    starts with `ref` (`20261127T1540`, or the random tail `1a2b3c`)."""
+    ids = store.list_ids()
+    if ref == "latest":
+        if not ids:
+            raise UsageError(f"no runs yet in {store.runs_dir} (start one: orchestrate run NAME)")
+        return ids[0]
+    if ref in ids:
+        return ref
+    if not _RUN_ID_PREFIX_RE.match(ref or ""):
+        return check_run_id(ref)  # raises: not a run id
+    matches = [run_id for run_id in ids if run_id.startswith(ref) or run_id.endswith("-" + ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+        raise UsageError(f"run {ref!r} is ambiguous: {plural(len(matches), 'run')} match ({shown}); "
+                         "give more of the id")
+    if re.fullmatch(r"\d{8}T\d{9}Z-[0-9a-f]{6}", ref):
+        return ref  # a whole id of a run that does not exist: the store says so
+    raise UsageError(f"no run id in {store.runs_dir} starts with {ref!r} (see: orchestrate runs)")
 
 
 def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type[BaseException], ...] = (),
@@ -8604,14 +9041,28 @@ def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type
         return EXIT_INTERNAL
 
 
+def complete_workflow_name(incomplete: str) -> list[str]:
+    """Shell completion of `orchestrate run <TAB>`: the workflows of the project found from
+    the current folder (or $ORCHESTRATE_ROOT)."""
+    paths = make_paths(os.environ.get("ORCHESTRATE_ROOT"), None, None)
+    return [name for name, _ in list_workflows(paths.workflows_dir) if name.startswith(incomplete)]
+
+
 def build_app() -> Any:
     """The Typer application: every command, its options and its --help text."""
     global typer  # the commands' annotations (typer.Context) are resolved in module globals
     import typer
+    from typer.core import TyperGroup
+
+    class GlobalOptionsAnywhere(TyperGroup):
+        """`orchestrate run pre-push --root ..` works as `orchestrate --root .. run pre-push`."""
+
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            return super().parse_args(ctx, hoist_global_options(args))  # type: ignore[no-any-return]
 
 
     app = typer.Typer(
-        name="orchestrate", add_completion=False, no_args_is_help=True,
+        name="orchestrate", cls=GlobalOptionsAnywhere, add_completion=True, no_args_is_help=True,
         pretty_exceptions_enable=False, rich_markup_mode=None,
         help="Run a project's check-and-release workflow (workflows/<name>.json).\n\n"
              "Exit codes: 0 every step passed or was skipped; 1 a step failed; 2 usage or "
@@ -8641,7 +9092,9 @@ def build_app() -> Any:
     def cli(
         ctx: typer.Context,
         root: Path = typer.Option(None, "--root", envvar="ORCHESTRATE_ROOT",
-                                  help="Project root (default: current directory).", show_default=False),
+                                  help="Project root (default: the nearest folder up with workflows/ or "
+                                       "orchestrate.json, within the git repository; else the current "
+                                       "directory). Also accepted after the command.", show_default=False),
         workflows_dir: Path = typer.Option(None, "--workflows-dir", help="Folder of workflow files (default: ROOT/workflows)."),
         runs_dir: Path = typer.Option(None, "--runs-dir", help="Folder of run records (default: ROOT/runs)."),
         version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
@@ -8655,7 +9108,8 @@ def build_app() -> Any:
     @_boundary
     def run(
         ctx: typer.Context,
-        name: str = typer.Argument(..., help="Workflow name (workflows/NAME.json)."),
+        name: str = typer.Argument(..., help="Workflow name (workflows/NAME.json).",
+                                   autocompletion=complete_workflow_name),
         dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; run nothing."),
         only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable)."),
         skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable)."),
@@ -8676,13 +9130,16 @@ def build_app() -> Any:
         output: str = typer.Option(None, "--output", help="live, grouped (each step whole when it ends; the default when steps run in parallel) or prefixed (every line as it comes, 'name | ' in front)."),
         vars_stdin: bool = typer.Option(False, "--vars-stdin", hidden=True,
                                         help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
+        isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
+                                      "being checked (the pushed one, else HEAD), not the working tree."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
             dry_run=dry_run, only=only, skip=skip, keep_going=keep_going, quiet=quiet,
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
-            to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin)
+            to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
+            isolated=isolated)
         return run_workflow_command(_paths(ctx), name, options)
 
 
@@ -8691,9 +9148,11 @@ def build_app() -> Any:
     def validate(
         ctx: typer.Context,
         names: list[str] = typer.Argument(None, help="Workflow names (default: all under workflows/)."),
+        var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable), as on run."),
     ) -> int:
         """Check workflow definitions without running anything; warn about what is missing on disk."""
         paths = _paths(ctx)
+        variables = {**os.environ, **parse_vars(var)}
         settings = load_settings(paths.root)
         chosen = list(names or []) or [n for n, _ in list_workflows(paths.workflows_dir)]
         if not chosen:
@@ -8702,18 +9161,18 @@ def build_app() -> Any:
         store = RunStore(paths.runs_dir)
         for name in chosen:
             try:
-                workflow = load_workflow(name, paths.workflows_dir, dict(os.environ), settings, paths.root)
+                workflow = load_workflow(name, paths.workflows_dir, variables, settings, paths.root)
             except OrchestrateError as exc:
                 _err(f"orchestrate: error: {exc}")
                 errors += 1
                 continue
-            plan = plan_run(workflow, settings, paths.root, store, RunOptions())
+            plan = plan_run(workflow, settings, paths.root, store, RunOptions(variables=parse_vars(var)))
             warnings = workflow.warnings + [f"{workflow.display_path}: steps[{i}] \"{item['step']}\": {w}"
                                             for i, item in enumerate(plan) for w in item["warnings"]]
             for warning in warnings:
                 _err(f"orchestrate: warning: {warning}")
-            typer.echo(f"{workflow.display_path}: ok ({len(workflow.steps)} steps"
-                       + (f", {len(warnings)} warnings" if warnings else "") + ")")
+            typer.echo(f"{workflow.display_path}: ok ({plural(len(workflow.steps), 'step')}"
+                       + (f", {plural(len(warnings), 'warning')}" if warnings else "") + ")")
         return EXIT_USAGE if errors else EXIT_OK
 
 
@@ -8727,14 +9186,13 @@ def build_app() -> Any:
             typer.echo(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
             return EXIT_OK
         width = max(len(n) for n, _ in found)
+        settings = load_settings(paths.root)
         for name, path in found:
-            try:
-                data = parse_json_file(path, name)
-                steps = data.get("steps") if isinstance(data, dict) else None
-                count = f"{len(steps)} steps" if isinstance(steps, list) else "?"
-                description = data.get("description", "") if isinstance(data, dict) else ""
-                typer.echo(f"{name:<{width}}  {count:>9}  {description}".rstrip())
-            except DefinitionError:
+            try:  # the checks `validate` makes: a file that parses but would not run is invalid too
+                workflow = load_workflow(name, paths.workflows_dir, dict(os.environ), settings, paths.root)
+                description = parse_json_file(path, name).get("description", "")
+                typer.echo(f"{name:<{width}}  {plural(len(workflow.steps), 'step'):>9}  {description}".rstrip())
+            except OrchestrateError:
                 typer.echo(f"{name:<{width}}  {'invalid':>9}  (see: orchestrate validate {name})")
         return EXIT_OK
 
@@ -8743,12 +9201,12 @@ def build_app() -> Any:
     @_boundary
     def status(
         ctx: typer.Context,
-        run_id: str = typer.Argument(..., help="Run id (see: orchestrate runs)."),
+        run_id: str = typer.Argument("latest", help="Run id, a unique start of one, or 'latest' (the default)."),
         json_output: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
     ) -> int:
-        """Show one run: its status, current step and every step's result."""
+        """Show one run (the latest by default): its status, current step and every step's result."""
         store = RunStore(_paths(ctx).runs_dir)
-        record = store.load(check_run_id(run_id))
+        record = store.load(resolve_run_ref(store, run_id))
         if json_output:
             typer.echo(json.dumps(record, indent=2, ensure_ascii=False))
             return EXIT_OK
@@ -8773,11 +9231,12 @@ def build_app() -> Any:
     def runs(
         ctx: typer.Context,
         workflow: str = typer.Option(None, "--workflow", "-w", help="Only runs of this workflow."),
-        status_filter: str = typer.Option(None, "--status", "-s", help="Only runs with this status."),
+        status_filter: str = typer.Option(None, "--status", "-s", help="Only runs with this status: pending, running, failed, completed (or passed)."),
         limit: int = typer.Option(20, "--limit", "-n", min=1, help="At most this many runs."),
         json_output: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
     ) -> int:
         """List recent runs, newest first."""
+        status_filter = RUN_STATUS_ALIASES.get(status_filter or "", status_filter)
         if status_filter is not None and status_filter not in RUN_STATUSES:
             raise UsageError(f"--status {status_filter!r}: expected one of {', '.join(RUN_STATUSES)}"
                              f"{did_you_mean(status_filter, RUN_STATUSES)}")
@@ -8802,13 +9261,14 @@ def build_app() -> Any:
     @_boundary
     def logs(
         ctx: typer.Context,
-        run_id: str = typer.Argument(..., help="Run id."),
+        run_id: str = typer.Argument(..., help="Run id, a unique start of one, or 'latest'."),
         step: str = typer.Argument(None, help="Step name or number (default: all steps)."),
     ) -> int:
         """Print the full output of a run's steps from their log files."""
         paths = _paths(ctx)
         store = RunStore(paths.runs_dir)
-        record = store.load(check_run_id(run_id))
+        run_id = resolve_run_ref(store, run_id)
+        record = store.load(run_id)
         entries = record.get("log", [])
         chosen = entries
         if step is not None:
@@ -8848,39 +9308,26 @@ def build_app() -> Any:
     ) -> int:
         """Delete old runs, keeping the newest N (running ones are never deleted)."""
         removed = RunStore(_paths(ctx).runs_dir).prune(keep)
-        typer.echo(f"removed {len(removed)} runs")
+        typer.echo(f"removed {plural(len(removed), 'run')}")
         return EXIT_OK
 
 
     @app.command()
     @_boundary
-    def init(ctx: typer.Context) -> int:
+    def init(
+        ctx: typer.Context,
+        ci: bool = typer.Option(False, "--ci", help="Also scaffold workflows/ci.json, the workflow the CI templates in hooks/ run."),
+    ) -> int:
         """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
         paths = _paths(ctx)
-        files = [(paths.workflows_dir, "pre-push.json", "--workflows-dir", 0o755,
-                  json.dumps(_INIT_WORKFLOW, indent=2) + "\n"),
-                 (paths.runs_dir, ".gitignore", "--runs-dir", RUNS_DIR_MODE,
-                  "# run records are local state, never committed\n*\n!.gitignore\n")]
-        for folder, name, option, _mode, _text in files:  # everything is checked before anything is written
-            check_init_target(paths.root, folder, name, option)
-        created = []
-        for folder, name, _option, mode, text in files:
-            folder.mkdir(mode=mode, parents=True, exist_ok=True)
-            target = folder / name
-            if os.path.lexists(target):
-                continue
-            try:  # O_EXCL: never through a link, never over a file made meanwhile
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
-            except FileExistsError:
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            created.append(target)
+        created = scaffold_project(paths, ci)
         for path in created:
             typer.echo(f"created {_display_path(path, paths.root)}")
         if not created:
-            typer.echo("nothing to do: workflows/pre-push.json and runs/.gitignore exist")
-        typer.echo("next: orchestrate run pre-push   then: orchestrate hook install")
+            wanted = ["workflows/pre-push.json", *(["workflows/ci.json"] if ci else []), "runs/.gitignore"]
+            typer.echo(f"nothing to do: {', '.join(wanted[:-1])} and {wanted[-1]} exist")
+        typer.echo("next: orchestrate run pre-push   then: orchestrate hook install"
+                   + ("   in CI: orchestrate run ci" if ci else ""))
         return EXIT_OK
 
 
@@ -8977,7 +9424,8 @@ def __getattr__(name: str) -> Any:
 
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
 _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
-                   "--json": "json_output", "--debug": "debug", "--vars-stdin": "vars_stdin"}
+                   "--json": "json_output", "--debug": "debug", "--vars-stdin": "vars_stdin",
+                   "--isolated": "isolated"}
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",
@@ -8985,8 +9433,47 @@ _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit
 _FAST_REPEATABLE = ("only", "skip", "var")
 
 
+def hoist_global_options(args: Sequence[str]) -> list[str]:
+    """`run pre-push --root ..` read as `--root .. run pre-push`: a global option given after
+    the command moves before it (Click only takes a group's options before the command).
+    Nothing after `--` moves; an option without its value stays for Typer to report."""
+    args = list(args)
+    index = 0
+    while index < len(args):  # find the command: the first word that is not a global option's
+        arg = args[index]
+        if arg == "--":
+            return args
+        if arg in _FAST_GLOBAL_OPTIONS:
+            index += 2
+        elif arg.startswith("-"):
+            index += 1
+        else:
+            break
+    else:
+        return args
+    head, moved, kept = args[:index], [], []
+    rest = args[index:]
+    position = 0
+    while position < len(rest):
+        arg = rest[position]
+        if arg == "--":
+            kept += rest[position:]
+            break
+        option, has_value, _ = arg.partition("=")
+        if option in _FAST_GLOBAL_OPTIONS and has_value:
+            moved.append(arg)
+        elif option in _FAST_GLOBAL_OPTIONS and position + 1 < len(rest):
+            moved += [arg, rest[position + 1]]
+            position += 1
+        else:
+            kept.append(arg)
+        position += 1
+    return head + moved + kept
+
+
 def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> tuple[Any, ...] | None:
-    """Read `[--root R] [--workflows-dir W] [--runs-dir D] run NAME [run options]` without Typer.
+    """Read `[--root R] [--workflows-dir W] [--runs-dir D] run NAME [run options]` without Typer
+    (the global options may also come after `run`, as hoist_global_options reads them).
     Returns (root, workflows_dir, runs_dir, name, run option values), or None for anything else,
     which Typer then parses (and reports, if it is wrong)."""
     env: Mapping[str, str] = os.environ if environ is None else environ
@@ -9007,7 +9494,8 @@ def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None
             name = arg
             continue
         option, has_value, value = arg.partition("=")
-        table = _FAST_RUN_VALUES if seen_run else _FAST_GLOBAL_OPTIONS
+        is_global = option in _FAST_GLOBAL_OPTIONS  # before or after `run` (hoist_global_options)
+        table = _FAST_GLOBAL_OPTIONS if is_global or not seen_run else _FAST_RUN_VALUES
         if seen_run and option in _FAST_RUN_FLAGS and not has_value:
             run_values[_FAST_RUN_FLAGS[option]] = True
             continue
@@ -9021,10 +9509,10 @@ def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None
         key = table[option]
         if key in _FAST_REPEATABLE:
             run_values[key].append(value)
-        elif seen_run:
-            run_values[key] = value
-        else:
+        elif is_global:
             global_values[key] = value
+        else:
+            run_values[key] = value
     if not seen_run or name is None:
         return None
     if "root" not in global_values and env.get("ORCHESTRATE_ROOT"):
@@ -9046,7 +9534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args == ["--version"]:
         sys.stdout.write(f"orchestrate {__version__}\n")
         return EXIT_OK
-    parsed = parse_fast_run(args)
+    # shell completion (`_ORCHESTRATE_COMPLETE=...`) is Typer's business, whatever argv holds
+    parsed = None if "_ORCHESTRATE_COMPLETE" in os.environ else parse_fast_run(args)
     if parsed is not None:
         return guarded(_run_fast, parsed)
     try:

@@ -21,6 +21,41 @@ CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "JENKINS_HOM
                 "NO_COLOR")
 
 
+def beside_repository() -> Path | None:
+    """The folder around this checkout, which tests must never open a file in (a clone alone
+    must pass: the schemas once came from ../shared/). None where that folder also holds the
+    temporary folder, the interpreter or the home folder, or is the filesystem root."""
+    import tempfile
+
+    parent = REPO.parent  # names the folder beside the checkout; reads nothing there
+    shared_with = [Path(tempfile.gettempdir()), Path(sys.prefix), Path(sys.base_prefix), Path.home()]
+    if parent == Path(parent.anchor) or any(p.resolve().is_relative_to(parent) for p in shared_with):
+        return None
+    return parent
+
+
+def _guard_reads_beside_the_repository() -> None:
+    """An audit hook: opening a file next to the checkout (../shared/...) fails the test that
+    does it, with the path. Processes the tests start are checked by test_packaging's scan."""
+    parent = beside_repository()
+    if parent is None:
+        return
+    inside, beside = str(REPO) + os.sep, str(parent) + os.sep
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+            return
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(beside) and not path.startswith(inside) and path != str(REPO):
+            raise PermissionError(f"a test opened {path}, outside the repository {REPO}: copy what it "
+                                  "needs into the repository (tests/schemas/ for schemas)")
+
+    sys.addaudithook(hook)
+
+
+_guard_reads_beside_the_repository()
+
+
 @pytest.fixture(autouse=True)
 def _no_ci_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """CI runs the suite with CI=true: tests that want a CI set it themselves."""
@@ -103,3 +138,45 @@ def assert_valid_junit(path_or_bytes: Path | bytes) -> None:
     data = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
     for schema in junit_schemas():
         schema.validate(data.decode("utf-8"))
+
+
+# --- the built distribution (tests/test_packaging.py, tests/test_templates.py) ------------
+
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".ci-venv", "runs", "__pycache__", "build", "dist",
+                                     "*.egg-info", "node_modules", ".pytest_cache", ".mypy_cache",
+                                     ".ruff_cache")
+
+
+def copy_checkout(target: Path) -> Path:
+    """This checkout's files (no git metadata, venvs, run records or build output) at target."""
+    shutil.copytree(REPO, target, ignore=COPY_IGNORE)
+    (target / "runs").mkdir()
+    if (REPO / "runs" / ".gitkeep").exists():
+        (target / "runs" / ".gitkeep").write_text("")
+    return target
+
+
+@pytest.fixture(scope="session")
+def built_dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`python -m build` of a copy of this checkout: {"wheel": ..., "sdist": ...}, built once."""
+    import importlib.util
+
+    assert importlib.util.find_spec("build"), "build is not installed: pip install -e '.[test]' (the test extra brings it)"
+    base = tmp_path_factory.mktemp("dist")
+    source = copy_checkout(base / "source")
+    out = base / "out"
+    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(source)],
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    wheels = sorted(out.glob("*.whl"))
+    sdists = sorted(out.glob("*.tar.gz"))
+    assert len(wheels) == 1 and len(sdists) == 1, sorted(p.name for p in out.iterdir())
+    return {"wheel": wheels[0], "sdist": sdists[0]}
+
+
+def tool_path(name: str) -> str:
+    """A command the test extra installs beside this interpreter (pipx, shellcheck, actionlint)."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    assert found, f"{name} is not installed: pip install -e '.[test]' (the test extra brings it)"
+    return found

@@ -265,7 +265,8 @@ SNIPPETS = {"github-actions.yml": github_commands, "gitlab-ci.yml": gitlab_comma
 
 
 def orchestrate_lines(commands: list[str]) -> list[list[str]]:
-    return [shlex.split(c) for c in commands if c.strip().startswith("orchestrate ")]
+    """The orchestrate command lines (`orchestrate ...` or `.orchestrate-venv/bin/orchestrate ...`)."""
+    return [shlex.split(c) for c in commands if re.match(r"\s*(\S*/)?orchestrate ", c)]
 
 
 @pytest.mark.parametrize("snippet", sorted(SNIPPETS))
@@ -274,7 +275,8 @@ def test_snippet_commands_run_against_a_sample_project(snippet: str, project: Pr
     lines = orchestrate_lines(commands)
     assert lines, f"{snippet}: no orchestrate command found"
     if snippet != ".pre-commit-hooks.yaml":
-        assert any("pipx install" in c for c in commands), f"{snippet}: installs with pipx"
+        assert any("install" in c and "orchestrate-cli" in c for c in commands), \
+            f"{snippet}: installs the orchestrate-cli distribution"
     project.workflow("ci", [{"name": "unit", "type": "command", "run": "echo unit"}])
     project.workflow("pre-push", [{"name": "lint", "type": "command", "run": "echo lint"}])
     for argv in lines:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -149,6 +150,22 @@ def test_init_never_overwrites(project: Project) -> None:
     assert "mine" in (project.workflows / "pre-push.json").read_text()
 
 
+def test_init_ci_scaffolds_the_workflow_the_ci_templates_run(project: Project) -> None:
+    result = project.cli("init", "--ci")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "created workflows/pre-push.json", "created workflows/ci.json", "created runs/.gitignore",
+        "next: orchestrate run pre-push   then: orchestrate hook install   in CI: orchestrate run ci"]
+    run = project.run("run", "ci", "--junit-xml", "reports/junit.xml", cwd=project.root)
+    assert run.returncode == 0, run.stderr
+    assert (project.root / "reports" / "junit.xml").exists()
+    (project.workflows / "ci.json").write_text('{"steps": [{"name": "mine", "type": "command", "run": "true"}]}')
+    again = project.cli("init", "--ci")
+    assert again.stdout.splitlines()[0] == ("nothing to do: workflows/pre-push.json, workflows/ci.json and "
+                                            "runs/.gitignore exist")
+    assert "mine" in (project.workflows / "ci.json").read_text()
+
+
 def test_internal_error_is_exit_3_with_traceback_and_hint(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
 
@@ -173,6 +190,10 @@ PARITY_CASES = [
     ["run", "w", "--shard", "2/3", "--from-ref", "main", "--to-ref=HEAD"],
     ["run", "w", "--git-hook", "pre-push", "--push-remote", "origin", "--push-url", "git@x:y.git"],
     ["--workflows-dir", "wf", "--runs-dir=rr", "run", "w", "--run-id", "20261127T154000123Z-abcdef"],
+    ["run", "w", "--isolated", "--git-hook", "pre-push"],
+    # global options after the command (hoist_global_options; the last one given wins)
+    ["run", "w", "--root", "sub", "-q"],
+    ["--root", "a", "run", "w", "--root=b", "--runs-dir", "rr", "--workflows-dir=wf"],
 ]
 
 
@@ -271,3 +292,197 @@ def test_vars_stdin_fills_names_but_not_the_environment(project: Project) -> Non
     assert "hey env=unsethey" in cli.stdout  # --var keeps its meaning: the environment too
     both = project.cli("run", "w", "--var", "GREETING=x", "--vars-stdin")
     assert both.exit_code == 2 and "--vars-stdin reads the variables from stdin" in both.stderr
+
+
+# --- where people trip ---------------------------------------------------------------------
+
+def _git_init(path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(path)], check=True, capture_output=True, timeout=60)
+
+
+def _in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real command, in a folder, without --root."""
+    return subprocess.run([orchestrate_bin(), *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env=_clean_env())
+
+
+def test_run_and_runs_from_a_subfolder_find_the_project_root(project: Project) -> None:
+    _git_init(project.root)
+    project.workflow("w", [{"name": "where", "type": "command", "run": "pwd"}])
+    deep = project.root / "src" / "pkg"
+    deep.mkdir(parents=True)
+    result = _in(deep, "run", "w")
+    assert result.returncode == 0, result.stderr
+    assert f"{project.root}\n" in result.stdout  # steps run at the root, as from the root
+    assert len(project.records()) == 1  # the record is in the root's runs/, not src/pkg/runs/
+    listed = _in(deep, "runs")
+    assert listed.returncode == 0 and " w  (cli)" in listed.stdout
+    assert not (deep / "runs").exists()
+
+
+def test_the_root_search_stops_at_the_repository_top(tmp_path: Path) -> None:
+    outer = Project(tmp_path / "outer")  # has workflows/, but is above the repository
+    outer.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
+    repo = outer.root / "repo"
+    (repo / "src").mkdir(parents=True)
+    _git_init(repo)
+    result = _in(repo / "src", "run", "w")
+    assert result.returncode == 2
+    assert result.stderr.startswith("orchestrate: error: no workflow 'w': ")
+    assert not (outer.root / "runs").exists()
+
+
+def test_orchestrate_json_marks_the_root_and_outside_git_the_current_folder_is(tmp_path: Path) -> None:
+    repo = tmp_path / "mono"
+    (repo / "apps" / "shop" / "src").mkdir(parents=True)
+    _git_init(repo)
+    (repo / "apps" / "shop" / "orchestrate.json").write_text("{}")
+    assert orchestrate.find_project_root(repo / "apps" / "shop" / "src") == repo / "apps" / "shop"
+    plain = tmp_path / "plain" / "sub"
+    plain.mkdir(parents=True)
+    (tmp_path / "plain" / "workflows").mkdir()
+    assert orchestrate.find_project_root(plain) == plain  # no repository: no search upwards
+
+
+def _three_runs(project: Project) -> list[str]:
+    project.workflow("w", [{"name": "a", "type": "command", "run": "echo from a"},
+                           {"name": "b", "type": "command", "run": "echo from b"}])
+    for _ in range(3):
+        assert project.run("run", "w", "-q").returncode == 0
+    return [r["run_id"] for r in project.records()]
+
+
+def test_status_and_logs_take_latest_and_unique_prefixes(project: Project) -> None:
+    ids = _three_runs(project)
+    latest = ids[-1]
+    plain = project.run("status")
+    assert plain.returncode == 0 and plain.stdout.startswith(f"run {latest}: w — completed")
+    assert project.run("status", "latest").stdout == plain.stdout
+    assert project.run("status", latest[-6:]).stdout.startswith(f"run {latest}: ")  # the random tail
+    assert json.loads(project.run("status", ids[0], "--json").stdout)["run_id"] == ids[0]
+    logs = project.run("logs", "latest", "2")
+    assert logs.returncode == 0 and logs.stdout == "from b\n"
+    assert project.run("logs", latest[-6:], "b").stdout == "from b\n"
+
+
+def test_ambiguous_and_unknown_run_prefixes(project: Project) -> None:
+    ids = _three_runs(project)
+    common = os.path.commonprefix(ids)
+    ambiguous = project.run("status", common)
+    assert ambiguous.returncode == 2
+    assert ambiguous.stderr == (f"orchestrate: error: run {common!r} is ambiguous: 3 runs match "
+                                f"({ids[2]}, {ids[1]}, {ids[0]}); give more of the id\n")
+    unknown = project.run("logs", "19990101")
+    assert unknown.returncode == 2
+    assert unknown.stderr == (f"orchestrate: error: no run id in {project.runs} starts with '19990101' "
+                              "(see: orchestrate runs)\n")
+    assert "is not a run id" in project.run("status", "../etc").stderr
+
+
+def test_status_without_runs(project: Project) -> None:
+    result = project.run("status")
+    assert result.returncode == 2
+    assert result.stderr == f"orchestrate: error: no runs yet in {project.runs} (start one: orchestrate run NAME)\n"
+
+
+def test_runs_status_passed_means_completed(project: Project) -> None:
+    _three_runs(project)
+    passed = project.run("runs", "--status", "passed")
+    assert passed.returncode == 0 and len(passed.stdout.splitlines()) == 3
+    assert passed.stdout == project.run("runs", "--status", "completed").stdout
+    bad = project.run("runs", "--status", "pased")
+    assert bad.returncode == 2
+    assert bad.stderr == ("orchestrate: error: --status 'pased': expected one of pending, running, failed, "
+                          "completed\n")
+
+
+def test_only_and_skip_take_step_numbers_and_suggest_names(project: Project) -> None:
+    project.workflow("w", [{"name": n, "type": "command", "run": f"echo {n}"} for n in ("lint", "unit", "e2e")])
+    only = project.run("run", "w", "--only", "2")
+    assert only.returncode == 0
+    assert [e["status"] for e in project.last_record()["log"]] == ["skipped", "passed", "skipped"]
+    skip = project.run("run", "w", "--skip", "1", "--skip", "e2e")
+    assert [e["status"] for e in project.last_record()["log"]] == ["skipped", "passed", "skipped"]
+    assert skip.returncode == 0
+    for flag, value, hint in (("--only", "unti", " (did you mean 'unit'?)"), ("--skip", "4", "")):
+        bad = project.run("run", "w", flag, value)
+        assert bad.returncode == 2
+        assert bad.stderr == (f"orchestrate: error: {flag} {value!r}: no such step in w{hint}; steps: lint, "
+                              "unit, e2e (or their numbers, 1-3)\n")
+
+
+def test_orchestrate_skip_takes_step_numbers(project: Project) -> None:
+    project.workflow("w", [{"name": n, "type": "command", "run": f"echo {n}"} for n in ("lint", "unit", "e2e")])
+    result = project.run("run", "w", env={"ORCHESTRATE_SKIP": "2,e2e,lintt"})
+    assert result.returncode == 0
+    assert [e["status"] for e in project.last_record()["log"]] == ["passed", "skipped", "skipped"]
+    assert ("orchestrate: warning: ORCHESTRATE_SKIP: no step 'lintt' in this workflow (did you mean 'lint'?)"
+            in result.stderr)
+
+
+def test_one_step_reads_one_step(project: Project) -> None:
+    project.workflow("w", [{"name": "only", "type": "command", "run": "true"}])
+    assert project.run("run", "w").stdout.startswith("orchestrate: w (1 step, run ")
+    assert project.run("run", "w", "--dry-run").stdout.startswith("w (workflows/w.json): 1 step — dry run")
+    assert project.run("validate", "w").stdout == "workflows/w.json: ok (1 step)\n"
+
+
+@pytest.mark.parametrize("args", [["run", "w", "--root", "{root}"], ["run", "--root={root}", "w", "-q"],
+                                  ["status", "--root", "{root}"], ["runs", "--root", "{root}", "--limit", "1"],
+                                  ["validate", "w", "--root", "{root}"]])
+def test_global_options_after_the_command(project: Project, tmp_path: Path, args: list[str]) -> None:
+    project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
+    assert project.run("run", "w").returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = _in(elsewhere, *[a.replace("{root}", str(project.root)) for a in args])
+    assert result.returncode == 0, result.stderr
+    assert not (elsewhere / "runs").exists()
+
+
+def test_hoist_global_options() -> None:
+    hoist = orchestrate.hoist_global_options
+    assert hoist(["run", "w", "--root", "..", "-q"]) == ["--root", "..", "run", "w", "-q"]
+    assert hoist(["--runs-dir", "r", "hook", "status", "--root=x"]) == ["--runs-dir", "r", "--root=x", "hook", "status"]
+    assert hoist(["run", "w", "--", "--root", "x"]) == ["run", "w", "--", "--root", "x"]
+    assert hoist(["run", "w", "--root"]) == ["run", "w", "--root"]  # no value: Typer reports it
+    assert hoist(["--root", "run", "run", "w"]) == ["--root", "run", "run", "w"]
+
+
+def test_a_long_value_in_a_message_keeps_its_end(project: Project) -> None:
+    value = "20261127T154000123Z-" + "x" * 80 + "/tail-that-differs"
+    result = project.run("status", value)
+    assert result.returncode == 2
+    shown = orchestrate.shorten_middle(value)
+    assert result.stderr.startswith(f"orchestrate: error: {shown!r} is not a run id")
+    assert shown.endswith("x/tail-that-differs") and len(shown) == 60 and "…" in shown
+    assert orchestrate.shorten_middle("short") == "short"
+
+
+def test_shell_completion_installs_and_completes(tmp_path: Path, project: Project) -> None:
+    project.workflow("deploy", [{"name": "a", "type": "command", "run": "true"}])
+    project.workflow("demo", [{"name": "a", "type": "command", "run": "true"}])
+    env = {**_clean_env(), "HOME": str(tmp_path / "home"), "SHELL": "/bin/bash"}
+    (tmp_path / "home").mkdir()
+    shown = subprocess.run([orchestrate_bin(), "--show-completion", "bash"], capture_output=True, text=True,
+                           env=env, timeout=60)
+    assert shown.returncode == 0 and "_ORCHESTRATE_COMPLETE=complete_bash" in shown.stdout
+    installed = subprocess.run([orchestrate_bin(), "--install-completion", "bash"], capture_output=True,
+                               text=True, env=env, timeout=60)
+    assert installed.returncode == 0, installed.stderr
+    assert "orchestrate" in (tmp_path / "home" / ".bashrc").read_text()
+    words = subprocess.run([orchestrate_bin()], cwd=project.root, capture_output=True, text=True, timeout=60,
+                           env={**env, "_ORCHESTRATE_COMPLETE": "complete_bash",
+                                "COMP_WORDS": "orchestrate run de", "COMP_CWORD": "2"})
+    assert words.stdout.split() == ["demo", "deploy"]
+
+
+def test_readme_lists_exactly_the_git_variables_steps_see() -> None:
+    text = " ".join(_section("Use it from git and CI").split())
+    sentence = re.search(r"steps see only those that configure transport or identity, when they are set: "
+                         r"(.*?)\. Every other", text)
+    assert sentence, "README no longer says which GIT_* variables steps see"
+    named = set(re.findall(r"`(GIT_[A-Z_]+?)(?:_<n>)?`", sentence.group(1)))
+    assert named == (orchestrate._GIT_ENV_KEEP - {"GIT_TERMINAL_PROMPT"}) | {
+        p.rstrip("_") for p in orchestrate._GIT_ENV_KEEP_PREFIXES}
+    assert "`GIT_TERMINAL_PROMPT=0`" in text

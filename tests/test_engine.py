@@ -470,3 +470,59 @@ def test_internal_error_in_a_built_in_runner_is_exit_3_with_the_report_written(p
     assert "about to break" in log and "ZeroDivisionError: division by zero" in log and "Traceback" in log
     assert_valid_junit(project.runs / record["run_id"] / "junit.xml")
     assert "internal error in the command runner" in (project.runs / record["run_id"] / "junit.xml").read_text()
+
+
+# --- steps on a terminal keep their colour and width ----------------------------------------
+
+def _step_env_through_a_pty(project: Project, columns: int, env: dict[str, str]) -> dict[str, str]:
+    """Run a step that records its environment, with orchestrate's console on a real pty
+    `columns` wide; the step's own output goes through orchestrate's pipe."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    out = project.root / "step-env"
+    project.workflow("w", [cmd("env", f'env > "{out}"')])
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("CI", "GITHUB_ACTIONS", "NO_COLOR", "COLUMNS", "FORCE_COLOR", "CLICOLOR_FORCE")}
+    full_env.update(PYTHONPATH=str(REPO), TERM="xterm", **env)
+    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w"], stdin=slave,
+                               stdout=slave, stderr=slave, env=full_env, close_fds=True)
+    os.close(slave)
+    try:
+        while os.read(master, 65536):
+            pass
+    except OSError:
+        pass  # EIO: the last writer closed the terminal
+    assert process.wait(30) == 0
+    os.close(master)
+    return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+
+
+def test_steps_on_a_terminal_see_its_width_and_keep_colour(project: Project) -> None:
+    env = _step_env_through_a_pty(project, 137, {})
+    assert (env["COLUMNS"], env["FORCE_COLOR"], env["CLICOLOR_FORCE"]) == ("137", "1", "1")
+
+
+def test_no_color_keeps_steps_colourless_but_tells_the_width(project: Project) -> None:
+    env = _step_env_through_a_pty(project, 99, {"NO_COLOR": "1"})
+    assert env["COLUMNS"] == "99"
+    assert "FORCE_COLOR" not in env and "CLICOLOR_FORCE" not in env
+
+
+def test_a_users_own_settings_win(project: Project) -> None:
+    env = _step_env_through_a_pty(project, 99, {"COLUMNS": "200", "FORCE_COLOR": "0"})
+    assert (env["COLUMNS"], env["FORCE_COLOR"], env["CLICOLOR_FORCE"]) == ("200", "0", "1")
+
+
+def test_steps_into_a_pipe_get_no_terminal_variables(project: Project) -> None:
+    out = project.root / "step-env"
+    project.workflow("w", [cmd("env", f'env > "{out}"')])
+    result = project.run("run", "w", env={"TERM": "xterm"})
+    assert result.returncode == 0
+    names = {line.split("=", 1)[0] for line in out.read_text().splitlines()}
+    assert not names & {"FORCE_COLOR", "CLICOLOR_FORCE"} - set(os.environ)
+    assert "COLUMNS" not in names or "COLUMNS" in os.environ

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CI_VARIABLES, orchestrate_bin
+from conftest import CI_VARIABLES, orchestrate_bin, tool_path
 
 import orchestrate
 
@@ -27,7 +29,7 @@ def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("GIT_", "ORCHESTRATE_", "PRE_COMMIT")) and k not in CI_VARIABLES}
     env.update(HOME=str(tmp / "home"), GIT_CONFIG_GLOBAL=str(tmp / "gitconfig"),
-               GIT_CONFIG_NOSYSTEM="1",
+               GIT_CONFIG_NOSYSTEM="1", PYTHONPATH=str(REPO),  # this checkout's orchestrate.py
                PATH=f"{Path(orchestrate_bin()).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.update(extra)
     return env
@@ -158,10 +160,9 @@ def test_install_message_and_workflow_option(tmp_path: Path) -> None:
 def test_shipped_hook_is_the_installed_one_and_shellcheck_clean() -> None:
     assert (REPO / "hooks" / "pre-push").read_text() == orchestrate.render_hook()
     assert os.access(REPO / "hooks" / "pre-push", os.X_OK)
-    if shutil.which("shellcheck"):
-        result = subprocess.run(["shellcheck", "-s", "sh", str(REPO / "hooks" / "pre-push")], check=False,
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout
+    result = subprocess.run([tool_path("shellcheck"), "-s", "sh", str(REPO / "hooks" / "pre-push")], check=False,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
 
 
 def test_unknown_hook_type(gp: GitProject) -> None:
@@ -324,7 +325,7 @@ def test_orchestrate_missing_from_path(gp: GitProject) -> None:
     result = gp.push("main", PATH=path)
     assert result.returncode != 0
     assert ("orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): "
-            "install it with 'pipx install orchestrate', or skip this check with "
+            "install it with 'pipx install orchestrate-cli', or skip this check with "
             "'git push --no-verify'") in result.stderr
     assert not gp.remote_has(gp.head())
     result = gp.push("main", PATH=path, ORCHESTRATE_ALLOW_MISSING="1")
@@ -429,6 +430,219 @@ def test_changed_gating_on_new_branch_counts_only_commits_not_on_the_remote(gp: 
     log = {e["step"]: e for e in gp.records()[-1]["log"]}
     assert log["main only"]["message"] == "when.branch ['main']: branch 'feature/x' does not match"
     assert log["docs"]["message"].startswith("when.changed ['docs/**']: no changed file matches")
+
+
+# --- what is pushed: the warning, and checking the pushed commit in its own worktree -------
+
+BROKEN = "def add(a, b):\n    return a - b\n"
+FIXED = "def add(a, b):\n    return a + b\n"
+
+
+def calc_step(**extra: Any) -> dict[str, Any]:
+    """A unit test of src/calc.py's add(), as a developer's pre-push check would be."""
+    code = ("import sys; sys.path.insert(0, 'src'); from calc import add; "
+            "assert add(2, 2) == 4, 'add(2, 2) is %s' % add(2, 2); print('add works')")
+    return {"name": "unit tests", "type": "command", "run": ["python3", "-c", code], **extra}
+
+
+def broken_commit_fixed_in_the_working_tree(gp: GitProject) -> str:
+    gp.workflow([calc_step()])
+    broken = gp.commit("add() with a bug", **{"src__calc.py": BROKEN})
+    gp.write("src/calc.py", FIXED)  # fixed, but not committed
+    return broken
+
+
+def worktrees(gp: GitProject) -> list[str]:
+    listed = gp.git("worktree", "list", "--porcelain").stdout
+    return [line[len("worktree "):] for line in listed.splitlines() if line.startswith("worktree ")]
+
+
+def assert_no_worktree_left(gp: GitProject) -> None:
+    assert worktrees(gp) == [str(gp.root)]
+    assert sorted(os.listdir(gp.root / "runs" / ".worktrees")) == []
+
+
+def test_hook_warns_in_one_line_when_the_working_tree_is_not_what_is_pushed(gp: GitProject) -> None:
+    broken = broken_commit_fixed_in_the_working_tree(gp)
+    gp.write("src/helpers.py", "x = 1\n")  # untracked, where a step looks (its cwd)
+    gp.write("notes.txt", "mine\n")        # untracked, nowhere a step looks: not named
+    gp.workflow([calc_step(), gp.record_step("in src", cwd="src")])
+    gp.git("add", "workflows/pre-push.json")  # staged, not committed
+    result = gp.push("main")
+    assert result.returncode == 0, result.stderr  # the working tree passes: the warning says so
+    warnings = [line for line in result.stderr.splitlines() if "orchestrate: warning" in line]
+    assert warnings == [
+        "orchestrate: warning: pre-push: the working tree is not what is pushed (modified or staged: "
+        "src/calc.py, workflows/pre-push.json; untracked: src/helpers.py); the checks see the working tree: "
+        "commit or stash first, or set \"pre_push\": {\"checkout\": \"pushed\"} in orchestrate.json to check "
+        "the pushed commit"]
+    assert gp.remote_has(broken)
+
+
+def test_hook_warns_when_the_pushed_branch_is_not_head(gp: GitProject) -> None:
+    gp.git("branch", "other")
+    gp.commit("on main only", **{"src__app.py": "print('main')\n"})
+    other = gp.head("other")
+    result = gp.push("other")
+    assert result.returncode == 0, result.stderr
+    assert (f"orchestrate: warning: pre-push: the working tree is not what is pushed (the pushed other "
+            f"({other[:12]}) is not the checked-out HEAD ({gp.head()[:12]}); modified or staged: src/app.py)"
+            in result.stderr)
+
+
+def test_no_warning_when_the_working_tree_is_the_pushed_commit(gp: GitProject) -> None:
+    gp.write("notes.txt", "untracked, used by no step\n")
+    result = gp.push("main")
+    assert result.returncode == 0 and "orchestrate: warning" not in result.stderr, result.stderr
+
+
+def test_pushed_checkout_catches_a_broken_commit_fixed_but_not_committed(gp: GitProject) -> None:
+    broken = broken_commit_fixed_in_the_working_tree(gp)
+    gp.write("orchestrate.json", json.dumps({"pre_push": {"checkout": "pushed"}}))
+    result = gp.push("main")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert not gp.remote_has(broken)
+    record = gp.records()[-1]  # in the real runs/
+    assert record["status"] == "failed"
+    worktree = gp.root / "runs" / ".worktrees" / record["run_id"]
+    assert (f"orchestrate: pre-push: checking main at {broken[:12]} in its own worktree "
+            f"runs/.worktrees/{record['run_id']}") in result.stdout
+    assert "AssertionError: add(2, 2) is 0" in result.stdout
+    assert record["trigger"]["checkout"] == {"commit": broken, "worktree": str(worktree), "shared": []}
+    assert "orchestrate: warning" not in result.stderr
+    assert_no_worktree_left(gp)
+    assert (gp.root / "src" / "calc.py").read_text() == FIXED  # the developer's files untouched
+    fixed = gp.commit("fix add()")
+    result = gp.push("main")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert gp.remote_has(fixed)
+    assert_no_worktree_left(gp)
+
+
+def test_shared_paths_are_linked_into_the_worktree_and_survive_it(gp: GitProject) -> None:
+    gp.write(".gitignore", ".venv/\nnode_modules/\n")
+    gp.write(".venv/bin/tool", "#!/bin/sh\necho tool from the shared venv\n")
+    os.chmod(gp.root / ".venv" / "bin" / "tool", 0o755)
+    gp.workflow([{"name": "uses the venv", "type": "command", "run": ".venv/bin/tool"}])
+    gp.write("orchestrate.json", json.dumps({"pre_push": {"checkout": "pushed",
+                                                          "share": [".venv", "node_modules"]}}))
+    gp.commit("a step that needs the venv")
+    result = gp.push("main")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tool from the shared venv" in result.stdout
+    assert "; linked: .venv\n" in result.stdout
+    assert ("orchestrate: warning: pre_push.share 'node_modules': no such file or folder in "
+            f"{gp.root}; not linked") in result.stderr
+    assert (gp.root / ".venv" / "bin" / "tool").is_file()  # removing the worktree kept the real one
+    assert_no_worktree_left(gp)
+
+
+def test_run_isolated_checks_head_not_the_working_tree(gp: GitProject) -> None:
+    broken = broken_commit_fixed_in_the_working_tree(gp)
+    plain = gp.orchestrate("run", "pre-push")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    isolated = gp.orchestrate("run", "pre-push", "--isolated")
+    assert isolated.returncode == 1, isolated.stdout + isolated.stderr
+    assert f"checking HEAD at {broken[:12]} in its own worktree" in isolated.stdout
+    assert_no_worktree_left(gp)
+
+
+def test_workflow_missing_from_the_pushed_commit(gp: GitProject) -> None:
+    gp.workflow([gp.record_step("new")], name="quick")  # not committed
+    result = gp.orchestrate("run", "quick", "--isolated")
+    assert result.returncode == 2
+    assert result.stderr == (f"orchestrate: error: workflows/quick.json is not in the commit being checked "
+                             f"(HEAD {gp.head()[:12]}): commit it, or run without --isolated / "
+                             "\"pre_push\": {\"checkout\": \"pushed\"}\n")
+    assert_no_worktree_left(gp)
+
+
+def start_isolated_sleeper(gp: GitProject) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    started = gp.out / "started"
+    gp.workflow([{"name": "slow", "type": "command", "run": f'touch "{started}"; sleep 60'}])
+    gp.commit("a slow check")
+    process = subprocess.Popen([orchestrate_bin(), "run", "pre-push", "--isolated"], cwd=gp.root, env=gp.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               stdin=subprocess.DEVNULL)
+    for _ in range(600):
+        if started.exists():
+            break
+        time.sleep(0.05)
+    assert started.exists(), "the step never started"
+    [owner] = [json.loads(p.read_text()) for p in (gp.root / "runs" / ".worktrees").glob("*.json")]
+    return process, owner
+
+
+def test_ctrl_c_removes_the_worktree(gp: GitProject) -> None:
+    process, owner = start_isolated_sleeper(gp)
+    assert len(worktrees(gp)) == 2
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert_no_worktree_left(gp)
+
+
+def test_a_killed_run_leaves_a_worktree_the_next_run_removes(gp: GitProject) -> None:
+    process, owner = start_isolated_sleeper(gp)
+    process.kill()
+    process.communicate(timeout=60)
+    [stale] = [Path(p) for p in worktrees(gp) if p != str(gp.root)]
+    assert stale.parent == gp.root / "runs" / ".worktrees"
+    gp.workflow([gp.record_step("quick")])
+    gp.commit("quick again")
+    result = gp.orchestrate("run", "pre-push", "--isolated")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (f"orchestrate: removed runs/.worktrees/{stale.name}, the worktree of a run that was killed"
+            in result.stdout)
+    assert_no_worktree_left(gp)
+
+
+def test_share_never_links_outside_the_worktree_through_a_committed_symlink(gp: GitProject,
+                                                                             tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (gp.root / "lib").symlink_to(outside)  # committed: a symlink leading out of the checkout
+    gp.write("orchestrate.json", json.dumps({"pre_push": {"checkout": "pushed", "share": ["lib/venvs"]}}))
+    gp.workflow([gp.record_step("check")])
+    gp.commit("a symlinked lib")
+    (gp.root / "lib").unlink()  # in the working tree, lib is a real folder again, with a venv
+    gp.write("lib/venvs/tool", "mine\n")
+    result = gp.orchestrate("run", "pre-push", "--isolated")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("orchestrate: warning: pre_push.share 'lib/venvs': leads out of the worktree through a symlink "
+            "in the commit; not linked") in result.stderr
+    assert list(outside.iterdir()) == []
+    assert_no_worktree_left(gp)
+
+
+def test_stale_cleanup_touches_only_its_own_entries(gp: GitProject) -> None:
+    folder = gp.root / "runs" / ".worktrees"
+    folder.mkdir(parents=True)
+    (folder / "..json").write_text("{}")
+    keep = folder / "README"
+    keep.write_text("not an owner file\n")
+    removed = orchestrate.clean_stale_worktrees(gp.root, gp.root / "runs")
+    assert removed == [] and folder.is_dir() and keep.exists() and (folder / "..json").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"pre_push": {"checkout": "pushd"}},
+     "orchestrate.json: key 'pre_push.checkout' must be \"working-tree\" or \"pushed\", not 'pushd' "
+     "(did you mean 'pushed'?)"),
+    ({"pre_push": {"share": ["../elsewhere"]}},
+     "orchestrate.json: key 'pre_push.share' lists '../elsewhere': give a path inside the project, relative "
+     "to it, such as \".venv\""),
+    ({"pre_push": {"share": ["/home/me/.venv"]}},
+     "orchestrate.json: key 'pre_push.share' lists '/home/me/.venv': give a path inside the project, "
+     "relative to it, such as \".venv\""),
+    ({"pre_push": {"chekout": "pushed"}},
+     "orchestrate.json: pre_push: unknown key 'chekout' (did you mean 'checkout'?)"),
+])
+def test_bad_pre_push_settings(gp: GitProject, settings: dict[str, Any], message: str) -> None:
+    gp.write("orchestrate.json", json.dumps(settings))
+    result = gp.orchestrate("run", "pre-push")
+    assert result.returncode == 2
+    assert result.stderr == f"orchestrate: error: {message}\n"
 
 
 # --- stdin handling ---------------------------------------------------------------------

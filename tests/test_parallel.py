@@ -513,3 +513,18 @@ def test_live_status_lines_on_a_terminal(project: Project) -> None:
     # one line per running step, redrawn in place (cursor up, clear) as the seconds pass
     assert "[1/2] one … 1s\r\n[2/2] two … 1s" in screen
     assert "\x1b[1A\x1b[J" in screen
+
+
+def test_the_pre_push_workflow_init_writes_runs_its_checks_in_parallel(project: Project) -> None:
+    assert project.cli("init").exit_code == 0
+    steps = json.loads((project.workflows / "pre-push.json").read_text())["steps"]
+    independent = [s["name"] for s in steps if s.get("needs") == []]
+    assert len(independent) >= 2
+    result = project.run("run", "pre-push", "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    record = project.last_record()
+    assert _max_overlap({n: s for n, s in _spans(record).items() if n in independent}) >= 1
+    assert record["options"]["jobs"] == 2
+    # what a person reads: each check whole, in grouped form
+    for name in independent:
+        assert f"{name} (command)" in result.stdout

@@ -505,6 +505,18 @@ def test_cypress_modules_short_names_resolve(project: Project) -> None:
     assert f"--project {project.root / 'apps/shop'} " in project.cli("run", "ui", "--dry-run").stdout
 
 
+def test_a_project_without_slash_that_is_a_folder_is_that_folder(project: Project) -> None:
+    """Not a cypress_modules name, but a folder under the root: no './e2e' needed."""
+    make_cypress_project(project, {"a.cy.js": spec("pass 2")}, folder="e2e")
+    project.write("orchestrate.json", json.dumps({"cypress_modules": {"shop": "apps/shop"}}))
+    project.workflow("ui", [{"name": "ui smoke", "type": "cypress", "project": "e2e"}])
+    assert project.cli("validate", "ui").exit_code == 0
+    result = project.cli("run", "ui")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert cypress_entry(project)["tests"] == 2
+    assert f"--project {project.root / 'e2e'} " in project.cli("run", "ui", "--dry-run").stdout
+
+
 @pytest.mark.parametrize("modules, value, message", [
     ({"smoke": "a/b", "regression": "c/d"}, "smok",
      ("workflows/ui.json: steps[0] \"ui smoke\": key 'project': 'smok' is not a cypress_modules short name "
@@ -751,6 +763,7 @@ def test_every_orchestrate_command_in_the_shard_examples_is_valid(project: Proje
     for name in ("github-actions-shard.yml", "Jenkinsfile.shard"):
         for raw in (REPO / "hooks" / name).read_text().splitlines():
             text = raw.strip().removeprefix("run:").removeprefix("sh").strip().strip("'\"")
+            text = text.removeprefix(".orchestrate-venv/bin/")  # Jenkins: the workspace's virtualenv
             if text.startswith("orchestrate "):
                 lines.append(text.replace("${{ matrix.shard }}", "2"))
     assert len(lines) == 4  # one in the GitHub matrix job, one per Jenkins branch

@@ -492,8 +492,8 @@ def test_serve_without_the_extra_says_how_to_install_it(api_root: Path) -> None:
                             timeout=60, check=False)
 
     assert result.returncode == 3, result.stderr
-    assert "pipx install 'orchestrate[server]'" in result.stderr
-    assert "pipx inject orchestrate fastapi uvicorn" in result.stderr
+    assert "pipx install 'orchestrate-cli[server]'" in result.stderr
+    assert "pipx inject orchestrate-cli fastapi uvicorn" in result.stderr
     assert "Traceback" not in result.stderr
 
 

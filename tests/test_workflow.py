@@ -63,6 +63,13 @@ BAD_WORKFLOWS = [
     (_doc({**CMD, "shard": "second"}), 'workflows/w.json: steps[0] "cmd": key \'shard\' must be "all" or "first"'),
     (_doc(CMD, secrets=["not a var"]), "workflows/w.json: key 'secrets' lists 'not a var', which is not a variable name"),
     ('{"steps": [], "steps": []}', "workflows/w.json: key 'steps' appears twice in the same object"),
+    ('{"steps": [{"name": "a", "type": "command", "run": "x"},]}',
+     "workflows/w.json: invalid JSON at line 1 column 56: trailing comma before ']' (JSON allows none: remove it)"),
+    ('{\n  "steps": [{"name": "a", "type": "command", "run": "x"}],\n  \n}',
+     "workflows/w.json: invalid JSON at line 2 column 58: trailing comma before '}' (JSON allows none: remove it)"),
+    ('{"steps": [{"name": "a", "type": "command", "run": ["x", ]}]}',
+     "workflows/w.json: invalid JSON at line 1 column 56: trailing comma before ']' (JSON allows none: remove it)"),
+    ('{"steps": [,]}', "workflows/w.json: invalid JSON at line 1 column 12: Expecting value"),
 ]
 
 
@@ -178,15 +185,31 @@ def test_validate_all_and_list(project: Project) -> None:
     project.workflow("a", [CMD], description="first one")
     project.workflow("b", [CMD, {**CMD, "name": "cmd2"}])
     project.write("workflows/broken.json", "{")
+    project.workflow("typo", [{**CMD, "rnu": "x"}], description="parses, but would not run")
     result = project.cli("validate")
     assert result.exit_code == 2
-    assert "workflows/a.json: ok (1 steps)" in result.stdout
+    assert "workflows/a.json: ok (1 step)" in result.stdout
     assert "workflows/b.json: ok (2 steps)" in result.stdout
     assert "workflows/broken.json: invalid JSON" in result.stderr
     listing = project.cli("list")
     assert listing.exit_code == 0
-    assert "first one" in listing.stdout
-    assert "broken" in listing.stdout and "invalid" in listing.stdout
+    assert listing.stdout.splitlines() == [
+        "a          1 step  first one",
+        "b         2 steps",
+        "broken    invalid  (see: orchestrate validate broken)",
+        "typo      invalid  (see: orchestrate validate typo)"]
+
+
+def test_validate_takes_var_like_run(project: Project) -> None:
+    project.workflow("w", [{**CMD, "run": "echo ${GREETING}"}])
+    assert project.cli("validate", "w").exit_code == 2
+    result = project.cli("validate", "w", "--var", "GREETING=hi")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "workflows/w.json: ok (1 step)\n"
+    bad = project.cli("validate", "w", "--var", "no-equals")
+    assert bad.exit_code == 2
+    assert bad.stderr == ("orchestrate: error: --var 'no-equals': expected KEY=VALUE with KEY a variable name "
+                          "(letters, digits, _)\n")
 
 
 def test_validate_warns_about_missing_venv_ahead_of_time(project: Project) -> None:
