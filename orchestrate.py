@@ -79,7 +79,6 @@ SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("pending", "running", "failed", "completed")
 RUN_STATUS_ALIASES = {"passed": "completed"}  # what a run that passed is called in its summary line
-STEP_STATUSES = ("pending", "running", "passed", "failed", "skipped")
 WHEN_STATUSES = ("success", "failure", "always")
 
 MAX_WORKFLOW_BYTES = 4 * 1024 * 1024  # a workflow is a hand-written file; 4 MiB is far beyond any real one
@@ -1203,7 +1202,7 @@ def _hostname() -> str:
     return os.uname().nodename
 
 
-def _pid_start_time(pid: int) -> str | None:
+def pid_start_time(pid: int) -> str | None:
     """The kernel's start time of a process, so a reused pid is not taken for our run."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -1223,7 +1222,7 @@ def process_alive(pid: int | None, start: str | None = None) -> bool:
     except PermissionError:
         return True
     if start is not None:
-        current = _pid_start_time(pid)
+        current = pid_start_time(pid)
         if current is not None and current != start:
             return False
     return True
@@ -1820,11 +1819,10 @@ class OutputSink:
 
 @dataclass
 class ProcessResult:
-    """How a step process ended, and the end of what it printed."""
+    """How a step process ended (the end of what it printed is the sink's tail_text())."""
 
     exit_code: int | None
     timed_out: bool
-    output_tail: str
     leftover_processes: int = 0  # what it left running after it exited, ended by orchestrate
 
 
@@ -2199,7 +2197,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     if timeout:
         deadline = min(deadline if deadline is not None else float("inf"), time.monotonic() + timeout)
     if deadline is not None and time.monotonic() >= deadline:
-        return ProcessResult(exit_code=None, timed_out=True, output_tail=sink.tail_text())
+        return ProcessResult(exit_code=None, timed_out=True)
     token = env.get(STEP_TOKEN_ENV) or new_step_token()
     shell = isinstance(argv, str)
     try:
@@ -2331,7 +2329,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         sink.flush()
     code = process.wait()
     return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out,
-                         output_tail=sink.tail_text(), leftover_processes=leftovers)
+                         leftover_processes=leftovers)
 
 
 def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
@@ -2344,7 +2342,7 @@ def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
     finally:
         sink.flush()
     code = process.wait()
-    return ProcessResult(exit_code=code, timed_out=False, output_tail=sink.tail_text())
+    return ProcessResult(exit_code=code, timed_out=False)
 
 
 def _drain(fd: int, sink: OutputSink) -> None:
@@ -2493,8 +2491,7 @@ def _process_result(result: ProcessResult, what: str) -> StepResult:
 
 
 def venv_python(venv: Path) -> Path:
-    if os.name == "nt":
-        return venv / "Scripts" / "python.exe"
+    """A virtualenv's interpreter (POSIX layout: orchestrate runs steps on Linux and macOS)."""
     return venv / "bin" / "python"
 
 
@@ -3765,7 +3762,6 @@ class JiraPlan:
     projects: list[str]
     user: str | None
     token: str
-    comment_text: str
     comment_payload: dict[str, Any]
     truncated: bool
     transition: dict[str, dict[str, Any] | None]
@@ -3926,7 +3922,7 @@ class JiraRunner(Runner):
         return JiraPlan(api=api, issues=list(dict.fromkeys(issues)),
                         issues_from=list(config.get("issues_from", [])),
                         projects=list(config.get("projects", [])), user=user, token=token,
-                        comment_text=text, comment_payload=payload, truncated=truncated,
+                        comment_payload=payload, truncated=truncated,
                         transition=parse_jira_transition(config.get("transition")),
                         update=config.get("update"),
                         verify=str(ctx.root / bundle) if bundle else True,
@@ -5533,7 +5529,7 @@ class Engine:
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": self.workflow.name,
             "status": "running", "current": None, "running": [], "started_at": utc_now(),
             "finished_at": None, "duration_s": None, "exit_code": None, "message": "",
-            "pid": os.getpid(), "pid_start": _pid_start_time(os.getpid()), "host": _hostname(),
+            "pid": os.getpid(), "pid_start": pid_start_time(os.getpid()), "host": _hostname(),
             "trigger": trigger, "workflow_file": self.workflow.display_path,
             "workflow_sha256": self.workflow.sha256,
             "options": {"only": self.options.only, "skip": self.options.skip,
@@ -7653,7 +7649,7 @@ def add_pushed_worktree(repo: Path, runs_dir: Path, name: str, commit: str,
     links = [root / item for item in share]
     owner_file = folder / f"{name}.json"
     # the owner file first: a kill during `worktree add` still leaves something to clean up
-    owner_file.write_text(json.dumps({"pid": os.getpid(), "start": _pid_start_time(os.getpid()),
+    owner_file.write_text(json.dumps({"pid": os.getpid(), "start": pid_start_time(os.getpid()),
                                       "commit": commit, "repository": str(top),
                                       "links": [str(link) for link in links]}) + "\n", encoding="utf-8")
     checkout = PushedWorktree(repo=repo, path=path, root=root, commit=commit, owner_file=owner_file)
