@@ -79,7 +79,6 @@ SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("pending", "running", "failed", "completed")
 RUN_STATUS_ALIASES = {"passed": "completed"}  # what a run that passed is called in its summary line
-STEP_STATUSES = ("pending", "running", "passed", "failed", "skipped")
 WHEN_STATUSES = ("success", "failure", "always")
 
 MAX_WORKFLOW_BYTES = 4 * 1024 * 1024  # a workflow is a hand-written file; 4 MiB is far beyond any real one
@@ -1203,7 +1202,7 @@ def _hostname() -> str:
     return os.uname().nodename
 
 
-def _pid_start_time(pid: int) -> str | None:
+def pid_start_time(pid: int) -> str | None:
     """The kernel's start time of a process, so a reused pid is not taken for our run."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -1223,7 +1222,7 @@ def process_alive(pid: int | None, start: str | None = None) -> bool:
     except PermissionError:
         return True
     if start is not None:
-        current = _pid_start_time(pid)
+        current = pid_start_time(pid)
         if current is not None and current != start:
             return False
     return True
@@ -1625,6 +1624,27 @@ class RunStore:
                     _unlink_quietly(self.runs_dir / name)
 
 
+def step_entry(record: Mapping[str, Any], step: str) -> dict[str, Any] | None:
+    """A step's entry in a record, as `logs` and the HTTP API take STEP: the step of that
+    name, else the step of that 1-based number (a step named "2" is that step, not the second)."""
+    entries = [e for e in record.get("log") or [] if isinstance(e, dict)]
+    for entry in entries:
+        if entry.get("step") == step:
+            return entry
+    if step.isdigit() and 1 <= int(step) <= len(entries):
+        return entries[int(step) - 1]
+    return None
+
+
+def step_log_path(store: RunStore, run_id: str, entry: Mapping[str, Any] | None) -> Path | None:
+    """A step's log file, or None while it has none. Only the file name from the record is
+    trusted: the file is always looked up inside the run's own folder, whatever the record says."""
+    if entry is None or not entry.get("log_file"):
+        return None
+    path = store.run_dir(run_id) / Path(str(entry["log_file"])).name
+    return path if path.is_file() else None
+
+
 class RunRecorder:
     """Keeps one run's record current: a journal line per step update (fsync'd when a step
     ends) and now and then a full snapshot, so recording a step costs the same at step 1,000
@@ -1799,11 +1819,10 @@ class OutputSink:
 
 @dataclass
 class ProcessResult:
-    """How a step process ended, and the end of what it printed."""
+    """How a step process ended (the end of what it printed is the sink's tail_text())."""
 
     exit_code: int | None
     timed_out: bool
-    output_tail: str
     leftover_processes: int = 0  # what it left running after it exited, ended by orchestrate
 
 
@@ -2178,7 +2197,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     if timeout:
         deadline = min(deadline if deadline is not None else float("inf"), time.monotonic() + timeout)
     if deadline is not None and time.monotonic() >= deadline:
-        return ProcessResult(exit_code=None, timed_out=True, output_tail=sink.tail_text())
+        return ProcessResult(exit_code=None, timed_out=True)
     token = env.get(STEP_TOKEN_ENV) or new_step_token()
     shell = isinstance(argv, str)
     try:
@@ -2310,7 +2329,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         sink.flush()
     code = process.wait()
     return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out,
-                         output_tail=sink.tail_text(), leftover_processes=leftovers)
+                         leftover_processes=leftovers)
 
 
 def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
@@ -2323,7 +2342,7 @@ def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
     finally:
         sink.flush()
     code = process.wait()
-    return ProcessResult(exit_code=code, timed_out=False, output_tail=sink.tail_text())
+    return ProcessResult(exit_code=code, timed_out=False)
 
 
 def _drain(fd: int, sink: OutputSink) -> None:
@@ -2472,8 +2491,7 @@ def _process_result(result: ProcessResult, what: str) -> StepResult:
 
 
 def venv_python(venv: Path) -> Path:
-    if os.name == "nt":
-        return venv / "Scripts" / "python.exe"
+    """A virtualenv's interpreter (POSIX layout: orchestrate runs steps on Linux and macOS)."""
     return venv / "bin" / "python"
 
 
@@ -3744,7 +3762,6 @@ class JiraPlan:
     projects: list[str]
     user: str | None
     token: str
-    comment_text: str
     comment_payload: dict[str, Any]
     truncated: bool
     transition: dict[str, dict[str, Any] | None]
@@ -3905,7 +3922,7 @@ class JiraRunner(Runner):
         return JiraPlan(api=api, issues=list(dict.fromkeys(issues)),
                         issues_from=list(config.get("issues_from", [])),
                         projects=list(config.get("projects", [])), user=user, token=token,
-                        comment_text=text, comment_payload=payload, truncated=truncated,
+                        comment_payload=payload, truncated=truncated,
                         transition=parse_jira_transition(config.get("transition")),
                         update=config.get("update"),
                         verify=str(ctx.root / bundle) if bundle else True,
@@ -5512,7 +5529,7 @@ class Engine:
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": self.workflow.name,
             "status": "running", "current": None, "running": [], "started_at": utc_now(),
             "finished_at": None, "duration_s": None, "exit_code": None, "message": "",
-            "pid": os.getpid(), "pid_start": _pid_start_time(os.getpid()), "host": _hostname(),
+            "pid": os.getpid(), "pid_start": pid_start_time(os.getpid()), "host": _hostname(),
             "trigger": trigger, "workflow_file": self.workflow.display_path,
             "workflow_sha256": self.workflow.sha256,
             "options": {"only": self.options.only, "skip": self.options.skip,
@@ -7632,7 +7649,7 @@ def add_pushed_worktree(repo: Path, runs_dir: Path, name: str, commit: str,
     links = [root / item for item in share]
     owner_file = folder / f"{name}.json"
     # the owner file first: a kill during `worktree add` still leaves something to clean up
-    owner_file.write_text(json.dumps({"pid": os.getpid(), "start": _pid_start_time(os.getpid()),
+    owner_file.write_text(json.dumps({"pid": os.getpid(), "start": pid_start_time(os.getpid()),
                                       "commit": commit, "repository": str(top),
                                       "links": [str(link) for link in links]}) + "\n", encoding="utf-8")
     checkout = PushedWorktree(repo=repo, path=path, root=root, commit=commit, owner_file=owner_file)
@@ -8399,30 +8416,6 @@ def fail_orphaned_pending_runs(store: RunStore) -> list[str]:
     return failed
 
 
-def _step_log_file(store: RunStore, run_id: str, record: dict, step: str) -> Path | None:
-    """The log file of `step` in this run, or None while it has none.
-
-    Only the file name from the record is trusted: the file is always looked up inside
-    the run's own folder, whatever the record says.
-    """
-    entry = _step_entry(record, step)
-    if entry is None or not entry.get("log_file"):
-        return None
-    path = store.run_dir(run_id) / Path(str(entry["log_file"])).name
-    return path if path.is_file() else None
-
-
-def _step_entry(record: dict, step: str) -> dict | None:
-    """A step's log entry by name or 1-based number, as `orchestrate logs` takes it."""
-    entries = [e for e in record.get("log") or [] if isinstance(e, dict)]
-    for entry in entries:
-        if entry.get("step") == step:
-            return entry
-    if step.isdigit() and 1 <= int(step) <= len(entries):
-        return entries[int(step) - 1]
-    return None
-
-
 def _parse_start_body(raw: bytes) -> Any:
     """A /start body as JSON: (status, message) in an HTTPError-like ValueError on failure."""
     if not raw.strip():
@@ -8672,10 +8665,10 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
     def logs(run_id: str, step: str) -> Any:
         """A step's full log (masked); followed until the step ends while it is running."""
         record = load_record(run_id)
-        path = _step_log_file(store, run_id, record, step)
+        path = step_log_path(store, run_id, step_entry(record, step))
         if path is None:
             names = [str(e.get("step", "")) for e in record.get("log") or []]
-            entry = _step_entry(record, step)
+            entry = step_entry(record, step)
             if entry is not None and entry.get("status") in ("passed", "failed", "skipped"):
                 return PlainTextResponse("")  # it printed nothing: no file was ever created
             if entry is not None:
@@ -8689,7 +8682,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
                 return False
             if current.get("status") not in ("pending", "running"):
                 return False
-            entry = _step_entry(current, step)
+            entry = step_entry(current, step)
             return entry is not None and entry.get("status") in ("pending", "running")
 
         async def follow() -> Any:
@@ -9041,6 +9034,227 @@ def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type
         return EXIT_INTERNAL
 
 
+# --- Commands: each does its work and returns a CommandResult; render() prints it ----------
+
+@dataclass
+class CommandResult:
+    """What a command did: `data` is what --json prints; `out` the lines for a person, in
+    order, each for stdout (1) or stderr (2); `stream`, when set, writes output too large for
+    lines (a step's whole log) after them."""
+
+    data: Any = None
+    out: list[tuple[int, str]] = field(default_factory=list)
+    exit_code: int = EXIT_OK
+    stream: Callable[[], None] | None = None
+
+    def say(self, text: str) -> None:
+        self.out.append((1, text))
+
+    def warn(self, text: str) -> None:
+        self.out.append((2, f"orchestrate: warning: {text}"))
+
+    def error(self, text: str) -> None:
+        self.out.append((2, f"orchestrate: error: {text}"))
+
+
+def render(result: CommandResult, json_output: bool = False) -> int:
+    """The one place a command's result is printed: as JSON (`data`, on stdout; what is said
+    on stderr still goes there) or as text. Returns the exit code."""
+    for fd, text in result.out:
+        if fd == 2:
+            _err(text)
+        elif not json_output:
+            sys.stdout.write(text + "\n")
+    if json_output:
+        sys.stdout.write(json.dumps(result.data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    if result.stream is not None:
+        result.stream()
+    return result.exit_code
+
+
+def cmd_validate(paths: Paths, names: Sequence[str] = (), var: Sequence[str] = ()) -> CommandResult:
+    """`orchestrate validate [NAME...]`: check definitions; warn about what is missing on disk."""
+    result = CommandResult(data=[])
+    variables = {**os.environ, **parse_vars(var)}
+    settings = load_settings(paths.root)
+    chosen = list(names) or [n for n, _ in list_workflows(paths.workflows_dir)]
+    if not chosen:
+        raise UsageError(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
+    store = RunStore(paths.runs_dir)
+    for name in chosen:
+        try:
+            workflow = load_workflow(name, paths.workflows_dir, variables, settings, paths.root)
+        except OrchestrateError as exc:
+            result.error(str(exc))
+            result.data.append({"workflow": name, "ok": False, "error": str(exc)})
+            result.exit_code = EXIT_USAGE
+            continue
+        plan = plan_run(workflow, settings, paths.root, store, RunOptions(variables=parse_vars(var)))
+        warnings = workflow.warnings + [f"{workflow.display_path}: steps[{i}] \"{item['step']}\": {w}"
+                                        for i, item in enumerate(plan) for w in item["warnings"]]
+        for warning in warnings:
+            result.warn(warning)
+        result.say(f"{workflow.display_path}: ok ({plural(len(workflow.steps), 'step')}"
+                   + (f", {plural(len(warnings), 'warning')}" if warnings else "") + ")")
+        result.data.append({"workflow": name, "ok": True, "steps": len(workflow.steps), "warnings": warnings})
+    return result
+
+
+def cmd_list(paths: Paths) -> CommandResult:
+    """`orchestrate list`: the workflows with their step count and description."""
+    found = list_workflows(paths.workflows_dir)
+    result = CommandResult(data=[])
+    if not found:
+        result.say(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
+        return result
+    width = max(len(n) for n, _ in found)
+    settings = load_settings(paths.root)
+    for name, path in found:
+        try:  # the checks `validate` makes: a file that parses but would not run is invalid too
+            workflow = load_workflow(name, paths.workflows_dir, dict(os.environ), settings, paths.root)
+            description = parse_json_file(path, name).get("description", "")
+        except OrchestrateError:
+            result.say(f"{name:<{width}}  {'invalid':>9}  (see: orchestrate validate {name})")
+            result.data.append({"name": name, "valid": False})
+            continue
+        result.say(f"{name:<{width}}  {plural(len(workflow.steps), 'step'):>9}  {description}".rstrip())
+        result.data.append({"name": name, "valid": True, "steps": len(workflow.steps), "description": description})
+    return result
+
+
+def cmd_status(paths: Paths, run_ref: str = "latest") -> CommandResult:
+    """`orchestrate status [RUN]`: one run, its status, current step and every step's result."""
+    store = RunStore(paths.runs_dir)
+    record = store.load(resolve_run_ref(store, run_ref))
+    result = CommandResult(data=record)
+    result.say(f"run {record['run_id']}: {record.get('workflow')} — {record.get('status')}"
+               + (f" (current: {record['current']})" if record.get("current") else ""))
+    result.say(f"  started {record.get('started_at')}"
+               + (f", finished {record['finished_at']} ({format_duration(record.get('duration_s'))})"
+                  if record.get("finished_at") else ""))
+    trigger = record.get("trigger") or {}
+    git = trigger.get("git") or {}
+    result.say(f"  trigger {trigger.get('source', '?')}"
+               + (f", {git.get('branch') or 'detached'} @ {str(git.get('commit'))[:12]}" if git.get("commit") else ""))
+    if record.get("message"):
+        result.say(f"  {record['message']}")
+    for row in render_step_table(record):
+        result.say(row)
+    return result
+
+
+def cmd_runs(paths: Paths, workflow: str | None = None, status: str | None = None,
+             limit: int = 20) -> CommandResult:
+    """`orchestrate runs`: recent runs, newest first."""
+    status = RUN_STATUS_ALIASES.get(status or "", status)
+    if status is not None and status not in RUN_STATUSES:
+        raise UsageError(f"--status {status!r}: expected one of {', '.join(RUN_STATUSES)}"
+                         f"{did_you_mean(status, RUN_STATUSES)}")
+    rows = RunStore(paths.runs_dir).list(workflow=workflow, status=status, limit=limit)
+    result = CommandResult(data=rows)
+    if not rows:
+        result.say("no runs yet")
+    for row in rows:
+        if "unreadable" in row:
+            result.say(f"{row['run_id']}  unreadable: {row['unreadable']}")
+            continue
+        result.say(f"{row['run_id']}  {row.get('status', '?'):<9}  {format_duration(row.get('duration_s')):>7}  "
+                   f"{row.get('workflow')}  ({(row.get('trigger') or {}).get('source', '?')})"
+                   + (f"  {row['message']}" if row.get("message") else ""))
+    return result
+
+
+def cmd_logs(paths: Paths, run_ref: str, step: str | None = None) -> CommandResult:
+    """`orchestrate logs RUN [STEP]`: the full output of a run's steps, from their log files."""
+    store = RunStore(paths.runs_dir)
+    run_id = resolve_run_ref(store, run_ref)
+    record = store.load(run_id)
+    entries = [e for e in record.get("log") or [] if isinstance(e, dict)]
+    chosen = entries
+    if step is not None:
+        entry = step_entry(record, step)
+        if entry is None:
+            names = [str(e.get("step")) for e in entries]
+            raise UsageError(f"run {run_id} has no step {step!r}{did_you_mean(step, names)}; "
+                             f"steps: {', '.join(names)}")
+        chosen = [entry]
+    result = CommandResult(data=[{"step": e.get("step"), "log_file": e.get("log_file")} for e in chosen])
+
+    def stream() -> None:
+        out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+        for entry in chosen:
+            if len(chosen) > 1:
+                sys.stdout.write(f"=== {entry.get('step')} ({entry.get('status')}) ===\n")
+            path = step_log_path(store, run_id, entry)
+            if path is None:
+                sys.stdout.write("(no output recorded)\n")
+                continue
+            with open(path, "rb") as handle:
+                while chunk := handle.read(READ_CHUNK):
+                    if out is not None:
+                        sys.stdout.flush()
+                        out.write(chunk)
+                    else:
+                        sys.stdout.write(chunk.decode("utf-8", "replace"))
+            sys.stdout.flush()
+
+    result.stream = stream
+    return result
+
+
+def cmd_prune(paths: Paths, keep: int) -> CommandResult:
+    """`orchestrate prune --keep N`: delete old finished runs, keeping the newest N."""
+    removed = RunStore(paths.runs_dir).prune(keep)
+    result = CommandResult(data={"removed": removed})
+    result.say(f"removed {plural(len(removed), 'run')}")
+    return result
+
+
+def cmd_init(paths: Paths, ci: bool = False) -> CommandResult:
+    """`orchestrate init [--ci]`: scaffold the sample workflows and runs/.gitignore."""
+    created = scaffold_project(paths, ci)
+    result = CommandResult(data={"created": [_display_path(p, paths.root) for p in created]})
+    for path in created:
+        result.say(f"created {_display_path(path, paths.root)}")
+    if not created:
+        wanted = ["workflows/pre-push.json", *(["workflows/ci.json"] if ci else []), "runs/.gitignore"]
+        result.say(f"nothing to do: {', '.join(wanted[:-1])} and {wanted[-1]} exist")
+    result.say("next: orchestrate run pre-push   then: orchestrate hook install"
+               + ("   in CI: orchestrate run ci" if ci else ""))
+    return result
+
+
+def cmd_hook_install(paths: Paths, hook: str = "pre-push", workflow: str | None = None,
+                     force: bool = False) -> CommandResult:
+    """`orchestrate hook install`: the hook where git looks for it."""
+    change = install_hook(paths.root, hook, workflow, force)
+    result = CommandResult(data={"path": str(change.path), "legacy": str(change.legacy) if change.legacy else None})
+    result.say(change.message)
+    result.say("skip it for one push with: git push --no-verify (or ORCHESTRATE_SKIP=1 git push)")
+    return result
+
+
+def cmd_hook_uninstall(paths: Paths, hook: str = "pre-push") -> CommandResult:
+    """`orchestrate hook uninstall`: remove orchestrate's hook, restore the one it replaced."""
+    change = uninstall_hook(paths.root, hook)
+    result = CommandResult(data={"path": str(change.path)})
+    result.say(change.message)
+    return result
+
+
+def cmd_hook_status(paths: Paths, hook: str = "pre-push") -> CommandResult:
+    """`orchestrate hook status`: what git will run on push."""
+    if hook not in SUPPORTED_HOOKS:
+        render_hook(hook)  # the usage error with its suggestion
+    info = hook_status(paths.root, hook)
+    result = CommandResult(data=info)
+    result.say(info["summary"])
+    result.say(f"  hooks folder: {info['hooks_dir']}"
+               + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else ""))
+    return result
+
+
 def complete_workflow_name(incomplete: str) -> list[str]:
     """Shell completion of `orchestrate run <TAB>`: the workflows of the project found from
     the current folder (or $ORCHESTRATE_ROOT)."""
@@ -9151,50 +9365,14 @@ def build_app() -> Any:
         var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable), as on run."),
     ) -> int:
         """Check workflow definitions without running anything; warn about what is missing on disk."""
-        paths = _paths(ctx)
-        variables = {**os.environ, **parse_vars(var)}
-        settings = load_settings(paths.root)
-        chosen = list(names or []) or [n for n, _ in list_workflows(paths.workflows_dir)]
-        if not chosen:
-            raise UsageError(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
-        errors = 0
-        store = RunStore(paths.runs_dir)
-        for name in chosen:
-            try:
-                workflow = load_workflow(name, paths.workflows_dir, variables, settings, paths.root)
-            except OrchestrateError as exc:
-                _err(f"orchestrate: error: {exc}")
-                errors += 1
-                continue
-            plan = plan_run(workflow, settings, paths.root, store, RunOptions(variables=parse_vars(var)))
-            warnings = workflow.warnings + [f"{workflow.display_path}: steps[{i}] \"{item['step']}\": {w}"
-                                            for i, item in enumerate(plan) for w in item["warnings"]]
-            for warning in warnings:
-                _err(f"orchestrate: warning: {warning}")
-            typer.echo(f"{workflow.display_path}: ok ({plural(len(workflow.steps), 'step')}"
-                       + (f", {plural(len(warnings), 'warning')}" if warnings else "") + ")")
-        return EXIT_USAGE if errors else EXIT_OK
+        return render(cmd_validate(_paths(ctx), names or [], var))
 
 
     @app.command("list")
     @_boundary
     def list_command(ctx: typer.Context) -> int:
         """List the workflows with their step count and description."""
-        paths = _paths(ctx)
-        found = list_workflows(paths.workflows_dir)
-        if not found:
-            typer.echo(f"no workflows in {paths.workflows_dir} (try: orchestrate init)")
-            return EXIT_OK
-        width = max(len(n) for n, _ in found)
-        settings = load_settings(paths.root)
-        for name, path in found:
-            try:  # the checks `validate` makes: a file that parses but would not run is invalid too
-                workflow = load_workflow(name, paths.workflows_dir, dict(os.environ), settings, paths.root)
-                description = parse_json_file(path, name).get("description", "")
-                typer.echo(f"{name:<{width}}  {plural(len(workflow.steps), 'step'):>9}  {description}".rstrip())
-            except OrchestrateError:
-                typer.echo(f"{name:<{width}}  {'invalid':>9}  (see: orchestrate validate {name})")
-        return EXIT_OK
+        return render(cmd_list(_paths(ctx)))
 
 
     @app.command()
@@ -9205,25 +9383,7 @@ def build_app() -> Any:
         json_output: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
     ) -> int:
         """Show one run (the latest by default): its status, current step and every step's result."""
-        store = RunStore(_paths(ctx).runs_dir)
-        record = store.load(resolve_run_ref(store, run_id))
-        if json_output:
-            typer.echo(json.dumps(record, indent=2, ensure_ascii=False))
-            return EXIT_OK
-        typer.echo(f"run {record['run_id']}: {record.get('workflow')} — {record.get('status')}"
-                   + (f" (current: {record['current']})" if record.get("current") else ""))
-        typer.echo(f"  started {record.get('started_at')}"
-                   + (f", finished {record['finished_at']} ({format_duration(record.get('duration_s'))})"
-                      if record.get("finished_at") else ""))
-        trigger = record.get("trigger") or {}
-        git = trigger.get("git") or {}
-        typer.echo(f"  trigger {trigger.get('source', '?')}"
-                   + (f", {git.get('branch') or 'detached'} @ {str(git.get('commit'))[:12]}" if git.get("commit") else ""))
-        if record.get("message"):
-            typer.echo(f"  {record['message']}")
-        for row in render_step_table(record):
-            typer.echo(row)
-        return EXIT_OK
+        return render(cmd_status(_paths(ctx), run_id), json_output)
 
 
     @app.command()
@@ -9236,25 +9396,7 @@ def build_app() -> Any:
         json_output: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
     ) -> int:
         """List recent runs, newest first."""
-        status_filter = RUN_STATUS_ALIASES.get(status_filter or "", status_filter)
-        if status_filter is not None and status_filter not in RUN_STATUSES:
-            raise UsageError(f"--status {status_filter!r}: expected one of {', '.join(RUN_STATUSES)}"
-                             f"{did_you_mean(status_filter, RUN_STATUSES)}")
-        store = RunStore(_paths(ctx).runs_dir)
-        rows = store.list(workflow=workflow, status=status_filter, limit=limit)
-        if json_output:
-            typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-            return EXIT_OK
-        if not rows:
-            typer.echo("no runs yet")
-        for row in rows:
-            if "unreadable" in row:
-                typer.echo(f"{row['run_id']}  unreadable: {row['unreadable']}")
-                continue
-            typer.echo(f"{row['run_id']}  {row.get('status', '?'):<9}  {format_duration(row.get('duration_s')):>7}  "
-                       f"{row.get('workflow')}  ({(row.get('trigger') or {}).get('source', '?')})"
-                       + (f"  {row['message']}" if row.get("message") else ""))
-        return EXIT_OK
+        return render(cmd_runs(_paths(ctx), workflow, status_filter, limit), json_output)
 
 
     @app.command()
@@ -9265,39 +9407,7 @@ def build_app() -> Any:
         step: str = typer.Argument(None, help="Step name or number (default: all steps)."),
     ) -> int:
         """Print the full output of a run's steps from their log files."""
-        paths = _paths(ctx)
-        store = RunStore(paths.runs_dir)
-        run_id = resolve_run_ref(store, run_id)
-        record = store.load(run_id)
-        entries = record.get("log", [])
-        chosen = entries
-        if step is not None:
-            names = [e.get("step") for e in entries]
-            if step.isdigit() and 1 <= int(step) <= len(entries):
-                chosen = [entries[int(step) - 1]]
-            elif step in names:
-                chosen = [entries[names.index(step)]]
-            else:
-                raise UsageError(f"run {run_id} has no step {step!r}{did_you_mean(step, [str(n) for n in names])}; "
-                                 f"steps: {', '.join(str(n) for n in names)}")
-        out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-        for entry in chosen:
-            if len(chosen) > 1:
-                typer.echo(f"=== {entry.get('step')} ({entry.get('status')}) ===")
-            log_name = Path(entry.get("log_file") or "").name
-            path = store.run_dir(run_id) / log_name
-            if not log_name or not path.is_file():
-                typer.echo("(no output recorded)")
-                continue
-            with open(path, "rb") as handle:
-                while chunk := handle.read(READ_CHUNK):
-                    if out is not None:
-                        sys.stdout.flush()
-                        out.write(chunk)
-                    else:
-                        sys.stdout.write(chunk.decode("utf-8", "replace"))
-            sys.stdout.flush()
-        return EXIT_OK
+        return render(cmd_logs(_paths(ctx), run_id, step))
 
 
     @app.command()
@@ -9307,9 +9417,7 @@ def build_app() -> Any:
         keep: int = typer.Option(..., "--keep", min=0, help="Keep the newest N runs."),
     ) -> int:
         """Delete old runs, keeping the newest N (running ones are never deleted)."""
-        removed = RunStore(_paths(ctx).runs_dir).prune(keep)
-        typer.echo(f"removed {plural(len(removed), 'run')}")
-        return EXIT_OK
+        return render(cmd_prune(_paths(ctx), keep))
 
 
     @app.command()
@@ -9319,16 +9427,7 @@ def build_app() -> Any:
         ci: bool = typer.Option(False, "--ci", help="Also scaffold workflows/ci.json, the workflow the CI templates in hooks/ run."),
     ) -> int:
         """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
-        paths = _paths(ctx)
-        created = scaffold_project(paths, ci)
-        for path in created:
-            typer.echo(f"created {_display_path(path, paths.root)}")
-        if not created:
-            wanted = ["workflows/pre-push.json", *(["workflows/ci.json"] if ci else []), "runs/.gitignore"]
-            typer.echo(f"nothing to do: {', '.join(wanted[:-1])} and {wanted[-1]} exist")
-        typer.echo("next: orchestrate run pre-push   then: orchestrate hook install"
-                   + ("   in CI: orchestrate run ci" if ci else ""))
-        return EXIT_OK
+        return render(cmd_init(_paths(ctx), ci))
 
 
     hook_app = typer.Typer(name="hook", no_args_is_help=True, rich_markup_mode=None,
@@ -9345,10 +9444,7 @@ def build_app() -> Any:
         force: bool = typer.Option(False, "--force", help="Keep a foreign hook as HOOK.legacy and run it first."),
     ) -> int:
         """Install the hook into the folder git uses (core.hooksPath and worktrees respected)."""
-        change = install_hook(_paths(ctx).root, hook, workflow, force)
-        typer.echo(change.message)
-        typer.echo("skip it for one push with: git push --no-verify (or ORCHESTRATE_SKIP=1 git push)")
-        return EXIT_OK
+        return render(cmd_hook_install(_paths(ctx), hook, workflow, force))
 
 
     @hook_app.command("uninstall")
@@ -9358,8 +9454,7 @@ def build_app() -> Any:
         hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
     ) -> int:
         """Remove orchestrate's hook (never a foreign one) and restore the hook it replaced."""
-        typer.echo(uninstall_hook(_paths(ctx).root, hook).message)
-        return EXIT_OK
+        return render(cmd_hook_uninstall(_paths(ctx), hook))
 
 
     @hook_app.command("status")
@@ -9370,16 +9465,7 @@ def build_app() -> Any:
         json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     ) -> int:
         """Say what git will run on push: the hooks folder, the hook's owner and its workflow."""
-        if hook not in SUPPORTED_HOOKS:
-            render_hook(hook)  # the usage error with its suggestion
-        info = hook_status(_paths(ctx).root, hook)
-        if json_output:
-            typer.echo(json.dumps(info, indent=2))
-            return EXIT_OK
-        typer.echo(info["summary"])
-        typer.echo(f"  hooks folder: {info['hooks_dir']}"
-                   + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else ""))
-        return EXIT_OK
+        return render(cmd_hook_status(_paths(ctx), hook), json_output)
 
 
     @app.command("serve")

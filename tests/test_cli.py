@@ -486,3 +486,39 @@ def test_readme_lists_exactly_the_git_variables_steps_see() -> None:
     assert named == (orchestrate._GIT_ENV_KEEP - {"GIT_TERMINAL_PROMPT"}) | {
         p.rstrip("_") for p in orchestrate._GIT_ENV_KEEP_PREFIXES}
     assert "`GIT_TERMINAL_PROMPT=0`" in text
+
+
+def test_a_step_named_like_a_number_is_that_step_in_logs_and_the_api(project: Project) -> None:
+    """One lookup for `logs RUN STEP` and GET /runs/{id}/logs/{step}: a name wins over a number."""
+    import orchestrate
+
+    project.workflow("w", [{"name": "first", "type": "command", "run": "echo from-first"},
+                           {"name": "1", "type": "command", "run": "echo from-the-step-named-1"}])
+    assert project.cli("run", "w").exit_code == 0
+    shown = project.cli("logs", "latest", "1")
+    assert shown.exit_code == 0 and shown.stdout == "from-the-step-named-1\n"
+    assert project.cli("logs", "latest", "2").stdout == "from-the-step-named-1\n"  # its number too
+    record = project.last_record()
+    assert orchestrate.step_entry(record, "1")["step"] == "1"
+    assert orchestrate.step_entry(record, "first")["step"] == "first"
+    assert orchestrate.step_entry(record, "3") is None
+
+
+def test_commands_are_functions_that_return_data(project: Project) -> None:
+    """What --json prints and what a person reads come from one result, rendered in one place."""
+    import orchestrate
+
+    project.workflow("w", [{"name": "a", "type": "command", "run": "true"}], description="about w")
+    paths = orchestrate.make_paths(project.root, None, None)
+    listed = orchestrate.cmd_list(paths)
+    assert listed.data == [{"name": "w", "valid": True, "steps": 1, "description": "about w"}]
+    assert listed.out == [(1, "w     1 step  about w")]
+    assert project.cli("run", "w").exit_code == 0
+    status = orchestrate.cmd_status(paths, "latest")
+    assert status.data["workflow"] == "w" and status.data["status"] == "completed"
+    as_json = project.cli("status", "--json")
+    assert json.loads(as_json.stdout) == status.data
+    runs = orchestrate.cmd_runs(paths, status="passed")
+    assert [r["run_id"] for r in runs.data] == [status.data["run_id"]]
+    with pytest.raises(orchestrate.UsageError, match="--status 'done': expected one of"):
+        orchestrate.cmd_runs(paths, status="done")

@@ -1,6 +1,7 @@
 """Plugins: integrations/<type>_runner.py and entry points, run in a child interpreter."""
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,12 +88,10 @@ def test_entry_point_plugins_are_found(project: Project, tmp_path: Path, monkeyp
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[orchestrate.runners]\nmine = myplugin\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", str(site))
-    monkeypatch.setattr(orchestrate, "_ENTRY_POINTS", None)
     project.workflow("w", [{"name": "ep", "type": "mine"}])
-    result = project.cli("run", "w")
-    assert result.exit_code == 0, result.stdout + result.stderr
+    # a real process, as after `pipx inject`: the plugin's package is on its path
+    result = project.run("run", "w", env={"PYTHONPATH": os.pathsep.join([str(REPO), str(site)])})
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "from entry point ep" in result.stdout
 
 

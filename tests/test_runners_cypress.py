@@ -267,7 +267,7 @@ def test_exact_argv_cwd_and_environment_at_the_process_seam(
 
     def fake_run_process(argv: Any, *, cwd: Path, env: dict[str, str], **kwargs: Any) -> Any:
         calls.append({"argv": argv, "cwd": cwd, "env": env})
-        return orchestrate.ProcessResult(exit_code=0, timed_out=False, output_tail="")
+        return orchestrate.ProcessResult(exit_code=0, timed_out=False)
 
     monkeypatch.setattr(orchestrate, "run_process", fake_run_process)
     project.cli("run", "ui")

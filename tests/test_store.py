@@ -48,7 +48,7 @@ def test_running_record_of_dead_process_reads_as_interrupted(tmp_path: Path) -> 
     assert record["message"].startswith(f"interrupted: orchestrate (pid {dead.pid}) stopped")
     assert record["log"][0]["status"] == "failed"
     alive = _record("20261127T154000000Z-cccccc", status="running", pid=os.getpid(),
-                    pid_start=orchestrate._pid_start_time(os.getpid()))
+                    pid_start=orchestrate.pid_start_time(os.getpid()))
     store.create(alive)
     assert store.load("20261127T154000000Z-cccccc")["status"] == "running"
 
@@ -56,7 +56,7 @@ def test_running_record_of_dead_process_reads_as_interrupted(tmp_path: Path) -> 
 def test_journal_updates_are_applied_and_a_torn_line_ignored(tmp_path: Path) -> None:
     store = orchestrate.RunStore(tmp_path / "runs")
     run_id = "20261127T154000000Z-dddddd"
-    record = _record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate._pid_start_time(os.getpid()),
+    record = _record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate.pid_start_time(os.getpid()),
                      log=[{"step": "a", "status": "pending"}, {"step": "b", "status": "pending"}])
     store.create(record)
     recorder = orchestrate.RunRecorder(store, record, snapshot_interval=3600)  # journal only
@@ -142,7 +142,7 @@ def test_prune_keeps_newest_and_never_running(project: Project) -> None:
         store.create(_record(f"20261127T150000000Z-00000{i}"))
         store.run_dir(f"20261127T150000000Z-00000{i}").mkdir()
     store.write_snapshot(_record("20261127T150000000Z-000001", status="running", pid=os.getpid(),
-                                 pid_start=orchestrate._pid_start_time(os.getpid())))
+                                 pid_start=orchestrate.pid_start_time(os.getpid())))
     result = project.cli("prune", "--keep", "2")
     assert result.exit_code == 0
     assert "removed 2 runs" in result.stdout
@@ -170,7 +170,7 @@ def test_queued_and_running_runs_never_count_toward_keep_runs(project: Project) 
     for run_id in queued:
         store.create(_record(run_id, status="pending", trigger={"source": "http"}))
     alive = _record("29991231T000000999Z-0000bb", status="running", pid=os.getpid(),
-                    pid_start=orchestrate._pid_start_time(os.getpid()))
+                    pid_start=orchestrate.pid_start_time(os.getpid()))
     store.create(alive)
 
     assert project.cli("run", "w", "--quiet").exit_code == 0  # prunes after the run
@@ -255,7 +255,7 @@ def test_a_malformed_record_is_never_written(tmp_path: Path) -> None:
 def test_an_unreadable_journal_makes_the_record_unreadable_not_stale(project: Project) -> None:
     run_id = "20261127T154000000Z-aaaaad"
     store = orchestrate.RunStore(project.runs)
-    store.create(_record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate._pid_start_time(os.getpid()),
+    store.create(_record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate.pid_start_time(os.getpid()),
                          log=[{"step": "a", "status": "running"}]))
     store.journal_path(run_id).mkdir()  # what a read error looks like, even to root
     result = project.cli("status", run_id)
