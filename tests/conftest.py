@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,36 +22,43 @@ CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "JENKINS_HOM
                 "NO_COLOR")
 
 
-def beside_repository() -> Path | None:
-    """The folder around this checkout, which tests must never open a file in (a clone alone
+def beside_repository(repo: Path = REPO) -> Path | None:
+    """The folder around a checkout, which tests must never open a file in (a clone alone
     must pass: the schemas once came from ../shared/). None where that folder also holds the
-    temporary folder, the interpreter or the home folder, or is the filesystem root."""
+    temporary folder, the interpreter or the home folder (outside the checkout itself: a venv
+    inside the clone, as README's commands make, is fine), or is the filesystem root."""
     import tempfile
 
-    parent = REPO.parent  # names the folder beside the checkout; reads nothing there
+    parent = repo.parent  # names the folder beside the checkout; reads nothing there
     shared_with = [Path(tempfile.gettempdir()), Path(sys.prefix), Path(sys.base_prefix), Path.home()]
-    if parent == Path(parent.anchor) or any(p.resolve().is_relative_to(parent) for p in shared_with):
+    for place in (p.resolve() for p in shared_with):
+        if place.is_relative_to(parent) and not place.is_relative_to(repo):
+            return None
+    if parent == Path(parent.anchor):
         return None
     return parent
 
 
-def _guard_reads_beside_the_repository() -> None:
-    """An audit hook: opening a file next to the checkout (../shared/...) fails the test that
-    does it, with the path. Processes the tests start are checked by test_packaging's scan."""
-    parent = beside_repository()
-    if parent is None:
-        return
-    inside, beside = str(REPO) + os.sep, str(parent) + os.sep
+def reads_beside_guard(repo: Path, parent: Path) -> Callable[[str, tuple[Any, ...]], None]:
+    """An audit hook: opening a file in `parent` but outside `repo` raises, naming the path."""
+    inside, beside = str(repo) + os.sep, str(parent) + os.sep
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
         if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
             return
         path = os.path.abspath(os.fsdecode(args[0]))
-        if path.startswith(beside) and not path.startswith(inside) and path != str(REPO):
-            raise PermissionError(f"a test opened {path}, outside the repository {REPO}: copy what it "
+        if path.startswith(beside) and not path.startswith(inside) and path != str(repo):
+            raise PermissionError(f"a test opened {path}, outside the repository {repo}: copy what it "
                                   "needs into the repository (tests/schemas/ for schemas)")
+    return hook
 
-    sys.addaudithook(hook)
+
+def _guard_reads_beside_the_repository() -> None:
+    """Opening a file next to the checkout (../shared/...) fails the test that does it, with
+    the path. Processes the tests start are checked by test_packaging's scan."""
+    parent = beside_repository()
+    if parent is not None:
+        sys.addaudithook(reads_beside_guard(REPO, parent))
 
 
 _guard_reads_beside_the_repository()

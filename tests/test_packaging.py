@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import CI_VARIABLES, REPO, beside_repository, tool_path
+from conftest import CI_VARIABLES, REPO, beside_repository, reads_beside_guard, tool_path
 
 import orchestrate
 
@@ -255,8 +255,21 @@ def test_the_scan_lets_the_repository_be(source: str, depth: int) -> None:
     assert paths_leaving_the_repository(source, depth) == []
 
 
-def test_opening_a_file_beside_the_repository_fails_the_test() -> None:
-    parent = beside_repository()
-    assert parent is not None, "the checkout sits where its parent folder holds the temporary folder"
-    with pytest.raises(PermissionError, match=r"a test opened .*/shared/junit-10\.xsd, outside the repository"):
-        open(parent / "shared" / "junit-10.xsd")  # noqa: SIM115
+def test_opening_a_file_beside_the_repository_fails_the_test(tmp_path: Path) -> None:
+    """The guard's rule, wherever this checkout happens to sit (CI may clone it anywhere)."""
+    outer = tmp_path / "outer"
+    repo = outer / "repo"
+    (repo / ".venv").mkdir(parents=True)
+    (outer / "shared").mkdir()
+    hook = reads_beside_guard(repo, outer)
+    with pytest.raises(PermissionError, match=r"a test opened .*/outer/shared/junit-10\.xsd, outside the repository"):
+        hook("open", (str(outer / "shared" / "junit-10.xsd"), "r", 0))
+    hook("open", (str(repo / "tests" / "schemas" / "x.xsd"), "r", 0))  # inside: fine
+    hook("open", (str(tmp_path / "elsewhere"), "r", 0))  # not beside it: not this rule's business
+    # the checkout's own venv (README's commands put it there) does not turn the guard off
+    assert beside_repository(repo) == outer
+    guarded = beside_repository()
+    if guarded is not None:  # this checkout's guard is on: it catches a real open
+        with pytest.raises(PermissionError, match="outside the repository"):
+            open(guarded / "shared" / "junit-10.xsd")  # noqa: SIM115
+
