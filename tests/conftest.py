@@ -188,3 +188,34 @@ def tool_path(name: str) -> str:
     found = str(candidate) if candidate.exists() else shutil.which(name)
     assert found, f"{name} is not installed: pip install -e '.[test]' (the test extra brings it)"
     return found
+
+
+def run_in_pty(project: Project, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run the real command with its terminal on a pty; its exit code and the screen's bytes."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "NO_COLOR")}
+    full_env.update(PYTHONPATH=str(REPO), TERM="xterm", **(env or {}))
+    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), *args], stdin=slave,
+                               stdout=slave, stderr=slave, env=full_env, close_fds=True)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif process.poll() is not None:
+            break
+    code = process.wait(10)
+    os.close(master)
+    return code, b"".join(chunks).decode("utf-8", "replace")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, Project, assert_valid_junit, orchestrate_bin
+from conftest import REPO, Project, assert_valid_junit, orchestrate_bin, run_in_pty
 
 PY = sys.executable
 
@@ -485,31 +485,10 @@ def test_github_output_of_a_parallel_run_keeps_each_step_in_its_own_closed_group
 
 
 def test_live_status_lines_on_a_terminal(project: Project) -> None:
-    import pty
-    import select
-
     project.workflow("w", [cmd("one", "sleep 1.3", needs=[]), cmd("two", "sleep 1.3", needs=[])])
-    master, slave = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "NO_COLOR")}
-    env.update(PYTHONPATH=str(REPO), TERM="xterm")
-    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w", "--jobs", "2"],
-                               stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([master], [], [], 10)
-        if not ready:
-            break
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert process.wait(10) == 0
-    os.close(master)
-    screen = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode("utf-8", "replace"))
+    code, screen = run_in_pty(project, "run", "w", "--jobs", "2")
+    assert code == 0
+    screen = re.sub(r"\x1b\[[0-9;]*m", "", screen)
     # one line per running step, redrawn in place (cursor up, clear) as the seconds pass
     assert "[1/2] one … 1s\r\n[2/2] two … 1s" in screen
     assert "\x1b[1A\x1b[J" in screen
