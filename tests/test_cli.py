@@ -173,6 +173,8 @@ PARITY_CASES = [
     ["run", "w", "--shard", "2/3", "--from-ref", "main", "--to-ref=HEAD"],
     ["run", "w", "--git-hook", "pre-push", "--push-remote", "origin", "--push-url", "git@x:y.git"],
     ["--workflows-dir", "wf", "--runs-dir=rr", "run", "w", "--run-id", "20261127T154000123Z-abcdef"],
+    ["run", "w", "--html-report", "out/report.html"],
+    ["run", "w", "--html-report=r.html", "-q"],
 ]
 
 
