@@ -7524,6 +7524,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
 
         return StreamingResponse(follow(), media_type="text/plain; charset=utf-8")
 
+    register_dashboard(app, api, store, root, workflows_dir, token is not None)
     app.include_router(api)
 
     @app.exception_handler(OrchestrateError)
@@ -7532,6 +7533,424 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         return JSONResponse(status_code=status_code, content={"detail": str(exc)})
 
     return app
+
+
+
+# --- dashboard ---
+#
+# `/` lists runs, `/ui/runs/{run_id}` shows one run's report and follows it while it runs, a
+# form starts a workflow through POST /start (so with exactly its checks). Pages are built
+# here from the same pieces as the HTML report (section 8); nothing comes from another
+# origin. A page itself holds run data only when the server needs no token: with a token a
+# browser cannot send the Authorization header on a navigation, so the page is an empty
+# shell whose script asks for the token once, keeps it in sessionStorage (never a URL or a
+# cookie) and fetches the same HTML, rendered and escaped here, from /ui/parts/... with the
+# header. Every page sends a Content-Security-Policy allowing only its own script and style
+# (a fresh nonce per response) and requests to this server.
+
+_DASHBOARD_CSS = """
+nav.top{display:flex;gap:16px;align-items:baseline;border-bottom:1px solid var(--line);padding-bottom:8px}
+nav.top a{color:inherit}nav.top .brand{font-weight:700}
+#note{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;margin:10px 0}
+#auth{border:1px solid var(--line);padding:10px;margin:10px 0;background:#f6f8fa}
+#auth input{font:inherit;width:22em}
+form.filters{margin:12px 0;display:flex;gap:12px;align-items:end;flex-wrap:wrap}
+form.filters label,#start label{display:flex;flex-direction:column;font-size:12px;color:var(--dim)}
+#start{border:1px solid var(--line);padding:10px;margin:16px 0}#start .fields{display:flex;gap:12px;flex-wrap:wrap;align-items:start}
+#start textarea{font:12px ui-monospace,monospace;width:18em;height:4.5em}#start-error{color:var(--bad);display:block;margin-top:6px;white-space:pre-wrap}
+table.runs{border-collapse:collapse;width:100%}table.runs th,table.runs td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
+table.runs td.message{color:var(--dim);word-break:break-word}
+"""
+
+_DASHBOARD_JS = r"""
+(function () {
+  "use strict";
+  var body = document.body;
+  var tokenMode = body.getAttribute("data-token") === "required";
+  var KEY = "orchestrate.api-token";
+  var ANSI = /\x1b(?:\[[0-?]*[ -\/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])/g;
+  var note = document.getElementById("note");
+  function say(text) { note.textContent = text || ""; note.hidden = !text; }
+  function token() { try { return sessionStorage.getItem(KEY) || ""; } catch (e) { return ""; } }
+  function call(url, options) {
+    options = options || {};
+    var headers = options.headers || {};
+    if (tokenMode && token()) headers["Authorization"] = "Bearer " + token();
+    options.headers = headers; options.credentials = "omit"; options.cache = "no-store";
+    return fetch(url, options).then(function (response) {
+      if (response.status === 401 && tokenMode) {
+        askToken("The server did not accept the token: enter it again.");
+        throw new Error("unauthorized");
+      }
+      return response;
+    });
+  }
+  function problem(response) {
+    return response.json().then(function (data) { return data.detail || ("HTTP " + response.status); },
+                                function () { return "HTTP " + response.status; });
+  }
+  var authDone = null;
+  function askToken(message) {
+    try { sessionStorage.removeItem(KEY); } catch (e) {}
+    document.getElementById("auth-message").textContent = message;
+    document.getElementById("auth").hidden = false;
+    document.getElementById("token").focus();
+  }
+  function withToken(then) {
+    var input = document.getElementById("token");
+    function use() {
+      var value = input.value.trim();
+      if (!value) return;
+      try { sessionStorage.setItem(KEY, value); } catch (e) {}
+      input.value = "";
+      document.getElementById("auth").hidden = true;
+      if (authDone) { var next = authDone; authDone = null; next(); } else then();
+    }
+    document.getElementById("token-use").addEventListener("click", use);
+    input.addEventListener("keydown", function (event) { if (event.key === "Enter") { event.preventDefault(); use(); } });
+    if (tokenMode && !token()) {
+      authDone = then;
+      askToken("This server needs its API token (ORCHESTRATE_API_TOKEN). It is kept for this tab only, never in a cookie or the address.");
+    } else {
+      then();
+    }
+  }
+  function since(ms) {
+    var s = Math.max(0, Math.round(ms / 1000));
+    return s < 60 ? s + "s" : Math.floor(s / 60) + "m" + ("0" + (s % 60)).slice(-2) + "s";
+  }
+  // "full log" links: with a token they are fetched with it and shown in place
+  document.addEventListener("click", function (event) {
+    var link = event.target.closest ? event.target.closest("a.full-log") : null;
+    if (!link || !tokenMode) return;
+    event.preventDefault();
+    var pre = link.closest(".log").querySelector("pre");
+    call(link.getAttribute("href")).then(function (response) {
+      return response.ok ? response.text().then(function (text) { pre.textContent = text.replace(ANSI, ""); })
+                         : problem(response).then(say);
+    }).catch(function () {});
+  });
+
+  function runPage() {
+    var id = body.getAttribute("data-run-id");
+    var content = document.getElementById("content");
+    var seen = null, live = true, following = {};
+    function load() {
+      return call("/ui/parts/runs/" + encodeURIComponent(id)).then(function (response) {
+        if (!response.ok) return problem(response).then(say);
+        // HTML rendered and escaped by the server (render_report_body)
+        return response.text().then(function (html) { content.innerHTML = html; tick(); });
+      });
+    }
+    function follow(index) {
+      if (following[index]) return;
+      following[index] = true;
+      call("/runs/" + encodeURIComponent(id) + "/logs/" + (index + 1)).then(function (response) {
+        if (!response.ok || !response.body) { following[index] = false; return; }
+        var reader = response.body.getReader(), decoder = new TextDecoder(), text = "";
+        function pump() {
+          return reader.read().then(function (chunk) {
+            if (chunk.done) return;
+            text = (text + decoder.decode(chunk.value, {stream: true})).slice(-8192);
+            var pre = document.getElementById("tail-" + index);
+            if (pre) pre.textContent = text.replace(ANSI, "").split("\n").slice(-80).join("\n");
+            return pump();
+          });
+        }
+        return pump();
+      }).catch(function () { following[index] = false; });
+    }
+    function poll() {
+      call("/status/" + encodeURIComponent(id)).then(function (response) {
+        if (!response.ok) { return problem(response).then(say); }
+        return response.json().then(function (record) {
+          var log = record.log || [];
+          var signature = record.status + "|" + log.map(function (e) { return e.status; }).join(",");
+          var loaded = signature !== seen ? load() : Promise.resolve();
+          seen = signature;
+          live = record.status === "running" || record.status === "pending";
+          body.setAttribute("data-status", record.status);
+          return loaded.then(function () {
+            log.forEach(function (entry, index) { if (entry.status === "running") follow(index); });
+            if (live) setTimeout(poll, 1000);
+          });
+        });
+      }).catch(function (error) {
+        if (error.message === "unauthorized") return;
+        say("Lost contact with the server (" + error.message + "); trying again.");
+        setTimeout(function () { say(""); poll(); }, 2000);
+      });
+    }
+    function tick() {
+      if (!live) return;
+      var now = Date.now();
+      var elapsed = document.getElementById("run-elapsed");
+      var started = elapsed && Number(elapsed.getAttribute("data-started-ms"));
+      if (started) elapsed.textContent = since(now - started) + " so far";
+      document.querySelectorAll("tr.running[data-started-ms]").forEach(function (row) {
+        var cell = row.querySelector("td.duration");
+        var at = Number(row.getAttribute("data-started-ms"));
+        if (cell && at) cell.textContent = "running " + since(now - at);
+      });
+    }
+    setInterval(tick, 1000);
+    poll();
+  }
+
+  function listPage() {
+    var runs = document.getElementById("runs");
+    var form = document.getElementById("start");
+    var pick = document.getElementById("start-name");
+    var filter = document.getElementById("filter-workflow");
+    function load() {
+      // the filters of this page's own address: never a token
+      return call("/ui/parts/runs" + location.search).then(function (response) {
+        if (!response.ok) return problem(response).then(say);
+        return response.text().then(function (html) {
+          runs.innerHTML = html;  // rendered and escaped by the server (runs_table)
+          var table = runs.querySelector("table.runs");
+          if (table && table.getAttribute("data-live") === "1") setTimeout(load, 2000);
+        });
+      });
+    }
+    function workflows() {
+      return call("/workflows").then(function (response) {
+        if (!response.ok) return problem(response).then(say);
+        return response.json().then(function (list) {
+          var chosen = filter.getAttribute("data-chosen") || "";
+          pick.textContent = "";
+          if (filter.options.length <= 1) {
+            list.forEach(function (w) {
+              var option = document.createElement("option");
+              option.value = w.name; option.textContent = w.name; option.selected = w.name === chosen;
+              filter.appendChild(option);
+            });
+          }
+          list.forEach(function (w) {
+            var option = document.createElement("option");
+            option.value = w.name; option.textContent = w.name + (w.description ? " — " + w.description : "");
+            pick.appendChild(option);
+          });
+          form.hidden = false;
+        });
+      });
+    }
+    function lines(id) {
+      return document.getElementById(id).value.split("\n").map(function (l) { return l.trim(); })
+        .filter(function (l) { return l; });
+    }
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var error = document.getElementById("start-error");
+      error.textContent = "";
+      var vars = {}, bad = null;
+      document.getElementById("start-vars").value.split("\n").forEach(function (line, n) {
+        if (!line.trim()) return;
+        var at = line.indexOf("=");
+        if (at < 1) { bad = bad || ("vars line " + (n + 1) + ": expected KEY=VALUE"); return; }
+        vars[line.slice(0, at).trim()] = line.slice(at + 1);
+      });
+      if (bad) { error.textContent = bad; return; }
+      var request = {vars: vars, only: lines("start-only"), skip: lines("start-skip")};
+      call("/start?name=" + encodeURIComponent(pick.value), {
+        method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(request)
+      }).then(function (response) {
+        if (response.status === 202) {
+          return response.json().then(function (data) { location.assign("/ui/runs/" + encodeURIComponent(data.run_id)); });
+        }
+        return problem(response).then(function (text) { error.textContent = text; });
+      }).catch(function (e) { if (e.message !== "unauthorized") error.textContent = e.message; });
+    });
+    if (!tokenMode) {
+      var table = runs.querySelector("table.runs");
+      if (table && table.getAttribute("data-live") === "1") setTimeout(load, 2000);
+      workflows();
+    } else {
+      load().then(workflows);
+    }
+  }
+
+  withToken(body.getAttribute("data-page") === "run" ? runPage : listPage);
+})();
+"""
+
+
+def dashboard_csp(nonce: str) -> str:
+    """The pages' Content-Security-Policy: only their own script and style (this response's
+    nonce), requests to this server only, no framing, no plugins, no forms elsewhere."""
+    return (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
+            "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def _dashboard_document(nonce: str, title: str, page: str, token_required: bool, content: str,
+                        extra_attrs: str = "") -> str:
+    token_attr = "required" if token_required else "none"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<meta name="referrer" content="no-referrer"><link rel="icon" href="data:,">'
+            f"<title>{html_text(title)}</title><style nonce=\"{nonce}\">{_REPORT_CSS}{_DASHBOARD_CSS}</style></head>\n"
+            f'<body data-page="{page}" data-token="{token_attr}"{extra_attrs}>\n'
+            '<nav class="top"><span class="brand">orchestrate</span><a href="/">runs</a>'
+            '<a href="/docs">API</a></nav>\n'
+            '<div id="note" role="status" hidden></div>\n'
+            '<div id="auth" hidden><p id="auth-message"></p><label>API token '
+            '<input id="token" type="password" autocomplete="off" spellcheck="false"></label> '
+            '<button id="token-use" type="button">Use token</button></div>\n'
+            f"{content}\n<script nonce=\"{nonce}\">{_DASHBOARD_JS}</script>\n</body></html>\n")
+
+
+_NEEDS_SCRIPT = ('<noscript><p class="problem">This server needs its API token, which the page can only send '
+                 "with JavaScript: turn it on, or use the API (README: HTTP API).</p></noscript>")
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]], filtered: bool = False) -> str:
+    """The runs as an HTML table, newest first, as GET /runs lists them (escaped)."""
+    if not rows:
+        return f'<p class="empty">{"No runs match these filters." if filtered else "No runs yet."}</p>'
+    live = any(row.get("status") in ("pending", "running") for row in rows)
+    out = [f'<table class="runs" data-live="{1 if live else 0}"><thead><tr><th>Run</th><th>Workflow</th>'
+           "<th>Status</th><th>Started</th><th>Duration</th><th>Trigger</th><th>Message</th></tr></thead><tbody>"]
+    for row in rows:
+        run_id = html_text(row.get("run_id"))
+        if "unreadable" in row:
+            out.append(f'<tr class="unreadable"><td><code>{run_id}</code></td>'
+                       f'<td colspan="6" class="message">unreadable: {html_text(row["unreadable"])}</td></tr>')
+            continue
+        status = str(row.get("status") or "pending")
+        kind = status if status in _STATUS_MARKS else "pending"
+        duration = row.get("duration_s")
+        took = format_duration(float(duration)) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else "-"
+        trigger = row.get("trigger") if isinstance(row.get("trigger"), Mapping) else {}
+        out.append(
+            f'<tr class="{kind}" data-run-id="{run_id}"><td><a href="/ui/runs/{run_id}"><code>{run_id}</code></a></td>'
+            f'<td>{html_text(row.get("workflow"))}</td><td class="status {kind}">{html_text(status_label(kind))}</td>'
+            f'<td>{html_text(_iso_text(row.get("started_at")) if row.get("started_at") else "-")}</td>'
+            f"<td>{html_text(took)}</td><td>{html_text((trigger or {}).get('source') or '?')}</td>"
+            f'<td class="message">{html_text(row.get("message") or "")}</td></tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def dashboard_page(nonce: str, token_required: bool, workflows: Sequence[str], workflow: str | None,
+                   status: str | None, runs_html: str | None) -> str:
+    """`/`: the filters, the start form (shown by the script: it posts JSON) and the runs
+    (`runs_html`; None when the script fetches them with the token)."""
+    options = "".join(f'<option value="{html_text(w)}"{" selected" if w == workflow else ""}>{html_text(w)}</option>'
+                      for w in workflows)
+    statuses = "".join(f'<option value="{s}"{" selected" if s == status else ""}>{s}</option>' for s in RUN_STATUSES)
+    content = (
+        "<main><h1>Runs</h1>"
+        '<form class="filters" method="get" action="/">'
+        f'<label>Workflow <select id="filter-workflow" name="workflow" data-chosen="{html_text(workflow or "")}">'
+        f'<option value="">all</option>{options}</select></label>'
+        f'<label>Status <select name="status"><option value="">all</option>{statuses}</select></label>'
+        '<button type="submit">Filter</button></form>'
+        '<form id="start" hidden><h2>Start a workflow</h2><div class="fields">'
+        '<label>Workflow <select id="start-name" required></select></label>'
+        '<label>vars (KEY=VALUE, one a line) <textarea id="start-vars" spellcheck="false"></textarea></label>'
+        '<label>only these steps (one a line) <textarea id="start-only" spellcheck="false"></textarea></label>'
+        '<label>skip these steps (one a line) <textarea id="start-skip" spellcheck="false"></textarea></label>'
+        '</div><button type="submit">Start</button><output id="start-error"></output></form>'
+        f'<div id="runs">{runs_html if runs_html is not None else _NEEDS_SCRIPT}</div></main>')
+    return _dashboard_document(nonce, "orchestrate: runs", "list", token_required, content)
+
+
+def run_page(nonce: str, token_required: bool, run_id: str, body_html: str | None) -> str:
+    """`/ui/runs/{run_id}`: the run's report (`body_html`; None when the script fetches it
+    with the token), kept current by the script while the run goes on."""
+    content = f'<main id="content">{body_html if body_html is not None else _NEEDS_SCRIPT}</main>'
+    return _dashboard_document(nonce, f"orchestrate: run {run_id}", "run", token_required, content,
+                               f' data-run-id="{html_text(run_id)}"')
+
+
+def register_dashboard(app: Any, api: Any, store: RunStore, root: Path, workflows_dir: Path,
+                       token_required: bool) -> None:
+    """The dashboard's routes: the pages on `app` (they hold data only without a token) and
+    the parts the pages fetch on `api` (behind the token like every other endpoint)."""
+    import base64
+
+    from fastapi import HTTPException, Query
+    from fastapi.responses import HTMLResponse
+
+    def html_response(text: str, nonce: str, status_code: int = 200) -> Any:
+        return HTMLResponse(text, status_code=status_code, headers={
+            "Content-Security-Policy": dashboard_csp(nonce), "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer", "Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+
+    def new_nonce() -> str:
+        return base64.b64encode(os.urandom(18)).decode("ascii")
+
+    def checked_filters(workflow: str | None, status: str | None) -> tuple[str | None, str | None]:
+        try:
+            workflow = check_workflow_name(_check_text(workflow, "workflow name")) if workflow else None
+        except (UsageError, ValueError) as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        if status and status not in RUN_STATUSES:
+            raise HTTPException(status_code=400, detail=f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
+        return workflow, status or None
+
+    def run_body(run_id: str) -> str:
+        try:
+            check_run_id(_check_text(run_id, "run id"))
+        except (UsageError, ValueError) as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        try:
+            record = store.load(run_id)
+        except UsageError:
+            raise HTTPException(status_code=404, detail=f"unknown run '{run_id}'") from None
+        except OrchestrateError as exc:
+            raise HTTPException(status_code=500, detail=str(exc)) from None
+        inputs = gather_report_inputs(record, store, None, _workflow_masker(
+            Paths(root=root, workflows_dir=workflows_dir, runs_dir=store.runs_dir), record))
+        inputs["log_links"] = {i: f"/runs/{quote_path(run_id)}/logs/{i + 1}" for i in inputs.get("tails", {})}
+        return render_report_body(record, **inputs)
+
+    def list_html(workflow: str | None, status: str | None, limit: int) -> str:
+        rows = store.list(workflow=workflow, status=status, limit=limit)
+        return runs_table(rows, filtered=bool(workflow or status))
+
+    @app.get("/", include_in_schema=False)
+    def dashboard(workflow: str | None = Query(None), status: str | None = Query(None)) -> Any:
+        nonce = new_nonce()
+        try:
+            chosen, state = checked_filters(workflow, status)
+        except HTTPException as exc:
+            return html_response(dashboard_page(nonce, token_required, [], None, None,
+                                                f'<p class="problem">{html_text(exc.detail)}</p>'), nonce, 400)
+        names = [] if token_required else [n for n, _ in list_workflows(workflows_dir)]
+        runs_html = None if token_required else list_html(chosen, state, 50)
+        return html_response(dashboard_page(nonce, token_required, names, chosen, state, runs_html), nonce)
+
+    @app.get("/ui/runs/{run_id}", include_in_schema=False)
+    def run_view(run_id: str) -> Any:
+        nonce = new_nonce()
+        if token_required:
+            try:
+                check_run_id(_check_text(run_id, "run id"))
+            except (UsageError, ValueError) as exc:
+                return html_response(run_page(nonce, True, "?", f'<p class="problem">{html_text(exc)}</p>'), nonce, 400)
+            return html_response(run_page(nonce, True, run_id, None), nonce)
+        try:
+            return html_response(run_page(nonce, False, run_id, run_body(run_id)), nonce)
+        except HTTPException as exc:
+            return html_response(run_page(nonce, False, run_id, f'<p class="problem">{html_text(exc.detail)}</p>'),
+                                 nonce, exc.status_code)
+
+    @api.get("/ui/parts/runs", include_in_schema=False)
+    def runs_part(workflow: str | None = Query(None), status: str | None = Query(None),
+                  limit: int = Query(50, ge=1, le=1000)) -> Any:
+        chosen, state = checked_filters(workflow, status)
+        return html_response(list_html(chosen, state, limit), new_nonce())
+
+    @api.get("/ui/parts/runs/{run_id}", include_in_schema=False)
+    def run_part(run_id: str) -> Any:
+        return html_response(run_body(run_id), new_nonce())
+
+
+def quote_path(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
 
 
 def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Path,
