@@ -5563,7 +5563,7 @@ def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
         x = label_w + (start - origin) / total * chart_w
         w = max(3.0, (end - start) / total * chart_w)
         name = str(entry.get("step") or f"step {index + 1}")
-        shown = name if len(name) <= 34 else name[:33] + "…"
+        shown = name if len(name) <= 30 else name[:29] + "…"
         took = _ms_text(end - start)
         tip = f"{name}: {status_label(kind)}, started +{_ms_text(start - origin)}, {took}"
         label_x, anchor = (x + w + 6, "start") if x + w + 6 < width - 70 else (x - 6, "end")
@@ -5580,7 +5580,7 @@ def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
         kind = entry_kind(entry)
         y = top + row * row_h
         name = str(entry.get("step") or f"step {index + 1}")
-        shown = name if len(name) <= 34 else name[:33] + "…"
+        shown = name if len(name) <= 30 else name[:29] + "…"
         cx, cy = label_w + 6, y + row_h / 2
         reason = str(entry.get("message") or "")
         reason = reason if len(reason) <= 60 else reason[:59] + "…"
@@ -5735,7 +5735,7 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
 .status{font-weight:600;white-space:nowrap}.status.passed,.status.completed{color:var(--ok)}.status.failed{color:var(--bad)}
 .status.allowed,.status.skipped{color:var(--warn)}.status.running,.status.pending,.status.reused{color:var(--dim)}
 table.steps{border-collapse:collapse;width:100%}table.steps th,table.steps td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
-table.steps td.message{color:var(--dim);word-break:break-word}tr.failed td{background:#fff5f5}
+table.steps td.message{color:var(--dim);word-break:break-word}table.steps td:nth-child(2){min-width:9em}tr.failed td{background:#fff5f5}
 svg.timeline{display:block;max-width:100%;height:auto;font:12px system-ui,sans-serif}
 svg .grid{stroke:#eaeef2}svg .tick{fill:var(--dim);text-anchor:middle;font-size:11px}svg .name{text-anchor:end;fill:#1f2328}svg .what{fill:var(--dim)}
 svg .bar rect{stroke-width:1.5}svg .passed rect{fill:var(--ok);stroke:var(--ok)}
