@@ -26,6 +26,7 @@ FIGURES = {
     "streaming",
     "history_runs",
     "history_status",
+    "html_report",
 }
 MAY_SKIP = {"fixed_run_vs_precommit"}  # --quick installs nothing
 if not (ROOT / "hooks" / "pre-push").exists():
@@ -38,6 +39,7 @@ TARGETS = {
     "flatness",
     "peak_rss",
     "history_runs",
+    "html_report_cost",
 }
 
 
@@ -76,7 +78,7 @@ def test_quick_run_reports_every_figure(results: dict) -> None:
 def test_pairs_carry_median_min_max_for_both_sides(results: dict) -> None:
     figures = results["figures"]
     pairs = [figures[n] for n in ("fixed_run_vs_python", "version_vs_python", "help_vs_python",
-                                  "hook_overhead", "history_runs", "history_status")
+                                  "hook_overhead", "history_runs", "history_status", "html_report")
              if "skipped" not in figures[n]]
     pairs += list(figures["per_step"]["by_n"].values())
     pairs += list(figures["streaming"]["by_size"].values())
