@@ -5527,6 +5527,8 @@ def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
             duration = entry.get("duration_s")
             end = (start + int(float(duration) * 1000) if isinstance(duration, (int, float))
                    and not isinstance(duration, bool) and entry.get("status") != "running" else max(start, now_ms))
+        if origin is not None and start < origin:  # a clock set back mid-run: never left of zero
+            start, end = origin, max(end, origin)
         spans.append((start, max(end, start), index))
     if not entries:
         return ""

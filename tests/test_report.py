@@ -116,13 +116,18 @@ def test_timeline_bars_are_in_start_order_with_true_times_and_overlap() -> None:
         _entry("parallel", "failed", "2026-11-27T15:40:01.000Z", "2026-11-27T15:40:04.000Z", duration_s=3.0),
         _entry("allowed", "failed", "2026-11-27T15:40:02.000Z", "2026-11-27T15:40:03.000Z", allowed_failure=True),
         _entry("never", "skipped", None, None, message="an earlier step failed (parallel)"),
+        _entry("cached", "passed", "2026-11-27T15:40:07.000Z", "2026-11-27T15:40:07.010Z", reused=True),
+        _entry("clock", "passed", "2026-11-27T15:39:59.000Z", "2026-11-27T15:40:00.500Z"),
     ])
     page = Page(orchestrate.render_html_report(record, now_ms=0))
     bars = page.by_class("g", "bar")
-    assert [b["attrs"]["data-step"] for b in bars] == ["first", "parallel", "allowed", "late"]
+    assert [b["attrs"]["data-step"] for b in bars] == ["first", "clock", "parallel", "allowed", "late", "cached"]
     assert [(b["attrs"]["data-start-ms"], b["attrs"]["data-end-ms"]) for b in bars] == [
-        ("0", "5000"), ("1000", "4000"), ("2000", "3000"), ("6000", "10000")]
-    assert [b["attrs"]["class"] for b in bars] == ["bar passed", "bar failed", "bar allowed", "bar passed"]
+        ("0", "5000"), ("0", "500"), ("1000", "4000"), ("2000", "3000"), ("6000", "10000"), ("7000", "7010")]
+    assert [b["attrs"]["class"] for b in bars] == ["bar passed", "bar passed", "bar failed", "bar allowed",
+                                                   "bar passed", "bar reused"]
+    assert "↺ reused" in page.by_class("td", "status")[5]["text"]
+    del bars[1], bars[-1]
     # each status says itself in words as well as by shape and colour
     assert [b["text"].strip() for b in bars][1:3] == [
         "parallel: ✗ failed, started +1s, 3s✗ parallelfailed 3s",
