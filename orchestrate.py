@@ -5181,6 +5181,7 @@ class RunOptions:
     jobs: int | None = None  # steps at once; None: settings.jobs, else the number of CPUs
     output: str | None = None  # live | grouped | prefixed; None: live unless steps can overlap
     isolated: bool = False  # run in a temporary worktree of the commit being checked
+    html_report: Path | None = None  # --html-report: the run's HTML report, also written here
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
     kill_grace: float = KILL_GRACE_S  # SIGTERM, then SIGKILL this many seconds later
     # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
@@ -6459,6 +6460,615 @@ class Console(RunSink):
             self.write(self.style(closing_line(record), kind))
 
 
+# --- HTML report ---
+#
+# `orchestrate report RUN_ID` and `run --html-report PATH`: one self-contained page per run
+# (no external asset, readable with JavaScript off, offline and on paper), drawn from the run
+# record, the ends of the step logs (the record's output_tail has its colours stripped) and
+# the test cases of runs/<run_id>/junit.xml. Every piece of text a step produced is escaped
+# in one place (html_text); the page's own style and script are the only ones a browser may
+# run (a Content-Security-Policy with their hashes). The server's dashboard (section 10)
+# shows the same body with its own page around it.
+
+HTML_TAIL_MAX_BYTES = 8192  # of each step log's end shown in the report (the full log is linked)
+HTML_TAIL_MAX_LINES = 80
+HTML_JUNIT_MAX_BYTES = 32 * 1024 * 1024  # a JUnit file beyond this is not read back into a page
+
+# status -> (symbol, text): the page never tells a status by colour alone
+_STATUS_MARKS = {
+    "passed": ("✓", "passed"), "failed": ("✗", "failed"), "allowed": ("!", "failed (allowed)"),
+    "skipped": ("–", "skipped"), "pending": ("○", "pending"), "running": ("…", "running"),
+    "reused": ("↺", "reused"), "completed": ("✓", "completed"),
+}
+
+
+def html_text(value: Any) -> str:
+    """Any value as HTML text (element content or a quoted attribute): escaped, control
+    characters dropped (they are not allowed in HTML), lone surrogates shown as U+FFFD."""
+    text = _CONTROL_RE.sub("", str(value if value is not None else "").replace("\r", ""))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace('"', "&quot;").replace("'", "&#x27;")
+    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def entry_kind(entry: Mapping[str, Any]) -> str:
+    """How the report shows a step: passed, failed, allowed (failure allowed by
+    continue_on_error), skipped, pending, running or reused."""
+    status = str(entry.get("status") or "pending")
+    if status == "failed" and entry.get("allowed_failure"):
+        return "allowed"
+    if entry.get("reused") and status in ("passed", "skipped"):
+        return "reused"
+    return status if status in _STATUS_MARKS else "pending"
+
+
+def status_label(kind: str) -> str:
+    symbol, text = _STATUS_MARKS.get(kind, ("?", kind))
+    return f"{symbol} {text}"
+
+
+@functools.cache
+def _sgr_re() -> re.Pattern[str]:
+    return re.compile(r"\x1b\[([0-9;:]*)m")
+
+
+def ansi_to_html(text: str) -> str:
+    """Terminal output as HTML: a small, safe subset of SGR (bold, dim, italic, underline,
+    the 16 colours, foreground and background; 256-colour codes below 16) becomes
+    <span class="...">; every other escape sequence and control character is dropped and
+    all text is escaped."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    out: list[str] = []
+    state: dict[str, Any] = {}
+    pos = 0
+
+    def emit(chunk: str) -> None:
+        chunk = html_text(_ANSI_RE.sub("", chunk))
+        if not chunk:
+            return
+        classes = [name for name in ("b", "d", "i", "u") if state.get(name)]
+        if state.get("fg") is not None:
+            classes.append(f"f{state['fg']}")
+        if state.get("bg") is not None:
+            classes.append(f"g{state['bg']}")
+        out.append(f'<span class="{" ".join(classes)}">{chunk}</span>' if classes else chunk)
+
+    for match in _sgr_re().finditer(text):
+        emit(text[pos:match.start()])
+        _apply_sgr(state, match.group(1))
+        pos = match.end()
+    emit(text[pos:])
+    return "".join(out)
+
+
+def _apply_sgr(state: dict[str, Any], params: str) -> None:
+    codes = [int(p) if p.isdigit() else 0 for p in params.replace(":", ";").split(";")] if params else [0]
+    i = 0
+    while i < len(codes):
+        code = codes[i]
+        i += 1
+        if code == 0:
+            state.clear()
+        elif code in (1, 2, 3, 4):
+            state["bdiu"[code - 1]] = True
+        elif code == 22:
+            state.pop("b", None)
+            state.pop("d", None)
+        elif code in (23, 24):
+            state.pop("iu"[code - 23], None)
+        elif 30 <= code <= 37 or 90 <= code <= 97:
+            state["fg"] = code - 30 if code < 90 else code - 90 + 8
+        elif 40 <= code <= 47 or 100 <= code <= 107:
+            state["bg"] = code - 40 if code < 100 else code - 100 + 8
+        elif code in (39, 49):
+            state.pop("fg" if code == 39 else "bg", None)
+        elif code in (38, 48):  # 5;N (256 colours) or 2;R;G;B (true colour): only N < 16 is kept
+            mode = codes[i] if i < len(codes) else None
+            if mode == 5 and i + 1 < len(codes):
+                if codes[i + 1] < 16:
+                    state["fg" if code == 38 else "bg"] = codes[i + 1]
+                i += 2
+            elif mode == 2:
+                i += 4
+            else:
+                i += 1
+
+
+def _open_regular(path: Path) -> int | None:
+    """A descriptor of `path` if it is a regular file; None for a symbolic link, a FIFO (whose
+    open would block), a device or anything missing. Files under runs/ are read this way: a
+    record is data, and a name in it must never make orchestrate read elsewhere."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def read_log_tail(path: Path, masker: Masker | None = None, max_bytes: int = HTML_TAIL_MAX_BYTES,
+                  max_lines: int = HTML_TAIL_MAX_LINES) -> str | None:
+    """The end of a step log as text with its escape sequences (for ansi_to_html), masked
+    again with `masker`; None when there is no regular file to read."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - max_bytes)
+        os.lseek(fd, start, os.SEEK_SET)
+        data = os.read(fd, max_bytes)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", "replace")
+    lines = text.split("\n")
+    if start > 0 and len(lines) > 1:
+        lines = lines[1:]  # the first line was cut by the window
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = lines[-max_lines:]
+    if masker:
+        # a secret printed with an escape sequence inside it ("ab\x1b[1mc") is whole once
+        # the escapes are gone: such a line loses its colours rather than show the secret
+        for n, line in enumerate(lines):
+            line = masker.mask(line)
+            plain = _ANSI_RE.sub("", line)
+            lines[n] = masker.mask(plain) if masker.mask(plain) != plain else line
+    return "\n".join(lines)
+
+
+def read_junit_testcases(path: Path, record: Mapping[str, Any]) -> tuple[dict[int, list[TestCase]], str | None]:
+    """The per-step test cases build_junit_xml wrote into a run's junit.xml, keyed by step
+    index, and a problem line when the file exists but cannot be used. Parsed as the Cypress
+    runner parses reports (ElementTree: no external entities, expat's expansion limits),
+    with a size limit, never through a link or from a FIFO."""
+    import xml.etree.ElementTree as ET
+
+    fd = _open_regular(path)
+    if fd is None:
+        return {}, None
+    try:
+        size = os.fstat(fd).st_size
+        if size > HTML_JUNIT_MAX_BYTES:
+            return {}, f"{path.name} is {size // (1024 * 1024)} MiB: too large to show its test cases"
+        chunks = []
+        while chunk := os.read(fd, READ_CHUNK):
+            chunks.append(chunk)
+    except OSError as exc:
+        return {}, f"{path.name}: unreadable: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+    try:
+        root = ET.fromstring(b"".join(chunks))
+    except ET.ParseError as exc:
+        return {}, f"{path.name}: unreadable: {exc}"
+    workflow = xml_safe(str(record.get("workflow") or "workflow"))
+    by_package: dict[str, int] = {}
+    for index, entry in enumerate(record.get("log") or ()):
+        by_package.setdefault(f"{workflow}.{xml_safe(str(entry.get('step') or ''))}", index)
+    found: dict[int, list[TestCase]] = {}
+    for suite in root.findall("testsuite")[1:]:  # the first one is the run's (a case per step)
+        step_index = by_package.get(suite.get("package", ""))
+        if step_index is None:
+            continue
+        for case in suite.findall("testcase"):
+            problem = case.find("failure")
+            if problem is None:
+                problem = case.find("error")
+            status = "failed" if problem is not None else "skipped" if case.find("skipped") is not None else "passed"
+            found.setdefault(step_index, []).append(TestCase(
+                name=case.get("name", ""), classname=case.get("classname", ""), time=_seconds(case.get("time")),
+                status=status, message=problem.get("message", "") if problem is not None else "",
+                text=(problem.text or "") if problem is not None else ""))
+    return found, None
+
+
+def _ms_text(ms: float) -> str:
+    seconds = ms / 1000
+    if seconds < 10:
+        return f"{seconds:.1f}s".replace(".0s", "s")
+    return format_duration(seconds).replace(".0s", "s")
+
+
+def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
+    """The steps on a real clock: one row per step, in start order, its bar from its true
+    start to its end (overlap shows steps that ran in parallel). Shapes and words tell the
+    status as well as the colour: solid (passed), hatched with a heavy edge (failed), dashed
+    outline (failure allowed), striped (running), hollow (reused), a diamond and no bar
+    (skipped or not run)."""
+    entries = list(record.get("log") or ())
+    origin = _epoch_ms(record.get("started_at"))
+    spans: list[tuple[int, int, int]] = []  # (start, end, index)
+    unstarted: list[int] = []
+    for index, entry in enumerate(entries):
+        start = _epoch_ms(entry.get("started_at"))
+        if start is None:
+            unstarted.append(index)
+            continue
+        end = _epoch_ms(entry.get("finished_at"))
+        if end is None:
+            duration = entry.get("duration_s")
+            end = (start + int(float(duration) * 1000) if isinstance(duration, (int, float))
+                   and not isinstance(duration, bool) and entry.get("status") != "running" else max(start, now_ms))
+        if origin is not None and start < origin:  # a clock set back mid-run: never left of zero
+            start, end = origin, max(end, origin)
+        spans.append((start, max(end, start), index))
+    if not entries:
+        return ""
+    spans.sort(key=lambda span: (span[0], span[2]))  # by start, then step order
+    if origin is None:
+        origin = spans[0][0] if spans else now_ms
+    assert origin is not None
+    last = max([end for _, end, _ in spans] + [origin + 1])
+    total = max(1, last - origin)
+    width, label_w, right_pad, row_h, top = 960, 250, 120, 24, 26
+    chart_w = width - label_w - right_pad
+    height = top + row_h * (len(spans) + len(unstarted)) + 8
+    parts = [f'<svg class="timeline" viewBox="0 0 {width} {height}" width="100%" role="img" '
+             f'aria-labelledby="timeline-title" xmlns="http://www.w3.org/2000/svg">',
+             '<title id="timeline-title">Timeline of the steps, in start order</title>',
+             '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+             'patternTransform="rotate(45)"><rect width="6" height="6" class="hatch-bg"/>'
+             '<line x1="0" y1="0" x2="0" y2="6" class="hatch-line"/></pattern>'
+             '<pattern id="stripes" width="8" height="8" patternUnits="userSpaceOnUse" '
+             'patternTransform="rotate(-45)"><rect width="8" height="8" class="stripe-bg"/>'
+             '<line x1="0" y1="0" x2="0" y2="8" class="stripe-line"/></pattern></defs>']
+    step = _tick_step(total)
+    tick = 0
+    while tick <= total:
+        x = label_w + tick / total * chart_w
+        parts.append(f'<line class="grid" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 4}"/>'
+                     f'<text class="tick" x="{x:.1f}" y="{top - 10}">{_ms_text(tick)}</text>')
+        tick += step
+    row = 0
+    for start, end, index in spans:
+        entry = entries[index]
+        kind = entry_kind(entry)
+        y = top + row * row_h
+        x = label_w + (start - origin) / total * chart_w
+        w = max(3.0, (end - start) / total * chart_w)
+        name = str(entry.get("step") or f"step {index + 1}")
+        shown = name if len(name) <= 30 else name[:29] + "…"
+        took = _ms_text(end - start)
+        tip = f"{name}: {status_label(kind)}, started +{_ms_text(start - origin)}, {took}"
+        label_x, anchor = (x + w + 6, "start") if x + w + 6 < width - 70 else (x - 6, "end")
+        parts.append(
+            f'<g class="bar {kind}" data-step="{html_text(name)}" data-index="{index}" '
+            f'data-start-ms="{start - origin}" data-end-ms="{end - origin}"><title>{html_text(tip)}</title>'
+            f'<text class="name" x="{label_w - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
+            f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" rx="2"/>'
+            f'<text class="what" x="{label_x:.1f}" y="{y + 16}" text-anchor="{anchor}">'
+            f'{html_text(_STATUS_MARKS[kind][1])} {took}</text></g>')
+        row += 1
+    for index in unstarted:
+        entry = entries[index]
+        kind = entry_kind(entry)
+        y = top + row * row_h
+        name = str(entry.get("step") or f"step {index + 1}")
+        shown = name if len(name) <= 30 else name[:29] + "…"
+        cx, cy = label_w + 6, y + row_h / 2
+        reason = str(entry.get("message") or "")
+        reason = reason if len(reason) <= 60 else reason[:59] + "…"
+        parts.append(
+            f'<g class="mark {kind}" data-step="{html_text(name)}" data-index="{index}">'
+            f'<title>{html_text(name + ": " + status_label(kind) + (" — " + reason if reason else ""))}</title>'
+            f'<text class="name" x="{label_w - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
+            f'<path d="M{cx - 5} {cy} L{cx} {cy - 5} L{cx + 5} {cy} L{cx} {cy + 5} Z"/>'
+            f'<text class="what" x="{cx + 10}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][1])}'
+            f'{html_text(" — " + reason) if reason else ""}</text></g>')
+        row += 1
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _tick_step(total_ms: int) -> int:
+    for step in (100, 200, 500, 1000, 2000, 5000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000,
+                 600_000, 900_000, 1_800_000, 3_600_000):
+        if total_ms / step <= 8:
+            return step
+    return max(1, total_ms // 8)
+
+
+def _iso_text(value: Any) -> str:
+    """A record timestamp as people read it: 2026-11-27 15:40:00 UTC."""
+    if isinstance(value, str) and len(value) >= 19 and value[10] == "T":
+        return f"{value[:10]} {value[11:19]} UTC"
+    return str(value or "-")
+
+
+def _test_rows(entry: Mapping[str, Any], cases: Sequence[TestCase] | None) -> list[tuple[str, str, str]]:
+    """(file, test name, message) of a step's failed tests: from its JUnit cases when the run
+    has them (every test, with its file), else from the record's failed_tests names."""
+    if cases:
+        return [(c.classname, c.name, c.message) for c in cases if c.status == "failed"]
+    rows = []
+    for name in _failed_tests(entry):
+        spec, sep, rest = name.partition(" › ")
+        rows.append((spec, rest, "") if sep else ("", name, ""))
+    return rows
+
+
+def render_report_body(record: Mapping[str, Any], testcases: Mapping[int, Sequence[TestCase]] | None = None,
+                       tails: Mapping[int, str] | None = None, log_links: Mapping[int, str] | None = None,
+                       junit_problem: str | None = None, now_ms: int | None = None) -> str:
+    """The report of one run as an HTML fragment (header, timeline, steps, failed tests,
+    output): what the report file and the dashboard's run page both show. Pure: whatever it
+    shows comes in through its arguments. `tails` holds each step's log end with its escape
+    sequences (else the record's output_tail is shown); `log_links` each full log's URL."""
+    testcases = testcases or {}
+    tails = tails or {}
+    log_links = log_links or {}
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    entries = [e for e in (record.get("log") or ()) if isinstance(e, Mapping)]
+    status = str(record.get("status") or "pending")
+    run_kind = "failed" if status == "failed" else status if status in _STATUS_MARKS else "pending"
+    trigger: Mapping[str, Any] = record["trigger"] if isinstance(record.get("trigger"), Mapping) else {}
+    git: Mapping[str, Any] = trigger["git"] if isinstance(trigger.get("git"), Mapping) else {}
+    started_ms = _epoch_ms(record.get("started_at"))
+    duration = record.get("duration_s")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        took = format_duration(float(duration))
+    elif started_ms is not None and status == "running":
+        took = format_duration(max(0, now_ms - started_ms) / 1000) + " so far"
+    else:
+        took = "-"
+    facts = [("Run", f'<code>{html_text(record.get("run_id"))}</code>'),
+             ("Trigger", html_text(trigger.get("source") or "?")
+              + (html_text(f" ({trigger['hook']})") if trigger.get("hook") else ""))]
+    if git.get("commit") or git.get("branch"):
+        facts.append(("Git", html_text(git.get("branch") or "detached")
+                      + (f' @ <code>{html_text(str(git.get("commit"))[:12])}</code>' if git.get("commit") else "")
+                      + (" (uncommitted changes)" if git.get("dirty") else "")))
+    facts.append(("Started", html_text(_iso_text(record.get("started_at")))))
+    facts.append(("Duration", f'<span id="run-elapsed" data-started-ms="{started_ms or ""}">{html_text(took)}</span>'))
+    facts.append(("Steps", html_text(summary_counts(dict(record)))))
+    if record.get("message"):
+        facts.append(("Message", html_text(record.get("message"))))
+    parts = [f'<header class="run"><h1>{html_text(record.get("workflow") or "run")} '
+             f'<span id="run-status" class="status {run_kind}">{html_text(status_label(run_kind))}</span></h1><dl>'
+             + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl></header>"]
+    if entries:
+        parts.append('<section id="timeline"><h2>Timeline</h2>' + _timeline_svg(record, now_ms) + "</section>")
+    offsets_origin = started_ms
+    rows = []
+    for index, entry in enumerate(entries):
+        kind = entry_kind(entry)
+        start = _epoch_ms(entry.get("started_at"))
+        offset = f"+{_ms_text(start - offsets_origin)}" if start is not None and offsets_origin is not None else "-"
+        dur = entry.get("duration_s")
+        dur_text = (format_duration(float(dur)) if isinstance(dur, (int, float)) and not isinstance(dur, bool)
+                    else "running" if kind == "running" else "-")
+        attempts = entry.get("attempts")
+        message = str(entry.get("message") or "")
+        rows.append(
+            f'<tr id="step-row-{index}" class="{kind}" data-step="{html_text(entry.get("step"))}"'
+            f' data-started-ms="{start if start is not None else ""}"><td>{index + 1}</td>'
+            f'<td><a href="#step-{index + 1}">{html_text(entry.get("step"))}</a></td>'
+            f'<td>{html_text(entry.get("type") or "")}</td>'
+            f'<td class="status {kind}">{html_text(status_label(kind))}</td><td>{html_text(offset)}</td>'
+            f'<td class="duration">{html_text(dur_text)}</td><td>{html_text(attempts if attempts else "-")}</td>'
+            f'<td class="message">{html_text(message)}</td></tr>')
+    if entries:
+        parts.append('<section id="steps"><h2>Steps</h2><table class="steps"><thead><tr><th>#</th><th>Step</th>'
+                     '<th>Type</th><th>Status</th><th>Started</th><th>Duration</th><th>Attempts</th>'
+                     '<th>Message</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></section>")
+    else:
+        parts.append('<p class="empty">No steps recorded yet.</p>')
+    failed_blocks = []
+    for index, entry in enumerate(entries):
+        tests = _test_rows(entry, testcases.get(index))
+        if not tests:
+            continue
+        counted = entry.get("tests")
+        total_tests = len(testcases[index]) if testcases.get(index) else counted if isinstance(counted, int) else None
+        head = f"{len(tests)} failed" + (f" of {total_tests} tests" if total_tests else "")
+        items = "".join(
+            f'<li class="failed-test"><span class="file">{html_text(spec) if spec else "(no file)"}</span> '
+            f'<span class="test-name">{html_text(name)}</span>'
+            + (f'<div class="test-message">{html_text(msg)}</div>' if msg else "") + "</li>"
+            for spec, name, msg in tests)
+        failed_blocks.append(f'<h3>{html_text(entry.get("step"))} <span class="count">({html_text(head)})</span></h3>'
+                             f'<ul class="failed-tests">{items}</ul>')
+    if failed_blocks or junit_problem:
+        parts.append('<section id="failed-tests"><h2>Failed tests</h2>' + "".join(failed_blocks)
+                     + (f'<p class="problem">{html_text(junit_problem)}</p>' if junit_problem else "") + "</section>")
+    logs = []
+    for index, entry in enumerate(entries):
+        kind = entry_kind(entry)
+        tail = tails.get(index)
+        body = ansi_to_html(tail) if tail is not None else html_text(entry.get("output_tail") or "")
+        link = log_links.get(index)
+        if not body and kind in ("skipped", "pending"):
+            continue
+        logs.append(
+            f'<div class="log {kind}" id="step-{index + 1}"><h3><span class="status {kind}">'
+            f'{html_text(status_label(kind))}</span> {html_text(entry.get("step"))}'
+            + (f' <a class="full-log" href="{html_text(link)}">full log</a>' if link else "")
+            + f'</h3><pre id="tail-{index}">{body or "<i>(no output)</i>"}</pre></div>')
+    if logs:
+        parts.append('<section id="output"><h2>Output</h2><p class="hint">The last lines of each step; '
+                     '“full log” opens all of it.</p>' + "".join(logs) + "</section>")
+    return "\n".join(parts)
+
+
+_REPORT_CSS = """
+:root{color-scheme:light;--ok:#1a7f37;--bad:#cf222e;--warn:#9a6700;--dim:#57606a;--line:#d0d7de}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:16px 24px;color:#1f2328;background:#fff}
+h1{font-size:22px;margin:8px 0}h2{font-size:17px;margin:24px 0 8px;border-bottom:1px solid var(--line)}h3{font-size:14px;margin:14px 0 4px}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0}dt{color:var(--dim)}dd{margin:0}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
+.status{font-weight:600;white-space:nowrap}.status.passed,.status.completed{color:var(--ok)}.status.failed{color:var(--bad)}
+.status.allowed,.status.skipped{color:var(--warn)}.status.running,.status.pending,.status.reused{color:var(--dim)}
+table.steps{border-collapse:collapse;width:100%}table.steps th,table.steps td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
+table.steps td.message{color:var(--dim);word-break:break-word}table.steps td:nth-child(2){min-width:9em}tr.failed td{background:#fff5f5}
+svg.timeline{display:block;max-width:100%;height:auto;font:12px system-ui,sans-serif}
+svg .grid{stroke:#eaeef2}svg .tick{fill:var(--dim);text-anchor:middle;font-size:11px}svg .name{text-anchor:end;fill:#1f2328}svg .what{fill:var(--dim)}
+svg .bar rect{stroke-width:1.5}svg .passed rect{fill:var(--ok);stroke:var(--ok)}
+svg .failed rect{fill:url(#hatch);stroke:var(--bad);stroke-width:3}svg .allowed rect{fill:#fff8c5;stroke:var(--warn);stroke-dasharray:4 3}
+svg .running rect{fill:url(#stripes);stroke:#0969da}svg .reused rect{fill:#fff;stroke:var(--ok)}
+svg .mark path{fill:#fff;stroke:var(--warn);stroke-width:1.5}svg .hatch-bg{fill:#ffebe9}svg .hatch-line{stroke:var(--bad);stroke-width:3}
+svg .stripe-bg{fill:#ddf4ff}svg .stripe-line{stroke:#0969da;stroke-width:3}
+ul.failed-tests{margin:4px 0;padding-left:20px}.file{font:12px ui-monospace,monospace;color:var(--dim)}.test-name{font-weight:600}
+.test-message{font:12px ui-monospace,monospace;white-space:pre-wrap;color:var(--bad)}.problem,.hint,.empty{color:var(--dim)}
+.log pre{background:#f6f8fa;border:1px solid var(--line);padding:8px;overflow:auto;max-height:420px;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;word-break:break-all}
+.log.folded pre{display:none}.fold{font:12px system-ui;margin-left:8px}
+.b{font-weight:700}.d{opacity:.7}.i{font-style:italic}.u{text-decoration:underline}
+.f0{color:#24292f}.f1{color:#cf222e}.f2{color:#116329}.f3{color:#7d4e00}.f4{color:#0550ae}.f5{color:#8250df}.f6{color:#1b7c83}.f7{color:#6e7781}
+.f8{color:#57606a}.f9{color:#a40e26}.f10{color:#1a7f37}.f11{color:#633c01}.f12{color:#218bff}.f13{color:#a475f9}.f14{color:#3192aa}.f15{color:#8c959f}
+.g0{background:#24292f;color:#fff}.g1{background:#ffebe9}.g2{background:#dafbe1}.g3{background:#fff8c5}.g4{background:#ddf4ff}.g5{background:#fbefff}.g6{background:#d8f3f6}.g7{background:#eaeef2}
+.g8{background:#57606a;color:#fff}.g9{background:#ffcecb}.g10{background:#aceebb}.g11{background:#fae17d}.g12{background:#b6e3ff}.g13{background:#ecd8ff}.g14{background:#b3f0f5}.g15{background:#fff}
+@media print{body{max-width:none;padding:0;font-size:11pt}.log pre,.log.folded pre{display:block;max-height:none;overflow:visible;background:#fff;border-color:#999}
+.fold,nav,.no-print{display:none}tr.failed td{background:none}h2{break-after:avoid}.log,tr,li{break-inside:avoid}a{color:inherit;text-decoration:none}}
+"""
+
+# Folds the logs of the steps that passed; everything stays visible with JavaScript off and
+# everything unfolds to be printed.
+_REPORT_JS = """
+(function(){
+  var logs = document.querySelectorAll(".log");
+  logs.forEach(function(log){
+    var head = log.querySelector("h3"); if (!head) return;
+    var button = document.createElement("button"); button.type = "button"; button.className = "fold";
+    function show(){ button.textContent = log.classList.contains("folded") ? "show" : "hide"; }
+    button.addEventListener("click", function(){ log.classList.toggle("folded"); show(); });
+    if (log.classList.contains("passed") || log.classList.contains("reused")) log.classList.add("folded");
+    show(); head.appendChild(button);
+  });
+  window.addEventListener("beforeprint", function(){ logs.forEach(function(l){ l.classList.remove("folded"); }); });
+})();
+"""
+
+
+@functools.cache
+def _csp_hash(text: str) -> str:
+    import base64
+
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def render_html_report(record: Mapping[str, Any], testcases: Mapping[int, Sequence[TestCase]] | None = None,
+                       tails: Mapping[int, str] | None = None, log_links: Mapping[int, str] | None = None,
+                       junit_problem: str | None = None, now_ms: int | None = None) -> str:
+    """The self-contained HTML report of one run (see render_report_body for the arguments):
+    no external asset, and a Content-Security-Policy that lets the browser run only the
+    page's own style and script, whatever text ends up in it."""
+    policy = (f"default-src 'none'; style-src {_csp_hash(_REPORT_CSS)}; script-src {_csp_hash(_REPORT_JS)}; "
+              "img-src data:; base-uri 'none'; form-action 'none'")
+    title = f"{record.get('workflow') or 'run'} {record.get('status') or ''} — run {record.get('run_id') or ''}"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="generator" content="orchestrate {__version__}">'
+            f"<title>{html_text(title)}</title><style>{_REPORT_CSS}</style></head>\n<body>\n"
+            + render_report_body(record, testcases, tails, log_links, junit_problem, now_ms)
+            + f'\n<footer class="hint">orchestrate {__version__} · report written {html_text(_iso_text(utc_now()))}</footer>'
+            f"\n<script>{_REPORT_JS}</script>\n</body></html>\n")
+
+
+def gather_report_inputs(record: Mapping[str, Any], store: RunStore, link_base: Path | None,
+                         masker: Masker | None = None) -> dict[str, Any]:
+    """What render_report_body needs beyond the record, read from the run's folder: each
+    step log's end (masked again with `masker`), links to the logs relative to `link_base`
+    (the report's folder; None: no links) and the JUnit test cases."""
+    run_id = str(record.get("run_id") or "")
+    try:
+        run_dir = store.run_dir(run_id)
+    except UsageError:
+        return {}
+    tails: dict[int, str] = {}
+    links: dict[int, str] = {}
+    for index, entry in enumerate(record.get("log") or ()):
+        if not isinstance(entry, Mapping) or not entry.get("log_file"):
+            continue
+        # only the file name is taken from the record: the log is always looked up in the run's folder
+        path = run_dir / Path(str(entry["log_file"])).name
+        tail = read_log_tail(path, masker)
+        if tail is None:
+            continue
+        tails[index] = tail
+        if link_base is not None:
+            from urllib.parse import quote
+
+            links[index] = quote(os.path.relpath(path, link_base).replace(os.sep, "/"))
+    testcases, problem = read_junit_testcases(store.junit_path(run_id), record)
+    return {"testcases": testcases, "tails": tails, "log_links": links, "junit_problem": problem}
+
+
+def check_report_target(path: Path, flag: str) -> Path:
+    """An HTML report may replace a regular file, never a folder, a link, a FIFO or a device
+    (`--html /dev/null` as root would replace the device node)."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(mode):
+        raise UsageError(f"{flag} {path}: is a symbolic link; give the path of a file to write (or of its target)")
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'report.html'}")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{flag} {path}: is not a regular file (a FIFO, socket or device); give a file path")
+    return path
+
+
+def write_html_report(record: Mapping[str, Any], store: RunStore, path: Path | None = None,
+                      masker: Masker | None = None, flag: str = "--html") -> Path:
+    """Write the run's HTML report atomically (default runs/<run_id>/report.html); returns
+    where. Folders it creates and the file get the modes of everything under runs/."""
+    target = path if path is not None else store.run_dir(str(record.get("run_id"))) / "report.html"
+    check_report_target(target, flag)
+    try:
+        target.parent.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {target.parent} for the HTML report: {exc.strerror or exc}") from None
+    inputs = gather_report_inputs(record, store, target.parent.absolute(), masker)
+    page = render_html_report(record, **inputs)
+    try:
+        write_atomic(target, page.encode("utf-8", "replace"))
+    except OSError as exc:
+        raise StoreError(f"cannot write the HTML report {target}: {exc.strerror or exc}") from None
+    return target
+
+
+class HtmlReportSink(RunSink):
+    """`run --html-report PATH`: the report, once the record and JUnit file are written (a
+    failed or interrupted run too). A report that cannot be written is a warning: the run's
+    outcome and exit code stay what its steps made them."""
+
+    def __init__(self, path: Path, store: RunStore) -> None:
+        self.path = path
+        self.store = store
+        self.masker: Masker | None = None
+
+    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
+        self.masker = masker
+
+    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
+        try:
+            write_html_report(record, self.store, self.path, self.masker, flag="--html-report")
+        except OrchestrateError as exc:
+            sys.stderr.write(f"orchestrate: warning: {exc}\n")
 
 
 # === 9. Git and CI ===
@@ -8703,6 +9313,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
 
         return StreamingResponse(follow(), media_type="text/plain; charset=utf-8")
 
+    register_dashboard(app, api, store, root, workflows_dir, token is not None)
     app.include_router(api)
 
     @app.exception_handler(OrchestrateError)
@@ -8735,6 +9346,424 @@ def _listen(bind: BindAddress, port: int) -> Any:
         hint = " (is another server running? pick another --port)" if exc.errno == 98 else ""
         raise OrchestrateError(f"cannot listen on {bind.url_host}:{port}: {exc.strerror or exc}{hint}") from None
     return sock
+
+
+
+# --- dashboard ---
+#
+# `/` lists runs, `/ui/runs/{run_id}` shows one run's report and follows it while it runs, a
+# form starts a workflow through POST /start (so with exactly its checks). Pages are built
+# here from the same pieces as the HTML report (section 8); nothing comes from another
+# origin. A page itself holds run data only when the server needs no token: with a token a
+# browser cannot send the Authorization header on a navigation, so the page is an empty
+# shell whose script asks for the token once, keeps it in sessionStorage (never a URL or a
+# cookie) and fetches the same HTML, rendered and escaped here, from /ui/parts/... with the
+# header. Every page sends a Content-Security-Policy allowing only its own script and style
+# (a fresh nonce per response) and requests to this server.
+
+_DASHBOARD_CSS = """
+nav.top{display:flex;gap:16px;align-items:baseline;border-bottom:1px solid var(--line);padding-bottom:8px}
+nav.top a{color:inherit}nav.top .brand{font-weight:700}
+#note{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;margin:10px 0}
+#auth{border:1px solid var(--line);padding:10px;margin:10px 0;background:#f6f8fa}
+#auth input{font:inherit;width:22em}
+form.filters{margin:12px 0;display:flex;gap:12px;align-items:end;flex-wrap:wrap}
+form.filters label,#start label{display:flex;flex-direction:column;font-size:12px;color:var(--dim)}
+#start{border:1px solid var(--line);padding:10px;margin:16px 0}#start .fields{display:flex;gap:12px;flex-wrap:wrap;align-items:start}
+#start textarea{font:12px ui-monospace,monospace;width:18em;height:4.5em}#start-error{color:var(--bad);display:block;margin-top:6px;white-space:pre-wrap}
+table.runs{border-collapse:collapse;width:100%}table.runs th,table.runs td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
+table.runs td.message{color:var(--dim);word-break:break-word}
+"""
+
+_DASHBOARD_JS = r"""
+(function () {
+  "use strict";
+  var body = document.body;
+  var tokenMode = body.getAttribute("data-token") === "required";
+  var KEY = "orchestrate.api-token";
+  var ANSI = /\x1b(?:\[[0-?]*[ -\/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])/g;
+  var note = document.getElementById("note");
+  function say(text) { note.textContent = text || ""; note.hidden = !text; }
+  function token() { try { return sessionStorage.getItem(KEY) || ""; } catch (e) { return ""; } }
+  function call(url, options) {
+    options = options || {};
+    var headers = options.headers || {};
+    if (tokenMode && token()) headers["Authorization"] = "Bearer " + token();
+    options.headers = headers; options.credentials = "omit"; options.cache = "no-store";
+    return fetch(url, options).then(function (response) {
+      if (response.status === 401 && tokenMode) {
+        askToken("The server did not accept the token: enter it again.");
+        throw new Error("unauthorized");
+      }
+      return response;
+    });
+  }
+  function problem(response) {
+    return response.json().then(function (data) { return data.detail || ("HTTP " + response.status); },
+                                function () { return "HTTP " + response.status; });
+  }
+  var authDone = null;
+  function askToken(message) {
+    try { sessionStorage.removeItem(KEY); } catch (e) {}
+    document.getElementById("auth-message").textContent = message;
+    document.getElementById("auth").hidden = false;
+    document.getElementById("token").focus();
+  }
+  function withToken(then) {
+    var input = document.getElementById("token");
+    function use() {
+      var value = input.value.trim();
+      if (!value) return;
+      try { sessionStorage.setItem(KEY, value); } catch (e) {}
+      input.value = "";
+      document.getElementById("auth").hidden = true;
+      if (authDone) { var next = authDone; authDone = null; next(); } else then();
+    }
+    document.getElementById("token-use").addEventListener("click", use);
+    input.addEventListener("keydown", function (event) { if (event.key === "Enter") { event.preventDefault(); use(); } });
+    if (tokenMode && !token()) {
+      authDone = then;
+      askToken("This server needs its API token (ORCHESTRATE_API_TOKEN). It is kept for this tab only, never in a cookie or the address.");
+    } else {
+      then();
+    }
+  }
+  function since(ms) {
+    var s = Math.max(0, Math.round(ms / 1000));
+    return s < 60 ? s + "s" : Math.floor(s / 60) + "m" + ("0" + (s % 60)).slice(-2) + "s";
+  }
+  // "full log" links: with a token they are fetched with it and shown in place
+  document.addEventListener("click", function (event) {
+    var link = event.target.closest ? event.target.closest("a.full-log") : null;
+    if (!link || !tokenMode) return;
+    event.preventDefault();
+    var pre = link.closest(".log").querySelector("pre");
+    call(link.getAttribute("href")).then(function (response) {
+      return response.ok ? response.text().then(function (text) { pre.textContent = text.replace(ANSI, ""); })
+                         : problem(response).then(say);
+    }).catch(function () {});
+  });
+
+  function runPage() {
+    var id = body.getAttribute("data-run-id");
+    var content = document.getElementById("content");
+    var seen = null, live = true, following = {};
+    function load() {
+      return call("/ui/parts/runs/" + encodeURIComponent(id)).then(function (response) {
+        if (!response.ok) return problem(response).then(say);
+        // HTML rendered and escaped by the server (render_report_body)
+        return response.text().then(function (html) { content.innerHTML = html; tick(); });
+      });
+    }
+    function follow(index) {
+      if (following[index]) return;
+      following[index] = true;
+      call("/runs/" + encodeURIComponent(id) + "/logs/" + (index + 1)).then(function (response) {
+        if (!response.ok || !response.body) { following[index] = false; return; }
+        var reader = response.body.getReader(), decoder = new TextDecoder(), text = "";
+        function pump() {
+          return reader.read().then(function (chunk) {
+            if (chunk.done) return;
+            text = (text + decoder.decode(chunk.value, {stream: true})).slice(-8192);
+            var pre = document.getElementById("tail-" + index);
+            if (pre) pre.textContent = text.replace(ANSI, "").split("\n").slice(-80).join("\n");
+            return pump();
+          });
+        }
+        return pump();
+      }).catch(function () { following[index] = false; });
+    }
+    function poll() {
+      call("/status/" + encodeURIComponent(id)).then(function (response) {
+        if (!response.ok) { return problem(response).then(say); }
+        return response.json().then(function (record) {
+          var log = record.log || [];
+          var signature = record.status + "|" + log.map(function (e) { return e.status; }).join(",");
+          var loaded = signature !== seen ? load() : Promise.resolve();
+          seen = signature;
+          live = record.status === "running" || record.status === "pending";
+          body.setAttribute("data-status", record.status);
+          return loaded.then(function () {
+            log.forEach(function (entry, index) { if (entry.status === "running") follow(index); });
+            if (live) setTimeout(poll, 1000);
+          });
+        });
+      }).catch(function (error) {
+        if (error.message === "unauthorized") return;
+        say("Lost contact with the server (" + error.message + "); trying again.");
+        setTimeout(function () { say(""); poll(); }, 2000);
+      });
+    }
+    function tick() {
+      if (!live) return;
+      var now = Date.now();
+      var elapsed = document.getElementById("run-elapsed");
+      var started = elapsed && Number(elapsed.getAttribute("data-started-ms"));
+      if (started) elapsed.textContent = since(now - started) + " so far";
+      document.querySelectorAll("tr.running[data-started-ms]").forEach(function (row) {
+        var cell = row.querySelector("td.duration");
+        var at = Number(row.getAttribute("data-started-ms"));
+        if (cell && at) cell.textContent = "running " + since(now - at);
+      });
+    }
+    setInterval(tick, 1000);
+    poll();
+  }
+
+  function listPage() {
+    var runs = document.getElementById("runs");
+    var form = document.getElementById("start");
+    var pick = document.getElementById("start-name");
+    var filter = document.getElementById("filter-workflow");
+    function load() {
+      // the filters of this page's own address: never a token
+      return call("/ui/parts/runs" + location.search).then(function (response) {
+        if (!response.ok) return problem(response).then(say);
+        return response.text().then(function (html) {
+          runs.innerHTML = html;  // rendered and escaped by the server (runs_table)
+          var table = runs.querySelector("table.runs");
+          if (table && table.getAttribute("data-live") === "1") setTimeout(load, 2000);
+        });
+      });
+    }
+    function workflows() {
+      return call("/workflows").then(function (response) {
+        if (!response.ok) return problem(response).then(say);
+        return response.json().then(function (list) {
+          var chosen = filter.getAttribute("data-chosen") || "";
+          pick.textContent = "";
+          if (filter.options.length <= 1) {
+            list.forEach(function (w) {
+              var option = document.createElement("option");
+              option.value = w.name; option.textContent = w.name; option.selected = w.name === chosen;
+              filter.appendChild(option);
+            });
+          }
+          list.forEach(function (w) {
+            var option = document.createElement("option");
+            option.value = w.name; option.textContent = w.name + (w.description ? " — " + w.description : "");
+            pick.appendChild(option);
+          });
+          form.hidden = false;
+        });
+      });
+    }
+    function lines(id) {
+      return document.getElementById(id).value.split("\n").map(function (l) { return l.trim(); })
+        .filter(function (l) { return l; });
+    }
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var error = document.getElementById("start-error");
+      error.textContent = "";
+      var vars = {}, bad = null;
+      document.getElementById("start-vars").value.split("\n").forEach(function (line, n) {
+        if (!line.trim()) return;
+        var at = line.indexOf("=");
+        if (at < 1) { bad = bad || ("vars line " + (n + 1) + ": expected KEY=VALUE"); return; }
+        vars[line.slice(0, at).trim()] = line.slice(at + 1);
+      });
+      if (bad) { error.textContent = bad; return; }
+      var request = {vars: vars, only: lines("start-only"), skip: lines("start-skip")};
+      call("/start?name=" + encodeURIComponent(pick.value), {
+        method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(request)
+      }).then(function (response) {
+        if (response.status === 202) {
+          return response.json().then(function (data) { location.assign("/ui/runs/" + encodeURIComponent(data.run_id)); });
+        }
+        return problem(response).then(function (text) { error.textContent = text; });
+      }).catch(function (e) { if (e.message !== "unauthorized") error.textContent = e.message; });
+    });
+    if (!tokenMode) {
+      var table = runs.querySelector("table.runs");
+      if (table && table.getAttribute("data-live") === "1") setTimeout(load, 2000);
+      workflows();
+    } else {
+      load().then(workflows);
+    }
+  }
+
+  withToken(body.getAttribute("data-page") === "run" ? runPage : listPage);
+})();
+"""
+
+
+def dashboard_csp(nonce: str) -> str:
+    """The pages' Content-Security-Policy: only their own script and style (this response's
+    nonce), requests to this server only, no framing, no plugins, no forms elsewhere."""
+    return (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
+            "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def _dashboard_document(nonce: str, title: str, page: str, token_required: bool, content: str,
+                        extra_attrs: str = "") -> str:
+    token_attr = "required" if token_required else "none"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<meta name="referrer" content="no-referrer"><link rel="icon" href="data:,">'
+            f"<title>{html_text(title)}</title><style nonce=\"{nonce}\">{_REPORT_CSS}{_DASHBOARD_CSS}</style></head>\n"
+            f'<body data-page="{page}" data-token="{token_attr}"{extra_attrs}>\n'
+            '<nav class="top"><span class="brand">orchestrate</span><a href="/">runs</a>'
+            '<a href="/docs">API</a></nav>\n'
+            '<div id="note" role="status" hidden></div>\n'
+            '<div id="auth" hidden><p id="auth-message"></p><label>API token '
+            '<input id="token" type="password" autocomplete="off" spellcheck="false"></label> '
+            '<button id="token-use" type="button">Use token</button></div>\n'
+            f"{content}\n<script nonce=\"{nonce}\">{_DASHBOARD_JS}</script>\n</body></html>\n")
+
+
+_NEEDS_SCRIPT = ('<noscript><p class="problem">This server needs its API token, which the page can only send '
+                 "with JavaScript: turn it on, or use the API (README: HTTP API).</p></noscript>")
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]], filtered: bool = False) -> str:
+    """The runs as an HTML table, newest first, as GET /runs lists them (escaped)."""
+    if not rows:
+        return f'<p class="empty">{"No runs match these filters." if filtered else "No runs yet."}</p>'
+    live = any(row.get("status") in ("pending", "running") for row in rows)
+    out = [f'<table class="runs" data-live="{1 if live else 0}"><thead><tr><th>Run</th><th>Workflow</th>'
+           "<th>Status</th><th>Started</th><th>Duration</th><th>Trigger</th><th>Message</th></tr></thead><tbody>"]
+    for row in rows:
+        run_id = html_text(row.get("run_id"))
+        if "unreadable" in row:
+            out.append(f'<tr class="unreadable"><td><code>{run_id}</code></td>'
+                       f'<td colspan="6" class="message">unreadable: {html_text(row["unreadable"])}</td></tr>')
+            continue
+        status = str(row.get("status") or "pending")
+        kind = status if status in _STATUS_MARKS else "pending"
+        duration = row.get("duration_s")
+        took = format_duration(float(duration)) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else "-"
+        trigger = row.get("trigger") if isinstance(row.get("trigger"), Mapping) else {}
+        out.append(
+            f'<tr class="{kind}" data-run-id="{run_id}"><td><a href="/ui/runs/{run_id}"><code>{run_id}</code></a></td>'
+            f'<td>{html_text(row.get("workflow"))}</td><td class="status {kind}">{html_text(status_label(kind))}</td>'
+            f'<td>{html_text(_iso_text(row.get("started_at")) if row.get("started_at") else "-")}</td>'
+            f"<td>{html_text(took)}</td><td>{html_text((trigger or {}).get('source') or '?')}</td>"
+            f'<td class="message">{html_text(row.get("message") or "")}</td></tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def dashboard_page(nonce: str, token_required: bool, workflows: Sequence[str], workflow: str | None,
+                   status: str | None, runs_html: str | None) -> str:
+    """`/`: the filters, the start form (shown by the script: it posts JSON) and the runs
+    (`runs_html`; None when the script fetches them with the token)."""
+    options = "".join(f'<option value="{html_text(w)}"{" selected" if w == workflow else ""}>{html_text(w)}</option>'
+                      for w in workflows)
+    statuses = "".join(f'<option value="{s}"{" selected" if s == status else ""}>{s}</option>' for s in RUN_STATUSES)
+    content = (
+        "<main><h1>Runs</h1>"
+        '<form class="filters" method="get" action="/">'
+        f'<label>Workflow <select id="filter-workflow" name="workflow" data-chosen="{html_text(workflow or "")}">'
+        f'<option value="">all</option>{options}</select></label>'
+        f'<label>Status <select name="status"><option value="">all</option>{statuses}</select></label>'
+        '<button type="submit">Filter</button></form>'
+        '<form id="start" hidden><h2>Start a workflow</h2><div class="fields">'
+        '<label>Workflow <select id="start-name" required></select></label>'
+        '<label>vars (KEY=VALUE, one a line) <textarea id="start-vars" spellcheck="false"></textarea></label>'
+        '<label>only these steps (one a line) <textarea id="start-only" spellcheck="false"></textarea></label>'
+        '<label>skip these steps (one a line) <textarea id="start-skip" spellcheck="false"></textarea></label>'
+        '</div><button type="submit">Start</button><output id="start-error"></output></form>'
+        f'<div id="runs">{runs_html if runs_html is not None else _NEEDS_SCRIPT}</div></main>')
+    return _dashboard_document(nonce, "orchestrate: runs", "list", token_required, content)
+
+
+def run_page(nonce: str, token_required: bool, run_id: str, body_html: str | None) -> str:
+    """`/ui/runs/{run_id}`: the run's report (`body_html`; None when the script fetches it
+    with the token), kept current by the script while the run goes on."""
+    content = f'<main id="content">{body_html if body_html is not None else _NEEDS_SCRIPT}</main>'
+    return _dashboard_document(nonce, f"orchestrate: run {run_id}", "run", token_required, content,
+                               f' data-run-id="{html_text(run_id)}"')
+
+
+def register_dashboard(app: Any, api: Any, store: RunStore, root: Path, workflows_dir: Path,
+                       token_required: bool) -> None:
+    """The dashboard's routes: the pages on `app` (they hold data only without a token) and
+    the parts the pages fetch on `api` (behind the token like every other endpoint)."""
+    import base64
+
+    from fastapi import HTTPException, Query
+    from fastapi.responses import HTMLResponse
+
+    def html_response(text: str, nonce: str, status_code: int = 200) -> Any:
+        return HTMLResponse(text, status_code=status_code, headers={
+            "Content-Security-Policy": dashboard_csp(nonce), "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer", "Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+
+    def new_nonce() -> str:
+        return base64.b64encode(os.urandom(18)).decode("ascii")
+
+    def checked_filters(workflow: str | None, status: str | None) -> tuple[str | None, str | None]:
+        try:
+            workflow = check_workflow_name(_check_text(workflow, "workflow name")) if workflow else None
+        except (UsageError, ValueError) as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        if status and status not in RUN_STATUSES:
+            raise HTTPException(status_code=400, detail=f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
+        return workflow, status or None
+
+    def run_body(run_id: str) -> str:
+        try:
+            check_run_id(_check_text(run_id, "run id"))
+        except (UsageError, ValueError) as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        try:
+            record = store.load(run_id)
+        except UsageError:
+            raise HTTPException(status_code=404, detail=f"unknown run '{run_id}'") from None
+        except OrchestrateError as exc:
+            raise HTTPException(status_code=500, detail=str(exc)) from None
+        inputs = gather_report_inputs(record, store, None, _workflow_masker(
+            Paths(root=root, workflows_dir=workflows_dir, runs_dir=store.runs_dir), record))
+        inputs["log_links"] = {i: f"/runs/{quote_path(run_id)}/logs/{i + 1}" for i in inputs.get("tails", {})}
+        return render_report_body(record, **inputs)
+
+    def list_html(workflow: str | None, status: str | None, limit: int) -> str:
+        rows = store.list(workflow=workflow, status=status, limit=limit)
+        return runs_table(rows, filtered=bool(workflow or status))
+
+    @app.get("/", include_in_schema=False)
+    def dashboard(workflow: str | None = Query(None), status: str | None = Query(None)) -> Any:
+        nonce = new_nonce()
+        try:
+            chosen, state = checked_filters(workflow, status)
+        except HTTPException as exc:
+            return html_response(dashboard_page(nonce, token_required, [], None, None,
+                                                f'<p class="problem">{html_text(exc.detail)}</p>'), nonce, 400)
+        names = [] if token_required else [n for n, _ in list_workflows(workflows_dir)]
+        runs_html = None if token_required else list_html(chosen, state, 50)
+        return html_response(dashboard_page(nonce, token_required, names, chosen, state, runs_html), nonce)
+
+    @app.get("/ui/runs/{run_id}", include_in_schema=False)
+    def run_view(run_id: str) -> Any:
+        nonce = new_nonce()
+        if token_required:
+            try:
+                check_run_id(_check_text(run_id, "run id"))
+            except (UsageError, ValueError) as exc:
+                return html_response(run_page(nonce, True, "?", f'<p class="problem">{html_text(exc)}</p>'), nonce, 400)
+            return html_response(run_page(nonce, True, run_id, None), nonce)
+        try:
+            return html_response(run_page(nonce, False, run_id, run_body(run_id)), nonce)
+        except HTTPException as exc:
+            return html_response(run_page(nonce, False, run_id, f'<p class="problem">{html_text(exc.detail)}</p>'),
+                                 nonce, exc.status_code)
+
+    @api.get("/ui/parts/runs", include_in_schema=False)
+    def runs_part(workflow: str | None = Query(None), status: str | None = Query(None),
+                  limit: int = Query(50, ge=1, le=1000)) -> Any:
+        chosen, state = checked_filters(workflow, status)
+        return html_response(list_html(chosen, state, limit), new_nonce())
+
+    @api.get("/ui/parts/runs/{run_id}", include_in_schema=False)
+    def run_part(run_id: str) -> Any:
+        return html_response(run_body(run_id), new_nonce())
+
+
+def quote_path(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
 
 
 def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Path,
@@ -8819,6 +9848,8 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     try:
         trigger = build_trigger(paths.root, options)
         wiring = run_wiring(workflow, settings, options, human)
+        if options.html_report is not None:
+            wiring.sinks.append(HtmlReportSink(options.html_report, store))
         record, code = execute_run(workflow, settings, paths.root, store, options, wiring, trigger)
     finally:
         if checkout is not None:
@@ -8940,6 +9971,17 @@ def find_project_root(start: Path) -> Path:
     return start
 
 
+def _workflow_masker(paths: Paths, record: Mapping[str, Any]) -> Masker | None:
+    """The secrets of the run's workflow as it is defined now, to mask logs read back (they
+    were masked when written; a workflow that no longer loads is no reason to refuse)."""
+    try:
+        workflow = load_workflow(str(record.get("workflow")), paths.workflows_dir, dict(os.environ),
+                                 load_settings(paths.root), paths.root)
+    except OrchestrateError:
+        return None
+    return Masker(workflow.secrets)
+
+
 def make_paths(root: Path | str | None, workflows_dir: Path | str | None,
                runs_dir: Path | str | None) -> Paths:
     base = (Path(root) if root else find_project_root(Path.cwd())).absolute()
@@ -8955,7 +9997,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
                      run_id: str | None = None, jobs: str | int | None = None,
                      output: str | None = None, vars_stdin: bool = False,
-                     isolated: bool = False) -> RunOptions:
+                     isolated: bool = False, html_report: Path | str | None = None) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
@@ -8973,7 +10015,9 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
         run_id=check_run_id(run_id) if run_id else None,
         jobs=parse_jobs(jobs) if jobs is not None else None, output=output,
-        vars_from_http=vars_stdin, isolated=isolated)
+        vars_from_http=vars_stdin, isolated=isolated,
+        # checked before the run: a report path it could never write is a usage error
+        html_report=check_report_target(Path(html_report), "--html-report") if html_report is not None else None)
 
 
 def parse_jobs(value: str | int) -> int:
@@ -9346,6 +10390,7 @@ def build_app() -> Any:
                                         help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
         isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
                                       "being checked (the pushed one, else HEAD), not the working tree."),
+        html_report: Path = typer.Option(None, "--html-report", help="Also write the run's HTML report here (a failed or interrupted run too)."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
@@ -9353,7 +10398,7 @@ def build_app() -> Any:
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
             to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
-            isolated=isolated)
+            isolated=isolated, html_report=html_report)
         return run_workflow_command(_paths(ctx), name, options)
 
 
@@ -9408,6 +10453,22 @@ def build_app() -> Any:
     ) -> int:
         """Print the full output of a run's steps from their log files."""
         return render(cmd_logs(_paths(ctx), run_id, step))
+
+
+    @app.command()
+    @_boundary
+    def report(
+        ctx: typer.Context,
+        run_id: str = typer.Argument(..., help="Run id, a unique start of one, or 'latest'."),
+        html: Path = typer.Option(None, "--html", help="Where to write it (default: runs/RUN_ID/report.html)."),
+    ) -> int:
+        """Write a run's self-contained HTML report: header, timeline, steps, failed tests, output."""
+        paths = _paths(ctx)
+        store = RunStore(paths.runs_dir)
+        record = store.load(resolve_run_ref(store, run_id))
+        target = write_html_report(record, store, html, _workflow_masker(paths, record))
+        typer.echo(f"wrote {_display_path(target, paths.root)} (run {record['run_id']}, {record.get('status')})")
+        return EXIT_OK
 
 
     @app.command()
@@ -9515,7 +10576,8 @@ _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quie
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",
-                    "--run-id": "run_id", "--jobs": "jobs", "-j": "jobs", "--output": "output"}
+                    "--run-id": "run_id", "--jobs": "jobs", "-j": "jobs", "--output": "output",
+                    "--html-report": "html_report"}
 _FAST_REPEATABLE = ("only", "skip", "var")
 
 

@@ -30,6 +30,9 @@ drift on a noisy machine hits both alike:
                 process; and `run --dry-run` of workflows whose brace patterns 0.1.0
                 expanded for minutes ("{a,b}" x 16, "{a,b,c,d}" x 12: now a definition
                 error) vs the dry run of a plain one.
+6. report       `run ten --html-report FILE` vs `run ten` (10 steps that print a line):
+                the cost of the HTML report is the difference of the medians; also the
+                report alone, written 50 times in one process from the same record.
 
 It prints one table, writes bench/results.json (or --json-out) with every figure, the
 targets of issue 7 and pass/fail for each, and exits 0 even when a target fails: the
@@ -70,7 +73,7 @@ MB = 1000 * 1000
 MiB = 1024 * 1024
 LINE = "x" * 79  # `yes LINE` prints 80-byte lines: text a test suite might print
 RUN_ID_RE = re.compile(r"^(\d{8}T\d{6})(\d{3})Z-([0-9a-f]+)$")  # 20261127T154000123Z-1a2b3c
-SECTIONS = ("fixed", "hook", "steps", "parallel", "stream", "history", "globs")
+SECTIONS = ("fixed", "hook", "steps", "parallel", "stream", "history", "globs", "report")
 # The release the per-step cost of a chain is compared with (issue 16: the parallel engine must
 # not make the sequential case slower). Its orchestrate.py is taken from git.
 BASELINE_REF = "v0.1.0"
@@ -750,6 +753,46 @@ class Bench:
         r.figures["history_status"] = _pair(a, b, ratio=ratio, runs=[len(big_ids), len(small_ids)])
         r.rows.append(Row(f"history: status ID, {label_big} vs {len(small_ids)} runs", a.cell(), b.cell(),
                           f"{ratio:.2f}×"))
+
+    # --- 5. HTML report ---
+
+    def report(self) -> None:
+        m, r = self.mode, self.results
+        n = 10
+        root = self.project("report", {"ten": [step(f"s{i + 1}", ["/bin/echo", f"step {i + 1} says hello"])
+                                               for i in range(n)]})
+        in_process: dict[str, Any] | None = None
+        try:
+            check_output([*self.orch, "--root", str(root), "run", "ten"], root, self.env, m.timeout)
+            code = ("import json, pathlib, statistics, sys, time, orchestrate as o\n"
+                    "store = o.RunStore(pathlib.Path(sys.argv[1])); record = store.load(store.list_ids()[0])\n"
+                    "times = []\n"
+                    "for _ in range(50):\n"
+                    "    t = time.perf_counter(); o.write_html_report(record, store, pathlib.Path(sys.argv[2]))\n"
+                    "    times.append((time.perf_counter() - t) * 1000)\n"
+                    "print(json.dumps({'median_ms': round(statistics.median(times), 3), 'min_ms': round(min(times), 3),"
+                    " 'bytes': pathlib.Path(sys.argv[2]).stat().st_size}))\n")
+            in_process = json.loads(check_output([self.python, "-c", code, str(root / "runs"), str(root / "once.html")],
+                                                 root, self.env, m.timeout))
+        except (CommandFailed, ValueError) as exc:
+            r.notes.append(f"report: the in-process figure is missing: {str(exc).splitlines()[0]}")
+        finally:
+            _empty(root / "runs")
+        a = self.orch_cmd(f"run ten ({n} steps) --html-report", root, "run", "ten", "--html-report",
+                          str(root / "report.html"))
+        b = self.orch_cmd(f"run ten ({n} steps)", root, "run", "ten")
+        measure_pair(a, b, m.reps_steps * 2, m.timeout)
+        added = a.median_ms - b.median_ms
+        verdict = r.target("html_report_cost", "html_report", added, "<=", 5.0, "ms",
+                           f"--html-report adds at most 5 ms to a {n}-step run (difference of medians)")
+        r.figures["html_report"] = _pair(a, b, ratio=a.median_ms / b.median_ms, added_ms=added,
+                                         added_min_ms=min(a.times_ms()) - min(b.times_ms()), steps=n,
+                                         in_process=in_process)
+        r.rows.append(Row(f"report: run {n} steps --html-report vs without", a.cell(), b.cell(),
+                          f"{added:+.1f} ms", "≤ +5 ms", verdict))
+        if in_process is not None:
+            r.rows.append(Row("report: the report alone, in one process", f"{in_process['median_ms']:.2f} ms", "",
+                              f"{in_process['bytes']:,} bytes"))
 
 
     # --- 5. globs ---

@@ -31,6 +31,7 @@ FIGURES = {
     "chain_vs_release",
     "glob_matching",
     "glob_dry_run",
+    "html_report",
 }
 # --quick installs nothing; the release tag is missing from a clone without tags
 MAY_SKIP = {"fixed_run_vs_precommit", "chain_vs_release"}
@@ -48,6 +49,7 @@ TARGETS = {
     "glob_path_10x",
     "dry_run_braces16",
     "dry_run_braces12",
+    "html_report_cost",
 }
 
 
@@ -88,7 +90,7 @@ def test_quick_run_reports_every_figure(results: dict) -> None:
 def test_pairs_carry_median_min_max_for_both_sides(results: dict) -> None:
     figures = results["figures"]
     pairs = [figures[n] for n in ("fixed_run_vs_python", "version_vs_python", "help_vs_python",
-                                  "hook_overhead", "history_runs", "history_status")
+                                  "hook_overhead", "history_runs", "history_status", "html_report")
              if "skipped" not in figures[n]]
     pairs += list(figures["per_step"]["by_n"].values())
     pairs += list(figures["streaming"]["by_size"].values())

@@ -194,6 +194,8 @@ PARITY_CASES = [
     # global options after the command (hoist_global_options; the last one given wins)
     ["run", "w", "--root", "sub", "-q"],
     ["--root", "a", "run", "w", "--root=b", "--runs-dir", "rr", "--workflows-dir=wf"],
+    ["run", "w", "--html-report", "out/report.html"],
+    ["run", "w", "--html-report=r.html", "-q"],
 ]
 
 
