@@ -203,16 +203,34 @@ def published_report(template: str) -> str:
     return match.group(1)
 
 
+def published_html_report(template: str) -> str:
+    """Where the template publishes the HTML report (issue 19): its artifact's path."""
+    if template == "github-actions.yml":
+        [publish] = [s for s in github_template()["steps"] if s.get("name") == "Publish the HTML report"]
+        assert publish["if"] == "${{ !cancelled() }}" and "upload-artifact" in publish["uses"]
+        return str(publish["with"]["path"])
+    if template == "gitlab-ci.yml":
+        artifacts = gitlab_job()["artifacts"]
+        assert artifacts["when"] == "always" and artifacts["expose_as"]
+        return next(p for p in artifacts["paths"] if p.endswith(".html"))
+    text = (HOOKS / "Jenkinsfile").read_text()
+    match = re.search(r"archiveArtifacts artifacts: '([^',]+\.html)", text)
+    assert match and "publishHTML(" in text, "Jenkinsfile: the report is neither archived nor published"
+    return match.group(1)
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("template", sorted(RUNNERS))
 def test_template_runs_as_shipped_and_its_exit_code_follows_the_run(
         template: str, built_dist: dict[str, Path], tmp_path: Path) -> None:
     clone = Clone(tmp_path)
     report = clone.root / published_report(template)
+    page = clone.root / published_html_report(template)
     code, log = RUNNERS[template](clone, built_dist["wheel"])
     assert code == 0, log[-4000:]
     assert "ci: 2 passed, 0 failed, 0 skipped in " in log
     assert_valid_junit(report)
+    assert page.read_text().startswith("<!DOCTYPE html>") and "completed" in page.read_text()
     assert 'tests="2" failures="0"' in report.read_text()
     assert list((clone.root / "runs").glob("*.json")), "no run record to keep as an artifact"
 
@@ -222,6 +240,7 @@ def test_template_runs_as_shipped_and_its_exit_code_follows_the_run(
     assert "ci: 2 passed, 1 failed, 0 skipped in " in log
     assert_valid_junit(report)
     assert 'failures="1"' in report.read_text() and "broken check" in report.read_text()
+    assert "broken check" in page.read_text()  # a failed run publishes its report too
 
 
 # --- the CI systems' own checks --------------------------------------------------------------
