@@ -10299,6 +10299,16 @@ def cmd_hook_status(paths: Paths, hook: str = "pre-push") -> CommandResult:
     return result
 
 
+def cmd_report(paths: Paths, run_ref: str, html: Path | None = None) -> CommandResult:
+    """`orchestrate report RUN [--html PATH]`: the run's self-contained HTML report."""
+    store = RunStore(paths.runs_dir)
+    record = store.load(resolve_run_ref(store, run_ref))
+    target = write_html_report(record, store, html, _workflow_masker(paths, record))
+    result = CommandResult(data={"run_id": record["run_id"], "path": str(target)})
+    result.say(f"wrote {_display_path(target, paths.root)} (run {record['run_id']}, {record.get('status')})")
+    return result
+
+
 def complete_workflow_name(incomplete: str) -> list[str]:
     """Shell completion of `orchestrate run <TAB>`: the workflows of the project found from
     the current folder (or $ORCHESTRATE_ROOT)."""
@@ -10463,12 +10473,7 @@ def build_app() -> Any:
         html: Path = typer.Option(None, "--html", help="Where to write it (default: runs/RUN_ID/report.html)."),
     ) -> int:
         """Write a run's self-contained HTML report: header, timeline, steps, failed tests, output."""
-        paths = _paths(ctx)
-        store = RunStore(paths.runs_dir)
-        record = store.load(resolve_run_ref(store, run_id))
-        target = write_html_report(record, store, html, _workflow_masker(paths, record))
-        typer.echo(f"wrote {_display_path(target, paths.root)} (run {record['run_id']}, {record.get('status')})")
-        return EXIT_OK
+        return render(cmd_report(_paths(ctx), run_id, html))
 
 
     @app.command()
