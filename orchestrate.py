@@ -9033,20 +9033,172 @@ def _parse_start_body(raw: bytes) -> Any:
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except RecursionError:
-        raise _BodyError(400, f"body: JSON is nested more than {MAX_NESTING} levels deep") from None
+        raise ApiError(400, f"body: JSON is nested more than {MAX_NESTING} levels deep") from None
     except (ValueError, _NotJSON) as exc:
         shown = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
-        raise _BodyError(422, f"body: not valid JSON ({shown}); expected JSON like "
+        raise ApiError(422, f"body: not valid JSON ({shown}); expected JSON like "
                               "{\"vars\": {}, \"only\": [], \"skip\": []}") from None
     if _check_document(body) is not None:  # deep nesting, lone surrogates
-        raise _BodyError(400, f"body: {_check_document(body)}")
+        raise ApiError(400, f"body: {_check_document(body)}")
     return body
 
 
-class _BodyError(ValueError):
+class ApiError(Exception):
+    """What an endpoint answers instead of its result: an HTTP status and one line."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+# --- The endpoints' work -------------------------------------------------------------------
+#
+# Each endpoint of create_app() is a thin FastAPI function over one of these: they take the
+# server's state, return data or raise ApiError, and touch no FastAPI name, so tests call them.
+
+@dataclass
+class ServerState:
+    """What the endpoints work on: the project's folders, its run store, the dispatcher."""
+
+    root: Path
+    workflows_dir: Path
+    runs_dir: Path
+    store: RunStore
+    dispatcher: Any
+
+
+def api_workflow_name(name: str) -> str:
+    try:
+        return check_workflow_name(_check_text(name, "workflow name"))
+    except (UsageError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def api_record(store: RunStore, run_id: str) -> dict[str, Any]:
+    """GET /status/{run_id}: the record as stored (secrets already masked)."""
+    try:
+        check_run_id(_check_text(run_id, "run id"))
+    except (UsageError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+    try:
+        return store.load(run_id)
+    except UsageError:
+        raise ApiError(404, f"unknown run '{run_id}'") from None
+    except OrchestrateError as exc:  # unreadable record: the server's data, not the request
+        raise ApiError(500, str(exc)) from None
+
+
+def api_start(state: ServerState, name: str, raw: bytes,
+              parse_request: Callable[[Any], Any]) -> dict[str, str]:
+    """POST /start?name=NAME: check everything a run would, queue it, answer its id.
+    `parse_request` turns the JSON body into the request model (vars, only, skip)."""
+    name = api_workflow_name(name)
+    request = parse_request(_parse_start_body(raw))
+    try:
+        for key, value in request.vars.items():
+            _check_text(key, "vars key")
+            _check_text(value, f"vars[{key!r}]")
+            if not _VAR_NAME_RE.match(key):  # the names --var KEY=VALUE takes
+                raise UsageError(f"vars key {key!r}: expected a variable name (letters, digits, _)")
+        for step_name in [*request.only, *request.skip]:
+            _check_text(step_name, "step name")
+    except UsageError as exc:
+        raise ApiError(422, str(exc)) from None
+    known = dict(list_workflows(state.workflows_dir))
+    if name not in known:
+        raise ApiError(404, f"unknown workflow '{name}'{did_you_mean(name, known)}")
+    try:
+        variables = {**os.environ, **request.vars}  # what the run interpolates with
+        workflow = load_workflow(name, state.workflows_dir, variables, load_settings(state.root), state.root)
+        check_http_variables(workflow, request.vars)
+        select_steps(workflow, RunOptions(only=request.only, skip=request.skip))  # as `run` checks them
+    except OrchestrateError as exc:
+        raise ApiError(422, str(exc)) from None
+    dispatcher = state.dispatcher
+    if not dispatcher.reserve():
+        raise ApiError(429, f"{dispatcher.max_queued} runs already wait; try again when some have started")
+    try:
+        run_id = _queue_record(state.store, name, workflow, request)
+    except BaseException:
+        dispatcher.release()
+        raise
+    argv = [*dispatcher.child_argv, "--root", str(state.root), "--workflows-dir", str(state.workflows_dir),
+            "--runs-dir", str(state.runs_dir), "run", name, f"--run-id={run_id}", "--quiet", "--vars-stdin"]
+    # --opt=value, so a value starting with '-' is never read as an option
+    argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
+    dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
+    return {"run_id": run_id}
+
+
+def _queue_record(store: RunStore, name: str, workflow: Workflow, request: Any) -> str:
+    run_id = new_run_id()
+    store.create({
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": name, "status": "pending",
+        "current": None, "running": [], "started_at": None, "finished_at": None, "pid": None, "message": "",
+        "workflow_sha256": workflow.sha256, "options": {"only": request.only, "skip": request.skip},
+        # the run keeps this trigger when it adopts the record; var values stay out of it
+        # (they may be secrets): names only
+        "trigger": {"source": "http", "server_pid": os.getpid(), "queued_at": utc_now(),
+                    "vars": sorted(request.vars)},
+        "log": [],
+    })
+    return run_id
+
+
+def api_runs(store: RunStore, workflow: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+    """GET /runs: run history, newest first."""
+    return store.list(workflow=api_workflow_name(workflow) if workflow is not None else None,
+                      status=status, limit=limit)
+
+
+def api_workflows(workflows_dir: Path, root: Path) -> list[dict[str, Any]]:
+    """GET /workflows: the workflow files with their descriptions (an invalid one is listed too)."""
+    listed = []
+    for name, path in list_workflows(workflows_dir):
+        description = None
+        try:
+            description = json.loads(path.read_text(encoding="utf-8")).get("description")
+        except (OSError, ValueError, AttributeError):
+            pass  # `validate` says what is wrong with it
+        listed.append({"name": name, "path": os.path.relpath(path, root), "description": description})
+    return listed
+
+
+def api_junit(store: RunStore, run_id: str) -> bytes:
+    """GET /runs/{run_id}/junit: the JUnit report (404 until the run has written it)."""
+    record = api_record(store, run_id)
+    try:
+        return store.junit_path(run_id).read_bytes()
+    except FileNotFoundError:
+        raise ApiError(404, f"run '{run_id}' has no JUnit report yet (status {record.get('status')})") from None
+
+
+def api_step_log(store: RunStore, run_id: str, step: str) -> Path | None:
+    """GET /runs/{run_id}/logs/{step}: the step's log file (step_entry's lookup, as `logs`);
+    None for a finished step that printed nothing."""
+    record = api_record(store, run_id)
+    entry = step_entry(record, step)
+    path = step_log_path(store, run_id, entry)
+    if path is not None:
+        return path
+    if entry is not None and entry.get("status") in ("passed", "failed", "skipped"):
+        return None  # it printed nothing: no file was ever created
+    if entry is not None:
+        raise ApiError(404, f"step '{step}' of run '{run_id}' has no log yet")
+    names = [str(e.get("step", "")) for e in record.get("log") or []]
+    raise ApiError(404, f"run '{run_id}' has no step '{step}'{did_you_mean(step, names)}")
+
+
+def step_still_writing(store: RunStore, run_id: str, step: str) -> bool:
+    """Whether a followed log may still grow: its run and its step have not ended."""
+    try:
+        current = store.load(run_id)
+    except OrchestrateError:
+        return False
+    if current.get("status") not in ("pending", "running"):
+        return False
+    entry = step_entry(current, step)
+    return entry is not None and entry.get("status") in ("pending", "running")
 
 
 def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: int = 2,
@@ -9083,29 +9235,14 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
     class ErrorBody(BaseModel):
         detail: str
 
-    def error(status: int, message: str) -> HTTPException:
-        return HTTPException(status_code=status, detail=message)
+    state = ServerState(root, workflows_dir, runs_dir, store, dispatcher)
 
-    def check_name(name: str) -> str:
+    def parse_request(body: Any) -> Any:
         try:
-            return check_workflow_name(_check_text(name, "workflow name"))
-        except (UsageError, ValueError) as exc:
-            raise error(400, str(exc)) from None
-
-    def check_id(run_id: str) -> str:
-        try:
-            return check_run_id(_check_text(run_id, "run id"))
-        except (UsageError, ValueError) as exc:
-            raise error(400, str(exc)) from None
-
-    def load_record(run_id: str) -> dict:
-        check_id(run_id)
-        try:
-            return store.load(run_id)
-        except UsageError:
-            raise error(404, f"unknown run '{run_id}'") from None
-        except OrchestrateError as exc:  # unreadable record: the server's data, not the request
-            raise error(500, str(exc)) from None
+            return StartRequest.model_validate({} if body is None else body)
+        except ValidationError as exc:
+            raise ApiError(422, "; ".join(".".join(["body", *map(str, e["loc"])]) + f": {e['msg']}"
+                                          for e in exc.errors())) from None
 
     bearer = HTTPBearer(auto_error=False, description=f"the value of {API_TOKEN_ENV}")
 
@@ -9164,7 +9301,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         """Queue a run of workflow NAME; it starts as soon as fewer than --max-parallel run."""
         raw = await request.body()  # read (at most MAX_REQUEST_BODY) by RequestGuard already
         # the rest reads and writes files: off the event loop, as FastAPI runs a plain def
-        return await asyncio.to_thread(start_run, name, raw)
+        return await asyncio.to_thread(api_start, state, name, raw, parse_request)
 
     start.__annotations__["request"] = Request  # a FastAPI name: not resolvable from the module
     api.post("/start", status_code=202, tags=["runs"],
@@ -9173,127 +9310,36 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
              openapi_extra={"requestBody": {"required": False, "content": {
                  "application/json": {"schema": start_body_schema}}}})(start)
 
-    def start_run(name: str, raw: bytes) -> dict:
-        name = check_name(name)
-        try:
-            body = _parse_start_body(raw)
-        except _BodyError as exc:
-            raise error(exc.status, str(exc)) from None
-        try:
-            request = StartRequest.model_validate({} if body is None else body)
-        except ValidationError as exc:
-            raise error(422, "; ".join(".".join(["body", *map(str, e["loc"])]) + f": {e['msg']}"
-                                       for e in exc.errors())) from None
-        try:
-            for key, value in request.vars.items():
-                _check_text(key, "vars key")
-                _check_text(value, f"vars[{key!r}]")
-                if not _VAR_NAME_RE.match(key):  # the names --var KEY=VALUE takes
-                    raise UsageError(f"vars key {key!r}: expected a variable name (letters, digits, _)")
-            for step_name in [*request.only, *request.skip]:
-                _check_text(step_name, "step name")
-        except UsageError as exc:
-            raise error(422, str(exc)) from None
-        known = dict(list_workflows(workflows_dir))
-        if name not in known:
-            raise error(404, f"unknown workflow '{name}'{did_you_mean(name, known)}")
-        try:
-            variables = {**os.environ, **request.vars}  # what the run interpolates with
-            workflow = load_workflow(name, workflows_dir, variables, load_settings(root), root)
-            check_http_variables(workflow, request.vars)
-            select_steps(workflow, RunOptions(only=request.only, skip=request.skip))  # as `run` checks them
-        except OrchestrateError as exc:
-            raise error(422, str(exc)) from None
-        if not dispatcher.reserve():
-            raise error(429, f"{dispatcher.max_queued} runs already wait; try again when some have started")
-        try:
-            run_id = queue_record(name, workflow, request)
-        except BaseException:
-            dispatcher.release()
-            raise
-        argv = [*dispatcher.child_argv, "--root", str(root), "--workflows-dir", str(workflows_dir),
-                "--runs-dir", str(runs_dir), "run", name, f"--run-id={run_id}", "--quiet", "--vars-stdin"]
-        # --opt=value, so a value starting with '-' is never read as an option
-        argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
-        dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
-        return {"run_id": run_id}
-
-    def queue_record(name: str, workflow: Workflow, request: Any) -> str:
-        run_id = new_run_id()
-        store.create({
-            "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": name, "status": "pending",
-            "current": None, "started_at": None, "finished_at": None, "pid": None, "message": "",
-            "workflow_sha256": workflow.sha256, "options": {"only": request.only, "skip": request.skip},
-            # the run keeps this trigger when it adopts the record; var values stay out of
-            # it (they may be secrets): names only
-            "trigger": {"source": "http", "server_pid": os.getpid(), "queued_at": utc_now(),
-                        "vars": sorted(request.vars)},
-            "log": [],
-        })
-        return run_id
-
     @api.get("/status/{run_id}", tags=["runs"])
     def status(run_id: str) -> dict:
         """The run's record, as stored (secrets already masked): current, status, log, ..."""
-        return load_record(run_id)
+        return api_record(store, run_id)
 
     @api.get("/runs", tags=["runs"])
     def runs(workflow: str | None = Query(None, description="only runs of this workflow"),
              status: str | None = Query(None, pattern=_RUN_STATUS_PATTERN),
              limit: int = Query(20, ge=1, le=1000)) -> list:
         """Run history, newest first."""
-        if workflow is not None:
-            workflow = check_name(workflow)
-        return store.list(workflow=workflow, status=status, limit=limit)
+        return api_runs(store, workflow, status, limit)
 
     @api.get("/workflows", tags=["workflows"])
     def workflows() -> list:
         """The workflows under workflows/, with their descriptions."""
-        listed = []
-        for wf_name, path in list_workflows(workflows_dir):
-            description = None
-            try:
-                description = json.loads(path.read_text(encoding="utf-8")).get("description")
-            except (OSError, ValueError, AttributeError):
-                pass  # an invalid file is still listed; `validate` says what is wrong
-            listed.append({"name": wf_name, "path": os.path.relpath(path, root), "description": description})
-        return listed
+        return api_workflows(workflows_dir, root)
 
     @api.get("/runs/{run_id}/junit", tags=["runs"], response_class=Response,
              responses={200: {"content": {"application/xml": {}}}})
     def junit(run_id: str) -> Any:
         """The run's JUnit XML report (404 until the run has written it)."""
-        record = load_record(run_id)
-        try:
-            data = store.junit_path(run_id).read_bytes()
-        except FileNotFoundError:
-            raise error(404, f"run '{run_id}' has no JUnit report yet (status {record.get('status')})") from None
-        return Response(content=data, media_type="application/xml")
+        return Response(content=api_junit(store, run_id), media_type="application/xml")
 
     @api.get("/runs/{run_id}/logs/{step}", tags=["runs"], response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {}}}})
     def logs(run_id: str, step: str) -> Any:
         """A step's full log (masked); followed until the step ends while it is running."""
-        record = load_record(run_id)
-        path = step_log_path(store, run_id, step_entry(record, step))
+        path = api_step_log(store, run_id, step)
         if path is None:
-            names = [str(e.get("step", "")) for e in record.get("log") or []]
-            entry = step_entry(record, step)
-            if entry is not None and entry.get("status") in ("passed", "failed", "skipped"):
-                return PlainTextResponse("")  # it printed nothing: no file was ever created
-            if entry is not None:
-                raise error(404, f"step '{step}' of run '{run_id}' has no log yet")
-            raise error(404, f"run '{run_id}' has no step '{step}'{did_you_mean(step, names)}")
-
-        def still_writing() -> bool:
-            try:
-                current = store.load(run_id)
-            except OrchestrateError:
-                return False
-            if current.get("status") not in ("pending", "running"):
-                return False
-            entry = step_entry(current, step)
-            return entry is not None and entry.get("status") in ("pending", "running")
+            return PlainTextResponse("")
 
         async def follow() -> Any:
             handle = await asyncio.to_thread(open, path, "rb")
@@ -9303,7 +9349,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
                     if chunk:
                         yield chunk
                         continue
-                    if not await asyncio.to_thread(still_writing):
+                    if not await asyncio.to_thread(step_still_writing, store, run_id, step):
                         while rest := await asyncio.to_thread(handle.read, READ_CHUNK):
                             yield rest
                         return
@@ -9315,6 +9361,10 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
 
     register_dashboard(app, api, store, root, workflows_dir, token is not None)
     app.include_router(api)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Any, exc: Any) -> Any:
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
 
     @app.exception_handler(OrchestrateError)
     async def orchestrate_error(request: Any, exc: Any) -> Any:

@@ -807,3 +807,23 @@ def test_a_port_in_use_is_refused_at_once(api_root: Path) -> None:
     assert result.returncode == 3
     assert result.stderr == (f"orchestrate: error: cannot listen on 127.0.0.1:{port}: Address already in use "
                              "(is another server running? pick another --port)\n")
+
+
+def test_the_endpoints_work_is_callable_without_a_server(tmp_path: Path) -> None:
+    """The endpoints are thin: what they do is in top-level functions tests can call."""
+    root = tmp_path / "p"
+    (root / "workflows").mkdir(parents=True)
+    (root / "workflows" / "demo.json").write_text(json.dumps({"description": "d", "steps": [
+        {"name": "hello", "type": "command", "run": "true"}]}))
+    store = orchestrate.RunStore(root / "runs")
+    assert orchestrate.api_workflows(root / "workflows", root) == [
+        {"name": "demo", "path": "workflows/demo.json", "description": "d"}]
+    with pytest.raises(orchestrate.ApiError) as bad:
+        orchestrate.api_record(store, "../x")
+    assert bad.value.status == 400
+    with pytest.raises(orchestrate.ApiError) as missing:
+        orchestrate.api_record(store, "20261127T154000000Z-aaaaaa")
+    assert missing.value.status == 404 and str(missing.value) == "unknown run '20261127T154000000Z-aaaaaa'"
+    with pytest.raises(orchestrate.ApiError) as name:
+        orchestrate.api_runs(store, "../etc", None, 20)
+    assert name.value.status == 400
