@@ -4086,96 +4086,130 @@ class JiraRunner(Runner):
                deadline: float | None, raw_token: Any) -> tuple[bool, str]:
         """Comment on one issue (unless an earlier attempt did), then transition it.
         Returns (ok, the issue's part of the step message)."""
-        issue = work.issue
-        def say(text: str) -> str:
-            return _scrub(ctx.masker.mask(text), plan.secrets)
+        exchange = _JiraExchange(ctx, plan, work, deadline, raw_token)
+        earlier = self._earlier_comment(ctx, plan, work.issue) if plan.update == "run" else None
+        commented = exchange.comment(earlier)
+        if isinstance(commented, tuple):  # it failed, or the issue does not exist
+            return commented
+        return exchange.transition(commented, work.comment != "uncertain", passed)
 
-        def call(method: str, url: str, body: Any, action: str,
-                 retry_statuses: Callable[[int], bool] | None = None) -> HttpResponse | HttpTransportError:
-            def on_retry(attempt: int, reason: str, delay: float) -> None:
-                ctx.emit(say(f"jira: {method} {url}: {reason}; retrying in "
-                             f"{delay:g}s (attempt {attempt + 1} of {HTTP_ATTEMPTS})"))
-            if ctx.options.debug and ctx.debug_write is not None:
-                ctx.debug_write(say(f"+ {method} {url}"))
-            try:
-                return http_request(method, url, headers=plan.headers(with_body=body is not None),
-                                    json_body=body, auth=plan.auth, verify=plan.verify,
-                                    connect_timeout=plan.connect_timeout, read_timeout=plan.read_timeout,
-                                    deadline=deadline, on_retry=on_retry,
-                                    retry_statuses=retry_statuses or (lambda s: s == 429 or s >= 500),
-                                    sleep=lambda seconds: _http_sleep(seconds, ctx.guard))
-            except HttpTransportError as exc:
-                return exc
 
-        def refused(resp: HttpResponse, action: str) -> str:
-            return jira_error_message(resp, action=action, issue=issue, user=plan.user, site=plan.api.site,
-                                      token_source=_token_source(raw_token))
+class _JiraExchange:
+    """The requests one attempt of a jira step makes for one issue: the comment (at most once
+    per issue, whatever the step's retries: `work` remembers), then the transition. Every
+    line it says is masked and scrubbed of the credentials."""
 
-        # -- the comment: at most once per issue, whatever the step's retries --------
+    def __init__(self, ctx: StepContext, plan: JiraPlan, work: _JiraIssueWork,
+                 deadline: float | None, raw_token: Any) -> None:
+        self.ctx, self.plan, self.work = ctx, plan, work
+        self.issue = work.issue
+        self.deadline = deadline
+        self.raw_token = raw_token
+
+    def say(self, text: str) -> str:
+        return _scrub(self.ctx.masker.mask(text), self.plan.secrets)
+
+    def call(self, method: str, url: str, body: Any, action: str,
+             retry_statuses: Callable[[int], bool] | None = None) -> HttpResponse | HttpTransportError:
+        ctx, plan = self.ctx, self.plan
+
+        def on_retry(attempt: int, reason: str, delay: float) -> None:
+            ctx.emit(self.say(f"jira: {method} {url}: {reason}; retrying in "
+                              f"{delay:g}s (attempt {attempt + 1} of {HTTP_ATTEMPTS})"))
+        if ctx.options.debug and ctx.debug_write is not None:
+            ctx.debug_write(self.say(f"+ {method} {url}"))
+        try:
+            return http_request(method, url, headers=plan.headers(with_body=body is not None),
+                                json_body=body, auth=plan.auth, verify=plan.verify,
+                                connect_timeout=plan.connect_timeout, read_timeout=plan.read_timeout,
+                                deadline=self.deadline, on_retry=on_retry,
+                                retry_statuses=retry_statuses or (lambda s: s == 429 or s >= 500),
+                                sleep=lambda seconds: _http_sleep(seconds, ctx.guard))
+        except HttpTransportError as exc:
+            return exc
+
+    def refused(self, resp: HttpResponse, action: str) -> str:
+        return jira_error_message(resp, action=action, issue=self.issue, user=self.plan.user,
+                                  site=self.plan.api.site, token_source=_token_source(self.raw_token))
+
+    # -- the comment -------------------------------------------------------------------
+
+    def comment(self, earlier: str | None) -> str | tuple[bool, str]:
+        """What the step's message says of the comment, or (ok, message) to end with."""
+        work, issue = self.work, self.issue
         if work.comment in ("added", "updated"):
-            ctx.emit(say(f"jira: {issue}: comment {work.comment_id} was {work.comment} by an earlier "
-                         "attempt; not sent again"))
-            done = f"commented on {issue}"
-        elif work.comment == "uncertain":
-            ctx.emit(say(f"jira: {issue}: an earlier attempt's comment may have been posted "
-                         f"({work.uncertain_reason}); not sent again"))
-            done = f"the comment on {issue} may have been posted ({work.uncertain_reason}; not sent again)"
-        else:
-            earlier = self._earlier_comment(ctx, plan, issue) if plan.update == "run" else None
-            resp: HttpResponse | HttpTransportError | None = None
-            if earlier is not None:
-                # PUT is idempotent: its retries (429, 5xx, a lost answer) cannot duplicate it
-                resp = call("PUT", plan.url(issue, f"comment/{earlier}"), plan.comment_payload, "comment edit")
-                if isinstance(resp, HttpResponse) and resp.status == 404 and "comment" in resp.text.lower():
-                    ctx.emit(say(f"jira: {issue}: comment {earlier} is gone; posting a new one"))
-                    resp = None
-            if resp is None:
-                # Jira processed nothing only after a refused connection, 429 or 503; a 500,
-                # 502 or 504 may come after the comment was stored, so it is not sent again
-                resp = call("POST", plan.url(issue, "comment"), plan.comment_payload, "comment",
-                            retry_statuses=lambda status: status in (429, 503))
-                action = "added"
-            else:
-                action = "updated"
-            check = f"; check {issue} before running again"
-            if isinstance(resp, HttpTransportError):
-                if resp.maybe_applied and action == "added":
-                    work.comment, work.uncertain_reason = "uncertain", resp.kind.replace("_", " ")
-                    detail = str(resp).replace(" (not retried: the request may already have been applied)", "")
-                    message = say(f"cannot comment on {issue}: {detail}; not retried: the comment may "
-                                  f"have been posted{check}")
-                    ctx.emit(f"jira: {message}")
-                    return False, message
-                return False, say(f"cannot comment on {issue}: {resp}")
-            if not 200 <= resp.status < 300:
-                if (resp.status == 404 and work.found and action == "added"
-                        and "json" in resp.headers.get("content-type", "")):  # Jira's own "no such issue"
-                    ctx.emit(say(f"jira: {issue}: no such issue (found in the branch or a commit "
-                                 "message); ignored"))
-                    work.moved = "no such issue"
-                    return True, f"{issue}: no such issue, ignored"
-                message = refused(resp, "comment" if action == "added" else "comment edit")
-                if action == "added" and resp.status >= 500 and resp.status != 503:
-                    work.comment, work.uncertain_reason = "uncertain", f"Jira answered {resp.status}"
-                    message = say(f"{message} — not retried: the comment may have been posted{check}")
-                    ctx.emit(f"jira: {message}")  # a later attempt's message refers to it
-                    return False, message
-                return False, say(message)
-            try:
-                work.comment_id = str(resp.json()["id"])
-            except (ValueError, KeyError, TypeError):
-                # A 2xx without Jira's JSON is a login page or proxy, not Jira.
-                detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
-                return False, say(f"{resp.url} answered {resp.status} without a Jira comment "
-                                  f"({detail}) — is jira_url the Jira REST API?")
-            work.comment = action
-            verb = "commented on" if action == "added" else f"updated comment {work.comment_id} on"
-            ctx.emit(say(f"jira: {verb} {issue} (comment {work.comment_id})" if action == "added"
-                         else f"jira: {verb} {issue}"))
-            done = f"{verb} {issue}"
-        ok = work.comment != "uncertain"
+            self.ctx.emit(self.say(f"jira: {issue}: comment {work.comment_id} was {work.comment} by an "
+                                   "earlier attempt; not sent again"))
+            return f"commented on {issue}"
+        if work.comment == "uncertain":
+            self.ctx.emit(self.say(f"jira: {issue}: an earlier attempt's comment may have been posted "
+                                   f"({work.uncertain_reason}); not sent again"))
+            return f"the comment on {issue} may have been posted ({work.uncertain_reason}; not sent again)"
+        resp, action = self._send_comment(earlier)
+        if isinstance(resp, HttpTransportError):
+            return self._comment_lost(resp, action)
+        if not 200 <= resp.status < 300:
+            return self._comment_refused(resp, action)
+        try:
+            work.comment_id = str(resp.json()["id"])
+        except (ValueError, KeyError, TypeError):
+            # A 2xx without Jira's JSON is a login page or proxy, not Jira.
+            detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
+            return False, self.say(f"{resp.url} answered {resp.status} without a Jira comment "
+                                   f"({detail}) — is jira_url the Jira REST API?")
+        work.comment = action
+        verb = "commented on" if action == "added" else f"updated comment {work.comment_id} on"
+        self.ctx.emit(self.say(f"jira: {verb} {issue} (comment {work.comment_id})" if action == "added"
+                               else f"jira: {verb} {issue}"))
+        return f"{verb} {issue}"
 
-        # -- the transition: only for the outcome it is meant for ---------------------
+    def _send_comment(self, earlier: str | None) -> tuple[HttpResponse | HttpTransportError, str]:
+        """Edit the run's earlier comment (`"update": "run"`) or post a new one: the answer and
+        "updated" or "added"."""
+        plan, issue = self.plan, self.issue
+        if earlier is not None:
+            # PUT is idempotent: its retries (429, 5xx, a lost answer) cannot duplicate it
+            resp = self.call("PUT", plan.url(issue, f"comment/{earlier}"), plan.comment_payload, "comment edit")
+            if not (isinstance(resp, HttpResponse) and resp.status == 404 and "comment" in resp.text.lower()):
+                return resp, "updated"
+            self.ctx.emit(self.say(f"jira: {issue}: comment {earlier} is gone; posting a new one"))
+        # Jira processed nothing only after a refused connection, 429 or 503; a 500, 502 or
+        # 504 may come after the comment was stored, so it is not sent again
+        return self.call("POST", plan.url(issue, "comment"), plan.comment_payload, "comment",
+                         retry_statuses=lambda status: status in (429, 503)), "added"
+
+    def _comment_lost(self, resp: HttpTransportError, action: str) -> tuple[bool, str]:
+        issue = self.issue
+        if resp.maybe_applied and action == "added":
+            self.work.comment, self.work.uncertain_reason = "uncertain", resp.kind.replace("_", " ")
+            detail = str(resp).replace(" (not retried: the request may already have been applied)", "")
+            message = self.say(f"cannot comment on {issue}: {detail}; not retried: the comment may "
+                               f"have been posted; check {issue} before running again")
+            self.ctx.emit(f"jira: {message}")
+            return False, message
+        return False, self.say(f"cannot comment on {issue}: {resp}")
+
+    def _comment_refused(self, resp: HttpResponse, action: str) -> tuple[bool, str]:
+        work, issue = self.work, self.issue
+        if (resp.status == 404 and work.found and action == "added"
+                and "json" in resp.headers.get("content-type", "")):  # Jira's own "no such issue"
+            self.ctx.emit(self.say(f"jira: {issue}: no such issue (found in the branch or a commit "
+                                   "message); ignored"))
+            work.moved = "no such issue"
+            return True, f"{issue}: no such issue, ignored"
+        message = self.refused(resp, "comment" if action == "added" else "comment edit")
+        if action == "added" and resp.status >= 500 and resp.status != 503:
+            work.comment, work.uncertain_reason = "uncertain", f"Jira answered {resp.status}"
+            message = self.say(f"{message} — not retried: the comment may have been posted; "
+                               f"check {issue} before running again")
+            self.ctx.emit(f"jira: {message}")  # a later attempt's message refers to it
+            return False, message
+        return False, self.say(message)
+
+    # -- the transition: only for the outcome it is meant for --------------------------
+
+    def transition(self, done: str, ok: bool, passed: bool) -> tuple[bool, str]:
+        work, plan, issue = self.work, self.plan, self.issue
         target = plan.transition["on_success" if passed else "on_failure"]
         if target is None:
             if plan.transition["on_failure" if passed else "on_success"] is not None:
@@ -4186,28 +4220,18 @@ class JiraRunner(Runner):
             return ok, f"{done}, already in {work.to_status}"
         if work.moved == "moved":  # by an earlier attempt
             return ok, f"{done}, moved by {work.transition!r}" + (f" to {work.to_status!r}" if work.to_status else "")
-        looked = call("GET", plan.url(issue) + "?fields=status&expand=transitions", None, "read transitions")
-        if isinstance(looked, HttpTransportError):
-            return False, say(f"{done}, but cannot read the transitions of {issue}: {looked}")
-        if not 200 <= looked.status < 300:
-            return False, say(f"{done}, but {refused(looked, 'read transitions')}")
-        try:
-            data = looked.json()
-            transitions = data["transitions"]
-            status = (data.get("fields") or {}).get("status") or {}
-            if not isinstance(transitions, list) or not isinstance(status, dict):
-                raise TypeError
-        except (ValueError, KeyError, TypeError, AttributeError):
-            detail = summarize_http_body(looked.text, looked.headers.get("content-type", ""))
-            return False, say(f"{done}, but GET {issue} answered without its transitions ({detail})")
+        found = self._issue_transitions(done)
+        if isinstance(found[0], bool):
+            return found  # type: ignore[return-value]
+        transitions, status = found
         if jira_status_is_target(status, target):
             work.moved, work.to_status = "already", str(status.get("name"))
-            ctx.emit(say(f"jira: {issue} is already in {work.to_status}; not transitioned"))
+            self.ctx.emit(self.say(f"jira: {issue} is already in {work.to_status}; not transitioned"))
             return ok, f"{done}, already in {work.to_status}"
         try:
             chosen, others = select_jira_transition(transitions, target, issue)
         except ValueError as exc:
-            return False, say(f"{done}, but {exc}")
+            return False, self.say(f"{done}, but {exc}")
         goes_to = (chosen.get("to") or {})
         if status.get("id") is not None and goes_to.get("id") == status.get("id"):
             work.moved, work.to_status = "already", str(status.get("name"))
@@ -4217,20 +4241,40 @@ class JiraRunner(Runner):
             body["fields"] = target["fields"]
         action = f"transition {chosen.get('name')!r}"
         # like a comment: sent again only where Jira cannot have applied it
-        moved = call("POST", plan.url(issue, "transitions"), body, action,
-                     retry_statuses=lambda status: status in (429, 503))
+        moved = self.call("POST", plan.url(issue, "transitions"), body, action,
+                          retry_statuses=lambda status: status in (429, 503))
         if isinstance(moved, HttpTransportError):
-            return False, say(f"{done}, but cannot transition {issue}: {moved}")
+            return False, self.say(f"{done}, but cannot transition {issue}: {moved}")
         if not 200 <= moved.status < 300:
-            return False, say(f"{done}, but {refused(moved, action)}")
+            return False, self.say(f"{done}, but {self.refused(moved, action)}")
         work.transition, work.moved = str(chosen.get("name")), "moved"
         work.to_status = str(goes_to.get("name")) if goes_to.get("name") else None
         work.also_matched = [str(t.get("name")) for t in others]
         message = f"{done}, moved by {chosen.get('name')!r}" + (f" to {work.to_status!r}" if work.to_status else "")
         if others:
             message += f" (also matched: {', '.join(repr(n) for n in work.also_matched)})"
-        ctx.emit(say(f"jira: {message}"))
+        self.ctx.emit(self.say(f"jira: {message}"))
         return ok, message
+
+    def _issue_transitions(self, done: str) -> tuple[list[Any], dict[str, Any]] | tuple[bool, str]:
+        """The issue's transitions and current status, or (False, message) when they cannot be read."""
+        issue = self.issue
+        looked = self.call("GET", self.plan.url(issue) + "?fields=status&expand=transitions", None,
+                           "read transitions")
+        if isinstance(looked, HttpTransportError):
+            return False, self.say(f"{done}, but cannot read the transitions of {issue}: {looked}")
+        if not 200 <= looked.status < 300:
+            return False, self.say(f"{done}, but {self.refused(looked, 'read transitions')}")
+        try:
+            data = looked.json()
+            transitions = data["transitions"]
+            status = (data.get("fields") or {}).get("status") or {}
+            if not isinstance(transitions, list) or not isinstance(status, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            detail = summarize_http_body(looked.text, looked.headers.get("content-type", ""))
+            return False, self.say(f"{done}, but GET {issue} answered without its transitions ({detail})")
+        return transitions, status
 
 
 def _jira_raw_value(ctx: StepContext, key: str) -> Any:
