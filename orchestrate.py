@@ -3749,6 +3749,83 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 # --- Jira: the runner --------------------------------------------------------------
 
+class _BadJiraKey(ValueError):
+    """A jira step's key is wrong: which key (None: the message says it) and why."""
+
+    def __init__(self, key: str | None, why: str) -> None:
+        super().__init__(why)
+        self.key = key
+
+
+def _jira_key_check(key: str, check: Callable[[], Any]) -> None:
+    try:
+        check()
+    except ValueError as exc:
+        raise _BadJiraKey(key, str(exc)) from None
+
+
+def _check_jira_site(config: Mapping[str, Any]) -> None:
+    _jira_key_check("jira_url", lambda: jira_api(config["jira_url"]))
+
+
+def _check_jira_issues(config: Mapping[str, Any]) -> None:
+    """`issue` (a key or a list; empty means "skip the step") or `issues_from` + `projects`."""
+    if "issue" not in config and "issues_from" not in config:
+        raise _BadJiraKey(None, "missing required key 'issue' (an issue key, a list of them, or "
+                                "\"issues_from\": [\"branch\", \"commits\"])")
+    issues = config.get("issue", [])
+    for index, issue in enumerate([issues] if isinstance(issues, str) else issues):
+        if issue:  # empty ("${JIRA_ISSUE:-}" unset): the step is skipped at run time
+            _jira_key_check("issue" if isinstance(issues, str) else f"issue[{index}]",
+                            functools.partial(check_jira_issue_key, issue))
+    sources = config.get("issues_from")
+    if sources is not None:
+        if not sources:
+            raise _BadJiraKey("issues_from", 'is empty; give ["branch"], ["commits"] or both')
+        for source in sources:
+            if source not in JIRA_ISSUES_FROM:
+                raise _BadJiraKey("issues_from", f"{source!r} is not a source of issue keys (branch, commits)"
+                                  + did_you_mean(source, JIRA_ISSUES_FROM))
+    for project in config.get("projects", []):
+        if not re.fullmatch(_JIRA_PROJECT, project):
+            raise _BadJiraKey("projects", f"{project!r} is not a Jira project key (e.g. PROJ)")
+    if "projects" in config and sources is None:
+        raise _BadJiraKey("projects", "restricts the keys issues_from finds; add \"issues_from\"")
+
+
+def _check_jira_comment(config: Mapping[str, Any]) -> None:
+    if not config["comment"].strip():
+        raise _BadJiraKey("comment", "is empty (Jira rejects an empty comment)")
+    _jira_key_check("comment", lambda: jira_template_fields(config["comment"]))
+    if config.get("update") not in (None, "run"):
+        raise _BadJiraKey("update", f"{config['update']!r}: the one value is \"run\" (one comment per issue "
+                          "and run, edited by later steps)")
+    _jira_key_check("transition", lambda: parse_jira_transition(config.get("transition")))
+
+
+def _check_jira_visibility(config: Mapping[str, Any]) -> None:
+    visibility = config.get("visibility")
+    if visibility is None:
+        return
+    unknown = [k for k in visibility if k not in ("type", "value", "identifier")]
+    if unknown:
+        raise _BadJiraKey("visibility", f"unknown key {unknown[0]!r}"
+                          + did_you_mean(unknown[0], ["type", "value", "identifier"]))
+    named = [visibility.get(k) for k in ("value", "identifier")]
+    if visibility.get("type") not in ("role", "group") or not any(isinstance(n, str) and n.strip() for n in named):
+        raise _BadJiraKey("visibility", 'expected {"type": "role", "value": "Developers"} '
+                          '(type role or group; value the role or group name)')
+
+
+def _check_jira_transport(config: Mapping[str, Any]) -> None:
+    if "ca_bundle" in config and not config["ca_bundle"].strip():
+        raise _BadJiraKey("ca_bundle", "is empty; give the CA certificate file (PEM), or leave the key out")
+    for key in ("connect_timeout", "read_timeout"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or value <= 0):
+            raise _BadJiraKey(key, f"must be a positive number of seconds, not {value!r}")
+
+
 
 @dataclass
 class JiraPlan:
@@ -3837,70 +3914,14 @@ class JiraRunner(Runner):
     # -- definition time ------------------------------------------------------------
 
     def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
-        config = step.config
-
         shown = f"{workflow_path.parent.name}/{workflow_path.name}"
-
-        def bad(key: str, why: str) -> DefinitionError:
-            return DefinitionError(f"{shown}: {step.label}: key {key!r}: {why}")
-
         try:
-            jira_api(config["jira_url"])
-        except ValueError as exc:
-            raise bad("jira_url", str(exc)) from None
-        if "issue" not in config and "issues_from" not in config:
-            raise DefinitionError(f"{shown}: {step.label}: missing required key 'issue' (an issue key, a list "
-                                  "of them, or \"issues_from\": [\"branch\", \"commits\"])")
-        issues = config.get("issue", [])
-        for index, issue in enumerate([issues] if isinstance(issues, str) else issues):
-            if issue:  # empty ("${JIRA_ISSUE:-}" unset): the step is skipped at run time
-                try:
-                    check_jira_issue_key(issue)
-                except ValueError as exc:
-                    raise bad("issue" if isinstance(issues, str) else f"issue[{index}]", str(exc)) from None
-        sources = config.get("issues_from")
-        if sources is not None:
-            if not sources:
-                raise bad("issues_from", 'is empty; give ["branch"], ["commits"] or both')
-            for source in sources:
-                if source not in JIRA_ISSUES_FROM:
-                    raise bad("issues_from", f"{source!r} is not a source of issue keys (branch, commits)"
-                              + did_you_mean(source, JIRA_ISSUES_FROM))
-        for project in config.get("projects", []):
-            if not re.fullmatch(_JIRA_PROJECT, project):
-                raise bad("projects", f"{project!r} is not a Jira project key (e.g. PROJ)")
-        if "projects" in config and sources is None:
-            raise bad("projects", "restricts the keys issues_from finds; add \"issues_from\"")
-        if not config["comment"].strip():
-            raise bad("comment", "is empty (Jira rejects an empty comment)")
-        try:
-            jira_template_fields(config["comment"])
-        except ValueError as exc:
-            raise bad("comment", str(exc)) from None
-        if config.get("update") not in (None, "run"):
-            raise bad("update", f"{config['update']!r}: the one value is \"run\" (one comment per issue "
-                      "and run, edited by later steps)")
-        visibility = config.get("visibility")
-        if visibility is not None:
-            unknown = [k for k in visibility if k not in ("type", "value", "identifier")]
-            if unknown:
-                raise bad("visibility", f"unknown key {unknown[0]!r}"
-                          + did_you_mean(unknown[0], ["type", "value", "identifier"]))
-            named = [visibility.get(k) for k in ("value", "identifier")]
-            if visibility.get("type") not in ("role", "group") or not any(
-                    isinstance(n, str) and n.strip() for n in named):
-                raise bad("visibility", 'expected {"type": "role", "value": "Developers"} '
-                          '(type role or group; value the role or group name)')
-        try:
-            parse_jira_transition(config.get("transition"))
-        except ValueError as exc:
-            raise bad("transition", str(exc)) from None
-        if "ca_bundle" in config and not config["ca_bundle"].strip():
-            raise bad("ca_bundle", "is empty; give the CA certificate file (PEM), or leave the key out")
-        for key in ("connect_timeout", "read_timeout"):
-            value = config.get(key)
-            if value is not None and (isinstance(value, bool) or value <= 0):
-                raise bad(key, f"must be a positive number of seconds, not {value!r}")
+            for check in (_check_jira_site, _check_jira_issues, _check_jira_comment,
+                          _check_jira_visibility, _check_jira_transport):
+                check(step.config)
+        except _BadJiraKey as exc:
+            what = f"key {exc.key!r}: {exc}" if exc.key else str(exc)
+            raise DefinitionError(f"{shown}: {step.label}: {what}") from None
 
     def plan(self, ctx: StepContext) -> JiraPlan:
         """Resolve the step into the requests it makes (pure apart from ctx)."""
