@@ -6879,10 +6879,25 @@ def render_report_body(record: Mapping[str, Any], testcases: Mapping[int, Sequen
     shows comes in through its arguments. `tails` holds each step's log end with its escape
     sequences (else the record's output_tail is shown); `log_links` each full log's URL."""
     testcases = testcases or {}
-    tails = tails or {}
-    log_links = log_links or {}
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     entries = [e for e in (record.get("log") or ()) if isinstance(e, Mapping)]
+    parts = [_report_header(record, now_ms)]
+    if entries:
+        parts.append('<section id="timeline"><h2>Timeline</h2>' + _timeline_svg(record, now_ms) + "</section>")
+        parts.append(_report_steps(entries, _epoch_ms(record.get("started_at"))))
+    else:
+        parts.append('<p class="empty">No steps recorded yet.</p>')
+    failed = _report_failed_tests(entries, testcases, junit_problem)
+    if failed:
+        parts.append(failed)
+    output = _report_output(entries, tails or {}, log_links or {})
+    if output:
+        parts.append(output)
+    return "\n".join(parts)
+
+
+def _report_header(record: Mapping[str, Any], now_ms: int) -> str:
+    """The run's name, status and facts: id, trigger, git, start, duration, step counts."""
     status = str(record.get("status") or "pending")
     run_kind = "failed" if status == "failed" else status if status in _STATUS_MARKS else "pending"
     trigger: Mapping[str, Any] = record["trigger"] if isinstance(record.get("trigger"), Mapping) else {}
@@ -6907,17 +6922,18 @@ def render_report_body(record: Mapping[str, Any], testcases: Mapping[int, Sequen
     facts.append(("Steps", html_text(summary_counts(dict(record)))))
     if record.get("message"):
         facts.append(("Message", html_text(record.get("message"))))
-    parts = [f'<header class="run"><h1>{html_text(record.get("workflow") or "run")} '
-             f'<span id="run-status" class="status {run_kind}">{html_text(status_label(run_kind))}</span></h1><dl>'
-             + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl></header>"]
-    if entries:
-        parts.append('<section id="timeline"><h2>Timeline</h2>' + _timeline_svg(record, now_ms) + "</section>")
-    offsets_origin = started_ms
+    return (f'<header class="run"><h1>{html_text(record.get("workflow") or "run")} '
+            f'<span id="run-status" class="status {run_kind}">{html_text(status_label(run_kind))}</span></h1><dl>'
+            + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl></header>")
+
+
+def _report_steps(entries: Sequence[Mapping[str, Any]], origin_ms: int | None) -> str:
+    """The table of steps: status (text, not colour alone), start offset, duration, attempts."""
     rows = []
     for index, entry in enumerate(entries):
         kind = entry_kind(entry)
         start = _epoch_ms(entry.get("started_at"))
-        offset = f"+{_ms_text(start - offsets_origin)}" if start is not None and offsets_origin is not None else "-"
+        offset = f"+{_ms_text(start - origin_ms)}" if start is not None and origin_ms is not None else "-"
         dur = entry.get("duration_s")
         dur_text = (format_duration(float(dur)) if isinstance(dur, (int, float)) and not isinstance(dur, bool)
                     else "running" if kind == "running" else "-")
@@ -6931,13 +6947,15 @@ def render_report_body(record: Mapping[str, Any], testcases: Mapping[int, Sequen
             f'<td class="status {kind}">{html_text(status_label(kind))}</td><td>{html_text(offset)}</td>'
             f'<td class="duration">{html_text(dur_text)}</td><td>{html_text(attempts if attempts else "-")}</td>'
             f'<td class="message">{html_text(message)}</td></tr>')
-    if entries:
-        parts.append('<section id="steps"><h2>Steps</h2><table class="steps"><thead><tr><th>#</th><th>Step</th>'
-                     '<th>Type</th><th>Status</th><th>Started</th><th>Duration</th><th>Attempts</th>'
-                     '<th>Message</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></section>")
-    else:
-        parts.append('<p class="empty">No steps recorded yet.</p>')
-    failed_blocks = []
+    return ('<section id="steps"><h2>Steps</h2><table class="steps"><thead><tr><th>#</th><th>Step</th>'
+            '<th>Type</th><th>Status</th><th>Started</th><th>Duration</th><th>Attempts</th>'
+            '<th>Message</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></section>")
+
+
+def _report_failed_tests(entries: Sequence[Mapping[str, Any]], testcases: Mapping[int, Sequence[TestCase]],
+                         junit_problem: str | None) -> str:
+    """Each step's failed tests with their files ("" when none failed and JUnit read fine)."""
+    blocks = []
     for index, entry in enumerate(entries):
         tests = _test_rows(entry, testcases.get(index))
         if not tests:
@@ -6950,11 +6968,17 @@ def render_report_body(record: Mapping[str, Any], testcases: Mapping[int, Sequen
             f'<span class="test-name">{html_text(name)}</span>'
             + (f'<div class="test-message">{html_text(msg)}</div>' if msg else "") + "</li>"
             for spec, name, msg in tests)
-        failed_blocks.append(f'<h3>{html_text(entry.get("step"))} <span class="count">({html_text(head)})</span></h3>'
-                             f'<ul class="failed-tests">{items}</ul>')
-    if failed_blocks or junit_problem:
-        parts.append('<section id="failed-tests"><h2>Failed tests</h2>' + "".join(failed_blocks)
-                     + (f'<p class="problem">{html_text(junit_problem)}</p>' if junit_problem else "") + "</section>")
+        blocks.append(f'<h3>{html_text(entry.get("step"))} <span class="count">({html_text(head)})</span></h3>'
+                      f'<ul class="failed-tests">{items}</ul>')
+    if not blocks and not junit_problem:
+        return ""
+    return ('<section id="failed-tests"><h2>Failed tests</h2>' + "".join(blocks)
+            + (f'<p class="problem">{html_text(junit_problem)}</p>' if junit_problem else "") + "</section>")
+
+
+def _report_output(entries: Sequence[Mapping[str, Any]], tails: Mapping[int, str],
+                   log_links: Mapping[int, str]) -> str:
+    """Each step's output end, ANSI colours as HTML, with a link to the full log."""
     logs = []
     for index, entry in enumerate(entries):
         kind = entry_kind(entry)
@@ -6968,10 +6992,10 @@ def render_report_body(record: Mapping[str, Any], testcases: Mapping[int, Sequen
             f'{html_text(status_label(kind))}</span> {html_text(entry.get("step"))}'
             + (f' <a class="full-log" href="{html_text(link)}">full log</a>' if link else "")
             + f'</h3><pre id="tail-{index}">{body or "<i>(no output)</i>"}</pre></div>')
-    if logs:
-        parts.append('<section id="output"><h2>Output</h2><p class="hint">The last lines of each step; '
-                     '“full log” opens all of it.</p>' + "".join(logs) + "</section>")
-    return "\n".join(parts)
+    if not logs:
+        return ""
+    return ('<section id="output"><h2>Output</h2><p class="hint">The last lines of each step; '
+            '“full log” opens all of it.</p>' + "".join(logs) + "</section>")
 
 
 _REPORT_CSS = """
