@@ -6753,6 +6753,15 @@ def _ms_text(ms: float) -> str:
     return format_duration(seconds).replace(".0s", "s")
 
 
+_SVG_WIDTH, _SVG_LABEL_W, _SVG_RIGHT_PAD, _SVG_ROW_H, _SVG_TOP = 960, 250, 120, 24, 26
+_SVG_DEFS = ('<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+             'patternTransform="rotate(45)"><rect width="6" height="6" class="hatch-bg"/>'
+             '<line x1="0" y1="0" x2="0" y2="6" class="hatch-line"/></pattern>'
+             '<pattern id="stripes" width="8" height="8" patternUnits="userSpaceOnUse" '
+             'patternTransform="rotate(-45)"><rect width="8" height="8" class="stripe-bg"/>'
+             '<line x1="0" y1="0" x2="0" y2="8" class="stripe-line"/></pattern></defs>')
+
+
 def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
     """The steps on a real clock: one row per step, in start order, its bar from its true
     start to its end (overlap shows steps that ran in parallel). Shapes and words tell the
@@ -6760,8 +6769,30 @@ def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
     outline (failure allowed), striped (running), hollow (reused), a diamond and no bar
     (skipped or not run)."""
     entries = list(record.get("log") or ())
+    if not entries:
+        return ""
     origin = _epoch_ms(record.get("started_at"))
-    spans: list[tuple[int, int, int]] = []  # (start, end, index)
+    spans, unstarted = _timeline_spans(entries, origin, now_ms)
+    if origin is None:
+        origin = spans[0][0] if spans else now_ms
+    total = max(1, max([end for _, end, _ in spans] + [origin + 1]) - origin)
+    height = _SVG_TOP + _SVG_ROW_H * (len(spans) + len(unstarted)) + 8
+    parts = [f'<svg class="timeline" viewBox="0 0 {_SVG_WIDTH} {height}" width="100%" role="img" '
+             f'aria-labelledby="timeline-title" xmlns="http://www.w3.org/2000/svg">',
+             '<title id="timeline-title">Timeline of the steps, in start order</title>', _SVG_DEFS,
+             _timeline_ticks(total, height)]
+    for row, (start, end, index) in enumerate(spans):
+        parts.append(_timeline_bar(entries[index], index, row, start - origin, end - origin, total))
+    for row, index in enumerate(unstarted, start=len(spans)):
+        parts.append(_timeline_mark(entries[index], index, row))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _timeline_spans(entries: Sequence[Mapping[str, Any]], origin: int | None,
+                    now_ms: int) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """(start, end, index) of the steps that started, by start then step order; the others."""
+    spans: list[tuple[int, int, int]] = []
     unstarted: list[int] = []
     for index, entry in enumerate(entries):
         start = _epoch_ms(entry.get("started_at"))
@@ -6776,72 +6807,59 @@ def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
         if origin is not None and start < origin:  # a clock set back mid-run: never left of zero
             start, end = origin, max(end, origin)
         spans.append((start, max(end, start), index))
-    if not entries:
-        return ""
-    spans.sort(key=lambda span: (span[0], span[2]))  # by start, then step order
-    if origin is None:
-        origin = spans[0][0] if spans else now_ms
-    assert origin is not None
-    last = max([end for _, end, _ in spans] + [origin + 1])
-    total = max(1, last - origin)
-    width, label_w, right_pad, row_h, top = 960, 250, 120, 24, 26
-    chart_w = width - label_w - right_pad
-    height = top + row_h * (len(spans) + len(unstarted)) + 8
-    parts = [f'<svg class="timeline" viewBox="0 0 {width} {height}" width="100%" role="img" '
-             f'aria-labelledby="timeline-title" xmlns="http://www.w3.org/2000/svg">',
-             '<title id="timeline-title">Timeline of the steps, in start order</title>',
-             '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
-             'patternTransform="rotate(45)"><rect width="6" height="6" class="hatch-bg"/>'
-             '<line x1="0" y1="0" x2="0" y2="6" class="hatch-line"/></pattern>'
-             '<pattern id="stripes" width="8" height="8" patternUnits="userSpaceOnUse" '
-             'patternTransform="rotate(-45)"><rect width="8" height="8" class="stripe-bg"/>'
-             '<line x1="0" y1="0" x2="0" y2="8" class="stripe-line"/></pattern></defs>']
-    step = _tick_step(total)
-    tick = 0
+    spans.sort(key=lambda span: (span[0], span[2]))
+    return spans, unstarted
+
+
+def _timeline_ticks(total: int, height: int) -> str:
+    chart_w = _SVG_WIDTH - _SVG_LABEL_W - _SVG_RIGHT_PAD
+    out, tick, step = [], 0, _tick_step(total)
     while tick <= total:
-        x = label_w + tick / total * chart_w
-        parts.append(f'<line class="grid" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 4}"/>'
-                     f'<text class="tick" x="{x:.1f}" y="{top - 10}">{_ms_text(tick)}</text>')
+        x = _SVG_LABEL_W + tick / total * chart_w
+        out.append(f'<line class="grid" x1="{x:.1f}" y1="{_SVG_TOP - 6}" x2="{x:.1f}" y2="{height - 4}"/>'
+                   f'<text class="tick" x="{x:.1f}" y="{_SVG_TOP - 10}">{_ms_text(tick)}</text>')
         tick += step
-    row = 0
-    for start, end, index in spans:
-        entry = entries[index]
-        kind = entry_kind(entry)
-        y = top + row * row_h
-        x = label_w + (start - origin) / total * chart_w
-        w = max(3.0, (end - start) / total * chart_w)
-        name = str(entry.get("step") or f"step {index + 1}")
-        shown = name if len(name) <= 30 else name[:29] + "…"
-        took = _ms_text(end - start)
-        tip = f"{name}: {status_label(kind)}, started +{_ms_text(start - origin)}, {took}"
-        label_x, anchor = (x + w + 6, "start") if x + w + 6 < width - 70 else (x - 6, "end")
-        parts.append(
-            f'<g class="bar {kind}" data-step="{html_text(name)}" data-index="{index}" '
-            f'data-start-ms="{start - origin}" data-end-ms="{end - origin}"><title>{html_text(tip)}</title>'
-            f'<text class="name" x="{label_w - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
-            f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" rx="2"/>'
+    return "".join(out)
+
+
+def _timeline_label(entry: Mapping[str, Any], index: int) -> tuple[str, str]:
+    name = str(entry.get("step") or f"step {index + 1}")
+    return name, name if len(name) <= 30 else name[:29] + "…"
+
+
+def _timeline_bar(entry: Mapping[str, Any], index: int, row: int, start: int, end: int, total: int) -> str:
+    """One step that ran: its bar from `start` to `end` (ms after the run started)."""
+    kind = entry_kind(entry)
+    chart_w = _SVG_WIDTH - _SVG_LABEL_W - _SVG_RIGHT_PAD
+    y = _SVG_TOP + row * _SVG_ROW_H
+    x = _SVG_LABEL_W + start / total * chart_w
+    w = max(3.0, (end - start) / total * chart_w)
+    name, shown = _timeline_label(entry, index)
+    took = _ms_text(end - start)
+    tip = f"{name}: {status_label(kind)}, started +{_ms_text(start)}, {took}"
+    label_x, anchor = (x + w + 6, "start") if x + w + 6 < _SVG_WIDTH - 70 else (x - 6, "end")
+    return (f'<g class="bar {kind}" data-step="{html_text(name)}" data-index="{index}" '
+            f'data-start-ms="{start}" data-end-ms="{end}"><title>{html_text(tip)}</title>'
+            f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
+            f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{_SVG_ROW_H - 8}" rx="2"/>'
             f'<text class="what" x="{label_x:.1f}" y="{y + 16}" text-anchor="{anchor}">'
             f'{html_text(_STATUS_MARKS[kind][1])} {took}</text></g>')
-        row += 1
-    for index in unstarted:
-        entry = entries[index]
-        kind = entry_kind(entry)
-        y = top + row * row_h
-        name = str(entry.get("step") or f"step {index + 1}")
-        shown = name if len(name) <= 30 else name[:29] + "…"
-        cx, cy = label_w + 6, y + row_h / 2
-        reason = str(entry.get("message") or "")
-        reason = reason if len(reason) <= 60 else reason[:59] + "…"
-        parts.append(
-            f'<g class="mark {kind}" data-step="{html_text(name)}" data-index="{index}">'
+
+
+def _timeline_mark(entry: Mapping[str, Any], index: int, row: int) -> str:
+    """One step that never started (skipped, not run): a diamond and the reason."""
+    kind = entry_kind(entry)
+    y = _SVG_TOP + row * _SVG_ROW_H
+    name, shown = _timeline_label(entry, index)
+    cx, cy = _SVG_LABEL_W + 6, y + _SVG_ROW_H / 2
+    reason = str(entry.get("message") or "")
+    reason = reason if len(reason) <= 60 else reason[:59] + "…"
+    return (f'<g class="mark {kind}" data-step="{html_text(name)}" data-index="{index}">'
             f'<title>{html_text(name + ": " + status_label(kind) + (" — " + reason if reason else ""))}</title>'
-            f'<text class="name" x="{label_w - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
+            f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
             f'<path d="M{cx - 5} {cy} L{cx} {cy - 5} L{cx + 5} {cy} L{cx} {cy + 5} Z"/>'
             f'<text class="what" x="{cx + 10}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][1])}'
             f'{html_text(" — " + reason) if reason else ""}</text></g>')
-        row += 1
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def _tick_step(total_ms: int) -> int:
