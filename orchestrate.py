@@ -7633,32 +7633,9 @@ def detect_ci(env: Mapping[str, str], event: Mapping[str, Any] | None = None) ->
     compares with (a pull request's base, a push's previous tip), "" when unknown.
     """
     if env.get("GITHUB_ACTIONS") == "true":
-        event = event or {}
-        job_url = ""
-        if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
-            server = env.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
-            job_url = f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
-        base = ""
-        pull = event.get("pull_request")
-        if isinstance(pull, dict) and isinstance(pull.get("base"), dict):
-            base = str(pull["base"].get("sha") or "")
-        elif env.get("GITHUB_BASE_REF"):
-            base = f"origin/{env['GITHUB_BASE_REF']}"
-        elif isinstance(event.get("before"), str) and not is_zero_oid(event["before"]):
-            base = event["before"]  # a push event: the branch tip before this push
-        return {"provider": "github", "job_url": job_url, "commit": env.get("GITHUB_SHA", ""),
-                "branch": env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", ""),
-                "base": base}
+        return _github_ci(env, event or {})
     if env.get("GITLAB_CI"):
-        base = env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")
-        before = env.get("CI_COMMIT_BEFORE_SHA", "")
-        if not base and before and not is_zero_oid(before):
-            base = before
-        return {"provider": "gitlab", "job_url": env.get("CI_JOB_URL", ""),
-                "commit": env.get("CI_COMMIT_SHA", ""),
-                "branch": (env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
-                           or env.get("CI_COMMIT_BRANCH") or env.get("CI_COMMIT_REF_NAME", "")),
-                "base": base}
+        return _gitlab_ci(env)
     if env.get("JENKINS_URL") or env.get("JENKINS_HOME"):
         branch = env.get("CHANGE_BRANCH") or env.get("BRANCH_NAME") or env.get("GIT_BRANCH", "")
         target = env.get("CHANGE_TARGET", "")
@@ -7668,6 +7645,34 @@ def detect_ci(env: Mapping[str, str], event: Mapping[str, Any] | None = None) ->
     if _truthy(env.get("CI")):
         return {"provider": "generic", "job_url": "", "commit": "", "branch": "", "base": ""}
     return None
+
+
+def _github_ci(env: Mapping[str, str], event: Mapping[str, Any]) -> dict[str, Any]:
+    job_url = ""
+    if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
+        server = env.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+        job_url = f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+    base = ""
+    pull = event.get("pull_request")
+    if isinstance(pull, dict) and isinstance(pull.get("base"), dict):
+        base = str(pull["base"].get("sha") or "")
+    elif env.get("GITHUB_BASE_REF"):
+        base = f"origin/{env['GITHUB_BASE_REF']}"
+    elif isinstance(event.get("before"), str) and not is_zero_oid(event["before"]):
+        base = event["before"]  # a push event: the branch tip before this push
+    return {"provider": "github", "job_url": job_url, "commit": env.get("GITHUB_SHA", ""),
+            "branch": env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", ""), "base": base}
+
+
+def _gitlab_ci(env: Mapping[str, str]) -> dict[str, Any]:
+    base = env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")
+    before = env.get("CI_COMMIT_BEFORE_SHA", "")
+    if not base and before and not is_zero_oid(before):
+        base = before
+    return {"provider": "gitlab", "job_url": env.get("CI_JOB_URL", ""), "commit": env.get("CI_COMMIT_SHA", ""),
+            "branch": (env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
+                       or env.get("CI_COMMIT_BRANCH") or env.get("CI_COMMIT_REF_NAME", "")),
+            "base": base}
 
 
 def make_trigger(git: Mapping[str, Any], ci: Mapping[str, Any] | None,
