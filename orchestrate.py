@@ -3651,16 +3651,6 @@ def select_jira_transition(transitions: list[dict], target: dict[str, Any],
     category's own name ("Done", "In Progress", "To Do"), else the first in Jira's order.
     Returns (chosen, the other transitions that matched).  ValueError lists what is
     available; an empty list says the user may lack the permission."""
-    def label(t: dict) -> str:
-        to: dict = t.get("to") or {}
-        category = (to.get("statusCategory") or {}).get("key")
-        goes = f" → {to.get('name')}" if to.get("name") else ""
-        return f"{t.get('name')!r}{goes}" + (f" [{category}]" if category else "")
-
-    def named(t: dict, name: str) -> bool:
-        return name.casefold() in (str(t.get("name") or "").casefold(),
-                                   str((t.get("to") or {}).get("name") or "").casefold())
-
     if not transitions:
         raise ValueError(f"Jira offers no transitions for {issue} — the user may lack the "
                          "'Transition issues' permission in its project")
@@ -3675,21 +3665,37 @@ def select_jira_transition(transitions: list[dict], target: dict[str, Any],
         wanted = target["to_status_category"]
         matches = [t for t in transitions if _category_matches((t.get("to") or {}).get("statusCategory"), wanted)]
         if matches:
-            prefer = target.get("prefer")
-            if prefer:
-                pinned = [t for t in matches if named(t, prefer)]
-                if not pinned:
-                    raise ValueError(f"no transition into category {wanted!r} is named {prefer!r} (prefer) for "
-                                     f"{issue}; matching: {', '.join(label(t) for t in matches)}")
-                chosen = pinned[0]
-            else:
-                category = ((matches[0].get("to") or {}).get("statusCategory") or {})
-                own = str(category.get("name") or JIRA_CATEGORY_NAMES.get(str(category.get("key")), ""))
-                chosen = next((t for t in matches if own and named(t, own)), matches[0])
+            chosen = _preferred_transition(matches, target.get("prefer"), wanted, issue)
             return chosen, [t for t in matches if t is not chosen]
         asked = f"a transition to status category {wanted!r}"
-    available = ", ".join(label(t) for t in transitions)
+    available = ", ".join(_transition_label(t) for t in transitions)
     raise ValueError(f"{asked} is not available for {issue}; available: {available}")
+
+
+def _transition_label(t: dict) -> str:
+    to: dict = t.get("to") or {}
+    category = (to.get("statusCategory") or {}).get("key")
+    goes = f" → {to.get('name')}" if to.get("name") else ""
+    return f"{t.get('name')!r}{goes}" + (f" [{category}]" if category else "")
+
+
+def _transition_named(t: dict, name: str) -> bool:
+    return name.casefold() in (str(t.get("name") or "").casefold(),
+                               str((t.get("to") or {}).get("name") or "").casefold())
+
+
+def _preferred_transition(matches: list[dict], prefer: str | None, wanted: str, issue: str) -> dict:
+    """Among the transitions into one category: the one `prefer` names, else the one named
+    like the category itself, else Jira's first."""
+    if prefer:
+        pinned = [t for t in matches if _transition_named(t, prefer)]
+        if not pinned:
+            raise ValueError(f"no transition into category {wanted!r} is named {prefer!r} (prefer) for "
+                             f"{issue}; matching: {', '.join(_transition_label(t) for t in matches)}")
+        return pinned[0]
+    category = ((matches[0].get("to") or {}).get("statusCategory") or {})
+    own = str(category.get("name") or JIRA_CATEGORY_NAMES.get(str(category.get("key")), ""))
+    return next((t for t in matches if own and _transition_named(t, own)), matches[0])
 
 
 def _rate_limit_details(resp: HttpResponse) -> str:
