@@ -3984,15 +3984,7 @@ class JiraRunner(Runner):
         def say(text: str) -> str:
             return _scrub(ctx.masker.mask(text), plan.secrets)
 
-        lines = []
-        if plan.issues_from:
-            found = " and ".join({"branch": "the branch name", "commits": "the commit messages"}[s]
-                                 for s in plan.issues_from)
-            only = f" (projects: {', '.join(plan.projects)})" if plan.projects else ""
-            lines.append(f"issues: {', '.join(plan.issues + ['keys found in ' + found + only])}, "
-                         "each commented once")
-        elif len(plan.issues) != 1:
-            lines.append(f"issues: {', '.join(plan.issues) or 'none (the step will be skipped)'}")
+        lines = _describe_jira_issues(plan)
         issue = plan.issues[0] if plan.issues and not plan.issues_from else "<issue>"
         if plan.update == "run":
             lines.append("update: run — PUT to this run's comment when an earlier step of the run posted one")
@@ -4000,19 +3992,7 @@ class JiraRunner(Runner):
                   f"  body: {json.dumps(plan.comment_payload, ensure_ascii=False)}"]
         if plan.truncated:
             lines.append(f"  (comment truncated to Jira's {JIRA_COMMENT_LIMIT} characters)")
-        on_success, on_failure = plan.transition["on_success"], plan.transition["on_failure"]
-        if on_success or on_failure:
-            lines.append("transition: " + "; ".join(
-                f"{label}: {describe_jira_target(target) if target else 'none'}"
-                for label, target in (("if the run so far passed", on_success),
-                                      ("if it failed", on_failure))))
-            body: dict[str, Any] = {"transition": {"id": "<looked up at run time>"}}
-            fields = [t.get("fields") for t in (on_success, on_failure) if t and t.get("fields")]
-            if fields:
-                body["fields"] = fields[0]
-            lines += [f"GET {plan.url(issue)}?fields=status&expand=transitions", f"  {auth}",
-                      f"POST {plan.url(issue, 'transitions')}", f"  {auth}",
-                      f"  body: {json.dumps(body, ensure_ascii=False)}"]
+        lines += _describe_jira_transition(plan, issue, auth)
         return [say(line.replace("%3Cissue%3E", "<issue>")) for line in lines]
 
     # -- run time -------------------------------------------------------------------
@@ -4059,23 +4039,9 @@ class JiraRunner(Runner):
                                  "jira_issues": []}
         if not issues:
             return StepResult(status="skipped", message=say(why_none), extra=extra)
-        searched = [i for i, by_search in issues if by_search]
-        if len(searched) > JIRA_MAX_FOUND_ISSUES:
-            return StepResult(status="failed", extra=extra, message=say(
-                f"issues_from found {len(searched)} issue keys ({', '.join(searched[:5])}, …), more than "
-                f"{JIRA_MAX_FOUND_ISSUES}: nothing was sent; narrow them with \"projects\" or name the "
-                "issues in \"issue\""))
-        if not plan.token:
-            raise StepFailure(f"key 'token' is empty: set {_token_source(raw_token)} (for Jira Cloud "
-                              "an API token, for Server/Data Center a personal access token)")
-        if isinstance(plan.verify, str) and not Path(plan.verify).is_file():
-            raise StepFailure(f"ca_bundle {ctx.step.config['ca_bundle']} does not exist (a PEM file of "
-                              "the CA certificates that signed Jira's certificate)")
-        if token_is_literal(raw_token) and not ctx.runner_state.get("warned"):
-            ctx.runner_state["warned"] = True
-            ctx.emit(say(f"warning: {ctx.step.label}: the Jira token is written in "
-                         f"{ctx.workflow.path.name}; use \"token\": \"${{JIRA_TOKEN}}\" "
-                         "and keep it out of the repository"))
+        refused = self._refuse_to_send(ctx, plan, issues, raw_token)
+        if refused:
+            return StepResult(status="failed", extra=extra, message=say(refused))
         if plan.truncated:
             ctx.emit(f"jira: comment longer than {JIRA_COMMENT_LIMIT} characters, truncated")
         if len(issues) > 1 or any(found for _, found in issues):
@@ -4096,6 +4062,27 @@ class JiraRunner(Runner):
         extra["jira_issues"] = records
         extra.update(comment_id=records[0]["comment_id"], transition=records[0]["transition"])
         return StepResult(status="failed" if failed else "passed", message=say("; ".join(messages)), extra=extra)
+
+    def _refuse_to_send(self, ctx: StepContext, plan: JiraPlan, issues: list[tuple[str, bool]],
+                        raw_token: Any) -> str | None:
+        """Why nothing may be sent (the step fails with that), or None; warns of a literal token."""
+        searched = [i for i, by_search in issues if by_search]
+        if len(searched) > JIRA_MAX_FOUND_ISSUES:
+            return (f"issues_from found {len(searched)} issue keys ({', '.join(searched[:5])}, …), more than "
+                    f"{JIRA_MAX_FOUND_ISSUES}: nothing was sent; narrow them with \"projects\" or name the "
+                    "issues in \"issue\"")
+        if not plan.token:
+            raise StepFailure(f"key 'token' is empty: set {_token_source(raw_token)} (for Jira Cloud "
+                              "an API token, for Server/Data Center a personal access token)")
+        if isinstance(plan.verify, str) and not Path(plan.verify).is_file():
+            raise StepFailure(f"ca_bundle {ctx.step.config['ca_bundle']} does not exist (a PEM file of "
+                              "the CA certificates that signed Jira's certificate)")
+        if token_is_literal(raw_token) and not ctx.runner_state.get("warned"):
+            ctx.runner_state["warned"] = True
+            ctx.emit(_scrub(ctx.masker.mask(
+                f"warning: {ctx.step.label}: the Jira token is written in {ctx.workflow.path.name}; use "
+                f"\"token\": \"${{JIRA_TOKEN}}\" and keep it out of the repository"), plan.secrets))
+        return None
 
     def _earlier_comment(self, ctx: StepContext, plan: JiraPlan, issue: str) -> str | None:
         """The id of the comment an earlier `"update": "run"` step of this run posted on
@@ -4119,6 +4106,35 @@ class JiraRunner(Runner):
         if isinstance(commented, tuple):  # it failed, or the issue does not exist
             return commented
         return exchange.transition(commented, work.comment != "uncertain", passed)
+
+
+def _describe_jira_issues(plan: JiraPlan) -> list[str]:
+    """--dry-run: which issues the step comments on, when that is not just one key."""
+    if plan.issues_from:
+        found = " and ".join({"branch": "the branch name", "commits": "the commit messages"}[s]
+                             for s in plan.issues_from)
+        only = f" (projects: {', '.join(plan.projects)})" if plan.projects else ""
+        return [f"issues: {', '.join(plan.issues + ['keys found in ' + found + only])}, each commented once"]
+    if len(plan.issues) != 1:
+        return [f"issues: {', '.join(plan.issues) or 'none (the step will be skipped)'}"]
+    return []
+
+
+def _describe_jira_transition(plan: JiraPlan, issue: str, auth: str) -> list[str]:
+    """--dry-run: the transition for each outcome and the two requests it takes."""
+    on_success, on_failure = plan.transition["on_success"], plan.transition["on_failure"]
+    if not (on_success or on_failure):
+        return []
+    lines = ["transition: " + "; ".join(
+        f"{label}: {describe_jira_target(target) if target else 'none'}"
+        for label, target in (("if the run so far passed", on_success), ("if it failed", on_failure)))]
+    body: dict[str, Any] = {"transition": {"id": "<looked up at run time>"}}
+    fields = [t.get("fields") for t in (on_success, on_failure) if t and t.get("fields")]
+    if fields:
+        body["fields"] = fields[0]
+    return lines + [f"GET {plan.url(issue)}?fields=status&expand=transitions", f"  {auth}",
+                    f"POST {plan.url(issue, 'transitions')}", f"  {auth}",
+                    f"  body: {json.dumps(body, ensure_ascii=False)}"]
 
 
 class _JiraExchange:
