@@ -3118,30 +3118,15 @@ def _transport_failure(exc: Exception, method: str, url: str, connect_timeout: f
         return ("proxy", f"cannot connect to the proxy {proxy} ({variable}) on the way to {where}",
                 f" — check {variable} and NO_PROXY", True, False)
     if isinstance(exc, requests.exceptions.SSLError):
-        text = str(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in text:
-            why, hint = "certificate not trusted", (" — if the site uses a private CA, give the step "
-                                                    "\"ca_bundle\" (or set REQUESTS_CA_BUNDLE) with its CA "
-                                                    "certificate file")
-        elif "match" in text and "hostname" in text.lower():
-            why, hint = "the certificate is for another host name", " — check the host name in the URL"
-        elif any(s in text for s in ("WRONG_VERSION_NUMBER", "record layer failure", "UNKNOWN_PROTOCOL",
-                                     "packet length too long", "HTTP_REQUEST")):
-            why, hint = "the server does not speak TLS on that port", " — is the URL http:// rather than https://?"
-        else:
-            why, hint = "TLS error", (" — check the certificate (\"ca_bundle\" or REQUESTS_CA_BUNDLE for a "
-                                      "private CA) and the http/https scheme of the URL")
+        why, hint = _tls_failure(str(exc))
         return "tls", f"TLS handshake with {where} failed ({why})", hint, False, False
     if isinstance(exc, requests.exceptions.ConnectionError):
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         if isinstance(reason, urllib3.exceptions.NameResolutionError):
             return "dns", f"cannot resolve host {host!r}", " — check the URL", True, False
         if isinstance(reason, urllib3.exceptions.NewConnectionError):
-            cause: BaseException | None = reason
-            while cause is not None:
-                if isinstance(cause, ConnectionRefusedError):
-                    return "refused", f"connection refused by {where}", "", True, False
-                cause = cause.__cause__ or cause.__context__
+            if _caused_by(reason, ConnectionRefusedError):
+                return "refused", f"connection refused by {where}", "", True, False
             return "connection", f"could not connect to {where}", "", True, False
         # The connection broke after the request was sent (RemoteDisconnected, reset).
         return "aborted", f"{where} closed the connection without a response{note}", "", again, True
@@ -3228,6 +3213,29 @@ def http_request(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _tls_failure(text: str) -> tuple[str, str]:
+    """What went wrong in a TLS handshake, from the SSL error's text, and what to do."""
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "certificate not trusted", (" — if the site uses a private CA, give the step \"ca_bundle\" "
+                                           "(or set REQUESTS_CA_BUNDLE) with its CA certificate file")
+    if "match" in text and "hostname" in text.lower():
+        return "the certificate is for another host name", " — check the host name in the URL"
+    if any(s in text for s in ("WRONG_VERSION_NUMBER", "record layer failure", "UNKNOWN_PROTOCOL",
+                               "packet length too long", "HTTP_REQUEST")):
+        return "the server does not speak TLS on that port", " — is the URL http:// rather than https://?"
+    return "TLS error", (" — check the certificate (\"ca_bundle\" or REQUESTS_CA_BUNDLE for a "
+                         "private CA) and the http/https scheme of the URL")
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def summarize_http_body(text: str, content_type: str = "", limit: int = 200) -> str:
     """One short line describing an error body: Jira's errorMessages/errors, another
     JSON message, an HTML page's title, or the first line of text.  Never the whole page."""
@@ -3245,15 +3253,7 @@ def summarize_http_body(text: str, content_type: str = "", limit: int = 200) -> 
         except ValueError:
             data = None
         if isinstance(data, dict):
-            parts = [str(m) for m in data.get("errorMessages") or [] if m]
-            errors = data.get("errors")
-            if isinstance(errors, dict):
-                parts += [f"{k}: {v}" for k, v in errors.items()]
-            for key in ("message", "error"):
-                if not parts and isinstance(data.get(key), str):
-                    parts.append(data[key])
-            summary = "; ".join(parts) if parts else json.dumps(data, sort_keys=True)
-            return _shorten(summary, limit)
+            return _shorten(_json_error_summary(data), limit)
         if data is None and "<" not in stripped[:1]:
             return _shorten(stripped.splitlines()[0], limit)
     match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
@@ -3261,6 +3261,18 @@ def summarize_http_body(text: str, content_type: str = "", limit: int = 200) -> 
         return f"HTML page {_shorten(html.unescape(' '.join(match.group(1).split())), 80)!r}"
     body_text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
     return f"HTML page {_shorten(html.unescape(body_text), 80)!r}" if body_text else "HTML page"
+
+
+def _json_error_summary(data: dict[str, Any]) -> str:
+    """Jira's errorMessages and errors, else another API's message/error, else the object."""
+    parts = [str(m) for m in data.get("errorMessages") or [] if m]
+    errors = data.get("errors")
+    if isinstance(errors, dict):
+        parts += [f"{k}: {v}" for k, v in errors.items()]
+    for key in ("message", "error"):
+        if not parts and isinstance(data.get(key), str):
+            parts.append(data[key])
+    return "; ".join(parts) if parts else json.dumps(data, sort_keys=True)
 
 
 def _shorten(text: str, limit: int) -> str:
