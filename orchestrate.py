@@ -314,6 +314,11 @@ class Step:
     definition_sha256: str = ""
     source: dict[str, Any] = field(default_factory=dict)  # as written, before ${VAR}
     needs: list[str] | None = None  # None: the step depends on the step above it
+    sources: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
+    # the ${NAME}s the step's strings and the workflow's env used, with the values they had
+    # (in memory only: a record keeps their keyed hash, values_sha256)
+    variables: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def when_status(self) -> str:
@@ -365,6 +370,8 @@ COMMON_KEYS: dict[str, KeySpec] = {
     "required": KeySpec((bool,)),
     "shard": KeySpec((str,)),
     "needs": KeySpec((list,), item_type=str),
+    "sources": KeySpec((list,), item_type=str),  # globs: the step is up to date while they are unchanged
+    "reports": KeySpec((list,), item_type=str),  # globs: JUnit XML files the step writes
 }
 WORKFLOW_KEYS: dict[str, KeySpec] = {
     "name": KeySpec((str,)),
@@ -935,7 +942,11 @@ def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dic
             env=dict(resolved.get("env", {})), cwd=resolved.get("cwd"),
             when=dict(resolved.get("when", {})), required=resolved.get("required", False),
             shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"', source=raw_step,
-            needs=list(raw_step["needs"]) if "needs" in raw_step else None)
+            needs=list(raw_step["needs"]) if "needs" in raw_step else None,
+            sources=list(resolved.get("sources", [])), reports=list(resolved.get("reports", [])))
+        for key in ("sources", "reports"):
+            if key in resolved:
+                check_path_globs(resolved[key], where, key)
         runner.check_definition(step, path, settings)
         runner.check_paths(step, where, root)
         steps.append(step)
@@ -954,8 +965,20 @@ def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dic
                 f"long; a secret needs at least {MIN_SECRET_LEN}, as masking a shorter value would "
                 f"garble ordinary output (use a longer secret)")
     masker = Masker(secrets)
+    # the workflow's env reaches every step: A=1 and A=2 must not hash the same (secrets in it
+    # are masked here; their values enter values_sha256, keyed, never in clear)
+    shared_env = masker.mask_tree(env)
+    env_names = [name for where, key, used in refs if where == shown and key.startswith("env") for name in used]
+    step_names: dict[int, list[str]] = {}
+    prefix = f"{shown}: steps["
+    for where, _key, used in refs:
+        if where.startswith(prefix):
+            number = where[len(prefix): where.find("]", len(prefix))]
+            if number.isdigit():
+                step_names.setdefault(int(number), []).extend(used)
     for step in steps:
-        step.definition_sha256 = _canonical_hash(masker.mask_tree(step.raw))
+        step.definition_sha256 = _canonical_hash({"step": masker.mask_tree(step.raw), "env": shared_env})
+        step.variables = {name: variables.get(name) for name in sorted({*env_names, *step_names.get(step.index, [])})}
     return Workflow(name=name, path=path, description=data.get("description", ""), env=env,
                     steps=steps, secrets=set(secrets), sha256=sha256, display_path=shown,
                     warnings=warnings, references=refs,
@@ -2356,6 +2379,11 @@ class TestCase:
     status: str
     message: str = ""
     text: str = ""
+    file: str = ""  # the test's file relative to the project root, where known
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "classname": self.classname, "time": self.time, "status": self.status,
+                "message": self.message, "text": self.text, "file": self.file}
 
 
 @dataclass
@@ -2587,15 +2615,28 @@ def _relocate_venv(built: Path, final: Path) -> None:
 
 @register_runner
 class PythonRunner(Runner):
-    """A Python script run by its own virtualenv's interpreter."""
+    """A Python script (or module, `python -m`) run by its own virtualenv's interpreter."""
 
     type_name = "python"
     keys = {
-        "script": KeySpec((str,), required=True),
+        "script": KeySpec((str,)),
+        "module": KeySpec((str,)),  # instead of script: `python -m MODULE` (pytest, mypy...)
         "venv": KeySpec((str,), required=True),
         "args": KeySpec((list,), item_type=str),
         "requirements": KeySpec((str,)),
     }
+
+    def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
+        where = f"{workflow_path.parent.name}/{workflow_path.name}: {step.label}"
+        has_script, has_module = "script" in step.config, "module" in step.config
+        if has_script == has_module:
+            raise DefinitionError(
+                f"{where}: " + ("give either 'script' or 'module', not both" if has_script else
+                                "missing required key 'script' (or 'module' to run `python -m MODULE`)"))
+        module = step.config.get("module")
+        if module is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", module):
+            raise DefinitionError(f"{where}: key 'module': {module!r} is not a module name "
+                                  "(dotted names such as \"pytest\" or \"mypkg.cli\")")
 
     def check_paths(self, step: Step, where: str, root: Path) -> None:
         """A venv orchestrate builds (the step has `requirements`) must be a folder of its own
@@ -2608,7 +2649,7 @@ class PythonRunner(Runner):
         real_root = os.path.realpath(root)
         shown = config["venv"]
         venv = os.path.realpath(os.path.join(root, shown))
-        example = os.path.join(os.path.dirname(config["script"]), ".venv")
+        example = os.path.join(os.path.dirname(config.get("script") or config["requirements"]), ".venv")
         fix = (f"a virtualenv built from 'requirements' needs a folder of its own inside the project, "
                f"e.g. \"venv\": \"{example}\"")
         if venv == real_root:
@@ -2619,15 +2660,22 @@ class PythonRunner(Runner):
             resolved = "" if venv == os.path.normpath(os.path.join(root, shown)) else f" (it resolves to {venv})"
             raise DefinitionError(f"{where}: key 'venv': {shown!r} is outside the project root{resolved}; {fix}")
         for key, label in (("script", "script"), ("requirements", "requirements file")):
-            if _inside(os.path.realpath(os.path.join(root, config[key])), venv):
+            if key in config and _inside(os.path.realpath(os.path.join(root, config[key])), venv):
                 raise DefinitionError(
                     f"{where}: key 'venv': {shown!r} contains the step's {label} {config[key]}; "
                     f"orchestrate replaces the whole venv folder when it rebuilds it, so {fix}")
 
-    def _paths(self, ctx: StepContext) -> tuple[Path, Path, Path | None]:
+    def _paths(self, ctx: StepContext) -> tuple[Path, Path | None, Path | None]:
+        """The venv, the script (None for a `module` step) and the requirements file."""
         config = ctx.step.config
         requirements = ctx.root / config["requirements"] if config.get("requirements") else None
-        return ctx.root / config["venv"], ctx.root / config["script"], requirements
+        script = ctx.root / config["script"] if "script" in config else None
+        return ctx.root / config["venv"], script, requirements
+
+    @staticmethod
+    def _target(ctx: StepContext, script: Path | None) -> list[str]:
+        """What the interpreter runs: the script, or -m MODULE."""
+        return [str(script)] if script is not None else ["-m", ctx.step.config["module"]]
 
     def _venv_fix(self, ctx: StepContext, venv: Path) -> str:
         shown = ctx.step.config["venv"]
@@ -2650,7 +2698,7 @@ class PythonRunner(Runner):
             problems.append(f"requirements file {ctx.step.config['requirements']} does not exist")
         if requirements is not None and self._venv_state(venv, requirements) == _NOT_A_VENV:
             problems.append(self._not_a_venv(ctx))
-        if not script.is_file():
+        if script is not None and not script.is_file():
             problems.append(f"script {ctx.step.config['script']} does not exist")
         return problems
 
@@ -2663,7 +2711,8 @@ class PythonRunner(Runner):
                 lines.append(f"build virtualenv {ctx.step.config['venv']} from "
                              f"{ctx.step.config['requirements']} ({state})")
         argv = [str(venv_python(venv).relative_to(ctx.root) if venv.is_relative_to(ctx.root) else venv_python(venv)),
-                ctx.step.config["script"], *ctx.step.config.get("args", [])]
+                *([ctx.step.config["script"]] if "script" in ctx.step.config else ["-m", ctx.step.config["module"]]),
+                *ctx.step.config.get("args", [])]
         lines.append(ctx.masker.mask(shlex.join(argv)))
         return lines
 
@@ -2792,10 +2841,11 @@ class PythonRunner(Runner):
         python = venv_python(venv)
         if not python.exists():
             raise StepFailure(self._venv_fix(ctx, venv))
-        if not script.is_file():
+        if script is not None and not script.is_file():
             raise StepFailure(f"script {ctx.step.config['script']} does not exist")
-        argv = [str(python), str(script), *ctx.step.config.get("args", [])]
-        return _process_result(ctx.run_process(argv), "script")
+        argv = [str(python), *self._target(ctx, script), *ctx.step.config.get("args", [])]
+        return _process_result(ctx.run_process(argv), "script" if script is not None else
+                               f"python -m {ctx.step.config['module']}")
 
 
 @register_runner
@@ -4533,6 +4583,83 @@ def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
     return sorted(found)
 
 
+_GLOB_CHARS = frozenset("*?[{")
+
+
+def _literal_glob(pattern: str) -> bool:
+    return not any(char in _GLOB_CHARS for char in pattern)
+
+
+def _glob_base(pattern: str) -> str:
+    """The literal folder a glob starts in: "src" for "src/**/*.py", "" for "*.toml"."""
+    literal = []
+    for part in pattern.split("/")[:-1]:
+        if not _literal_glob(part) or part in ("", "."):
+            break
+        literal.append(part)
+    return "/".join(literal)
+
+
+def match_files(root: Path, patterns: Sequence[str], runs_dir: Path | None = None) -> list[tuple[str, os.stat_result]]:
+    """The files under `root` whose root-relative POSIX path matches one of the globs (glob_regex:
+    `**` any depth, anchored at the root), sorted, each with its lstat. Only the literal folder
+    each glob starts in is searched, and no deeper than it can match; a symbolic link to a
+    folder is never followed (a link is listed as itself), and .git, the runs folder, and
+    node_modules and dot-folders reached through a wildcard are never searched."""
+    import stat
+
+    found: dict[str, os.stat_result] = {}
+    runs = os.path.abspath(runs_dir) if runs_dir is not None else None
+    for raw in patterns:
+        pattern = raw.strip().removeprefix("./")
+        if not pattern:
+            continue
+        if _literal_glob(pattern):
+            try:
+                found[pattern] = os.lstat(root / pattern)
+            except OSError:
+                pass
+            continue
+        regex = glob_regex(pattern)
+        base = _glob_base(pattern)
+        depth_left = None if "**" in pattern else pattern.count("/") - base.count("/") - (1 if base else 0)
+        stack: list[tuple[str, int | None]] = [(base, depth_left)]
+        while stack:
+            folder, depth = stack.pop()
+            try:
+                entries = list(os.scandir(root / folder if folder else root))
+            except OSError:
+                continue
+            for entry in entries:
+                relative = f"{folder}/{entry.name}" if folder else entry.name
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    if (entry.name == ".git" or entry.name == "node_modules" or entry.name.startswith(".")
+                            or (runs is not None and os.path.abspath(entry.path) == runs)
+                            or (depth is not None and depth <= 0)):
+                        continue
+                    stack.append((relative, None if depth is None else depth - 1))
+                elif regex.match(relative):
+                    found[relative] = info
+    return sorted(found.items())
+
+
+def check_path_globs(values: Any, where: str, key: str) -> None:
+    """`sources` and `reports`: a non-empty list of globs relative to the project root."""
+    for i, pattern in enumerate(values):
+        text = pattern.strip().removeprefix("./")
+        parts = text.split("/")
+        if not text or os.path.isabs(text) or ".." in parts:
+            raise DefinitionError(f"{where}: key '{key}[{i}]': {pattern!r} must be a glob relative to the "
+                                  "project root, inside it (e.g. \"src/**/*.py\")")
+        check_glob(text, where, f"{key}[{i}]")
+    if not values:
+        raise DefinitionError(f"{where}: key '{key}' is empty; list at least one glob, or leave the key out")
+
+
 def resolve_cypress_project(value: str, modules: dict[str, str], root: Path | None = None) -> str:
     """The project folder (relative to the root) for a step's `project` value.
 
@@ -4596,8 +4723,9 @@ def cypress_argv(
         "--reporter",
         "junit",
         "--reporter-options",
-        # [hash] is mocha-junit-reporter's: one file per spec, none overwritten.
-        f"mochaFile={report_dir / 'results-[hash].xml'}",
+        # [hash] is mocha-junit-reporter's: one file per spec, none overwritten. includePending:
+        # without it the reporter leaves pending tests out (mocha counted 9 tests, the record 8)
+        f"mochaFile={report_dir / 'results-[hash].xml'},includePending=true",
     ]
     if browser:
         argv += ["--browser", browser]
@@ -4707,23 +4835,43 @@ def _seconds(value: str | None) -> float:
     return seconds if _valid_seconds(seconds) else 0.0
 
 
-def parse_cypress_junit(data: bytes | str, fallback_spec: str = "") -> CypressReport:
-    """Parse a mocha-junit-reporter file as Cypress writes it.
+def _project_relative(path: str, project: Path | None) -> str:
+    """A spec path as the project names it: mocha-junit-reporter writes `file` absolute (and
+    with backslashes on Windows); the spec list, the record and the durations use the path
+    relative to the Cypress project, so that duration-balanced sharding finds them."""
+    path = path.replace("\\", "/")
+    if project is not None and os.path.isabs(path):
+        base = os.path.abspath(project)
+        if _inside(os.path.normpath(path), base):
+            path = os.path.relpath(os.path.normpath(path), base).replace(os.sep, "/")
+    return path.removeprefix("./")
 
-    Shape (one file per spec): <testsuites name="Mocha Tests" time tests failures>, a
-    first <testsuite name="Root Suite" file="cypress/e2e/x.cy.js">, then one <testsuite>
+
+def parse_cypress_junit_specs(data: bytes | str, fallback_spec: str = "",
+                              project: Path | None = None) -> list[CypressReport]:
+    """Parse a mocha-junit-reporter file as Cypress writes it, one report per spec in it.
+
+    Shape (one file per spec, usually): <testsuites name="Mocha Tests" time tests failures>, a
+    first <testsuite name="Root Suite" file="/abs/cypress/e2e/x.cy.js">, then one <testsuite>
     per describe() whose <testcase name="<suite titles> <test title>" classname="<test
-    title>"> holds <failure message type> or <skipped/>. Counts come from the test cases,
-    not from the summary attributes. Raises ET.ParseError on a torn or foreign file.
-    """
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring(data)
-    suites = list(root.iter("testsuite"))
-    spec = next((s.get("file", "") for s in suites if s.get("file")), "") or fallback_spec
-    spec = spec.replace("\\", "/").removeprefix("./")
-    tests: list[CypressTest] = []
-    for suite in suites:
+    title>"> holds <failure message type> or <skipped/> (pending tests, with includePending).
+    A testsuite without `file` belongs to the spec of the last one that had it, so a file
+    holding several specs attributes each test to its own. Counts come from the test cases,
+    not from the summary attributes. Raises ReportError on a torn, foreign or hostile file
+    (parse_junit_xml)."""
+    root = parse_junit_xml(data.encode("utf-8") if isinstance(data, str) else data)
+    order: list[str] = []
+    tests: dict[str, list[CypressTest]] = {}
+    suite_time: dict[str, float] = {}
+    spec = _project_relative(fallback_spec, project)
+    for suite in root.iter("testsuite"):
+        if suite.get("file"):
+            spec = _project_relative(suite.get("file", ""), project)
+        if spec not in tests:
+            order.append(spec)
+            tests[spec] = []
+            suite_time[spec] = 0.0
+        suite_time[spec] += _seconds(suite.get("time"))
         suite_name = suite.get("name", "")
         for case in suite.findall("testcase"):
             full = case.get("name", "")
@@ -4743,28 +4891,40 @@ def parse_cypress_junit(data: bytes | str, fallback_spec: str = "") -> CypressRe
                 status, message, text = "skipped", "", ""
             else:
                 status, message, text = "passed", "", ""
-            tests.append(
+            tests[spec].append(
                 CypressTest(spec, suite_title, title, _seconds(case.get("time")), status, message, text)
             )
-    if root.tag == "testsuites" and root.get("time"):
-        time = _seconds(root.get("time"))
-    else:
-        time = sum(t.time for t in tests)
-    return CypressReport(spec=spec, time=round(time, 3), tests=tests)
+    if not order:
+        order, tests, suite_time = [spec], {spec: []}, {spec: 0.0}
+    reports = []
+    for name in order:
+        if len(order) == 1 and root.tag == "testsuites" and root.get("time"):
+            time = _seconds(root.get("time"))
+        else:
+            time = suite_time[name] or sum(t.time for t in tests[name])
+        reports.append(CypressReport(spec=name, time=round(time, 3), tests=tests[name]))
+    return reports
 
 
-def read_cypress_reports(report_dir: Path) -> tuple[list[CypressReport], list[str]]:
-    """Every JUnit file in `report_dir` (sorted), and one problem line per unreadable one."""
-    import xml.etree.ElementTree as ET
+def parse_cypress_junit(data: bytes | str, fallback_spec: str = "", project: Path | None = None) -> CypressReport:
+    """One mocha-junit-reporter file as one report (its first spec names it): see
+    parse_cypress_junit_specs, which keeps the specs of a file apart."""
+    reports = parse_cypress_junit_specs(data, fallback_spec, project)
+    return CypressReport(spec=reports[0].spec, time=round(sum(r.time for r in reports), 3),
+                         tests=[t for r in reports for t in r.tests])
 
+
+def read_cypress_reports(report_dir: Path, project: Path | None = None) -> tuple[list[CypressReport], list[str]]:
+    """Every JUnit file in `report_dir` (sorted) as one report per spec, and one problem line
+    per unreadable file."""
     reports: list[CypressReport] = []
     problems: list[str] = []
     if not report_dir.is_dir():
         return reports, problems
     for path in sorted(report_dir.glob("*.xml")):
         try:
-            reports.append(parse_cypress_junit(path.read_bytes()))
-        except (ET.ParseError, OSError) as exc:
+            reports += parse_cypress_junit_specs(read_report_file(path), project=project)
+        except (ReportError, OSError) as exc:
             problems.append(f"unreadable JUnit file {path.name} ({exc})")
     reports.sort(key=lambda report: report.spec)  # file names are content hashes: order by spec
     return reports, problems
@@ -5088,7 +5248,7 @@ class CypressRunner(Runner):
         if len(batches) > 1:
             extra["batches"] = len(batches)
         _drop_write_by_others(report_dir)
-        reports, unreadable = read_cypress_reports(report_dir)
+        reports, unreadable = read_cypress_reports(report_dir, project)
         mask_cypress_reports(report_dir, ctx.masker)
         tests = [test for report in reports for test in report.tests]
         failed = [test for test in tests if test.status == "failed"]
@@ -5109,6 +5269,7 @@ class CypressRunner(Runner):
                 status=t.status,
                 message=ctx.masker.mask_readable(t.message),
                 text=ctx.masker.mask_readable(t.text),
+                file=ctx.masker.mask_readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
             )
             for t in tests
         ]
@@ -5692,6 +5853,8 @@ class Engine:
                 ctx.deadline = time.monotonic() + step.timeout if step.timeout else None
                 ctx.timed_out = False
                 ctx.env[STEP_TOKEN_ENV] = new_step_token()  # finds this attempt's processes only
+                # `reports`: what the globs match now is from before the attempt and not read
+                reports_before = report_snapshot(step, self.root, self.store.runs_dir) if step.reports else None
                 try:
                     if step.cwd and not ctx.cwd.is_dir():
                         raise StepFailure(f"working directory {step.cwd} does not exist")
@@ -5703,6 +5866,10 @@ class Engine:
                 if ctx.timed_out:
                     result = StepResult("failed", f"timed out after {step.timeout:g} s", exit_code=None,
                                         extra=result.extra, testcases=result.testcases)
+                if reports_before is not None:
+                    cases, _files, problems = read_step_reports(step, self.root, self.store.runs_dir,
+                                                                reports_before, self.masker)
+                    result = apply_step_reports(result, cases, problems)
                 if result.status != "failed" or attempts > step.retries:
                     break
                 guard.sleep(step.retry_delay)
@@ -5760,8 +5927,23 @@ class Engine:
             entry["allowed_failure"] = True
         if result.testcases:
             self.testcases[step.index] = result.testcases
+            entry["tests_file"] = self._save_testcases(recorder.record["run_id"], step, result.testcases)
         recorder.step_finished(step.index, entry)
         self.sinks.emit("step_finished", step, entry, log_path)
+
+    def _save_testcases(self, run_id: str, step: Step, cases: Sequence[TestCase]) -> str:
+        """runs/<run_id>/NN-step.tests.json: the step's test cases (masked where they were read,
+        bounded), so a later run that re-uses the step can rebuild its part of the report."""
+        name = step_log_name(step, len(self.workflow.steps)).removesuffix(".log") + ".tests.json"
+        kept = [dict(case.as_dict(), message=case.message[:MAX_TEST_TEXT], text=case.text[:MAX_TEST_TEXT])
+                for case in cases[:MAX_STEP_TESTCASES]]
+        data = json.dumps({"version": 1, "step": step.name, "cases": kept}, ensure_ascii=False)
+        try:
+            write_atomic(self.store.run_dir(run_id) / name,
+                         self.masker.mask(data).encode("utf-8", "surrogateescape") + b"\n")
+        except OSError as exc:
+            raise StoreError(f"cannot write {name}: {exc.strerror or exc}") from None
+        return f"{self.store.runs_dir.name}/{run_id}/{name}"
 
     def skip_step(self, step: Step, recorder: RunRecorder, reason: str) -> None:
         entry = dict(recorder.record["log"][step.index])
@@ -6045,6 +6227,225 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
         ET.SubElement(sub, "system-out").text = ""
         ET.SubElement(sub, "system-err").text = ""
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+# --- Test reports a step writes (`reports`), and the one JUnit parser ---------------------
+# Every JUnit file orchestrate reads (Cypress's, and whatever a step's `reports` globs match:
+# pytest --junitxml, jest-junit, go-junit-report, Maven Surefire) goes through parse_junit_xml:
+# a file is a step's output, so it may be hostile. expat is driven directly, so a DOCTYPE (and
+# with it every entity declaration: "billion laughs", external entities) is refused before
+# anything is expanded, and a file is read only up to MAX_REPORT_BYTES, never through a
+# symbolic link, and only when it is a regular file (a FIFO would hang the run).
+
+MAX_REPORT_BYTES = 64 * 1024 * 1024
+MAX_REPORT_FILES = 1000  # per step and attempt: beyond it the step says so
+MAX_STEP_TESTCASES = 50_000  # cases one step keeps for the report (and its .tests.json)
+MAX_TEST_TEXT = 16 * 1024  # a failure's text kept per case; the tool's own file has it all
+REPORT_FAILED_NAMES_MAX = CYPRESS_FAILED_NAMES_MAX
+_TEST_FILE_SUFFIXES = (".py", ".java", ".kt", ".scala", ".groovy", ".js", ".ts", ".rb", ".cs", ".go")
+_TEST_FILE_PREFIXES = ("", "src/test/java/", "src/test/kotlin/", "src/test/scala/", "test/", "tests/")
+
+
+class ReportError(ValueError):
+    """A test report that cannot be used; the message says why (the caller names the file)."""
+
+
+def parse_junit_xml(data: bytes) -> Any:
+    """The element tree of a JUnit XML document, hardened: no DTD or entity declaration is
+    accepted (ReportError), nor a document over MAX_REPORT_BYTES; ReportError when it is not
+    well-formed. Only the five predefined entities and character references are expanded."""
+    import xml.etree.ElementTree as ET
+    from xml.parsers import expat
+
+    if len(data) > MAX_REPORT_BYTES:
+        raise ReportError(f"it is {len(data) / 1e6:.0f} MB; a report may be at most "
+                          f"{MAX_REPORT_BYTES // (1024 * 1024)} MiB")
+    builder = ET.TreeBuilder()
+    parser = expat.ParserCreate()
+    parser.buffer_text = True
+
+    def refuse(*_: Any) -> None:
+        raise ReportError("it declares a DOCTYPE; JUnit reports have none, and its entities could "
+                          "expand without bound")
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse  # type: ignore[assignment]
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    try:
+        parser.Parse(data, True)
+        return builder.close()
+    except expat.ExpatError as exc:
+        raise ReportError(f"not well-formed XML: {exc}") from None
+    except (ValueError, LookupError, AssertionError) as exc:  # ValueError covers ReportError
+        if isinstance(exc, ReportError):
+            raise
+        raise ReportError(f"not a JUnit report ({type(exc).__name__}: {exc})") from None
+
+
+def read_report_file(path: Path) -> bytes:
+    """A report's bytes: a regular file, not followed through a symbolic link, at most
+    MAX_REPORT_BYTES (ReportError otherwise; OSError when it cannot be opened)."""
+    import errno
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ReportError("it is a symbolic link; orchestrate reads reports only as files") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportError("it is not a regular file")
+        if info.st_size > MAX_REPORT_BYTES:
+            raise ReportError(f"it is {info.st_size / 1e6:.0f} MB; a report may be at most "
+                              f"{MAX_REPORT_BYTES // (1024 * 1024)} MiB")
+        chunks, size = [], 0
+        while size <= MAX_REPORT_BYTES:
+            chunk = os.read(fd, READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _root_relative(path: Path | str, root: Path) -> str:
+    """`path` relative to the project root, POSIX-style, when it is inside it; else as given."""
+    text = os.path.normpath(os.path.join(root, path))
+    base = os.path.abspath(root)
+    if _inside(text, base):
+        return os.path.relpath(text, base).replace(os.sep, "/")
+    return str(path).replace(os.sep, "/")
+
+
+def case_file_of(classname: str, root: Path, given: str = "") -> str:
+    """The file a JUnit test case belongs to, relative to the root: its `file` attribute (or
+    its suite's), else found from a dotted classname (pytest's `tests.test_calc`, Surefire's
+    `com.acme.CalcTest` under src/test/java/), else ""."""
+    if given:
+        return _root_relative(given.replace("\\", "/"), root)
+    parts = [p for p in classname.replace("::", ".").split(".") if p]
+    if not parts or len(parts) > 32 or any("/" in p for p in parts):
+        return ""
+    for count in range(len(parts), 0, -1):
+        base = "/".join(parts[:count])
+        for prefix in _TEST_FILE_PREFIXES:
+            for suffix in _TEST_FILE_SUFFIXES:
+                candidate = f"{prefix}{base}{suffix}"
+                if (root / candidate).is_file():
+                    return candidate
+    return ""
+
+
+def junit_test_cases(document: Any, root: Path) -> list[TestCase]:
+    """Every <testcase> of a JUnit document (nested suites too), in document order. A case
+    with <failure> or <error> failed, one with <skipped> was skipped; `file` comes from the
+    case, its suite, or its classname (case_file_of)."""
+    cases: list[TestCase] = []
+    files: dict[str, str] = {}  # classname -> file: looked up once per class
+    stack: list[tuple[Any, str]] = [(document, document.get("file", "") if document.tag == "testsuite" else "")]
+    while stack:
+        element, suite_file = stack.pop()
+        children = list(element)
+        for child in reversed(children):
+            if child.tag == "testsuite":
+                stack.append((child, child.get("file") or suite_file))
+        if element.tag == "testsuites":
+            continue
+        for case in element.findall("testcase"):
+            problem = case.find("failure")
+            if problem is None:
+                problem = case.find("error")
+            skipped = case.find("skipped")
+            if problem is not None:
+                status, message, text = "failed", problem.get("message", ""), problem.text or ""
+            elif skipped is not None:
+                status, message, text = "skipped", skipped.get("message", ""), ""
+            else:
+                status, message, text = "passed", "", ""
+            classname = case.get("classname", "")
+            given = case.get("file") or suite_file
+            key = f"{classname}\0{given}"
+            if key not in files:
+                files[key] = case_file_of(classname, root, given)
+            cases.append(TestCase(name=case.get("name", ""), classname=classname, time=_seconds(case.get("time")),
+                                  status=status, message=message, text=text[:MAX_TEST_TEXT], file=files[key]))
+    return cases
+
+
+def case_display_name(case: TestCase) -> str:
+    """`file › test` (or `classname › test`): how the record and messages name a reported test."""
+    return " › ".join(part for part in (case.file or case.classname, case.name) if part)
+
+
+def report_snapshot(step: Step, root: Path, runs_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """The files a step's `reports` globs match now, with what identifies their version:
+    a file that is the same afterwards is from before the step and is not read."""
+    return {path: (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+            for path, info in match_files(root, step.reports, runs_dir)}
+
+
+def read_step_reports(step: Step, root: Path, runs_dir: Path, before: Mapping[str, tuple[int, int, int]],
+                      masker: Masker) -> tuple[list[TestCase], list[str], list[str]]:
+    """The test cases of the reports the step (re)wrote since `before`, masked; the files
+    read; and one problem line per report that could not be used (none found included)."""
+    found = [(path, info) for path, info in match_files(root, step.reports, runs_dir)
+             if before.get(path) != (info.st_mtime_ns, info.st_ctime_ns, info.st_size)]
+    problems: list[str] = []
+    if not found:
+        shown = ", ".join(repr(p) for p in step.reports)
+        return [], [], [f"reports: no file matching {shown} was written by the step"]
+    if len(found) > MAX_REPORT_FILES:
+        problems.append(f"reports: {len(found)} files match; the first {MAX_REPORT_FILES} were read")
+        found = found[:MAX_REPORT_FILES]
+    cases: list[TestCase] = []
+    for path, _info in found:
+        try:
+            cases += junit_test_cases(parse_junit_xml(read_report_file(root / path)), root)
+        except (ReportError, OSError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.append(f"reports: {masker.mask_readable(path)} is not a usable JUnit report ({why})")
+    if len(cases) > MAX_STEP_TESTCASES:
+        problems.append(f"reports: {len(cases)} test cases; the first {MAX_STEP_TESTCASES} are kept")
+        cases = cases[:MAX_STEP_TESTCASES]
+    masked = [TestCase(name=masker.mask_readable(c.name), classname=masker.mask_readable(c.classname),
+                       time=c.time, status=c.status, message=masker.mask_readable(c.message),
+                       text=masker.mask_readable(c.text), file=masker.mask_readable(c.file)) for c in cases]
+    return masked, [path for path, _ in found], problems
+
+
+def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list[str]) -> StepResult:
+    """A step's result with its reports read in: the counts and failed names in the record,
+    the cases for the JUnit report; a step whose tool passed fails when a report records a
+    failed test or could not be read."""
+    failed = [c for c in cases if c.status == "failed"]
+    extra = dict(result.extra)
+    extra.update(tests=extra.get("tests", 0) + len(cases), failures=extra.get("failures", 0) + len(failed),
+                 failed_tests=[*(extra.get("failed_tests") or []),
+                               *(case_display_name(c) for c in failed)][:REPORT_FAILED_NAMES_MAX])
+    parts = []
+    if failed:
+        names = ", ".join(case_display_name(c) for c in failed[:3])
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        parts.append(f"{len(failed)} of {len(cases)} tests failed: {names}{more}")
+    parts += problems
+    status, message = result.status, result.message
+    if parts:
+        if status == "passed":
+            status, message = "failed", "; ".join(parts)
+        else:
+            message = "; ".join(filter(None, [message, *parts]))
+    elif status == "passed" and not message:
+        message = f"{plural(len(cases), 'test')} passed"
+    return StepResult(status=status, message=message, exit_code=result.exit_code, extra=extra,
+                      testcases=[*result.testcases, *cases][:MAX_STEP_TESTCASES])
 
 
 _STD_STREAM_PATH_RE = re.compile(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")

@@ -277,7 +277,7 @@ def test_exact_argv_cwd_and_environment_at_the_process_seam(
     assert call["argv"] == [
         f"{web}/node_modules/.bin/cypress", "run", "--project", str(web),
         "--spec", "cypress/e2e/a.cy.jsx,cypress/e2e/b.cy.js",
-        "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml",
+        "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml,includePending=true",
         "--browser", "chrome", "--headed", "--config", "video=false,viewportWidth=1280"]
     assert call["cwd"] == web
     assert call["env"]["API_URL"] == "http://x"  # a step's env is in its environment too
@@ -299,7 +299,7 @@ def test_exact_argv_and_environment_with_pytest_subprocess(project: Project, fp:
     def write_reports(process: Any) -> None:
         seen["kwargs"] = process.kwargs
         argv = process.args
-        mocha_file = argv[argv.index("--reporter-options") + 1].split("=", 1)[1]
+        mocha_file = argv[argv.index("--reporter-options") + 1].split(",")[0].split("=", 1)[1]
         target = Path(mocha_file.replace("[hash]", "fake1"))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(
@@ -320,7 +320,7 @@ def test_exact_argv_and_environment_with_pytest_subprocess(project: Project, fp:
     [call] = [c for c in fp.calls if c[0] == binary]
     report = project.runs / run_id_holder["id"] / "cypress" / "01-ui-smoke"
     assert list(call) == [binary, "run", "--project", str(web), "--spec", "cypress/e2e/login.cy.js",
-                          "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml",
+                          "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml,includePending=true",
                           "--browser", "electron", "--config", "retries=1"]
     entry = cypress_entry(project)
     assert entry["tests"] == 2 and entry["failures"] == 1
@@ -352,7 +352,7 @@ def test_dry_run_shows_the_exact_command_line_with_secrets_masked(project: Proje
     assert result.exit_code == 0, result.stderr
     expected = (f"cd {web} && CYPRESS_API_TOKEN=*** {web}/node_modules/.bin/cypress run --project {web} "
                 "--spec cypress/e2e/a.cy.js,cypress/e2e/b.cy.js --reporter junit --reporter-options "
-                f"'mochaFile={project.runs}/dry-run/cypress/01-ui-smoke/results-[hash].xml' "
+                f"'mochaFile={project.runs}/dry-run/cypress/01-ui-smoke/results-[hash].xml,includePending=true' "
                 "--config '{\"retries\":{\"runMode\":2}}'")
     assert f"        {expected}\n" in result.stdout
     assert "s3cr3t" not in result.stdout + result.stderr
