@@ -5261,6 +5261,11 @@ class CypressRunner(Runner):
             # the same form as the record's log_file: runs/<run_id>/artifacts/...
             artifacts=[p.relative_to(ctx.runs_dir.parent).as_posix() for p in artifacts],
         )
+        extra["failed_test_details"] = [
+            {"name": ctx.masker.mask_readable(t.display_name),
+             "file": ctx.masker.mask_readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
+             "message": _shorten(ctx.masker.mask_readable(t.message or "failed").strip().split("\n", 1)[0], 300)}
+            for t in failed[:CYPRESS_FAILED_NAMES_MAX]]
         testcases = [
             TestCase(
                 name=ctx.masker.mask_readable(" › ".join(p for p in (t.suite, t.title) if p)),
@@ -6421,6 +6426,14 @@ def read_step_reports(step: Step, root: Path, runs_dir: Path, before: Mapping[st
     return masked, [path for path, _ in found], problems
 
 
+def failed_test_details(failed: Iterable[TestCase]) -> list[dict[str, str]]:
+    """The record's `failed_test_details`: each failed test's name (as in failed_tests), its
+    file relative to the root and the first line of its message, for annotations on the file."""
+    return [{"name": case_display_name(case), "file": case.file,
+             "message": _shorten((case.message or case.text or "failed").strip().split("\n", 1)[0], 300)}
+            for case in list(failed)[:REPORT_FAILED_NAMES_MAX]]
+
+
 def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list[str]) -> StepResult:
     """A step's result with its reports read in: the counts and failed names in the record,
     the cases for the JUnit report; a step whose tool passed fails when a report records a
@@ -6429,7 +6442,9 @@ def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list
     extra = dict(result.extra)
     extra.update(tests=extra.get("tests", 0) + len(cases), failures=extra.get("failures", 0) + len(failed),
                  failed_tests=[*(extra.get("failed_tests") or []),
-                               *(case_display_name(c) for c in failed)][:REPORT_FAILED_NAMES_MAX])
+                               *(case_display_name(c) for c in failed)][:REPORT_FAILED_NAMES_MAX],
+                 failed_test_details=[*(extra.get("failed_test_details") or []),
+                                      *failed_test_details(failed)][:REPORT_FAILED_NAMES_MAX])
     parts = []
     if failed:
         names = ", ".join(case_display_name(c) for c in failed[:3])
@@ -7418,8 +7433,12 @@ def gha_mask_lines(values: Iterable[str]) -> list[str]:
     return lines
 
 
-def gha_error(title: str, message: str) -> str:
-    return f"::error title={gha_escape_property(title)}::{gha_escape_data(message)}"
+GHA_TEST_ANNOTATIONS = 10  # per step: GitHub shows at most 10 error annotations of a step
+
+
+def gha_error(title: str, message: str, file: str | None = None) -> str:
+    where = f"file={gha_escape_property(file)}," if file else ""
+    return f"::error {where}title={gha_escape_property(title)}::{gha_escape_data(message)}"
 
 
 def gha_warning(title: str, message: str) -> str:
@@ -7514,7 +7533,12 @@ class GitHubCIOutput(PlainCIOutput):
         message = str(entry.get("message") or "step failed")
         if entry.get("allowed_failure"):
             return [gha_warning(f"{step.name} failed (continue_on_error)", message)]
-        return [gha_error(f"{step.name} failed", message)]
+        # one annotation on the file of each failed test a report names (GitHub shows ten per step)
+        tests = [gha_error(f"{step.name}: {detail['name']}", str(detail.get("message") or "failed"),
+                           file=str(detail["file"]))
+                 for detail in (entry.get("failed_test_details") or [])[:GHA_TEST_ANNOTATIONS]
+                 if isinstance(detail, dict) and detail.get("file") and detail.get("name")]
+        return [*tests, gha_error(f"{step.name} failed", message)]
 
 
 class GitLabCIOutput(PlainCIOutput):
