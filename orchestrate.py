@@ -73,9 +73,13 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 # runs/<run_id>.json: v1 first version; v2 adds "running" (the steps running now, in start
-# order; "current" is the first of them) and options.jobs. Older records are migrated on read
-# (migrate_record), newer ones refused.
-SCHEMA_VERSION = 2
+# order; "current" is the first of them) and options.jobs; v3 adds "resumed_from" (the run a
+# `resume` continues) and, per step, what its inputs were (values_sha256, tree_sha256, and
+# inputs_sha256 for a step with `sources`), why it did not run its work again
+# (reused_from, up_to_date_since) or why it did (rerun_reason), its saved test cases
+# (tests_file) and failed_test_details; definition_sha256 covers the workflow's env from v3 on.
+# Older records are migrated on read (migrate_record), newer ones refused.
+SCHEMA_VERSION = 3
 
 RUN_STATUSES = ("pending", "running", "failed", "completed")
 RUN_STATUS_ALIASES = {"passed": "completed"}  # what a run that passed is called in its summary line
@@ -1348,6 +1352,13 @@ class StepEntry(TypedDict, total=False):
     log_file: str
     definition_sha256: str
     allowed_failure: bool
+    values_sha256: str  # keyed hash of the ${NAME} values the step used (never the values)
+    tree_sha256: str | None  # its files under `sources`, or the commit and working tree
+    inputs_sha256: str  # a `sources` step: definition, values and files together
+    reused_from: str  # resume: the run whose result this step carries
+    up_to_date_since: str  # `sources`: skipped, its inputs unchanged since this run passed it
+    rerun_reason: str  # resume: why a step that had passed ran again
+    tests_file: str  # runs/<run_id>/NN-step.tests.json: its test cases
 
 
 class RunRecord(TypedDict, total=False):
@@ -1375,6 +1386,7 @@ class RunRecord(TypedDict, total=False):
     junit: str
     interrupted: bool
     journal_seq: int
+    resumed_from: str
 
 
 def migrate_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -1383,6 +1395,8 @@ def migrate_record(record: dict[str, Any]) -> dict[str, Any]:
         current = record.get("current")
         record["running"] = [current] if isinstance(current, str) and record.get("status") == "running" else []
         record["schema_version"] = 2
+    if record.get("schema_version") == 2:
+        record["schema_version"] = 3  # every v3 key is optional: a v2 record is a v3 one without them
     return record
 
 
@@ -1729,6 +1743,176 @@ class RunRecorder:
             os.close(self.journal_fd)
             self.journal_fd = None
         _unlink_quietly(self.store.journal_path(self.record["run_id"]))
+
+
+# --- The index beside the records (runs/.index/) -----------------------------------------
+# What a run needs to know about earlier ones without reading them all: the last run that
+# passed each (workflow, step) with recorded inputs (`sources`, resume), found in O(1) runs.
+# One small file per key, written atomically; every row is checked against the record it
+# names before it is believed, so a torn, stale or forged index costs a rebuild from the
+# records, never a wrong answer. runs.jsonl lists every run (run_id, workflow, status,
+# started_at), appended as runs end: what `runs --workflow/--status` can read instead of
+# every record.
+
+INDEX_DIR = ".index"
+INDEX_VERSION = 1
+
+
+def _index_key(workflow: str, step: str) -> str:
+    return hashlib.sha256(f"{workflow}\0{step}".encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _pass_of(entry: Mapping[str, Any], run_id: str) -> str | None:
+    """The run whose passing result an entry stands for: its own when it passed, the one it
+    carries when it was re-used or up to date; None when it holds no pass with inputs."""
+    if not isinstance(entry.get("inputs_sha256"), str):
+        return None
+    if entry.get("status") == "passed":
+        reused = entry.get("reused_from")
+        return reused if isinstance(reused, str) and reused else run_id
+    since = entry.get("up_to_date_since")
+    if entry.get("status") == "skipped" and isinstance(since, str) and since:
+        return since
+    return None
+
+
+class StepIndex:
+    """runs/.index/: steps/<key>.json (the newest record holding a pass of a step, with the
+    inputs it passed with) and runs.jsonl; rebuilt from the records when missing or when a
+    row does not match its record."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.folder = store.runs_dir / INDEX_DIR
+        self.rebuilt = False  # at most one rebuild per process and index
+
+    def _row_path(self, workflow: str, step: str) -> Path:
+        return self.folder / "steps" / f"{_index_key(workflow, step)}.json"
+
+    def _lock(self) -> Any:
+        """An exclusive flock on runs/.index/lock while the index is written (runs end at once)."""
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def held() -> Any:
+            make_runs_dirs(self.folder / "steps", self.store.runs_dir)
+            fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | os.O_CLOEXEC, RUNS_FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+        return held()
+
+    def _read_row(self, workflow: str, step: str) -> dict[str, Any] | bool | None:
+        """The row, None when there is none, False when it is unusable (torn, foreign)."""
+        try:
+            data = self._row_path(workflow, step).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return False
+        try:
+            row = json.loads(data)
+        except ValueError:
+            return False
+        if (not isinstance(row, dict) or row.get("version") != INDEX_VERSION or row.get("workflow") != workflow
+                or row.get("step") != step or not isinstance(row.get("run_id"), str)
+                or not isinstance(row.get("passed_in"), str) or not isinstance(row.get("inputs_sha256"), str)):
+            return False
+        return row
+
+    def _confirmed(self, row: Mapping[str, Any]) -> bool:
+        """Whether the record a row names still holds that pass (not pruned, not changed)."""
+        try:
+            record = self.store.load(row["run_id"])
+        except OrchestrateError:
+            return False
+        if record.get("workflow") != row["workflow"]:
+            return False
+        entry = next((e for e in record.get("log", []) if e.get("step") == row["step"]), None)
+        return (entry is not None and entry.get("inputs_sha256") == row["inputs_sha256"]
+                and _pass_of(entry, row["run_id"]) == row["passed_in"])
+
+    def last_pass(self, workflow: str, step: str) -> dict[str, Any] | None:
+        """{"run_id", "passed_in", "inputs_sha256", ...} of the newest run holding a pass of the
+        step, or None. Reads one row and one record, however many runs there are."""
+        if not (self.folder / "version").is_file():
+            self.rebuild()
+        row = self._read_row(workflow, step)
+        if row is None and not self.rebuilt:
+            return None
+        if row is False or (isinstance(row, dict) and not self._confirmed(row)):
+            if self.rebuilt:
+                return None
+            self.rebuild()
+            row = self._read_row(workflow, step)
+        return row if isinstance(row, dict) and self._confirmed(row) else None
+
+    def _row(self, record: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any] | None:
+        passed_in = _pass_of(entry, record["run_id"])
+        if passed_in is None:
+            return None
+        return {"version": INDEX_VERSION, "workflow": record.get("workflow"), "step": entry.get("step"),
+                "run_id": record["run_id"], "passed_in": passed_in, "inputs_sha256": entry["inputs_sha256"],
+                "finished_at": entry.get("finished_at")}
+
+    @staticmethod
+    def _summary(record: Mapping[str, Any]) -> bytes:
+        return (json.dumps({"run_id": record.get("run_id"), "workflow": record.get("workflow"),
+                            "status": record.get("status"), "started_at": record.get("started_at")},
+                           ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+
+    def record_run(self, record: Mapping[str, Any]) -> None:
+        """A finished run into the index: its passes (a row is replaced only by a newer run's)
+        and its line in runs.jsonl."""
+        if not (self.folder / "version").is_file():
+            self.rebuild()
+            return  # the rebuild read this run's record too
+        with self._lock():
+            for entry in record.get("log", []):
+                row = self._row(record, entry)
+                if row is None or not isinstance(row["workflow"], str) or not isinstance(row["step"], str):
+                    continue
+                current = self._read_row(row["workflow"], row["step"])
+                if isinstance(current, dict) and current["run_id"] > row["run_id"]:
+                    continue
+                write_atomic(self._row_path(row["workflow"], row["step"]), _dump_record(row))
+            fd = os.open(self.folder / "runs.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW,
+                         RUNS_FILE_MODE)
+            try:
+                os.write(fd, self._summary(record))
+            finally:
+                os.close(fd)
+
+    def rebuild(self) -> None:
+        """Every row and runs.jsonl anew from the records (newest first: the first pass found
+        for a step is its row). Unreadable records are left out."""
+        import shutil
+
+        self.rebuilt = True
+        with self._lock():
+            rows: dict[str, dict[str, Any]] = {}
+            lines: list[bytes] = []
+            for run_id in self.store.list_ids():
+                try:
+                    record = self.store.load(run_id)
+                except OrchestrateError:
+                    continue
+                lines.append(self._summary(record))
+                for entry in record.get("log", []):
+                    row = self._row(record, entry)
+                    if row is None or not isinstance(row["workflow"], str) or not isinstance(row["step"], str):
+                        continue
+                    rows.setdefault(_index_key(row["workflow"], row["step"]), row)
+            steps = self.folder / "steps"
+            shutil.rmtree(steps, ignore_errors=True)
+            make_runs_dirs(steps, self.store.runs_dir)
+            for key, row in rows.items():
+                write_atomic(steps / f"{key}.json", _dump_record(row))
+            write_atomic(self.folder / "runs.jsonl", b"".join(reversed(lines)))
+            write_atomic(self.folder / "version", f"{INDEX_VERSION}\n".encode())
 
 
 # === 5. Processes ===
@@ -5335,6 +5519,8 @@ class RunOptions:
     # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
     # into any environment, and only names the workflow uses (check_http_variables)
     vars_from_http: bool = False
+    force: bool = False  # --force / ORCHESTRATE_FORCE=1: no step is up to date
+    resume_of: Any = None  # `resume RUN`: RUN's record (the new record names it in resumed_from)
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -5566,6 +5752,10 @@ def _base_environment(options: RunOptions, env_hooks: Iterable[EnvHook] = ()) ->
 
 StepGate = Callable[[Step, RunOptions], "str | None"]
 EnvHook = Callable[[dict[str, str], RunOptions], None]
+# fields a step's entry gets when it starts, is skipped or is re-used ("start", "skip", "reuse")
+EntryFields = Callable[[Step, str], "dict[str, Any]"]
+# an earlier run's result a step may take over instead of running: (that run's id, its entry)
+StepReuse = Callable[[Step, RunOptions], "tuple[str, dict[str, Any]] | None"]
 
 
 class RunSink:
@@ -5581,6 +5771,9 @@ class RunSink:
 
     def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
         """A step will not run; entry["message"] says why."""
+
+    def step_reused(self, step: Step, entry: dict[str, Any]) -> None:
+        """A step took over an earlier run's result (entry["reused_from"]) instead of running."""
 
     def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
         """A step ended (passed, failed or skipped by its runner); its log is complete."""
@@ -5605,6 +5798,8 @@ class RunWiring:
     gates: list[StepGate] = field(default_factory=list)
     env_hooks: list[EnvHook] = field(default_factory=list)
     sinks: list[RunSink] = field(default_factory=list)
+    entry_fields: list[EntryFields] = field(default_factory=list)  # what step entries also record
+    reuse: list[StepReuse] = field(default_factory=list)  # results a step may take over (resume)
 
 
 class _Sinks:
@@ -5687,6 +5882,7 @@ class Engine:
             "log": [_pending_entry(s, f"{self.store.runs_dir.name}/{run_id}/{step_log_name(s, total)}")
                     for s in self.workflow.steps],
             "junit": f"{self.store.runs_dir.name}/{run_id}/junit.xml",
+            **({"resumed_from": self.options.resume_of["run_id"]} if self.options.resume_of else {}),
         }
 
     def start(self, trigger: dict[str, Any]) -> RunRecorder:
@@ -5834,6 +6030,7 @@ class Engine:
         ctx.guard = guard
         ctx.debug_write = self._debug_writer()
         log_path = self.store.run_dir(run_id) / step_log_name(step, total)
+        entry.update(self._entry_fields(step, "start"))
         entry.update(status="running", started_at=utc_now())
         recorder.step_started(step.index, entry)
         self.sinks.emit("step_started", step, entry)
@@ -5952,9 +6149,83 @@ class Engine:
 
     def skip_step(self, step: Step, recorder: RunRecorder, reason: str) -> None:
         entry = dict(recorder.record["log"][step.index])
+        entry.update(self._entry_fields(step, "skip"))
         entry.update(status="skipped", message=reason)
         recorder.step_finished(step.index, entry)
         self.sinks.emit("step_skipped", step, entry)
+
+    def _entry_fields(self, step: Step, event: str) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for hook in self.wiring.entry_fields:
+            fields.update(hook(step, event))
+        return fields
+
+    def find_reuse(self, step: Step) -> tuple[str, dict[str, Any]] | None:
+        for hook in self.wiring.reuse:
+            found = hook(step, self.options)
+            if found is not None:
+                return found
+        return None
+
+    # what a re-used step carries over from the entry it takes over
+    REUSED_KEYS = ("exit_code", "output_tail", "tests", "failures", "failed_tests", "failed_test_details",
+                   "specs", "spec_durations", "artifacts", "shard", "batches")
+
+    def reuse_step(self, step: Step, recorder: RunRecorder, from_run: str, earlier: Mapping[str, Any]) -> None:
+        """The step passes with the result it had in run `from_run`: its log copied into this
+        run's folder, its test cases into this run's report."""
+        run_id = recorder.record["run_id"]
+        entry = dict(recorder.record["log"][step.index])
+        source = self._run_file(earlier.get("log_file"))
+        if source is not None and source.is_file() and not source.is_symlink():
+            try:
+                copy_into_runs(source, self.store.run_dir(run_id) / step_log_name(step, len(self.workflow.steps)),
+                               self.store.runs_dir)
+            except OSError as exc:
+                raise StoreError(f"cannot copy the log of {step.name!r} from run {from_run}: "
+                                 f"{exc.strerror or exc}") from None
+        entry.update({key: earlier[key] for key in self.REUSED_KEYS if key in earlier})
+        entry.update(self._entry_fields(step, "reuse"))
+        now = utc_now()
+        entry.update(status="passed", started_at=now, finished_at=now, duration_s=0.0, attempts=0,
+                     message=f"re-used from run {from_run} (inputs unchanged)", reused_from=from_run)
+        cases = self._load_testcases(earlier.get("tests_file"))
+        if cases:
+            self.testcases[step.index] = cases
+            entry["tests_file"] = self._save_testcases(run_id, step, cases)
+        recorder.step_finished(step.index, entry)
+        self.sinks.emit("step_reused", step, entry)
+
+    def _run_file(self, recorded: Any) -> Path | None:
+        """A file a record names as runs/<run_id>/<name> (log_file, tests_file), under this
+        store; None for anything else (a record is data: it never points outside runs/)."""
+        if not isinstance(recorded, str):
+            return None
+        parts = recorded.split("/")
+        if len(parts) != 3 or not RUN_ID_RE.match(parts[1]) or not _PLAIN_NAME_RE.match(parts[2]):
+            return None
+        return self.store.runs_dir / parts[1] / parts[2]
+
+    def _load_testcases(self, recorded: Any) -> list[TestCase]:
+        path = self._run_file(recorded)
+        if path is None:
+            return []
+        try:
+            document = json.loads(read_report_file(path))
+        except (OSError, ValueError):  # ReportError is a ValueError
+            return []
+        cases = document.get("cases") if isinstance(document, dict) else None
+        kept = []
+        for item in (cases if isinstance(cases, list) else [])[:MAX_STEP_TESTCASES]:
+            if not isinstance(item, dict):
+                continue
+            kept.append(TestCase(name=str(item.get("name", "")), classname=str(item.get("classname", "")),
+                                 time=_seconds(str(item.get("time", 0))),
+                                 status=item["status"] if item.get("status") in ("passed", "failed", "skipped")
+                                 else "passed",
+                                 message=str(item.get("message", ""))[:MAX_TEST_TEXT],
+                                 text=str(item.get("text", ""))[:MAX_TEST_TEXT], file=str(item.get("file", ""))))
+        return kept
 
 
 def outcome_of(entry: Mapping[str, Any]) -> str:
@@ -6021,6 +6292,15 @@ class _Scheduler:
             index = heapq.heappop(self.ready)
             reason, blocks = self._skip_reason(index)
             if reason is None:
+                # an earlier run's result is taken over before the gates judge the step: a
+                # re-used step carries its log and test cases, a gated one would not
+                reused = self.engine.find_reuse(self.steps[index])
+                if reused is not None:
+                    self.engine.reuse_step(self.steps[index], self.recorder, *reused)
+                    self._done(index, PASSED)
+                    continue
+                reason = self._gate_reason(index)
+            if reason is None:
                 startable.append(index)
                 continue
             self.engine.skip_step(self.steps[index], self.recorder, reason)
@@ -6048,15 +6328,16 @@ class _Scheduler:
         if self.interrupted is not None:
             return f"run interrupted by {self.interrupted.args[0]}", True
         step = self.steps[index]
-        reason, blocks = status_gate(step, self.engine.graph, self.outcomes, self.failed,
-                                     self.engine.options.keep_going, self.engine.names)
-        if reason is not None:
-            return reason, blocks
+        return status_gate(step, self.engine.graph, self.outcomes, self.failed,
+                           self.engine.options.keep_going, self.engine.names)
+
+    def _gate_reason(self, index: int) -> str | None:
+        """What the run's gates (RunWiring.gates) say: why the step is skipped, or None."""
         for gate in self.engine.wiring.gates:
-            reason = gate(step, self.engine.options)
+            reason = gate(self.steps[index], self.engine.options)
             if reason:
-                return reason, False
-        return None, False
+                return reason
+        return None
 
     def _run_inline(self, index: int) -> None:
         entry = dict(self.recorder.record["log"][index])
@@ -6133,6 +6414,10 @@ def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunSt
                 store.prune(settings.keep_runs)
         except OrchestrateError as exc:  # the run is recorded; say why old ones stay
             sys.stderr.write(f"orchestrate: warning: could not prune old runs: {exc}\n")
+    try:
+        StepIndex(store).record_run(record)
+    except (OrchestrateError, OSError) as exc:  # the index is rebuilt from the records when needed
+        sys.stderr.write(f"orchestrate: warning: could not update {store.runs_dir / INDEX_DIR}: {exc}\n")
     return record, code
 
 
@@ -6804,6 +7089,11 @@ class Console(RunSink):
             self.write(self.style(f"{self._number(step)} {step.name} ({step.type}): skipped — "
                                   f"{self.step_text(str(entry.get('message', '')))}", "skipped"))
 
+    def step_reused(self, step: Step, entry: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.write(self.style(f"{self._number(step)} {step.name} ({step.type}): passed — "
+                                  f"{self.step_text(str(entry.get('message', '')))}", "passed"))
+
     def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
         with self.lock:
             self.running.pop(step.index, None)
@@ -7266,18 +7556,33 @@ def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, st
 
 # --- Git state and CI detection --------------------------------------------------------------
 
-def git_info(root: Path) -> dict[str, Any]:
-    """{"commit", "branch", "dirty"} of the checkout at `root` in one `git status` call;
-    {} outside a repository (orchestrate runs fine without git)."""
+def git_info(root: Path, runs_dir: Path | None = None) -> dict[str, Any]:
+    """{"commit", "branch", "dirty", "changed"} of the checkout at `root` in one `git status`
+    call: dirty counts untracked files (not ignored ones) too, and "changed" lists the files
+    that differ from the commit (modified, staged, deleted, untracked), relative to the
+    repository's top level (`root` is "prefix" below it), the run records under `runs_dir`
+    left out; {} outside a repository (orchestrate runs fine without git)."""
     try:
         out = run_git(["status", "--porcelain=v2", "--branch", "-z",
-                       "--untracked-files=no"], root, check=False)
+                       "--untracked-files=all"], root, check=False)
     except GitError:
         return {}
+    # where root is below the top level: the first folder up with .git, as git finds it
+    # (no second git call: a hook pays for every process)
+    absolute = root.absolute()
+    top = next((folder for folder in (absolute, *absolute.parents) if (folder / ".git").exists()), absolute)
+    prefix = "" if top == absolute else absolute.relative_to(top).as_posix() + "/"
     commit = branch = None
-    dirty = False
     seen_header = False
-    for item in out.split("\0"):
+    changed: list[str] = []
+    items = out.split("\0")
+    runs_prefix = ""
+    if runs_dir is not None:
+        runs_prefix = _display_path(runs_dir, root).rstrip("/") + "/"
+    index = 0
+    while index < len(items):
+        item = items[index]
+        index += 1
         if item.startswith("# branch.oid "):
             seen_header = True
             oid = item[len("# branch.oid "):]
@@ -7286,10 +7591,19 @@ def git_info(root: Path) -> dict[str, Any]:
             head = item[len("# branch.head "):]
             branch = None if head == "(detached)" else head
         elif item and not item.startswith("#"):
-            dirty = True
+            # "1 XY sub mH mI mW hH hI path", "2 ... Xscore path" + orig path, "u ... path", "? path"
+            fields = {"1": 8, "2": 9, "u": 10, "?": 1}.get(item[0])
+            if fields is None:
+                continue
+            path = item.split(" ", fields)[-1]
+            if item[0] == "2":
+                index += 1  # the rename's original path
+            if not (runs_prefix and path.startswith(prefix + runs_prefix)):
+                changed.append(path)
     if not seen_header:
         return {}
-    return {"commit": commit, "branch": branch, "dirty": dirty}
+    return {"commit": commit, "branch": branch, "dirty": bool(changed), "changed": sorted(set(changed)),
+            "prefix": prefix}
 
 
 def read_github_event(env: Mapping[str, str]) -> dict[str, Any]:
@@ -8229,7 +8543,7 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
     env = os.environ if env is None else env
     root = paths.root
     event = read_github_event(env) if env.get("GITHUB_ACTIONS") == "true" else {}
-    state = GitState(git=git_info(root), ci=detect_ci(env, event))
+    state = GitState(git=git_info(root, paths.runs_dir), ci=detect_ci(env, event))
     options.git = state
     human = sys.stderr if options.json_output else sys.stdout
     if options.git_hook == "pre-push":
@@ -8328,6 +8642,307 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
         trigger["shard"] = "%d/%d" % options.shard
     return trigger
 
+
+
+
+# --- Inputs: up to date (`sources`) and resume ----------------------------------------------
+#
+# What a step's result depended on, recorded with every step so a later run can tell whether
+# running it again could change anything: its definition (definition_sha256: its keys and the
+# workflow's env, secrets masked), the ${NAME} values it used (values_sha256: an HMAC keyed by
+# runs/.index/key, so a short secret cannot be recovered from the record by trying values),
+# and its files (tree_sha256): the content of what its `sources` globs match, or, without
+# `sources`, the commit and every file that differs from it (untracked ones too). File
+# contents are hashed once and then known by size, mtime, ctime and inode (runs/.index/
+# hashes.json), as git's index knows them; a file changed within the last second is read
+# again, since a second write in the same clock tick would leave its times as they were.
+
+HASH_CACHE_FILE = "hashes.json"
+RACY_WINDOW_NS = 1_000_000_000
+MAX_HASH_CACHE_ENTRIES = 200_000
+
+
+class FileHashes:
+    """sha256 of files' content, cached by (size, mtime_ns, ctime_ns, inode)."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.runs_dir = runs_dir
+        self.path = runs_dir / INDEX_DIR / HASH_CACHE_FILE
+        self.entries: dict[str, list[Any]] | None = None
+        self.changed = False
+        self.files_read = 0  # files whose content was read (tests and bench/ count them)
+        self.lock = _thread.RLock()  # steps compute their inputs in parallel threads
+
+    def _load(self) -> dict[str, list[Any]]:
+        if self.entries is None:
+            try:
+                data = json.loads(self.path.read_bytes())
+                files = data.get("files") if isinstance(data, dict) and data.get("version") == 1 else None
+            except (OSError, ValueError):
+                files = None  # missing or torn: a cache, rebuilt as files are read
+            self.entries = files if isinstance(files, dict) else {}
+        return self.entries
+
+    def digest(self, path: Path, info: os.stat_result) -> str:
+        """A file's fingerprint from its lstat `info`: a link is its target's name, a FIFO,
+        socket or device only its kind (never opened), a regular file its content's sha256."""
+        import stat
+
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                return "link:" + hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
+            except OSError:
+                return "link:?"
+        if not stat.S_ISREG(info.st_mode):
+            return f"special:{stat.S_IFMT(info.st_mode):o}"
+        key = str(path)
+        signature = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+        with self.lock:
+            known = self._load().get(key)
+            if isinstance(known, list) and len(known) == 5 and known[:4] == signature:
+                return str(known[4])
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return "unreadable"
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                return f"special:{stat.S_IFMT(opened.st_mode):o}"
+            content = hashlib.sha256()
+            while chunk := os.read(fd, READ_CHUNK):
+                content.update(chunk)
+        except OSError:
+            return "unreadable"
+        finally:
+            os.close(fd)
+        digest = content.hexdigest()
+        with self.lock:
+            self.files_read += 1
+            if max(opened.st_mtime_ns, opened.st_ctime_ns) < time.time_ns() - RACY_WINDOW_NS:
+                self._load()[key] = [opened.st_size, opened.st_mtime_ns, opened.st_ctime_ns, opened.st_ino, digest]
+                self.changed = True
+        return digest
+
+    def save(self) -> None:
+        with self.lock:
+            if not self.changed or self.entries is None:
+                return
+            entries = self.entries
+            if len(entries) > MAX_HASH_CACHE_ENTRIES:  # the oldest first out (insertion order)
+                entries = dict(list(entries.items())[-MAX_HASH_CACHE_ENTRIES:])
+            make_runs_dirs(self.path.parent, self.runs_dir)
+            write_atomic(self.path, json.dumps({"version": 1, "files": entries}, separators=(",", ":"),
+                                               ensure_ascii=False).encode("utf-8", "surrogateescape"))
+            self.changed = False
+
+
+def project_hash_key(runs_dir: Path) -> bytes:
+    """The key of values_sha256: 32 random bytes in runs/.index/key (0600), made on first use."""
+    folder = runs_dir / INDEX_DIR
+    make_runs_dirs(folder, runs_dir)
+    path = folder / "key"
+    for _ in range(3):
+        try:
+            with open(path, "rb") as handle:
+                key = handle.read(64)
+            if len(key) == 32:
+                return key
+            _unlink_quietly(path)  # torn by a killed writer: made anew
+        except FileNotFoundError:
+            pass
+        tmp = folder / f".key.{os.getpid()}.{_thread.get_native_id()}.tmp"
+        _unlink_quietly(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, os.urandom(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # exclusive: two runs starting at once end up with one key
+        except FileExistsError:
+            pass
+        finally:
+            _unlink_quietly(tmp)
+    raise StoreError(f"cannot read {path}: remove it and run again")
+
+
+def values_sha256(step: Step, key: bytes) -> str:
+    import hmac
+
+    return hmac.new(key, json.dumps(step.variables, sort_keys=True, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"), "sha256").hexdigest()
+
+
+def sources_sha256(step: Step, root: Path, runs_dir: Path, hashes: FileHashes) -> str:
+    """The names and contents of the files the step's `sources` globs match."""
+    digest = hashlib.sha256(b"sources\n")
+    for relative, info in match_files(root, step.sources, runs_dir):
+        digest.update(f"{relative}\0{hashes.digest(root / relative, info)}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def tree_sha256(git: Mapping[str, Any], root: Path, hashes: FileHashes) -> str | None:
+    """The commit and the content of every file that differs from it (git_info's "changed"):
+    the whole working tree, without reading the files git knows are unchanged. None outside
+    a repository."""
+    if not git or "changed" not in git:
+        return None
+    prefix = str(git.get("prefix") or "")
+    top = Path(os.path.normpath(root / ("../" * prefix.count("/")))) if prefix else root
+    digest = hashlib.sha256(f"tree\n{git.get('commit')}\n".encode())
+    for relative in git["changed"]:
+        path = top / relative
+        try:
+            state = hashes.digest(path, os.lstat(path))
+        except OSError:
+            state = "absent"
+        digest.update(f"{relative}\0{state}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+class StepInputs(RunSink):
+    """The inputs of each step of one run, for its entry (values_sha256, tree_sha256 and, with
+    `sources`, inputs_sha256), and the up-to-date gate: a step with `sources` whose inputs are
+    those of its last pass is skipped (not with --force). A RunSink only to save the hash
+    cache once the run has ended."""
+
+    def __init__(self, workflow: Workflow, root: Path, store: RunStore, git: Mapping[str, Any] | None) -> None:
+        self.workflow = workflow
+        self.root = root
+        self.store = store
+        self.git = git or {}
+        self._key: bytes | None = None  # read when the first step starts (runs/ exists then)
+        self.hashes = FileHashes(store.runs_dir)
+        self.index = StepIndex(store)
+        self.lock = _thread.RLock()
+        self.computed: dict[int, dict[str, Any]] = {}
+        self.up_to_date: dict[int, str] = {}
+        self._tree: tuple[str | None] | None = None
+
+    def tree(self) -> str | None:
+        with self.lock:
+            if self._tree is None:
+                self._tree = (tree_sha256(self.git, self.root, self.hashes),)
+            return self._tree[0]
+
+    def of(self, step: Step) -> dict[str, Any]:
+        """{"definition_sha256", "values_sha256", "tree_sha256"[, "inputs_sha256"]}: computed
+        once per run and step (when it is first judged or starts)."""
+        with self.lock:
+            if step.index in self.computed:
+                return self.computed[step.index]
+        with self.lock:
+            if self._key is None:
+                self._key = project_hash_key(self.store.runs_dir)
+        fields: dict[str, Any] = {"definition_sha256": step.definition_sha256,
+                                  "values_sha256": values_sha256(step, self._key)}
+        if step.sources:
+            fields["tree_sha256"] = sources_sha256(step, self.root, self.store.runs_dir, self.hashes)
+            fields["inputs_sha256"] = _canonical_hash([fields["definition_sha256"], fields["values_sha256"],
+                                                       fields["tree_sha256"]])
+        else:
+            fields["tree_sha256"] = self.tree()
+        with self.lock:
+            return self.computed.setdefault(step.index, fields)
+
+    def gate(self, step: Step, options: RunOptions) -> str | None:
+        """A step gate (RunWiring.gates): `up to date (inputs unchanged since run <id>)`."""
+        if not step.sources or options.force:
+            return None
+        inputs = self.of(step)["inputs_sha256"]
+        last = self.index.last_pass(self.workflow.name, step.name)
+        if last is None or last["inputs_sha256"] != inputs:
+            return None
+        with self.lock:
+            self.up_to_date[step.index] = last["passed_in"]
+        return f"up to date (inputs unchanged since run {last['passed_in']})"
+
+    def entry_fields(self, step: Step, event: str) -> dict[str, Any]:
+        """What the step's entry records (RunWiring.entry_fields): its inputs when it starts or
+        is re-used, and when skipped only what was worked out already (an up-to-date skip)."""
+        if event == "skip" and step.index not in self.computed:
+            return {}
+        fields = dict(self.of(step))
+        if event == "skip" and step.index in self.up_to_date:
+            fields["up_to_date_since"] = self.up_to_date[step.index]
+        return fields
+
+    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
+        try:
+            self.hashes.save()
+        except (OSError, OrchestrateError) as exc:
+            sys.stderr.write(f"orchestrate: warning: cannot save {self.hashes.path}: {exc}\n")
+
+
+def resume_point(record: Mapping[str, Any], workflow: Workflow | None = None) -> str:
+    """The step a resume of `record` starts from: its first failed step (an allowed failure
+    does not count). UsageError (exit 2) for a run that did not fail, one that failed before
+    any step did, or a workflow that no longer has that step."""
+    run_id, status, name = record.get("run_id"), record.get("status"), record.get("workflow")
+    if status in ("running", "pending"):
+        raise UsageError(f"run {run_id} is still {status}: resume it once it has ended")
+    if status != "failed":
+        raise UsageError(f"run {run_id} did not fail (status {status}): nothing to resume; "
+                         f"start a new run with: orchestrate run {name}")
+    failed = next((e.get("step") for e in record.get("log", [])
+                   if e.get("status") == "failed" and not e.get("allowed_failure")), None)
+    if not isinstance(failed, str):
+        why = f" ({record['message']})" if record.get("message") else ""
+        raise UsageError(f"run {run_id} failed before any step did{why}: nothing to resume; "
+                         f"start a new run with: orchestrate run {name}")
+    if workflow is not None and failed not in {step.name for step in workflow.steps}:
+        raise UsageError(f"{workflow.display_path} has no step {failed!r} any more, the step that failed in "
+                         f"run {run_id}: the workflow changed too much to resume it; start a new run with: "
+                         f"orchestrate run {name}")
+    return failed
+
+
+class ResumePlan:
+    """`resume RUN`: the steps of RUN above its first failed step that passed are re-used
+    (RunWiring.reuse) when their definition, values and files are those they passed with;
+    otherwise they run again and their entry says why (rerun_reason)."""
+
+    def __init__(self, record: Mapping[str, Any], inputs: StepInputs) -> None:
+        self.record = record
+        self.run_id = str(record["run_id"])
+        self.inputs = inputs
+        self.first_failed = resume_point(record)
+        log = [e for e in record.get("log", []) if isinstance(e.get("step"), str)]
+        names = [e["step"] for e in log]
+        self.earlier = {e["step"]: e for e in log[: names.index(self.first_failed)]}
+        self.reasons: dict[str, str] = {self.first_failed: f"failed in run {self.run_id}"}
+
+    def _why_not(self, step: Step, earlier: Mapping[str, Any]) -> str | None:
+        current = self.inputs.of(step)
+        since = f"since run {self.run_id}"
+        if earlier.get("definition_sha256") != current["definition_sha256"]:
+            return f"its definition changed {since}"
+        if "values_sha256" not in earlier:
+            return f"run {self.run_id} did not record its inputs"
+        if earlier.get("values_sha256") != current["values_sha256"]:
+            return f"the variables it uses changed {since}"
+        if current["tree_sha256"] is None:
+            return "not in a git repository: orchestrate cannot tell whether its files changed"
+        if earlier.get("tree_sha256") != current["tree_sha256"]:
+            return (f"its sources changed {since}" if step.sources else
+                    f"the commit or the working tree changed {since}")
+        return None
+
+    def reuse(self, step: Step, options: RunOptions) -> tuple[str, dict[str, Any]] | None:
+        """(the run, its entry) whose result the step takes over, or None: it runs."""
+        earlier = self.earlier.get(step.name)
+        if earlier is None or earlier.get("status") != "passed":
+            return None
+        why = "--force" if options.force else self._why_not(step, earlier)
+        if why is not None:
+            self.reasons[step.name] = why
+            return None
+        return self.run_id, dict(earlier)
+
+    def entry_fields(self, step: Step, event: str) -> dict[str, Any]:
+        return {"rerun_reason": self.reasons[step.name]} if event == "start" and step.name in self.reasons else {}
 
 
 
@@ -8879,6 +9494,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
     import asyncio
     import contextlib
     import hmac
+    from types import SimpleNamespace
 
     from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -8997,6 +9613,21 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
 
     def start_run(name: str, raw: bytes) -> dict:
         name = check_name(name)
+        request = read_start_request(raw)
+        known = dict(list_workflows(workflows_dir))
+        if name not in known:
+            raise error(404, f"unknown workflow '{name}'{did_you_mean(name, known)}")
+        try:
+            variables = {**os.environ, **request.vars}  # what the run interpolates with
+            workflow = load_workflow(name, workflows_dir, variables, load_settings(root), root)
+            check_http_variables(workflow, request.vars)
+            select_steps(workflow, RunOptions(only=request.only, skip=request.skip))  # as `run` checks them
+        except OrchestrateError as exc:
+            raise error(422, str(exc)) from None
+        return queue_run(name, workflow, request, ["run", name])
+
+    def read_start_request(raw: bytes) -> Any:
+        """The checked body of POST /start (and of POST /runs/{run_id}/resume)."""
         try:
             body = _parse_start_body(raw)
         except _BodyError as exc:
@@ -9016,33 +9647,29 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
                 _check_text(step_name, "step name")
         except UsageError as exc:
             raise error(422, str(exc)) from None
-        known = dict(list_workflows(workflows_dir))
-        if name not in known:
-            raise error(404, f"unknown workflow '{name}'{did_you_mean(name, known)}")
-        try:
-            variables = {**os.environ, **request.vars}  # what the run interpolates with
-            workflow = load_workflow(name, workflows_dir, variables, load_settings(root), root)
-            check_http_variables(workflow, request.vars)
-            select_steps(workflow, RunOptions(only=request.only, skip=request.skip))  # as `run` checks them
-        except OrchestrateError as exc:
-            raise error(422, str(exc)) from None
+        return request
+
+    def queue_run(name: str, workflow: Workflow, request: Any, command: list[str],
+                  resumed_from: str | None = None) -> dict:
+        """Queue `orchestrate <command>` for a checked request: a pending record, then the child."""
         if not dispatcher.reserve():
             raise error(429, f"{dispatcher.max_queued} runs already wait; try again when some have started")
         try:
-            run_id = queue_record(name, workflow, request)
+            run_id = queue_record(name, workflow, request, resumed_from)
         except BaseException:
             dispatcher.release()
             raise
         argv = [*dispatcher.child_argv, "--root", str(root), "--workflows-dir", str(workflows_dir),
-                "--runs-dir", str(runs_dir), "run", name, f"--run-id={run_id}", "--quiet", "--vars-stdin"]
+                "--runs-dir", str(runs_dir), *command, f"--run-id={run_id}", "--quiet", "--vars-stdin"]
         # --opt=value, so a value starting with '-' is never read as an option
         argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
         dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
         return {"run_id": run_id}
 
-    def queue_record(name: str, workflow: Workflow, request: Any) -> str:
+    def queue_record(name: str, workflow: Workflow, request: Any, resumed_from: str | None = None) -> str:
         run_id = new_run_id()
         store.create({
+            **({"resumed_from": resumed_from} if resumed_from else {}),
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": name, "status": "pending",
             "current": None, "started_at": None, "finished_at": None, "pid": None, "message": "",
             "workflow_sha256": workflow.sha256, "options": {"only": request.only, "skip": request.skip},
@@ -9135,6 +9762,22 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
 
         return StreamingResponse(follow(), media_type="text/plain; charset=utf-8")
 
+    # POST /runs/{run_id}/resume (resume_endpoint): the checks and the queue of POST /start
+    app.state.server = SimpleNamespace(store=store, root=root, workflows_dir=workflows_dir, error=error,
+                                       check_id=check_id, read_start_request=read_start_request,
+                                       queue_run=queue_run)
+
+    async def resume(request: Any, run_id: str) -> dict:
+        """Resume failed run RUN_ID as a new run (`orchestrate resume`): body as for /start."""
+        raw = await request.body()
+        return await asyncio.to_thread(resume_endpoint, app.state.server, run_id, raw)
+
+    resume.__annotations__["request"] = Request
+    api.post("/runs/{run_id}/resume", status_code=202, tags=["runs"],
+             responses={409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+                        422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+             openapi_extra={"requestBody": {"required": False, "content": {
+                 "application/json": {"schema": start_body_schema}}}})(resume)
     app.include_router(api)
 
     @app.exception_handler(OrchestrateError)
@@ -9145,6 +9788,35 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
     guarded = RequestGuard(app, policy)
     guarded.state = app.state  # type: ignore[attr-defined]
     return guarded
+
+
+def resume_endpoint(server: Any, run_id: str, raw: bytes) -> dict[str, str]:
+    """POST /runs/{run_id}/resume: what `orchestrate resume` checks (the run exists, failed, and
+    its failed step is still in its workflow) with /start's checks of the body; then queued as
+    `orchestrate resume RUN_ID`. 404 unknown run, 409 a run that did not fail, 422 the rest."""
+    server.check_id(run_id)
+    request = server.read_start_request(raw)
+    try:
+        record = server.store.load(run_id)
+    except UsageError:
+        raise server.error(404, f"unknown run '{run_id}'") from None
+    except OrchestrateError as exc:
+        raise server.error(500, str(exc)) from None
+    try:
+        resume_point(record)
+    except UsageError as exc:
+        raise server.error(409, str(exc)) from None
+    name = str(record.get("workflow"))
+    try:
+        variables = {**os.environ, **request.vars}
+        workflow = load_workflow(name, server.workflows_dir, variables, load_settings(server.root), server.root)
+        check_http_variables(workflow, request.vars)
+        resume_point(record, workflow)
+        select_steps(workflow, RunOptions(only=request.only, skip=request.skip))
+    except OrchestrateError as exc:
+        raise server.error(422, str(exc)) from None
+    result: dict[str, str] = server.queue_run(name, workflow, request, ["resume", run_id], run_id)
+    return result
 
 
 def _listen(bind: BindAddress, port: int) -> Any:
@@ -9237,6 +9909,8 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     workflow = load_workflow(name, paths.workflows_dir, interpolation_values(options), settings, paths.root)
     if options.vars_from_http:  # the server checked them; a run checks what it is given itself
         check_http_variables(workflow, options.variables)
+    if options.resume_of is not None:
+        resume_point(options.resume_of, workflow)  # before anything is written
     for warning in workflow.warnings:
         _err(f"orchestrate: warning: {warning}")
     store = RunStore(paths.runs_dir)
@@ -9250,7 +9924,7 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
         checkout, paths, settings, workflow = enter_pushed_checkout(paths, workflow, settings, options, human)
     try:
         trigger = build_trigger(paths.root, options)
-        wiring = run_wiring(workflow, settings, options, human)
+        wiring = run_wiring(workflow, settings, options, human, paths)
         record, code = execute_run(workflow, settings, paths.root, store, options, wiring, trigger)
     finally:
         if checkout is not None:
@@ -9264,14 +9938,44 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     return code
 
 
-def run_wiring(workflow: Workflow, settings: Settings, options: RunOptions, human: Any) -> RunWiring:
+def cmd_resume(paths: Paths, run_ref: str, options: RunOptions) -> int:
+    """`orchestrate resume RUN`: a new run of RUN's workflow that starts again from RUN's first
+    failed step; the steps above it that passed are re-used when nothing they depend on
+    changed (ResumePlan). --only, --skip, --keep-going and --shard default to RUN's."""
+    store = RunStore(paths.runs_dir)
+    record = store.load(resolve_run_ref(store, run_ref))
+    resume_point(record)
+    stored: dict[str, Any] = record["options"] if isinstance(record.get("options"), dict) else {}
+    if not options.only and not options.skip:
+        options.only = [s for s in stored.get("only") or [] if isinstance(s, str)]
+        options.skip = [s for s in stored.get("skip") or [] if isinstance(s, str)]
+    options.keep_going = options.keep_going or stored.get("keep_going") is True
+    if options.shard is None and isinstance(stored.get("shard"), str):
+        options.shard = parse_shard(stored["shard"])
+    options.resume_of = record
+    return run_workflow_command(paths, str(record.get("workflow")), options)
+
+
+def run_wiring(workflow: Workflow, settings: Settings, options: RunOptions, human: Any,
+               paths: Paths | None = None) -> RunWiring:
     """Everything a run consults and who hears of it, in one place (see RunWiring)."""
     jobs = options.jobs or default_jobs(settings)
     output = options.output or ("grouped" if jobs > 1 and StepGraph(workflow.steps).parallel else "live")
     console = Console(quiet=options.quiet, stream=human, debug=options.debug, ci=detect_ci_output(),
                       output=output)
-    return RunWiring(gates=[git_gate], env_hooks=[git_step_environment],
-                     sinks=[console, GitHubStepSummary()])
+    wiring = RunWiring(gates=[git_gate], env_hooks=[git_step_environment],
+                       sinks=[console, GitHubStepSummary()])
+    if paths is not None:  # what each step's inputs are, `sources` steps up to date, resume
+        state = options.git if isinstance(options.git, GitState) else None
+        inputs = StepInputs(workflow, paths.root, RunStore(paths.runs_dir), state.git if state else None)
+        wiring.gates.append(inputs.gate)
+        wiring.entry_fields.append(inputs.entry_fields)
+        wiring.sinks.append(inputs)
+        if options.resume_of is not None:
+            plan = ResumePlan(options.resume_of, inputs)
+            wiring.reuse.append(plan.reuse)
+            wiring.entry_fields.append(plan.entry_fields)
+    return wiring
 
 
 def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
@@ -9387,7 +10091,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
                      run_id: str | None = None, jobs: str | int | None = None,
                      output: str | None = None, vars_stdin: bool = False,
-                     isolated: bool = False) -> RunOptions:
+                     isolated: bool = False, force: bool = False) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
@@ -9405,7 +10109,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
         run_id=check_run_id(run_id) if run_id else None,
         jobs=parse_jobs(jobs) if jobs is not None else None, output=output,
-        vars_from_http=vars_stdin, isolated=isolated)
+        vars_from_http=vars_stdin, isolated=isolated, force=force)
 
 
 def parse_jobs(value: str | int) -> int:
@@ -9557,6 +10261,8 @@ def build_app() -> Any:
                                         help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
         isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
                                       "being checked (the pushed one, else HEAD), not the working tree."),
+        force: bool = typer.Option(False, "--force", envvar="ORCHESTRATE_FORCE",
+                                   help="Run every step, even those up to date (their `sources` unchanged)."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
@@ -9564,8 +10270,47 @@ def build_app() -> Any:
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
             to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
-            isolated=isolated)
+            isolated=isolated, force=force)
         return run_workflow_command(_paths(ctx), name, options)
+
+
+    @app.command()
+    @_boundary
+    def resume(
+        ctx: typer.Context,
+        run_ref: str = typer.Argument(..., metavar="RUN", help="The failed run: its id, a unique start or end of one, or 'latest'."),
+        only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable; default: as RUN did)."),
+        skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable; default: as RUN did)."),
+        keep_going: bool = typer.Option(False, "--keep-going", help="Run every step even after a failure; still exit 1."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failing output and the summary."),
+        json_output: bool = typer.Option(False, "--json", help="Print the final run record as JSON on stdout."),
+        debug: bool = typer.Option(False, "--debug", help="Echo each command orchestrate runs."),
+        var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable)."),
+        junit_xml: Path = typer.Option(None, "--junit-xml", help="Also write the JUnit report here."),
+        shard: str = typer.Option(None, "--shard", envvar="ORCHESTRATE_SHARD", help="I/N: run shard I of N of each Cypress suite (default: as RUN did)."),
+        git_hook: str = typer.Option(None, "--git-hook", help="Hook mode (pre-push): read git's ref lines from stdin."),
+        push_remote: str = typer.Option(None, "--push-remote", help="Remote name git passes to pre-push."),
+        push_url: str = typer.Option(None, "--push-url", help="Remote URL git passes to pre-push."),
+        from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
+        to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
+        run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
+        jobs: str = typer.Option(None, "--jobs", "-j", help="Steps at once (as on run)."),
+        output: str = typer.Option(None, "--output", help="live, grouped or prefixed (as on run)."),
+        vars_stdin: bool = typer.Option(False, "--vars-stdin", hidden=True,
+                                        help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
+        isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
+                                      "being checked (as on run)."),
+        force: bool = typer.Option(False, "--force", envvar="ORCHESTRATE_FORCE",
+                                   help="Run every step again: re-use none, skip none as up to date."),
+    ) -> int:
+        """Re-run failed RUN from its first failed step, as a new run; steps above it that passed are re-used while nothing they depend on changed."""
+        options = make_run_options(
+            only=only, skip=skip, keep_going=keep_going, quiet=quiet,
+            json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
+            git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
+            to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
+            isolated=isolated, force=force)
+        return cmd_resume(_paths(ctx), run_ref, options)
 
 
     @app.command()
@@ -9850,12 +10595,13 @@ def __getattr__(name: str) -> Any:
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
 _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
                    "--json": "json_output", "--debug": "debug", "--vars-stdin": "vars_stdin",
-                   "--isolated": "isolated"}
+                   "--isolated": "isolated", "--force": "force"}
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",
                     "--run-id": "run_id", "--jobs": "jobs", "-j": "jobs", "--output": "output"}
 _FAST_REPEATABLE = ("only", "skip", "var")
+_FORCE_VALUES = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
 
 def hoist_global_options(args: Sequence[str]) -> list[str]:
@@ -9944,6 +10690,10 @@ def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None
         global_values["root"] = env["ORCHESTRATE_ROOT"]
     if "shard" not in run_values and env.get("ORCHESTRATE_SHARD"):
         run_values["shard"] = env["ORCHESTRATE_SHARD"]
+    if "force" not in run_values and env.get("ORCHESTRATE_FORCE"):
+        if env["ORCHESTRATE_FORCE"].strip().lower() not in _FORCE_VALUES:
+            return None  # Typer reports the value it cannot read as a boolean
+        run_values["force"] = _truthy(env["ORCHESTRATE_FORCE"])
     return (global_values.get("root"), global_values.get("workflows_dir"), global_values.get("runs_dir"),
             name, run_values)
 
