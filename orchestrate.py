@@ -1352,7 +1352,7 @@ class StepEntry(TypedDict, total=False):
     log_file: str
     definition_sha256: str
     allowed_failure: bool
-    values_sha256: str  # keyed hash of the ${NAME} values the step used (never the values)
+    values_sha256: str  # keyed hash (runs/.hash-key) of the ${NAME} values the step used
     tree_sha256: str | None  # its files under `sources`, or the commit and working tree
     inputs_sha256: str  # a `sources` step: definition, values and files together
     reused_from: str  # resume: the run whose result this step carries
@@ -8650,7 +8650,7 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
 # What a step's result depended on, recorded with every step so a later run can tell whether
 # running it again could change anything: its definition (definition_sha256: its keys and the
 # workflow's env, secrets masked), the ${NAME} values it used (values_sha256: an HMAC keyed by
-# runs/.index/key, so a short secret cannot be recovered from the record by trying values),
+# runs/.hash-key, so a short secret cannot be recovered from the record by trying values),
 # and its files (tree_sha256): the content of what its `sources` globs match, or, without
 # `sources`, the commit and every file that differs from it (untracked ones too). File
 # contents are hashed once and then known by size, mtime, ctime and inode (runs/.index/
@@ -8738,10 +8738,10 @@ class FileHashes:
 
 
 def project_hash_key(runs_dir: Path) -> bytes:
-    """The key of values_sha256: 32 random bytes in runs/.index/key (0600), made on first use."""
-    folder = runs_dir / INDEX_DIR
-    make_runs_dirs(folder, runs_dir)
-    path = folder / "key"
+    """The key of values_sha256: 32 random bytes in runs/.hash-key (0600), made on first use;
+    beside the index, not in it, so a removed index does not make every recorded value new."""
+    folder = runs_dir
+    path = folder / ".hash-key"
     for _ in range(3):
         try:
             with open(path, "rb") as handle:
@@ -8751,7 +8751,7 @@ def project_hash_key(runs_dir: Path) -> bytes:
             _unlink_quietly(path)  # torn by a killed writer: made anew
         except FileNotFoundError:
             pass
-        tmp = folder / f".key.{os.getpid()}.{_thread.get_native_id()}.tmp"
+        tmp = folder / f".hash-key.{os.getpid()}.{_thread.get_native_id()}.tmp"
         _unlink_quietly(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
         try:
@@ -8917,12 +8917,13 @@ class ResumePlan:
     def _why_not(self, step: Step, earlier: Mapping[str, Any]) -> str | None:
         current = self.inputs.of(step)
         since = f"since run {self.run_id}"
-        if earlier.get("definition_sha256") != current["definition_sha256"]:
-            return f"its definition changed {since}"
         if "values_sha256" not in earlier:
             return f"run {self.run_id} did not record its inputs"
+        # values first: a variable's value is also in the (interpolated) definition
         if earlier.get("values_sha256") != current["values_sha256"]:
             return f"the variables it uses changed {since}"
+        if earlier.get("definition_sha256") != current["definition_sha256"]:
+            return f"its definition changed {since}"
         if current["tree_sha256"] is None:
             return "not in a git repository: orchestrate cannot tell whether its files changed"
         if earlier.get("tree_sha256") != current["tree_sha256"]:
