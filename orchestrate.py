@@ -8667,6 +8667,10 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
 # again, since a second write in the same clock tick would leave its times as they were.
 
 HASH_CACHE_FILE = "hashes.json"
+# in the whole-tree state (a step without `sources`), a changed file bigger than this counts by
+# its size, mtime and inode, not its content: every run records the tree, and reading an
+# untracked 1 GB file at the start of each push is not what a hook may cost
+TREE_CONTENT_LIMIT = 8 * 1024 * 1024
 RACY_WINDOW_NS = 1_000_000_000
 MAX_HASH_CACHE_ENTRIES = 200_000
 
@@ -8805,7 +8809,9 @@ def tree_sha256(git: Mapping[str, Any], root: Path, hashes: FileHashes) -> str |
     for relative in git["changed"]:
         path = top / relative
         try:
-            state = hashes.digest(path, os.lstat(path))
+            info = os.lstat(path)
+            state = (f"large:{info.st_size}:{info.st_mtime_ns}:{info.st_ino}" if info.st_size > TREE_CONTENT_LIMIT
+                     else hashes.digest(path, info))
         except OSError:
             state = "absent"
         digest.update(f"{relative}\0{state}\n".encode("utf-8", "surrogateescape"))
