@@ -6039,7 +6039,6 @@ class Engine:
         ctx.guard = guard
         ctx.debug_write = self._debug_writer()
         log_path = self.store.run_dir(run_id) / step_log_name(step, total)
-        entry.update(self._entry_fields(step, "start"))
         entry.update(status="running", started_at=utc_now())
         recorder.step_started(step.index, entry)
         self.sinks.emit("step_started", step, entry)
@@ -6348,8 +6347,16 @@ class _Scheduler:
                 return reason
         return None
 
-    def _run_inline(self, index: int) -> None:
+    def _entry(self, index: int) -> dict[str, Any]:
+        """A copy of the step's entry with what RunWiring.entry_fields add when it starts, worked
+        out here in the scheduler's thread, in step order: steps started together still start
+        in that order (the first to be ready first)."""
         entry = dict(self.recorder.record["log"][index])
+        entry.update(self.engine._entry_fields(self.steps[index], "start"))
+        return entry
+
+    def _run_inline(self, index: int) -> None:
+        entry = self._entry(index)
         try:
             entry = self.engine.run_step(self.steps[index], entry, self.recorder, self.guard,
                                          self.base_env, inline=True)
@@ -6364,7 +6371,7 @@ class _Scheduler:
 
         if self.events is None:
             self.events = queue.SimpleQueue()
-        entry = dict(self.recorder.record["log"][index])
+        entry = self._entry(index)
         thread = threading.Thread(target=self._thread_main, args=(index, entry),
                                   name=f"orchestrate-step-{index + 1}", daemon=True)
         self.running[index] = thread
