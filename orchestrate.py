@@ -73,9 +73,13 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 # runs/<run_id>.json: v1 first version; v2 adds "running" (the steps running now, in start
-# order; "current" is the first of them) and options.jobs. Older records are migrated on read
-# (migrate_record), newer ones refused.
-SCHEMA_VERSION = 2
+# order; "current" is the first of them) and options.jobs; v3 adds "resumed_from" (the run a
+# `resume` continues) and, per step, what its inputs were (values_sha256, tree_sha256, and
+# inputs_sha256 for a step with `sources`), why it did not run its work again
+# (reused_from, up_to_date_since) or why it did (rerun_reason), its saved test cases
+# (tests_file) and failed_test_details; definition_sha256 covers the workflow's env from v3 on.
+# Older records are migrated on read (migrate_record), newer ones refused.
+SCHEMA_VERSION = 3
 
 RUN_STATUSES = ("pending", "running", "failed", "completed")
 RUN_STATUS_ALIASES = {"passed": "completed"}  # what a run that passed is called in its summary line
@@ -313,6 +317,11 @@ class Step:
     definition_sha256: str = ""
     source: dict[str, Any] = field(default_factory=dict)  # as written, before ${VAR}
     needs: list[str] | None = None  # None: the step depends on the step above it
+    sources: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
+    # the ${NAME}s the step's strings and the workflow's env used, with the values they had
+    # (in memory only: a record keeps their keyed hash, values_sha256)
+    variables: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def when_status(self) -> str:
@@ -364,6 +373,8 @@ COMMON_KEYS: dict[str, KeySpec] = {
     "required": KeySpec((bool,)),
     "shard": KeySpec((str,)),
     "needs": KeySpec((list,), item_type=str),
+    "sources": KeySpec((list,), item_type=str),  # globs: the step is up to date while they are unchanged
+    "reports": KeySpec((list,), item_type=str),  # globs: JUnit XML files the step writes
 }
 WORKFLOW_KEYS: dict[str, KeySpec] = {
     "name": KeySpec((str,)),
@@ -934,7 +945,11 @@ def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dic
             env=dict(resolved.get("env", {})), cwd=resolved.get("cwd"),
             when=dict(resolved.get("when", {})), required=resolved.get("required", False),
             shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"', source=raw_step,
-            needs=list(raw_step["needs"]) if "needs" in raw_step else None)
+            needs=list(raw_step["needs"]) if "needs" in raw_step else None,
+            sources=list(resolved.get("sources", [])), reports=list(resolved.get("reports", [])))
+        for key in ("sources", "reports"):
+            if key in resolved:
+                check_path_globs(resolved[key], where, key)
         runner.check_definition(step, path, settings)
         runner.check_paths(step, where, root)
         steps.append(step)
@@ -953,8 +968,20 @@ def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dic
                 f"long; a secret needs at least {MIN_SECRET_LEN}, as masking a shorter value would "
                 f"garble ordinary output (use a longer secret)")
     masker = Masker(secrets)
+    # the workflow's env reaches every step: A=1 and A=2 must not hash the same (secrets in it
+    # are masked here; their values enter values_sha256, keyed, never in clear)
+    shared_env = masker.mask_tree(env)
+    env_names = [name for where, key, used in refs if where == shown and key.startswith("env") for name in used]
+    step_names: dict[int, list[str]] = {}
+    prefix = f"{shown}: steps["
+    for where, _key, used in refs:
+        if where.startswith(prefix):
+            number = where[len(prefix): where.find("]", len(prefix))]
+            if number.isdigit():
+                step_names.setdefault(int(number), []).extend(used)
     for step in steps:
-        step.definition_sha256 = _canonical_hash(masker.mask_tree(step.raw))
+        step.definition_sha256 = _canonical_hash({"step": masker.mask_tree(step.raw), "env": shared_env})
+        step.variables = {name: variables.get(name) for name in sorted({*env_names, *step_names.get(step.index, [])})}
     return Workflow(name=name, path=path, description=data.get("description", ""), env=env,
                     steps=steps, secrets=set(secrets), sha256=sha256, display_path=shown,
                     warnings=warnings, references=refs,
@@ -1324,6 +1351,13 @@ class StepEntry(TypedDict, total=False):
     log_file: str
     definition_sha256: str
     allowed_failure: bool
+    values_sha256: str  # keyed hash (runs/.hash-key) of the ${NAME} values the step used
+    tree_sha256: str | None  # its files under `sources`, or the commit and working tree
+    inputs_sha256: str  # a `sources` step: definition, values and files together
+    reused_from: str  # resume: the run whose result this step carries
+    up_to_date_since: str  # `sources`: skipped, its inputs unchanged since this run passed it
+    rerun_reason: str  # resume: why a step that had passed ran again
+    tests_file: str  # runs/<run_id>/NN-step.tests.json: its test cases
 
 
 class RunRecord(TypedDict, total=False):
@@ -1351,6 +1385,7 @@ class RunRecord(TypedDict, total=False):
     junit: str
     interrupted: bool
     journal_seq: int
+    resumed_from: str
 
 
 def migrate_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -1359,6 +1394,8 @@ def migrate_record(record: dict[str, Any]) -> dict[str, Any]:
         current = record.get("current")
         record["running"] = [current] if isinstance(current, str) and record.get("status") == "running" else []
         record["schema_version"] = 2
+    if record.get("schema_version") == 2:
+        record["schema_version"] = 3  # every v3 key is optional: a v2 record is a v3 one without them
     return record
 
 
@@ -1726,6 +1763,176 @@ class RunRecorder:
             os.close(self.journal_fd)
             self.journal_fd = None
         _unlink_quietly(self.store.journal_path(self.record["run_id"]))
+
+
+# --- The index beside the records (runs/.index/) -----------------------------------------
+# What a run needs to know about earlier ones without reading them all: the last run that
+# passed each (workflow, step) with recorded inputs (`sources`, resume), found in O(1) runs.
+# One small file per key, written atomically; every row is checked against the record it
+# names before it is believed, so a torn, stale or forged index costs a rebuild from the
+# records, never a wrong answer. runs.jsonl lists every run (run_id, workflow, status,
+# started_at), appended as runs end: what `runs --workflow/--status` can read instead of
+# every record.
+
+INDEX_DIR = ".index"
+INDEX_VERSION = 1
+
+
+def _index_key(workflow: str, step: str) -> str:
+    return hashlib.sha256(f"{workflow}\0{step}".encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _pass_of(entry: Mapping[str, Any], run_id: str) -> str | None:
+    """The run whose passing result an entry stands for: its own when it passed, the one it
+    carries when it was re-used or up to date; None when it holds no pass with inputs."""
+    if not isinstance(entry.get("inputs_sha256"), str):
+        return None
+    if entry.get("status") == "passed":
+        reused = entry.get("reused_from")
+        return reused if isinstance(reused, str) and reused else run_id
+    since = entry.get("up_to_date_since")
+    if entry.get("status") == "skipped" and isinstance(since, str) and since:
+        return since
+    return None
+
+
+class StepIndex:
+    """runs/.index/: steps/<key>.json (the newest record holding a pass of a step, with the
+    inputs it passed with) and runs.jsonl; rebuilt from the records when missing or when a
+    row does not match its record."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.folder = store.runs_dir / INDEX_DIR
+        self.rebuilt = False  # at most one rebuild per process and index
+
+    def _row_path(self, workflow: str, step: str) -> Path:
+        return self.folder / "steps" / f"{_index_key(workflow, step)}.json"
+
+    def _lock(self) -> Any:
+        """An exclusive flock on runs/.index/lock while the index is written (runs end at once)."""
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def held() -> Any:
+            make_runs_dirs(self.folder / "steps", self.store.runs_dir)
+            fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | os.O_CLOEXEC, RUNS_FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+        return held()
+
+    def _read_row(self, workflow: str, step: str) -> dict[str, Any] | bool | None:
+        """The row, None when there is none, False when it is unusable (torn, foreign)."""
+        try:
+            data = self._row_path(workflow, step).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return False
+        try:
+            row = json.loads(data)
+        except ValueError:
+            return False
+        if (not isinstance(row, dict) or row.get("version") != INDEX_VERSION or row.get("workflow") != workflow
+                or row.get("step") != step or not isinstance(row.get("run_id"), str)
+                or not isinstance(row.get("passed_in"), str) or not isinstance(row.get("inputs_sha256"), str)):
+            return False
+        return row
+
+    def _confirmed(self, row: Mapping[str, Any]) -> bool:
+        """Whether the record a row names still holds that pass (not pruned, not changed)."""
+        try:
+            record = self.store.load(row["run_id"])
+        except OrchestrateError:
+            return False
+        if record.get("workflow") != row["workflow"]:
+            return False
+        entry = next((e for e in record.get("log", []) if e.get("step") == row["step"]), None)
+        return (entry is not None and entry.get("inputs_sha256") == row["inputs_sha256"]
+                and _pass_of(entry, row["run_id"]) == row["passed_in"])
+
+    def last_pass(self, workflow: str, step: str) -> dict[str, Any] | None:
+        """{"run_id", "passed_in", "inputs_sha256", ...} of the newest run holding a pass of the
+        step, or None. Reads one row and one record, however many runs there are."""
+        if not (self.folder / "version").is_file():
+            self.rebuild()
+        row = self._read_row(workflow, step)
+        if row is None and not self.rebuilt:
+            return None
+        if row is False or (isinstance(row, dict) and not self._confirmed(row)):
+            if self.rebuilt:
+                return None
+            self.rebuild()
+            row = self._read_row(workflow, step)
+        return row if isinstance(row, dict) and self._confirmed(row) else None
+
+    def _row(self, record: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any] | None:
+        passed_in = _pass_of(entry, record["run_id"])
+        if passed_in is None:
+            return None
+        return {"version": INDEX_VERSION, "workflow": record.get("workflow"), "step": entry.get("step"),
+                "run_id": record["run_id"], "passed_in": passed_in, "inputs_sha256": entry["inputs_sha256"],
+                "finished_at": entry.get("finished_at")}
+
+    @staticmethod
+    def _summary(record: Mapping[str, Any]) -> bytes:
+        return (json.dumps({"run_id": record.get("run_id"), "workflow": record.get("workflow"),
+                            "status": record.get("status"), "started_at": record.get("started_at")},
+                           ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+
+    def record_run(self, record: Mapping[str, Any]) -> None:
+        """A finished run into the index: its passes (a row is replaced only by a newer run's)
+        and its line in runs.jsonl."""
+        if not (self.folder / "version").is_file():
+            self.rebuild()
+            return  # the rebuild read this run's record too
+        with self._lock():
+            for entry in record.get("log", []):
+                row = self._row(record, entry)
+                if row is None or not isinstance(row["workflow"], str) or not isinstance(row["step"], str):
+                    continue
+                current = self._read_row(row["workflow"], row["step"])
+                if isinstance(current, dict) and current["run_id"] > row["run_id"]:
+                    continue
+                write_atomic(self._row_path(row["workflow"], row["step"]), _dump_record(row))
+            fd = os.open(self.folder / "runs.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW,
+                         RUNS_FILE_MODE)
+            try:
+                os.write(fd, self._summary(record))
+            finally:
+                os.close(fd)
+
+    def rebuild(self) -> None:
+        """Every row and runs.jsonl anew from the records (newest first: the first pass found
+        for a step is its row). Unreadable records are left out."""
+        import shutil
+
+        self.rebuilt = True
+        with self._lock():
+            rows: dict[str, dict[str, Any]] = {}
+            lines: list[bytes] = []
+            for run_id in self.store.list_ids():
+                try:
+                    record = self.store.load(run_id)
+                except OrchestrateError:
+                    continue
+                lines.append(self._summary(record))
+                for entry in record.get("log", []):
+                    row = self._row(record, entry)
+                    if row is None or not isinstance(row["workflow"], str) or not isinstance(row["step"], str):
+                        continue
+                    rows.setdefault(_index_key(row["workflow"], row["step"]), row)
+            steps = self.folder / "steps"
+            shutil.rmtree(steps, ignore_errors=True)
+            make_runs_dirs(steps, self.store.runs_dir)
+            for key, row in rows.items():
+                write_atomic(steps / f"{key}.json", _dump_record(row))
+            write_atomic(self.folder / "runs.jsonl", b"".join(reversed(lines)))
+            write_atomic(self.folder / "version", f"{INDEX_VERSION}\n".encode())
 
 
 # === 5. Processes ===
@@ -2375,6 +2582,11 @@ class TestCase:
     status: str
     message: str = ""
     text: str = ""
+    file: str = ""  # the test's file relative to the project root, where known
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "classname": self.classname, "time": self.time, "status": self.status,
+                "message": self.message, "text": self.text, "file": self.file}
 
 
 @dataclass
@@ -2605,15 +2817,28 @@ def _relocate_venv(built: Path, final: Path) -> None:
 
 @register_runner
 class PythonRunner(Runner):
-    """A Python script run by its own virtualenv's interpreter."""
+    """A Python script (or module, `python -m`) run by its own virtualenv's interpreter."""
 
     type_name = "python"
     keys = {
-        "script": KeySpec((str,), required=True),
+        "script": KeySpec((str,)),
+        "module": KeySpec((str,)),  # instead of script: `python -m MODULE` (pytest, mypy...)
         "venv": KeySpec((str,), required=True),
         "args": KeySpec((list,), item_type=str),
         "requirements": KeySpec((str,)),
     }
+
+    def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
+        where = f"{workflow_path.parent.name}/{workflow_path.name}: {step.label}"
+        has_script, has_module = "script" in step.config, "module" in step.config
+        if has_script == has_module:
+            raise DefinitionError(
+                f"{where}: " + ("give either 'script' or 'module', not both" if has_script else
+                                "missing required key 'script' (or 'module' to run `python -m MODULE`)"))
+        module = step.config.get("module")
+        if module is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", module):
+            raise DefinitionError(f"{where}: key 'module': {module!r} is not a module name "
+                                  "(dotted names such as \"pytest\" or \"mypkg.cli\")")
 
     def check_paths(self, step: Step, where: str, root: Path) -> None:
         """A venv orchestrate builds (the step has `requirements`) must be a folder of its own
@@ -2626,7 +2851,7 @@ class PythonRunner(Runner):
         real_root = os.path.realpath(root)
         shown = config["venv"]
         venv = os.path.realpath(os.path.join(root, shown))
-        example = os.path.join(os.path.dirname(config["script"]), ".venv")
+        example = os.path.join(os.path.dirname(config.get("script") or config["requirements"]), ".venv")
         fix = (f"a virtualenv built from 'requirements' needs a folder of its own inside the project, "
                f"e.g. \"venv\": \"{example}\"")
         if venv == real_root:
@@ -2637,15 +2862,22 @@ class PythonRunner(Runner):
             resolved = "" if venv == os.path.normpath(os.path.join(root, shown)) else f" (it resolves to {venv})"
             raise DefinitionError(f"{where}: key 'venv': {shown!r} is outside the project root{resolved}; {fix}")
         for key, label in (("script", "script"), ("requirements", "requirements file")):
-            if _inside(os.path.realpath(os.path.join(root, config[key])), venv):
+            if key in config and _inside(os.path.realpath(os.path.join(root, config[key])), venv):
                 raise DefinitionError(
                     f"{where}: key 'venv': {shown!r} contains the step's {label} {config[key]}; "
                     f"orchestrate replaces the whole venv folder when it rebuilds it, so {fix}")
 
-    def _paths(self, ctx: StepContext) -> tuple[Path, Path, Path | None]:
+    def _paths(self, ctx: StepContext) -> tuple[Path, Path | None, Path | None]:
+        """The venv, the script (None for a `module` step) and the requirements file."""
         config = ctx.step.config
         requirements = ctx.root / config["requirements"] if config.get("requirements") else None
-        return ctx.root / config["venv"], ctx.root / config["script"], requirements
+        script = ctx.root / config["script"] if "script" in config else None
+        return ctx.root / config["venv"], script, requirements
+
+    @staticmethod
+    def _target(ctx: StepContext, script: Path | None) -> list[str]:
+        """What the interpreter runs: the script, or -m MODULE."""
+        return [str(script)] if script is not None else ["-m", ctx.step.config["module"]]
 
     def _venv_fix(self, ctx: StepContext, venv: Path) -> str:
         shown = ctx.step.config["venv"]
@@ -2668,7 +2900,7 @@ class PythonRunner(Runner):
             problems.append(f"requirements file {ctx.step.config['requirements']} does not exist")
         if requirements is not None and self._venv_state(venv, requirements) == _NOT_A_VENV:
             problems.append(self._not_a_venv(ctx))
-        if not script.is_file():
+        if script is not None and not script.is_file():
             problems.append(f"script {ctx.step.config['script']} does not exist")
         return problems
 
@@ -2681,7 +2913,8 @@ class PythonRunner(Runner):
                 lines.append(f"build virtualenv {ctx.step.config['venv']} from "
                              f"{ctx.step.config['requirements']} ({state})")
         argv = [str(venv_python(venv).relative_to(ctx.root) if venv.is_relative_to(ctx.root) else venv_python(venv)),
-                ctx.step.config["script"], *ctx.step.config.get("args", [])]
+                *([ctx.step.config["script"]] if "script" in ctx.step.config else ["-m", ctx.step.config["module"]]),
+                *ctx.step.config.get("args", [])]
         lines.append(ctx.masker.mask(shlex.join(argv)))
         return lines
 
@@ -2810,10 +3043,11 @@ class PythonRunner(Runner):
         python = venv_python(venv)
         if not python.exists():
             raise StepFailure(self._venv_fix(ctx, venv))
-        if not script.is_file():
+        if script is not None and not script.is_file():
             raise StepFailure(f"script {ctx.step.config['script']} does not exist")
-        argv = [str(python), str(script), *ctx.step.config.get("args", [])]
-        return _process_result(ctx.run_process(argv), "script")
+        argv = [str(python), *self._target(ctx, script), *ctx.step.config.get("args", [])]
+        return _process_result(ctx.run_process(argv), "script" if script is not None else
+                               f"python -m {ctx.step.config['module']}")
 
 
 @register_runner
@@ -4649,6 +4883,92 @@ def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
     return sorted(found)
 
 
+_GLOB_CHARS = frozenset("*?[{")
+
+
+def _literal_glob(pattern: str) -> bool:
+    return not any(char in _GLOB_CHARS for char in pattern)
+
+
+def _glob_base(pattern: str) -> str:
+    """The literal folder a glob starts in: "src" for "src/**/*.py", "" for "*.toml"."""
+    literal = []
+    for part in pattern.split("/")[:-1]:
+        if not _literal_glob(part) or part in ("", "."):
+            break
+        literal.append(part)
+    return "/".join(literal)
+
+
+def match_files(root: Path, patterns: Sequence[str], runs_dir: Path | None = None) -> list[tuple[str, os.stat_result]]:
+    """The files under `root` whose root-relative POSIX path matches one of the globs (glob_regex:
+    `**` any depth, anchored at the root), sorted, each with its lstat. Only the literal folder
+    each glob starts in is searched, and no deeper than it can match; a symbolic link to a
+    folder is never followed (a link is listed as itself), and .git, the runs folder, and
+    node_modules and dot-folders reached through a wildcard are never searched."""
+    return [(relative, info) for relative, _path, info in _matching_files(root, patterns, runs_dir)]
+
+
+def _matching_files(root: Path, patterns: Sequence[str],
+                    runs_dir: Path | None = None) -> list[tuple[str, str, os.stat_result]]:
+    """match_files with each file's full path too (a string: hashing 10,000 sources must not
+    pay for pathlib)."""
+    import stat
+
+    found: dict[str, tuple[str, os.stat_result]] = {}
+    runs = os.path.abspath(runs_dir) if runs_dir is not None else None
+    base_dir = os.fspath(root)  # strings, not Paths: pathlib costs more than the stat (10,000 files)
+    for raw in patterns:
+        pattern = raw.strip().removeprefix("./")
+        if not pattern:
+            continue
+        if _literal_glob(pattern):
+            full = os.path.join(base_dir, pattern)
+            try:
+                found[pattern] = (full, os.lstat(full))
+            except OSError:
+                pass
+            continue
+        regex = glob_regex(pattern)
+        base = _glob_base(pattern)
+        depth_left = None if "**" in pattern else pattern.count("/") - base.count("/") - (1 if base else 0)
+        stack: list[tuple[str, int | None]] = [(base, depth_left)]
+        while stack:
+            folder, depth = stack.pop()
+            try:
+                entries = list(os.scandir(os.path.join(base_dir, folder) if folder else base_dir))
+            except OSError:
+                continue
+            for entry in entries:
+                relative = f"{folder}/{entry.name}" if folder else entry.name
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    if (entry.name == ".git" or entry.name == "node_modules" or entry.name.startswith(".")
+                            or (runs is not None and os.path.abspath(entry.path) == runs)
+                            or (depth is not None and depth <= 0)):
+                        continue
+                    stack.append((relative, None if depth is None else depth - 1))
+                elif regex.match(relative):
+                    found[relative] = (entry.path, info)
+    return [(relative, path, info) for relative, (path, info) in sorted(found.items())]
+
+
+def check_path_globs(values: Any, where: str, key: str) -> None:
+    """`sources` and `reports`: a non-empty list of globs relative to the project root."""
+    for i, pattern in enumerate(values):
+        text = pattern.strip().removeprefix("./")
+        parts = text.split("/")
+        if not text or os.path.isabs(text) or ".." in parts:
+            raise DefinitionError(f"{where}: key '{key}[{i}]': {pattern!r} must be a glob relative to the "
+                                  "project root, inside it (e.g. \"src/**/*.py\")")
+        check_glob(text, where, f"{key}[{i}]")
+    if not values:
+        raise DefinitionError(f"{where}: key '{key}' is empty; list at least one glob, or leave the key out")
+
+
 def resolve_cypress_project(value: str, modules: dict[str, str], root: Path | None = None) -> str:
     """The project folder (relative to the root) for a step's `project` value.
 
@@ -4712,8 +5032,9 @@ def cypress_argv(
         "--reporter",
         "junit",
         "--reporter-options",
-        # [hash] is mocha-junit-reporter's: one file per spec, none overwritten.
-        f"mochaFile={report_dir / 'results-[hash].xml'}",
+        # [hash] is mocha-junit-reporter's: one file per spec, none overwritten. includePending:
+        # without it the reporter leaves pending tests out (mocha counted 9 tests, the record 8)
+        f"mochaFile={report_dir / 'results-[hash].xml'},includePending=true",
     ]
     if browser:
         argv += ["--browser", browser]
@@ -4823,23 +5144,43 @@ def _seconds(value: str | None) -> float:
     return seconds if _valid_seconds(seconds) else 0.0
 
 
-def parse_cypress_junit(data: bytes | str, fallback_spec: str = "") -> CypressReport:
-    """Parse a mocha-junit-reporter file as Cypress writes it.
+def _project_relative(path: str, project: Path | None) -> str:
+    """A spec path as the project names it: mocha-junit-reporter writes `file` absolute (and
+    with backslashes on Windows); the spec list, the record and the durations use the path
+    relative to the Cypress project, so that duration-balanced sharding finds them."""
+    path = path.replace("\\", "/")
+    if project is not None and os.path.isabs(path):
+        base = os.path.abspath(project)
+        if _inside(os.path.normpath(path), base):
+            path = os.path.relpath(os.path.normpath(path), base).replace(os.sep, "/")
+    return path.removeprefix("./")
 
-    Shape (one file per spec): <testsuites name="Mocha Tests" time tests failures>, a
-    first <testsuite name="Root Suite" file="cypress/e2e/x.cy.js">, then one <testsuite>
+
+def parse_cypress_junit_specs(data: bytes | str, fallback_spec: str = "",
+                              project: Path | None = None) -> list[CypressReport]:
+    """Parse a mocha-junit-reporter file as Cypress writes it, one report per spec in it.
+
+    Shape (one file per spec, usually): <testsuites name="Mocha Tests" time tests failures>, a
+    first <testsuite name="Root Suite" file="/abs/cypress/e2e/x.cy.js">, then one <testsuite>
     per describe() whose <testcase name="<suite titles> <test title>" classname="<test
-    title>"> holds <failure message type> or <skipped/>. Counts come from the test cases,
-    not from the summary attributes. Raises ET.ParseError on a torn or foreign file.
-    """
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring(data)
-    suites = list(root.iter("testsuite"))
-    spec = next((s.get("file", "") for s in suites if s.get("file")), "") or fallback_spec
-    spec = spec.replace("\\", "/").removeprefix("./")
-    tests: list[CypressTest] = []
-    for suite in suites:
+    title>"> holds <failure message type> or <skipped/> (pending tests, with includePending).
+    A testsuite without `file` belongs to the spec of the last one that had it, so a file
+    holding several specs attributes each test to its own. Counts come from the test cases,
+    not from the summary attributes. Raises ReportError on a torn, foreign or hostile file
+    (parse_junit_xml)."""
+    root = parse_junit_xml(data.encode("utf-8") if isinstance(data, str) else data)
+    order: list[str] = []
+    tests: dict[str, list[CypressTest]] = {}
+    suite_time: dict[str, float] = {}
+    spec = _project_relative(fallback_spec, project)
+    for suite in root.iter("testsuite"):
+        if suite.get("file"):
+            spec = _project_relative(suite.get("file", ""), project)
+        if spec not in tests:
+            order.append(spec)
+            tests[spec] = []
+            suite_time[spec] = 0.0
+        suite_time[spec] += _seconds(suite.get("time"))
         suite_name = suite.get("name", "")
         for case in suite.findall("testcase"):
             full = case.get("name", "")
@@ -4859,28 +5200,40 @@ def parse_cypress_junit(data: bytes | str, fallback_spec: str = "") -> CypressRe
                 status, message, text = "skipped", "", ""
             else:
                 status, message, text = "passed", "", ""
-            tests.append(
+            tests[spec].append(
                 CypressTest(spec, suite_title, title, _seconds(case.get("time")), status, message, text)
             )
-    if root.tag == "testsuites" and root.get("time"):
-        time = _seconds(root.get("time"))
-    else:
-        time = sum(t.time for t in tests)
-    return CypressReport(spec=spec, time=round(time, 3), tests=tests)
+    if not order:
+        order, tests, suite_time = [spec], {spec: []}, {spec: 0.0}
+    reports = []
+    for name in order:
+        if len(order) == 1 and root.tag == "testsuites" and root.get("time"):
+            time = _seconds(root.get("time"))
+        else:
+            time = suite_time[name] or sum(t.time for t in tests[name])
+        reports.append(CypressReport(spec=name, time=round(time, 3), tests=tests[name]))
+    return reports
 
 
-def read_cypress_reports(report_dir: Path) -> tuple[list[CypressReport], list[str]]:
-    """Every JUnit file in `report_dir` (sorted), and one problem line per unreadable one."""
-    import xml.etree.ElementTree as ET
+def parse_cypress_junit(data: bytes | str, fallback_spec: str = "", project: Path | None = None) -> CypressReport:
+    """One mocha-junit-reporter file as one report (its first spec names it): see
+    parse_cypress_junit_specs, which keeps the specs of a file apart."""
+    reports = parse_cypress_junit_specs(data, fallback_spec, project)
+    return CypressReport(spec=reports[0].spec, time=round(sum(r.time for r in reports), 3),
+                         tests=[t for r in reports for t in r.tests])
 
+
+def read_cypress_reports(report_dir: Path, project: Path | None = None) -> tuple[list[CypressReport], list[str]]:
+    """Every JUnit file in `report_dir` (sorted) as one report per spec, and one problem line
+    per unreadable file."""
     reports: list[CypressReport] = []
     problems: list[str] = []
     if not report_dir.is_dir():
         return reports, problems
     for path in sorted(report_dir.glob("*.xml")):
         try:
-            reports.append(parse_cypress_junit(path.read_bytes()))
-        except (ET.ParseError, OSError) as exc:
+            reports += parse_cypress_junit_specs(read_report_file(path), project=project)
+        except (ReportError, OSError) as exc:
             problems.append(f"unreadable JUnit file {path.name} ({exc})")
     reports.sort(key=lambda report: report.spec)  # file names are content hashes: order by spec
     return reports, problems
@@ -5204,7 +5557,7 @@ class CypressRunner(Runner):
         if len(batches) > 1:
             extra["batches"] = len(batches)
         _drop_write_by_others(report_dir)
-        reports, unreadable = read_cypress_reports(report_dir)
+        reports, unreadable = read_cypress_reports(report_dir, project)
         mask_cypress_reports(report_dir, ctx.masker)
         tests = [test for report in reports for test in report.tests]
         failed = [test for test in tests if test.status == "failed"]
@@ -5217,6 +5570,11 @@ class CypressRunner(Runner):
             # the same form as the record's log_file: runs/<run_id>/artifacts/...
             artifacts=[p.relative_to(ctx.runs_dir.parent).as_posix() for p in artifacts],
         )
+        extra["failed_test_details"] = [
+            {"name": ctx.masker.mask_readable(t.display_name),
+             "file": ctx.masker.mask_readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
+             "message": _shorten(ctx.masker.mask_readable(t.message or "failed").strip().split("\n", 1)[0], 300)}
+            for t in failed[:CYPRESS_FAILED_NAMES_MAX]]
         testcases = [
             TestCase(
                 name=ctx.masker.mask_readable(" › ".join(p for p in (t.suite, t.title) if p)),
@@ -5225,6 +5583,7 @@ class CypressRunner(Runner):
                 status=t.status,
                 message=ctx.masker.mask_readable(t.message),
                 text=ctx.masker.mask_readable(t.text),
+                file=ctx.masker.mask_readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
             )
             for t in tests
         ]
@@ -5286,6 +5645,8 @@ class RunOptions:
     # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
     # into any environment, and only names the workflow uses (check_http_variables)
     vars_from_http: bool = False
+    force: bool = False  # --force / ORCHESTRATE_FORCE=1: no step is up to date
+    resume_of: Any = None  # `resume RUN`: RUN's record (the new record names it in resumed_from)
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -5517,6 +5878,10 @@ def _base_environment(options: RunOptions, env_hooks: Iterable[EnvHook] = ()) ->
 
 StepGate = Callable[[Step, RunOptions], "str | None"]
 EnvHook = Callable[[dict[str, str], RunOptions], None]
+# fields a step's entry gets when it starts, is skipped or is re-used ("start", "skip", "reuse")
+EntryFields = Callable[[Step, str], "dict[str, Any]"]
+# an earlier run's result a step may take over instead of running: (that run's id, its entry)
+StepReuse = Callable[[Step, RunOptions], "tuple[str, dict[str, Any]] | None"]
 
 
 class RunSink:
@@ -5532,6 +5897,9 @@ class RunSink:
 
     def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
         """A step will not run; entry["message"] says why."""
+
+    def step_reused(self, step: Step, entry: dict[str, Any]) -> None:
+        """A step took over an earlier run's result (entry["reused_from"]) instead of running."""
 
     def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
         """A step ended (passed, failed or skipped by its runner); its log is complete."""
@@ -5556,6 +5924,8 @@ class RunWiring:
     gates: list[StepGate] = field(default_factory=list)
     env_hooks: list[EnvHook] = field(default_factory=list)
     sinks: list[RunSink] = field(default_factory=list)
+    entry_fields: list[EntryFields] = field(default_factory=list)  # what step entries also record
+    reuse: list[StepReuse] = field(default_factory=list)  # results a step may take over (resume)
 
 
 class _Sinks:
@@ -5638,6 +6008,7 @@ class Engine:
             "log": [_pending_entry(s, f"{self.store.runs_dir.name}/{run_id}/{step_log_name(s, total)}")
                     for s in self.workflow.steps],
             "junit": f"{self.store.runs_dir.name}/{run_id}/junit.xml",
+            **({"resumed_from": self.options.resume_of["run_id"]} if self.options.resume_of else {}),
         }
 
     def start(self, trigger: dict[str, Any]) -> RunRecorder:
@@ -5809,6 +6180,8 @@ class Engine:
                 ctx.deadline = time.monotonic() + step.timeout if step.timeout else None
                 ctx.timed_out = False
                 ctx.env[STEP_TOKEN_ENV] = new_step_token()  # finds this attempt's processes only
+                # `reports`: what the globs match now is from before the attempt and not read
+                reports_before = report_snapshot(step, self.root, self.store.runs_dir) if step.reports else None
                 try:
                     if step.cwd and not ctx.cwd.is_dir():
                         raise StepFailure(f"working directory {step.cwd} does not exist")
@@ -5820,6 +6193,10 @@ class Engine:
                 if ctx.timed_out:
                     result = StepResult("failed", f"timed out after {step.timeout:g} s", exit_code=None,
                                         extra=result.extra, testcases=result.testcases)
+                if reports_before is not None:
+                    cases, _files, problems = read_step_reports(step, self.root, self.store.runs_dir,
+                                                                reports_before, self.masker)
+                    result = apply_step_reports(result, cases, problems)
                 if result.status != "failed" or attempts > step.retries:
                     break
                 guard.sleep(step.retry_delay)
@@ -5877,14 +6254,103 @@ class Engine:
             entry["allowed_failure"] = True
         if result.testcases:
             self.testcases[step.index] = result.testcases
+            entry["tests_file"] = self._save_testcases(recorder.record["run_id"], step, result.testcases)
         recorder.step_finished(step.index, entry)
         self.sinks.emit("step_finished", step, entry, log_path)
 
+    def _save_testcases(self, run_id: str, step: Step, cases: Sequence[TestCase]) -> str:
+        """runs/<run_id>/NN-step.tests.json: the step's test cases (masked where they were read,
+        bounded), so a later run that re-uses the step can rebuild its part of the report."""
+        name = step_log_name(step, len(self.workflow.steps)).removesuffix(".log") + ".tests.json"
+        kept = [dict(case.as_dict(), message=case.message[:MAX_TEST_TEXT], text=case.text[:MAX_TEST_TEXT])
+                for case in cases[:MAX_STEP_TESTCASES]]
+        data = json.dumps({"version": 1, "step": step.name, "cases": kept}, ensure_ascii=False)
+        try:
+            write_atomic(self.store.run_dir(run_id) / name,
+                         self.masker.mask(data).encode("utf-8", "surrogateescape") + b"\n")
+        except OSError as exc:
+            raise StoreError(f"cannot write {name}: {exc.strerror or exc}") from None
+        return f"{self.store.runs_dir.name}/{run_id}/{name}"
+
     def skip_step(self, step: Step, recorder: RunRecorder, reason: str) -> None:
         entry = dict(recorder.record["log"][step.index])
+        entry.update(self._entry_fields(step, "skip"))
         entry.update(status="skipped", message=reason)
         recorder.step_finished(step.index, entry)
         self.sinks.emit("step_skipped", step, entry)
+
+    def _entry_fields(self, step: Step, event: str) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for hook in self.wiring.entry_fields:
+            fields.update(hook(step, event))
+        return fields
+
+    def find_reuse(self, step: Step) -> tuple[str, dict[str, Any]] | None:
+        for hook in self.wiring.reuse:
+            found = hook(step, self.options)
+            if found is not None:
+                return found
+        return None
+
+    # what a re-used step carries over from the entry it takes over
+    REUSED_KEYS = ("exit_code", "output_tail", "tests", "failures", "failed_tests", "failed_test_details",
+                   "specs", "spec_durations", "artifacts", "shard", "batches")
+
+    def reuse_step(self, step: Step, recorder: RunRecorder, from_run: str, earlier: Mapping[str, Any]) -> None:
+        """The step passes with the result it had in run `from_run`: its log copied into this
+        run's folder, its test cases into this run's report."""
+        run_id = recorder.record["run_id"]
+        entry = dict(recorder.record["log"][step.index])
+        source = self._run_file(earlier.get("log_file"))
+        if source is not None and source.is_file() and not source.is_symlink():
+            try:
+                copy_into_runs(source, self.store.run_dir(run_id) / step_log_name(step, len(self.workflow.steps)),
+                               self.store.runs_dir)
+            except OSError as exc:
+                raise StoreError(f"cannot copy the log of {step.name!r} from run {from_run}: "
+                                 f"{exc.strerror or exc}") from None
+        entry.update({key: earlier[key] for key in self.REUSED_KEYS if key in earlier})
+        entry.update(self._entry_fields(step, "reuse"))
+        now = utc_now()
+        entry.update(status="passed", started_at=now, finished_at=now, duration_s=0.0, attempts=0,
+                     message=f"re-used from run {from_run} (inputs unchanged)", reused_from=from_run)
+        cases = self._load_testcases(earlier.get("tests_file"))
+        if cases:
+            self.testcases[step.index] = cases
+            entry["tests_file"] = self._save_testcases(run_id, step, cases)
+        recorder.step_finished(step.index, entry)
+        self.sinks.emit("step_reused", step, entry)
+
+    def _run_file(self, recorded: Any) -> Path | None:
+        """A file a record names as runs/<run_id>/<name> (log_file, tests_file), under this
+        store; None for anything else (a record is data: it never points outside runs/)."""
+        if not isinstance(recorded, str):
+            return None
+        parts = recorded.split("/")
+        if len(parts) != 3 or not RUN_ID_RE.match(parts[1]) or not _PLAIN_NAME_RE.match(parts[2]):
+            return None
+        return self.store.runs_dir / parts[1] / parts[2]
+
+    def _load_testcases(self, recorded: Any) -> list[TestCase]:
+        path = self._run_file(recorded)
+        if path is None:
+            return []
+        try:
+            document = json.loads(read_report_file(path))
+        except (OSError, ValueError):  # ReportError is a ValueError
+            return []
+        cases = document.get("cases") if isinstance(document, dict) else None
+        kept = []
+        for item in (cases if isinstance(cases, list) else [])[:MAX_STEP_TESTCASES]:
+            if not isinstance(item, dict):
+                continue
+            kept.append(TestCase(name=str(item.get("name", "")), classname=str(item.get("classname", "")),
+                                 time=_seconds(str(item.get("time", 0))),
+                                 status=item["status"] if item.get("status") in ("passed", "failed", "skipped")
+                                 else "passed",
+                                 message=str(item.get("message", ""))[:MAX_TEST_TEXT],
+                                 text=str(item.get("text", ""))[:MAX_TEST_TEXT], file=str(item.get("file", ""))))
+        return kept
 
 
 def outcome_of(entry: Mapping[str, Any]) -> str:
@@ -5951,6 +6417,15 @@ class _Scheduler:
             index = heapq.heappop(self.ready)
             reason, blocks = self._skip_reason(index)
             if reason is None:
+                # an earlier run's result is taken over before the gates judge the step: a
+                # re-used step carries its log and test cases, a gated one would not
+                reused = self.engine.find_reuse(self.steps[index])
+                if reused is not None:
+                    self.engine.reuse_step(self.steps[index], self.recorder, *reused)
+                    self._done(index, PASSED)
+                    continue
+                reason = self._gate_reason(index)
+            if reason is None:
                 startable.append(index)
                 continue
             self.engine.skip_step(self.steps[index], self.recorder, reason)
@@ -5978,18 +6453,27 @@ class _Scheduler:
         if self.interrupted is not None:
             return f"run interrupted by {self.interrupted.args[0]}", True
         step = self.steps[index]
-        reason, blocks = status_gate(step, self.engine.graph, self.outcomes, self.failed,
-                                     self.engine.options.keep_going, self.engine.names)
-        if reason is not None:
-            return reason, blocks
+        return status_gate(step, self.engine.graph, self.outcomes, self.failed,
+                           self.engine.options.keep_going, self.engine.names)
+
+    def _gate_reason(self, index: int) -> str | None:
+        """What the run's gates (RunWiring.gates) say: why the step is skipped, or None."""
         for gate in self.engine.wiring.gates:
-            reason = gate(step, self.engine.options)
+            reason = gate(self.steps[index], self.engine.options)
             if reason:
-                return reason, False
-        return None, False
+                return reason
+        return None
+
+    def _entry(self, index: int) -> dict[str, Any]:
+        """A copy of the step's entry with what RunWiring.entry_fields add when it starts, worked
+        out here in the scheduler's thread, in step order: steps started together still start
+        in that order (the first to be ready first)."""
+        entry = dict(self.recorder.record["log"][index])
+        entry.update(self.engine._entry_fields(self.steps[index], "start"))
+        return entry
 
     def _run_inline(self, index: int) -> None:
-        entry = dict(self.recorder.record["log"][index])
+        entry = self._entry(index)
         try:
             entry = self.engine.run_step(self.steps[index], entry, self.recorder, self.guard,
                                          self.base_env, inline=True)
@@ -6004,7 +6488,7 @@ class _Scheduler:
 
         if self.events is None:
             self.events = queue.SimpleQueue()
-        entry = dict(self.recorder.record["log"][index])
+        entry = self._entry(index)
         thread = threading.Thread(target=self._thread_main, args=(index, entry),
                                   name=f"orchestrate-step-{index + 1}", daemon=True)
         self.running[index] = thread
@@ -6063,6 +6547,10 @@ def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunSt
                 store.prune(settings.keep_runs)
         except OrchestrateError as exc:  # the run is recorded; say why old ones stay
             sys.stderr.write(f"orchestrate: warning: could not prune old runs: {exc}\n")
+    try:
+        StepIndex(store).record_run(record)
+    except (OrchestrateError, OSError) as exc:  # the index is rebuilt from the records when needed
+        sys.stderr.write(f"orchestrate: warning: could not update {store.runs_dir / INDEX_DIR}: {exc}\n")
     return record, code
 
 
@@ -6162,6 +6650,235 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
         ET.SubElement(sub, "system-out").text = ""
         ET.SubElement(sub, "system-err").text = ""
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+# --- Test reports a step writes (`reports`), and the one JUnit parser ---------------------
+# Every JUnit file orchestrate reads (Cypress's, and whatever a step's `reports` globs match:
+# pytest --junitxml, jest-junit, go-junit-report, Maven Surefire) goes through parse_junit_xml:
+# a file is a step's output, so it may be hostile. expat is driven directly, so a DOCTYPE (and
+# with it every entity declaration: "billion laughs", external entities) is refused before
+# anything is expanded, and a file is read only up to MAX_REPORT_BYTES, never through a
+# symbolic link, and only when it is a regular file (a FIFO would hang the run).
+
+MAX_REPORT_BYTES = 64 * 1024 * 1024
+MAX_REPORT_FILES = 1000  # per step and attempt: beyond it the step says so
+MAX_STEP_TESTCASES = 50_000  # cases one step keeps for the report (and its .tests.json)
+MAX_TEST_TEXT = 16 * 1024  # a failure's text kept per case; the tool's own file has it all
+REPORT_FAILED_NAMES_MAX = CYPRESS_FAILED_NAMES_MAX
+_TEST_FILE_SUFFIXES = (".py", ".java", ".kt", ".scala", ".groovy", ".js", ".ts", ".rb", ".cs", ".go")
+_TEST_FILE_PREFIXES = ("", "src/test/java/", "src/test/kotlin/", "src/test/scala/", "test/", "tests/")
+
+
+class ReportError(ValueError):
+    """A test report that cannot be used; the message says why (the caller names the file)."""
+
+
+def parse_junit_xml(data: bytes) -> Any:
+    """The element tree of a JUnit XML document, hardened: no DTD or entity declaration is
+    accepted (ReportError), nor a document over MAX_REPORT_BYTES; ReportError when it is not
+    well-formed. Only the five predefined entities and character references are expanded."""
+    import xml.etree.ElementTree as ET
+    from xml.parsers import expat
+
+    if len(data) > MAX_REPORT_BYTES:
+        raise ReportError(f"it is {len(data) / 1e6:.0f} MB; a report may be at most "
+                          f"{MAX_REPORT_BYTES // (1024 * 1024)} MiB")
+    builder = ET.TreeBuilder()
+    parser = expat.ParserCreate()
+    parser.buffer_text = True
+
+    def refuse(*_: Any) -> None:
+        raise ReportError("it declares a DOCTYPE; JUnit reports have none, and its entities could "
+                          "expand without bound")
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse  # type: ignore[assignment]
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    try:
+        parser.Parse(data, True)
+        return builder.close()
+    except expat.ExpatError as exc:
+        raise ReportError(f"not well-formed XML: {exc}") from None
+    except (ValueError, LookupError, AssertionError) as exc:  # ValueError covers ReportError
+        if isinstance(exc, ReportError):
+            raise
+        raise ReportError(f"not a JUnit report ({type(exc).__name__}: {exc})") from None
+
+
+def read_report_file(path: Path) -> bytes:
+    """A report's bytes: a regular file, not followed through a symbolic link, at most
+    MAX_REPORT_BYTES (ReportError otherwise; OSError when it cannot be opened)."""
+    import errno
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ReportError("it is a symbolic link; orchestrate reads reports only as files") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportError("it is not a regular file")
+        if info.st_size > MAX_REPORT_BYTES:
+            raise ReportError(f"it is {info.st_size / 1e6:.0f} MB; a report may be at most "
+                              f"{MAX_REPORT_BYTES // (1024 * 1024)} MiB")
+        chunks, size = [], 0
+        while size <= MAX_REPORT_BYTES:
+            chunk = os.read(fd, READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _root_relative(path: Path | str, root: Path) -> str:
+    """`path` relative to the project root, POSIX-style, when it is inside it; else as given."""
+    text = os.path.normpath(os.path.join(root, path))
+    base = os.path.abspath(root)
+    if _inside(text, base):
+        return os.path.relpath(text, base).replace(os.sep, "/")
+    return str(path).replace(os.sep, "/")
+
+
+def case_file_of(classname: str, root: Path, given: str = "") -> str:
+    """The file a JUnit test case belongs to, relative to the root: its `file` attribute (or
+    its suite's), else found from a dotted classname (pytest's `tests.test_calc`, Surefire's
+    `com.acme.CalcTest` under src/test/java/), else ""."""
+    if given:
+        return _root_relative(given.replace("\\", "/"), root)
+    parts = [p for p in classname.replace("::", ".").split(".") if p]
+    if not parts or len(parts) > 32 or any("/" in p for p in parts):
+        return ""
+    for count in range(len(parts), 0, -1):
+        base = "/".join(parts[:count])
+        for prefix in _TEST_FILE_PREFIXES:
+            for suffix in _TEST_FILE_SUFFIXES:
+                candidate = f"{prefix}{base}{suffix}"
+                if (root / candidate).is_file():
+                    return candidate
+    return ""
+
+
+def junit_test_cases(document: Any, root: Path) -> list[TestCase]:
+    """Every <testcase> of a JUnit document (nested suites too), in document order. A case
+    with <failure> or <error> failed, one with <skipped> was skipped; `file` comes from the
+    case, its suite, or its classname (case_file_of)."""
+    cases: list[TestCase] = []
+    files: dict[str, str] = {}  # classname -> file: looked up once per class
+    stack: list[tuple[Any, str]] = [(document, document.get("file", "") if document.tag == "testsuite" else "")]
+    while stack:
+        element, suite_file = stack.pop()
+        children = list(element)
+        for child in reversed(children):
+            if child.tag == "testsuite":
+                stack.append((child, child.get("file") or suite_file))
+        if element.tag == "testsuites":
+            continue
+        for case in element.findall("testcase"):
+            problem = case.find("failure")
+            if problem is None:
+                problem = case.find("error")
+            skipped = case.find("skipped")
+            if problem is not None:
+                status, message, text = "failed", problem.get("message", ""), problem.text or ""
+            elif skipped is not None:
+                status, message, text = "skipped", skipped.get("message", ""), ""
+            else:
+                status, message, text = "passed", "", ""
+            classname = case.get("classname", "")
+            given = case.get("file") or suite_file
+            key = f"{classname}\0{given}"
+            if key not in files:
+                files[key] = case_file_of(classname, root, given)
+            cases.append(TestCase(name=case.get("name", ""), classname=classname, time=_seconds(case.get("time")),
+                                  status=status, message=message, text=text[:MAX_TEST_TEXT], file=files[key]))
+    return cases
+
+
+def case_display_name(case: TestCase) -> str:
+    """`file › test` (or `classname › test`): how the record and messages name a reported test."""
+    return " › ".join(part for part in (case.file or case.classname, case.name) if part)
+
+
+def report_snapshot(step: Step, root: Path, runs_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """The files a step's `reports` globs match now, with what identifies their version:
+    a file that is the same afterwards is from before the step and is not read."""
+    return {path: (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+            for path, info in match_files(root, step.reports, runs_dir)}
+
+
+def read_step_reports(step: Step, root: Path, runs_dir: Path, before: Mapping[str, tuple[int, int, int]],
+                      masker: Masker) -> tuple[list[TestCase], list[str], list[str]]:
+    """The test cases of the reports the step (re)wrote since `before`, masked; the files
+    read; and one problem line per report that could not be used (none found included)."""
+    found = [(path, info) for path, info in match_files(root, step.reports, runs_dir)
+             if before.get(path) != (info.st_mtime_ns, info.st_ctime_ns, info.st_size)]
+    problems: list[str] = []
+    if not found:
+        shown = ", ".join(repr(p) for p in step.reports)
+        return [], [], [f"reports: no file matching {shown} was written by the step"]
+    if len(found) > MAX_REPORT_FILES:
+        problems.append(f"reports: {len(found)} files match; the first {MAX_REPORT_FILES} were read")
+        found = found[:MAX_REPORT_FILES]
+    cases: list[TestCase] = []
+    for path, _info in found:
+        try:
+            cases += junit_test_cases(parse_junit_xml(read_report_file(root / path)), root)
+        except (ReportError, OSError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.append(f"reports: {masker.mask_readable(path)} is not a usable JUnit report ({why})")
+    if len(cases) > MAX_STEP_TESTCASES:
+        problems.append(f"reports: {len(cases)} test cases; the first {MAX_STEP_TESTCASES} are kept")
+        cases = cases[:MAX_STEP_TESTCASES]
+    masked = [TestCase(name=masker.mask_readable(c.name), classname=masker.mask_readable(c.classname),
+                       time=c.time, status=c.status, message=masker.mask_readable(c.message),
+                       text=masker.mask_readable(c.text), file=masker.mask_readable(c.file)) for c in cases]
+    return masked, [path for path, _ in found], problems
+
+
+def failed_test_details(failed: Iterable[TestCase]) -> list[dict[str, str]]:
+    """The record's `failed_test_details`: each failed test's name (as in failed_tests), its
+    file relative to the root and the first line of its message, for annotations on the file."""
+    return [{"name": case_display_name(case), "file": case.file,
+             "message": _shorten((case.message or case.text or "failed").strip().split("\n", 1)[0], 300)}
+            for case in list(failed)[:REPORT_FAILED_NAMES_MAX]]
+
+
+def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list[str]) -> StepResult:
+    """A step's result with its reports read in: the counts and failed names in the record,
+    the cases for the JUnit report; a step whose tool passed fails when a report records a
+    failed test or could not be read."""
+    failed = [c for c in cases if c.status == "failed"]
+    extra = dict(result.extra)
+    extra.update(tests=extra.get("tests", 0) + len(cases), failures=extra.get("failures", 0) + len(failed),
+                 failed_tests=[*(extra.get("failed_tests") or []),
+                               *(case_display_name(c) for c in failed)][:REPORT_FAILED_NAMES_MAX],
+                 failed_test_details=[*(extra.get("failed_test_details") or []),
+                                      *failed_test_details(failed)][:REPORT_FAILED_NAMES_MAX])
+    parts = []
+    if failed:
+        names = ", ".join(case_display_name(c) for c in failed[:3])
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        parts.append(f"{len(failed)} of {len(cases)} tests failed: {names}{more}")
+    parts += problems
+    status, message = result.status, result.message
+    if parts:
+        if status == "passed":
+            status, message = "failed", "; ".join(parts)
+        else:
+            message = "; ".join(filter(None, [message, *parts]))
+    elif status == "passed" and not message:
+        message = f"{plural(len(cases), 'test')} passed"
+    return StepResult(status=status, message=message, exit_code=result.exit_code, extra=extra,
+                      testcases=[*result.testcases, *cases][:MAX_STEP_TESTCASES])
 
 
 _STD_STREAM_PATH_RE = re.compile(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
@@ -6504,6 +7221,11 @@ class Console(RunSink):
         if not self.quiet:
             self.write(self.style(f"{self._number(step)} {step.name} ({step.type}): skipped — "
                                   f"{self.step_text(str(entry.get('message', '')))}", "skipped"))
+
+    def step_reused(self, step: Step, entry: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.write(self.style(f"{self._number(step)} {step.name} ({step.type}): passed — "
+                                  f"{self.step_text(str(entry.get('message', '')))}", "passed"))
 
     def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
         with self.lock:
@@ -7618,18 +8340,33 @@ def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, st
 
 # --- Git state and CI detection --------------------------------------------------------------
 
-def git_info(root: Path) -> dict[str, Any]:
-    """{"commit", "branch", "dirty"} of the checkout at `root` in one `git status` call;
-    {} outside a repository (orchestrate runs fine without git)."""
+def git_info(root: Path, runs_dir: Path | None = None) -> dict[str, Any]:
+    """{"commit", "branch", "dirty", "changed"} of the checkout at `root` in one `git status`
+    call: dirty counts untracked files (not ignored ones) too, and "changed" lists the files
+    that differ from the commit (modified, staged, deleted, untracked), relative to the
+    repository's top level (`root` is "prefix" below it), the run records under `runs_dir`
+    left out; {} outside a repository (orchestrate runs fine without git)."""
     try:
         out = run_git(["status", "--porcelain=v2", "--branch", "-z",
-                       "--untracked-files=no"], root, check=False)
+                       "--untracked-files=all"], root, check=False)
     except GitError:
         return {}
+    # where root is below the top level: the first folder up with .git, as git finds it
+    # (no second git call: a hook pays for every process)
+    absolute = root.absolute()
+    top = next((folder for folder in (absolute, *absolute.parents) if (folder / ".git").exists()), absolute)
+    prefix = "" if top == absolute else absolute.relative_to(top).as_posix() + "/"
     commit = branch = None
-    dirty = False
     seen_header = False
-    for item in out.split("\0"):
+    changed: list[str] = []
+    items = out.split("\0")
+    runs_prefix = ""
+    if runs_dir is not None:
+        runs_prefix = _display_path(runs_dir, root).rstrip("/") + "/"
+    index = 0
+    while index < len(items):
+        item = items[index]
+        index += 1
         if item.startswith("# branch.oid "):
             seen_header = True
             oid = item[len("# branch.oid "):]
@@ -7638,10 +8375,19 @@ def git_info(root: Path) -> dict[str, Any]:
             head = item[len("# branch.head "):]
             branch = None if head == "(detached)" else head
         elif item and not item.startswith("#"):
-            dirty = True
+            # "1 XY sub mH mI mW hH hI path", "2 ... Xscore path" + orig path, "u ... path", "? path"
+            fields = {"1": 8, "2": 9, "u": 10, "?": 1}.get(item[0])
+            if fields is None:
+                continue
+            path = item.split(" ", fields)[-1]
+            if item[0] == "2":
+                index += 1  # the rename's original path
+            if not (runs_prefix and path.startswith(prefix + runs_prefix)):
+                changed.append(path)
     if not seen_header:
         return {}
-    return {"commit": commit, "branch": branch, "dirty": dirty}
+    return {"commit": commit, "branch": branch, "dirty": bool(changed), "changed": sorted(set(changed)),
+            "prefix": prefix}
 
 
 def read_github_event(env: Mapping[str, str]) -> dict[str, Any]:
@@ -7790,8 +8536,12 @@ def gha_mask_lines(values: Iterable[str]) -> list[str]:
     return lines
 
 
-def gha_error(title: str, message: str) -> str:
-    return f"::error title={gha_escape_property(title)}::{gha_escape_data(message)}"
+GHA_TEST_ANNOTATIONS = 10  # per step: GitHub shows at most 10 error annotations of a step
+
+
+def gha_error(title: str, message: str, file: str | None = None) -> str:
+    where = f"file={gha_escape_property(file)}," if file else ""
+    return f"::error {where}title={gha_escape_property(title)}::{gha_escape_data(message)}"
 
 
 def gha_warning(title: str, message: str) -> str:
@@ -7886,7 +8636,12 @@ class GitHubCIOutput(PlainCIOutput):
         message = str(entry.get("message") or "step failed")
         if entry.get("allowed_failure"):
             return [gha_warning(f"{step.name} failed (continue_on_error)", message)]
-        return [gha_error(f"{step.name} failed", message)]
+        # one annotation on the file of each failed test a report names (GitHub shows ten per step)
+        tests = [gha_error(f"{step.name}: {detail['name']}", str(detail.get("message") or "failed"),
+                           file=str(detail["file"]))
+                 for detail in (entry.get("failed_test_details") or [])[:GHA_TEST_ANNOTATIONS]
+                 if isinstance(detail, dict) and detail.get("file") and detail.get("name")]
+        return [*tests, gha_error(f"{step.name} failed", message)]
 
 
 class GitLabCIOutput(PlainCIOutput):
@@ -8577,7 +9332,7 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
     env = os.environ if env is None else env
     root = paths.root
     event = read_github_event(env) if env.get("GITHUB_ACTIONS") == "true" else {}
-    state = GitState(git=git_info(root), ci=detect_ci(env, event))
+    state = GitState(git=git_info(root, paths.runs_dir), ci=detect_ci(env, event))
     options.git = state
     human = sys.stderr if options.json_output else sys.stdout
     if options.git_hook == "pre-push":
@@ -8676,6 +9431,315 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
         trigger["shard"] = "%d/%d" % options.shard
     return trigger
 
+
+
+
+# --- Inputs: up to date (`sources`) and resume ----------------------------------------------
+#
+# What a step's result depended on, recorded with every step so a later run can tell whether
+# running it again could change anything: its definition (definition_sha256: its keys and the
+# workflow's env, secrets masked), the ${NAME} values it used (values_sha256: an HMAC keyed by
+# runs/.hash-key, so a short secret cannot be recovered from the record by trying values),
+# and its files (tree_sha256): the content of what its `sources` globs match, or, without
+# `sources`, the commit and every file that differs from it (untracked ones too). File
+# contents are hashed once and then known by size, mtime, ctime and inode (runs/.index/
+# hashes.json), as git's index knows them; a file changed within the last second is read
+# again, since a second write in the same clock tick would leave its times as they were.
+
+HASH_CACHE_FILE = "hashes.json"
+# in the whole-tree state (a step without `sources`), a changed file bigger than this counts by
+# its size, mtime and inode, not its content: every run records the tree, and reading an
+# untracked 1 GB file at the start of each push is not what a hook may cost
+TREE_CONTENT_LIMIT = 8 * 1024 * 1024
+RACY_WINDOW_NS = 1_000_000_000
+MAX_HASH_CACHE_ENTRIES = 200_000
+
+
+class FileHashes:
+    """sha256 of files' content, cached by (size, mtime_ns, ctime_ns, inode)."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.runs_dir = runs_dir
+        self.path = runs_dir / INDEX_DIR / HASH_CACHE_FILE
+        self.entries: dict[str, list[Any]] | None = None
+        self.changed = False
+        self.files_read = 0  # files whose content was read (tests and bench/ count them)
+        self.lock = _thread.RLock()  # steps compute their inputs in parallel threads
+
+    def _load(self) -> dict[str, list[Any]]:
+        if self.entries is None:
+            try:
+                data = json.loads(self.path.read_bytes())
+                files = data.get("files") if isinstance(data, dict) and data.get("version") == 1 else None
+            except (OSError, ValueError):
+                files = None  # missing or torn: a cache, rebuilt as files are read
+            self.entries = files if isinstance(files, dict) else {}
+        return self.entries
+
+    def digest(self, path: Path | str, info: os.stat_result) -> str:
+        """A file's fingerprint from its lstat `info`: a link is its target's name, a FIFO,
+        socket or device only its kind (never opened), a regular file its content's sha256."""
+        import stat
+
+        if info.st_mode & 0o170000 != 0o100000:  # not S_ISREG (tested inline: 10,000 calls a run)
+            if stat.S_ISLNK(info.st_mode):
+                try:
+                    return "link:" + hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
+                except OSError:
+                    return "link:?"
+            return f"special:{stat.S_IFMT(info.st_mode):o}"
+        key = os.fspath(path)
+        entries = self.entries if self.entries is not None else self._load()
+        known = entries.get(key)  # a dict read: atomic under the GIL, no lock needed
+        if (known is not None and len(known) == 5 and known[0] == info.st_size and known[1] == info.st_mtime_ns
+                and known[2] == info.st_ctime_ns and known[3] == info.st_ino):
+            return str(known[4])
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return "unreadable"
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                return f"special:{stat.S_IFMT(opened.st_mode):o}"
+            content = hashlib.sha256()
+            while chunk := os.read(fd, READ_CHUNK):
+                content.update(chunk)
+        except OSError:
+            return "unreadable"
+        finally:
+            os.close(fd)
+        digest = content.hexdigest()
+        with self.lock:
+            self.files_read += 1
+            if max(opened.st_mtime_ns, opened.st_ctime_ns) < time.time_ns() - RACY_WINDOW_NS:
+                self._load()[key] = [opened.st_size, opened.st_mtime_ns, opened.st_ctime_ns, opened.st_ino, digest]
+                self.changed = True
+        return digest
+
+    def save(self) -> None:
+        with self.lock:
+            if not self.changed or self.entries is None:
+                return
+            entries = self.entries
+            if len(entries) > MAX_HASH_CACHE_ENTRIES:  # the oldest first out (insertion order)
+                entries = dict(list(entries.items())[-MAX_HASH_CACHE_ENTRIES:])
+            make_runs_dirs(self.path.parent, self.runs_dir)
+            write_atomic(self.path, json.dumps({"version": 1, "files": entries}, separators=(",", ":"),
+                                               ensure_ascii=False).encode("utf-8", "surrogateescape"))
+            self.changed = False
+
+
+def project_hash_key(runs_dir: Path) -> bytes:
+    """The key of values_sha256: 32 random bytes in runs/.hash-key (0600), made on first use;
+    beside the index, not in it, so a removed index does not make every recorded value new."""
+    folder = runs_dir
+    path = folder / ".hash-key"
+    for _ in range(3):
+        try:
+            with open(path, "rb") as handle:
+                key = handle.read(64)
+            if len(key) == 32:
+                return key
+            _unlink_quietly(path)  # torn by a killed writer: made anew
+        except FileNotFoundError:
+            pass
+        tmp = folder / f".hash-key.{os.getpid()}.{_thread.get_native_id()}.tmp"
+        _unlink_quietly(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, os.urandom(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # exclusive: two runs starting at once end up with one key
+        except FileExistsError:
+            pass
+        finally:
+            _unlink_quietly(tmp)
+    raise StoreError(f"cannot read {path}: remove it and run again")
+
+
+def values_sha256(step: Step, key: bytes) -> str:
+    import hmac
+
+    return hmac.new(key, json.dumps(step.variables, sort_keys=True, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"), "sha256").hexdigest()
+
+
+def sources_sha256(step: Step, root: Path, runs_dir: Path, hashes: FileHashes) -> str:
+    """The names and contents of the files the step's `sources` globs match."""
+    with hashes.lock:
+        hashes._load()
+    lines = [f"{relative}\0{hashes.digest(path, info)}\n"
+             for relative, path, info in _matching_files(root, step.sources, runs_dir)]
+    return hashlib.sha256(("sources\n" + "".join(lines)).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def tree_sha256(git: Mapping[str, Any], root: Path, hashes: FileHashes) -> str | None:
+    """The commit and the content of every file that differs from it (git_info's "changed"):
+    the whole working tree, without reading the files git knows are unchanged. None outside
+    a repository."""
+    if not git or "changed" not in git:
+        return None
+    prefix = str(git.get("prefix") or "")
+    top = Path(os.path.normpath(root / ("../" * prefix.count("/")))) if prefix else root
+    digest = hashlib.sha256(f"tree\n{git.get('commit')}\n".encode())
+    for relative in git["changed"]:
+        path = top / relative
+        try:
+            info = os.lstat(path)
+            state = (f"large:{info.st_size}:{info.st_mtime_ns}:{info.st_ino}" if info.st_size > TREE_CONTENT_LIMIT
+                     else hashes.digest(path, info))
+        except OSError:
+            state = "absent"
+        digest.update(f"{relative}\0{state}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+class StepInputs(RunSink):
+    """The inputs of each step of one run, for its entry (values_sha256, tree_sha256 and, with
+    `sources`, inputs_sha256), and the up-to-date gate: a step with `sources` whose inputs are
+    those of its last pass is skipped (not with --force). A RunSink only to save the hash
+    cache once the run has ended."""
+
+    def __init__(self, workflow: Workflow, root: Path, store: RunStore, git: Mapping[str, Any] | None) -> None:
+        self.workflow = workflow
+        self.root = root
+        self.store = store
+        self.git = git or {}
+        self._key: bytes | None = None  # read when the first step starts (runs/ exists then)
+        self.hashes = FileHashes(store.runs_dir)
+        self.index = StepIndex(store)
+        self.lock = _thread.RLock()
+        self.computed: dict[int, dict[str, Any]] = {}
+        self.up_to_date: dict[int, str] = {}
+        self._tree: tuple[str | None] | None = None
+
+    def tree(self) -> str | None:
+        with self.lock:
+            if self._tree is None:
+                self._tree = (tree_sha256(self.git, self.root, self.hashes),)
+            return self._tree[0]
+
+    def of(self, step: Step) -> dict[str, Any]:
+        """{"definition_sha256", "values_sha256", "tree_sha256"[, "inputs_sha256"]}: computed
+        once per run and step (when it is first judged or starts)."""
+        with self.lock:
+            if step.index in self.computed:
+                return self.computed[step.index]
+        with self.lock:
+            if self._key is None:
+                self._key = project_hash_key(self.store.runs_dir)
+        fields: dict[str, Any] = {"definition_sha256": step.definition_sha256,
+                                  "values_sha256": values_sha256(step, self._key)}
+        if step.sources:
+            fields["tree_sha256"] = sources_sha256(step, self.root, self.store.runs_dir, self.hashes)
+            fields["inputs_sha256"] = _canonical_hash([fields["definition_sha256"], fields["values_sha256"],
+                                                       fields["tree_sha256"]])
+        else:
+            fields["tree_sha256"] = self.tree()
+        with self.lock:
+            return self.computed.setdefault(step.index, fields)
+
+    def gate(self, step: Step, options: RunOptions) -> str | None:
+        """A step gate (RunWiring.gates): `up to date (inputs unchanged since run <id>)`."""
+        if not step.sources or options.force:
+            return None
+        inputs = self.of(step)["inputs_sha256"]
+        last = self.index.last_pass(self.workflow.name, step.name)
+        if last is None or last["inputs_sha256"] != inputs:
+            return None
+        with self.lock:
+            self.up_to_date[step.index] = last["passed_in"]
+        return f"up to date (inputs unchanged since run {last['passed_in']})"
+
+    def entry_fields(self, step: Step, event: str) -> dict[str, Any]:
+        """What the step's entry records (RunWiring.entry_fields): its inputs when it starts or
+        is re-used, and when skipped only what was worked out already (an up-to-date skip)."""
+        if event == "skip" and step.index not in self.computed:
+            return {}
+        fields = dict(self.of(step))
+        if event == "skip" and step.index in self.up_to_date:
+            fields["up_to_date_since"] = self.up_to_date[step.index]
+        return fields
+
+    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
+        try:
+            self.hashes.save()
+        except (OSError, OrchestrateError) as exc:
+            sys.stderr.write(f"orchestrate: warning: cannot save {self.hashes.path}: {exc}\n")
+
+
+def resume_point(record: Mapping[str, Any], workflow: Workflow | None = None) -> str:
+    """The step a resume of `record` starts from: its first failed step (an allowed failure
+    does not count). UsageError (exit 2) for a run that did not fail, one that failed before
+    any step did, or a workflow that no longer has that step."""
+    run_id, status, name = record.get("run_id"), record.get("status"), record.get("workflow")
+    if status in ("running", "pending"):
+        raise UsageError(f"run {run_id} is still {status}: resume it once it has ended")
+    if status != "failed":
+        raise UsageError(f"run {run_id} did not fail (status {status}): nothing to resume; "
+                         f"start a new run with: orchestrate run {name}")
+    failed = next((e.get("step") for e in record.get("log", [])
+                   if e.get("status") == "failed" and not e.get("allowed_failure")), None)
+    if not isinstance(failed, str):
+        why = f" ({record['message']})" if record.get("message") else ""
+        raise UsageError(f"run {run_id} failed before any step did{why}: nothing to resume; "
+                         f"start a new run with: orchestrate run {name}")
+    if workflow is not None and failed not in {step.name for step in workflow.steps}:
+        raise UsageError(f"{workflow.display_path} has no step {failed!r} any more, the step that failed in "
+                         f"run {run_id}: the workflow changed too much to resume it; start a new run with: "
+                         f"orchestrate run {name}")
+    return failed
+
+
+class ResumePlan:
+    """`resume RUN`: the steps of RUN above its first failed step that passed are re-used
+    (RunWiring.reuse) when their definition, values and files are those they passed with;
+    otherwise they run again and their entry says why (rerun_reason)."""
+
+    def __init__(self, record: Mapping[str, Any], inputs: StepInputs) -> None:
+        self.record = record
+        self.run_id = str(record["run_id"])
+        self.inputs = inputs
+        self.first_failed = resume_point(record)
+        log = [e for e in record.get("log", []) if isinstance(e.get("step"), str)]
+        names = [e["step"] for e in log]
+        self.earlier = {e["step"]: e for e in log[: names.index(self.first_failed)]}
+        self.reasons: dict[str, str] = {self.first_failed: f"failed in run {self.run_id}"}
+
+    def _why_not(self, step: Step, earlier: Mapping[str, Any]) -> str | None:
+        current = self.inputs.of(step)
+        since = f"since run {self.run_id}"
+        if "values_sha256" not in earlier:
+            return f"run {self.run_id} did not record its inputs"
+        # values first: a variable's value is also in the (interpolated) definition
+        if earlier.get("values_sha256") != current["values_sha256"]:
+            return f"the variables it uses changed {since}"
+        if earlier.get("definition_sha256") != current["definition_sha256"]:
+            return f"its definition changed {since}"
+        if current["tree_sha256"] is None:
+            return "not in a git repository: orchestrate cannot tell whether its files changed"
+        if earlier.get("tree_sha256") != current["tree_sha256"]:
+            return (f"its sources changed {since}" if step.sources else
+                    f"the commit or the working tree changed {since}")
+        return None
+
+    def reuse(self, step: Step, options: RunOptions) -> tuple[str, dict[str, Any]] | None:
+        """(the run, its entry) whose result the step takes over, or None: it runs."""
+        earlier = self.earlier.get(step.name)
+        if earlier is None or earlier.get("status") != "passed":
+            return None
+        why = "--force" if options.force else self._why_not(step, earlier)
+        if why is not None:
+            self.reasons[step.name] = why
+            return None
+        return self.run_id, dict(earlier)
+
+    def entry_fields(self, step: Step, event: str) -> dict[str, Any]:
+        return {"rerun_reason": self.reasons[step.name]} if event == "start" and step.name in self.reasons else {}
 
 
 
@@ -9234,11 +10298,9 @@ def api_record(store: RunStore, run_id: str) -> dict[str, Any]:
         raise ApiError(500, str(exc)) from None
 
 
-def api_start(state: ServerState, name: str, raw: bytes,
-              parse_request: Callable[[Any], Any]) -> dict[str, str]:
-    """POST /start?name=NAME: check everything a run would, queue it, answer its id.
-    `parse_request` turns the JSON body into the request model (vars, only, skip)."""
-    name = api_workflow_name(name)
+def api_start_request(raw: bytes, parse_request: Callable[[Any], Any]) -> Any:
+    """The checked body of POST /start and POST /runs/{run_id}/resume: JSON, the request
+    model (`parse_request`: vars, only, skip), text an argv and an environment can carry."""
     request = parse_request(_parse_start_body(raw))
     try:
         for key, value in request.vars.items():
@@ -9250,35 +10312,75 @@ def api_start(state: ServerState, name: str, raw: bytes,
             _check_text(step_name, "step name")
     except UsageError as exc:
         raise ApiError(422, str(exc)) from None
-    known = dict(list_workflows(state.workflows_dir))
-    if name not in known:
-        raise ApiError(404, f"unknown workflow '{name}'{did_you_mean(name, known)}")
+    return request
+
+
+def _load_checked(state: ServerState, name: str, request: Any, record: Mapping[str, Any] | None = None) -> Workflow:
+    """The workflow a request runs, checked as `run` (and, for a resume, `resume`) checks it."""
     try:
         variables = {**os.environ, **request.vars}  # what the run interpolates with
         workflow = load_workflow(name, state.workflows_dir, variables, load_settings(state.root), state.root)
         check_http_variables(workflow, request.vars)
-        select_steps(workflow, RunOptions(only=request.only, skip=request.skip))  # as `run` checks them
+        if record is not None:
+            resume_point(record, workflow)
+        select_steps(workflow, RunOptions(only=request.only, skip=request.skip))
     except OrchestrateError as exc:
         raise ApiError(422, str(exc)) from None
+    return workflow
+
+
+def api_start(state: ServerState, name: str, raw: bytes,
+              parse_request: Callable[[Any], Any]) -> dict[str, str]:
+    """POST /start?name=NAME: check everything a run would, queue it, answer its id."""
+    name = api_workflow_name(name)
+    request = api_start_request(raw, parse_request)
+    known = dict(list_workflows(state.workflows_dir))
+    if name not in known:
+        raise ApiError(404, f"unknown workflow '{name}'{did_you_mean(name, known)}")
+    workflow = _load_checked(state, name, request)
+    return _queue_run(state, name, workflow, request, ["run", name])
+
+
+def api_resume(state: ServerState, run_id: str, raw: bytes,
+               parse_request: Callable[[Any], Any]) -> dict[str, str]:
+    """POST /runs/{run_id}/resume: what `orchestrate resume` checks (the run exists, failed,
+    its failed step is still in its workflow) with /start's checks of the body; then queued as
+    `orchestrate resume RUN_ID`. 404 unknown run, 409 a run that did not fail, 422 the rest."""
+    record = api_record(state.store, run_id)
+    request = api_start_request(raw, parse_request)
+    try:
+        resume_point(record)
+    except UsageError as exc:
+        raise ApiError(409, str(exc)) from None
+    name = str(record.get("workflow"))
+    workflow = _load_checked(state, name, request, record)
+    return _queue_run(state, name, workflow, request, ["resume", run_id], resumed_from=run_id)
+
+
+def _queue_run(state: ServerState, name: str, workflow: Workflow, request: Any, command: list[str],
+               resumed_from: str | None = None) -> dict[str, str]:
+    """Queue `orchestrate <command>` for a checked request: a pending record, then the child."""
     dispatcher = state.dispatcher
     if not dispatcher.reserve():
         raise ApiError(429, f"{dispatcher.max_queued} runs already wait; try again when some have started")
     try:
-        run_id = _queue_record(state.store, name, workflow, request)
+        run_id = _queue_record(state.store, name, workflow, request, resumed_from)
     except BaseException:
         dispatcher.release()
         raise
     argv = [*dispatcher.child_argv, "--root", str(state.root), "--workflows-dir", str(state.workflows_dir),
-            "--runs-dir", str(state.runs_dir), "run", name, f"--run-id={run_id}", "--quiet", "--vars-stdin"]
+            "--runs-dir", str(state.runs_dir), *command, f"--run-id={run_id}", "--quiet", "--vars-stdin"]
     # --opt=value, so a value starting with '-' is never read as an option
     argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
     dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
     return {"run_id": run_id}
 
 
-def _queue_record(store: RunStore, name: str, workflow: Workflow, request: Any) -> str:
+def _queue_record(store: RunStore, name: str, workflow: Workflow, request: Any,
+                  resumed_from: str | None = None) -> str:
     run_id = new_run_id()
     store.create({
+        **({"resumed_from": resumed_from} if resumed_from else {}),
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": name, "status": "pending",
         "current": None, "running": [], "started_at": None, "finished_at": None, "pid": None, "message": "",
         "workflow_sha256": workflow.sha256, "options": {"only": request.only, "skip": request.skip},
@@ -9504,6 +10606,18 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
                 handle.close()
 
         return StreamingResponse(follow(), media_type="text/plain; charset=utf-8")
+
+    async def resume(request: Any, run_id: str) -> dict:
+        """Resume failed run RUN_ID as a new run (`orchestrate resume`): body as for /start."""
+        raw = await request.body()
+        return await asyncio.to_thread(api_resume, state, run_id, raw, parse_request)
+
+    resume.__annotations__["request"] = Request
+    api.post("/runs/{run_id}/resume", status_code=202, tags=["runs"],
+             responses={409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+                        422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+             openapi_extra={"requestBody": {"required": False, "content": {
+                 "application/json": {"schema": start_body_schema}}}})(resume)
 
     register_dashboard(app, api, store, root, workflows_dir, token is not None)
     app.include_router(api)
@@ -10030,6 +11144,8 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     workflow = load_workflow(name, paths.workflows_dir, interpolation_values(options), settings, paths.root)
     if options.vars_from_http:  # the server checked them; a run checks what it is given itself
         check_http_variables(workflow, options.variables)
+    if options.resume_of is not None:
+        resume_point(options.resume_of, workflow)  # before anything is written
     for warning in workflow.warnings:
         _err(f"orchestrate: warning: {warning}")
     store = RunStore(paths.runs_dir)
@@ -10043,7 +11159,7 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
         checkout, paths, settings, workflow = enter_pushed_checkout(paths, workflow, settings, options, human)
     try:
         trigger = build_trigger(paths.root, options)
-        wiring = run_wiring(workflow, settings, options, human)
+        wiring = run_wiring(workflow, settings, options, human, paths)
         if options.html_report is not None:
             wiring.sinks.append(HtmlReportSink(options.html_report, store))
         record, code = execute_run(workflow, settings, paths.root, store, options, wiring, trigger)
@@ -10059,14 +11175,44 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     return code
 
 
-def run_wiring(workflow: Workflow, settings: Settings, options: RunOptions, human: Any) -> RunWiring:
+def cmd_resume(paths: Paths, run_ref: str, options: RunOptions) -> int:
+    """`orchestrate resume RUN`: a new run of RUN's workflow that starts again from RUN's first
+    failed step; the steps above it that passed are re-used when nothing they depend on
+    changed (ResumePlan). --only, --skip, --keep-going and --shard default to RUN's."""
+    store = RunStore(paths.runs_dir)
+    record = store.load(resolve_run_ref(store, run_ref))
+    resume_point(record)
+    stored: dict[str, Any] = record["options"] if isinstance(record.get("options"), dict) else {}
+    if not options.only and not options.skip:
+        options.only = [s for s in stored.get("only") or [] if isinstance(s, str)]
+        options.skip = [s for s in stored.get("skip") or [] if isinstance(s, str)]
+    options.keep_going = options.keep_going or stored.get("keep_going") is True
+    if options.shard is None and isinstance(stored.get("shard"), str):
+        options.shard = parse_shard(stored["shard"])
+    options.resume_of = record
+    return run_workflow_command(paths, str(record.get("workflow")), options)
+
+
+def run_wiring(workflow: Workflow, settings: Settings, options: RunOptions, human: Any,
+               paths: Paths | None = None) -> RunWiring:
     """Everything a run consults and who hears of it, in one place (see RunWiring)."""
     jobs = options.jobs or default_jobs(settings)
     output = options.output or ("grouped" if jobs > 1 and StepGraph(workflow.steps).parallel else "live")
     console = Console(quiet=options.quiet, stream=human, debug=options.debug, ci=detect_ci_output(),
                       output=output)
-    return RunWiring(gates=[git_gate], env_hooks=[git_step_environment],
-                     sinks=[console, GitHubStepSummary()])
+    wiring = RunWiring(gates=[git_gate], env_hooks=[git_step_environment],
+                       sinks=[console, GitHubStepSummary()])
+    if paths is not None:  # what each step's inputs are, `sources` steps up to date, resume
+        state = options.git if isinstance(options.git, GitState) else None
+        inputs = StepInputs(workflow, paths.root, RunStore(paths.runs_dir), state.git if state else None)
+        wiring.gates.append(inputs.gate)
+        wiring.entry_fields.append(inputs.entry_fields)
+        wiring.sinks.append(inputs)
+        if options.resume_of is not None:
+            plan = ResumePlan(options.resume_of, inputs)
+            wiring.reuse.append(plan.reuse)
+            wiring.entry_fields.append(plan.entry_fields)
+    return wiring
 
 
 def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
@@ -10193,7 +11339,8 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
                      run_id: str | None = None, jobs: str | int | None = None,
                      output: str | None = None, vars_stdin: bool = False,
-                     isolated: bool = False, html_report: Path | str | None = None) -> RunOptions:
+                     isolated: bool = False, html_report: Path | str | None = None,
+                     force: bool = False) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
@@ -10213,7 +11360,8 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
         jobs=parse_jobs(jobs) if jobs is not None else None, output=output,
         vars_from_http=vars_stdin, isolated=isolated,
         # checked before the run: a report path it could never write is a usage error
-        html_report=check_report_target(Path(html_report), "--html-report") if html_report is not None else None)
+        html_report=check_report_target(Path(html_report), "--html-report") if html_report is not None else None,
+        force=force)
 
 
 def parse_jobs(value: str | int) -> int:
@@ -10597,6 +11745,8 @@ def build_app() -> Any:
         isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
                                       "being checked (the pushed one, else HEAD), not the working tree."),
         html_report: Path = typer.Option(None, "--html-report", help="Also write the run's HTML report here (a failed or interrupted run too)."),
+        force: bool = typer.Option(False, "--force", envvar="ORCHESTRATE_FORCE",
+                                   help="Run every step, even those up to date (their `sources` unchanged)."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
@@ -10604,8 +11754,48 @@ def build_app() -> Any:
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
             to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
-            isolated=isolated, html_report=html_report)
+            isolated=isolated, html_report=html_report, force=force)
         return run_workflow_command(_paths(ctx), name, options)
+
+
+    @app.command()
+    @_boundary
+    def resume(
+        ctx: typer.Context,
+        run_ref: str = typer.Argument(..., metavar="RUN", help="The failed run: its id, a unique start or end of one, or 'latest'."),
+        only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable; default: as RUN did)."),
+        skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable; default: as RUN did)."),
+        keep_going: bool = typer.Option(False, "--keep-going", help="Run every step even after a failure; still exit 1."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failing output and the summary."),
+        json_output: bool = typer.Option(False, "--json", help="Print the final run record as JSON on stdout."),
+        debug: bool = typer.Option(False, "--debug", help="Echo each command orchestrate runs."),
+        var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable)."),
+        junit_xml: Path = typer.Option(None, "--junit-xml", help="Also write the JUnit report here."),
+        shard: str = typer.Option(None, "--shard", envvar="ORCHESTRATE_SHARD", help="I/N: run shard I of N of each Cypress suite (default: as RUN did)."),
+        git_hook: str = typer.Option(None, "--git-hook", help="Hook mode (pre-push): read git's ref lines from stdin."),
+        push_remote: str = typer.Option(None, "--push-remote", help="Remote name git passes to pre-push."),
+        push_url: str = typer.Option(None, "--push-url", help="Remote URL git passes to pre-push."),
+        from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
+        to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
+        run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
+        jobs: str = typer.Option(None, "--jobs", "-j", help="Steps at once (as on run)."),
+        output: str = typer.Option(None, "--output", help="live, grouped or prefixed (as on run)."),
+        vars_stdin: bool = typer.Option(False, "--vars-stdin", hidden=True,
+                                        help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
+        isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
+                                      "being checked (as on run)."),
+        force: bool = typer.Option(False, "--force", envvar="ORCHESTRATE_FORCE",
+                                   help="Run every step again: re-use none, skip none as up to date."),
+        html_report: Path = typer.Option(None, "--html-report", help="Also write the run's HTML report here (as on run)."),
+    ) -> int:
+        """Re-run failed RUN from its first failed step, as a new run; steps above it that passed are re-used while nothing they depend on changed."""
+        options = make_run_options(
+            only=only, skip=skip, keep_going=keep_going, quiet=quiet,
+            json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
+            git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
+            to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
+            isolated=isolated, force=force, html_report=html_report)
+        return cmd_resume(_paths(ctx), run_ref, options)
 
 
     @app.command()
@@ -10773,13 +11963,14 @@ def __getattr__(name: str) -> Any:
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
 _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
                    "--json": "json_output", "--debug": "debug", "--vars-stdin": "vars_stdin",
-                   "--isolated": "isolated"}
+                   "--isolated": "isolated", "--force": "force"}
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",
                     "--run-id": "run_id", "--jobs": "jobs", "-j": "jobs", "--output": "output",
                     "--html-report": "html_report"}
 _FAST_REPEATABLE = ("only", "skip", "var")
+_FORCE_VALUES = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
 
 def hoist_global_options(args: Sequence[str]) -> list[str]:
@@ -10868,6 +12059,10 @@ def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None
         global_values["root"] = env["ORCHESTRATE_ROOT"]
     if "shard" not in run_values and env.get("ORCHESTRATE_SHARD"):
         run_values["shard"] = env["ORCHESTRATE_SHARD"]
+    if "force" not in run_values and env.get("ORCHESTRATE_FORCE"):
+        if env["ORCHESTRATE_FORCE"].strip().lower() not in _FORCE_VALUES:
+            return None  # Typer reports the value it cannot read as a boolean
+        run_values["force"] = _truthy(env["ORCHESTRATE_FORCE"])
     return (global_values.get("root"), global_values.get("workflows_dir"), global_values.get("runs_dir"),
             name, run_values)
 

@@ -33,6 +33,10 @@ drift on a noisy machine hits both alike:
 6. report       `run ten --html-report FILE` vs `run ten` (10 steps that print a line):
                 the cost of the HTML report is the difference of the medians; also the
                 report alone, written 50 times in one process from the same record.
+7. inputs       (issue 17) hashing a step's `sources`: 10,000 files of 100 MB in all, the
+                first time (every file read) vs the second (size and mtime known: nothing
+                read), against a walk that only lists and stats them; and the index lookup
+                of a step's last pass with 10 and with 10,000 earlier runs.
 
 It prints one table, writes bench/results.json (or --json-out) with every figure, the
 targets of issue 7 and pass/fail for each, and exits 0 even when a target fails: the
@@ -73,7 +77,7 @@ MB = 1000 * 1000
 MiB = 1024 * 1024
 LINE = "x" * 79  # `yes LINE` prints 80-byte lines: text a test suite might print
 RUN_ID_RE = re.compile(r"^(\d{8}T\d{6})(\d{3})Z-([0-9a-f]+)$")  # 20261127T154000123Z-1a2b3c
-SECTIONS = ("fixed", "hook", "steps", "parallel", "stream", "history", "globs", "report")
+SECTIONS = ("fixed", "hook", "steps", "parallel", "stream", "history", "globs", "report", "inputs")
 # The release the per-step cost of a chain is compared with (issue 16: the parallel engine must
 # not make the sequential case slower). Its orchestrate.py is taken from git.
 BASELINE_REF = "v0.1.0"
@@ -93,9 +97,11 @@ class Mode:
     install_precommit: bool
     timeout: float  # seconds, for one measured command
     reps_history: int = 11
+    input_files: tuple[int, int] = (10_000, 100 * MB)  # files hashed as a step's sources, their total size
 
 
-QUICK = Mode("quick", 5, 3, 3, (1, 10, 100), 0.2, 100, (10 * MB,), (10, 1000), False, 60, reps_history=3)
+QUICK = Mode("quick", 5, 3, 3, (1, 10, 100), 0.2, 100, (10 * MB,), (10, 1000), False, 60, reps_history=3,
+             input_files=(1000, 10 * MB))
 NORMAL = Mode("normal", 15, 21, 5, (1, 10, 100, 1000), 0.5, 1000, (10 * MB, 200 * MB), (10, 10000), True, 300)
 FULL = Mode(
     "full", 21, 31, 7, (1, 10, 100, 1000), 0.5, 1000, (10 * MB, 200 * MB, 1000 * MB), (10, 10000), True, 600
@@ -840,6 +846,125 @@ class Bench:
             r.rows.append(Row(f"globs: --dry-run with {shown} vs a plain one", a.cell(), b.cell(),
                               f"{a.median_ms / b.median_ms:.2f}×", "< 0.5 s", verdict))
         r.figures["glob_dry_run"] = dry
+
+
+    # --- 6. inputs ---
+
+    def inputs(self) -> None:
+        m, r = self.mode, self.results
+        files, size = m.input_files
+        runs_small, runs_big = m.history_sizes
+        out = check_output([self.python, "-c", INPUTS_SCRIPT, str(self.work / "inputs"), str(files), str(size),
+                            str(runs_small), str(runs_big), str(m.reps_fixed)], self.work, self.env, m.timeout * 4)
+        data = json.loads(out)
+        hashing = data["hashing"]
+        second = hashing["second"]["min_ms"]
+        net = hashing["second_hashing"]["min_ms"]
+        verdict = r.target("inputs_second_hash", "inputs_hashing", net, "<=", 50.0, "ms",
+                           f"hashing {files:,} source files ({_size(size)}) the second time ≤ 50 ms")
+        hashing["second_vs_walk"] = _round(_ratio(second, hashing["walk"]["min_ms"]))
+        hashing["second_vs_first"] = _round(_ratio(second, hashing["first"]["min_ms"]))
+        r.rows.append(Row(f"inputs: hashing {files:,} files ({_size(size)}) the second time",
+                          f"{_ms(net)} min", "", "", "≤ 50 ms", verdict))
+        r.rows.append(Row("inputs: the second time with the walk vs the walk (list + stat)",
+                          f"{_ms(second)} min", f"{_ms(hashing['walk']['min_ms'])} min", _x(hashing["second_vs_walk"])))
+        r.rows.append(Row("inputs: the first time (every file read) vs the walk", f"{_ms(hashing['first']['min_ms'])} min",
+                          f"{_ms(hashing['walk']['min_ms'])} min",
+                          _x(_ratio(hashing["first"]["min_ms"], hashing["walk"]["min_ms"]))))
+        r.figures["inputs_hashing"] = hashing
+        index = data["index"]
+        ratio = _ratio(index["big"]["min_ms"], index["small"]["min_ms"])
+        index["ratio"] = _round(ratio)
+        verdict = r.target("index_lookup", "index_lookup", ratio, "<=", 2.0, "x",
+                           f"the last pass of a step with {runs_big:,} runs ≤ 2× with {runs_small}")
+        r.rows.append(Row(f"inputs: a step's last pass, {runs_big:,} vs {runs_small} runs",
+                          f"{_ms(index['big']['min_ms'])} min", f"{_ms(index['small']['min_ms'])} min",
+                          _x(ratio), "≤ 2×", verdict))
+        r.figures["index_lookup"] = index
+
+
+# Run by the orchestrate interpreter (issue 17): times hashing a step's sources the first and
+# the second time against a stat-only walk, and the index lookup of a step's last pass with few
+# and with many runs; prints JSON. Minimums of interleaved rounds: noise only ever adds time.
+INPUTS_SCRIPT = r"""
+import json, os, statistics, sys, time
+from pathlib import Path
+import orchestrate
+
+work, files, size, small, big, reps = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+reps = max(3, reps)
+
+def stats(samples):
+    return {"min_ms": round(min(samples), 3), "median_ms": round(statistics.median(samples), 3),
+            "max_ms": round(max(samples), 3), "runs": len(samples)}
+
+# hashing: files of equal size under src/, 100 to a folder
+root = work / "tree"
+chunk = os.urandom(size // files)
+for k in range(files):
+    path = root / "src" / f"d{k // 100}" / f"f{k}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(chunk)
+time.sleep(1.1)  # older than the one-second window in which a file is always read again
+step = orchestrate.Step(index=0, name="s", type="command", config={}, raw={}, sources=["src/**/*.py"])
+runs = work / "runs"
+runs.mkdir(parents=True, exist_ok=True)
+first, second, walk, hashing_only = [], [], [], []
+for i in range(reps):
+    (runs / ".index" / "hashes.json").unlink(missing_ok=True)
+    hashes = orchestrate.FileHashes(runs)
+    t = time.perf_counter(); expected = orchestrate.sources_sha256(step, root, runs, hashes); first.append((time.perf_counter() - t) * 1000)
+    hashes.save()
+    again = orchestrate.FileHashes(runs)
+    t = time.perf_counter(); digest = orchestrate.sources_sha256(step, root, runs, again); second.append((time.perf_counter() - t) * 1000)
+    assert digest == expected and again.files_read == 0, again.files_read
+    t = time.perf_counter(); listed = orchestrate._matching_files(root, step.sources, runs); walk.append((time.perf_counter() - t) * 1000)
+    assert len(listed) == files
+    # the hashing alone, the second time: the cache read from disk and every file's lookup
+    fresh = orchestrate.FileHashes(runs)
+    t = time.perf_counter()
+    fresh._load()
+    for _relative, path, info in listed:
+        fresh.digest(path, info)
+    hashing_only.append((time.perf_counter() - t) * 1000)
+    assert fresh.files_read == 0
+hashing = {"files": files, "bytes": size, "first": stats(first), "second": stats(second), "walk": stats(walk),
+           "second_hashing": stats(hashing_only),
+           "estimator": "minimum over rounds; second = a fresh process's cache read from runs/.index/hashes.json; "
+                        "second_hashing = the same without listing and stat-ing the files (walk)"}
+
+# the index: N small finished records of one workflow, the step passed in the oldest one only
+def make_runs(folder, count):
+    store = orchestrate.RunStore(folder)
+    store.ensure_dir()
+    base = time.time() - count - 10
+    for n in range(count):
+        run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(base + n)) + f"000Z-{n:06x}"
+        entry = {"step": "s", "type": "command", "status": "passed" if n == 0 else "skipped", "message": "",
+                 "log_file": f"runs/{run_id}/01-s.log", "definition_sha256": "d" * 64}
+        if n == 0:
+            entry["inputs_sha256"] = "i" * 64
+        else:
+            entry.update(inputs_sha256="i" * 64, up_to_date_since="first")
+        record = {"schema_version": orchestrate.SCHEMA_VERSION, "run_id": run_id, "workflow": "w",
+                  "status": "completed", "current": None, "running": [], "started_at": None, "finished_at": None,
+                  "pid": None, "trigger": {}, "log": [entry]}
+        (folder / f"{run_id}.json").write_bytes(orchestrate._dump_record(record))  # not timed: no fsync
+    orchestrate.StepIndex(store).rebuild()
+    return store
+
+stores = {"small": make_runs(work / "runs-small", small), "big": make_runs(work / "runs-big", big)}
+times = {"small": [], "big": []}
+for i in range(reps * 4):
+    for name in (("small", "big") if i % 2 else ("big", "small")):
+        index = orchestrate.StepIndex(stores[name])
+        t = time.perf_counter()
+        found = index.last_pass("w", "s")
+        times[name].append((time.perf_counter() - t) * 1000)
+        assert found is not None and not index.rebuilt
+index = {name: {**stats(samples), "runs": len(stores[name].list_ids())} for name, samples in times.items()}
+print(json.dumps({"hashing": hashing, "index": index}))
+"""
 
 
 # Run by the orchestrate interpreter: times path_matches (when.changed's matcher) over

@@ -6,7 +6,7 @@ tests copy this script into a temporary project as node_modules/.bin/cypress. It
 accepts what orchestrate passes:
 
     cypress run --project DIR --spec a.cy.js,b.cy.js --reporter junit
-        --reporter-options mochaFile=DIR/results-[hash].xml
+        --reporter-options mochaFile=DIR/results-[hash].xml,includePending=true
         [--browser B] [--headed] [--env k=v,...] [--config k=v,...]
 
 and, for each spec in turn, does what comment lines in the spec file itself say:
@@ -23,8 +23,9 @@ and, for each spec in turn, does what comment lines in the spec file itself say:
 
 It writes one JUnit file per spec in mocha-junit-reporter's layout as Cypress produces
 it (<testsuites name="Mocha Tests">, a first "Root Suite" testsuite carrying the spec's
-file, then one testsuite per describe, testcase name = "<suite> <test>", classname =
-"<test>"), with [hash] replaced by the MD5 of the content, prints progress like Cypress,
+file as an absolute path, then one testsuite per describe, testcase name = "<suite>
+<test>", classname = "<test>"; pending tests only with includePending=true in the reporter
+options, as <skipped/>), with [hash] replaced by the MD5 of the content, prints progress like Cypress,
 and exits with its number of failed tests modulo 256, as Cypress does. When
 FAKE_CYPRESS_CALLS names a file, each call appends its argv, cwd and environment there
 as one JSON line.
@@ -62,12 +63,13 @@ def parse_args(argv: list[str]) -> dict:
     return options
 
 
+def reporter_options(options: dict) -> dict:
+    pairs = (pair.partition("=") for pair in options.get("reporter-options", "").split(","))
+    return {key: value for key, _, value in pairs if key}
+
+
 def reporter_file(options: dict) -> str:
-    for pair in options.get("reporter-options", "").split(","):
-        key, _, value = pair.partition("=")
-        if key == "mochaFile":
-            return value
-    return "test-results.xml"
+    return reporter_options(options).get("mochaFile", "test-results.xml")
 
 
 def read_directives(path: Path) -> dict:
@@ -89,11 +91,16 @@ def read_directives(path: Path) -> dict:
     return plan
 
 
-def junit_xml(spec: str, plan: dict) -> tuple[str, int]:
+def junit_xml(spec: str, plan: dict, include_pending: bool = False) -> tuple[str, int]:
+    """`spec` goes into the Root Suite's `file` as given: the caller passes the absolute path,
+    as the real reporter writes it. Pending tests appear (as <skipped/>) only with the
+    reporter option includePending=true, as in mocha-junit-reporter 2.x."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     suite = plan["suite"]
     cases = []
     for kind in ("pass", "fail", "skip"):
+        if kind == "skip" and not include_pending:
+            continue
         for number in range(1, plan[kind] + 1):
             title = {"pass": "passes", "fail": "fails", "skip": "is pending"}[kind] + f" {number}"
             cases.append((kind, title))
@@ -151,7 +158,8 @@ def main(argv: list[str]) -> int:
                   f"    > {spec}\n  Error: Webpack Compilation Error", file=sys.stderr)
             return 1
         time.sleep(plan["sleep"])
-        xml, failures = junit_xml(spec, plan)
+        include_pending = reporter_options(options).get("includePending") == "true"
+        xml, failures = junit_xml(str(path.resolve()), plan, include_pending)
         failed_total += failures
         digest = hashlib.md5(xml.encode("utf-8")).hexdigest()
         target = Path(mocha_file.replace("[hash]", digest))

@@ -32,6 +32,8 @@ FIGURES = {
     "glob_matching",
     "glob_dry_run",
     "html_report",
+    "inputs_hashing",
+    "index_lookup",
 }
 # --quick installs nothing; the release tag is missing from a clone without tags
 MAY_SKIP = {"fixed_run_vs_precommit", "chain_vs_release"}
@@ -50,6 +52,8 @@ TARGETS = {
     "dry_run_braces16",
     "dry_run_braces12",
     "html_report_cost",
+    "inputs_second_hash",
+    "index_lookup",
 }
 
 
@@ -121,6 +125,11 @@ def test_derived_figures_are_there(results: dict) -> None:
     assert globs["patterns_10x"]["patterns"] == 10 * globs["base"]["patterns"]
     for name in ("braces16", "braces12"):
         assert results["figures"]["glob_dry_run"][name]["orchestrate"]["runs"] >= 3
+    hashing = results["figures"]["inputs_hashing"]
+    assert hashing["files"] == 1000 and hashing["second_hashing"]["runs"] >= 3
+    assert hashing["second_hashing"]["min_ms"] > 0 and hashing["first"]["min_ms"] > 0
+    index = results["figures"]["index_lookup"]
+    assert (index["small"]["runs"], index["big"]["runs"]) == (10, 1000)
 
 
 def test_targets_are_listed_with_a_verdict(results: dict) -> None:

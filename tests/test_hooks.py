@@ -841,10 +841,23 @@ def commit(work, path, text, msg="c"):
 
 def test_git_info(repo):
     info = orchestrate.git_info(repo)
-    assert info == {"commit": git(repo, "rev-parse", "HEAD"), "branch": "main", "dirty": False}
+    assert info == {"commit": git(repo, "rev-parse", "HEAD"), "branch": "main", "dirty": False,
+                    "changed": [], "prefix": ""}
+    # issue 17: untracked files count (they change what the checks see); ignored ones and the
+    # run records do not
+    (repo / ".gitignore").write_text("*.log\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-qm", "ignore logs")
+    (repo / "x.log").write_text("x")
+    (repo / "runs").mkdir()
+    (repo / "runs" / "r.json").write_text("{}")
+    assert orchestrate.git_info(repo, repo / "runs")["dirty"] is False
     (repo / "new.txt").write_text("x")
-    assert orchestrate.git_info(repo)["dirty"] is False  # untracked files do not count
+    assert orchestrate.git_info(repo, repo / "runs")["changed"] == ["new.txt"]
+    assert orchestrate.git_info(repo)["dirty"] is True
+    (repo / "new.txt").unlink()
     (repo / "README.md").write_text("changed\n")
+    assert orchestrate.git_info(repo, repo / "runs")["changed"] == ["README.md"]
     assert orchestrate.git_info(repo)["dirty"] is True
     git(repo, "checkout", "-q", "--detach")
     assert orchestrate.git_info(repo)["branch"] is None

@@ -277,7 +277,7 @@ def test_exact_argv_cwd_and_environment_at_the_process_seam(
     assert call["argv"] == [
         f"{web}/node_modules/.bin/cypress", "run", "--project", str(web),
         "--spec", "cypress/e2e/a.cy.jsx,cypress/e2e/b.cy.js",
-        "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml",
+        "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml,includePending=true",
         "--browser", "chrome", "--headed", "--config", "video=false,viewportWidth=1280"]
     assert call["cwd"] == web
     assert call["env"]["API_URL"] == "http://x"  # a step's env is in its environment too
@@ -299,7 +299,7 @@ def test_exact_argv_and_environment_with_pytest_subprocess(project: Project, fp:
     def write_reports(process: Any) -> None:
         seen["kwargs"] = process.kwargs
         argv = process.args
-        mocha_file = argv[argv.index("--reporter-options") + 1].split("=", 1)[1]
+        mocha_file = argv[argv.index("--reporter-options") + 1].split(",")[0].split("=", 1)[1]
         target = Path(mocha_file.replace("[hash]", "fake1"))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(
@@ -320,7 +320,7 @@ def test_exact_argv_and_environment_with_pytest_subprocess(project: Project, fp:
     [call] = [c for c in fp.calls if c[0] == binary]
     report = project.runs / run_id_holder["id"] / "cypress" / "01-ui-smoke"
     assert list(call) == [binary, "run", "--project", str(web), "--spec", "cypress/e2e/login.cy.js",
-                          "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml",
+                          "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml,includePending=true",
                           "--browser", "electron", "--config", "retries=1"]
     entry = cypress_entry(project)
     assert entry["tests"] == 2 and entry["failures"] == 1
@@ -352,7 +352,7 @@ def test_dry_run_shows_the_exact_command_line_with_secrets_masked(project: Proje
     assert result.exit_code == 0, result.stderr
     expected = (f"cd {web} && CYPRESS_API_TOKEN=*** {web}/node_modules/.bin/cypress run --project {web} "
                 "--spec cypress/e2e/a.cy.js,cypress/e2e/b.cy.js --reporter junit --reporter-options "
-                f"'mochaFile={project.runs}/dry-run/cypress/01-ui-smoke/results-[hash].xml' "
+                f"'mochaFile={project.runs}/dry-run/cypress/01-ui-smoke/results-[hash].xml,includePending=true' "
                 "--config '{\"retries\":{\"runMode\":2}}'")
     assert f"        {expected}\n" in result.stdout
     assert "s3cr3t" not in result.stdout + result.stderr
@@ -863,3 +863,57 @@ def test_secret_env_goes_to_cypress_as_environment_never_argv_and_its_files_are_
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in result.stdout + result.stderr
+
+
+# --- what the real mocha-junit-reporter writes (issue 17) ------------------------------------
+
+
+def test_pending_tests_are_counted_and_specs_are_project_relative(project: Project) -> None:
+    """mocha counted 9 tests, the record 8: without includePending=true the reporter leaves
+    pending tests out. Its `file` attributes are absolute: the record, the JUnit classname and
+    the durations must use the project-relative spec path, as the spec list does."""
+    make_cypress_project(project, {"a.cy.js": spec("pass 6", "fail 1", "skip 2")})
+    cypress_workflow(project)
+    result = project.cli("run", "ui")
+    assert result.exit_code == 1
+    entry = cypress_entry(project)
+    assert (entry["tests"], entry["failures"]) == (9, 1)
+    assert entry["failed_tests"] == ["cypress/e2e/a.cy.js › a › fails 1"]
+    assert entry["failed_test_details"] == [{
+        "name": "cypress/e2e/a.cy.js › a › fails 1", "file": "web/cypress/e2e/a.cy.js",
+        "message": "expected '<h1>' to have text 'Welcome', but the text was 'fails 1'"}]
+    assert list(entry["spec_durations"]) == entry["specs"] == ["cypress/e2e/a.cy.js"]
+    cases = junit_cypress_cases(project)
+    assert {c["classname"] for c in cases} == {"cypress/e2e/a.cy.js"}
+    assert sum(c["skipped"] for c in cases) == 2
+    saved = json.loads((project.root / entry["tests_file"]).read_text())
+    assert {c["file"] for c in saved["cases"]} == {"web/cypress/e2e/a.cy.js"}
+
+
+def test_a_report_file_holding_several_specs_attributes_each_suite_to_its_own(tmp_path: Path) -> None:
+    web = tmp_path / "web"
+    xml = f"""<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="Mocha Tests" time="3.0000" tests="3" failures="1">
+  <testsuite name="Root Suite" tests="0" file="{web}/cypress/e2e/a.cy.js" time="0.0000" failures="0"></testsuite>
+  <testsuite name="login" tests="2" time="1.0000" failures="1">
+    <testcase name="login works" time="0.5" classname="works"/>
+    <testcase name="login fails" time="0.5" classname="fails"><failure message="no">x</failure></testcase>
+  </testsuite>
+  <testsuite name="Root Suite" tests="0" file="{web}/cypress/e2e/b.cy.js" time="0.0000" failures="0"></testsuite>
+  <testsuite name="cart" tests="1" time="2.0000" failures="0">
+    <testcase name="cart adds" time="2.0" classname="adds"/>
+  </testsuite>
+</testsuites>
+"""
+    reports = orchestrate.parse_cypress_junit_specs(xml.encode(), project=web)
+    assert [(r.spec, r.time, [t.display_name for t in r.tests]) for r in reports] == [
+        ("cypress/e2e/a.cy.js", 1.0, ["cypress/e2e/a.cy.js › login › works", "cypress/e2e/a.cy.js › login › fails"]),
+        ("cypress/e2e/b.cy.js", 2.0, ["cypress/e2e/b.cy.js › cart › adds"])]
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    (folder / "results-1.xml").write_text(xml)
+    found, problems = orchestrate.read_cypress_reports(folder, web)
+    assert problems == [] and [r.spec for r in found] == ["cypress/e2e/a.cy.js", "cypress/e2e/b.cy.js"]
+    assert orchestrate.spec_durations_from_records(
+        [{"workflow": "w", "log": [{"step": "s", "spec_durations": {r.spec: r.time for r in found}}]}], "s") == {
+        "cypress/e2e/a.cy.js": 1.0, "cypress/e2e/b.cy.js": 2.0}

@@ -827,3 +827,45 @@ def test_the_endpoints_work_is_callable_without_a_server(tmp_path: Path) -> None
     with pytest.raises(orchestrate.ApiError) as name:
         orchestrate.api_runs(store, "../etc", None, 20)
     assert name.value.status == 400
+
+
+# --- POST /runs/{run_id}/resume (issue 17) -----------------------------------------------------
+
+
+def test_resume_a_failed_run_over_http(serve: Callable[..., Server], api_root: Path) -> None:
+    flag = api_root / "fixed"
+    (api_root / "workflows" / "flaky.json").write_text(json.dumps({"steps": [
+        {"name": "first", "type": "command", "run": "echo first"},
+        {"name": "second", "type": "command", "run": f"test -e {flag} && echo second ${{GREETING:-}}"},
+    ]}))
+    server = serve()
+    failed = server.start("flaky")
+    assert server.wait_done(failed)["status"] == "failed"
+    flag.write_text("")
+    response = server.client.post(f"/runs/{failed}/resume", json={"vars": {"GREETING": "again"}})
+    assert response.status_code == 202, response.text
+    run_id = response.json()["run_id"]
+    record = server.wait_done(run_id)
+    assert record["status"] == "completed" and record["resumed_from"] == failed
+    assert record["trigger"]["source"] == "http" and record["trigger"]["vars"] == ["GREETING"]
+    entries = {e["step"]: e for e in record["log"]}
+    # not a git repository: orchestrate cannot tell whether files changed, so `first` runs again
+    assert entries["first"]["rerun_reason"] == ("not in a git repository: orchestrate cannot tell whether "
+                                                "its files changed")
+    assert entries["second"]["rerun_reason"] == f"failed in run {failed}"
+    assert "second again" in server.client.get(f"/runs/{run_id}/logs/second").text
+    # what cannot be resumed, with the same one line as the CLI
+    again = server.client.post(f"/runs/{run_id}/resume")
+    assert again.status_code == 409
+    assert again.json()["detail"] == (f"run {run_id} did not fail (status completed): nothing to resume; "
+                                      "start a new run with: orchestrate run flaky")
+    assert server.client.post("/runs/20991231T000000000Z-abcdef/resume").status_code == 404
+    assert server.client.post("/runs/..%2Fx/resume").status_code in (400, 404)
+    bad = server.client.post(f"/runs/{failed}/resume", json={"vars": {"NOPE": "x"}})
+    assert bad.status_code == 422 and "does not use ${NOPE}" in bad.json()["detail"]
+    # the checks every route has: another origin, a body that is not JSON
+    foreign = server.client.post(f"/runs/{failed}/resume", headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    form = server.client.post(f"/runs/{failed}/resume", content=b"a=1",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 415

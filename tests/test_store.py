@@ -238,7 +238,7 @@ def test_a_version_1_record_is_migrated_on_read(tmp_path: Path) -> None:
           "pid": None, "trigger": {"source": "cli"}, "log": [{"step": "a", "status": "passed"}]}
     (runs / "20261127T154000000Z-aaaaab.json").write_text(json.dumps(v1))
     loaded = orchestrate.RunStore(runs).load("20261127T154000000Z-aaaaab")
-    assert loaded["schema_version"] == orchestrate.SCHEMA_VERSION == 2
+    assert loaded["schema_version"] == orchestrate.SCHEMA_VERSION == 3
     assert loaded["running"] == []
     assert loaded["log"] == v1["log"]
     # the file itself is left as it was

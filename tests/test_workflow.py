@@ -276,3 +276,20 @@ def test_globs_at_the_limit_still_work(project: Project) -> None:
     assert project.cli("validate", "w").exit_code == 0
     assert orchestrate.path_matches("pkg/stubs/mod.pyi", "*.{py,pyi}")
     assert orchestrate.branch_matches("release/2.x", "release/{1,2}.*")
+
+
+def test_definition_hash_covers_the_workflow_env_and_steps_keep_the_values_they_used(project: Project) -> None:
+    """Issue 17: A=1 and A=2 in the workflow's env hashed the same; the values a step used
+    stay in memory only (the record gets their keyed hash)."""
+    def load(env_value: str, extra: dict | None = None) -> orchestrate.Workflow:
+        project.workflow("w", [{"name": "a", "type": "command", "run": "echo ${WHO}"},
+                               {"name": "b", "type": "command", "run": "true"}],
+                         env={"A": env_value, "URL": "${BASE:-http://x}"})
+        return orchestrate.load_workflow("w", project.workflows, {"WHO": "me", **(extra or {})},
+                                         orchestrate.Settings(), project.root)
+    one, two = load("1"), load("2")
+    assert one.steps[0].definition_sha256 != two.steps[0].definition_sha256
+    assert one.steps[1].definition_sha256 != two.steps[1].definition_sha256
+    assert one.steps[0].variables == {"BASE": None, "WHO": "me"}
+    assert one.steps[1].variables == {"BASE": None}
+    assert load("1", {"BASE": "http://y"}).steps[1].variables == {"BASE": "http://y"}
