@@ -262,3 +262,44 @@ def test_an_unreadable_journal_makes_the_record_unreadable_not_stale(project: Pr
     assert result.exit_code == 3
     assert result.stderr.strip() == (f"orchestrate: error: {store.journal_path(run_id)}: unreadable: "
                                      "Is a directory")
+
+
+def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """fsync/fdatasync calls, each with the name of the file it synced."""
+    calls: dict[str, list[str]] = {"fsync": [], "fdatasync": []}
+    for name in calls:
+        real = getattr(os, name)
+
+        def counting(fd: int, _name: str = name, _real=real) -> None:
+            calls[_name].append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+            _real(fd)
+
+        monkeypatch.setattr(orchestrate.os, name, counting)
+    return calls
+
+
+def test_short_steps_are_not_synced_one_by_one(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: no fdatasync per step. A run of 1 step and one of 30 sync the same files: the
+    record when it is created, the JUnit report and the record at the end."""
+    project.workflow("one", [{"name": "s1", "type": "command", "run": ["true"]}])
+    project.workflow("many", [{"name": f"s{i}", "type": "command", "run": ["true"]} for i in range(30)])
+    counts = {}
+    for name in ("one", "many"):
+        calls = _count_syncs(monkeypatch)
+        assert project.cli("run", name, "--quiet").exit_code == 0
+        monkeypatch.undo()
+        assert calls["fdatasync"] == []
+        # temporary files: .<name>.<pid>.<thread>.tmp, moved into place once synced
+        counts[name] = ["junit" if "junit.xml" in n else "record" if ".json" in n else n for n in calls["fsync"]]
+    assert counts["one"] == counts["many"] == ["record", "junit", "record"]
+
+
+def test_a_step_that_ran_a_second_has_its_outcome_synced(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.workflow("w", [{"name": "slow", "type": "command", "run": ["sleep", "1.1"]},
+                           {"name": "quick", "type": "command", "run": ["true"]}])
+    calls = _count_syncs(monkeypatch)
+    monkeypatch.setattr(orchestrate, "SNAPSHOT_INTERVAL_S", 3600.0)  # no periodic snapshot in between
+    assert project.cli("run", "w", "--quiet").exit_code == 0
+    monkeypatch.undo()
+    journal = [n for n in calls["fdatasync"] if n.endswith(".journal")]
+    assert len(journal) == 1 and calls["fdatasync"] == journal  # the slow step's outcome, not the quick one's
