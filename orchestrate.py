@@ -20,23 +20,35 @@ Map of this module (``grep -n '^# ===' orchestrate.py``):
 
 from __future__ import annotations
 
+# Start-up is paid on every push (a git hook), so the module body stays cheap: no typing at
+# run time (annotations are strings; names only type checkers need are under TYPE_CHECKING),
+# no hashlib (it loads OpenSSL: sha256_hex), regexes compiled on first use (lazy_regex), and
+# subprocess, threading, shlex and xml imported by the functions that need them. Measured with
+# `python -X importtime -c 'import orchestrate'` and bench/run.py (issue 15).
 import _thread  # locks without importing threading (a run in one thread never needs it)
 import builtins  # RunStore.list shadows the built-in inside the class
 import functools
-import hashlib
 import json
 import os
 import re
-import shlex
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-if TYPE_CHECKING:  # imported for real only when the CLI app is built (see build_app)
-    import typer
+TYPE_CHECKING = False  # what typing.TYPE_CHECKING is at run time, without importing typing
+if TYPE_CHECKING:
+    from typing import Any, TypedDict
+
+    import typer  # imported for real only when the CLI app is built (see build_app)
+else:
+    class TypedDict(dict):
+        """Stands in for typing.TypedDict at run time: the record classes built on it only
+        document the records' shape for type checkers."""
+
+        def __init_subclass__(cls, total: bool = True, **kwargs: object) -> None:
+            super().__init_subclass__(**kwargs)
 
 __version__ = "0.2.0"
 
@@ -96,7 +108,62 @@ MAX_JOBS = 256  # steps at once: far beyond what one machine runs usefully
 # would make run records, logs and folders world-writable (anyone could forge a result).
 RUNS_FILE_MODE = 0o644
 RUNS_DIR_MODE = 0o755
-SECRET_KEY_RE = re.compile(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
+
+
+class _LazyRegex:
+    """A regex compiled on first use (see lazy_regex)."""
+
+    __slots__ = ("_compiled", "_flags", "_source")
+
+    def __init__(self, source: str | bytes, flags: int) -> None:
+        self._source, self._flags = source, flags
+        self._compiled: re.Pattern[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:  # match, search, sub, pattern, ...: the compiled regex's
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = re.compile(self._source, self._flags)
+        return getattr(compiled, name)
+
+    def __repr__(self) -> str:
+        return f"lazy_regex({self._source!r})"
+
+
+def lazy_regex(source: str, flags: int = 0) -> re.Pattern[str]:
+    """re.compile(source, flags) on first use: compiling this module's regexes when it was
+    imported cost about 2 ms of every start, and most runs use only a few of them."""
+    return _LazyRegex(source, flags)  # type: ignore[return-value]  # behaves as the Pattern it compiles
+
+
+_SHA256: Any = None
+
+
+def sha256_hex(data: bytes) -> str:
+    """hashlib.sha256(data).hexdigest() without importing hashlib, which loads OpenSSL (about
+    3 ms at every start): CPython's own implementation gives the same digest."""
+    global _SHA256
+    if _SHA256 is None:
+        try:
+            from _sha2 import sha256 as builtin_sha256  # type: ignore[import-not-found]  # Python 3.12+
+        except ImportError:
+            try:
+                from _sha256 import sha256 as builtin_sha256  # type: ignore[import-not-found,no-redef]
+            except ImportError:  # a build without it
+                from hashlib import sha256 as builtin_sha256  # type: ignore[assignment,no-redef]
+        _SHA256 = builtin_sha256
+    return str(_SHA256(data).hexdigest())
+
+
+def define_typing_names() -> None:
+    """Typer and FastAPI read this module's annotations (strings, PEP 563) against its globals,
+    where `Any` is not defined at import (typing costs 3 ms of every start): build_app and
+    create_app define it first, as does anyone calling typing.get_type_hints on this module."""
+    import typing
+
+    globals().setdefault("Any", typing.Any)
+
+
+SECRET_KEY_RE = lazy_regex(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
 MIN_SECRET_LEN = 4  # a shorter secret is a definition error: masking "abc" would garble every line
 
 # === 2. Errors ===
@@ -154,7 +221,7 @@ class _DataclassFields:
             else:
                 spec = dataclasses.field(default=default)
             spec.name = name
-            spec.type = cls.__annotations__.get(name, Any)
+            spec.type = cls.__annotations__.get(name, "Any")
             spec._field_type = dataclasses._FIELD  # type: ignore[attr-defined]  # what fields() keeps
             fields[name] = spec
         cls.__dataclass_fields__ = fields  # built once per class
@@ -173,6 +240,31 @@ def field(*, default_factory: Callable[[], Any]) -> Any:
     return _Factory(default_factory)
 
 
+def _record_init(cls: Any, names: Sequence[str], defaults: dict[str, Any], frozen: bool) -> Callable[..., None]:
+    """The generated __init__ of a record class: positional or keyword fields, defaults, factories."""
+    params, lines = [], []
+    assign = "__setattr(self, {0!r}, {1})" if frozen else "self.{0} = {1}"
+    for name in names:
+        if name in defaults:
+            if isinstance(defaults[name], _Factory):
+                params.append(f"{name}=__missing")
+                value = f"__defaults[{name!r}].factory() if {name} is __missing else {name}"
+            else:
+                params.append(f"{name}=__defaults[{name!r}]")
+                value = name
+        else:
+            params.append(name)
+            value = name
+        lines.append("    " + assign.format(name, value))
+    source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
+    namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
+                                 "__setattr": object.__setattr__}
+    exec(source, namespace)  # generated from the class's own field names
+    init: Callable[..., None] = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
+
+
 @dataclass_transform(field_specifiers=(field,))
 def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
     """The subset of @dataclasses.dataclass described above."""
@@ -181,30 +273,21 @@ def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
         names = [n for n, a in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063  (inspect is what this avoids importing)
                  if not str(a).startswith(("ClassVar", "typing.ClassVar"))]
         defaults: dict[str, Any] = {}
-        params, lines = [], []
-        assign = "__setattr(self, {0!r}, {1})" if frozen else "self.{0} = {1}"
         for name in names:
             if name in cls.__dict__:
-                default = cls.__dict__[name]
-                defaults[name] = default
-                if isinstance(default, _Factory):
+                defaults[name] = cls.__dict__[name]
+                if isinstance(defaults[name], _Factory):
                     delattr(cls, name)
-                    params.append(f"{name}=__missing")
-                    value = f"__defaults[{name!r}].factory() if {name} is __missing else {name}"
-                else:
-                    params.append(f"{name}=__defaults[{name!r}]")
-                    value = name
-            else:
-                params.append(name)
-                value = name
-            lines.append("    " + assign.format(name, value))
-        source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
-        namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
-                                     "__setattr": object.__setattr__}
-        exec(source, namespace)  # generated from the class's own field names
-        init = namespace["__init__"]
-        init.__qualname__ = f"{cls.__qualname__}.__init__"
-        cls.__init__ = init
+
+        def first_init(self: Any, *args: Any, **kwargs: Any) -> None:
+            # compiled when the first instance is made: exec() for all 26 classes at import
+            # cost about 3 ms of every start, and a run makes instances of a few of them
+            init = _record_init(cls, names, defaults, frozen)
+            cls.__init__ = init
+            init(self, *args, **kwargs)
+
+        first_init.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = first_init
         cls.__record_fields__ = tuple(names)
         cls.__record_defaults__ = defaults
         cls.__dataclass_fields__ = _DataclassFields()
@@ -389,10 +472,10 @@ PRE_PUSH_CHECKOUTS = ("working-tree", "pushed")
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "an object"}
 # \Z, not $: '$' also matches before a trailing newline, and "w\n" would become a file name
-_PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
-_STEP_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,49}\Z")
-_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-_VAR_EXPR_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+_PLAIN_NAME_RE = lazy_regex(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+_STEP_TYPE_RE = lazy_regex(r"^[a-z][a-z0-9_]{0,49}\Z")
+_VAR_NAME_RE = lazy_regex(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_VAR_EXPR_RE = lazy_regex(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
 def _describe_type(types: tuple[type, ...]) -> str:
@@ -703,7 +786,7 @@ def _check_document(document: Any) -> str | None:
     return None
 
 
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_SURROGATE_RE = lazy_regex("[\ud800-\udfff]")
 
 
 def _check_keys(obj: dict[str, Any], specs: dict[str, KeySpec], where: str,
@@ -830,7 +913,7 @@ def _entry_point_names() -> dict[str, Any]:
 
 def _canonical_hash(value: Any) -> str:
     data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+    return sha256_hex(data.encode("utf-8", "surrogatepass"))
 
 
 def load_workflow(name: str, workflows_dir: Path, variables: dict[str, str] | None = None,
@@ -847,7 +930,7 @@ def load_workflow(name: str, workflows_dir: Path, variables: dict[str, str] | No
             f"; known: {', '.join(known)}" if known else f"; {_display_path(workflows_dir, root)}/ has no workflows (try: orchestrate init)")
         raise UsageError(f"no workflow '{name}': {shown} does not exist{hint}")
     data = parse_json_file(path, shown)
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha256 = sha256_hex(path.read_bytes())
     return build_workflow(data, name, path, shown, variables if variables is not None else dict(os.environ),
                           settings, root, sha256)
 
@@ -1135,9 +1218,9 @@ class StreamMasker:
 
 # === 4. Run store ===
 
-RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
+RUN_ID_RE = lazy_regex(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
 _STATUS_PEEK_RE = rb'\n "status": "(pending|running|failed|completed)"'  # compiled on first use (prune)
-_LOOSE_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
+_LOOSE_RUN_ID_RE = lazy_regex(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
 
 
 def utc_now() -> str:
@@ -1722,8 +1805,8 @@ class RunRecorder:
 
 # === 5. Processes ===
 
-_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_ANSI_RE = lazy_regex(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL_RE = lazy_regex(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def readable_text(data: bytes) -> str:
@@ -1843,11 +1926,13 @@ class SignalGuard:
             pass
 
     def __enter__(self) -> SignalGuard:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+        # only the main thread may set handlers; elsewhere (a server thread) signal.signal raises
+        # ValueError and the guard just watches its pipe (asking threading costs 2 ms of start-up)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
                 self.previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:
+                break
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -2416,6 +2501,8 @@ class StepContext:
         if self.sink is None:
             raise RuntimeError("run_process outside a running step")
         if self.options.debug and self.debug_write is not None:
+            import shlex
+
             shown = argv if isinstance(argv, str) else shlex.join(argv)
             self.debug_write(f"+ {self.masker.mask(shown)}  (in {cwd or self.cwd})")
         result = run_process(argv, cwd=cwd or self.cwd, env=env if env is not None else self.env,
@@ -2676,6 +2763,8 @@ class PythonRunner(Runner):
                              f"{ctx.step.config['requirements']} ({state})")
         argv = [str(venv_python(venv).relative_to(ctx.root) if venv.is_relative_to(ctx.root) else venv_python(venv)),
                 ctx.step.config["script"], *ctx.step.config.get("args", [])]
+        import shlex
+
         lines.append(ctx.masker.mask(shlex.join(argv)))
         return lines
 
@@ -2691,7 +2780,7 @@ class PythonRunner(Runner):
         if not venv_python(venv).exists():
             return "broken"
         try:
-            digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+            digest = sha256_hex(requirements.read_bytes())
             recorded = (venv / _REQUIREMENTS_MARKER).read_text(errors="replace").split("\n", 1)[0].strip()
         except OSError:
             return "ready"
@@ -2762,7 +2851,7 @@ class PythonRunner(Runner):
                                       f"(exit code {result.exit_code}){kept}; see the step log")
             _relocate_venv(build, venv)
             (build / _REQUIREMENTS_MARKER).write_text(
-                hashlib.sha256(data).hexdigest() + "\n"
+                sha256_hex(data) + "\n"
                 "# orchestrate built this virtualenv from the requirements file with this sha256;\n"
                 "# it rebuilds (replaces) it when that file changes. Delete this file to keep it as is.\n")
             self._swap(ctx, build, venv)
@@ -2843,6 +2932,8 @@ class CommandRunner(Runner):
         return []
 
     def describe(self, ctx: StepContext) -> list[str]:
+        import shlex
+
         run = ctx.step.config["run"]
         return [ctx.masker.mask(run if isinstance(run, str) else shlex.join(run))]
 
@@ -3264,7 +3355,7 @@ def _shorten(text: str, limit: int) -> str:
 
 # --- Jira: pure helpers ------------------------------------------------------------
 
-JIRA_ISSUE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]+-[0-9]+")
+JIRA_ISSUE_KEY_RE = lazy_regex(r"[A-Z][A-Z0-9_]+-[0-9]+")
 # Keys inside free text (a branch name, a commit message); compiled on first use (re's cache)
 _JIRA_KEY_IN_TEXT = r"(?<![A-Za-z0-9])[A-Z][A-Z0-9_]+-[0-9]+(?![A-Za-z0-9])"
 _JIRA_PROJECT = r"[A-Z][A-Z0-9_]+"
@@ -3291,8 +3382,8 @@ JIRA_TRANSITION_KEYS = ("name", "to_status_category", "prefer", "fields")
 # _italic_, -strike-, +underline+, ^sup^, ~sub~, ??cite??, {macro}, [link], |table|,
 # !image!, # lists.  A backslash before one shows it as written.
 _JIRA_WIKI_SPECIAL = "*_-+^~?{}[]|!#"
-_JIRA_API_PATH_RE = re.compile(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3|latest)$")
-_ENV_REF_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+_JIRA_API_PATH_RE = lazy_regex(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3|latest)$")
+_ENV_REF_RE = lazy_regex(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
 @dataclass(frozen=True)
@@ -5040,6 +5131,8 @@ class CypressRunner(Runner):
         specs, _ = self._specs(ctx, project)
         share = self._share(ctx, specs)
         env_prefix = [f"{k}={v}" for k, v in cypress_env_variables(ctx.step.env).items()]
+        import shlex
+
         lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && "
                                  f"{shlex.join([*env_prefix, *self._argv(ctx, project, batch)])}")
                  for batch in (self._batches(ctx, project, share) or [["<no spec files>"]])]
@@ -5966,7 +6059,7 @@ def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunSt
 # The characters XML 1.0 forbids, listed directly. The same set written as the complement of the
 # allowed ranges ("[^\x09\x0a\x0d\x20-\ud7ff...\U0010ffff]") takes ~5 ms to compile, at every
 # start of every command (python -X importtime); this one ~0.5 ms, and substitutes faster too.
-_XML_ILLEGAL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_XML_ILLEGAL_RE = lazy_regex("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def xml_safe(text: str) -> str:
@@ -5986,11 +6079,63 @@ def _junit_timestamp(iso: str | None) -> str:
     return (iso or utc_now())[:19]
 
 
+class _XmlElement:
+    """An element of _SmallElementTree."""
+
+    __slots__ = ("attrib", "children", "tag", "text")
+
+    def __init__(self, tag: str, attrib: dict[str, str]) -> None:
+        self.tag, self.attrib, self.text = tag, attrib, ""
+        self.children: list[_XmlElement] = []
+
+
+def _xml_escape(text: str, attribute: bool = False) -> str:
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if attribute:
+        text = text.replace('"', "&quot;").replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#09;")
+    return text
+
+
+class _SmallElementTree:
+    """The part of xml.etree.ElementTree that build_junit_xml uses, writing the same bytes as
+    ET.tostring(root, encoding="utf-8"): importing ElementTree cost about 4 ms of every run
+    (a run writes its report whatever happens). tests/test_junit.py compares the two."""
+
+    @staticmethod
+    def Element(tag: str, **attrib: str) -> _XmlElement:  # ElementTree's names
+        return _XmlElement(tag, attrib)
+
+    @staticmethod
+    def SubElement(parent: _XmlElement, tag: str, **attrib: str) -> _XmlElement:
+        element = _XmlElement(tag, attrib)
+        parent.children.append(element)
+        return element
+
+    @staticmethod
+    def tostring(root: _XmlElement, encoding: str = "utf-8") -> bytes:
+        parts: list[str] = []
+
+        def write(element: _XmlElement) -> None:
+            parts.append("<" + element.tag)
+            for key, value in element.attrib.items():
+                parts.append(f' {key}="{_xml_escape(value, attribute=True)}"')
+            if element.text or element.children:
+                parts.append(">" + _xml_escape(element.text or ""))
+                for child in element.children:
+                    write(child)
+                parts.append(f"</{element.tag}>")
+            else:
+                parts.append(" />")
+
+        write(root)
+        return "".join(parts).encode(encoding, "xmlcharrefreplace")
+
+
 def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]] | None = None,
                     shard: tuple[int, int] | None = None) -> bytes:
     """One <testsuite> per run (a <testcase> per step), plus one per step that reported its own
     test cases; valid against both Jenkins xunit's junit-10.xsd and the Ant-style JUnit.xsd."""
-    import xml.etree.ElementTree as ET
+    ET: Any = _SmallElementTree  # the ElementTree calls below, unchanged
 
     testcases = testcases or {}
     hostname = xml_safe(_hostname() or "localhost") or "localhost"
@@ -6059,7 +6204,7 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
 
 
-_STD_STREAM_PATH_RE = re.compile(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
+_STD_STREAM_PATH_RE = lazy_regex(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
 
 
 def _write_fd(fd: int, data: bytes) -> None:
@@ -6485,8 +6630,8 @@ _GIT_ENV_KEEP_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
 
 # githooks(5): all-zero object names mean "no object": 40 hex digits for SHA-1 repositories,
 # 64 for SHA-256 ones.
-_ZERO_OID_RE = re.compile(r"\A(?:0{40}|0{64})\Z")
-_OID_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+_ZERO_OID_RE = lazy_regex(r"\A(?:0{40}|0{64})\Z")
+_OID_RE = lazy_regex(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 
 
 class GitError(OrchestrateError):
@@ -6534,6 +6679,7 @@ def run_git(args: Sequence[str], cwd: Path, *, check: bool = True,
     few variables (no GIT_DIR or other hook variable, so `cwd` decides the repository; no
     GIT_CONFIG_* or LD_*), and a hung git is ended after GIT_TIMEOUT.
     """
+    import shlex
     import subprocess
 
     child_env = git_call_environment(os.environ if env is None else env)
@@ -7037,7 +7183,7 @@ def gha_warning(title: str, message: str) -> str:
     return f"::warning title={gha_escape_property(title)}::{gha_escape_data(message)}"
 
 
-_GITLAB_SECTION_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+_GITLAB_SECTION_RE = lazy_regex(r"[^A-Za-z0-9_.-]+")
 
 
 def gitlab_section_name(index: int, step_name: str) -> str:
@@ -8467,6 +8613,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
     import contextlib
     import hmac
 
+    define_typing_names()
     from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from fastapi.security import HTTPBearer
@@ -8804,7 +8951,7 @@ class Paths:
     runs_dir: Path
 
 
-_MESSAGE_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_MESSAGE_CONTROL_RE = lazy_regex(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _err(text: str) -> None:
@@ -9002,7 +9149,7 @@ def parse_jobs(value: str | int) -> int:
     return int(text)
 
 
-_RUN_ID_PREFIX_RE = re.compile(r"\A[0-9A-Za-z][0-9A-Za-z-]{0,63}\Z")
+_RUN_ID_PREFIX_RE = lazy_regex(r"\A[0-9A-Za-z][0-9A-Za-z-]{0,63}\Z")
 
 
 def resolve_run_ref(store: RunStore, ref: str) -> str:
@@ -9064,6 +9211,8 @@ def build_app() -> Any:
     """The Typer application: every command, its options and its --help text."""
     global typer  # the commands' annotations (typer.Context) are resolved in module globals
     import typer
+
+    define_typing_names()
     from typer.core import TyperGroup
 
     class GlobalOptionsAnywhere(TyperGroup):
