@@ -83,6 +83,7 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader left (`| head`)
 
 # runs/<run_id>.json: v1 first version; v2 adds "running" (the steps running now, in start
 # order; "current" is the first of them) and options.jobs. Older records are migrated on read
@@ -9190,7 +9191,9 @@ def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type
         _err("orchestrate: interrupted")
         return EXIT_SIGINT
     except BrokenPipeError:
-        return EXIT_OK
+        if stdout_reader_left():  # `orchestrate runs | head`: not an error, nothing to say
+            return stdout_gone()
+        raise
     except Exception:
         import traceback
 
@@ -9198,6 +9201,31 @@ def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type
         _err("orchestrate: internal error (a bug, not a step failure): please report it "
              "with the traceback above; exit code 3")
         return EXIT_INTERNAL
+
+
+def stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports POLLERR on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no stdout, or not a file: nobody left
+        return False
+
+
+def stdout_gone() -> int:
+    """End quietly after stdout's reader left, as a command killed by SIGPIPE does (`yes | head`):
+    what is still buffered goes to /dev/null, so the interpreter's last flush does not print a
+    BrokenPipeError traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return EXIT_SIGPIPE
 
 
 def complete_workflow_name(incomplete: str) -> list[str]:
@@ -9690,15 +9718,30 @@ def _run_fast(parsed: tuple[Any, ...]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `orchestrate` command; returns the exit code."""
+    """Entry point of the `orchestrate` command; returns the exit code. A reader of stdout that
+    leaves early (`orchestrate runs | head`) ends it quietly with EXIT_SIGPIPE; a run goes on
+    and keeps its own exit code (see Console)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args == ["--version"]:
-        sys.stdout.write(f"orchestrate {__version__}\n")
-        return EXIT_OK
-    # shell completion (`_ORCHESTRATE_COMPLETE=...`) is Typer's business, whatever argv holds
-    parsed = None if "_ORCHESTRATE_COMPLETE" in os.environ else parse_fast_run(args)
-    if parsed is not None:
-        return guarded(_run_fast, parsed)
+    try:
+        if args == ["--version"]:
+            sys.stdout.write(f"orchestrate {__version__}\n")
+            code = EXIT_OK
+        else:
+            # shell completion (`_ORCHESTRATE_COMPLETE=...`) is Typer's business, whatever argv holds
+            parsed = None if "_ORCHESTRATE_COMPLETE" in os.environ else parse_fast_run(args)
+            if parsed is not None:
+                return guarded(_run_fast, parsed)
+            code = _run_typer(args)
+            # Click ends a command whose output met EPIPE with exit 1 (--help | head)
+            if code == 1 and stdout_reader_left():
+                return stdout_gone()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_gone()
+    return code
+
+
+def _run_typer(args: list[str]) -> int:
     try:
         __getattr__("app")(args=args, prog_name="orchestrate")
     except SystemExit as exc:
