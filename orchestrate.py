@@ -5270,6 +5270,7 @@ class RunOptions:
     jobs: int | None = None  # steps at once; None: settings.jobs, else the number of CPUs
     output: str | None = None  # live | grouped | prefixed; None: live unless steps can overlap
     isolated: bool = False  # run in a temporary worktree of the commit being checked
+    workflow_from_git_config: bool = False  # git config orchestrate.prePushWorkflow overrides NAME (the hook)
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
     kill_grace: float = KILL_GRACE_S  # SIGTERM, then SIGKILL this many seconds later
     # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
@@ -6675,28 +6676,58 @@ def run_git(args: Sequence[str], cwd: Path, *, check: bool = True,
             env: Mapping[str, str] | None = None) -> str:
     """Run `git ARGS` in `cwd` and return its stdout (utf-8, undecodable bytes escaped).
 
-    The one place orchestrate runs git: stdin is closed and prompts are off so it can never
-    wait for a user (a push from an IDE has nobody to answer), the environment is a fixed
+    The one place orchestrate runs git (GitCall): stdin is closed and prompts are off so it can
+    never wait for a user (a push from an IDE has nobody to answer), the environment is a fixed
     few variables (no GIT_DIR or other hook variable, so `cwd` decides the repository; no
     GIT_CONFIG_* or LD_*), and a hung git is ended after GIT_TIMEOUT.
     """
-    import shlex
-    import subprocess
+    return GitCall(args, cwd, env).output(check=check)
 
-    child_env = git_call_environment(os.environ if env is None else env)
-    argv = ["git", *args]
-    try:
-        proc = subprocess.run(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=GIT_TIMEOUT, check=False)
-    except FileNotFoundError:
-        raise GitError("git: command not found; install git or put it on PATH") from None
-    except subprocess.TimeoutExpired:
-        raise GitError(f"{shlex.join(argv)}: no answer after {GIT_TIMEOUT:.0f}s in {cwd}") from None
-    if check and proc.returncode != 0:
-        why = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise GitError(f"{shlex.join(argv)} failed in {cwd}: "
-                       f"{why[-1] if why else f'exit {proc.returncode}'}")
-    return proc.stdout.decode("utf-8", "surrogateescape")
+
+class GitCall:
+    """One git command (with run_git's rules), started at once and read with output(): the
+    independent git calls of a pre-push run overlap instead of following one another."""
+
+    def __init__(self, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> None:
+        import subprocess
+
+        self.argv = ["git", *args]
+        self.cwd = cwd
+        self.result: tuple[int, bytes, bytes] | None = None
+        try:
+            self.process: Any = subprocess.Popen(
+                self.argv, cwd=cwd, env=git_call_environment(os.environ if env is None else env),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            self.process = None
+
+    def output(self, check: bool = True) -> str:
+        """git's stdout; GitError when git is missing, hangs, or (with check) fails."""
+        import shlex
+        import subprocess
+
+        if self.process is None:
+            raise GitError("git: command not found; install git or put it on PATH")
+        if self.result is None:
+            try:
+                out, err = self.process.communicate(timeout=GIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.communicate()
+                raise GitError(f"{shlex.join(self.argv)}: no answer after {GIT_TIMEOUT:.0f}s in {self.cwd}") from None
+            self.result = (self.process.returncode, out, err)
+        code, out, err = self.result
+        if check and code != 0:
+            why = err.decode("utf-8", "replace").strip().splitlines()
+            raise GitError(f"{shlex.join(self.argv)} failed in {self.cwd}: {why[-1] if why else f'exit {code}'}")
+        return out.decode("utf-8", "surrogateescape")
+
+    def succeeded(self) -> bool:
+        try:
+            self.output()
+        except GitError:
+            return False
+        return True
 
 
 def _git_lines(args: Sequence[str], cwd: Path) -> list[str]:
@@ -6808,23 +6839,53 @@ def push_skip_reason(push: PushInfo, has_new_commits: Callable[[PushRef], bool])
     return None
 
 
-def _have_object(root: Path, oid: str) -> bool:
-    return bool(run_git(["cat-file", "-t", oid], root, check=False).strip())
+class PushedCommits:
+    """The commits each pushed ref brings that the remote lacks, oldest first with their parents
+    (what `git push` sends): one `git rev-list` per ref, all started together and each read
+    once (push_skip_reason, push_range and push_changes share them). Against the remote's tip
+    when this repository has that object; else (a new branch, a tip never fetched) the commits
+    on no remote ref: a second call, only then."""
+
+    def __init__(self, root: Path, refs: Iterable[PushRef] = ()) -> None:
+        self.root = root
+        self.calls: dict[PushRef, tuple[GitCall, bool]] = {}
+        self.found: dict[PushRef, tuple[list[list[str]], bool]] = {}
+        for ref in refs:
+            self._start(ref)
+
+    def _start(self, ref: PushRef) -> None:
+        against_tip = not ref.is_new
+        exclude = [f"^{ref.remote_oid}"] if against_tip else ["--not", "--remotes"]
+        call = GitCall(["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid, *exclude], self.root)
+        self.calls[ref] = (call, against_tip)
+
+    def _read(self, ref: PushRef) -> tuple[list[list[str]], bool]:
+        if ref not in self.found:
+            if ref not in self.calls:
+                self._start(ref)
+            call, against_tip = self.calls[ref]
+            if against_tip and not call.succeeded():  # git does not have the remote's tip
+                call = GitCall(["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid,
+                                "--not", "--remotes"], self.root)
+                against_tip = False
+            self.found[ref] = ([line.split() for line in call.output().splitlines() if line.strip()], against_tip)
+        return self.found[ref]
+
+    def new_commits(self, ref: PushRef) -> list[str]:
+        return [line[0] for line in self._read(ref)[0]]
+
+    def has_remote_tip(self, ref: PushRef) -> bool:
+        """Whether the range starts at the remote's tip (this repository has that commit)."""
+        return self._read(ref)[1]
+
+    def parent_of_first(self, ref: PushRef) -> str:
+        """The first parent of the oldest new commit ("" for a root commit or no new commit)."""
+        lines = self._read(ref)[0]
+        return lines[0][1] if lines and len(lines[0]) > 1 else ""
 
 
-def _commits_not_on_remotes(root: Path, ref: PushRef) -> list[str]:
-    """The pushed commits the remote lacks, oldest first (what `git push` sends)."""
-    if not ref.is_new and _have_object(root, ref.remote_oid):
-        exclude = [f"^{ref.remote_oid}"]
-    else:
-        # a new branch, or a remote tip we have never fetched: commits on no remote ref
-        exclude = ["--not", "--remotes"]
-    return run_git(["rev-list", "--reverse", "--topo-order", ref.local_oid, *exclude],
-                   root).split()
-
-
-def push_has_new_commits(root: Path, ref: PushRef) -> bool:
-    return bool(_commits_not_on_remotes(root, ref))
+def push_has_new_commits(root: Path, ref: PushRef, commits: PushedCommits | None = None) -> bool:
+    return bool((commits or PushedCommits(root)).new_commits(ref))
 
 
 @dataclass(frozen=True)
@@ -6847,36 +6908,33 @@ class ChangeSet:
                 "files": None if self.files is None else len(self.files)}
 
 
-def push_range(root: Path, ref: PushRef) -> tuple[str, str]:
+def push_range(root: Path, ref: PushRef, commits: PushedCommits | None = None) -> tuple[str, str]:
     """(from, to) object names for one pushed ref: from is "" when every commit is new."""
-    if not ref.is_new and _have_object(root, ref.remote_oid):
+    commits = commits or PushedCommits(root)
+    if commits.has_remote_tip(ref):
         return ref.remote_oid, ref.local_oid
-    new = _commits_not_on_remotes(root, ref)
-    if not new:
+    if not commits.new_commits(ref):
         return ref.local_oid, ref.local_oid
-    parent = run_git(["rev-parse", "--verify", "-q", f"{new[0]}^"], root, check=False).strip()
-    return parent, ref.local_oid
+    return commits.parent_of_first(ref), ref.local_oid
 
 
-def _changed_between(root: Path, from_oid: str, to_oid: str) -> list[str]:
-    if not from_oid:  # a root commit: every file of the tree is new
-        return _git_lines(["ls-tree", "-r", "--name-only", "-z", to_oid], root)
-    return _git_lines(["diff", "--name-only", "--no-renames", "-z", from_oid, to_oid], root)
-
-
-def push_changes(root: Path, push: PushInfo) -> ChangeSet:
+def push_changes(root: Path, push: PushInfo, commits: PushedCommits | None = None, *,
+                 list_files: bool = True) -> ChangeSet:
     """The files the pushed commits change: remote oid..local oid for an existing branch;
-    for a new branch, from the parent of its first commit not on any remote ref."""
+    for a new branch, from the parent of its first commit not on any remote ref. Without
+    list_files (no step has a `when` gate to read them), files stays None and git diff is not run."""
+    commits = commits or PushedCommits(root, push.updates)
+    ranges = [push_range(root, ref, commits) for ref in push.updates]
+    diffs = ([GitCall(["diff", "--name-only", "--no-renames", "-z", a, b], root) if a else
+              GitCall(["ls-tree", "-r", "--name-only", "-z", b], root)  # a root commit: every file is new
+              for a, b in ranges if a != b] if list_files else [])
     files: set[str] = set()
-    first_from = first_to = ""
-    for index, ref in enumerate(push.updates):
-        from_oid, to_oid = push_range(root, ref)
-        if index == 0:
-            first_from, first_to = from_oid, to_oid
-        if from_oid != to_oid:
-            files.update(_changed_between(root, from_oid, to_oid))
+    for call in diffs:
+        files.update(item for item in call.output().split("\0") if item)
+    first_from, first_to = ranges[0] if ranges else ("", "")
     names = ", ".join(ref.remote_ref.removeprefix("refs/heads/") for ref in push.updates)
-    return ChangeSet(files=tuple(sorted(files)), description=f"pushed to {push.remote or '?'}: {names}",
+    return ChangeSet(files=tuple(sorted(files)) if list_files else None,
+                     description=f"pushed to {push.remote or '?'}: {names}",
                      branches=tuple(push.branches), from_ref=first_from, to_ref=first_to)
 
 
@@ -7009,17 +7067,39 @@ def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, st
 
 # --- Git state and CI detection --------------------------------------------------------------
 
-def git_info(root: Path) -> dict[str, Any]:
-    """{"commit", "branch", "dirty"} of the checkout at `root` in one `git status` call;
-    {} outside a repository (orchestrate runs fine without git)."""
+@dataclass(frozen=True)
+class GitStatus:
+    """The checkout at a project root, from one `git status --porcelain=v2 --branch` call."""
+
+    in_repository: bool = False
+    commit: str | None = None  # HEAD; None before the first commit
+    branch: str | None = None  # None when detached
+    changed: tuple[str, ...] = ()  # tracked files changed in the index or the working tree
+    untracked: tuple[str, ...] | None = None  # None unless asked for (untracked=True)
+
+    def info(self) -> dict[str, Any]:
+        """{"commit", "branch", "dirty"} (untracked files do not count); {} outside a repository."""
+        if not self.in_repository:
+            return {}
+        return {"commit": self.commit, "branch": self.branch, "dirty": bool(self.changed)}
+
+
+def start_git_status(root: Path, untracked: bool = False) -> GitCall:
+    """`git status` for GitStatus, started now (read_git_status reads it). Paths come relative to
+    the repository's top; renames are listed as a deletion and an addition."""
+    return GitCall(["status", "--porcelain=v2", "--branch", "-z", "--no-renames",
+                    f"--untracked-files={'all' if untracked else 'no'}"], root)
+
+
+def read_git_status(call: GitCall, untracked: bool = False) -> GitStatus:
     try:
-        out = run_git(["status", "--porcelain=v2", "--branch", "-z",
-                       "--untracked-files=no"], root, check=False)
+        out = call.output(check=False)
     except GitError:
-        return {}
+        return GitStatus()
     commit = branch = None
-    dirty = False
     seen_header = False
+    changed: list[str] = []
+    others: list[str] = []
     for item in out.split("\0"):
         if item.startswith("# branch.oid "):
             seen_header = True
@@ -7028,11 +7108,39 @@ def git_info(root: Path) -> dict[str, Any]:
         elif item.startswith("# branch.head "):
             head = item[len("# branch.head "):]
             branch = None if head == "(detached)" else head
+        elif item.startswith("? "):
+            others.append(item[2:])
+        elif item.startswith("1 "):  # 1 XY sub mH mI mW hH hI path
+            changed.append(item.split(" ", 8)[-1])
+        elif item.startswith("u "):  # u XY sub m1 m2 m3 mW h1 h2 h3 path
+            changed.append(item.split(" ", 10)[-1])
         elif item and not item.startswith("#"):
-            dirty = True
+            changed.append(item)
     if not seen_header:
-        return {}
-    return {"commit": commit, "branch": branch, "dirty": dirty}
+        return GitStatus()
+    return GitStatus(True, commit, branch, tuple(changed), tuple(others) if untracked else None)
+
+
+def git_info(root: Path) -> dict[str, Any]:
+    """{"commit", "branch", "dirty"} of the checkout at `root` in one `git status` call;
+    {} outside a repository (orchestrate runs fine without git)."""
+    return read_git_status(start_git_status(root)).info()
+
+
+def repository_prefix(root: Path) -> str | None:
+    """`git rev-parse --show-prefix` without running git: the root's path below the nearest
+    folder up with a .git (folder or file, as in a linked worktree), "" at the top; None when
+    none is found (then git is asked)."""
+    path = os.path.abspath(root)
+    parts: list[str] = []
+    while True:
+        if os.path.lexists(os.path.join(path, ".git")):
+            return "".join(f"{part}/" for part in reversed(parts))
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        parts.append(os.path.basename(path))
+        path = parent
 
 
 def read_github_event(env: Mapping[str, str]) -> dict[str, Any]:
@@ -7419,27 +7527,65 @@ PRE_PUSH_HOOK = r'''#!/bin/sh
 #
 # git runs `pre-push <remote name> <remote url>` with one line per ref on stdin:
 #   <local ref> <local oid> <remote ref> <remote oid>
-# Plain POSIX sh, no python: it costs a few milliseconds before orchestrate starts.
+# Plain POSIX sh, shell builtins only: a push with nothing to check (up to date, only
+# deletions, only tags) ends here before any other program starts; otherwise orchestrate gets
+# the lines, and reads the workflow's name from git config along with its other git calls.
 
 default_workflow=pre-push
+remote=$1 url=$2
 
-workflow=${ORCHESTRATE_PRE_PUSH_WORKFLOW:-}
-if [ -z "$workflow" ]; then
-    workflow=$(git config --get orchestrate.prePushWorkflow) || workflow=
-fi
-[ -n "$workflow" ] || workflow=$default_workflow
+# What is pushed, and whether any of it needs a check.
+refs='' check='' deleted='' tags='' updates=''
+classify() {  # the fields of one ref line
+    [ $# -gt 0 ] || return 0
+    if [ $# -ne 4 ]; then
+        check=1  # not what git writes: orchestrate says what is wrong
+        return 0
+    fi
+    case $2$4 in
+        *[!0-9a-f]*) check=1; return 0 ;;
+    esac
+    case $2 in
+        *[!0]*) ;;
+        *) deleted="$deleted${deleted:+, }$3"; return 0 ;;
+    esac
+    case $3 in
+        refs/tags/*) tags="$tags${tags:+, }${3#refs/tags/}"; return 0 ;;
+    esac
+    updates=1
+    [ "$2" = "$4" ] || check=1
+}
+while IFS= read -r line || [ -n "$line" ]; do
+    refs="$refs$line
+"
+    set -f
+    # shellcheck disable=SC2086 # split the line into its fields on purpose
+    classify $line
+    set +f
+done
 
 # A hook that was here before orchestrate's: run it first, with the same arguments and stdin.
 legacy=$0.legacy
 if [ -f "$legacy" ] && [ -x "$legacy" ]; then
-    refs=$(cat)
     if [ -n "$refs" ]; then
-        printf '%s\n' "$refs" | "$legacy" "$@" || exit
+        printf '%s' "$refs" | "$legacy" "$remote" "$url" || exit
     else
-        "$legacy" "$@" </dev/null || exit
+        "$legacy" "$remote" "$url" </dev/null || exit
     fi
-else
-    legacy=
+fi
+
+if [ -z "$check" ]; then
+    if [ -z "$refs" ]; then
+        reason="nothing to push (everything up to date)"
+    elif [ -n "$updates" ]; then
+        reason="push carries no new commits (every pushed commit is on the remote already)"
+    elif [ -n "$tags" ]; then
+        reason="push only carries tags ($tags)"
+    else
+        reason="push only deletes $deleted"
+    fi
+    echo "orchestrate pre-push: nothing to check: $reason"
+    exit 0
 fi
 
 # Find orchestrate: $ORCHESTRATE_BIN, then PATH, then pipx's default ~/.local/bin.
@@ -7476,11 +7622,16 @@ if [ -z "$bin" ]; then
     exit 1
 fi
 
-if [ -n "$legacy" ]; then
-    printf '%s\n' "$refs" | "$bin" run "$workflow" --git-hook pre-push --push-remote "$1" --push-url "$2"
-    exit
+# The workflow: $ORCHESTRATE_PRE_PUSH_WORKFLOW, else `git config orchestrate.prePushWorkflow`
+# (orchestrate reads it), else the default.
+if [ -n "${ORCHESTRATE_PRE_PUSH_WORKFLOW:-}" ]; then
+    set -- run "$ORCHESTRATE_PRE_PUSH_WORKFLOW" --git-hook pre-push --push-remote "$remote" --push-url "$url"
+else
+    set -- run "$default_workflow" --workflow-from-git-config --git-hook pre-push --push-remote "$remote" --push-url "$url"
 fi
-exec "$bin" run "$workflow" --git-hook pre-push --push-remote "$1" --push-url "$2"
+exec "$bin" "$@" <<EOF
+$refs
+EOF
 '''
 
 
@@ -7687,22 +7838,32 @@ def pushed_commit(root: Path, push: PushInfo | None) -> tuple[str, str]:
 
 
 def working_tree_difference(root: Path, push: PushInfo, workflow: Workflow, settings: Settings,
-                            runs_dir: Path) -> str | None:
+                            runs_dir: Path, status: GitStatus | None = None) -> str | None:
     """One line saying how the working tree differs from the pushed commit, or None: the
     pushed branch is not HEAD, tracked files are modified or staged, untracked files lie
-    where the workflow looks. Named files are repository-relative."""
+    where the workflow looks. Named files are repository-relative. With the run's `git
+    status` (untracked files listed), git is run again only when the pushed commit is not HEAD."""
     updates = push.updates
     if not updates:
         return None
     commit, name = updates[0].local_oid, updates[0].local_ref.removeprefix("refs/heads/")
     parts = []
     try:
-        head = run_git(["rev-parse", "--verify", "-q", "HEAD"], root, check=False).strip()
-        prefix = run_git(["rev-parse", "--show-prefix"], root).strip()
+        if status is None or status.untracked is None:
+            status = read_git_status(start_git_status(root, untracked=True), untracked=True)
+        if not status.in_repository:
+            return None
+        head = status.commit or ""
+        prefix = repository_prefix(root)
+        if prefix is None:
+            prefix = run_git(["rev-parse", "--show-prefix"], root).strip()
         if head and head != commit:
             parts.append(f"the pushed {name} ({commit[:12]}) is not the checked-out HEAD ({head[:12]})")
-        modified = _git_lines(["diff", "--name-only", "--no-renames", "-z", commit, "--"], root)
-        untracked = _git_lines(["ls-files", "--others", "--exclude-standard", "--full-name", "-z"], root)
+        if head == commit:  # the working tree against HEAD: what `git status` said
+            modified = sorted(set(status.changed))
+        else:
+            modified = _git_lines(["diff", "--name-only", "--no-renames", "-z", commit, "--"], root)
+        untracked = list(status.untracked or ())
     except GitError:
         return None  # git cannot tell; the run goes on as before
     runs_prefix = _display_path(runs_dir, root).rstrip("/") + "/"
@@ -7950,9 +8111,37 @@ def _gated(workflow: Workflow) -> bool:
     return any(step.when.get("changed") or step.when.get("branch") for step in workflow.steps)
 
 
+class RunGitCalls:
+    """The git calls a run starts before it reads its workflow, so that they overlap each other
+    and the parsing: `git status` (in pre-push mode with the untracked files, for the warning
+    about the working tree) and, for the installed hook, the workflow's name from git config."""
+
+    def __init__(self, root: Path, options: RunOptions) -> None:
+        self.untracked = options.git_hook == "pre-push"
+        self.status_call = start_git_status(root, untracked=self.untracked)
+        self.config_call = (GitCall(["config", "--get", "orchestrate.prePushWorkflow"], root)
+                            if options.workflow_from_git_config else None)
+        self._status: GitStatus | None = None
+
+    def workflow_name(self, name: str) -> str:
+        """`name`, unless git config's orchestrate.prePushWorkflow names another."""
+        if self.config_call is None:
+            return name
+        try:
+            configured = self.config_call.output(check=False).strip()
+        except GitError:
+            return name
+        return configured or name
+
+    def status(self) -> GitStatus:
+        if self._status is None:
+            self._status = read_git_status(self.status_call, untracked=self.untracked)
+        return self._status
+
+
 def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
                       env: Mapping[str, str] | None = None,
-                      stdin_text: str | None = None) -> int | None:
+                      stdin_text: str | None = None, calls: RunGitCalls | None = None) -> int | None:
     """Before a run: read the push (hook mode), end a run with nothing to check (exit 0 and
     one line why), plan ORCHESTRATE_SKIP, and find the changes `when.changed` compares.
 
@@ -7962,21 +8151,27 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
     """
     env = os.environ if env is None else env
     root = paths.root
+    calls = calls or RunGitCalls(root, options)
     event = read_github_event(env) if env.get("GITHUB_ACTIONS") == "true" else {}
-    state = GitState(git=git_info(root), ci=detect_ci(env, event))
-    options.git = state
     human = sys.stderr if options.json_output else sys.stdout
+    commits = None
     if options.git_hook == "pre-push":
         text = _read_hook_stdin() if stdin_text is None else stdin_text
-        state.push = parse_push_refs(text, options.push_remote or "", options.push_url or "")
-        reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref))
+        push = parse_push_refs(text, options.push_remote or "", options.push_url or "")
+        commits = PushedCommits(root, push.updates)  # runs while git status does
+    state = GitState(git=calls.status().info(), ci=detect_ci(env, event))
+    options.git = state
+    if options.git_hook == "pre-push":
+        state.push = push
+        reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref, commits))
         if reason:
             human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
             human.flush()
             return EXIT_OK
         settings = load_settings(root)
         if not wants_pushed_checkout(settings, options):
-            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir)
+            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir,
+                                                 calls.status())
             if difference:
                 sys.stderr.write(f"orchestrate: warning: {difference}\n")
     skip_value = env.get("ORCHESTRATE_SKIP")
@@ -7989,7 +8184,8 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
     branch = (state.ci or {}).get("branch") or state.git.get("branch")
     branches = (branch,) if branch else ()
     if state.push is not None:
-        state.changes = push_changes(root, state.push)
+        # the changed files only when a step's `when` reads them: a git diff less otherwise
+        state.changes = push_changes(root, state.push, commits, list_files=_gated(workflow))
     elif options.from_ref or options.to_ref:
         if not options.from_ref:
             raise UsageError("--to-ref needs --from-ref: the commit to compare with")
@@ -8967,6 +9163,10 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     """`orchestrate run`: load, validate, then run or plan. Returns the exit code."""
     human = sys.stderr if options.json_output else sys.stdout
     settings = load_settings(paths.root)
+    # git works while the workflow is read (a dry run needs no git)
+    git_calls = None if options.dry_run else RunGitCalls(paths.root, options)
+    if git_calls is not None:
+        name = git_calls.workflow_name(name)
     if options.vars_from_http:
         options.variables = read_http_variables(sys.stdin.buffer)
     workflow = load_workflow(name, paths.workflows_dir, interpolation_values(options), settings, paths.root)
@@ -8977,7 +9177,7 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     store = RunStore(paths.runs_dir)
     if options.dry_run:
         return print_plan(workflow, settings, paths, store, options, human)
-    early = prepare_git_state(paths, workflow, options)
+    early = prepare_git_state(paths, workflow, options, calls=git_calls)
     if early is not None:
         return early
     checkout = None
@@ -9122,7 +9322,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
                      run_id: str | None = None, jobs: str | int | None = None,
                      output: str | None = None, vars_stdin: bool = False,
-                     isolated: bool = False) -> RunOptions:
+                     isolated: bool = False, workflow_from_git_config: bool = False) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
@@ -9140,7 +9340,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
         to_ref=to_ref, push_remote=push_remote, push_url=push_url,
         run_id=check_run_id(run_id) if run_id else None,
         jobs=parse_jobs(jobs) if jobs is not None else None, output=output,
-        vars_from_http=vars_stdin, isolated=isolated)
+        vars_from_http=vars_stdin, isolated=isolated, workflow_from_git_config=workflow_from_git_config)
 
 
 def parse_jobs(value: str | int) -> int:
@@ -9321,6 +9521,10 @@ def build_app() -> Any:
                                         help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
         isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
                                       "being checked (the pushed one, else HEAD), not the working tree."),
+        workflow_from_git_config: bool = typer.Option(
+            False, "--workflow-from-git-config",
+            help="Run the workflow `git config orchestrate.prePushWorkflow` names, if any, instead of NAME "
+                 "(what the installed pre-push hook passes)."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
@@ -9328,7 +9532,7 @@ def build_app() -> Any:
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
             to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
-            isolated=isolated)
+            isolated=isolated, workflow_from_git_config=workflow_from_git_config)
         return run_workflow_command(_paths(ctx), name, options)
 
 
@@ -9614,7 +9818,7 @@ def __getattr__(name: str) -> Any:
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
 _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
                    "--json": "json_output", "--debug": "debug", "--vars-stdin": "vars_stdin",
-                   "--isolated": "isolated"}
+                   "--isolated": "isolated", "--workflow-from-git-config": "workflow_from_git_config"}
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",
