@@ -103,6 +103,8 @@ KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this many seconds (as docker s
 SNAPSHOT_INTERVAL_S = 0.5  # between full rewrites of a running record; the journal covers the gap
 SYNC_AFTER_STEP_S = 1.0  # a step that ran this long has its outcome synced to disk (RunRecorder)
 DEFAULT_KEEP_RUNS = 300
+PRUNE_BATCH = 200  # runs removed at most after one run (the next runs remove the rest)
+PRUNE_BUDGET_S = 0.04  # nor for longer than this: pruning never holds up a push
 MAX_JOBS = 256  # steps at once: far beyond what one machine runs usefully
 # Modes given explicitly wherever orchestrate creates something under runs/: with the
 # umask 000 some CI images and containers run with, open()'s 0o666 and mkdir's 0o777
@@ -1220,7 +1222,7 @@ class StreamMasker:
 # === 4. Run store ===
 
 RUN_ID_RE = lazy_regex(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
-_STATUS_PEEK_RE = rb'\n "status": "(pending|running|failed|completed)"'  # compiled on first use (prune)
+_HEAD_PEEK_RE = rb'\n "(status|workflow)": "([^"\\\n]{0,100})"'  # compiled on first use (RunStore._peek)
 _LOOSE_RUN_ID_RE = lazy_regex(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
 
 
@@ -1630,16 +1632,26 @@ class RunStore:
             return []
         except OSError as exc:
             raise StoreError(f"cannot read {self.runs_dir}: {exc.strerror or exc}") from None
-        ids = [n[:-5] for n in names if n.endswith(".json") and not n.startswith(".")]
-        return sorted((i for i in ids if _LOOSE_RUN_ID_RE.match(i)), reverse=True)
+        match = _LOOSE_RUN_ID_RE.match  # once: 10,000 names
+        ids = [name[:-5] for name in names if name.endswith(".json") and name[0] != "." and match(name[:-5])]
+        ids.sort(reverse=True)
+        return ids
 
     def list(self, workflow: str | None = None, status: str | None = None,
              limit: int | None = 20) -> list[dict[str, Any]]:
-        """Newest first; reads only as many records as it needs."""
+        """Newest first; reads only as many records as it needs. With a filter, a record whose
+        first bytes show it cannot match (another workflow; a finished status that is not the
+        one asked for) is not parsed (a record of 1,000 steps is 400 KB)."""
         rows: list[dict[str, Any]] = []
         for run_id in self.list_ids():
             if limit is not None and len(rows) >= limit:
                 break
+            if workflow is not None or status is not None:
+                head = self._peek(run_id)
+                if workflow is not None and head.get("workflow") not in (None, workflow):
+                    continue
+                if status is not None and head.get("status") in ("failed", "completed") and head["status"] != status:
+                    continue  # a finished snapshot never changes again
             try:
                 record = self.load(run_id)
             except (RecordUnreadable, UsageError) as exc:
@@ -1653,15 +1665,32 @@ class RunStore:
             rows.append(record)
         return rows
 
-    def prune(self, keep: int) -> builtins.list[str]:
+    def may_hold_more_than(self, keep: int) -> bool:
+        """Whether runs/ may hold more than `keep` runs, with one stat(2) where the filesystem
+        counts a folder's subfolders in its link count (ext4, XFS, tmpfs: every run has its
+        folder); elsewhere (btrfs says 1) from the listing, which took 17 ms at 10,000 runs."""
+        try:
+            links = os.stat(self.runs_dir).st_nlink
+        except OSError:
+            return False
+        if links >= 2 and links - 2 <= keep:
+            return False
+        return len(self.list_ids()) > keep
+
+    def prune(self, keep: int, *, batch: int | None = None, budget_s: float | None = None) -> builtins.list[str]:
         """Delete the oldest finished runs beyond the newest `keep` finished ones. Running and
         pending runs neither count nor go: 500 runs queued on the HTTP server once made
-        every finished record, CLI runs included, "older than the newest 300"."""
+        every finished record, CLI runs included, "older than the newest 300". With `batch`
+        and `budget_s` (after a run), at most that many go and the work stops once the budget
+        is spent: the next runs take the rest (thousands at once took seconds)."""
         removed: list[str] = []
         import shutil
 
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         finished = 0
         for run_id in self.list_ids():
+            if (batch is not None and len(removed) >= batch) or (deadline is not None and time.monotonic() > deadline):
+                return removed  # temporary files of dead writers wait for a prune with time to spare
             if self._peek_status(run_id) not in ("failed", "completed"):
                 try:  # the full read settles a run whose process is gone as failed
                     status = self.load(run_id).get("status")
@@ -1684,17 +1713,23 @@ class RunStore:
         return removed
 
     def _peek_status(self, run_id: str) -> str | None:
-        """The status a snapshot starts with, from its first bytes (records are written with
-        one-space indentation, so only the top level's key reads '\\n "status": '); None
-        when it is not there. A finished snapshot never changes again: prune reads only this
-        much of each record it keeps, instead of parsing keep_runs records after every run."""
+        """The status a snapshot starts with (see _peek). A finished snapshot never changes
+        again: prune reads only this much of each record it keeps, instead of parsing
+        keep_runs records after every run."""
+        status = self._peek(run_id).get("status")
+        return status if status in RUN_STATUSES else None
+
+    def _peek(self, run_id: str) -> dict[str, str]:
+        """"workflow" and "status" as a snapshot's first bytes give them (records are written
+        with one-space indentation, so only the top level's keys read '\\n "status": '); a key
+        that is not there (a record written by hand, unreadable) is missing."""
         try:
             with open(self.record_path(run_id), "rb") as handle:
                 head = handle.read(512)
         except OSError:
-            return None
-        match = re.search(_STATUS_PEEK_RE, head)
-        return match.group(1).decode() if match else None
+            return {}
+        return {match.group(1).decode(): match.group(2).decode("utf-8", "replace")
+                for match in re.finditer(_HEAD_PEEK_RE, head)}
 
     def _remove_stale_temp_files(self) -> None:
         """Temporary files of writers killed mid-write (their pid is in the name)."""
@@ -6049,8 +6084,8 @@ def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunSt
     record, code = engine.run(trigger if trigger is not None else {"source": "api"})
     if settings.keep_runs:
         try:
-            if len(store.list_ids()) > settings.keep_runs:
-                store.prune(settings.keep_runs)
+            if store.may_hold_more_than(settings.keep_runs):
+                store.prune(settings.keep_runs, batch=PRUNE_BATCH, budget_s=PRUNE_BUDGET_S)
         except OrchestrateError as exc:  # the run is recorded; say why old ones stay
             sys.stderr.write(f"orchestrate: warning: could not prune old runs: {exc}\n")
     return record, code
