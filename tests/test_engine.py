@@ -526,3 +526,27 @@ def test_steps_into_a_pipe_get_no_terminal_variables(project: Project) -> None:
     names = {line.split("=", 1)[0] for line in out.read_text().splitlines()}
     assert not names & {"FORCE_COLOR", "CLICOLOR_FORCE"} - set(os.environ)
     assert "COLUMNS" not in names or "COLUMNS" in os.environ
+
+
+def test_the_watchdog_hears_of_each_step_in_one_write(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: the watchdog shell reads a byte at a time and each write wakes it: a step's
+    "-PGID" line goes with the next step's "+PGID" line, and the run's end says the last one."""
+    import orchestrate
+
+    project.workflow("w", [{"name": f"s{i}", "type": "command", "run": ["true"]} for i in range(10)])
+    sent: list[bytes] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if fd == orchestrate.WATCHDOG.write_fd:
+            sent.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(orchestrate.os, "write", write)
+    assert project.cli("run", "w", "--quiet").exit_code == 0
+    monkeypatch.undo()
+    assert len(sent) == 11  # one per step, and the flush at the end of the run
+    lines = b"".join(sent).decode().split()
+    started = [line[1:] for line in lines if line.startswith("+")]
+    assert len(started) == 10 and [line[1:] for line in lines if line.startswith("-")] == started
+    assert sent[-1].decode() == f"-{started[-1]}\n" and orchestrate.WATCHDOG.released == ""
