@@ -167,6 +167,16 @@ def define_typing_names() -> None:
 
 
 SECRET_KEY_RE = lazy_regex(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
+_SECRET_KEY_WORDS = ("token", "password", "passwd", "secret", "apikey", "api_key", "api-key")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a key's name says its value is a secret (SECRET_KEY_RE): for the usual ASCII
+    names without compiling the regex (every workflow load asks; re.compile cost 0.2 ms)."""
+    if key.isascii():
+        lowered = key.lower()
+        return any(word in lowered for word in _SECRET_KEY_WORDS)
+    return SECRET_KEY_RE.search(key) is not None
 MIN_SECRET_LEN = 4  # a shorter secret is a definition error: masking "abc" would garble every line
 
 # === 2. Errors ===
@@ -604,7 +614,7 @@ def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: st
         text, used = interpolate(value, variables, f"{where}: key '{key}'")
         if used:
             refs.append((where, key, tuple(used)))
-            if SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]) and text:
+            if is_secret_key(key.rsplit(".", 1)[-1]) and text:
                 secrets.setdefault(text, ", ".join(f"${{{n}}}" for n in dict.fromkeys(used)))
         return text
     if isinstance(value, list):
@@ -642,7 +652,7 @@ def _secret_variable_names(data: dict[str, Any], variables: dict[str, str]) -> d
             stack.extend((str(k), v) for k, v in value.items())
         elif isinstance(value, list):
             stack.extend((key, v) for v in value)
-        elif isinstance(value, str) and SECRET_KEY_RE.search(key):
+        elif isinstance(value, str) and is_secret_key(key):
             for var in re.findall(_VAR_REFERENCE_RE, value):
                 if variables.get(var):
                     names.setdefault(variables[var], f"${{{var}}}")
@@ -779,7 +789,7 @@ def _check_document(document: Any) -> str | None:
         if depth > MAX_NESTING:
             return f"JSON is nested more than {MAX_NESTING} levels deep"
         if isinstance(value, str):
-            if _SURROGATE_RE.search(value):
+            if not value.isascii() and _SURROGATE_RE.search(value):
                 return f"string {shorten_middle(value, 40)!r} contains a lone UTF-16 surrogate (\\uD800-\\uDFFF); use the real character"
         elif isinstance(value, list):
             stack.extend((item, depth + 1) for item in value)
@@ -1852,8 +1862,15 @@ def readable_text(data: bytes) -> str:
 
 def readable(text: str) -> str:
     """Text without terminal escapes and control characters (newlines and tabs kept)."""
+    if _plain(text):  # most text: no escape, no control character (no regex to compile or run)
+        return text.replace("\r\n", "\n").replace("\r", "\n")
     text = _ANSI_RE.sub("", text.replace("\r\n", "\n"))
     return _CONTROL_RE.sub("", text.replace("\r", "\n"))
+
+
+def _plain(text: str) -> bool:
+    """ASCII without control characters other than tab, newline and carriage return."""
+    return text.isascii() and text.replace("\n", "").replace("\t", "").replace("\r", "").isprintable()
 
 
 class OutputSink:
@@ -6139,6 +6156,8 @@ _XML_ILLEGAL_RE = lazy_regex("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uff
 def xml_safe(text: str) -> str:
     """Text that XML 1.0 can carry: escapes removed, forbidden characters shown as \\xNN
     (pytest's junitxml does the same)."""
+    if _plain(text):
+        return text
     text = _ANSI_RE.sub("", text)
     return _XML_ILLEGAL_RE.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
                                else "\\u%04x" % ord(m.group()), text)
@@ -6775,7 +6794,6 @@ class GitCall:
 
     def output(self, check: bool = True) -> str:
         """git's stdout; GitError when git is missing, hangs, or (with check) fails."""
-        import shlex
         import subprocess
 
         if self.process is None:
@@ -6784,12 +6802,16 @@ class GitCall:
             try:
                 out, err = self.process.communicate(timeout=GIT_TIMEOUT)
             except subprocess.TimeoutExpired:
+                import shlex
+
                 self.process.kill()
                 self.process.communicate()
                 raise GitError(f"{shlex.join(self.argv)}: no answer after {GIT_TIMEOUT:.0f}s in {self.cwd}") from None
             self.result = (self.process.returncode, out, err)
         code, out, err = self.result
         if check and code != 0:
+            import shlex
+
             why = err.decode("utf-8", "replace").strip().splitlines()
             raise GitError(f"{shlex.join(self.argv)} failed in {self.cwd}: {why[-1] if why else f'exit {code}'}")
         return out.decode("utf-8", "surrogateescape")
