@@ -331,7 +331,11 @@ def test_pruning_after_a_run_goes_in_bounded_batches(project: Project, monkeypat
     assert counts == [total + 1 - orchestrate.PRUNE_BATCH, total + 2 - 2 * orchestrate.PRUNE_BATCH, 5, 5]
     ids = store.list_ids()
     assert store.prune(1, batch=2) == ids[1:3]
-    assert store.prune(1, budget_s=0.0) == []  # the budget is spent before the first removal
+    # a budget spent before the first removal (a slow listing) still lets PRUNE_AT_LEAST go:
+    # pruning always makes progress
+    _finished_runs(store, 20, first=1000)
+    ids = store.list_ids()
+    assert store.prune(1, budget_s=0.0) == ids[1:1 + orchestrate.PRUNE_AT_LEAST]
 
 
 def test_after_a_run_one_stat_says_runs_holds_no_more_than_keep(project: Project,
@@ -365,3 +369,15 @@ def test_a_filtered_listing_parses_only_records_that_may_match(project: Project,
     loaded.clear()
     assert [r["run_id"] for r in store.list(status="failed")] == [failed]
     assert loaded == [failed]
+
+
+def test_status_of_an_id_or_the_latest_run_lists_no_history(project: Project,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: `status ID` and `status latest` with 10,000 runs listed and sorted them all."""
+    store = orchestrate.RunStore(project.runs)
+    ids = _finished_runs(store, 80)
+    monkeypatch.setattr(orchestrate.RunStore, "list_ids", lambda self: pytest.fail("sorted every run id"))
+    assert orchestrate.resolve_run_ref(store, ids[3]) == ids[3]
+    assert orchestrate.resolve_run_ref(store, "latest") == ids[-1]
+    assert [r["run_id"] for r in store.list(limit=3)] == ids[-1:-4:-1]
+    assert list(store.newest_ids()) == sorted(ids, reverse=True)  # past the first ones picked: all, in order
