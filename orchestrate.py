@@ -104,7 +104,7 @@ SNAPSHOT_INTERVAL_S = 0.5  # between full rewrites of a running record; the jour
 SYNC_AFTER_STEP_S = 1.0  # a step that ran this long has its outcome synced to disk (RunRecorder)
 DEFAULT_KEEP_RUNS = 300
 PRUNE_BATCH = 200  # runs removed at most after one run (the next runs remove the rest)
-PRUNE_BUDGET_S = 0.035  # nor once this long has passed since the prune began (listing included)
+PRUNE_BUDGET_S = 0.03  # nor once this long has passed since the prune began (listing included)
 PRUNE_AT_LEAST = 5  # but these go in any case: a slow listing never stops pruning altogether
 MAX_JOBS = 256  # steps at once: far beyond what one machine runs usefully
 # Modes given explicitly wherever orchestrate creates something under runs/: with the
@@ -1705,8 +1705,8 @@ class RunStore:
             links = os.stat(self.runs_dir).st_nlink
         except OSError:
             return False
-        if links >= 2 and links - 2 <= keep:
-            return False
+        if links >= 2:
+            return links - 2 > keep  # prune then lists runs/ once, within its budget
         return len(self.list_ids()) > keep
 
     def prune(self, keep: int, *, batch: int | None = None, budget_s: float | None = None) -> builtins.list[str]:
