@@ -2278,18 +2278,23 @@ class StepWatchdog:
         if self.write_fd is not None and self.owner_pid == os.getpid():
             return self.write_fd
         import atexit
-        import subprocess
 
         if self.owner_pid != os.getpid():
             self.token = os.urandom(8).hex()  # a forked copy gets its own
             self.released = ""
         read_fd, write_fd = os.pipe()  # not inheritable (PEP 446): steps never hold it open
+        argv = ["/bin/sh", "-c", _WATCHDOG_SCRIPT, "orchestrate-watchdog", str(max(1, int(self.grace * 10))),
+                self.token]
         try:
-            self.process = subprocess.Popen(
-                ["/bin/sh", "-c", _WATCHDOG_SCRIPT, "orchestrate-watchdog",
-                 str(max(1, int(self.grace * 10))), self.token],
-                stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True)
+            if can_spawn():
+                devnull = _devnull_write()
+                self.process = SpawnedProcess(spawn_process(argv, os.environ, stdin=read_fd, stdout=devnull,
+                                                            stderr=devnull, new_session=True))
+            else:
+                import subprocess
+
+                self.process = subprocess.Popen(argv, stdin=read_fd, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
         except OSError:
             os.close(write_fd)
             return None  # best effort: without /bin/sh, steps still end with every clean exit
@@ -2364,12 +2369,164 @@ def _devnull() -> int:
     return _DEVNULL_FD
 
 
+_DEVNULL_WRITE_FD: int | None = None
+
+
+def _devnull_write() -> int:
+    """/dev/null for writing, opened once (the watchdog's stdout and stderr)."""
+    global _DEVNULL_WRITE_FD
+    if _DEVNULL_WRITE_FD is None:
+        _DEVNULL_WRITE_FD = os.open(os.devnull, os.O_WRONLY)
+    return _DEVNULL_WRITE_FD
+
+
 def _pidfd(pid: int) -> int | None:
     """A descriptor that becomes readable when the process exits (Linux 5.3+), else None."""
     try:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
+
+
+# --- starting a process without the subprocess module ---
+# subprocess costs about 5 ms to import (threading, selectors, locale, contextlib) and
+# Popen about 0.2 ms more than os.posix_spawn for each step (bench/run.py). os.posix_spawn
+# cannot change the working directory, so it is used where none is needed (the step runs
+# where orchestrate runs, git takes -C) and subprocess everywhere else, and whenever a test
+# has put a stand-in for subprocess.Popen (pytest-subprocess: the Cypress tests).
+
+
+class _PipeEnd:
+    """The read end of a child's pipe, as Popen.stdout is used here: fileno() and close()."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def fileno(self) -> int:
+        if self.fd is None:
+            raise ValueError("I/O operation on closed pipe")
+        return self.fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class SpawnedProcess:
+    """A child started by spawn_process: what run_process, stop_tree and GitCall use of a Popen."""
+
+    def __init__(self, pid: int, stdout: int | None = None, stderr: int | None = None) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout = _PipeEnd(stdout) if stdout is not None else None
+        self.stderr = _PipeEnd(stderr) if stderr is not None else None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def communicate(self, timeout: float | None = None) -> tuple[bytes, bytes]:
+        """Everything the child printed on its stdout and stderr pipes, then its exit; TimeoutError
+        when that takes longer than `timeout` seconds."""
+        import select
+
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        out = err = b""
+        streams = {stream.fileno(): (stream, bytearray()) for stream in (self.stdout, self.stderr) if stream}
+        poller = select.poll()
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
+        while streams:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"pid {self.pid}")
+            for fd, _ in poller.poll(int(left * 1000) + 1):
+                chunk = os.read(fd, READ_CHUNK)
+                if chunk:
+                    streams[fd][1].extend(chunk)
+                else:
+                    poller.unregister(fd)
+                    stream, data = streams.pop(fd)
+                    stream.close()
+                    if stream is self.stdout:
+                        out = bytes(data)
+                    else:
+                        err = bytes(data)
+        self.wait()
+        return out, err
+
+
+def _subprocess_timeout() -> type[BaseException]:
+    """subprocess.TimeoutExpired if subprocess is loaded (a Popen may have been used), else
+    TimeoutError (what SpawnedProcess raises): catching it never imports subprocess."""
+    module = sys.modules.get("subprocess")
+    return module.TimeoutExpired if module is not None else TimeoutError
+
+
+def can_spawn(cwd: Path | str | None = None) -> bool:
+    """Whether spawn_process may start a child here (see the comment above it)."""
+    if not hasattr(os, "posix_spawn") or not sys.platform.startswith("linux"):
+        return False
+    module = sys.modules.get("subprocess")
+    if module is not None and getattr(module.Popen, "__module__", "subprocess") != "subprocess":
+        return False  # a stand-in for Popen, which a test wants used
+    if cwd is None:
+        return True
+    try:
+        return os.path.samestat(os.stat(cwd), os.stat("."))
+    except OSError:
+        return False
+
+
+def _executable(name: str, env: Mapping[str, str]) -> str:
+    """The file exec runs for argv[0], found on the child's PATH as subprocess finds it."""
+    if "/" in name:
+        return name
+    for folder in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    import errno
+
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+def spawn_process(argv: Sequence[str], env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int,
+                  new_session: bool = False) -> int:
+    """os.posix_spawn with what subprocess.Popen(close_fds=True, restore_signals=True) gives a
+    child: only stdin, stdout and stderr open (an inheritable descriptor orchestrate was given
+    is closed), SIGPIPE and SIGXFSZ back to their default (Python ignores them), optionally
+    its own session. Returns the pid; FileNotFoundError when argv[0] is not found."""
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
+                                      (os.POSIX_SPAWN_DUP2, stderr, 2)]
+    try:
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                if fd > 2 and fd not in (stdin, stdout, stderr) and os.get_inheritable(fd):
+                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
+            except OSError:  # the listing's own descriptor, closed by now
+                pass
+    except (OSError, ValueError):
+        pass
+    return os.posix_spawn(_executable(argv[0], env), list(argv), dict(env), file_actions=actions,
+                          setsid=new_session, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
 
 
 def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], sink: OutputSink,
@@ -2381,8 +2538,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     large chunks. `deadline` (time.monotonic()) is when the step's attempt runs out of time,
     shared by every process the attempt starts; `timeout` is the same for this process alone.
     Safe to call from several threads at once."""
-    import selectors
-    import subprocess
+    import select
 
     if timeout:
         deadline = min(deadline if deadline is not None else float("inf"), time.monotonic() + timeout)
@@ -2390,12 +2546,27 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         return ProcessResult(exit_code=None, timed_out=True, output_tail=sink.tail_text())
     token = env.get(STEP_TOKEN_ENV) or new_step_token()
     shell = isinstance(argv, str)
+    child_env = WATCHDOG.step_env({**env, STEP_TOKEN_ENV: token})
     try:
-        process = subprocess.Popen(
-            argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd),
-            env=WATCHDOG.step_env({**env, STEP_TOKEN_ENV: token}),
-            stdin=_devnull() if stdin is None else stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True)
+        if can_spawn(cwd):
+            read_end, write_end = os.pipe()
+            try:
+                pid = spawn_process(["/bin/sh", "-c", argv] if isinstance(argv, str) else argv, child_env,
+                                    stdin=_devnull() if stdin is None else stdin, stdout=write_end,
+                                    stderr=write_end, new_session=True)
+            except BaseException:
+                os.close(read_end)
+                raise
+            finally:
+                os.close(write_end)
+            process: Any = SpawnedProcess(pid, stdout=read_end)
+        else:
+            import subprocess
+
+            process = subprocess.Popen(
+                argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd), env=child_env,
+                stdin=_devnull() if stdin is None else stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True)
     except FileNotFoundError as exc:
         missing = exc.filename if exc.filename and str(exc.filename) != str(cwd) else argv[0]
         if not Path(cwd).is_dir():
@@ -2425,16 +2596,16 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     # 5 KB; 1,800 this way). The chunk handed on is a copy of what was read, as before.
     buffer = bytearray(READ_CHUNK)
     view = memoryview(buffer)
-    selector = selectors.DefaultSelector()
-    selector.register(out_fd, selectors.EVENT_READ, "out")
+    poller = select.poll()  # the selectors module costs 1 ms of start-up for the same poll(2)
+    poller.register(out_fd, select.POLLIN)
     if guard is not None:
-        selector.register(guard.read_fd, selectors.EVENT_READ, "signal")
+        poller.register(guard.read_fd, select.POLLIN)
     # A step that closes its stdout and stderr (`exec >/dev/null 2>&1; sleep 30`) ends the
     # output long before it exits: the wait for its exit is watched like the output, for the
     # deadline and for signals, woken by a pidfd where there is one.
     exit_fd = _pidfd(process.pid)
     if exit_fd is not None:
-        selector.register(exit_fd, selectors.EVENT_READ, "exit")
+        poller.register(exit_fd, select.POLLIN)
     timed_out = False
     eof = False
     leftovers = 0
@@ -2471,11 +2642,11 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
                 wait = 0.5 if exited_at is None else 0.05
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - now))
-            events = selector.select(wait)
+            events = poller.poll(int(wait * 1000) + (wait > 0))  # milliseconds, rounded up
             if not events and sink.on_idle is not None:
                 sink.on_idle()
-            for key, _ in events:
-                if key.data != "out":
+            for fd, _ in events:
+                if fd != out_fd:
                     continue
                 # While output flows, read until the pipe is empty (EAGAIN) before asking
                 # the selector again, gathering the reads into one buffer: a writer's small
@@ -2499,7 +2670,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
                 if filled:
                     sink.write(view[:filled])
                 if eof:
-                    selector.unregister(out_fd)
+                    poller.unregister(out_fd)
     except BaseException as exc:
         interrupted = isinstance(exc, RunInterrupted)
         if interrupted and guard is not None and guard.announce is not None \
@@ -2511,7 +2682,6 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         stop_tree(tree, process, grace, guard, signals_seen=1 if interrupted else None)
         raise
     finally:
-        selector.close()
         if exit_fd is not None:
             os.close(exit_fd)
         process.stdout.close()
@@ -6803,28 +6973,42 @@ class GitCall:
     independent git calls of a pre-push run overlap instead of following one another."""
 
     def __init__(self, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> None:
-        import subprocess
-
         self.argv = ["git", *args]
         self.cwd = cwd
         self.result: tuple[int, bytes, bytes] | None = None
+        child_env = git_call_environment(os.environ if env is None else env)
+        self.process: Any = None
         try:
-            self.process: Any = subprocess.Popen(
-                self.argv, cwd=cwd, env=git_call_environment(os.environ if env is None else env),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if can_spawn():  # git -C: the same as starting git there
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                try:
+                    pid = spawn_process(["git", "-C", str(cwd), *args], child_env, stdin=_devnull(),
+                                        stdout=out_w, stderr=err_w)
+                except BaseException:
+                    os.close(out_r)
+                    os.close(err_r)
+                    raise
+                finally:
+                    os.close(out_w)
+                    os.close(err_w)
+                self.process = SpawnedProcess(pid, stdout=out_r, stderr=err_r)
+            else:
+                import subprocess
+
+                self.process = subprocess.Popen(self.argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             self.process = None
 
     def output(self, check: bool = True) -> str:
         """git's stdout; GitError when git is missing, hangs, or (with check) fails."""
-        import subprocess
-
         if self.process is None:
             raise GitError("git: command not found; install git or put it on PATH")
         if self.result is None:
             try:
                 out, err = self.process.communicate(timeout=GIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
+            except (TimeoutError, _subprocess_timeout()):
                 import shlex
 
                 self.process.kill()

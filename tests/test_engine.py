@@ -550,3 +550,52 @@ def test_the_watchdog_hears_of_each_step_in_one_write(project: Project, monkeypa
     started = [line[1:] for line in lines if line.startswith("+")]
     assert len(started) == 10 and [line[1:] for line in lines if line.startswith("-")] == started
     assert sent[-1].decode() == f"-{started[-1]}\n" and orchestrate.WATCHDOG.released == ""
+
+
+SPAWN_LAUNCHER = ("import sys, orchestrate\ncode = orchestrate.main(sys.argv[1:])\n"
+                  "sys.stderr.write('subprocess imported: %s\\n' % ('subprocess' in sys.modules))\nsys.exit(code)\n")
+
+
+def test_steps_started_without_subprocess_get_what_popen_gave_them(project: Project) -> None:
+    """Issue 15: where a step runs in orchestrate's own folder, it is started with os.posix_spawn
+    (subprocess is not even imported: 5 ms of start-up): its own session, stdin /dev/null,
+    SIGPIPE at its default (`yes | head` ends), no descriptor orchestrate was given, PATH from
+    the step's environment, and the same messages for a missing or unrunnable command."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    tools = project.root / "tools"
+    tools.mkdir(parents=True)
+    (tools / "mytool").write_text("#!/bin/sh\necho from PATH\n")
+    (tools / "mytool").chmod(0o755)
+    project.workflow("w", [
+        {"name": "session", "type": "command", "run": "ps -o sid= -p $$; echo pid $$"},
+        {"name": "stdin", "type": "command", "run": "cat; echo stdin ok"},
+        {"name": "pipe", "type": "command", "run": "yes | head -n 2"},
+        {"name": "fds", "type": "command", "run": "ls /proc/$$/fd"},
+        {"name": "path", "type": "command", "run": ["mytool"], "env": {"PATH": f"{tools}:/usr/bin:/bin"}},
+    ])
+    project.workflow("missing", [{"name": "m", "type": "command", "run": ["no-such-tool-here"]}])
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "GITLAB_CI")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    try:
+        done = subprocess.run([sys.executable, "-c", SPAWN_LAUNCHER, "run", "w"], cwd=project.root, env=env,
+                              capture_output=True, text=True, timeout=60, pass_fds=(write_end,))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.endswith("subprocess imported: False\n")
+    logs = {entry["step"]: (project.runs / project.last_record()["run_id"] / Path(entry["log_file"]).name)
+            for entry in project.last_record()["log"]}
+    sid, pid = logs["session"].read_text().split("\n")[:2]
+    assert sid.strip() == pid.split()[1]  # the step's shell leads its own session
+    assert logs["stdin"].read_text() == "stdin ok\n"
+    assert logs["pipe"].read_text() == "y\ny\n"
+    fds = logs["fds"].read_text().split()
+    assert str(write_end) not in fds, fds
+    assert logs["path"].read_text() == "from PATH\n"
+    missing = subprocess.run([sys.executable, "-c", SPAWN_LAUNCHER, "run", "missing"], cwd=project.root, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert project.last_record()["log"][0]["message"] == (
+        "command not found: 'no-such-tool-here' (is it installed and on PATH?)")

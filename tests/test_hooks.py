@@ -315,7 +315,9 @@ def test_a_pushed_commit_costs_orchestrate_three_git_calls(gp: GitProject) -> No
     log = gp.tmp / "git-calls"
     wrapper = gp.tmp / "wrapped" / "git"
     wrapper.parent.mkdir()
-    wrapper.write_text(f'#!/bin/sh\necho "$1" >> "{log}"\nexec "{real_git}" "$@"\n')
+    # the subcommand (after `-C DIR`, as orchestrate starts git where it is not in that folder)
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = -C ]; then echo "$3"; else echo "$1"; fi >> "{log}"\n'
+                       f'exec "{real_git}" "$@"\n')
     wrapper.chmod(0o755)
     env = {**gp.env, "PATH": f"{wrapper.parent}{os.pathsep}{gp.env['PATH']}"}
     assert gp.push("main").returncode == 0
