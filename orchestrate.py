@@ -2412,6 +2412,12 @@ class _PipeEnd:
         if fd is not None:
             os.close(fd)
 
+    def __del__(self) -> None:  # as a Popen's pipes are closed once nobody holds them
+        try:
+            self.close()
+        except Exception:  # OSError, or a module already torn down at exit
+            pass
+
 
 class SpawnedProcess:
     """A child started by spawn_process: what run_process, stop_tree and GitCall use of a Popen."""
@@ -2440,6 +2446,13 @@ class SpawnedProcess:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    def __del__(self) -> None:
+        if self.returncode is None:  # reaped if it has ended (Popen keeps a list for later ones)
+            try:
+                self.poll()
+            except Exception:  # OSError, or a module already torn down at exit
+                pass
 
     def communicate(self, timeout: float | None = None) -> tuple[bytes, bytes]:
         """Everything the child printed on its stdout and stderr pipes, then its exit; TimeoutError
@@ -2483,8 +2496,9 @@ def can_spawn(cwd: Path | str | None = None) -> bool:
     """Whether spawn_process may start a child here (see the comment above it)."""
     if not hasattr(os, "posix_spawn") or not sys.platform.startswith("linux"):
         return False
-    module = sys.modules.get("subprocess")
-    if module is not None and getattr(module.Popen, "__module__", "subprocess") != "subprocess":
+    # (another thread may be importing subprocess right now: a module without Popen yet)
+    popen = getattr(sys.modules.get("subprocess"), "Popen", None)
+    if popen is not None and getattr(popen, "__module__", "subprocess") != "subprocess":
         return False  # a stand-in for Popen, which a test wants used
     if cwd is None:
         return True
@@ -8439,6 +8453,16 @@ class RunGitCalls:
             self._status = read_git_status(self.status_call, untracked=self.untracked)
         return self._status
 
+    def close(self) -> None:
+        """Wait for the calls nobody read (the run ended before it needed them: a definition
+        error), so no process or pipe is left behind in a process that goes on."""
+        for call in (self.status_call, self.config_call):
+            if call is not None:
+                try:
+                    call.output(check=False)
+                except GitError:
+                    pass
+
 
 def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
                       env: Mapping[str, str] | None = None,
@@ -9466,13 +9490,18 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     settings = load_settings(paths.root)
     # git works while the workflow is read (a dry run needs no git)
     git_calls = None if options.dry_run else RunGitCalls(paths.root, options)
-    if git_calls is not None:
-        name = git_calls.workflow_name(name)
-    if options.vars_from_http:
-        options.variables = read_http_variables(sys.stdin.buffer)
-    workflow = load_workflow(name, paths.workflows_dir, interpolation_values(options), settings, paths.root)
-    if options.vars_from_http:  # the server checked them; a run checks what it is given itself
-        check_http_variables(workflow, options.variables)
+    try:
+        if git_calls is not None:
+            name = git_calls.workflow_name(name)
+        if options.vars_from_http:
+            options.variables = read_http_variables(sys.stdin.buffer)
+        workflow = load_workflow(name, paths.workflows_dir, interpolation_values(options), settings, paths.root)
+        if options.vars_from_http:  # the server checked them; a run checks what it is given itself
+            check_http_variables(workflow, options.variables)
+    except BaseException:
+        if git_calls is not None:
+            git_calls.close()
+        raise
     for warning in workflow.warnings:
         _err(f"orchestrate: warning: {warning}")
     store = RunStore(paths.runs_dir)
