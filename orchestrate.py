@@ -20,23 +20,35 @@ Map of this module (``grep -n '^# ===' orchestrate.py``):
 
 from __future__ import annotations
 
+# Start-up is paid on every push (a git hook), so the module body stays cheap: no typing at
+# run time (annotations are strings; names only type checkers need are under TYPE_CHECKING),
+# no hashlib (it loads OpenSSL: sha256_hex), regexes compiled on first use (lazy_regex), and
+# subprocess, threading, shlex and xml imported by the functions that need them. Measured with
+# `python -X importtime -c 'import orchestrate'` and bench/run.py (issue 15).
 import _thread  # locks without importing threading (a run in one thread never needs it)
 import builtins  # RunStore.list shadows the built-in inside the class
 import functools
-import hashlib
 import json
 import os
 import re
-import shlex
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-if TYPE_CHECKING:  # imported for real only when the CLI app is built (see build_app)
-    import typer
+TYPE_CHECKING = False  # what typing.TYPE_CHECKING is at run time, without importing typing
+if TYPE_CHECKING:
+    from typing import Any, TypedDict
+
+    import typer  # imported for real only when the CLI app is built (see build_app)
+else:
+    class TypedDict(dict):
+        """Stands in for typing.TypedDict at run time: the record classes built on it only
+        document the records' shape for type checkers."""
+
+        def __init_subclass__(cls, total: bool = True, **kwargs: object) -> None:
+            super().__init_subclass__(**kwargs)
 
 __version__ = "0.2.0"
 
@@ -71,6 +83,7 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader left (`| head`)
 
 # runs/<run_id>.json: v1 first version; v2 adds "running" (the steps running now, in start
 # order; "current" is the first of them) and options.jobs; v3 adds "resumed_from" (the run a
@@ -91,14 +104,83 @@ TAIL_MAX_LINES = 40
 READ_CHUNK = 1024 * 1024  # large binary reads: line-by-line reading is several times slower
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this many seconds (as docker stop and systemd do)
 SNAPSHOT_INTERVAL_S = 0.5  # between full rewrites of a running record; the journal covers the gap
+SYNC_AFTER_STEP_S = 1.0  # a step that ran this long has its outcome synced to disk (RunRecorder)
 DEFAULT_KEEP_RUNS = 300
+PRUNE_BATCH = 200  # runs removed at most after one run (the next runs remove the rest)
+PRUNE_BUDGET_S = 0.03  # nor once this long has passed since the prune began (listing included)
+PRUNE_AT_LEAST = 5  # but these go in any case: a slow listing never stops pruning altogether
 MAX_JOBS = 256  # steps at once: far beyond what one machine runs usefully
 # Modes given explicitly wherever orchestrate creates something under runs/: with the
 # umask 000 some CI images and containers run with, open()'s 0o666 and mkdir's 0o777
 # would make run records, logs and folders world-writable (anyone could forge a result).
 RUNS_FILE_MODE = 0o644
 RUNS_DIR_MODE = 0o755
-SECRET_KEY_RE = re.compile(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
+
+
+class _LazyRegex:
+    """A regex compiled on first use (see lazy_regex)."""
+
+    __slots__ = ("_compiled", "_flags", "_source")
+
+    def __init__(self, source: str | bytes, flags: int) -> None:
+        self._source, self._flags = source, flags
+        self._compiled: re.Pattern[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:  # match, search, sub, pattern, ...: the compiled regex's
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = re.compile(self._source, self._flags)
+        return getattr(compiled, name)
+
+    def __repr__(self) -> str:
+        return f"lazy_regex({self._source!r})"
+
+
+def lazy_regex(source: str, flags: int = 0) -> re.Pattern[str]:
+    """re.compile(source, flags) on first use: compiling this module's regexes when it was
+    imported cost about 2 ms of every start, and most runs use only a few of them."""
+    return _LazyRegex(source, flags)  # type: ignore[return-value]  # behaves as the Pattern it compiles
+
+
+_SHA256: Any = None
+
+
+def sha256_hex(data: bytes) -> str:
+    """hashlib.sha256(data).hexdigest() without importing hashlib, which loads OpenSSL (about
+    3 ms at every start): CPython's own implementation gives the same digest."""
+    global _SHA256
+    if _SHA256 is None:
+        try:
+            from _sha2 import sha256 as builtin_sha256  # type: ignore[import-not-found]  # Python 3.12+
+        except ImportError:
+            try:
+                from _sha256 import sha256 as builtin_sha256  # type: ignore[import-not-found,no-redef]
+            except ImportError:  # a build without it
+                from hashlib import sha256 as builtin_sha256  # type: ignore[assignment,no-redef]
+        _SHA256 = builtin_sha256
+    return str(_SHA256(data).hexdigest())
+
+
+def define_typing_names() -> None:
+    """Typer and FastAPI read this module's annotations (strings, PEP 563) against its globals,
+    where `Any` is not defined at import (typing costs 3 ms of every start): build_app and
+    create_app define it first, as does anyone calling typing.get_type_hints on this module."""
+    import typing
+
+    globals().setdefault("Any", typing.Any)
+
+
+SECRET_KEY_RE = lazy_regex(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
+_SECRET_KEY_WORDS = ("token", "password", "passwd", "secret", "apikey", "api_key", "api-key")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a key's name says its value is a secret (SECRET_KEY_RE): for the usual ASCII
+    names without compiling the regex (every workflow load asks; re.compile cost 0.2 ms)."""
+    if key.isascii():
+        lowered = key.lower()
+        return any(word in lowered for word in _SECRET_KEY_WORDS)
+    return SECRET_KEY_RE.search(key) is not None
 MIN_SECRET_LEN = 4  # a shorter secret is a definition error: masking "abc" would garble every line
 
 # === 2. Errors ===
@@ -156,7 +238,7 @@ class _DataclassFields:
             else:
                 spec = dataclasses.field(default=default)
             spec.name = name
-            spec.type = cls.__annotations__.get(name, Any)
+            spec.type = cls.__annotations__.get(name, "Any")
             spec._field_type = dataclasses._FIELD  # type: ignore[attr-defined]  # what fields() keeps
             fields[name] = spec
         cls.__dataclass_fields__ = fields  # built once per class
@@ -175,6 +257,31 @@ def field(*, default_factory: Callable[[], Any]) -> Any:
     return _Factory(default_factory)
 
 
+def _record_init(cls: Any, names: Sequence[str], defaults: dict[str, Any], frozen: bool) -> Callable[..., None]:
+    """The generated __init__ of a record class: positional or keyword fields, defaults, factories."""
+    params, lines = [], []
+    assign = "__setattr(self, {0!r}, {1})" if frozen else "self.{0} = {1}"
+    for name in names:
+        if name in defaults:
+            if isinstance(defaults[name], _Factory):
+                params.append(f"{name}=__missing")
+                value = f"__defaults[{name!r}].factory() if {name} is __missing else {name}"
+            else:
+                params.append(f"{name}=__defaults[{name!r}]")
+                value = name
+        else:
+            params.append(name)
+            value = name
+        lines.append("    " + assign.format(name, value))
+    source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
+    namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
+                                 "__setattr": object.__setattr__}
+    exec(source, namespace)  # generated from the class's own field names
+    init: Callable[..., None] = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
+
+
 @dataclass_transform(field_specifiers=(field,))
 def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
     """The subset of @dataclasses.dataclass described above."""
@@ -183,30 +290,21 @@ def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
         names = [n for n, a in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063  (inspect is what this avoids importing)
                  if not str(a).startswith(("ClassVar", "typing.ClassVar"))]
         defaults: dict[str, Any] = {}
-        params, lines = [], []
-        assign = "__setattr(self, {0!r}, {1})" if frozen else "self.{0} = {1}"
         for name in names:
             if name in cls.__dict__:
-                default = cls.__dict__[name]
-                defaults[name] = default
-                if isinstance(default, _Factory):
+                defaults[name] = cls.__dict__[name]
+                if isinstance(defaults[name], _Factory):
                     delattr(cls, name)
-                    params.append(f"{name}=__missing")
-                    value = f"__defaults[{name!r}].factory() if {name} is __missing else {name}"
-                else:
-                    params.append(f"{name}=__defaults[{name!r}]")
-                    value = name
-            else:
-                params.append(name)
-                value = name
-            lines.append("    " + assign.format(name, value))
-        source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
-        namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
-                                     "__setattr": object.__setattr__}
-        exec(source, namespace)  # generated from the class's own field names
-        init = namespace["__init__"]
-        init.__qualname__ = f"{cls.__qualname__}.__init__"
-        cls.__init__ = init
+
+        def first_init(self: Any, *args: Any, **kwargs: Any) -> None:
+            # compiled when the first instance is made: exec() for all 26 classes at import
+            # cost about 3 ms of every start, and a run makes instances of a few of them
+            init = _record_init(cls, names, defaults, frozen)
+            cls.__init__ = init
+            init(self, *args, **kwargs)
+
+        first_init.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = first_init
         cls.__record_fields__ = tuple(names)
         cls.__record_defaults__ = defaults
         cls.__dataclass_fields__ = _DataclassFields()
@@ -398,10 +496,10 @@ PRE_PUSH_CHECKOUTS = ("working-tree", "pushed")
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "an object"}
 # \Z, not $: '$' also matches before a trailing newline, and "w\n" would become a file name
-_PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
-_STEP_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,49}\Z")
-_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-_VAR_EXPR_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+_PLAIN_NAME_RE = lazy_regex(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+_STEP_TYPE_RE = lazy_regex(r"^[a-z][a-z0-9_]{0,49}\Z")
+_VAR_NAME_RE = lazy_regex(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_VAR_EXPR_RE = lazy_regex(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
 def _describe_type(types: tuple[type, ...]) -> str:
@@ -527,7 +625,7 @@ def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: st
         text, used = interpolate(value, variables, f"{where}: key '{key}'")
         if used:
             refs.append((where, key, tuple(used)))
-            if SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]) and text:
+            if is_secret_key(key.rsplit(".", 1)[-1]) and text:
                 secrets.setdefault(text, ", ".join(f"${{{n}}}" for n in dict.fromkeys(used)))
         return text
     if isinstance(value, list):
@@ -565,7 +663,7 @@ def _secret_variable_names(data: dict[str, Any], variables: dict[str, str]) -> d
             stack.extend((str(k), v) for k, v in value.items())
         elif isinstance(value, list):
             stack.extend((key, v) for v in value)
-        elif isinstance(value, str) and SECRET_KEY_RE.search(key):
+        elif isinstance(value, str) and is_secret_key(key):
             for var in re.findall(_VAR_REFERENCE_RE, value):
                 if variables.get(var):
                     names.setdefault(variables[var], f"${{{var}}}")
@@ -702,7 +800,7 @@ def _check_document(document: Any) -> str | None:
         if depth > MAX_NESTING:
             return f"JSON is nested more than {MAX_NESTING} levels deep"
         if isinstance(value, str):
-            if _SURROGATE_RE.search(value):
+            if not value.isascii() and _SURROGATE_RE.search(value):
                 return f"string {shorten_middle(value, 40)!r} contains a lone UTF-16 surrogate (\\uD800-\\uDFFF); use the real character"
         elif isinstance(value, list):
             stack.extend((item, depth + 1) for item in value)
@@ -712,7 +810,7 @@ def _check_document(document: Any) -> str | None:
     return None
 
 
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_SURROGATE_RE = lazy_regex("[\ud800-\udfff]")
 
 
 def _check_keys(obj: dict[str, Any], specs: dict[str, KeySpec], where: str,
@@ -839,7 +937,7 @@ def _entry_point_names() -> dict[str, Any]:
 
 def _canonical_hash(value: Any) -> str:
     data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+    return sha256_hex(data.encode("utf-8", "surrogatepass"))
 
 
 def load_workflow(name: str, workflows_dir: Path, variables: dict[str, str] | None = None,
@@ -856,7 +954,7 @@ def load_workflow(name: str, workflows_dir: Path, variables: dict[str, str] | No
             f"; known: {', '.join(known)}" if known else f"; {_display_path(workflows_dir, root)}/ has no workflows (try: orchestrate init)")
         raise UsageError(f"no workflow '{name}': {shown} does not exist{hint}")
     data = parse_json_file(path, shown)
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha256 = sha256_hex(path.read_bytes())
     return build_workflow(data, name, path, shown, variables if variables is not None else dict(os.environ),
                           settings, root, sha256)
 
@@ -1160,9 +1258,10 @@ class StreamMasker:
 
 # === 4. Run store ===
 
-RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
-_STATUS_PEEK_RE = rb'\n "status": "(pending|running|failed|completed)"'  # compiled on first use (prune)
-_LOOSE_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
+RUN_ID_RE = lazy_regex(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
+_HEAD_PEEK_RE = rb'\n "(status|workflow)": "([^"\\\n]{0,100})"'  # compiled on first use (RunStore._peek)
+_LOOSE_RUN_ID_RE = lazy_regex(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
+_NEWEST_FIRST = 64  # RunStore.newest_ids: picked without sorting every name
 
 
 def utc_now() -> str:
@@ -1581,16 +1680,46 @@ class RunStore:
             return []
         except OSError as exc:
             raise StoreError(f"cannot read {self.runs_dir}: {exc.strerror or exc}") from None
-        ids = [n[:-5] for n in names if n.endswith(".json") and not n.startswith(".")]
-        return sorted((i for i in ids if _LOOSE_RUN_ID_RE.match(i)), reverse=True)
+        match = _LOOSE_RUN_ID_RE.match  # once: 10,000 names
+        ids = [name[:-5] for name in names if name.endswith(".json") and name[0] != "." and match(name[:-5])]
+        ids.sort(reverse=True)
+        return ids
+
+    def newest_ids(self) -> Iterator[str]:
+        """list_ids(), lazily: a reader that stops after the newest few (runs --limit 20, the
+        latest run) does not sort and check every name (5 ms of a listing at 10,000 runs; the
+        directory listing itself is the rest, and only an index could spare it)."""
+        import heapq
+
+        try:
+            names = os.listdir(self.runs_dir)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.runs_dir}: {exc.strerror or exc}") from None
+        candidates = [name[:-5] for name in names if name.endswith(".json") and name[0] != "."]
+        match = _LOOSE_RUN_ID_RE.match
+        first = heapq.nlargest(_NEWEST_FIRST, candidates)
+        yield from (run_id for run_id in first if match(run_id))
+        if len(candidates) > _NEWEST_FIRST:
+            candidates.sort(reverse=True)
+            yield from (run_id for run_id in candidates[_NEWEST_FIRST:] if match(run_id))
 
     def list(self, workflow: str | None = None, status: str | None = None,
              limit: int | None = 20) -> list[dict[str, Any]]:
-        """Newest first; reads only as many records as it needs."""
+        """Newest first; reads only as many records as it needs. With a filter, a record whose
+        first bytes show it cannot match (another workflow; a finished status that is not the
+        one asked for) is not parsed (a record of 1,000 steps is 400 KB)."""
         rows: list[dict[str, Any]] = []
-        for run_id in self.list_ids():
+        for run_id in self.newest_ids():
             if limit is not None and len(rows) >= limit:
                 break
+            if workflow is not None or status is not None:
+                head = self._peek(run_id)
+                if workflow is not None and head.get("workflow") not in (None, workflow):
+                    continue
+                if status is not None and head.get("status") in ("failed", "completed") and head["status"] != status:
+                    continue  # a finished snapshot never changes again
             try:
                 record = self.load(run_id)
             except (RecordUnreadable, UsageError) as exc:
@@ -1604,15 +1733,33 @@ class RunStore:
             rows.append(record)
         return rows
 
-    def prune(self, keep: int) -> builtins.list[str]:
+    def may_hold_more_than(self, keep: int) -> bool:
+        """Whether runs/ may hold more than `keep` runs, with one stat(2) where the filesystem
+        counts a folder's subfolders in its link count (ext4, XFS, tmpfs: every run has its
+        folder); elsewhere (btrfs says 1) from the listing, which took 17 ms at 10,000 runs."""
+        try:
+            links = os.stat(self.runs_dir).st_nlink
+        except OSError:
+            return False
+        if links >= 2:
+            return links - 2 > keep  # prune then lists runs/ once, within its budget
+        return len(self.list_ids()) > keep
+
+    def prune(self, keep: int, *, batch: int | None = None, budget_s: float | None = None) -> builtins.list[str]:
         """Delete the oldest finished runs beyond the newest `keep` finished ones. Running and
         pending runs neither count nor go: 500 runs queued on the HTTP server once made
-        every finished record, CLI runs included, "older than the newest 300"."""
+        every finished record, CLI runs included, "older than the newest 300". With `batch`
+        and `budget_s` (after a run), at most that many go and the work stops once the budget
+        is spent: the next runs take the rest (thousands at once took seconds)."""
         removed: list[str] = []
         import shutil
 
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         finished = 0
-        for run_id in self.list_ids():
+        for run_id in self.newest_ids():
+            if (batch is not None and len(removed) >= batch) or (
+                    deadline is not None and len(removed) >= PRUNE_AT_LEAST and time.monotonic() > deadline):
+                return removed  # temporary files of dead writers wait for a prune with time to spare
             if self._peek_status(run_id) not in ("failed", "completed"):
                 try:  # the full read settles a run whose process is gone as failed
                     status = self.load(run_id).get("status")
@@ -1635,17 +1782,23 @@ class RunStore:
         return removed
 
     def _peek_status(self, run_id: str) -> str | None:
-        """The status a snapshot starts with, from its first bytes (records are written with
-        one-space indentation, so only the top level's key reads '\\n "status": '); None
-        when it is not there. A finished snapshot never changes again: prune reads only this
-        much of each record it keeps, instead of parsing keep_runs records after every run."""
+        """The status a snapshot starts with (see _peek). A finished snapshot never changes
+        again: prune reads only this much of each record it keeps, instead of parsing
+        keep_runs records after every run."""
+        status = self._peek(run_id).get("status")
+        return status if status in RUN_STATUSES else None
+
+    def _peek(self, run_id: str) -> dict[str, str]:
+        """"workflow" and "status" as a snapshot's first bytes give them (records are written
+        with one-space indentation, so only the top level's keys read '\\n "status": '); a key
+        that is not there (a record written by hand, unreadable) is missing."""
         try:
             with open(self.record_path(run_id), "rb") as handle:
                 head = handle.read(512)
         except OSError:
-            return None
-        match = re.search(_STATUS_PEEK_RE, head)
-        return match.group(1).decode() if match else None
+            return {}
+        return {match.group(1).decode(): match.group(2).decode("utf-8", "replace")
+                for match in re.finditer(_HEAD_PEEK_RE, head)}
 
     def _remove_stale_temp_files(self) -> None:
         """Temporary files of writers killed mid-write (their pid is in the name)."""
@@ -1683,9 +1836,17 @@ def step_log_path(store: RunStore, run_id: str, entry: Mapping[str, Any] | None)
 
 
 class RunRecorder:
-    """Keeps one run's record current: a journal line per step update (fsync'd when a step
-    ends) and now and then a full snapshot, so recording a step costs the same at step 1,000
-    as at step 1 (rewriting the whole record each time would be O(N^2)).
+    """Keeps one run's record current: a journal line per step update and now and then a full
+    snapshot, so recording a step costs the same at step 1,000 as at step 1 (rewriting the
+    whole record each time would be O(N^2)).
+
+    Durability: every line is written (a SIGKILL loses nothing: the kernel has it); only a power
+    cut can lose what was not synced. The journal is synced after a step that ran for
+    SYNC_AFTER_STEP_S or longer, and every snapshot (the record's creation, the periodic ones,
+    the run's end) is fsync'd before it replaces the record. One fdatasync per step cost
+    0.3 ms on a quiet disk and 1.7 ms while another process synced (bench/run.py), more than
+    the rest of a short step's bookkeeping; a power cut loses at most the outcomes of the
+    short steps since the last sync, and the record then reads as interrupted.
 
     A snapshot rewrites every step's entry, pending ones included, so one every
     SNAPSHOT_INTERVAL_S would still cost O(N) per interval: 12-21 snapshots of 420 KB took
@@ -1722,11 +1883,14 @@ class RunRecorder:
             self._update(index, entry, durable=False)
 
     def step_finished(self, index: int, entry: dict[str, Any]) -> None:
-        """A step's outcome (passed, failed or skipped): always fsync'd."""
+        """A step's outcome (passed, failed or skipped); synced when the step ran for a second
+        or more (losing its outcome to a power cut would cost that much work again)."""
+        duration = entry.get("duration_s")
+        durable = isinstance(duration, (int, float)) and duration >= SYNC_AFTER_STEP_S
         with self.lock:
             if entry["step"] in self.running:
                 self.running.remove(entry["step"])
-            self._update(index, entry, durable=True)
+            self._update(index, entry, durable=durable)
 
     def _update(self, index: int, entry: dict[str, Any], durable: bool) -> None:
         self.record["log"][index] = entry
@@ -1779,6 +1943,8 @@ INDEX_VERSION = 1
 
 
 def _index_key(workflow: str, step: str) -> str:
+    import hashlib
+
     return hashlib.sha256(f"{workflow}\0{step}".encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
@@ -1937,8 +2103,8 @@ class StepIndex:
 
 # === 5. Processes ===
 
-_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_ANSI_RE = lazy_regex(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL_RE = lazy_regex(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def readable_text(data: bytes) -> str:
@@ -1948,8 +2114,15 @@ def readable_text(data: bytes) -> str:
 
 def readable(text: str) -> str:
     """Text without terminal escapes and control characters (newlines and tabs kept)."""
+    if _plain(text):  # most text: no escape, no control character (no regex to compile or run)
+        return text.replace("\r\n", "\n").replace("\r", "\n")
     text = _ANSI_RE.sub("", text.replace("\r\n", "\n"))
     return _CONTROL_RE.sub("", text.replace("\r", "\n"))
+
+
+def _plain(text: str) -> bool:
+    """ASCII without control characters other than tab, newline and carriage return."""
+    return text.isascii() and text.replace("\n", "").replace("\t", "").replace("\r", "").isprintable()
 
 
 class OutputSink:
@@ -2057,11 +2230,13 @@ class SignalGuard:
             pass
 
     def __enter__(self) -> SignalGuard:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+        # only the main thread may set handlers; elsewhere (a server thread) signal.signal raises
+        # ValueError and the guard just watches its pipe (asking threading costs 2 ms of start-up)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
                 self.previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:
+                break
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -2112,6 +2287,7 @@ STEP_TOKEN_ENV = "ORCHESTRATE_STEP_TOKEN"
 # a process ending sooner than this is swept with a scan of the pids allocated since it started
 # (from /proc/loadavg's last pid); after a longer run the pids may have wrapped: a full scan
 _QUICK_SCAN_S = 1.0
+_QUICK_SCAN_PIDS = 64  # fewer pids allocated since then than this: each is looked up, /proc is not listed
 
 
 def new_step_token() -> str:
@@ -2127,6 +2303,19 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
         return fields[0].decode("ascii", "replace"), int(fields[2]), int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _is_thread_group_leader(pid: int) -> bool:
+    """Whether `pid` is a process, not another thread of one (/proc/<tid> exists for threads
+    too, though listing /proc does not show them)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1]) == pid
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
 
 
 def _last_pid() -> int | None:
@@ -2152,14 +2341,20 @@ class ProcessTree:
         None where /proc cannot tell (then only the group is known, through killpg)."""
         if self.start_ticks is None:
             return None
-        try:
-            names = os.listdir("/proc")
-        except OSError:
-            return None
-        pids = [int(name) for name in names if name.isdigit()]
         last = _last_pid()
-        if last is not None and last >= self.pgid and time.monotonic() - self.started < _QUICK_SCAN_S:
-            pids = [pid for pid in pids if self.pgid < pid <= last]
+        quick = last is not None and last >= self.pgid and time.monotonic() - self.started < _QUICK_SCAN_S
+        if quick and last is not None and last - self.pgid <= _QUICK_SCAN_PIDS:
+            # the few pids allocated since the step started: looked up one by one, without
+            # listing /proc (0.1 ms a step, most of it for the one pid of a /bin/true)
+            pids: Iterable[int] = range(self.pgid + 1, last + 1)
+        else:
+            try:
+                names = os.listdir("/proc")
+            except OSError:
+                return None
+            pids = [int(name) for name in names if name.isdigit()]
+            if quick:
+                pids = [pid for pid in pids if self.pgid < pid <= last]  # type: ignore[operator]
         found: dict[int, int] = {}
         own = os.getpid()
         for pid in pids:
@@ -2168,7 +2363,7 @@ class ProcessTree:
             stat = _proc_stat(pid)
             if stat is None or stat[0] in ("Z", "X", "x") or stat[2] < self.start_ticks:
                 continue
-            if stat[1] == self.pgid or self._tagged(pid):
+            if (stat[1] == self.pgid or self._tagged(pid)) and _is_thread_group_leader(pid):
                 found[pid] = stat[2]
         return found
 
@@ -2294,6 +2489,7 @@ class StepWatchdog:
         self.write_fd: int | None = None
         self.owner_pid = 0
         self.process: Any = None  # kept so Popen.__del__ does not warn while it waits for EOF
+        self.released = ""  # "-PGID" lines not sent yet (see release)
         # steps may start processes from several threads: one writer at a time on the pipe, one
         # watchdog started (_thread: the threading module is not imported at start-up)
         import _thread
@@ -2310,17 +2506,23 @@ class StepWatchdog:
         if self.write_fd is not None and self.owner_pid == os.getpid():
             return self.write_fd
         import atexit
-        import subprocess
 
         if self.owner_pid != os.getpid():
             self.token = os.urandom(8).hex()  # a forked copy gets its own
+            self.released = ""
         read_fd, write_fd = os.pipe()  # not inheritable (PEP 446): steps never hold it open
+        argv = ["/bin/sh", "-c", _WATCHDOG_SCRIPT, "orchestrate-watchdog", str(max(1, int(self.grace * 10))),
+                self.token]
         try:
-            self.process = subprocess.Popen(
-                ["/bin/sh", "-c", _WATCHDOG_SCRIPT, "orchestrate-watchdog",
-                 str(max(1, int(self.grace * 10))), self.token],
-                stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True)
+            if can_spawn():
+                devnull = _devnull_write()
+                self.process = SpawnedProcess(spawn_process(argv, os.environ, stdin=read_fd, stdout=devnull,
+                                                            stderr=devnull, new_session=True))
+            else:
+                import subprocess
+
+                self.process = subprocess.Popen(argv, stdin=read_fd, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
         except OSError:
             os.close(write_fd)
             return None  # best effort: without /bin/sh, steps still end with every clean exit
@@ -2333,22 +2535,36 @@ class StepWatchdog:
 
     def _send(self, line: str) -> None:
         with self.lock:
-            fd = self._ensure()
-            if fd is None:
-                return
-            try:
-                os.write(fd, line.encode() + b"\n")
-            except OSError:  # the watchdog was killed: start a new one next time
-                os.close(fd)
-                self.write_fd = None
+            self._write(line)
+
+    def _write(self, line: str) -> None:  # with self.lock held
+        fd = self._ensure()
+        if fd is None:
+            return
+        lines, self.released = self.released + line, ""
+        try:
+            os.write(fd, lines.encode())
+        except OSError:  # the watchdog was killed: start a new one next time
+            os.close(fd)
+            self.write_fd = None
 
     def watch(self, pgid: int) -> None:
         if isinstance(pgid, int) and pgid > 1:  # never 0 or 1: 'kill -1' means every process
-            self._send(f"+{pgid}")
+            self._send(f"+{pgid}\n")
 
     def release(self, pgid: int) -> None:
+        """The group ended. Said with the next step's "+" line (or by flush), in one write: each
+        write wakes the shell, which reads a byte at a time (0.1 ms a step, bench/run.py)."""
         if isinstance(pgid, int) and pgid > 1:
-            self._send(f"-{pgid}")
+            with self.lock:
+                self.released += f"-{pgid}\n"
+
+    def flush(self) -> None:
+        """Tell the watchdog now what release() held back (at the end of a run: a process that
+        lives on must not leave it holding the number of a group that is gone)."""
+        with self.lock:
+            if self.released and self.write_fd is not None and self.owner_pid == os.getpid():
+                self._write("")
 
     def close(self) -> None:
         """A clean exit: every step has been ended by run_process; nothing to do."""
@@ -2381,12 +2597,178 @@ def _devnull() -> int:
     return _DEVNULL_FD
 
 
+_DEVNULL_WRITE_FD: int | None = None
+
+
+def _devnull_write() -> int:
+    """/dev/null for writing, opened once (the watchdog's stdout and stderr)."""
+    global _DEVNULL_WRITE_FD
+    if _DEVNULL_WRITE_FD is None:
+        _DEVNULL_WRITE_FD = os.open(os.devnull, os.O_WRONLY)
+    return _DEVNULL_WRITE_FD
+
+
 def _pidfd(pid: int) -> int | None:
     """A descriptor that becomes readable when the process exits (Linux 5.3+), else None."""
     try:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
+
+
+# --- starting a process without the subprocess module ---
+# subprocess costs about 5 ms to import (threading, selectors, locale, contextlib) and
+# Popen about 0.2 ms more than os.posix_spawn for each step (bench/run.py). os.posix_spawn
+# cannot change the working directory, so it is used where none is needed (the step runs
+# where orchestrate runs, git takes -C) and subprocess everywhere else, and whenever a test
+# has put a stand-in for subprocess.Popen (pytest-subprocess: the Cypress tests).
+
+
+class _PipeEnd:
+    """The read end of a child's pipe, as Popen.stdout is used here: fileno() and close()."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def fileno(self) -> int:
+        if self.fd is None:
+            raise ValueError("I/O operation on closed pipe")
+        return self.fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:  # as a Popen's pipes are closed once nobody holds them
+        try:
+            self.close()
+        except Exception:  # OSError, or a module already torn down at exit
+            pass
+
+
+class SpawnedProcess:
+    """A child started by spawn_process: what run_process, stop_tree and GitCall use of a Popen."""
+
+    def __init__(self, pid: int, stdout: int | None = None, stderr: int | None = None) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout = _PipeEnd(stdout) if stdout is not None else None
+        self.stderr = _PipeEnd(stderr) if stderr is not None else None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __del__(self) -> None:
+        if self.returncode is None:  # reaped if it has ended (Popen keeps a list for later ones)
+            try:
+                self.poll()
+            except Exception:  # OSError, or a module already torn down at exit
+                pass
+
+    def communicate(self, timeout: float | None = None) -> tuple[bytes, bytes]:
+        """Everything the child printed on its stdout and stderr pipes, then its exit; TimeoutError
+        when that takes longer than `timeout` seconds."""
+        import select
+
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        out = err = b""
+        streams = {stream.fileno(): (stream, bytearray()) for stream in (self.stdout, self.stderr) if stream}
+        poller = select.poll()
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
+        while streams:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"pid {self.pid}")
+            for fd, _ in poller.poll(int(left * 1000) + 1):
+                chunk = os.read(fd, READ_CHUNK)
+                if chunk:
+                    streams[fd][1].extend(chunk)
+                else:
+                    poller.unregister(fd)
+                    stream, data = streams.pop(fd)
+                    stream.close()
+                    if stream is self.stdout:
+                        out = bytes(data)
+                    else:
+                        err = bytes(data)
+        self.wait()
+        return out, err
+
+
+def _subprocess_timeout() -> type[BaseException]:
+    """subprocess.TimeoutExpired if subprocess is loaded (a Popen may have been used), else
+    TimeoutError (what SpawnedProcess raises): catching it never imports subprocess."""
+    module = sys.modules.get("subprocess")
+    return module.TimeoutExpired if module is not None else TimeoutError
+
+
+def can_spawn(cwd: Path | str | None = None) -> bool:
+    """Whether spawn_process may start a child here (see the comment above it)."""
+    if not hasattr(os, "posix_spawn") or not sys.platform.startswith("linux"):
+        return False
+    # (another thread may be importing subprocess right now: a module without Popen yet)
+    popen = getattr(sys.modules.get("subprocess"), "Popen", None)
+    if popen is not None and getattr(popen, "__module__", "subprocess") != "subprocess":
+        return False  # a stand-in for Popen, which a test wants used
+    if cwd is None:
+        return True
+    try:
+        return os.path.samestat(os.stat(cwd), os.stat("."))
+    except OSError:
+        return False
+
+
+def _executable(name: str, env: Mapping[str, str]) -> str:
+    """The file exec runs for argv[0], found on the child's PATH as subprocess finds it."""
+    if "/" in name:
+        return name
+    for folder in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    import errno
+
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+def spawn_process(argv: Sequence[str], env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int,
+                  new_session: bool = False) -> int:
+    """os.posix_spawn with what subprocess.Popen(close_fds=True, restore_signals=True) gives a
+    child: only stdin, stdout and stderr open (an inheritable descriptor orchestrate was given
+    is closed), SIGPIPE and SIGXFSZ back to their default (Python ignores them), optionally
+    its own session. Returns the pid; FileNotFoundError when argv[0] is not found."""
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
+                                      (os.POSIX_SPAWN_DUP2, stderr, 2)]
+    try:
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                if fd > 2 and fd not in (stdin, stdout, stderr) and os.get_inheritable(fd):
+                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
+            except OSError:  # the listing's own descriptor, closed by now
+                pass
+    except (OSError, ValueError):
+        pass
+    return os.posix_spawn(_executable(argv[0], env), list(argv), dict(env), file_actions=actions,
+                          setsid=new_session, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
 
 
 def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], sink: OutputSink,
@@ -2398,8 +2780,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     large chunks. `deadline` (time.monotonic()) is when the step's attempt runs out of time,
     shared by every process the attempt starts; `timeout` is the same for this process alone.
     Safe to call from several threads at once."""
-    import selectors
-    import subprocess
+    import select
 
     if timeout:
         deadline = min(deadline if deadline is not None else float("inf"), time.monotonic() + timeout)
@@ -2407,12 +2788,27 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         return ProcessResult(exit_code=None, timed_out=True)
     token = env.get(STEP_TOKEN_ENV) or new_step_token()
     shell = isinstance(argv, str)
+    child_env = WATCHDOG.step_env({**env, STEP_TOKEN_ENV: token})
     try:
-        process = subprocess.Popen(
-            argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd),
-            env=WATCHDOG.step_env({**env, STEP_TOKEN_ENV: token}),
-            stdin=_devnull() if stdin is None else stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True)
+        if can_spawn(cwd):
+            read_end, write_end = os.pipe()
+            try:
+                pid = spawn_process(["/bin/sh", "-c", argv] if isinstance(argv, str) else argv, child_env,
+                                    stdin=_devnull() if stdin is None else stdin, stdout=write_end,
+                                    stderr=write_end, new_session=True)
+            except BaseException:
+                os.close(read_end)
+                raise
+            finally:
+                os.close(write_end)
+            process: Any = SpawnedProcess(pid, stdout=read_end)
+        else:
+            import subprocess
+
+            process = subprocess.Popen(
+                argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd), env=child_env,
+                stdin=_devnull() if stdin is None else stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True)
     except FileNotFoundError as exc:
         missing = exc.filename if exc.filename and str(exc.filename) != str(cwd) else argv[0]
         if not Path(cwd).is_dir():
@@ -2442,16 +2838,16 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
     # 5 KB; 1,800 this way). The chunk handed on is a copy of what was read, as before.
     buffer = bytearray(READ_CHUNK)
     view = memoryview(buffer)
-    selector = selectors.DefaultSelector()
-    selector.register(out_fd, selectors.EVENT_READ, "out")
+    poller = select.poll()  # the selectors module costs 1 ms of start-up for the same poll(2)
+    poller.register(out_fd, select.POLLIN)
     if guard is not None:
-        selector.register(guard.read_fd, selectors.EVENT_READ, "signal")
+        poller.register(guard.read_fd, select.POLLIN)
     # A step that closes its stdout and stderr (`exec >/dev/null 2>&1; sleep 30`) ends the
     # output long before it exits: the wait for its exit is watched like the output, for the
     # deadline and for signals, woken by a pidfd where there is one.
     exit_fd = _pidfd(process.pid)
     if exit_fd is not None:
-        selector.register(exit_fd, selectors.EVENT_READ, "exit")
+        poller.register(exit_fd, select.POLLIN)
     timed_out = False
     eof = False
     leftovers = 0
@@ -2488,11 +2884,11 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
                 wait = 0.5 if exited_at is None else 0.05
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - now))
-            events = selector.select(wait)
+            events = poller.poll(int(wait * 1000) + (wait > 0))  # milliseconds, rounded up
             if not events and sink.on_idle is not None:
                 sink.on_idle()
-            for key, _ in events:
-                if key.data != "out":
+            for fd, _ in events:
+                if fd != out_fd:
                     continue
                 # While output flows, read until the pipe is empty (EAGAIN) before asking
                 # the selector again, gathering the reads into one buffer: a writer's small
@@ -2516,7 +2912,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
                 if filled:
                     sink.write(view[:filled])
                 if eof:
-                    selector.unregister(out_fd)
+                    poller.unregister(out_fd)
     except BaseException as exc:
         interrupted = isinstance(exc, RunInterrupted)
         if interrupted and guard is not None and guard.announce is not None \
@@ -2528,7 +2924,6 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         stop_tree(tree, process, grace, guard, signals_seen=1 if interrupted else None)
         raise
     finally:
-        selector.close()
         if exit_fd is not None:
             os.close(exit_fd)
         process.stdout.close()
@@ -2635,6 +3030,8 @@ class StepContext:
         if self.sink is None:
             raise RuntimeError("run_process outside a running step")
         if self.options.debug and self.debug_write is not None:
+            import shlex
+
             shown = argv if isinstance(argv, str) else shlex.join(argv)
             self.debug_write(f"+ {self.masker.mask(shown)}  (in {cwd or self.cwd})")
         result = run_process(argv, cwd=cwd or self.cwd, env=env if env is not None else self.env,
@@ -2915,6 +3312,8 @@ class PythonRunner(Runner):
         argv = [str(venv_python(venv).relative_to(ctx.root) if venv.is_relative_to(ctx.root) else venv_python(venv)),
                 *([ctx.step.config["script"]] if "script" in ctx.step.config else ["-m", ctx.step.config["module"]]),
                 *ctx.step.config.get("args", [])]
+        import shlex
+
         lines.append(ctx.masker.mask(shlex.join(argv)))
         return lines
 
@@ -2930,7 +3329,7 @@ class PythonRunner(Runner):
         if not venv_python(venv).exists():
             return "broken"
         try:
-            digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+            digest = sha256_hex(requirements.read_bytes())
             recorded = (venv / _REQUIREMENTS_MARKER).read_text(errors="replace").split("\n", 1)[0].strip()
         except OSError:
             return "ready"
@@ -3001,7 +3400,7 @@ class PythonRunner(Runner):
                                       f"(exit code {result.exit_code}){kept}; see the step log")
             _relocate_venv(build, venv)
             (build / _REQUIREMENTS_MARKER).write_text(
-                hashlib.sha256(data).hexdigest() + "\n"
+                sha256_hex(data) + "\n"
                 "# orchestrate built this virtualenv from the requirements file with this sha256;\n"
                 "# it rebuilds (replaces) it when that file changes. Delete this file to keep it as is.\n")
             self._swap(ctx, build, venv)
@@ -3083,6 +3482,8 @@ class CommandRunner(Runner):
         return []
 
     def describe(self, ctx: StepContext) -> list[str]:
+        import shlex
+
         run = ctx.step.config["run"]
         return [ctx.masker.mask(run if isinstance(run, str) else shlex.join(run))]
 
@@ -3516,7 +3917,7 @@ def _shorten(text: str, limit: int) -> str:
 
 # --- Jira: pure helpers ------------------------------------------------------------
 
-JIRA_ISSUE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]+-[0-9]+")
+JIRA_ISSUE_KEY_RE = lazy_regex(r"[A-Z][A-Z0-9_]+-[0-9]+")
 # Keys inside free text (a branch name, a commit message); compiled on first use (re's cache)
 _JIRA_KEY_IN_TEXT = r"(?<![A-Za-z0-9])[A-Z][A-Z0-9_]+-[0-9]+(?![A-Za-z0-9])"
 _JIRA_PROJECT = r"[A-Z][A-Z0-9_]+"
@@ -3543,8 +3944,8 @@ JIRA_TRANSITION_KEYS = ("name", "to_status_category", "prefer", "fields")
 # _italic_, -strike-, +underline+, ^sup^, ~sub~, ??cite??, {macro}, [link], |table|,
 # !image!, # lists.  A backslash before one shows it as written.
 _JIRA_WIKI_SPECIAL = "*_-+^~?{}[]|!#"
-_JIRA_API_PATH_RE = re.compile(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3|latest)$")
-_ENV_REF_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+_JIRA_API_PATH_RE = lazy_regex(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3|latest)$")
+_ENV_REF_RE = lazy_regex(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
 @dataclass(frozen=True)
@@ -5497,6 +5898,8 @@ class CypressRunner(Runner):
         specs, _ = self._specs(ctx, project)
         share = self._share(ctx, specs)
         env_prefix = [f"{k}={v}" for k, v in cypress_env_variables(ctx.step.env).items()]
+        import shlex
+
         lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && "
                                  f"{shlex.join([*env_prefix, *self._argv(ctx, project, batch)])}")
                  for batch in (self._batches(ctx, project, share) or [["<no spec files>"]])]
@@ -5640,6 +6043,7 @@ class RunOptions:
     output: str | None = None  # live | grouped | prefixed; None: live unless steps can overlap
     isolated: bool = False  # run in a temporary worktree of the commit being checked
     html_report: Path | None = None  # --html-report: the run's HTML report, also written here
+    workflow_from_git_config: bool = False  # git config orchestrate.prePushWorkflow overrides NAME (the hook)
     git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
     kill_grace: float = KILL_GRACE_S  # SIGTERM, then SIGKILL this many seconds later
     # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
@@ -6060,6 +6464,7 @@ class Engine:
                 self._record_store_failure(recorder, exc, started)
                 raise
             exit_code = self._finish_run(recorder, interrupted, failed, started)
+        WATCHDOG.flush()
         self.sinks.emit("run_finished", self.workflow, record)
         return record, exit_code
 
@@ -6543,8 +6948,8 @@ def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunSt
     record, code = engine.run(trigger if trigger is not None else {"source": "api"})
     if settings.keep_runs:
         try:
-            if len(store.list_ids()) > settings.keep_runs:
-                store.prune(settings.keep_runs)
+            if store.may_hold_more_than(settings.keep_runs):
+                store.prune(settings.keep_runs, batch=PRUNE_BATCH, budget_s=PRUNE_BUDGET_S)
         except OrchestrateError as exc:  # the run is recorded; say why old ones stay
             sys.stderr.write(f"orchestrate: warning: could not prune old runs: {exc}\n")
     try:
@@ -6559,12 +6964,14 @@ def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunSt
 # The characters XML 1.0 forbids, listed directly. The same set written as the complement of the
 # allowed ranges ("[^\x09\x0a\x0d\x20-\ud7ff...\U0010ffff]") takes ~5 ms to compile, at every
 # start of every command (python -X importtime); this one ~0.5 ms, and substitutes faster too.
-_XML_ILLEGAL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_XML_ILLEGAL_RE = lazy_regex("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def xml_safe(text: str) -> str:
     """Text that XML 1.0 can carry: escapes removed, forbidden characters shown as \\xNN
     (pytest's junitxml does the same)."""
+    if _plain(text):
+        return text
     text = _ANSI_RE.sub("", text)
     return _XML_ILLEGAL_RE.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
                                else "\\u%04x" % ord(m.group()), text)
@@ -6579,11 +6986,63 @@ def _junit_timestamp(iso: str | None) -> str:
     return (iso or utc_now())[:19]
 
 
+class _XmlElement:
+    """An element of _SmallElementTree."""
+
+    __slots__ = ("attrib", "children", "tag", "text")
+
+    def __init__(self, tag: str, attrib: dict[str, str]) -> None:
+        self.tag, self.attrib, self.text = tag, attrib, ""
+        self.children: list[_XmlElement] = []
+
+
+def _xml_escape(text: str, attribute: bool = False) -> str:
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if attribute:
+        text = text.replace('"', "&quot;").replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#09;")
+    return text
+
+
+class _SmallElementTree:
+    """The part of xml.etree.ElementTree that build_junit_xml uses, writing the same bytes as
+    ET.tostring(root, encoding="utf-8"): importing ElementTree cost about 4 ms of every run
+    (a run writes its report whatever happens). tests/test_junit.py compares the two."""
+
+    @staticmethod
+    def Element(tag: str, **attrib: str) -> _XmlElement:  # ElementTree's names
+        return _XmlElement(tag, attrib)
+
+    @staticmethod
+    def SubElement(parent: _XmlElement, tag: str, **attrib: str) -> _XmlElement:
+        element = _XmlElement(tag, attrib)
+        parent.children.append(element)
+        return element
+
+    @staticmethod
+    def tostring(root: _XmlElement, encoding: str = "utf-8") -> bytes:
+        parts: list[str] = []
+
+        def write(element: _XmlElement) -> None:
+            parts.append("<" + element.tag)
+            for key, value in element.attrib.items():
+                parts.append(f' {key}="{_xml_escape(value, attribute=True)}"')
+            if element.text or element.children:
+                parts.append(">" + _xml_escape(element.text or ""))
+                for child in element.children:
+                    write(child)
+                parts.append(f"</{element.tag}>")
+            else:
+                parts.append(" />")
+
+        write(root)
+        return "".join(parts).encode(encoding, "xmlcharrefreplace")
+
+
 def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]] | None = None,
                     shard: tuple[int, int] | None = None) -> bytes:
     """One <testsuite> per run (a <testcase> per step), plus one per step that reported its own
     test cases; valid against both Jenkins xunit's junit-10.xsd and the Ant-style JUnit.xsd."""
-    import xml.etree.ElementTree as ET
+    ET: Any = _SmallElementTree  # the ElementTree calls below, unchanged
 
     testcases = testcases or {}
     hostname = xml_safe(_hostname() or "localhost") or "localhost"
@@ -6881,7 +7340,7 @@ def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list
                       testcases=[*result.testcases, *cases][:MAX_STEP_TESTCASES])
 
 
-_STD_STREAM_PATH_RE = re.compile(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
+_STD_STREAM_PATH_RE = lazy_regex(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
 
 
 def _write_fd(fd: int, data: bytes) -> None:
@@ -7822,6 +8281,8 @@ _REPORT_JS = """
 
 @functools.cache
 def _csp_hash(text: str) -> str:
+    import hashlib
+
     import base64
 
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
@@ -7963,8 +8424,8 @@ _GIT_ENV_KEEP_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
 
 # githooks(5): all-zero object names mean "no object": 40 hex digits for SHA-1 repositories,
 # 64 for SHA-256 ones.
-_ZERO_OID_RE = re.compile(r"\A(?:0{40}|0{64})\Z")
-_OID_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+_ZERO_OID_RE = lazy_regex(r"\A(?:0{40}|0{64})\Z")
+_OID_RE = lazy_regex(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 
 
 class GitError(OrchestrateError):
@@ -8007,27 +8468,75 @@ def run_git(args: Sequence[str], cwd: Path, *, check: bool = True,
             env: Mapping[str, str] | None = None) -> str:
     """Run `git ARGS` in `cwd` and return its stdout (utf-8, undecodable bytes escaped).
 
-    The one place orchestrate runs git: stdin is closed and prompts are off so it can never
-    wait for a user (a push from an IDE has nobody to answer), the environment is a fixed
+    The one place orchestrate runs git (GitCall): stdin is closed and prompts are off so it can
+    never wait for a user (a push from an IDE has nobody to answer), the environment is a fixed
     few variables (no GIT_DIR or other hook variable, so `cwd` decides the repository; no
     GIT_CONFIG_* or LD_*), and a hung git is ended after GIT_TIMEOUT.
     """
-    import subprocess
+    return GitCall(args, cwd, env).output(check=check)
 
-    child_env = git_call_environment(os.environ if env is None else env)
-    argv = ["git", *args]
-    try:
-        proc = subprocess.run(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=GIT_TIMEOUT, check=False)
-    except FileNotFoundError:
-        raise GitError("git: command not found; install git or put it on PATH") from None
-    except subprocess.TimeoutExpired:
-        raise GitError(f"{shlex.join(argv)}: no answer after {GIT_TIMEOUT:.0f}s in {cwd}") from None
-    if check and proc.returncode != 0:
-        why = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise GitError(f"{shlex.join(argv)} failed in {cwd}: "
-                       f"{why[-1] if why else f'exit {proc.returncode}'}")
-    return proc.stdout.decode("utf-8", "surrogateescape")
+
+class GitCall:
+    """One git command (with run_git's rules), started at once and read with output(): the
+    independent git calls of a pre-push run overlap instead of following one another."""
+
+    def __init__(self, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> None:
+        self.argv = ["git", *args]
+        self.cwd = cwd
+        self.result: tuple[int, bytes, bytes] | None = None
+        child_env = git_call_environment(os.environ if env is None else env)
+        self.process: Any = None
+        try:
+            if can_spawn():  # git -C: the same as starting git there
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                try:
+                    pid = spawn_process(["git", "-C", str(cwd), *args], child_env, stdin=_devnull(),
+                                        stdout=out_w, stderr=err_w)
+                except BaseException:
+                    os.close(out_r)
+                    os.close(err_r)
+                    raise
+                finally:
+                    os.close(out_w)
+                    os.close(err_w)
+                self.process = SpawnedProcess(pid, stdout=out_r, stderr=err_r)
+            else:
+                import subprocess
+
+                self.process = subprocess.Popen(self.argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            self.process = None
+
+    def output(self, check: bool = True) -> str:
+        """git's stdout; GitError when git is missing, hangs, or (with check) fails."""
+        if self.process is None:
+            raise GitError("git: command not found; install git or put it on PATH")
+        if self.result is None:
+            try:
+                out, err = self.process.communicate(timeout=GIT_TIMEOUT)
+            except (TimeoutError, _subprocess_timeout()):
+                import shlex
+
+                self.process.kill()
+                self.process.communicate()
+                raise GitError(f"{shlex.join(self.argv)}: no answer after {GIT_TIMEOUT:.0f}s in {self.cwd}") from None
+            self.result = (self.process.returncode, out, err)
+        code, out, err = self.result
+        if check and code != 0:
+            import shlex
+
+            why = err.decode("utf-8", "replace").strip().splitlines()
+            raise GitError(f"{shlex.join(self.argv)} failed in {self.cwd}: {why[-1] if why else f'exit {code}'}")
+        return out.decode("utf-8", "surrogateescape")
+
+    def succeeded(self) -> bool:
+        try:
+            self.output()
+        except GitError:
+            return False
+        return True
 
 
 def _git_lines(args: Sequence[str], cwd: Path) -> list[str]:
@@ -8139,23 +8648,53 @@ def push_skip_reason(push: PushInfo, has_new_commits: Callable[[PushRef], bool])
     return None
 
 
-def _have_object(root: Path, oid: str) -> bool:
-    return bool(run_git(["cat-file", "-t", oid], root, check=False).strip())
+class PushedCommits:
+    """The commits each pushed ref brings that the remote lacks, oldest first with their parents
+    (what `git push` sends): one `git rev-list` per ref, all started together and each read
+    once (push_skip_reason, push_range and push_changes share them). Against the remote's tip
+    when this repository has that object; else (a new branch, a tip never fetched) the commits
+    on no remote ref: a second call, only then."""
+
+    def __init__(self, root: Path, refs: Iterable[PushRef] = ()) -> None:
+        self.root = root
+        self.calls: dict[PushRef, tuple[GitCall, bool]] = {}
+        self.found: dict[PushRef, tuple[list[list[str]], bool]] = {}
+        for ref in refs:
+            self._start(ref)
+
+    def _start(self, ref: PushRef) -> None:
+        against_tip = not ref.is_new
+        exclude = [f"^{ref.remote_oid}"] if against_tip else ["--not", "--remotes"]
+        call = GitCall(["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid, *exclude], self.root)
+        self.calls[ref] = (call, against_tip)
+
+    def _read(self, ref: PushRef) -> tuple[list[list[str]], bool]:
+        if ref not in self.found:
+            if ref not in self.calls:
+                self._start(ref)
+            call, against_tip = self.calls[ref]
+            if against_tip and not call.succeeded():  # git does not have the remote's tip
+                call = GitCall(["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid,
+                                "--not", "--remotes"], self.root)
+                against_tip = False
+            self.found[ref] = ([line.split() for line in call.output().splitlines() if line.strip()], against_tip)
+        return self.found[ref]
+
+    def new_commits(self, ref: PushRef) -> list[str]:
+        return [line[0] for line in self._read(ref)[0]]
+
+    def has_remote_tip(self, ref: PushRef) -> bool:
+        """Whether the range starts at the remote's tip (this repository has that commit)."""
+        return self._read(ref)[1]
+
+    def parent_of_first(self, ref: PushRef) -> str:
+        """The first parent of the oldest new commit ("" for a root commit or no new commit)."""
+        lines = self._read(ref)[0]
+        return lines[0][1] if lines and len(lines[0]) > 1 else ""
 
 
-def _commits_not_on_remotes(root: Path, ref: PushRef) -> list[str]:
-    """The pushed commits the remote lacks, oldest first (what `git push` sends)."""
-    if not ref.is_new and _have_object(root, ref.remote_oid):
-        exclude = [f"^{ref.remote_oid}"]
-    else:
-        # a new branch, or a remote tip we have never fetched: commits on no remote ref
-        exclude = ["--not", "--remotes"]
-    return run_git(["rev-list", "--reverse", "--topo-order", ref.local_oid, *exclude],
-                   root).split()
-
-
-def push_has_new_commits(root: Path, ref: PushRef) -> bool:
-    return bool(_commits_not_on_remotes(root, ref))
+def push_has_new_commits(root: Path, ref: PushRef, commits: PushedCommits | None = None) -> bool:
+    return bool((commits or PushedCommits(root)).new_commits(ref))
 
 
 @dataclass(frozen=True)
@@ -8178,36 +8717,33 @@ class ChangeSet:
                 "files": None if self.files is None else len(self.files)}
 
 
-def push_range(root: Path, ref: PushRef) -> tuple[str, str]:
+def push_range(root: Path, ref: PushRef, commits: PushedCommits | None = None) -> tuple[str, str]:
     """(from, to) object names for one pushed ref: from is "" when every commit is new."""
-    if not ref.is_new and _have_object(root, ref.remote_oid):
+    commits = commits or PushedCommits(root)
+    if commits.has_remote_tip(ref):
         return ref.remote_oid, ref.local_oid
-    new = _commits_not_on_remotes(root, ref)
-    if not new:
+    if not commits.new_commits(ref):
         return ref.local_oid, ref.local_oid
-    parent = run_git(["rev-parse", "--verify", "-q", f"{new[0]}^"], root, check=False).strip()
-    return parent, ref.local_oid
+    return commits.parent_of_first(ref), ref.local_oid
 
 
-def _changed_between(root: Path, from_oid: str, to_oid: str) -> list[str]:
-    if not from_oid:  # a root commit: every file of the tree is new
-        return _git_lines(["ls-tree", "-r", "--name-only", "-z", to_oid], root)
-    return _git_lines(["diff", "--name-only", "--no-renames", "-z", from_oid, to_oid], root)
-
-
-def push_changes(root: Path, push: PushInfo) -> ChangeSet:
+def push_changes(root: Path, push: PushInfo, commits: PushedCommits | None = None, *,
+                 list_files: bool = True) -> ChangeSet:
     """The files the pushed commits change: remote oid..local oid for an existing branch;
-    for a new branch, from the parent of its first commit not on any remote ref."""
+    for a new branch, from the parent of its first commit not on any remote ref. Without
+    list_files (no step has a `when` gate to read them), files stays None and git diff is not run."""
+    commits = commits or PushedCommits(root, push.updates)
+    ranges = [push_range(root, ref, commits) for ref in push.updates]
+    diffs = ([GitCall(["diff", "--name-only", "--no-renames", "-z", a, b], root) if a else
+              GitCall(["ls-tree", "-r", "--name-only", "-z", b], root)  # a root commit: every file is new
+              for a, b in ranges if a != b] if list_files else [])
     files: set[str] = set()
-    first_from = first_to = ""
-    for index, ref in enumerate(push.updates):
-        from_oid, to_oid = push_range(root, ref)
-        if index == 0:
-            first_from, first_to = from_oid, to_oid
-        if from_oid != to_oid:
-            files.update(_changed_between(root, from_oid, to_oid))
+    for call in diffs:
+        files.update(item for item in call.output().split("\0") if item)
+    first_from, first_to = ranges[0] if ranges else ("", "")
     names = ", ".join(ref.remote_ref.removeprefix("refs/heads/") for ref in push.updates)
-    return ChangeSet(files=tuple(sorted(files)), description=f"pushed to {push.remote or '?'}: {names}",
+    return ChangeSet(files=tuple(sorted(files)) if list_files else None,
+                     description=f"pushed to {push.remote or '?'}: {names}",
                      branches=tuple(push.branches), from_ref=first_from, to_ref=first_to)
 
 
@@ -8340,33 +8876,51 @@ def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, st
 
 # --- Git state and CI detection --------------------------------------------------------------
 
-def git_info(root: Path, runs_dir: Path | None = None) -> dict[str, Any]:
-    """{"commit", "branch", "dirty", "changed"} of the checkout at `root` in one `git status`
-    call: dirty counts untracked files (not ignored ones) too, and "changed" lists the files
-    that differ from the commit (modified, staged, deleted, untracked), relative to the
-    repository's top level (`root` is "prefix" below it), the run records under `runs_dir`
-    left out; {} outside a repository (orchestrate runs fine without git)."""
+@dataclass(frozen=True)
+class GitStatus:
+    """The checkout at a project root, from one `git status --porcelain=v2 --branch` call."""
+
+    in_repository: bool = False
+    commit: str | None = None  # HEAD; None before the first commit
+    branch: str | None = None  # None when detached
+    changed: tuple[str, ...] = ()  # tracked files changed in the index or the working tree
+    untracked: tuple[str, ...] | None = None  # None unless asked for (untracked=True)
+
+    def info(self, root: Path | None = None, runs_dir: Path | None = None) -> dict[str, Any]:
+        """{"commit", "branch", "dirty", "changed", "prefix"}; {} outside a repository. "dirty"
+        counts untracked files too (not ignored ones) when they were asked for; "changed" lists
+        every file that differs from the commit (modified, staged, deleted, untracked) relative
+        to the repository's top level, the run records under `runs_dir` left out; "prefix" is
+        `root`'s path below that top level."""
+        if not self.in_repository:
+            return {}
+        prefix = (repository_prefix(root) or "") if root is not None else ""
+        runs_prefix = ""
+        if runs_dir is not None and root is not None:
+            runs_prefix = prefix + _display_path(runs_dir, root).rstrip("/") + "/"
+        changed = sorted({path for path in (*self.changed, *(self.untracked or ()))
+                          if not (runs_prefix and path.startswith(runs_prefix))})
+        return {"commit": self.commit, "branch": self.branch, "dirty": bool(changed), "changed": changed,
+                "prefix": prefix}
+
+
+def start_git_status(root: Path, untracked: bool = False) -> GitCall:
+    """`git status` for GitStatus, started now (read_git_status reads it). Paths come relative to
+    the repository's top; renames are listed as a deletion and an addition."""
+    return GitCall(["status", "--porcelain=v2", "--branch", "-z", "--no-renames",
+                    f"--untracked-files={'all' if untracked else 'no'}"], root)
+
+
+def read_git_status(call: GitCall, untracked: bool = False) -> GitStatus:
     try:
-        out = run_git(["status", "--porcelain=v2", "--branch", "-z",
-                       "--untracked-files=all"], root, check=False)
+        out = call.output(check=False)
     except GitError:
-        return {}
-    # where root is below the top level: the first folder up with .git, as git finds it
-    # (no second git call: a hook pays for every process)
-    absolute = root.absolute()
-    top = next((folder for folder in (absolute, *absolute.parents) if (folder / ".git").exists()), absolute)
-    prefix = "" if top == absolute else absolute.relative_to(top).as_posix() + "/"
+        return GitStatus()
     commit = branch = None
     seen_header = False
     changed: list[str] = []
-    items = out.split("\0")
-    runs_prefix = ""
-    if runs_dir is not None:
-        runs_prefix = _display_path(runs_dir, root).rstrip("/") + "/"
-    index = 0
-    while index < len(items):
-        item = items[index]
-        index += 1
+    others: list[str] = []
+    for item in out.split("\0"):
         if item.startswith("# branch.oid "):
             seen_header = True
             oid = item[len("# branch.oid "):]
@@ -8374,20 +8928,39 @@ def git_info(root: Path, runs_dir: Path | None = None) -> dict[str, Any]:
         elif item.startswith("# branch.head "):
             head = item[len("# branch.head "):]
             branch = None if head == "(detached)" else head
+        elif item.startswith("? "):
+            others.append(item[2:])
+        elif item.startswith("1 "):  # 1 XY sub mH mI mW hH hI path
+            changed.append(item.split(" ", 8)[-1])
+        elif item.startswith("u "):  # u XY sub m1 m2 m3 mW h1 h2 h3 path
+            changed.append(item.split(" ", 10)[-1])
         elif item and not item.startswith("#"):
-            # "1 XY sub mH mI mW hH hI path", "2 ... Xscore path" + orig path, "u ... path", "? path"
-            fields = {"1": 8, "2": 9, "u": 10, "?": 1}.get(item[0])
-            if fields is None:
-                continue
-            path = item.split(" ", fields)[-1]
-            if item[0] == "2":
-                index += 1  # the rename's original path
-            if not (runs_prefix and path.startswith(prefix + runs_prefix)):
-                changed.append(path)
+            changed.append(item)
     if not seen_header:
-        return {}
-    return {"commit": commit, "branch": branch, "dirty": bool(changed), "changed": sorted(set(changed)),
-            "prefix": prefix}
+        return GitStatus()
+    return GitStatus(True, commit, branch, tuple(changed), tuple(others) if untracked else None)
+
+
+def git_info(root: Path, runs_dir: Path | None = None) -> dict[str, Any]:
+    """GitStatus.info() of the checkout at `root`, untracked files included, from one `git
+    status` call; {} outside a repository (orchestrate runs fine without git)."""
+    return read_git_status(start_git_status(root, untracked=True), untracked=True).info(root, runs_dir)
+
+
+def repository_prefix(root: Path) -> str | None:
+    """`git rev-parse --show-prefix` without running git: the root's path below the nearest
+    folder up with a .git (folder or file, as in a linked worktree), "" at the top; None when
+    none is found (then git is asked)."""
+    path = os.path.abspath(root)
+    parts: list[str] = []
+    while True:
+        if os.path.lexists(os.path.join(path, ".git")):
+            return "".join(f"{part}/" for part in reversed(parts))
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        parts.append(os.path.basename(path))
+        path = parent
 
 
 def read_github_event(env: Mapping[str, str]) -> dict[str, Any]:
@@ -8548,7 +9121,7 @@ def gha_warning(title: str, message: str) -> str:
     return f"::warning title={gha_escape_property(title)}::{gha_escape_data(message)}"
 
 
-_GITLAB_SECTION_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+_GITLAB_SECTION_RE = lazy_regex(r"[^A-Za-z0-9_.-]+")
 
 
 def gitlab_section_name(index: int, step_name: str) -> str:
@@ -8788,27 +9361,65 @@ PRE_PUSH_HOOK = r'''#!/bin/sh
 #
 # git runs `pre-push <remote name> <remote url>` with one line per ref on stdin:
 #   <local ref> <local oid> <remote ref> <remote oid>
-# Plain POSIX sh, no python: it costs a few milliseconds before orchestrate starts.
+# Plain POSIX sh, shell builtins only: a push with nothing to check (up to date, only
+# deletions, only tags) ends here before any other program starts; otherwise orchestrate gets
+# the lines, and reads the workflow's name from git config along with its other git calls.
 
 default_workflow=pre-push
+remote=$1 url=$2
 
-workflow=${ORCHESTRATE_PRE_PUSH_WORKFLOW:-}
-if [ -z "$workflow" ]; then
-    workflow=$(git config --get orchestrate.prePushWorkflow) || workflow=
-fi
-[ -n "$workflow" ] || workflow=$default_workflow
+# What is pushed, and whether any of it needs a check.
+refs='' check='' deleted='' tags='' updates=''
+classify() {  # the fields of one ref line
+    [ $# -gt 0 ] || return 0
+    if [ $# -ne 4 ]; then
+        check=1  # not what git writes: orchestrate says what is wrong
+        return 0
+    fi
+    case $2$4 in
+        *[!0-9a-f]*) check=1; return 0 ;;
+    esac
+    case $2 in
+        *[!0]*) ;;
+        *) deleted="$deleted${deleted:+, }$3"; return 0 ;;
+    esac
+    case $3 in
+        refs/tags/*) tags="$tags${tags:+, }${3#refs/tags/}"; return 0 ;;
+    esac
+    updates=1
+    [ "$2" = "$4" ] || check=1
+}
+while IFS= read -r line || [ -n "$line" ]; do
+    refs="$refs$line
+"
+    set -f
+    # shellcheck disable=SC2086 # split the line into its fields on purpose
+    classify $line
+    set +f
+done
 
 # A hook that was here before orchestrate's: run it first, with the same arguments and stdin.
 legacy=$0.legacy
 if [ -f "$legacy" ] && [ -x "$legacy" ]; then
-    refs=$(cat)
     if [ -n "$refs" ]; then
-        printf '%s\n' "$refs" | "$legacy" "$@" || exit
+        printf '%s' "$refs" | "$legacy" "$remote" "$url" || exit
     else
-        "$legacy" "$@" </dev/null || exit
+        "$legacy" "$remote" "$url" </dev/null || exit
     fi
-else
-    legacy=
+fi
+
+if [ -z "$check" ]; then
+    if [ -z "$refs" ]; then
+        reason="nothing to push (everything up to date)"
+    elif [ -n "$updates" ]; then
+        reason="push carries no new commits (every pushed commit is on the remote already)"
+    elif [ -n "$tags" ]; then
+        reason="push only carries tags ($tags)"
+    else
+        reason="push only deletes $deleted"
+    fi
+    echo "orchestrate pre-push: nothing to check: $reason"
+    exit 0
 fi
 
 # Find orchestrate: $ORCHESTRATE_BIN, then PATH, then pipx's default ~/.local/bin.
@@ -8845,11 +9456,16 @@ if [ -z "$bin" ]; then
     exit 1
 fi
 
-if [ -n "$legacy" ]; then
-    printf '%s\n' "$refs" | "$bin" run "$workflow" --git-hook pre-push --push-remote "$1" --push-url "$2"
-    exit
+# The workflow: $ORCHESTRATE_PRE_PUSH_WORKFLOW, else `git config orchestrate.prePushWorkflow`
+# (orchestrate reads it), else the default.
+if [ -n "${ORCHESTRATE_PRE_PUSH_WORKFLOW:-}" ]; then
+    set -- run "$ORCHESTRATE_PRE_PUSH_WORKFLOW" --git-hook pre-push --push-remote "$remote" --push-url "$url"
+else
+    set -- run "$default_workflow" --workflow-from-git-config --git-hook pre-push --push-remote "$remote" --push-url "$url"
 fi
-exec "$bin" run "$workflow" --git-hook pre-push --push-remote "$1" --push-url "$2"
+exec "$bin" "$@" <<EOF
+$refs
+EOF
 '''
 
 
@@ -9056,22 +9672,32 @@ def pushed_commit(root: Path, push: PushInfo | None) -> tuple[str, str]:
 
 
 def working_tree_difference(root: Path, push: PushInfo, workflow: Workflow, settings: Settings,
-                            runs_dir: Path) -> str | None:
+                            runs_dir: Path, status: GitStatus | None = None) -> str | None:
     """One line saying how the working tree differs from the pushed commit, or None: the
     pushed branch is not HEAD, tracked files are modified or staged, untracked files lie
-    where the workflow looks. Named files are repository-relative."""
+    where the workflow looks. Named files are repository-relative. With the run's `git
+    status` (untracked files listed), git is run again only when the pushed commit is not HEAD."""
     updates = push.updates
     if not updates:
         return None
     commit, name = updates[0].local_oid, updates[0].local_ref.removeprefix("refs/heads/")
     parts = []
     try:
-        head = run_git(["rev-parse", "--verify", "-q", "HEAD"], root, check=False).strip()
-        prefix = run_git(["rev-parse", "--show-prefix"], root).strip()
+        if status is None or status.untracked is None:
+            status = read_git_status(start_git_status(root, untracked=True), untracked=True)
+        if not status.in_repository:
+            return None
+        head = status.commit or ""
+        prefix = repository_prefix(root)
+        if prefix is None:
+            prefix = run_git(["rev-parse", "--show-prefix"], root).strip()
         if head and head != commit:
             parts.append(f"the pushed {name} ({commit[:12]}) is not the checked-out HEAD ({head[:12]})")
-        modified = _git_lines(["diff", "--name-only", "--no-renames", "-z", commit, "--"], root)
-        untracked = _git_lines(["ls-files", "--others", "--exclude-standard", "--full-name", "-z"], root)
+        if head == commit:  # the working tree against HEAD: what `git status` said
+            modified = sorted(set(status.changed))
+        else:
+            modified = _git_lines(["diff", "--name-only", "--no-renames", "-z", commit, "--"], root)
+        untracked = list(status.untracked or ())
     except GitError:
         return None  # git cannot tell; the run goes on as before
     runs_prefix = _display_path(runs_dir, root).rstrip("/") + "/"
@@ -9319,9 +9945,49 @@ def _gated(workflow: Workflow) -> bool:
     return any(step.when.get("changed") or step.when.get("branch") for step in workflow.steps)
 
 
+class RunGitCalls:
+    """The git calls a run starts before it reads its workflow, so that they overlap each other
+    and the parsing: `git status` (in pre-push mode with the untracked files, for the warning
+    about the working tree) and, for the installed hook, the workflow's name from git config."""
+
+    def __init__(self, root: Path, options: RunOptions) -> None:
+        # untracked files too: for the warning about the working tree (pre-push), and since a
+        # run's record counts them as changes (`dirty`, a step's tree state for resume)
+        self.untracked = True
+        self.status_call = start_git_status(root, untracked=self.untracked)
+        self.config_call = (GitCall(["config", "--get", "orchestrate.prePushWorkflow"], root)
+                            if options.workflow_from_git_config else None)
+        self._status: GitStatus | None = None
+
+    def workflow_name(self, name: str) -> str:
+        """`name`, unless git config's orchestrate.prePushWorkflow names another."""
+        if self.config_call is None:
+            return name
+        try:
+            configured = self.config_call.output(check=False).strip()
+        except GitError:
+            return name
+        return configured or name
+
+    def status(self) -> GitStatus:
+        if self._status is None:
+            self._status = read_git_status(self.status_call, untracked=self.untracked)
+        return self._status
+
+    def close(self) -> None:
+        """Wait for the calls nobody read (the run ended before it needed them: a definition
+        error), so no process or pipe is left behind in a process that goes on."""
+        for call in (self.status_call, self.config_call):
+            if call is not None:
+                try:
+                    call.output(check=False)
+                except GitError:
+                    pass
+
+
 def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
                       env: Mapping[str, str] | None = None,
-                      stdin_text: str | None = None) -> int | None:
+                      stdin_text: str | None = None, calls: RunGitCalls | None = None) -> int | None:
     """Before a run: read the push (hook mode), end a run with nothing to check (exit 0 and
     one line why), plan ORCHESTRATE_SKIP, and find the changes `when.changed` compares.
 
@@ -9331,21 +9997,27 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
     """
     env = os.environ if env is None else env
     root = paths.root
+    calls = calls or RunGitCalls(root, options)
     event = read_github_event(env) if env.get("GITHUB_ACTIONS") == "true" else {}
-    state = GitState(git=git_info(root, paths.runs_dir), ci=detect_ci(env, event))
-    options.git = state
     human = sys.stderr if options.json_output else sys.stdout
+    commits = None
     if options.git_hook == "pre-push":
         text = _read_hook_stdin() if stdin_text is None else stdin_text
-        state.push = parse_push_refs(text, options.push_remote or "", options.push_url or "")
-        reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref))
+        push = parse_push_refs(text, options.push_remote or "", options.push_url or "")
+        commits = PushedCommits(root, push.updates)  # runs while git status does
+    state = GitState(git=calls.status().info(root, paths.runs_dir), ci=detect_ci(env, event))
+    options.git = state
+    if options.git_hook == "pre-push":
+        state.push = push
+        reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref, commits))
         if reason:
             human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
             human.flush()
             return EXIT_OK
         settings = load_settings(root)
         if not wants_pushed_checkout(settings, options):
-            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir)
+            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir,
+                                                 calls.status())
             if difference:
                 sys.stderr.write(f"orchestrate: warning: {difference}\n")
     skip_value = env.get("ORCHESTRATE_SKIP")
@@ -9358,7 +10030,8 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
     branch = (state.ci or {}).get("branch") or state.git.get("branch")
     branches = (branch,) if branch else ()
     if state.push is not None:
-        state.changes = push_changes(root, state.push)
+        # the changed files only when a step's `when` reads them: a git diff less otherwise
+        state.changes = push_changes(root, state.push, commits, list_files=_gated(workflow))
     elif options.from_ref or options.to_ref:
         if not options.from_ref:
             raise UsageError("--to-ref needs --from-ref: the commit to compare with")
@@ -9479,6 +10152,8 @@ class FileHashes:
     def digest(self, path: Path | str, info: os.stat_result) -> str:
         """A file's fingerprint from its lstat `info`: a link is its target's name, a FIFO,
         socket or device only its kind (never opened), a regular file its content's sha256."""
+        import hashlib
+
         import stat
 
         if info.st_mode & 0o170000 != 0o100000:  # not S_ISREG (tested inline: 10,000 calls a run)
@@ -9570,6 +10245,8 @@ def values_sha256(step: Step, key: bytes) -> str:
 
 def sources_sha256(step: Step, root: Path, runs_dir: Path, hashes: FileHashes) -> str:
     """The names and contents of the files the step's `sources` globs match."""
+    import hashlib
+
     with hashes.lock:
         hashes._load()
     lines = [f"{relative}\0{hashes.digest(path, info)}\n"
@@ -9581,6 +10258,8 @@ def tree_sha256(git: Mapping[str, Any], root: Path, hashes: FileHashes) -> str |
     """The commit and the content of every file that differs from it (git_info's "changed"):
     the whole working tree, without reading the files git knows are unchanged. None outside
     a repository."""
+    import hashlib
+
     if not git or "changed" not in git:
         return None
     prefix = str(git.get("prefix") or "")
@@ -10458,6 +11137,7 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
     import contextlib
     import hmac
 
+    define_typing_names()
     from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from fastapi.security import HTTPBearer
@@ -11124,7 +11804,7 @@ class Paths:
     runs_dir: Path
 
 
-_MESSAGE_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_MESSAGE_CONTROL_RE = lazy_regex(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _err(text: str) -> None:
@@ -11139,11 +11819,20 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     """`orchestrate run`: load, validate, then run or plan. Returns the exit code."""
     human = sys.stderr if options.json_output else sys.stdout
     settings = load_settings(paths.root)
-    if options.vars_from_http:
-        options.variables = read_http_variables(sys.stdin.buffer)
-    workflow = load_workflow(name, paths.workflows_dir, interpolation_values(options), settings, paths.root)
-    if options.vars_from_http:  # the server checked them; a run checks what it is given itself
-        check_http_variables(workflow, options.variables)
+    # git works while the workflow is read (a dry run needs no git)
+    git_calls = None if options.dry_run else RunGitCalls(paths.root, options)
+    try:
+        if git_calls is not None:
+            name = git_calls.workflow_name(name)
+        if options.vars_from_http:
+            options.variables = read_http_variables(sys.stdin.buffer)
+        workflow = load_workflow(name, paths.workflows_dir, interpolation_values(options), settings, paths.root)
+        if options.vars_from_http:  # the server checked them; a run checks what it is given itself
+            check_http_variables(workflow, options.variables)
+    except BaseException:
+        if git_calls is not None:
+            git_calls.close()
+        raise
     if options.resume_of is not None:
         resume_point(options.resume_of, workflow)  # before anything is written
     for warning in workflow.warnings:
@@ -11151,7 +11840,7 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
     store = RunStore(paths.runs_dir)
     if options.dry_run:
         return print_plan(workflow, settings, paths, store, options, human)
-    early = prepare_git_state(paths, workflow, options)
+    early = prepare_git_state(paths, workflow, options, calls=git_calls)
     if early is not None:
         return early
     checkout = None
@@ -11340,7 +12029,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
                      run_id: str | None = None, jobs: str | int | None = None,
                      output: str | None = None, vars_stdin: bool = False,
                      isolated: bool = False, html_report: Path | str | None = None,
-                     force: bool = False) -> RunOptions:
+                     force: bool = False, workflow_from_git_config: bool = False) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
@@ -11361,7 +12050,7 @@ def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: S
         vars_from_http=vars_stdin, isolated=isolated,
         # checked before the run: a report path it could never write is a usage error
         html_report=check_report_target(Path(html_report), "--html-report") if html_report is not None else None,
-        force=force)
+        force=force, workflow_from_git_config=workflow_from_git_config)
 
 
 def parse_jobs(value: str | int) -> int:
@@ -11371,17 +12060,20 @@ def parse_jobs(value: str | int) -> int:
     return int(text)
 
 
-_RUN_ID_PREFIX_RE = re.compile(r"\A[0-9A-Za-z][0-9A-Za-z-]{0,63}\Z")
+_RUN_ID_PREFIX_RE = lazy_regex(r"\A[0-9A-Za-z][0-9A-Za-z-]{0,63}\Z")
 
 
 def resolve_run_ref(store: RunStore, ref: str) -> str:
     """The run id `status` and `logs` mean: an id, "latest", or the unique run whose id
     starts with `ref` (`20261127T1540`, or the random tail `1a2b3c`)."""
-    ids = store.list_ids()
     if ref == "latest":
-        if not ids:
+        latest = next(store.newest_ids(), None)
+        if latest is None:
             raise UsageError(f"no runs yet in {store.runs_dir} (start one: orchestrate run NAME)")
-        return ids[0]
+        return latest
+    if RUN_ID_RE.match(ref or "") and store.record_path(ref).exists():
+        return ref  # a whole id: no listing (10,000 runs took 16 ms to list)
+    ids = store.list_ids()
     if ref in ids:
         return ref
     if not _RUN_ID_PREFIX_RE.match(ref or ""):
@@ -11412,7 +12104,9 @@ def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type
         _err("orchestrate: interrupted")
         return EXIT_SIGINT
     except BrokenPipeError:
-        return EXIT_OK
+        if stdout_reader_left():  # `orchestrate runs | head`: not an error, nothing to say
+            return stdout_gone()
+        raise
     except Exception:
         import traceback
 
@@ -11653,6 +12347,31 @@ def cmd_report(paths: Paths, run_ref: str, html: Path | None = None) -> CommandR
     return result
 
 
+def stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports POLLERR on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no stdout, or not a file: nobody left
+        return False
+
+
+def stdout_gone() -> int:
+    """End quietly after stdout's reader left, as a command killed by SIGPIPE does (`yes | head`):
+    what is still buffered goes to /dev/null, so the interpreter's last flush does not print a
+    BrokenPipeError traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return EXIT_SIGPIPE
+
+
 def complete_workflow_name(incomplete: str) -> list[str]:
     """Shell completion of `orchestrate run <TAB>`: the workflows of the project found from
     the current folder (or $ORCHESTRATE_ROOT)."""
@@ -11664,6 +12383,8 @@ def build_app() -> Any:
     """The Typer application: every command, its options and its --help text."""
     global typer  # the commands' annotations (typer.Context) are resolved in module globals
     import typer
+
+    define_typing_names()
     from typer.core import TyperGroup
 
     class GlobalOptionsAnywhere(TyperGroup):
@@ -11747,6 +12468,10 @@ def build_app() -> Any:
         html_report: Path = typer.Option(None, "--html-report", help="Also write the run's HTML report here (a failed or interrupted run too)."),
         force: bool = typer.Option(False, "--force", envvar="ORCHESTRATE_FORCE",
                                    help="Run every step, even those up to date (their `sources` unchanged)."),
+        workflow_from_git_config: bool = typer.Option(
+            False, "--workflow-from-git-config",
+            help="Run the workflow `git config orchestrate.prePushWorkflow` names, if any, instead of NAME "
+                 "(what the installed pre-push hook passes)."),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
@@ -11754,7 +12479,8 @@ def build_app() -> Any:
             json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
             git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
             to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
-            isolated=isolated, html_report=html_report, force=force)
+            isolated=isolated, html_report=html_report, force=force,
+            workflow_from_git_config=workflow_from_git_config)
         return run_workflow_command(_paths(ctx), name, options)
 
 
@@ -11963,7 +12689,8 @@ def __getattr__(name: str) -> Any:
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
 _FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
                    "--json": "json_output", "--debug": "debug", "--vars-stdin": "vars_stdin",
-                   "--isolated": "isolated", "--force": "force"}
+                   "--isolated": "isolated", "--force": "force",
+                   "--workflow-from-git-config": "workflow_from_git_config"}
 _FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
                     "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
                     "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",
@@ -12073,15 +12800,30 @@ def _run_fast(parsed: tuple[Any, ...]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `orchestrate` command; returns the exit code."""
+    """Entry point of the `orchestrate` command; returns the exit code. A reader of stdout that
+    leaves early (`orchestrate runs | head`) ends it quietly with EXIT_SIGPIPE; a run goes on
+    and keeps its own exit code (see Console)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args == ["--version"]:
-        sys.stdout.write(f"orchestrate {__version__}\n")
-        return EXIT_OK
-    # shell completion (`_ORCHESTRATE_COMPLETE=...`) is Typer's business, whatever argv holds
-    parsed = None if "_ORCHESTRATE_COMPLETE" in os.environ else parse_fast_run(args)
-    if parsed is not None:
-        return guarded(_run_fast, parsed)
+    try:
+        if args == ["--version"]:
+            sys.stdout.write(f"orchestrate {__version__}\n")
+            code = EXIT_OK
+        else:
+            # shell completion (`_ORCHESTRATE_COMPLETE=...`) is Typer's business, whatever argv holds
+            parsed = None if "_ORCHESTRATE_COMPLETE" in os.environ else parse_fast_run(args)
+            if parsed is not None:
+                return guarded(_run_fast, parsed)
+            code = _run_typer(args)
+            # Click ends a command whose output met EPIPE with exit 1 (--help | head)
+            if code == 1 and stdout_reader_left():
+                return stdout_gone()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_gone()
+    return code
+
+
+def _run_typer(args: list[str]) -> int:
     try:
         __getattr__("app")(args=args, prog_name="orchestrate")
     except SystemExit as exc:

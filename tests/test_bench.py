@@ -23,10 +23,15 @@ FIGURES = {
     "help_vs_python",
     "fixed_run_vs_precommit",
     "hook_overhead",
+    "hook_nothing_to_check",
+    "hook_vs_lefthook",
     "per_step",
     "streaming",
+    "history_run",
     "history_runs",
+    "history_runs_filtered",
     "history_status",
+    "history_prune",
     "parallel_eight",
     "chain_vs_release",
     "glob_matching",
@@ -36,17 +41,24 @@ FIGURES = {
     "index_lookup",
 }
 # --quick installs nothing; the release tag is missing from a clone without tags
-MAY_SKIP = {"fixed_run_vs_precommit", "chain_vs_release"}
+MAY_SKIP = {"fixed_run_vs_precommit", "chain_vs_release", "hook_vs_lefthook"}  # lefthook: like pre-commit
 if not (ROOT / "hooks" / "pre-push").exists():
     MAY_SKIP.add("hook_overhead")  # measured once the repository ships its pre-push hook
 TARGETS = {
     "fixed_vs_python",
+    "version_vs_python",
     "fixed_vs_precommit",
     "hook_overhead",
+    "hook_nothing_to_check",
+    "hook_vs_lefthook",
     "per_step_vs_bash",
+    "per_step_vs_bash_busy_disk",
     "flatness",
     "peak_rss",
+    "history_run",
     "history_runs",
+    "history_runs_filtered",
+    "history_prune",
     "glob_patterns_10x",
     "glob_path_10x",
     "dry_run_braces16",
@@ -94,7 +106,8 @@ def test_quick_run_reports_every_figure(results: dict) -> None:
 def test_pairs_carry_median_min_max_for_both_sides(results: dict) -> None:
     figures = results["figures"]
     pairs = [figures[n] for n in ("fixed_run_vs_python", "version_vs_python", "help_vs_python",
-                                  "hook_overhead", "history_runs", "history_status", "html_report")
+                                  "hook_overhead", "hook_nothing_to_check", "history_run", "history_runs",
+                                  "history_runs_filtered", "history_status", "history_prune", "html_report")
              if "skipped" not in figures[n]]
     pairs += list(figures["per_step"]["by_n"].values())
     pairs += list(figures["streaming"]["by_size"].values())

@@ -251,7 +251,9 @@ def test_live_run_page_moves_from_running_to_failed(server: Callable[..., Dash],
     wait_until(lambda: "/ui/runs/" in driver.current_url, what="the run page")
     run_id = driver.current_url.rsplit("/", 1)[1]
     assert wait_until(lambda: driver.find_element(By.ID, "run-status").text == "… running", what="running")
-    assert driver.find_element(By.CSS_SELECTOR, "#step-row-0 td.status").text == "… running"
+    # the run is running a moment before its first step is: the page catches up at its next poll
+    assert wait_until(lambda: driver.find_element(By.CSS_SELECTOR, "#step-row-0 td.status").text == "… running",
+                      what="the first step running")
     # the output tail and the elapsed time move while the step runs
     wait_until(lambda: "tick 2" in driver.find_element(By.ID, "tail-0").text, what="live output")
     wait_until(lambda: driver.find_element(By.ID, "run-elapsed").text.endswith("s so far"), what="elapsed time")

@@ -524,3 +524,34 @@ def test_commands_are_functions_that_return_data(project: Project) -> None:
     assert [r["run_id"] for r in runs.data] == [status.data["run_id"]]
     with pytest.raises(orchestrate.UsageError, match="--status 'done': expected one of"):
         orchestrate.cmd_runs(paths, status="done")
+
+
+def _with_reader_gone(project: Project, *args: str) -> tuple[int, bytes]:
+    """The command with stdout on a real pipe whose reader closes before anything is read, as
+    `orchestrate ... | true` (or `| head` once it has its lines): exit status and stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "GITLAB_CI")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader leaves: every write of the command meets EPIPE
+    err = process.stderr.read()
+    return process.wait(timeout=120), err
+
+
+def test_a_reader_that_leaves_ends_any_command_quietly_with_141(project: Project) -> None:
+    """Issue 15: `orchestrate runs | head` printed a BrokenPipeError traceback. Every command
+    ends quietly with 141 (128 + SIGPIPE), as `yes | head` does; a run keeps its own status."""
+    project.workflow("ok", [{"name": "loud", "type": "command", "run": "yes 0123456789 | head -c 300000"}])
+    project.workflow("bad", [{"name": "no", "type": "command", "run": "false"}])
+    assert project.cli("run", "ok", "--quiet").exit_code == 0
+    run_id = project.last_record()["run_id"]
+    for args in (["runs"], ["runs", "--json"], ["logs", run_id, "loud"], ["status", run_id], ["list"],
+                 ["validate"], ["--help"], ["--version"], ["run", "ok", "--dry-run"], ["runs", "--bogus"]):
+        code, err = _with_reader_gone(project, *args)
+        expected = 2 if args == ["runs", "--bogus"] else 141  # a usage error says so on stderr first
+        assert (code, err if expected == 141 else b"") == (expected, b""), (args, err.decode())
+    assert _with_reader_gone(project, "run", "ok") == (0, b"")
+    code, err = _with_reader_gone(project, "run", "bad")
+    assert code == 1 and b"Traceback" not in err and b"BrokenPipe" not in err
+    assert [r["status"] for r in project.records()][-2:] == ["completed", "failed"]

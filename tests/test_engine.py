@@ -526,3 +526,90 @@ def test_steps_into_a_pipe_get_no_terminal_variables(project: Project) -> None:
     names = {line.split("=", 1)[0] for line in out.read_text().splitlines()}
     assert not names & {"FORCE_COLOR", "CLICOLOR_FORCE"} - set(os.environ)
     assert "COLUMNS" not in names or "COLUMNS" in os.environ
+
+
+def test_the_watchdog_hears_of_each_step_in_one_write(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: the watchdog shell reads a byte at a time and each write wakes it: a step's
+    "-PGID" line goes with the next step's "+PGID" line, and the run's end says the last one."""
+    import orchestrate
+
+    project.workflow("w", [{"name": f"s{i}", "type": "command", "run": ["true"]} for i in range(10)])
+    sent: list[bytes] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if fd == orchestrate.WATCHDOG.write_fd:
+            sent.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(orchestrate.os, "write", write)
+    assert project.cli("run", "w", "--quiet").exit_code == 0
+    monkeypatch.undo()
+    assert len(sent) == 11  # one per step, and the flush at the end of the run
+    lines = b"".join(sent).decode().split()
+    started = [line[1:] for line in lines if line.startswith("+")]
+    assert len(started) == 10 and [line[1:] for line in lines if line.startswith("-")] == started
+    assert sent[-1].decode() == f"-{started[-1]}\n" and orchestrate.WATCHDOG.released == ""
+
+
+SPAWN_LAUNCHER = ("import sys, orchestrate\ncode = orchestrate.main(sys.argv[1:])\n"
+                  "sys.stderr.write('subprocess imported: %s\\n' % ('subprocess' in sys.modules))\nsys.exit(code)\n")
+
+
+def test_steps_started_without_subprocess_get_what_popen_gave_them(project: Project) -> None:
+    """Issue 15: where a step runs in orchestrate's own folder, it is started with os.posix_spawn
+    (subprocess is not even imported: 5 ms of start-up): its own session, stdin /dev/null,
+    SIGPIPE at its default (`yes | head` ends), no descriptor orchestrate was given, PATH from
+    the step's environment, and the same messages for a missing or unrunnable command."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    tools = project.root / "tools"
+    tools.mkdir(parents=True)
+    (tools / "mytool").write_text("#!/bin/sh\necho from PATH\n")
+    (tools / "mytool").chmod(0o755)
+    project.workflow("w", [
+        {"name": "session", "type": "command", "run": "ps -o sid= -p $$; echo pid $$"},
+        {"name": "stdin", "type": "command", "run": "cat; echo stdin ok"},
+        {"name": "pipe", "type": "command", "run": "yes | head -n 2"},
+        {"name": "fds", "type": "command", "run": "ls /proc/$$/fd"},
+        {"name": "path", "type": "command", "run": ["mytool"], "env": {"PATH": f"{tools}:/usr/bin:/bin"}},
+    ])
+    project.workflow("missing", [{"name": "m", "type": "command", "run": ["no-such-tool-here"]}])
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "GITLAB_CI")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    try:
+        done = subprocess.run([sys.executable, "-c", SPAWN_LAUNCHER, "run", "w"], cwd=project.root, env=env,
+                              capture_output=True, text=True, timeout=60, pass_fds=(write_end,))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.endswith("subprocess imported: False\n")
+    logs = {entry["step"]: (project.runs / project.last_record()["run_id"] / Path(entry["log_file"]).name)
+            for entry in project.last_record()["log"]}
+    sid, pid = logs["session"].read_text().split("\n")[:2]
+    assert sid.strip() == pid.split()[1]  # the step's shell leads its own session
+    assert logs["stdin"].read_text() == "stdin ok\n"
+    assert logs["pipe"].read_text() == "y\ny\n"
+    fds = logs["fds"].read_text().split()
+    assert str(write_end) not in fds, fds
+    assert logs["path"].read_text() == "from PATH\n"
+    missing = subprocess.run([sys.executable, "-c", SPAWN_LAUNCHER, "run", "missing"], cwd=project.root, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert project.last_record()["log"][0]["message"] == (
+        "command not found: 'no-such-tool-here' (is it installed and on PATH?)")
+
+
+def test_runs_that_end_early_leave_no_git_process_or_pipe_behind(project: Project) -> None:
+    """The git calls a run starts before it reads its workflow (issue 15) are waited for when
+    the workflow turns out invalid: a process that goes on (the test suite, a server) keeps no
+    pipe and no zombie. 300 such runs leaked 600 descriptors until select() refused them."""
+    project.workflow("bad", [{"name": "no run", "type": "command"}])
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        assert project.cli("run", "bad").exit_code == 2
+    assert len(set(os.listdir("/proc/self/fd")) - before) <= 1  # the listing's own descriptor
+    children = [line for line in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
+    zombies = [pid for pid in children if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"]
+    assert zombies == []

@@ -225,7 +225,7 @@ def test_up_to_date_tag_only_and_deletion_only_pushes_are_skipped(gp: GitProject
     runs = len(gp.records())
     result = gp.push("main")
     assert result.returncode == 0
-    assert ("orchestrate: pre-push: nothing to check: nothing to push (everything up to date)"
+    assert ("orchestrate pre-push: nothing to check: nothing to push (everything up to date)"
             in result.stdout + result.stderr)
     gp.git("tag", "v1")
     result = gp.push("v1")
@@ -244,6 +244,101 @@ def test_push_of_commits_the_remote_has_is_skipped(gp: GitProject) -> None:
     assert result.returncode == 0
     assert "nothing to check: push carries no new commits" in result.stdout + result.stderr
     assert gp.ran() == ["check"]
+
+
+def _recording_shims(folder: Path, names: tuple[str, ...]) -> Path:
+    """Programs that only record that they were started (in folder/started)."""
+    folder.mkdir()
+    for name in names:
+        shim = folder / name
+        shim.write_text(f'#!/bin/sh\necho "{name} $*" >> "{folder}/started"\nexit 0\n')
+        shim.chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize("lines,reason", [
+    ("", "nothing to push (everything up to date)"),
+    (f"(delete) {Z40} refs/heads/old {A}\n(delete) {Z64} refs/heads/older {B}{B[:24]}\n",
+     "push only deletes refs/heads/old, refs/heads/older"),
+    (f"refs/tags/v1 {A} refs/tags/v1 {Z40}\n(delete) {Z40} refs/tags/v0 {B}\n", "push only carries tags (v1)"),
+    (f"refs/heads/main {A} refs/heads/main {A}\n", "push carries no new commits (every pushed commit is on the "
+                                                    "remote already)"),
+])
+def test_a_push_with_nothing_to_check_starts_no_program(tmp_path: Path, lines: str, reason: str) -> None:
+    """Issue 15: the hook script ends such a push with shell builtins alone: no orchestrate
+    (no Python), no git, not even cat. PATH holds only programs that record being started."""
+    shims = _recording_shims(tmp_path / "bin", ("orchestrate", "git", "cat", "sed", "printf"))
+    hook = tmp_path / "pre-push"
+    hook.write_text(orchestrate.PRE_PUSH_HOOK)
+    hook.chmod(0o755)
+    done = subprocess.run(["/bin/sh", str(hook), "origin", "/remote.git"], input=lines, capture_output=True,
+                          text=True, env={"PATH": str(shims), "HOME": str(tmp_path)}, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"orchestrate pre-push: nothing to check: {reason}\n", "")
+    assert not (shims / "started").exists()
+
+
+@pytest.mark.parametrize("lines", [
+    f"refs/heads/main {A} refs/heads/main {B}\n",                           # new commits
+    f"(delete) {Z40} refs/heads/old {A}\nrefs/heads/main {A} refs/heads/main {Z40}\n",  # and a new branch
+    "garbage\n", f"refs/heads/main {A} refs/heads/main\n", f"refs/heads/main x{A} refs/heads/main {B} extra\n",
+])
+def test_the_hook_hands_anything_else_to_orchestrate_unchanged(tmp_path: Path, lines: str) -> None:
+    """What may need a check, or is not what git writes, reaches orchestrate line for line,
+    with the workflow's name left to git config (read by orchestrate with its other git calls)."""
+    record = tmp_path / "argv"
+    shim = tmp_path / "bin" / "orchestrate"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\ncat > "{record}.stdin"\n')
+    shim.chmod(0o755)
+    hook = tmp_path / "pre-push"
+    hook.write_text(orchestrate.PRE_PUSH_HOOK)
+    hook.chmod(0o755)
+    env = {"PATH": f"{shim.parent}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([str(hook), "origin", "/remote.git"], input=lines, capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert record.read_text().splitlines() == ["run", "pre-push", "--workflow-from-git-config", "--git-hook",
+                                               "pre-push", "--push-remote", "origin", "--push-url", "/remote.git"]
+    assert [line for line in (tmp_path / "argv.stdin").read_text().splitlines() if line] == lines.splitlines()
+    done = subprocess.run([str(hook), "origin", "/remote.git"], input=lines, capture_output=True, text=True,
+                          env={**env, "ORCHESTRATE_PRE_PUSH_WORKFLOW": "mine"}, timeout=60)
+    assert record.read_text().splitlines()[:3] == ["run", "mine", "--git-hook"]
+
+
+def test_a_pushed_commit_costs_orchestrate_three_git_calls(gp: GitProject) -> None:
+    """Issue 15: status (commit, branch, dirty, changed and untracked files), config (the
+    workflow's name) and one rev-list per pushed ref, started together; a `when` gate adds the
+    diff it reads. (0.2.0 ran git config from the hook and ten git calls from orchestrate.)
+    orchestrate is run as the hook runs it, with a `git` first on PATH that logs each call
+    (under `git push`, git's own exec path comes first)."""
+    real_git = shutil.which("git", path=gp.env["PATH"])
+    log = gp.tmp / "git-calls"
+    wrapper = gp.tmp / "wrapped" / "git"
+    wrapper.parent.mkdir()
+    # the subcommand (after `-C DIR`, as orchestrate starts git where it is not in that folder)
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = -C ]; then echo "$3"; else echo "$1"; fi >> "{log}"\n'
+                       f'exec "{real_git}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**gp.env, "PATH": f"{wrapper.parent}{os.pathsep}{gp.env['PATH']}"}
+    assert gp.push("main").returncode == 0
+
+    def hook_run(workflow_steps: list[dict[str, Any]]) -> list[str]:
+        gp.workflow(workflow_steps)
+        parent = gp.head()
+        head = gp.commit("more", **{"src__more.py": f"x = '{parent}'\n"})
+        log.unlink(missing_ok=True)
+        done = subprocess.run([orchestrate_bin(), "run", "pre-push", "--workflow-from-git-config", "--git-hook",
+                               "pre-push", "--push-remote", "origin", "--push-url", str(gp.remote)], cwd=gp.root,
+                              env=env, input=f"refs/heads/main {head} refs/heads/main {parent}\n", text=True,
+                              capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "orchestrate: warning" not in done.stderr, done.stderr
+        gp.git("update-ref", "refs/remotes/origin/main", head)
+        return sorted(log.read_text().split())
+
+    assert hook_run([gp.record_step("check")]) == ["config", "rev-list", "status"]
+    assert hook_run([gp.record_step("gated", when={"changed": ["src/**"]})]) == ["config", "diff", "rev-list", "status"]
+    assert gp.ran() == ["check", "check", "gated"]
 
 
 def test_foreign_hook_is_kept_chained_and_restored(tmp_path: Path) -> None:

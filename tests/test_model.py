@@ -50,9 +50,12 @@ def test_frozen_records_hash_and_refuse_changes() -> None:
 
 
 def test_importing_orchestrate_stays_light() -> None:
-    """What a git hook pays at every push: none of these on the way to running a workflow."""
+    """What a git hook pays at every push: none of these on the way to running a workflow
+    (issue 15: typing, hashlib, shlex, subprocess, threading and xml.etree cost 2-5 ms each)."""
     code = "import sys, orchestrate; print(sorted(m for m in %r if m in sys.modules))" % (
-        ("dataclasses", "inspect", "typer", "requests", "socket", "fastapi", "uvicorn", "rich"),)
+        ("dataclasses", "inspect", "typer", "requests", "socket", "fastapi", "uvicorn", "rich",
+         "typing", "hashlib", "shlex", "subprocess", "threading", "selectors", "xml.etree.ElementTree",
+         "urllib.request", "tempfile", "shutil", "datetime"),)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
@@ -80,3 +83,14 @@ def test_the_standard_dataclasses_functions_work_on_records() -> None:
     assert changed == Sample("a", 5, ["t"])
     assert dataclasses.replace(Point(1), y=2) == Point(1, 2)
     assert Sample("b").tags == []  # a factory still makes a fresh default
+
+
+def test_annotations_resolve_once_typing_names_are_defined() -> None:
+    """`Any` is not imported at start-up (issue 15); Typer and FastAPI resolve annotations after
+    define_typing_names(), as anyone calling typing.get_type_hints may."""
+    import typing
+
+    orchestrate.define_typing_names()
+    hints = typing.get_type_hints(orchestrate.create_app)
+    assert hints["return"] is typing.Any and hints["root"] is orchestrate.Path
+    assert typing.get_type_hints(orchestrate.RunStore.list)["return"] == list[dict[str, typing.Any]]

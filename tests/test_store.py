@@ -262,3 +262,124 @@ def test_an_unreadable_journal_makes_the_record_unreadable_not_stale(project: Pr
     assert result.exit_code == 3
     assert result.stderr.strip() == (f"orchestrate: error: {store.journal_path(run_id)}: unreadable: "
                                      "Is a directory")
+
+
+def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """fsync/fdatasync calls, each with the name of the file it synced."""
+    calls: dict[str, list[str]] = {"fsync": [], "fdatasync": []}
+    for name in calls:
+        real = getattr(os, name)
+
+        def counting(fd: int, _name: str = name, _real=real) -> None:
+            calls[_name].append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+            _real(fd)
+
+        monkeypatch.setattr(orchestrate.os, name, counting)
+    return calls
+
+
+def test_short_steps_are_not_synced_one_by_one(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: no fdatasync per step. A run of 1 step and one of 30 sync the same files: the
+    record when it is created, the JUnit report and the record at the end."""
+    project.workflow("one", [{"name": "s1", "type": "command", "run": ["true"]}])
+    project.workflow("many", [{"name": f"s{i}", "type": "command", "run": ["true"]} for i in range(30)])
+    # the first run in a project also makes runs/.hash-key once; count steady-state runs
+    assert project.cli("run", "one", "--quiet").exit_code == 0
+    counts = {}
+    for name in ("one", "many"):
+        calls = _count_syncs(monkeypatch)
+        assert project.cli("run", name, "--quiet").exit_code == 0
+        monkeypatch.undo()
+        assert calls["fdatasync"] == []
+        # temporary files: .<name>.<pid>.<thread>.tmp, moved into place once synced
+        counts[name] = ["junit" if "junit.xml" in n else "record" if ".json" in n else n for n in calls["fsync"]]
+    assert counts["one"] == counts["many"] == ["record", "junit", "record"]
+
+
+def test_a_step_that_ran_a_second_has_its_outcome_synced(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.workflow("w", [{"name": "slow", "type": "command", "run": ["sleep", "1.1"]},
+                           {"name": "quick", "type": "command", "run": ["true"]}])
+    calls = _count_syncs(monkeypatch)
+    monkeypatch.setattr(orchestrate, "SNAPSHOT_INTERVAL_S", 3600.0)  # no periodic snapshot in between
+    assert project.cli("run", "w", "--quiet").exit_code == 0
+    monkeypatch.undo()
+    journal = [n for n in calls["fdatasync"] if n.endswith(".journal")]
+    assert len(journal) == 1 and calls["fdatasync"] == journal  # the slow step's outcome, not the quick one's
+
+
+def _finished_runs(store: orchestrate.RunStore, count: int, workflow: str = "w", first: int = 0) -> list[str]:
+    ids = []
+    for i in range(first, first + count):
+        run_id = f"20261127T{i // 3600 % 24:02d}{i // 60 % 60:02d}{i % 60:02d}000Z-{i:06x}"
+        store.create(_record(run_id, workflow=workflow))
+        store.run_dir(run_id).mkdir()
+        ids.append(run_id)
+    return ids
+
+
+def test_pruning_after_a_run_goes_in_bounded_batches(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: thousands of old runs are pruned a batch per run (PRUNE_BATCH, and never for
+    longer than PRUNE_BUDGET_S), not all after one run."""
+    monkeypatch.setattr(orchestrate, "PRUNE_BUDGET_S", 60.0)  # the batch alone bounds it here
+    store = orchestrate.RunStore(project.runs)
+    project.write("orchestrate.json", json.dumps({"keep_runs": 5}))
+    project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
+    _finished_runs(store, 2 * orchestrate.PRUNE_BATCH + 30)
+    counts = []
+    for _ in range(4):
+        assert project.cli("run", "w", "--quiet").exit_code == 0
+        counts.append(len(store.list_ids()))
+    total = 2 * orchestrate.PRUNE_BATCH + 30
+    assert counts == [total + 1 - orchestrate.PRUNE_BATCH, total + 2 - 2 * orchestrate.PRUNE_BATCH, 5, 5]
+    ids = store.list_ids()
+    assert store.prune(1, batch=2) == ids[1:3]
+    # a budget spent before the first removal (a slow listing) still lets PRUNE_AT_LEAST go:
+    # pruning always makes progress
+    _finished_runs(store, 20, first=1000)
+    ids = store.list_ids()
+    assert store.prune(1, budget_s=0.0) == ids[1:1 + orchestrate.PRUNE_AT_LEAST]
+
+
+def test_after_a_run_one_stat_says_runs_holds_no_more_than_keep(project: Project,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing 10,000 runs took 17 ms after every run; a folder's link count tells as much."""
+    store = orchestrate.RunStore(project.runs)
+    _finished_runs(store, 3)
+    if os.stat(project.runs).st_nlink < 2:
+        pytest.skip("this filesystem does not count subfolders in a folder's link count (btrfs)")
+    monkeypatch.setattr(store, "list_ids", lambda: pytest.fail("listed runs/"))
+    assert store.may_hold_more_than(3) is False and store.may_hold_more_than(5) is False
+    monkeypatch.undo()
+    assert store.may_hold_more_than(2) is True
+
+
+def test_a_filtered_listing_parses_only_records_that_may_match(project: Project,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: `runs --workflow W` and `--status S` read a record's first bytes and parse it
+    only when it may match; the newest matching ones come first, and reading stops at --limit."""
+    store = orchestrate.RunStore(project.runs)
+    mine = _finished_runs(store, 3, workflow="mine")
+    _finished_runs(store, 40, workflow="other", first=10)
+    newest_mine = _finished_runs(store, 2, workflow="mine", first=60)
+    failed = "20261127T235959000Z-ffffff"
+    store.create(_record(failed, workflow="other", status="failed"))
+    loaded: list[str] = []
+    real_load = orchestrate.RunStore.load
+    monkeypatch.setattr(orchestrate.RunStore, "load", lambda self, run_id: loaded.append(run_id) or real_load(self, run_id))
+    assert [r["run_id"] for r in store.list(workflow="mine", limit=3)] == [*reversed(newest_mine), mine[-1]]
+    assert loaded == [*reversed(newest_mine), mine[-1]]
+    loaded.clear()
+    assert [r["run_id"] for r in store.list(status="failed")] == [failed]
+    assert loaded == [failed]
+
+
+def test_status_of_an_id_or_the_latest_run_lists_no_history(project: Project,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: `status ID` and `status latest` with 10,000 runs listed and sorted them all."""
+    store = orchestrate.RunStore(project.runs)
+    ids = _finished_runs(store, 80)
+    monkeypatch.setattr(orchestrate.RunStore, "list_ids", lambda self: pytest.fail("sorted every run id"))
+    assert orchestrate.resolve_run_ref(store, ids[3]) == ids[3]
+    assert orchestrate.resolve_run_ref(store, "latest") == ids[-1]
+    assert [r["run_id"] for r in store.list(limit=3)] == ids[-1:-4:-1]
+    assert list(store.newest_ids()) == sorted(ids, reverse=True)  # past the first ones picked: all, in order
