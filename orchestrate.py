@@ -43,12 +43,14 @@ if TYPE_CHECKING:
 
     import typer  # imported for real only when the CLI app is built (see build_app)
 else:
+
     class TypedDict(dict):
         """Stands in for typing.TypedDict at run time: the record classes built on it only
         document the records' shape for type checkers."""
 
         def __init_subclass__(cls, total: bool = True, **kwargs: object) -> None:
             super().__init_subclass__(**kwargs)
+
 
 __version__ = "0.2.0"
 
@@ -181,6 +183,8 @@ def is_secret_key(key: str) -> bool:
         lowered = key.lower()
         return any(word in lowered for word in _SECRET_KEY_WORDS)
     return SECRET_KEY_RE.search(key) is not None
+
+
 MIN_SECRET_LEN = 4  # a shorter secret is a definition error: masking "abc" would garble every line
 
 # === 2. Errors ===
@@ -248,6 +252,7 @@ class _DataclassFields:
 if TYPE_CHECKING:
     from typing_extensions import dataclass_transform
 else:
+
     def dataclass_transform(**_: Any) -> Callable[[Any], Any]:
         return lambda decorator: decorator
 
@@ -274,8 +279,7 @@ def _record_init(cls: Any, names: Sequence[str], defaults: dict[str, Any], froze
             value = name
         lines.append("    " + assign.format(name, value))
     source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(lines) or "    pass") + "\n"
-    namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING,
-                                 "__setattr": object.__setattr__}
+    namespace: dict[str, Any] = {"__defaults": defaults, "__missing": _MISSING, "__setattr": object.__setattr__}
     exec(source, namespace)  # generated from the class's own field names
     init: Callable[..., None] = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
@@ -287,8 +291,11 @@ def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
     """The subset of @dataclasses.dataclass described above."""
 
     def wrap(cls: Any) -> Any:
-        names = [n for n, a in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063  (inspect is what this avoids importing)
-                 if not str(a).startswith(("ClassVar", "typing.ClassVar"))]
+        names = [
+            n
+            for n, a in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063  (inspect is what this avoids importing)
+            if not str(a).startswith(("ClassVar", "typing.ClassVar"))
+        ]
         defaults: dict[str, Any] = {}
         for name in names:
             if name in cls.__dict__:
@@ -366,7 +373,7 @@ def shorten_middle(text: str, limit: int = 60) -> str:
     if len(text) <= limit:
         return text
     head = (limit - 1) // 3
-    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
 
 
 def plural(count: int, noun: str) -> str:
@@ -493,8 +500,14 @@ PRE_PUSH_KEYS: dict[str, KeySpec] = {
     "share": KeySpec((list,), item_type=str),
 }
 PRE_PUSH_CHECKOUTS = ("working-tree", "pushed")
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-               list: "a list", dict: "an object"}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "an object",
+}
 # \Z, not $: '$' also matches before a trailing newline, and "w\n" would become a file name
 _PLAIN_NAME_RE = lazy_regex(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
 _STEP_TYPE_RE = lazy_regex(r"^[a-z][a-z0-9_]{0,49}\Z")
@@ -516,7 +529,7 @@ def _value_type_name(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__).replace("an ", "").replace("a ", "")
 
 
-MAX_NUMBER = 2 ** 53  # beyond this a JSON number is no longer exact in JavaScript or a float
+MAX_NUMBER = 2**53  # beyond this a JSON number is no longer exact in JavaScript or a float
 
 
 def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
@@ -535,19 +548,22 @@ def check_value(value: Any, spec: KeySpec, where: str, key: str) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and _type_ok(0, spec.types):
             raise DefinitionError(f"{where}: key '{key}' is out of range (at most {MAX_NUMBER})")
         raise DefinitionError(
-            f"{where}: key '{key}' must be {_describe_type(spec.types)}, not {_value_type_name(value)}")
+            f"{where}: key '{key}' must be {_describe_type(spec.types)}, not {_value_type_name(value)}"
+        )
     if spec.item_type is not None and isinstance(value, list):
         for i, item in enumerate(value):
             if not _type_ok(item, (spec.item_type,)):
                 raise DefinitionError(
                     f"{where}: key '{key}[{i}]' must be {_describe_type((spec.item_type,))}, "
-                    f"not {_value_type_name(item)}")
+                    f"not {_value_type_name(item)}"
+                )
     if spec.item_type is not None and isinstance(value, dict):
         for k, item in value.items():
             if not _type_ok(item, (spec.item_type,)):
                 raise DefinitionError(
                     f"{where}: key '{key}.{k}' must be {_describe_type((spec.item_type,))}, "
-                    f"not {_value_type_name(item)}")
+                    f"not {_value_type_name(item)}"
+                )
 
 
 def check_plain_name(name: str, what: str) -> str:
@@ -556,7 +572,8 @@ def check_plain_name(name: str, what: str) -> str:
         shown = repr(shorten_middle(str(name)))
         raise UsageError(
             f"{what} {shown} is not a plain name: use letters, digits, '_', '-' and '.', "
-            f"at most 100 characters, no '/' or '..'")
+            f"at most 100 characters, no '/' or '..'"
+        )
     return name
 
 
@@ -589,14 +606,14 @@ def interpolate(value: str, variables: dict[str, str], where: str) -> tuple[str,
             continue
         end = value.find("}", j)
         if end < 0:
-            raise DefinitionError(
-                f"{where}: unterminated '${{' in {value!r} (write '$${{' for a literal '${{')")
-        expr = value[j + 2: end]
+            raise DefinitionError(f"{where}: unterminated '${{' in {value!r} (write '$${{' for a literal '${{')")
+        expr = value[j + 2 : end]
         match = _VAR_EXPR_RE.fullmatch(expr)
         if not match:
             raise DefinitionError(
                 f"{where}: '${{{expr}}}' is not a variable reference: use ${{NAME}} or "
-                f"${{NAME:-default}} (write '$${{' for a literal '${{')")
+                f"${{NAME:-default}} (write '$${{' for a literal '${{')"
+            )
         name, default = match.group(1), match.group(2)
         if default is not None and "${" in default:
             raise DefinitionError(f"{where}: nested '${{' inside '${{{expr}}}' is not supported")
@@ -608,14 +625,21 @@ def interpolate(value: str, variables: dict[str, str], where: str) -> tuple[str,
         else:
             raise DefinitionError(
                 f"{where}: variable ${{{name}}} is not set (export it, pass --var {name}=VALUE, "
-                f"or write ${{{name}:-default}})")
+                f"or write ${{{name}:-default}})"
+            )
         used.append(name)
         i = end + 1
     return "".join(out), used
 
 
-def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: str,
-                      secrets: dict[str, str], refs: list[tuple[str, str, tuple[str, ...]]]) -> Any:
+def _interpolate_tree(
+    value: Any,
+    variables: dict[str, str],
+    where: str,
+    key: str,
+    secrets: dict[str, str],
+    refs: list[tuple[str, str, tuple[str, ...]]],
+) -> Any:
     """Interpolate every string inside value; values of secret-named keys that came from a
     variable are remembered as secrets (with the ${NAME}s they came from), and every
     (where, key, names used) goes into refs."""
@@ -629,15 +653,15 @@ def _interpolate_tree(value: Any, variables: dict[str, str], where: str, key: st
                 secrets.setdefault(text, ", ".join(f"${{{n}}}" for n in dict.fromkeys(used)))
         return text
     if isinstance(value, list):
-        return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets, refs)
-                for i, v in enumerate(value)]
+        return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets, refs) for i, v in enumerate(value)]
     if isinstance(value, dict):
         if key == "env" and any(not k or "=" in k or "\x00" in k for k in value):
             bad = next(k for k in value if not k or "=" in k or "\x00" in k)
-            raise DefinitionError(f"{where}: key '{key}' has {bad!r}, which is not an environment "
-                                  f"variable name (no '=', no NUL, not empty)")
-        return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets, refs)
-                for k, v in value.items()}
+            raise DefinitionError(
+                f"{where}: key '{key}' has {bad!r}, which is not an environment "
+                f"variable name (no '=', no NUL, not empty)"
+            )
+        return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets, refs) for k, v in value.items()}
     return value
 
 
@@ -693,13 +717,15 @@ def check_http_variables(workflow: Workflow, names: Iterable[str]) -> None:
         if name not in workflow.variables_used:
             raise DefinitionError(
                 f"vars key '{name}': workflow {workflow.name} does not use ${{{name}}}; accepted: "
-                + (", ".join(accepted) if accepted else "none (the workflow uses no ${NAME})"))
+                + (", ".join(accepted) if accepted else "none (the workflow uses no ${NAME})")
+            )
         for where, key, used in workflow.references:
-            env_name = key[len("env."):] if key.startswith("env.") else None
+            env_name = key[len("env.") :] if key.startswith("env.") else None
             if env_name is not None and name in used and re.match(_PROTECTED_ENV_RE, env_name):
                 raise DefinitionError(
                     f"vars key '{name}': {where} puts ${{{name}}} into {env_name}, which a caller "
-                    f"of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)")
+                    f"of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)"
+                )
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -739,8 +765,8 @@ def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES)
         size = path.stat().st_size
         if size > max_bytes:
             raise DefinitionError(
-                f"{shown}: file is {size / 1e6:.1f} MB; a workflow file may be at most "
-                f"{max_bytes // (1024 * 1024)} MiB")
+                f"{shown}: file is {size / 1e6:.1f} MB; a workflow file may be at most {max_bytes // (1024 * 1024)} MiB"
+            )
         data = path.read_bytes()
     except DefinitionError:
         raise
@@ -757,22 +783,21 @@ def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DefinitionError(
-            f"{shown}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}); "
-            f"save the file as UTF-8") from None
+            f"{shown}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}); save the file as UTF-8"
+        ) from None
     if not text.strip():
         raise DefinitionError(f"{shown}: file is empty; expected a JSON object")
     try:
-        document = json.loads(text, object_pairs_hook=_reject_duplicate_keys,
-                              parse_constant=_reject_constant)
+        document = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         comma = _trailing_comma(text, exc.pos)
         if comma is not None:
             line, column = text.count("\n", 0, comma) + 1, comma - text.rfind("\n", 0, comma)
             raise DefinitionError(
                 f"{shown}: invalid JSON at line {line} column {column}: trailing comma before "
-                f"'{text[exc.pos]}' (JSON allows none: remove it)") from None
-        raise DefinitionError(
-            f"{shown}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+                f"'{text[exc.pos]}' (JSON allows none: remove it)"
+            ) from None
+        raise DefinitionError(f"{shown}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except _NotJSON as exc:
         raise DefinitionError(f"{shown}: invalid JSON: {exc}") from None
     except _DuplicateKey as exc:
@@ -813,8 +838,7 @@ def _check_document(document: Any) -> str | None:
 _SURROGATE_RE = lazy_regex("[\ud800-\udfff]")
 
 
-def _check_keys(obj: dict[str, Any], specs: dict[str, KeySpec], where: str,
-                extra_allowed: bool = False) -> None:
+def _check_keys(obj: dict[str, Any], specs: dict[str, KeySpec], where: str, extra_allowed: bool = False) -> None:
     for key in obj:
         if key not in specs and not extra_allowed:
             raise DefinitionError(f"{where}: unknown key '{key}'{did_you_mean(key, specs)}")
@@ -853,15 +877,26 @@ def load_settings(root: Path) -> Settings:
     _check_keys(pre_push, PRE_PUSH_KEYS, f"{shown}: pre_push")
     checkout = pre_push.get("checkout", "working-tree")
     if checkout not in PRE_PUSH_CHECKOUTS:
-        raise DefinitionError(f"{shown}: key 'pre_push.checkout' must be \"working-tree\" or \"pushed\", "
-                              f"not {checkout!r}{did_you_mean(checkout, PRE_PUSH_CHECKOUTS)}")
+        raise DefinitionError(
+            f'{shown}: key \'pre_push.checkout\' must be "working-tree" or "pushed", '
+            f"not {checkout!r}{did_you_mean(checkout, PRE_PUSH_CHECKOUTS)}"
+        )
     for item in pre_push.get("share", []):
         parts = Path(item).parts
         if not item or Path(item).is_absolute() or ".." in parts or parts in ((), (".",)) or parts[0] == ".git":
-            raise DefinitionError(f"{shown}: key 'pre_push.share' lists {item!r}: give a path inside the "
-                                  "project, relative to it, such as \".venv\"")
-    return Settings(cypress_modules=dict(data.get("cypress_modules", {})), keep_runs=keep, jobs=jobs, raw=data,
-                    pre_push_checkout=checkout, pre_push_share=list(pre_push.get("share", [])), root=root)
+            raise DefinitionError(
+                f"{shown}: key 'pre_push.share' lists {item!r}: give a path inside the "
+                'project, relative to it, such as ".venv"'
+            )
+    return Settings(
+        cypress_modules=dict(data.get("cypress_modules", {})),
+        keep_runs=keep,
+        jobs=jobs,
+        raw=data,
+        pre_push_checkout=checkout,
+        pre_push_share=list(pre_push.get("share", [])),
+        root=root,
+    )
 
 
 def list_workflows(workflows_dir: Path) -> list[tuple[str, Path]]:
@@ -876,8 +911,8 @@ def _validate_common(step: dict[str, Any], where: str) -> None:
         raise DefinitionError(f"{where}: key 'name' must not be empty")
     if len(name) > 100 or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
         raise DefinitionError(
-            f"{where}: key 'name' must be at most 100 characters without '/', '\\' or "
-            f"control characters")
+            f"{where}: key 'name' must be at most 100 characters without '/', '\\' or control characters"
+        )
     if "timeout" in step and not step["timeout"] > 0:
         raise DefinitionError(f"{where}: key 'timeout' must be a number of seconds above 0")
     if "retries" in step and not 0 <= step["retries"] <= 100:
@@ -886,7 +921,8 @@ def _validate_common(step: dict[str, Any], where: str) -> None:
         raise DefinitionError(f"{where}: key 'retry_delay' must be between 0 and 3600 seconds")
     if "shard" in step and step["shard"] not in ("all", "first"):
         raise DefinitionError(
-            f"{where}: key 'shard' must be \"all\" or \"first\"{did_you_mean(step['shard'], ['all', 'first'])}")
+            f'{where}: key \'shard\' must be "all" or "first"{did_you_mean(step["shard"], ["all", "first"])}'
+        )
     when = step.get("when", {})
     for key, value in when.items():
         if key not in WHEN_KEYS:
@@ -896,21 +932,21 @@ def _validate_common(step: dict[str, Any], where: str) -> None:
                 shown = value if isinstance(value, str) else _value_type_name(value)
                 raise DefinitionError(
                     f"{where}: key 'when.status' must be one of success, failure, always, "
-                    f"not '{shown}'{did_you_mean(str(value), WHEN_STATUSES)}")
+                    f"not '{shown}'{did_you_mean(str(value), WHEN_STATUSES)}"
+                )
         else:
             items = [value] if isinstance(value, str) else value
-            if not isinstance(items, list) or not items or not all(
-                    isinstance(v, str) and v for v in items):
-                raise DefinitionError(
-                    f"{where}: key 'when.{key}' must be a non-empty list of glob strings")
+            if not isinstance(items, list) or not items or not all(isinstance(v, str) and v for v in items):
+                raise DefinitionError(f"{where}: key 'when.{key}' must be a non-empty list of glob strings")
             as_matched = changed_glob if key == "changed" else branch_glob
             for i, pattern in enumerate(items):
                 try:
                     as_matched(pattern)
                 except GlobError as exc:
                     shown = f"when.{key}" if isinstance(value, str) else f"when.{key}[{i}]"
-                    raise DefinitionError(f"{where}: key '{shown}': invalid glob "
-                                          f"{_shorten(pattern, 80)!r}: {exc}") from None
+                    raise DefinitionError(
+                        f"{where}: key '{shown}': invalid glob {_shorten(pattern, 80)!r}: {exc}"
+                    ) from None
 
 
 def _find_plugin(step_type: str, root: Path) -> str | None:
@@ -940,8 +976,13 @@ def _canonical_hash(value: Any) -> str:
     return sha256_hex(data.encode("utf-8", "surrogatepass"))
 
 
-def load_workflow(name: str, workflows_dir: Path, variables: dict[str, str] | None = None,
-                  settings: Settings | None = None, root: Path | None = None) -> Workflow:
+def load_workflow(
+    name: str,
+    workflows_dir: Path,
+    variables: dict[str, str] | None = None,
+    settings: Settings | None = None,
+    root: Path | None = None,
+) -> Workflow:
     """Load and strictly validate workflows/<name>.json; DefinitionError on the first problem."""
     name = check_workflow_name(name)
     root = root if root is not None else workflows_dir.parent
@@ -951,16 +992,28 @@ def load_workflow(name: str, workflows_dir: Path, variables: dict[str, str] | No
     if not path.is_file():
         known = [n for n, _ in list_workflows(workflows_dir)]
         hint = did_you_mean(name, known) or (
-            f"; known: {', '.join(known)}" if known else f"; {_display_path(workflows_dir, root)}/ has no workflows (try: orchestrate init)")
+            f"; known: {', '.join(known)}"
+            if known
+            else f"; {_display_path(workflows_dir, root)}/ has no workflows (try: orchestrate init)"
+        )
         raise UsageError(f"no workflow '{name}': {shown} does not exist{hint}")
     data = parse_json_file(path, shown)
     sha256 = sha256_hex(path.read_bytes())
-    return build_workflow(data, name, path, shown, variables if variables is not None else dict(os.environ),
-                          settings, root, sha256)
+    return build_workflow(
+        data, name, path, shown, variables if variables is not None else dict(os.environ), settings, root, sha256
+    )
 
 
-def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict[str, str],
-                   settings: Settings, root: Path, sha256: str = "") -> Workflow:
+def build_workflow(
+    data: Any,
+    name: str,
+    path: Path,
+    shown: str,
+    variables: dict[str, str],
+    settings: Settings,
+    root: Path,
+    sha256: str = "",
+) -> Workflow:
     """Validate a parsed workflow document: pure except for plugin lookup under root.
 
     A DefinitionError never quotes a secret: its value becomes the ${NAME} it came from."""
@@ -973,15 +1026,17 @@ def build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict
         raise DefinitionError(_name_secrets(str(exc), names)) from None
 
 
-def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dict[str, str],
-                    settings: Settings, root: Path, sha256: str) -> Workflow:
+def _build_workflow(
+    data: Any, name: str, path: Path, shown: str, variables: dict[str, str], settings: Settings, root: Path, sha256: str
+) -> Workflow:
     if not isinstance(data, dict):
         raise DefinitionError(f"{shown}: expected a JSON object with a 'steps' list, not {_value_type_name(data)}")
     _check_keys(data, WORKFLOW_KEYS, shown)
     if "name" in data and data["name"] != name:
         raise DefinitionError(
             f"{shown}: key 'name' is '{data['name']}' but the file is {name}.json; "
-            f"make them match (the file name is how you run it)")
+            f"make them match (the file name is how you run it)"
+        )
     if not data["steps"]:
         raise DefinitionError(f"{shown}: key 'steps' is empty; add at least one step")
     secrets: dict[str, str] = {}  # value -> where it came from, for the too-short message
@@ -1015,7 +1070,8 @@ def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dic
                 raise DefinitionError(
                     f"{where}: unknown step type '{step_type}'{did_you_mean(step_type, list(RUNNERS) + plugins)}; "
                     f"built-in types: {', '.join(sorted(RUNNERS))}; plugins: "
-                    f"{', '.join(plugins) if plugins else 'none (add integrations/' + step_type + '_runner.py)'}")
+                    f"{', '.join(plugins) if plugins else 'none (add integrations/' + step_type + '_runner.py)'}"
+                )
             runner = PluginRunner(step_type)
         specs = {**COMMON_KEYS, **runner.keys}
         _check_keys(raw_step, specs, where, extra_allowed=runner.accepts_any_key)
@@ -1023,28 +1079,42 @@ def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dic
         step_name = raw_step["name"]  # a string now: _check_keys has checked it
         if step_name in seen:
             raise DefinitionError(
-                f"{where}: duplicate step name '{step_name}' (also steps[{seen[step_name]}]); step names must be unique")
+                f"{where}: duplicate step name '{step_name}' (also steps[{seen[step_name]}]); step names must be unique"
+            )
         seen[step_name] = index
         for key, value in raw_step.items():
             if key == "token" and isinstance(value, str) and value and "${" not in value:
                 secrets.setdefault(value, f"in steps[{index}] key 'token'")
                 warnings.append(
                     f"{where}: key 'token' holds a literal token; keep it out of the file with "
-                    f"\"token\": \"${{JIRA_TOKEN}}\" (it is masked as *** all the same)")
-        resolved = {k: (v if k in ("name", "type") else
-                        _interpolate_tree(v, variables, where, k, secrets, refs))
-                    for k, v in raw_step.items()}
+                    f'"token": "${{JIRA_TOKEN}}" (it is masked as *** all the same)'
+                )
+        resolved = {
+            k: (v if k in ("name", "type") else _interpolate_tree(v, variables, where, k, secrets, refs))
+            for k, v in raw_step.items()
+        }
         config = {k: v for k, v in resolved.items() if k not in COMMON_KEYS}
         step = Step(
-            index=index, name=step_name, type=step_type, config=config, raw=resolved,
+            index=index,
+            name=step_name,
+            type=step_type,
+            config=config,
+            raw=resolved,
             timeout=float(resolved["timeout"]) if "timeout" in resolved else None,
-            retries=resolved.get("retries", 0), retry_delay=float(resolved.get("retry_delay", 0)),
+            retries=resolved.get("retries", 0),
+            retry_delay=float(resolved.get("retry_delay", 0)),
             continue_on_error=resolved.get("continue_on_error", False),
-            env=dict(resolved.get("env", {})), cwd=resolved.get("cwd"),
-            when=dict(resolved.get("when", {})), required=resolved.get("required", False),
-            shard=resolved.get("shard", "all"), label=f'steps[{index}] "{step_name}"', source=raw_step,
+            env=dict(resolved.get("env", {})),
+            cwd=resolved.get("cwd"),
+            when=dict(resolved.get("when", {})),
+            required=resolved.get("required", False),
+            shard=resolved.get("shard", "all"),
+            label=f'steps[{index}] "{step_name}"',
+            source=raw_step,
             needs=list(raw_step["needs"]) if "needs" in raw_step else None,
-            sources=list(resolved.get("sources", [])), reports=list(resolved.get("reports", [])))
+            sources=list(resolved.get("sources", [])),
+            reports=list(resolved.get("reports", [])),
+        )
         for key in ("sources", "reports"):
             if key in resolved:
                 check_path_globs(resolved[key], where, key)
@@ -1056,15 +1126,17 @@ def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dic
             # the Basic credential a jira step sends: a step printing its headers prints this
             import base64
 
-            secrets.setdefault(base64.b64encode(f"{user}:{token}".encode()).decode("ascii"),
-                               f"user:token of steps[{index}]")
+            secrets.setdefault(
+                base64.b64encode(f"{user}:{token}".encode()).decode("ascii"), f"user:token of steps[{index}]"
+            )
     check_step_needs(steps, shown)
     for value, source in secrets.items():
         if len(value) < MIN_SECRET_LEN:
             raise DefinitionError(
                 f"{shown}: secret {source} is {len(value)} character{'s' if len(value) != 1 else ''} "
                 f"long; a secret needs at least {MIN_SECRET_LEN}, as masking a shorter value would "
-                f"garble ordinary output (use a longer secret)")
+                f"garble ordinary output (use a longer secret)"
+            )
     masker = Masker(secrets)
     # the workflow's env reaches every step: A=1 and A=2 must not hash the same (secrets in it
     # are masked here; their values enter values_sha256, keyed, never in clear)
@@ -1074,16 +1146,25 @@ def _build_workflow(data: Any, name: str, path: Path, shown: str, variables: dic
     prefix = f"{shown}: steps["
     for where, _key, used in refs:
         if where.startswith(prefix):
-            number = where[len(prefix): where.find("]", len(prefix))]
+            number = where[len(prefix) : where.find("]", len(prefix))]
             if number.isdigit():
                 step_names.setdefault(int(number), []).extend(used)
     for step in steps:
         step.definition_sha256 = _canonical_hash({"step": masker.mask_tree(step.raw), "env": shared_env})
         step.variables = {name: variables.get(name) for name in sorted({*env_names, *step_names.get(step.index, [])})}
-    return Workflow(name=name, path=path, description=data.get("description", ""), env=env,
-                    steps=steps, secrets=set(secrets), sha256=sha256, display_path=shown,
-                    warnings=warnings, references=refs,
-                    variables_used={n for _, _, used in refs for n in used})
+    return Workflow(
+        name=name,
+        path=path,
+        description=data.get("description", ""),
+        env=env,
+        steps=steps,
+        secrets=set(secrets),
+        sha256=sha256,
+        display_path=shown,
+        warnings=warnings,
+        references=refs,
+        variables_used={n for _, _, used in refs for n in used},
+    )
 
 
 _PERCENT_ESCAPE_RE = r"%[0-9A-F]{2}"  # compiled on first use (secret_forms)
@@ -1095,10 +1176,16 @@ def secret_forms(secret: str) -> set[str]:
     write them), JSON string escaped (ASCII-only and not) and XML-escaped."""
     from urllib.parse import quote, quote_plus
 
-    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
-             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
-             # as XML text and attributes carry it (JUnit files tools write)
-             secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")}
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        # as XML text and attributes carry it (JUnit files tools write)
+        secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;"),
+    }
     forms |= {re.sub(_PERCENT_ESCAPE_RE, lambda m: m.group().lower(), form) for form in forms if "%" in form}
     return {form for form in forms if form}
 
@@ -1112,15 +1199,16 @@ def check_step_needs(steps: Sequence[Step], shown: str) -> None:
             if need == step.name:
                 raise DefinitionError(f"{where}: a step cannot need itself")
             if need not in names:
-                raise DefinitionError(f"{where}: no step named {need!r} in this workflow"
-                                      f"{did_you_mean(need, names)}")
+                raise DefinitionError(f"{where}: no step named {need!r} in this workflow{did_you_mean(need, names)}")
             if need in (step.needs or [])[:i]:
                 raise DefinitionError(f"{where}: {need!r} is listed twice")
     cycle = _dependency_cycle(steps)
     if cycle:
         first = steps[cycle[0]]
-        raise DefinitionError(f"{shown}: {first.label}: key 'needs': the steps form a cycle: "
-                              + " → ".join(repr(steps[i].name) for i in cycle))
+        raise DefinitionError(
+            f"{shown}: {first.label}: key 'needs': the steps form a cycle: "
+            + " → ".join(repr(steps[i].name) for i in cycle)
+        )
 
 
 def step_dependencies(steps: Sequence[Step]) -> list[tuple[int, ...]]:
@@ -1155,7 +1243,7 @@ def _dependency_cycle(steps: Sequence[Step]) -> list[int] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state[nxt] == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state[nxt]:
                 state[nxt] = 1
                 path.append(nxt)
@@ -1230,7 +1318,7 @@ def _partial_secret(buffer: bytes, secret: bytes) -> int:
                 return len(buffer) - pos
             pos = buffer.find(anchor, pos + 1)
     for size in range(min(longest, len(anchor) - 1), 0, -1):
-        if view[len(buffer) - size:] == whole[:size]:
+        if view[len(buffer) - size :] == whole[:size]:
             return size
     return 0
 
@@ -1248,7 +1336,7 @@ class StreamMasker:
             return data
         buffer = self.masker.mask_bytes(self.pending + data)
         hold = max(_partial_secret(buffer, secret) for secret in self.masker.byte_secrets)
-        self.pending = buffer[len(buffer) - hold:] if hold else b""
+        self.pending = buffer[len(buffer) - hold :] if hold else b""
         return buffer[: len(buffer) - hold] if hold else buffer
 
     def flush(self) -> bytes:
@@ -1311,8 +1399,7 @@ def step_offsets(record: Mapping[str, Any]) -> list[float | None] | None:
 def new_run_id() -> str:
     """Sortable by start time (UTC, milliseconds) and unique across concurrent runs."""
     now = time.time()
-    return (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1000):03d}Z-"
-            + os.urandom(3).hex())
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1000):03d}Z-" + os.urandom(3).hex()
 
 
 def check_run_id(run_id: str) -> str:
@@ -1333,7 +1420,7 @@ def pid_start_time(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
-        return stat[stat.rindex(b")") + 2:].split()[19].decode()
+        return stat[stat.rindex(b")") + 2 :].split()[19].decode()
     except (OSError, ValueError, IndexError):
         return None
 
@@ -1365,7 +1452,7 @@ def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -1411,8 +1498,10 @@ def make_runs_dirs(path: Path, runs_dir: Path) -> None:
         except OSError as exc:
             raise StoreError(f"cannot create {current}: {exc.strerror or exc}") from None
         if not stat.S_ISDIR(info.st_mode):
-            raise StoreError(f"{current} is {'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a folder'}; "
-                             f"orchestrate does not write through it: remove it")
+            raise StoreError(
+                f"{current} is {'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a folder'}; "
+                f"orchestrate does not write through it: remove it"
+            )
 
 
 def copy_into_runs(source: Path, target: Path, runs_dir: Path) -> None:
@@ -1424,8 +1513,10 @@ def copy_into_runs(source: Path, target: Path, runs_dir: Path) -> None:
     make_runs_dirs(target.parent, runs_dir)
     _unlink_quietly(target)  # a retry's copy, or a planted link: replaced, never followed
     info = source.stat()
-    with open(source, "rb") as reader, os.fdopen(
-            os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, RUNS_FILE_MODE), "wb") as writer:
+    with (
+        open(source, "rb") as reader,
+        os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, RUNS_FILE_MODE), "wb") as writer,
+    ):
         shutil.copyfileobj(reader, writer, READ_CHUNK)
     os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
 
@@ -1509,14 +1600,27 @@ def check_record(record: Mapping[str, Any]) -> None:
 
 
 _RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "run_id": (str,), "workflow": (str,), "status": (str,), "current": (str, type(None)),
-    "started_at": (str, type(None)), "finished_at": (str, type(None)),
-    "duration_s": (int, float, type(None)), "exit_code": (int, type(None)), "message": (str, type(None)),
-    "pid": (int, type(None)), "trigger": (dict, type(None)), "log": (list,), "running": (list,),
+    "run_id": (str,),
+    "workflow": (str,),
+    "status": (str,),
+    "current": (str, type(None)),
+    "started_at": (str, type(None)),
+    "finished_at": (str, type(None)),
+    "duration_s": (int, float, type(None)),
+    "exit_code": (int, type(None)),
+    "message": (str, type(None)),
+    "pid": (int, type(None)),
+    "trigger": (dict, type(None)),
+    "log": (list,),
+    "running": (list,),
 }
 _ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
-    "step": (str,), "status": (str,), "message": (str, type(None)), "duration_s": (int, float, type(None)),
-    "output_tail": (str, type(None)), "log_file": (str, type(None)),
+    "step": (str,),
+    "status": (str,),
+    "message": (str, type(None)),
+    "duration_s": (int, float, type(None)),
+    "output_tail": (str, type(None)),
+    "log_file": (str, type(None)),
 }
 
 
@@ -1566,7 +1670,8 @@ class RunStore:
         except OSError as exc:
             raise StoreError(
                 f"cannot write run records to {self.runs_dir}: {exc.strerror or exc} "
-                f"(make it writable, or pass --runs-dir)") from None
+                f"(make it writable, or pass --runs-dir)"
+            ) from None
 
     def create(self, record: dict[str, Any]) -> None:
         """Write a new record; never replaces an existing one (os.link is exclusive)."""
@@ -1620,7 +1725,8 @@ class RunStore:
         if version > SCHEMA_VERSION:
             raise RecordUnreadable(
                 f"{path}: unreadable: schema_version {version!r} is newer than this orchestrate "
-                f"understands ({SCHEMA_VERSION}); upgrade orchestrate")
+                f"understands ({SCHEMA_VERSION}); upgrade orchestrate"
+            )
         record = migrate_record(record)
         self._apply_journal(record)
         problem = _record_shape_problem(record)
@@ -1662,8 +1768,11 @@ class RunStore:
 
     def _settle(self, record: dict[str, Any]) -> dict[str, Any]:
         """A run left 'running' by a process that no longer exists is failed (interrupted)."""
-        if (record.get("status") == "running" and record.get("host") in (None, _hostname())
-                and not process_alive(record.get("pid"), record.get("pid_start"))):
+        if (
+            record.get("status") == "running"
+            and record.get("host") in (None, _hostname())
+            and not process_alive(record.get("pid"), record.get("pid_start"))
+        ):
             record["status"] = "failed"
             record["message"] = f"interrupted: orchestrate (pid {record.get('pid')}) stopped before the run ended"
             record["interrupted"] = True
@@ -1705,8 +1814,9 @@ class RunStore:
             candidates.sort(reverse=True)
             yield from (run_id for run_id in candidates[_NEWEST_FIRST:] if match(run_id))
 
-    def list(self, workflow: str | None = None, status: str | None = None,
-             limit: int | None = 20) -> list[dict[str, Any]]:
+    def list(
+        self, workflow: str | None = None, status: str | None = None, limit: int | None = 20
+    ) -> list[dict[str, Any]]:
         """Newest first; reads only as many records as it needs. With a filter, a record whose
         first bytes show it cannot match (another workflow; a finished status that is not the
         one asked for) is not parsed (a record of 1,000 steps is 400 KB)."""
@@ -1758,7 +1868,8 @@ class RunStore:
         finished = 0
         for run_id in self.newest_ids():
             if (batch is not None and len(removed) >= batch) or (
-                    deadline is not None and len(removed) >= PRUNE_AT_LEAST and time.monotonic() > deadline):
+                deadline is not None and len(removed) >= PRUNE_AT_LEAST and time.monotonic() > deadline
+            ):
                 return removed  # temporary files of dead writers wait for a prune with time to spare
             if self._peek_status(run_id) not in ("failed", "completed"):
                 try:  # the full read settles a run whose process is gone as failed
@@ -1789,7 +1900,7 @@ class RunStore:
         return status if status in RUN_STATUSES else None
 
     def _peek(self, run_id: str) -> dict[str, str]:
-        """"workflow" and "status" as a snapshot's first bytes give them (records are written
+        """ "workflow" and "status" as a snapshot's first bytes give them (records are written
         with one-space indentation, so only the top level's keys read '\\n "status": '); a key
         that is not there (a record written by hand, unreadable) is missing."""
         try:
@@ -1797,8 +1908,10 @@ class RunStore:
                 head = handle.read(512)
         except OSError:
             return {}
-        return {match.group(1).decode(): match.group(2).decode("utf-8", "replace")
-                for match in re.finditer(_HEAD_PEEK_RE, head)}
+        return {
+            match.group(1).decode(): match.group(2).decode("utf-8", "replace")
+            for match in re.finditer(_HEAD_PEEK_RE, head)
+        }
 
     def _remove_stale_temp_files(self) -> None:
         """Temporary files of writers killed mid-write (their pid is in the name)."""
@@ -1854,8 +1967,7 @@ class RunRecorder:
     journal written since the last one is half its size: the bytes rewritten stay
     proportional to the bytes journaled, whatever N."""
 
-    def __init__(self, store: RunStore, record: dict[str, Any],
-                 snapshot_interval: float | None = None) -> None:
+    def __init__(self, store: RunStore, record: dict[str, Any], snapshot_interval: float | None = None) -> None:
         self.store = store
         self.record = record
         self.seq = 0
@@ -1897,25 +2009,41 @@ class RunRecorder:
         self.record["running"] = list(self.running)
         self.record["current"] = self.running[0] if self.running else None
         self.seq += 1
-        if (time.monotonic() - self.last_snapshot >= self.snapshot_interval
-                and 2 * self.journal_bytes >= self.snapshot_bytes):
+        if (
+            time.monotonic() - self.last_snapshot >= self.snapshot_interval
+            and 2 * self.journal_bytes >= self.snapshot_bytes
+        ):
             self.snapshot()
             return
-        line = json.dumps({"seq": self.seq, "index": index, "entry": entry,
-                           "current": self.record["current"], "running": self.record["running"]},
-                          ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+        line = (
+            json.dumps(
+                {
+                    "seq": self.seq,
+                    "index": index,
+                    "entry": entry,
+                    "current": self.record["current"],
+                    "running": self.record["running"],
+                },
+                ensure_ascii=False,
+            ).encode("utf-8", "surrogateescape")
+            + b"\n"
+        )
         try:
             if self.journal_fd is None:
-                self.journal_fd = os.open(self.store.journal_path(self.record["run_id"]),
-                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW, RUNS_FILE_MODE)
+                self.journal_fd = os.open(
+                    self.store.journal_path(self.record["run_id"]),
+                    os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW,
+                    RUNS_FILE_MODE,
+                )
             os.write(self.journal_fd, line)
             self.journal_bytes += len(line)
             if durable:
                 # fdatasync: the appended bytes and the file's size, without the timestamps fsync adds
                 getattr(os, "fdatasync", os.fsync)(self.journal_fd)
         except OSError as exc:
-            raise StoreError(f"cannot write {self.store.journal_path(self.record['run_id'])}: "
-                             f"{exc.strerror or exc}") from None
+            raise StoreError(
+                f"cannot write {self.store.journal_path(self.record['run_id'])}: {exc.strerror or exc}"
+            ) from None
 
     def finish(self) -> None:
         with self.lock:
@@ -1989,6 +2117,7 @@ class StepIndex:
                 yield
             finally:
                 os.close(fd)
+
         return held()
 
     def _read_row(self, workflow: str, step: str) -> dict[str, Any] | bool | None:
@@ -2003,9 +2132,15 @@ class StepIndex:
             row = json.loads(data)
         except ValueError:
             return False
-        if (not isinstance(row, dict) or row.get("version") != INDEX_VERSION or row.get("workflow") != workflow
-                or row.get("step") != step or not isinstance(row.get("run_id"), str)
-                or not isinstance(row.get("passed_in"), str) or not isinstance(row.get("inputs_sha256"), str)):
+        if (
+            not isinstance(row, dict)
+            or row.get("version") != INDEX_VERSION
+            or row.get("workflow") != workflow
+            or row.get("step") != step
+            or not isinstance(row.get("run_id"), str)
+            or not isinstance(row.get("passed_in"), str)
+            or not isinstance(row.get("inputs_sha256"), str)
+        ):
             return False
         return row
 
@@ -2018,8 +2153,11 @@ class StepIndex:
         if record.get("workflow") != row["workflow"]:
             return False
         entry = next((e for e in record.get("log", []) if e.get("step") == row["step"]), None)
-        return (entry is not None and entry.get("inputs_sha256") == row["inputs_sha256"]
-                and _pass_of(entry, row["run_id"]) == row["passed_in"])
+        return (
+            entry is not None
+            and entry.get("inputs_sha256") == row["inputs_sha256"]
+            and _pass_of(entry, row["run_id"]) == row["passed_in"]
+        )
 
     def last_pass(self, workflow: str, step: str) -> dict[str, Any] | None:
         """{"run_id", "passed_in", "inputs_sha256", ...} of the newest run holding a pass of the
@@ -2040,15 +2178,30 @@ class StepIndex:
         passed_in = _pass_of(entry, record["run_id"])
         if passed_in is None:
             return None
-        return {"version": INDEX_VERSION, "workflow": record.get("workflow"), "step": entry.get("step"),
-                "run_id": record["run_id"], "passed_in": passed_in, "inputs_sha256": entry["inputs_sha256"],
-                "finished_at": entry.get("finished_at")}
+        return {
+            "version": INDEX_VERSION,
+            "workflow": record.get("workflow"),
+            "step": entry.get("step"),
+            "run_id": record["run_id"],
+            "passed_in": passed_in,
+            "inputs_sha256": entry["inputs_sha256"],
+            "finished_at": entry.get("finished_at"),
+        }
 
     @staticmethod
     def _summary(record: Mapping[str, Any]) -> bytes:
-        return (json.dumps({"run_id": record.get("run_id"), "workflow": record.get("workflow"),
-                            "status": record.get("status"), "started_at": record.get("started_at")},
-                           ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+        return (
+            json.dumps(
+                {
+                    "run_id": record.get("run_id"),
+                    "workflow": record.get("workflow"),
+                    "status": record.get("status"),
+                    "started_at": record.get("started_at"),
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        ).encode("utf-8", "surrogateescape")
 
     def record_run(self, record: Mapping[str, Any]) -> None:
         """A finished run into the index: its passes (a row is replaced only by a newer run's)
@@ -2065,8 +2218,9 @@ class StepIndex:
                 if isinstance(current, dict) and current["run_id"] > row["run_id"]:
                     continue
                 write_atomic(self._row_path(row["workflow"], row["step"]), _dump_record(row))
-            fd = os.open(self.folder / "runs.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW,
-                         RUNS_FILE_MODE)
+            fd = os.open(
+                self.folder / "runs.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW, RUNS_FILE_MODE
+            )
             try:
                 os.write(fd, self._summary(record))
             finally:
@@ -2129,9 +2283,13 @@ class OutputSink:
     """Where one step's output goes: masked, to its log file, to the console, and into a
     bounded tail for the record. Output is handled in chunks, never whole in memory."""
 
-    def __init__(self, log_path: Path | None, masker: Masker,
-                 console_write: Callable[[bytes], None] | None,
-                 on_idle: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        log_path: Path | None,
+        masker: Masker,
+        console_write: Callable[[bytes], None] | None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
         self.stream_masker = StreamMasker(masker)
         self.log_path = log_path
         self.log_file: Any = None  # created with the first byte: a silent step costs no file
@@ -2151,9 +2309,10 @@ class OutputSink:
                 if self.log_file is None:
                     # O_NOFOLLOW: a link planted at the log's name is not followed out of runs/
                     self.log_file = os.fdopen(
-                        os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW,
-                                RUNS_FILE_MODE),
-                        "ab", buffering=0)
+                        os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW, RUNS_FILE_MODE),
+                        "ab",
+                        buffering=0,
+                    )
                 self.log_file.write(data)
             except OSError as exc:  # disk full, quota, I/O error: the run cannot be recorded
                 import errno
@@ -2161,13 +2320,15 @@ class OutputSink:
                 path, self.log_path = self.log_path, None
                 self._close_log()
                 if exc.errno == errno.ELOOP:
-                    raise StoreError(f"cannot write {path}: it is a symbolic link; orchestrate does "
-                                     f"not write through it: remove it") from None
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc} "
-                                 f"(free some space, or pass --runs-dir)") from None
+                    raise StoreError(
+                        f"cannot write {path}: it is a symbolic link; orchestrate does not write through it: remove it"
+                    ) from None
+                raise StoreError(
+                    f"cannot write {path}: {exc.strerror or exc} (free some space, or pass --runs-dir)"
+                ) from None
         if self.console_write is not None:
             self.console_write(data)
-        self.tail += data[-TAIL_MAX_BYTES * 2:]
+        self.tail += data[-TAIL_MAX_BYTES * 2 :]
         if len(self.tail) > TAIL_MAX_BYTES * 4:
             del self.tail[: len(self.tail) - TAIL_MAX_BYTES * 2]
 
@@ -2299,7 +2460,7 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
-        fields = stat[stat.rindex(b")") + 2:].split()
+        fields = stat[stat.rindex(b")") + 2 :].split()
         return fields[0].decode("ascii", "replace"), int(fields[2]), int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
@@ -2389,9 +2550,14 @@ class ProcessTree:
                     pass
 
 
-def stop_tree(tree: ProcessTree, process: Any, grace: float = KILL_GRACE_S,
-              guard: SignalGuard | None = None, until: float | None = None,
-              signals_seen: int | None = None) -> int:
+def stop_tree(
+    tree: ProcessTree,
+    process: Any,
+    grace: float = KILL_GRACE_S,
+    guard: SignalGuard | None = None,
+    until: float | None = None,
+    signals_seen: int | None = None,
+) -> int:
     """End a step process's tree: SIGTERM, then SIGKILL after `grace` seconds, at `until` (the
     step's deadline), or at once when a signal beyond the `signals_seen` first ones arrives
     (default: those received so far). Returns how many processes besides the step process
@@ -2426,8 +2592,9 @@ def stop_tree(tree: ProcessTree, process: Any, grace: float = KILL_GRACE_S,
     return len(found)
 
 
-def end_process_group(process: Any, grace: float = KILL_GRACE_S, *, guard: SignalGuard | None = None,
-                      tree: ProcessTree | None = None) -> int:
+def end_process_group(
+    process: Any, grace: float = KILL_GRACE_S, *, guard: SignalGuard | None = None, tree: ProcessTree | None = None
+) -> int:
     """SIGTERM to the step's whole process group (and what carries its token), SIGKILL after
     the grace period."""
     pgid = process.pid
@@ -2511,18 +2678,31 @@ class StepWatchdog:
             self.token = os.urandom(8).hex()  # a forked copy gets its own
             self.released = ""
         read_fd, write_fd = os.pipe()  # not inheritable (PEP 446): steps never hold it open
-        argv = ["/bin/sh", "-c", _WATCHDOG_SCRIPT, "orchestrate-watchdog", str(max(1, int(self.grace * 10))),
-                self.token]
+        argv = [
+            "/bin/sh",
+            "-c",
+            _WATCHDOG_SCRIPT,
+            "orchestrate-watchdog",
+            str(max(1, int(self.grace * 10))),
+            self.token,
+        ]
         try:
             if can_spawn():
                 devnull = _devnull_write()
-                self.process = SpawnedProcess(spawn_process(argv, os.environ, stdin=read_fd, stdout=devnull,
-                                                            stderr=devnull, new_session=True))
+                self.process = SpawnedProcess(
+                    spawn_process(argv, os.environ, stdin=read_fd, stdout=devnull, stderr=devnull, new_session=True)
+                )
             else:
                 import subprocess
 
-                self.process = subprocess.Popen(argv, stdin=read_fd, stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+                self.process = subprocess.Popen(
+                    argv,
+                    stdin=read_fd,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                    close_fds=True,
+                )
         except OSError:
             os.close(write_fd)
             return None  # best effort: without /bin/sh, steps still end with every clean exit
@@ -2749,14 +2929,18 @@ def _executable(name: str, env: Mapping[str, str]) -> str:
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
 
-def spawn_process(argv: Sequence[str], env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int,
-                  new_session: bool = False) -> int:
+def spawn_process(
+    argv: Sequence[str], env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int, new_session: bool = False
+) -> int:
     """os.posix_spawn with what subprocess.Popen(close_fds=True, restore_signals=True) gives a
     child: only stdin, stdout and stderr open (an inheritable descriptor orchestrate was given
     is closed), SIGPIPE and SIGXFSZ back to their default (Python ignores them), optionally
     its own session. Returns the pid; FileNotFoundError when argv[0] is not found."""
-    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
-                                      (os.POSIX_SPAWN_DUP2, stderr, 2)]
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_DUP2, stdin, 0),
+        (os.POSIX_SPAWN_DUP2, stdout, 1),
+        (os.POSIX_SPAWN_DUP2, stderr, 2),
+    ]
     try:
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
@@ -2767,14 +2951,29 @@ def spawn_process(argv: Sequence[str], env: Mapping[str, str], *, stdin: int, st
                 pass
     except (OSError, ValueError):
         pass
-    return os.posix_spawn(_executable(argv[0], env), list(argv), dict(env), file_actions=actions,
-                          setsid=new_session, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    return os.posix_spawn(
+        _executable(argv[0], env),
+        list(argv),
+        dict(env),
+        file_actions=actions,
+        setsid=new_session,
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+    )
 
 
-def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], sink: OutputSink,
-                timeout: float | None = None, guard: SignalGuard | None = None,
-                grace: float = KILL_GRACE_S, deadline: float | None = None, stdin: int | None = None,
-                name: str | None = None) -> ProcessResult:
+def run_process(
+    argv: Sequence[str] | str,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    sink: OutputSink,
+    timeout: float | None = None,
+    guard: SignalGuard | None = None,
+    grace: float = KILL_GRACE_S,
+    deadline: float | None = None,
+    stdin: int | None = None,
+    name: str | None = None,
+) -> ProcessResult:
     """The one way orchestrate starts a process: stdin closed (or the given descriptor), its own
     process group (so a timeout or Ctrl-C ends the whole tree), stdout and stderr streamed in
     large chunks. `deadline` (time.monotonic()) is when the step's attempt runs out of time,
@@ -2793,9 +2992,14 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         if can_spawn(cwd):
             read_end, write_end = os.pipe()
             try:
-                pid = spawn_process(["/bin/sh", "-c", argv] if isinstance(argv, str) else argv, child_env,
-                                    stdin=_devnull() if stdin is None else stdin, stdout=write_end,
-                                    stderr=write_end, new_session=True)
+                pid = spawn_process(
+                    ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv,
+                    child_env,
+                    stdin=_devnull() if stdin is None else stdin,
+                    stdout=write_end,
+                    stderr=write_end,
+                    new_session=True,
+                )
             except BaseException:
                 os.close(read_end)
                 raise
@@ -2806,9 +3010,17 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
             import subprocess
 
             process = subprocess.Popen(
-                argv, shell=shell, executable="/bin/sh" if shell else None, cwd=str(cwd), env=child_env,
-                stdin=_devnull() if stdin is None else stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True)
+                argv,
+                shell=shell,
+                executable="/bin/sh" if shell else None,
+                cwd=str(cwd),
+                env=child_env,
+                stdin=_devnull() if stdin is None else stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
     except FileNotFoundError as exc:
         missing = exc.filename if exc.filename and str(exc.filename) != str(cwd) else argv[0]
         if not Path(cwd).is_dir():
@@ -2873,8 +3085,9 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
                 if not eof:
                     _drain(out_fd, sink)
                 if leftovers:
-                    sink.line(f"orchestrate: ended {leftovers} process{'es' if leftovers > 1 else ''} "
-                              f"the step left running")
+                    sink.line(
+                        f"orchestrate: ended {leftovers} process{'es' if leftovers > 1 else ''} the step left running"
+                    )
                 if guard is not None and guard.signum is not None:
                     raise RunInterrupted(guard.signum)
                 break
@@ -2915,10 +3128,14 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
                     poller.unregister(out_fd)
     except BaseException as exc:
         interrupted = isinstance(exc, RunInterrupted)
-        if interrupted and guard is not None and guard.announce is not None \
-                and name is not None and process.poll() is None:
-            guard.announce(f"stopping {name} (SIGTERM sent; SIGKILL in {grace:g} s; "
-                           f"Ctrl-C again to kill now)")
+        if (
+            interrupted
+            and guard is not None
+            and guard.announce is not None
+            and name is not None
+            and process.poll() is None
+        ):
+            guard.announce(f"stopping {name} (SIGTERM sent; SIGKILL in {grace:g} s; Ctrl-C again to kill now)")
         # the first signal stopped the step: any later one, even one that arrives while the
         # tree is still being looked for, means "kill now"
         stop_tree(tree, process, grace, guard, signals_seen=1 if interrupted else None)
@@ -2930,8 +3147,7 @@ def run_process(argv: Sequence[str] | str, *, cwd: Path, env: dict[str, str], si
         WATCHDOG.release(process.pid)
         sink.flush()
     code = process.wait()
-    return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out,
-                         leftover_processes=leftovers)
+    return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out, leftover_processes=leftovers)
 
 
 def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
@@ -2980,8 +3196,15 @@ class TestCase:
     file: str = ""  # the test's file relative to the project root, where known
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "classname": self.classname, "time": self.time, "status": self.status,
-                "message": self.message, "text": self.text, "file": self.file}
+        return {
+            "name": self.name,
+            "classname": self.classname,
+            "time": self.time,
+            "status": self.status,
+            "message": self.message,
+            "text": self.text,
+            "file": self.file,
+        }
 
 
 @dataclass
@@ -3025,8 +3248,14 @@ class StepContext:
     timed_out: bool = False  # the attempt ran out of time (a process, or a wait of the runner)
     leftover_processes: int = 0  # processes the attempt's processes left running, ended
 
-    def run_process(self, argv: Sequence[str] | str, *, cwd: Path | None = None,
-                    env: dict[str, str] | None = None, stdin: int | None = None) -> ProcessResult:
+    def run_process(
+        self,
+        argv: Sequence[str] | str,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        stdin: int | None = None,
+    ) -> ProcessResult:
         if self.sink is None:
             raise RuntimeError("run_process outside a running step")
         if self.options.debug and self.debug_write is not None:
@@ -3034,11 +3263,18 @@ class StepContext:
 
             shown = argv if isinstance(argv, str) else shlex.join(argv)
             self.debug_write(f"+ {self.masker.mask(shown)}  (in {cwd or self.cwd})")
-        result = run_process(argv, cwd=cwd or self.cwd, env=env if env is not None else self.env,
-                             sink=self.sink, deadline=self.deadline,
-                             timeout=self.step.timeout if self.deadline is None else None,
-                             guard=self.guard, grace=self.options.kill_grace, stdin=stdin,
-                             name=self.step.name)
+        result = run_process(
+            argv,
+            cwd=cwd or self.cwd,
+            env=env if env is not None else self.env,
+            sink=self.sink,
+            deadline=self.deadline,
+            timeout=self.step.timeout if self.deadline is None else None,
+            guard=self.guard,
+            grace=self.options.kill_grace,
+            stdin=stdin,
+            name=self.step.name,
+        )
         self.last_process = result
         self.timed_out = self.timed_out or result.timed_out
         self.leftover_processes += result.leftover_processes
@@ -3094,7 +3330,11 @@ def _process_result(result: ProcessResult, what: str) -> StepResult:
     if result.exit_code == 0:
         return StepResult("passed", exit_code=0)
     if result.exit_code is not None and result.exit_code < 0:
-        name = signal.Signals(-result.exit_code).name if -result.exit_code in signal.Signals._value2member_map_ else str(-result.exit_code)
+        name = (
+            signal.Signals(-result.exit_code).name
+            if -result.exit_code in signal.Signals._value2member_map_
+            else str(-result.exit_code)
+        )
         return StepResult("failed", f"{what} was killed by {name}", exit_code=result.exit_code)
     return StepResult("failed", f"{what} exited with code {result.exit_code}", exit_code=result.exit_code)
 
@@ -3154,8 +3394,10 @@ class _VenvLock:
                         break
                     except BlockingIOError:
                         if not told:
-                            self.ctx.emit(f"orchestrate: waiting for another run building virtualenv "
-                                          f"{self.ctx.step.config['venv']}")
+                            self.ctx.emit(
+                                f"orchestrate: waiting for another run building virtualenv "
+                                f"{self.ctx.step.config['venv']}"
+                            )
                             told = True
                         left = self.ctx.time_left()
                         if left is not None and left <= 0:
@@ -3202,8 +3444,9 @@ def _relocate_venv(built: Path, final: Path) -> None:
             if path.is_symlink() or not path.is_file() or path.stat().st_size > 1024 * 1024:
                 continue
             data = path.read_bytes()
-            if old not in data or not (data.startswith(b"#!") or path.name.lower().startswith("activate")
-                                       or path.name == "pyvenv.cfg"):
+            if old not in data or not (
+                data.startswith(b"#!") or path.name.lower().startswith("activate") or path.name == "pyvenv.cfg"
+            ):
                 continue  # never edit a binary: its length matters
             mode = path.stat().st_mode
             path.write_bytes(data.replace(old, new))
@@ -3230,12 +3473,19 @@ class PythonRunner(Runner):
         has_script, has_module = "script" in step.config, "module" in step.config
         if has_script == has_module:
             raise DefinitionError(
-                f"{where}: " + ("give either 'script' or 'module', not both" if has_script else
-                                "missing required key 'script' (or 'module' to run `python -m MODULE`)"))
+                f"{where}: "
+                + (
+                    "give either 'script' or 'module', not both"
+                    if has_script
+                    else "missing required key 'script' (or 'module' to run `python -m MODULE`)"
+                )
+            )
         module = step.config.get("module")
         if module is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", module):
-            raise DefinitionError(f"{where}: key 'module': {module!r} is not a module name "
-                                  "(dotted names such as \"pytest\" or \"mypkg.cli\")")
+            raise DefinitionError(
+                f"{where}: key 'module': {module!r} is not a module name "
+                '(dotted names such as "pytest" or "mypkg.cli")'
+            )
 
     def check_paths(self, step: Step, where: str, root: Path) -> None:
         """A venv orchestrate builds (the step has `requirements`) must be a folder of its own
@@ -3249,8 +3499,10 @@ class PythonRunner(Runner):
         shown = config["venv"]
         venv = os.path.realpath(os.path.join(root, shown))
         example = os.path.join(os.path.dirname(config.get("script") or config["requirements"]), ".venv")
-        fix = (f"a virtualenv built from 'requirements' needs a folder of its own inside the project, "
-               f"e.g. \"venv\": \"{example}\"")
+        fix = (
+            f"a virtualenv built from 'requirements' needs a folder of its own inside the project, "
+            f'e.g. "venv": "{example}"'
+        )
         if venv == real_root:
             raise DefinitionError(f"{where}: key 'venv': {shown!r} is the project root; {fix}")
         if _inside(real_root, venv):
@@ -3262,7 +3514,8 @@ class PythonRunner(Runner):
             if key in config and _inside(os.path.realpath(os.path.join(root, config[key])), venv):
                 raise DefinitionError(
                     f"{where}: key 'venv': {shown!r} contains the step's {label} {config[key]}; "
-                    f"orchestrate replaces the whole venv folder when it rebuilds it, so {fix}")
+                    f"orchestrate replaces the whole venv folder when it rebuilds it, so {fix}"
+                )
 
     def _paths(self, ctx: StepContext) -> tuple[Path, Path | None, Path | None]:
         """The venv, the script (None for a `module` step) and the requirements file."""
@@ -3278,15 +3531,19 @@ class PythonRunner(Runner):
 
     def _venv_fix(self, ctx: StepContext, venv: Path) -> str:
         shown = ctx.step.config["venv"]
-        return (f"virtualenv {shown} does not exist; create it with: python3 -m venv {shown} && "
-                f"{shown}/bin/pip install -r <your requirements file> (or add \"requirements\" to the "
-                f"step and orchestrate builds it)")
+        return (
+            f"virtualenv {shown} does not exist; create it with: python3 -m venv {shown} && "
+            f'{shown}/bin/pip install -r <your requirements file> (or add "requirements" to the '
+            f"step and orchestrate builds it)"
+        )
 
     def _not_a_venv(self, ctx: StepContext) -> str:
         shown = ctx.step.config["venv"]
-        return (f"venv {shown} exists but is not a virtualenv orchestrate built (no pyvenv.cfg and "
-                f"{_REQUIREMENTS_MARKER} in it), so orchestrate leaves it untouched: move it away, or "
-                f"point \"venv\" at another folder")
+        return (
+            f"venv {shown} exists but is not a virtualenv orchestrate built (no pyvenv.cfg and "
+            f"{_REQUIREMENTS_MARKER} in it), so orchestrate leaves it untouched: move it away, or "
+            f'point "venv" at another folder'
+        )
 
     def preflight(self, ctx: StepContext) -> list[str]:
         venv, script, requirements = self._paths(ctx)
@@ -3307,11 +3564,14 @@ class PythonRunner(Runner):
         if requirements is not None:
             state = self._venv_state(venv, requirements)
             if state not in ("ready", _NOT_A_VENV):
-                lines.append(f"build virtualenv {ctx.step.config['venv']} from "
-                             f"{ctx.step.config['requirements']} ({state})")
-        argv = [str(venv_python(venv).relative_to(ctx.root) if venv.is_relative_to(ctx.root) else venv_python(venv)),
-                *([ctx.step.config["script"]] if "script" in ctx.step.config else ["-m", ctx.step.config["module"]]),
-                *ctx.step.config.get("args", [])]
+                lines.append(
+                    f"build virtualenv {ctx.step.config['venv']} from {ctx.step.config['requirements']} ({state})"
+                )
+        argv = [
+            str(venv_python(venv).relative_to(ctx.root) if venv.is_relative_to(ctx.root) else venv_python(venv)),
+            *([ctx.step.config["script"]] if "script" in ctx.step.config else ["-m", ctx.step.config["module"]]),
+            *ctx.step.config.get("args", []),
+        ]
         import shlex
 
         lines.append(ctx.masker.mask(shlex.join(argv)))
@@ -3347,8 +3607,9 @@ class PythonRunner(Runner):
             lock = _VenvLock(ctx, venv)
             lock.__enter__()
         except OSError as exc:
-            raise StepFailure(f"cannot lock virtualenv {config['venv']}: "
-                              f"{venv.name + _VENV_LOCK_SUFFIX}: {exc.strerror or exc}") from None
+            raise StepFailure(
+                f"cannot lock virtualenv {config['venv']}: {venv.name + _VENV_LOCK_SUFFIX}: {exc.strerror or exc}"
+            ) from None
         try:
             state = self._venv_state(venv, requirements)  # another run may have built it meanwhile
             if state == "ready":
@@ -3370,8 +3631,11 @@ class PythonRunner(Runner):
         except OSError:
             return
         for path in siblings:
-            if (path.name.startswith((venv.name + _VENV_BUILD_INFIX, venv.name + _VENV_OLD_INFIX))
-                    and not path.is_symlink() and path.is_dir()):
+            if (
+                path.name.startswith((venv.name + _VENV_BUILD_INFIX, venv.name + _VENV_OLD_INFIX))
+                and not path.is_symlink()
+                and path.is_dir()
+            ):
                 shutil.rmtree(path, ignore_errors=True)
 
     def _build_and_swap(self, ctx: StepContext, venv: Path, requirements: Path, state: str) -> None:
@@ -3382,27 +3646,38 @@ class PythonRunner(Runner):
         ctx.emit(f"orchestrate: building virtualenv {config['venv']} ({state}) from {config['requirements']}")
         kept = f"; the previous virtualenv {config['venv']} was kept" if os.path.lexists(venv) else ""
         build = venv.with_name(f"{venv.name}{_VENV_BUILD_INFIX}{os.urandom(4).hex()}")
-        has_requirements = any(line.strip() and not line.strip().startswith(b"#")
-                               for line in data.splitlines())
+        has_requirements = any(line.strip() and not line.strip().startswith(b"#") for line in data.splitlines())
         try:
             # no pip when nothing is to be installed: creating a venv without it is offline and fast
             create = [sys.executable, "-m", "venv", "--prompt", venv.name, str(build)] + (
-                [] if has_requirements else ["--without-pip"])
+                [] if has_requirements else ["--without-pip"]
+            )
             result = ctx.run_process(create)
             if result.exit_code != 0:
-                raise StepFailure(f"could not create virtualenv {config['venv']} "
-                                  f"(exit code {result.exit_code}){kept}")
+                raise StepFailure(f"could not create virtualenv {config['venv']} (exit code {result.exit_code}){kept}")
             if has_requirements:
-                result = ctx.run_process([str(venv_python(build)), "-m", "pip", "install",
-                                          "--disable-pip-version-check", "-r", str(requirements)])
+                result = ctx.run_process(
+                    [
+                        str(venv_python(build)),
+                        "-m",
+                        "pip",
+                        "install",
+                        "--disable-pip-version-check",
+                        "-r",
+                        str(requirements),
+                    ]
+                )
                 if result.exit_code != 0:
-                    raise StepFailure(f"pip install -r {config['requirements']} failed "
-                                      f"(exit code {result.exit_code}){kept}; see the step log")
+                    raise StepFailure(
+                        f"pip install -r {config['requirements']} failed "
+                        f"(exit code {result.exit_code}){kept}; see the step log"
+                    )
             _relocate_venv(build, venv)
             (build / _REQUIREMENTS_MARKER).write_text(
                 sha256_hex(data) + "\n"
                 "# orchestrate built this virtualenv from the requirements file with this sha256;\n"
-                "# it rebuilds (replaces) it when that file changes. Delete this file to keep it as is.\n")
+                "# it rebuilds (replaces) it when that file changes. Delete this file to keep it as is.\n"
+            )
             self._swap(ctx, build, venv)
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)  # only ever the folder this build created
@@ -3417,8 +3692,9 @@ class PythonRunner(Runner):
                 os.rename(build, venv)
                 return
             if not venv_built_by_orchestrate(venv):  # checked again: it is about to move
-                raise StepFailure(f"venv {ctx.step.config['venv']} changed while orchestrate rebuilt it; "
-                                  f"it was left untouched")
+                raise StepFailure(
+                    f"venv {ctx.step.config['venv']} changed while orchestrate rebuilt it; it was left untouched"
+                )
             old = venv.with_name(f"{venv.name}{_VENV_OLD_INFIX}{os.urandom(4).hex()}")
             os.rename(venv, old)
             try:
@@ -3428,8 +3704,9 @@ class PythonRunner(Runner):
                 raise
             shutil.rmtree(old, ignore_errors=True)
         except OSError as exc:
-            raise StepFailure(f"could not move the new virtualenv into {ctx.step.config['venv']}: "
-                              f"{exc.strerror or exc}") from None
+            raise StepFailure(
+                f"could not move the new virtualenv into {ctx.step.config['venv']}: {exc.strerror or exc}"
+            ) from None
 
     def execute(self, ctx: StepContext) -> StepResult:
         venv, script, requirements = self._paths(ctx)
@@ -3445,8 +3722,9 @@ class PythonRunner(Runner):
         if script is not None and not script.is_file():
             raise StepFailure(f"script {ctx.step.config['script']} does not exist")
         argv = [str(python), *self._target(ctx, script), *ctx.step.config.get("args", [])]
-        return _process_result(ctx.run_process(argv), "script" if script is not None else
-                               f"python -m {ctx.step.config['module']}")
+        return _process_result(
+            ctx.run_process(argv), "script" if script is not None else f"python -m {ctx.step.config['module']}"
+        )
 
 
 @register_runner
@@ -3556,7 +3834,7 @@ def _unnamed_file(data: bytes) -> int:
         handle.close()
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
@@ -3592,9 +3870,11 @@ class PluginRunner(Runner):
         env = dict(ctx.env, ORCHESTRATE_PLUGIN_RESULT=str(result_path))
         step_file = _unnamed_file(json.dumps(ctx.step.raw, ensure_ascii=False).encode("utf-8", "surrogateescape"))
         try:
-            process = ctx.run_process([sys.executable, "-c", _PLUGIN_BOOTSTRAP, kind,
-                                       shown if kind != "file" else target, self.type_name],
-                                      env=env, stdin=step_file)
+            process = ctx.run_process(
+                [sys.executable, "-c", _PLUGIN_BOOTSTRAP, kind, shown if kind != "file" else target, self.type_name],
+                env=env,
+                stdin=step_file,
+            )
         finally:
             os.close(step_file)
         try:
@@ -3605,8 +3885,11 @@ class PluginRunner(Runner):
         if process.timed_out:
             raise StepFailure("")
         if outcome is None:
-            return StepResult("failed", f"{shown}: plugin process ended without a result "
-                              f"(exit code {process.exit_code})", exit_code=process.exit_code)
+            return StepResult(
+                "failed",
+                f"{shown}: plugin process ended without a result (exit code {process.exit_code})",
+                exit_code=process.exit_code,
+            )
         message = ctx.masker.mask(str(outcome.get("message", "")).replace(target, shown))
         if outcome.get("ok") and process.exit_code == 0:
             return StepResult("passed", message, exit_code=0)
@@ -3723,13 +4006,20 @@ def _proxy_for(url: str) -> tuple[str, str]:
 
     proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url)) or ""
     scheme = urlsplit(url).scheme
-    variable = next((name for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY")
-                     if proxy and os.environ.get(name) == proxy), f"{scheme.upper()}_PROXY")
+    variable = next(
+        (
+            name
+            for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY")
+            if proxy and os.environ.get(name) == proxy
+        ),
+        f"{scheme.upper()}_PROXY",
+    )
     return (_host_port(proxy) if proxy else "?"), variable
 
 
-def _transport_failure(exc: Exception, method: str, url: str, connect_timeout: float,
-                       read_timeout: float) -> tuple[str, str, str, bool, bool]:
+def _transport_failure(
+    exc: Exception, method: str, url: str, connect_timeout: float, read_timeout: float
+) -> tuple[str, str, str, bool, bool]:
     """Classify a requests exception as (kind, message, hint, retryable, maybe_applied);
     the hint (" — what to do") goes after any "after N attempts"."""
     from urllib.parse import urlsplit
@@ -3742,16 +4032,31 @@ def _transport_failure(exc: Exception, method: str, url: str, connect_timeout: f
     again = method in _IDEMPOTENT_METHODS
     note = "" if again else " (not retried: the request may already have been applied)"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return ("connect_timeout", f"could not connect to {where} within {connect_timeout:.3g}s "
-                "(connect_timeout)", "", True, False)
+        return (
+            "connect_timeout",
+            f"could not connect to {where} within {connect_timeout:.3g}s (connect_timeout)",
+            "",
+            True,
+            False,
+        )
     if isinstance(exc, requests.exceptions.ReadTimeout):
-        return ("read_timeout", f"no response from {where} within {read_timeout:.3g}s (read_timeout){note}",
-                "", again, True)
+        return (
+            "read_timeout",
+            f"no response from {where} within {read_timeout:.3g}s (read_timeout){note}",
+            "",
+            again,
+            True,
+        )
     if isinstance(exc, requests.exceptions.ProxyError):
         # refused or unreachable proxy: the request never left for the server
         proxy, variable = _proxy_for(url)
-        return ("proxy", f"cannot connect to the proxy {proxy} ({variable}) on the way to {where}",
-                f" — check {variable} and NO_PROXY", True, False)
+        return (
+            "proxy",
+            f"cannot connect to the proxy {proxy} ({variable}) on the way to {where}",
+            f" — check {variable} and NO_PROXY",
+            True,
+            False,
+        )
     if isinstance(exc, requests.exceptions.SSLError):
         why, hint = _tls_failure(str(exc))
         return "tls", f"TLS handshake with {where} failed ({why})", hint, False, False
@@ -3809,38 +4114,57 @@ def http_request(
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise HttpTransportError("deadline", f"the step's timeout ran out before the request to "
-                                         f"{where} could be sent", attempt - 1)
+                raise HttpTransportError(
+                    "deadline", f"the step's timeout ran out before the request to {where} could be sent", attempt - 1
+                )
             connect, read = min(connect, left), min(read, left)
         delay = min(max_delay, backoff * 2 ** (attempt - 1))
         try:
-            resp = requests.request(method, url, headers=headers, json=json_body, auth=auth,
-                                    verify=verify, timeout=(connect, read), allow_redirects=False)
+            resp = requests.request(
+                method,
+                url,
+                headers=headers,
+                json=json_body,
+                auth=auth,
+                verify=verify,
+                timeout=(connect, read),
+                allow_redirects=False,
+            )
         except (requests.exceptions.RequestException, OSError) as exc:
             kind, message, hint, retryable, maybe_applied = _transport_failure(exc, method, url, connect, read)
             tries = f" after {attempt} attempts" if attempt > 1 else ""
             if not retryable or attempt == attempts:
                 raise HttpTransportError(kind, message + tries + hint, attempt, maybe_applied) from None
             if deadline is not None and time.monotonic() + delay >= deadline:
-                raise HttpTransportError(kind, message + tries + " (the step's timeout leaves no time "
-                                         "for another attempt)" + hint, attempt, maybe_applied) from None
+                raise HttpTransportError(
+                    kind,
+                    message + tries + " (the step's timeout leaves no time for another attempt)" + hint,
+                    attempt,
+                    maybe_applied,
+                ) from None
             reason = message
         else:
-            result = HttpResponse(status=resp.status_code,
-                                  headers={k.lower(): v for k, v in resp.headers.items()},
-                                  text=resp.text, attempts=attempt, url=url)
+            result = HttpResponse(
+                status=resp.status_code,
+                headers={k.lower(): v for k, v in resp.headers.items()},
+                text=resp.text,
+                attempts=attempt,
+                url=url,
+            )
             if not retry_statuses(resp.status_code) or attempt == attempts:
                 return result
             reason = f"HTTP {resp.status_code}"
             retry_after = parse_retry_after(result.headers.get("retry-after"))
             if retry_after is not None:
                 if retry_after > max_retry_after:
-                    result.stopped = (f"not retried: the server asks to wait {retry_after:g}s, more than "
-                                      f"orchestrate waits ({max_retry_after:g}s)")
+                    result.stopped = (
+                        f"not retried: the server asks to wait {retry_after:g}s, more than "
+                        f"orchestrate waits ({max_retry_after:g}s)"
+                    )
                     return result
                 delay = retry_after
             if deadline is not None and time.monotonic() + delay >= deadline:
-                result.stopped = (f"not retried: waiting {delay:g}s would pass the step's timeout")
+                result.stopped = f"not retried: waiting {delay:g}s would pass the step's timeout"
                 return result
         if on_retry is not None:
             on_retry(attempt, reason, delay)
@@ -3851,15 +4175,27 @@ def http_request(
 def _tls_failure(text: str) -> tuple[str, str]:
     """What went wrong in a TLS handshake, from the SSL error's text, and what to do."""
     if "CERTIFICATE_VERIFY_FAILED" in text:
-        return "certificate not trusted", (" — if the site uses a private CA, give the step \"ca_bundle\" "
-                                           "(or set REQUESTS_CA_BUNDLE) with its CA certificate file")
+        return "certificate not trusted", (
+            ' — if the site uses a private CA, give the step "ca_bundle" '
+            "(or set REQUESTS_CA_BUNDLE) with its CA certificate file"
+        )
     if "match" in text and "hostname" in text.lower():
         return "the certificate is for another host name", " — check the host name in the URL"
-    if any(s in text for s in ("WRONG_VERSION_NUMBER", "record layer failure", "UNKNOWN_PROTOCOL",
-                               "packet length too long", "HTTP_REQUEST")):
+    if any(
+        s in text
+        for s in (
+            "WRONG_VERSION_NUMBER",
+            "record layer failure",
+            "UNKNOWN_PROTOCOL",
+            "packet length too long",
+            "HTTP_REQUEST",
+        )
+    ):
         return "the server does not speak TLS on that port", " — is the URL http:// rather than https://?"
-    return "TLS error", (" — check the certificate (\"ca_bundle\" or REQUESTS_CA_BUNDLE for a "
-                         "private CA) and the http/https scheme of the URL")
+    return "TLS error", (
+        ' — check the certificate ("ca_bundle" or REQUESTS_CA_BUNDLE for a '
+        "private CA) and the http/https scheme of the URL"
+    )
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -3880,8 +4216,7 @@ def summarize_http_body(text: str, content_type: str = "", limit: int = 200) -> 
     stripped = text.strip()
     if not stripped:
         return "empty body"
-    looks_html = "html" in content_type.lower() or stripped[:200].lower().startswith(
-        ("<!doctype html", "<html"))
+    looks_html = "html" in content_type.lower() or stripped[:200].lower().startswith(("<!doctype html", "<html"))
     if not looks_html:
         try:
             data = json.loads(stripped)
@@ -3929,8 +4264,7 @@ _URL_TRAILING = ".,;:!?)"
 # UTF-16 code units); longer bodies are rejected with a 400.  We cut and say so instead.
 JIRA_COMMENT_LIMIT = 32_767
 JIRA_TRUNCATION_MARKER = "\n[… truncated by orchestrate: {omitted} characters omitted]"
-JIRA_PLACEHOLDERS = ("workflow", "run_id", "status", "failed_steps", "summary",
-                     "git_branch", "git_commit", "ci_url")
+JIRA_PLACEHOLDERS = ("workflow", "run_id", "status", "failed_steps", "summary", "git_branch", "git_commit", "ci_url")
 JIRA_UNKNOWN_VALUE = "n/a"
 JIRA_ISSUES_FROM = ("branch", "commits")
 # More keys than this found by issues_from is a mistake (a merge of a long branch, a commit
@@ -3966,15 +4300,18 @@ def jira_api(jira_url: str) -> JiraApi:
 
     parts = urlsplit(jira_url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{jira_url!r} is not an http(s) URL "
-                         "(expected e.g. https://your-site.atlassian.net)")
+        raise ValueError(f"{jira_url!r} is not an http(s) URL (expected e.g. https://your-site.atlassian.net)")
     if parts.username is not None or parts.password is not None:
         # messages name the URL: credentials in it would be printed and written everywhere
-        raise ValueError(f"{parts.scheme}://***@{parts.hostname}…: credentials do not belong in the URL; "
-                         "give them as \"user\" and \"token\"")
+        raise ValueError(
+            f"{parts.scheme}://***@{parts.hostname}…: credentials do not belong in the URL; "
+            'give them as "user" and "token"'
+        )
     if parts.query or parts.fragment:
-        raise ValueError(f"{jira_url!r} has a query or fragment; give the site root "
-                         "or the API base, e.g. https://jira.example.com/rest/api/2")
+        raise ValueError(
+            f"{jira_url!r} has a query or fragment; give the site root "
+            "or the API base, e.g. https://jira.example.com/rest/api/2"
+        )
     path = parts.path.rstrip("/")
     root = f"{parts.scheme}://{parts.netloc}"
     match = _JIRA_API_PATH_RE.match(path)
@@ -3983,12 +4320,14 @@ def jira_api(jira_url: str) -> JiraApi:
         site = root + match["prefix"]
         return JiraApi(base=f"{root}{path}", version=version, site=site)
     if "/rest/" in path + "/":
-        raise ValueError(f"{jira_url!r} is not a Jira REST API base "
-                         "(expected .../rest/api/2, .../rest/api/3 or the site root)")
+        raise ValueError(
+            f"{jira_url!r} is not a Jira REST API base (expected .../rest/api/2, .../rest/api/3 or the site root)"
+        )
     site = root + path  # a context path such as /jira is kept
     hostname = (parts.hostname or "").lower()
     cloud = hostname.endswith(".atlassian.net") or (
-        hostname == "api.atlassian.com" and re.fullmatch(r"/ex/jira/[^/]+", path) is not None)
+        hostname == "api.atlassian.com" and re.fullmatch(r"/ex/jira/[^/]+", path) is not None
+    )
     version = 3 if cloud else 2
     return JiraApi(base=f"{site}/rest/api/{version}", version=version, site=site)
 
@@ -3996,8 +4335,10 @@ def jira_api(jira_url: str) -> JiraApi:
 def check_jira_issue_key(issue: str) -> str:
     """An issue key (PROJ-123) or a numeric issue id (10042): Jira takes either in a path."""
     if not (JIRA_ISSUE_KEY_RE.fullmatch(issue) or re.fullmatch(r"[1-9][0-9]{0,17}", issue)):
-        raise ValueError(f"{issue!r} is not a Jira issue key (expected e.g. PROJ-123: "
-                         "a capital letter, capitals/digits/_, a dash, a number) or a numeric issue id")
+        raise ValueError(
+            f"{issue!r} is not a Jira issue key (expected e.g. PROJ-123: "
+            "a capital letter, capitals/digits/_, a dash, a number) or a numeric issue id"
+        )
     return issue
 
 
@@ -4030,12 +4371,13 @@ def jira_template_fields(template: str) -> list[str]:
         shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
         if name not in JIRA_PLACEHOLDERS:
             hint = did_you_mean(name, JIRA_PLACEHOLDERS) or (
-                " (placeholders: " + ", ".join(f"{{{p}}}" for p in JIRA_PLACEHOLDERS)
-                + "; write {{ or }} for a literal brace)")
+                " (placeholders: "
+                + ", ".join(f"{{{p}}}" for p in JIRA_PLACEHOLDERS)
+                + "; write {{ or }} for a literal brace)"
+            )
             raise ValueError(f"unknown placeholder {shown}{hint}")
         if spec or conversion:
-            raise ValueError(f"placeholder {shown}: conversions and format specs are not "
-                             f"supported, write {{{name}}}")
+            raise ValueError(f"placeholder {shown}: conversions and format specs are not supported, write {{{name}}}")
         fields.append(name)
     return fields
 
@@ -4059,8 +4401,7 @@ def _run_status_so_far(previous: list[dict]) -> str:
     return "failed" if failed else "passed"
 
 
-def jira_template_values(workflow: str, run_id: str, previous: list[dict],
-                         trigger: dict) -> dict[str, str]:
+def jira_template_values(workflow: str, run_id: str, previous: list[dict], trigger: dict) -> dict[str, str]:
     """The values a comment template can use, from the run so far."""
     lines = []
     for entry in previous:
@@ -4110,7 +4451,7 @@ def _split_urls(text: str) -> list[tuple[str, bool]]:
         if len(url) <= len("https://"):
             continue
         if match.start() > last:
-            pieces.append((text[last:match.start()], False))
+            pieces.append((text[last : match.start()], False))
         pieces.append((url, True))
         last = match.start() + len(url)
     if last < len(text):
@@ -4121,16 +4462,17 @@ def _split_urls(text: str) -> list[tuple[str, bool]]:
 def jira_wiki_escape(text: str) -> str:
     """Text shown as written by Jira's wiki markup (API 2): a backslash before each
     character the markup gives a meaning; URLs are left whole (Jira links them)."""
-    return "".join(piece if is_url else "".join("\\" + c if c in _JIRA_WIKI_SPECIAL else c for c in piece)
-                   for piece, is_url in _split_urls(text))
+    return "".join(
+        piece if is_url else "".join("\\" + c if c in _JIRA_WIKI_SPECIAL else c for c in piece)
+        for piece, is_url in _split_urls(text)
+    )
 
 
 def _utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def truncate_jira_text(text: str, limit: int = JIRA_COMMENT_LIMIT,
-                       marker: str = JIRA_TRUNCATION_MARKER) -> str:
+def truncate_jira_text(text: str, limit: int = JIRA_COMMENT_LIMIT, marker: str = JIRA_TRUNCATION_MARKER) -> str:
     """Cut `text` to at most `limit` UTF-16 code units, ending with `marker` (its
     {omitted} says how much was cut).  Text within the limit is returned unchanged."""
     total = _utf16_len(text)
@@ -4156,12 +4498,16 @@ def jira_adf_document(text: str) -> dict[str, Any]:
     an empty paragraph (ADF forbids empty text nodes), each URL a text node with a link
     mark so Jira shows it as a link."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return {"type": "doc", "version": 1,
-            "content": [{"type": "paragraph", "content": _adf_inline(line)} for line in lines]}
+    return {
+        "type": "doc",
+        "version": 1,
+        "content": [{"type": "paragraph", "content": _adf_inline(line)} for line in lines],
+    }
 
 
-def jira_comment_payload(text: str, api_version: int, limit: int = JIRA_COMMENT_LIMIT, *,
-                         visibility: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+def jira_comment_payload(
+    text: str, api_version: int, limit: int = JIRA_COMMENT_LIMIT, *, visibility: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], bool]:
     """The JSON body of POST/PUT .../comment and whether it was truncated.  API 2 takes a
     string of wiki markup (the truncation marker escaped to show as written); API 3 an
     ADF document, sized so its serialized form fits the limit too (Jira stores the ADF
@@ -4169,9 +4515,11 @@ def jira_comment_payload(text: str, api_version: int, limit: int = JIRA_COMMENT_
     text = text.rstrip("\n")
     extra = {"visibility": dict(visibility)} if visibility else {}
     if api_version != 3:
-        body = truncate_jira_text(text, limit, jira_wiki_escape(JIRA_TRUNCATION_MARKER).replace(
-            "\\{omitted\\}", "{omitted}"))
+        body = truncate_jira_text(
+            text, limit, jira_wiki_escape(JIRA_TRUNCATION_MARKER).replace("\\{omitted\\}", "{omitted}")
+        )
         return {"body": body, **extra}, body != text
+
     def fits(budget: int) -> tuple[dict[str, Any], bool] | None:
         cut = truncate_jira_text(text, budget)
         doc = jira_adf_document(cut)
@@ -4182,8 +4530,10 @@ def jira_comment_payload(text: str, api_version: int, limit: int = JIRA_COMMENT_
     if best is not None:
         return best
     low, high = 0, limit  # the largest text budget whose document fits: ~15 tries
-    best = fits(0) or ({"body": jira_adf_document(JIRA_TRUNCATION_MARKER.strip().format(omitted=len(text))),
-                        **extra}, True)
+    best = fits(0) or (
+        {"body": jira_adf_document(JIRA_TRUNCATION_MARKER.strip().format(omitted=len(text))), **extra},
+        True,
+    )
     while low < high - 1:
         middle = (low + high) // 2
         found = fits(middle)
@@ -4234,20 +4584,23 @@ def _parse_transition_target(value: Any, where: str) -> dict[str, Any]:
         raise ValueError(f"{where}must be a transition name or an object, not {_value_type_name(value)}")
     for key in value:
         if key not in JIRA_TRANSITION_KEYS:
-            raise ValueError(f"{where}unknown key {key!r}" + did_you_mean(
-                key, [*JIRA_TRANSITION_KEYS, "on_success", "on_failure"]))
+            raise ValueError(
+                f"{where}unknown key {key!r}" + did_you_mean(key, [*JIRA_TRANSITION_KEYS, "on_success", "on_failure"])
+            )
     if ("name" in value) == ("to_status_category" in value):
-        raise ValueError(f'{where}expected {{"to_status_category": "done"}} (a status category key or name: '
-                         'new, indeterminate, done) or {"name": "Close Issue"}')
+        raise ValueError(
+            f'{where}expected {{"to_status_category": "done"}} (a status category key or name: '
+            'new, indeterminate, done) or {"name": "Close Issue"}'
+        )
     for key in ("name", "to_status_category", "prefer"):
         if key in value and (not isinstance(value[key], str) or not value[key].strip()):
             raise ValueError(f"{where}key {key!r} must be a non-empty string")
     if "prefer" in value and "name" in value:
-        raise ValueError(f"{where}'prefer' picks among the transitions into a category; "
-                         "with 'name' the transition is already chosen")
+        raise ValueError(
+            f"{where}'prefer' picks among the transitions into a category; with 'name' the transition is already chosen"
+        )
     if "fields" in value and not isinstance(value["fields"], dict):
-        raise ValueError(f"{where}'fields' must be an object such as "
-                         '{"resolution": {"name": "Fixed"}}')
+        raise ValueError(f'{where}\'fields\' must be an object such as {{"resolution": {{"name": "Fixed"}}}}')
     return dict(value)
 
 
@@ -4261,9 +4614,10 @@ def parse_jira_transition(value: Any) -> dict[str, dict[str, Any] | None]:
         extra = [k for k in value if k not in ("on_success", "on_failure")]
         if extra:
             raise ValueError(f"with on_success/on_failure, key {extra[0]!r} belongs inside one of them")
-        return {outcome: (None if value.get(outcome) is None else
-                          _parse_transition_target(value[outcome], f"{outcome}: "))
-                for outcome in ("on_success", "on_failure")}
+        return {
+            outcome: (None if value.get(outcome) is None else _parse_transition_target(value[outcome], f"{outcome}: "))
+            for outcome in ("on_success", "on_failure")
+        }
     return {"on_success": _parse_transition_target(value, ""), "on_failure": None}
 
 
@@ -4290,8 +4644,7 @@ def jira_status_is_target(status: dict[str, Any], target: dict[str, Any]) -> boo
     return _category_matches(status.get("statusCategory"), target["to_status_category"])
 
 
-def select_jira_transition(transitions: list[dict], target: dict[str, Any],
-                           issue: str) -> tuple[dict, list[dict]]:
+def select_jira_transition(transitions: list[dict], target: dict[str, Any], issue: str) -> tuple[dict, list[dict]]:
     """Pick from Jira's list of transitions: by transition name (case-insensitive; else
     by target status name), or into a status category.  Several into the category: the
     one `prefer` names, else one whose transition or target status name is the
@@ -4299,8 +4652,10 @@ def select_jira_transition(transitions: list[dict], target: dict[str, Any],
     Returns (chosen, the other transitions that matched).  ValueError lists what is
     available; an empty list says the user may lack the permission."""
     if not transitions:
-        raise ValueError(f"Jira offers no transitions for {issue} — the user may lack the "
-                         "'Transition issues' permission in its project")
+        raise ValueError(
+            f"Jira offers no transitions for {issue} — the user may lack the "
+            "'Transition issues' permission in its project"
+        )
     if "name" in target:
         key = target["name"].casefold()
         for field_of in (lambda t: t.get("name"), lambda t: (t.get("to") or {}).get("name")):
@@ -4327,8 +4682,10 @@ def _transition_label(t: dict) -> str:
 
 
 def _transition_named(t: dict, name: str) -> bool:
-    return name.casefold() in (str(t.get("name") or "").casefold(),
-                               str((t.get("to") or {}).get("name") or "").casefold())
+    return name.casefold() in (
+        str(t.get("name") or "").casefold(),
+        str((t.get("to") or {}).get("name") or "").casefold(),
+    )
 
 
 def _preferred_transition(matches: list[dict], prefer: str | None, wanted: str, issue: str) -> dict:
@@ -4337,22 +4694,28 @@ def _preferred_transition(matches: list[dict], prefer: str | None, wanted: str, 
     if prefer:
         pinned = [t for t in matches if _transition_named(t, prefer)]
         if not pinned:
-            raise ValueError(f"no transition into category {wanted!r} is named {prefer!r} (prefer) for "
-                             f"{issue}; matching: {', '.join(_transition_label(t) for t in matches)}")
+            raise ValueError(
+                f"no transition into category {wanted!r} is named {prefer!r} (prefer) for "
+                f"{issue}; matching: {', '.join(_transition_label(t) for t in matches)}"
+            )
         return pinned[0]
-    category = ((matches[0].get("to") or {}).get("statusCategory") or {})
+    category = (matches[0].get("to") or {}).get("statusCategory") or {}
     own = str(category.get("name") or JIRA_CATEGORY_NAMES.get(str(category.get("key")), ""))
     return next((t for t in matches if own and _transition_named(t, own)), matches[0])
 
 
 def _rate_limit_details(resp: HttpResponse) -> str:
-    shown = [f"{name}: {_shorten(resp.headers[name.lower()], 60)}"
-             for name in ("Retry-After", "RateLimit-Reason") if resp.headers.get(name.lower())]
+    shown = [
+        f"{name}: {_shorten(resp.headers[name.lower()], 60)}"
+        for name in ("Retry-After", "RateLimit-Reason")
+        if resp.headers.get(name.lower())
+    ]
     return "".join(f"; {item}" for item in shown)
 
 
-def jira_error_message(resp: HttpResponse, *, action: str, issue: str, user: str | None,
-                       site: str, token_source: str) -> str:
+def jira_error_message(
+    resp: HttpResponse, *, action: str, issue: str, user: str | None, site: str, token_source: str
+) -> str:
     """One readable line for a failed Jira response."""
     status = resp.status
     who = user or "the token's owner"
@@ -4364,8 +4727,10 @@ def jira_error_message(resp: HttpResponse, *, action: str, issue: str, user: str
         return f"authentication failed for {who} at {site} — check {token_source}"
     if status == 403:
         if "AUTHENTICATION_DENIED" in resp.headers.get("x-seraph-loginreason", ""):
-            return (f"login for {who} at {site} is blocked by a CAPTCHA after failed "
-                    "attempts — sign in once in a browser, then check " + token_source)
+            return (
+                f"login for {who} at {site} is blocked by a CAPTCHA after failed "
+                "attempts — sign in once in a browser, then check " + token_source
+            )
         return f"permission denied: {who} may not {action} on {issue} at {site} ({detail})"
     if status == 404:
         if is_json:
@@ -4373,23 +4738,28 @@ def jira_error_message(resp: HttpResponse, *, action: str, issue: str, user: str
         return f"{resp.url} answered 404 ({detail}) — is jira_url the Jira site?"
     if status == 400:
         if action.startswith("transition") and "required" in detail.lower():
-            return (f"Jira rejected the {action} on {issue} (400): {detail} — give the field in the "
-                    "transition's \"fields\", e.g. \"fields\": {\"resolution\": {\"name\": \"Fixed\"}}")
+            return (
+                f"Jira rejected the {action} on {issue} (400): {detail} — give the field in the "
+                'transition\'s "fields", e.g. "fields": {"resolution": {"name": "Fixed"}}'
+            )
         return f"Jira rejected the {action} on {issue} (400): {detail}"
     if status == 409:
-        return (f"Jira refused the {action} on {issue} (409 conflict: the issue was changed at the "
-                f"same time by someone else) — run the step again")
+        return (
+            f"Jira refused the {action} on {issue} (409 conflict: the issue was changed at the "
+            f"same time by someone else) — run the step again"
+        )
     if status == 413:
-        return (f"Jira refused the {action} on {issue} (413): the issue has reached Jira's per-issue "
-                f"limit (of comments or attachments) — delete old ones or comment elsewhere ({detail})")
+        return (
+            f"Jira refused the {action} on {issue} (413): the issue has reached Jira's per-issue "
+            f"limit (of comments or attachments) — delete old ones or comment elsewhere ({detail})"
+        )
     if status == 429:
         return f"rate limited by Jira at {site} (429{_rate_limit_details(resp)}){tries}{stopped} — try again later"
     if status >= 500:
         return f"Jira server error {status} at {site}{tries}{stopped}: {detail}"
     if 300 <= status < 400:
         where = resp.headers.get("location", "?")
-        return (f"{resp.url} redirected ({status}) to {where} — put the final URL "
-                "(https, no login page) in jira_url")
+        return f"{resp.url} redirected ({status}) to {where} — put the final URL (https, no login page) in jira_url"
     return f"Jira answered {status} to the {action} on {issue}: {detail}"
 
 
@@ -4401,6 +4771,7 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 
 # --- Jira: the runner --------------------------------------------------------------
+
 
 class _BadJiraKey(ValueError):
     """A jira step's key is wrong: which key (None: the message says it) and why."""
@@ -4424,26 +4795,33 @@ def _check_jira_site(config: Mapping[str, Any]) -> None:
 def _check_jira_issues(config: Mapping[str, Any]) -> None:
     """`issue` (a key or a list; empty means "skip the step") or `issues_from` + `projects`."""
     if "issue" not in config and "issues_from" not in config:
-        raise _BadJiraKey(None, "missing required key 'issue' (an issue key, a list of them, or "
-                                "\"issues_from\": [\"branch\", \"commits\"])")
+        raise _BadJiraKey(
+            None,
+            'missing required key \'issue\' (an issue key, a list of them, or "issues_from": ["branch", "commits"])',
+        )
     issues = config.get("issue", [])
     for index, issue in enumerate([issues] if isinstance(issues, str) else issues):
         if issue:  # empty ("${JIRA_ISSUE:-}" unset): the step is skipped at run time
-            _jira_key_check("issue" if isinstance(issues, str) else f"issue[{index}]",
-                            functools.partial(check_jira_issue_key, issue))
+            _jira_key_check(
+                "issue" if isinstance(issues, str) else f"issue[{index}]",
+                functools.partial(check_jira_issue_key, issue),
+            )
     sources = config.get("issues_from")
     if sources is not None:
         if not sources:
             raise _BadJiraKey("issues_from", 'is empty; give ["branch"], ["commits"] or both')
         for source in sources:
             if source not in JIRA_ISSUES_FROM:
-                raise _BadJiraKey("issues_from", f"{source!r} is not a source of issue keys (branch, commits)"
-                                  + did_you_mean(source, JIRA_ISSUES_FROM))
+                raise _BadJiraKey(
+                    "issues_from",
+                    f"{source!r} is not a source of issue keys (branch, commits)"
+                    + did_you_mean(source, JIRA_ISSUES_FROM),
+                )
     for project in config.get("projects", []):
         if not re.fullmatch(_JIRA_PROJECT, project):
             raise _BadJiraKey("projects", f"{project!r} is not a Jira project key (e.g. PROJ)")
     if "projects" in config and sources is None:
-        raise _BadJiraKey("projects", "restricts the keys issues_from finds; add \"issues_from\"")
+        raise _BadJiraKey("projects", 'restricts the keys issues_from finds; add "issues_from"')
 
 
 def _check_jira_comment(config: Mapping[str, Any]) -> None:
@@ -4451,8 +4829,10 @@ def _check_jira_comment(config: Mapping[str, Any]) -> None:
         raise _BadJiraKey("comment", "is empty (Jira rejects an empty comment)")
     _jira_key_check("comment", lambda: jira_template_fields(config["comment"]))
     if config.get("update") not in (None, "run"):
-        raise _BadJiraKey("update", f"{config['update']!r}: the one value is \"run\" (one comment per issue "
-                          "and run, edited by later steps)")
+        raise _BadJiraKey(
+            "update",
+            f'{config["update"]!r}: the one value is "run" (one comment per issue and run, edited by later steps)',
+        )
     _jira_key_check("transition", lambda: parse_jira_transition(config.get("transition")))
 
 
@@ -4462,12 +4842,15 @@ def _check_jira_visibility(config: Mapping[str, Any]) -> None:
         return
     unknown = [k for k in visibility if k not in ("type", "value", "identifier")]
     if unknown:
-        raise _BadJiraKey("visibility", f"unknown key {unknown[0]!r}"
-                          + did_you_mean(unknown[0], ["type", "value", "identifier"]))
+        raise _BadJiraKey(
+            "visibility", f"unknown key {unknown[0]!r}" + did_you_mean(unknown[0], ["type", "value", "identifier"])
+        )
     named = [visibility.get(k) for k in ("value", "identifier")]
     if visibility.get("type") not in ("role", "group") or not any(isinstance(n, str) and n.strip() for n in named):
-        raise _BadJiraKey("visibility", 'expected {"type": "role", "value": "Developers"} '
-                          '(type role or group; value the role or group name)')
+        raise _BadJiraKey(
+            "visibility",
+            'expected {"type": "role", "value": "Developers"} (type role or group; value the role or group name)',
+        )
 
 
 def _check_jira_transport(config: Mapping[str, Any]) -> None:
@@ -4477,7 +4860,6 @@ def _check_jira_transport(config: Mapping[str, Any]) -> None:
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or value <= 0):
             raise _BadJiraKey(key, f"must be a positive number of seconds, not {value!r}")
-
 
 
 @dataclass
@@ -4538,9 +4920,15 @@ class _JiraIssueWork:
         self.also_matched: list[str] = []
 
     def record(self) -> dict[str, Any]:
-        return {"issue": self.issue, "comment_id": self.comment_id, "comment": self.comment,
-                "transition": self.transition, "moved": self.moved, "status": self.to_status,
-                "also_matched": self.also_matched}
+        return {
+            "issue": self.issue,
+            "comment_id": self.comment_id,
+            "comment": self.comment,
+            "transition": self.transition,
+            "moved": self.moved,
+            "status": self.to_status,
+            "also_matched": self.also_matched,
+        }
 
 
 @register_runner
@@ -4569,8 +4957,13 @@ class JiraRunner(Runner):
     def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
         shown = f"{workflow_path.parent.name}/{workflow_path.name}"
         try:
-            for check in (_check_jira_site, _check_jira_issues, _check_jira_comment,
-                          _check_jira_visibility, _check_jira_transport):
+            for check in (
+                _check_jira_site,
+                _check_jira_issues,
+                _check_jira_comment,
+                _check_jira_visibility,
+                _check_jira_transport,
+            ):
                 check(step.config)
         except _BadJiraKey as exc:
             what = f"key {exc.key!r}: {exc}" if exc.key else str(exc)
@@ -4593,23 +4986,30 @@ class JiraRunner(Runner):
         bundle = config.get("ca_bundle")
         # the step's own `timeout` bounds each wait too (the engine only times processes)
         cap = ctx.step.timeout or float("inf")
-        return JiraPlan(api=api, issues=list(dict.fromkeys(issues)),
-                        issues_from=list(config.get("issues_from", [])),
-                        projects=list(config.get("projects", [])), user=user, token=token,
-                        comment_payload=payload, truncated=truncated,
-                        transition=parse_jira_transition(config.get("transition")),
-                        update=config.get("update"),
-                        verify=str(ctx.root / bundle) if bundle else True,
-                        connect_timeout=min(cap, float(config.get("connect_timeout") or HTTP_CONNECT_TIMEOUT_S)),
-                        read_timeout=min(cap, float(config.get("read_timeout") or HTTP_READ_TIMEOUT_S)))
+        return JiraPlan(
+            api=api,
+            issues=list(dict.fromkeys(issues)),
+            issues_from=list(config.get("issues_from", [])),
+            projects=list(config.get("projects", [])),
+            user=user,
+            token=token,
+            comment_payload=payload,
+            truncated=truncated,
+            transition=parse_jira_transition(config.get("transition")),
+            update=config.get("update"),
+            verify=str(ctx.root / bundle) if bundle else True,
+            connect_timeout=min(cap, float(config.get("connect_timeout") or HTTP_CONNECT_TIMEOUT_S)),
+            read_timeout=min(cap, float(config.get("read_timeout") or HTTP_READ_TIMEOUT_S)),
+        )
 
     def preflight(self, ctx: StepContext) -> list[str]:
         from urllib.parse import urlsplit
 
         warnings: list[str] = []
         if not ctx.step.config["token"]:
-            warnings.append(f"key 'token' is empty; set {_token_source(_jira_raw_value(ctx, 'token'))} "
-                            "before the step runs")
+            warnings.append(
+                f"key 'token' is empty; set {_token_source(_jira_raw_value(ctx, 'token'))} before the step runs"
+            )
         bundle = ctx.step.config.get("ca_bundle")
         if bundle and not (ctx.root / bundle).is_file():
             warnings.append(f"ca_bundle {bundle} does not exist")
@@ -4619,8 +5019,7 @@ class JiraRunner(Runner):
             return warnings
         host = urlsplit(api.site).hostname or ""
         if api.site.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
-            warnings.append("jira_url uses http://: the token would cross the network "
-                            "unencrypted; use https://")
+            warnings.append("jira_url uses http://: the token would cross the network unencrypted; use https://")
         return warnings
 
     def describe(self, ctx: StepContext) -> list[str]:
@@ -4628,6 +5027,7 @@ class JiraRunner(Runner):
         scheme = "Basic" if plan.user else "Bearer"
         who = f" (user {plan.user})" if plan.user else " (personal access token)"
         auth = f"Authorization: {scheme} ***{who}"
+
         def say(text: str) -> str:
             return _scrub(ctx.masker.mask(text), plan.secrets)
 
@@ -4635,8 +5035,11 @@ class JiraRunner(Runner):
         issue = plan.issues[0] if plan.issues and not plan.issues_from else "<issue>"
         if plan.update == "run":
             lines.append("update: run — PUT to this run's comment when an earlier step of the run posted one")
-        lines += [f"POST {plan.url(issue, 'comment')}", f"  {auth}",
-                  f"  body: {json.dumps(plan.comment_payload, ensure_ascii=False)}"]
+        lines += [
+            f"POST {plan.url(issue, 'comment')}",
+            f"  {auth}",
+            f"  body: {json.dumps(plan.comment_payload, ensure_ascii=False)}",
+        ]
         if plan.truncated:
             lines.append(f"  (comment truncated to Jira's {JIRA_COMMENT_LIMIT} characters)")
         lines += _describe_jira_transition(plan, issue, auth)
@@ -4651,8 +5054,11 @@ class JiraRunner(Runner):
         if not plan.issues_from:
             raw = _jira_raw_value(ctx, "issue")
             variable = _token_source(raw) if isinstance(raw, str) else ""
-            why = (f"no Jira issue: key 'issue' is empty ({variable} is not set)"
-                   if variable and variable != "the step's token" else "no Jira issue: key 'issue' is empty")
+            why = (
+                f"no Jira issue: key 'issue' is empty ({variable} is not set)"
+                if variable and variable != "the step's token"
+                else "no Jira issue: key 'issue' is empty"
+            )
             return issues, why
         state = ctx.options.git if isinstance(ctx.options.git, GitState) else None
         texts: list[str] = []
@@ -4660,8 +5066,11 @@ class JiraRunner(Runner):
         if "branch" in plan.issues_from:
             branches = run_branch_names(state, ctx.trigger)
             texts += branches
-            looked.append("branch " + ", ".join(repr(jira_unicode_text(b)) for b in branches)
-                          if branches else "no branch (detached HEAD)")
+            looked.append(
+                "branch " + ", ".join(repr(jira_unicode_text(b)) for b in branches)
+                if branches
+                else "no branch (detached HEAD)"
+            )
         if "commits" in plan.issues_from:
             messages, what = run_commit_messages(ctx.root, state)
             texts += messages
@@ -4676,14 +5085,20 @@ class JiraRunner(Runner):
             plan = self.plan(ctx)
         except ValueError as exc:  # checked at load time too; here before any request
             raise StepFailure(f"{ctx.step.label}: {exc}") from None
+
         def say(text: str) -> str:
             return _scrub(ctx.masker.mask(text), plan.secrets)
 
         raw_token = _jira_raw_value(ctx, "token")
         issues, why_none = self.resolve_issues(ctx, plan)
-        extra: dict[str, Any] = {"jira_issue": issues[0][0] if issues else None, "comment_id": None,
-                                 "transition": None, "jira_site": plan.api.site, "jira_update": plan.update,
-                                 "jira_issues": []}
+        extra: dict[str, Any] = {
+            "jira_issue": issues[0][0] if issues else None,
+            "comment_id": None,
+            "transition": None,
+            "jira_site": plan.api.site,
+            "jira_update": plan.update,
+            "jira_issues": [],
+        }
         if not issues:
             return StepResult(status="skipped", message=say(why_none), extra=extra)
         refused = self._refuse_to_send(ctx, plan, issues, raw_token)
@@ -4710,41 +5125,64 @@ class JiraRunner(Runner):
         extra.update(comment_id=records[0]["comment_id"], transition=records[0]["transition"])
         return StepResult(status="failed" if failed else "passed", message=say("; ".join(messages)), extra=extra)
 
-    def _refuse_to_send(self, ctx: StepContext, plan: JiraPlan, issues: list[tuple[str, bool]],
-                        raw_token: Any) -> str | None:
+    def _refuse_to_send(
+        self, ctx: StepContext, plan: JiraPlan, issues: list[tuple[str, bool]], raw_token: Any
+    ) -> str | None:
         """Why nothing may be sent (the step fails with that), or None; warns of a literal token."""
         searched = [i for i, by_search in issues if by_search]
         if len(searched) > JIRA_MAX_FOUND_ISSUES:
-            return (f"issues_from found {len(searched)} issue keys ({', '.join(searched[:5])}, …), more than "
-                    f"{JIRA_MAX_FOUND_ISSUES}: nothing was sent; narrow them with \"projects\" or name the "
-                    "issues in \"issue\"")
+            return (
+                f"issues_from found {len(searched)} issue keys ({', '.join(searched[:5])}, …), more than "
+                f'{JIRA_MAX_FOUND_ISSUES}: nothing was sent; narrow them with "projects" or name the '
+                'issues in "issue"'
+            )
         if not plan.token:
-            raise StepFailure(f"key 'token' is empty: set {_token_source(raw_token)} (for Jira Cloud "
-                              "an API token, for Server/Data Center a personal access token)")
+            raise StepFailure(
+                f"key 'token' is empty: set {_token_source(raw_token)} (for Jira Cloud "
+                "an API token, for Server/Data Center a personal access token)"
+            )
         if isinstance(plan.verify, str) and not Path(plan.verify).is_file():
-            raise StepFailure(f"ca_bundle {ctx.step.config['ca_bundle']} does not exist (a PEM file of "
-                              "the CA certificates that signed Jira's certificate)")
+            raise StepFailure(
+                f"ca_bundle {ctx.step.config['ca_bundle']} does not exist (a PEM file of "
+                "the CA certificates that signed Jira's certificate)"
+            )
         if token_is_literal(raw_token) and not ctx.runner_state.get("warned"):
             ctx.runner_state["warned"] = True
-            ctx.emit(_scrub(ctx.masker.mask(
-                f"warning: {ctx.step.label}: the Jira token is written in {ctx.workflow.path.name}; use "
-                f"\"token\": \"${{JIRA_TOKEN}}\" and keep it out of the repository"), plan.secrets))
+            ctx.emit(
+                _scrub(
+                    ctx.masker.mask(
+                        f"warning: {ctx.step.label}: the Jira token is written in {ctx.workflow.path.name}; use "
+                        f'"token": "${{JIRA_TOKEN}}" and keep it out of the repository'
+                    ),
+                    plan.secrets,
+                )
+            )
         return None
 
     def _earlier_comment(self, ctx: StepContext, plan: JiraPlan, issue: str) -> str | None:
         """The id of the comment an earlier `"update": "run"` step of this run posted on
         `issue` at the same site (their run-record entries carry it)."""
         for entry in reversed(ctx.previous):
-            if entry.get("type") != "jira" or entry.get("jira_update") != "run" or entry.get(
-                    "jira_site") != plan.api.site:
+            if (
+                entry.get("type") != "jira"
+                or entry.get("jira_update") != "run"
+                or entry.get("jira_site") != plan.api.site
+            ):
                 continue
             for item in entry.get("jira_issues") or []:
                 if isinstance(item, dict) and item.get("issue") == issue and item.get("comment_id"):
                     return str(item["comment_id"])
         return None
 
-    def _issue(self, ctx: StepContext, plan: JiraPlan, work: _JiraIssueWork, passed: bool,
-               deadline: float | None, raw_token: Any) -> tuple[bool, str]:
+    def _issue(
+        self,
+        ctx: StepContext,
+        plan: JiraPlan,
+        work: _JiraIssueWork,
+        passed: bool,
+        deadline: float | None,
+        raw_token: Any,
+    ) -> tuple[bool, str]:
         """Comment on one issue (unless an earlier attempt did), then transition it.
         Returns (ok, the issue's part of the step message)."""
         exchange = _JiraExchange(ctx, plan, work, deadline, raw_token)
@@ -4758,8 +5196,9 @@ class JiraRunner(Runner):
 def _describe_jira_issues(plan: JiraPlan) -> list[str]:
     """--dry-run: which issues the step comments on, when that is not just one key."""
     if plan.issues_from:
-        found = " and ".join({"branch": "the branch name", "commits": "the commit messages"}[s]
-                             for s in plan.issues_from)
+        found = " and ".join(
+            {"branch": "the branch name", "commits": "the commit messages"}[s] for s in plan.issues_from
+        )
         only = f" (projects: {', '.join(plan.projects)})" if plan.projects else ""
         return [f"issues: {', '.join(plan.issues + ['keys found in ' + found + only])}, each commented once"]
     if len(plan.issues) != 1:
@@ -4772,16 +5211,24 @@ def _describe_jira_transition(plan: JiraPlan, issue: str, auth: str) -> list[str
     on_success, on_failure = plan.transition["on_success"], plan.transition["on_failure"]
     if not (on_success or on_failure):
         return []
-    lines = ["transition: " + "; ".join(
-        f"{label}: {describe_jira_target(target) if target else 'none'}"
-        for label, target in (("if the run so far passed", on_success), ("if it failed", on_failure)))]
+    lines = [
+        "transition: "
+        + "; ".join(
+            f"{label}: {describe_jira_target(target) if target else 'none'}"
+            for label, target in (("if the run so far passed", on_success), ("if it failed", on_failure))
+        )
+    ]
     body: dict[str, Any] = {"transition": {"id": "<looked up at run time>"}}
     fields = [t.get("fields") for t in (on_success, on_failure) if t and t.get("fields")]
     if fields:
         body["fields"] = fields[0]
-    return lines + [f"GET {plan.url(issue)}?fields=status&expand=transitions", f"  {auth}",
-                    f"POST {plan.url(issue, 'transitions')}", f"  {auth}",
-                    f"  body: {json.dumps(body, ensure_ascii=False)}"]
+    return lines + [
+        f"GET {plan.url(issue)}?fields=status&expand=transitions",
+        f"  {auth}",
+        f"POST {plan.url(issue, 'transitions')}",
+        f"  {auth}",
+        f"  body: {json.dumps(body, ensure_ascii=False)}",
+    ]
 
 
 class _JiraExchange:
@@ -4789,8 +5236,9 @@ class _JiraExchange:
     per issue, whatever the step's retries: `work` remembers), then the transition. Every
     line it says is masked and scrubbed of the credentials."""
 
-    def __init__(self, ctx: StepContext, plan: JiraPlan, work: _JiraIssueWork,
-                 deadline: float | None, raw_token: Any) -> None:
+    def __init__(
+        self, ctx: StepContext, plan: JiraPlan, work: _JiraIssueWork, deadline: float | None, raw_token: Any
+    ) -> None:
         self.ctx, self.plan, self.work = ctx, plan, work
         self.issue = work.issue
         self.deadline = deadline
@@ -4799,28 +5247,47 @@ class _JiraExchange:
     def say(self, text: str) -> str:
         return _scrub(self.ctx.masker.mask(text), self.plan.secrets)
 
-    def call(self, method: str, url: str, body: Any, action: str,
-             retry_statuses: Callable[[int], bool] | None = None) -> HttpResponse | HttpTransportError:
+    def call(
+        self, method: str, url: str, body: Any, action: str, retry_statuses: Callable[[int], bool] | None = None
+    ) -> HttpResponse | HttpTransportError:
         ctx, plan = self.ctx, self.plan
 
         def on_retry(attempt: int, reason: str, delay: float) -> None:
-            ctx.emit(self.say(f"jira: {method} {url}: {reason}; retrying in "
-                              f"{delay:g}s (attempt {attempt + 1} of {HTTP_ATTEMPTS})"))
+            ctx.emit(
+                self.say(
+                    f"jira: {method} {url}: {reason}; retrying in {delay:g}s (attempt {attempt + 1} of {HTTP_ATTEMPTS})"
+                )
+            )
+
         if ctx.options.debug and ctx.debug_write is not None:
             ctx.debug_write(self.say(f"+ {method} {url}"))
         try:
-            return http_request(method, url, headers=plan.headers(with_body=body is not None),
-                                json_body=body, auth=plan.auth, verify=plan.verify,
-                                connect_timeout=plan.connect_timeout, read_timeout=plan.read_timeout,
-                                deadline=self.deadline, on_retry=on_retry,
-                                retry_statuses=retry_statuses or (lambda s: s == 429 or s >= 500),
-                                sleep=lambda seconds: _http_sleep(seconds, ctx.guard))
+            return http_request(
+                method,
+                url,
+                headers=plan.headers(with_body=body is not None),
+                json_body=body,
+                auth=plan.auth,
+                verify=plan.verify,
+                connect_timeout=plan.connect_timeout,
+                read_timeout=plan.read_timeout,
+                deadline=self.deadline,
+                on_retry=on_retry,
+                retry_statuses=retry_statuses or (lambda s: s == 429 or s >= 500),
+                sleep=lambda seconds: _http_sleep(seconds, ctx.guard),
+            )
         except HttpTransportError as exc:
             return exc
 
     def refused(self, resp: HttpResponse, action: str) -> str:
-        return jira_error_message(resp, action=action, issue=self.issue, user=self.plan.user,
-                                  site=self.plan.api.site, token_source=_token_source(self.raw_token))
+        return jira_error_message(
+            resp,
+            action=action,
+            issue=self.issue,
+            user=self.plan.user,
+            site=self.plan.api.site,
+            token_source=_token_source(self.raw_token),
+        )
 
     # -- the comment -------------------------------------------------------------------
 
@@ -4828,12 +5295,19 @@ class _JiraExchange:
         """What the step's message says of the comment, or (ok, message) to end with."""
         work, issue = self.work, self.issue
         if work.comment in ("added", "updated"):
-            self.ctx.emit(self.say(f"jira: {issue}: comment {work.comment_id} was {work.comment} by an "
-                                   "earlier attempt; not sent again"))
+            self.ctx.emit(
+                self.say(
+                    f"jira: {issue}: comment {work.comment_id} was {work.comment} by an earlier attempt; not sent again"
+                )
+            )
             return f"commented on {issue}"
         if work.comment == "uncertain":
-            self.ctx.emit(self.say(f"jira: {issue}: an earlier attempt's comment may have been posted "
-                                   f"({work.uncertain_reason}); not sent again"))
+            self.ctx.emit(
+                self.say(
+                    f"jira: {issue}: an earlier attempt's comment may have been posted "
+                    f"({work.uncertain_reason}); not sent again"
+                )
+            )
             return f"the comment on {issue} may have been posted ({work.uncertain_reason}; not sent again)"
         resp, action = self._send_comment(earlier)
         if isinstance(resp, HttpTransportError):
@@ -4845,12 +5319,16 @@ class _JiraExchange:
         except (ValueError, KeyError, TypeError):
             # A 2xx without Jira's JSON is a login page or proxy, not Jira.
             detail = summarize_http_body(resp.text, resp.headers.get("content-type", ""))
-            return False, self.say(f"{resp.url} answered {resp.status} without a Jira comment "
-                                   f"({detail}) — is jira_url the Jira REST API?")
+            return False, self.say(
+                f"{resp.url} answered {resp.status} without a Jira comment ({detail}) — is jira_url the Jira REST API?"
+            )
         work.comment = action
         verb = "commented on" if action == "added" else f"updated comment {work.comment_id} on"
-        self.ctx.emit(self.say(f"jira: {verb} {issue} (comment {work.comment_id})" if action == "added"
-                               else f"jira: {verb} {issue}"))
+        self.ctx.emit(
+            self.say(
+                f"jira: {verb} {issue} (comment {work.comment_id})" if action == "added" else f"jira: {verb} {issue}"
+            )
+        )
         return f"{verb} {issue}"
 
     def _send_comment(self, earlier: str | None) -> tuple[HttpResponse | HttpTransportError, str]:
@@ -4865,33 +5343,41 @@ class _JiraExchange:
             self.ctx.emit(self.say(f"jira: {issue}: comment {earlier} is gone; posting a new one"))
         # Jira processed nothing only after a refused connection, 429 or 503; a 500, 502 or
         # 504 may come after the comment was stored, so it is not sent again
-        return self.call("POST", plan.url(issue, "comment"), plan.comment_payload, "comment",
-                         retry_statuses=lambda status: status in (429, 503)), "added"
+        return self.call(
+            "POST",
+            plan.url(issue, "comment"),
+            plan.comment_payload,
+            "comment",
+            retry_statuses=lambda status: status in (429, 503),
+        ), "added"
 
     def _comment_lost(self, resp: HttpTransportError, action: str) -> tuple[bool, str]:
         issue = self.issue
         if resp.maybe_applied and action == "added":
             self.work.comment, self.work.uncertain_reason = "uncertain", resp.kind.replace("_", " ")
             detail = str(resp).replace(" (not retried: the request may already have been applied)", "")
-            message = self.say(f"cannot comment on {issue}: {detail}; not retried: the comment may "
-                               f"have been posted; check {issue} before running again")
+            message = self.say(
+                f"cannot comment on {issue}: {detail}; not retried: the comment may "
+                f"have been posted; check {issue} before running again"
+            )
             self.ctx.emit(f"jira: {message}")
             return False, message
         return False, self.say(f"cannot comment on {issue}: {resp}")
 
     def _comment_refused(self, resp: HttpResponse, action: str) -> tuple[bool, str]:
         work, issue = self.work, self.issue
-        if (resp.status == 404 and work.found and action == "added"
-                and "json" in resp.headers.get("content-type", "")):  # Jira's own "no such issue"
-            self.ctx.emit(self.say(f"jira: {issue}: no such issue (found in the branch or a commit "
-                                   "message); ignored"))
+        if (
+            resp.status == 404 and work.found and action == "added" and "json" in resp.headers.get("content-type", "")
+        ):  # Jira's own "no such issue"
+            self.ctx.emit(self.say(f"jira: {issue}: no such issue (found in the branch or a commit message); ignored"))
             work.moved = "no such issue"
             return True, f"{issue}: no such issue, ignored"
         message = self.refused(resp, "comment" if action == "added" else "comment edit")
         if action == "added" and resp.status >= 500 and resp.status != 503:
             work.comment, work.uncertain_reason = "uncertain", f"Jira answered {resp.status}"
-            message = self.say(f"{message} — not retried: the comment may have been posted; "
-                               f"check {issue} before running again")
+            message = self.say(
+                f"{message} — not retried: the comment may have been posted; check {issue} before running again"
+            )
             self.ctx.emit(f"jira: {message}")  # a later attempt's message refers to it
             return False, message
         return False, self.say(message)
@@ -4922,7 +5408,7 @@ class _JiraExchange:
             chosen, others = select_jira_transition(transitions, target, issue)
         except ValueError as exc:
             return False, self.say(f"{done}, but {exc}")
-        goes_to = (chosen.get("to") or {})
+        goes_to = chosen.get("to") or {}
         if status.get("id") is not None and goes_to.get("id") == status.get("id"):
             work.moved, work.to_status = "already", str(status.get("name"))
             return ok, f"{done}, already in {work.to_status}"
@@ -4931,8 +5417,9 @@ class _JiraExchange:
             body["fields"] = target["fields"]
         action = f"transition {chosen.get('name')!r}"
         # like a comment: sent again only where Jira cannot have applied it
-        moved = self.call("POST", plan.url(issue, "transitions"), body, action,
-                          retry_statuses=lambda status: status in (429, 503))
+        moved = self.call(
+            "POST", plan.url(issue, "transitions"), body, action, retry_statuses=lambda status: status in (429, 503)
+        )
         if isinstance(moved, HttpTransportError):
             return False, self.say(f"{done}, but cannot transition {issue}: {moved}")
         if not 200 <= moved.status < 300:
@@ -4949,8 +5436,7 @@ class _JiraExchange:
     def _issue_transitions(self, done: str) -> tuple[list[Any], dict[str, Any]] | tuple[bool, str]:
         """The issue's transitions and current status, or (False, message) when they cannot be read."""
         issue = self.issue
-        looked = self.call("GET", self.plan.url(issue) + "?fields=status&expand=transitions", None,
-                           "read transitions")
+        looked = self.call("GET", self.plan.url(issue) + "?fields=status&expand=transitions", None, "read transitions")
         if isinstance(looked, HttpTransportError):
             return False, self.say(f"{done}, but cannot read the transitions of {issue}: {looked}")
         if not 200 <= looked.status < 300:
@@ -5054,8 +5540,9 @@ def _parse_braces(pattern: str, pairs: dict[int, int], start: int, end: int) -> 
                     items.append("".join(literal))
                     literal = []
                 bounds = [index, *commas, close]
-                items.append([_parse_braces(pattern, pairs, left + 1, right)
-                              for left, right in itertools.pairwise(bounds)])
+                items.append(
+                    [_parse_braces(pattern, pairs, left + 1, right) for left, right in itertools.pairwise(bounds)]
+                )
                 index = close + 1
                 continue
         literal.append(char)
@@ -5099,8 +5586,10 @@ def expand_braces(pattern: str) -> list[str]:
         return [pattern]
     sequence = _parse_braces(pattern, _brace_pairs(pattern), 0, len(pattern))
     if _brace_count(sequence) > GLOB_MAX_PATTERNS:
-        raise GlobError(f"its braces expand to more than {GLOB_MAX_PATTERNS:,} patterns, the most "
-                        f"orchestrate accepts (list fewer alternatives, or use * and ?)")
+        raise GlobError(
+            f"its braces expand to more than {GLOB_MAX_PATTERNS:,} patterns, the most "
+            f"orchestrate accepts (list fewer alternatives, or use * and ?)"
+        )
     return list(dict.fromkeys(_brace_expand(sequence)))
 
 
@@ -5246,8 +5735,9 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     names = _GroupNames()
     alternatives = [_glob_pattern_regex(expanded, names) for expanded in expand_braces(pattern)]
     try:
-        return re.compile(alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")",
-                          re.DOTALL)
+        return re.compile(
+            alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")", re.DOTALL
+        )
     except (re.error, RecursionError, OverflowError) as exc:  # not expected: every piece is escaped
         raise GlobError(f"cannot be compiled ({exc})") from None
 
@@ -5310,8 +5800,9 @@ def match_files(root: Path, patterns: Sequence[str], runs_dir: Path | None = Non
     return [(relative, info) for relative, _path, info in _matching_files(root, patterns, runs_dir)]
 
 
-def _matching_files(root: Path, patterns: Sequence[str],
-                    runs_dir: Path | None = None) -> list[tuple[str, str, os.stat_result]]:
+def _matching_files(
+    root: Path, patterns: Sequence[str], runs_dir: Path | None = None
+) -> list[tuple[str, str, os.stat_result]]:
     """match_files with each file's full path too (a string: hashing 10,000 sources must not
     pay for pathlib)."""
     import stat
@@ -5347,9 +5838,13 @@ def _matching_files(root: Path, patterns: Sequence[str],
                 except OSError:
                     continue
                 if stat.S_ISDIR(info.st_mode):
-                    if (entry.name == ".git" or entry.name == "node_modules" or entry.name.startswith(".")
-                            or (runs is not None and os.path.abspath(entry.path) == runs)
-                            or (depth is not None and depth <= 0)):
+                    if (
+                        entry.name == ".git"
+                        or entry.name == "node_modules"
+                        or entry.name.startswith(".")
+                        or (runs is not None and os.path.abspath(entry.path) == runs)
+                        or (depth is not None and depth <= 0)
+                    ):
                         continue
                     stack.append((relative, None if depth is None else depth - 1))
                 elif regex.match(relative):
@@ -5363,8 +5858,10 @@ def check_path_globs(values: Any, where: str, key: str) -> None:
         text = pattern.strip().removeprefix("./")
         parts = text.split("/")
         if not text or os.path.isabs(text) or ".." in parts:
-            raise DefinitionError(f"{where}: key '{key}[{i}]': {pattern!r} must be a glob relative to the "
-                                  "project root, inside it (e.g. \"src/**/*.py\")")
+            raise DefinitionError(
+                f"{where}: key '{key}[{i}]': {pattern!r} must be a glob relative to the "
+                'project root, inside it (e.g. "src/**/*.py")'
+            )
         check_glob(text, where, f"{key}[{i}]")
     if not values:
         raise DefinitionError(f"{where}: key '{key}' is empty; list at least one glob, or leave the key out")
@@ -5532,8 +6029,7 @@ def _valid_seconds(value: Any) -> bool:
     """A usable duration: a finite, non-negative JSON number (true/false are not numbers)."""
     import math
 
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value >= 0)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _seconds(value: str | None) -> float:
@@ -5557,8 +6053,9 @@ def _project_relative(path: str, project: Path | None) -> str:
     return path.removeprefix("./")
 
 
-def parse_cypress_junit_specs(data: bytes | str, fallback_spec: str = "",
-                              project: Path | None = None) -> list[CypressReport]:
+def parse_cypress_junit_specs(
+    data: bytes | str, fallback_spec: str = "", project: Path | None = None
+) -> list[CypressReport]:
     """Parse a mocha-junit-reporter file as Cypress writes it, one report per spec in it.
 
     Shape (one file per spec, usually): <testsuites name="Mocha Tests" time tests failures>, a
@@ -5601,9 +6098,7 @@ def parse_cypress_junit_specs(data: bytes | str, fallback_spec: str = "",
                 status, message, text = "skipped", "", ""
             else:
                 status, message, text = "passed", "", ""
-            tests[spec].append(
-                CypressTest(spec, suite_title, title, _seconds(case.get("time")), status, message, text)
-            )
+            tests[spec].append(CypressTest(spec, suite_title, title, _seconds(case.get("time")), status, message, text))
     if not order:
         order, tests, suite_time = [spec], {spec: []}, {spec: 0.0}
     reports = []
@@ -5620,8 +6115,9 @@ def parse_cypress_junit(data: bytes | str, fallback_spec: str = "", project: Pat
     """One mocha-junit-reporter file as one report (its first spec names it): see
     parse_cypress_junit_specs, which keeps the specs of a file apart."""
     reports = parse_cypress_junit_specs(data, fallback_spec, project)
-    return CypressReport(spec=reports[0].spec, time=round(sum(r.time for r in reports), 3),
-                         tests=[t for r in reports for t in r.tests])
+    return CypressReport(
+        spec=reports[0].spec, time=round(sum(r.time for r in reports), 3), tests=[t for r in reports for t in r.tests]
+    )
 
 
 def read_cypress_reports(report_dir: Path, project: Path | None = None) -> tuple[list[CypressReport], list[str]]:
@@ -5640,9 +6136,7 @@ def read_cypress_reports(report_dir: Path, project: Path | None = None) -> tuple
     return reports, problems
 
 
-def plan_shards(
-    specs: Iterable[str], shard_count: int, durations: dict[str, float] | None = None
-) -> list[list[str]]:
+def plan_shards(specs: Iterable[str], shard_count: int, durations: dict[str, float] | None = None) -> list[list[str]]:
     """Split `specs` into `shard_count` lists: deterministic and duration-balanced.
 
     Greedy longest-processing-time: specs from longest to shortest (ties by name), each
@@ -5726,7 +6220,9 @@ def _cypress_artifact_folders(project: Path, config: dict[str, Any]) -> list[tup
 
 
 def collect_cypress_artifacts(
-    folders: Sequence[tuple[str, Path]], before: dict[Path, tuple[int, int]], dest: Path,
+    folders: Sequence[tuple[str, Path]],
+    before: dict[Path, tuple[int, int]],
+    dest: Path,
     runs_dir: Path | None = None,
     masker: Masker | None = None,
 ) -> list[Path]:
@@ -5801,9 +6297,7 @@ class CypressRunner(Runner):
         for key in ("folder", "spec"):
             value = step.config.get(key)
             if value is not None and (not value.strip() or os.path.isabs(value)):
-                raise DefinitionError(
-                    f"{where}: key '{key}': {value!r} must be a non-empty path inside the project"
-                )
+                raise DefinitionError(f"{where}: key '{key}': {value!r} must be a non-empty path inside the project")
         spec = step.config.get("spec")
         if spec is not None:
             check_glob(spec.strip().removeprefix("./"), where, "spec")
@@ -5828,8 +6322,12 @@ class CypressRunner(Runner):
 
         shown = _display_path(project, ctx.root)
         if not project.is_dir():
-            return [(f"Cypress project folder {shown} does not exist "
-                     "(check the step's 'project', or create it in an earlier step)")]
+            return [
+                (
+                    f"Cypress project folder {shown} does not exist "
+                    "(check the step's 'project', or create it in an earlier step)"
+                )
+            ]
         problems = []
         if not (project / "package.json").is_file():
             problems.append(
@@ -5837,9 +6335,7 @@ class CypressRunner(Runner):
                 '(run "npm init -y" and "npm install cypress --save-dev" there)'
             )
         if not (project / "node_modules" / ".bin" / "cypress").is_file():
-            problems.append(
-                f"Cypress is not installed in {shown}: " + CYPRESS_INSTALL_HINT.format(project=shown)
-            )
+            problems.append(f"Cypress is not installed in {shown}: " + CYPRESS_INSTALL_HINT.format(project=shown))
         if shutil.which("node", path=ctx.env.get("PATH", os.defpath)) is None:
             problems.append("node is not on PATH: install Node.js or add its bin folder to PATH")
         return problems
@@ -5900,9 +6396,12 @@ class CypressRunner(Runner):
         env_prefix = [f"{k}={v}" for k, v in cypress_env_variables(ctx.step.env).items()]
         import shlex
 
-        lines = [ctx.masker.mask(f"cd {shlex.quote(str(project))} && "
-                                 f"{shlex.join([*env_prefix, *self._argv(ctx, project, batch)])}")
-                 for batch in (self._batches(ctx, project, share) or [["<no spec files>"]])]
+        lines = [
+            ctx.masker.mask(
+                f"cd {shlex.quote(str(project))} && {shlex.join([*env_prefix, *self._argv(ctx, project, batch)])}"
+            )
+            for batch in (self._batches(ctx, project, share) or [["<no spec files>"]])
+        ]
         if specs and ctx.options.shard is not None:  # (no specs: preflight warns)
             index, count = ctx.options.shard
             lines.append(f"shard {index}/{count}: {len(share)} of {len(specs)} spec files")
@@ -5918,8 +6417,13 @@ class CypressRunner(Runner):
             raise StepFailure("; ".join(problems))
         shard = "{}/{}".format(*ctx.options.shard) if ctx.options.shard else None
         extra: dict[str, Any] = {
-            "tests": 0, "failures": 0, "failed_tests": [], "specs": [],
-            "spec_durations": {}, "artifacts": [], "shard": shard,
+            "tests": 0,
+            "failures": 0,
+            "failed_tests": [],
+            "specs": [],
+            "spec_durations": {},
+            "artifacts": [],
+            "shard": shard,
         }
         specs, empty = self._specs(ctx, project)
         if not specs:
@@ -5938,8 +6442,11 @@ class CypressRunner(Runner):
         make_runs_dirs(report_dir, ctx.runs_dir)
         folders = _cypress_artifact_folders(project, config.get("config") or {})
         batches = self._batches(ctx, project, share)
-        ctx.emit(f"cypress: {len(share)} of {len(specs)} spec files" + (f" (shard {shard})" if shard else "")
-                 + (f" in {len(batches)} batches (one command line would be too long)" if len(batches) > 1 else ""))
+        ctx.emit(
+            f"cypress: {len(share)} of {len(specs)} spec files"
+            + (f" (shard {shard})" if shard else "")
+            + (f" in {len(batches)} batches (one command line would be too long)" if len(batches) > 1 else "")
+        )
         artifacts: list[Path] = []
         code: int | None = 0
         for number, batch in enumerate(batches, start=1):
@@ -5948,8 +6455,9 @@ class CypressRunner(Runner):
             # Cypress empties its screenshot and video folders before each run: each batch's
             # artifacts are copied before the next batch starts
             before = _artifact_snapshot(folder for _, folder in folders)
-            process = ctx.run_process(self._argv(ctx, project, batch), cwd=project,
-                                      env={**ctx.env, **cypress_env_variables(ctx.step.env)})
+            process = ctx.run_process(
+                self._argv(ctx, project, batch), cwd=project, env={**ctx.env, **cypress_env_variables(ctx.step.env)}
+            )
             artifacts += collect_cypress_artifacts(
                 folders, before, ctx.run_dir / "artifacts" / self._slug(ctx), ctx.runs_dir, ctx.masker
             )
@@ -5974,10 +6482,13 @@ class CypressRunner(Runner):
             artifacts=[p.relative_to(ctx.runs_dir.parent).as_posix() for p in artifacts],
         )
         extra["failed_test_details"] = [
-            {"name": ctx.masker.mask_readable(t.display_name),
-             "file": ctx.masker.mask_readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
-             "message": _shorten(ctx.masker.mask_readable(t.message or "failed").strip().split("\n", 1)[0], 300)}
-            for t in failed[:CYPRESS_FAILED_NAMES_MAX]]
+            {
+                "name": ctx.masker.mask_readable(t.display_name),
+                "file": ctx.masker.mask_readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
+                "message": _shorten(ctx.masker.mask_readable(t.message or "failed").strip().split("\n", 1)[0], 300),
+            }
+            for t in failed[:CYPRESS_FAILED_NAMES_MAX]
+        ]
         testcases = [
             TestCase(
                 name=ctx.masker.mask_readable(" › ".join(p for p in (t.suite, t.title) if p)),
@@ -6080,10 +6591,20 @@ def step_log_name(step: Step, total: int) -> str:
 
 
 def _pending_entry(step: Step, log_file: str) -> dict[str, Any]:
-    return {"step": step.name, "type": step.type, "status": "pending", "started_at": None,
-            "finished_at": None, "duration_s": None, "exit_code": None, "attempts": 0,
-            "message": "", "output_tail": "", "log_file": log_file,
-            "definition_sha256": step.definition_sha256}
+    return {
+        "step": step.name,
+        "type": step.type,
+        "status": "pending",
+        "started_at": None,
+        "finished_at": None,
+        "duration_s": None,
+        "exit_code": None,
+        "attempts": 0,
+        "message": "",
+        "output_tail": "",
+        "log_file": log_file,
+        "definition_sha256": step.definition_sha256,
+    }
 
 
 def step_by_name_or_number(value: str, names: Sequence[str]) -> str | None:
@@ -6106,8 +6627,10 @@ def select_steps(workflow: Workflow, options: RunOptions) -> dict[int, str]:
             name = step_by_name_or_number(value, names)
             if name is None:
                 numbers = f"1-{len(names)}" if len(names) > 1 else "1"
-                raise UsageError(f"{flag} {value!r}: no such step in {workflow.name}{did_you_mean(value, names)}; "
-                                 f"steps: {', '.join(names)} (or their numbers, {numbers})")
+                raise UsageError(
+                    f"{flag} {value!r}: no such step in {workflow.name}{did_you_mean(value, names)}; "
+                    f"steps: {', '.join(names)} (or their numbers, {numbers})"
+                )
             chosen_names[flag].add(name)
     excluded: dict[int, str] = {}
     for step in workflow.steps:
@@ -6173,8 +6696,14 @@ class StepGraph:
 PASSED, FAILED, ALLOWED, SKIPPED, BLOCKED = "passed", "failed", "allowed", "skipped", "blocked"
 
 
-def status_gate(step: Step, graph: StepGraph, outcomes: Sequence[str | None],
-                failed: Sequence[str], keep_going: bool, names: Sequence[str]) -> tuple[str | None, bool]:
+def status_gate(
+    step: Step,
+    graph: StepGraph,
+    outcomes: Sequence[str | None],
+    failed: Sequence[str],
+    keep_going: bool,
+    names: Sequence[str],
+) -> tuple[str | None, bool]:
     """Why a step does not run given the outcomes so far, or None; and whether that skip
     blocks the steps that need it (pure).
 
@@ -6200,43 +6729,78 @@ def status_gate(step: Step, graph: StepGraph, outcomes: Sequence[str | None],
     return None, False
 
 
-def _step_environment(workflow: Workflow, step: Step, root: Path, run_id: str,
-                      base: dict[str, str]) -> dict[str, str]:
+def _step_environment(workflow: Workflow, step: Step, root: Path, run_id: str, base: dict[str, str]) -> dict[str, str]:
     env = dict(base)
     env.update(workflow.env)
     env.update(step.env)
-    env.update(ORCHESTRATE_RUN_ID=run_id, ORCHESTRATE_WORKFLOW=workflow.name,
-               ORCHESTRATE_STEP=step.name, ORCHESTRATE_ROOT=str(root))
+    env.update(
+        ORCHESTRATE_RUN_ID=run_id,
+        ORCHESTRATE_WORKFLOW=workflow.name,
+        ORCHESTRATE_STEP=step.name,
+        ORCHESTRATE_ROOT=str(root),
+    )
     return env
 
 
-def make_context(workflow: Workflow, step: Step, settings: Settings, root: Path, store: RunStore,
-                 run_id: str, options: RunOptions, masker: Masker, previous: list[dict[str, Any]],
-                 trigger: dict[str, Any], base_env: dict[str, str]) -> StepContext:
+def make_context(
+    workflow: Workflow,
+    step: Step,
+    settings: Settings,
+    root: Path,
+    store: RunStore,
+    run_id: str,
+    options: RunOptions,
+    masker: Masker,
+    previous: list[dict[str, Any]],
+    trigger: dict[str, Any],
+    base_env: dict[str, str],
+) -> StepContext:
     cwd = (root / step.cwd) if step.cwd else root
-    return StepContext(step=step, workflow=workflow, settings=settings, root=root,
-                       runs_dir=store.runs_dir, run_id=run_id, run_dir=store.runs_dir / run_id,
-                       env=_step_environment(workflow, step, root, run_id, base_env), cwd=cwd,
-                       masker=masker, previous=previous, trigger=trigger, options=options)
+    return StepContext(
+        step=step,
+        workflow=workflow,
+        settings=settings,
+        root=root,
+        runs_dir=store.runs_dir,
+        run_id=run_id,
+        run_dir=store.runs_dir / run_id,
+        env=_step_environment(workflow, step, root, run_id, base_env),
+        cwd=cwd,
+        masker=masker,
+        previous=previous,
+        trigger=trigger,
+        options=options,
+    )
 
 
 def runner_for(step: Step) -> Runner:
     return RUNNERS.get(step.type) or PluginRunner(step.type)
 
 
-def plan_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
-             options: RunOptions, env_hooks: Iterable[EnvHook] = ()) -> list[dict[str, Any]]:
+def plan_run(
+    workflow: Workflow,
+    settings: Settings,
+    root: Path,
+    store: RunStore,
+    options: RunOptions,
+    env_hooks: Iterable[EnvHook] = (),
+) -> list[dict[str, Any]]:
     """What a run would do, step by step, with warnings about what is missing on disk."""
     excluded = select_steps(workflow, options)
     masker = Masker(workflow.secrets)
     base_env = _base_environment(options, env_hooks)
     plan = []
     for step in workflow.steps:
-        ctx = make_context(workflow, step, settings, root, store, "dry-run", options, masker, [],
-                           {}, base_env)
+        ctx = make_context(workflow, step, settings, root, store, "dry-run", options, masker, [], {}, base_env)
         runner = runner_for(step)
-        item: dict[str, Any] = {"step": step.name, "type": step.type, "skip": excluded.get(step.index),
-                                "when": step.when_status, "commands": [], "warnings": []}
+        item: dict[str, Any] = {
+            "step": step.name,
+            "type": step.type,
+            "skip": excluded.get(step.index),
+            "when": step.when_status,
+            "commands": [],
+            "warnings": [],
+        }
         if item["skip"] is None:
             try:
                 item["commands"] = [masker.mask(line) for line in runner.describe(ctx)]
@@ -6364,13 +6928,18 @@ def read_http_variables(stream: Any) -> dict[str, str]:
             variables = json.loads(data.decode("utf-8"))
         except (ValueError, RecursionError):
             problem = "not valid JSON"
-    if problem is None and not (isinstance(variables, dict) and all(
+    if problem is None and not (
+        isinstance(variables, dict)
+        and all(
             isinstance(k, str) and _VAR_NAME_RE.match(k) and isinstance(v, str) and "\x00" not in v
-            for k, v in variables.items())):
+            for k, v in variables.items()
+        )
+    ):
         problem = "not an object of variable names to strings"
     if problem is not None or not isinstance(variables, dict):
-        raise UsageError(f"--vars-stdin: stdin is {problem}; it takes what orchestrate serve passes "
-                         f"({{\"NAME\": \"value\"}})")
+        raise UsageError(
+            f'--vars-stdin: stdin is {problem}; it takes what orchestrate serve passes ({{"NAME": "value"}})'
+        )
     return variables
 
 
@@ -6381,8 +6950,15 @@ class Engine:
     every sink. When only one step can run (a chain, or --jobs 1), it runs in this thread: the
     sequential case is the same code, with no thread to pay for."""
 
-    def __init__(self, workflow: Workflow, settings: Settings, root: Path, store: RunStore,
-                 options: RunOptions, wiring: RunWiring | None = None) -> None:
+    def __init__(
+        self,
+        workflow: Workflow,
+        settings: Settings,
+        root: Path,
+        store: RunStore,
+        options: RunOptions,
+        wiring: RunWiring | None = None,
+    ) -> None:
         self.workflow = workflow
         self.settings = settings
         self.root = root
@@ -6400,17 +6976,34 @@ class Engine:
     def _new_record(self, run_id: str, trigger: dict[str, Any]) -> dict[str, Any]:
         total = len(self.workflow.steps)
         return {
-            "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": self.workflow.name,
-            "status": "running", "current": None, "running": [], "started_at": utc_now(),
-            "finished_at": None, "duration_s": None, "exit_code": None, "message": "",
-            "pid": os.getpid(), "pid_start": pid_start_time(os.getpid()), "host": _hostname(),
-            "trigger": trigger, "workflow_file": self.workflow.display_path,
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "workflow": self.workflow.name,
+            "status": "running",
+            "current": None,
+            "running": [],
+            "started_at": utc_now(),
+            "finished_at": None,
+            "duration_s": None,
+            "exit_code": None,
+            "message": "",
+            "pid": os.getpid(),
+            "pid_start": pid_start_time(os.getpid()),
+            "host": _hostname(),
+            "trigger": trigger,
+            "workflow_file": self.workflow.display_path,
             "workflow_sha256": self.workflow.sha256,
-            "options": {"only": self.options.only, "skip": self.options.skip,
-                        "keep_going": self.options.keep_going, "jobs": self.jobs,
-                        "shard": "%d/%d" % self.options.shard if self.options.shard else None},
-            "log": [_pending_entry(s, f"{self.store.runs_dir.name}/{run_id}/{step_log_name(s, total)}")
-                    for s in self.workflow.steps],
+            "options": {
+                "only": self.options.only,
+                "skip": self.options.skip,
+                "keep_going": self.options.keep_going,
+                "jobs": self.jobs,
+                "shard": "%d/%d" % self.options.shard if self.options.shard else None,
+            },
+            "log": [
+                _pending_entry(s, f"{self.store.runs_dir.name}/{run_id}/{step_log_name(s, total)}")
+                for s in self.workflow.steps
+            ],
             "junit": f"{self.store.runs_dir.name}/{run_id}/junit.xml",
             **({"resumed_from": self.options.resume_of["run_id"]} if self.options.resume_of else {}),
         }
@@ -6427,8 +7020,11 @@ class Engine:
             if existing is not None:
                 if existing.get("status") != "pending":
                     raise UsageError(f"run {run_id} already exists with status {existing.get('status')}")
-                record["trigger"] = {**existing.get("trigger", {}), **trigger,
-                                     "source": existing.get("trigger", {}).get("source", trigger.get("source"))}
+                record["trigger"] = {
+                    **existing.get("trigger", {}),
+                    **trigger,
+                    "source": existing.get("trigger", {}).get("source", trigger.get("source")),
+                }
                 record["started_at"] = utc_now()
                 self.store.write_snapshot(record)
             else:
@@ -6476,8 +7072,9 @@ class Engine:
         except (OSError, ValueError):
             pass
 
-    def _finish_run(self, recorder: RunRecorder, interrupted: RunInterrupted | None,
-                    failed: list[str], started: float) -> int:
+    def _finish_run(
+        self, recorder: RunRecorder, interrupted: RunInterrupted | None, failed: list[str], started: float
+    ) -> int:
         record = recorder.record
         record["current"] = None
         record["running"] = []
@@ -6513,11 +7110,18 @@ class Engine:
         record = recorder.record
         for entry in record["log"]:
             if entry.get("status") in ("running", "pending"):
-                entry.update(status="failed" if entry["status"] == "running" else "skipped",
-                             message=f"run stopped: {exc}")
-        record.update(status="failed", current=None, running=[], finished_at=utc_now(),
-                      exit_code=EXIT_INTERNAL, duration_s=round(time.monotonic() - started, 3),
-                      message=f"run stopped: {exc}")
+                entry.update(
+                    status="failed" if entry["status"] == "running" else "skipped", message=f"run stopped: {exc}"
+                )
+        record.update(
+            status="failed",
+            current=None,
+            running=[],
+            finished_at=utc_now(),
+            exit_code=EXIT_INTERNAL,
+            duration_s=round(time.monotonic() - started, 3),
+            message=f"run stopped: {exc}",
+        )
         for attempt in (lambda: self._write_reports(record), recorder.finish):
             try:
                 attempt()
@@ -6538,8 +7142,9 @@ class Engine:
                 import errno
 
                 why = " (a FIFO nobody reads)" if exc.errno == errno.ENXIO else ""
-                raise StoreError(f"cannot write the JUnit report to {self.options.junit_xml}: "
-                                 f"{exc.strerror or exc}{why}") from None
+                raise StoreError(
+                    f"cannot write the JUnit report to {self.options.junit_xml}: {exc.strerror or exc}{why}"
+                ) from None
 
     def previous_entries(self, step: Step, log: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The entries a runner may read as "the run so far": those of the steps this one
@@ -6549,15 +7154,32 @@ class Engine:
             return log[: step.index]
         return [log[i] for i in self.graph.ancestor_indices(step.index)]
 
-    def run_step(self, step: Step, entry: dict[str, Any], recorder: RunRecorder,
-                 guard: SignalGuard, base_env: dict[str, str], inline: bool) -> dict[str, Any]:
+    def run_step(
+        self,
+        step: Step,
+        entry: dict[str, Any],
+        recorder: RunRecorder,
+        guard: SignalGuard,
+        base_env: dict[str, str],
+        inline: bool,
+    ) -> dict[str, Any]:
         record = recorder.record
         run_id = record["run_id"]
         total = len(self.workflow.steps)
         runner = runner_for(step)
-        ctx = make_context(self.workflow, step, self.settings, self.root, self.store, run_id,
-                           self.options, self.masker, self.previous_entries(step, record["log"]),
-                           record["trigger"], base_env)
+        ctx = make_context(
+            self.workflow,
+            step,
+            self.settings,
+            self.root,
+            self.store,
+            run_id,
+            self.options,
+            self.masker,
+            self.previous_entries(step, record["log"]),
+            record["trigger"],
+            base_env,
+        )
         ctx.guard = guard
         ctx.debug_write = self._debug_writer()
         log_path = self.store.run_dir(run_id) / step_log_name(step, total)
@@ -6566,10 +7188,13 @@ class Engine:
         self.sinks.emit("step_started", step, entry)
         started = time.monotonic()
         console = self._console()
-        sink = OutputSink(log_path, self.masker,
-                          console.step_output_writer(step) if console is not None else None,
-                          # while a step runs in this thread, its output loop drives the live lines
-                          on_idle=(lambda: self.sinks.emit("tick")) if inline else None)
+        sink = OutputSink(
+            log_path,
+            self.masker,
+            console.step_output_writer(step) if console is not None else None,
+            # while a step runs in this thread, its output loop drives the live lines
+            on_idle=(lambda: self.sinks.emit("tick")) if inline else None,
+        )
         ctx.sink = sink
         attempts = 0
         result = StepResult("failed", "did not run")
@@ -6577,8 +7202,7 @@ class Engine:
             while True:
                 attempts += 1
                 if attempts > 1:
-                    ctx.emit(f"orchestrate: attempt {attempts} of {step.retries + 1} "
-                             f"(after {step.retry_delay:g}s)")
+                    ctx.emit(f"orchestrate: attempt {attempts} of {step.retries + 1} (after {step.retry_delay:g}s)")
                 ctx.last_process = None
                 # `timeout` is the budget of the whole attempt: every process it starts (a venv
                 # build, pip, the script) and every wait shares this one deadline
@@ -6596,11 +7220,17 @@ class Engine:
                     if ctx.last_process is not None and ctx.last_process.exit_code is not None:
                         result.exit_code = ctx.last_process.exit_code
                 if ctx.timed_out:
-                    result = StepResult("failed", f"timed out after {step.timeout:g} s", exit_code=None,
-                                        extra=result.extra, testcases=result.testcases)
+                    result = StepResult(
+                        "failed",
+                        f"timed out after {step.timeout:g} s",
+                        exit_code=None,
+                        extra=result.extra,
+                        testcases=result.testcases,
+                    )
                 if reports_before is not None:
-                    cases, _files, problems = read_step_reports(step, self.root, self.store.runs_dir,
-                                                                reports_before, self.masker)
+                    cases, _files, problems = read_step_reports(
+                        step, self.root, self.store.runs_dir, reports_before, self.masker
+                    )
                     result = apply_step_reports(result, cases, problems)
                 if result.status != "failed" or attempts > step.retries:
                     break
@@ -6644,17 +7274,32 @@ class Engine:
             return None
         return lambda text: self.sinks.emit("debug", text)
 
-    def _finish_entry(self, entry: dict[str, Any], result: StepResult, attempts: int, started: float,
-                      sink: OutputSink, step: Step, recorder: RunRecorder, log_path: Path) -> None:
+    def _finish_entry(
+        self,
+        entry: dict[str, Any],
+        result: StepResult,
+        attempts: int,
+        started: float,
+        sink: OutputSink,
+        step: Step,
+        recorder: RunRecorder,
+        log_path: Path,
+    ) -> None:
         sink.close()
         entry.update(result.extra)
         if isinstance(entry.get("failed_tests"), list):  # test names a step reported: its text
-            entry["failed_tests"] = [self.masker.mask_readable(t) if isinstance(t, str) else t
-                                     for t in entry["failed_tests"]]
-        entry.update(status=result.status, finished_at=utc_now(),
-                     duration_s=round(time.monotonic() - started, 3), exit_code=result.exit_code,
-                     attempts=attempts, message=self.masker.mask_readable(result.message),
-                     output_tail=sink.tail_text())
+            entry["failed_tests"] = [
+                self.masker.mask_readable(t) if isinstance(t, str) else t for t in entry["failed_tests"]
+            ]
+        entry.update(
+            status=result.status,
+            finished_at=utc_now(),
+            duration_s=round(time.monotonic() - started, 3),
+            exit_code=result.exit_code,
+            attempts=attempts,
+            message=self.masker.mask_readable(result.message),
+            output_tail=sink.tail_text(),
+        )
         if result.status == "failed" and step.continue_on_error:
             entry["allowed_failure"] = True
         if result.testcases:
@@ -6667,12 +7312,15 @@ class Engine:
         """runs/<run_id>/NN-step.tests.json: the step's test cases (masked where they were read,
         bounded), so a later run that re-uses the step can rebuild its part of the report."""
         name = step_log_name(step, len(self.workflow.steps)).removesuffix(".log") + ".tests.json"
-        kept = [dict(case.as_dict(), message=case.message[:MAX_TEST_TEXT], text=case.text[:MAX_TEST_TEXT])
-                for case in cases[:MAX_STEP_TESTCASES]]
+        kept = [
+            dict(case.as_dict(), message=case.message[:MAX_TEST_TEXT], text=case.text[:MAX_TEST_TEXT])
+            for case in cases[:MAX_STEP_TESTCASES]
+        ]
         data = json.dumps({"version": 1, "step": step.name, "cases": kept}, ensure_ascii=False)
         try:
-            write_atomic(self.store.run_dir(run_id) / name,
-                         self.masker.mask(data).encode("utf-8", "surrogateescape") + b"\n")
+            write_atomic(
+                self.store.run_dir(run_id) / name, self.masker.mask(data).encode("utf-8", "surrogateescape") + b"\n"
+            )
         except OSError as exc:
             raise StoreError(f"cannot write {name}: {exc.strerror or exc}") from None
         return f"{self.store.runs_dir.name}/{run_id}/{name}"
@@ -6698,8 +7346,19 @@ class Engine:
         return None
 
     # what a re-used step carries over from the entry it takes over
-    REUSED_KEYS = ("exit_code", "output_tail", "tests", "failures", "failed_tests", "failed_test_details",
-                   "specs", "spec_durations", "artifacts", "shard", "batches")
+    REUSED_KEYS = (
+        "exit_code",
+        "output_tail",
+        "tests",
+        "failures",
+        "failed_tests",
+        "failed_test_details",
+        "specs",
+        "spec_durations",
+        "artifacts",
+        "shard",
+        "batches",
+    )
 
     def reuse_step(self, step: Step, recorder: RunRecorder, from_run: str, earlier: Mapping[str, Any]) -> None:
         """The step passes with the result it had in run `from_run`: its log copied into this
@@ -6709,16 +7368,27 @@ class Engine:
         source = self._run_file(earlier.get("log_file"))
         if source is not None and source.is_file() and not source.is_symlink():
             try:
-                copy_into_runs(source, self.store.run_dir(run_id) / step_log_name(step, len(self.workflow.steps)),
-                               self.store.runs_dir)
+                copy_into_runs(
+                    source,
+                    self.store.run_dir(run_id) / step_log_name(step, len(self.workflow.steps)),
+                    self.store.runs_dir,
+                )
             except OSError as exc:
-                raise StoreError(f"cannot copy the log of {step.name!r} from run {from_run}: "
-                                 f"{exc.strerror or exc}") from None
+                raise StoreError(
+                    f"cannot copy the log of {step.name!r} from run {from_run}: {exc.strerror or exc}"
+                ) from None
         entry.update({key: earlier[key] for key in self.REUSED_KEYS if key in earlier})
         entry.update(self._entry_fields(step, "reuse"))
         now = utc_now()
-        entry.update(status="passed", started_at=now, finished_at=now, duration_s=0.0, attempts=0,
-                     message=f"re-used from run {from_run} (inputs unchanged)", reused_from=from_run)
+        entry.update(
+            status="passed",
+            started_at=now,
+            finished_at=now,
+            duration_s=0.0,
+            attempts=0,
+            message=f"re-used from run {from_run} (inputs unchanged)",
+            reused_from=from_run,
+        )
         cases = self._load_testcases(earlier.get("tests_file"))
         if cases:
             self.testcases[step.index] = cases
@@ -6749,12 +7419,17 @@ class Engine:
         for item in (cases if isinstance(cases, list) else [])[:MAX_STEP_TESTCASES]:
             if not isinstance(item, dict):
                 continue
-            kept.append(TestCase(name=str(item.get("name", "")), classname=str(item.get("classname", "")),
-                                 time=_seconds(str(item.get("time", 0))),
-                                 status=item["status"] if item.get("status") in ("passed", "failed", "skipped")
-                                 else "passed",
-                                 message=str(item.get("message", ""))[:MAX_TEST_TEXT],
-                                 text=str(item.get("text", ""))[:MAX_TEST_TEXT], file=str(item.get("file", ""))))
+            kept.append(
+                TestCase(
+                    name=str(item.get("name", "")),
+                    classname=str(item.get("classname", "")),
+                    time=_seconds(str(item.get("time", 0))),
+                    status=item["status"] if item.get("status") in ("passed", "failed", "skipped") else "passed",
+                    message=str(item.get("message", ""))[:MAX_TEST_TEXT],
+                    text=str(item.get("text", ""))[:MAX_TEST_TEXT],
+                    file=str(item.get("file", "")),
+                )
+            )
         return kept
 
 
@@ -6770,8 +7445,14 @@ class _Scheduler:
     of unfinished dependencies per step and a heap of ready steps), so a 1,000-step chain costs
     O(log N) per step here, not a scan of every waiting step."""
 
-    def __init__(self, engine: Engine, recorder: RunRecorder, guard: SignalGuard,
-                 excluded: dict[int, str], base_env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        recorder: RunRecorder,
+        guard: SignalGuard,
+        excluded: dict[int, str],
+        base_env: dict[str, str],
+    ) -> None:
         self.engine = engine
         self.recorder = recorder
         self.guard = guard
@@ -6858,8 +7539,9 @@ class _Scheduler:
         if self.interrupted is not None:
             return f"run interrupted by {self.interrupted.args[0]}", True
         step = self.steps[index]
-        return status_gate(step, self.engine.graph, self.outcomes, self.failed,
-                           self.engine.options.keep_going, self.engine.names)
+        return status_gate(
+            step, self.engine.graph, self.outcomes, self.failed, self.engine.options.keep_going, self.engine.names
+        )
 
     def _gate_reason(self, index: int) -> str | None:
         """What the run's gates (RunWiring.gates) say: why the step is skipped, or None."""
@@ -6880,8 +7562,9 @@ class _Scheduler:
     def _run_inline(self, index: int) -> None:
         entry = self._entry(index)
         try:
-            entry = self.engine.run_step(self.steps[index], entry, self.recorder, self.guard,
-                                         self.base_env, inline=True)
+            entry = self.engine.run_step(
+                self.steps[index], entry, self.recorder, self.guard, self.base_env, inline=True
+            )
         except RunInterrupted as exc:
             self.interrupted = self.interrupted or exc
             entry = self.recorder.record["log"][index]
@@ -6894,15 +7577,17 @@ class _Scheduler:
         if self.events is None:
             self.events = queue.SimpleQueue()
         entry = self._entry(index)
-        thread = threading.Thread(target=self._thread_main, args=(index, entry),
-                                  name=f"orchestrate-step-{index + 1}", daemon=True)
+        thread = threading.Thread(
+            target=self._thread_main, args=(index, entry), name=f"orchestrate-step-{index + 1}", daemon=True
+        )
         self.running[index] = thread
         thread.start()
 
     def _thread_main(self, index: int, entry: dict[str, Any]) -> None:
         try:
-            entry = self.engine.run_step(self.steps[index], entry, self.recorder, self.guard,
-                                         self.base_env, inline=False)
+            entry = self.engine.run_step(
+                self.steps[index], entry, self.recorder, self.guard, self.base_env, inline=False
+            )
             self.events.put((index, entry))
         except BaseException as exc:  # handed to the scheduler's thread, which decides
             self.events.put((index, exc))
@@ -6939,9 +7624,15 @@ class _Scheduler:
         self.running.clear()
 
 
-def execute_run(workflow: Workflow, settings: Settings, root: Path, store: RunStore,
-                options: RunOptions, wiring: RunWiring | None = None,
-                trigger: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
+def execute_run(
+    workflow: Workflow,
+    settings: Settings,
+    root: Path,
+    store: RunStore,
+    options: RunOptions,
+    wiring: RunWiring | None = None,
+    trigger: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], int]:
     """Run a workflow and prune old runs; returns the final record and the exit code. `wiring`
     says what the run consults and who hears of it (see RunWiring): nothing else is."""
     engine = Engine(workflow, settings, root, store, options, wiring)
@@ -6973,8 +7664,9 @@ def xml_safe(text: str) -> str:
     if _plain(text):
         return text
     text = _ANSI_RE.sub("", text)
-    return _XML_ILLEGAL_RE.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
-                               else "\\u%04x" % ord(m.group()), text)
+    return _XML_ILLEGAL_RE.sub(
+        lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()), text
+    )
 
 
 def _junit_time(seconds: Any) -> str:
@@ -7038,8 +7730,9 @@ class _SmallElementTree:
         return "".join(parts).encode(encoding, "xmlcharrefreplace")
 
 
-def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]] | None = None,
-                    shard: tuple[int, int] | None = None) -> bytes:
+def build_junit_xml(
+    record: dict[str, Any], testcases: dict[int, list[TestCase]] | None = None, shard: tuple[int, int] | None = None
+) -> bytes:
     """One <testsuite> per run (a <testcase> per step), plus one per step that reported its own
     test cases; valid against both Jenkins xunit's junit-10.xsd and the Ant-style JUnit.xsd."""
     ET: Any = _SmallElementTree  # the ElementTree calls below, unchanged
@@ -7052,12 +7745,19 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
     suite = ET.SubElement(root, "testsuite")
     entries = record.get("log", [])
     failures = sum(1 for e in entries if e.get("status") == "failed" and not e.get("allowed_failure"))
-    skipped = sum(1 for e in entries if e.get("status") in ("skipped", "pending")
-                  or e.get("allowed_failure"))
-    suite.attrib.update(name=suite_name, package=workflow, id="0",
-                        timestamp=_junit_timestamp(record.get("started_at")), hostname=hostname,
-                        tests=str(len(entries)), failures=str(failures), errors="0",
-                        skipped=str(skipped), time=_junit_time(record.get("duration_s")))
+    skipped = sum(1 for e in entries if e.get("status") in ("skipped", "pending") or e.get("allowed_failure"))
+    suite.attrib.update(
+        name=suite_name,
+        package=workflow,
+        id="0",
+        timestamp=_junit_timestamp(record.get("started_at")),
+        hostname=hostname,
+        tests=str(len(entries)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+        time=_junit_time(record.get("duration_s")),
+    )
     props = ET.SubElement(suite, "properties")
     for key in ("run_id", "status", "workflow_sha256"):
         if record.get(key):
@@ -7068,9 +7768,13 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
             ET.SubElement(props, "property", name=f"git.{key}", value=xml_safe(str(git[key])))
     out_lines = []
     for entry in entries:
-        case = ET.SubElement(suite, "testcase", classname=workflow,
-                             name=xml_safe(entry.get("step") or "step"),
-                             time=_junit_time(entry.get("duration_s")))
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=workflow,
+            name=xml_safe(entry.get("step") or "step"),
+            time=_junit_time(entry.get("duration_s")),
+        )
         status = entry.get("status")
         message = xml_safe(entry.get("message") or "")
         if status == "failed" and entry.get("allowed_failure"):
@@ -7082,27 +7786,42 @@ def build_junit_xml(record: dict[str, Any], testcases: dict[int, list[TestCase]]
             ET.SubElement(case, "skipped", message=message or "not run")
         # testcase has no start attribute in either schema: the start goes into system-out
         started = f", started {entry['started_at']}" if entry.get("started_at") else ""
-        out_lines.append(f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s{started})"
-                         + (f": {entry.get('message')}" if entry.get("message") else ""))
-    ET.SubElement(suite, "system-out").text = xml_safe("\n".join(out_lines) + ("\n" + record["message"] if record.get("message") else ""))
+        out_lines.append(
+            f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s{started})"
+            + (f": {entry.get('message')}" if entry.get("message") else "")
+        )
+    ET.SubElement(suite, "system-out").text = xml_safe(
+        "\n".join(out_lines) + ("\n" + record["message"] if record.get("message") else "")
+    )
     ET.SubElement(suite, "system-err").text = ""
     for n, (index, cases) in enumerate(sorted(testcases.items()), start=1):
         step_name = xml_safe(entries[index].get("step") if index < len(entries) else f"step {index}")
         sub = ET.SubElement(root, "testsuite")
         sub.attrib.update(
-            name=f"{suite_name} › {step_name}", package=f"{workflow}.{step_name}", id=str(n),
+            name=f"{suite_name} › {step_name}",
+            package=f"{workflow}.{step_name}",
+            id=str(n),
             timestamp=_junit_timestamp(entries[index].get("started_at") if index < len(entries) else None),
-            hostname=hostname, tests=str(len(cases)),
-            failures=str(sum(1 for c in cases if c.status == "failed")), errors="0",
+            hostname=hostname,
+            tests=str(len(cases)),
+            failures=str(sum(1 for c in cases if c.status == "failed")),
+            errors="0",
             skipped=str(sum(1 for c in cases if c.status == "skipped")),
-            time=_junit_time(sum(c.time for c in cases)))
+            time=_junit_time(sum(c.time for c in cases)),
+        )
         ET.SubElement(sub, "properties")
         for case_data in cases:
-            case = ET.SubElement(sub, "testcase", classname=xml_safe(case_data.classname) or step_name,
-                                 name=xml_safe(case_data.name) or "test", time=_junit_time(case_data.time))
+            case = ET.SubElement(
+                sub,
+                "testcase",
+                classname=xml_safe(case_data.classname) or step_name,
+                name=xml_safe(case_data.name) or "test",
+                time=_junit_time(case_data.time),
+            )
             if case_data.status == "failed":
-                failure = ET.SubElement(case, "failure", message=xml_safe(case_data.message) or "failed",
-                                        type="TestFailed")
+                failure = ET.SubElement(
+                    case, "failure", message=xml_safe(case_data.message) or "failed", type="TestFailed"
+                )
                 failure.text = xml_safe(case_data.text)
             elif case_data.status == "skipped":
                 ET.SubElement(case, "skipped", message=xml_safe(case_data.message) or "skipped")
@@ -7140,15 +7859,15 @@ def parse_junit_xml(data: bytes) -> Any:
     from xml.parsers import expat
 
     if len(data) > MAX_REPORT_BYTES:
-        raise ReportError(f"it is {len(data) / 1e6:.0f} MB; a report may be at most "
-                          f"{MAX_REPORT_BYTES // (1024 * 1024)} MiB")
+        raise ReportError(
+            f"it is {len(data) / 1e6:.0f} MB; a report may be at most {MAX_REPORT_BYTES // (1024 * 1024)} MiB"
+        )
     builder = ET.TreeBuilder()
     parser = expat.ParserCreate()
     parser.buffer_text = True
 
     def refuse(*_: Any) -> None:
-        raise ReportError("it declares a DOCTYPE; JUnit reports have none, and its entities could "
-                          "expand without bound")
+        raise ReportError("it declares a DOCTYPE; JUnit reports have none, and its entities could expand without bound")
 
     parser.StartDoctypeDeclHandler = refuse
     parser.EntityDeclHandler = refuse
@@ -7184,8 +7903,9 @@ def read_report_file(path: Path) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise ReportError("it is not a regular file")
         if info.st_size > MAX_REPORT_BYTES:
-            raise ReportError(f"it is {info.st_size / 1e6:.0f} MB; a report may be at most "
-                              f"{MAX_REPORT_BYTES // (1024 * 1024)} MiB")
+            raise ReportError(
+                f"it is {info.st_size / 1e6:.0f} MB; a report may be at most {MAX_REPORT_BYTES // (1024 * 1024)} MiB"
+            )
         chunks, size = [], 0
         while size <= MAX_REPORT_BYTES:
             chunk = os.read(fd, READ_CHUNK)
@@ -7257,8 +7977,17 @@ def junit_test_cases(document: Any, root: Path) -> list[TestCase]:
             key = f"{classname}\0{given}"
             if key not in files:
                 files[key] = case_file_of(classname, root, given)
-            cases.append(TestCase(name=case.get("name", ""), classname=classname, time=_seconds(case.get("time")),
-                                  status=status, message=message, text=text[:MAX_TEST_TEXT], file=files[key]))
+            cases.append(
+                TestCase(
+                    name=case.get("name", ""),
+                    classname=classname,
+                    time=_seconds(case.get("time")),
+                    status=status,
+                    message=message,
+                    text=text[:MAX_TEST_TEXT],
+                    file=files[key],
+                )
+            )
     return cases
 
 
@@ -7270,16 +7999,22 @@ def case_display_name(case: TestCase) -> str:
 def report_snapshot(step: Step, root: Path, runs_dir: Path) -> dict[str, tuple[int, int, int]]:
     """The files a step's `reports` globs match now, with what identifies their version:
     a file that is the same afterwards is from before the step and is not read."""
-    return {path: (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
-            for path, info in match_files(root, step.reports, runs_dir)}
+    return {
+        path: (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+        for path, info in match_files(root, step.reports, runs_dir)
+    }
 
 
-def read_step_reports(step: Step, root: Path, runs_dir: Path, before: Mapping[str, tuple[int, int, int]],
-                      masker: Masker) -> tuple[list[TestCase], list[str], list[str]]:
+def read_step_reports(
+    step: Step, root: Path, runs_dir: Path, before: Mapping[str, tuple[int, int, int]], masker: Masker
+) -> tuple[list[TestCase], list[str], list[str]]:
     """The test cases of the reports the step (re)wrote since `before`, masked; the files
     read; and one problem line per report that could not be used (none found included)."""
-    found = [(path, info) for path, info in match_files(root, step.reports, runs_dir)
-             if before.get(path) != (info.st_mtime_ns, info.st_ctime_ns, info.st_size)]
+    found = [
+        (path, info)
+        for path, info in match_files(root, step.reports, runs_dir)
+        if before.get(path) != (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+    ]
     problems: list[str] = []
     if not found:
         shown = ", ".join(repr(p) for p in step.reports)
@@ -7297,18 +8032,32 @@ def read_step_reports(step: Step, root: Path, runs_dir: Path, before: Mapping[st
     if len(cases) > MAX_STEP_TESTCASES:
         problems.append(f"reports: {len(cases)} test cases; the first {MAX_STEP_TESTCASES} are kept")
         cases = cases[:MAX_STEP_TESTCASES]
-    masked = [TestCase(name=masker.mask_readable(c.name), classname=masker.mask_readable(c.classname),
-                       time=c.time, status=c.status, message=masker.mask_readable(c.message),
-                       text=masker.mask_readable(c.text), file=masker.mask_readable(c.file)) for c in cases]
+    masked = [
+        TestCase(
+            name=masker.mask_readable(c.name),
+            classname=masker.mask_readable(c.classname),
+            time=c.time,
+            status=c.status,
+            message=masker.mask_readable(c.message),
+            text=masker.mask_readable(c.text),
+            file=masker.mask_readable(c.file),
+        )
+        for c in cases
+    ]
     return masked, [path for path, _ in found], problems
 
 
 def failed_test_details(failed: Iterable[TestCase]) -> list[dict[str, str]]:
     """The record's `failed_test_details`: each failed test's name (as in failed_tests), its
     file relative to the root and the first line of its message, for annotations on the file."""
-    return [{"name": case_display_name(case), "file": case.file,
-             "message": _shorten((case.message or case.text or "failed").strip().split("\n", 1)[0], 300)}
-            for case in list(failed)[:REPORT_FAILED_NAMES_MAX]]
+    return [
+        {
+            "name": case_display_name(case),
+            "file": case.file,
+            "message": _shorten((case.message or case.text or "failed").strip().split("\n", 1)[0], 300),
+        }
+        for case in list(failed)[:REPORT_FAILED_NAMES_MAX]
+    ]
 
 
 def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list[str]) -> StepResult:
@@ -7317,11 +8066,16 @@ def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list
     failed test or could not be read."""
     failed = [c for c in cases if c.status == "failed"]
     extra = dict(result.extra)
-    extra.update(tests=extra.get("tests", 0) + len(cases), failures=extra.get("failures", 0) + len(failed),
-                 failed_tests=[*(extra.get("failed_tests") or []),
-                               *(case_display_name(c) for c in failed)][:REPORT_FAILED_NAMES_MAX],
-                 failed_test_details=[*(extra.get("failed_test_details") or []),
-                                      *failed_test_details(failed)][:REPORT_FAILED_NAMES_MAX])
+    extra.update(
+        tests=extra.get("tests", 0) + len(cases),
+        failures=extra.get("failures", 0) + len(failed),
+        failed_tests=[*(extra.get("failed_tests") or []), *(case_display_name(c) for c in failed)][
+            :REPORT_FAILED_NAMES_MAX
+        ],
+        failed_test_details=[*(extra.get("failed_test_details") or []), *failed_test_details(failed)][
+            :REPORT_FAILED_NAMES_MAX
+        ],
+    )
     parts = []
     if failed:
         names = ", ".join(case_display_name(c) for c in failed[:3])
@@ -7336,8 +8090,13 @@ def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list
             message = "; ".join(filter(None, [message, *parts]))
     elif status == "passed" and not message:
         message = f"{plural(len(cases), 'test')} passed"
-    return StepResult(status=status, message=message, exit_code=result.exit_code, extra=extra,
-                      testcases=[*result.testcases, *cases][:MAX_STEP_TESTCASES])
+    return StepResult(
+        status=status,
+        message=message,
+        exit_code=result.exit_code,
+        extra=extra,
+        testcases=[*result.testcases, *cases][:MAX_STEP_TESTCASES],
+    )
 
 
 _STD_STREAM_PATH_RE = lazy_regex(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
@@ -7346,7 +8105,7 @@ _STD_STREAM_PATH_RE = lazy_regex(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/
 def _write_fd(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def write_report_copy(path: Path, data: bytes) -> None:
@@ -7407,8 +8166,10 @@ def summary_counts(record: dict[str, Any]) -> str:
 
 
 def closing_line(record: dict[str, Any]) -> str:
-    return (f"{record.get('workflow')}: {summary_counts(record)} in "
-            f"{float(record.get('duration_s') or 0):.1f}s (run {record.get('run_id')})")
+    return (
+        f"{record.get('workflow')}: {summary_counts(record)} in "
+        f"{float(record.get('duration_s') or 0):.1f}s (run {record.get('run_id')})"
+    )
 
 
 def render_step_table(record: dict[str, Any], detail_text: Callable[[str], str] = readable) -> list[str]:
@@ -7423,8 +8184,10 @@ def render_step_table(record: dict[str, Any], detail_text: Callable[[str], str] 
         start = ""
         if offsets is not None:
             start = f"{'+' + format_duration(offsets[i]) if offsets[i] is not None else '-':>8}"
-        rows.append(f"  {label:<8}{start} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
-                    + (f" — {detail}" if detail and status != "passed" else ""))
+        rows.append(
+            f"  {label:<8}{start} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
+            + (f" — {detail}" if detail and status != "passed" else "")
+        )
     if any(e.get("allowed_failure") for e in record.get("log", [])):
         rows.append("  (* failure allowed by continue_on_error)")
     return rows
@@ -7489,16 +8252,23 @@ class Console(RunSink):
 
     MODES = ("live", "grouped", "prefixed")
 
-    def __init__(self, quiet: bool = False, stream: Any = None, debug: bool = False,
-                 color: bool | None = None, ci: PlainCIOutput | None = None,
-                 output: str = "live") -> None:
+    def __init__(
+        self,
+        quiet: bool = False,
+        stream: Any = None,
+        debug: bool = False,
+        color: bool | None = None,
+        ci: PlainCIOutput | None = None,
+        output: str = "live",
+    ) -> None:
         self.stream = _ConsoleStream(stream if stream is not None else sys.stdout)
         self.quiet = quiet
         self.debug_enabled = debug
         is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.is_tty = is_tty
-        self.color = (is_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
-                      if color is None else color)
+        self.color = (
+            is_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb" if color is None else color
+        )
         self.ci = ci if ci is not None else PlainCIOutput()
         if output == "prefixed" and self.ci.name != "none":
             output = "grouped"
@@ -7559,8 +8329,7 @@ class Console(RunSink):
 
     def _live_text(self) -> list[str]:
         now = time.monotonic()
-        return [f"{self._number(step)} {step.name} … {now - since:.0f}s"
-                for step, since in self.running.values()]
+        return [f"{self._number(step)} {step.name} … {now - since:.0f}s" for step, since in self.running.values()]
 
     def _clear_live(self) -> None:
         if not self.live_lines:
@@ -7585,8 +8354,7 @@ class Console(RunSink):
         else:
             text = self._live_text()
         self._clear_live()
-        self.stream.write("\r\x1b[2K" + "\n".join(self.style(t, "dim") if not self.quiet else t
-                                                  for t in text))
+        self.stream.write("\r\x1b[2K" + "\n".join(self.style(t, "dim") if not self.quiet else t for t in text))
         self.stream.flush()
         self.live_lines = len(text)
 
@@ -7610,6 +8378,7 @@ class Console(RunSink):
                 if data:
                     self.at_line_start = bytes(data[-1:]) == b"\n"
                 self.last_output = time.monotonic()
+
         return write
 
     _PREFIX_LINE_MAX = 64 * 1024  # a line that never ends is printed in pieces of this size
@@ -7621,7 +8390,7 @@ class Console(RunSink):
             rest = lines.pop()
             while len(rest) > self._PREFIX_LINE_MAX:
                 lines.append(rest[: self._PREFIX_LINE_MAX])
-                rest = rest[self._PREFIX_LINE_MAX:]
+                rest = rest[self._PREFIX_LINE_MAX :]
             self.partial[step.index] = rest
             if lines:
                 self._clear_live()
@@ -7657,8 +8426,12 @@ class Console(RunSink):
             self.total = len(workflow.steps)
             self._lines(self.ci.run_started(masker))
             if not self.quiet:
-                self.write(self.style(f"orchestrate: {workflow.name} ({plural(len(workflow.steps), 'step')}, "
-                                      f"run {record['run_id']})", "dim"))
+                self.write(
+                    self.style(
+                        f"orchestrate: {workflow.name} ({plural(len(workflow.steps), 'step')}, run {record['run_id']})",
+                        "dim",
+                    )
+                )
 
     def _header(self, step: Step) -> None:
         self._lines(self.ci.step_started(step))
@@ -7678,13 +8451,23 @@ class Console(RunSink):
 
     def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
         if not self.quiet:
-            self.write(self.style(f"{self._number(step)} {step.name} ({step.type}): skipped — "
-                                  f"{self.step_text(str(entry.get('message', '')))}", "skipped"))
+            self.write(
+                self.style(
+                    f"{self._number(step)} {step.name} ({step.type}): skipped — "
+                    f"{self.step_text(str(entry.get('message', '')))}",
+                    "skipped",
+                )
+            )
 
     def step_reused(self, step: Step, entry: dict[str, Any]) -> None:
         if not self.quiet:
-            self.write(self.style(f"{self._number(step)} {step.name} ({step.type}): passed — "
-                                  f"{self.step_text(str(entry.get('message', '')))}", "passed"))
+            self.write(
+                self.style(
+                    f"{self._number(step)} {step.name} ({step.type}): passed — "
+                    f"{self.step_text(str(entry.get('message', '')))}",
+                    "passed",
+                )
+            )
 
     def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
         with self.lock:
@@ -7694,8 +8477,11 @@ class Console(RunSink):
             if binary is not None:
                 binary.flush()
             status = entry["status"]
-            kind = "failed" if status == "failed" and not entry.get("allowed_failure") else (
-                "skipped" if status != "passed" else "passed")
+            kind = (
+                "failed"
+                if status == "failed" and not entry.get("allowed_failure")
+                else ("skipped" if status != "passed" else "passed")
+            )
             if not self.quiet:
                 if self.mode == "grouped":
                     self._header(step)
@@ -7715,9 +8501,12 @@ class Console(RunSink):
                     # the step's own lines: fenced under GitHub, like its live output
                     for line in self.ci.fence(step, [self.masker.mask_readable(str(entry["output_tail"]))]):
                         self.write(line)
-            text = f"  {status}" + (" (allowed)" if entry.get("allowed_failure") else "") + \
-                f" in {format_duration(entry.get('duration_s'))}" + \
-                (f": {self.step_text(str(entry['message']))}" if entry.get("message") and status != "passed" else "")
+            text = (
+                f"  {status}"
+                + (" (allowed)" if entry.get("allowed_failure") else "")
+                + f" in {format_duration(entry.get('duration_s'))}"
+                + (f": {self.step_text(str(entry['message']))}" if entry.get("message") and status != "passed" else "")
+            )
             if self.mode == "prefixed":
                 text = f"{self._number(step)} {step.name}:{text[1:]}"
             if not self.quiet or status == "failed":
@@ -7756,9 +8545,14 @@ HTML_JUNIT_MAX_BYTES = 32 * 1024 * 1024  # a JUnit file beyond this is not read 
 
 # status -> (symbol, text): the page never tells a status by colour alone
 _STATUS_MARKS = {
-    "passed": ("✓", "passed"), "failed": ("✗", "failed"), "allowed": ("!", "failed (allowed)"),
-    "skipped": ("–", "skipped"), "pending": ("○", "pending"), "running": ("…", "running"),
-    "reused": ("↺", "reused"), "completed": ("✓", "completed"),
+    "passed": ("✓", "passed"),
+    "failed": ("✗", "failed"),
+    "allowed": ("!", "failed (allowed)"),
+    "skipped": ("–", "skipped"),
+    "pending": ("○", "pending"),
+    "running": ("…", "running"),
+    "reused": ("↺", "reused"),
+    "completed": ("✓", "completed"),
 }
 
 
@@ -7822,7 +8616,7 @@ def ansi_to_html(text: str) -> str:
         out.append(f'<span class="{" ".join(classes)}">{chunk}</span>' if classes else chunk)
 
     for match in _sgr_re().finditer(text):
-        emit(text[pos:match.start()])
+        emit(text[pos : match.start()])
         _apply_sgr(state, match.group(1))
         pos = match.end()
     emit(text[pos:])
@@ -7869,8 +8663,10 @@ def _open_regular(path: Path) -> int | None:
     import stat
 
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(
+            path,
+            os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0),
+        )
     except OSError:
         return None
     try:
@@ -7882,8 +8678,9 @@ def _open_regular(path: Path) -> int | None:
     return None
 
 
-def read_log_tail(path: Path, masker: Masker | None = None, max_bytes: int = HTML_TAIL_MAX_BYTES,
-                  max_lines: int = HTML_TAIL_MAX_LINES) -> str | None:
+def read_log_tail(
+    path: Path, masker: Masker | None = None, max_bytes: int = HTML_TAIL_MAX_BYTES, max_lines: int = HTML_TAIL_MAX_LINES
+) -> str | None:
     """The end of a step log as text with its escape sequences (for ansi_to_html), masked
     again with `masker`; None when there is no regular file to read."""
     fd = _open_regular(path)
@@ -7954,10 +8751,16 @@ def read_junit_testcases(path: Path, record: Mapping[str, Any]) -> tuple[dict[in
             if problem is None:
                 problem = case.find("error")
             status = "failed" if problem is not None else "skipped" if case.find("skipped") is not None else "passed"
-            found.setdefault(step_index, []).append(TestCase(
-                name=case.get("name", ""), classname=case.get("classname", ""), time=_seconds(case.get("time")),
-                status=status, message=problem.get("message", "") if problem is not None else "",
-                text=(problem.text or "") if problem is not None else ""))
+            found.setdefault(step_index, []).append(
+                TestCase(
+                    name=case.get("name", ""),
+                    classname=case.get("classname", ""),
+                    time=_seconds(case.get("time")),
+                    status=status,
+                    message=problem.get("message", "") if problem is not None else "",
+                    text=(problem.text or "") if problem is not None else "",
+                )
+            )
     return found, None
 
 
@@ -7969,12 +8772,14 @@ def _ms_text(ms: float) -> str:
 
 
 _SVG_WIDTH, _SVG_LABEL_W, _SVG_RIGHT_PAD, _SVG_ROW_H, _SVG_TOP = 960, 250, 120, 24, 26
-_SVG_DEFS = ('<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
-             'patternTransform="rotate(45)"><rect width="6" height="6" class="hatch-bg"/>'
-             '<line x1="0" y1="0" x2="0" y2="6" class="hatch-line"/></pattern>'
-             '<pattern id="stripes" width="8" height="8" patternUnits="userSpaceOnUse" '
-             'patternTransform="rotate(-45)"><rect width="8" height="8" class="stripe-bg"/>'
-             '<line x1="0" y1="0" x2="0" y2="8" class="stripe-line"/></pattern></defs>')
+_SVG_DEFS = (
+    '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+    'patternTransform="rotate(45)"><rect width="6" height="6" class="hatch-bg"/>'
+    '<line x1="0" y1="0" x2="0" y2="6" class="hatch-line"/></pattern>'
+    '<pattern id="stripes" width="8" height="8" patternUnits="userSpaceOnUse" '
+    'patternTransform="rotate(-45)"><rect width="8" height="8" class="stripe-bg"/>'
+    '<line x1="0" y1="0" x2="0" y2="8" class="stripe-line"/></pattern></defs>'
+)
 
 
 def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
@@ -7992,10 +8797,13 @@ def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
         origin = spans[0][0] if spans else now_ms
     total = max(1, max([end for _, end, _ in spans] + [origin + 1]) - origin)
     height = _SVG_TOP + _SVG_ROW_H * (len(spans) + len(unstarted)) + 8
-    parts = [f'<svg class="timeline" viewBox="0 0 {_SVG_WIDTH} {height}" width="100%" role="img" '
-             f'aria-labelledby="timeline-title" xmlns="http://www.w3.org/2000/svg">',
-             '<title id="timeline-title">Timeline of the steps, in start order</title>', _SVG_DEFS,
-             _timeline_ticks(total, height)]
+    parts = [
+        f'<svg class="timeline" viewBox="0 0 {_SVG_WIDTH} {height}" width="100%" role="img" '
+        f'aria-labelledby="timeline-title" xmlns="http://www.w3.org/2000/svg">',
+        '<title id="timeline-title">Timeline of the steps, in start order</title>',
+        _SVG_DEFS,
+        _timeline_ticks(total, height),
+    ]
     for row, (start, end, index) in enumerate(spans):
         parts.append(_timeline_bar(entries[index], index, row, start - origin, end - origin, total))
     for row, index in enumerate(unstarted, start=len(spans)):
@@ -8004,8 +8812,9 @@ def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
     return "".join(parts)
 
 
-def _timeline_spans(entries: Sequence[Mapping[str, Any]], origin: int | None,
-                    now_ms: int) -> tuple[list[tuple[int, int, int]], list[int]]:
+def _timeline_spans(
+    entries: Sequence[Mapping[str, Any]], origin: int | None, now_ms: int
+) -> tuple[list[tuple[int, int, int]], list[int]]:
     """(start, end, index) of the steps that started, by start then step order; the others."""
     spans: list[tuple[int, int, int]] = []
     unstarted: list[int] = []
@@ -8017,8 +8826,13 @@ def _timeline_spans(entries: Sequence[Mapping[str, Any]], origin: int | None,
         end = _epoch_ms(entry.get("finished_at"))
         if end is None:
             duration = entry.get("duration_s")
-            end = (start + int(float(duration) * 1000) if isinstance(duration, (int, float))
-                   and not isinstance(duration, bool) and entry.get("status") != "running" else max(start, now_ms))
+            end = (
+                start + int(float(duration) * 1000)
+                if isinstance(duration, (int, float))
+                and not isinstance(duration, bool)
+                and entry.get("status") != "running"
+                else max(start, now_ms)
+            )
         if origin is not None and start < origin:  # a clock set back mid-run: never left of zero
             start, end = origin, max(end, origin)
         spans.append((start, max(end, start), index))
@@ -8031,8 +8845,10 @@ def _timeline_ticks(total: int, height: int) -> str:
     out, tick, step = [], 0, _tick_step(total)
     while tick <= total:
         x = _SVG_LABEL_W + tick / total * chart_w
-        out.append(f'<line class="grid" x1="{x:.1f}" y1="{_SVG_TOP - 6}" x2="{x:.1f}" y2="{height - 4}"/>'
-                   f'<text class="tick" x="{x:.1f}" y="{_SVG_TOP - 10}">{_ms_text(tick)}</text>')
+        out.append(
+            f'<line class="grid" x1="{x:.1f}" y1="{_SVG_TOP - 6}" x2="{x:.1f}" y2="{height - 4}"/>'
+            f'<text class="tick" x="{x:.1f}" y="{_SVG_TOP - 10}">{_ms_text(tick)}</text>'
+        )
         tick += step
     return "".join(out)
 
@@ -8053,12 +8869,14 @@ def _timeline_bar(entry: Mapping[str, Any], index: int, row: int, start: int, en
     took = _ms_text(end - start)
     tip = f"{name}: {status_label(kind)}, started +{_ms_text(start)}, {took}"
     label_x, anchor = (x + w + 6, "start") if x + w + 6 < _SVG_WIDTH - 70 else (x - 6, "end")
-    return (f'<g class="bar {kind}" data-step="{html_text(name)}" data-index="{index}" '
-            f'data-start-ms="{start}" data-end-ms="{end}"><title>{html_text(tip)}</title>'
-            f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
-            f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{_SVG_ROW_H - 8}" rx="2"/>'
-            f'<text class="what" x="{label_x:.1f}" y="{y + 16}" text-anchor="{anchor}">'
-            f'{html_text(_STATUS_MARKS[kind][1])} {took}</text></g>')
+    return (
+        f'<g class="bar {kind}" data-step="{html_text(name)}" data-index="{index}" '
+        f'data-start-ms="{start}" data-end-ms="{end}"><title>{html_text(tip)}</title>'
+        f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
+        f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{_SVG_ROW_H - 8}" rx="2"/>'
+        f'<text class="what" x="{label_x:.1f}" y="{y + 16}" text-anchor="{anchor}">'
+        f"{html_text(_STATUS_MARKS[kind][1])} {took}</text></g>"
+    )
 
 
 def _timeline_mark(entry: Mapping[str, Any], index: int, row: int) -> str:
@@ -8069,17 +8887,35 @@ def _timeline_mark(entry: Mapping[str, Any], index: int, row: int) -> str:
     cx, cy = _SVG_LABEL_W + 6, y + _SVG_ROW_H / 2
     reason = str(entry.get("message") or "")
     reason = reason if len(reason) <= 60 else reason[:59] + "…"
-    return (f'<g class="mark {kind}" data-step="{html_text(name)}" data-index="{index}">'
-            f'<title>{html_text(name + ": " + status_label(kind) + (" — " + reason if reason else ""))}</title>'
-            f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
-            f'<path d="M{cx - 5} {cy} L{cx} {cy - 5} L{cx + 5} {cy} L{cx} {cy + 5} Z"/>'
-            f'<text class="what" x="{cx + 10}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][1])}'
-            f'{html_text(" — " + reason) if reason else ""}</text></g>')
+    return (
+        f'<g class="mark {kind}" data-step="{html_text(name)}" data-index="{index}">'
+        f"<title>{html_text(name + ': ' + status_label(kind) + (' — ' + reason if reason else ''))}</title>"
+        f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
+        f'<path d="M{cx - 5} {cy} L{cx} {cy - 5} L{cx + 5} {cy} L{cx} {cy + 5} Z"/>'
+        f'<text class="what" x="{cx + 10}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][1])}'
+        f"{html_text(' — ' + reason) if reason else ''}</text></g>"
+    )
 
 
 def _tick_step(total_ms: int) -> int:
-    for step in (100, 200, 500, 1000, 2000, 5000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000,
-                 600_000, 900_000, 1_800_000, 3_600_000):
+    for step in (
+        100,
+        200,
+        500,
+        1000,
+        2000,
+        5000,
+        10_000,
+        15_000,
+        30_000,
+        60_000,
+        120_000,
+        300_000,
+        600_000,
+        900_000,
+        1_800_000,
+        3_600_000,
+    ):
         if total_ms / step <= 8:
             return step
     return max(1, total_ms // 8)
@@ -8104,9 +8940,14 @@ def _test_rows(entry: Mapping[str, Any], cases: Sequence[TestCase] | None) -> li
     return rows
 
 
-def render_report_body(record: Mapping[str, Any], testcases: Mapping[int, Sequence[TestCase]] | None = None,
-                       tails: Mapping[int, str] | None = None, log_links: Mapping[int, str] | None = None,
-                       junit_problem: str | None = None, now_ms: int | None = None) -> str:
+def render_report_body(
+    record: Mapping[str, Any],
+    testcases: Mapping[int, Sequence[TestCase]] | None = None,
+    tails: Mapping[int, str] | None = None,
+    log_links: Mapping[int, str] | None = None,
+    junit_problem: str | None = None,
+    now_ms: int | None = None,
+) -> str:
     """The report of one run as an HTML fragment (header, timeline, steps, failed tests,
     output): what the report file and the dashboard's run page both show. Pure: whatever it
     shows comes in through its arguments. `tails` holds each step's log end with its escape
@@ -8143,21 +8984,34 @@ def _report_header(record: Mapping[str, Any], now_ms: int) -> str:
         took = format_duration(max(0, now_ms - started_ms) / 1000) + " so far"
     else:
         took = "-"
-    facts = [("Run", f'<code>{html_text(record.get("run_id"))}</code>'),
-             ("Trigger", html_text(trigger.get("source") or "?")
-              + (html_text(f" ({trigger['hook']})") if trigger.get("hook") else ""))]
+    facts = [
+        ("Run", f"<code>{html_text(record.get('run_id'))}</code>"),
+        (
+            "Trigger",
+            html_text(trigger.get("source") or "?")
+            + (html_text(f" ({trigger['hook']})") if trigger.get("hook") else ""),
+        ),
+    ]
     if git.get("commit") or git.get("branch"):
-        facts.append(("Git", html_text(git.get("branch") or "detached")
-                      + (f' @ <code>{html_text(str(git.get("commit"))[:12])}</code>' if git.get("commit") else "")
-                      + (" (uncommitted changes)" if git.get("dirty") else "")))
+        facts.append(
+            (
+                "Git",
+                html_text(git.get("branch") or "detached")
+                + (f" @ <code>{html_text(str(git.get('commit'))[:12])}</code>" if git.get("commit") else "")
+                + (" (uncommitted changes)" if git.get("dirty") else ""),
+            )
+        )
     facts.append(("Started", html_text(_iso_text(record.get("started_at")))))
     facts.append(("Duration", f'<span id="run-elapsed" data-started-ms="{started_ms or ""}">{html_text(took)}</span>'))
     facts.append(("Steps", html_text(summary_counts(dict(record)))))
     if record.get("message"):
         facts.append(("Message", html_text(record.get("message"))))
-    return (f'<header class="run"><h1>{html_text(record.get("workflow") or "run")} '
-            f'<span id="run-status" class="status {run_kind}">{html_text(status_label(run_kind))}</span></h1><dl>'
-            + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl></header>")
+    return (
+        f'<header class="run"><h1>{html_text(record.get("workflow") or "run")} '
+        f'<span id="run-status" class="status {run_kind}">{html_text(status_label(run_kind))}</span></h1><dl>'
+        + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
+        + "</dl></header>"
+    )
 
 
 def _report_steps(entries: Sequence[Mapping[str, Any]], origin_ms: int | None) -> str:
@@ -8168,25 +9022,34 @@ def _report_steps(entries: Sequence[Mapping[str, Any]], origin_ms: int | None) -
         start = _epoch_ms(entry.get("started_at"))
         offset = f"+{_ms_text(start - origin_ms)}" if start is not None and origin_ms is not None else "-"
         dur = entry.get("duration_s")
-        dur_text = (format_duration(float(dur)) if isinstance(dur, (int, float)) and not isinstance(dur, bool)
-                    else "running" if kind == "running" else "-")
+        dur_text = (
+            format_duration(float(dur))
+            if isinstance(dur, (int, float)) and not isinstance(dur, bool)
+            else "running"
+            if kind == "running"
+            else "-"
+        )
         attempts = entry.get("attempts")
         message = str(entry.get("message") or "")
         rows.append(
             f'<tr id="step-row-{index}" class="{kind}" data-step="{html_text(entry.get("step"))}"'
             f' data-started-ms="{start if start is not None else ""}"><td>{index + 1}</td>'
             f'<td><a href="#step-{index + 1}">{html_text(entry.get("step"))}</a></td>'
-            f'<td>{html_text(entry.get("type") or "")}</td>'
+            f"<td>{html_text(entry.get('type') or '')}</td>"
             f'<td class="status {kind}">{html_text(status_label(kind))}</td><td>{html_text(offset)}</td>'
             f'<td class="duration">{html_text(dur_text)}</td><td>{html_text(attempts if attempts else "-")}</td>'
-            f'<td class="message">{html_text(message)}</td></tr>')
-    return ('<section id="steps"><h2>Steps</h2><table class="steps"><thead><tr><th>#</th><th>Step</th>'
-            '<th>Type</th><th>Status</th><th>Started</th><th>Duration</th><th>Attempts</th>'
-            '<th>Message</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></section>")
+            f'<td class="message">{html_text(message)}</td></tr>'
+        )
+    return (
+        '<section id="steps"><h2>Steps</h2><table class="steps"><thead><tr><th>#</th><th>Step</th>'
+        "<th>Type</th><th>Status</th><th>Started</th><th>Duration</th><th>Attempts</th>"
+        "<th>Message</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
+    )
 
 
-def _report_failed_tests(entries: Sequence[Mapping[str, Any]], testcases: Mapping[int, Sequence[TestCase]],
-                         junit_problem: str | None) -> str:
+def _report_failed_tests(
+    entries: Sequence[Mapping[str, Any]], testcases: Mapping[int, Sequence[TestCase]], junit_problem: str | None
+) -> str:
     """Each step's failed tests with their files ("" when none failed and JUnit read fine)."""
     blocks = []
     for index, entry in enumerate(entries):
@@ -8199,18 +9062,25 @@ def _report_failed_tests(entries: Sequence[Mapping[str, Any]], testcases: Mappin
         items = "".join(
             f'<li class="failed-test"><span class="file">{html_text(spec) if spec else "(no file)"}</span> '
             f'<span class="test-name">{html_text(name)}</span>'
-            + (f'<div class="test-message">{html_text(msg)}</div>' if msg else "") + "</li>"
-            for spec, name, msg in tests)
-        blocks.append(f'<h3>{html_text(entry.get("step"))} <span class="count">({html_text(head)})</span></h3>'
-                      f'<ul class="failed-tests">{items}</ul>')
+            + (f'<div class="test-message">{html_text(msg)}</div>' if msg else "")
+            + "</li>"
+            for spec, name, msg in tests
+        )
+        blocks.append(
+            f'<h3>{html_text(entry.get("step"))} <span class="count">({html_text(head)})</span></h3>'
+            f'<ul class="failed-tests">{items}</ul>'
+        )
     if not blocks and not junit_problem:
         return ""
-    return ('<section id="failed-tests"><h2>Failed tests</h2>' + "".join(blocks)
-            + (f'<p class="problem">{html_text(junit_problem)}</p>' if junit_problem else "") + "</section>")
+    return (
+        '<section id="failed-tests"><h2>Failed tests</h2>'
+        + "".join(blocks)
+        + (f'<p class="problem">{html_text(junit_problem)}</p>' if junit_problem else "")
+        + "</section>"
+    )
 
 
-def _report_output(entries: Sequence[Mapping[str, Any]], tails: Mapping[int, str],
-                   log_links: Mapping[int, str]) -> str:
+def _report_output(entries: Sequence[Mapping[str, Any]], tails: Mapping[int, str], log_links: Mapping[int, str]) -> str:
     """Each step's output end, ANSI colours as HTML, with a link to the full log."""
     logs = []
     for index, entry in enumerate(entries):
@@ -8222,13 +9092,16 @@ def _report_output(entries: Sequence[Mapping[str, Any]], tails: Mapping[int, str
             continue
         logs.append(
             f'<div class="log {kind}" id="step-{index + 1}"><h3><span class="status {kind}">'
-            f'{html_text(status_label(kind))}</span> {html_text(entry.get("step"))}'
+            f"{html_text(status_label(kind))}</span> {html_text(entry.get('step'))}"
             + (f' <a class="full-log" href="{html_text(link)}">full log</a>' if link else "")
-            + f'</h3><pre id="tail-{index}">{body or "<i>(no output)</i>"}</pre></div>')
+            + f'</h3><pre id="tail-{index}">{body or "<i>(no output)</i>"}</pre></div>'
+        )
     if not logs:
         return ""
-    return ('<section id="output"><h2>Output</h2><p class="hint">The last lines of each step; '
-            '“full log” opens all of it.</p>' + "".join(logs) + "</section>")
+    return (
+        '<section id="output"><h2>Output</h2><p class="hint">The last lines of each step; '
+        "“full log” opens all of it.</p>" + "".join(logs) + "</section>"
+    )
 
 
 _REPORT_CSS = """
@@ -8288,27 +9161,37 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
-def render_html_report(record: Mapping[str, Any], testcases: Mapping[int, Sequence[TestCase]] | None = None,
-                       tails: Mapping[int, str] | None = None, log_links: Mapping[int, str] | None = None,
-                       junit_problem: str | None = None, now_ms: int | None = None) -> str:
+def render_html_report(
+    record: Mapping[str, Any],
+    testcases: Mapping[int, Sequence[TestCase]] | None = None,
+    tails: Mapping[int, str] | None = None,
+    log_links: Mapping[int, str] | None = None,
+    junit_problem: str | None = None,
+    now_ms: int | None = None,
+) -> str:
     """The self-contained HTML report of one run (see render_report_body for the arguments):
     no external asset, and a Content-Security-Policy that lets the browser run only the
     page's own style and script, whatever text ends up in it."""
-    policy = (f"default-src 'none'; style-src {_csp_hash(_REPORT_CSS)}; script-src {_csp_hash(_REPORT_JS)}; "
-              "img-src data:; base-uri 'none'; form-action 'none'")
+    policy = (
+        f"default-src 'none'; style-src {_csp_hash(_REPORT_CSS)}; script-src {_csp_hash(_REPORT_JS)}; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
     title = f"{record.get('workflow') or 'run'} {record.get('status') or ''} — run {record.get('run_id') or ''}"
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<meta name="generator" content="orchestrate {__version__}">'
-            f"<title>{html_text(title)}</title><style>{_REPORT_CSS}</style></head>\n<body>\n"
-            + render_report_body(record, testcases, tails, log_links, junit_problem, now_ms)
-            + f'\n<footer class="hint">orchestrate {__version__} · report written {html_text(_iso_text(utc_now()))}</footer>'
-            f"\n<script>{_REPORT_JS}</script>\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="orchestrate {__version__}">'
+        f"<title>{html_text(title)}</title><style>{_REPORT_CSS}</style></head>\n<body>\n"
+        + render_report_body(record, testcases, tails, log_links, junit_problem, now_ms)
+        + f'\n<footer class="hint">orchestrate {__version__} · report written {html_text(_iso_text(utc_now()))}</footer>'
+        f"\n<script>{_REPORT_JS}</script>\n</body></html>\n"
+    )
 
 
-def gather_report_inputs(record: Mapping[str, Any], store: RunStore, link_base: Path | None,
-                         masker: Masker | None = None) -> dict[str, Any]:
+def gather_report_inputs(
+    record: Mapping[str, Any], store: RunStore, link_base: Path | None, masker: Masker | None = None
+) -> dict[str, Any]:
     """What render_report_body needs beyond the record, read from the run's folder: each
     step log's end (masked again with `masker`), links to the logs relative to `link_base`
     (the report's folder; None: no links) and the JUnit test cases."""
@@ -8356,8 +9239,13 @@ def check_report_target(path: Path, flag: str) -> Path:
     return path
 
 
-def write_html_report(record: Mapping[str, Any], store: RunStore, path: Path | None = None,
-                      masker: Masker | None = None, flag: str = "--html") -> Path:
+def write_html_report(
+    record: Mapping[str, Any],
+    store: RunStore,
+    path: Path | None = None,
+    masker: Masker | None = None,
+    flag: str = "--html",
+) -> Path:
     """Write the run's HTML report atomically (default runs/<run_id>/report.html); returns
     where. Folders it creates and the file get the modes of everything under runs/."""
     target = path if path is not None else store.run_dir(str(record.get("run_id"))) / "report.html"
@@ -8414,12 +9302,27 @@ GIT_TIMEOUT = 60.0  # seconds; a git call that takes longer is stuck (a lock, a 
 # pre-commit's list (pre_commit/git.py no_git_env): variables git sets for a hook that would
 # point a nested git at the wrong repository (GIT_DIR, GIT_INDEX_FILE, GIT_WORK_TREE...) are
 # dropped; these configure transport or identity and are kept.
-_GIT_ENV_KEEP = frozenset({
-    "GIT_EXEC_PATH", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_NO_VERIFY",
-    "GIT_CONFIG_COUNT", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM",
-    "GIT_HTTP_PROXY_AUTHMETHOD", "GIT_ALLOW_PROTOCOL", "GIT_ASKPASS", "GIT_TERMINAL_PROMPT",
-    "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL",
-})
+_GIT_ENV_KEEP = frozenset(
+    {
+        "GIT_EXEC_PATH",
+        "GIT_SSH",
+        "GIT_SSH_COMMAND",
+        "GIT_SSL_CAINFO",
+        "GIT_SSL_NO_VERIFY",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_GLOBAL",
+        "GIT_CONFIG_SYSTEM",
+        "GIT_CONFIG_NOSYSTEM",
+        "GIT_HTTP_PROXY_AUTHMETHOD",
+        "GIT_ALLOW_PROTOCOL",
+        "GIT_ASKPASS",
+        "GIT_TERMINAL_PROMPT",
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+    }
+)
 _GIT_ENV_KEEP_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
 
 # githooks(5): all-zero object names mean "no object": 40 hex digits for SHA-1 repositories,
@@ -8437,9 +9340,9 @@ class GitError(OrchestrateError):
 def strip_git_env(env: Mapping[str, str]) -> dict[str, str]:
     """`env` without the GIT_* variables a hook exports (GIT_DIR, GIT_INDEX_FILE, GIT_PREFIX...)."""
     return {
-        key: value for key, value in env.items()
-        if not key.startswith("GIT_") or key in _GIT_ENV_KEEP
-        or key.startswith(_GIT_ENV_KEEP_PREFIXES)
+        key: value
+        for key, value in env.items()
+        if not key.startswith("GIT_") or key in _GIT_ENV_KEEP or key.startswith(_GIT_ENV_KEEP_PREFIXES)
     }
 
 
@@ -8448,12 +9351,34 @@ def strip_git_env(env: Mapping[str, str]) -> dict[str, str]:
 # locale, and the SSH agent and proxies a future remote call would need. Nothing else: a
 # GIT_CONFIG_COUNT/KEY/VALUE triple in the environment once set core.fsmonitor, which
 # `git status` runs as a command (and LD_PRELOAD, GIT_EXEC_PATH or GIT_DIR steer git too).
-_GIT_CALL_ENV = frozenset({
-    "HOME", "PATH", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "XDG_CONFIG_HOME",
-    "SSH_AUTH_SOCK", "GNUPGHOME", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY",
-    "HTTPS_PROXY", "NO_PROXY", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM",
-    "GIT_CEILING_DIRECTORIES", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO",
-})
+_GIT_CALL_ENV = frozenset(
+    {
+        "HOME",
+        "PATH",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "XDG_CONFIG_HOME",
+        "SSH_AUTH_SOCK",
+        "GNUPGHOME",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "GIT_CONFIG_GLOBAL",
+        "GIT_CONFIG_SYSTEM",
+        "GIT_CONFIG_NOSYSTEM",
+        "GIT_CEILING_DIRECTORIES",
+        "GIT_SSH",
+        "GIT_SSH_COMMAND",
+        "GIT_SSL_CAINFO",
+    }
+)
 
 
 def git_call_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -8464,8 +9389,7 @@ def git_call_environment(env: Mapping[str, str]) -> dict[str, str]:
     return child
 
 
-def run_git(args: Sequence[str], cwd: Path, *, check: bool = True,
-            env: Mapping[str, str] | None = None) -> str:
+def run_git(args: Sequence[str], cwd: Path, *, check: bool = True, env: Mapping[str, str] | None = None) -> str:
     """Run `git ARGS` in `cwd` and return its stdout (utf-8, undecodable bytes escaped).
 
     The one place orchestrate runs git (GitCall): stdin is closed and prompts are off so it can
@@ -8491,8 +9415,9 @@ class GitCall:
                 out_r, out_w = os.pipe()
                 err_r, err_w = os.pipe()
                 try:
-                    pid = spawn_process(["git", "-C", str(cwd), *args], child_env, stdin=_devnull(),
-                                        stdout=out_w, stderr=err_w)
+                    pid = spawn_process(
+                        ["git", "-C", str(cwd), *args], child_env, stdin=_devnull(), stdout=out_w, stderr=err_w
+                    )
                 except BaseException:
                     os.close(out_r)
                     os.close(err_r)
@@ -8504,8 +9429,14 @@ class GitCall:
             else:
                 import subprocess
 
-                self.process = subprocess.Popen(self.argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
-                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                self.process = subprocess.Popen(
+                    self.argv,
+                    cwd=cwd,
+                    env=child_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
         except FileNotFoundError:
             self.process = None
 
@@ -8546,6 +9477,7 @@ def _git_lines(args: Sequence[str], cwd: Path) -> list[str]:
 
 # --- Push refs -------------------------------------------------------------------------------
 
+
 def is_zero_oid(oid: str) -> bool:
     return bool(_ZERO_OID_RE.match(oid))
 
@@ -8576,11 +9508,15 @@ class PushRef:
     def branch(self) -> str | None:
         """The remote branch name pushed to ("main" for refs/heads/main), None for others."""
         prefix = "refs/heads/"
-        return self.remote_ref[len(prefix):] if self.remote_ref.startswith(prefix) else None
+        return self.remote_ref[len(prefix) :] if self.remote_ref.startswith(prefix) else None
 
     def as_dict(self) -> dict[str, str]:
-        return {"local_ref": self.local_ref, "local_oid": self.local_oid,
-                "remote_ref": self.remote_ref, "remote_oid": self.remote_oid}
+        return {
+            "local_ref": self.local_ref,
+            "local_oid": self.local_oid,
+            "remote_ref": self.remote_ref,
+            "remote_oid": self.remote_oid,
+        }
 
 
 @dataclass(frozen=True)
@@ -8601,8 +9537,7 @@ class PushInfo:
         return [ref.branch for ref in self.updates if ref.branch]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"remote": self.remote, "url": self.url,
-                "refs": [ref.as_dict() for ref in self.refs]}
+        return {"remote": self.remote, "url": self.url, "refs": [ref.as_dict() for ref in self.refs]}
 
 
 def parse_push_refs(text: str, remote: str = "", url: str = "") -> PushInfo:
@@ -8621,7 +9556,8 @@ def parse_push_refs(text: str, remote: str = "", url: str = "") -> PushInfo:
             raise UsageError(
                 f"--git-hook pre-push: stdin line {number} is not "
                 f"'<local ref> <local oid> <remote ref> <remote oid>': {shorten_middle(line, 200)!r} "
-                "(git writes these lines; run the hook from git, or pass --from-ref/--to-ref)")
+                "(git writes these lines; run the hook from git, or pass --from-ref/--to-ref)"
+            )
         refs.append(PushRef(*fields))
     return PushInfo(remote=remote, url=url, refs=tuple(refs))
 
@@ -8640,8 +9576,9 @@ def push_skip_reason(push: PushInfo, has_new_commits: Callable[[PushRef], bool])
         return f"push only deletes {names}"
     updates = push.updates
     if not updates:
-        tags = ", ".join(ref.remote_ref.removeprefix("refs/tags/")
-                         for ref in push.refs if ref.is_tag and not ref.is_deletion)
+        tags = ", ".join(
+            ref.remote_ref.removeprefix("refs/tags/") for ref in push.refs if ref.is_tag and not ref.is_deletion
+        )
         return f"push only carries tags ({tags})"
     if not any(has_new_commits(ref) for ref in updates):
         return "push carries no new commits (every pushed commit is on the remote already)"
@@ -8674,8 +9611,10 @@ class PushedCommits:
                 self._start(ref)
             call, against_tip = self.calls[ref]
             if against_tip and not call.succeeded():  # git does not have the remote's tip
-                call = GitCall(["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid,
-                                "--not", "--remotes"], self.root)
+                call = GitCall(
+                    ["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid, "--not", "--remotes"],
+                    self.root,
+                )
                 against_tip = False
             self.found[ref] = ([line.split() for line in call.output().splitlines() if line.strip()], against_tip)
         return self.found[ref]
@@ -8712,9 +9651,13 @@ class ChangeSet:
     to_ref: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"description": self.description, "from_ref": self.from_ref,
-                "to_ref": self.to_ref, "branches": list(self.branches),
-                "files": None if self.files is None else len(self.files)}
+        return {
+            "description": self.description,
+            "from_ref": self.from_ref,
+            "to_ref": self.to_ref,
+            "branches": list(self.branches),
+            "files": None if self.files is None else len(self.files),
+        }
 
 
 def push_range(root: Path, ref: PushRef, commits: PushedCommits | None = None) -> tuple[str, str]:
@@ -8727,28 +9670,42 @@ def push_range(root: Path, ref: PushRef, commits: PushedCommits | None = None) -
     return commits.parent_of_first(ref), ref.local_oid
 
 
-def push_changes(root: Path, push: PushInfo, commits: PushedCommits | None = None, *,
-                 list_files: bool = True) -> ChangeSet:
+def push_changes(
+    root: Path, push: PushInfo, commits: PushedCommits | None = None, *, list_files: bool = True
+) -> ChangeSet:
     """The files the pushed commits change: remote oid..local oid for an existing branch;
     for a new branch, from the parent of its first commit not on any remote ref. Without
     list_files (no step has a `when` gate to read them), files stays None and git diff is not run."""
     commits = commits or PushedCommits(root, push.updates)
     ranges = [push_range(root, ref, commits) for ref in push.updates]
-    diffs = ([GitCall(["diff", "--name-only", "--no-renames", "-z", a, b], root) if a else
-              GitCall(["ls-tree", "-r", "--name-only", "-z", b], root)  # a root commit: every file is new
-              for a, b in ranges if a != b] if list_files else [])
+    diffs = (
+        [
+            GitCall(["diff", "--name-only", "--no-renames", "-z", a, b], root)
+            if a
+            else GitCall(["ls-tree", "-r", "--name-only", "-z", b], root)  # a root commit: every file is new
+            for a, b in ranges
+            if a != b
+        ]
+        if list_files
+        else []
+    )
     files: set[str] = set()
     for call in diffs:
         files.update(item for item in call.output().split("\0") if item)
     first_from, first_to = ranges[0] if ranges else ("", "")
     names = ", ".join(ref.remote_ref.removeprefix("refs/heads/") for ref in push.updates)
-    return ChangeSet(files=tuple(sorted(files)) if list_files else None,
-                     description=f"pushed to {push.remote or '?'}: {names}",
-                     branches=tuple(push.branches), from_ref=first_from, to_ref=first_to)
+    return ChangeSet(
+        files=tuple(sorted(files)) if list_files else None,
+        description=f"pushed to {push.remote or '?'}: {names}",
+        branches=tuple(push.branches),
+        from_ref=first_from,
+        to_ref=first_to,
+    )
 
 
-def compare_changes(root: Path, from_ref: str, to_ref: str = "HEAD", *,
-                    branches: Sequence[str] = (), explicit: bool = True) -> ChangeSet:
+def compare_changes(
+    root: Path, from_ref: str, to_ref: str = "HEAD", *, branches: Sequence[str] = (), explicit: bool = True
+) -> ChangeSet:
     """The files changed on `to_ref` since it left `from_ref` (`git diff from...to`, the
     merge-base comparison a pull request shows).
 
@@ -8756,18 +9713,13 @@ def compare_changes(root: Path, from_ref: str, to_ref: str = "HEAD", *,
     (a shallow clone lacks the base) only opens the gates, with the reason kept.
     """
     try:
-        files = _git_lines(["diff", "--name-only", "--no-renames", "-z",
-                            f"{from_ref}...{to_ref}", "--"], root)
+        files = _git_lines(["diff", "--name-only", "--no-renames", "-z", f"{from_ref}...{to_ref}", "--"], root)
     except GitError as exc:
-        hint = ("fetch the full history in CI (actions/checkout fetch-depth: 0, GitLab "
-                "GIT_DEPTH: 0)")
+        hint = "fetch the full history in CI (actions/checkout fetch-depth: 0, GitLab GIT_DEPTH: 0)"
         if explicit:
-            raise UsageError(f"--from-ref {from_ref} --to-ref {to_ref}: cannot compare: "
-                             f"{exc}; {hint}") from None
-        return ChangeSet(None, f"cannot compare {from_ref}...{to_ref} ({hint})",
-                         tuple(branches), from_ref, to_ref)
-    return ChangeSet(tuple(sorted(set(files))), f"{from_ref}...{to_ref}", tuple(branches),
-                     from_ref, to_ref)
+            raise UsageError(f"--from-ref {from_ref} --to-ref {to_ref}: cannot compare: {exc}; {hint}") from None
+        return ChangeSet(None, f"cannot compare {from_ref}...{to_ref} ({hint})", tuple(branches), from_ref, to_ref)
+    return ChangeSet(tuple(sorted(set(files))), f"{from_ref}...{to_ref}", tuple(branches), from_ref, to_ref)
 
 
 # --- Globs and gates -------------------------------------------------------------------------
@@ -8814,17 +9766,20 @@ def gate_reason(when: Mapping[str, Any], changes: ChangeSet) -> str | None:
     branch_patterns = _as_patterns(when.get("branch"))
     if branch_patterns:
         if not changes.branches:
-            return (f"when.branch {branch_patterns}: no branch (detached HEAD, or a push of "
-                    "no branch)")
-        if not any(branch_matches(branch, pattern)
-                   for branch in changes.branches for pattern in branch_patterns):
+            return f"when.branch {branch_patterns}: no branch (detached HEAD, or a push of no branch)"
+        if not any(branch_matches(branch, pattern) for branch in changes.branches for pattern in branch_patterns):
             shown = ", ".join(repr(branch) for branch in changes.branches)
             return f"when.branch {branch_patterns}: branch {shown} does not match"
     changed_patterns = _as_patterns(when.get("changed"))
-    if changed_patterns and changes.files is not None and not any(
-            path_matches(path, pattern) for path in changes.files for pattern in changed_patterns):
-        return (f"when.changed {changed_patterns}: no changed file matches "
-                f"({len(changes.files)} changed, {changes.description})")
+    if (
+        changed_patterns
+        and changes.files is not None
+        and not any(path_matches(path, pattern) for path in changes.files for pattern in changed_patterns)
+    ):
+        return (
+            f"when.changed {changed_patterns}: no changed file matches "
+            f"({len(changes.files)} changed, {changes.description})"
+        )
     return None
 
 
@@ -8860,8 +9815,7 @@ def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, st
     for item in given:
         name = step_by_name_or_number(item, list(by_name))
         if name is None:
-            warnings.append(f"ORCHESTRATE_SKIP: no step {item!r} in this workflow"
-                            f"{did_you_mean(item, by_name)}")
+            warnings.append(f"ORCHESTRATE_SKIP: no step {item!r} in this workflow{did_you_mean(item, by_name)}")
         else:
             names.append(name)
     for step in steps:
@@ -8875,6 +9829,7 @@ def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, st
 
 
 # --- Git state and CI detection --------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GitStatus:
@@ -8898,17 +9853,36 @@ class GitStatus:
         runs_prefix = ""
         if runs_dir is not None and root is not None:
             runs_prefix = prefix + _display_path(runs_dir, root).rstrip("/") + "/"
-        changed = sorted({path for path in (*self.changed, *(self.untracked or ()))
-                          if not (runs_prefix and path.startswith(runs_prefix))})
-        return {"commit": self.commit, "branch": self.branch, "dirty": bool(changed), "changed": changed,
-                "prefix": prefix}
+        changed = sorted(
+            {
+                path
+                for path in (*self.changed, *(self.untracked or ()))
+                if not (runs_prefix and path.startswith(runs_prefix))
+            }
+        )
+        return {
+            "commit": self.commit,
+            "branch": self.branch,
+            "dirty": bool(changed),
+            "changed": changed,
+            "prefix": prefix,
+        }
 
 
 def start_git_status(root: Path, untracked: bool = False) -> GitCall:
     """`git status` for GitStatus, started now (read_git_status reads it). Paths come relative to
     the repository's top; renames are listed as a deletion and an addition."""
-    return GitCall(["status", "--porcelain=v2", "--branch", "-z", "--no-renames",
-                    f"--untracked-files={'all' if untracked else 'no'}"], root)
+    return GitCall(
+        [
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "-z",
+            "--no-renames",
+            f"--untracked-files={'all' if untracked else 'no'}",
+        ],
+        root,
+    )
 
 
 def read_git_status(call: GitCall, untracked: bool = False) -> GitStatus:
@@ -8923,10 +9897,10 @@ def read_git_status(call: GitCall, untracked: bool = False) -> GitStatus:
     for item in out.split("\0"):
         if item.startswith("# branch.oid "):
             seen_header = True
-            oid = item[len("# branch.oid "):]
+            oid = item[len("# branch.oid ") :]
             commit = None if oid == "(initial)" else oid
         elif item.startswith("# branch.head "):
-            head = item[len("# branch.head "):]
+            head = item[len("# branch.head ") :]
             branch = None if head == "(detached)" else head
         elif item.startswith("? "):
             others.append(item[2:])
@@ -8992,9 +9966,13 @@ def detect_ci(env: Mapping[str, str], event: Mapping[str, Any] | None = None) ->
     if env.get("JENKINS_URL") or env.get("JENKINS_HOME"):
         branch = env.get("CHANGE_BRANCH") or env.get("BRANCH_NAME") or env.get("GIT_BRANCH", "")
         target = env.get("CHANGE_TARGET", "")
-        return {"provider": "jenkins", "job_url": env.get("BUILD_URL", ""),
-                "commit": env.get("GIT_COMMIT", ""), "branch": branch.removeprefix("origin/"),
-                "base": f"origin/{target}" if target else ""}
+        return {
+            "provider": "jenkins",
+            "job_url": env.get("BUILD_URL", ""),
+            "commit": env.get("GIT_COMMIT", ""),
+            "branch": branch.removeprefix("origin/"),
+            "base": f"origin/{target}" if target else "",
+        }
     if _truthy(env.get("CI")):
         return {"provider": "generic", "job_url": "", "commit": "", "branch": "", "base": ""}
     return None
@@ -9013,8 +9991,13 @@ def _github_ci(env: Mapping[str, str], event: Mapping[str, Any]) -> dict[str, An
         base = f"origin/{env['GITHUB_BASE_REF']}"
     elif isinstance(event.get("before"), str) and not is_zero_oid(event["before"]):
         base = event["before"]  # a push event: the branch tip before this push
-    return {"provider": "github", "job_url": job_url, "commit": env.get("GITHUB_SHA", ""),
-            "branch": env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", ""), "base": base}
+    return {
+        "provider": "github",
+        "job_url": job_url,
+        "commit": env.get("GITHUB_SHA", ""),
+        "branch": env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", ""),
+        "base": base,
+    }
 
 
 def _gitlab_ci(env: Mapping[str, str]) -> dict[str, Any]:
@@ -9022,14 +10005,22 @@ def _gitlab_ci(env: Mapping[str, str]) -> dict[str, Any]:
     before = env.get("CI_COMMIT_BEFORE_SHA", "")
     if not base and before and not is_zero_oid(before):
         base = before
-    return {"provider": "gitlab", "job_url": env.get("CI_JOB_URL", ""), "commit": env.get("CI_COMMIT_SHA", ""),
-            "branch": (env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
-                       or env.get("CI_COMMIT_BRANCH") or env.get("CI_COMMIT_REF_NAME", "")),
-            "base": base}
+    return {
+        "provider": "gitlab",
+        "job_url": env.get("CI_JOB_URL", ""),
+        "commit": env.get("CI_COMMIT_SHA", ""),
+        "branch": (
+            env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
+            or env.get("CI_COMMIT_BRANCH")
+            or env.get("CI_COMMIT_REF_NAME", "")
+        ),
+        "base": base,
+    }
 
 
-def make_trigger(git: Mapping[str, Any], ci: Mapping[str, Any] | None,
-                 push: PushInfo | None = None, hook: str | None = None) -> dict[str, Any]:
+def make_trigger(
+    git: Mapping[str, Any], ci: Mapping[str, Any] | None, push: PushInfo | None = None, hook: str | None = None
+) -> dict[str, Any]:
     """The run record's "trigger": source (pre-push | ci | cli), provider, job_url, commit,
     branch, the git state, and the push's ref lines when started by the hook."""
     source = hook if hook else ("ci" if ci else "cli")
@@ -9039,8 +10030,7 @@ def make_trigger(git: Mapping[str, Any], ci: Mapping[str, Any] | None,
         "job_url": (ci or {}).get("job_url") or None,
         "commit": (ci or {}).get("commit") or git.get("commit"),
         "branch": (ci or {}).get("branch") or git.get("branch"),
-        "git": {"commit": git.get("commit"), "branch": git.get("branch"),
-                "dirty": git.get("dirty")},
+        "git": {"commit": git.get("commit"), "branch": git.get("branch"), "dirty": git.get("dirty")},
     }
     if ci:
         trigger["ci"] = dict(ci)
@@ -9049,8 +10039,7 @@ def make_trigger(git: Mapping[str, Any], ci: Mapping[str, Any] | None,
     return trigger
 
 
-def step_git_env(env: Mapping[str, str], changes: ChangeSet | None,
-                 push: PushInfo | None) -> dict[str, str]:
+def step_git_env(env: Mapping[str, str], changes: ChangeSet | None, push: PushInfo | None) -> dict[str, str]:
     """A step's environment in hook or CI mode: git's hook variables removed (a step's own
     `git` must see its cwd, not the pushing repository's index), no credential prompts,
     and ORCHESTRATE_PUSH_REMOTE / ORCHESTRATE_FROM_REF / ORCHESTRATE_TO_REF set."""
@@ -9063,6 +10052,7 @@ def step_git_env(env: Mapping[str, str], changes: ChangeSet | None,
 
 
 # --- GitHub Actions and GitLab console markup ------------------------------------------------
+
 
 def gha_escape_data(text: str) -> str:
     """Escape a workflow command's message (actions/toolkit command.ts escapeData)."""
@@ -9210,10 +10200,13 @@ class GitHubCIOutput(PlainCIOutput):
         if entry.get("allowed_failure"):
             return [gha_warning(f"{step.name} failed (continue_on_error)", message)]
         # one annotation on the file of each failed test a report names (GitHub shows ten per step)
-        tests = [gha_error(f"{step.name}: {detail['name']}", str(detail.get("message") or "failed"),
-                           file=str(detail["file"]))
-                 for detail in (entry.get("failed_test_details") or [])[:GHA_TEST_ANNOTATIONS]
-                 if isinstance(detail, dict) and detail.get("file") and detail.get("name")]
+        tests = [
+            gha_error(
+                f"{step.name}: {detail['name']}", str(detail.get("message") or "failed"), file=str(detail["file"])
+            )
+            for detail in (entry.get("failed_test_details") or [])[:GHA_TEST_ANNOTATIONS]
+            if isinstance(detail, dict) and detail.get("file") and detail.get("name")
+        ]
         return [*tests, gha_error(f"{step.name} failed", message)]
 
 
@@ -9235,8 +10228,7 @@ class GitLabCIOutput(PlainCIOutput):
         return [gitlab_section_end(section, self._clock())] if section else []
 
 
-CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {
-    "github": GitHubCIOutput, "gitlab": GitLabCIOutput}
+CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {"github": GitHubCIOutput, "gitlab": GitLabCIOutput}
 
 
 def detect_ci_provider(env: Mapping[str, str] | None = None) -> str | None:
@@ -9251,13 +10243,13 @@ def detect_ci_output() -> PlainCIOutput:
 
 # --- GitHub step summary ---------------------------------------------------------------------
 
+
 def _md_cell(text: Any, limit: int = 300) -> str:
     """A Markdown table cell: one line, no pipe breaking the row, no HTML."""
     value = " ".join(str(text or "").split())
     if len(value) > limit:
-        value = value[:limit - 1] + "…"
-    return (value.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
-            .replace(">", "&gt;"))
+        value = value[: limit - 1] + "…"
+    return value.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _failed_tests(entry: Mapping[str, Any]) -> list[str]:
@@ -9277,9 +10269,14 @@ def _mermaid_label(text: str) -> str:
 
 def render_gantt(record: Mapping[str, Any]) -> str:
     """A Mermaid `gantt` of the steps that ran, on a real clock (dateFormat x = epoch ms)."""
-    lines = ["```mermaid", "gantt",
-             f"    title {_mermaid_label(str(record.get('workflow', 'run')))}",
-             "    dateFormat x", "    axisFormat %M:%S", "    section steps"]
+    lines = [
+        "```mermaid",
+        "gantt",
+        f"    title {_mermaid_label(str(record.get('workflow', 'run')))}",
+        "    dateFormat x",
+        "    axisFormat %M:%S",
+        "    section steps",
+    ]
     drawn = 0
     for index, entry in enumerate(record.get("log") or ()):
         start_ms = _epoch_ms(entry.get("started_at"))
@@ -9289,10 +10286,14 @@ def render_gantt(record: Mapping[str, Any]) -> str:
         if end_ms is None:
             end_ms = start_ms + int(float(entry.get("duration_s") or 0) * 1000)
         # an allowed failure (continue_on_error) did not fail the run: not drawn as critical
-        tag = "" if entry.get("allowed_failure") else {
-            "passed": "done, ", "failed": "crit, ", "running": "active, "}.get(str(entry.get("status")), "")
-        lines.append(f"    {_mermaid_label(str(entry.get('step', '')))} :{tag}s{index}, "
-                     f"{start_ms}, {max(end_ms, start_ms + 1)}")
+        tag = (
+            ""
+            if entry.get("allowed_failure")
+            else {"passed": "done, ", "failed": "crit, ", "running": "active, "}.get(str(entry.get("status")), "")
+        )
+        lines.append(
+            f"    {_mermaid_label(str(entry.get('step', '')))} :{tag}s{index}, {start_ms}, {max(end_ms, start_ms + 1)}"
+        )
         drawn += 1
     lines.append("```")
     return "\n".join(lines) if drawn else ""
@@ -9302,7 +10303,7 @@ def render_step_summary(record: Mapping[str, Any]) -> str:
     """The Markdown appended to $GITHUB_STEP_SUMMARY: headline, table, gantt timeline."""
     log = list(record.get("log") or ())
     trigger = record.get("trigger") or {}
-    head = (f"### orchestrate: {_md_cell(record.get('workflow'))} {record.get('status', '')}")
+    head = f"### orchestrate: {_md_cell(record.get('workflow'))} {record.get('status', '')}"
     # counted as the console's closing line counts them: "1 failed (1 allowed)"
     meta = summary_counts(dict(record)) + f" · run `{record.get('run_id', '')}`"
     if trigger.get("job_url"):
@@ -9342,7 +10343,7 @@ def append_step_summary(env: Mapping[str, str], record: Mapping[str, Any]) -> Pa
 HOOK_ID = "orchestrate-hook-id: 5c1e0a8f3b7d4e2a"  # marks hooks orchestrate wrote; never change
 SUPPORTED_HOOKS = ("pre-push",)
 
-PRE_PUSH_HOOK = r'''#!/bin/sh
+PRE_PUSH_HOOK = r"""#!/bin/sh
 # orchestrate pre-push hook: runs an orchestrate workflow before `git push` sends anything;
 # a failing workflow stops the push.
 # orchestrate-hook-id: 5c1e0a8f3b7d4e2a
@@ -9466,20 +10467,21 @@ fi
 exec "$bin" "$@" <<EOF
 $refs
 EOF
-'''
+"""
 
 
 def render_hook(hook: str = "pre-push", workflow: str | None = None) -> str:
     """The hook script `hook install` writes; `workflow` replaces the default workflow name."""
     if hook not in SUPPORTED_HOOKS:
-        raise UsageError(f"hook {hook!r}: orchestrate installs only "
-                         f"{', '.join(SUPPORTED_HOOKS)}{did_you_mean(hook, SUPPORTED_HOOKS)}")
+        raise UsageError(
+            f"hook {hook!r}: orchestrate installs only "
+            f"{', '.join(SUPPORTED_HOOKS)}{did_you_mean(hook, SUPPORTED_HOOKS)}"
+        )
     text = PRE_PUSH_HOOK
     if workflow:
         check_workflow_name(workflow)
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", workflow):
-            raise UsageError(f"--workflow {workflow!r}: use letters, digits and . _ + - only "
-                             "in a hook's workflow name")
+            raise UsageError(f"--workflow {workflow!r}: use letters, digits and . _ + - only in a hook's workflow name")
         text = text.replace("\ndefault_workflow=pre-push\n", f"\ndefault_workflow={workflow}\n")
     return text
 
@@ -9490,8 +10492,9 @@ def hooks_dir(repo_dir: Path) -> Path:
     try:
         out = run_git(["rev-parse", "--git-path", "hooks"], repo_dir).strip()
     except GitError as exc:
-        raise UsageError(f"{repo_dir}: not inside a git repository ({exc}); run "
-                         "`git init` first or pass --root") from None
+        raise UsageError(
+            f"{repo_dir}: not inside a git repository ({exc}); run `git init` first or pass --root"
+        ) from None
     path = Path(out)
     return path if path.is_absolute() else (repo_dir / path).resolve()
 
@@ -9525,8 +10528,9 @@ class HookChange:
     legacy: Path | None = None
 
 
-def install_hook(repo_dir: Path, hook: str = "pre-push", workflow: str | None = None,
-                 force: bool = False) -> HookChange:
+def install_hook(
+    repo_dir: Path, hook: str = "pre-push", workflow: str | None = None, force: bool = False
+) -> HookChange:
     """Install orchestrate's hook; a foreign hook is refused, or with force kept as
     HOOK.legacy and run first (pre-commit's convention)."""
     text = render_hook(hook, workflow)
@@ -9540,10 +10544,12 @@ def install_hook(repo_dir: Path, hook: str = "pre-push", workflow: str | None = 
             raise UsageError(
                 f"{path}: a {hook} hook orchestrate did not write is already there; "
                 f"rerun with --force to keep it as {legacy.name} and run it before "
-                "orchestrate, or move it away")
+                "orchestrate, or move it away"
+            )
         if legacy.exists() or legacy.is_symlink():
-            raise UsageError(f"{path}: both a foreign {hook} hook and {legacy.name} exist; "
-                             f"move one of them away, then rerun")
+            raise UsageError(
+                f"{path}: both a foreign {hook} hook and {legacy.name} exist; move one of them away, then rerun"
+            )
         os.replace(path, legacy)
         kept = legacy
     _write_executable(path, text)
@@ -9563,13 +10569,16 @@ def uninstall_hook(repo_dir: Path, hook: str = "pre-push") -> HookChange:
     if not (path.exists() or path.is_symlink()):
         return HookChange(path, f"no {hook} hook at {path}; nothing to remove")
     if not is_our_hook(path):
-        raise UsageError(f"{path}: this {hook} hook was not written by orchestrate; "
-                         "left as it is (remove it yourself if you mean to)")
+        raise UsageError(
+            f"{path}: this {hook} hook was not written by orchestrate; "
+            "left as it is (remove it yourself if you mean to)"
+        )
     path.unlink()
     if legacy.exists() or legacy.is_symlink():
         os.replace(legacy, path)
-        return HookChange(path, f"removed orchestrate's {hook} hook; restored the previous "
-                          f"hook from {legacy.name}", path)
+        return HookChange(
+            path, f"removed orchestrate's {hook} hook; restored the previous hook from {legacy.name}", path
+        )
     return HookChange(path, f"removed orchestrate's {hook} hook from {path}")
 
 
@@ -9580,8 +10589,7 @@ def hook_status(repo_dir: Path, hook: str = "pre-push") -> dict[str, Any]:
     path = folder / hook
     legacy = folder / f"{hook}.legacy"
     hooks_path = run_git(["config", "--get", "core.hooksPath"], repo_dir, check=False).strip()
-    configured = run_git(["config", "--get", "orchestrate.prePushWorkflow"], repo_dir,
-                         check=False).strip()
+    configured = run_git(["config", "--get", "orchestrate.prePushWorkflow"], repo_dir, check=False).strip()
     state = "none"
     workflow = None
     if path.exists():
@@ -9589,24 +10597,32 @@ def hook_status(repo_dir: Path, hook: str = "pre-push") -> dict[str, Any]:
     executable = path.exists() and os.access(path, os.X_OK)
     if state == "orchestrate":
         text = path.read_text(encoding="utf-8", errors="replace")
-        workflow = (os.environ.get("ORCHESTRATE_PRE_PUSH_WORKFLOW") or configured
-                    or _hook_workflow(text))
+        workflow = os.environ.get("ORCHESTRATE_PRE_PUSH_WORKFLOW") or configured or _hook_workflow(text)
     has_legacy = legacy.exists() and os.access(legacy, os.X_OK)
     if state == "none":
         summary = f"git runs no {hook} hook (none at {path}); install: orchestrate hook install"
     elif not executable:
         summary = f"git ignores {path}: it is not executable (chmod +x it)"
     elif state == "foreign":
-        summary = (f"git runs {path}, a hook orchestrate did not write; "
-                   "orchestrate hook install --force keeps it and runs it first")
+        summary = (
+            f"git runs {path}, a hook orchestrate did not write; "
+            "orchestrate hook install --force keeps it and runs it first"
+        )
     else:
         summary = f"git runs {path}: orchestrate workflow {workflow!r}"
         if has_legacy:
             summary = f"git runs {path}: {legacy.name} first, then orchestrate workflow {workflow!r}"
-    return {"hook": hook, "hooks_dir": str(folder), "core_hooks_path": hooks_path or None,
-            "path": str(path), "state": state, "executable": executable,
-            "workflow": workflow, "legacy": str(legacy) if has_legacy else None,
-            "summary": summary}
+    return {
+        "hook": hook,
+        "hooks_dir": str(folder),
+        "core_hooks_path": hooks_path or None,
+        "path": str(path),
+        "state": state,
+        "executable": executable,
+        "workflow": workflow,
+        "legacy": str(legacy) if has_legacy else None,
+        "summary": summary,
+    }
 
 
 # --- What is pushed, and checking exactly that ----------------------------------------------
@@ -9667,12 +10683,14 @@ def pushed_commit(root: Path, push: PushInfo | None) -> tuple[str, str]:
     try:
         return run_git(["rev-parse", "--verify", "HEAD^{commit}"], root).strip(), "HEAD"
     except GitError:
-        raise UsageError(f"--isolated: {root} is not in a git repository with a commit; "
-                         "it checks a commit in its own worktree") from None
+        raise UsageError(
+            f"--isolated: {root} is not in a git repository with a commit; it checks a commit in its own worktree"
+        ) from None
 
 
-def working_tree_difference(root: Path, push: PushInfo, workflow: Workflow, settings: Settings,
-                            runs_dir: Path, status: GitStatus | None = None) -> str | None:
+def working_tree_difference(
+    root: Path, push: PushInfo, workflow: Workflow, settings: Settings, runs_dir: Path, status: GitStatus | None = None
+) -> str | None:
     """One line saying how the working tree differs from the pushed commit, or None: the
     pushed branch is not HEAD, tracked files are modified or staged, untracked files lie
     where the workflow looks. Named files are repository-relative. With the run's `git
@@ -9701,27 +10719,31 @@ def working_tree_difference(root: Path, push: PushInfo, workflow: Workflow, sett
     except GitError:
         return None  # git cannot tell; the run goes on as before
     runs_prefix = _display_path(runs_dir, root).rstrip("/") + "/"
-    untracked = [path for path in untracked
-                 if not path.startswith(prefix + runs_prefix)
-                 and untracked_file_is_used(path, workflow, settings, prefix)]
+    untracked = [
+        path
+        for path in untracked
+        if not path.startswith(prefix + runs_prefix) and untracked_file_is_used(path, workflow, settings, prefix)
+    ]
     if modified:
         parts.append(f"modified or staged: {_short_list(modified)}")
     if untracked:
         parts.append(f"untracked: {_short_list(untracked)}")
     if not parts:
         return None
-    return (f"pre-push: the working tree is not what is pushed ({'; '.join(parts)}); the checks see "
-            "the working tree: commit or stash first, or set \"pre_push\": {\"checkout\": \"pushed\"} in "
-            "orchestrate.json to check the pushed commit")
+    return (
+        f"pre-push: the working tree is not what is pushed ({'; '.join(parts)}); the checks see "
+        'the working tree: commit or stash first, or set "pre_push": {"checkout": "pushed"} in '
+        "orchestrate.json to check the pushed commit"
+    )
 
 
 @dataclass
 class PushedWorktree:
     """A temporary worktree of the commit being checked."""
 
-    repo: Path        # the project root in the developer's checkout
-    path: Path        # the worktree (the repository's top level at the commit)
-    root: Path        # the project root inside it
+    repo: Path  # the project root in the developer's checkout
+    path: Path  # the worktree (the repository's top level at the commit)
+    root: Path  # the project root inside it
     commit: str
     owner_file: Path
     shared: list[str] = field(default_factory=list)
@@ -9773,8 +10795,7 @@ def clean_stale_worktrees(repo: Path, runs_dir: Path) -> list[Path]:
     return removed
 
 
-def add_pushed_worktree(repo: Path, runs_dir: Path, name: str, commit: str,
-                        share: Sequence[str]) -> PushedWorktree:
+def add_pushed_worktree(repo: Path, runs_dir: Path, name: str, commit: str, share: Sequence[str]) -> PushedWorktree:
     """`git worktree add --detach` of `commit` at runs/.worktrees/NAME, with each `share`
     path of the project linked into it (a venv, node_modules: untracked things steps need)."""
     folder = _worktrees_dir(runs_dir)
@@ -9786,30 +10807,43 @@ def add_pushed_worktree(repo: Path, runs_dir: Path, name: str, commit: str,
     links = [root / item for item in share]
     owner_file = folder / f"{name}.json"
     # the owner file first: a kill during `worktree add` still leaves something to clean up
-    owner_file.write_text(json.dumps({"pid": os.getpid(), "start": pid_start_time(os.getpid()),
-                                      "commit": commit, "repository": str(top),
-                                      "links": [str(link) for link in links]}) + "\n", encoding="utf-8")
+    owner_file.write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "start": pid_start_time(os.getpid()),
+                "commit": commit,
+                "repository": str(top),
+                "links": [str(link) for link in links],
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     checkout = PushedWorktree(repo=repo, path=path, root=root, commit=commit, owner_file=owner_file)
     try:
         # no hooks: a post-checkout hook has no business in a throw-away checkout
-        run_git(["-c", "core.hooksPath=/dev/null", "worktree", "add", "--detach", "--quiet", str(path),
-                 commit], repo)
+        run_git(["-c", "core.hooksPath=/dev/null", "worktree", "add", "--detach", "--quiet", str(path), commit], repo)
         for item, link in zip(share, links, strict=True):
             target = repo / item
             if link.exists() or link.is_symlink():
-                sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: the pushed commit has "
-                                 "its own; not linked\n")
+                sys.stderr.write(
+                    f"orchestrate: warning: pre_push.share {item!r}: the pushed commit has its own; not linked\n"
+                )
             elif not link.parent.resolve().is_relative_to(path.resolve()):
                 # a folder on the way is a symlink the commit carries: never link outside
-                sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: leads out of the "
-                                 "worktree through a symlink in the commit; not linked\n")
+                sys.stderr.write(
+                    f"orchestrate: warning: pre_push.share {item!r}: leads out of the "
+                    "worktree through a symlink in the commit; not linked\n"
+                )
             elif target.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(target, target_is_directory=target.is_dir())
                 checkout.shared.append(item)
             else:
-                sys.stderr.write(f"orchestrate: warning: pre_push.share {item!r}: no such file or "
-                                 f"folder in {repo}; not linked\n")
+                sys.stderr.write(
+                    f"orchestrate: warning: pre_push.share {item!r}: no such file or folder in {repo}; not linked\n"
+                )
     except BaseException:
         remove_pushed_worktree(checkout)
         raise
@@ -9826,16 +10860,16 @@ def wants_pushed_checkout(settings: Settings, options: RunOptions) -> bool:
     return options.isolated or (options.git_hook == "pre-push" and settings.pre_push_checkout == "pushed")
 
 
-def enter_pushed_checkout(paths: Any, workflow: Workflow, settings: Settings, options: RunOptions,
-                          human: Any) -> tuple[PushedWorktree, Any, Settings, Workflow]:
+def enter_pushed_checkout(
+    paths: Any, workflow: Workflow, settings: Settings, options: RunOptions, human: Any
+) -> tuple[PushedWorktree, Any, Settings, Workflow]:
     """Make the worktree of the commit being checked and load the workflow as that commit
     has it; returns (worktree, paths, settings, workflow) for the run. Run records stay in
     the real runs/. The caller removes the worktree (remove_pushed_worktree) in a finally."""
     state = options.git if isinstance(options.git, GitState) else None
     commit, what = pushed_commit(paths.root, state.push if state else None)
     for stale in clean_stale_worktrees(paths.root, paths.runs_dir):
-        human.write(f"orchestrate: removed {_display_path(stale, paths.root)}, the worktree of a run "
-                    "that was killed\n")
+        human.write(f"orchestrate: removed {_display_path(stale, paths.root)}, the worktree of a run that was killed\n")
     if not options.run_id:
         options.run_id = new_run_id()  # the worktree is named after the run
     checkout = add_pushed_worktree(paths.root, paths.runs_dir, options.run_id, commit, settings.pre_push_share)
@@ -9847,18 +10881,23 @@ def enter_pushed_checkout(paths: Any, workflow: Workflow, settings: Settings, op
             pass  # --workflows-dir outside the project: the same files either way
         isolated_paths = type(paths)(root=checkout.root, workflows_dir=workflows_dir, runs_dir=paths.runs_dir)
         if not (workflows_dir / f"{workflow.name}.json").is_file():
-            raise UsageError(f"{workflow.display_path} is not in the commit being checked ({what} "
-                             f"{commit[:12]}): commit it, or run without --isolated / "
-                             "\"pre_push\": {\"checkout\": \"pushed\"}")
+            raise UsageError(
+                f"{workflow.display_path} is not in the commit being checked ({what} "
+                f"{commit[:12]}): commit it, or run without --isolated / "
+                '"pre_push": {"checkout": "pushed"}'
+            )
         isolated_settings = load_settings(checkout.root)
-        isolated = load_workflow(workflow.name, workflows_dir, _base_environment(options), isolated_settings,
-                                 checkout.root)
+        isolated = load_workflow(
+            workflow.name, workflows_dir, _base_environment(options), isolated_settings, checkout.root
+        )
         if state is not None:
             state.checkout = checkout
             state.skipped, _ = skip_env_plan(os.environ.get("ORCHESTRATE_SKIP"), isolated.steps)
         shared = f"; linked: {', '.join(checkout.shared)}" if checkout.shared else ""
-        human.write(f"orchestrate: {workflow.name}: checking {what} at {commit[:12]} in its own worktree "
-                    f"{_display_path(checkout.path, paths.root)}{shared}\n")
+        human.write(
+            f"orchestrate: {workflow.name}: checking {what} at {commit[:12]} in its own worktree "
+            f"{_display_path(checkout.path, paths.root)}{shared}\n"
+        )
         human.flush()
     except BaseException:
         remove_pushed_worktree(checkout)
@@ -9867,6 +10906,7 @@ def enter_pushed_checkout(paths: Any, workflow: Workflow, settings: Settings, op
 
 
 # --- Wiring into a run -----------------------------------------------------------------------
+
 
 @dataclass
 class GitState:
@@ -9888,8 +10928,9 @@ def run_branch_names(state: GitState | None, trigger: Mapping[str, Any]) -> list
         if state.push is not None:
             for ref in state.push.updates:
                 names.append(ref.branch)
-                names.append(ref.local_ref.removeprefix("refs/heads/") if ref.local_ref.startswith("refs/heads/")
-                             else None)
+                names.append(
+                    ref.local_ref.removeprefix("refs/heads/") if ref.local_ref.startswith("refs/heads/") else None
+                )
         names += [(state.ci or {}).get("branch"), state.git.get("branch")]
     names.append(trigger.get("branch"))
     return list(dict.fromkeys(str(n) for n in names if n))
@@ -9921,8 +10962,11 @@ def run_commit_messages(root: Path, state: GitState | None) -> tuple[list[str], 
     messages: list[str] = []
     for revisions in ranges:
         try:
-            out = run_git(["log", f"--max-count={RUN_COMMIT_MESSAGES_LIMIT}", "--format=%B%x00",
-                           *revisions, "--"], root, check=False)
+            out = run_git(
+                ["log", f"--max-count={RUN_COMMIT_MESSAGES_LIMIT}", "--format=%B%x00", *revisions, "--"],
+                root,
+                check=False,
+            )
         except GitError:
             out = ""
         messages += [m.strip() for m in out.split("\0") if m.strip()]
@@ -9934,9 +10978,11 @@ def _read_hook_stdin() -> str:
     if stream is None:
         return ""
     if stream.isatty():
-        raise UsageError("--git-hook pre-push reads git's ref lines from stdin, which is a "
-                         "terminal here; let git run the hook (git push), or compare commits "
-                         "with --from-ref REF [--to-ref REF]")
+        raise UsageError(
+            "--git-hook pre-push reads git's ref lines from stdin, which is a "
+            "terminal here; let git run the hook (git push), or compare commits "
+            "with --from-ref REF [--to-ref REF]"
+        )
     data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
     return data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
 
@@ -9955,8 +11001,11 @@ class RunGitCalls:
         # run's record counts them as changes (`dirty`, a step's tree state for resume)
         self.untracked = True
         self.status_call = start_git_status(root, untracked=self.untracked)
-        self.config_call = (GitCall(["config", "--get", "orchestrate.prePushWorkflow"], root)
-                            if options.workflow_from_git_config else None)
+        self.config_call = (
+            GitCall(["config", "--get", "orchestrate.prePushWorkflow"], root)
+            if options.workflow_from_git_config
+            else None
+        )
         self._status: GitStatus | None = None
 
     def workflow_name(self, name: str) -> str:
@@ -9985,9 +11034,14 @@ class RunGitCalls:
                     pass
 
 
-def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
-                      env: Mapping[str, str] | None = None,
-                      stdin_text: str | None = None, calls: RunGitCalls | None = None) -> int | None:
+def prepare_git_state(
+    paths: Any,
+    workflow: Workflow,
+    options: RunOptions,
+    env: Mapping[str, str] | None = None,
+    stdin_text: str | None = None,
+    calls: RunGitCalls | None = None,
+) -> int | None:
     """Before a run: read the push (hook mode), end a run with nothing to check (exit 0 and
     one line why), plan ORCHESTRATE_SKIP, and find the changes `when.changed` compares.
 
@@ -10016,8 +11070,7 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
             return EXIT_OK
         settings = load_settings(root)
         if not wants_pushed_checkout(settings, options):
-            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir,
-                                                 calls.status())
+            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir, calls.status())
             if difference:
                 sys.stderr.write(f"orchestrate: warning: {difference}\n")
     skip_value = env.get("ORCHESTRATE_SKIP")
@@ -10025,8 +11078,7 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
     for warning in warnings:
         sys.stderr.write(f"orchestrate: warning: {warning}\n")
     if state.skipped:
-        human.write(f"orchestrate: ORCHESTRATE_SKIP={skip_value}: skipping "
-                    f"{', '.join(state.skipped)}\n")
+        human.write(f"orchestrate: ORCHESTRATE_SKIP={skip_value}: skipping {', '.join(state.skipped)}\n")
     branch = (state.ci or {}).get("branch") or state.git.get("branch")
     branches = (branch,) if branch else ()
     if state.push is not None:
@@ -10035,18 +11087,18 @@ def prepare_git_state(paths: Any, workflow: Workflow, options: RunOptions,
     elif options.from_ref or options.to_ref:
         if not options.from_ref:
             raise UsageError("--to-ref needs --from-ref: the commit to compare with")
-        state.changes = compare_changes(root, options.from_ref, options.to_ref or "HEAD",
-                                        branches=branches)
+        state.changes = compare_changes(root, options.from_ref, options.to_ref or "HEAD", branches=branches)
     elif env.get("PRE_COMMIT_FROM_REF") and env.get("PRE_COMMIT_TO_REF"):
-        state.changes = compare_changes(root, env["PRE_COMMIT_FROM_REF"],
-                                        env["PRE_COMMIT_TO_REF"], branches=branches,
-                                        explicit=False)
+        state.changes = compare_changes(
+            root, env["PRE_COMMIT_FROM_REF"], env["PRE_COMMIT_TO_REF"], branches=branches, explicit=False
+        )
     elif _gated(workflow):
         base = (state.ci or {}).get("base")
-        state.changes = (compare_changes(root, base, "HEAD", branches=branches, explicit=False)
-                         if base else
-                         ChangeSet(None, "nothing to compare with (no push, no --from-ref)",
-                                   branches))
+        state.changes = (
+            compare_changes(root, base, "HEAD", branches=branches, explicit=False)
+            if base
+            else ChangeSet(None, "nothing to compare with (no push, no --from-ref)", branches)
+        )
     return None
 
 
@@ -10082,8 +11134,7 @@ class GitHubStepSummary(RunSink):
         try:
             append_step_summary(self.env, record)
         except OSError as exc:
-            sys.stderr.write(f"orchestrate: warning: cannot append to $GITHUB_STEP_SUMMARY: "
-                             f"{exc.strerror or exc}\n")
+            sys.stderr.write(f"orchestrate: warning: cannot append to $GITHUB_STEP_SUMMARY: {exc.strerror or exc}\n")
 
 
 def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
@@ -10098,13 +11149,14 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
     if state.changes is not None:
         trigger["compare"] = state.changes.as_dict()
     if state.checkout is not None:
-        trigger["checkout"] = {"commit": state.checkout.commit, "worktree": str(state.checkout.path),
-                               "shared": list(state.checkout.shared)}
+        trigger["checkout"] = {
+            "commit": state.checkout.commit,
+            "worktree": str(state.checkout.path),
+            "shared": list(state.checkout.shared),
+        }
     if options.shard:
         trigger["shard"] = "%d/%d" % options.shard
     return trigger
-
-
 
 
 # --- Inputs: up to date (`sources`) and resume ----------------------------------------------
@@ -10166,8 +11218,14 @@ class FileHashes:
         key = os.fspath(path)
         entries = self.entries if self.entries is not None else self._load()
         known = entries.get(key)  # a dict read: atomic under the GIL, no lock needed
-        if (known is not None and len(known) == 5 and known[0] == info.st_size and known[1] == info.st_mtime_ns
-                and known[2] == info.st_ctime_ns and known[3] == info.st_ino):
+        if (
+            known is not None
+            and len(known) == 5
+            and known[0] == info.st_size
+            and known[1] == info.st_mtime_ns
+            and known[2] == info.st_ctime_ns
+            and known[3] == info.st_ino
+        ):
             return str(known[4])
         try:
             fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
@@ -10200,8 +11258,12 @@ class FileHashes:
             if len(entries) > MAX_HASH_CACHE_ENTRIES:  # the oldest first out (insertion order)
                 entries = dict(list(entries.items())[-MAX_HASH_CACHE_ENTRIES:])
             make_runs_dirs(self.path.parent, self.runs_dir)
-            write_atomic(self.path, json.dumps({"version": 1, "files": entries}, separators=(",", ":"),
-                                               ensure_ascii=False).encode("utf-8", "surrogateescape"))
+            write_atomic(
+                self.path,
+                json.dumps({"version": 1, "files": entries}, separators=(",", ":"), ensure_ascii=False).encode(
+                    "utf-8", "surrogateescape"
+                ),
+            )
             self.changed = False
 
 
@@ -10239,8 +11301,9 @@ def project_hash_key(runs_dir: Path) -> bytes:
 def values_sha256(step: Step, key: bytes) -> str:
     import hmac
 
-    return hmac.new(key, json.dumps(step.variables, sort_keys=True, ensure_ascii=False).encode(
-        "utf-8", "surrogatepass"), "sha256").hexdigest()
+    return hmac.new(
+        key, json.dumps(step.variables, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"), "sha256"
+    ).hexdigest()
 
 
 def sources_sha256(step: Step, root: Path, runs_dir: Path, hashes: FileHashes) -> str:
@@ -10249,8 +11312,10 @@ def sources_sha256(step: Step, root: Path, runs_dir: Path, hashes: FileHashes) -
 
     with hashes.lock:
         hashes._load()
-    lines = [f"{relative}\0{hashes.digest(path, info)}\n"
-             for relative, path, info in _matching_files(root, step.sources, runs_dir)]
+    lines = [
+        f"{relative}\0{hashes.digest(path, info)}\n"
+        for relative, path, info in _matching_files(root, step.sources, runs_dir)
+    ]
     return hashlib.sha256(("sources\n" + "".join(lines)).encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -10269,8 +11334,11 @@ def tree_sha256(git: Mapping[str, Any], root: Path, hashes: FileHashes) -> str |
         path = top / relative
         try:
             info = os.lstat(path)
-            state = (f"large:{info.st_size}:{info.st_mtime_ns}:{info.st_ino}" if info.st_size > TREE_CONTENT_LIMIT
-                     else hashes.digest(path, info))
+            state = (
+                f"large:{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+                if info.st_size > TREE_CONTENT_LIMIT
+                else hashes.digest(path, info)
+            )
         except OSError:
             state = "absent"
         digest.update(f"{relative}\0{state}\n".encode("utf-8", "surrogateescape"))
@@ -10311,12 +11379,15 @@ class StepInputs(RunSink):
         with self.lock:
             if self._key is None:
                 self._key = project_hash_key(self.store.runs_dir)
-        fields: dict[str, Any] = {"definition_sha256": step.definition_sha256,
-                                  "values_sha256": values_sha256(step, self._key)}
+        fields: dict[str, Any] = {
+            "definition_sha256": step.definition_sha256,
+            "values_sha256": values_sha256(step, self._key),
+        }
         if step.sources:
             fields["tree_sha256"] = sources_sha256(step, self.root, self.store.runs_dir, self.hashes)
-            fields["inputs_sha256"] = _canonical_hash([fields["definition_sha256"], fields["values_sha256"],
-                                                       fields["tree_sha256"]])
+            fields["inputs_sha256"] = _canonical_hash(
+                [fields["definition_sha256"], fields["values_sha256"], fields["tree_sha256"]]
+            )
         else:
             fields["tree_sha256"] = self.tree()
         with self.lock:
@@ -10359,18 +11430,26 @@ def resume_point(record: Mapping[str, Any], workflow: Workflow | None = None) ->
     if status in ("running", "pending"):
         raise UsageError(f"run {run_id} is still {status}: resume it once it has ended")
     if status != "failed":
-        raise UsageError(f"run {run_id} did not fail (status {status}): nothing to resume; "
-                         f"start a new run with: orchestrate run {name}")
-    failed = next((e.get("step") for e in record.get("log", [])
-                   if e.get("status") == "failed" and not e.get("allowed_failure")), None)
+        raise UsageError(
+            f"run {run_id} did not fail (status {status}): nothing to resume; "
+            f"start a new run with: orchestrate run {name}"
+        )
+    failed = next(
+        (e.get("step") for e in record.get("log", []) if e.get("status") == "failed" and not e.get("allowed_failure")),
+        None,
+    )
     if not isinstance(failed, str):
         why = f" ({record['message']})" if record.get("message") else ""
-        raise UsageError(f"run {run_id} failed before any step did{why}: nothing to resume; "
-                         f"start a new run with: orchestrate run {name}")
+        raise UsageError(
+            f"run {run_id} failed before any step did{why}: nothing to resume; "
+            f"start a new run with: orchestrate run {name}"
+        )
     if workflow is not None and failed not in {step.name for step in workflow.steps}:
-        raise UsageError(f"{workflow.display_path} has no step {failed!r} any more, the step that failed in "
-                         f"run {run_id}: the workflow changed too much to resume it; start a new run with: "
-                         f"orchestrate run {name}")
+        raise UsageError(
+            f"{workflow.display_path} has no step {failed!r} any more, the step that failed in "
+            f"run {run_id}: the workflow changed too much to resume it; start a new run with: "
+            f"orchestrate run {name}"
+        )
     return failed
 
 
@@ -10402,8 +11481,7 @@ class ResumePlan:
         if current["tree_sha256"] is None:
             return "not in a git repository: orchestrate cannot tell whether its files changed"
         if earlier.get("tree_sha256") != current["tree_sha256"]:
-            return (f"its sources changed {since}" if step.sources else
-                    f"the commit or the working tree changed {since}")
+            return f"its sources changed {since}" if step.sources else f"the commit or the working tree changed {since}"
         return None
 
     def reuse(self, step: Step, options: RunOptions) -> tuple[str, dict[str, Any]] | None:
@@ -10419,7 +11497,6 @@ class ResumePlan:
 
     def entry_fields(self, step: Step, event: str) -> dict[str, Any]:
         return {"rerun_reason": self.reasons[step.name]} if event == "start" and step.name in self.reasons else {}
-
 
 
 # === 10. HTTP server ===
@@ -10536,13 +11613,16 @@ def _same_origin(origin: str, host_header: str) -> bool:
     return theirs is not None and (theirs[0], theirs[1] or default) == (host[0], host[1] or default)
 
 
-def check_request_head(method: str, headers: Mapping[str, str], policy: HostPolicy,
-                       max_body: int = MAX_REQUEST_BODY) -> tuple[int, str] | None:
+def check_request_head(
+    method: str, headers: Mapping[str, str], policy: HostPolicy, max_body: int = MAX_REQUEST_BODY
+) -> tuple[int, str] | None:
     """(status, message) for a request refused on its headers alone, or None (pure)."""
     host = headers.get("host", "")
     if not policy.accepts(host):
-        return 403, (f"Host {host!r} is not this server: use http://127.0.0.1:{policy.port}, or start "
-                     f"it with --allowed-host NAME for a name a proxy or DNS gives it")
+        return 403, (
+            f"Host {host!r} is not this server: use http://127.0.0.1:{policy.port}, or start "
+            f"it with --allowed-host NAME for a name a proxy or DNS gives it"
+        )
     origin = headers.get("origin")
     if origin is not None and not _same_origin(origin, host):
         return 403, f"cross-origin request refused: Origin {origin!r} is not this server's origin"
@@ -10552,8 +11632,7 @@ def check_request_head(method: str, headers: Mapping[str, str], policy: HostPoli
     has_body = (length not in ("", "0")) or "transfer-encoding" in headers
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if method in ("POST", "PUT", "PATCH") and has_body and media != "application/json":
-        return 415, (f"body must be JSON: send it with Content-Type: application/json"
-                     f" (not {media or 'none'!r})")
+        return 415, (f"body must be JSON: send it with Content-Type: application/json (not {media or 'none'!r})")
     return None
 
 
@@ -10564,8 +11643,9 @@ class RequestGuard:
     bodies once took the server to 1.25 GiB) and within REQUEST_READ_TIMEOUT_S (408), and
     hands the app the body it read. Refusals close the connection."""
 
-    def __init__(self, app: Any, policy: HostPolicy, max_body: int = MAX_REQUEST_BODY,
-                 timeout: float = REQUEST_READ_TIMEOUT_S) -> None:
+    def __init__(
+        self, app: Any, policy: HostPolicy, max_body: int = MAX_REQUEST_BODY, timeout: float = REQUEST_READ_TIMEOUT_S
+    ) -> None:
         self.app = app
         self.policy = policy
         self.max_body = max_body
@@ -10597,8 +11677,9 @@ class RequestGuard:
                 return
             size += len(message.get("body", b""))
             if size > self.max_body:
-                await self._refuse(send, 413, f"request body over {self.max_body // 1024} KiB: "
-                                              f"this API takes small JSON bodies")
+                await self._refuse(
+                    send, 413, f"request body over {self.max_body // 1024} KiB: this API takes small JSON bodies"
+                )
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -10617,9 +11698,17 @@ class RequestGuard:
     @staticmethod
     async def _refuse(send: Any, status: int, message: str) -> None:
         data = json.dumps({"detail": message}).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-            (b"connection", b"close")]})  # whatever the client still sends is not read
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )  # whatever the client still sends is not read
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
@@ -10720,9 +11809,16 @@ class RunDispatcher:
     hold secrets), so a stopped server fails its queue with "server stopped".
     """
 
-    def __init__(self, store: RunStore, root: Path, child_argv: list[str],
-                 max_parallel: int, env: dict[str, str], max_queued: int = MAX_QUEUED_RUNS,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        root: Path,
+        child_argv: list[str],
+        max_parallel: int,
+        env: dict[str, str],
+        max_queued: int = MAX_QUEUED_RUNS,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.root = root
         self.child_argv = child_argv
@@ -10837,8 +11933,12 @@ class RunDispatcher:
             variables.write(json.dumps(run.variables).encode("utf-8"))
             variables.seek(0)
             proc = subprocess.Popen(
-                run.argv, cwd=self.root, env=self.env, stdin=variables,
-                stdout=output, stderr=subprocess.STDOUT,
+                run.argv,
+                cwd=self.root,
+                env=self.env,
+                stdin=variables,
+                stdout=output,
+                stderr=subprocess.STDOUT,
                 # its own session: Ctrl-C on the server's terminal does not end runs that
                 # already started; they finish and record themselves.
                 start_new_session=True,
@@ -10866,8 +11966,11 @@ class RunDispatcher:
             # refused, an unusable environment) would leave the run pending forever.
             last_line = tail.splitlines()[-1] if tail else ""
             try:
-                self._fail_pending(run_id, f"orchestrate run exited with code {code} before starting"
-                                           + (f": {last_line}" if last_line else ""))
+                self._fail_pending(
+                    run_id,
+                    f"orchestrate run exited with code {code} before starting"
+                    + (f": {last_line}" if last_line else ""),
+                )
             except Exception as exc:
                 self._report(None, f"run {run_id}: cannot record how it ended", exc)
 
@@ -10925,8 +12028,9 @@ def _parse_start_body(raw: bytes) -> Any:
         raise ApiError(400, f"body: JSON is nested more than {MAX_NESTING} levels deep") from None
     except (ValueError, _NotJSON) as exc:
         shown = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
-        raise ApiError(422, f"body: not valid JSON ({shown}); expected JSON like "
-                              "{\"vars\": {}, \"only\": [], \"skip\": []}") from None
+        raise ApiError(
+            422, f'body: not valid JSON ({shown}); expected JSON like {{"vars": {{}}, "only": [], "skip": []}}'
+        ) from None
     if _check_document(body) is not None:  # deep nesting, lone surrogates
         raise ApiError(400, f"body: {_check_document(body)}")
     return body
@@ -10944,6 +12048,7 @@ class ApiError(Exception):
 #
 # Each endpoint of create_app() is a thin FastAPI function over one of these: they take the
 # server's state, return data or raise ApiError, and touch no FastAPI name, so tests call them.
+
 
 @dataclass
 class ServerState:
@@ -11008,8 +12113,7 @@ def _load_checked(state: ServerState, name: str, request: Any, record: Mapping[s
     return workflow
 
 
-def api_start(state: ServerState, name: str, raw: bytes,
-              parse_request: Callable[[Any], Any]) -> dict[str, str]:
+def api_start(state: ServerState, name: str, raw: bytes, parse_request: Callable[[Any], Any]) -> dict[str, str]:
     """POST /start?name=NAME: check everything a run would, queue it, answer its id."""
     name = api_workflow_name(name)
     request = api_start_request(raw, parse_request)
@@ -11020,8 +12124,7 @@ def api_start(state: ServerState, name: str, raw: bytes,
     return _queue_run(state, name, workflow, request, ["run", name])
 
 
-def api_resume(state: ServerState, run_id: str, raw: bytes,
-               parse_request: Callable[[Any], Any]) -> dict[str, str]:
+def api_resume(state: ServerState, run_id: str, raw: bytes, parse_request: Callable[[Any], Any]) -> dict[str, str]:
     """POST /runs/{run_id}/resume: what `orchestrate resume` checks (the run exists, failed,
     its failed step is still in its workflow) with /start's checks of the body; then queued as
     `orchestrate resume RUN_ID`. 404 unknown run, 409 a run that did not fail, 422 the rest."""
@@ -11036,8 +12139,9 @@ def api_resume(state: ServerState, run_id: str, raw: bytes,
     return _queue_run(state, name, workflow, request, ["resume", run_id], resumed_from=run_id)
 
 
-def _queue_run(state: ServerState, name: str, workflow: Workflow, request: Any, command: list[str],
-               resumed_from: str | None = None) -> dict[str, str]:
+def _queue_run(
+    state: ServerState, name: str, workflow: Workflow, request: Any, command: list[str], resumed_from: str | None = None
+) -> dict[str, str]:
     """Queue `orchestrate <command>` for a checked request: a pending record, then the child."""
     dispatcher = state.dispatcher
     if not dispatcher.reserve():
@@ -11047,35 +12151,61 @@ def _queue_run(state: ServerState, name: str, workflow: Workflow, request: Any, 
     except BaseException:
         dispatcher.release()
         raise
-    argv = [*dispatcher.child_argv, "--root", str(state.root), "--workflows-dir", str(state.workflows_dir),
-            "--runs-dir", str(state.runs_dir), *command, f"--run-id={run_id}", "--quiet", "--vars-stdin"]
+    argv = [
+        *dispatcher.child_argv,
+        "--root",
+        str(state.root),
+        "--workflows-dir",
+        str(state.workflows_dir),
+        "--runs-dir",
+        str(state.runs_dir),
+        *command,
+        f"--run-id={run_id}",
+        "--quiet",
+        "--vars-stdin",
+    ]
     # --opt=value, so a value starting with '-' is never read as an option
     argv += [f"--only={s}" for s in request.only] + [f"--skip={s}" for s in request.skip]
     dispatcher.submit(QueuedRun(run_id, argv, dict(request.vars)))
     return {"run_id": run_id}
 
 
-def _queue_record(store: RunStore, name: str, workflow: Workflow, request: Any,
-                  resumed_from: str | None = None) -> str:
+def _queue_record(store: RunStore, name: str, workflow: Workflow, request: Any, resumed_from: str | None = None) -> str:
     run_id = new_run_id()
-    store.create({
-        **({"resumed_from": resumed_from} if resumed_from else {}),
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "workflow": name, "status": "pending",
-        "current": None, "running": [], "started_at": None, "finished_at": None, "pid": None, "message": "",
-        "workflow_sha256": workflow.sha256, "options": {"only": request.only, "skip": request.skip},
-        # the run keeps this trigger when it adopts the record; var values stay out of it
-        # (they may be secrets): names only
-        "trigger": {"source": "http", "server_pid": os.getpid(), "queued_at": utc_now(),
-                    "vars": sorted(request.vars)},
-        "log": [],
-    })
+    store.create(
+        {
+            **({"resumed_from": resumed_from} if resumed_from else {}),
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "workflow": name,
+            "status": "pending",
+            "current": None,
+            "running": [],
+            "started_at": None,
+            "finished_at": None,
+            "pid": None,
+            "message": "",
+            "workflow_sha256": workflow.sha256,
+            "options": {"only": request.only, "skip": request.skip},
+            # the run keeps this trigger when it adopts the record; var values stay out of it
+            # (they may be secrets): names only
+            "trigger": {
+                "source": "http",
+                "server_pid": os.getpid(),
+                "queued_at": utc_now(),
+                "vars": sorted(request.vars),
+            },
+            "log": [],
+        }
+    )
     return run_id
 
 
 def api_runs(store: RunStore, workflow: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
     """GET /runs: run history, newest first."""
-    return store.list(workflow=api_workflow_name(workflow) if workflow is not None else None,
-                      status=status, limit=limit)
+    return store.list(
+        workflow=api_workflow_name(workflow) if workflow is not None else None, status=status, limit=limit
+    )
 
 
 def api_workflows(workflows_dir: Path, root: Path) -> list[dict[str, Any]]:
@@ -11128,9 +12258,18 @@ def step_still_writing(store: RunStore, run_id: str, step: str) -> bool:
     return entry is not None and entry.get("status") in ("pending", "running")
 
 
-def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: int = 2,
-               token: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
-               allowed_hosts: Sequence[str] = (), max_queued: int = MAX_QUEUED_RUNS) -> Any:
+def create_app(
+    root: Path,
+    workflows_dir: Path,
+    runs_dir: Path,
+    max_parallel: int = 2,
+    token: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    allowed_hosts: Sequence[str] = (),
+    max_queued: int = MAX_QUEUED_RUNS,
+) -> Any:
     """The ASGI application of `orchestrate serve` (needs the `server` extra): FastAPI behind
     RequestGuard, which knows the address it is served on (host, port, allowed_hosts)."""
     import asyncio
@@ -11149,12 +12288,12 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
     store = RunStore(runs_dir)
     # the runs never need the API token: keep it out of their environment (and their steps')
     child_env = {k: v for k, v in os.environ.items() if k != API_TOKEN_ENV}
-    dispatcher = RunDispatcher(store, root, _child_command(child_env), max_parallel, child_env,
-                               max_queued=max_queued)
+    dispatcher = RunDispatcher(store, root, _child_command(child_env), max_parallel, child_env, max_queued=max_queued)
     policy = HostPolicy.build(parse_bind_host(host), port, allowed_hosts)
 
     class StartRequest(BaseModel):
         """Optional body of POST /start: what `--var`, `--only` and `--skip` give on the CLI."""
+
         model_config = ConfigDict(extra="forbid")
         vars: dict[str, str] = Field(default_factory=dict, description="--var KEY=VALUE")
         only: list[str] = Field(default_factory=list, description="--only STEP")
@@ -11169,8 +12308,9 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         try:
             return StartRequest.model_validate({} if body is None else body)
         except ValidationError as exc:
-            raise ApiError(422, "; ".join(".".join(["body", *map(str, e["loc"])]) + f": {e['msg']}"
-                                          for e in exc.errors())) from None
+            raise ApiError(
+                422, "; ".join(".".join(["body", *map(str, e["loc"])]) + f": {e['msg']}" for e in exc.errors())
+            ) from None
 
     bearer = HTTPBearer(auto_error=False, description=f"the value of {API_TOKEN_ENV}")
 
@@ -11180,8 +12320,11 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         given = credentials.credentials if credentials is not None else ""
         # constant time, so the token cannot be guessed a byte at a time from timings
         if not given or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
-            raise HTTPException(status_code=401, detail=f"missing or wrong bearer token ({API_TOKEN_ENV})",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                status_code=401,
+                detail=f"missing or wrong bearer token ({API_TOKEN_ENV})",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -11224,19 +12367,27 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
 
     start_body_schema = StartRequest.model_json_schema()
 
-    async def start(request: Any,
-                    name: str = Query(..., description="workflow name (workflows/NAME.json)")) -> dict:
+    async def start(request: Any, name: str = Query(..., description="workflow name (workflows/NAME.json)")) -> dict:
         """Queue a run of workflow NAME; it starts as soon as fewer than --max-parallel run."""
         raw = await request.body()  # read (at most MAX_REQUEST_BODY) by RequestGuard already
         # the rest reads and writes files: off the event loop, as FastAPI runs a plain def
         return await asyncio.to_thread(api_start, state, name, raw, parse_request)
 
     start.__annotations__["request"] = Request  # a FastAPI name: not resolvable from the module
-    api.post("/start", status_code=202, tags=["runs"],
-             responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody},
-                        422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
-             openapi_extra={"requestBody": {"required": False, "content": {
-                 "application/json": {"schema": start_body_schema}}}})(start)
+    api.post(
+        "/start",
+        status_code=202,
+        tags=["runs"],
+        responses={
+            413: {"model": ErrorBody},
+            415: {"model": ErrorBody},
+            422: {"model": ErrorBody},
+            429: {"model": ErrorBody},
+        },
+        openapi_extra={
+            "requestBody": {"required": False, "content": {"application/json": {"schema": start_body_schema}}}
+        },
+    )(start)
 
     @api.get("/status/{run_id}", tags=["runs"])
     def status(run_id: str) -> dict:
@@ -11244,9 +12395,11 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         return api_record(store, run_id)
 
     @api.get("/runs", tags=["runs"])
-    def runs(workflow: str | None = Query(None, description="only runs of this workflow"),
-             status: str | None = Query(None, pattern=_RUN_STATUS_PATTERN),
-             limit: int = Query(20, ge=1, le=1000)) -> list:
+    def runs(
+        workflow: str | None = Query(None, description="only runs of this workflow"),
+        status: str | None = Query(None, pattern=_RUN_STATUS_PATTERN),
+        limit: int = Query(20, ge=1, le=1000),
+    ) -> list:
         """Run history, newest first."""
         return api_runs(store, workflow, status, limit)
 
@@ -11255,14 +12408,22 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         """The workflows under workflows/, with their descriptions."""
         return api_workflows(workflows_dir, root)
 
-    @api.get("/runs/{run_id}/junit", tags=["runs"], response_class=Response,
-             responses={200: {"content": {"application/xml": {}}}})
+    @api.get(
+        "/runs/{run_id}/junit",
+        tags=["runs"],
+        response_class=Response,
+        responses={200: {"content": {"application/xml": {}}}},
+    )
     def junit(run_id: str) -> Any:
         """The run's JUnit XML report (404 until the run has written it)."""
         return Response(content=api_junit(store, run_id), media_type="application/xml")
 
-    @api.get("/runs/{run_id}/logs/{step}", tags=["runs"], response_class=PlainTextResponse,
-             responses={200: {"content": {"text/plain": {}}}})
+    @api.get(
+        "/runs/{run_id}/logs/{step}",
+        tags=["runs"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     def logs(run_id: str, step: str) -> Any:
         """A step's full log (masked); followed until the step ends while it is running."""
         path = api_step_log(store, run_id, step)
@@ -11293,11 +12454,21 @@ def create_app(root: Path, workflows_dir: Path, runs_dir: Path, max_parallel: in
         return await asyncio.to_thread(api_resume, state, run_id, raw, parse_request)
 
     resume.__annotations__["request"] = Request
-    api.post("/runs/{run_id}/resume", status_code=202, tags=["runs"],
-             responses={409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
-                        422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
-             openapi_extra={"requestBody": {"required": False, "content": {
-                 "application/json": {"schema": start_body_schema}}}})(resume)
+    api.post(
+        "/runs/{run_id}/resume",
+        status_code=202,
+        tags=["runs"],
+        responses={
+            409: {"model": ErrorBody},
+            413: {"model": ErrorBody},
+            415: {"model": ErrorBody},
+            422: {"model": ErrorBody},
+            429: {"model": ErrorBody},
+        },
+        openapi_extra={
+            "requestBody": {"required": False, "content": {"application/json": {"schema": start_body_schema}}}
+        },
+    )(resume)
 
     register_dashboard(app, api, store, root, workflows_dir, token is not None)
     app.include_router(api)
@@ -11324,10 +12495,13 @@ def _listen(bind: BindAddress, port: int) -> Any:
 
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            bind.address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            bind.address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
-        raise OrchestrateError(f"cannot listen on {bind.url_host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise OrchestrateError(
+            f"cannot listen on {bind.url_host}:{port}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -11336,7 +12510,6 @@ def _listen(bind: BindAddress, port: int) -> Any:
         hint = " (is another server running? pick another --port)" if exc.errno == 98 else ""
         raise OrchestrateError(f"cannot listen on {bind.url_host}:{port}: {exc.strerror or exc}{hint}") from None
     return sock
-
 
 
 # --- dashboard ---
@@ -11581,29 +12754,36 @@ _DASHBOARD_JS = r"""
 def dashboard_csp(nonce: str) -> str:
     """The pages' Content-Security-Policy: only their own script and style (this response's
     nonce), requests to this server only, no framing, no plugins, no forms elsewhere."""
-    return (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
-            "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    )
 
 
-def _dashboard_document(nonce: str, title: str, page: str, token_required: bool, content: str,
-                        extra_attrs: str = "") -> str:
+def _dashboard_document(
+    nonce: str, title: str, page: str, token_required: bool, content: str, extra_attrs: str = ""
+) -> str:
     token_attr = "required" if token_required else "none"
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            '<meta name="referrer" content="no-referrer"><link rel="icon" href="data:,">'
-            f"<title>{html_text(title)}</title><style nonce=\"{nonce}\">{_REPORT_CSS}{_DASHBOARD_CSS}</style></head>\n"
-            f'<body data-page="{page}" data-token="{token_attr}"{extra_attrs}>\n'
-            '<nav class="top"><span class="brand">orchestrate</span><a href="/">runs</a>'
-            '<a href="/docs">API</a></nav>\n'
-            '<div id="note" role="status" hidden></div>\n'
-            '<div id="auth" hidden><p id="auth-message"></p><label>API token '
-            '<input id="token" type="password" autocomplete="off" spellcheck="false"></label> '
-            '<button id="token-use" type="button">Use token</button></div>\n'
-            f"{content}\n<script nonce=\"{nonce}\">{_DASHBOARD_JS}</script>\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="referrer" content="no-referrer"><link rel="icon" href="data:,">'
+        f'<title>{html_text(title)}</title><style nonce="{nonce}">{_REPORT_CSS}{_DASHBOARD_CSS}</style></head>\n'
+        f'<body data-page="{page}" data-token="{token_attr}"{extra_attrs}>\n'
+        '<nav class="top"><span class="brand">orchestrate</span><a href="/">runs</a>'
+        '<a href="/docs">API</a></nav>\n'
+        '<div id="note" role="status" hidden></div>\n'
+        '<div id="auth" hidden><p id="auth-message"></p><label>API token '
+        '<input id="token" type="password" autocomplete="off" spellcheck="false"></label> '
+        '<button id="token-use" type="button">Use token</button></div>\n'
+        f'{content}\n<script nonce="{nonce}">{_DASHBOARD_JS}</script>\n</body></html>\n'
+    )
 
 
-_NEEDS_SCRIPT = ('<noscript><p class="problem">This server needs its API token, which the page can only send '
-                 "with JavaScript: turn it on, or use the API (README: HTTP API).</p></noscript>")
+_NEEDS_SCRIPT = (
+    '<noscript><p class="problem">This server needs its API token, which the page can only send '
+    "with JavaScript: turn it on, or use the API (README: HTTP API).</p></noscript>"
+)
 
 
 def runs_table(rows: Sequence[Mapping[str, Any]], filtered: bool = False) -> str:
@@ -11611,35 +12791,52 @@ def runs_table(rows: Sequence[Mapping[str, Any]], filtered: bool = False) -> str
     if not rows:
         return f'<p class="empty">{"No runs match these filters." if filtered else "No runs yet."}</p>'
     live = any(row.get("status") in ("pending", "running") for row in rows)
-    out = [f'<table class="runs" data-live="{1 if live else 0}"><thead><tr><th>Run</th><th>Workflow</th>'
-           "<th>Status</th><th>Started</th><th>Duration</th><th>Trigger</th><th>Message</th></tr></thead><tbody>"]
+    out = [
+        f'<table class="runs" data-live="{1 if live else 0}"><thead><tr><th>Run</th><th>Workflow</th>'
+        "<th>Status</th><th>Started</th><th>Duration</th><th>Trigger</th><th>Message</th></tr></thead><tbody>"
+    ]
     for row in rows:
         run_id = html_text(row.get("run_id"))
         if "unreadable" in row:
-            out.append(f'<tr class="unreadable"><td><code>{run_id}</code></td>'
-                       f'<td colspan="6" class="message">unreadable: {html_text(row["unreadable"])}</td></tr>')
+            out.append(
+                f'<tr class="unreadable"><td><code>{run_id}</code></td>'
+                f'<td colspan="6" class="message">unreadable: {html_text(row["unreadable"])}</td></tr>'
+            )
             continue
         status = str(row.get("status") or "pending")
         kind = status if status in _STATUS_MARKS else "pending"
         duration = row.get("duration_s")
-        took = format_duration(float(duration)) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else "-"
+        took = (
+            format_duration(float(duration))
+            if isinstance(duration, (int, float)) and not isinstance(duration, bool)
+            else "-"
+        )
         trigger = row.get("trigger") if isinstance(row.get("trigger"), Mapping) else {}
         out.append(
             f'<tr class="{kind}" data-run-id="{run_id}"><td><a href="/ui/runs/{run_id}"><code>{run_id}</code></a></td>'
             f'<td>{html_text(row.get("workflow"))}</td><td class="status {kind}">{html_text(status_label(kind))}</td>'
-            f'<td>{html_text(_iso_text(row.get("started_at")) if row.get("started_at") else "-")}</td>'
+            f"<td>{html_text(_iso_text(row.get('started_at')) if row.get('started_at') else '-')}</td>"
             f"<td>{html_text(took)}</td><td>{html_text((trigger or {}).get('source') or '?')}</td>"
-            f'<td class="message">{html_text(row.get("message") or "")}</td></tr>')
+            f'<td class="message">{html_text(row.get("message") or "")}</td></tr>'
+        )
     out.append("</tbody></table>")
     return "".join(out)
 
 
-def dashboard_page(nonce: str, token_required: bool, workflows: Sequence[str], workflow: str | None,
-                   status: str | None, runs_html: str | None) -> str:
+def dashboard_page(
+    nonce: str,
+    token_required: bool,
+    workflows: Sequence[str],
+    workflow: str | None,
+    status: str | None,
+    runs_html: str | None,
+) -> str:
     """`/`: the filters, the start form (shown by the script: it posts JSON) and the runs
     (`runs_html`; None when the script fetches them with the token)."""
-    options = "".join(f'<option value="{html_text(w)}"{" selected" if w == workflow else ""}>{html_text(w)}</option>'
-                      for w in workflows)
+    options = "".join(
+        f'<option value="{html_text(w)}"{" selected" if w == workflow else ""}>{html_text(w)}</option>'
+        for w in workflows
+    )
     statuses = "".join(f'<option value="{s}"{" selected" if s == status else ""}>{s}</option>' for s in RUN_STATUSES)
     content = (
         "<main><h1>Runs</h1>"
@@ -11654,7 +12851,8 @@ def dashboard_page(nonce: str, token_required: bool, workflows: Sequence[str], w
         '<label>only these steps (one a line) <textarea id="start-only" spellcheck="false"></textarea></label>'
         '<label>skip these steps (one a line) <textarea id="start-skip" spellcheck="false"></textarea></label>'
         '</div><button type="submit">Start</button><output id="start-error"></output></form>'
-        f'<div id="runs">{runs_html if runs_html is not None else _NEEDS_SCRIPT}</div></main>')
+        f'<div id="runs">{runs_html if runs_html is not None else _NEEDS_SCRIPT}</div></main>'
+    )
     return _dashboard_document(nonce, "orchestrate: runs", "list", token_required, content)
 
 
@@ -11662,12 +12860,14 @@ def run_page(nonce: str, token_required: bool, run_id: str, body_html: str | Non
     """`/ui/runs/{run_id}`: the run's report (`body_html`; None when the script fetches it
     with the token), kept current by the script while the run goes on."""
     content = f'<main id="content">{body_html if body_html is not None else _NEEDS_SCRIPT}</main>'
-    return _dashboard_document(nonce, f"orchestrate: run {run_id}", "run", token_required, content,
-                               f' data-run-id="{html_text(run_id)}"')
+    return _dashboard_document(
+        nonce, f"orchestrate: run {run_id}", "run", token_required, content, f' data-run-id="{html_text(run_id)}"'
+    )
 
 
-def register_dashboard(app: Any, api: Any, store: RunStore, root: Path, workflows_dir: Path,
-                       token_required: bool) -> None:
+def register_dashboard(
+    app: Any, api: Any, store: RunStore, root: Path, workflows_dir: Path, token_required: bool
+) -> None:
     """The dashboard's routes: the pages on `app` (they hold data only without a token) and
     the parts the pages fetch on `api` (behind the token like every other endpoint)."""
     import base64
@@ -11676,9 +12876,17 @@ def register_dashboard(app: Any, api: Any, store: RunStore, root: Path, workflow
     from fastapi.responses import HTMLResponse
 
     def html_response(text: str, nonce: str, status_code: int = 200) -> Any:
-        return HTMLResponse(text, status_code=status_code, headers={
-            "Content-Security-Policy": dashboard_csp(nonce), "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer", "Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+        return HTMLResponse(
+            text,
+            status_code=status_code,
+            headers={
+                "Content-Security-Policy": dashboard_csp(nonce),
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store",
+                "X-Frame-Options": "DENY",
+            },
+        )
 
     def new_nonce() -> str:
         return base64.b64encode(os.urandom(18)).decode("ascii")
@@ -11703,8 +12911,12 @@ def register_dashboard(app: Any, api: Any, store: RunStore, root: Path, workflow
             raise HTTPException(status_code=404, detail=f"unknown run '{run_id}'") from None
         except OrchestrateError as exc:
             raise HTTPException(status_code=500, detail=str(exc)) from None
-        inputs = gather_report_inputs(record, store, None, _workflow_masker(
-            Paths(root=root, workflows_dir=workflows_dir, runs_dir=store.runs_dir), record))
+        inputs = gather_report_inputs(
+            record,
+            store,
+            None,
+            _workflow_masker(Paths(root=root, workflows_dir=workflows_dir, runs_dir=store.runs_dir), record),
+        )
         inputs["log_links"] = {i: f"/runs/{quote_path(run_id)}/logs/{i + 1}" for i in inputs.get("tails", {})}
         return render_report_body(record, **inputs)
 
@@ -11718,8 +12930,13 @@ def register_dashboard(app: Any, api: Any, store: RunStore, root: Path, workflow
         try:
             chosen, state = checked_filters(workflow, status)
         except HTTPException as exc:
-            return html_response(dashboard_page(nonce, token_required, [], None, None,
-                                                f'<p class="problem">{html_text(exc.detail)}</p>'), nonce, 400)
+            return html_response(
+                dashboard_page(
+                    nonce, token_required, [], None, None, f'<p class="problem">{html_text(exc.detail)}</p>'
+                ),
+                nonce,
+                400,
+            )
         names = [] if token_required else [n for n, _ in list_workflows(workflows_dir)]
         runs_html = None if token_required else list_html(chosen, state, 50)
         return html_response(dashboard_page(nonce, token_required, names, chosen, state, runs_html), nonce)
@@ -11736,12 +12953,16 @@ def register_dashboard(app: Any, api: Any, store: RunStore, root: Path, workflow
         try:
             return html_response(run_page(nonce, False, run_id, run_body(run_id)), nonce)
         except HTTPException as exc:
-            return html_response(run_page(nonce, False, run_id, f'<p class="problem">{html_text(exc.detail)}</p>'),
-                                 nonce, exc.status_code)
+            return html_response(
+                run_page(nonce, False, run_id, f'<p class="problem">{html_text(exc.detail)}</p>'),
+                nonce,
+                exc.status_code,
+            )
 
     @api.get("/ui/parts/runs", include_in_schema=False)
-    def runs_part(workflow: str | None = Query(None), status: str | None = Query(None),
-                  limit: int = Query(50, ge=1, le=1000)) -> Any:
+    def runs_part(
+        workflow: str | None = Query(None), status: str | None = Query(None), limit: int = Query(50, ge=1, le=1000)
+    ) -> Any:
         chosen, state = checked_filters(workflow, status)
         return html_response(list_html(chosen, state, limit), new_nonce())
 
@@ -11756,8 +12977,16 @@ def quote_path(text: str) -> str:
     return quote(text, safe="")
 
 
-def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Path,
-          runs_dir: Path, allowed_hosts: Sequence[str] = (), max_queued: int = MAX_QUEUED_RUNS) -> None:
+def serve(
+    host: str,
+    port: int,
+    max_parallel: int,
+    root: Path,
+    workflows_dir: Path,
+    runs_dir: Path,
+    allowed_hosts: Sequence[str] = (),
+    max_queued: int = MAX_QUEUED_RUNS,
+) -> None:
     """Run the HTTP API in the foreground until Ctrl-C."""
     token = os.environ.get(API_TOKEN_ENV) or None
     bind = parse_bind_host(host)
@@ -11766,24 +12995,42 @@ def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Pa
         raise UsageError(
             f"refusing to serve on {host}: anyone who can reach it could start workflows. "
             f"Set {API_TOKEN_ENV} (clients then send 'Authorization: Bearer <token>') "
-            f"or keep the default --host 127.0.0.1")
+            f"or keep the default --host 127.0.0.1"
+        )
     try:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as exc:
-        raise OrchestrateError(f"orchestrate serve needs the 'server' extra ({exc.name} is missing): "
-                               f"{SERVER_EXTRA_HINT}") from None
+        raise OrchestrateError(
+            f"orchestrate serve needs the 'server' extra ({exc.name} is missing): {SERVER_EXTRA_HINT}"
+        ) from None
     sock = _listen(bind, port)
-    app = create_app(root, workflows_dir, runs_dir, max_parallel=max_parallel, token=token,
-                     host=host, port=port, allowed_hosts=allowed_hosts, max_queued=max_queued)
-    print(f"orchestrate serve: http://{bind.url_host}:{port} (API docs at /docs), "
-          f"at most {max_parallel} run(s) at once, "
-          f"{'bearer token required' if token else 'no token (loopback only)'}", file=sys.stderr)
+    app = create_app(
+        root,
+        workflows_dir,
+        runs_dir,
+        max_parallel=max_parallel,
+        token=token,
+        host=host,
+        port=port,
+        allowed_hosts=allowed_hosts,
+        max_queued=max_queued,
+    )
+    print(
+        f"orchestrate serve: http://{bind.url_host}:{port} (API docs at /docs), "
+        f"at most {max_parallel} run(s) at once, "
+        f"{'bearer token required' if token else 'no token (loopback only)'}",
+        file=sys.stderr,
+    )
     config = uvicorn.Config(
-        app, log_level="info", http=_bounded_protocol(),
+        app,
+        log_level="info",
+        http=_bounded_protocol(),
         # a client following a log must not hold a Ctrl-C'd server open for long
-        timeout_graceful_shutdown=5, timeout_keep_alive=5,
-        h11_max_incomplete_event_size=MAX_REQUEST_HEADERS)
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEADERS,
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -11794,6 +13041,7 @@ def serve(host: str, port: int, max_parallel: int, root: Path, workflows_dir: Pa
 # hook pays start-up on every push. main() reads the everyday ``run`` command line itself, with
 # the same options and the same checks (tests/test_cli.py holds the two to parity), and hands
 # everything else — help, other commands, anything unusual, every error — to Typer.
+
 
 @dataclass
 class Paths:
@@ -11859,8 +13107,10 @@ def run_workflow_command(paths: Paths, name: str, options: RunOptions) -> int:
         sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     if record.get("internal_error"):
-        _err(f"orchestrate: {record['message']} (a bug, not a step failure): please report it with "
-             f"the traceback above; exit code 3")
+        _err(
+            f"orchestrate: {record['message']} (a bug, not a step failure): please report it with "
+            f"the traceback above; exit code 3"
+        )
     return code
 
 
@@ -11882,15 +13132,14 @@ def cmd_resume(paths: Paths, run_ref: str, options: RunOptions) -> int:
     return run_workflow_command(paths, str(record.get("workflow")), options)
 
 
-def run_wiring(workflow: Workflow, settings: Settings, options: RunOptions, human: Any,
-               paths: Paths | None = None) -> RunWiring:
+def run_wiring(
+    workflow: Workflow, settings: Settings, options: RunOptions, human: Any, paths: Paths | None = None
+) -> RunWiring:
     """Everything a run consults and who hears of it, in one place (see RunWiring)."""
     jobs = options.jobs or default_jobs(settings)
     output = options.output or ("grouped" if jobs > 1 and StepGraph(workflow.steps).parallel else "live")
-    console = Console(quiet=options.quiet, stream=human, debug=options.debug, ci=detect_ci_output(),
-                      output=output)
-    wiring = RunWiring(gates=[git_gate], env_hooks=[git_step_environment],
-                       sinks=[console, GitHubStepSummary()])
+    console = Console(quiet=options.quiet, stream=human, debug=options.debug, ci=detect_ci_output(), output=output)
+    wiring = RunWiring(gates=[git_gate], env_hooks=[git_step_environment], sinks=[console, GitHubStepSummary()])
     if paths is not None:  # what each step's inputs are, `sources` steps up to date, resume
         state = options.git if isinstance(options.git, GitState) else None
         inputs = StepInputs(workflow, paths.root, RunStore(paths.runs_dir), state.git if state else None)
@@ -11904,14 +13153,18 @@ def run_wiring(workflow: Workflow, settings: Settings, options: RunOptions, huma
     return wiring
 
 
-def print_plan(workflow: Workflow, settings: Settings, paths: Paths, store: RunStore,
-               options: RunOptions, out: Any) -> int:
+def print_plan(
+    workflow: Workflow, settings: Settings, paths: Paths, store: RunStore, options: RunOptions, out: Any
+) -> int:
     plan = plan_run(workflow, settings, paths.root, store, options)
     out.write(f"{workflow.name} ({workflow.display_path}): {plural(len(plan), 'step')} — dry run, nothing will run\n")
     for number, item in enumerate(plan, start=1):
         when = f", when {item['when']}" if item["when"] != "success" else ""
-        out.write(f"  [{number}/{len(plan)}] {item['step']} ({item['type']}{when})"
-                  + (f": skipped — {item['skip']}" if item["skip"] else "") + "\n")
+        out.write(
+            f"  [{number}/{len(plan)}] {item['step']} ({item['type']}{when})"
+            + (f": skipped — {item['skip']}" if item["skip"] else "")
+            + "\n"
+        )
         for line in item["commands"]:
             out.write(f"        {line}\n")
         for warning in item["warnings"]:
@@ -11930,14 +13183,20 @@ def check_init_target(root: Path, folder: Path, name: str, option: str) -> None:
     inside = _inside(os.path.normpath(folder), os.path.normpath(root))
     if inside and not _inside(os.path.realpath(folder), real_root):
         shown = os.path.relpath(folder, root)
-        raise UsageError(f"{shown} leads outside the project root (to {os.path.realpath(folder)}); "
-                         f"orchestrate init does not create files through it: remove the link, or pass "
-                         f"{option} {os.path.realpath(folder)}")
+        raise UsageError(
+            f"{shown} leads outside the project root (to {os.path.realpath(folder)}); "
+            f"orchestrate init does not create files through it: remove the link, or pass "
+            f"{option} {os.path.realpath(folder)}"
+        )
     target = folder / name
-    if os.path.islink(target) and not _inside(os.path.realpath(target), real_root if inside else os.path.realpath(folder)):
+    if os.path.islink(target) and not _inside(
+        os.path.realpath(target), real_root if inside else os.path.realpath(folder)
+    ):
         shown = os.path.relpath(target, root) if inside else str(target)
-        raise UsageError(f"{shown} is a symbolic link to {os.path.realpath(target)}, outside the project "
-                         f"root; orchestrate init does not write through it: remove the link")
+        raise UsageError(
+            f"{shown} is a symbolic link to {os.path.realpath(target)}, outside the project "
+            f"root; orchestrate init does not write through it: remove the link"
+        )
 
 
 _INIT_WORKFLOW = {
@@ -11945,10 +13204,18 @@ _INIT_WORKFLOW = {
     "description": "Checks run before every git push",
     # independent checks run at once ("needs": []); see README "Steps in parallel"
     "steps": [
-        {"name": "lint", "type": "command", "needs": [],
-         "run": ["python3", "-c", "print('replace me with your linter, e.g. ruff check .')"]},
-        {"name": "tests", "type": "command", "needs": [],
-         "run": ["python3", "-c", "print('replace me with your tests, e.g. pytest -q')"]},
+        {
+            "name": "lint",
+            "type": "command",
+            "needs": [],
+            "run": ["python3", "-c", "print('replace me with your linter, e.g. ruff check .')"],
+        },
+        {
+            "name": "tests",
+            "type": "command",
+            "needs": [],
+            "run": ["python3", "-c", "print('replace me with your tests, e.g. pytest -q')"],
+        },
     ],
 }
 # what the CI templates in hooks/ run (`orchestrate run ci`)
@@ -11966,10 +13233,19 @@ def scaffold_project(paths: Paths, ci: bool = False) -> list[Path]:
     runs/.gitignore. Never over a file that exists, never through a symbolic link leading
     outside the root (everything is checked before anything is written). Returns what it created."""
     workflows = [("pre-push", _INIT_WORKFLOW)] + ([("ci", _INIT_CI_WORKFLOW)] if ci else [])
-    files = [(paths.workflows_dir, f"{name}.json", "--workflows-dir", 0o755, json.dumps(document, indent=2) + "\n")
-             for name, document in workflows]
-    files.append((paths.runs_dir, ".gitignore", "--runs-dir", RUNS_DIR_MODE,
-                  "# run records are local state, never committed\n*\n!.gitignore\n"))
+    files = [
+        (paths.workflows_dir, f"{name}.json", "--workflows-dir", 0o755, json.dumps(document, indent=2) + "\n")
+        for name, document in workflows
+    ]
+    files.append(
+        (
+            paths.runs_dir,
+            ".gitignore",
+            "--runs-dir",
+            RUNS_DIR_MODE,
+            "# run records are local state, never committed\n*\n!.gitignore\n",
+        )
+    )
     for folder, name, option, _mode, _text in files:
         check_init_target(paths.root, folder, name, option)
     created = []
@@ -12006,51 +13282,84 @@ def _workflow_masker(paths: Paths, record: Mapping[str, Any]) -> Masker | None:
     """The secrets of the run's workflow as it is defined now, to mask logs read back (they
     were masked when written; a workflow that no longer loads is no reason to refuse)."""
     try:
-        workflow = load_workflow(str(record.get("workflow")), paths.workflows_dir, dict(os.environ),
-                                 load_settings(paths.root), paths.root)
+        workflow = load_workflow(
+            str(record.get("workflow")), paths.workflows_dir, dict(os.environ), load_settings(paths.root), paths.root
+        )
     except OrchestrateError:
         return None
     return Masker(workflow.secrets)
 
 
-def make_paths(root: Path | str | None, workflows_dir: Path | str | None,
-               runs_dir: Path | str | None) -> Paths:
+def make_paths(root: Path | str | None, workflows_dir: Path | str | None, runs_dir: Path | str | None) -> Paths:
     base = (Path(root) if root else find_project_root(Path.cwd())).absolute()
-    return Paths(root=base,
-                 workflows_dir=(Path(workflows_dir) if workflows_dir else base / "workflows").absolute(),
-                 runs_dir=(Path(runs_dir) if runs_dir else base / "runs").absolute())
+    return Paths(
+        root=base,
+        workflows_dir=(Path(workflows_dir) if workflows_dir else base / "workflows").absolute(),
+        runs_dir=(Path(runs_dir) if runs_dir else base / "runs").absolute(),
+    )
 
 
-def make_run_options(*, dry_run: bool = False, only: Sequence[str] = (), skip: Sequence[str] = (),
-                     keep_going: bool = False, quiet: bool = False, json_output: bool = False,
-                     debug: bool = False, var: Sequence[str] = (), junit_xml: Path | str | None = None,
-                     shard: str | None = None, git_hook: str | None = None, push_remote: str | None = None,
-                     push_url: str | None = None, from_ref: str | None = None, to_ref: str | None = None,
-                     run_id: str | None = None, jobs: str | int | None = None,
-                     output: str | None = None, vars_stdin: bool = False,
-                     isolated: bool = False, html_report: Path | str | None = None,
-                     force: bool = False, workflow_from_git_config: bool = False) -> RunOptions:
+def make_run_options(
+    *,
+    dry_run: bool = False,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    keep_going: bool = False,
+    quiet: bool = False,
+    json_output: bool = False,
+    debug: bool = False,
+    var: Sequence[str] = (),
+    junit_xml: Path | str | None = None,
+    shard: str | None = None,
+    git_hook: str | None = None,
+    push_remote: str | None = None,
+    push_url: str | None = None,
+    from_ref: str | None = None,
+    to_ref: str | None = None,
+    run_id: str | None = None,
+    jobs: str | int | None = None,
+    output: str | None = None,
+    vars_stdin: bool = False,
+    isolated: bool = False,
+    html_report: Path | str | None = None,
+    force: bool = False,
+    workflow_from_git_config: bool = False,
+) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
     if git_hook is not None and git_hook != "pre-push":
         raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
     if output is not None and output not in Console.MODES:
-        raise UsageError(f"--output {output!r}: expected one of {', '.join(Console.MODES)}"
-                         f"{did_you_mean(output, Console.MODES)}")
+        raise UsageError(
+            f"--output {output!r}: expected one of {', '.join(Console.MODES)}{did_you_mean(output, Console.MODES)}"
+        )
     if vars_stdin and (git_hook is not None or var):
-        raise UsageError("--vars-stdin reads the variables from stdin: it cannot be combined with "
-                         "--var or --git-hook")
+        raise UsageError("--vars-stdin reads the variables from stdin: it cannot be combined with --var or --git-hook")
     return RunOptions(
-        dry_run=dry_run, only=list(only), skip=list(skip), keep_going=keep_going, quiet=quiet,
-        json_output=json_output, debug=debug, variables=parse_vars(var),
+        dry_run=dry_run,
+        only=list(only),
+        skip=list(skip),
+        keep_going=keep_going,
+        quiet=quiet,
+        json_output=json_output,
+        debug=debug,
+        variables=parse_vars(var),
         junit_xml=Path(junit_xml) if junit_xml is not None else None,
-        shard=parse_shard(shard) if shard is not None else None, git_hook=git_hook, from_ref=from_ref,
-        to_ref=to_ref, push_remote=push_remote, push_url=push_url,
+        shard=parse_shard(shard) if shard is not None else None,
+        git_hook=git_hook,
+        from_ref=from_ref,
+        to_ref=to_ref,
+        push_remote=push_remote,
+        push_url=push_url,
         run_id=check_run_id(run_id) if run_id else None,
-        jobs=parse_jobs(jobs) if jobs is not None else None, output=output,
-        vars_from_http=vars_stdin, isolated=isolated,
+        jobs=parse_jobs(jobs) if jobs is not None else None,
+        output=output,
+        vars_from_http=vars_stdin,
+        isolated=isolated,
         # checked before the run: a report path it could never write is a usage error
         html_report=check_report_target(Path(html_report), "--html-report") if html_report is not None else None,
-        force=force, workflow_from_git_config=workflow_from_git_config)
+        force=force,
+        workflow_from_git_config=workflow_from_git_config,
+    )
 
 
 def parse_jobs(value: str | int) -> int:
@@ -12083,15 +13392,17 @@ def resolve_run_ref(store: RunStore, ref: str) -> str:
         return matches[0]
     if len(matches) > 1:
         shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
-        raise UsageError(f"run {ref!r} is ambiguous: {plural(len(matches), 'run')} match ({shown}); "
-                         "give more of the id")
+        raise UsageError(
+            f"run {ref!r} is ambiguous: {plural(len(matches), 'run')} match ({shown}); give more of the id"
+        )
     if re.fullmatch(r"\d{8}T\d{9}Z-[0-9a-f]{6}", ref):
         return ref  # a whole id of a run that does not exist: the store says so
     raise UsageError(f"no run id in {store.runs_dir} starts with {ref!r} (see: orchestrate runs)")
 
 
-def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type[BaseException], ...] = (),
-            **kwargs: Any) -> int:
+def guarded(
+    func: Callable[..., int | None], *args: Any, passthrough: tuple[type[BaseException], ...] = (), **kwargs: Any
+) -> int:
     """The one place domain errors become one-line messages and exit codes."""
     try:
         return func(*args, **kwargs) or EXIT_OK
@@ -12111,12 +13422,15 @@ def guarded(func: Callable[..., int | None], *args: Any, passthrough: tuple[type
         import traceback
 
         traceback.print_exc()
-        _err("orchestrate: internal error (a bug, not a step failure): please report it "
-             "with the traceback above; exit code 3")
+        _err(
+            "orchestrate: internal error (a bug, not a step failure): please report it "
+            "with the traceback above; exit code 3"
+        )
         return EXIT_INTERNAL
 
 
 # --- Commands: each does its work and returns a CommandResult; render() prints it ----------
+
 
 @dataclass
 class CommandResult:
@@ -12173,12 +13487,18 @@ def cmd_validate(paths: Paths, names: Sequence[str] = (), var: Sequence[str] = (
             result.exit_code = EXIT_USAGE
             continue
         plan = plan_run(workflow, settings, paths.root, store, RunOptions(variables=parse_vars(var)))
-        warnings = workflow.warnings + [f"{workflow.display_path}: steps[{i}] \"{item['step']}\": {w}"
-                                        for i, item in enumerate(plan) for w in item["warnings"]]
+        warnings = workflow.warnings + [
+            f'{workflow.display_path}: steps[{i}] "{item["step"]}": {w}'
+            for i, item in enumerate(plan)
+            for w in item["warnings"]
+        ]
         for warning in warnings:
             result.warn(warning)
-        result.say(f"{workflow.display_path}: ok ({plural(len(workflow.steps), 'step')}"
-                   + (f", {plural(len(warnings), 'warning')}" if warnings else "") + ")")
+        result.say(
+            f"{workflow.display_path}: ok ({plural(len(workflow.steps), 'step')}"
+            + (f", {plural(len(warnings), 'warning')}" if warnings else "")
+            + ")"
+        )
         result.data.append({"workflow": name, "ok": True, "steps": len(workflow.steps), "warnings": warnings})
     return result
 
@@ -12210,15 +13530,24 @@ def cmd_status(paths: Paths, run_ref: str = "latest") -> CommandResult:
     store = RunStore(paths.runs_dir)
     record = store.load(resolve_run_ref(store, run_ref))
     result = CommandResult(data=record)
-    result.say(f"run {record['run_id']}: {record.get('workflow')} — {record.get('status')}"
-               + (f" (current: {record['current']})" if record.get("current") else ""))
-    result.say(f"  started {record.get('started_at')}"
-               + (f", finished {record['finished_at']} ({format_duration(record.get('duration_s'))})"
-                  if record.get("finished_at") else ""))
+    result.say(
+        f"run {record['run_id']}: {record.get('workflow')} — {record.get('status')}"
+        + (f" (current: {record['current']})" if record.get("current") else "")
+    )
+    result.say(
+        f"  started {record.get('started_at')}"
+        + (
+            f", finished {record['finished_at']} ({format_duration(record.get('duration_s'))})"
+            if record.get("finished_at")
+            else ""
+        )
+    )
     trigger = record.get("trigger") or {}
     git = trigger.get("git") or {}
-    result.say(f"  trigger {trigger.get('source', '?')}"
-               + (f", {git.get('branch') or 'detached'} @ {str(git.get('commit'))[:12]}" if git.get("commit") else ""))
+    result.say(
+        f"  trigger {trigger.get('source', '?')}"
+        + (f", {git.get('branch') or 'detached'} @ {str(git.get('commit'))[:12]}" if git.get("commit") else "")
+    )
     if record.get("message"):
         result.say(f"  {record['message']}")
     for row in render_step_table(record):
@@ -12226,13 +13555,13 @@ def cmd_status(paths: Paths, run_ref: str = "latest") -> CommandResult:
     return result
 
 
-def cmd_runs(paths: Paths, workflow: str | None = None, status: str | None = None,
-             limit: int = 20) -> CommandResult:
+def cmd_runs(paths: Paths, workflow: str | None = None, status: str | None = None, limit: int = 20) -> CommandResult:
     """`orchestrate runs`: recent runs, newest first."""
     status = RUN_STATUS_ALIASES.get(status or "", status)
     if status is not None and status not in RUN_STATUSES:
-        raise UsageError(f"--status {status!r}: expected one of {', '.join(RUN_STATUSES)}"
-                         f"{did_you_mean(status, RUN_STATUSES)}")
+        raise UsageError(
+            f"--status {status!r}: expected one of {', '.join(RUN_STATUSES)}{did_you_mean(status, RUN_STATUSES)}"
+        )
     rows = RunStore(paths.runs_dir).list(workflow=workflow, status=status, limit=limit)
     result = CommandResult(data=rows)
     if not rows:
@@ -12241,9 +13570,11 @@ def cmd_runs(paths: Paths, workflow: str | None = None, status: str | None = Non
         if "unreadable" in row:
             result.say(f"{row['run_id']}  unreadable: {row['unreadable']}")
             continue
-        result.say(f"{row['run_id']}  {row.get('status', '?'):<9}  {format_duration(row.get('duration_s')):>7}  "
-                   f"{row.get('workflow')}  ({(row.get('trigger') or {}).get('source', '?')})"
-                   + (f"  {row['message']}" if row.get("message") else ""))
+        result.say(
+            f"{row['run_id']}  {row.get('status', '?'):<9}  {format_duration(row.get('duration_s')):>7}  "
+            f"{row.get('workflow')}  ({(row.get('trigger') or {}).get('source', '?')})"
+            + (f"  {row['message']}" if row.get("message") else "")
+        )
     return result
 
 
@@ -12258,8 +13589,7 @@ def cmd_logs(paths: Paths, run_ref: str, step: str | None = None) -> CommandResu
         entry = step_entry(record, step)
         if entry is None:
             names = [str(e.get("step")) for e in entries]
-            raise UsageError(f"run {run_id} has no step {step!r}{did_you_mean(step, names)}; "
-                             f"steps: {', '.join(names)}")
+            raise UsageError(f"run {run_id} has no step {step!r}{did_you_mean(step, names)}; steps: {', '.join(names)}")
         chosen = [entry]
     result = CommandResult(data=[{"step": e.get("step"), "log_file": e.get("log_file")} for e in chosen])
 
@@ -12302,13 +13632,16 @@ def cmd_init(paths: Paths, ci: bool = False) -> CommandResult:
     if not created:
         wanted = ["workflows/pre-push.json", *(["workflows/ci.json"] if ci else []), "runs/.gitignore"]
         result.say(f"nothing to do: {', '.join(wanted[:-1])} and {wanted[-1]} exist")
-    result.say("next: orchestrate run pre-push   then: orchestrate hook install"
-               + ("   in CI: orchestrate run ci" if ci else ""))
+    result.say(
+        "next: orchestrate run pre-push   then: orchestrate hook install"
+        + ("   in CI: orchestrate run ci" if ci else "")
+    )
     return result
 
 
-def cmd_hook_install(paths: Paths, hook: str = "pre-push", workflow: str | None = None,
-                     force: bool = False) -> CommandResult:
+def cmd_hook_install(
+    paths: Paths, hook: str = "pre-push", workflow: str | None = None, force: bool = False
+) -> CommandResult:
     """`orchestrate hook install`: the hook where git looks for it."""
     change = install_hook(paths.root, hook, workflow, force)
     result = CommandResult(data={"path": str(change.path), "legacy": str(change.legacy) if change.legacy else None})
@@ -12332,8 +13665,10 @@ def cmd_hook_status(paths: Paths, hook: str = "pre-push") -> CommandResult:
     info = hook_status(paths.root, hook)
     result = CommandResult(data=info)
     result.say(info["summary"])
-    result.say(f"  hooks folder: {info['hooks_dir']}"
-               + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else ""))
+    result.say(
+        f"  hooks folder: {info['hooks_dir']}"
+        + (f" (core.hooksPath = {info['core_hooks_path']})" if info["core_hooks_path"] else "")
+    )
     return result
 
 
@@ -12393,18 +13728,20 @@ def build_app() -> Any:
         def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
             return super().parse_args(ctx, hoist_global_options(args))  # type: ignore[no-any-return]
 
-
     app = typer.Typer(
-        name="orchestrate", cls=GlobalOptionsAnywhere, add_completion=True, no_args_is_help=True,
-        pretty_exceptions_enable=False, rich_markup_mode=None,
+        name="orchestrate",
+        cls=GlobalOptionsAnywhere,
+        add_completion=True,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
         help="Run a project's check-and-release workflow (workflows/<name>.json).\n\n"
-             "Exit codes: 0 every step passed or was skipped; 1 a step failed; 2 usage or "
-             "definition error (nothing ran); 3 internal error; 130/143 interrupted.")
-
+        "Exit codes: 0 every step passed or was skipped; 1 a step failed; 2 usage or "
+        "definition error (nothing ran); 3 internal error; 130/143 interrupted.",
+    )
 
     def _paths(ctx: typer.Context) -> Paths:
         return ctx.obj  # type: ignore[no-any-return]
-
 
     def _boundary(func: Callable[..., int | None]) -> Callable[..., None]:
         import functools
@@ -12412,92 +13749,151 @@ def build_app() -> Any:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> None:
             raise typer.Exit(guarded(func, *args, passthrough=(typer.Exit, typer.Abort), **kwargs))
-        return wrapper
 
+        return wrapper
 
     def _version_callback(value: bool) -> None:
         if value:
             typer.echo(f"orchestrate {__version__}")
             raise typer.Exit(0)
 
-
     @app.callback()
     def cli(
         ctx: typer.Context,
-        root: Path = typer.Option(None, "--root", envvar="ORCHESTRATE_ROOT",
-                                  help="Project root (default: the nearest folder up with workflows/ or "
-                                       "orchestrate.json, within the git repository; else the current "
-                                       "directory). Also accepted after the command.", show_default=False),
-        workflows_dir: Path = typer.Option(None, "--workflows-dir", help="Folder of workflow files (default: ROOT/workflows)."),
+        root: Path = typer.Option(
+            None,
+            "--root",
+            envvar="ORCHESTRATE_ROOT",
+            help="Project root (default: the nearest folder up with workflows/ or "
+            "orchestrate.json, within the git repository; else the current "
+            "directory). Also accepted after the command.",
+            show_default=False,
+        ),
+        workflows_dir: Path = typer.Option(
+            None, "--workflows-dir", help="Folder of workflow files (default: ROOT/workflows)."
+        ),
         runs_dir: Path = typer.Option(None, "--runs-dir", help="Folder of run records (default: ROOT/runs)."),
-        version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                     help="Show the version and exit."),
+        version: bool = typer.Option(
+            False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+        ),
     ) -> None:
         """Run a project's check-and-release workflow from a git hook, a CI job or a terminal."""
         ctx.obj = make_paths(root, workflows_dir, runs_dir)
-
 
     @app.command()
     @_boundary
     def run(
         ctx: typer.Context,
-        name: str = typer.Argument(..., help="Workflow name (workflows/NAME.json).",
-                                   autocompletion=complete_workflow_name),
+        name: str = typer.Argument(
+            ..., help="Workflow name (workflows/NAME.json).", autocompletion=complete_workflow_name
+        ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; run nothing."),
         only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable)."),
         skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable)."),
-        keep_going: bool = typer.Option(False, "--keep-going", help="Run every step even after a failure; still exit 1."),
+        keep_going: bool = typer.Option(
+            False, "--keep-going", help="Run every step even after a failure; still exit 1."
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failing output and the summary."),
         json_output: bool = typer.Option(False, "--json", help="Print the final run record as JSON on stdout."),
         debug: bool = typer.Option(False, "--debug", help="Echo each command orchestrate runs."),
         var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable)."),
         junit_xml: Path = typer.Option(None, "--junit-xml", help="Also write the JUnit report here."),
-        shard: str = typer.Option(None, "--shard", envvar="ORCHESTRATE_SHARD", help="I/N: run shard I of N of each Cypress suite."),
+        shard: str = typer.Option(
+            None, "--shard", envvar="ORCHESTRATE_SHARD", help="I/N: run shard I of N of each Cypress suite."
+        ),
         git_hook: str = typer.Option(None, "--git-hook", help="Hook mode (pre-push): read git's ref lines from stdin."),
         push_remote: str = typer.Option(None, "--push-remote", help="Remote name git passes to pre-push."),
         push_url: str = typer.Option(None, "--push-url", help="Remote URL git passes to pre-push."),
         from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
         to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
         run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
-        jobs: str = typer.Option(None, "--jobs", "-j", help="Steps at once (default: \"jobs\" in orchestrate.json, else the number of CPUs); 1 runs them in order."),
-        output: str = typer.Option(None, "--output", help="live, grouped (each step whole when it ends; the default when steps run in parallel) or prefixed (every line as it comes, 'name | ' in front)."),
-        vars_stdin: bool = typer.Option(False, "--vars-stdin", hidden=True,
-                                        help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
-        isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
-                                      "being checked (the pushed one, else HEAD), not the working tree."),
-        html_report: Path = typer.Option(None, "--html-report", help="Also write the run's HTML report here (a failed or interrupted run too)."),
-        force: bool = typer.Option(False, "--force", envvar="ORCHESTRATE_FORCE",
-                                   help="Run every step, even those up to date (their `sources` unchanged)."),
+        jobs: str = typer.Option(
+            None,
+            "--jobs",
+            "-j",
+            help='Steps at once (default: "jobs" in orchestrate.json, else the number of CPUs); 1 runs them in order.',
+        ),
+        output: str = typer.Option(
+            None,
+            "--output",
+            help="live, grouped (each step whole when it ends; the default when steps run in parallel) or prefixed (every line as it comes, 'name | ' in front).",
+        ),
+        vars_stdin: bool = typer.Option(
+            False, "--vars-stdin", hidden=True, help="Read ${NAME} values as a JSON object from stdin (HTTP server)."
+        ),
+        isolated: bool = typer.Option(
+            False,
+            "--isolated",
+            help="Run in a temporary git worktree of the commit "
+            "being checked (the pushed one, else HEAD), not the working tree.",
+        ),
+        html_report: Path = typer.Option(
+            None, "--html-report", help="Also write the run's HTML report here (a failed or interrupted run too)."
+        ),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            envvar="ORCHESTRATE_FORCE",
+            help="Run every step, even those up to date (their `sources` unchanged).",
+        ),
         workflow_from_git_config: bool = typer.Option(
-            False, "--workflow-from-git-config",
+            False,
+            "--workflow-from-git-config",
             help="Run the workflow `git config orchestrate.prePushWorkflow` names, if any, instead of NAME "
-                 "(what the installed pre-push hook passes)."),
+            "(what the installed pre-push hook passes).",
+        ),
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
         options = make_run_options(
-            dry_run=dry_run, only=only, skip=skip, keep_going=keep_going, quiet=quiet,
-            json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
-            git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
-            to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
-            isolated=isolated, html_report=html_report, force=force,
-            workflow_from_git_config=workflow_from_git_config)
+            dry_run=dry_run,
+            only=only,
+            skip=skip,
+            keep_going=keep_going,
+            quiet=quiet,
+            json_output=json_output,
+            debug=debug,
+            var=var,
+            junit_xml=junit_xml,
+            shard=shard,
+            git_hook=git_hook,
+            push_remote=push_remote,
+            push_url=push_url,
+            from_ref=from_ref,
+            to_ref=to_ref,
+            run_id=run_id,
+            jobs=jobs,
+            output=output,
+            vars_stdin=vars_stdin,
+            isolated=isolated,
+            html_report=html_report,
+            force=force,
+            workflow_from_git_config=workflow_from_git_config,
+        )
         return run_workflow_command(_paths(ctx), name, options)
-
 
     @app.command()
     @_boundary
     def resume(
         ctx: typer.Context,
-        run_ref: str = typer.Argument(..., metavar="RUN", help="The failed run: its id, a unique start or end of one, or 'latest'."),
+        run_ref: str = typer.Argument(
+            ..., metavar="RUN", help="The failed run: its id, a unique start or end of one, or 'latest'."
+        ),
         only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable; default: as RUN did)."),
         skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable; default: as RUN did)."),
-        keep_going: bool = typer.Option(False, "--keep-going", help="Run every step even after a failure; still exit 1."),
+        keep_going: bool = typer.Option(
+            False, "--keep-going", help="Run every step even after a failure; still exit 1."
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failing output and the summary."),
         json_output: bool = typer.Option(False, "--json", help="Print the final run record as JSON on stdout."),
         debug: bool = typer.Option(False, "--debug", help="Echo each command orchestrate runs."),
         var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable)."),
         junit_xml: Path = typer.Option(None, "--junit-xml", help="Also write the JUnit report here."),
-        shard: str = typer.Option(None, "--shard", envvar="ORCHESTRATE_SHARD", help="I/N: run shard I of N of each Cypress suite (default: as RUN did)."),
+        shard: str = typer.Option(
+            None,
+            "--shard",
+            envvar="ORCHESTRATE_SHARD",
+            help="I/N: run shard I of N of each Cypress suite (default: as RUN did).",
+        ),
         git_hook: str = typer.Option(None, "--git-hook", help="Hook mode (pre-push): read git's ref lines from stdin."),
         push_remote: str = typer.Option(None, "--push-remote", help="Remote name git passes to pre-push."),
         push_url: str = typer.Option(None, "--push-url", help="Remote URL git passes to pre-push."),
@@ -12506,41 +13902,65 @@ def build_app() -> Any:
         run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
         jobs: str = typer.Option(None, "--jobs", "-j", help="Steps at once (as on run)."),
         output: str = typer.Option(None, "--output", help="live, grouped or prefixed (as on run)."),
-        vars_stdin: bool = typer.Option(False, "--vars-stdin", hidden=True,
-                                        help="Read ${NAME} values as a JSON object from stdin (HTTP server)."),
-        isolated: bool = typer.Option(False, "--isolated", help="Run in a temporary git worktree of the commit "
-                                      "being checked (as on run)."),
-        force: bool = typer.Option(False, "--force", envvar="ORCHESTRATE_FORCE",
-                                   help="Run every step again: re-use none, skip none as up to date."),
-        html_report: Path = typer.Option(None, "--html-report", help="Also write the run's HTML report here (as on run)."),
+        vars_stdin: bool = typer.Option(
+            False, "--vars-stdin", hidden=True, help="Read ${NAME} values as a JSON object from stdin (HTTP server)."
+        ),
+        isolated: bool = typer.Option(
+            False, "--isolated", help="Run in a temporary git worktree of the commit being checked (as on run)."
+        ),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            envvar="ORCHESTRATE_FORCE",
+            help="Run every step again: re-use none, skip none as up to date.",
+        ),
+        html_report: Path = typer.Option(
+            None, "--html-report", help="Also write the run's HTML report here (as on run)."
+        ),
     ) -> int:
         """Re-run failed RUN from its first failed step, as a new run; steps above it that passed are re-used while nothing they depend on changed."""
         options = make_run_options(
-            only=only, skip=skip, keep_going=keep_going, quiet=quiet,
-            json_output=json_output, debug=debug, var=var, junit_xml=junit_xml, shard=shard,
-            git_hook=git_hook, push_remote=push_remote, push_url=push_url, from_ref=from_ref,
-            to_ref=to_ref, run_id=run_id, jobs=jobs, output=output, vars_stdin=vars_stdin,
-            isolated=isolated, force=force, html_report=html_report)
+            only=only,
+            skip=skip,
+            keep_going=keep_going,
+            quiet=quiet,
+            json_output=json_output,
+            debug=debug,
+            var=var,
+            junit_xml=junit_xml,
+            shard=shard,
+            git_hook=git_hook,
+            push_remote=push_remote,
+            push_url=push_url,
+            from_ref=from_ref,
+            to_ref=to_ref,
+            run_id=run_id,
+            jobs=jobs,
+            output=output,
+            vars_stdin=vars_stdin,
+            isolated=isolated,
+            force=force,
+            html_report=html_report,
+        )
         return cmd_resume(_paths(ctx), run_ref, options)
-
 
     @app.command()
     @_boundary
     def validate(
         ctx: typer.Context,
         names: list[str] = typer.Argument(None, help="Workflow names (default: all under workflows/)."),
-        var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable), as on run."),
+        var: list[str] = typer.Option(
+            [], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable), as on run."
+        ),
     ) -> int:
         """Check workflow definitions without running anything; warn about what is missing on disk."""
         return render(cmd_validate(_paths(ctx), names or [], var))
-
 
     @app.command("list")
     @_boundary
     def list_command(ctx: typer.Context) -> int:
         """List the workflows with their step count and description."""
         return render(cmd_list(_paths(ctx)))
-
 
     @app.command()
     @_boundary
@@ -12552,19 +13972,19 @@ def build_app() -> Any:
         """Show one run (the latest by default): its status, current step and every step's result."""
         return render(cmd_status(_paths(ctx), run_id), json_output)
 
-
     @app.command()
     @_boundary
     def runs(
         ctx: typer.Context,
         workflow: str = typer.Option(None, "--workflow", "-w", help="Only runs of this workflow."),
-        status_filter: str = typer.Option(None, "--status", "-s", help="Only runs with this status: pending, running, failed, completed (or passed)."),
+        status_filter: str = typer.Option(
+            None, "--status", "-s", help="Only runs with this status: pending, running, failed, completed (or passed)."
+        ),
         limit: int = typer.Option(20, "--limit", "-n", min=1, help="At most this many runs."),
         json_output: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
     ) -> int:
         """List recent runs, newest first."""
         return render(cmd_runs(_paths(ctx), workflow, status_filter, limit), json_output)
-
 
     @app.command()
     @_boundary
@@ -12576,7 +13996,6 @@ def build_app() -> Any:
         """Print the full output of a run's steps from their log files."""
         return render(cmd_logs(_paths(ctx), run_id, step))
 
-
     @app.command()
     @_boundary
     def report(
@@ -12587,7 +14006,6 @@ def build_app() -> Any:
         """Write a run's self-contained HTML report: header, timeline, steps, failed tests, output."""
         return render(cmd_report(_paths(ctx), run_id, html))
 
-
     @app.command()
     @_boundary
     def prune(
@@ -12597,21 +14015,24 @@ def build_app() -> Any:
         """Delete old runs, keeping the newest N (running ones are never deleted)."""
         return render(cmd_prune(_paths(ctx), keep))
 
-
     @app.command()
     @_boundary
     def init(
         ctx: typer.Context,
-        ci: bool = typer.Option(False, "--ci", help="Also scaffold workflows/ci.json, the workflow the CI templates in hooks/ run."),
+        ci: bool = typer.Option(
+            False, "--ci", help="Also scaffold workflows/ci.json, the workflow the CI templates in hooks/ run."
+        ),
     ) -> int:
         """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
         return render(cmd_init(_paths(ctx), ci))
 
-
-    hook_app = typer.Typer(name="hook", no_args_is_help=True, rich_markup_mode=None,
-                           help="Install, remove or inspect orchestrate's git pre-push hook.")
+    hook_app = typer.Typer(
+        name="hook",
+        no_args_is_help=True,
+        rich_markup_mode=None,
+        help="Install, remove or inspect orchestrate's git pre-push hook.",
+    )
     app.add_typer(hook_app, name="hook")
-
 
     @hook_app.command("install")
     @_boundary
@@ -12624,7 +14045,6 @@ def build_app() -> Any:
         """Install the hook into the folder git uses (core.hooksPath and worktrees respected)."""
         return render(cmd_hook_install(_paths(ctx), hook, workflow, force))
 
-
     @hook_app.command("uninstall")
     @_boundary
     def hook_uninstall(
@@ -12633,7 +14053,6 @@ def build_app() -> Any:
     ) -> int:
         """Remove orchestrate's hook (never a foreign one) and restore the hook it replaced."""
         return render(cmd_hook_uninstall(_paths(ctx), hook))
-
 
     @hook_app.command("status")
     @_boundary
@@ -12645,20 +14064,25 @@ def build_app() -> Any:
         """Say what git will run on push: the hooks folder, the hook's owner and its workflow."""
         return render(cmd_hook_status(_paths(ctx), hook), json_output)
 
-
     @app.command("serve")
     @_boundary
     def serve_command(
         ctx: typer.Context,
-        host: str = typer.Option("127.0.0.1", "--host",
-                                 help="Address to bind; anything but loopback needs ORCHESTRATE_API_TOKEN."),
+        host: str = typer.Option(
+            "127.0.0.1", "--host", help="Address to bind; anything but loopback needs ORCHESTRATE_API_TOKEN."
+        ),
         port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-        max_parallel: int = typer.Option(2, "--max-parallel", min=1,
-                                         help="Runs at once; more starts wait as pending, in order."),
-        allowed_host: list[str] = typer.Option([], "--allowed-host",
-                                               help="Another name clients (a reverse proxy) reach the server by, NAME or NAME:PORT (repeatable)."),
-        max_queued: int = typer.Option(MAX_QUEUED_RUNS, "--max-queued", min=1,
-                                       help="Pending runs the server holds; more starts get 429."),
+        max_parallel: int = typer.Option(
+            2, "--max-parallel", min=1, help="Runs at once; more starts wait as pending, in order."
+        ),
+        allowed_host: list[str] = typer.Option(
+            [],
+            "--allowed-host",
+            help="Another name clients (a reverse proxy) reach the server by, NAME or NAME:PORT (repeatable).",
+        ),
+        max_queued: int = typer.Option(
+            MAX_QUEUED_RUNS, "--max-queued", min=1, help="Pending runs the server holds; more starts get 429."
+        ),
     ) -> int:
         """Serve the HTTP API (the 'server' extra): POST /start?name=NAME, GET /status/RUN_ID, docs at /docs.
 
@@ -12666,8 +14090,16 @@ def build_app() -> Any:
         ORCHESTRATE_API_TOKEN set, every endpoint but /healthz needs 'Authorization: Bearer <token>'.
         """
         paths = _paths(ctx)
-        serve(host, port, max_parallel, paths.root, paths.workflows_dir, paths.runs_dir,
-              allowed_hosts=allowed_host, max_queued=max_queued)
+        serve(
+            host,
+            port,
+            max_parallel,
+            paths.root,
+            paths.workflows_dir,
+            paths.runs_dir,
+            allowed_hosts=allowed_host,
+            max_queued=max_queued,
+        )
         return EXIT_OK
 
     return app
@@ -12687,15 +14119,35 @@ def __getattr__(name: str) -> Any:
 
 
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
-_FAST_RUN_FLAGS = {"--dry-run": "dry_run", "--keep-going": "keep_going", "--quiet": "quiet", "-q": "quiet",
-                   "--json": "json_output", "--debug": "debug", "--vars-stdin": "vars_stdin",
-                   "--isolated": "isolated", "--force": "force",
-                   "--workflow-from-git-config": "workflow_from_git_config"}
-_FAST_RUN_VALUES = {"--only": "only", "--skip": "skip", "--var": "var", "--junit-xml": "junit_xml",
-                    "--shard": "shard", "--git-hook": "git_hook", "--push-remote": "push_remote",
-                    "--push-url": "push_url", "--from-ref": "from_ref", "--to-ref": "to_ref",
-                    "--run-id": "run_id", "--jobs": "jobs", "-j": "jobs", "--output": "output",
-                    "--html-report": "html_report"}
+_FAST_RUN_FLAGS = {
+    "--dry-run": "dry_run",
+    "--keep-going": "keep_going",
+    "--quiet": "quiet",
+    "-q": "quiet",
+    "--json": "json_output",
+    "--debug": "debug",
+    "--vars-stdin": "vars_stdin",
+    "--isolated": "isolated",
+    "--force": "force",
+    "--workflow-from-git-config": "workflow_from_git_config",
+}
+_FAST_RUN_VALUES = {
+    "--only": "only",
+    "--skip": "skip",
+    "--var": "var",
+    "--junit-xml": "junit_xml",
+    "--shard": "shard",
+    "--git-hook": "git_hook",
+    "--push-remote": "push_remote",
+    "--push-url": "push_url",
+    "--from-ref": "from_ref",
+    "--to-ref": "to_ref",
+    "--run-id": "run_id",
+    "--jobs": "jobs",
+    "-j": "jobs",
+    "--output": "output",
+    "--html-report": "html_report",
+}
 _FAST_REPEATABLE = ("only", "skip", "var")
 _FORCE_VALUES = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
@@ -12790,8 +14242,13 @@ def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None
         if env["ORCHESTRATE_FORCE"].strip().lower() not in _FORCE_VALUES:
             return None  # Typer reports the value it cannot read as a boolean
         run_values["force"] = _truthy(env["ORCHESTRATE_FORCE"])
-    return (global_values.get("root"), global_values.get("workflows_dir"), global_values.get("runs_dir"),
-            name, run_values)
+    return (
+        global_values.get("root"),
+        global_values.get("workflows_dir"),
+        global_values.get("runs_dir"),
+        name,
+        run_values,
+    )
 
 
 def _run_fast(parsed: tuple[Any, ...]) -> int:

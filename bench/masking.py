@@ -47,10 +47,17 @@ def timed_run(checkout: Path, root: Path, secret: str | None) -> float:
     if secret is not None:
         env["BIG"] = secret
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "orchestrate", "--root", str(root), "run", "w", "--quiet"],
-                          # cwd: `python -m` imports from the current folder before PYTHONPATH
-                          cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrate", "--root", str(root), "run", "w", "--quiet"],
+        # cwd: `python -m` imports from the current folder before PYTHONPATH
+        cwd=root,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=600,
+        check=False,
+    )
     took = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"bench: orchestrate run failed ({done.returncode}): {done.stderr.decode()[-500:]}")
@@ -70,10 +77,12 @@ def in_process(checkout: Path, data: bytes, secret: str, writes: list[bytes]) ->
         stream.flush()
         return time.perf_counter() - started
 
-    chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)]
-    return {"none_s": feed(orchestrate.Masker(), chunks),
-            "secret_s": feed(orchestrate.Masker([secret]), chunks),
-            "partial_ends_s": feed(orchestrate.Masker([secret]), writes)}
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    return {
+        "none_s": feed(orchestrate.Masker(), chunks),
+        "secret_s": feed(orchestrate.Masker([secret]), chunks),
+        "partial_ends_s": feed(orchestrate.Masker([secret]), writes),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         masked: list[float] = []
         for n in range(reps):
             pair = [(plain, None), (masked, secret)]
-            for side, value in (pair if n % 2 == 0 else pair[::-1]):
+            for side, value in pair if n % 2 == 0 else pair[::-1]:
                 side.append(timed_run(args.checkout, root, value))
     line = ("x" * 79 + "\n").encode()
     data = line * (size // len(line))
@@ -105,18 +114,27 @@ def main(argv: list[str] | None = None) -> int:
     alone = in_process(args.checkout, data, secret, writes)
     ratio = statistics.median(masked) / statistics.median(plain)
     figures = {
-        "size_bytes": size, "secret_bytes": len(secret), "pairs": reps,
-        "run_no_secret_s": [round(t, 4) for t in plain], "run_secret_s": [round(t, 4) for t in masked],
-        "run_ratio": round(ratio, 3), "target_ratio": TARGET_RATIO, "ok": ratio <= TARGET_RATIO,
+        "size_bytes": size,
+        "secret_bytes": len(secret),
+        "pairs": reps,
+        "run_no_secret_s": [round(t, 4) for t in plain],
+        "run_secret_s": [round(t, 4) for t in masked],
+        "run_ratio": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "ok": ratio <= TARGET_RATIO,
         "stream_masker": {k: round(v, 4) for k, v in alone.items()},
     }
     print(f"masking: {size / MB:.0f} MB of output, a {len(secret) / 1000:.0f} KB secret, {reps} pairs")
     print(f"  orchestrate run, no secret   median {statistics.median(plain):.3f} s")
     print(f"  orchestrate run, the secret  median {statistics.median(masked):.3f} s")
-    print(f"  ratio                        {ratio:.2f}x (target <= {TARGET_RATIO}x: "
-          f"{'ok' if figures['ok'] else 'MISSED'})")
-    print(f"  StreamMasker alone: {alone['none_s']:.3f} s without, {alone['secret_s']:.3f} s with the secret, "
-          f"{alone['partial_ends_s']:.3f} s for {len(writes)} writes ending in half the secret")
+    print(
+        f"  ratio                        {ratio:.2f}x (target <= {TARGET_RATIO}x: "
+        f"{'ok' if figures['ok'] else 'MISSED'})"
+    )
+    print(
+        f"  StreamMasker alone: {alone['none_s']:.3f} s without, {alone['secret_s']:.3f} s with the secret, "
+        f"{alone['partial_ends_s']:.3f} s for {len(writes)} writes ending in half the secret"
+    )
     if args.json_out:
         args.json_out.write_text(json.dumps(figures, indent=1) + "\n")
     return 0

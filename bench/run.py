@@ -107,12 +107,23 @@ class Mode:
     input_files: tuple[int, int] = (10_000, 100 * MB)  # files hashed as a step's sources, their total size
 
 
-QUICK = Mode("quick", 5, 3, 3, (1, 10, 100), 0.2, 100, (10 * MB,), (10, 1000), False, 60, reps_history=3,
-             input_files=(1000, 10 * MB))
-NORMAL = Mode("normal", 15, 21, 5, (1, 10, 100, 1000), 0.5, 1000, (10 * MB, 200 * MB), (10, 10000), True, 300)
-FULL = Mode(
-    "full", 21, 31, 7, (1, 10, 100, 1000), 0.5, 1000, (10 * MB, 200 * MB, 1000 * MB), (10, 10000), True, 600
+QUICK = Mode(
+    "quick",
+    5,
+    3,
+    3,
+    (1, 10, 100),
+    0.2,
+    100,
+    (10 * MB,),
+    (10, 1000),
+    False,
+    60,
+    reps_history=3,
+    input_files=(1000, 10 * MB),
 )
+NORMAL = Mode("normal", 15, 21, 5, (1, 10, 100, 1000), 0.5, 1000, (10 * MB, 200 * MB), (10, 10000), True, 300)
+FULL = Mode("full", 21, 31, 7, (1, 10, 100, 1000), 0.5, 1000, (10 * MB, 200 * MB, 1000 * MB), (10, 10000), True, 600)
 
 
 # === Measuring ===
@@ -259,9 +270,7 @@ def measure_rounds(pairs: list[tuple[Cmd, Cmd, int]], timeout: float, warmup: in
 
 def check_output(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> str:
     """A set-up command (not timed): its stdout, or CommandFailed with its stderr."""
-    proc = subprocess.run(
-        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
-    )
+    proc = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     if proc.returncode != 0:
         raise CommandFailed(
             f"set-up command `{shlex.join(argv)}` in {cwd} exited {proc.returncode}\n"
@@ -290,9 +299,7 @@ class Results:
         self.rows: list[Row] = []
         self.notes: list[str] = []
 
-    def target(
-        self, name: str, figure: str, value: float | None, op: str, limit: float, unit: str, text: str
-    ) -> str:
+    def target(self, name: str, figure: str, value: float | None, op: str, limit: float, unit: str, text: str) -> str:
         """Record a target of issue 7; returns the table's verdict cell."""
         ok = None if value is None else (value <= limit if op == "<=" else value >= limit)
         self.targets.append(
@@ -382,11 +389,18 @@ class Bench:
         measure_pair(run_one, python, m.reps_fixed, m.timeout)
         ratio = run_one.median_ms / python.median_ms
         verdict = r.target(
-            "fixed_vs_python", "fixed_run_vs_python", ratio, "<=", 3.0, "x",
+            "fixed_vs_python",
+            "fixed_run_vs_python",
+            ratio,
+            "<=",
+            3.0,
+            "x",
             "orchestrate run one ≤ 3× python -c pass",
         )
         r.figures["fixed_run_vs_python"] = _pair(run_one, python, ratio=ratio, cpu_ratio=_cpu_ratio(run_one, python))
-        r.rows.append(Row("fixed: run one vs python -c pass", run_one.cell(), python.cell(), f"{ratio:.2f}×", "≤ 3×", verdict))
+        r.rows.append(
+            Row("fixed: run one vs python -c pass", run_one.cell(), python.cell(), f"{ratio:.2f}×", "≤ 3×", verdict)
+        )
         r.figures["fixed_run_peak_rss"] = {"peak_rss_mib": round(run_one.peak_rss_mib, 2)}
 
         for flag in ("--version", "--help"):
@@ -399,14 +413,25 @@ class Bench:
             target, verdict = "", ""
             if flag == "--version":
                 target = "≤ 2×"
-                verdict = r.target("version_vs_python", key, ratio, "<=", 2.0, "x", "orchestrate --version ≤ 2× python -c pass")
-            r.rows.append(Row(f"fixed: {flag} vs python -c pass", cmd.cell(), base.cell(), f"{ratio:.2f}×", target, verdict))
+                verdict = r.target(
+                    "version_vs_python", key, ratio, "<=", 2.0, "x", "orchestrate --version ≤ 2× python -c pass"
+                )
+            r.rows.append(
+                Row(f"fixed: {flag} vs python -c pass", cmd.cell(), base.cell(), f"{ratio:.2f}×", target, verdict)
+            )
 
         precommit = self.precommit()
         if isinstance(precommit, str):
             r.skip("fixed_run_vs_precommit", "fixed: run one vs pre-commit", precommit)
-            r.target("fixed_vs_precommit", "fixed_run_vs_precommit", None, "<=", 0.5, "x",
-                     "orchestrate run one ≤ 0.5× pre-commit run --hook-stage pre-push")
+            r.target(
+                "fixed_vs_precommit",
+                "fixed_run_vs_precommit",
+                None,
+                "<=",
+                0.5,
+                "x",
+                "orchestrate run one ≤ 0.5× pre-commit run --hook-stage pre-push",
+            )
             return
         argv, version = precommit
         # One local `language: system` hook, the equivalent of the one /bin/true step.
@@ -421,11 +446,20 @@ class Bench:
         measure_pair(run_one, pc, m.reps_fixed, m.timeout)
         ratio = run_one.median_ms / pc.median_ms
         verdict = r.target(
-            "fixed_vs_precommit", "fixed_run_vs_precommit", ratio, "<=", 0.5, "x",
+            "fixed_vs_precommit",
+            "fixed_run_vs_precommit",
+            ratio,
+            "<=",
+            0.5,
+            "x",
             "orchestrate run one ≤ 0.5× pre-commit run --hook-stage pre-push",
         )
         r.figures["fixed_run_vs_precommit"] = _pair(run_one, pc, ratio=ratio, precommit_version=version)
-        r.rows.append(Row(f"fixed: run one vs pre-commit {version}", run_one.cell(), pc.cell(), f"{ratio:.2f}×", "≤ 0.5×", verdict))
+        r.rows.append(
+            Row(
+                f"fixed: run one vs pre-commit {version}", run_one.cell(), pc.cell(), f"{ratio:.2f}×", "≤ 0.5×", verdict
+            )
+        )
 
     def precommit(self) -> tuple[list[str], str] | str:
         """pre-commit's argv and version, from the bench's own venv (installed there with
@@ -442,7 +476,9 @@ class Bench:
                 check_output([sys.executable, "-m", "venv", str(venv)], self.work, self.env, 300)
                 check_output(
                     [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "pre-commit"],
-                    self.work, self.env, 600,
+                    self.work,
+                    self.env,
+                    600,
                 )
             except (CommandFailed, subprocess.TimeoutExpired, OSError) as exc:
                 shutil.rmtree(venv, ignore_errors=True)
@@ -477,18 +513,41 @@ class Bench:
         refs = f"refs/heads/main {head} refs/heads/main {parent}\n".encode()
         direct_argv = self.hook_target(hook, root, remote, refs)
         if direct_argv is None:
-            r.skip("hook_overhead", label, "the hook does not run `orchestrate` from PATH, so the "
-                   "command it runs could not be recorded for the direct comparison")
+            r.skip(
+                "hook_overhead",
+                label,
+                "the hook does not run `orchestrate` from PATH, so the "
+                "command it runs could not be recorded for the direct comparison",
+            )
             r.target("hook_overhead", "hook_overhead", None, "<=", 10.0, "ms", "pre-push hook adds ≤ 10 ms")
             return
-        via_hook = Cmd("pre-push hook", [str(hook), "origin", remote], root, self.env, stdin=refs,
-                       after=lambda: _empty(root / "runs"))
-        direct = Cmd("orchestrate (as the hook calls it)", direct_argv, root, self.env, stdin=refs,
-                     after=lambda: _empty(root / "runs"))
+        via_hook = Cmd(
+            "pre-push hook",
+            [str(hook), "origin", remote],
+            root,
+            self.env,
+            stdin=refs,
+            after=lambda: _empty(root / "runs"),
+        )
+        direct = Cmd(
+            "orchestrate (as the hook calls it)",
+            direct_argv,
+            root,
+            self.env,
+            stdin=refs,
+            after=lambda: _empty(root / "runs"),
+        )
         measure_pair(via_hook, direct, m.reps_fixed, m.timeout)
         overhead = via_hook.median_ms - direct.median_ms
-        verdict = r.target("hook_overhead", "hook_overhead", overhead, "<=", 10.0, "ms",
-                           "the installed pre-push hook adds ≤ 10 ms over calling orchestrate directly")
+        verdict = r.target(
+            "hook_overhead",
+            "hook_overhead",
+            overhead,
+            "<=",
+            10.0,
+            "ms",
+            "the installed pre-push hook adds ≤ 10 ms over calling orchestrate directly",
+        )
         r.figures["hook_overhead"] = _pair(via_hook, direct, overhead_ms=round(overhead, 3), installed_by=how)
         r.rows.append(Row(label, via_hook.cell(), direct.cell(), f"{overhead:+.1f} ms", "≤ 10 ms", verdict))
         self.hook_nothing_to_check(hook, remote)
@@ -503,11 +562,26 @@ class Bench:
         base = Cmd("python -c pass", [self.python, "-c", "pass"], hook.parent, self.env)
         measure_pair(cmd, base, m.reps_fixed, m.timeout)
         ratio = cmd.median_ms / base.median_ms
-        verdict = r.target("hook_nothing_to_check", "hook_nothing_to_check", ratio, "<=", 1.5, "x",
-                           "a push with nothing to check (tags only) ends in the hook within 1.5× python -c pass")
+        verdict = r.target(
+            "hook_nothing_to_check",
+            "hook_nothing_to_check",
+            ratio,
+            "<=",
+            1.5,
+            "x",
+            "a push with nothing to check (tags only) ends in the hook within 1.5× python -c pass",
+        )
         r.figures["hook_nothing_to_check"] = _pair(cmd, base, ratio=ratio)
-        r.rows.append(Row("hook: push of tags only (nothing to check) vs python -c pass", cmd.cell(), base.cell(),
-                          f"{ratio:.2f}×", "≤ 1.5×", verdict))
+        r.rows.append(
+            Row(
+                "hook: push of tags only (nothing to check) vs python -c pass",
+                cmd.cell(),
+                base.cell(),
+                f"{ratio:.2f}×",
+                "≤ 1.5×",
+                verdict,
+            )
+        )
 
     def hook_vs_lefthook(self) -> None:
         """`git push` of a fresh commit to a local bare remote: with orchestrate's installed hook
@@ -518,8 +592,15 @@ class Bench:
         found = self.lefthook()
         if isinstance(found, str):
             r.skip("hook_vs_lefthook", label, found)
-            r.target("hook_vs_lefthook", "hook_vs_lefthook", None, "<=", 1.0, "x",
-                     "orchestrate's pre-push hook adds ≤ what lefthook's adds to a git push")
+            r.target(
+                "hook_vs_lefthook",
+                "hook_vs_lefthook",
+                None,
+                "<=",
+                1.0,
+                "x",
+                "orchestrate's pre-push hook adds ≤ what lefthook's adds to a git push",
+            )
             return
         lefthook, version = found
         env = dict(self.env, PATH=f"{lefthook.parent}{os.pathsep}{self.env['PATH']}")
@@ -537,8 +618,7 @@ class Bench:
                 self.git(root, "commit", "-q", "--allow-empty", "-m", "next")
 
             next_commit()
-            return Cmd(f"git push ({name})", ["git", "push", "-q", "origin", "HEAD:main"], root, env,
-                       after=next_commit)
+            return Cmd(f"git push ({name})", ["git", "push", "-q", "origin", "HEAD:main"], root, env, after=next_commit)
 
         def with_lefthook(root: Path) -> None:
             (root / "lefthook.yml").write_text("pre-push:\n  commands:\n    s1:\n      run: /bin/true\n")
@@ -556,17 +636,39 @@ class Bench:
         orch_added = orch.median_ms - plain.median_ms
         lh_added = lh.median_ms - plain.median_ms
         ratio = _ratio(orch_added, lh_added)
-        verdict = r.target("hook_vs_lefthook", "hook_vs_lefthook", ratio, "<=", 1.0, "x",
-                           f"orchestrate's pre-push hook adds ≤ what lefthook {version}'s adds to a git push")
+        verdict = r.target(
+            "hook_vs_lefthook",
+            "hook_vs_lefthook",
+            ratio,
+            "<=",
+            1.0,
+            "x",
+            f"orchestrate's pre-push hook adds ≤ what lefthook {version}'s adds to a git push",
+        )
         r.figures["hook_vs_lefthook"] = {
-            "lefthook_version": version, "orchestrate_added_ms": round(orch_added, 3),
-            "lefthook_added_ms": round(lh_added, 3), "ratio": _round(ratio),
-            "orchestrate": orch.summary(), "lefthook": lh.summary(), "no_hook": plain.summary(),
-            "ratio_of_min": round((min(orch.times_ms()) - min(plain.times_ms()))
-                                  / max(1e-9, min(lh.times_ms()) - min(plain.times_ms())), 4)}
+            "lefthook_version": version,
+            "orchestrate_added_ms": round(orch_added, 3),
+            "lefthook_added_ms": round(lh_added, 3),
+            "ratio": _round(ratio),
+            "orchestrate": orch.summary(),
+            "lefthook": lh.summary(),
+            "no_hook": plain.summary(),
+            "ratio_of_min": round(
+                (min(orch.times_ms()) - min(plain.times_ms())) / max(1e-9, min(lh.times_ms()) - min(plain.times_ms())),
+                4,
+            ),
+        }
         r.rows.append(Row("hook: git push, no hook", plain.cell(), "", ""))
-        r.rows.append(Row(label.replace("(added ms)", f"{version}"), f"{orch.cell()} (+{orch_added:.1f} ms)",
-                          f"{lh.cell()} (+{lh_added:.1f} ms)", _x(ratio), "≤ 1×", verdict))
+        r.rows.append(
+            Row(
+                label.replace("(added ms)", f"{version}"),
+                f"{orch.cell()} (+{orch_added:.1f} ms)",
+                f"{lh.cell()} (+{lh_added:.1f} ms)",
+                _x(ratio),
+                "≤ 1×",
+                verdict,
+            )
+        )
 
     def lefthook(self) -> tuple[Path, str] | str:
         """lefthook's binary, from its npm package (which ships the binary) installed into the
@@ -583,8 +685,12 @@ class Bench:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 # 2.2.1: later releases' builds for other platforms are not all served
-                check_output([npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "-E",
-                              "lefthook@2.2.1"], folder, self.env, 600)
+                check_output(
+                    [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "-E", "lefthook@2.2.1"],
+                    folder,
+                    self.env,
+                    600,
+                )
             except (CommandFailed, subprocess.TimeoutExpired, OSError) as exc:
                 return f"could not install lefthook: {str(exc).splitlines()[0]}"
             found = sorted(folder.glob("node_modules/lefthook-*/bin/lefthook"))
@@ -605,8 +711,7 @@ class Bench:
         shim.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > '{record}'\ncat >/dev/null\n")
         shim.chmod(0o755)
         env = dict(self.env, PATH=f"{shim_dir}{os.pathsep}{self.env['PATH']}")
-        subprocess.run([str(hook), "origin", remote], cwd=root, env=env, input=refs,
-                       capture_output=True, timeout=120)
+        subprocess.run([str(hook), "origin", remote], cwd=root, env=env, input=refs, capture_output=True, timeout=120)
         _empty(root / "runs")
         if record.exists():
             args = record.read_bytes().split(b"\0")[:-1]
@@ -618,9 +723,9 @@ class Bench:
     def steps(self) -> None:
         m, r = self.mode, self.results
         counts = m.step_counts
-        root = self.project("steps", {
-            f"steps{n}": [step(f"s{i + 1}", ["/bin/true"]) for i in range(n)] for n in counts
-        })
+        root = self.project(
+            "steps", {f"steps{n}": [step(f"s{i + 1}", ["/bin/true"]) for i in range(n)] for n in counts}
+        )
         scripts = self.work / "bash"
         scripts.mkdir()
         orch: dict[int, Cmd] = {}
@@ -630,8 +735,7 @@ class Bench:
             script.write_text("#!/bin/bash\n" + "/bin/true\n" * n)
             orch[n] = self.orch_cmd(f"orchestrate run steps{n}", root, "run", f"steps{n}")
             bash[n] = Cmd(f"bash steps{n}.sh", ["bash", str(script)], root, self.env)
-        measure_rounds([(orch[n], bash[n], m.reps_big if n >= 1000 else m.reps_steps) for n in counts],
-                       m.timeout)
+        measure_rounds([(orch[n], bash[n], m.reps_big if n >= 1000 else m.reps_steps) for n in counts], m.timeout)
 
         def per_step(side: dict[int, Cmd], n: int) -> float:
             return (side[n].median_ms - side[1].median_ms) / (n - 1)
@@ -643,8 +747,14 @@ class Bench:
                 entry["orchestrate_ms_per_step"] = round(per_step(orch, n), 4)
                 entry["bash_ms_per_step"] = round(per_step(bash, n), 4)
             fig["by_n"][str(n)] = entry
-            r.rows.append(Row(f"steps: N={n} vs bash", orch[n].cell(), bash[n].cell(),
-                              f"{orch[n].median_ms / bash[n].median_ms:.2f}×"))
+            r.rows.append(
+                Row(
+                    f"steps: N={n} vs bash",
+                    orch[n].cell(),
+                    bash[n].cell(),
+                    f"{orch[n].median_ms / bash[n].median_ms:.2f}×",
+                )
+            )
         top = max(counts)
         slope, bash_slope = per_step(orch, top), per_step(bash, top)
         ratio = _ratio(slope, bash_slope)
@@ -652,48 +762,102 @@ class Bench:
         bash_flat = _ratio(per_step(bash, top), per_step(bash, 10))
         for name, value in (("slope ratio", ratio), ("flatness", flat)):
             if value is None:
-                r.notes.append(f"steps: {name} not computed: a per-step cost came out ≤ 0 (too noisy; "
-                               "run again on a quieter machine)")
+                r.notes.append(
+                    f"steps: {name} not computed: a per-step cost came out ≤ 0 (too noisy; "
+                    "run again on a quieter machine)"
+                )
         in_run = self.in_run_flatness(root, top)
-        fig.update(slope_ms_per_step=round(slope, 4), bash_slope_ms_per_step=round(bash_slope, 4),
-                   slope_ratio=_round(ratio), flatness=_round(flat), bash_flatness=_round(bash_flat),
-                   flatness_n=[10, top], in_run=in_run)
+        fig.update(
+            slope_ms_per_step=round(slope, 4),
+            bash_slope_ms_per_step=round(bash_slope, 4),
+            slope_ratio=_round(ratio),
+            flatness=_round(flat),
+            bash_flatness=_round(bash_flat),
+            flatness_n=[10, top],
+            in_run=in_run,
+        )
         r.figures["per_step"] = fig
-        v1 = r.target("per_step_vs_bash", "per_step", ratio, "<=", 1.3, "x",
-                      f"per-step cost (slope at N={top}) ≤ 1.3× bash's")
-        r.rows.append(Row(f"steps: slope at N={top} (ms/step)", f"{slope:.3f} ms/step",
-                          f"{bash_slope:.3f} ms/step", _x(ratio), "≤ 1.3×", v1))
-        v2 = r.target("flatness", "per_step", flat, "<=", 1.3, "x",
-                      f"per-step cost at N={top} ≤ 1.3× that at N=10")
-        r.rows.append(Row(f"steps: flatness per-step N={top} / N=10", _x(flat, ""), f"{_x(bash_flat, '')} (bash)",
-                          _x(flat, ""), "≤ 1.3", v2))
+        v1 = r.target(
+            "per_step_vs_bash", "per_step", ratio, "<=", 1.3, "x", f"per-step cost (slope at N={top}) ≤ 1.3× bash's"
+        )
+        r.rows.append(
+            Row(
+                f"steps: slope at N={top} (ms/step)",
+                f"{slope:.3f} ms/step",
+                f"{bash_slope:.3f} ms/step",
+                _x(ratio),
+                "≤ 1.3×",
+                v1,
+            )
+        )
+        v2 = r.target("flatness", "per_step", flat, "<=", 1.3, "x", f"per-step cost at N={top} ≤ 1.3× that at N=10")
+        r.rows.append(
+            Row(
+                f"steps: flatness per-step N={top} / N=10",
+                _x(flat, ""),
+                f"{_x(bash_flat, '')} (bash)",
+                _x(flat, ""),
+                "≤ 1.3",
+                v2,
+            )
+        )
         self.steps_busy_disk(root, scripts, top, fig)
         if "late_over_early" in in_run:
             k = in_run["window"]
-            r.rows.append(Row(f"steps: in one N={top} run, last {k} / first {k} steps",
-                              f"{in_run['late_ms_per_step']:.3f} / {in_run['early_ms_per_step']:.3f} ms/step", "",
-                              _x(in_run["late_over_early"], "")))
+            r.rows.append(
+                Row(
+                    f"steps: in one N={top} run, last {k} / first {k} steps",
+                    f"{in_run['late_ms_per_step']:.3f} / {in_run['early_ms_per_step']:.3f} ms/step",
+                    "",
+                    _x(in_run["late_over_early"], ""),
+                )
+            )
 
     def steps_busy_disk(self, root: Path, scripts: Path, top: int, fig: dict[str, Any]) -> None:
         """The slope again while another process writes and fdatasyncs a file in a loop (what a
         busy disk does to a sync per step), against bash's in the same conditions."""
         m, r = self.mode, self.results
-        sides = {n: (self.orch_cmd(f"orchestrate run steps{n} (busy disk)", root, "run", f"steps{n}"),
-                     Cmd(f"bash steps{n}.sh (busy disk)", ["bash", str(scripts / f"steps{n}.sh")], root, self.env))
-                 for n in (1, top)}
+        sides = {
+            n: (
+                self.orch_cmd(f"orchestrate run steps{n} (busy disk)", root, "run", f"steps{n}"),
+                Cmd(f"bash steps{n}.sh (busy disk)", ["bash", str(scripts / f"steps{n}.sh")], root, self.env),
+            )
+            for n in (1, top)
+        }
         with DiskSyncer(self.work / "syncer.data") as syncer:
-            measure_rounds([(a, b, m.reps_big if n >= 1000 else m.reps_steps) for n, (a, b) in sides.items()],
-                           m.timeout)
+            measure_rounds(
+                [(a, b, m.reps_big if n >= 1000 else m.reps_steps) for n, (a, b) in sides.items()], m.timeout
+            )
         slope = (sides[top][0].median_ms - sides[1][0].median_ms) / (top - 1)
         bash_slope = (sides[top][1].median_ms - sides[1][1].median_ms) / (top - 1)
         ratio = _ratio(slope, bash_slope)
-        fig["busy_disk"] = {"slope_ms_per_step": round(slope, 4), "bash_slope_ms_per_step": round(bash_slope, 4),
-                            "slope_ratio": _round(ratio), "fdatasyncs_by_the_writer": syncer.syncs,
-                            "orchestrate": sides[top][0].summary(), "bash": sides[top][1].summary()}
-        verdict = r.target("per_step_vs_bash_busy_disk", "per_step", ratio, "<=", 1.3, "x",
-                           f"per-step cost (slope at N={top}) ≤ 1.3× bash's while another process syncs the disk")
-        r.rows.append(Row(f"steps: slope at N={top}, another process fdatasyncing", f"{slope:.3f} ms/step",
-                          f"{bash_slope:.3f} ms/step", _x(ratio), "≤ 1.3×", verdict))
+        fig["busy_disk"] = {
+            "slope_ms_per_step": round(slope, 4),
+            "bash_slope_ms_per_step": round(bash_slope, 4),
+            "slope_ratio": _round(ratio),
+            "fdatasyncs_by_the_writer": syncer.syncs,
+            "orchestrate": sides[top][0].summary(),
+            "bash": sides[top][1].summary(),
+        }
+        verdict = r.target(
+            "per_step_vs_bash_busy_disk",
+            "per_step",
+            ratio,
+            "<=",
+            1.3,
+            "x",
+            f"per-step cost (slope at N={top}) ≤ 1.3× bash's while another process syncs the disk",
+        )
+        r.rows.append(
+            Row(
+                f"steps: slope at N={top}, another process fdatasyncing",
+                f"{slope:.3f} ms/step",
+                f"{bash_slope:.3f} ms/step",
+                _x(ratio),
+                "≤ 1.3×",
+                verdict,
+            )
+        )
 
     def in_run_flatness(self, root: Path, n: int) -> dict[str, Any]:
         """From one more run's record: the mean interval between step starts over the last k
@@ -710,8 +874,12 @@ class Bench:
         k = max(10, n // 10)
         early = (starts[k] - starts[0]).total_seconds() * 1000 / k
         late = (starts[-1] - starts[-1 - k]).total_seconds() * 1000 / k
-        return {"window": k, "early_ms_per_step": round(early, 4), "late_ms_per_step": round(late, 4),
-                "late_over_early": _round(_ratio(late, early))}
+        return {
+            "window": k,
+            "early_ms_per_step": round(early, 4),
+            "late_ms_per_step": round(late, 4),
+            "late_over_early": _round(_ratio(late, early)),
+        }
 
     # --- 2b. steps in parallel ---
 
@@ -722,11 +890,14 @@ class Bench:
         m, r = self.mode, self.results
         pause = m.parallel_sleep
         sleeper = ["sleep", f"{pause:g}"]
-        root = self.project("parallel", {
-            "eight": [dict(step(f"s{i + 1}", sleeper), needs=[]) for i in range(8)],
-            "sleep1": [step("s1", sleeper)],
-            "true1": TRUE_STEP,
-        })
+        root = self.project(
+            "parallel",
+            {
+                "eight": [dict(step(f"s{i + 1}", sleeper), needs=[]) for i in range(8)],
+                "sleep1": [step("s1", sleeper)],
+                "true1": TRUE_STEP,
+            },
+        )
         eight = self.orch_cmd("orchestrate run eight --jobs 8", root, "run", "eight", "--jobs", "8")
         one = self.orch_cmd("orchestrate run sleep1", root, "run", "sleep1")
         fixed = self.orch_cmd("orchestrate run true1", root, "run", "true1")
@@ -734,13 +905,28 @@ class Bench:
         measure_rounds([(eight, one, m.reps_steps), (fixed, fixed_base, m.reps_steps)], m.timeout)
         fixed_ms = fixed.median_ms
         value = (eight.median_ms - fixed_ms) / (pause * 1000)
-        verdict = r.target("parallel_eight", "parallel_eight", value, "<=", 1.2, "x",
-                           f"8 independent {pause:g} s steps with --jobs 8 end within 1.2× one step's "
-                           "time plus the fixed cost")
-        r.figures["parallel_eight"] = _pair(eight, one, fixed_ms=round(fixed_ms, 3), step_s=pause,
-                                            eight_net_over_one_step=round(value, 4))
-        r.rows.append(Row(f"parallel: 8 × sleep {pause:g} --jobs 8, net of fixed, / one step",
-                          eight.cell(), one.cell(), f"{value:.2f}×", "≤ 1.2×", verdict))
+        verdict = r.target(
+            "parallel_eight",
+            "parallel_eight",
+            value,
+            "<=",
+            1.2,
+            "x",
+            f"8 independent {pause:g} s steps with --jobs 8 end within 1.2× one step's time plus the fixed cost",
+        )
+        r.figures["parallel_eight"] = _pair(
+            eight, one, fixed_ms=round(fixed_ms, 3), step_s=pause, eight_net_over_one_step=round(value, 4)
+        )
+        r.rows.append(
+            Row(
+                f"parallel: 8 × sleep {pause:g} --jobs 8, net of fixed, / one step",
+                eight.cell(),
+                one.cell(),
+                f"{value:.2f}×",
+                "≤ 1.2×",
+                verdict,
+            )
+        )
         self.chain_vs_release(root)
 
     def chain_vs_release(self, root: Path) -> None:
@@ -751,19 +937,35 @@ class Bench:
         try:
             source = check_output(["git", "-C", str(REPO), "show", f"{BASELINE_REF}:orchestrate.py"], REPO, self.env)
         except CommandFailed:
-            r.skip("chain_vs_release", label, f"git has no {BASELINE_REF} here (a shallow clone?): "
-                   f"`git fetch --tags` to compare with it")
-            r.target("chain_vs_release", "chain_vs_release", None, "<=", 1.05, "x",
-                     f"per-step cost of a chain ≤ 1.05× {BASELINE_REF}'s")
+            r.skip(
+                "chain_vs_release",
+                label,
+                f"git has no {BASELINE_REF} here (a shallow clone?): `git fetch --tags` to compare with it",
+            )
+            r.target(
+                "chain_vs_release",
+                "chain_vs_release",
+                None,
+                "<=",
+                1.05,
+                "x",
+                f"per-step cost of a chain ≤ 1.05× {BASELINE_REF}'s",
+            )
             return
         (old / "orchestrate.py").write_text(source)
-        chain = self.project("chain", {
-            "chain": [step(f"s{i + 1}", ["/bin/true"]) for i in range(m.chain_n)], "one": TRUE_STEP})
+        chain = self.project(
+            "chain", {"chain": [step(f"s{i + 1}", ["/bin/true"]) for i in range(m.chain_n)], "one": TRUE_STEP}
+        )
 
         def side(label: str, pythonpath: str, workflow: str) -> Cmd:
             env = dict(self.env, PYTHONPATH=pythonpath)
-            return Cmd(label, [self.python, "-m", "orchestrate", "--root", str(chain), "run", workflow],
-                       chain, env, after=lambda: _empty(chain / "runs"))
+            return Cmd(
+                label,
+                [self.python, "-m", "orchestrate", "--root", str(chain), "run", workflow],
+                chain,
+                env,
+                after=lambda: _empty(chain / "runs"),
+            )
 
         new_n, new_1 = side("this orchestrate", str(REPO), "chain"), side("this orchestrate", str(REPO), "one")
         old_n, old_1 = side(BASELINE_REF, str(old), "chain"), side(BASELINE_REF, str(old), "one")
@@ -771,38 +973,60 @@ class Bench:
         new_slope = (new_n.median_ms - new_1.median_ms) / (m.chain_n - 1)
         old_slope = (old_n.median_ms - old_1.median_ms) / (m.chain_n - 1)
         ratio = _ratio(new_slope, old_slope)
-        verdict = r.target("chain_vs_release", "chain_vs_release", ratio, "<=", 1.05, "x",
-                           f"per-step cost of a {m.chain_n}-step chain ≤ 1.05× {BASELINE_REF}'s")
+        verdict = r.target(
+            "chain_vs_release",
+            "chain_vs_release",
+            ratio,
+            "<=",
+            1.05,
+            "x",
+            f"per-step cost of a {m.chain_n}-step chain ≤ 1.05× {BASELINE_REF}'s",
+        )
+
         def cpu_ms(cmd: Cmd) -> float:
             return statistics.median(s.cpu_seconds for s in cmd.samples) * 1000
 
         # CPU time as well: steadier than wall time when other jobs share the machine
         cpu_ratio = _ratio(cpu_ms(new_n) - cpu_ms(new_1), cpu_ms(old_n) - cpu_ms(old_1))
-        r.figures["chain_vs_release"] = {"n": m.chain_n, "ms_per_step": round(new_slope, 4),
-                                         "release_ms_per_step": round(old_slope, 4), "ratio": _round(ratio),
-                                         "cpu_ratio": _round(cpu_ratio),
-                                         "this": new_n.summary(), "release": old_n.summary()}
-        r.rows.append(Row(f"parallel: chain of {m.chain_n}, CPU per step vs {BASELINE_REF}",
-                          f"{(cpu_ms(new_n) - cpu_ms(new_1)) / (m.chain_n - 1):.3f} ms/step",
-                          f"{(cpu_ms(old_n) - cpu_ms(old_1)) / (m.chain_n - 1):.3f} ms/step", _x(cpu_ratio)))
-        r.rows.append(Row(label, f"{new_slope:.3f} ms/step", f"{old_slope:.3f} ms/step", _x(ratio), "≤ 1.05×",
-                          verdict))
+        r.figures["chain_vs_release"] = {
+            "n": m.chain_n,
+            "ms_per_step": round(new_slope, 4),
+            "release_ms_per_step": round(old_slope, 4),
+            "ratio": _round(ratio),
+            "cpu_ratio": _round(cpu_ratio),
+            "this": new_n.summary(),
+            "release": old_n.summary(),
+        }
+        r.rows.append(
+            Row(
+                f"parallel: chain of {m.chain_n}, CPU per step vs {BASELINE_REF}",
+                f"{(cpu_ms(new_n) - cpu_ms(new_1)) / (m.chain_n - 1):.3f} ms/step",
+                f"{(cpu_ms(old_n) - cpu_ms(old_1)) / (m.chain_n - 1):.3f} ms/step",
+                _x(cpu_ratio),
+            )
+        )
+        r.rows.append(Row(label, f"{new_slope:.3f} ms/step", f"{old_slope:.3f} ms/step", _x(ratio), "≤ 1.05×", verdict))
 
     # --- 3. streaming ---
 
     def stream(self) -> None:
         m, r = self.mode, self.results
         sizes = m.stream_sizes
-        root = self.project("stream", {
-            f"out{size}": [step("out", ["/bin/sh", "-c", f"yes {LINE} | head -c {size}"])]
-            for size in (0, *sizes)
-        })
+        root = self.project(
+            "stream",
+            {f"out{size}": [step("out", ["/bin/sh", "-c", f"yes {LINE} | head -c {size}"])] for size in (0, *sizes)},
+        )
         tee_file = self.work / "tee.out"
 
         def pair(size: int) -> tuple[Cmd, Cmd]:
             a = self.orch_cmd(f"orchestrate run out{size}", root, "run", f"out{size}")
-            b = Cmd(f"tee {size}", ["/bin/sh", "-c", f"yes {LINE} | head -c {size} | tee {tee_file} >/dev/null"],
-                    root, self.env, after=lambda: tee_file.unlink(missing_ok=True))
+            b = Cmd(
+                f"tee {size}",
+                ["/bin/sh", "-c", f"yes {LINE} | head -c {size} | tee {tee_file} >/dev/null"],
+                root,
+                self.env,
+                after=lambda: tee_file.unlink(missing_ok=True),
+            )
             return a, b
 
         pairs = {size: pair(size) for size in (0, *sizes)}
@@ -824,34 +1048,71 @@ class Bench:
             ratio = _ratio(thr_o or 0, thr_t or 0)
             label = _size(size)
             if ratio is None:
-                r.notes.append(f"stream: {label}: the output took less time than the noise in the 0-byte run "
-                               "(too small or too noisy to give a throughput)")
+                r.notes.append(
+                    f"stream: {label}: the output took less time than the noise in the 0-byte run "
+                    "(too small or too noisy to give a throughput)"
+                )
             rss[size] = o.peak_rss_mib
             fig["by_size"][str(size)] = _pair(
-                o, t, orchestrate_mb_per_s=_round(thr_o, 1), tee_mb_per_s=_round(thr_t, 1),
-                throughput_ratio=_round(ratio), end_to_end_ratio=round(t.median_ms / o.median_ms, 4),
+                o,
+                t,
+                orchestrate_mb_per_s=_round(thr_o, 1),
+                tee_mb_per_s=_round(thr_t, 1),
+                throughput_ratio=_round(ratio),
+                end_to_end_ratio=round(t.median_ms / o.median_ms, 4),
             )
             target, verdict = "", ""
             if size in with_target:
                 target = "≥ 0.9×"
-                verdict = r.target(f"streaming_{label.replace(' ', '')}", "streaming", ratio, ">=", 0.9, "x",
-                                   f"streaming throughput at {label} ≥ 0.9× tee's")
+                verdict = r.target(
+                    f"streaming_{label.replace(' ', '')}",
+                    "streaming",
+                    ratio,
+                    ">=",
+                    0.9,
+                    "x",
+                    f"streaming throughput at {label} ≥ 0.9× tee's",
+                )
             rate = lambda v: "" if v is None else f" {v:.0f} MB/s"  # noqa: E731
-            r.rows.append(Row(f"stream: {label} vs tee (throughput)", f"{o.cell()}{rate(thr_o)}",
-                              f"{t.cell()}{rate(thr_t)}", _x(ratio), target, verdict))
+            r.rows.append(
+                Row(
+                    f"stream: {label} vs tee (throughput)",
+                    f"{o.cell()}{rate(thr_o)}",
+                    f"{t.cell()}{rate(thr_t)}",
+                    _x(ratio),
+                    target,
+                    verdict,
+                )
+            )
         top, low = max(sizes), min(sizes)
         fig["peak_rss_mib"] = {str(s): round(v, 2) for s, v in rss.items()}
         v = r.target("peak_rss", "streaming", rss[top], "<=", 40.0, "MiB", f"peak RSS at {_size(top)} ≤ 40 MiB")
-        r.rows.append(Row(f"stream: peak RSS at {_size(top)}", f"{rss[top]:.1f} MiB", "", f"{rss[top]:.1f} MiB",
-                          "≤ 40 MiB", v))
+        r.rows.append(
+            Row(f"stream: peak RSS at {_size(top)}", f"{rss[top]:.1f} MiB", "", f"{rss[top]:.1f} MiB", "≤ 40 MiB", v)
+        )
         growth = rss[top] - rss[low]
         fig["rss_growth_mib"] = round(growth, 2)
         fig["rss_growth_between"] = [low, top]
         if top > low:
-            v = r.target("rss_growth", "streaming", growth, "<=", 5.0, "MiB",
-                         f"peak RSS growth {_size(low)} → {_size(top)} ≤ 5 MiB")
-            r.rows.append(Row(f"stream: RSS growth {_size(low)} → {_size(top)}",
-                              f"{rss[low]:.1f} → {rss[top]:.1f} MiB", "", f"{growth:+.1f} MiB", "≤ 5 MiB", v))
+            v = r.target(
+                "rss_growth",
+                "streaming",
+                growth,
+                "<=",
+                5.0,
+                "MiB",
+                f"peak RSS growth {_size(low)} → {_size(top)} ≤ 5 MiB",
+            )
+            r.rows.append(
+                Row(
+                    f"stream: RSS growth {_size(low)} → {_size(top)}",
+                    f"{rss[low]:.1f} → {rss[top]:.1f} MiB",
+                    "",
+                    f"{growth:+.1f} MiB",
+                    "≤ 5 MiB",
+                    v,
+                )
+            )
         else:
             r.notes.append("stream: one output size only, so no RSS growth target")
         r.figures["streaming"] = fig
@@ -875,11 +1136,17 @@ class Bench:
                 check_output([*self.orch, "--root", str(root), "run", "tiny"], root, self.env)
             made = clone_runs(root / "runs", n - real)
             if isinstance(made, str):
-                for figure in ("history_run", "history_runs", "history_runs_filtered", "history_status",
-                               "history_prune"):
+                for figure in (
+                    "history_run",
+                    "history_runs",
+                    "history_runs_filtered",
+                    "history_status",
+                    "history_prune",
+                ):
                     r.skip(figure, f"history: {figure}", made)
-                r.target("history_runs", "history_runs", None, "<=", 1.1, "x",
-                         "runs --limit 20 at 10,000 runs ≤ 1.1× at 10")
+                r.target(
+                    "history_runs", "history_runs", None, "<=", 1.1, "x", "runs --limit 20 at 10,000 runs ≤ 1.1× at 10"
+                )
                 return
         small_ids = run_ids(small / "runs")
         big_ids = run_ids(big / "runs")
@@ -892,19 +1159,46 @@ class Bench:
             ratio = a.median_ms / b.median_ms
             verdict = ""
             if target is not None:
-                verdict = r.target(figure, figure, ratio, "<=", target, "x",
-                                   f"{text} with {label_big} runs ≤ {target:g}× with {len(small_ids)}")
-            r.figures[figure] = _pair(a, b, ratio=ratio, cpu_ratio=_cpu_ratio(a, b), runs=[len(big_ids), len(small_ids)])
-            r.rows.append(Row(f"history: {text}, {label_big} vs {len(small_ids)} runs", a.cell(), b.cell(),
-                              f"{ratio:.2f}×", f"≤ {target:g}×" if target is not None else "", verdict))
+                verdict = r.target(
+                    figure,
+                    figure,
+                    ratio,
+                    "<=",
+                    target,
+                    "x",
+                    f"{text} with {label_big} runs ≤ {target:g}× with {len(small_ids)}",
+                )
+            r.figures[figure] = _pair(
+                a, b, ratio=ratio, cpu_ratio=_cpu_ratio(a, b), runs=[len(big_ids), len(small_ids)]
+            )
+            r.rows.append(
+                Row(
+                    f"history: {text}, {label_big} vs {len(small_ids)} runs",
+                    a.cell(),
+                    b.cell(),
+                    f"{ratio:.2f}×",
+                    f"≤ {target:g}×" if target is not None else "",
+                    verdict,
+                )
+            )
 
         compare("history_run", "run tiny (start-up)", ["run", "tiny"], ["run", "tiny"], 1.1)
         compare("history_runs", "runs --limit 20", ["runs", "--limit", "20"], ["runs", "--limit", "20"], 1.1)
-        compare("history_runs_filtered", "runs --workflow tiny --limit 20",
-                ["runs", "--workflow", "tiny", "--limit", "20"], ["runs", "--workflow", "tiny", "--limit", "20"], 1.1)
+        compare(
+            "history_runs_filtered",
+            "runs --workflow tiny --limit 20",
+            ["runs", "--workflow", "tiny", "--limit", "20"],
+            ["runs", "--workflow", "tiny", "--limit", "20"],
+            1.1,
+        )
         # status of a run in the middle of the history: neither the newest nor the oldest.
-        compare("history_status", "status ID", ["status", big_ids[len(big_ids) // 2]],
-                ["status", small_ids[len(small_ids) // 2]], None)
+        compare(
+            "history_status",
+            "status ID",
+            ["status", big_ids[len(big_ids) // 2]],
+            ["status", small_ids[len(small_ids) // 2]],
+            None,
+        )
 
         # keep_runs at its default: every run of the big project now prunes a batch of the
         # thousands beyond it; the small project's run prunes nothing
@@ -914,53 +1208,107 @@ class Bench:
         measure_pair(a, b, m.reps_history, m.timeout)
         added = a.median_ms - b.median_ms
         left = len(run_ids(big / "runs"))
-        verdict = r.target("history_prune", "history_prune", added, "<=", 50.0, "ms",
-                           "pruning thousands of old runs adds ≤ 50 ms to one run")
-        r.figures["history_prune"] = _pair(a, b, added_ms=round(added, 3), runs_before=len(big_ids), runs_after=left,
-                                           worst_added_ms=round(max(a.times_ms()) - statistics.median(b.times_ms()), 3))
-        r.rows.append(Row(f"history: a run that prunes ({label_big} → {left:,} runs) vs one that does not",
-                          a.cell(), b.cell(), f"{added:+.1f} ms", "≤ 50 ms", verdict))
+        verdict = r.target(
+            "history_prune",
+            "history_prune",
+            added,
+            "<=",
+            50.0,
+            "ms",
+            "pruning thousands of old runs adds ≤ 50 ms to one run",
+        )
+        r.figures["history_prune"] = _pair(
+            a,
+            b,
+            added_ms=round(added, 3),
+            runs_before=len(big_ids),
+            runs_after=left,
+            worst_added_ms=round(max(a.times_ms()) - statistics.median(b.times_ms()), 3),
+        )
+        r.rows.append(
+            Row(
+                f"history: a run that prunes ({label_big} → {left:,} runs) vs one that does not",
+                a.cell(),
+                b.cell(),
+                f"{added:+.1f} ms",
+                "≤ 50 ms",
+                verdict,
+            )
+        )
 
     # --- 5. HTML report ---
 
     def report(self) -> None:
         m, r = self.mode, self.results
         n = 10
-        root = self.project("report", {"ten": [step(f"s{i + 1}", ["/bin/echo", f"step {i + 1} says hello"])
-                                               for i in range(n)]})
+        root = self.project(
+            "report", {"ten": [step(f"s{i + 1}", ["/bin/echo", f"step {i + 1} says hello"]) for i in range(n)]}
+        )
         in_process: dict[str, Any] | None = None
         try:
             check_output([*self.orch, "--root", str(root), "run", "ten"], root, self.env, m.timeout)
-            code = ("import json, pathlib, statistics, sys, time, orchestrate as o\n"
-                    "store = o.RunStore(pathlib.Path(sys.argv[1])); record = store.load(store.list_ids()[0])\n"
-                    "times = []\n"
-                    "for _ in range(50):\n"
-                    "    t = time.perf_counter(); o.write_html_report(record, store, pathlib.Path(sys.argv[2]))\n"
-                    "    times.append((time.perf_counter() - t) * 1000)\n"
-                    "print(json.dumps({'median_ms': round(statistics.median(times), 3), 'min_ms': round(min(times), 3),"
-                    " 'bytes': pathlib.Path(sys.argv[2]).stat().st_size}))\n")
-            in_process = json.loads(check_output([self.python, "-c", code, str(root / "runs"), str(root / "once.html")],
-                                                 root, self.env, m.timeout))
+            code = (
+                "import json, pathlib, statistics, sys, time, orchestrate as o\n"
+                "store = o.RunStore(pathlib.Path(sys.argv[1])); record = store.load(store.list_ids()[0])\n"
+                "times = []\n"
+                "for _ in range(50):\n"
+                "    t = time.perf_counter(); o.write_html_report(record, store, pathlib.Path(sys.argv[2]))\n"
+                "    times.append((time.perf_counter() - t) * 1000)\n"
+                "print(json.dumps({'median_ms': round(statistics.median(times), 3), 'min_ms': round(min(times), 3),"
+                " 'bytes': pathlib.Path(sys.argv[2]).stat().st_size}))\n"
+            )
+            in_process = json.loads(
+                check_output(
+                    [self.python, "-c", code, str(root / "runs"), str(root / "once.html")], root, self.env, m.timeout
+                )
+            )
         except (CommandFailed, ValueError) as exc:
             r.notes.append(f"report: the in-process figure is missing: {str(exc).splitlines()[0]}")
         finally:
             _empty(root / "runs")
-        a = self.orch_cmd(f"run ten ({n} steps) --html-report", root, "run", "ten", "--html-report",
-                          str(root / "report.html"))
+        a = self.orch_cmd(
+            f"run ten ({n} steps) --html-report", root, "run", "ten", "--html-report", str(root / "report.html")
+        )
         b = self.orch_cmd(f"run ten ({n} steps)", root, "run", "ten")
         measure_pair(a, b, m.reps_steps * 2, m.timeout)
         added = a.median_ms - b.median_ms
-        verdict = r.target("html_report_cost", "html_report", added, "<=", 5.0, "ms",
-                           f"--html-report adds at most 5 ms to a {n}-step run (difference of medians)")
-        r.figures["html_report"] = _pair(a, b, ratio=a.median_ms / b.median_ms, added_ms=added,
-                                         added_min_ms=min(a.times_ms()) - min(b.times_ms()), steps=n,
-                                         in_process=in_process)
-        r.rows.append(Row(f"report: run {n} steps --html-report vs without", a.cell(), b.cell(),
-                          f"{added:+.1f} ms", "≤ +5 ms", verdict))
+        verdict = r.target(
+            "html_report_cost",
+            "html_report",
+            added,
+            "<=",
+            5.0,
+            "ms",
+            f"--html-report adds at most 5 ms to a {n}-step run (difference of medians)",
+        )
+        r.figures["html_report"] = _pair(
+            a,
+            b,
+            ratio=a.median_ms / b.median_ms,
+            added_ms=added,
+            added_min_ms=min(a.times_ms()) - min(b.times_ms()),
+            steps=n,
+            in_process=in_process,
+        )
+        r.rows.append(
+            Row(
+                f"report: run {n} steps --html-report vs without",
+                a.cell(),
+                b.cell(),
+                f"{added:+.1f} ms",
+                "≤ +5 ms",
+                verdict,
+            )
+        )
         if in_process is not None:
-            r.rows.append(Row("report: the report alone, in one process", f"{in_process['median_ms']:.2f} ms", "",
-                              f"{in_process['bytes']:,} bytes"))
-
+            r.rows.append(
+                Row(
+                    "report: the report alone, in one process",
+                    f"{in_process['median_ms']:.2f} ms",
+                    "",
+                    f"{in_process['bytes']:,} bytes",
+                )
+            )
 
     # --- 5. globs ---
 
@@ -971,43 +1319,86 @@ class Bench:
         # The ratio of the minimums: the figure is about how the work grows, and noise on a shared
         # machine only ever adds time (a 10x workload is ~10.3x its base; medians of a few rounds
         # on a loaded machine moved that by ±50 %).
-        fig: dict[str, Any] = {"estimator": "ratio of the minimum times over interleaved rounds to match every "
-                               "path against every pattern (path_matches, as when.changed does)", **data}
-        for key, label, target in (("patterns_10x", "10× the patterns", True), ("path_10x", "10× the path length", True),
-                                   ("braces_10x", "10× the brace alternatives (one glob)", False)):
+        fig: dict[str, Any] = {
+            "estimator": "ratio of the minimum times over interleaved rounds to match every "
+            "path against every pattern (path_matches, as when.changed does)",
+            **data,
+        }
+        for key, label, target in (
+            ("patterns_10x", "10× the patterns", True),
+            ("path_10x", "10× the path length", True),
+            ("braces_10x", "10× the brace alternatives (one glob)", False),
+        ):
             ratio = data[key]["min_ms"] / data[data[key]["against"]]["min_ms"]
             fig[f"{key}_ratio"] = round(ratio, 4)
             verdict = ""
             if target:
-                verdict = r.target(f"glob_{key}", "glob_matching", ratio, "<=", 12.0, "x",
-                                   f"glob matching with {label} ≤ 12× the time")
+                verdict = r.target(
+                    f"glob_{key}", "glob_matching", ratio, "<=", 12.0, "x", f"glob matching with {label} ≤ 12× the time"
+                )
             cell = lambda d: f"{_ms(d['min_ms'])} min, {_ms(d['median_ms'], False)} median"  # noqa: E731
-            r.rows.append(Row(f"globs: {label}", cell(data[key]), cell(data[data[key]["against"]]),
-                              f"{ratio:.2f}×", "≤ 12×" if target else "", verdict))
+            r.rows.append(
+                Row(
+                    f"globs: {label}",
+                    cell(data[key]),
+                    cell(data[data[key]["against"]]),
+                    f"{ratio:.2f}×",
+                    "≤ 12×" if target else "",
+                    verdict,
+                )
+            )
         r.figures["glob_matching"] = fig
 
         spec16 = "{a,b}" * 16
         changed12 = "{a,b,c,d}" * 12
-        root = self.project("globs", {
-            "braces16": [{"name": "ui", "type": "cypress", "project": "./web", "spec": spec16}],
-            "braces12": [{"name": "lint", "type": "command", "run": ["/bin/true"], "when": {"changed": [changed12]}}],
-            "plain": [{"name": "ui", "type": "cypress", "project": "./web", "spec": "**/*.cy.{js,ts}"},
-                      {"name": "lint", "type": "command", "run": ["/bin/true"], "when": {"changed": ["src/**"]}}],
-        })
+        root = self.project(
+            "globs",
+            {
+                "braces16": [{"name": "ui", "type": "cypress", "project": "./web", "spec": spec16}],
+                "braces12": [
+                    {"name": "lint", "type": "command", "run": ["/bin/true"], "when": {"changed": [changed12]}}
+                ],
+                "plain": [
+                    {"name": "ui", "type": "cypress", "project": "./web", "spec": "**/*.cy.{js,ts}"},
+                    {"name": "lint", "type": "command", "run": ["/bin/true"], "when": {"changed": ["src/**"]}},
+                ],
+            },
+        )
         dry: dict[str, Any] = {}
         for name, shown in (("braces16", '"{a,b}" × 16'), ("braces12", '"{a,b,c,d}" × 12')):
-            a = Cmd(f"orchestrate run {name} --dry-run", [*self.orch, "--root", str(root), "run", name, "--dry-run"],
-                    root, self.env, ok_codes=(2,))
+            a = Cmd(
+                f"orchestrate run {name} --dry-run",
+                [*self.orch, "--root", str(root), "run", name, "--dry-run"],
+                root,
+                self.env,
+                ok_codes=(2,),
+            )
             b = self.orch_cmd("orchestrate run plain --dry-run", root, "run", "plain", "--dry-run")
             measure_pair(a, b, m.reps_fixed, m.timeout)
             seconds = a.median_ms / 1000
-            verdict = r.target(f"dry_run_{name}", "glob_dry_run", seconds, "<=", 0.5, "s",
-                               f"run --dry-run of a workflow with {shown} < 0.5 s")
-            dry[name] = _pair(a, b, ratio=a.median_ms / b.median_ms, pattern=spec16 if name == "braces16" else changed12)
-            r.rows.append(Row(f"globs: --dry-run with {shown} vs a plain one", a.cell(), b.cell(),
-                              f"{a.median_ms / b.median_ms:.2f}×", "< 0.5 s", verdict))
+            verdict = r.target(
+                f"dry_run_{name}",
+                "glob_dry_run",
+                seconds,
+                "<=",
+                0.5,
+                "s",
+                f"run --dry-run of a workflow with {shown} < 0.5 s",
+            )
+            dry[name] = _pair(
+                a, b, ratio=a.median_ms / b.median_ms, pattern=spec16 if name == "braces16" else changed12
+            )
+            r.rows.append(
+                Row(
+                    f"globs: --dry-run with {shown} vs a plain one",
+                    a.cell(),
+                    b.cell(),
+                    f"{a.median_ms / b.median_ms:.2f}×",
+                    "< 0.5 s",
+                    verdict,
+                )
+            )
         r.figures["glob_dry_run"] = dry
-
 
     # --- 6. inputs ---
 
@@ -1015,32 +1406,86 @@ class Bench:
         m, r = self.mode, self.results
         files, size = m.input_files
         runs_small, runs_big = m.history_sizes
-        out = check_output([self.python, "-c", INPUTS_SCRIPT, str(self.work / "inputs"), str(files), str(size),
-                            str(runs_small), str(runs_big), str(m.reps_fixed)], self.work, self.env, m.timeout * 4)
+        out = check_output(
+            [
+                self.python,
+                "-c",
+                INPUTS_SCRIPT,
+                str(self.work / "inputs"),
+                str(files),
+                str(size),
+                str(runs_small),
+                str(runs_big),
+                str(m.reps_fixed),
+            ],
+            self.work,
+            self.env,
+            m.timeout * 4,
+        )
         data = json.loads(out)
         hashing = data["hashing"]
         second = hashing["second"]["min_ms"]
         net = hashing["second_hashing"]["min_ms"]
-        verdict = r.target("inputs_second_hash", "inputs_hashing", net, "<=", 50.0, "ms",
-                           f"hashing {files:,} source files ({_size(size)}) the second time ≤ 50 ms")
+        verdict = r.target(
+            "inputs_second_hash",
+            "inputs_hashing",
+            net,
+            "<=",
+            50.0,
+            "ms",
+            f"hashing {files:,} source files ({_size(size)}) the second time ≤ 50 ms",
+        )
         hashing["second_vs_walk"] = _round(_ratio(second, hashing["walk"]["min_ms"]))
         hashing["second_vs_first"] = _round(_ratio(second, hashing["first"]["min_ms"]))
-        r.rows.append(Row(f"inputs: hashing {files:,} files ({_size(size)}) the second time",
-                          f"{_ms(net)} min", "", "", "≤ 50 ms", verdict))
-        r.rows.append(Row("inputs: the second time with the walk vs the walk (list + stat)",
-                          f"{_ms(second)} min", f"{_ms(hashing['walk']['min_ms'])} min", _x(hashing["second_vs_walk"])))
-        r.rows.append(Row("inputs: the first time (every file read) vs the walk", f"{_ms(hashing['first']['min_ms'])} min",
-                          f"{_ms(hashing['walk']['min_ms'])} min",
-                          _x(_ratio(hashing["first"]["min_ms"], hashing["walk"]["min_ms"]))))
+        r.rows.append(
+            Row(
+                f"inputs: hashing {files:,} files ({_size(size)}) the second time",
+                f"{_ms(net)} min",
+                "",
+                "",
+                "≤ 50 ms",
+                verdict,
+            )
+        )
+        r.rows.append(
+            Row(
+                "inputs: the second time with the walk vs the walk (list + stat)",
+                f"{_ms(second)} min",
+                f"{_ms(hashing['walk']['min_ms'])} min",
+                _x(hashing["second_vs_walk"]),
+            )
+        )
+        r.rows.append(
+            Row(
+                "inputs: the first time (every file read) vs the walk",
+                f"{_ms(hashing['first']['min_ms'])} min",
+                f"{_ms(hashing['walk']['min_ms'])} min",
+                _x(_ratio(hashing["first"]["min_ms"], hashing["walk"]["min_ms"])),
+            )
+        )
         r.figures["inputs_hashing"] = hashing
         index = data["index"]
         ratio = _ratio(index["big"]["min_ms"], index["small"]["min_ms"])
         index["ratio"] = _round(ratio)
-        verdict = r.target("index_lookup", "index_lookup", ratio, "<=", 2.0, "x",
-                           f"the last pass of a step with {runs_big:,} runs ≤ 2× with {runs_small}")
-        r.rows.append(Row(f"inputs: a step's last pass, {runs_big:,} vs {runs_small} runs",
-                          f"{_ms(index['big']['min_ms'])} min", f"{_ms(index['small']['min_ms'])} min",
-                          _x(ratio), "≤ 2×", verdict))
+        verdict = r.target(
+            "index_lookup",
+            "index_lookup",
+            ratio,
+            "<=",
+            2.0,
+            "x",
+            f"the last pass of a step with {runs_big:,} runs ≤ 2× with {runs_small}",
+        )
+        r.rows.append(
+            Row(
+                f"inputs: a step's last pass, {runs_big:,} vs {runs_small} runs",
+                f"{_ms(index['big']['min_ms'])} min",
+                f"{_ms(index['small']['min_ms'])} min",
+                _x(ratio),
+                "≤ 2×",
+                verdict,
+            )
+        )
         r.figures["index_lookup"] = index
 
 
@@ -1195,7 +1640,9 @@ print(json.dumps(result))
 
 def _cpu_ratio(a: Cmd, b: Cmd) -> float | None:
     """Median CPU time of a over b's: steadier than wall time when other jobs share the machine."""
-    return _ratio(statistics.median(s.cpu_seconds for s in a.samples), statistics.median(s.cpu_seconds for s in b.samples))
+    return _ratio(
+        statistics.median(s.cpu_seconds for s in a.samples), statistics.median(s.cpu_seconds for s in b.samples)
+    )
 
 
 class DiskSyncer:
@@ -1203,13 +1650,15 @@ class DiskSyncer:
     what a busy disk does to a program that syncs (issue 15: one fdatasync per step cost 0.3 ms on
     a quiet disk, 1.7 ms on a busy one)."""
 
-    SCRIPT = ("import os, sys\n"
-              "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
-              "block, count = b'x' * 65536, 0\n"
-              "while True:\n"
-              "    os.write(fd, block); os.fdatasync(fd); count += 1\n"
-              "    if count % 64 == 0:\n"
-              "        os.lseek(fd, 0, 0); os.ftruncate(fd, 0); print(count, flush=True)\n")
+    SCRIPT = (
+        "import os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
+        "block, count = b'x' * 65536, 0\n"
+        "while True:\n"
+        "    os.write(fd, block); os.fdatasync(fd); count += 1\n"
+        "    if count % 64 == 0:\n"
+        "        os.lseek(fd, 0, 0); os.ftruncate(fd, 0); print(count, flush=True)\n"
+    )
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -1217,8 +1666,9 @@ class DiskSyncer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> DiskSyncer:
-        self.process = subprocess.Popen([sys.executable, "-c", self.SCRIPT, str(self.path)], stdout=subprocess.PIPE,
-                                        stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT, str(self.path)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -1231,9 +1681,12 @@ class DiskSyncer:
 
 
 def _pair(a: Cmd, b: Cmd, **extra: Any) -> dict[str, Any]:
-    out = {"orchestrate": a.summary(), "baseline": b.summary(),
-           # noise on a shared machine only ever adds time: the minimums show the floor
-           "ratio_of_min": round(min(a.times_ms()) / min(b.times_ms()), 4)}
+    out = {
+        "orchestrate": a.summary(),
+        "baseline": b.summary(),
+        # noise on a shared machine only ever adds time: the minimums show the floor
+        "ratio_of_min": round(min(a.times_ms()) / min(b.times_ms()), 4),
+    }
     out.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in extra.items()})
     return out
 
@@ -1345,8 +1798,17 @@ def interpreter_of(orchestrate: list[str]) -> str:
 def bench_env(orchestrate: list[str], cache: Path, notes: list[str]) -> dict[str, str]:
     env = dict(os.environ)
     # Not the user's CI integration, skip switch or root: the bench decides those.
-    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "ORCHESTRATE_SKIP", "ORCHESTRATE_ROOT",
-                 "ORCHESTRATE_BIN", "ORCHESTRATE_PRE_PUSH_WORKFLOW", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+    for name in (
+        "GITHUB_ACTIONS",
+        "GITHUB_STEP_SUMMARY",
+        "ORCHESTRATE_SKIP",
+        "ORCHESTRATE_ROOT",
+        "ORCHESTRATE_BIN",
+        "ORCHESTRATE_PRE_PUSH_WORKFLOW",
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+    ):
         env.pop(name, None)
     if env.pop("PYTHONDONTWRITEBYTECODE", None):
         # With it, an editable install recompiles orchestrate.py on every start (a pipx
@@ -1417,8 +1879,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="CI smoke test: small and fast (< 60 s)")
     size.add_argument("--full", action="store_true", help="also 1 GB of output, more repetitions")
-    parser.add_argument("--orchestrate", metavar="CMD", help="command to run orchestrate "
-                        "(default: the console script beside this Python, else on PATH)")
+    parser.add_argument(
+        "--orchestrate",
+        metavar="CMD",
+        help="command to run orchestrate (default: the console script beside this Python, else on PATH)",
+    )
     parser.add_argument("--json-out", metavar="PATH", type=Path, default=BENCH_DIR / "results.json")
     parser.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects (path printed)")
@@ -1471,9 +1936,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     }
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\n{info['orchestrate_version']} on {info['cpus']} × {info['cpu']}, Python {info['python_version']}, "
-          f"Typer {info['typer_version'] or '?'}, mode {mode.name}, load average "
-          f"{load_at_start[0]:.2f} at start, {info['loadavg_at_end'][0]:.2f} at end")
+    print(
+        f"\n{info['orchestrate_version']} on {info['cpus']} × {info['cpu']}, Python {info['python_version']}, "
+        f"Typer {info['typer_version'] or '?'}, mode {mode.name}, load average "
+        f"{load_at_start[0]:.2f} at start, {info['loadavg_at_end'][0]:.2f} at end"
+    )
     print(r.table())
     for note in r.notes:
         print(f"note: {note}")
@@ -1481,8 +1948,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     judged = sum(1 for t in r.targets if t["pass"] is not None)
     print(f"targets: {passed} of {judged} met; results in {args.json_out} ({doc['seconds']}s)")
     if failed:
-        print(f"bench/run.py: a measured command failed, so the figures above are incomplete:\n{failed}",
-              file=sys.stderr)
+        print(
+            f"bench/run.py: a measured command failed, so the figures above are incomplete:\n{failed}", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -58,8 +58,11 @@ async def _connection(port: int, paths: list[str], latencies: list[float]) -> in
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n\r\n".encode())
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
             await reader.readexactly(length)
             latencies.append(time.perf_counter() - started)
             errors += not head.startswith(b"HTTP/1.1 200 ")
@@ -72,8 +75,12 @@ async def _measure(port: int, run_ids: list[str], connections: int, requests: in
     latencies: list[float] = []
     began = time.perf_counter()
     results = await asyncio.gather(
-        *(_connection(port, [f"/status/{run_ids[(c + r) % len(run_ids)]}" for r in range(requests)], latencies)
-          for c in range(connections)), return_exceptions=True)
+        *(
+            _connection(port, [f"/status/{run_ids[(c + r) % len(run_ids)]}" for r in range(requests)], latencies)
+            for c in range(connections)
+        ),
+        return_exceptions=True,
+    )
     elapsed = time.perf_counter() - began
     errors = sum(r if isinstance(r, int) else requests for r in results)
     return latencies, errors, elapsed
@@ -94,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if k != "ORCHESTRATE_API_TOKEN"}
         script = Path(sys.executable).with_name("orchestrate")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "orchestrate"]
-        server = subprocess.Popen([*command, "--root", str(root), "serve", "--host", LOOPBACK, "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        server = subprocess.Popen(
+            [*command, "--root", str(root), "serve", "--host", LOOPBACK, "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         run_ids: list[str] = []
         try:
             deadline = time.monotonic() + 30
@@ -112,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             while any(_call(base, "GET", f"/status/{r}")["status"] != "running" for r in run_ids):
                 time.sleep(0.1)
             latencies, errors, elapsed = asyncio.run(
-                asyncio.wait_for(_measure(port, run_ids, args.connections, args.requests), timeout=60))
+                asyncio.wait_for(_measure(port, run_ids, args.connections, args.requests), timeout=60)
+            )
             still_running = all(_call(base, "GET", f"/status/{r}")["status"] == "running" for r in run_ids)
         finally:
             server.terminate()
@@ -128,11 +140,15 @@ def main(argv: list[str] | None = None) -> int:
 
     total = len(latencies)
     load = os.getloadavg()[0]
-    print(f"GET /status: {total} requests on {args.connections} concurrent keep-alive connections, "
-          f"2 runs executing{'' if still_running else ' (they ended early!)'}; "
-          f"{os.cpu_count()} CPUs, load average {load:.1f}")
-    print(f"  {total / elapsed:.0f} requests/s, p50 {_percentile(latencies, 0.5) * 1000:.0f} ms, "
-          f"p99 {_percentile(latencies, 0.99) * 1000:.0f} ms, errors {errors}")
+    print(
+        f"GET /status: {total} requests on {args.connections} concurrent keep-alive connections, "
+        f"2 runs executing{'' if still_running else ' (they ended early!)'}; "
+        f"{os.cpu_count()} CPUs, load average {load:.1f}"
+    )
+    print(
+        f"  {total / elapsed:.0f} requests/s, p50 {_percentile(latencies, 0.5) * 1000:.0f} ms, "
+        f"p99 {_percentile(latencies, 0.99) * 1000:.0f} ms, errors {errors}"
+    )
     return 1 if errors else 0
 
 

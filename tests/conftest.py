@@ -1,4 +1,5 @@
 """Shared fixtures: a temporary project root and helpers to drive the real CLI."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,19 @@ import orchestrate
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = REPO / "tests" / "schemas"
-CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "JENKINS_HOME", "BUILD_URL",
-                "GITHUB_STEP_SUMMARY", "ORCHESTRATE_SKIP", "ORCHESTRATE_SHARD", "ORCHESTRATE_ROOT",
-                "NO_COLOR")
+CI_VARIABLES = (
+    "CI",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "JENKINS_URL",
+    "JENKINS_HOME",
+    "BUILD_URL",
+    "GITHUB_STEP_SUMMARY",
+    "ORCHESTRATE_SKIP",
+    "ORCHESTRATE_SHARD",
+    "ORCHESTRATE_ROOT",
+    "NO_COLOR",
+)
 
 
 def beside_repository(repo: Path = REPO) -> Path | None:
@@ -48,8 +59,11 @@ def reads_beside_guard(repo: Path, parent: Path) -> Callable[[str, tuple[Any, ..
             return
         path = os.path.abspath(os.fsdecode(args[0]))
         if path.startswith(beside) and not path.startswith(inside) and path != str(repo):
-            raise PermissionError(f"a test opened {path}, outside the repository {repo}: copy what it "
-                                  "needs into the repository (tests/schemas/ for schemas)")
+            raise PermissionError(
+                f"a test opened {path}, outside the repository {repo}: copy what it "
+                "needs into the repository (tests/schemas/ for schemas)"
+            )
+
     return hook
 
 
@@ -97,11 +111,11 @@ class Project:
     def cli(self, *args: str, env: dict[str, str] | None = None) -> Any:
         """Run the CLI in-process (Typer's CliRunner) with stdout and stderr kept apart."""
         runner = CliRunner()
-        return runner.invoke(orchestrate.app, ["--root", str(self.root), *args], env=env,
-                             catch_exceptions=False)
+        return runner.invoke(orchestrate.app, ["--root", str(self.root), *args], env=env, catch_exceptions=False)
 
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
-            **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
         """Run the installed `orchestrate` command as a real process."""
         full_env = dict(os.environ)
         for name in CI_VARIABLES:
@@ -109,8 +123,15 @@ class Project:
         # the orchestrate.py of this checkout, even when another copy is installed
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
         full_env.update(env or {})
-        return subprocess.run([orchestrate_bin(), "--root", str(self.root), *args], capture_output=True,
-                              text=True, env=full_env, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+        return subprocess.run(
+            [orchestrate_bin(), "--root", str(self.root), *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(self.runs.glob("*.json"))]
@@ -138,8 +159,10 @@ def project(tmp_path: Path) -> Project:
 def junit_schemas() -> list[Any]:
     import xmlschema
 
-    return [xmlschema.XMLSchema(str(SCHEMAS / "jenkins-xunit-junit-10.xsd")),
-            xmlschema.XMLSchema(str(SCHEMAS / "windyroad-JUnit.xsd"))]
+    return [
+        xmlschema.XMLSchema(str(SCHEMAS / "jenkins-xunit-junit-10.xsd")),
+        xmlschema.XMLSchema(str(SCHEMAS / "windyroad-JUnit.xsd")),
+    ]
 
 
 def assert_valid_junit(path_or_bytes: Path | bytes) -> None:
@@ -150,9 +173,20 @@ def assert_valid_junit(path_or_bytes: Path | bytes) -> None:
 
 # --- the built distribution (tests/test_packaging.py, tests/test_templates.py) ------------
 
-COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".ci-venv", "runs", "__pycache__", "build", "dist",
-                                     "*.egg-info", "node_modules", ".pytest_cache", ".mypy_cache",
-                                     ".ruff_cache")
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    ".ci-venv",
+    "runs",
+    "__pycache__",
+    "build",
+    "dist",
+    "*.egg-info",
+    "node_modules",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+)
 
 
 def copy_checkout(target: Path) -> Path:
@@ -169,12 +203,19 @@ def built_dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`python -m build` of a copy of this checkout: {"wheel": ..., "sdist": ...}, built once."""
     import importlib.util
 
-    assert importlib.util.find_spec("build"), "build is not installed: pip install -e '.[test]' (the test extra brings it)"
+    assert importlib.util.find_spec("build"), (
+        "build is not installed: pip install -e '.[test]' (the test extra brings it)"
+    )
     base = tmp_path_factory.mktemp("dist")
     source = copy_checkout(base / "source")
     out = base / "out"
-    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(source)],
-                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     wheels = sorted(out.glob("*.whl"))
     sdists = sorted(out.glob("*.tar.gz"))
@@ -199,8 +240,14 @@ def run_in_pty(project: Project, *args: str, env: dict[str, str] | None = None) 
     master, slave = pty.openpty()
     full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "NO_COLOR")}
     full_env.update(PYTHONPATH=str(REPO), TERM="xterm", **(env or {}))
-    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), *args], stdin=slave,
-                               stdout=slave, stderr=slave, env=full_env, close_fds=True)
+    process = subprocess.Popen(
+        [orchestrate_bin(), "--root", str(project.root), *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=full_env,
+        close_fds=True,
+    )
     os.close(slave)
     chunks = []
     deadline = time.monotonic() + 60

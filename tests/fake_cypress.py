@@ -73,13 +73,22 @@ def reporter_file(options: dict) -> str:
 
 
 def read_directives(path: Path) -> dict:
-    plan = {"suite": path.name.split(".")[0], "pass": 0, "fail": 0, "skip": 0, "time": 0.05,
-            "sleep": 0.0, "screenshot": False, "video": False, "crash": False}
+    plan = {
+        "suite": path.name.split(".")[0],
+        "pass": 0,
+        "fail": 0,
+        "skip": 0,
+        "time": 0.05,
+        "sleep": 0.0,
+        "screenshot": False,
+        "video": False,
+        "crash": False,
+    }
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line.startswith("// fake:"):
             continue
-        word, _, rest = line[len("// fake:"):].strip().partition(" ")
+        word, _, rest = line[len("// fake:") :].strip().partition(" ")
         if word in ("pass", "fail", "skip"):
             plan[word] = int(rest)
         elif word in ("time", "sleep"):
@@ -109,20 +118,28 @@ def junit_xml(spec: str, plan: dict, include_pending: bool = False) -> tuple[str
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<testsuites name="Mocha Tests" time="{total:.4f}" tests="{len(cases)}" failures="{failures}">',
-        (f'  <testsuite name="Root Suite" timestamp="{stamp}" tests="0" file={quoteattr(spec)} '
-         'time="0.0000" failures="0">'),
+        (
+            f'  <testsuite name="Root Suite" timestamp="{stamp}" tests="0" file={quoteattr(spec)} '
+            'time="0.0000" failures="0">'
+        ),
         "  </testsuite>",
-        (f"  <testsuite name={quoteattr(suite)} timestamp=\"{stamp}\" tests=\"{len(cases)}\" "
-         f'time="{total:.4f}" failures="{failures}">'),
+        (
+            f'  <testsuite name={quoteattr(suite)} timestamp="{stamp}" tests="{len(cases)}" '
+            f'time="{total:.4f}" failures="{failures}">'
+        ),
     ]
     for kind, title in cases:
-        lines.append(f"    <testcase name={quoteattr(suite + ' ' + title)} "
-                     f'time="{plan["time"]:.4f}" classname={quoteattr(title)}>')
+        lines.append(
+            f"    <testcase name={quoteattr(suite + ' ' + title)} "
+            f'time="{plan["time"]:.4f}" classname={quoteattr(title)}>'
+        )
         if kind == "fail":
             message = f"expected '<h1>' to have text 'Welcome', but the text was '{title}'"
-            lines.append(f'      <failure message={quoteattr(message)} type="AssertionError">'
-                         f"<![CDATA[AssertionError: {message}\n"
-                         f"    at Context.eval (webpack:///./{spec}:4:12)]]></failure>")
+            lines.append(
+                f'      <failure message={quoteattr(message)} type="AssertionError">'
+                f"<![CDATA[AssertionError: {message}\n"
+                f"    at Context.eval (webpack:///./{spec}:4:12)]]></failure>"
+            )
         elif kind == "skip":
             lines.append("      <skipped/>")
         lines.append("    </testcase>")
@@ -143,8 +160,10 @@ def main(argv: list[str]) -> int:
         return 1
     mocha_file = reporter_file(options)
     print("=" * 72)
-    print(f"  (Run Starting)  Cypress: 15.3.0 (fake)  Browser: {options.get('browser', 'electron')}"
-          f"{' (headed)' if options['headed'] else ' (headless)'}  Specs: {len(specs)} found")
+    print(
+        f"  (Run Starting)  Cypress: 15.3.0 (fake)  Browser: {options.get('browser', 'electron')}"
+        f"{' (headed)' if options['headed'] else ' (headless)'}  Specs: {len(specs)} found"
+    )
     failed_total = 0
     for number, spec in enumerate(specs, 1):
         path = Path(spec) if Path(spec).is_absolute() else project / spec
@@ -154,8 +173,11 @@ def main(argv: list[str]) -> int:
         plan = read_directives(path)
         print(f"  Running:  {spec}  ({number} of {len(specs)})", flush=True)
         if plan["crash"]:
-            print("  Oops...we found an error preparing this test file:\n"
-                  f"    > {spec}\n  Error: Webpack Compilation Error", file=sys.stderr)
+            print(
+                "  Oops...we found an error preparing this test file:\n"
+                f"    > {spec}\n  Error: Webpack Compilation Error",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(plan["sleep"])
         include_pending = reporter_options(options).get("includePending") == "true"
@@ -168,8 +190,9 @@ def main(argv: list[str]) -> int:
         spec_name = Path(spec).name
         if plan["screenshot"]:
             for failed in range(1, plan["fail"] + 1):
-                shot = (project / "cypress" / "screenshots" / spec_name
-                        / f"{plan['suite']} -- fails {failed} (failed).png")
+                shot = (
+                    project / "cypress" / "screenshots" / spec_name / f"{plan['suite']} -- fails {failed} (failed).png"
+                )
                 shot.parent.mkdir(parents=True, exist_ok=True)
                 shot.write_bytes(b"\x89PNG\r\n\x1a\n fake")
         if plan["video"]:
@@ -177,8 +200,7 @@ def main(argv: list[str]) -> int:
             video.parent.mkdir(parents=True, exist_ok=True)
             video.write_bytes(b"fake mp4")
         print(f"    {plan['pass']} passing, {failures} failing, {plan['skip']} pending", flush=True)
-    print(f"  (Run Finished)  {failed_total} tests failed" if failed_total
-          else "  (Run Finished)  All specs passed!")
+    print(f"  (Run Finished)  {failed_total} tests failed" if failed_total else "  (Run Finished)  All specs passed!")
     return failed_total % 256
 
 

@@ -52,25 +52,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["DEFAULT_TRANSITIONS", "FakeJira", "OpenApiContract", "RecordedRequest", "Scripted",
-           "closed_port"]
+__all__ = ["DEFAULT_TRANSITIONS", "FakeJira", "OpenApiContract", "RecordedRequest", "Scripted", "closed_port"]
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 DEFAULT_TRANSITIONS: list[dict[str, Any]] = [
-    {"id": "11", "name": "To Do",
-     "to": {"id": "10000", "name": "To Do",
-            "statusCategory": {"id": 2, "key": "new", "name": "To Do"}}},
-    {"id": "21", "name": "Start Progress",
-     "to": {"id": "3", "name": "In Progress",
-            "statusCategory": {"id": 4, "key": "indeterminate", "name": "In Progress"}}},
-    {"id": "31", "name": "Close Issue",
-     "to": {"id": "10001", "name": "Done",
-            "statusCategory": {"id": 3, "key": "done", "name": "Done"}}},
+    {
+        "id": "11",
+        "name": "To Do",
+        "to": {"id": "10000", "name": "To Do", "statusCategory": {"id": 2, "key": "new", "name": "To Do"}},
+    },
+    {
+        "id": "21",
+        "name": "Start Progress",
+        "to": {
+            "id": "3",
+            "name": "In Progress",
+            "statusCategory": {"id": 4, "key": "indeterminate", "name": "In Progress"},
+        },
+    },
+    {
+        "id": "31",
+        "name": "Close Issue",
+        "to": {"id": "10001", "name": "Done", "statusCategory": {"id": 3, "key": "done", "name": "Done"}},
+    },
 ]
 
-NOT_FOUND = {"errorMessages": ["Issue does not exist or you do not have permission to see it."],
-             "errors": {}}
+NOT_FOUND = {"errorMessages": ["Issue does not exist or you do not have permission to see it."], "errors": {}}
 
 
 # -- the OpenAPI contract -----------------------------------------------------------------
@@ -105,8 +113,7 @@ class OpenApiContract:
             if value:
                 yield jsonschema.ValidationError("is a read-only property: a request must not send it")
 
-        self._request_class = jsonschema.validators.extend(
-            draft4, {"type": openapi_type, "readOnly": read_only})
+        self._request_class = jsonschema.validators.extend(draft4, {"type": openapi_type, "readOnly": read_only})
         self._response_class = jsonschema.validators.extend(draft4, {"type": openapi_type})
         self._adf_validator = jsonschema.Draft4Validator(self.adf)
         self.routes: list[tuple[str, re.Pattern[str], dict[str, Any], str]] = []
@@ -126,13 +133,14 @@ class OpenApiContract:
         return None
 
     def _errors(self, cls: Any, schema: dict[str, Any], instance: Any) -> list[str]:
-        validator = cls({"$ref": f"{self.URI}{schema['$ref']}"} if "$ref" in schema else schema,
-                        registry=self._registry)
-        return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-                for e in validator.iter_errors(instance)]
+        validator = cls(
+            {"$ref": f"{self.URI}{schema['$ref']}"} if "$ref" in schema else schema, registry=self._registry
+        )
+        return [
+            f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in validator.iter_errors(instance)
+        ]
 
-    def check_request(self, method: str, path: str, query: str, headers: dict[str, str],
-                      raw: bytes) -> list[str]:
+    def check_request(self, method: str, path: str, query: str, headers: dict[str, str], raw: bytes) -> list[str]:
         found = self.operation(method, path)
         where = f"{method} {path}"
         if found is None:
@@ -175,14 +183,15 @@ class OpenApiContract:
         if name in ("addComment", "updateComment") and isinstance(data, dict):
             comment = data.get("body")
             if params["_version"] == "3":
-                problems += [f"{name}: body (ADF) {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-                             for e in self._adf_validator.iter_errors(comment)]
+                problems += [
+                    f"{name}: body (ADF) {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+                    for e in self._adf_validator.iter_errors(comment)
+                ]
             elif not isinstance(comment, str):
                 problems.append(f"{name}: API 2 takes the comment body as a string of wiki markup")
         return problems
 
-    def check_response(self, method: str, path: str, status: int, content_type: str,
-                       data: bytes) -> list[str]:
+    def check_response(self, method: str, path: str, status: int, content_type: str, data: bytes) -> list[str]:
         found = self.operation(method, path)
         if found is None:
             return []
@@ -191,8 +200,10 @@ class OpenApiContract:
         declared = operation.get("responses", {}).get(str(status))
         if declared is None:
             if 200 <= status < 300:
-                return [f"{name}: answered {status}, which the operation does not declare "
-                        f"(it declares {', '.join(operation.get('responses', {}))})"]
+                return [
+                    f"{name}: answered {status}, which the operation does not declare "
+                    f"(it declares {', '.join(operation.get('responses', {}))})"
+                ]
             return []  # 429, 5xx...: Jira sends them, the document describes none
         if status == 204:
             return [f"{name}: a 204 carries no body, got {len(data)} bytes"] if data else []
@@ -210,8 +221,11 @@ class OpenApiContract:
 
 def _lone_surrogates(value: Any, where: str = "") -> list[str]:
     if isinstance(value, str):
-        return [f"{where or '(root)'}: holds a lone UTF-16 surrogate (not Unicode text)"] if re.search(
-            "[\ud800-\udfff]", value) else []
+        return (
+            [f"{where or '(root)'}: holds a lone UTF-16 surrogate (not Unicode text)"]
+            if re.search("[\ud800-\udfff]", value)
+            else []
+        )
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _lone_surrogates(v, f"{where}/{i}")]
     if isinstance(value, dict):
@@ -260,8 +274,7 @@ class Scripted:
 _ROUTES = {
     "issue": re.compile(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3)/issue/(?P<key>[^/]+)$"),
     "comment": re.compile(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3)/issue/(?P<key>[^/]+)/comment$"),
-    "comment_id": re.compile(
-        r"^(?P<prefix>.*)/rest/api/(?P<version>2|3)/issue/(?P<key>[^/]+)/comment/(?P<id>[^/]+)$"),
+    "comment_id": re.compile(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3)/issue/(?P<key>[^/]+)/comment/(?P<id>[^/]+)$"),
     "transitions": re.compile(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3)/issue/(?P<key>[^/]+)/transitions$"),
 }
 
@@ -270,9 +283,14 @@ class FakeJira:
     """Start with `start()` or a `with` block; `stop()` ends it and releases hung handlers.
     With `certfile`/`keyfile` it speaks HTTPS."""
 
-    def __init__(self, *, transitions: list[dict[str, Any]] | None = None,
-                 expect_auth: str | None = None, certfile: str | None = None,
-                 keyfile: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        transitions: list[dict[str, Any]] | None = None,
+        expect_auth: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+    ) -> None:
         self.transitions = [dict(t) for t in (transitions or DEFAULT_TRANSITIONS)]
         self.expect_auth = expect_auth  # e.g. "Bearer tok" or "Basic ..."; None: accept any
         self.issues: dict[str, dict[str, Any]] = {}  # key -> {"id", "key", "status"}
@@ -301,8 +319,7 @@ class FakeJira:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(self.certfile, self.keyfile)
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -319,8 +336,10 @@ class FakeJira:
     def __exit__(self, exc_type: object, *exc_info: object) -> None:
         self.stop()
         if exc_type is None and self.violations:
-            raise AssertionError("the loopback Jira saw requests or sent responses that break "
-                                 "Jira's OpenAPI document:\n  " + "\n  ".join(self.violations))
+            raise AssertionError(
+                "the loopback Jira saw requests or sent responses that break "
+                "Jira's OpenAPI document:\n  " + "\n  ".join(self.violations)
+            )
 
     @property
     def port(self) -> int:
@@ -345,32 +364,49 @@ class FakeJira:
 
     def add_issue(self, *keys: str, status: str = "To Do") -> None:
         for key in keys:
-            self.issues[key] = {"id": str(10000 + len(self.issues) + 1), "key": key,
-                                "status": self.status_named(status) if status else {}}
+            self.issues[key] = {
+                "id": str(10000 + len(self.issues) + 1),
+                "key": key,
+                "status": self.status_named(status) if status else {},
+            }
 
     def issue_status(self, key: str) -> str:
         return self.issues[key]["status"].get("name", "")
 
-    def script(self, status: int = 200, body: Any = b"", *, headers: dict[str, str] | None = None,
-               delay: float = 0.0, method: str | None = None, path_contains: str | None = None,
-               times: int = 1, close: bool = False, off_spec: bool = False) -> None:
+    def script(
+        self,
+        status: int = 200,
+        body: Any = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+        method: str | None = None,
+        path_contains: str | None = None,
+        times: int = 1,
+        close: bool = False,
+        off_spec: bool = False,
+    ) -> None:
         """Queue `times` identical responses for the next matching requests."""
         with self._lock:
             for _ in range(times):
-                self._scripts.append(Scripted(status, body, dict(headers or {}), delay,
-                                              method, path_contains, close, off_spec))
+                self._scripts.append(
+                    Scripted(status, body, dict(headers or {}), delay, method, path_contains, close, off_spec)
+                )
 
     def script_html_error(self, status: int = 502, title: str = "502 Bad Gateway", **kw: Any) -> None:
-        page = (f"<!DOCTYPE html><html><head><title>{title}</title></head><body>"
-                f"<h1>{title}</h1><p>{'The proxy could not reach Jira. ' * 40}</p></body></html>")
+        page = (
+            f"<!DOCTYPE html><html><head><title>{title}</title></head><body>"
+            f"<h1>{title}</h1><p>{'The proxy could not reach Jira. ' * 40}</p></body></html>"
+        )
         self.script(status, page, headers={"Content-Type": "text/html; charset=utf-8"}, **kw)
 
     def script_hang(self, seconds: float = 30.0, **kw: Any) -> None:
         """An answer that comes too late to be read (never checked: nobody sees it)."""
         self.script(201, {"id": "never"}, delay=seconds, off_spec=True, **kw)
 
-    def script_jira_error(self, status: int, messages: list[str] | None = None,
-                          errors: dict[str, str] | None = None, **kw: Any) -> None:
+    def script_jira_error(
+        self, status: int, messages: list[str] | None = None, errors: dict[str, str] | None = None, **kw: Any
+    ) -> None:
         self.script(status, {"errorMessages": messages or [], "errors": errors or {}}, **kw)
 
     def pending_scripts(self) -> int:
@@ -386,8 +422,7 @@ class FakeJira:
     def _take_script(self, method: str, path: str) -> Scripted | None:
         with self._lock:
             for i, s in enumerate(self._scripts):
-                if (s.method is None or s.method == method) and (
-                        s.path_contains is None or s.path_contains in path):
+                if (s.method is None or s.method == method) and (s.path_contains is None or s.path_contains in path):
                     return self._scripts.pop(i)
         return None
 
@@ -403,10 +438,14 @@ class FakeJira:
     def _default(self, req: RecordedRequest) -> tuple[int, Any, dict[str, str]]:
         if self.expect_auth is not None and req.header("Authorization") != self.expect_auth:
             # Jira Cloud answers a bad token with 401 and a short plain-text body.
-            return 401, "Client must be authenticated to access this resource.", {
-                "Content-Type": "text/plain;charset=UTF-8", "WWW-Authenticate": 'Basic realm="protected-area"'}
-        route, match = next(((name, m) for name, regex in _ROUTES.items() if (m := regex.match(req.path))),
-                            (None, None))
+            return (
+                401,
+                "Client must be authenticated to access this resource.",
+                {"Content-Type": "text/plain;charset=UTF-8", "WWW-Authenticate": 'Basic realm="protected-area"'},
+            )
+        route, match = next(
+            ((name, m) for name, regex in _ROUTES.items() if (m := regex.match(req.path))), (None, None)
+        )
         if match is None:
             return 404, {"errorMessages": ["null for uri: " + req.path], "errors": {}}, {}
         issue = self._find_issue(match["key"])
@@ -418,16 +457,28 @@ class FakeJira:
         if route == "issue" and req.method == "GET":
             query = parse_qs(req.query)
             fields = ",".join(query.get("fields", ["*all"])).split(",")
-            answer: dict[str, Any] = {"id": issue["id"], "key": key, "self": issue_self,
-                                      "fields": {"status": issue["status"]} if (
-                                          "status" in fields or "*all" in fields) else {}}
+            answer: dict[str, Any] = {
+                "id": issue["id"],
+                "key": key,
+                "self": issue_self,
+                "fields": {"status": issue["status"]} if ("status" in fields or "*all" in fields) else {},
+            }
             if "transitions" in ",".join(query.get("expand", [])).split(","):
                 answer["transitions"] = self._available(issue)
             return 200, answer, {}
         if route == "comment" and req.method == "POST":
             body = data.get("body")
             if match["version"] == "3" and not isinstance(body, dict):
-                return 400, {"errorMessages": [], "errors": {"comment": "Operation value must be an Atlassian Document (see the Atlassian Document Format)"}}, {}
+                return (
+                    400,
+                    {
+                        "errorMessages": [],
+                        "errors": {
+                            "comment": "Operation value must be an Atlassian Document (see the Atlassian Document Format)"
+                        },
+                    },
+                    {},
+                )
             if match["version"] == "2" and not isinstance(body, str):
                 return 400, {"errorMessages": ["Can not deserialize instance of java.lang.String"], "errors": {}}, {}
             if not body:
@@ -435,15 +486,19 @@ class FakeJira:
             with self._lock:
                 comment_id = str(self._next_comment_id)
                 self._next_comment_id += 1
-                comment = {"issue": key, "id": comment_id, "body": body,
-                           "visibility": data.get("visibility"), "edits": 0}
+                comment = {
+                    "issue": key,
+                    "id": comment_id,
+                    "body": body,
+                    "visibility": data.get("visibility"),
+                    "edits": 0,
+                }
                 self.comments.append(comment)
             return 201, self._comment_json(comment, issue_self), {}
         if route == "comment_id" and req.method == "PUT":
             comment = next((c for c in self.comments if c["issue"] == key and c["id"] == match["id"]), None)
             if comment is None:
-                return 404, {"errorMessages": [f"Can not find a comment for the id: {match['id']}."],
-                             "errors": {}}, {}
+                return 404, {"errorMessages": [f"Can not find a comment for the id: {match['id']}."], "errors": {}}, {}
             comment.update(body=data.get("body"), visibility=data.get("visibility"), edits=comment["edits"] + 1)
             return 200, self._comment_json(comment, issue_self), {}
         if route == "transitions" and req.method == "GET":
@@ -452,7 +507,11 @@ class FakeJira:
             wanted = str((data.get("transition") or {}).get("id"))
             chosen = next((t for t in self._available(issue) if t["id"] == wanted), None)
             if chosen is None:
-                return 400, {"errorMessages": [f"Transition id '{wanted}' is not valid for this issue."], "errors": {}}, {}
+                return (
+                    400,
+                    {"errorMessages": [f"Transition id '{wanted}' is not valid for this issue."], "errors": {}},
+                    {},
+                )
             given = data.get("fields") or {}
             missing = [f for f in self.required_fields.get(wanted, []) if f not in given]
             if missing:
@@ -464,8 +523,13 @@ class FakeJira:
         return 405, {"errorMessages": ["Method Not Allowed"], "errors": {}}, {}
 
     def _comment_json(self, comment: dict[str, Any], issue_self: str) -> dict[str, Any]:
-        out = {"id": comment["id"], "self": f"{issue_self}/comment/{comment['id']}", "body": comment["body"],
-               "created": "2026-12-03T10:00:00.000+0000", "updated": "2026-12-03T10:00:00.000+0000"}
+        out = {
+            "id": comment["id"],
+            "self": f"{issue_self}/comment/{comment['id']}",
+            "body": comment["body"],
+            "created": "2026-12-03T10:00:00.000+0000",
+            "updated": "2026-12-03T10:00:00.000+0000",
+        }
         if comment.get("visibility"):
             out["visibility"] = comment["visibility"]
         return out
@@ -487,8 +551,9 @@ class FakeJira:
                 except ValueError:
                     parsed = None
                 parts = urlsplit(self.path)
-                req = RecordedRequest(self.command, parts.path, parts.query,
-                                      {k.lower(): v for k, v in self.headers.items()}, raw, parsed)
+                req = RecordedRequest(
+                    self.command, parts.path, parts.query, {k.lower(): v for k, v in self.headers.items()}, raw, parsed
+                )
                 with fake._lock:
                     fake.requests.append(req)
                 breaches = contract().check_request(req.method, req.path, req.query, req.headers, raw)
@@ -496,8 +561,9 @@ class FakeJira:
                 if breaches:
                     with fake._lock:
                         fake.violations.extend(breaches)
-                    self._send(400, {"errorMessages": [f"loopback Jira: {b}" for b in breaches], "errors": {}},
-                               {}, check=False)
+                    self._send(
+                        400, {"errorMessages": [f"loopback Jira: {b}" for b in breaches], "errors": {}}, {}, check=False
+                    )
                     return
                 if scripted is not None:
                     if scripted.delay and fake._stopping.wait(scripted.delay):
@@ -519,8 +585,13 @@ class FakeJira:
                     data, ctype = json.dumps(body).encode("utf-8"), "application/json;charset=UTF-8"
                 names = {k.lower(): v for k, v in headers.items()}
                 if check:
-                    breaches = contract().check_response(self.command, urlsplit(self.path).path, status,
-                                                         names.get("content-type", ctype if data else ""), data)
+                    breaches = contract().check_response(
+                        self.command,
+                        urlsplit(self.path).path,
+                        status,
+                        names.get("content-type", ctype if data else ""),
+                        data,
+                    )
                     if breaches:
                         with fake._lock:
                             fake.violations.extend(breaches)

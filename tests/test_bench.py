@@ -84,9 +84,20 @@ def _orchestrate() -> str:
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick",
-         "--orchestrate", _orchestrate(), "--json-out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--orchestrate",
+            _orchestrate(),
+            "--json-out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
         # the console script imports this checkout's orchestrate.py, not another copy's
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
     )
@@ -105,10 +116,23 @@ def test_quick_run_reports_every_figure(results: dict) -> None:
 
 def test_pairs_carry_median_min_max_for_both_sides(results: dict) -> None:
     figures = results["figures"]
-    pairs = [figures[n] for n in ("fixed_run_vs_python", "version_vs_python", "help_vs_python",
-                                  "hook_overhead", "hook_nothing_to_check", "history_run", "history_runs",
-                                  "history_runs_filtered", "history_status", "history_prune", "html_report")
-             if "skipped" not in figures[n]]
+    pairs = [
+        figures[n]
+        for n in (
+            "fixed_run_vs_python",
+            "version_vs_python",
+            "help_vs_python",
+            "hook_overhead",
+            "hook_nothing_to_check",
+            "history_run",
+            "history_runs",
+            "history_runs_filtered",
+            "history_status",
+            "history_prune",
+            "html_report",
+        )
+        if "skipped" not in figures[n]
+    ]
     pairs += list(figures["per_step"]["by_n"].values())
     pairs += list(figures["streaming"]["by_size"].values())
     for pair in pairs:
@@ -158,8 +182,14 @@ def test_targets_are_listed_with_a_verdict(results: dict) -> None:
 def test_masking_bench_quick_reports_its_figures(tmp_path: Path) -> None:
     """bench/masking.py (issue 12): a long secret vs none; no threshold asserted here."""
     out = tmp_path / "masking.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "masking.py"), "--quick", "--json-out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "masking.py"), "--quick", "--json-out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = json.loads(out.read_text())
     assert figures["secret_bytes"] == 120_000 and figures["pairs"] == 2

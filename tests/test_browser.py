@@ -5,6 +5,7 @@ network service of its own; it only ever talks to servers on 127.0.0.1 and to fi
 
 ORCHESTRATE_UPDATE_SCREENSHOT=1 also writes the failed run's screenshot to docs/report.png
 (the one README shows)."""
+
 from __future__ import annotations
 
 import json
@@ -53,17 +54,29 @@ def browser(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         profile = tmp_path / f"chromium-profile-{len(drivers)}"
-        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                    "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,800"):
+        for arg in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--window-size=1280,800",
+        ):
             options.add_argument(arg)
         if not javascript:
             options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
         # the page's viewport itself is 1280x800 (a window of that size has less room inside)
-        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                               {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        )
         drivers.append(driver)
         return driver
 
@@ -92,8 +105,8 @@ def png_colours(path: Path) -> tuple[int, int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, header = 8, b"", b""
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             header = chunk
         elif kind == b"IDAT":
@@ -108,7 +121,7 @@ def png_colours(path: Path) -> tuple[int, int, int]:
     colours: set[bytes] = set()
     for y in range(height):
         kind = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):
             left = line[i - channels] if i >= channels else 0
             up = previous[i]
@@ -124,7 +137,7 @@ def png_colours(path: Path) -> tuple[int, int, int]:
                 pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
                 line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
         if y % 4 == 0:  # every fourth row is plenty to count colours
-            colours.update(bytes(line[x:x + 3]) for x in range(0, stride, channels * 2))
+            colours.update(bytes(line[x : x + 3]) for x in range(0, stride, channels * 2))
         previous = line
     return width, height, len(colours)
 
@@ -143,25 +156,45 @@ def failed_run(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     shutil.copy(FAKE_CYPRESS, binary)
     binary.chmod(0o755)
     project.write("web/package.json", json.dumps({"devDependencies": {"cypress": "15.3.0"}}))
-    project.write("web/cypress/e2e/login.cy.js", "// fake: suite login\n// fake: pass 3\n// fake: fail 2\n// fake: sleep 0.6\n")
+    project.write(
+        "web/cypress/e2e/login.cy.js", "// fake: suite login\n// fake: pass 3\n// fake: fail 2\n// fake: sleep 0.6\n"
+    )
     project.write("web/cypress/e2e/cart.cy.js", "// fake: suite cart\n// fake: pass 4\n")
-    project.workflow("ci", [
-        {"name": "lint", "type": "command", "run": "printf '\\033[32m✓ 42 files clean\\033[0m\\n'; sleep 0.4", "needs": []},
-        {"name": "unit tests", "type": "command", "needs": [],
-         "run": "printf 'collected 12 items\\n\\033[1;32m12 passed\\033[0m in 0.8s\\n'; sleep 0.8"},
-        {"name": "ui smoke", "type": "cypress", "project": "./web", "needs": []},
-        {"name": "docs links", "type": "command", "run": f"echo '{XSS_OUTPUT}'; sleep 0.2; exit 3",
-         "needs": ["lint"], "continue_on_error": True},
-        {"name": "package", "type": "command", "run": "echo packaging", "needs": ["unit tests", "ui smoke"]},
-    ])
+    project.workflow(
+        "ci",
+        [
+            {
+                "name": "lint",
+                "type": "command",
+                "run": "printf '\\033[32m✓ 42 files clean\\033[0m\\n'; sleep 0.4",
+                "needs": [],
+            },
+            {
+                "name": "unit tests",
+                "type": "command",
+                "needs": [],
+                "run": "printf 'collected 12 items\\n\\033[1;32m12 passed\\033[0m in 0.8s\\n'; sleep 0.8",
+            },
+            {"name": "ui smoke", "type": "cypress", "project": "./web", "needs": []},
+            {
+                "name": "docs links",
+                "type": "command",
+                "run": f"echo '{XSS_OUTPUT}'; sleep 0.2; exit 3",
+                "needs": ["lint"],
+                "continue_on_error": True,
+            },
+            {"name": "package", "type": "command", "run": "echo packaging", "needs": ["unit tests", "ui smoke"]},
+        ],
+    )
     report = tmp_path / "report.html"
     result = project.run("run", "ci", "--jobs", "4", "-q", "--html-report", str(report))
     assert result.returncode == 1, result.stdout + result.stderr
     return report
 
 
-def test_failed_report_in_the_browser(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                      browser: Callable[..., Any]) -> None:
+def test_failed_report_in_the_browser(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: Callable[..., Any]
+) -> None:
     from selenium.webdriver.common.by import By
 
     report = failed_run(project, tmp_path, monkeypatch)
@@ -169,12 +202,22 @@ def test_failed_report_in_the_browser(project: Project, tmp_path: Path, monkeypa
     driver = browser()
     driver.get(report.as_uri())
     rows = driver.find_elements(By.CSS_SELECTOR, "table.steps tbody tr")
-    assert [(r.find_elements(By.TAG_NAME, "td")[1].text, r.find_element(By.CSS_SELECTOR, "td.status").text)
-            for r in rows] == [("lint", "✓ passed"), ("unit tests", "✓ passed"), ("ui smoke", "✗ failed"),
-                               ("docs links", "! failed (allowed)"), ("package", "– skipped")]
+    assert [
+        (r.find_elements(By.TAG_NAME, "td")[1].text, r.find_element(By.CSS_SELECTOR, "td.status").text) for r in rows
+    ] == [
+        ("lint", "✓ passed"),
+        ("unit tests", "✓ passed"),
+        ("ui smoke", "✗ failed"),
+        ("docs links", "! failed (allowed)"),
+        ("package", "– skipped"),
+    ]
     assert [e.text for e in driver.find_elements(By.CSS_SELECTOR, "li.failed-test .test-name")] == [
-        "login › fails 1", "login › fails 2"]
-    assert {e.text for e in driver.find_elements(By.CSS_SELECTOR, "li.failed-test .file")} == {"cypress/e2e/login.cy.js"}
+        "login › fails 1",
+        "login › fails 2",
+    ]
+    assert {e.text for e in driver.find_elements(By.CSS_SELECTOR, "li.failed-test .file")} == {
+        "cypress/e2e/login.cy.js"
+    }
     # the timeline's bars, top to bottom, are the steps in the order they started
     bars = driver.find_elements(By.CSS_SELECTOR, "svg.timeline g.bar")
     started = sorted((e["started_at"], i) for i, e in enumerate(record["log"]) if e.get("started_at"))
@@ -204,8 +247,9 @@ def test_failed_report_in_the_browser(project: Project, tmp_path: Path, monkeypa
         shutil.copy(shot, REPO / "docs" / "report.png")
 
 
-def test_report_reads_with_javascript_off(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          browser: Callable[..., Any]) -> None:
+def test_report_reads_with_javascript_off(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: Callable[..., Any]
+) -> None:
     from selenium.webdriver.common.by import By
 
     report = failed_run(project, tmp_path, monkeypatch)
@@ -234,8 +278,15 @@ def server(tmp_path: Path) -> Iterator[Callable[..., Dash]]:
         one.close()
 
 
-SLOW = {"steps": [{"name": "count", "type": "command",
-                   "run": "for i in 1 2 3 4 5 6; do printf '\\033[33mtick\\033[0m %s\\n' $i; sleep 0.5; done; exit 4"}]}
+SLOW = {
+    "steps": [
+        {
+            "name": "count",
+            "type": "command",
+            "run": "for i in 1 2 3 4 5 6; do printf '\\033[33mtick\\033[0m %s\\n' $i; sleep 0.5; done; exit 4",
+        }
+    ]
+}
 
 
 def test_live_run_page_moves_from_running_to_failed(server: Callable[..., Dash], browser: Callable[..., Any]) -> None:
@@ -252,8 +303,10 @@ def test_live_run_page_moves_from_running_to_failed(server: Callable[..., Dash],
     run_id = driver.current_url.rsplit("/", 1)[1]
     assert wait_until(lambda: driver.find_element(By.ID, "run-status").text == "… running", what="running")
     # the run is running a moment before its first step is: the page catches up at its next poll
-    assert wait_until(lambda: driver.find_element(By.CSS_SELECTOR, "#step-row-0 td.status").text == "… running",
-                      what="the first step running")
+    assert wait_until(
+        lambda: driver.find_element(By.CSS_SELECTOR, "#step-row-0 td.status").text == "… running",
+        what="the first step running",
+    )
     # the output tail and the elapsed time move while the step runs
     wait_until(lambda: "tick 2" in driver.find_element(By.ID, "tail-0").text, what="live output")
     wait_until(lambda: driver.find_element(By.ID, "run-elapsed").text.endswith("s so far"), what="elapsed time")
@@ -263,7 +316,9 @@ def test_live_run_page_moves_from_running_to_failed(server: Callable[..., Dash],
     assert driver.find_element(By.ID, "tail-0").text.splitlines()[-1] == "tick 6"
     assert json.loads(dash.get(f"/status/{run_id}")[2])["status"] == "failed"
     driver.get(dash.base + "/?status=failed")
-    assert [e.get_attribute("data-run-id") for e in driver.find_elements(By.CSS_SELECTOR, "table.runs tbody tr")] == [run_id]
+    assert [e.get_attribute("data-run-id") for e in driver.find_elements(By.CSS_SELECTOR, "table.runs tbody tr")] == [
+        run_id
+    ]
 
 
 def test_start_form_shows_what_post_start_refuses(server: Callable[..., Dash], browser: Callable[..., Any]) -> None:
@@ -282,8 +337,10 @@ def test_start_form_shows_what_post_start_refuses(server: Callable[..., Dash], b
     driver.find_element(By.ID, "start-vars").clear()
     driver.find_element(By.ID, "start-skip").send_keys("no such step")
     driver.find_element(By.CSS_SELECTOR, "#start button[type=submit]").click()
-    wait_until(lambda: driver.find_element(By.ID, "start-error").text.startswith("--skip 'no such step'"),
-               what="the unknown step")
+    wait_until(
+        lambda: driver.find_element(By.ID, "start-error").text.startswith("--skip 'no such step'"),
+        what="the unknown step",
+    )
     assert driver.current_url == dash.base + "/"
     assert json.loads(dash.get("/runs")[2]) == []
 
@@ -306,7 +363,8 @@ def test_no_script_runs_from_step_names_or_output(server: Callable[..., Dash], b
 
 
 def test_token_mode_asks_once_and_never_puts_the_token_in_a_url_or_cookie(
-        server: Callable[..., Dash], browser: Callable[..., Any]) -> None:
+    server: Callable[..., Dash], browser: Callable[..., Any]
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -317,7 +375,8 @@ def test_token_mode_asks_once_and_never_puts_the_token_in_a_url_or_cookie(
     driver.find_element(By.ID, "token").send_keys("wrong-token")
     driver.find_element(By.ID, "token-use").click()
     assert wait_until(lambda: driver.find_element(By.ID, "auth-message").text, what="the refusal") == (
-        "The server did not accept the token: enter it again.")
+        "The server did not accept the token: enter it again."
+    )
     driver.find_element(By.ID, "token").send_keys(TOKEN + "\n")
     wait_until(lambda: driver.find_element(By.ID, "start").is_displayed(), what="the start form")
     assert not driver.find_element(By.ID, "auth").is_displayed()

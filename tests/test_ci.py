@@ -1,6 +1,7 @@
 """orchestrate in CI: detection, GitHub Actions / GitLab console markup, the step summary,
 when.changed against --from-ref or the CI base, and the shipped CI snippets (every
 `orchestrate ...` line in them runs with --dry-run against a sample project)."""
+
 from __future__ import annotations
 
 import json
@@ -27,25 +28,40 @@ B = "b" * 40
 def github_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     summary = tmp_path / "summary.md"
     summary.write_text("")
-    return {"CI": "true", "GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary),
-            "GITHUB_SERVER_URL": "https://github.com", "GITHUB_REPOSITORY": "acme/shop",
-            "GITHUB_RUN_ID": "99", "GITHUB_SHA": "a" * 40, "GITHUB_REF_NAME": "main",
-            "API_TOKEN": SECRET, **extra}
+    return {
+        "CI": "true",
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_REPOSITORY": "acme/shop",
+        "GITHUB_RUN_ID": "99",
+        "GITHUB_SHA": "a" * 40,
+        "GITHUB_REF_NAME": "main",
+        "API_TOKEN": SECRET,
+        **extra,
+    }
 
 
 def ci_project(project: Project) -> None:
-    project.workflow("ci", [
-        {"name": "forger", "type": "command",
-         "run": "echo hello; echo '::error::forged'; echo '::set-output name=x::y'; "
-                "echo '::add-mask::hello'"},
-        {"name": "uses secret", "type": "command", "run": "echo token is $API_TOKEN"},
-        {"name": "tests: unit, fast", "type": "command", "run": "echo boom; exit 3"},
-        {"name": "cleanup", "type": "command", "run": "echo cleaning", "when": {"status": "always"}},
-        {"name": "deploy", "type": "command", "run": "echo deploying"},
-    ], env={"API_TOKEN": "${API_TOKEN}"})
+    project.workflow(
+        "ci",
+        [
+            {
+                "name": "forger",
+                "type": "command",
+                "run": "echo hello; echo '::error::forged'; echo '::set-output name=x::y'; echo '::add-mask::hello'",
+            },
+            {"name": "uses secret", "type": "command", "run": "echo token is $API_TOKEN"},
+            {"name": "tests: unit, fast", "type": "command", "run": "echo boom; exit 3"},
+            {"name": "cleanup", "type": "command", "run": "echo cleaning", "when": {"status": "always"}},
+            {"name": "deploy", "type": "command", "run": "echo deploying"},
+        ],
+        env={"API_TOKEN": "${API_TOKEN}"},
+    )
 
 
 # --- GitHub Actions ----------------------------------------------------------------------
+
 
 def test_github_actions_groups_fence_masks_and_annotations(project: Project, tmp_path: Path) -> None:
     ci_project(project)
@@ -57,8 +73,12 @@ def test_github_actions_groups_fence_masks_and_annotations(project: Project, tmp
     assert SECRET not in result.stdout.replace(lines[0], "")
     assert "token is ***" in result.stdout
     groups = [line for line in lines if line.startswith("::group::")]
-    assert groups == ["::group::forger (command)", "::group::uses secret (command)",
-                      "::group::tests: unit, fast (command)", "::group::cleanup (command)"]
+    assert groups == [
+        "::group::forger (command)",
+        "::group::uses secret (command)",
+        "::group::tests: unit, fast (command)",
+        "::group::cleanup (command)",
+    ]
     assert lines.count("::endgroup::") == 4
     # each step's output sits inside a stop-commands fence with its own random token
     start = lines.index("::group::forger (command)")
@@ -66,11 +86,10 @@ def test_github_actions_groups_fence_masks_and_annotations(project: Project, tmp
     token = stop.removeprefix("::stop-commands::")
     assert stop.startswith("::stop-commands::") and len(token) >= 32
     resume = lines.index(f"::{token}::")
-    fenced = lines[start + 2:resume]
+    fenced = lines[start + 2 : resume]
     assert "::error::forged" in fenced and "::set-output name=x::y" in fenced
     assert lines[resume + 1] == "::endgroup::"
-    tokens = [line.removeprefix("::stop-commands::") for line in lines
-              if line.startswith("::stop-commands::")]
+    tokens = [line.removeprefix("::stop-commands::") for line in lines if line.startswith("::stop-commands::")]
     assert len(set(tokens)) == 4
     # no forged command outside a fence
     fence = None
@@ -94,13 +113,16 @@ def test_github_step_summary(project: Project, tmp_path: Path) -> None:
     summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
     record = project.last_record()
     assert summary.startswith("earlier step's summary\n### orchestrate: ci failed\n")
-    assert (f"3 passed, 1 failed, 1 skipped · run `{record['run_id']}` · "
-            "[job log](https://github.com/acme/shop/actions/runs/99)") in summary
+    assert (
+        f"3 passed, 1 failed, 1 skipped · run `{record['run_id']}` · "
+        "[job log](https://github.com/acme/shop/actions/runs/99)"
+    ) in summary
     assert "| Step | Status | Time | Failed tests / reason |" in summary
-    assert re.search(r"^\| tests: unit, fast \| \*\*failed\*\* \| \d+\.\ds \| command exited with code 3 \|$",
-                     summary, re.MULTILINE)
+    assert re.search(
+        r"^\| tests: unit, fast \| \*\*failed\*\* \| \d+\.\ds \| command exited with code 3 \|$", summary, re.MULTILINE
+    )
     assert "| deploy | skipped |  | an earlier step failed (tests: unit, fast) |" in summary
-    gantt = summary[summary.index("```mermaid"):]
+    gantt = summary[summary.index("```mermaid") :]
     assert gantt.startswith("```mermaid\ngantt\n    title ci\n    dateFormat x\n")
     assert re.search(r"^    tests  unit, fast :crit, s2, \d{13}, \d{13}$", gantt, re.MULTILINE)
     assert re.search(r"^    forger :done, s0, \d{13}, \d{13}$", gantt, re.MULTILINE)
@@ -114,17 +136,29 @@ def test_github_step_summary(project: Project, tmp_path: Path) -> None:
 def test_no_summary_and_no_markup_outside_github(project: Project, tmp_path: Path) -> None:
     ci_project(project)
     summary = tmp_path / "summary.md"
-    result = project.run("run", "ci", env={"CI": "true", "JENKINS_URL": "http://jenkins/",
-                                           "BUILD_URL": "http://jenkins/job/shop/7/",
-                                           "GITHUB_STEP_SUMMARY": str(summary), "API_TOKEN": SECRET})
+    result = project.run(
+        "run",
+        "ci",
+        env={
+            "CI": "true",
+            "JENKINS_URL": "http://jenkins/",
+            "BUILD_URL": "http://jenkins/job/shop/7/",
+            "GITHUB_STEP_SUMMARY": str(summary),
+            "API_TOKEN": SECRET,
+        },
+    )
     assert result.returncode == 1
-    assert "::" not in result.stdout.replace("::error::forged", "").replace(
-        "::set-output name=x::y", "").replace("::add-mask::hello", "")
+    assert "::" not in result.stdout.replace("::error::forged", "").replace("::set-output name=x::y", "").replace(
+        "::add-mask::hello", ""
+    )
     assert "\x1b" not in result.stdout  # plain and colourless for a Jenkins console
     assert not summary.exists() or summary.read_text() == ""
     trigger = project.last_record()["trigger"]
     assert (trigger["source"], trigger["provider"], trigger["job_url"]) == (
-        "ci", "jenkins", "http://jenkins/job/shop/7/")
+        "ci",
+        "jenkins",
+        "http://jenkins/job/shop/7/",
+    )
 
 
 def test_gitlab_sections(project: Project) -> None:
@@ -132,8 +166,13 @@ def test_gitlab_sections(project: Project) -> None:
     env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES}
     env.update(CI="true", GITLAB_CI="true", CI_JOB_URL="https://gitlab.example/j/5", PYTHONPATH=str(REPO))
     # bytes: text mode would turn the markers' \r into newlines
-    result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "ci"], check=False,
-                            capture_output=True, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [orchestrate_bin(), "--root", str(project.root), "run", "ci"],
+        check=False,
+        capture_output=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0
     out = result.stdout.decode()
     start = re.search(r"\x1b\[0Ksection_start:(\d+):step_1_unit_tests\r\x1b\[0Kunit tests \(command\)\n", out)
@@ -145,21 +184,29 @@ def test_gitlab_sections(project: Project) -> None:
 
 # --- when.changed in CI ------------------------------------------------------------------
 
+
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@example.com", *args],
-                          cwd=cwd, check=True, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=T", "-c", "user.email=t@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    ).stdout.strip()
 
 
 @pytest.fixture
 def repo_project(project: Project) -> Project:
-    project.workflow("ci", [
-        {"name": "python", "type": "command", "run": "echo py", "when": {"changed": ["*.py"]}},
-        {"name": "docs", "type": "command", "run": "echo docs", "when": {"changed": ["docs/**"]}},
-        {"name": "release", "type": "command", "run": "echo rel", "when": {"branch": ["release/*"]}},
-        {"name": "env", "type": "command",
-         "run": "echo from=$ORCHESTRATE_FROM_REF to=$ORCHESTRATE_TO_REF"},
-    ])
+    project.workflow(
+        "ci",
+        [
+            {"name": "python", "type": "command", "run": "echo py", "when": {"changed": ["*.py"]}},
+            {"name": "docs", "type": "command", "run": "echo docs", "when": {"changed": ["docs/**"]}},
+            {"name": "release", "type": "command", "run": "echo rel", "when": {"branch": ["release/*"]}},
+            {"name": "env", "type": "command", "run": "echo from=$ORCHESTRATE_FROM_REF to=$ORCHESTRATE_TO_REF"},
+        ],
+    )
     project.write("runs/.gitignore", "*\n")
     git(project.root, "init", "-q", "-b", "main")
     git(project.root, "add", "-A")
@@ -178,11 +225,9 @@ def statuses(project: Project) -> dict[str, str]:
 def test_from_ref_to_ref(repo_project: Project) -> None:
     result = repo_project.run("run", "ci", "--from-ref", "base", "--to-ref", "HEAD")
     assert result.returncode == 0, result.stderr
-    assert statuses(repo_project) == {"python": "skipped", "docs": "passed",
-                                      "release": "skipped", "env": "passed"}
+    assert statuses(repo_project) == {"python": "skipped", "docs": "passed", "release": "skipped", "env": "passed"}
     log = {e["step"]: e for e in repo_project.last_record()["log"]}
-    assert log["python"]["message"] == ("when.changed ['*.py']: no changed file matches "
-                                        "(1 changed, base...HEAD)")
+    assert log["python"]["message"] == ("when.changed ['*.py']: no changed file matches (1 changed, base...HEAD)")
     assert log["release"]["message"] == "when.branch ['release/*']: branch 'main' does not match"
     assert "from=base to=HEAD" in result.stdout
     assert_valid_junit(repo_project.root / repo_project.last_record()["junit"])
@@ -201,12 +246,10 @@ def test_unknown_from_ref_is_a_usage_error(repo_project: Project) -> None:
 def test_github_pull_request_base_from_event(repo_project: Project, tmp_path: Path) -> None:
     event = tmp_path / "event.json"
     event.write_text(json.dumps({"pull_request": {"base": {"sha": git(repo_project.root, "rev-parse", "base")}}}))
-    env = github_env(tmp_path, GITHUB_EVENT_PATH=str(event), GITHUB_HEAD_REF="release/2.0",
-                     GITHUB_BASE_REF="main")
+    env = github_env(tmp_path, GITHUB_EVENT_PATH=str(event), GITHUB_HEAD_REF="release/2.0", GITHUB_BASE_REF="main")
     result = repo_project.run("run", "ci", env=env)
     assert result.returncode == 0, result.stderr
-    assert statuses(repo_project) == {"python": "skipped", "docs": "passed",
-                                      "release": "passed", "env": "passed"}
+    assert statuses(repo_project) == {"python": "skipped", "docs": "passed", "release": "passed", "env": "passed"}
     assert repo_project.last_record()["trigger"]["branch"] == "release/2.0"
 
 
@@ -221,22 +264,21 @@ def test_ci_base_missing_from_shallow_clone_runs_the_gated_steps(repo_project: P
 def test_terminal_run_without_a_base_runs_changed_steps(repo_project: Project) -> None:
     result = repo_project.run("run", "ci")
     assert result.returncode == 0
-    assert statuses(repo_project) == {"python": "passed", "docs": "passed",
-                                      "release": "skipped", "env": "passed"}
+    assert statuses(repo_project) == {"python": "passed", "docs": "passed", "release": "skipped", "env": "passed"}
     assert repo_project.last_record()["trigger"]["source"] == "cli"
 
 
 def test_pre_commit_framework_refs(repo_project: Project) -> None:
     base = git(repo_project.root, "rev-parse", "base")
     head = git(repo_project.root, "rev-parse", "HEAD")
-    result = repo_project.run("run", "ci", env={"PRE_COMMIT_FROM_REF": base,
-                                                "PRE_COMMIT_TO_REF": head})
+    result = repo_project.run("run", "ci", env={"PRE_COMMIT_FROM_REF": base, "PRE_COMMIT_TO_REF": head})
     assert result.returncode == 0
     assert statuses(repo_project)["python"] == "skipped"
     assert repo_project.last_record()["trigger"]["source"] == "pre-push"
 
 
 # --- the shipped snippets ---------------------------------------------------------------
+
 
 def github_commands() -> list[str]:
     data = yaml.safe_load((REPO / "hooks" / "github-actions.yml").read_text())
@@ -260,8 +302,12 @@ def pre_commit_commands() -> list[str]:
     return [shlex.join([*shlex.split(h["entry"]), *h.get("args", [])]) for h in hooks]
 
 
-SNIPPETS = {"github-actions.yml": github_commands, "gitlab-ci.yml": gitlab_commands,
-            "Jenkinsfile": jenkins_commands, ".pre-commit-hooks.yaml": pre_commit_commands}
+SNIPPETS = {
+    "github-actions.yml": github_commands,
+    "gitlab-ci.yml": gitlab_commands,
+    "Jenkinsfile": jenkins_commands,
+    ".pre-commit-hooks.yaml": pre_commit_commands,
+}
 
 
 def orchestrate_lines(commands: list[str]) -> list[list[str]]:
@@ -275,8 +321,9 @@ def test_snippet_commands_run_against_a_sample_project(snippet: str, project: Pr
     lines = orchestrate_lines(commands)
     assert lines, f"{snippet}: no orchestrate command found"
     if snippet != ".pre-commit-hooks.yaml":
-        assert any("install" in c and "orchestrate-cli" in c for c in commands), \
+        assert any("install" in c and "orchestrate-cli" in c for c in commands), (
             f"{snippet}: installs the orchestrate-cli distribution"
+        )
     project.workflow("ci", [{"name": "unit", "type": "command", "run": "echo unit"}])
     project.workflow("pre-push", [{"name": "lint", "type": "command", "run": "echo lint"}])
     for argv in lines:
@@ -297,7 +344,7 @@ def test_snippets_publish_junit_even_when_the_run_failed() -> None:
     assert gitlab["artifacts"]["when"] == "always"
     assert gitlab["artifacts"]["reports"]["junit"] == "reports/junit.xml"
     jenkins = (REPO / "hooks" / "Jenkinsfile").read_text()
-    always = jenkins[jenkins.index("always {"):]
+    always = jenkins[jenkins.index("always {") :]
     assert "junit allowEmptyResults: true, testResults: 'reports/junit.xml'" in always
     hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     assert hooks[0]["stages"] == ["pre-push"] and hooks[0]["pass_filenames"] is False
@@ -305,14 +352,19 @@ def test_snippets_publish_junit_even_when_the_run_failed() -> None:
 
 # --- README -------------------------------------------------------------------------
 
+
 def readme_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Use it from git and CI"):]
+    section = text[text.index("## Use it from git and CI") :]
     following = section.find("\n## ", 5)
     section = section[:following] if following != -1 else section
     blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
-    return [line.strip() for block in blocks for line in block.splitlines()
-            if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def test_readme_git_and_ci_commands_work(tmp_path: Path) -> None:
@@ -348,16 +400,30 @@ def test_readme_git_and_ci_commands_work(tmp_path: Path) -> None:
 
 # --- CI detection ---------------------------------------------------------------------
 
+
 def test_detect_ci_github_pull_request(tmp_path: Path) -> None:
     event = tmp_path / "event.json"
     event.write_text(json.dumps({"pull_request": {"base": {"sha": B}}}))
-    env = {"CI": "true", "GITHUB_ACTIONS": "true", "GITHUB_SERVER_URL": "https://github.com",
-           "GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "42", "GITHUB_SHA": A,
-           "GITHUB_HEAD_REF": "feat", "GITHUB_REF_NAME": "7/merge", "GITHUB_BASE_REF": "main",
-           "GITHUB_EVENT_PATH": str(event)}
+    env = {
+        "CI": "true",
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_REPOSITORY": "o/r",
+        "GITHUB_RUN_ID": "42",
+        "GITHUB_SHA": A,
+        "GITHUB_HEAD_REF": "feat",
+        "GITHUB_REF_NAME": "7/merge",
+        "GITHUB_BASE_REF": "main",
+        "GITHUB_EVENT_PATH": str(event),
+    }
     ci = orchestrate.detect_ci(env, orchestrate.read_github_event(env))
-    assert ci == {"provider": "github", "job_url": "https://github.com/o/r/actions/runs/42",
-                  "commit": A, "branch": "feat", "base": B}
+    assert ci == {
+        "provider": "github",
+        "job_url": "https://github.com/o/r/actions/runs/42",
+        "commit": A,
+        "branch": "feat",
+        "base": B,
+    }
     assert (orchestrate.detect_ci(env, {}) or {}).get("base") == "origin/main"
 
 
@@ -368,15 +434,33 @@ def test_detect_ci_github_push_event():
 
 
 def test_detect_ci_gitlab_jenkins_generic_none():
-    gl = orchestrate.detect_ci({"GITLAB_CI": "true", "CI": "true", "CI_JOB_URL": "https://gl/j/1",
-                       "CI_COMMIT_SHA": A, "CI_COMMIT_BRANCH": "dev",
-                       "CI_COMMIT_BEFORE_SHA": Z40})
-    assert gl == {"provider": "gitlab", "job_url": "https://gl/j/1", "commit": A,
-                  "branch": "dev", "base": ""}
-    jk = orchestrate.detect_ci({"JENKINS_URL": "http://j/", "BUILD_URL": "http://j/job/x/3/",
-                       "GIT_COMMIT": A, "GIT_BRANCH": "origin/main", "CHANGE_TARGET": "main"})
-    assert jk == {"provider": "jenkins", "job_url": "http://j/job/x/3/", "commit": A,
-                  "branch": "main", "base": "origin/main"}
+    gl = orchestrate.detect_ci(
+        {
+            "GITLAB_CI": "true",
+            "CI": "true",
+            "CI_JOB_URL": "https://gl/j/1",
+            "CI_COMMIT_SHA": A,
+            "CI_COMMIT_BRANCH": "dev",
+            "CI_COMMIT_BEFORE_SHA": Z40,
+        }
+    )
+    assert gl == {"provider": "gitlab", "job_url": "https://gl/j/1", "commit": A, "branch": "dev", "base": ""}
+    jk = orchestrate.detect_ci(
+        {
+            "JENKINS_URL": "http://j/",
+            "BUILD_URL": "http://j/job/x/3/",
+            "GIT_COMMIT": A,
+            "GIT_BRANCH": "origin/main",
+            "CHANGE_TARGET": "main",
+        }
+    )
+    assert jk == {
+        "provider": "jenkins",
+        "job_url": "http://j/job/x/3/",
+        "commit": A,
+        "branch": "main",
+        "base": "origin/main",
+    }
     assert orchestrate.detect_ci({"CI": "true"})["provider"] == "generic"
     assert orchestrate.detect_ci({"CI": "false"}) is None
     assert orchestrate.detect_ci({}) is None
@@ -391,15 +475,25 @@ def test_build_trigger():
     assert t["source"] == "pre-push" and t["push"]["remote"] == "origin"
     ci = {"provider": "gitlab", "job_url": "u", "commit": B, "branch": "dev", "base": ""}
     t = orchestrate.make_trigger(git_state, ci)
-    assert (t["source"], t["provider"], t["job_url"], t["commit"], t["branch"]) == (
-        "ci", "gitlab", "u", B, "dev")
+    assert (t["source"], t["provider"], t["job_url"], t["commit"], t["branch"]) == ("ci", "gitlab", "u", B, "dev")
 
 
 def test_strip_git_env_and_step_env():
-    env = {"GIT_DIR": "/x/.git", "GIT_INDEX_FILE": "i", "GIT_PREFIX": "", "PATH": "/bin",
-           "GIT_SSH_COMMAND": "ssh", "GIT_CONFIG_KEY_0": "a", "GIT_EXEC_PATH": "/g"}
-    assert orchestrate.strip_git_env(env) == {"PATH": "/bin", "GIT_SSH_COMMAND": "ssh",
-                                     "GIT_CONFIG_KEY_0": "a", "GIT_EXEC_PATH": "/g"}
+    env = {
+        "GIT_DIR": "/x/.git",
+        "GIT_INDEX_FILE": "i",
+        "GIT_PREFIX": "",
+        "PATH": "/bin",
+        "GIT_SSH_COMMAND": "ssh",
+        "GIT_CONFIG_KEY_0": "a",
+        "GIT_EXEC_PATH": "/g",
+    }
+    assert orchestrate.strip_git_env(env) == {
+        "PATH": "/bin",
+        "GIT_SSH_COMMAND": "ssh",
+        "GIT_CONFIG_KEY_0": "a",
+        "GIT_EXEC_PATH": "/g",
+    }
     push = orchestrate.PushInfo("origin", "u", ())
     out = orchestrate.step_git_env(env, orchestrate.ChangeSet((), "", (), B, A), push)
     assert out["ORCHESTRATE_PUSH_REMOTE"] == "origin"
@@ -409,16 +503,21 @@ def test_strip_git_env_and_step_env():
 
 # --- GitHub / GitLab markup -----------------------------------------------------------
 
+
 def test_gha_escapes():
     assert orchestrate.gha_escape_data("50% a\r\nb: c, d") == "50%25 a%0D%0Ab: c, d"
     assert orchestrate.gha_escape_property("50% a\nb: c, d") == "50%25 a%0Ab%3A c%2C d"
     assert orchestrate.gha_error("unit: tests, fast", "line1\nline2 100%") == (
-        "::error title=unit%3A tests%2C fast::line1%0Aline2 100%25")
+        "::error title=unit%3A tests%2C fast::line1%0Aline2 100%25"
+    )
 
 
 def test_gha_masks_multiline_secret():
     assert orchestrate.gha_mask_lines(["tok%en", "l1\nl2", "  "]) == [
-        "::add-mask::l1", "::add-mask::l2", "::add-mask::tok%25en"]
+        "::add-mask::l1",
+        "::add-mask::l2",
+        "::add-mask::tok%25en",
+    ]
 
 
 def make_step(index: int, name: str) -> orchestrate.Step:
@@ -428,17 +527,20 @@ def make_step(index: int, name: str) -> orchestrate.Step:
 def test_github_output_fences_and_annotates() -> None:
     out = orchestrate.GitHubCIOutput()
     assert out.run_started(orchestrate.Masker(["tok%en"])) == [
-        "::add-mask::tok%2525en", "::add-mask::tok%25en"]  # the value and its URL-encoded form
+        "::add-mask::tok%2525en",
+        "::add-mask::tok%25en",
+    ]  # the value and its URL-encoded form
     start = out.step_started(make_step(0, "unit tests"))
     assert start[0] == "::group::unit tests (command)"
     token = start[1].removeprefix("::stop-commands::")
     assert len(token) > 30
     assert out.step_output_ended(make_step(0, "unit tests")) == [f"::{token}::", "::endgroup::"]
     assert out.step_finished(make_step(0, "unit tests"), {"status": "failed", "message": "exit 1"}) == [
-        "::error title=unit tests failed::exit 1"]
-    assert out.step_finished(make_step(0, "u"), {"status": "failed", "message": "m",
-                                                "allowed_failure": True}) == [
-        "::warning title=u failed (continue_on_error)::m"]
+        "::error title=unit tests failed::exit 1"
+    ]
+    assert out.step_finished(make_step(0, "u"), {"status": "failed", "message": "m", "allowed_failure": True}) == [
+        "::warning title=u failed (continue_on_error)::m"
+    ]
     assert out.step_finished(make_step(0, "u"), {"status": "passed"}) == []
     assert out.step_started(make_step(1, "b"))[1] != start[1]  # a fresh token per step
 
@@ -446,21 +548,36 @@ def test_github_output_fences_and_annotates() -> None:
 def test_gitlab_output_sections() -> None:
     out = orchestrate.GitLabCIOutput(clock=lambda: 1700000000.5)
     assert out.step_started(make_step(1, "ui smoke: tests")) == [
-        "\x1b[0Ksection_start:1700000000:step_2_ui_smoke_tests\r\x1b[0Kui smoke: tests (command)"]
+        "\x1b[0Ksection_start:1700000000:step_2_ui_smoke_tests\r\x1b[0Kui smoke: tests (command)"
+    ]
     assert out.step_output_ended(make_step(1, "ui smoke: tests")) == [
-        "\x1b[0Ksection_end:1700000000:step_2_ui_smoke_tests\r\x1b[0K"]
+        "\x1b[0Ksection_end:1700000000:step_2_ui_smoke_tests\r\x1b[0K"
+    ]
     assert out.step_output_ended(make_step(1, "x")) == []
 
 
 RECORD = {
-    "run_id": "20261127T154000123Z-1a2b3c", "workflow": "deploy", "status": "failed",
+    "run_id": "20261127T154000123Z-1a2b3c",
+    "workflow": "deploy",
+    "status": "failed",
     "trigger": {"job_url": "https://github.com/o/r/actions/runs/1"},
     "log": [
-        {"step": "unit tests", "status": "passed", "duration_s": 1.92,
-         "started_at": "2026-11-27T15:40:00.000Z", "finished_at": "2026-11-27T15:40:01.920Z"},
-        {"step": "ui: smoke | e2e", "status": "failed", "duration_s": 10.0, "message": "exit 1",
-         "failed_tests": ["login > works", {"name": "cart <b>"}],
-         "started_at": "2026-11-27T15:40:01.920Z", "finished_at": "2026-11-27T15:40:11.920Z"},
+        {
+            "step": "unit tests",
+            "status": "passed",
+            "duration_s": 1.92,
+            "started_at": "2026-11-27T15:40:00.000Z",
+            "finished_at": "2026-11-27T15:40:01.920Z",
+        },
+        {
+            "step": "ui: smoke | e2e",
+            "status": "failed",
+            "duration_s": 10.0,
+            "message": "exit 1",
+            "failed_tests": ["login > works", {"name": "cart <b>"}],
+            "started_at": "2026-11-27T15:40:01.920Z",
+            "finished_at": "2026-11-27T15:40:11.920Z",
+        },
         {"step": "notify", "status": "skipped", "message": "when.branch ['main']: no"},
     ],
 }
@@ -469,8 +586,10 @@ RECORD = {
 def test_render_step_summary():
     md = orchestrate.render_step_summary(RECORD)
     assert md.startswith("### orchestrate: deploy failed\n")
-    assert "1 passed, 1 failed, 1 skipped · run `20261127T154000123Z-1a2b3c` · " \
-           "[job log](https://github.com/o/r/actions/runs/1)" in md
+    assert (
+        "1 passed, 1 failed, 1 skipped · run `20261127T154000123Z-1a2b3c` · "
+        "[job log](https://github.com/o/r/actions/runs/1)" in md
+    )
     assert "| unit tests | passed | 1.9s |  |" in md
     assert "| ui: smoke \\| e2e | **failed** | 10.0s | login &gt; works; cart &lt;b&gt; |" in md
     assert "| notify | skipped |  | when.branch ['main']: no |" in md
@@ -487,8 +606,6 @@ def test_append_step_summary(tmp_path):
     assert orchestrate.append_step_summary(env, RECORD) == target
     assert target.read_text().startswith("before\n### orchestrate: deploy failed")
     assert orchestrate.append_step_summary({"GITHUB_STEP_SUMMARY": str(target)}, RECORD) is None
-
-
 
 
 # --- issue 12: step output cannot forge workflow commands --------------------------------
@@ -526,20 +643,27 @@ def github_runner(stdout: str) -> dict[str, Any]:
     return {"commands": commands, "masks": masks, "open_groups": depth, "stopped": stopped}
 
 
-PLUGIN_FORGER = '''
+PLUGIN_FORGER = """
 def execute(step):
     raise RuntimeError("boom\\n::error::forged by a message\\n\\x1b]0;owned\\x07\\x1b[2Jdone")
-'''
+"""
 
 
 def forging_project(project: Project) -> None:
     project.write("integrations/forge_runner.py", PLUGIN_FORGER)
-    project.workflow("ci", [
-        {"name": "no newline", "type": "command", "run": "printf 'last line without newline'"},
-        {"name": "forged message", "type": "forge", "continue_on_error": True},
-        {"name": "tail", "type": "command",
-         "run": "echo '::error::forged by a tail'; printf '\\033[31mred\\007'; exit 4"},
-    ], env={"API_TOKEN": "${API_TOKEN:-}"})
+    project.workflow(
+        "ci",
+        [
+            {"name": "no newline", "type": "command", "run": "printf 'last line without newline'"},
+            {"name": "forged message", "type": "forge", "continue_on_error": True},
+            {
+                "name": "tail",
+                "type": "command",
+                "run": "echo '::error::forged by a tail'; printf '\\033[31mred\\007'; exit 4",
+            },
+        ],
+        env={"API_TOKEN": "${API_TOKEN:-}"},
+    )
 
 
 def test_github_runner_sees_only_orchestrates_commands(project: Project, tmp_path: Path) -> None:
@@ -553,13 +677,20 @@ def test_github_runner_sees_only_orchestrates_commands(project: Project, tmp_pat
         assert seen["masks"][0] == SECRET
         # the annotations orchestrate means, and nothing a step forged
         assert [(name, props) for name, props, _ in seen["commands"]] == [
-            ("warning", "title=forged message failed (continue_on_error)"), ("error", "title=tail failed")], quiet
+            ("warning", "title=forged message failed (continue_on_error)"),
+            ("error", "title=tail failed"),
+        ], quiet
         # the message is one escaped line: its "::error::" is text, its escapes are gone
-        assert seen["commands"][0][2] == ("integrations/forge_runner.py: RuntimeError: "
-                                          "boom%0A::error::forged by a message%0Adone")
+        assert seen["commands"][0][2] == (
+            "integrations/forge_runner.py: RuntimeError: boom%0A::error::forged by a message%0Adone"
+        )
         assert seen["commands"][1][2] == "command exited with code 4"
-        assert re.search(r"^  failed \(allowed\) in \d+\.\ds: integrations/forge_runner\.py: RuntimeError: "
-                         r"boom%0A::error::forged by a message%0Adone$", result.stdout, re.M)
+        assert re.search(
+            r"^  failed \(allowed\) in \d+\.\ds: integrations/forge_runner\.py: RuntimeError: "
+            r"boom%0A::error::forged by a message%0Adone$",
+            result.stdout,
+            re.M,
+        )
         if not quiet:
             # the fence closes on a line of its own although the step's output did not end a line
             assert "last line without newline\n::orchestrate-" in result.stdout
@@ -579,10 +710,13 @@ def test_no_raw_escape_from_a_step_through_orchestrates_own_lines(project: Proje
 
 
 def test_step_summary_shows_allowed_failures_as_allowed(project: Project, tmp_path: Path) -> None:
-    project.workflow("ci", [
-        {"name": "flaky", "type": "command", "run": "exit 1", "continue_on_error": True},
-        {"name": "broken", "type": "command", "run": "exit 2"},
-    ])
+    project.workflow(
+        "ci",
+        [
+            {"name": "flaky", "type": "command", "run": "exit 1", "continue_on_error": True},
+            {"name": "broken", "type": "command", "run": "exit 2"},
+        ],
+    )
     env = github_env(tmp_path)
     result = project.run("run", "ci", env=env)
     assert result.returncode == 1
@@ -601,12 +735,19 @@ def test_gitlab_section_end_starts_a_line(project: Project) -> None:
     project.workflow("ci", [{"name": "unit", "type": "command", "run": "printf 'no newline'"}])
     env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES}
     env.update(CI="true", GITLAB_CI="true", PYTHONPATH=str(REPO))  # this checkout's orchestrate
-    result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "ci"], check=False,
-                            capture_output=True, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [orchestrate_bin(), "--root", str(project.root), "run", "ci"],
+        check=False,
+        capture_output=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert b"no newline\n\x1b[0Ksection_end:" in result.stdout
 
 
-def test_run_git_takes_no_config_or_loader_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_git_takes_no_config_or_loader_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q")
@@ -626,8 +767,25 @@ def test_run_git_takes_no_config_or_loader_from_the_environment(tmp_path: Path, 
     assert orchestrate.run_git(["status", "--porcelain"], repo) == ""
 
     assert not marker.exists()
-    env = orchestrate.git_call_environment({"HOME": "/h", "PATH": "/bin", "LC_ALL": "C", "SSH_AUTH_SOCK": "/s",
-                                            "GIT_CONFIG_COUNT": "1", "GIT_DIR": "/x", "PYTHONPATH": "/p",
-                                            "LD_PRELOAD": "/e.so", "GIT_SSH_COMMAND": "ssh -i k"})
-    assert env == {"HOME": "/h", "PATH": "/bin", "LC_ALL": "C", "SSH_AUTH_SOCK": "/s", "GIT_SSH_COMMAND": "ssh -i k",
-                   "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+    env = orchestrate.git_call_environment(
+        {
+            "HOME": "/h",
+            "PATH": "/bin",
+            "LC_ALL": "C",
+            "SSH_AUTH_SOCK": "/s",
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_DIR": "/x",
+            "PYTHONPATH": "/p",
+            "LD_PRELOAD": "/e.so",
+            "GIT_SSH_COMMAND": "ssh -i k",
+        }
+    )
+    assert env == {
+        "HOME": "/h",
+        "PATH": "/bin",
+        "LC_ALL": "C",
+        "SSH_AUTH_SOCK": "/s",
+        "GIT_SSH_COMMAND": "ssh -i k",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_OPTIONAL_LOCKS": "0",
+    }

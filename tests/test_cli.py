@@ -1,4 +1,5 @@
 """The command line: README's commands exist and its examples run; exit codes; the installed command."""
+
 from __future__ import annotations
 
 import json
@@ -63,9 +64,19 @@ def test_readme_quick_start_runs(tmp_path: Path) -> None:
     for line in block.group(1).splitlines():
         command = line.split("#")[0].split()
         assert command[0] == "orchestrate"
-        result = project.run(*command[1:]) if False else subprocess.run(
-            [orchestrate_bin(), *command[1:]], cwd=project.root, capture_output=True, text=True, timeout=60,
-            stdin=subprocess.DEVNULL, env=_clean_env())
+        result = (
+            project.run(*command[1:])
+            if False
+            else subprocess.run(
+                [orchestrate_bin(), *command[1:]],
+                cwd=project.root,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+                env=_clean_env(),
+            )
+        )
         assert result.returncode == 0, f"{line}: {result.stdout}{result.stderr}"
     assert (project.root / "runs/.gitignore").exists()
     assert project.last_record()["status"] == "completed"
@@ -91,8 +102,15 @@ def test_shipped_demo_runs_offline_and_reports(tmp_path: Path) -> None:
     """README's first command: the sample workflow demo passes on a fresh copy."""
     copy = tmp_path / "repo"
     shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".git", ".venv", ".ci-venv", "runs", "__pycache__"))
-    result = subprocess.run([orchestrate_bin(), "run", "demo"], cwd=copy, capture_output=True, text=True,
-                            timeout=120, stdin=subprocess.DEVNULL, env=_clean_env())
+    result = subprocess.run(
+        [orchestrate_bin(), "run", "demo"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env=_clean_env(),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     records = sorted((copy / "runs").glob("*.json"))
     record = json.loads(records[-1].read_text())
@@ -103,8 +121,13 @@ def test_shipped_demo_runs_offline_and_reports(tmp_path: Path) -> None:
 
 
 def test_shipped_workflows_validate(tmp_path: Path) -> None:
-    result = subprocess.run([orchestrate_bin(), "--root", str(REPO), "validate"], capture_output=True,
-                            text=True, timeout=60, env=_clean_env())
+    result = subprocess.run(
+        [orchestrate_bin(), "--root", str(REPO), "validate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(),
+    )
     assert result.returncode == 0, result.stderr
     assert "workflows/demo.json: ok (3 steps" in result.stdout
 
@@ -116,7 +139,9 @@ def test_version_and_help_document_exit_codes(project: Project) -> None:
     assert "Exit codes: 0" in help_text and "130/143" in help_text
 
 
-@pytest.mark.parametrize("args", [["nosuchcommand"], ["run"], ["runs", "--limit", "0"], ["prune"], ["run", "x", "--shard", "4/3"]])
+@pytest.mark.parametrize(
+    "args", [["nosuchcommand"], ["run"], ["runs", "--limit", "0"], ["prune"], ["run", "x", "--shard", "4/3"]]
+)
 def test_usage_errors_exit_2(project: Project, args: list[str]) -> None:
     project.workflow("x", [{"name": "a", "type": "command", "run": "true"}])
     result = project.run(*args)
@@ -135,8 +160,13 @@ def test_bad_shard_values(project: Project, value: str) -> None:
 def test_root_from_environment_and_runs_dir_override(project: Project, tmp_path: Path) -> None:
     project.workflow("w", [{"name": "a", "type": "command", "run": "pwd"}])
     elsewhere = tmp_path / "records"
-    result = subprocess.run([orchestrate_bin(), "--runs-dir", str(elsewhere), "run", "w"], capture_output=True,
-                            text=True, cwd=tmp_path, env={**_clean_env(), "ORCHESTRATE_ROOT": str(project.root)})
+    result = subprocess.run(
+        [orchestrate_bin(), "--runs-dir", str(elsewhere), "run", "w"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**_clean_env(), "ORCHESTRATE_ROOT": str(project.root)},
+    )
     assert result.returncode == 0, result.stderr
     assert str(project.root) in result.stdout
     assert list(elsewhere.glob("*.json"))
@@ -154,15 +184,19 @@ def test_init_ci_scaffolds_the_workflow_the_ci_templates_run(project: Project) -
     result = project.cli("init", "--ci")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "created workflows/pre-push.json", "created workflows/ci.json", "created runs/.gitignore",
-        "next: orchestrate run pre-push   then: orchestrate hook install   in CI: orchestrate run ci"]
+        "created workflows/pre-push.json",
+        "created workflows/ci.json",
+        "created runs/.gitignore",
+        "next: orchestrate run pre-push   then: orchestrate hook install   in CI: orchestrate run ci",
+    ]
     run = project.run("run", "ci", "--junit-xml", "reports/junit.xml", cwd=project.root)
     assert run.returncode == 0, run.stderr
     assert (project.root / "reports" / "junit.xml").exists()
     (project.workflows / "ci.json").write_text('{"steps": [{"name": "mine", "type": "command", "run": "true"}]}')
     again = project.cli("init", "--ci")
-    assert again.stdout.splitlines()[0] == ("nothing to do: workflows/pre-push.json, workflows/ci.json and "
-                                            "runs/.gitignore exist")
+    assert again.stdout.splitlines()[0] == (
+        "nothing to do: workflows/pre-push.json, workflows/ci.json and runs/.gitignore exist"
+    )
     assert "mine" in (project.workflows / "ci.json").read_text()
 
 
@@ -202,8 +236,9 @@ PARITY_CASES = [
 @pytest.mark.parametrize("args", PARITY_CASES, ids=lambda a: " ".join(a))
 def test_fast_run_parsing_matches_typer(project: Project, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
     captured: list[tuple] = []
-    monkeypatch.setattr(orchestrate, "run_workflow_command",
-                        lambda paths, name, options: captured.append((paths, name, options)) or 0)
+    monkeypatch.setattr(
+        orchestrate, "run_workflow_command", lambda paths, name, options: captured.append((paths, name, options)) or 0
+    )
     monkeypatch.chdir(project.root)
     monkeypatch.setenv("ORCHESTRATE_SHARD", "1/2")
     typer_result = CliRunnerNoRoot().invoke(orchestrate.app, args, catch_exceptions=False)
@@ -214,19 +249,35 @@ def test_fast_run_parsing_matches_typer(project: Project, monkeypatch: pytest.Mo
     assert captured[0] == captured[1]
 
 
-@pytest.mark.parametrize("args", [["run"], ["--help"], ["run", "w", "--help"], ["run", "w", "--bogus"],
-                                  ["run", "a", "b"], ["run", "w", "--only"], ["run", "w", "--var", "-x"],
-                                  ["status", "x"], ["run", "w", "-qd"], ["--version"], ["run", "--", "w"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run"],
+        ["--help"],
+        ["run", "w", "--help"],
+        ["run", "w", "--bogus"],
+        ["run", "a", "b"],
+        ["run", "w", "--only"],
+        ["run", "w", "--var", "-x"],
+        ["status", "x"],
+        ["run", "w", "-qd"],
+        ["--version"],
+        ["run", "--", "w"],
+    ],
+)
 def test_everything_else_goes_to_typer(args: list[str]) -> None:
     assert orchestrate.parse_fast_run(args, {}) is None
 
 
 def test_run_does_not_import_typer(project: Project) -> None:
     project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
-    code = ("import sys, orchestrate; rc = orchestrate.main(['--root', sys.argv[1], 'run', 'w', '-q']); "
-            "print(rc, 'typer' in sys.modules, 'requests' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code, str(project.root)], capture_output=True, text=True,
-                          env=_clean_env(), timeout=60)
+    code = (
+        "import sys, orchestrate; rc = orchestrate.main(['--root', sys.argv[1], 'run', 'w', '-q']); "
+        "print(rc, 'typer' in sys.modules, 'requests' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(project.root)], capture_output=True, text=True, env=_clean_env(), timeout=60
+    )
     assert done.stdout.strip().splitlines()[-1] == "0 False False", done.stdout + done.stderr
 
 
@@ -246,9 +297,11 @@ def test_init_never_writes_through_a_link_leading_outside_the_root(project: Proj
     project.workflows.symlink_to(outside)
     result = project.cli("init")
     assert result.exit_code == 2
-    assert result.stderr == (f"orchestrate: error: workflows leads outside the project root (to {outside}); "
-                             f"orchestrate init does not create files through it: remove the link, or pass "
-                             f"--workflows-dir {outside}\n")
+    assert result.stderr == (
+        f"orchestrate: error: workflows leads outside the project root (to {outside}); "
+        f"orchestrate init does not create files through it: remove the link, or pass "
+        f"--workflows-dir {outside}\n"
+    )
     assert list(outside.iterdir()) == [] and not project.runs.exists()
     # a link planted at the file's own name, dangling into the outside
     project.workflows.unlink()
@@ -257,8 +310,10 @@ def test_init_never_writes_through_a_link_leading_outside_the_root(project: Proj
     (project.runs / ".gitignore").symlink_to(outside / "gitignore")
     result = project.cli("init")
     assert result.exit_code == 2
-    assert result.stderr == (f"orchestrate: error: runs/.gitignore is a symbolic link to {outside / 'gitignore'}, "
-                             f"outside the project root; orchestrate init does not write through it: remove the link\n")
+    assert result.stderr == (
+        f"orchestrate: error: runs/.gitignore is a symbolic link to {outside / 'gitignore'}, "
+        f"outside the project root; orchestrate init does not write through it: remove the link\n"
+    )
     assert list(outside.iterdir()) == [] and not (project.workflows / "pre-push.json").exists()
     # an explicit folder outside the root is the user's choice; a link inside the root is fine
     (project.runs / ".gitignore").unlink()
@@ -269,25 +324,46 @@ def test_init_never_writes_through_a_link_leading_outside_the_root(project: Proj
     assert (outside / "runs" / ".gitignore").is_file() and (project.root / "mine.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize(("stdin", "message"), [
-    (b"not json", "orchestrate: error: --vars-stdin: stdin is not valid JSON; it takes what orchestrate serve passes"),
-    (b'{"A B": "x"}', "orchestrate: error: --vars-stdin: stdin is not an object of variable names to strings"),
-    (b'{"GREETING": 1}', "orchestrate: error: --vars-stdin: stdin is not an object of variable names to strings"),
-    (b'{"OTHER": "x"}', "orchestrate: error: vars key 'OTHER': workflow w does not use ${OTHER}; accepted: GREETING"),
-])
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        (
+            b"not json",
+            "orchestrate: error: --vars-stdin: stdin is not valid JSON; it takes what orchestrate serve passes",
+        ),
+        (b'{"A B": "x"}', "orchestrate: error: --vars-stdin: stdin is not an object of variable names to strings"),
+        (b'{"GREETING": 1}', "orchestrate: error: --vars-stdin: stdin is not an object of variable names to strings"),
+        (
+            b'{"OTHER": "x"}',
+            "orchestrate: error: vars key 'OTHER': workflow w does not use ${OTHER}; accepted: GREETING",
+        ),
+    ],
+)
 def test_vars_stdin_takes_only_the_workflows_names(project: Project, stdin: bytes, message: str) -> None:
     project.workflow("w", [{"name": "a", "type": "command", "run": "echo ${GREETING:-none} $GREETING"}])
-    result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "w", "--vars-stdin"],
-                            input=stdin, capture_output=True, timeout=60, env=_clean_env())
+    result = subprocess.run(
+        [orchestrate_bin(), "--root", str(project.root), "run", "w", "--vars-stdin"],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env=_clean_env(),
+    )
     assert result.returncode == 2
     assert result.stderr.decode().startswith(message)
     assert not project.runs.exists()
 
 
 def test_vars_stdin_fills_names_but_not_the_environment(project: Project) -> None:
-    project.workflow("w", [{"name": "a", "type": "command", "run": "echo ${GREETING:-none} env=${GREETING_ENV:-unset}$GREETING"}])
-    result = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "w", "--vars-stdin"],
-                            input=b'{"GREETING": "hi"}', capture_output=True, timeout=60, env=_clean_env())
+    project.workflow(
+        "w", [{"name": "a", "type": "command", "run": "echo ${GREETING:-none} env=${GREETING_ENV:-unset}$GREETING"}]
+    )
+    result = subprocess.run(
+        [orchestrate_bin(), "--root", str(project.root), "run", "w", "--vars-stdin"],
+        input=b'{"GREETING": "hi"}',
+        capture_output=True,
+        timeout=60,
+        env=_clean_env(),
+    )
     assert result.returncode == 0, result.stderr
     assert "hi env=unset\n" in result.stdout.decode()  # $GREETING: not in the step's environment
     cli = project.cli("run", "w", "--var", "GREETING=hey")
@@ -298,14 +374,22 @@ def test_vars_stdin_fills_names_but_not_the_environment(project: Project) -> Non
 
 # --- where people trip ---------------------------------------------------------------------
 
+
 def _git_init(path: Path) -> None:
     subprocess.run(["git", "init", "-q", str(path)], check=True, capture_output=True, timeout=60)
 
 
 def _in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command, in a folder, without --root."""
-    return subprocess.run([orchestrate_bin(), *args], cwd=cwd, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL, env=_clean_env())
+    return subprocess.run(
+        [orchestrate_bin(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env=_clean_env(),
+    )
 
 
 def test_run_and_runs_from_a_subfolder_find_the_project_root(project: Project) -> None:
@@ -347,8 +431,13 @@ def test_orchestrate_json_marks_the_root_and_outside_git_the_current_folder_is(t
 
 
 def _three_runs(project: Project) -> list[str]:
-    project.workflow("w", [{"name": "a", "type": "command", "run": "echo from a"},
-                           {"name": "b", "type": "command", "run": "echo from b"}])
+    project.workflow(
+        "w",
+        [
+            {"name": "a", "type": "command", "run": "echo from a"},
+            {"name": "b", "type": "command", "run": "echo from b"},
+        ],
+    )
     for _ in range(3):
         assert project.run("run", "w", "-q").returncode == 0
     return [r["run_id"] for r in project.records()]
@@ -372,12 +461,15 @@ def test_ambiguous_and_unknown_run_prefixes(project: Project) -> None:
     common = os.path.commonprefix(ids)
     ambiguous = project.run("status", common)
     assert ambiguous.returncode == 2
-    assert ambiguous.stderr == (f"orchestrate: error: run {common!r} is ambiguous: 3 runs match "
-                                f"({ids[2]}, {ids[1]}, {ids[0]}); give more of the id\n")
+    assert ambiguous.stderr == (
+        f"orchestrate: error: run {common!r} is ambiguous: 3 runs match "
+        f"({ids[2]}, {ids[1]}, {ids[0]}); give more of the id\n"
+    )
     unknown = project.run("logs", "19990101")
     assert unknown.returncode == 2
-    assert unknown.stderr == (f"orchestrate: error: no run id in {project.runs} starts with '19990101' "
-                              "(see: orchestrate runs)\n")
+    assert unknown.stderr == (
+        f"orchestrate: error: no run id in {project.runs} starts with '19990101' (see: orchestrate runs)\n"
+    )
     assert "is not a run id" in project.run("status", "../etc").stderr
 
 
@@ -394,8 +486,7 @@ def test_runs_status_passed_means_completed(project: Project) -> None:
     assert passed.stdout == project.run("runs", "--status", "completed").stdout
     bad = project.run("runs", "--status", "pased")
     assert bad.returncode == 2
-    assert bad.stderr == ("orchestrate: error: --status 'pased': expected one of pending, running, failed, "
-                          "completed\n")
+    assert bad.stderr == ("orchestrate: error: --status 'pased': expected one of pending, running, failed, completed\n")
 
 
 def test_only_and_skip_take_step_numbers_and_suggest_names(project: Project) -> None:
@@ -409,8 +500,10 @@ def test_only_and_skip_take_step_numbers_and_suggest_names(project: Project) -> 
     for flag, value, hint in (("--only", "unti", " (did you mean 'unit'?)"), ("--skip", "4", "")):
         bad = project.run("run", "w", flag, value)
         assert bad.returncode == 2
-        assert bad.stderr == (f"orchestrate: error: {flag} {value!r}: no such step in w{hint}; steps: lint, "
-                              "unit, e2e (or their numbers, 1-3)\n")
+        assert bad.stderr == (
+            f"orchestrate: error: {flag} {value!r}: no such step in w{hint}; steps: lint, "
+            "unit, e2e (or their numbers, 1-3)\n"
+        )
 
 
 def test_orchestrate_skip_takes_step_numbers(project: Project) -> None:
@@ -418,8 +511,10 @@ def test_orchestrate_skip_takes_step_numbers(project: Project) -> None:
     result = project.run("run", "w", env={"ORCHESTRATE_SKIP": "2,e2e,lintt"})
     assert result.returncode == 0
     assert [e["status"] for e in project.last_record()["log"]] == ["passed", "skipped", "skipped"]
-    assert ("orchestrate: warning: ORCHESTRATE_SKIP: no step 'lintt' in this workflow (did you mean 'lint'?)"
-            in result.stderr)
+    assert (
+        "orchestrate: warning: ORCHESTRATE_SKIP: no step 'lintt' in this workflow (did you mean 'lint'?)"
+        in result.stderr
+    )
 
 
 def test_one_step_reads_one_step(project: Project) -> None:
@@ -429,9 +524,16 @@ def test_one_step_reads_one_step(project: Project) -> None:
     assert project.run("validate", "w").stdout == "workflows/w.json: ok (1 step)\n"
 
 
-@pytest.mark.parametrize("args", [["run", "w", "--root", "{root}"], ["run", "--root={root}", "w", "-q"],
-                                  ["status", "--root", "{root}"], ["runs", "--root", "{root}", "--limit", "1"],
-                                  ["validate", "w", "--root", "{root}"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "w", "--root", "{root}"],
+        ["run", "--root={root}", "w", "-q"],
+        ["status", "--root", "{root}"],
+        ["runs", "--root", "{root}", "--limit", "1"],
+        ["validate", "w", "--root", "{root}"],
+    ],
+)
 def test_global_options_after_the_command(project: Project, tmp_path: Path, args: list[str]) -> None:
     project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
     assert project.run("run", "w").returncode == 0
@@ -466,27 +568,38 @@ def test_shell_completion_installs_and_completes(tmp_path: Path, project: Projec
     project.workflow("demo", [{"name": "a", "type": "command", "run": "true"}])
     env = {**_clean_env(), "HOME": str(tmp_path / "home"), "SHELL": "/bin/bash"}
     (tmp_path / "home").mkdir()
-    shown = subprocess.run([orchestrate_bin(), "--show-completion", "bash"], capture_output=True, text=True,
-                           env=env, timeout=60)
+    shown = subprocess.run(
+        [orchestrate_bin(), "--show-completion", "bash"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert shown.returncode == 0 and "_ORCHESTRATE_COMPLETE=complete_bash" in shown.stdout
-    installed = subprocess.run([orchestrate_bin(), "--install-completion", "bash"], capture_output=True,
-                               text=True, env=env, timeout=60)
+    installed = subprocess.run(
+        [orchestrate_bin(), "--install-completion", "bash"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert installed.returncode == 0, installed.stderr
     assert "orchestrate" in (tmp_path / "home" / ".bashrc").read_text()
-    words = subprocess.run([orchestrate_bin()], cwd=project.root, capture_output=True, text=True, timeout=60,
-                           env={**env, "_ORCHESTRATE_COMPLETE": "complete_bash",
-                                "COMP_WORDS": "orchestrate run de", "COMP_CWORD": "2"})
+    words = subprocess.run(
+        [orchestrate_bin()],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "_ORCHESTRATE_COMPLETE": "complete_bash", "COMP_WORDS": "orchestrate run de", "COMP_CWORD": "2"},
+    )
     assert words.stdout.split() == ["demo", "deploy"]
 
 
 def test_readme_lists_exactly_the_git_variables_steps_see() -> None:
     text = " ".join(_section("Use it from git and CI").split())
-    sentence = re.search(r"steps see only those that configure transport or identity, when they are set: "
-                         r"(.*?)\. Every other", text)
+    sentence = re.search(
+        r"steps see only those that configure transport or identity, when they are set: "
+        r"(.*?)\. Every other",
+        text,
+    )
     assert sentence, "README no longer says which GIT_* variables steps see"
     named = set(re.findall(r"`(GIT_[A-Z_]+?)(?:_<n>)?`", sentence.group(1)))
     assert named == (orchestrate._GIT_ENV_KEEP - {"GIT_TERMINAL_PROMPT"}) | {
-        p.rstrip("_") for p in orchestrate._GIT_ENV_KEEP_PREFIXES}
+        p.rstrip("_") for p in orchestrate._GIT_ENV_KEEP_PREFIXES
+    }
     assert "`GIT_TERMINAL_PROMPT=0`" in text
 
 
@@ -494,8 +607,13 @@ def test_a_step_named_like_a_number_is_that_step_in_logs_and_the_api(project: Pr
     """One lookup for `logs RUN STEP` and GET /runs/{id}/logs/{step}: a name wins over a number."""
     import orchestrate
 
-    project.workflow("w", [{"name": "first", "type": "command", "run": "echo from-first"},
-                           {"name": "1", "type": "command", "run": "echo from-the-step-named-1"}])
+    project.workflow(
+        "w",
+        [
+            {"name": "first", "type": "command", "run": "echo from-first"},
+            {"name": "1", "type": "command", "run": "echo from-the-step-named-1"},
+        ],
+    )
     assert project.cli("run", "w").exit_code == 0
     shown = project.cli("logs", "latest", "1")
     assert shown.exit_code == 0 and shown.stdout == "from-the-step-named-1\n"
@@ -531,8 +649,13 @@ def _with_reader_gone(project: Project, *args: str) -> tuple[int, bytes]:
     `orchestrate ... | true` (or `| head` once it has its lines): exit status and stderr."""
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "GITLAB_CI")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    process = subprocess.Popen(
+        [orchestrate_bin(), "--root", str(project.root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     assert process.stdout is not None and process.stderr is not None
     process.stdout.close()  # the reader leaves: every write of the command meets EPIPE
     err = process.stderr.read()
@@ -546,8 +669,18 @@ def test_a_reader_that_leaves_ends_any_command_quietly_with_141(project: Project
     project.workflow("bad", [{"name": "no", "type": "command", "run": "false"}])
     assert project.cli("run", "ok", "--quiet").exit_code == 0
     run_id = project.last_record()["run_id"]
-    for args in (["runs"], ["runs", "--json"], ["logs", run_id, "loud"], ["status", run_id], ["list"],
-                 ["validate"], ["--help"], ["--version"], ["run", "ok", "--dry-run"], ["runs", "--bogus"]):
+    for args in (
+        ["runs"],
+        ["runs", "--json"],
+        ["logs", run_id, "loud"],
+        ["status", run_id],
+        ["list"],
+        ["validate"],
+        ["--help"],
+        ["--version"],
+        ["run", "ok", "--dry-run"],
+        ["runs", "--bogus"],
+    ):
         code, err = _with_reader_gone(project, *args)
         expected = 2 if args == ["runs", "--bogus"] else 141  # a usage error says so on stderr first
         assert (code, err if expected == 141 else b"") == (expected, b""), (args, err.decode())

@@ -1,4 +1,5 @@
 """What a person sees on a terminal: colour, step headers, the --quiet live line (through a real pty)."""
+
 from __future__ import annotations
 
 
@@ -6,8 +7,13 @@ from conftest import Project, run_in_pty
 
 
 def test_terminal_gets_colour_and_headers(project: Project) -> None:
-    project.workflow("w", [{"name": "first", "type": "command", "run": "echo hello"},
-                           {"name": "second", "type": "command", "run": "exit 1"}])
+    project.workflow(
+        "w",
+        [
+            {"name": "first", "type": "command", "run": "echo hello"},
+            {"name": "second", "type": "command", "run": "exit 1"},
+        ],
+    )
     code, screen = run_in_pty(project, "run", "w")
     assert code == 1
     assert "\x1b[1m[1/2] first (command)\x1b[0m" in screen

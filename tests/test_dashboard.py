@@ -1,6 +1,7 @@
 """The dashboard of `orchestrate serve` over HTTP: pages, their security headers, the parts
 the pages fetch, token mode. A real `orchestrate serve` on 127.0.0.1 (nothing else is ever
 contacted); what a browser makes of the pages is tests/test_browser.py."""
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,13 @@ class Dash:
         if token:
             env["ORCHESTRATE_API_TOKEN"] = token
         self.log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([*ORCHESTRATE, "--root", str(root), "serve", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(
+            [*ORCHESTRATE, "--root", str(root), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -69,8 +74,12 @@ class Dash:
             return error.code, dict(error.headers), error.read().decode()
 
     def post_json(self, path: str, body: Any, token: str | None = None) -> tuple[int, Any]:
-        request = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.base + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
@@ -104,8 +113,11 @@ def write_workflows(root: Path) -> None:
     (root / "workflows").mkdir(parents=True, exist_ok=True)
     workflows = {
         "demo": {"steps": [{"name": "hello", "type": "command", "run": "printf '\\033[32mhello\\033[0m\\n'"}]},
-        "xss": {"steps": [{"name": XSS_NAME, "type": "command",
-                           "run": "echo '</script><script>window.__xss=1</script>'; exit 1"}]},
+        "xss": {
+            "steps": [
+                {"name": XSS_NAME, "type": "command", "run": "echo '</script><script>window.__xss=1</script>'; exit 1"}
+            ]
+        },
     }
     for name, workflow in workflows.items():
         (root / "workflows" / f"{name}.json").write_text(json.dumps(workflow))
@@ -126,9 +138,11 @@ def dash(tmp_path: Path) -> Iterator[Any]:
         server.close()
 
 
-CSP_RE = re.compile(r"^default-src 'none'; script-src 'nonce-([A-Za-z0-9+/=]+)'; style-src 'nonce-\1'; "
-                    r"img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
-                    r"frame-ancestors 'none'$")
+CSP_RE = re.compile(
+    r"^default-src 'none'; script-src 'nonce-([A-Za-z0-9+/=]+)'; style-src 'nonce-\1'; "
+    r"img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    r"frame-ancestors 'none'$"
+)
 
 
 def test_pages_send_a_csp_with_a_fresh_nonce_for_their_own_script_only(dash: Any) -> None:
@@ -177,7 +191,9 @@ def test_dashboard_lists_runs_like_get_runs_with_filters(dash: Any) -> None:
     assert "<img src=x" not in html
     status, _, html = server.get("/?status=bogus")
     assert status == 400
-    assert '<p class="problem">status &#x27;bogus&#x27;: expected one of pending, running, failed, completed</p>' in html
+    assert (
+        '<p class="problem">status &#x27;bogus&#x27;: expected one of pending, running, failed, completed</p>' in html
+    )
 
 
 def test_run_page_holds_the_report_and_links_logs_through_the_api(dash: Any) -> None:
@@ -190,7 +206,7 @@ def test_run_page_holds_the_report_and_links_logs_through_the_api(dash: Any) -> 
     assert CSP_RE.match(headers["content-security-policy"])
     assert f'data-run-id="{run_id}"' in html
     assert '<td class="status failed">✗ failed</td>' in html
-    assert ('<pre id="tail-0">&lt;/script&gt;&lt;script&gt;window.__xss=1&lt;/script&gt;</pre>' in html)
+    assert '<pre id="tail-0">&lt;/script&gt;&lt;script&gt;window.__xss=1&lt;/script&gt;</pre>' in html
     assert f'<a class="full-log" href="/runs/{run_id}/logs/1">full log</a>' in html
     assert server.get(f"/runs/{run_id}/logs/1")[2] == "</script><script>window.__xss=1</script>\n"
     assert html.count("<script") == 1

@@ -1,4 +1,5 @@
 """The engine with real child processes: streaming, timeouts, retries, signals, conditions."""
+
 from __future__ import annotations
 
 import json
@@ -43,20 +44,28 @@ def _wait_for(predicate, timeout: float = 20.0) -> None:
 
 
 def test_failing_step_skips_the_rest_but_runs_always_and_failure_steps(project: Project) -> None:
-    project.workflow("w", [
-        cmd("ok", "echo one"),
-        cmd("boom", "echo broken >&2; exit 3"),
-        cmd("later", "echo should-not-run"),
-        cmd("cleanup", "echo cleaning", when={"status": "always"}),
-        cmd("on failure", "echo reporting", when={"status": "failure"}),
-    ])
+    project.workflow(
+        "w",
+        [
+            cmd("ok", "echo one"),
+            cmd("boom", "echo broken >&2; exit 3"),
+            cmd("later", "echo should-not-run"),
+            cmd("cleanup", "echo cleaning", when={"status": "always"}),
+            cmd("on failure", "echo reporting", when={"status": "failure"}),
+        ],
+    )
     result = project.cli("run", "w")
     assert result.exit_code == 1
     record = project.last_record()
     assert record["status"] == "failed"
     statuses = {e["step"]: e["status"] for e in record["log"]}
-    assert statuses == {"ok": "passed", "boom": "failed", "later": "skipped", "cleanup": "passed",
-                        "on failure": "passed"}
+    assert statuses == {
+        "ok": "passed",
+        "boom": "failed",
+        "later": "skipped",
+        "cleanup": "passed",
+        "on failure": "passed",
+    }
     later = record["log"][2]
     assert later["message"] == "an earlier step failed (boom)"
     assert record["log"][1]["exit_code"] == 3
@@ -99,7 +108,11 @@ def test_only_and_skip(project: Project) -> None:
     project.workflow("w", [cmd("a", "echo A"), cmd("b", "echo B"), cmd("c", "echo C")])
     result = project.cli("run", "w", "--only", "b")
     assert result.exit_code == 0
-    assert [e["message"] for e in project.last_record()["log"]] == ["not selected by --only", "", "not selected by --only"]
+    assert [e["message"] for e in project.last_record()["log"]] == [
+        "not selected by --only",
+        "",
+        "not selected by --only",
+    ]
     result = project.cli("run", "w", "--skip", "a", "--skip", "c")
     assert [e["status"] for e in project.last_record()["log"]] == ["skipped", "passed", "skipped"]
     bad = project.cli("run", "w", "--only", "bb")
@@ -108,8 +121,10 @@ def test_only_and_skip(project: Project) -> None:
 
 
 def test_step_environment_and_closed_stdin(project: Project) -> None:
-    script = ("import os, sys; data = sys.stdin.read(); "
-              "print({k: v for k, v in os.environ.items() if k.startswith(('ORCHESTRATE_', 'APP_', 'STEP_'))}, repr(data))")
+    script = (
+        "import os, sys; data = sys.stdin.read(); "
+        "print({k: v for k, v in os.environ.items() if k.startswith(('ORCHESTRATE_', 'APP_', 'STEP_'))}, repr(data))"
+    )
     project.workflow("w", [cmd("env check", [PY, "-c", script], env={"STEP_LEVEL": "s"})], env={"APP_LEVEL": "w"})
     result = project.run("run", "w")
     assert result.returncode == 0, result.stderr
@@ -131,8 +146,13 @@ def test_output_streams_live_before_the_step_ends(project: Project) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for name in ("CI", "GITHUB_ACTIONS"):
         env.pop(name, None)
-    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    process = subprocess.Popen(
+        [orchestrate_bin(), "--root", str(project.root), "run", "w"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     assert process.stdout is not None
     seen = []
     while True:
@@ -146,7 +166,12 @@ def test_output_streams_live_before_the_step_ends(project: Project) -> None:
     rest = process.stdout.read().decode()
     assert process.wait(30) == 0
     order = "".join(seen) + rest
-    assert order.index("[1/1] stream (command)") < order.index("first line") < order.index("second line") < order.index("passed in")
+    assert (
+        order.index("[1/1] stream (command)")
+        < order.index("first line")
+        < order.index("second line")
+        < order.index("passed in")
+    )
 
 
 def test_fifty_megabytes_of_output_reach_log_and_console_with_bounded_tail(project: Project) -> None:
@@ -156,8 +181,14 @@ def test_fifty_megabytes_of_output_reach_log_and_console_with_bounded_tail(proje
     out_path = project.root / "console.out"
     with open(out_path, "wb") as out:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        done = subprocess.run([orchestrate_bin(), "--root", str(project.root), "run", "w"], stdout=out,
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, timeout=120)
+        done = subprocess.run(
+            [orchestrate_bin(), "--root", str(project.root), "run", "w"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            timeout=120,
+        )
     assert done.returncode == 0, done.stderr
     record = project.last_record()
     log = project.runs / record["run_id"] / "01-big.log"
@@ -217,13 +248,20 @@ def test_retries_exhausted_record_all_attempts(project: Project) -> None:
 
 
 @pytest.mark.parametrize("signum,code,name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
-def test_signal_ends_step_tree_records_failure_and_writes_report(project: Project, signum: int, code: int, name: str) -> None:
+def test_signal_ends_step_tree_records_failure_and_writes_report(
+    project: Project, signum: int, code: int, name: str
+) -> None:
     pids = project.root / "pids"
     script = f"sleep 300 & echo $! > {pids}; echo ready; sleep 300"
     project.workflow("w", [cmd("long", script), cmd("cleanup", "echo cleanup", when={"status": "always"})])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    process = subprocess.Popen(
+        [orchestrate_bin(), "--root", str(project.root), "run", "w"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     _wait_for(lambda: pids.exists() and pids.read_text().strip() != "")
     time.sleep(0.2)
     process.send_signal(signum)
@@ -241,8 +279,13 @@ def test_signal_ends_step_tree_records_failure_and_writes_report(project: Projec
 
 
 def test_missing_command_and_cwd_fail_the_step_with_a_fix(project: Project) -> None:
-    project.workflow("w", [cmd("nope", ["definitely-not-a-command-xyz"]),
-                           cmd("cwd", "true", cwd="missing/dir", when={"status": "always"})])
+    project.workflow(
+        "w",
+        [
+            cmd("nope", ["definitely-not-a-command-xyz"]),
+            cmd("cwd", "true", cwd="missing/dir", when={"status": "always"}),
+        ],
+    )
     result = project.cli("run", "w")
     assert result.exit_code == 1
     log = project.last_record()["log"]
@@ -358,8 +401,9 @@ def test_step_that_closes_its_output_still_times_out(project: Project) -> None:
 def test_string_command_timeout_ends_as_fast_as_the_argv_form(project: Project) -> None:
     """`sh -c "sleep 30"` leaves sleep a zombie of init when the group is ended: a slow init
     (this machine's takes ~1 s to reap) kept the group "alive" and the step 2.2 s long."""
-    project.workflow("w", [cmd("string", "sleep 30", timeout=1, continue_on_error=True),
-                           cmd("argv", ["sleep", "30"], timeout=1)])
+    project.workflow(
+        "w", [cmd("string", "sleep 30", timeout=1, continue_on_error=True), cmd("argv", ["sleep", "30"], timeout=1)]
+    )
     result = project.cli("run", "w")
     assert result.exit_code == 1
     for entry in project.last_record()["log"]:
@@ -369,10 +413,12 @@ def test_string_command_timeout_ends_as_fast_as_the_argv_form(project: Project) 
 
 def test_processes_left_behind_are_ended_and_counted(project: Project) -> None:
     marker = f"orch-left-{os.getpid()}"
-    script = (f"setsid {SLEEPER} {marker}-setsid & "
-              f"nohup {SLEEPER} {marker}-nohup >/dev/null 2>&1 & "
-              f"( {SLEEPER} {marker}-double & ) ; "
-              f"sleep 0.3; echo left them")
+    script = (
+        f"setsid {SLEEPER} {marker}-setsid & "
+        f"nohup {SLEEPER} {marker}-nohup >/dev/null 2>&1 & "
+        f"( {SLEEPER} {marker}-double & ) ; "
+        f"sleep 0.3; echo left them"
+    )
     project.workflow("w", [cmd("daemons", script), cmd("quiet", "true")])
     try:
         result = project.cli("run", "w")
@@ -390,8 +436,11 @@ def test_processes_left_behind_are_ended_and_counted(project: Project) -> None:
 def test_sweep_finds_only_this_steps_processes(project: Project) -> None:
     """A process of another step (another token) is not this step's leftover."""
     marker = f"orch-other-{os.getpid()}"
-    other = subprocess.Popen([PY, "-c", "import time; time.sleep(60)", marker], start_new_session=True,
-                             env={**os.environ, "ORCHESTRATE_STEP_TOKEN": "someone-elses"})
+    other = subprocess.Popen(
+        [PY, "-c", "import time; time.sleep(60)", marker],
+        start_new_session=True,
+        env={**os.environ, "ORCHESTRATE_STEP_TOKEN": "someone-elses"},
+    )
     try:
         project.workflow("w", [cmd("quick", "setsid sleep 0.1 & echo hi")])
         assert project.cli("run", "w").exit_code == 0
@@ -430,8 +479,9 @@ def test_grace_period_is_an_option(project: Project) -> None:
     project.workflow("w", [cmd("stubborn", f"trap '' TERM; echo $$ > {pids}; sleep 30", timeout=0.5)])
     workflow = orchestrate.load_workflow("w", project.workflows, root=project.root)
     options = orchestrate.RunOptions(kill_grace=0.3)
-    record, code = orchestrate.execute_run(workflow, orchestrate.Settings(), project.root,
-                                           orchestrate.RunStore(project.runs), options)
+    record, code = orchestrate.execute_run(
+        workflow, orchestrate.Settings(), project.root, orchestrate.RunStore(project.runs), options
+    )
     assert code == 1 and record["log"][0]["message"] == "timed out after 0.5 s"
     assert record["log"][0]["duration_s"] < 0.5 + orchestrate.KILL_GRACE_S  # not the default 5 s
     _wait_for(lambda: not _alive(int(pids.read_text())), 10)
@@ -450,17 +500,29 @@ sys.exit(orchestrate.main(sys.argv[1:]))
 
 
 def test_internal_error_in_a_built_in_runner_is_exit_3_with_the_report_written(project: Project) -> None:
-    project.workflow("w", [cmd("checks", "echo never"), cmd("later", "echo never"),
-                           {"name": "cleanup", "type": "python", "script": "x.py", "venv": ".venv",
-                            "when": {"status": "always"}}])
+    project.workflow(
+        "w",
+        [
+            cmd("checks", "echo never"),
+            cmd("later", "echo never"),
+            {"name": "cleanup", "type": "python", "script": "x.py", "venv": ".venv", "when": {"status": "always"}},
+        ],
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([PY, "-c", BROKEN_RUNNER, "--root", str(project.root), "run", "w"], capture_output=True,
-                          text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    done = subprocess.run(
+        [PY, "-c", BROKEN_RUNNER, "--root", str(project.root), "run", "w"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert done.returncode == 3, done.stderr
     assert "Traceback (most recent call last)" in done.stderr and "ZeroDivisionError: division by zero" in done.stderr
     assert done.stderr.rstrip().splitlines()[-1] == (
         "orchestrate: internal error in the command runner: ZeroDivisionError: division by zero "
-        "(a bug, not a step failure): please report it with the traceback above; exit code 3")
+        "(a bug, not a step failure): please report it with the traceback above; exit code 3"
+    )
     record = project.last_record()
     assert record["status"] == "failed" and record["exit_code"] == 3
     assert record["message"] == "internal error in the command runner: ZeroDivisionError: division by zero"
@@ -474,6 +536,7 @@ def test_internal_error_in_a_built_in_runner_is_exit_3_with_the_report_written(p
 
 # --- steps on a terminal keep their colour and width ----------------------------------------
 
+
 def _step_env_through_a_pty(project: Project, columns: int, env: dict[str, str]) -> dict[str, str]:
     """Run a step that records its environment, with orchestrate's console on a real pty
     `columns` wide; the step's own output goes through orchestrate's pipe."""
@@ -486,11 +549,20 @@ def _step_env_through_a_pty(project: Project, columns: int, env: dict[str, str])
     project.workflow("w", [cmd("env", f'env > "{out}"')])
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("CI", "GITHUB_ACTIONS", "NO_COLOR", "COLUMNS", "FORCE_COLOR", "CLICOLOR_FORCE")}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CI", "GITHUB_ACTIONS", "NO_COLOR", "COLUMNS", "FORCE_COLOR", "CLICOLOR_FORCE")
+    }
     full_env.update(PYTHONPATH=str(REPO), TERM="xterm", **env)
-    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w"], stdin=slave,
-                               stdout=slave, stderr=slave, env=full_env, close_fds=True)
+    process = subprocess.Popen(
+        [orchestrate_bin(), "--root", str(project.root), "run", "w"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=full_env,
+        close_fds=True,
+    )
     os.close(slave)
     try:
         while os.read(master, 65536):
@@ -552,8 +624,10 @@ def test_the_watchdog_hears_of_each_step_in_one_write(project: Project, monkeypa
     assert sent[-1].decode() == f"-{started[-1]}\n" and orchestrate.WATCHDOG.released == ""
 
 
-SPAWN_LAUNCHER = ("import sys, orchestrate\ncode = orchestrate.main(sys.argv[1:])\n"
-                  "sys.stderr.write('subprocess imported: %s\\n' % ('subprocess' in sys.modules))\nsys.exit(code)\n")
+SPAWN_LAUNCHER = (
+    "import sys, orchestrate\ncode = orchestrate.main(sys.argv[1:])\n"
+    "sys.stderr.write('subprocess imported: %s\\n' % ('subprocess' in sys.modules))\nsys.exit(code)\n"
+)
 
 
 def test_steps_started_without_subprocess_get_what_popen_gave_them(project: Project) -> None:
@@ -567,26 +641,38 @@ def test_steps_started_without_subprocess_get_what_popen_gave_them(project: Proj
     tools.mkdir(parents=True)
     (tools / "mytool").write_text("#!/bin/sh\necho from PATH\n")
     (tools / "mytool").chmod(0o755)
-    project.workflow("w", [
-        {"name": "session", "type": "command", "run": "ps -o sid= -p $$; echo pid $$"},
-        {"name": "stdin", "type": "command", "run": "cat; echo stdin ok"},
-        {"name": "pipe", "type": "command", "run": "yes | head -n 2"},
-        {"name": "fds", "type": "command", "run": "ls /proc/$$/fd"},
-        {"name": "path", "type": "command", "run": ["mytool"], "env": {"PATH": f"{tools}:/usr/bin:/bin"}},
-    ])
+    project.workflow(
+        "w",
+        [
+            {"name": "session", "type": "command", "run": "ps -o sid= -p $$; echo pid $$"},
+            {"name": "stdin", "type": "command", "run": "cat; echo stdin ok"},
+            {"name": "pipe", "type": "command", "run": "yes | head -n 2"},
+            {"name": "fds", "type": "command", "run": "ls /proc/$$/fd"},
+            {"name": "path", "type": "command", "run": ["mytool"], "env": {"PATH": f"{tools}:/usr/bin:/bin"}},
+        ],
+    )
     project.workflow("missing", [{"name": "m", "type": "command", "run": ["no-such-tool-here"]}])
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "GITLAB_CI")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     try:
-        done = subprocess.run([sys.executable, "-c", SPAWN_LAUNCHER, "run", "w"], cwd=project.root, env=env,
-                              capture_output=True, text=True, timeout=60, pass_fds=(write_end,))
+        done = subprocess.run(
+            [sys.executable, "-c", SPAWN_LAUNCHER, "run", "w"],
+            cwd=project.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            pass_fds=(write_end,),
+        )
     finally:
         os.close(read_end)
         os.close(write_end)
     assert done.returncode == 0, done.stderr
     assert done.stderr.endswith("subprocess imported: False\n")
-    logs = {entry["step"]: (project.runs / project.last_record()["run_id"] / Path(entry["log_file"]).name)
-            for entry in project.last_record()["log"]}
+    logs = {
+        entry["step"]: (project.runs / project.last_record()["run_id"] / Path(entry["log_file"]).name)
+        for entry in project.last_record()["log"]
+    }
     sid, pid = logs["session"].read_text().split("\n")[:2]
     assert sid.strip() == pid.split()[1]  # the step's shell leads its own session
     assert logs["stdin"].read_text() == "stdin ok\n"
@@ -594,11 +680,18 @@ def test_steps_started_without_subprocess_get_what_popen_gave_them(project: Proj
     fds = logs["fds"].read_text().split()
     assert str(write_end) not in fds, fds
     assert logs["path"].read_text() == "from PATH\n"
-    missing = subprocess.run([sys.executable, "-c", SPAWN_LAUNCHER, "run", "missing"], cwd=project.root, env=env,
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-c", SPAWN_LAUNCHER, "run", "missing"],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 1
     assert project.last_record()["log"][0]["message"] == (
-        "command not found: 'no-such-tool-here' (is it installed and on PATH?)")
+        "command not found: 'no-such-tool-here' (is it installed and on PATH?)"
+    )
 
 
 def test_runs_that_end_early_leave_no_git_process_or_pipe_behind(project: Project) -> None:

@@ -1,4 +1,5 @@
 """JUnit reports: valid against both schemas in tests/schemas whatever bytes a step prints."""
+
 from __future__ import annotations
 
 import subprocess
@@ -18,13 +19,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_every_byte_value_ansi_and_cdata_end_keep_the_report_valid(project: Project) -> None:
-    script = ("import sys\n"
-              "sys.stdout.buffer.write(bytes(range(256)) * 3)\n"
-              "sys.stdout.buffer.write(b'\\x1b[31mred\\x1b[0m \\x1b]8;;http://x\\x07link\\x1b]8;;\\x07 ]]> <&> \\xff\\xfe\\xed\\xa0\\x80\\n')\n"
-              "sys.exit(1)\n")
+    script = (
+        "import sys\n"
+        "sys.stdout.buffer.write(bytes(range(256)) * 3)\n"
+        "sys.stdout.buffer.write(b'\\x1b[31mred\\x1b[0m \\x1b]8;;http://x\\x07link\\x1b]8;;\\x07 ]]> <&> \\xff\\xfe\\xed\\xa0\\x80\\n')\n"
+        "sys.exit(1)\n"
+    )
     project.write("noise.py", script)
-    project.workflow("w", [{"name": "noise <&> \"q\"", "type": "command", "run": [PY, "noise.py"]},
-                           {"name": "after", "type": "command", "run": "true"}])
+    project.workflow(
+        "w",
+        [
+            {"name": 'noise <&> "q"', "type": "command", "run": [PY, "noise.py"]},
+            {"name": "after", "type": "command", "run": "true"},
+        ],
+    )
     result = project.cli("run", "w")
     assert result.exit_code == 1
     record = project.last_record()
@@ -56,27 +64,50 @@ def test_report_written_for_passing_run_and_copied_with_junit_xml(project: Proje
 
 
 def test_skipped_and_allowed_failures_are_skipped_cases() -> None:
-    record = {"workflow": "w", "run_id": "r", "started_at": "2026-11-27T15:40:00.123Z", "duration_s": 1.5,
-              "log": [
-                  {"step": "a", "status": "failed", "allowed_failure": True, "message": "exit 1", "duration_s": 0.1},
-                  {"step": "b", "status": "skipped", "message": "an earlier step failed (x)", "duration_s": None},
-                  {"step": "c", "status": "passed", "duration_s": 12345.6789},
-              ]}
+    record = {
+        "workflow": "w",
+        "run_id": "r",
+        "started_at": "2026-11-27T15:40:00.123Z",
+        "duration_s": 1.5,
+        "log": [
+            {"step": "a", "status": "failed", "allowed_failure": True, "message": "exit 1", "duration_s": 0.1},
+            {"step": "b", "status": "skipped", "message": "an earlier step failed (x)", "duration_s": None},
+            {"step": "c", "status": "passed", "duration_s": 12345.6789},
+        ],
+    }
     xml = orchestrate.build_junit_xml(record)
     assert_valid_junit(xml)
     root = ET.fromstring(xml)
     skipped = root.findall("testsuite/testcase/skipped")
-    assert [s.get("message") for s in skipped] == ["failed, allowed by continue_on_error: exit 1",
-                                                   "an earlier step failed (x)"]
+    assert [s.get("message") for s in skipped] == [
+        "failed, allowed by continue_on_error: exit 1",
+        "an earlier step failed (x)",
+    ]
     assert root.find("testsuite").get("timestamp") == "2026-11-27T15:40:00"
 
 
 def test_extra_testcases_become_their_own_suite() -> None:
-    record = {"workflow": "deploy", "run_id": "r", "started_at": "2026-11-27T15:40:00.123Z", "duration_s": 3,
-              "log": [{"step": "ui smoke", "status": "failed", "message": "1 of 2 tests failed",
-                       "duration_s": 2.0, "started_at": "2026-11-27T15:40:01.000Z"}]}
-    cases = [orchestrate.TestCase("login works", "login.cy.js", 0.5, "passed"),
-             orchestrate.TestCase("logout \x00 works", "login.cy.js", 0.25, "failed", "expected 1", "AssertionError\n  at x")]
+    record = {
+        "workflow": "deploy",
+        "run_id": "r",
+        "started_at": "2026-11-27T15:40:00.123Z",
+        "duration_s": 3,
+        "log": [
+            {
+                "step": "ui smoke",
+                "status": "failed",
+                "message": "1 of 2 tests failed",
+                "duration_s": 2.0,
+                "started_at": "2026-11-27T15:40:01.000Z",
+            }
+        ],
+    }
+    cases = [
+        orchestrate.TestCase("login works", "login.cy.js", 0.5, "passed"),
+        orchestrate.TestCase(
+            "logout \x00 works", "login.cy.js", 0.25, "failed", "expected 1", "AssertionError\n  at x"
+        ),
+    ]
     xml = orchestrate.build_junit_xml(record, {0: cases}, shard=(2, 3))
     assert_valid_junit(xml)
     suites = ET.fromstring(xml).findall("testsuite")
@@ -96,23 +127,51 @@ _TEXT = st.text(st.characters(codec="utf-8") | st.sampled_from(list("&<>\"'\r\n\
 
 
 @settings(max_examples=150, deadline=None)
-@given(steps=st.lists(st.tuples(_TEXT, st.sampled_from(["passed", "failed", "skipped", "pending"]), _TEXT, _TEXT,
-                                st.booleans()), max_size=4),
-       cases=st.lists(st.tuples(_TEXT, _TEXT, st.sampled_from(["passed", "failed", "skipped"]), _TEXT, _TEXT),
-                      max_size=3),
-       workflow=_TEXT, message=_TEXT)
+@given(
+    steps=st.lists(
+        st.tuples(_TEXT, st.sampled_from(["passed", "failed", "skipped", "pending"]), _TEXT, _TEXT, st.booleans()),
+        max_size=4,
+    ),
+    cases=st.lists(st.tuples(_TEXT, _TEXT, st.sampled_from(["passed", "failed", "skipped"]), _TEXT, _TEXT), max_size=3),
+    workflow=_TEXT,
+    message=_TEXT,
+)
 def test_the_small_element_tree_writes_what_elementtree_writes(
-        steps: list, cases: list, workflow: str, message: str) -> None:
+    steps: list, cases: list, workflow: str, message: str
+) -> None:
     """Issue 15: reports are written without importing xml.etree (4 ms of every run); the bytes
     are those ElementTree wrote, for any text in any field."""
-    record = {"workflow": workflow, "run_id": "20261127T154000123Z-1a2b3c", "status": "failed",
-              "started_at": "2026-11-27T15:40:00.123Z", "duration_s": 1.5, "message": message,
-              "trigger": {"git": {"commit": "abc", "branch": workflow}},
-              "log": [{"step": name, "status": status, "message": text, "output_tail": tail,
-                       "allowed_failure": allowed, "duration_s": 0.25, "started_at": "2026-11-27T15:40:00.500Z"}
-                      for name, status, text, tail, allowed in steps]}
-    testcases = {0: [orchestrate.TestCase(name, classname, 0.5, status, text, body)
-                     for name, classname, status, text, body in cases]} if steps else {}
+    record = {
+        "workflow": workflow,
+        "run_id": "20261127T154000123Z-1a2b3c",
+        "status": "failed",
+        "started_at": "2026-11-27T15:40:00.123Z",
+        "duration_s": 1.5,
+        "message": message,
+        "trigger": {"git": {"commit": "abc", "branch": workflow}},
+        "log": [
+            {
+                "step": name,
+                "status": status,
+                "message": text,
+                "output_tail": tail,
+                "allowed_failure": allowed,
+                "duration_s": 0.25,
+                "started_at": "2026-11-27T15:40:00.500Z",
+            }
+            for name, status, text, tail, allowed in steps
+        ],
+    }
+    testcases = (
+        {
+            0: [
+                orchestrate.TestCase(name, classname, 0.5, status, text, body)
+                for name, classname, status, text, body in cases
+            ]
+        }
+        if steps
+        else {}
+    )
     ours = orchestrate.build_junit_xml(record, testcases, shard=(1, 2))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(orchestrate, "_SmallElementTree", ET)
@@ -122,7 +181,9 @@ def test_the_small_element_tree_writes_what_elementtree_writes(
 
 
 def test_writing_a_report_does_not_import_elementtree() -> None:
-    code = ("import sys, orchestrate; orchestrate.build_junit_xml({'workflow': 'w', 'log': [{'step': 'a', "
-            "'status': 'failed', 'message': '<&>'}]}); print('xml.etree.ElementTree' in sys.modules)")
+    code = (
+        "import sys, orchestrate; orchestrate.build_junit_xml({'workflow': 'w', 'log': [{'step': 'a', "
+        "'status': 'failed', 'message': '<&>'}]}); print('xml.etree.ElementTree' in sys.modules)"
+    )
     done = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.stdout == "False\n", done.stderr

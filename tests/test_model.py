@@ -1,4 +1,5 @@
 """orchestrate's own record classes (a start-up-cheap subset of dataclasses)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -53,9 +54,28 @@ def test_importing_orchestrate_stays_light() -> None:
     """What a git hook pays at every push: none of these on the way to running a workflow
     (issue 15: typing, hashlib, shlex, subprocess, threading and xml.etree cost 2-5 ms each)."""
     code = "import sys, orchestrate; print(sorted(m for m in %r if m in sys.modules))" % (
-        ("dataclasses", "inspect", "typer", "requests", "socket", "fastapi", "uvicorn", "rich",
-         "typing", "hashlib", "shlex", "subprocess", "threading", "selectors", "xml.etree.ElementTree",
-         "urllib.request", "tempfile", "shutil", "datetime"),)
+        (
+            "dataclasses",
+            "inspect",
+            "typer",
+            "requests",
+            "socket",
+            "fastapi",
+            "uvicorn",
+            "rich",
+            "typing",
+            "hashlib",
+            "shlex",
+            "subprocess",
+            "threading",
+            "selectors",
+            "xml.etree.ElementTree",
+            "urllib.request",
+            "tempfile",
+            "shutil",
+            "datetime",
+        ),
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
@@ -76,8 +96,13 @@ def test_the_standard_dataclasses_functions_work_on_records() -> None:
 
     result = orchestrate.StepResult("failed", "boom", exit_code=3)
     assert dataclasses.is_dataclass(result)
-    assert dataclasses.asdict(result) == {"status": "failed", "message": "boom", "exit_code": 3,
-                                          "extra": {}, "testcases": []}
+    assert dataclasses.asdict(result) == {
+        "status": "failed",
+        "message": "boom",
+        "exit_code": 3,
+        "extra": {},
+        "testcases": [],
+    }
     assert [f.name for f in dataclasses.fields(Sample)] == ["name", "count", "tags"]
     changed = dataclasses.replace(Sample("a", 2, ["t"]), count=5)
     assert changed == Sample("a", 5, ["t"])

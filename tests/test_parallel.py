@@ -1,6 +1,7 @@
 """Steps in parallel (issue 16): `needs`, `--jobs`, the scheduler, and output people can read.
 Real processes throughout; overlap is read from the steps' recorded start and end times, never
 from a stopwatch (these machines are shared and noisy)."""
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,18 @@ def _ms(stamp: str) -> int:
 
 
 def _spans(record: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    return {e["step"]: (_ms(e["started_at"]), _ms(e["finished_at"]))
-            for e in record["log"] if e.get("started_at") and e.get("finished_at")}
+    return {
+        e["step"]: (_ms(e["started_at"]), _ms(e["finished_at"]))
+        for e in record["log"]
+        if e.get("started_at") and e.get("finished_at")
+    }
 
 
 def _max_overlap(spans: dict[str, tuple[int, int]]) -> int:
     """The most steps running at the same moment."""
-    edges = sorted([(s, 1) for s, _ in spans.values()] + [(e, -1) for _, e in spans.values()],
-                   key=lambda edge: (edge[0], edge[1]))
+    edges = sorted(
+        [(s, 1) for s, _ in spans.values()] + [(e, -1) for _, e in spans.values()], key=lambda edge: (edge[0], edge[1])
+    )
     running = best = 0
     for _, delta in edges:
         running += delta
@@ -53,23 +58,38 @@ def _normalize(text: str) -> str:
 
 # --- the model -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("steps", "message"), [
-    ([cmd("a", "true"), cmd("b", "true", needs=["lint"])],
-     "workflows/w.json: steps[1] \"b\": key 'needs[0]': no step named 'lint' in this workflow"),
-    ([cmd("lint", "true"), cmd("b", "true", needs=["lnit"])],
-     "workflows/w.json: steps[1] \"b\": key 'needs[0]': no step named 'lnit' in this workflow (did you mean 'lint'?)"),
-    ([cmd("a", "true", needs=["a"])],
-     "workflows/w.json: steps[0] \"a\": key 'needs[0]': a step cannot need itself"),
-    ([cmd("a", "true"), cmd("b", "true", needs=["a", "a"])],
-     "workflows/w.json: steps[1] \"b\": key 'needs[1]': 'a' is listed twice"),
-    ([cmd("a", "true", needs=["b"]), cmd("b", "true", needs=["a"])],
-     "workflows/w.json: steps[0] \"a\": key 'needs': the steps form a cycle: 'a' → 'b' → 'a'"),
-    # b has no needs: it depends on the step above it, a, which needs b
-    ([cmd("a", "true", needs=["b"]), cmd("b", "true")],
-     "workflows/w.json: steps[0] \"a\": key 'needs': the steps form a cycle: 'a' → 'b' → 'a'"),
-    ([cmd("a", "true", needs="b")],
-     "workflows/w.json: steps[0] \"a\": key 'needs' must be a list, not string"),
-])
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (
+            [cmd("a", "true"), cmd("b", "true", needs=["lint"])],
+            "workflows/w.json: steps[1] \"b\": key 'needs[0]': no step named 'lint' in this workflow",
+        ),
+        (
+            [cmd("lint", "true"), cmd("b", "true", needs=["lnit"])],
+            "workflows/w.json: steps[1] \"b\": key 'needs[0]': no step named 'lnit' in this workflow (did you mean 'lint'?)",
+        ),
+        (
+            [cmd("a", "true", needs=["a"])],
+            "workflows/w.json: steps[0] \"a\": key 'needs[0]': a step cannot need itself",
+        ),
+        (
+            [cmd("a", "true"), cmd("b", "true", needs=["a", "a"])],
+            "workflows/w.json: steps[1] \"b\": key 'needs[1]': 'a' is listed twice",
+        ),
+        (
+            [cmd("a", "true", needs=["b"]), cmd("b", "true", needs=["a"])],
+            "workflows/w.json: steps[0] \"a\": key 'needs': the steps form a cycle: 'a' → 'b' → 'a'",
+        ),
+        # b has no needs: it depends on the step above it, a, which needs b
+        (
+            [cmd("a", "true", needs=["b"]), cmd("b", "true")],
+            "workflows/w.json: steps[0] \"a\": key 'needs': the steps form a cycle: 'a' → 'b' → 'a'",
+        ),
+        ([cmd("a", "true", needs="b")], "workflows/w.json: steps[0] \"a\": key 'needs' must be a list, not string"),
+    ],
+)
 def test_bad_needs_are_definition_errors(project: Project, steps: list, message: str) -> None:
     project.workflow("w", steps)
     for args in (("run", "w"), ("validate", "w"), ("run", "w", "--dry-run")):
@@ -79,11 +99,17 @@ def test_bad_needs_are_definition_errors(project: Project, steps: list, message:
     assert not project.runs.exists() or not list(project.runs.glob("*.json"))
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--jobs", "0"), "--jobs '0': expected a number of steps at once, 1 to 256"),
-    (("--jobs", "x"), "--jobs 'x': expected a number of steps at once, 1 to 256"),
-    (("--output", "groupd"), "--output 'groupd': expected one of live, grouped, prefixed (did you mean 'grouped'?)"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--jobs", "0"), "--jobs '0': expected a number of steps at once, 1 to 256"),
+        (("--jobs", "x"), "--jobs 'x': expected a number of steps at once, 1 to 256"),
+        (
+            ("--output", "groupd"),
+            "--output 'groupd': expected one of live, grouped, prefixed (did you mean 'grouped'?)",
+        ),
+    ],
+)
 def test_bad_jobs_and_output_are_usage_errors(project: Project, args: tuple[str, ...], message: str) -> None:
     project.workflow("w", [cmd("a", "true")])
     for run in (project.cli, project.run):
@@ -102,6 +128,7 @@ def test_jobs_in_settings_must_be_a_sensible_number(project: Project) -> None:
 
 
 # --- running in parallel -------------------------------------------------------------------
+
 
 def test_three_independent_steps_run_at_once_with_jobs_3(project: Project) -> None:
     project.workflow("w", [cmd(n, "sleep 1", needs=[]) for n in ("lint", "types", "unit")])
@@ -141,12 +168,15 @@ def test_without_needs_steps_run_in_order_whatever_jobs(project: Project) -> Non
 
 
 def test_a_step_starts_when_its_needs_have_finished(project: Project) -> None:
-    project.workflow("w", [
-        cmd("slow", "sleep 1", needs=[]),
-        cmd("fast", "sleep 0.1", needs=[]),
-        cmd("after fast", "true", needs=["fast"]),
-        cmd("after both", "true", needs=["slow", "fast"]),
-    ])
+    project.workflow(
+        "w",
+        [
+            cmd("slow", "sleep 1", needs=[]),
+            cmd("fast", "sleep 0.1", needs=[]),
+            cmd("after fast", "true", needs=["fast"]),
+            cmd("after both", "true", needs=["slow", "fast"]),
+        ],
+    )
     assert project.run("run", "w", "--jobs", "4").returncode == 0
     spans = _spans(project.last_record())
     assert spans["after fast"][0] >= spans["fast"][1]
@@ -155,31 +185,41 @@ def test_a_step_starts_when_its_needs_have_finished(project: Project) -> None:
 
 
 def test_a_failure_skips_what_needs_it_and_keep_going_lets_the_other_branch_finish(project: Project) -> None:
-    project.workflow("w", [
-        cmd("build a", "sleep 0.2; exit 1", needs=[]),
-        cmd("test a", "echo never", needs=["build a"]),
-        cmd("deploy a", "echo never", needs=["test a"]),
-        cmd("build b", "sleep 0.5", needs=[]),
-        cmd("test b", "echo b", needs=["build b"]),
-    ])
+    project.workflow(
+        "w",
+        [
+            cmd("build a", "sleep 0.2; exit 1", needs=[]),
+            cmd("test a", "echo never", needs=["build a"]),
+            cmd("deploy a", "echo never", needs=["test a"]),
+            cmd("build b", "sleep 0.5", needs=[]),
+            cmd("test b", "echo b", needs=["build b"]),
+        ],
+    )
     result = project.run("run", "w", "--jobs", "2", "--keep-going")
     assert result.returncode == 1
     entries = {e["step"]: e for e in project.last_record()["log"]}
     assert {n: e["status"] for n, e in entries.items()} == {
-        "build a": "failed", "test a": "skipped", "deploy a": "skipped", "build b": "passed",
-        "test b": "passed"}
+        "build a": "failed",
+        "test a": "skipped",
+        "deploy a": "skipped",
+        "build b": "passed",
+        "test b": "passed",
+    }
     assert entries["test a"]["message"] == "a step it needs did not pass (build a)"
     assert entries["deploy a"]["message"] == "a step it needs did not pass (test a)"
     assert project.last_record()["message"] == "failed: build a"
 
 
 def test_without_keep_going_running_steps_finish_and_the_rest_is_skipped(project: Project) -> None:
-    project.workflow("w", [
-        cmd("fails fast", "exit 1", needs=[]),
-        cmd("long", "sleep 0.8; echo long done", needs=[]),
-        cmd("after long", "echo never", needs=["long"]),
-        cmd("report", "echo reporting", when={"status": "failure"}),
-    ])
+    project.workflow(
+        "w",
+        [
+            cmd("fails fast", "exit 1", needs=[]),
+            cmd("long", "sleep 0.8; echo long done", needs=[]),
+            cmd("after long", "echo never", needs=["long"]),
+            cmd("report", "echo reporting", when={"status": "failure"}),
+        ],
+    )
     result = project.run("run", "w", "--jobs", "2")
     assert result.returncode == 1
     entries = {e["step"]: e for e in project.last_record()["log"]}
@@ -190,13 +230,16 @@ def test_without_keep_going_running_steps_finish_and_the_rest_is_skipped(project
 
 
 def test_when_status_is_judged_on_the_steps_a_step_needs(project: Project) -> None:
-    project.workflow("w", [
-        cmd("broken", "exit 1", needs=[]),
-        cmd("fine", "true", needs=[]),
-        cmd("after fine fails", "echo no", needs=["fine"], when={"status": "failure"}),
-        cmd("after broken fails", "echo yes", needs=["broken"], when={"status": "failure"}),
-        cmd("cleanup fine", "echo clean", needs=["fine"], when={"status": "always"}),
-    ])
+    project.workflow(
+        "w",
+        [
+            cmd("broken", "exit 1", needs=[]),
+            cmd("fine", "true", needs=[]),
+            cmd("after fine fails", "echo no", needs=["fine"], when={"status": "failure"}),
+            cmd("after broken fails", "echo yes", needs=["broken"], when={"status": "failure"}),
+            cmd("cleanup fine", "echo clean", needs=["fine"], when={"status": "always"}),
+        ],
+    )
     result = project.run("run", "w", "--jobs", "2")
     assert result.returncode == 1
     entries = {e["step"]: e for e in project.last_record()["log"]}
@@ -207,11 +250,14 @@ def test_when_status_is_judged_on_the_steps_a_step_needs(project: Project) -> No
 
 
 def test_an_always_step_without_needs_waits_for_every_step_above_it(project: Project) -> None:
-    project.workflow("w", [
-        cmd("slow", "sleep 0.6", needs=[]),
-        cmd("quick", "true", needs=[]),
-        cmd("cleanup", "true", when={"status": "always"}),
-    ])
+    project.workflow(
+        "w",
+        [
+            cmd("slow", "sleep 0.6", needs=[]),
+            cmd("quick", "true", needs=[]),
+            cmd("cleanup", "true", when={"status": "always"}),
+        ],
+    )
     assert project.run("run", "w", "--jobs", "3").returncode == 0
     spans = _spans(project.last_record())
     assert spans["cleanup"][0] >= spans["slow"][1]
@@ -230,9 +276,12 @@ def test_the_record_says_which_steps_are_running_in_start_order(project: Project
     marker = project.root / "go"
     wait = f"while [ ! -e {marker} ]; do sleep 0.02; done"
     project.workflow("w", [cmd("first", wait, needs=[]), cmd("second", f"sleep 0.2; {wait}", needs=[])])
-    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w", "--jobs", "2"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    process = subprocess.Popen(
+        [orchestrate_bin(), "--root", str(project.root), "run", "w", "--jobs", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         deadline = time.monotonic() + 30
         seen = None
@@ -270,11 +319,16 @@ def test_ctrl_c_with_three_steps_running_leaves_no_process(project: Project, tmp
     started.mkdir()
     # each step's shell and its grandchild ignore SIGTERM: only the SIGKILL after the grace ends them
     step = f"trap '' TERM; touch {started}/$ORCHESTRATE_STEP; sleep 300 # {tag}"
-    project.workflow("w", [cmd(n, step, needs=[]) for n in ("a", "b", "c")]
-                     + [cmd("cleanup", "echo cleanup", when={"status": "always"})])
-    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w", "--jobs", "3"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    project.workflow(
+        "w",
+        [cmd(n, step, needs=[]) for n in ("a", "b", "c")] + [cmd("cleanup", "echo cleanup", when={"status": "always"})],
+    )
+    process = subprocess.Popen(
+        [orchestrate_bin(), "--root", str(project.root), "run", "w", "--jobs", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     deadline = time.monotonic() + 30
     while len(list(started.iterdir())) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -371,8 +425,7 @@ def test_a_chain_prints_exactly_what_it_printed_before_parallel_steps(project: P
 
 
 def test_jobs_1_runs_steps_with_needs_one_at_a_time_in_step_order(project: Project) -> None:
-    project.workflow("w", [cmd("c", "echo c", needs=["b"]), cmd("a", "echo a", needs=[]),
-                           cmd("b", "echo b", needs=[])])
+    project.workflow("w", [cmd("c", "echo c", needs=["b"]), cmd("a", "echo a", needs=[]), cmd("b", "echo b", needs=[])])
     result = project.run("run", "w", "--jobs", "1")
     assert result.returncode == 0
     headers = [line for line in result.stdout.splitlines() if re.match(r"\[\d/3\] ", line)]
@@ -383,8 +436,12 @@ def _parallel_workflow(project: Project) -> None:
     # each step prints in several pieces with pauses, so parallel output would interleave
     def noisy(name: str) -> str:
         return f"for i in 1 2 3; do echo {name}-$i; sleep 0.1; done; printf '{name}-end'"
-    project.workflow("w", [cmd(n, noisy(n), needs=[]) for n in ("alpha", "beta", "gamma")]
-                     + [cmd("last", "echo last", needs=["alpha", "beta", "gamma"])])
+
+    project.workflow(
+        "w",
+        [cmd(n, noisy(n), needs=[]) for n in ("alpha", "beta", "gamma")]
+        + [cmd("last", "echo last", needs=["alpha", "beta", "gamma"])],
+    )
 
 
 def test_grouped_output_prints_each_step_whole(project: Project) -> None:
@@ -394,7 +451,7 @@ def test_grouped_output_prints_each_step_whole(project: Project) -> None:
     lines = result.stdout.splitlines()
     for name in ("alpha", "beta", "gamma"):
         start = lines.index(f"[{('alpha', 'beta', 'gamma').index(name) + 1}/4] {name} ({'command'})")
-        assert lines[start + 1: start + 5] == [f"{name}-1", f"{name}-2", f"{name}-3", f"{name}-end"]
+        assert lines[start + 1 : start + 5] == [f"{name}-1", f"{name}-2", f"{name}-3", f"{name}-end"]
         assert lines[start + 5].startswith("  passed in ")
     assert "  passed     +0.0s" in result.stdout  # the summary shows when each step started
 
@@ -414,12 +471,17 @@ def test_prefixed_output_streams_every_line_with_the_step_name(project: Project)
 
 
 def test_prefixed_output_cuts_a_line_that_never_ends(project: Project) -> None:
-    project.workflow("w", [cmd("endless", [PY, "-c", "import sys; sys.stdout.write('x' * 200000)"], needs=[]),
-                           cmd("other", "true", needs=[])])
+    project.workflow(
+        "w",
+        [
+            cmd("endless", [PY, "-c", "import sys; sys.stdout.write('x' * 200000)"], needs=[]),
+            cmd("other", "true", needs=[]),
+        ],
+    )
     result = project.run("run", "w", "--jobs", "2", "--output", "prefixed")
     assert result.returncode == 0
     pieces = [line for line in result.stdout.splitlines() if line.startswith("endless | ")]
-    assert "".join(p[len("endless | "):] for p in pieces) == "x" * 200000
+    assert "".join(p[len("endless | ") :] for p in pieces) == "x" * 200000
     assert max(len(p) for p in pieces) <= 64 * 1024 + len("endless | ")
 
 
@@ -451,10 +513,10 @@ def _github_runner_view(text: str) -> dict[str, Any]:
                 current[1].append(line)
             continue
         if line.startswith("::stop-commands::"):
-            stopped = line[len("::stop-commands::"):]
+            stopped = line[len("::stop-commands::") :]
         elif line.startswith("::group::"):
             assert current is None, f"group {line!r} opened inside {current[0]!r}"
-            current = (line[len("::group::"):], [])
+            current = (line[len("::group::") :], [])
         elif line == "::endgroup::":
             assert current is not None, "endgroup without a group"
             groups.append(current)
@@ -468,11 +530,15 @@ def _github_runner_view(text: str) -> dict[str, Any]:
 
 def test_github_output_of_a_parallel_run_keeps_each_step_in_its_own_closed_group(project: Project) -> None:
     _parallel_workflow(project)
-    project.workflow("w", [*json.loads((project.workflows / "w.json").read_text())["steps"],
-                           cmd("bad", "echo ::error::forged; printf 'no newline'; exit 1", needs=[])])
+    project.workflow(
+        "w",
+        [
+            *json.loads((project.workflows / "w.json").read_text())["steps"],
+            cmd("bad", "echo ::error::forged; printf 'no newline'; exit 1", needs=[]),
+        ],
+    )
     summary = project.root / "summary.md"
-    result = project.run("run", "w", "--jobs", "4",
-                         env={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)})
+    result = project.run("run", "w", "--jobs", "4", env={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)})
     assert result.returncode == 1
     view = _github_runner_view(result.stdout)
     assert view["stopped"] is None and view["open_group"] is None  # every fence and group closed

@@ -1,4 +1,5 @@
 """Plugins: integrations/<type>_runner.py and entry points, run in a child interpreter."""
+
 from __future__ import annotations
 
 import os
@@ -33,34 +34,59 @@ def http_server():
 
 def test_shipped_example_plugin_waits_for_http(project: Project, http_server: str) -> None:
     shutil.copytree(REPO / "integrations", project.root / "integrations")
-    project.workflow("w", [{"name": "server up", "type": "wait_for_http", "url": f"{http_server}/ok", "within": 5},
-                           {"name": "server down", "type": "wait_for_http", "url": f"{http_server}/down",
-                            "within": 0.5, "interval": 0.1}])
+    project.workflow(
+        "w",
+        [
+            {"name": "server up", "type": "wait_for_http", "url": f"{http_server}/ok", "within": 5},
+            {
+                "name": "server down",
+                "type": "wait_for_http",
+                "url": f"{http_server}/down",
+                "within": 0.5,
+                "interval": 0.1,
+            },
+        ],
+    )
     result = project.cli("run", "w", "--keep-going")
     assert result.exit_code == 1
     log = project.last_record()["log"]
     assert log[0]["status"] == "passed"
     assert f"{http_server}/ok answered 200 after 1 attempt(s)" in log[0]["output_tail"]
     assert log[1]["status"] == "failed"
-    assert log[1]["message"] == (f"integrations/wait_for_http_runner.py: RuntimeError: {http_server}/down did not "
-                                 f"answer 200 within 0.5s (last: HTTP 503)")
+    assert log[1]["message"] == (
+        f"integrations/wait_for_http_runner.py: RuntimeError: {http_server}/down did not "
+        f"answer 200 within 0.5s (last: HTTP 503)"
+    )
 
 
 def test_plugin_gets_interpolated_step_dict(project: Project) -> None:
-    project.write("integrations/echo_runner.py",
-                  "import json\ndef execute(step):\n    print(json.dumps(step, sort_keys=True))\n")
+    project.write(
+        "integrations/echo_runner.py", "import json\ndef execute(step):\n    print(json.dumps(step, sort_keys=True))\n"
+    )
     project.workflow("w", [{"name": "e", "type": "echo", "greeting": "${WHO:-world}", "retries": 0}])
     result = project.cli("run", "w")
     assert result.exit_code == 0, result.stdout
     assert '{"greeting": "world", "name": "e", "retries": 0, "type": "echo"}' in result.stdout
 
 
-@pytest.mark.parametrize("source,message", [
-    ("def execute(step):\n    raise ValueError('bad config')\n", "integrations/broken_runner.py: ValueError: bad config"),
-    ("import not_a_module_xyz\n", "integrations/broken_runner.py: cannot load plugin: ModuleNotFoundError: No module named 'not_a_module_xyz'"),
-    ("x = 1\n", "integrations/broken_runner.py: has no execute(step) function"),
-    ("def execute(step):\n    import os\n    os._exit(9)\n", "integrations/broken_runner.py: plugin process ended without a result (exit code 9)"),
-])
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        (
+            "def execute(step):\n    raise ValueError('bad config')\n",
+            "integrations/broken_runner.py: ValueError: bad config",
+        ),
+        (
+            "import not_a_module_xyz\n",
+            "integrations/broken_runner.py: cannot load plugin: ModuleNotFoundError: No module named 'not_a_module_xyz'",
+        ),
+        ("x = 1\n", "integrations/broken_runner.py: has no execute(step) function"),
+        (
+            "def execute(step):\n    import os\n    os._exit(9)\n",
+            "integrations/broken_runner.py: plugin process ended without a result (exit code 9)",
+        ),
+    ],
+)
 def test_plugin_failures_name_the_plugin(project: Project, source: str, message: str) -> None:
     project.write("integrations/broken_runner.py", source)
     project.workflow("w", [{"name": "b", "type": "broken"}])
@@ -98,11 +124,13 @@ def test_entry_point_plugins_are_found(project: Project, tmp_path: Path, monkeyp
 def test_a_huge_step_reaches_the_plugin_without_the_environment(project: Project) -> None:
     """0.1.0 put the step dict in ORCHESTRATE_PLUGIN_STEP: one variable over 128 KiB made exec
     fail (E2BIG), and every process of the step could read the step's values there."""
-    project.write("integrations/big_runner.py",
-                  "import os, sys\n"
-                  "def execute(step):\n"
-                  "    leaked = [k for k in os.environ if k.startswith('ORCHESTRATE_PLUGIN')]\n"
-                  "    return f\"{len(step['payload'])} {step['payload'][-3:]} env={leaked} stdin={sys.stdin.read()!r}\"\n")
+    project.write(
+        "integrations/big_runner.py",
+        "import os, sys\n"
+        "def execute(step):\n"
+        "    leaked = [k for k in os.environ if k.startswith('ORCHESTRATE_PLUGIN')]\n"
+        "    return f\"{len(step['payload'])} {step['payload'][-3:]} env={leaked} stdin={sys.stdin.read()!r}\"\n",
+    )
     payload = "é" * 300_000 + "end"
     project.workflow("w", [{"name": "big", "type": "big", "payload": payload}])
     result = project.run("run", "w")

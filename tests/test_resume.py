@@ -1,6 +1,7 @@
 """Doing only the work that is left (issue 17): `orchestrate resume RUN`, steps skipped as up
 to date while their `sources` are unchanged, and the index beside the records that finds a
 step's last pass. Everything through the real command, in real git repositories."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,10 @@ from test_hooks import GitProject
 
 import orchestrate
 
-JUNIT = ('<testsuite name="t" tests="2" failures="0"><testcase classname="tests.test_a" name="test_one" time="0.1"/>'
-         '<testcase classname="tests.test_a" name="test_two" time="0.2"/></testsuite>')
+JUNIT = (
+    '<testsuite name="t" tests="2" failures="0"><testcase classname="tests.test_a" name="test_one" time="0.1"/>'
+    '<testcase classname="tests.test_a" name="test_two" time="0.2"/></testsuite>'
+)
 
 
 @pytest.fixture
@@ -26,11 +29,15 @@ def work(tmp_path: Path) -> GitProject:
 
 def four_steps(gp: GitProject, **third: Any) -> None:
     """lint, unit (writes a JUnit report), e2e (fails while out/fail-e2e exists), package."""
-    report = (f"mkdir -p reports && printf '%s' '{JUNIT}' > reports/unit.xml && "
-              f'echo "unit" >> "{gp.out}/order"')
-    gp.workflow([gp.record_step("lint"),
-                 {"name": "unit", "type": "command", "run": report, "reports": ["reports/*.xml"]},
-                 gp.record_step("e2e", **third), gp.record_step("package")])
+    report = f"mkdir -p reports && printf '%s' '{JUNIT}' > reports/unit.xml && echo \"unit\" >> \"{gp.out}/order\""
+    gp.workflow(
+        [
+            gp.record_step("lint"),
+            {"name": "unit", "type": "command", "run": report, "reports": ["reports/*.xml"]},
+            gp.record_step("e2e", **third),
+            gp.record_step("package"),
+        ]
+    )
     gp.write(".gitignore", "reports/\n")
     gp.commit("four steps")
 
@@ -60,8 +67,7 @@ def test_resume_after_a_failure_in_the_middle_of_four_steps_reruns_two(work: Git
         assert steps[name]["message"] == f"re-used from run {failed['run_id']} (inputs unchanged)"
     assert steps["e2e"]["rerun_reason"] == f"failed in run {failed['run_id']}"
     assert "reused_from" not in steps["e2e"] and "reused_from" not in steps["package"]
-    assert (f"[1/4] lint (command): passed — re-used from run {failed['run_id']} (inputs unchanged)"
-            in result.stdout)
+    assert f"[1/4] lint (command): passed — re-used from run {failed['run_id']} (inputs unchanged)" in result.stdout
     # the re-used steps' test cases are in this run's report (logs: see the test below)
     junit = work.root / "runs" / record["run_id"] / "junit.xml"
     assert_valid_junit(junit)
@@ -72,8 +78,7 @@ def test_resume_after_a_failure_in_the_middle_of_four_steps_reruns_two(work: Git
 
 
 def test_a_reused_steps_log_is_copied(work: GitProject) -> None:
-    work.workflow([{"name": "hello", "type": "command", "run": "echo hello world"},
-                   work.record_step("flaky")])
+    work.workflow([{"name": "hello", "type": "command", "run": "echo hello world"}, work.record_step("flaky")])
     work.commit("w")
     (work.out / "fail-flaky").write_text("")
     assert work.orchestrate("run", "pre-push").returncode == 1
@@ -85,15 +90,17 @@ def test_a_reused_steps_log_is_copied(work: GitProject) -> None:
     assert entries(record)["hello"]["output_tail"] == "hello world"
 
 
-@pytest.mark.parametrize("change, reason", [
-    ("definition", "its definition changed since run {}"),
-    ("tracked file", "the commit or the working tree changed since run {}"),
-    ("untracked file", "the commit or the working tree changed since run {}"),
-    ("commit", "the commit or the working tree changed since run {}"),
-    ("variable", "the variables it uses changed since run {}"),
-])
-def test_a_passed_step_runs_again_when_what_it_depends_on_changed(work: GitProject, change: str,
-                                                                  reason: str) -> None:
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ("definition", "its definition changed since run {}"),
+        ("tracked file", "the commit or the working tree changed since run {}"),
+        ("untracked file", "the commit or the working tree changed since run {}"),
+        ("commit", "the commit or the working tree changed since run {}"),
+        ("variable", "the variables it uses changed since run {}"),
+    ],
+)
+def test_a_passed_step_runs_again_when_what_it_depends_on_changed(work: GitProject, change: str, reason: str) -> None:
     lint = work.record_step("lint")
     lint["run"] += " # ${LEVEL:-1}"
     work.workflow([lint, work.record_step("e2e")])
@@ -140,8 +147,10 @@ def test_resume_refuses_what_it_cannot_resume_with_one_line(work: GitProject) ->
     passed = work.records()[-1]["run_id"]
     result = work.orchestrate("resume", passed)
     assert (result.returncode, result.stdout) == (2, "")
-    assert result.stderr == (f"orchestrate: error: run {passed} did not fail (status completed): nothing to "
-                             "resume; start a new run with: orchestrate run pre-push\n")
+    assert result.stderr == (
+        f"orchestrate: error: run {passed} did not fail (status completed): nothing to "
+        "resume; start a new run with: orchestrate run pre-push\n"
+    )
     result = work.orchestrate("resume", "20991231T000000000Z-abcdef")
     assert result.returncode == 2
     assert result.stderr.startswith("orchestrate: error: no run '20991231T000000000Z-abcdef' in ")
@@ -155,9 +164,11 @@ def test_resume_refuses_what_it_cannot_resume_with_one_line(work: GitProject) ->
     before = sorted(p.name for p in (work.root / "runs").iterdir())
     result = work.orchestrate("resume", failed)
     assert result.returncode == 2
-    assert result.stderr == (f"orchestrate: error: workflows/pre-push.json has no step 'e2e' any more, the step "
-                             f"that failed in run {failed}: the workflow changed too much to resume it; start a "
-                             "new run with: orchestrate run pre-push\n")
+    assert result.stderr == (
+        f"orchestrate: error: workflows/pre-push.json has no step 'e2e' any more, the step "
+        f"that failed in run {failed}: the workflow changed too much to resume it; start a "
+        "new run with: orchestrate run pre-push\n"
+    )
     assert sorted(p.name for p in (work.root / "runs").iterdir()) == before  # nothing written
 
 
@@ -178,9 +189,13 @@ def test_resume_keeps_the_runs_only_and_skip(work: GitProject) -> None:
 def sources_workflow(gp: GitProject) -> None:
     gp.write("api/server.py", "print('api')\n")
     gp.write("web/app.js", "console.log('web')\n")
-    gp.workflow([gp.record_step("api tests", sources=["api/**/*.py", "pyproject.toml"]),
-                 gp.record_step("web tests", sources=["web/**"]),
-                 gp.record_step("always")])
+    gp.workflow(
+        [
+            gp.record_step("api tests", sources=["api/**/*.py", "pyproject.toml"]),
+            gp.record_step("web tests", sources=["web/**"]),
+            gp.record_step("always"),
+        ]
+    )
     gp.commit("sources")
 
 
@@ -261,8 +276,12 @@ def test_a_pre_push_of_the_same_tree_twice_runs_nothing_the_second_time(tmp_path
     gp = GitProject(tmp_path)
     assert gp.orchestrate("hook", "install").returncode == 0
     sources_workflow(gp)
-    gp.workflow([step | {"sources": ["workflows/*.json"]} if step["name"] == "always" else step
-                 for step in json.loads((gp.root / "workflows/pre-push.json").read_text())["steps"]])
+    gp.workflow(
+        [
+            step | {"sources": ["workflows/*.json"]} if step["name"] == "always" else step
+            for step in json.loads((gp.root / "workflows/pre-push.json").read_text())["steps"]
+        ]
+    )
     gp.commit("every step has sources")
     assert gp.push("main").returncode == 0
     assert gp.ran() == ["api tests", "web tests", "always"]
@@ -308,8 +327,10 @@ def test_a_damaged_index_is_never_trusted(work: GitProject, damage: str) -> None
         data["inputs_sha256"] = "0" * 64
         row.write_text(json.dumps(data))
         (work.root / "runs" / f"{first}.json").write_text(
-            (work.root / "runs" / f"{first}.json").read_text().replace(
-                json.loads(row.read_text())["inputs_sha256"], "0" * 64))
+            (work.root / "runs" / f"{first}.json")
+            .read_text()
+            .replace(json.loads(row.read_text())["inputs_sha256"], "0" * 64)
+        )
     else:
         for path in (work.root / "runs").glob(f"{first}*"):
             if path.is_file():
@@ -349,7 +370,8 @@ def test_values_are_hashed_with_a_key_never_in_clear(work: GitProject) -> None:
 
 
 def test_hashes_are_reused_by_size_and_mtime_and_recent_files_read_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
     path = tmp_path / "a.txt"
@@ -362,7 +384,7 @@ def test_hashes_are_reused_by_size_and_mtime_and_recent_files_read_again(
     hashes.save()
     assert not hashes.path.exists()
     # older than the window (here: no window): hashed once, then known by its size and times
-    monkeypatch.setattr(orchestrate, "RACY_WINDOW_NS", -10**18)
+    monkeypatch.setattr(orchestrate, "RACY_WINDOW_NS", -(10**18))
     hashes.digest(path, os.lstat(path))
     hashes.save()
     again = orchestrate.FileHashes(runs)
@@ -376,11 +398,12 @@ def test_hashes_are_reused_by_size_and_mtime_and_recent_files_read_again(
     assert again.digest(fifo, os.lstat(fifo)) == "special:10000"  # never opened
 
 
-
 def test_resume_takes_run_s_html_report_flag(project: Project) -> None:
     flag = project.root / "fixed"
-    project.workflow("w", [{"name": "a", "type": "command", "run": "echo a"},
-                           {"name": "b", "type": "command", "run": f"test -e {flag}"}])
+    project.workflow(
+        "w",
+        [{"name": "a", "type": "command", "run": "echo a"}, {"name": "b", "type": "command", "run": f"test -e {flag}"}],
+    )
     assert project.cli("run", "w").exit_code == 1
     flag.write_text("")
     page = project.root / "out" / "report.html"

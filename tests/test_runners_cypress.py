@@ -58,8 +58,7 @@ def node_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return bin_dir
 
 
-def make_cypress_project(project: Project, specs: dict[str, str], folder: str = "web",
-                         install: bool = True) -> Path:
+def make_cypress_project(project: Project, specs: dict[str, str], folder: str = "web", install: bool = True) -> Path:
     """A Cypress project under the root: package.json, the stand-in cypress, spec files."""
     web = project.root / folder
     project.write(f"{folder}/package.json", json.dumps({"devDependencies": {"cypress": "15.3.0"}}))
@@ -95,9 +94,14 @@ def junit_cypress_cases(project: Project) -> list[dict[str, Any]]:
     cases = []
     for case in suites[1].findall("testcase"):
         failure = case.find("failure")
-        cases.append({"classname": case.get("classname"), "name": case.get("name"),
-                      "failure": None if failure is None else failure.get("message"),
-                      "skipped": case.find("skipped") is not None})
+        cases.append(
+            {
+                "classname": case.get("classname"),
+                "name": case.get("name"),
+                "failure": None if failure is None else failure.get("message"),
+                "skipped": case.find("skipped") is not None,
+            }
+        )
     return cases
 
 
@@ -105,9 +109,14 @@ def junit_cypress_cases(project: Project) -> list[dict[str, Any]]:
 
 
 def test_all_pass_records_every_spec_and_test(project: Project) -> None:
-    make_cypress_project(project, {"login.cy.js": spec("pass 3", "time 1.5"),
-                                   "nested/cart.cy.ts": spec("pass 2", "skip 1"),
-                                   "notes.md": "not a spec"})
+    make_cypress_project(
+        project,
+        {
+            "login.cy.js": spec("pass 3", "time 1.5"),
+            "nested/cart.cy.ts": spec("pass 2", "skip 1"),
+            "notes.md": "not a spec",
+        },
+    )
     cypress_workflow(project)
     result = project.cli("run", "ui")
     assert result.exit_code == 0, result.stdout + result.stderr
@@ -117,44 +126,52 @@ def test_all_pass_records_every_spec_and_test(project: Project) -> None:
     assert entry["message"] == "6 Cypress tests passed in 2 spec files"
     assert (entry["tests"], entry["failures"], entry["failed_tests"]) == (6, 0, [])
     assert entry["specs"] == ["cypress/e2e/login.cy.js", "cypress/e2e/nested/cart.cy.ts"]
-    assert entry["spec_durations"] == {"cypress/e2e/login.cy.js": 4.5,
-                                       "cypress/e2e/nested/cart.cy.ts": 0.15}
+    assert entry["spec_durations"] == {"cypress/e2e/login.cy.js": 4.5, "cypress/e2e/nested/cart.cy.ts": 0.15}
     assert entry["shard"] is None and entry["artifacts"] == []
     assert entry["exit_code"] == 0
     cases = junit_cypress_cases(project)
-    assert [c["name"] for c in cases] == ["login › passes 1", "login › passes 2", "login › passes 3",
-                                         "cart › passes 1", "cart › passes 2", "cart › is pending 1"]
+    assert [c["name"] for c in cases] == [
+        "login › passes 1",
+        "login › passes 2",
+        "login › passes 3",
+        "cart › passes 1",
+        "cart › passes 2",
+        "cart › is pending 1",
+    ]
     assert cases[0]["classname"] == "cypress/e2e/login.cy.js"
     assert [c["skipped"] for c in cases] == [False] * 5 + [True]
 
 
 def test_failed_tests_reach_the_record_the_summary_and_a_valid_report(project: Project) -> None:
-    make_cypress_project(project, {"a.cy.js": spec("suite login page", "pass 1", "fail 2"),
-                                   "b.cy.js": spec("pass 2")})
+    make_cypress_project(project, {"a.cy.js": spec("suite login page", "pass 1", "fail 2"), "b.cy.js": spec("pass 2")})
     cypress_workflow(project)
     result = project.cli("run", "ui")
     assert result.exit_code == 1
     entry = cypress_entry(project)
     assert entry["status"] == "failed"
     assert (entry["tests"], entry["failures"]) == (5, 2)
-    assert entry["failed_tests"] == ["cypress/e2e/a.cy.js › login page › fails 1",
-                                     "cypress/e2e/a.cy.js › login page › fails 2"]
-    assert entry["message"] == ("2 of 5 Cypress tests failed: cypress/e2e/a.cy.js › login page › fails 1, "
-                                "cypress/e2e/a.cy.js › login page › fails 2")
+    assert entry["failed_tests"] == [
+        "cypress/e2e/a.cy.js › login page › fails 1",
+        "cypress/e2e/a.cy.js › login page › fails 2",
+    ]
+    assert entry["message"] == (
+        "2 of 5 Cypress tests failed: cypress/e2e/a.cy.js › login page › fails 1, "
+        "cypress/e2e/a.cy.js › login page › fails 2"
+    )
     assert entry["exit_code"] == 2
     assert "2 of 5 Cypress tests failed" in result.stdout
     failing = [c for c in junit_cypress_cases(project) if c["failure"]]
     assert [(c["classname"], c["name"]) for c in failing] == [
-        ("cypress/e2e/a.cy.js", "login page › fails 1"), ("cypress/e2e/a.cy.js", "login page › fails 2")]
+        ("cypress/e2e/a.cy.js", "login page › fails 1"),
+        ("cypress/e2e/a.cy.js", "login page › fails 2"),
+    ]
     assert failing[0]["failure"] == "expected '<h1>' to have text 'Welcome', but the text was 'fails 1'"
     assert_valid_junit(project.runs / project.last_record()["run_id"] / "junit.xml")
 
 
-def test_junit_with_cypress_suites_validates_against_both_schemas_whatever_the_text(
-        project: Project) -> None:
+def test_junit_with_cypress_suites_validates_against_both_schemas_whatever_the_text(project: Project) -> None:
     # names with XML specials, and a shard and a --junit-xml copy: every consumer must accept it
-    make_cypress_project(project, {"x.cy.js": spec('suite <weird> & "quoted" ünïcode ✓', "fail 1", "pass 1",
-                                                   "skip 1")})
+    make_cypress_project(project, {"x.cy.js": spec('suite <weird> & "quoted" ünïcode ✓', "fail 1", "pass 1", "skip 1")})
     cypress_workflow(project)
     copy = project.root / "reports" / "junit.xml"
     result = project.cli("run", "ui", "--shard", "1/1", "--junit-xml", str(copy))
@@ -166,7 +183,8 @@ def test_junit_with_cypress_suites_validates_against_both_schemas_whatever_the_t
 
 @pytest.mark.parametrize("failures, exit_code", [(256, 0), (300, 44)])
 def test_more_than_255_failures_are_counted_from_the_xml_not_the_exit_code(
-        project: Project, failures: int, exit_code: int) -> None:
+    project: Project, failures: int, exit_code: int
+) -> None:
     make_cypress_project(project, {"many.cy.js": spec(f"fail {failures}")})
     cypress_workflow(project)
     result = project.cli("run", "ui")
@@ -189,7 +207,8 @@ def test_crash_without_xml_fails_the_step_with_its_exit_code(project: Project) -
     assert entry["status"] == "failed" and entry["exit_code"] == 1
     assert entry["message"] == (
         f"Cypress exited 1 and wrote no JUnit report to runs/{project.last_record()['run_id']}"
-        "/cypress/01-ui-smoke: it stopped before running a spec (see the step log)")
+        "/cypress/01-ui-smoke: it stopped before running a spec (see the step log)"
+    )
     assert (entry["tests"], entry["failures"]) == (0, 0)
     assert "Webpack Compilation Error" in entry["output_tail"]
     assert_valid_junit(project.runs / project.last_record()["run_id"] / "junit.xml")
@@ -200,8 +219,7 @@ def test_nonzero_exit_with_passing_reports_still_fails(project: Project) -> None
     cypress_workflow(project)
     assert project.cli("run", "ui").exit_code == 1
     entry = cypress_entry(project)
-    assert entry["message"] == ("Cypress exited 1 although its JUnit reports record no failed test "
-                                "(see the step log)")
+    assert entry["message"] == ("Cypress exited 1 although its JUnit reports record no failed test (see the step log)")
     assert (entry["tests"], entry["failures"]) == (2, 0)
 
 
@@ -249,7 +267,9 @@ def test_screenshots_and_videos_of_the_run_are_copied_and_listed(project: Projec
     run_id = project.last_record()["run_id"]
     base = f"runs/{run_id}/artifacts/01-ui-smoke"
     assert cypress_entry(project)["artifacts"] == [
-        f"{base}/screenshots/a.cy.js/a -- fails 1 (failed).png", f"{base}/videos/a.cy.js.mp4"]
+        f"{base}/screenshots/a.cy.js/a -- fails 1 (failed).png",
+        f"{base}/videos/a.cy.js.mp4",
+    ]
     for path in cypress_entry(project)["artifacts"]:
         assert (project.root / path).is_file()
     assert old.is_file() and (web / "cypress/videos/a.cy.js.mp4").is_file()
@@ -258,11 +278,15 @@ def test_screenshots_and_videos_of_the_run_are_copied_and_listed(project: Projec
 # --- the exact command ------------------------------------------------------------------
 
 
-def test_exact_argv_cwd_and_environment_at_the_process_seam(
-        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exact_argv_cwd_and_environment_at_the_process_seam(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     web = make_cypress_project(project, {"b.cy.js": spec("pass 1"), "a.cy.jsx": spec("pass 1")})
-    cypress_workflow(project, browser="chrome", headed=True, env={"API_URL": "http://x", "RETRIES": "2"},
-                     config={"video": False, "viewportWidth": 1280})
+    cypress_workflow(
+        project,
+        browser="chrome",
+        headed=True,
+        env={"API_URL": "http://x", "RETRIES": "2"},
+        config={"video": False, "viewportWidth": 1280},
+    )
     calls: list[dict[str, Any]] = []
 
     def fake_run_process(argv: Any, *, cwd: Path, env: dict[str, str], **kwargs: Any) -> Any:
@@ -275,10 +299,22 @@ def test_exact_argv_cwd_and_environment_at_the_process_seam(
     run_id = project.last_record()["run_id"]
     report = project.runs / run_id / "cypress" / "01-ui-smoke"
     assert call["argv"] == [
-        f"{web}/node_modules/.bin/cypress", "run", "--project", str(web),
-        "--spec", "cypress/e2e/a.cy.jsx,cypress/e2e/b.cy.js",
-        "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml,includePending=true",
-        "--browser", "chrome", "--headed", "--config", "video=false,viewportWidth=1280"]
+        f"{web}/node_modules/.bin/cypress",
+        "run",
+        "--project",
+        str(web),
+        "--spec",
+        "cypress/e2e/a.cy.jsx,cypress/e2e/b.cy.js",
+        "--reporter",
+        "junit",
+        "--reporter-options",
+        f"mochaFile={report}/results-[hash].xml,includePending=true",
+        "--browser",
+        "chrome",
+        "--headed",
+        "--config",
+        "video=false,viewportWidth=1280",
+    ]
     assert call["cwd"] == web
     assert call["env"]["API_URL"] == "http://x"  # a step's env is in its environment too
     # and reaches Cypress.env() as CYPRESS_<name>, never on the command line (issue 12)
@@ -308,20 +344,35 @@ def test_exact_argv_and_environment_with_pytest_subprocess(project: Project, fp:
             '<testsuite name="login" timestamp="2026-11-27T15:40:00" tests="2" time="0.5" failures="1">'
             '<testcase name="login works" time="0.2" classname="works"></testcase>'
             '<testcase name="login rejects" time="0.3" classname="rejects"><failure message="expected 401" type="AssertionError">'
-            'AssertionError: expected 401</failure></testcase></testsuite></testsuites>')
+            "AssertionError: expected 401</failure></testcase></testsuite></testsuites>"
+        )
 
     run_id_holder: dict[str, str] = {}
     binary = str(web / "node_modules" / ".bin" / "cypress")
-    fp.register([binary, fp.any()], stdout=["Running: login.cy.js", "1 of 2 failed"], returncode=1,
-                callback=write_reports)
+    fp.register(
+        [binary, fp.any()], stdout=["Running: login.cy.js", "1 of 2 failed"], returncode=1, callback=write_reports
+    )
     result = project.cli("run", "ui")
     assert result.exit_code == 1
     run_id_holder["id"] = project.last_record()["run_id"]
     [call] = [c for c in fp.calls if c[0] == binary]
     report = project.runs / run_id_holder["id"] / "cypress" / "01-ui-smoke"
-    assert list(call) == [binary, "run", "--project", str(web), "--spec", "cypress/e2e/login.cy.js",
-                          "--reporter", "junit", "--reporter-options", f"mochaFile={report}/results-[hash].xml,includePending=true",
-                          "--browser", "electron", "--config", "retries=1"]
+    assert list(call) == [
+        binary,
+        "run",
+        "--project",
+        str(web),
+        "--spec",
+        "cypress/e2e/login.cy.js",
+        "--reporter",
+        "junit",
+        "--reporter-options",
+        f"mochaFile={report}/results-[hash].xml,includePending=true",
+        "--browser",
+        "electron",
+        "--config",
+        "retries=1",
+    ]
     entry = cypress_entry(project)
     assert entry["tests"] == 2 and entry["failures"] == 1
     assert entry["failed_tests"] == ["cypress/e2e/login.cy.js › login › rejects"]
@@ -350,48 +401,70 @@ def test_dry_run_shows_the_exact_command_line_with_secrets_masked(project: Proje
     cypress_workflow(project, env={"API_TOKEN": "${API_TOKEN}"}, config={"retries": {"runMode": 2}})
     result = project.cli("run", "ui", "--dry-run", env={"API_TOKEN": "s3cr3t-value"})
     assert result.exit_code == 0, result.stderr
-    expected = (f"cd {web} && CYPRESS_API_TOKEN=*** {web}/node_modules/.bin/cypress run --project {web} "
-                "--spec cypress/e2e/a.cy.js,cypress/e2e/b.cy.js --reporter junit --reporter-options "
-                f"'mochaFile={project.runs}/dry-run/cypress/01-ui-smoke/results-[hash].xml,includePending=true' "
-                "--config '{\"retries\":{\"runMode\":2}}'")
+    expected = (
+        f"cd {web} && CYPRESS_API_TOKEN=*** {web}/node_modules/.bin/cypress run --project {web} "
+        "--spec cypress/e2e/a.cy.js,cypress/e2e/b.cy.js --reporter junit --reporter-options "
+        f"'mochaFile={project.runs}/dry-run/cypress/01-ui-smoke/results-[hash].xml,includePending=true' "
+        '--config \'{"retries":{"runMode":2}}\''
+    )
     assert f"        {expected}\n" in result.stdout
     assert "s3cr3t" not in result.stdout + result.stderr
     assert not project.runs.exists() or not list(project.runs.glob("*.json"))  # nothing ran
 
 
-@pytest.mark.parametrize("values, expected", [
-    ({"a": "1", "b": True, "c": 2.5}, "a=1,b=true,c=2.5"),
-    ({"list": "a,b"}, '{"list":"a,b"}'),
-    ({"obj": {"x": 1}}, '{"obj":{"x":1}}'),
-])
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({"a": "1", "b": True, "c": 2.5}, "a=1,b=true,c=2.5"),
+        ({"list": "a,b"}, '{"list":"a,b"}'),
+        ({"obj": {"x": 1}}, '{"obj":{"x":1}}'),
+    ],
+)
 def test_env_and_config_values(values: dict[str, Any], expected: str) -> None:
     assert orchestrate._cypress_option_value(values) == expected
 
 
 def test_spec_glob_braces_and_double_star(tmp_path: Path) -> None:
-    for rel in ["cypress/e2e/b.cy.js", "cypress/e2e/a/z.cy.tsx", "cypress/e2e/a/y.cy.ts",
-                "cypress/e2e/a/deep/w.cy.jsx", "cypress/e2e/notes.md", "cypress/e2e/node_modules/q.cy.js",
-                "cypress/e2e/.cache/h.cy.js", "cypress/other/o.cy.js", "cypress/e2e/x.cy.json"]:
+    for rel in [
+        "cypress/e2e/b.cy.js",
+        "cypress/e2e/a/z.cy.tsx",
+        "cypress/e2e/a/y.cy.ts",
+        "cypress/e2e/a/deep/w.cy.jsx",
+        "cypress/e2e/notes.md",
+        "cypress/e2e/node_modules/q.cy.js",
+        "cypress/e2e/.cache/h.cy.js",
+        "cypress/other/o.cy.js",
+        "cypress/e2e/x.cy.json",
+    ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
     find = orchestrate.find_spec_files
     assert find(tmp_path, "cypress/e2e", orchestrate.CYPRESS_DEFAULT_SPEC) == [
-        "cypress/e2e/a/deep/w.cy.jsx", "cypress/e2e/a/y.cy.ts", "cypress/e2e/a/z.cy.tsx", "cypress/e2e/b.cy.js"]
+        "cypress/e2e/a/deep/w.cy.jsx",
+        "cypress/e2e/a/y.cy.ts",
+        "cypress/e2e/a/z.cy.tsx",
+        "cypress/e2e/b.cy.js",
+    ]
     assert find(tmp_path, "cypress/e2e/", "a/*.{ts,tsx}") == ["cypress/e2e/a/y.cy.ts", "cypress/e2e/a/z.cy.tsx"]
     assert find(tmp_path, "cypress/e2e", "./a/**/*.cy.[jt]sx") == [
-        "cypress/e2e/a/deep/w.cy.jsx", "cypress/e2e/a/z.cy.tsx"]
+        "cypress/e2e/a/deep/w.cy.jsx",
+        "cypress/e2e/a/z.cy.tsx",
+    ]
     assert find(tmp_path, "cypress", "{e2e,other}/[!a]*.cy.js") == ["cypress/e2e/b.cy.js", "cypress/other/o.cy.js"]
     assert find(tmp_path, "missing", "**") == []
 
 
-@pytest.mark.parametrize("pattern, expanded", [
-    ("*.cy.{js,ts}", ["*.cy.js", "*.cy.ts"]),
-    ("{a,b}/{c,d}", ["a/c", "a/d", "b/c", "b/d"]),
-    ("x{a,{b,c}}", ["xa", "xb", "xc"]),
-    ("{x}{a,b}", ["{x}a", "{x}b"]),
-    ("{a", ["{a"]),
-    ("{a,a}", ["a"]),
-])
+@pytest.mark.parametrize(
+    "pattern, expanded",
+    [
+        ("*.cy.{js,ts}", ["*.cy.js", "*.cy.ts"]),
+        ("{a,b}/{c,d}", ["a/c", "a/d", "b/c", "b/d"]),
+        ("x{a,{b,c}}", ["xa", "xb", "xc"]),
+        ("{x}{a,b}", ["{x}a", "{x}b"]),
+        ("{a", ["{a"]),
+        ("{a,a}", ["a"]),
+    ],
+)
 def test_brace_expansion(pattern: str, expanded: list[str]) -> None:
     assert orchestrate.expand_braces(pattern) == expanded
 
@@ -421,10 +494,12 @@ def test_parse_a_real_cypress_junit_file() -> None:
     assert [(t.suite, t.title, t.status, t.time) for t in report.tests] == [
         ("example to-do app adds items", "displays two todo items by default", "failed", 1.5),
         ("example to-do app adds items", "can add new todo items", "passed", 0.5),
-        ("example to-do app adds items", "later", "skipped", 0.0)]
+        ("example to-do app adds items", "later", "skipped", 0.0),
+    ]
     failed = report.tests[0]
-    assert failed.display_name == ("cypress/e2e/todo.cy.js › example to-do app adds items › "
-                                   "displays two todo items by default")
+    assert failed.display_name == (
+        "cypress/e2e/todo.cy.js › example to-do app adds items › displays two todo items by default"
+    )
     assert failed.message.startswith("Timed out retrying after 4000ms: expected '<li>'")
     assert failed.text.startswith("AssertionError: Timed out")
 
@@ -432,16 +507,27 @@ def test_parse_a_real_cypress_junit_file() -> None:
 # --- clear errors -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no project", ("Cypress project folder web does not exist (check the step's 'project', or create it "
-                    "in an earlier step)")),
-    ("no package.json", ('web has no package.json: not a Node project (run "npm init -y" and '
-                         '"npm install cypress --save-dev" there)')),
-    ("not installed", f"Cypress is not installed in web: {INSTALL_HINT}"),
-    ("no node", "node is not on PATH: install Node.js or add its bin folder to PATH"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            "no project",
+            ("Cypress project folder web does not exist (check the step's 'project', or create it in an earlier step)"),
+        ),
+        (
+            "no package.json",
+            (
+                'web has no package.json: not a Node project (run "npm init -y" and '
+                '"npm install cypress --save-dev" there)'
+            ),
+        ),
+        ("not installed", f"Cypress is not installed in web: {INSTALL_HINT}"),
+        ("no node", "node is not on PATH: install Node.js or add its bin folder to PATH"),
+    ],
+)
 def test_what_is_missing_on_disk_fails_the_step_with_the_fix(
-        project: Project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str, message: str) -> None:
+    project: Project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str, message: str
+) -> None:
     if case != "no project":
         web = make_cypress_project(project, {"a.cy.js": spec("pass 1")}, install=case != "not installed")
         if case == "no package.json":
@@ -466,10 +552,17 @@ def test_what_is_missing_on_disk_fails_the_step_with_the_fix(
 def test_an_earlier_step_may_install_cypress(project: Project) -> None:
     """What is on disk is checked when the step starts: `npm ci` in a step before is fine."""
     make_cypress_project(project, {"a.cy.js": spec("pass 1")}, install=False)
-    install = (f"mkdir -p web/node_modules/.bin && cp {FAKE_CYPRESS} web/node_modules/.bin/cypress"
-               " && chmod +x web/node_modules/.bin/cypress")
-    project.workflow("ui", [{"name": "npm ci", "type": "command", "run": install},
-                            {"name": "ui smoke", "type": "cypress", "project": "./web"}])
+    install = (
+        f"mkdir -p web/node_modules/.bin && cp {FAKE_CYPRESS} web/node_modules/.bin/cypress"
+        " && chmod +x web/node_modules/.bin/cypress"
+    )
+    project.workflow(
+        "ui",
+        [
+            {"name": "npm ci", "type": "command", "run": install},
+            {"name": "ui smoke", "type": "cypress", "project": "./web"},
+        ],
+    )
     result = project.cli("run", "ui")
     assert result.exit_code == 0, result.stdout
     assert project.last_record()["log"][1]["tests"] == 1
@@ -478,8 +571,10 @@ def test_an_earlier_step_may_install_cypress(project: Project) -> None:
 def test_no_matching_specs_fails_or_with_allow_empty_skips(project: Project) -> None:
     make_cypress_project(project, {"a.cy.js": spec("pass 1")})
     cypress_workflow(project, folder="cypress/smoke")
-    message = ("no spec files match '**/*.cy.{js,jsx,ts,tsx}' in web/cypress/smoke (set 'folder' or "
-               "'spec', or \"allow_empty\": true to skip the step instead)")
+    message = (
+        "no spec files match '**/*.cy.{js,jsx,ts,tsx}' in web/cypress/smoke (set 'folder' or "
+        "'spec', or \"allow_empty\": true to skip the step instead)"
+    )
     assert f"warning: {message}" in project.cli("run", "ui", "--dry-run").stdout
     assert project.cli("run", "ui").exit_code == 1
     assert cypress_entry(project)["message"] == message
@@ -517,16 +612,30 @@ def test_a_project_without_slash_that_is_a_folder_is_that_folder(project: Projec
     assert f"--project {project.root / 'e2e'} " in project.cli("run", "ui", "--dry-run").stdout
 
 
-@pytest.mark.parametrize("modules, value, message", [
-    ({"smoke": "a/b", "regression": "c/d"}, "smok",
-     ("workflows/ui.json: steps[0] \"ui smoke\": key 'project': 'smok' is not a cypress_modules short name "
-      "(known: regression, smoke) (did you mean 'smoke'?); write a folder with a '/', e.g. './smok'")),
-    (None, "web",
-     ("workflows/ui.json: steps[0] \"ui smoke\": key 'project': 'web' is not a cypress_modules short name "
-      "(orchestrate.json defines no cypress_modules); write a folder with a '/', e.g. './web'")),
-])
+@pytest.mark.parametrize(
+    "modules, value, message",
+    [
+        (
+            {"smoke": "a/b", "regression": "c/d"},
+            "smok",
+            (
+                "workflows/ui.json: steps[0] \"ui smoke\": key 'project': 'smok' is not a cypress_modules short name "
+                "(known: regression, smoke) (did you mean 'smoke'?); write a folder with a '/', e.g. './smok'"
+            ),
+        ),
+        (
+            None,
+            "web",
+            (
+                "workflows/ui.json: steps[0] \"ui smoke\": key 'project': 'web' is not a cypress_modules short name "
+                "(orchestrate.json defines no cypress_modules); write a folder with a '/', e.g. './web'"
+            ),
+        ),
+    ],
+)
 def test_unknown_short_name_is_a_definition_error(
-        project: Project, modules: dict[str, str] | None, value: str, message: str) -> None:
+    project: Project, modules: dict[str, str] | None, value: str, message: str
+) -> None:
     if modules is not None:
         project.write("orchestrate.json", json.dumps({"cypress_modules": modules}))
     project.workflow("ui", [{"name": "ui smoke", "type": "cypress", "project": value}])
@@ -537,15 +646,18 @@ def test_unknown_short_name_is_a_definition_error(
     assert not project.runs.exists() or not list(project.runs.glob("*.json"))
 
 
-@pytest.mark.parametrize("step, message", [
-    ({"folder": "/abs"}, "key 'folder': '/abs' must be a non-empty path inside the project"),
-    ({"spec": " "}, "key 'spec': ' ' must be a non-empty path inside the project"),
-    ({"headed": "yes"}, "key 'headed' must be true or false, not string"),
-    ({"env": {"A": 1}}, "key 'env.A' must be a string, not integer"),
-    ({"config": []}, "key 'config' must be an object, not list"),
-    ({"projet": "x"}, "unknown key 'projet' (did you mean 'project'?)"),
-    ({"project": None}, "key 'project' must be a string, not null"),
-])
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        ({"folder": "/abs"}, "key 'folder': '/abs' must be a non-empty path inside the project"),
+        ({"spec": " "}, "key 'spec': ' ' must be a non-empty path inside the project"),
+        ({"headed": "yes"}, "key 'headed' must be true or false, not string"),
+        ({"env": {"A": 1}}, "key 'env.A' must be a string, not integer"),
+        ({"config": []}, "key 'config' must be an object, not list"),
+        ({"projet": "x"}, "unknown key 'projet' (did you mean 'project'?)"),
+        ({"project": None}, "key 'project' must be a string, not null"),
+    ],
+)
 def test_bad_cypress_keys(project: Project, step: dict[str, Any], message: str) -> None:
     project.workflow("ui", [{"name": "ui smoke", "type": "cypress", "project": "./web", **step}])
     result = project.cli("validate", "ui")
@@ -598,9 +710,12 @@ def test_shards_are_disjoint_complete_stable_and_balanced(count: int) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(durations=st.dictionaries(st.text("abcdefgh/.", min_size=1, max_size=12),
-                                 st.floats(0, 1e5, allow_nan=False), min_size=1, max_size=40),
-       count=st.integers(1, 5))
+@given(
+    durations=st.dictionaries(
+        st.text("abcdefgh/.", min_size=1, max_size=12), st.floats(0, 1e5, allow_nan=False), min_size=1, max_size=40
+    ),
+    count=st.integers(1, 5),
+)
 def test_shard_properties_hold_for_any_recorded_durations(durations: dict[str, float], count: int) -> None:
     rounded = {s: round(d, 3) for s, d in durations.items()}
     check_plan(list(rounded), count, rounded)
@@ -611,21 +726,32 @@ def test_shard_plan_is_the_same_on_another_machine() -> None:
     specs = [f"cypress/e2e/{name}.cy.js" for name in ("z", "a", "m", "b", "y", "c", "k", "q")]
     durations = {"cypress/e2e/z.cy.js": 30.5, "cypress/e2e/a.cy.js": 12.25, "cypress/e2e/m.cy.js": 12.25}
     here = orchestrate.plan_shards(specs, 3, durations)
-    code = ("import json, sys, orchestrate; specs, durations = json.load(sys.stdin); "
-            "print(json.dumps(orchestrate.plan_shards(specs[::-1], 3, durations)))")
+    code = (
+        "import json, sys, orchestrate; specs, durations = json.load(sys.stdin); "
+        "print(json.dumps(orchestrate.plan_shards(specs[::-1], 3, durations)))"
+    )
     for seed in ("0", "1", "12345"):
-        done = subprocess.run([sys.executable, "-c", code], input=json.dumps([specs, durations]),
-                              capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": seed})
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            input=json.dumps([specs, durations]),
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
         assert json.loads(done.stdout) == here
 
 
 def test_durations_come_from_earlier_records_newest_first() -> None:
     records = [
-        {"workflow": "w", "log": [{"step": "ui", "spec_durations": {"a": 2.0}},
-                                  {"step": "other", "spec_durations": {"b": 9.0}}]},
-        {"workflow": "w", "log": [{"step": "ui", "spec_durations": {"a": 5.0, "b": 3.0, "c": "x", "d": -1,
-                                                                      "e": True}}]},
+        {
+            "workflow": "w",
+            "log": [{"step": "ui", "spec_durations": {"a": 2.0}}, {"step": "other", "spec_durations": {"b": 9.0}}],
+        },
+        {
+            "workflow": "w",
+            "log": [{"step": "ui", "spec_durations": {"a": 5.0, "b": 3.0, "c": "x", "d": -1, "e": True}}],
+        },
         {"workflow": "v", "log": [{"step": "ui", "spec_durations": {"f": 1.0}}]},
         {"run_id": "x", "unreadable": "bad"},
     ]
@@ -641,9 +767,14 @@ def test_shard_specs_rejects_impossible_shards(index: int, count: int) -> None:
 def test_shards_of_a_run_split_the_suite_end_to_end(project: Project) -> None:
     specs = {f"s{i}.cy.js": spec("pass 1") for i in range(7)}
     make_cypress_project(project, specs)
-    project.workflow("ui", [{"name": "ui smoke", "type": "cypress", "project": "./web"},
-                            {"name": "lint", "type": "command", "run": "true"},
-                            {"name": "once", "type": "command", "run": "true", "shard": "first"}])
+    project.workflow(
+        "ui",
+        [
+            {"name": "ui smoke", "type": "cypress", "project": "./web"},
+            {"name": "lint", "type": "command", "run": "true"},
+            {"name": "once", "type": "command", "run": "true", "shard": "first"},
+        ],
+    )
     seen: list[str] = []
     for index in (1, 2, 3):
         result = project.cli("run", "ui", "--shard", f"{index}/3")
@@ -673,7 +804,11 @@ def test_shards_balance_by_durations_recorded_in_earlier_runs(project: Project) 
     assert cypress_entry(project)["specs"] == ["cypress/e2e/long.cy.js"]  # 20 s alone; 20 s on shard 2
     project.cli("run", "ui", "--shard", "2/2")
     assert cypress_entry(project)["specs"] == [
-        "cypress/e2e/mid1.cy.js", "cypress/e2e/mid2.cy.js", "cypress/e2e/short1.cy.js", "cypress/e2e/short2.cy.js"]
+        "cypress/e2e/mid1.cy.js",
+        "cypress/e2e/mid2.cy.js",
+        "cypress/e2e/short1.cy.js",
+        "cypress/e2e/short2.cy.js",
+    ]
 
 
 def test_a_shard_with_nothing_to_run_skips_the_step(project: Project) -> None:
@@ -699,8 +834,9 @@ def test_bad_shard_values_are_usage_errors(project: Project, value: str, source:
     else:
         result = project.cli("run", "ui", env={"ORCHESTRATE_SHARD": value})
     assert result.exit_code == 2
-    assert result.stderr == (f"orchestrate: error: --shard {value!r}: expected I/N with 1 <= I <= N, "
-                             "e.g. --shard 2/3\n")
+    assert result.stderr == (
+        f"orchestrate: error: --shard {value!r}: expected I/N with 1 <= I <= N, e.g. --shard 2/3\n"
+    )
     assert not project.runs.exists() or not list(project.runs.glob("*.json"))
 
 
@@ -724,18 +860,36 @@ def test_sample_project_plan_from_the_repository(tmp_path: Path) -> None:
     """Without node_modules the plan warns with the fix and still shows the exact command."""
     workflows = tmp_path / "workflows"
     workflows.mkdir()
-    (workflows / "smoke.json").write_text(json.dumps({"steps": [
-        {"name": "ui smoke tests", "type": "cypress", "project": "scripts/node/cypress/project1"}]}))
-    result = CliRunner().invoke(orchestrate.app, ["--root", str(REPO), "--workflows-dir", str(workflows),
-                                                  "--runs-dir", str(tmp_path / "runs"), "run", "smoke",
-                                                  "--dry-run"])
+    (workflows / "smoke.json").write_text(
+        json.dumps(
+            {"steps": [{"name": "ui smoke tests", "type": "cypress", "project": "scripts/node/cypress/project1"}]}
+        )
+    )
+    result = CliRunner().invoke(
+        orchestrate.app,
+        [
+            "--root",
+            str(REPO),
+            "--workflows-dir",
+            str(workflows),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "run",
+            "smoke",
+            "--dry-run",
+        ],
+    )
     assert result.exit_code == 0, result.output
     sample = REPO / "scripts/node/cypress/project1"
-    assert (f"{sample}/node_modules/.bin/cypress run --project {sample} "
-            "--spec cypress/e2e/home.cy.js,cypress/e2e/sanity.cy.js --reporter junit") in result.stdout
+    assert (
+        f"{sample}/node_modules/.bin/cypress run --project {sample} "
+        "--spec cypress/e2e/home.cy.js,cypress/e2e/sanity.cy.js --reporter junit"
+    ) in result.stdout
     if not (sample / "node_modules").exists():
-        assert ("warning: Cypress is not installed in scripts/node/cypress/project1: run \"npm ci\" "
-                "(or \"npm install cypress --save-dev\") in scripts/node/cypress/project1") in result.stdout
+        assert (
+            'warning: Cypress is not installed in scripts/node/cypress/project1: run "npm ci" '
+            '(or "npm install cypress --save-dev") in scripts/node/cypress/project1'
+        ) in result.stdout
 
 
 def test_shard_ci_examples_run_three_shards_and_publish_every_report() -> None:
@@ -775,12 +929,15 @@ def test_every_orchestrate_command_in_the_shard_examples_is_valid(project: Proje
 # --- issue 11: E2BIG and the modes of what orchestrate writes under runs/ -------------------------
 
 
-def test_thousands_of_specs_run_in_batches_that_merge_into_one_step(project: Project, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_thousands_of_specs_run_in_batches_that_merge_into_one_step(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One comma-joined --spec of 2,400 long paths is ~170 KB: more than Linux takes as one
     argument (128 KiB), so 0.1.0 could not even start Cypress (E2BIG)."""
-    names = {f"area-{i // 100:02d}/a-rather-long-spec-file-name-for-batching-{i:04d}.cy.js": spec("pass 1")
-             for i in range(2400)}
+    names = {
+        f"area-{i // 100:02d}/a-rather-long-spec-file-name-for-batching-{i:04d}.cy.js": spec("pass 1")
+        for i in range(2400)
+    }
     make_cypress_project(project, names)
     names["area-00/a-rather-long-spec-file-name-for-batching-0007.cy.js"] = spec("fail 1")
     project.write("web/cypress/e2e/area-00/a-rather-long-spec-file-name-for-batching-0007.cy.js", spec("fail 1"))
@@ -794,8 +951,10 @@ def test_thousands_of_specs_run_in_batches_that_merge_into_one_step(project: Pro
     assert "cypress: 2400 of 2400 spec files in 2 batches (one command line would be too long)" in result.stdout
     entry = cypress_entry(project)
     assert (entry["tests"], entry["failures"], entry["batches"], len(entry["specs"])) == (2400, 1, 2, 2400)
-    assert entry["message"] == ("1 of 2400 Cypress tests failed: cypress/e2e/area-00/"
-                                "a-rather-long-spec-file-name-for-batching-0007.cy.js › a-rather-long-spec-file-name-for-batching-0007 › fails 1")
+    assert entry["message"] == (
+        "1 of 2400 Cypress tests failed: cypress/e2e/area-00/"
+        "a-rather-long-spec-file-name-for-batching-0007.cy.js › a-rather-long-spec-file-name-for-batching-0007 › fails 1"
+    )
     argvs = [json.loads(line)["argv"] for line in calls.read_text().splitlines()]
     spec_args = [argv[argv.index("--spec") + 1] for argv in argvs]
     assert len(spec_args) == 2 and all(len(arg.encode()) <= orchestrate.CYPRESS_SPEC_ARG_BYTES for arg in spec_args)
@@ -815,8 +974,14 @@ def test_folders_and_files_under_runs_are_never_world_writable(project: Project)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     from conftest import orchestrate_bin
 
-    done = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", orchestrate_bin(), "--root", str(project.root),
-                           "run", "ui"], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+    done = subprocess.run(
+        ["sh", "-c", 'umask 000; exec "$@"', "sh", orchestrate_bin(), "--root", str(project.root), "run", "ui"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr
     run_dir = project.runs / project.last_record()["run_id"]
     assert cypress_entry(project)["artifacts"], "the stand-in wrote no screenshot or video"
@@ -834,12 +999,24 @@ SECRET = "tok-5c0ffee5ecre7"
 
 
 def test_secret_env_goes_to_cypress_as_environment_never_argv_and_its_files_are_masked(project: Project) -> None:
-    make_cypress_project(project, {
-        "login.cy.js": spec(f"suite login as {SECRET}", "pass 1", "fail 1", "screenshot"),
-        f"{SECRET}.cy.js": spec("pass 1"),
-    })
-    project.workflow("ui", [{"name": "ui smoke", "type": "cypress", "project": "./web",
-                             "env": {"API_TOKEN": "${API_TOKEN}", "SHOP": "demo"}}])
+    make_cypress_project(
+        project,
+        {
+            "login.cy.js": spec(f"suite login as {SECRET}", "pass 1", "fail 1", "screenshot"),
+            f"{SECRET}.cy.js": spec("pass 1"),
+        },
+    )
+    project.workflow(
+        "ui",
+        [
+            {
+                "name": "ui smoke",
+                "type": "cypress",
+                "project": "./web",
+                "env": {"API_TOKEN": "${API_TOKEN}", "SHOP": "demo"},
+            }
+        ],
+    )
     calls = project.root / "calls.jsonl"
 
     result = project.cli("run", "ui", env={"FAKE_CYPRESS_CALLS": str(calls), "API_TOKEN": SECRET})
@@ -852,7 +1029,8 @@ def test_secret_env_goes_to_cypress_as_environment_never_argv_and_its_files_are_
     entry = cypress_entry(project)
     run_dir = project.runs / project.last_record()["run_id"]
     assert entry["artifacts"] == [
-        f"runs/{run_dir.name}/artifacts/01-ui-smoke/screenshots/login.cy.js/login as *** -- fails 1 (failed).png"]
+        f"runs/{run_dir.name}/artifacts/01-ui-smoke/screenshots/login.cy.js/login as *** -- fails 1 (failed).png"
+    ]
     assert sorted(entry["spec_durations"]) == ["cypress/e2e/***.cy.js", "cypress/e2e/login.cy.js"]
     assert sorted(entry["specs"]) == ["cypress/e2e/***.cy.js", "cypress/e2e/login.cy.js"]
     assert entry["failed_tests"] == ["cypress/e2e/login.cy.js › login as *** › fails 1"]
@@ -879,9 +1057,13 @@ def test_pending_tests_are_counted_and_specs_are_project_relative(project: Proje
     entry = cypress_entry(project)
     assert (entry["tests"], entry["failures"]) == (9, 1)
     assert entry["failed_tests"] == ["cypress/e2e/a.cy.js › a › fails 1"]
-    assert entry["failed_test_details"] == [{
-        "name": "cypress/e2e/a.cy.js › a › fails 1", "file": "web/cypress/e2e/a.cy.js",
-        "message": "expected '<h1>' to have text 'Welcome', but the text was 'fails 1'"}]
+    assert entry["failed_test_details"] == [
+        {
+            "name": "cypress/e2e/a.cy.js › a › fails 1",
+            "file": "web/cypress/e2e/a.cy.js",
+            "message": "expected '<h1>' to have text 'Welcome', but the text was 'fails 1'",
+        }
+    ]
     assert list(entry["spec_durations"]) == entry["specs"] == ["cypress/e2e/a.cy.js"]
     cases = junit_cypress_cases(project)
     assert {c["classname"] for c in cases} == {"cypress/e2e/a.cy.js"}
@@ -908,12 +1090,13 @@ def test_a_report_file_holding_several_specs_attributes_each_suite_to_its_own(tm
     reports = orchestrate.parse_cypress_junit_specs(xml.encode(), project=web)
     assert [(r.spec, r.time, [t.display_name for t in r.tests]) for r in reports] == [
         ("cypress/e2e/a.cy.js", 1.0, ["cypress/e2e/a.cy.js › login › works", "cypress/e2e/a.cy.js › login › fails"]),
-        ("cypress/e2e/b.cy.js", 2.0, ["cypress/e2e/b.cy.js › cart › adds"])]
+        ("cypress/e2e/b.cy.js", 2.0, ["cypress/e2e/b.cy.js › cart › adds"]),
+    ]
     folder = tmp_path / "reports"
     folder.mkdir()
     (folder / "results-1.xml").write_text(xml)
     found, problems = orchestrate.read_cypress_reports(folder, web)
     assert problems == [] and [r.spec for r in found] == ["cypress/e2e/a.cy.js", "cypress/e2e/b.cy.js"]
     assert orchestrate.spec_durations_from_records(
-        [{"workflow": "w", "log": [{"step": "s", "spec_durations": {r.spec: r.time for r in found}}]}], "s") == {
-        "cypress/e2e/a.cy.js": 1.0, "cypress/e2e/b.cy.js": 2.0}
+        [{"workflow": "w", "log": [{"step": "s", "spec_durations": {r.spec: r.time for r in found}}]}], "s"
+    ) == {"cypress/e2e/a.cy.js": 1.0, "cypress/e2e/b.cy.js": 2.0}

@@ -2,6 +2,7 @@
 (tests/jira_server.py): exact requests for REST API 2 and 3, transitions, every error
 shape, retries and timeouts, dry run, and the promise that the token is never written
 or printed anywhere."""
+
 from __future__ import annotations
 
 import base64
@@ -41,9 +42,16 @@ def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def jira_step(server: FakeJira, version: int = 3, **overrides: Any) -> dict[str, Any]:
-    step = {"name": "notify jira", "type": "jira", "jira_url": server.api_url(version),
-            "user": USER, "token": "${JIRA_TOKEN}", "issue": "PROJ-123",
-            "comment": "{workflow} {status}\n\n{summary}", "when": {"status": "always"}}
+    step = {
+        "name": "notify jira",
+        "type": "jira",
+        "jira_url": server.api_url(version),
+        "user": USER,
+        "token": "${JIRA_TOKEN}",
+        "issue": "PROJ-123",
+        "comment": "{workflow} {status}\n\n{summary}",
+        "when": {"status": "always"},
+    }
     step.update(overrides)
     return {k: v for k, v in step.items() if v is not None}
 
@@ -103,10 +111,17 @@ def test_api3_basic_auth_adf_comment_and_transition_by_category(project: Project
     assert re.fullmatch(r"unit: passed in \d+\.\ds", texts[2])
     assert all(p["content"] != [{"type": "text", "text": ""}] for p in body["content"])
     assert (get.method, get.path, get.query, get.body) == (
-        "GET", "/rest/api/3/issue/PROJ-123", "fields=status&expand=transitions", b"")
+        "GET",
+        "/rest/api/3/issue/PROJ-123",
+        "fields=status&expand=transitions",
+        b"",
+    )
     assert get.header("Authorization") == BASIC and get.header("Content-Type") is None
     assert (move.method, move.path, move.json) == (
-        "POST", "/rest/api/3/issue/PROJ-123/transitions", {"transition": {"id": "31"}})
+        "POST",
+        "/rest/api/3/issue/PROJ-123/transitions",
+        {"transition": {"id": "31"}},
+    )
     assert move.header("Authorization") == BASIC
     record = entry(project)
     assert record["status"] == "passed"
@@ -118,8 +133,13 @@ def test_api3_basic_auth_adf_comment_and_transition_by_category(project: Project
 
 def test_api2_bearer_plain_comment_and_transition_by_name(project: Project, jira: FakeJira) -> None:
     # a site root that is not *.atlassian.net means Server/Data Center: REST API 2
-    step = jira_step(jira, jira_url=jira.url, user=None, transition="start progress",
-                     comment="Run {run_id} of {workflow}: {status}; failed: {failed_steps}; {{literal}}")
+    step = jira_step(
+        jira,
+        jira_url=jira.url,
+        user=None,
+        transition="start progress",
+        comment="Run {run_id} of {workflow}: {status}; failed: {failed_steps}; {{literal}}",
+    )
     write_workflow(project, step)
     result = project.cli("run", "notify", env=ENV)
     assert result.exit_code == 0, result.stdout + result.stderr
@@ -177,7 +197,8 @@ def test_unavailable_transition_lists_available_ones(project: Project, jira: Fak
     record = entry(project)
     assert record["message"] == (
         "commented on PROJ-123, but transition 'Reopen' is not available for PROJ-123; available: "
-        "'Start Progress' → In Progress [indeterminate], 'Close Issue' → Done [done]")
+        "'Start Progress' → In Progress [indeterminate], 'Close Issue' → Done [done]"
+    )
     assert record["comment_id"] == "10000" and record["transition"] is None
     assert [r.method for r in jira.requests] == ["POST", "GET"]  # nothing was posted to transitions
     assert record["message"] in result.stdout
@@ -189,29 +210,57 @@ def test_unavailable_category(project: Project, jira: FakeJira) -> None:
     assert project.cli("run", "notify", env=ENV).exit_code == 1
     assert entry(project)["message"].startswith(
         "commented on PROJ-123, but a transition to status category 'done' is not available for PROJ-123; "
-        "available: 'Start Progress' → In Progress [indeterminate]")
+        "available: 'Start Progress' → In Progress [indeterminate]"
+    )
 
 
 # -- Jira's error answers ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status, body, headers, expected", [
-    (401, "Client must be authenticated to access this resource.", {"Content-Type": "text/plain"},
-     "authentication failed for ci-bot@example.com at {site} — check JIRA_TOKEN"),
-    (403, {"errorMessages": ["You do not have the permission to comment on this issue."], "errors": {}}, {},
-     ("permission denied: ci-bot@example.com may not comment on PROJ-123 at {site} "
-     "(You do not have the permission to comment on this issue.)")),
-    (403, "", {"X-Seraph-LoginReason": "AUTHENTICATION_DENIED"},
-     ("login for ci-bot@example.com at {site} is blocked by a CAPTCHA after failed attempts — sign in "
-     "once in a browser, then check JIRA_TOKEN")),
-    (404, {"errorMessages": ["Issue does not exist or you do not have permission to see it."], "errors": {}}, {},
-     "issue PROJ-123 not found or not visible to ci-bot@example.com at {site}"),
-    (400, {"errorMessages": ["Comment is invalid."], "errors": {"comment": "Comment body can not be empty!"}}, {},
-     "Jira rejected the comment on PROJ-123 (400): Comment is invalid.; comment: Comment body can not be empty!"),
-])
-def test_error_answers_become_one_readable_message(project: Project, jira: FakeJira, slept: list[float],
-                                                   status: int, body: Any, headers: dict[str, str],
-                                                   expected: str) -> None:
+@pytest.mark.parametrize(
+    "status, body, headers, expected",
+    [
+        (
+            401,
+            "Client must be authenticated to access this resource.",
+            {"Content-Type": "text/plain"},
+            "authentication failed for ci-bot@example.com at {site} — check JIRA_TOKEN",
+        ),
+        (
+            403,
+            {"errorMessages": ["You do not have the permission to comment on this issue."], "errors": {}},
+            {},
+            (
+                "permission denied: ci-bot@example.com may not comment on PROJ-123 at {site} "
+                "(You do not have the permission to comment on this issue.)"
+            ),
+        ),
+        (
+            403,
+            "",
+            {"X-Seraph-LoginReason": "AUTHENTICATION_DENIED"},
+            (
+                "login for ci-bot@example.com at {site} is blocked by a CAPTCHA after failed attempts — sign in "
+                "once in a browser, then check JIRA_TOKEN"
+            ),
+        ),
+        (
+            404,
+            {"errorMessages": ["Issue does not exist or you do not have permission to see it."], "errors": {}},
+            {},
+            "issue PROJ-123 not found or not visible to ci-bot@example.com at {site}",
+        ),
+        (
+            400,
+            {"errorMessages": ["Comment is invalid."], "errors": {"comment": "Comment body can not be empty!"}},
+            {},
+            "Jira rejected the comment on PROJ-123 (400): Comment is invalid.; comment: Comment body can not be empty!",
+        ),
+    ],
+)
+def test_error_answers_become_one_readable_message(
+    project: Project, jira: FakeJira, slept: list[float], status: int, body: Any, headers: dict[str, str], expected: str
+) -> None:
     jira.script(status, body, headers=headers, times=4)
     write_workflow(project, jira_step(jira, 2))
     result = project.cli("run", "notify", env=ENV)
@@ -228,7 +277,8 @@ def test_404_from_something_that_is_not_jira(project: Project, jira: FakeJira) -
     write_workflow(project, jira_step(jira, 2))
     project.cli("run", "notify", env=ENV)
     assert entry(project)["message"] == (
-        f"{jira.api_url(2)}/issue/PROJ-123/comment answered 404 (HTML page 'Page Not Found') — is jira_url the Jira site?")
+        f"{jira.api_url(2)}/issue/PROJ-123/comment answered 404 (HTML page 'Page Not Found') — is jira_url the Jira site?"
+    )
 
 
 def test_token_user_var_named_in_401(project: Project, jira: FakeJira) -> None:
@@ -252,7 +302,8 @@ def test_html_error_page_is_summarized(project: Project, jira: FakeJira, slept: 
     result = project.cli("run", "notify", env=ENV)
     assert entry(project)["message"] == (
         f"Jira server error 502 at {jira.url}: HTML page '502 Bad Gateway' — not retried: the comment may "
-        "have been posted; check PROJ-123 before running again")
+        "have been posted; check PROJ-123 before running again"
+    )
     log = project.root / entry(project)["log_file"]
     assert "The proxy could not reach Jira" not in result.stdout + (log.read_text() if log.exists() else "")
     assert len(jira.requests) == 1 and slept == []
@@ -260,13 +311,18 @@ def test_html_error_page_is_summarized(project: Project, jira: FakeJira, slept: 
 
 
 def test_html_login_page_with_200(project: Project, jira: FakeJira) -> None:
-    jira.script(200, "<html><head><title>Log in - Jira</title></head></html>", headers={"Content-Type": "text/html"},
-                off_spec=True)  # a single sign-on page in front of Jira, not Jira
+    jira.script(
+        200,
+        "<html><head><title>Log in - Jira</title></head></html>",
+        headers={"Content-Type": "text/html"},
+        off_spec=True,
+    )  # a single sign-on page in front of Jira, not Jira
     write_workflow(project, jira_step(jira, 2))
     project.cli("run", "notify", env=ENV)
     assert entry(project)["message"] == (
         f"{jira.api_url(2)}/issue/PROJ-123/comment answered 200 without a Jira comment "
-        "(HTML page 'Log in - Jira') — is jira_url the Jira REST API?")
+        "(HTML page 'Log in - Jira') — is jira_url the Jira REST API?"
+    )
 
 
 def test_redirect_is_not_followed(project: Project, jira: FakeJira) -> None:
@@ -275,7 +331,8 @@ def test_redirect_is_not_followed(project: Project, jira: FakeJira) -> None:
     project.cli("run", "notify", env=ENV)
     assert len(jira.requests) == 1
     assert entry(project)["message"].endswith(
-        "redirected (302) to https://sso.example.com/login — put the final URL (https, no login page) in jira_url")
+        "redirected (302) to https://sso.example.com/login — put the final URL (https, no login page) in jira_url"
+    )
 
 
 # -- retries and timeouts ---------------------------------------------------------------
@@ -288,7 +345,10 @@ def test_429_with_retry_after_then_success(project: Project, jira: FakeJira, sle
     assert result.exit_code == 0, result.stdout
     assert slept == [2.0] and len(jira.requests) == 2
     assert jira.requests[0].json == jira.requests[1].json
-    assert f"jira: POST {jira.api_url(3)}/issue/PROJ-123/comment: HTTP 429; retrying in 2s (attempt 2 of 4)" in step_log(project)
+    assert (
+        f"jira: POST {jira.api_url(3)}/issue/PROJ-123/comment: HTTP 429; retrying in 2s (attempt 2 of 4)"
+        in step_log(project)
+    )
     assert len(jira.comments) == 1
 
 
@@ -297,8 +357,10 @@ def test_429_on_every_attempt(project: Project, jira: FakeJira, slept: list[floa
     write_workflow(project, jira_step(jira, 2))
     project.cli("run", "notify", env=ENV)
     assert slept == [100.0] * 3  # Retry-After is honoured up to 120 s
-    assert entry(project)["message"] == (f"rate limited by Jira at {jira.url} (429; Retry-After: 100; "
-                                         "RateLimit-Reason: jira-burst-based) after 4 attempts — try again later")
+    assert entry(project)["message"] == (
+        f"rate limited by Jira at {jira.url} (429; Retry-After: 100; "
+        "RateLimit-Reason: jira-burst-based) after 4 attempts — try again later"
+    )
     assert len(jira.comments) == 0 and len(jira.requests) == 4
 
 
@@ -330,7 +392,8 @@ def test_server_that_never_answers(project: Project, jira: FakeJira, slept: list
     # a POST that got no answer may have been applied: it is not repeated (no duplicate comment)
     assert entry(project)["message"] == (
         f"cannot comment on PROJ-123: no response from 127.0.0.1:{jira.port} within 0.5s (read_timeout); "
-        "not retried: the comment may have been posted; check PROJ-123 before running again")
+        "not retried: the comment may have been posted; check PROJ-123 before running again"
+    )
     assert len(jira.requests) == 1 and slept == []
 
 
@@ -343,13 +406,21 @@ def test_step_timeout_bounds_the_read_timeout(project: Project, jira: FakeJira) 
 
 def test_connection_refused(project: Project, slept: list[float]) -> None:
     port = closed_port()
-    step = {"name": "notify jira", "type": "jira", "jira_url": f"http://127.0.0.1:{port}/rest/api/2",
-            "user": USER, "token": "${JIRA_TOKEN}", "issue": "PROJ-123", "comment": "hello"}
+    step = {
+        "name": "notify jira",
+        "type": "jira",
+        "jira_url": f"http://127.0.0.1:{port}/rest/api/2",
+        "user": USER,
+        "token": "${JIRA_TOKEN}",
+        "issue": "PROJ-123",
+        "comment": "hello",
+    }
     write_workflow(project, step)
     result = project.cli("run", "notify", env=ENV)
     assert result.exit_code == 1
     assert entry(project)["message"] == (
-        f"cannot comment on PROJ-123: connection refused by 127.0.0.1:{port} after 4 attempts")
+        f"cannot comment on PROJ-123: connection refused by 127.0.0.1:{port} after 4 attempts"
+    )
     assert slept == [1.0, 2.0, 4.0]
     assert_token_nowhere(project, result.stdout, result.stderr)
 
@@ -364,10 +435,11 @@ def test_dry_run_shows_requests_masked_and_sends_nothing(project: Project, jira:
     lines = [line.strip() for line in result.stdout.splitlines()]
     start = lines.index(f"POST {jira.api_url(3)}/issue/PROJ-123/comment")
     assert lines[start + 1] == f"Authorization: Basic *** (user {USER})"
-    assert lines[start + 2] == ('body: {"body": {"type": "doc", "version": 1, "content": [{"type": "paragraph", '
-                                '"content": [{"type": "text", "text": "Deploy passed"}]}]}}')
-    assert lines[start + 3] == ("transition: if the run so far passed: the transition named 'Done'; "
-                                "if it failed: none")
+    assert lines[start + 2] == (
+        'body: {"body": {"type": "doc", "version": 1, "content": [{"type": "paragraph", '
+        '"content": [{"type": "text", "text": "Deploy passed"}]}]}}'
+    )
+    assert lines[start + 3] == ("transition: if the run so far passed: the transition named 'Done'; if it failed: none")
     assert lines[start + 4] == f"GET {jira.api_url(3)}/issue/PROJ-123?fields=status&expand=transitions"
     assert f"POST {jira.api_url(3)}/issue/PROJ-123/transitions" in lines
     assert 'body: {"transition": {"id": "<looked up at run time>"}}' in lines
@@ -404,27 +476,50 @@ def test_empty_token_fails_the_step_not_the_definition(project: Project, jira: F
     assert jira.requests == []
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"issue": "proj-123"}, ("key 'issue': 'proj-123' is not a Jira issue key (expected e.g. PROJ-123: "
-                            "a capital letter, capitals/digits/_, a dash, a number)")),
-    ({"issue": "${JIRA_ISSUE}"}, "key 'issue': 'PROJ-7 ' is not a Jira issue key"),
-    ({"comment": "Deploy {stauts}"}, "key 'comment': unknown placeholder {stauts} (did you mean 'status'?)"),
-    ({"comment": "Deploy {nope}"}, ("key 'comment': unknown placeholder {nope} (placeholders: {workflow}, "
-                                   "{run_id}, {status}, {failed_steps}, {summary}, {git_branch}, {git_commit}, "
-                                   "{ci_url}; write {{ or }} for a literal brace)")),
-    ({"comment": "json: {\"a\": 1}"}, "key 'comment': unknown placeholder {\"a\": 1}"),
-    ({"comment": "a } b"}, "key 'comment': Single '}' encountered in format string (write {{ or }} for a literal brace)"),
-    ({"comment": "{status!r}"}, "key 'comment': placeholder {status!r}: conversions and format specs are not supported"),
-    ({"jira_url": "jira.example.com"}, "key 'jira_url': 'jira.example.com' is not an http(s) URL"),
-    ({"jira_url": "https://x.atlassian.net/rest/api/4"}, ("key 'jira_url': 'https://x.atlassian.net/rest/api/4' "
-                                                         "is not a Jira REST API base")),
-    ({"transition": {"to_status_categry": "done"}}, ("key 'transition': unknown key 'to_status_categry' "
-                                                    "(did you mean 'to_status_category'?)")),
-    ({"transition": ["Done"]}, "key 'transition' must be a string or an object, not list"),
-    ({"read_timeout": 0}, "key 'read_timeout': must be a positive number of seconds, not 0"),
-    ({"tokn": "x"}, "unknown key 'tokn' (did you mean 'token'?)"),
-    ({"token": None}, "missing required key 'token'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            {"issue": "proj-123"},
+            (
+                "key 'issue': 'proj-123' is not a Jira issue key (expected e.g. PROJ-123: "
+                "a capital letter, capitals/digits/_, a dash, a number)"
+            ),
+        ),
+        ({"issue": "${JIRA_ISSUE}"}, "key 'issue': 'PROJ-7 ' is not a Jira issue key"),
+        ({"comment": "Deploy {stauts}"}, "key 'comment': unknown placeholder {stauts} (did you mean 'status'?)"),
+        (
+            {"comment": "Deploy {nope}"},
+            (
+                "key 'comment': unknown placeholder {nope} (placeholders: {workflow}, "
+                "{run_id}, {status}, {failed_steps}, {summary}, {git_branch}, {git_commit}, "
+                "{ci_url}; write {{ or }} for a literal brace)"
+            ),
+        ),
+        ({"comment": 'json: {"a": 1}'}, "key 'comment': unknown placeholder {\"a\": 1}"),
+        (
+            {"comment": "a } b"},
+            "key 'comment': Single '}' encountered in format string (write {{ or }} for a literal brace)",
+        ),
+        (
+            {"comment": "{status!r}"},
+            "key 'comment': placeholder {status!r}: conversions and format specs are not supported",
+        ),
+        ({"jira_url": "jira.example.com"}, "key 'jira_url': 'jira.example.com' is not an http(s) URL"),
+        (
+            {"jira_url": "https://x.atlassian.net/rest/api/4"},
+            ("key 'jira_url': 'https://x.atlassian.net/rest/api/4' is not a Jira REST API base"),
+        ),
+        (
+            {"transition": {"to_status_categry": "done"}},
+            ("key 'transition': unknown key 'to_status_categry' (did you mean 'to_status_category'?)"),
+        ),
+        ({"transition": ["Done"]}, "key 'transition' must be a string or an object, not list"),
+        ({"read_timeout": 0}, "key 'read_timeout': must be a positive number of seconds, not 0"),
+        ({"tokn": "x"}, "unknown key 'tokn' (did you mean 'token'?)"),
+        ({"token": None}, "missing required key 'token'"),
+    ],
+)
 def test_definition_errors(project: Project, jira: FakeJira, override: dict[str, Any], message: str) -> None:
     step = {**jira_step(jira, 2), **override}
     write_workflow(project, {k: v for k, v in step.items() if v is not None})
@@ -443,31 +538,38 @@ def test_installed_command_end_to_end(project: Project, jira: FakeJira) -> None:
     result = project.run("run", "notify", env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert [(r.method, r.path) for r in jira.requests] == [
-        ("POST", "/rest/api/3/issue/PROJ-123/comment"), ("GET", "/rest/api/3/issue/PROJ-123"),
-        ("POST", "/rest/api/3/issue/PROJ-123/transitions")]
+        ("POST", "/rest/api/3/issue/PROJ-123/comment"),
+        ("GET", "/rest/api/3/issue/PROJ-123"),
+        ("POST", "/rest/api/3/issue/PROJ-123/transitions"),
+    ]
     jsonschema.validate(jira.requests[0].json["body"], ADF_SCHEMA)
     jira.script(401, "")
     failed = project.run("run", "notify", "--json", env=ENV)
     assert failed.returncode == 1
     assert json.loads(failed.stdout)["log"][1]["message"] == (
-        f"authentication failed for {USER} at {jira.url} — check JIRA_TOKEN")
+        f"authentication failed for {USER} at {jira.url} — check JIRA_TOKEN"
+    )
     dry = project.run("run", "notify", "--dry-run", env=ENV)
     assert dry.returncode == 0 and "Authorization: Basic ***" in dry.stdout
-    checked = assert_token_nowhere(project, result.stdout, result.stderr, failed.stdout, failed.stderr,
-                                   dry.stdout, dry.stderr)
+    checked = assert_token_nowhere(
+        project, result.stdout, result.stderr, failed.stdout, failed.stderr, dry.stdout, dry.stderr
+    )
     assert checked >= 8  # two records, their step logs and junit.xml files, the workflow
 
 
-def test_seed_deploy_workflow_posts_to_the_test_server(project: Project, jira: FakeJira,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seed_deploy_workflow_posts_to_the_test_server(
+    project: Project, jira: FakeJira, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seed = REPO / "workflows" / "deploy.json"
     if not seed.exists():
         pytest.skip("workflows/deploy.json is not on this branch yet")
     shutil.copy(seed, project.workflows / "deploy.json")
     if "cypress" not in o.RUNNERS:  # the cypress step type comes from another branch
+
         class StandIn(o.Runner):
             type_name = "cypress"
             accepts_any_key = True
+
         monkeypatch.setitem(o.RUNNERS, "cypress", StandIn())
     env = {"JIRA_URL": jira.api_url(2), "JIRA_USER": USER, "JIRA_TOKEN": TOKEN}
     validated = project.cli("validate", "deploy", env={"JIRA_TOKEN": ""})
@@ -484,23 +586,41 @@ def test_seed_deploy_workflow_posts_to_the_test_server(project: Project, jira: F
 # -- pure helpers -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url, base, version, site", [
-    ("https://x.atlassian.net/rest/api/2", "https://x.atlassian.net/rest/api/2", 2, "https://x.atlassian.net"),
-    ("https://x.atlassian.net/rest/api/3/", "https://x.atlassian.net/rest/api/3", 3, "https://x.atlassian.net"),
-    ("https://x.atlassian.net", "https://x.atlassian.net/rest/api/3", 3, "https://x.atlassian.net"),
-    ("https://X.Atlassian.NET/", "https://X.Atlassian.NET/rest/api/3", 3, "https://X.Atlassian.NET"),
-    ("https://jira.example.com", "https://jira.example.com/rest/api/2", 2, "https://jira.example.com"),
-    ("https://example.com/jira/", "https://example.com/jira/rest/api/2", 2, "https://example.com/jira"),
-    ("http://127.0.0.1:8080/jira/rest/api/latest", "http://127.0.0.1:8080/jira/rest/api/latest", 2,
-     "http://127.0.0.1:8080/jira"),
-])
+@pytest.mark.parametrize(
+    "url, base, version, site",
+    [
+        ("https://x.atlassian.net/rest/api/2", "https://x.atlassian.net/rest/api/2", 2, "https://x.atlassian.net"),
+        ("https://x.atlassian.net/rest/api/3/", "https://x.atlassian.net/rest/api/3", 3, "https://x.atlassian.net"),
+        ("https://x.atlassian.net", "https://x.atlassian.net/rest/api/3", 3, "https://x.atlassian.net"),
+        ("https://X.Atlassian.NET/", "https://X.Atlassian.NET/rest/api/3", 3, "https://X.Atlassian.NET"),
+        ("https://jira.example.com", "https://jira.example.com/rest/api/2", 2, "https://jira.example.com"),
+        ("https://example.com/jira/", "https://example.com/jira/rest/api/2", 2, "https://example.com/jira"),
+        (
+            "http://127.0.0.1:8080/jira/rest/api/latest",
+            "http://127.0.0.1:8080/jira/rest/api/latest",
+            2,
+            "http://127.0.0.1:8080/jira",
+        ),
+    ],
+)
 def test_api_base_resolution(url: str, base: str, version: int, site: str) -> None:
     assert o.jira_api(url) == o.JiraApi(base, version, site)
 
 
-@pytest.mark.parametrize("key, ok", [
-    ("PROJ-123", True), ("AB-1", True), ("A_1-9", True), ("proj-1", False), ("P-1", False),
-    ("PROJ123", False), ("PROJ-12a", False), ("1PROJ-1", False), ("PROJ-1\n", False)])
+@pytest.mark.parametrize(
+    "key, ok",
+    [
+        ("PROJ-123", True),
+        ("AB-1", True),
+        ("A_1-9", True),
+        ("proj-1", False),
+        ("P-1", False),
+        ("PROJ123", False),
+        ("PROJ-12a", False),
+        ("1PROJ-1", False),
+        ("PROJ-1\n", False),
+    ],
+)
 def test_issue_key_pattern(key: str, ok: bool) -> None:
     if ok:
         assert o.check_jira_issue_key(key) == key
@@ -516,32 +636,51 @@ def test_template_values() -> None:
         {"step": "lint", "status": "failed", "duration_s": 0.2, "message": "style", "allowed_failure": True},
         {"step": "docs", "status": "skipped", "message": "not changed"},
     ]
-    trigger = {"source": "ci", "git": {"commit": "abc123", "branch": "main"},
-               "ci": {"provider": "github", "job_url": "https://github.com/o/r/actions/runs/7"}}
+    trigger = {
+        "source": "ci",
+        "git": {"commit": "abc123", "branch": "main"},
+        "ci": {"provider": "github", "job_url": "https://github.com/o/r/actions/runs/7"},
+    }
     values = o.jira_template_values("deploy", "RID", previous, trigger)
-    text = o.render_jira_comment("{workflow} {run_id} {status} [{failed_steps}] {git_branch}@{git_commit} "
-                                 "{ci_url}\n{summary}", values)
-    assert text == ("deploy RID failed [ui, lint] main@abc123 https://github.com/o/r/actions/runs/7\n"
-                    "unit: passed in 1.9s\nui: failed in 12.0s — 2 tests failed\nlint: failed in 0.2s — style\n"
-                    "docs: skipped — not changed")
+    text = o.render_jira_comment(
+        "{workflow} {run_id} {status} [{failed_steps}] {git_branch}@{git_commit} {ci_url}\n{summary}", values
+    )
+    assert text == (
+        "deploy RID failed [ui, lint] main@abc123 https://github.com/o/r/actions/runs/7\n"
+        "unit: passed in 1.9s\nui: failed in 12.0s — 2 tests failed\nlint: failed in 0.2s — style\n"
+        "docs: skipped — not changed"
+    )
     only_allowed = o.jira_template_values("w", "R", previous[2:3], {})
     assert only_allowed["status"] == "passed"  # continue_on_error failures do not fail the run
     empty = o.jira_template_values("w", "R", [], {})
-    assert o.render_jira_comment("{status} {failed_steps} {git_branch} {ci_url} {summary}", empty) == \
-        "passed none n/a n/a no earlier steps"
+    assert (
+        o.render_jira_comment("{status} {failed_steps} {git_branch} {ci_url} {summary}", empty)
+        == "passed none n/a n/a no earlier steps"
+    )
 
 
 def test_adf_document() -> None:
     doc = o.jira_adf_document("line one\n\n  indented\r\nlast")
     jsonschema.validate(doc, ADF_SCHEMA)
-    assert doc == {"type": "doc", "version": 1, "content": [
-        {"type": "paragraph", "content": [{"type": "text", "text": "line one"}]},
-        {"type": "paragraph", "content": []},
-        {"type": "paragraph", "content": [{"type": "text", "text": "  indented"}]},
-        {"type": "paragraph", "content": [{"type": "text", "text": "last"}]}]}
+    assert doc == {
+        "type": "doc",
+        "version": 1,
+        "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": "line one"}]},
+            {"type": "paragraph", "content": []},
+            {"type": "paragraph", "content": [{"type": "text", "text": "  indented"}]},
+            {"type": "paragraph", "content": [{"type": "text", "text": "last"}]},
+        ],
+    }
     with pytest.raises(jsonschema.ValidationError):  # the schema does forbid empty text nodes
-        jsonschema.validate({"type": "doc", "version": 1, "content": [
-            {"type": "paragraph", "content": [{"type": "text", "text": ""}]}]}, ADF_SCHEMA)
+        jsonschema.validate(
+            {
+                "type": "doc",
+                "version": 1,
+                "content": [{"type": "paragraph", "content": [{"type": "text", "text": ""}]}],
+            },
+            ADF_SCHEMA,
+        )
 
 
 @pytest.mark.parametrize("version", [2, 3])
@@ -554,7 +693,9 @@ def test_truncation(version: int) -> None:
     if version == 3:
         jsonschema.validate(body, ADF_SCHEMA)
     assert o.jira_comment_payload("short\n", version) == (
-        {"body": "short" if version == 2 else o.jira_adf_document("short")}, False)
+        {"body": "short" if version == 2 else o.jira_adf_document("short")},
+        False,
+    )
 
 
 def test_truncation_counts_utf16_units_like_jira() -> None:
@@ -566,19 +707,27 @@ def test_truncation_counts_utf16_units_like_jira() -> None:
 def test_auth_and_literal_token() -> None:
     assert o.jira_auth_header(USER, TOKEN) == BASIC
     assert o.jira_auth_header(None, TOKEN) == o.jira_auth_header("", TOKEN) == f"Bearer {TOKEN}"
-    assert [o.token_is_literal(v) for v in ("${JIRA_TOKEN}", "${JIRA_TOKEN:-}", "${JIRA_TOKEN:-abc}",
-                                            "abc", "pre${X}", None)] == [False, False, True, True, True, False]
+    assert [
+        o.token_is_literal(v)
+        for v in ("${JIRA_TOKEN}", "${JIRA_TOKEN:-}", "${JIRA_TOKEN:-abc}", "abc", "pre${X}", None)
+    ] == [False, False, True, True, True, False]
 
 
-@pytest.mark.parametrize("text, ctype, expected", [
-    ('{"errorMessages": ["Bad"], "errors": {"comment": "too long"}}', "application/json", "Bad; comment: too long"),
-    ('{"message": "Rate limit exceeded"}', "application/json", "Rate limit exceeded"),
-    ("<html><head><title>502 Bad  Gateway</title></head><body>" + "x" * 5000 + "</body></html>", "text/html",
-     "HTML page '502 Bad Gateway'"),
-    ("<!DOCTYPE html><html><body><h1>Oops</h1></body></html>", "", "HTML page 'Oops'"),
-    ("plain failure\nsecond line", "text/plain", "plain failure"),
-    ("", "", "empty body"),
-])
+@pytest.mark.parametrize(
+    "text, ctype, expected",
+    [
+        ('{"errorMessages": ["Bad"], "errors": {"comment": "too long"}}', "application/json", "Bad; comment: too long"),
+        ('{"message": "Rate limit exceeded"}', "application/json", "Rate limit exceeded"),
+        (
+            "<html><head><title>502 Bad  Gateway</title></head><body>" + "x" * 5000 + "</body></html>",
+            "text/html",
+            "HTML page '502 Bad Gateway'",
+        ),
+        ("<!DOCTYPE html><html><body><h1>Oops</h1></body></html>", "", "HTML page 'Oops'"),
+        ("plain failure\nsecond line", "text/plain", "plain failure"),
+        ("", "", "empty body"),
+    ],
+)
 def test_summarize_error_bodies(text: str, ctype: str, expected: str) -> None:
     assert o.summarize_http_body(text, ctype) == expected
 
@@ -613,8 +762,10 @@ def test_http_helper_connection_dropped_after_post(jira: FakeJira) -> None:
     with pytest.raises(o.HttpTransportError) as info:
         o.http_request("POST", jira.api_url(2) + "/issue/PROJ-123/comment", json_body={"body": "x"}, sleep=pytest.fail)
     assert info.value.kind == "aborted"
-    assert str(info.value) == (f"127.0.0.1:{jira.port} closed the connection without a response "
-                               "(not retried: the request may already have been applied)")
+    assert str(info.value) == (
+        f"127.0.0.1:{jira.port} closed the connection without a response "
+        "(not retried: the request may already have been applied)"
+    )
 
 
 def test_http_helper_dns_failure() -> None:
@@ -628,10 +779,16 @@ def test_http_helper_dns_failure() -> None:
 
 FAILING = {"name": "ui smoke", "type": "command", "run": ["python3", "-c", "raise SystemExit(3)"]}
 PASSING = {"name": "unit", "type": "command", "run": ["python3", "-c", "print('ok')"]}
-WONT_DO = {"id": "41", "name": "Won't Do",
-           "to": {"id": "10002", "name": "Won't Do", "statusCategory": {"id": 3, "key": "done", "name": "Done"}}}
-DONE = {"id": "51", "name": "Done",
-        "to": {"id": "10001", "name": "Done", "statusCategory": {"id": 3, "key": "done", "name": "Done"}}}
+WONT_DO = {
+    "id": "41",
+    "name": "Won't Do",
+    "to": {"id": "10002", "name": "Won't Do", "statusCategory": {"id": 3, "key": "done", "name": "Done"}},
+}
+DONE = {
+    "id": "51",
+    "name": "Done",
+    "to": {"id": "10001", "name": "Done", "statusCategory": {"id": 3, "key": "done", "name": "Done"}},
+}
 
 
 def routes(jira: FakeJira) -> list[tuple[str, str]]:
@@ -652,8 +809,9 @@ def test_plain_transition_on_a_failed_run_comments_and_does_not_close(project: P
 
 
 @pytest.mark.parametrize("first, moved_to, transition_id", [(PASSING, "Done", "31"), (FAILING, "In Progress", "21")])
-def test_on_success_and_on_failure(project: Project, jira: FakeJira, first: dict[str, Any], moved_to: str,
-                                   transition_id: str) -> None:
+def test_on_success_and_on_failure(
+    project: Project, jira: FakeJira, first: dict[str, Any], moved_to: str, transition_id: str
+) -> None:
     transition = {"on_success": {"to_status_category": "done"}, "on_failure": "Start Progress"}
     project.workflow("notify", [first, jira_step(jira, 2, transition=transition)])
     project.cli("run", "notify", env=ENV)
@@ -670,14 +828,15 @@ def test_only_on_failure_leaves_a_passed_run_alone(project: Project, jira: FakeJ
 
 
 @pytest.mark.parametrize("transition", [{"to_status_category": "done"}, "Done", "done"])
-def test_issue_already_in_the_target_is_not_transitioned(project: Project, jira: FakeJira,
-                                                         transition: Any) -> None:
+def test_issue_already_in_the_target_is_not_transitioned(project: Project, jira: FakeJira, transition: Any) -> None:
     jira.add_issue("PROJ-123", status="Done")
     write_workflow(project, jira_step(jira, 3, transition=transition))
     result = project.cli("run", "notify", env=ENV)
     assert result.exit_code == 0, result.stdout
-    assert routes(jira) == [("POST", "/rest/api/3/issue/PROJ-123/comment"),
-                            ("GET", "/rest/api/3/issue/PROJ-123?fields=status&expand=transitions")]
+    assert routes(jira) == [
+        ("POST", "/rest/api/3/issue/PROJ-123/comment"),
+        ("GET", "/rest/api/3/issue/PROJ-123?fields=status&expand=transitions"),
+    ]
     record = entry(project)
     assert record["status"] == "passed"
     assert record["message"] == "commented on PROJ-123, already in Done"
@@ -713,7 +872,8 @@ def test_prefer_pins_the_transition(project: Project, jira: FakeJira) -> None:
     assert project.cli("run", "notify", env=ENV).exit_code == 1
     assert entry(project)["message"] == (
         "commented on PROJ-123, but no transition into category 'done' is named 'Fixed' (prefer) for PROJ-123; "
-        "matching: \"Won't Do\" → Won't Do [done], 'Done' → Done [done]")
+        "matching: \"Won't Do\" → Won't Do [done], 'Done' → Done [done]"
+    )
 
 
 def test_fields_go_with_the_transition_and_a_missing_one_is_explained(project: Project, jira: FakeJira) -> None:
@@ -723,7 +883,8 @@ def test_fields_go_with_the_transition_and_a_missing_one_is_explained(project: P
     assert entry(project)["message"] == (
         "commented on PROJ-123, but Jira rejected the transition 'Close Issue' on PROJ-123 (400): resolution: "
         "Field 'resolution' is required — give the field in the transition's \"fields\", e.g. "
-        "\"fields\": {\"resolution\": {\"name\": \"Fixed\"}}")
+        '"fields": {"resolution": {"name": "Fixed"}}'
+    )
     fields = {"resolution": {"name": "Fixed"}}
     write_workflow(project, jira_step(jira, 3, transition={"name": "Close Issue", "fields": fields}))
     assert project.cli("run", "notify", env=ENV).exit_code == 0
@@ -738,19 +899,27 @@ def test_no_transitions_at_all_names_the_permission(project: Project, jira: Fake
     assert project.cli("run", "notify", env=ENV).exit_code == 1
     assert entry(project)["message"] == (
         "commented on PROJ-123, but Jira offers no transitions for PROJ-123 — the user may lack the "
-        "'Transition issues' permission in its project")
+        "'Transition issues' permission in its project"
+    )
 
 
-@pytest.mark.parametrize("transition, message", [
-    ({"on_success": "Done", "prefer": "x"}, "key 'transition': with on_success/on_failure, key 'prefer' belongs "
-                                            "inside one of them"),
-    ({"on_sucess": "Done"}, "key 'transition': unknown key 'on_sucess' (did you mean 'on_success'?)"),
-    ({"on_failure": {"to_status_categry": "done"}}, ("key 'transition': on_failure: unknown key "
-                                                     "'to_status_categry' (did you mean 'to_status_category'?)")),
-    ({"name": "Close", "prefer": "Done"}, "key 'transition': 'prefer' picks among the transitions into a category"),
-    ({"to_status_category": "done", "fields": ["resolution"]}, "key 'transition': 'fields' must be an object"),
-    ({"on_success": ""}, "key 'transition': on_success: is empty (give a transition name such as 'Done')"),
-])
+@pytest.mark.parametrize(
+    "transition, message",
+    [
+        (
+            {"on_success": "Done", "prefer": "x"},
+            "key 'transition': with on_success/on_failure, key 'prefer' belongs inside one of them",
+        ),
+        ({"on_sucess": "Done"}, "key 'transition': unknown key 'on_sucess' (did you mean 'on_success'?)"),
+        (
+            {"on_failure": {"to_status_categry": "done"}},
+            ("key 'transition': on_failure: unknown key 'to_status_categry' (did you mean 'to_status_category'?)"),
+        ),
+        ({"name": "Close", "prefer": "Done"}, "key 'transition': 'prefer' picks among the transitions into a category"),
+        ({"to_status_category": "done", "fields": ["resolution"]}, "key 'transition': 'fields' must be an object"),
+        ({"on_success": ""}, "key 'transition': on_success: is empty (give a transition name such as 'Done')"),
+    ],
+)
 def test_transition_definition_errors(project: Project, jira: FakeJira, transition: Any, message: str) -> None:
     write_workflow(project, jira_step(jira, 2, transition=transition))
     result = project.cli("run", "notify", env=ENV)
@@ -763,8 +932,9 @@ def test_transition_definition_errors(project: Project, jira: FakeJira, transiti
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
-def test_comment_answered_with_a_server_error_is_not_posted_again(project: Project, jira: FakeJira,
-                                                                  slept: list[float], status: int) -> None:
+def test_comment_answered_with_a_server_error_is_not_posted_again(
+    project: Project, jira: FakeJira, slept: list[float], status: int
+) -> None:
     # a 504 from a proxy in front of Jira often comes after Jira stored the comment: once
     # posted four identical comments
     jira.script_jira_error(status, ["Gateway timeout"], times=4)
@@ -775,16 +945,19 @@ def test_comment_answered_with_a_server_error_is_not_posted_again(project: Proje
     record = entry(project)
     assert record["attempts"] == 3
     assert record["message"] == (
-        "the comment on PROJ-123 may have been posted "
-        f"(Jira answered {status}; not sent again)")
+        f"the comment on PROJ-123 may have been posted (Jira answered {status}; not sent again)"
+    )
     assert record["jira_issues"][0]["comment"] == "uncertain"
-    assert (f"Jira server error {status} at {jira.url}: Gateway timeout — not retried: the comment may have been "
-            "posted; check PROJ-123 before running again") in result.stdout
+    assert (
+        f"Jira server error {status} at {jira.url}: Gateway timeout — not retried: the comment may have been "
+        "posted; check PROJ-123 before running again"
+    ) in result.stdout
 
 
 @pytest.mark.parametrize("status, headers", [(429, {"Retry-After": "3"}), (503, {"Retry-After": "5"}), (503, {})])
-def test_comment_retried_where_jira_processed_nothing(project: Project, jira: FakeJira, slept: list[float],
-                                                      status: int, headers: dict[str, str]) -> None:
+def test_comment_retried_where_jira_processed_nothing(
+    project: Project, jira: FakeJira, slept: list[float], status: int, headers: dict[str, str]
+) -> None:
     jira.script_jira_error(status, ["busy"], headers=headers, times=2)
     write_workflow(project, jira_step(jira, 3))
     assert project.cli("run", "notify", env=ENV).exit_code == 0
@@ -811,8 +984,10 @@ def test_step_retry_after_an_uncertain_comment_still_transitions(project: Projec
     assert project.cli("run", "notify", env=ENV).exit_code == 1
     assert len(jira.requests_of("POST", "comment")) == 1
     assert jira.applied_transitions == [("PROJ-123", "31")]
-    assert entry(project)["message"] == ("the comment on PROJ-123 may have been posted (Jira answered 504; not "
-                                         "sent again), moved by 'Close Issue' to 'Done'")
+    assert entry(project)["message"] == (
+        "the comment on PROJ-123 may have been posted (Jira answered 504; not "
+        "sent again), moved by 'Close Issue' to 'Done'"
+    )
 
 
 def test_read_timeout_then_step_retry_does_not_post_again(project: Project, jira: FakeJira) -> None:
@@ -820,55 +995,71 @@ def test_read_timeout_then_step_retry_does_not_post_again(project: Project, jira
     write_workflow(project, jira_step(jira, 2, read_timeout=0.3, retries=1))
     assert project.cli("run", "notify", env=ENV).exit_code == 1
     assert len(jira.requests_of("POST", "comment")) == 1
-    assert entry(project)["message"] == ("the comment on PROJ-123 may have been posted (read timeout; not sent "
-                                         "again)")
+    assert entry(project)["message"] == ("the comment on PROJ-123 may have been posted (read timeout; not sent again)")
 
 
-def test_retry_after_longer_than_two_minutes_ends_the_retries(project: Project, jira: FakeJira,
-                                                              slept: list[float]) -> None:
+def test_retry_after_longer_than_two_minutes_ends_the_retries(
+    project: Project, jira: FakeJira, slept: list[float]
+) -> None:
     jira.script(429, "", headers={"Retry-After": "600"}, times=4)
     write_workflow(project, jira_step(jira, 2))
     project.cli("run", "notify", env=ENV)
     assert slept == [] and len(jira.requests) == 1
     assert entry(project)["message"] == (
         f"rate limited by Jira at {jira.url} (429; Retry-After: 600); not retried: the server asks to wait 600s, "
-        "more than orchestrate waits (120s) — try again later")
+        "more than orchestrate waits (120s) — try again later"
+    )
 
 
-def test_retry_after_is_never_waited_past_the_steps_timeout(project: Project, jira: FakeJira,
-                                                            slept: list[float]) -> None:
+def test_retry_after_is_never_waited_past_the_steps_timeout(
+    project: Project, jira: FakeJira, slept: list[float]
+) -> None:
     jira.script(429, "", headers={"Retry-After": "10"}, times=4)
     write_workflow(project, jira_step(jira, 2, timeout=5))
     project.cli("run", "notify", env=ENV)
     assert slept == [] and len(jira.requests) == 1
     assert entry(project)["message"] == (
         f"rate limited by Jira at {jira.url} (429; Retry-After: 10); not retried: waiting 10s would pass the "
-        "step's timeout — try again later")
+        "step's timeout — try again later"
+    )
 
 
 def test_backoff_never_waits_past_the_steps_timeout(project: Project, slept: list[float]) -> None:
     port = closed_port()
-    step = {"name": "notify jira", "type": "jira", "jira_url": f"http://127.0.0.1:{port}/rest/api/2",
-            "user": USER, "token": "${JIRA_TOKEN}", "issue": "PROJ-123", "comment": "hello", "timeout": 1.5}
+    step = {
+        "name": "notify jira",
+        "type": "jira",
+        "jira_url": f"http://127.0.0.1:{port}/rest/api/2",
+        "user": USER,
+        "token": "${JIRA_TOKEN}",
+        "issue": "PROJ-123",
+        "comment": "hello",
+        "timeout": 1.5,
+    }
     write_workflow(project, step)
     project.cli("run", "notify", env=ENV)
     assert slept == [1.0]  # a 1 s wait fits in 1.5 s, a 2 s one does not (the fake sleep takes no time)
     assert entry(project)["message"] == (
         f"cannot comment on PROJ-123: connection refused by 127.0.0.1:{port} after 2 attempts (the step's "
-        "timeout leaves no time for another attempt)")
+        "timeout leaves no time for another attempt)"
+    )
 
 
 def test_update_run_keeps_one_comment_per_issue_and_run(project: Project, jira: FakeJira) -> None:
-    steps = [jira_step(jira, 3, name="started", comment="{workflow} started", update="run"),
-             PASSING,
-             jira_step(jira, 3, name="finished", comment="{workflow} {status}: {failed_steps}", update="run"),
-             jira_step(jira, 3, name="separate", comment="a comment of its own")]
+    steps = [
+        jira_step(jira, 3, name="started", comment="{workflow} started", update="run"),
+        PASSING,
+        jira_step(jira, 3, name="finished", comment="{workflow} {status}: {failed_steps}", update="run"),
+        jira_step(jira, 3, name="separate", comment="a comment of its own"),
+    ]
     project.workflow("notify", steps)
     result = project.cli("run", "notify", env=ENV)
     assert result.exit_code == 0, result.stdout
-    assert routes(jira) == [("POST", "/rest/api/3/issue/PROJ-123/comment"),
-                            ("PUT", "/rest/api/3/issue/PROJ-123/comment/10000"),
-                            ("POST", "/rest/api/3/issue/PROJ-123/comment")]
+    assert routes(jira) == [
+        ("POST", "/rest/api/3/issue/PROJ-123/comment"),
+        ("PUT", "/rest/api/3/issue/PROJ-123/comment/10000"),
+        ("POST", "/rest/api/3/issue/PROJ-123/comment"),
+    ]
     assert [(c["id"], c["edits"]) for c in jira.comments] == [("10000", 1), ("10001", 0)]
     assert jira.comments[0]["body"] == o.jira_adf_document("notify passed: none")
     finished = entry(project, "finished")
@@ -879,8 +1070,10 @@ def test_update_run_keeps_one_comment_per_issue_and_run(project: Project, jira: 
 
 
 def test_update_run_posts_anew_when_the_comment_was_deleted(project: Project, jira: FakeJira) -> None:
-    steps = [jira_step(jira, 2, name="started", comment="started", update="run"),
-             jira_step(jira, 2, name="finished", comment="finished", update="run")]
+    steps = [
+        jira_step(jira, 2, name="started", comment="started", update="run"),
+        jira_step(jira, 2, name="finished", comment="finished", update="run"),
+    ]
     project.workflow("notify", steps)
     jira.script_jira_error(404, ["Can not find a comment for the id: 10000."], method="PUT")
     assert project.cli("run", "notify", env=ENV).exit_code == 0
@@ -897,8 +1090,13 @@ def git_repo(root: Path, *messages: str, branch: str | bytes = "main") -> list[s
     import subprocess
 
     def git(*args: str | bytes) -> str:
-        done = subprocess.run(["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
-                              cwd=root, capture_output=True, check=True, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
+            cwd=root,
+            capture_output=True,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
         return done.stdout.decode().strip()
 
     root.mkdir(parents=True, exist_ok=True)
@@ -921,11 +1119,15 @@ def test_issue_list_with_a_numeric_id_each_commented_once(project: Project, jira
     result = project.cli("run", "notify", env=ENV)
     assert result.exit_code == 0, result.stdout
     assert [r.path for r in jira.requests_of("POST", "comment")] == [
-        "/rest/api/3/issue/PROJ-123/comment", f"/rest/api/3/issue/{seven_id}/comment"]
+        "/rest/api/3/issue/PROJ-123/comment",
+        f"/rest/api/3/issue/{seven_id}/comment",
+    ]
     assert jira.applied_transitions == [("PROJ-123", "31"), ("PROJ-7", "31")]
     record = entry(project)
-    assert record["message"] == ("commented on PROJ-123, moved by 'Close Issue' to 'Done'; "
-                                 f"commented on {seven_id}, moved by 'Close Issue' to 'Done'")
+    assert record["message"] == (
+        "commented on PROJ-123, moved by 'Close Issue' to 'Done'; "
+        f"commented on {seven_id}, moved by 'Close Issue' to 'Done'"
+    )
     assert [i["issue"] for i in record["jira_issues"]] == ["PROJ-123", seven_id]
     assert (record["jira_issue"], record["comment_id"]) == ("PROJ-123", "10000")
 
@@ -937,8 +1139,9 @@ def test_issues_from_branch_and_pushed_commits_of_a_real_push(tmp_path: Path, ji
     gp.env.update(PYTHONPATH=str(REPO), JIRA_TOKEN=TOKEN)  # the hook runs this checkout's orchestrate
     assert gp.orchestrate("hook", "install").returncode == 0
     jira.add_issue("PROJ-7", "PROJ-8", "PROJ-9", "OTHER-1")
-    step = jira_step(jira, 2, issue=None, issues_from=["branch", "commits"], projects=["PROJ"],
-                     comment="{git_branch}: {status}")
+    step = jira_step(
+        jira, 2, issue=None, issues_from=["branch", "commits"], projects=["PROJ"], comment="{git_branch}: {status}"
+    )
     gp.workflow([gp.record_step("check"), step])
     gp.commit("PROJ-9: add the notify workflow")
     pushed = gp.push("main")
@@ -952,7 +1155,9 @@ def test_issues_from_branch_and_pushed_commits_of_a_real_push(tmp_path: Path, ji
     # the branch's key first, then the pushed commits' (newest first); PROJ-9 was pushed before,
     # OTHER-1 and UTF-8 are not of project PROJ
     assert [(c["issue"], c["body"]) for c in jira.comments[1:]] == [
-        ("PROJ-7", "feature/PROJ\\-7\\-login: passed"), ("PROJ-8", "feature/PROJ\\-7\\-login: passed")]
+        ("PROJ-7", "feature/PROJ\\-7\\-login: passed"),
+        ("PROJ-8", "feature/PROJ\\-7\\-login: passed"),
+    ]
     record = gp.records()[-1]
     notify = record["log"][1]
     assert notify["message"] == "commented on PROJ-7; commented on PROJ-8"
@@ -975,16 +1180,18 @@ def test_no_key_found_skips_the_step(project: Project, jira: FakeJira) -> None:
     assert result.exit_code == 0, result.stdout + result.stderr
     record = entry(project)
     assert record["status"] == "skipped"
-    assert record["message"] == (f"no Jira issue key of project PROJ in branch 'main' or the commits "
-                                 f"{ids[0]}..HEAD (1)")
+    assert record["message"] == (
+        f"no Jira issue key of project PROJ in branch 'main' or the commits {ids[0]}..HEAD (1)"
+    )
     assert jira.requests == [] and project.last_record()["status"] == "completed"
 
 
 def test_no_key_outside_git_skips_the_step(project: Project, jira: FakeJira) -> None:
     write_workflow(project, jira_step(jira, 3, issue=None, issues_from=["branch", "commits"]))
     assert project.cli("run", "notify", env=ENV).exit_code == 0
-    assert entry(project)["message"] == ("no Jira issue key in no branch (detached HEAD) or no commits to read "
-                                         "(not a push, no --from-ref)")
+    assert entry(project)["message"] == (
+        "no Jira issue key in no branch (detached HEAD) or no commits to read (not a push, no --from-ref)"
+    )
 
 
 def test_empty_issue_variable_skips_the_step(project: Project, jira: FakeJira) -> None:
@@ -993,7 +1200,9 @@ def test_empty_issue_variable_skips_the_step(project: Project, jira: FakeJira) -
     result = project.cli("run", "notify", env=ENV)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert (entry(project)["status"], entry(project)["message"]) == (
-        "skipped", "no Jira issue: key 'issue' is empty (JIRA_ISSUE is not set)")
+        "skipped",
+        "no Jira issue: key 'issue' is empty (JIRA_ISSUE is not set)",
+    )
     assert jira.requests == []
 
 
@@ -1006,24 +1215,35 @@ def test_found_key_jira_does_not_know_is_ignored(project: Project, jira: FakeJir
     assert entry(project)["message"] == "SHA-256: no such issue, ignored; commented on PROJ-123"
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"issue": None}, "missing required key 'issue' (an issue key, a list of them, or \"issues_from\": "
-                      "[\"branch\", \"commits\"])"),
-    ({"issue": ["PROJ-1", "bad"]}, "key 'issue[1]': 'bad' is not a Jira issue key"),
-    ({"issue": None, "issues_from": ["branches"]}, ("key 'issues_from': 'branches' is not a source of issue keys "
-                                                    "(branch, commits) (did you mean 'branch'?)")),
-    ({"issue": None, "issues_from": []}, "key 'issues_from': is empty"),
-    ({"issues_from": ["branch"], "projects": ["proj"]}, "key 'projects': 'proj' is not a Jira project key"),
-    ({"projects": ["PROJ"]}, "key 'projects': restricts the keys issues_from finds; add \"issues_from\""),
-    ({"update": "always"}, "key 'update': 'always': the one value is \"run\""),
-    ({"visibility": {"type": "team", "value": "x"}}, 'key \'visibility\': expected {"type": "role", "value": '
-                                                     '"Developers"}'),
-    ({"visibility": {"type": "role", "vale": "x"}}, "key 'visibility': unknown key 'vale' (did you mean 'value'?)"),
-    ({"ca_bundle": " "}, "key 'ca_bundle': is empty"),
-    ({"jira_url": "https://me:hunter2-password@x.atlassian.net"},
-     "key 'jira_url': https://***@x.atlassian.net…: credentials do not belong in the URL; give them as \"user\" "
-     "and \"token\""),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            {"issue": None},
+            'missing required key \'issue\' (an issue key, a list of them, or "issues_from": ["branch", "commits"])',
+        ),
+        ({"issue": ["PROJ-1", "bad"]}, "key 'issue[1]': 'bad' is not a Jira issue key"),
+        (
+            {"issue": None, "issues_from": ["branches"]},
+            ("key 'issues_from': 'branches' is not a source of issue keys (branch, commits) (did you mean 'branch'?)"),
+        ),
+        ({"issue": None, "issues_from": []}, "key 'issues_from': is empty"),
+        ({"issues_from": ["branch"], "projects": ["proj"]}, "key 'projects': 'proj' is not a Jira project key"),
+        ({"projects": ["PROJ"]}, "key 'projects': restricts the keys issues_from finds; add \"issues_from\""),
+        ({"update": "always"}, "key 'update': 'always': the one value is \"run\""),
+        (
+            {"visibility": {"type": "team", "value": "x"}},
+            'key \'visibility\': expected {"type": "role", "value": "Developers"}',
+        ),
+        ({"visibility": {"type": "role", "vale": "x"}}, "key 'visibility': unknown key 'vale' (did you mean 'value'?)"),
+        ({"ca_bundle": " "}, "key 'ca_bundle': is empty"),
+        (
+            {"jira_url": "https://me:hunter2-password@x.atlassian.net"},
+            "key 'jira_url': https://***@x.atlassian.net…: credentials do not belong in the URL; give them as \"user\" "
+            'and "token"',
+        ),
+    ],
+)
 def test_more_definition_errors(project: Project, jira: FakeJira, override: dict[str, Any], message: str) -> None:
     step = {**jira_step(jira, 2), **override}
     write_workflow(project, {k: v for k, v in step.items() if v is not None})
@@ -1044,8 +1264,9 @@ def test_find_issue_keys() -> None:
 
 
 @pytest.mark.parametrize("user, expected", [(USER, BASIC), (None, f"Bearer {TOKEN}")])
-def test_netrc_never_replaces_the_steps_credentials(project: Project, jira: FakeJira, tmp_path: Path,
-                                                    user: str | None, expected: str) -> None:
+def test_netrc_never_replaces_the_steps_credentials(
+    project: Project, jira: FakeJira, tmp_path: Path, user: str | None, expected: str
+) -> None:
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login someone-else password not-the-token\n")
     netrc.chmod(0o600)
@@ -1055,12 +1276,23 @@ def test_netrc_never_replaces_the_steps_credentials(project: Project, jira: Fake
     assert [r.header("Authorization") for r in jira.requests] == [expected]
 
 
-@pytest.mark.parametrize("url, base, version", [
-    ("https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f", "https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f/rest/api/3", 3),
-    ("https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f/", "https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f/rest/api/3", 3),
-    ("https://api.atlassian.com/ex/jira/0a1b/rest/api/2", "https://api.atlassian.com/ex/jira/0a1b/rest/api/2", 2),
-    ("https://api.atlassian.com/other/thing", "https://api.atlassian.com/other/thing/rest/api/2", 2),
-])
+@pytest.mark.parametrize(
+    "url, base, version",
+    [
+        (
+            "https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f",
+            "https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f/rest/api/3",
+            3,
+        ),
+        (
+            "https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f/",
+            "https://api.atlassian.com/ex/jira/0a1b2c3d-4e5f/rest/api/3",
+            3,
+        ),
+        ("https://api.atlassian.com/ex/jira/0a1b/rest/api/2", "https://api.atlassian.com/ex/jira/0a1b/rest/api/2", 2),
+        ("https://api.atlassian.com/other/thing", "https://api.atlassian.com/other/thing/rest/api/2", 2),
+    ],
+)
 def test_scoped_token_gateway_uses_api3(url: str, base: str, version: int) -> None:
     api = o.jira_api(url)
     assert (api.base, api.version) == (base, version)
@@ -1073,20 +1305,32 @@ def test_scoped_token_gateway_path_is_an_operation_of_the_document(jira: FakeJir
     assert resp.status == 200 and resp.json()["fields"]["status"]["name"] == "To Do"
 
 
-PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
-                   "NO_PROXY", "no_proxy")
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+)
 
 
 def test_refused_proxy_is_named_not_the_jira_host(project: Project, jira: FakeJira, slept: list[float]) -> None:
     proxy_port = closed_port()
-    env: dict[str, str | None] = {**ENV, **{name: None for name in PROXY_VARIABLES},
-                                  "HTTP_PROXY": f"http://proxy-user:proxy-pass@127.0.0.1:{proxy_port}"}
+    env: dict[str, str | None] = {
+        **ENV,
+        **{name: None for name in PROXY_VARIABLES},
+        "HTTP_PROXY": f"http://proxy-user:proxy-pass@127.0.0.1:{proxy_port}",
+    }
     write_workflow(project, jira_step(jira, 2))
     result = project.cli("run", "notify", env=env)  # type: ignore[arg-type]
     assert result.exit_code == 1
     assert entry(project)["message"] == (
         f"cannot comment on PROJ-123: cannot connect to the proxy 127.0.0.1:{proxy_port} (HTTP_PROXY) on the way "
-        f"to 127.0.0.1:{jira.port} after 4 attempts — check HTTP_PROXY and NO_PROXY")
+        f"to 127.0.0.1:{jira.port} after 4 attempts — check HTTP_PROXY and NO_PROXY"
+    )
     assert jira.requests == [] and slept == [1.0, 2.0, 4.0]
     assert "proxy-pass" not in result.stdout + json.dumps(project.last_record())
     env["NO_PROXY"] = "127.0.0.1"
@@ -1099,7 +1343,8 @@ def test_https_to_a_plain_http_port(project: Project, jira: FakeJira) -> None:
     assert result.exit_code == 1
     assert entry(project)["message"] == (
         f"cannot comment on PROJ-123: TLS handshake with 127.0.0.1:{jira.port} failed (the server does not speak "
-        "TLS on that port) — is the URL http:// rather than https://?")
+        "TLS on that port) — is the URL http:// rather than https://?"
+    )
     assert jira.requests == []
 
 
@@ -1111,9 +1356,28 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "jira.pem", folder / "jira.key"
     assert shutil.which("openssl"), "these tests make their certificate with the openssl command: install it"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
-                    str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -1124,8 +1388,9 @@ def test_private_ca_is_explained_and_ca_bundle_trusts_it(project: Project, certi
         assert project.cli("run", "notify", env={**ENV, "REQUESTS_CA_BUNDLE": None}).exit_code == 1
         assert entry(project)["message"] == (
             f"cannot comment on PROJ-123: TLS handshake with 127.0.0.1:{jira.port} failed (certificate not "
-            "trusted) — if the site uses a private CA, give the step \"ca_bundle\" (or set REQUESTS_CA_BUNDLE) "
-            "with its CA certificate file")
+            'trusted) — if the site uses a private CA, give the step "ca_bundle" (or set REQUESTS_CA_BUNDLE) '
+            "with its CA certificate file"
+        )
         project.write("certs/jira-ca.pem", cert.read_text())
         write_workflow(project, jira_step(jira, 3, ca_bundle="certs/jira-ca.pem"))
         assert project.cli("run", "notify", env=ENV).exit_code == 0
@@ -1139,26 +1404,30 @@ def test_missing_ca_bundle_is_one_line(project: Project, jira: FakeJira) -> None
     validated = project.cli("validate", "notify", env=ENV)
     assert validated.exit_code == 0 and "ca_bundle certs/nope.pem does not exist" in validated.stderr
     assert project.cli("run", "notify", env=ENV).exit_code == 1
-    assert entry(project)["message"] == ("ca_bundle certs/nope.pem does not exist (a PEM file of the CA "
-                                         "certificates that signed Jira's certificate)")
+    assert entry(project)["message"] == (
+        "ca_bundle certs/nope.pem does not exist (a PEM file of the CA certificates that signed Jira's certificate)"
+    )
     assert jira.requests == []
 
 
 def test_413_and_409_are_one_line_each(project: Project, jira: FakeJira) -> None:
-    jira.script_jira_error(413, ["The number of comments on this issue has reached the limit"], method="POST",
-                           path_contains="/comment")
+    jira.script_jira_error(
+        413, ["The number of comments on this issue has reached the limit"], method="POST", path_contains="/comment"
+    )
     write_workflow(project, jira_step(jira, 2))
     project.cli("run", "notify", env=ENV)
     assert entry(project)["message"] == (
         "Jira refused the comment on PROJ-123 (413): the issue has reached Jira's per-issue limit (of comments "
         "or attachments) — delete old ones or comment elsewhere (The number of comments on this issue has "
-        "reached the limit)")
+        "reached the limit)"
+    )
     jira.script_jira_error(409, ["Conflict"], method="POST", path_contains="/transitions")
     write_workflow(project, jira_step(jira, 2, transition="Close Issue"))
     project.cli("run", "notify", env=ENV)
     assert entry(project)["message"] == (
         "commented on PROJ-123, but Jira refused the transition 'Close Issue' on PROJ-123 (409 conflict: the "
-        "issue was changed at the same time by someone else) — run the step again")
+        "issue was changed at the same time by someone else) — run the step again"
+    )
 
 
 def test_branch_name_that_is_not_utf8(project: Project, jira: FakeJira) -> None:
@@ -1176,8 +1445,12 @@ def test_branch_name_that_is_not_utf8(project: Project, jira: FakeJira) -> None:
 
 
 def test_urls_become_adf_links(project: Project, jira: FakeJira, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "7",
-                        "GITHUB_SERVER_URL": "https://github.com"}.items():
+    for name, value in {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_REPOSITORY": "o/r",
+        "GITHUB_RUN_ID": "7",
+        "GITHUB_SERVER_URL": "https://github.com",
+    }.items():
         monkeypatch.setenv(name, value)
     write_workflow(project, jira_step(jira, 3, comment="CI: {ci_url}\nSee https://example.com/docs/x?a=1 (or not)."))
     result = project.cli("run", "notify", env=ENV)
@@ -1187,29 +1460,43 @@ def test_urls_become_adf_links(project: Project, jira: FakeJira, monkeypatch: py
     link = [{"type": "link", "attrs": {"href": "https://github.com/o/r/actions/runs/7"}}]
     assert body["content"][0]["content"] == [
         {"type": "text", "text": "CI: "},
-        {"type": "text", "text": "https://github.com/o/r/actions/runs/7", "marks": link}]
+        {"type": "text", "text": "https://github.com/o/r/actions/runs/7", "marks": link},
+    ]
     assert body["content"][1]["content"] == [
         {"type": "text", "text": "See "},
-        {"type": "text", "text": "https://example.com/docs/x?a=1",
-         "marks": [{"type": "link", "attrs": {"href": "https://example.com/docs/x?a=1"}}]},
-        {"type": "text", "text": " (or not)."}]
+        {
+            "type": "text",
+            "text": "https://example.com/docs/x?a=1",
+            "marks": [{"type": "link", "attrs": {"href": "https://example.com/docs/x?a=1"}}],
+        },
+        {"type": "text", "text": " (or not)."},
+    ]
 
 
-@pytest.mark.parametrize("text, pieces", [
-    ("https://a.example/x).", [("https://a.example/x", True), (").", False)]),
-    ("(https://a.example/wiki/A_(b))", [("(", False), ("https://a.example/wiki/A_(b)", True), (")", False)]),
-    ("http:// alone", [("http:// alone", False)]),
-    ("two: http://a.example, https://b.example!", [("two: ", False), ("http://a.example", True), (", ", False),
-                                                   ("https://b.example", True), ("!", False)]),
-])
+@pytest.mark.parametrize(
+    "text, pieces",
+    [
+        ("https://a.example/x).", [("https://a.example/x", True), (").", False)]),
+        ("(https://a.example/wiki/A_(b))", [("(", False), ("https://a.example/wiki/A_(b)", True), (")", False)]),
+        ("http:// alone", [("http:// alone", False)]),
+        (
+            "two: http://a.example, https://b.example!",
+            [("two: ", False), ("http://a.example", True), (", ", False), ("https://b.example", True), ("!", False)],
+        ),
+    ],
+)
 def test_url_pieces(text: str, pieces: list[tuple[str, bool]]) -> None:
     assert o._split_urls(text) == pieces
     jsonschema.validate(o.jira_adf_document(text), ADF_SCHEMA)
 
 
 def test_api2_escapes_what_orchestrate_writes(project: Project, jira: FakeJira) -> None:
-    failing = {"name": "ui-smoke_[e2e]", "type": "command",
-               "run": ["python3", "-c", "raise SystemExit(3)"], "continue_on_error": True}
+    failing = {
+        "name": "ui-smoke_[e2e]",
+        "type": "command",
+        "run": ["python3", "-c", "raise SystemExit(3)"],
+        "continue_on_error": True,
+    }
     project.workflow("notify", [failing, jira_step(jira, 2, comment="*Run* {status}\n{summary}\n{failed_steps}")])
     result = project.cli("run", "notify", env=ENV)
     assert result.exit_code == 0, result.stdout
@@ -1229,14 +1516,17 @@ def test_api2_truncation_marker_is_escaped() -> None:
 
 def test_wiki_escape_leaves_urls_whole() -> None:
     assert o.jira_wiki_escape("a-b *c* {d} see https://x.example/a_b-c!") == (
-        "a\\-b \\*c\\* \\{d\\} see https://x.example/a_b-c\\!")
+        "a\\-b \\*c\\* \\{d\\} see https://x.example/a_b-c\\!"
+    )
 
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_visibility_is_sent_as_jira_defines_it(project: Project, jira: FakeJira, version: int) -> None:
     visibility = {"type": "role", "value": "Developers"}
-    steps = [jira_step(jira, version, name="a", visibility=visibility, update="run"),
-             jira_step(jira, version, name="b", visibility=visibility, update="run")]
+    steps = [
+        jira_step(jira, version, name="a", visibility=visibility, update="run"),
+        jira_step(jira, version, name="b", visibility=visibility, update="run"),
+    ]
     project.workflow("notify", steps)
     assert project.cli("run", "notify", env=ENV).exit_code == 0
     post, put = jira.requests
@@ -1245,17 +1535,25 @@ def test_visibility_is_sent_as_jira_defines_it(project: Project, jira: FakeJira,
 
 
 def test_dry_run_with_issues_from(project: Project, jira: FakeJira) -> None:
-    step = jira_step(jira, 2, issue=None, issues_from=["branch", "commits"], projects=["PROJ"],
-                     transition={"on_success": {"name": "Close Issue", "fields": {"resolution": {"name": "Fixed"}}}})
+    step = jira_step(
+        jira,
+        2,
+        issue=None,
+        issues_from=["branch", "commits"],
+        projects=["PROJ"],
+        transition={"on_success": {"name": "Close Issue", "fields": {"resolution": {"name": "Fixed"}}}},
+    )
     write_workflow(project, step)
     result = project.cli("run", "notify", "--dry-run", env=ENV)
     assert result.exit_code == 0, result.stdout
     lines = [line.strip() for line in result.stdout.splitlines()]
-    assert ("issues: keys found in the branch name and the commit messages (projects: PROJ), "
-            "each commented once") in lines
+    assert (
+        "issues: keys found in the branch name and the commit messages (projects: PROJ), each commented once"
+    ) in lines
     assert f"POST {jira.api_url(2)}/issue/<issue>/comment" in lines
-    assert ('body: {"transition": {"id": "<looked up at run time>"}, "fields": {"resolution": {"name": "Fixed"}}}'
-            in lines)
+    assert (
+        'body: {"transition": {"id": "<looked up at run time>"}, "fields": {"resolution": {"name": "Fixed"}}}' in lines
+    )
     assert jira.requests == []
 
 
@@ -1266,7 +1564,8 @@ def test_too_many_found_keys_send_nothing(project: Project, jira: FakeJira) -> N
     assert project.cli("run", "notify", "--from-ref", ids[0], env=ENV).exit_code == 1
     assert entry(project)["message"] == (
         "issues_from found 25 issue keys (PROJ-1, PROJ-2, PROJ-3, PROJ-4, PROJ-5, …), more than 20: nothing was "
-        "sent; narrow them with \"projects\" or name the issues in \"issue\"")
+        'sent; narrow them with "projects" or name the issues in "issue"'
+    )
     assert jira.requests == []
 
 

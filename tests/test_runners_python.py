@@ -1,4 +1,5 @@
 """The python runner: the venv's own interpreter, venvs built from requirements, clear failures."""
+
 from __future__ import annotations
 
 import os
@@ -82,10 +83,12 @@ def test_requirements_with_packages_install_with_pip(project: Project, tmp_path:
     assert result.returncode == 1
     assert project.last_record()["log"][0]["message"] == (
         "pip install -r app/requirements.txt failed (exit code 1); the previous virtualenv app/.venv "
-        "was kept; see the step log")
+        "was kept; see the step log"
+    )
     assert (venv / ".orchestrate-requirements.sha256").read_text() == marker
-    done = subprocess.run([str(venv / "bin/python"), "-c", "import localpkg; print(localpkg.VALUE)"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import localpkg; print(localpkg.VALUE)"], capture_output=True, text=True
+    )
     assert done.stdout == "42\n"
     assert sorted(p.name for p in (project.root / "app").iterdir()) == [".venv", "main.py", "requirements.txt"]
 
@@ -118,8 +121,17 @@ def test_missing_venv_fails_the_step_with_the_fix(project: Project) -> None:
 
 def test_venv_created_by_an_earlier_step_is_found(project: Project) -> None:
     project.write("app/main.py", SCRIPT)
-    project.workflow("w", [{"name": "make venv", "type": "command", "run": [sys.executable, "-m", "venv", "--without-pip", "app/.venv"]},
-                           step()])
+    project.workflow(
+        "w",
+        [
+            {
+                "name": "make venv",
+                "type": "command",
+                "run": [sys.executable, "-m", "venv", "--without-pip", "app/.venv"],
+            },
+            step(),
+        ],
+    )
     result = project.cli("run", "w")
     assert result.exit_code == 0, result.stdout
 
@@ -155,12 +167,15 @@ def test_a_folder_orchestrate_did_not_build_is_never_replaced(project: Project) 
     project.write("src/.orchestrate-requirements.sha256", "planted, but no pyvenv.cfg\n")
     project.write("main.py", SCRIPT)
     project.write("requirements.txt", "# nothing\n")
-    project.workflow("w", [{"name": "py", "type": "python", "script": "main.py", "venv": "src",
-                            "requirements": "requirements.txt"}])
+    project.workflow(
+        "w", [{"name": "py", "type": "python", "script": "main.py", "venv": "src", "requirements": "requirements.txt"}]
+    )
     before = _tree(project.root / "src")
-    message = ("venv src exists but is not a virtualenv orchestrate built (no pyvenv.cfg and "
-               ".orchestrate-requirements.sha256 in it), so orchestrate leaves it untouched: move it away, "
-               "or point \"venv\" at another folder")
+    message = (
+        "venv src exists but is not a virtualenv orchestrate built (no pyvenv.cfg and "
+        ".orchestrate-requirements.sha256 in it), so orchestrate leaves it untouched: move it away, "
+        'or point "venv" at another folder'
+    )
     dry = project.cli("run", "w", "--dry-run")
     assert dry.exit_code == 0 and f"warning: {message}" in dry.stdout and "build virtualenv" not in dry.stdout
     result = project.run("run", "w")
@@ -177,27 +192,41 @@ def _outside(project: Project) -> str:
     return str(outside)
 
 
-@pytest.mark.parametrize("venv, script, message", [
-    (".", "main.py", "key 'venv': '.' is the project root"),
-    ("./", "main.py", "key 'venv': './' is the project root"),
-    ("..", "main.py", "key 'venv': '..' is a folder above the project root"),
-    ("OUTSIDE", "main.py", "key 'venv': 'OUTSIDE' is outside the project root"),
-    ("link/venv", "main.py", "key 'venv': 'link/venv' is outside the project root (it resolves to OUTSIDE/venv)"),
-    ("app", "app/main.py", "key 'venv': 'app' contains the step's script app/main.py; orchestrate replaces the whole venv folder when it rebuilds it, so"),
-    ("app/deps", "main.py", "key 'venv': 'app/deps' contains the step's requirements file app/deps/requirements.txt"),
-])
-def test_a_venv_that_would_swallow_the_project_is_a_definition_error(project: Project, venv: str, script: str,
-                                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    "venv, script, message",
+    [
+        (".", "main.py", "key 'venv': '.' is the project root"),
+        ("./", "main.py", "key 'venv': './' is the project root"),
+        ("..", "main.py", "key 'venv': '..' is a folder above the project root"),
+        ("OUTSIDE", "main.py", "key 'venv': 'OUTSIDE' is outside the project root"),
+        ("link/venv", "main.py", "key 'venv': 'link/venv' is outside the project root (it resolves to OUTSIDE/venv)"),
+        (
+            "app",
+            "app/main.py",
+            "key 'venv': 'app' contains the step's script app/main.py; orchestrate replaces the whole venv folder when it rebuilds it, so",
+        ),
+        (
+            "app/deps",
+            "main.py",
+            "key 'venv': 'app/deps' contains the step's requirements file app/deps/requirements.txt",
+        ),
+    ],
+)
+def test_a_venv_that_would_swallow_the_project_is_a_definition_error(
+    project: Project, venv: str, script: str, message: str
+) -> None:
     outside = _outside(project)
     venv = venv.replace("OUTSIDE", outside)
     message = message.replace("OUTSIDE", outside)
     project.write(script, SCRIPT)
     project.write("app/deps/requirements.txt", "# nothing\n")
-    project.workflow("w", [{"name": "py", "type": "python", "script": script, "venv": venv,
-                            "requirements": "app/deps/requirements.txt"}])
+    project.workflow(
+        "w",
+        [{"name": "py", "type": "python", "script": script, "venv": venv, "requirements": "app/deps/requirements.txt"}],
+    )
     before = _tree(project.root)
     example = "app/.venv" if script.startswith("app/") else ".venv"
-    expected = (f'orchestrate: error: workflows/w.json: steps[0] "py": {message}')
+    expected = f'orchestrate: error: workflows/w.json: steps[0] "py": {message}'
     for args in (["validate", "w"], ["run", "w", "--dry-run"], ["run", "w"]):
         result = project.run(*args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
@@ -230,8 +259,12 @@ def test_two_runs_rebuilding_one_venv_at_once_build_it_once(project: Project, tm
 
     env["PYTHONPATH"] = str(REPO)
     argv = [orchestrate_bin(), "--root", str(project.root), "run", "w"]
-    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=env, text=True) for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert all("value 42" in out for out in outputs)

@@ -38,21 +38,33 @@ LOOPBACK = "127.0.0.1"
 TOKEN = "s3cret-token-for-tests"
 
 WORKFLOWS: dict[str, dict[str, Any]] = {
-    "demo": {"name": "demo", "description": "two quick steps", "steps": [
-        {"name": "hello", "type": "command", "run": ["python3", "-c", "print('hello from demo')"]},
-        {"name": "second", "type": "command", "run": "echo second step ${GREETING:-}"},
-    ]},
-    "broken": {"name": "broken", "steps": [
-        {"name": "boom", "type": "command", "run": "echo about to fail; exit 3"},
-        {"name": "never", "type": "command", "run": "echo never"},
-    ]},
-    "slow": {"name": "slow", "steps": [
-        {"name": "tick", "type": "command",
-         "run": "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done"},
-    ]},
-    "sleepy": {"name": "sleepy", "steps": [
-        {"name": "nap", "type": "command", "run": ["sleep", "8"]},
-    ]},
+    "demo": {
+        "name": "demo",
+        "description": "two quick steps",
+        "steps": [
+            {"name": "hello", "type": "command", "run": ["python3", "-c", "print('hello from demo')"]},
+            {"name": "second", "type": "command", "run": "echo second step ${GREETING:-}"},
+        ],
+    },
+    "broken": {
+        "name": "broken",
+        "steps": [
+            {"name": "boom", "type": "command", "run": "echo about to fail; exit 3"},
+            {"name": "never", "type": "command", "run": "echo never"},
+        ],
+    },
+    "slow": {
+        "name": "slow",
+        "steps": [
+            {"name": "tick", "type": "command", "run": "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done"},
+        ],
+    },
+    "sleepy": {
+        "name": "sleepy",
+        "steps": [
+            {"name": "nap", "type": "command", "run": ["sleep", "8"]},
+        ],
+    },
 }
 
 
@@ -96,7 +108,10 @@ class Server:
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [*ORCHESTRATE, "--root", str(root), "serve", "--host", LOOPBACK, "--port", str(self.port), *args],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
         )
         self.client = httpx.Client(base_url=self.base, timeout=10)
         deadline = time.monotonic() + 20
@@ -219,8 +234,14 @@ def test_start_poll_and_fetch_junit_like_the_seed_curl_flow(serve: Callable[...,
     log = server.client.get(f"/runs/{run_id}/logs/hello")
     assert log.status_code == 200 and "hello from demo" in log.text
     # the same run store: the CLI sees the HTTP run
-    cli = subprocess.run([*ORCHESTRATE, "--root", str(api_root), "status", run_id, "--json"],
-                         capture_output=True, text=True, timeout=60, check=False, env=checkout_env())
+    cli = subprocess.run(
+        [*ORCHESTRATE, "--root", str(api_root), "status", run_id, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=checkout_env(),
+    )
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["status"] == "completed"
     listed = server.client.get("/runs", params={"workflow": "demo"}).json()
@@ -271,8 +292,9 @@ def test_max_parallel_one_queues_the_rest_as_pending_in_order(serve: Callable[..
 def test_log_is_streamed_while_the_step_runs(serve: Callable[..., Server]) -> None:
     server = serve()
     run_id = server.start("slow")
-    server.wait_for(run_id, lambda r: any(e.get("step") == "tick" for e in r.get("log") or [])
-                    or r.get("current") == "tick")
+    server.wait_for(
+        run_id, lambda r: any(e.get("step") == "tick" for e in r.get("log") or []) or r.get("current") == "tick"
+    )
     deadline = time.monotonic() + 10
     while server.client.get(f"/runs/{run_id}/logs/tick").status_code == 404 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -309,8 +331,14 @@ def test_token_is_required_when_set(serve: Callable[..., Server]) -> None:
 def test_non_loopback_host_is_refused_without_a_token(api_root: Path) -> None:
     env = {k: v for k, v in checkout_env().items() if k != "ORCHESTRATE_API_TOKEN"}
     # refused before anything is bound: nothing listens on 0.0.0.0 in this test
-    result = subprocess.run([*ORCHESTRATE, "--root", str(api_root), "serve", "--host", "0.0.0.0"],
-                            capture_output=True, text=True, timeout=60, env=env, check=False)
+    result = subprocess.run(
+        [*ORCHESTRATE, "--root", str(api_root), "serve", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 2
     assert "ORCHESTRATE_API_TOKEN" in result.stderr and "127.0.0.1" in result.stderr
     assert result.stdout == ""
@@ -319,26 +347,30 @@ def test_non_loopback_host_is_refused_without_a_token(api_root: Path) -> None:
 UNKNOWN_RUN = "20000101T000000000Z-abcdef"
 
 
-@pytest.mark.parametrize(("method", "url", "status", "message"), [
-    ("POST", "/start?name=../etc/passwd", 400, "workflow name"),
-    ("POST", "/start?name=..", 400, "workflow name"),
-    ("POST", "/start?name=a%2Fb", 400, "workflow name"),
-    ("POST", "/start?name=nope", 404, "unknown workflow 'nope'"),
-    ("POST", "/start?name=dem", 404, "did you mean 'demo'?"),
-    ("GET", "/status/%2E%2E", 400, "run id"),
-    ("GET", "/status/..%5C..%5Cx", 400, "run id"),
-    ("GET", "/status/not%20a%20run", 400, "is not a run id"),
-    ("GET", "/status/not-a-run", 404, "unknown run 'not-a-run'"),  # a plain id, as the CLI takes it
-    ("GET", f"/status/{UNKNOWN_RUN}", 404, f"unknown run '{UNKNOWN_RUN}'"),
-    ("GET", f"/runs/{UNKNOWN_RUN}/junit", 404, "unknown run"),
-    ("GET", "/runs/..%2e/junit", 400, "run id"),
-    ("GET", f"/runs/{UNKNOWN_RUN}/logs/hello", 404, "unknown run"),
-    ("GET", "/runs?workflow=../x", 400, "workflow name"),
-    ("GET", "/runs?status=done", 422, "pattern"),
-    ("GET", "/runs?limit=0", 422, "greater than"),
-])
+@pytest.mark.parametrize(
+    ("method", "url", "status", "message"),
+    [
+        ("POST", "/start?name=../etc/passwd", 400, "workflow name"),
+        ("POST", "/start?name=..", 400, "workflow name"),
+        ("POST", "/start?name=a%2Fb", 400, "workflow name"),
+        ("POST", "/start?name=nope", 404, "unknown workflow 'nope'"),
+        ("POST", "/start?name=dem", 404, "did you mean 'demo'?"),
+        ("GET", "/status/%2E%2E", 400, "run id"),
+        ("GET", "/status/..%5C..%5Cx", 400, "run id"),
+        ("GET", "/status/not%20a%20run", 400, "is not a run id"),
+        ("GET", "/status/not-a-run", 404, "unknown run 'not-a-run'"),  # a plain id, as the CLI takes it
+        ("GET", f"/status/{UNKNOWN_RUN}", 404, f"unknown run '{UNKNOWN_RUN}'"),
+        ("GET", f"/runs/{UNKNOWN_RUN}/junit", 404, "unknown run"),
+        ("GET", "/runs/..%2e/junit", 400, "run id"),
+        ("GET", f"/runs/{UNKNOWN_RUN}/logs/hello", 404, "unknown run"),
+        ("GET", "/runs?workflow=../x", 400, "workflow name"),
+        ("GET", "/runs?status=done", 422, "pattern"),
+        ("GET", "/runs?limit=0", 422, "greater than"),
+    ],
+)
 def test_bad_names_and_ids_are_client_errors(
-        shared_server: Server, method: str, url: str, status: int, message: str) -> None:
+    shared_server: Server, method: str, url: str, status: int, message: str
+) -> None:
     response = shared_server.client.request(method, url)
 
     assert response.status_code == status, response.text
@@ -346,15 +378,18 @@ def test_bad_names_and_ids_are_client_errors(
     assert message in json.dumps(response.json())
 
 
-@pytest.mark.parametrize(("body", "status", "message"), [
-    ({"only": ["helo"]}, 422, "--only 'helo': no such step in demo (did you mean 'hello'?)"),
-    ({"skip": ["x"]}, 422, "--skip 'x': no such step in demo"),
-    ({"vars": {"A": "x\u0000y"}}, 422, "NUL"),
-    ({"vars": {"A=B": "x"}}, 422, "vars key 'A=B': expected a variable name"),
-    ({"vars": {"A": 1}}, 422, "vars.A"),
-    ({"unexpected": 1}, 422, "unexpected"),
-    ([1, 2], 422, "body: Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"only": ["helo"]}, 422, "--only 'helo': no such step in demo (did you mean 'hello'?)"),
+        ({"skip": ["x"]}, 422, "--skip 'x': no such step in demo"),
+        ({"vars": {"A": "x\u0000y"}}, 422, "NUL"),
+        ({"vars": {"A=B": "x"}}, 422, "vars key 'A=B': expected a variable name"),
+        ({"vars": {"A": 1}}, 422, "vars.A"),
+        ({"unexpected": 1}, 422, "unexpected"),
+        ([1, 2], 422, "body: Input should be a valid dictionary"),
+    ],
+)
 def test_bad_start_bodies_are_client_errors(shared_server: Server, body: Any, status: int, message: str) -> None:
     response = shared_server.client.post("/start", params={"name": "demo"}, json=body)
 
@@ -367,18 +402,21 @@ def test_start_body_must_be_json(shared_server: Server) -> None:
     # what a cross-site <form> or fetch() sends without a CORS preflight: text/plain or form
     # data; and what `curl -d '{...}'` sends without -H 'Content-Type: application/json'
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
-        response = shared_server.client.post("/start", params={"name": "demo"}, content=b'{"only": ["hello"]}',
-                                             headers={"Content-Type": content_type})
+        response = shared_server.client.post(
+            "/start", params={"name": "demo"}, content=b'{"only": ["hello"]}', headers={"Content-Type": content_type}
+        )
         media = content_type.split(";")[0]
         assert response.status_code == 415, response.text
         assert response.json()["detail"] == (
-            f"body must be JSON: send it with Content-Type: application/json (not '{media}')")
+            f"body must be JSON: send it with Content-Type: application/json (not '{media}')"
+        )
     assert shared_server.client.get("/runs").json() == []  # nothing was queued
 
 
 def test_definition_error_is_422_with_the_message(serve: Callable[..., Server], api_root: Path) -> None:
-    (api_root / "workflows" / "typo.json").write_text(json.dumps(
-        {"name": "typo", "steps": [{"name": "x", "type": "command", "rnu": "true"}]}))
+    (api_root / "workflows" / "typo.json").write_text(
+        json.dumps({"name": "typo", "steps": [{"name": "x", "type": "command", "rnu": "true"}]})
+    )
     server = serve()
 
     response = server.client.post("/start", params={"name": "typo"})
@@ -442,8 +480,12 @@ def test_openapi_schema_fuzzing_finds_no_server_error(serve: Callable[..., Serve
     schema = schemathesis.openapi.from_url(f"{server.base}/openapi.json")
     # .ok() raises on an operation the schema defines badly: that fails the test too
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
-    assert {op.label for op in operations} >= {"POST /start", "GET /status/{run_id}", "GET /runs",
-                                               "GET /runs/{run_id}/logs/{step}"}
+    assert {op.label for op in operations} >= {
+        "POST /start",
+        "GET /status/{run_id}",
+        "GET /runs",
+        "GET /runs/{run_id}/logs/{step}",
+    }
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -464,7 +506,8 @@ def test_200_concurrent_status_requests_while_two_runs_execute(serve: Callable[.
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(base_url=server.base, timeout=30, limits=limits) as client:
             responses = await asyncio.gather(
-                *(client.get(f"/status/{run_ids[i % 2]}") for i in range(200)), return_exceptions=True)
+                *(client.get(f"/status/{run_ids[i % 2]}") for i in range(200)), return_exceptions=True
+            )
         return [r.status_code if isinstance(r, httpx.Response) else -1 for r in responses]
 
     codes = asyncio.run(asyncio.wait_for(hammer(), timeout=60))
@@ -474,8 +517,10 @@ def test_200_concurrent_status_requests_while_two_runs_execute(serve: Callable[.
 
 
 def test_import_orchestrate_does_not_import_the_server_extra() -> None:
-    code = ("import sys, orchestrate; print(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette', 'pydantic')))")
+    code = (
+        "import sys, orchestrate; print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette', 'pydantic')))"
+    )
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
 
@@ -485,11 +530,14 @@ def test_import_orchestrate_does_not_import_the_server_extra() -> None:
 
 def test_serve_without_the_extra_says_how_to_install_it(api_root: Path) -> None:
     # sys.modules[name] = None makes `import name` raise ImportError, as if not installed
-    code = ("import sys; sys.modules['fastapi'] = None; sys.modules['uvicorn'] = None; "
-            "import orchestrate; sys.exit(orchestrate.main(['--root', sys.argv[1], 'serve']))")
+    code = (
+        "import sys; sys.modules['fastapi'] = None; sys.modules['uvicorn'] = None; "
+        "import orchestrate; sys.exit(orchestrate.main(['--root', sys.argv[1], 'serve']))"
+    )
 
-    result = subprocess.run([sys.executable, "-c", code, str(api_root)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(api_root)], capture_output=True, text=True, timeout=60, check=False
+    )
 
     assert result.returncode == 3, result.stderr
     assert "pipx install 'orchestrate-cli[server]'" in result.stderr
@@ -504,25 +552,37 @@ def _host(server: Server, host: str | None = None) -> str:
     return host if host is not None else f"{LOOPBACK}:{server.port}"
 
 
-@pytest.mark.parametrize(("host", "origin", "status", "detail"), [
-    ("evil.example:{port}", None, 403,
-     "Host 'evil.example:{port}' is not this server: use http://127.0.0.1:{port}, or start it with "
-     "--allowed-host NAME for a name a proxy or DNS gives it"),
-    ("127.0.0.1:1", None, 403, "Host '127.0.0.1:1' is not this server"),
-    ("127.0.0.1", None, 403, "Host '127.0.0.1' is not this server"),  # port 80
-    ("", None, 403, "Host '' is not this server"),
-    ("127.0.0.1:{port}", "http://evil.example", 403,
-     "cross-origin request refused: Origin 'http://evil.example' is not this server's origin"),
-    ("127.0.0.1:{port}", "null", 403, "cross-origin request refused: Origin 'null'"),
-    ("127.0.0.1:{port}", "http://127.0.0.1:1", 403, "cross-origin request refused"),
-    ("127.0.0.1:{port}", "https://127.0.0.1:{port}", 200, None),  # same host and port
-    ("127.0.0.1:{port}", "http://127.0.0.1:{port}", 200, None),
-    ("localhost:{port}", None, 200, None),
-    ("LOCALHOST:{port}", "http://localhost:{port}", 200, None),
-    ("[::1]:{port}", None, 200, None),
-])
-def test_host_and_origin_are_checked(shared_server: Server, host: str, origin: str | None, status: int,
-                                     detail: str | None) -> None:
+@pytest.mark.parametrize(
+    ("host", "origin", "status", "detail"),
+    [
+        (
+            "evil.example:{port}",
+            None,
+            403,
+            "Host 'evil.example:{port}' is not this server: use http://127.0.0.1:{port}, or start it with "
+            "--allowed-host NAME for a name a proxy or DNS gives it",
+        ),
+        ("127.0.0.1:1", None, 403, "Host '127.0.0.1:1' is not this server"),
+        ("127.0.0.1", None, 403, "Host '127.0.0.1' is not this server"),  # port 80
+        ("", None, 403, "Host '' is not this server"),
+        (
+            "127.0.0.1:{port}",
+            "http://evil.example",
+            403,
+            "cross-origin request refused: Origin 'http://evil.example' is not this server's origin",
+        ),
+        ("127.0.0.1:{port}", "null", 403, "cross-origin request refused: Origin 'null'"),
+        ("127.0.0.1:{port}", "http://127.0.0.1:1", 403, "cross-origin request refused"),
+        ("127.0.0.1:{port}", "https://127.0.0.1:{port}", 200, None),  # same host and port
+        ("127.0.0.1:{port}", "http://127.0.0.1:{port}", 200, None),
+        ("localhost:{port}", None, 200, None),
+        ("LOCALHOST:{port}", "http://localhost:{port}", 200, None),
+        ("[::1]:{port}", None, 200, None),
+    ],
+)
+def test_host_and_origin_are_checked(
+    shared_server: Server, host: str, origin: str | None, status: int, detail: str | None
+) -> None:
     port = shared_server.port
     headers = {"Host": host.format(port=port)}
     if origin is not None:
@@ -539,11 +599,18 @@ def test_host_and_origin_are_checked(shared_server: Server, host: str, origin: s
 
 def test_allowed_host_for_a_reverse_proxy(serve: Callable[..., Server]) -> None:
     server = serve("--allowed-host", "orchestrate.example.com", "--allowed-host", "ci.example.com:8443")
-    ok = [{"Host": "orchestrate.example.com"}, {"Host": "orchestrate.example.com:443"},
-          {"Host": "orchestrate.example.com", "Origin": "https://orchestrate.example.com"},
-          {"Host": "ci.example.com:8443"}]
-    refused = [{"Host": "ci.example.com"}, {"Host": "ci.example.com:443"}, {"Host": "example.com"},
-               {"Host": "orchestrate.example.com", "Origin": "https://evil.example"}]
+    ok = [
+        {"Host": "orchestrate.example.com"},
+        {"Host": "orchestrate.example.com:443"},
+        {"Host": "orchestrate.example.com", "Origin": "https://orchestrate.example.com"},
+        {"Host": "ci.example.com:8443"},
+    ]
+    refused = [
+        {"Host": "ci.example.com"},
+        {"Host": "ci.example.com:443"},
+        {"Host": "example.com"},
+        {"Host": "orchestrate.example.com", "Origin": "https://evil.example"},
+    ]
     for headers in ok:
         assert server.client.get("/workflows", headers=headers).status_code == 200, headers
     for headers in refused:
@@ -557,33 +624,57 @@ def test_vars_may_set_only_names_the_workflow_uses(shared_server: Server) -> Non
 
     assert response.status_code == 422
     assert response.json()["detail"] == (
-        "vars key 'GIT_CONFIG_COUNT': workflow demo does not use ${GIT_CONFIG_COUNT}; accepted: GREETING")
+        "vars key 'GIT_CONFIG_COUNT': workflow demo does not use ${GIT_CONFIG_COUNT}; accepted: GREETING"
+    )
     assert shared_server.client.get("/runs").json() == []
 
 
 def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@example.com", *args], cwd=cwd, check=True,
-                   capture_output=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        ["git", "-c", "user.name=T", "-c", "user.email=t@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_http_vars_reach_interpolation_only_never_git_or_the_environment(
-        serve: Callable[..., Server], api_root: Path, tmp_path: Path) -> None:
+    serve: Callable[..., Server], api_root: Path, tmp_path: Path
+) -> None:
     marker = tmp_path / "fsmonitor-ran"
     # a workflow that names the variables (so they are accepted) and puts one into a step's PATH
-    (api_root / "workflows" / "names.json").write_text(json.dumps({"steps": [
-        {"name": "show", "type": "command",
-         "env": {"SHOWN": "${GIT_CONFIG_VALUE_0:-}"},  # a name the workflow maps into its env itself
-         "run": "echo key=${GIT_CONFIG_KEY_0:-} count=${GIT_CONFIG_COUNT:-}; echo \"shown=$SHOWN\"; "
-                "echo env=$(env | grep -c '^GIT_CONFIG\\|^LD_PRELOAD') ${LD_PRELOAD:-}"}]}))
-    (api_root / "workflows" / "path.json").write_text(json.dumps({"steps": [
-        {"name": "s", "type": "command", "run": "true", "env": {"PATH": "${TOOLS}:/usr/bin:/bin"}}]}))
+    (api_root / "workflows" / "names.json").write_text(
+        json.dumps(
+            {
+                "steps": [
+                    {
+                        "name": "show",
+                        "type": "command",
+                        "env": {"SHOWN": "${GIT_CONFIG_VALUE_0:-}"},  # a name the workflow maps into its env itself
+                        "run": 'echo key=${GIT_CONFIG_KEY_0:-} count=${GIT_CONFIG_COUNT:-}; echo "shown=$SHOWN"; '
+                        "echo env=$(env | grep -c '^GIT_CONFIG\\|^LD_PRELOAD') ${LD_PRELOAD:-}",
+                    }
+                ]
+            }
+        )
+    )
+    (api_root / "workflows" / "path.json").write_text(
+        json.dumps(
+            {"steps": [{"name": "s", "type": "command", "run": "true", "env": {"PATH": "${TOOLS}:/usr/bin:/bin"}}]}
+        )
+    )
     (api_root / ".gitignore").write_text("runs/\nserver-*.log\n")
     _git(api_root, "init", "-q")
     _git(api_root, "add", "-A")
     _git(api_root, "commit", "-qm", "init")
     server = serve()
-    attack = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.fsmonitor",
-              "GIT_CONFIG_VALUE_0": f"touch {marker}; false", "LD_PRELOAD": "/nonexistent.so"}
+    attack = {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "core.fsmonitor",
+        "GIT_CONFIG_VALUE_0": f"touch {marker}; false",
+        "LD_PRELOAD": "/nonexistent.so",
+    }
 
     run_id = server.start("names", {"vars": attack})
     record = server.wait_done(run_id)
@@ -598,14 +689,28 @@ def test_http_vars_reach_interpolation_only_never_git_or_the_environment(
     assert refused.status_code == 422
     assert refused.json()["detail"] == (
         "vars key 'TOOLS': workflows/path.json: steps[0] \"s\" puts ${TOOLS} into PATH, which a caller "
-        "of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)")
+        "of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)"
+    )
 
 
 def test_definition_error_422_names_the_variable_not_the_secret(serve: Callable[..., Server], api_root: Path) -> None:
     secret = "tok-2b7e151628aed2a6"
-    (api_root / "workflows" / "note.json").write_text(json.dumps({"steps": [
-        {"name": "note", "type": "jira", "jira_url": "https://jira.example.com/rest/api/2",
-         "issue": "${JIRA_TOKEN}", "token": "${JIRA_TOKEN}", "comment": "x"}]}))
+    (api_root / "workflows" / "note.json").write_text(
+        json.dumps(
+            {
+                "steps": [
+                    {
+                        "name": "note",
+                        "type": "jira",
+                        "jira_url": "https://jira.example.com/rest/api/2",
+                        "issue": "${JIRA_TOKEN}",
+                        "token": "${JIRA_TOKEN}",
+                        "comment": "x",
+                    }
+                ]
+            }
+        )
+    )
     server = serve()
 
     response = server.client.post("/start", params={"name": "note"}, json={"vars": {"JIRA_TOKEN": secret}})
@@ -633,8 +738,7 @@ def _read_all(sock: socket.socket) -> bytes:
 
 def test_bodies_are_bounded_and_deep_nesting_is_400(shared_server: Server) -> None:
     port = shared_server.port
-    head = (f"POST /start?name=demo HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
-            "Content-Type: application/json\r\n").encode()
+    head = (f"POST /start?name=demo HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n").encode()
     # a declared length over 1 MiB: refused before a byte of it is read
     sock = _raw(port, head + b"Content-Length: 104857600\r\n\r\n")
     reply = _read_all(sock)
@@ -642,18 +746,28 @@ def test_bodies_are_bounded_and_deep_nesting_is_400(shared_server: Server) -> No
     assert reply.startswith(b"HTTP/1.1 413 ")
     assert b'{"detail": "request body over 1024 KiB: this API takes small JSON bodies"}' in reply
     # a chunked body that never says its length: counted as it arrives
-    too_big = shared_server.client.post("/start", params={"name": "demo"}, headers={"Content-Type": "application/json"},
-                                        content=iter([b"[" + b" " * 65536] * 20))
+    too_big = shared_server.client.post(
+        "/start",
+        params={"name": "demo"},
+        headers={"Content-Type": "application/json"},
+        content=iter([b"[" + b" " * 65536] * 20),
+    )
     assert too_big.status_code == 413
-    deep = shared_server.client.post("/start", params={"name": "demo"}, content=b"[" * 100_000 + b"]" * 100_000,
-                                     headers={"Content-Type": "application/json"})
+    deep = shared_server.client.post(
+        "/start",
+        params={"name": "demo"},
+        content=b"[" * 100_000 + b"]" * 100_000,
+        headers={"Content-Type": "application/json"},
+    )
     assert deep.status_code == 400
     assert deep.json()["detail"] == "body: JSON is nested more than 64 levels deep"
-    nested = shared_server.client.post("/start", params={"name": "demo"},
-                                       json={"vars": {"A": "x"}, "only": [[[[]]]] * 1, "x": [[1]] * 3})
+    nested = shared_server.client.post(
+        "/start", params={"name": "demo"}, json={"vars": {"A": "x"}, "only": [[[[]]]] * 1, "x": [[1]] * 3}
+    )
     assert nested.status_code == 422
-    deeper = shared_server.client.post("/start", params={"name": "demo"}, content=b"[" * 70 + b"]" * 70,
-                                       headers={"Content-Type": "application/json"})
+    deeper = shared_server.client.post(
+        "/start", params={"name": "demo"}, content=b"[" * 70 + b"]" * 70, headers={"Content-Type": "application/json"}
+    )
     assert deeper.status_code == 400 and "nested more than 64 levels deep" in deeper.json()["detail"]
     assert shared_server.client.get("/healthz").json() == {"status": "ok"}
 
@@ -663,8 +777,13 @@ def test_incomplete_requests_are_closed_after_a_bounded_time(shared_server: Serv
     started = time.monotonic()
     silent = _raw(port, b"")
     half_head = _raw(port, f"GET /workflows HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n".encode())
-    half_body = _raw(port, (f"POST /start?name=demo HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
-                            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"vars\"").encode())
+    half_body = _raw(
+        port,
+        (
+            f"POST /start?name=demo HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"vars"'
+        ).encode(),
+    )
     replies = [_read_all(sock) for sock in (silent, half_head, half_body)]
     waited = time.monotonic() - started
     for sock in (silent, half_head, half_body):
@@ -693,8 +812,9 @@ def test_four_concurrent_100MB_unauthenticated_bodies_keep_the_server_small(serv
     chunk = b" " * (1024 * 1024)
 
     def send(chunked: bool) -> None:
-        head = (f"POST /start?name=demo HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n"
-                + ("Transfer-Encoding: chunked\r\n\r\n" if chunked else "Content-Length: 104857600\r\n\r\n"))
+        head = f"POST /start?name=demo HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n" + (
+            "Transfer-Encoding: chunked\r\n\r\n" if chunked else "Content-Length: 104857600\r\n\r\n"
+        )
         sock = _raw(port, head.encode())
         sent = 0
         try:
@@ -736,7 +856,8 @@ def test_queue_limit_holds_under_concurrent_starts(serve: Callable[..., Server])
     assert sorted(codes) == [202] * 5 + [429] * 55
     assert len(server.client.get("/runs", params={"status": "pending"}).json()) == 5
     assert server.client.post("/start", params={"name": "demo"}).json() == {
-        "detail": "5 runs already wait; try again when some have started"}
+        "detail": "5 runs already wait; try again when some have started"
+    }
 
 
 def test_dispatcher_survives_a_store_error(serve: Callable[..., Server], api_root: Path) -> None:
@@ -749,8 +870,10 @@ def test_dispatcher_survives_a_store_error(serve: Callable[..., Server], api_roo
     # server's write that would fail it hits a folder where its temporary file goes
     (api_root / "workflows" / "victim.json").unlink()
     # write_atomic's temporary name carries the writing thread's id: block every thread's
-    blockers = [api_root / "runs" / f".{victim}.json.{server.proc.pid}.{task}.tmp"
-                for task in os.listdir(f"/proc/{server.proc.pid}/task")]
+    blockers = [
+        api_root / "runs" / f".{victim}.json.{server.proc.pid}.{task}.tmp"
+        for task in os.listdir(f"/proc/{server.proc.pid}/task")
+    ]
     for blocker in blockers:
         blocker.mkdir()
     assert server.wait_done(busy, timeout=60)["status"] == "completed"
@@ -761,8 +884,10 @@ def test_dispatcher_survives_a_store_error(serve: Callable[..., Server], api_roo
     deadline = time.monotonic() + 10
     while f"orchestrate serve: error: run {victim}" not in server.output() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert (f"orchestrate serve: error: run {victim}: cannot record how it ended: cannot write "
-            f"{api_root / 'runs' / victim}.json: File exists (the previous record is intact)\n") in server.output()
+    assert (
+        f"orchestrate serve: error: run {victim}: cannot record how it ended: cannot write "
+        f"{api_root / 'runs' / victim}.json: File exists (the previous record is intact)\n"
+    ) in server.output()
     for blocker in blockers:
         blocker.rmdir()
 
@@ -776,22 +901,41 @@ def test_docs_need_the_token_too_as_the_readme_says(serve: Callable[..., Server]
         assert server.client.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
-@pytest.mark.parametrize(("given", "address", "url_host"), [
-    ("127.0.0.1", "127.0.0.1", "127.0.0.1"), ("::1", "::1", "[::1]"), ("[::1]", "::1", "[::1]"),
-    ("localhost", "localhost", "localhost"), (" 0.0.0.0 ", "0.0.0.0", "0.0.0.0"),
-])
+@pytest.mark.parametrize(
+    ("given", "address", "url_host"),
+    [
+        ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+        ("::1", "::1", "[::1]"),
+        ("[::1]", "::1", "[::1]"),
+        ("localhost", "localhost", "localhost"),
+        (" 0.0.0.0 ", "0.0.0.0", "0.0.0.0"),
+    ],
+)
 def test_bind_host_spellings(given: str, address: str, url_host: str) -> None:
     assert orchestrate.parse_bind_host(given) == orchestrate.BindAddress(address, url_host)
 
 
-@pytest.mark.parametrize(("args", "code", "message"), [
-    (["--host", "[::1"], 2, "orchestrate: error: --host '[::1': expected an IP address (127.0.0.1, ::1 or [::1]) or a host name\n"),
-    (["--host", "[localhost]"], 2, "orchestrate: error: --host '[localhost]': expected an IP address"),
-    (["--allowed-host", "a:b:c"], 2, "orchestrate: error: --allowed-host 'a:b:c': expected NAME or NAME:PORT"),
-])
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["--host", "[::1"],
+            2,
+            "orchestrate: error: --host '[::1': expected an IP address (127.0.0.1, ::1 or [::1]) or a host name\n",
+        ),
+        (["--host", "[localhost]"], 2, "orchestrate: error: --host '[localhost]': expected an IP address"),
+        (["--allowed-host", "a:b:c"], 2, "orchestrate: error: --allowed-host 'a:b:c': expected NAME or NAME:PORT"),
+    ],
+)
 def test_bad_host_options_are_refused_at_once(api_root: Path, args: list[str], code: int, message: str) -> None:
-    result = subprocess.run([*ORCHESTRATE, "--root", str(api_root), "serve", *args], capture_output=True,
-                            text=True, timeout=60, env=checkout_env(), check=False)
+    result = subprocess.run(
+        [*ORCHESTRATE, "--root", str(api_root), "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=checkout_env(),
+        check=False,
+    )
     assert result.returncode == code
     assert result.stderr.startswith(message)
     assert result.stdout == ""
@@ -802,22 +946,32 @@ def test_a_port_in_use_is_refused_at_once(api_root: Path) -> None:
         taken.bind((LOOPBACK, 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([*ORCHESTRATE, "--root", str(api_root), "serve", "--port", str(port)],
-                                capture_output=True, text=True, timeout=60, env=checkout_env(), check=False)
+        result = subprocess.run(
+            [*ORCHESTRATE, "--root", str(api_root), "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=checkout_env(),
+            check=False,
+        )
     assert result.returncode == 3
-    assert result.stderr == (f"orchestrate: error: cannot listen on 127.0.0.1:{port}: Address already in use "
-                             "(is another server running? pick another --port)\n")
+    assert result.stderr == (
+        f"orchestrate: error: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(is another server running? pick another --port)\n"
+    )
 
 
 def test_the_endpoints_work_is_callable_without_a_server(tmp_path: Path) -> None:
     """The endpoints are thin: what they do is in top-level functions tests can call."""
     root = tmp_path / "p"
     (root / "workflows").mkdir(parents=True)
-    (root / "workflows" / "demo.json").write_text(json.dumps({"description": "d", "steps": [
-        {"name": "hello", "type": "command", "run": "true"}]}))
+    (root / "workflows" / "demo.json").write_text(
+        json.dumps({"description": "d", "steps": [{"name": "hello", "type": "command", "run": "true"}]})
+    )
     store = orchestrate.RunStore(root / "runs")
     assert orchestrate.api_workflows(root / "workflows", root) == [
-        {"name": "demo", "path": "workflows/demo.json", "description": "d"}]
+        {"name": "demo", "path": "workflows/demo.json", "description": "d"}
+    ]
     with pytest.raises(orchestrate.ApiError) as bad:
         orchestrate.api_record(store, "../x")
     assert bad.value.status == 400
@@ -834,10 +988,16 @@ def test_the_endpoints_work_is_callable_without_a_server(tmp_path: Path) -> None
 
 def test_resume_a_failed_run_over_http(serve: Callable[..., Server], api_root: Path) -> None:
     flag = api_root / "fixed"
-    (api_root / "workflows" / "flaky.json").write_text(json.dumps({"steps": [
-        {"name": "first", "type": "command", "run": "echo first"},
-        {"name": "second", "type": "command", "run": f"test -e {flag} && echo second ${{GREETING:-}}"},
-    ]}))
+    (api_root / "workflows" / "flaky.json").write_text(
+        json.dumps(
+            {
+                "steps": [
+                    {"name": "first", "type": "command", "run": "echo first"},
+                    {"name": "second", "type": "command", "run": f"test -e {flag} && echo second ${{GREETING:-}}"},
+                ]
+            }
+        )
+    )
     server = serve()
     failed = server.start("flaky")
     assert server.wait_done(failed)["status"] == "failed"
@@ -850,15 +1010,17 @@ def test_resume_a_failed_run_over_http(serve: Callable[..., Server], api_root: P
     assert record["trigger"]["source"] == "http" and record["trigger"]["vars"] == ["GREETING"]
     entries = {e["step"]: e for e in record["log"]}
     # not a git repository: orchestrate cannot tell whether files changed, so `first` runs again
-    assert entries["first"]["rerun_reason"] == ("not in a git repository: orchestrate cannot tell whether "
-                                                "its files changed")
+    assert entries["first"]["rerun_reason"] == (
+        "not in a git repository: orchestrate cannot tell whether its files changed"
+    )
     assert entries["second"]["rerun_reason"] == f"failed in run {failed}"
     assert "second again" in server.client.get(f"/runs/{run_id}/logs/second").text
     # what cannot be resumed, with the same one line as the CLI
     again = server.client.post(f"/runs/{run_id}/resume")
     assert again.status_code == 409
-    assert again.json()["detail"] == (f"run {run_id} did not fail (status completed): nothing to resume; "
-                                      "start a new run with: orchestrate run flaky")
+    assert again.json()["detail"] == (
+        f"run {run_id} did not fail (status completed): nothing to resume; start a new run with: orchestrate run flaky"
+    )
     assert server.client.post("/runs/20991231T000000000Z-abcdef/resume").status_code == 404
     assert server.client.post("/runs/..%2Fx/resume").status_code in (400, 404)
     bad = server.client.post(f"/runs/{failed}/resume", json={"vars": {"NOPE": "x"}})
@@ -866,6 +1028,7 @@ def test_resume_a_failed_run_over_http(serve: Callable[..., Server], api_root: P
     # the checks every route has: another origin, a body that is not JSON
     foreign = server.client.post(f"/runs/{failed}/resume", headers={"Origin": "http://evil.example"})
     assert foreign.status_code == 403
-    form = server.client.post(f"/runs/{failed}/resume", content=b"a=1",
-                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    form = server.client.post(
+        f"/runs/{failed}/resume", content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert form.status_code == 415

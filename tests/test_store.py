@@ -1,4 +1,5 @@
 """The run store: atomic records, the journal, interrupted runs, listing, pruning, bad ids."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,19 @@ from conftest import Project
 
 
 def _record(run_id: str, status: str = "completed", workflow: str = "w", **extra: object) -> dict:
-    return {"schema_version": orchestrate.SCHEMA_VERSION, "run_id": run_id, "workflow": workflow,
-            "status": status, "current": None,
-            "started_at": "2026-11-27T15:40:00.000Z", "finished_at": None, "pid": None, "trigger": {"source": "cli"},
-            "log": [], **extra}
+    return {
+        "schema_version": orchestrate.SCHEMA_VERSION,
+        "run_id": run_id,
+        "workflow": workflow,
+        "status": status,
+        "current": None,
+        "started_at": "2026-11-27T15:40:00.000Z",
+        "finished_at": None,
+        "pid": None,
+        "trigger": {"source": "cli"},
+        "log": [],
+        **extra,
+    }
 
 
 def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -47,8 +57,12 @@ def test_running_record_of_dead_process_reads_as_interrupted(tmp_path: Path) -> 
     assert record["status"] == "failed"
     assert record["message"].startswith(f"interrupted: orchestrate (pid {dead.pid}) stopped")
     assert record["log"][0]["status"] == "failed"
-    alive = _record("20261127T154000000Z-cccccc", status="running", pid=os.getpid(),
-                    pid_start=orchestrate.pid_start_time(os.getpid()))
+    alive = _record(
+        "20261127T154000000Z-cccccc",
+        status="running",
+        pid=os.getpid(),
+        pid_start=orchestrate.pid_start_time(os.getpid()),
+    )
     store.create(alive)
     assert store.load("20261127T154000000Z-cccccc")["status"] == "running"
 
@@ -56,8 +70,13 @@ def test_running_record_of_dead_process_reads_as_interrupted(tmp_path: Path) -> 
 def test_journal_updates_are_applied_and_a_torn_line_ignored(tmp_path: Path) -> None:
     store = orchestrate.RunStore(tmp_path / "runs")
     run_id = "20261127T154000000Z-dddddd"
-    record = _record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate.pid_start_time(os.getpid()),
-                     log=[{"step": "a", "status": "pending"}, {"step": "b", "status": "pending"}])
+    record = _record(
+        run_id,
+        status="running",
+        pid=os.getpid(),
+        pid_start=orchestrate.pid_start_time(os.getpid()),
+        log=[{"step": "a", "status": "pending"}, {"step": "b", "status": "pending"}],
+    )
     store.create(record)
     recorder = orchestrate.RunRecorder(store, record, snapshot_interval=3600)  # journal only
     recorder.step_finished(0, {"step": "a", "status": "passed"})
@@ -76,12 +95,22 @@ def test_journal_updates_are_applied_and_a_torn_line_ignored(tmp_path: Path) -> 
 
 def test_status_is_current_while_the_run_goes_on(project: Project) -> None:
     gate = project.root / "gate"
-    project.workflow("w", [{"name": "first", "type": "command", "run": "true"},
-                           {"name": "waits", "type": "command", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"}])
+    project.workflow(
+        "w",
+        [
+            {"name": "first", "type": "command", "run": "true"},
+            {"name": "waits", "type": "command", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"},
+        ],
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(orchestrate.__file__).parent)}
     from conftest import orchestrate_bin
-    process = subprocess.Popen([orchestrate_bin(), "--root", str(project.root), "run", "w", "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    process = subprocess.Popen(
+        [orchestrate_bin(), "--root", str(project.root), "run", "w", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -108,7 +137,9 @@ def test_runs_lists_newest_first_with_filters_and_reports_unreadable(project: Pr
     store.create(_record("20261127T150000000Z-000002", workflow="b", status="failed"))
     store.create(_record("20261127T150000000Z-000003", workflow="a"))
     (project.runs / "20261127T150000000Z-000004.json").write_text('{"schema_version": 1, "run_id": "x", "trunc')
-    (project.runs / "20261127T150000000Z-000005.json").write_text(json.dumps(_record("20261127T150000000Z-000005") | {"schema_version": 99}))
+    (project.runs / "20261127T150000000Z-000005.json").write_text(
+        json.dumps(_record("20261127T150000000Z-000005") | {"schema_version": 99})
+    )
     (project.runs / ".20261127T150000000Z-000006.json.123.tmp").write_text("{")
     result = project.cli("runs")
     assert result.exit_code == 0
@@ -117,7 +148,10 @@ def test_runs_lists_newest_first_with_filters_and_reports_unreadable(project: Pr
     assert "unreadable:" in lines[0] and "schema_version 99 is newer" in lines[0]
     assert "unreadable:" in lines[1] and "20261127T150000000Z-000004.json" in lines[1]
     only_a = project.cli("runs", "--workflow", "a", "--json")
-    assert [r["run_id"] for r in json.loads(only_a.stdout)] == ["20261127T150000000Z-000003", "20261127T150000000Z-000001"]
+    assert [r["run_id"] for r in json.loads(only_a.stdout)] == [
+        "20261127T150000000Z-000003",
+        "20261127T150000000Z-000001",
+    ]
     failed = project.cli("runs", "--status", "failed", "--json")
     assert [r["run_id"] for r in json.loads(failed.stdout)] == ["20261127T150000000Z-000002"]
     assert project.cli("runs", "--status", "faild").exit_code == 2
@@ -141,12 +175,22 @@ def test_prune_keeps_newest_and_never_running(project: Project) -> None:
     for i in range(1, 6):
         store.create(_record(f"20261127T150000000Z-00000{i}"))
         store.run_dir(f"20261127T150000000Z-00000{i}").mkdir()
-    store.write_snapshot(_record("20261127T150000000Z-000001", status="running", pid=os.getpid(),
-                                 pid_start=orchestrate.pid_start_time(os.getpid())))
+    store.write_snapshot(
+        _record(
+            "20261127T150000000Z-000001",
+            status="running",
+            pid=os.getpid(),
+            pid_start=orchestrate.pid_start_time(os.getpid()),
+        )
+    )
     result = project.cli("prune", "--keep", "2")
     assert result.exit_code == 0
     assert "removed 2 runs" in result.stdout
-    assert store.list_ids() == ["20261127T150000000Z-000005", "20261127T150000000Z-000004", "20261127T150000000Z-000001"]
+    assert store.list_ids() == [
+        "20261127T150000000Z-000005",
+        "20261127T150000000Z-000004",
+        "20261127T150000000Z-000001",
+    ]
     assert not store.run_dir("20261127T150000000Z-000002").exists()
 
 
@@ -169,8 +213,12 @@ def test_queued_and_running_runs_never_count_toward_keep_runs(project: Project) 
     queued = [f"29991231T000000{n:03d}Z-0000aa" for n in range(20)]  # newer than any real run
     for run_id in queued:
         store.create(_record(run_id, status="pending", trigger={"source": "http"}))
-    alive = _record("29991231T000000999Z-0000bb", status="running", pid=os.getpid(),
-                    pid_start=orchestrate.pid_start_time(os.getpid()))
+    alive = _record(
+        "29991231T000000999Z-0000bb",
+        status="running",
+        pid=os.getpid(),
+        pid_start=orchestrate.pid_start_time(os.getpid()),
+    )
     store.create(alive)
 
     assert project.cli("run", "w", "--quiet").exit_code == 0  # prunes after the run
@@ -186,15 +234,17 @@ def test_queued_and_running_runs_never_count_toward_keep_runs(project: Project) 
 
 def test_prune_reads_a_dead_running_run_as_finished(project: Project) -> None:
     store = orchestrate.RunStore(project.runs)
-    store.create(_record("20261127T150000000Z-000001", status="running", pid=2 ** 22 + 12345))
+    store.create(_record("20261127T150000000Z-000001", status="running", pid=2**22 + 12345))
     store.create(_record("20261127T150000000Z-000002"))
     store.create(_record("20261127T150000000Z-000003", status="pending"))
     assert store.prune(1) == ["20261127T150000000Z-000001"]  # interrupted: finished, and older
 
 
 def test_logs_prints_full_output_by_name_or_number(project: Project) -> None:
-    project.workflow("w", [{"name": "a", "type": "command", "run": "echo alpha"},
-                           {"name": "b", "type": "command", "run": "echo beta"}])
+    project.workflow(
+        "w",
+        [{"name": "a", "type": "command", "run": "echo alpha"}, {"name": "b", "type": "command", "run": "echo beta"}],
+    )
     project.cli("run", "w")
     run_id = project.last_record()["run_id"]
     assert project.cli("logs", run_id, "b").stdout == "beta\n"
@@ -211,11 +261,32 @@ def test_record_has_what_resume_will_need(project: Project) -> None:
     record = project.last_record()
     assert len(record["workflow_sha256"]) == 64
     assert len(record["log"][0]["definition_sha256"]) == 64
-    for key in ("schema_version", "run_id", "workflow", "status", "current", "started_at", "finished_at",
-                "pid", "trigger", "log"):
+    for key in (
+        "schema_version",
+        "run_id",
+        "workflow",
+        "status",
+        "current",
+        "started_at",
+        "finished_at",
+        "pid",
+        "trigger",
+        "log",
+    ):
         assert key in record
-    for key in ("step", "type", "status", "started_at", "finished_at", "duration_s", "exit_code", "attempts",
-                "message", "output_tail", "log_file"):
+    for key in (
+        "step",
+        "type",
+        "status",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "exit_code",
+        "attempts",
+        "message",
+        "output_tail",
+        "log_file",
+    ):
         assert key in record["log"][0]
     assert record["log"][0]["log_file"] == f"runs/{record['run_id']}/01-a.log"
     assert "environ" not in json.dumps(record).lower()
@@ -233,9 +304,18 @@ def test_unwritable_runs_dir_is_exit_3_with_a_hint(project: Project, monkeypatch
 def test_a_version_1_record_is_migrated_on_read(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
-    v1 = {"schema_version": 1, "run_id": "20261127T154000000Z-aaaaab", "workflow": "w", "status": "completed",
-          "current": None, "started_at": "2026-11-27T15:40:00.000Z", "finished_at": "2026-11-27T15:40:01.000Z",
-          "pid": None, "trigger": {"source": "cli"}, "log": [{"step": "a", "status": "passed"}]}
+    v1 = {
+        "schema_version": 1,
+        "run_id": "20261127T154000000Z-aaaaab",
+        "workflow": "w",
+        "status": "completed",
+        "current": None,
+        "started_at": "2026-11-27T15:40:00.000Z",
+        "finished_at": "2026-11-27T15:40:01.000Z",
+        "pid": None,
+        "trigger": {"source": "cli"},
+        "log": [{"step": "a", "status": "passed"}],
+    }
     (runs / "20261127T154000000Z-aaaaab.json").write_text(json.dumps(v1))
     loaded = orchestrate.RunStore(runs).load("20261127T154000000Z-aaaaab")
     assert loaded["schema_version"] == orchestrate.SCHEMA_VERSION == 3
@@ -255,13 +335,19 @@ def test_a_malformed_record_is_never_written(tmp_path: Path) -> None:
 def test_an_unreadable_journal_makes_the_record_unreadable_not_stale(project: Project) -> None:
     run_id = "20261127T154000000Z-aaaaad"
     store = orchestrate.RunStore(project.runs)
-    store.create(_record(run_id, status="running", pid=os.getpid(), pid_start=orchestrate.pid_start_time(os.getpid()),
-                         log=[{"step": "a", "status": "running"}]))
+    store.create(
+        _record(
+            run_id,
+            status="running",
+            pid=os.getpid(),
+            pid_start=orchestrate.pid_start_time(os.getpid()),
+            log=[{"step": "a", "status": "running"}],
+        )
+    )
     store.journal_path(run_id).mkdir()  # what a read error looks like, even to root
     result = project.cli("status", run_id)
     assert result.exit_code == 3
-    assert result.stderr.strip() == (f"orchestrate: error: {store.journal_path(run_id)}: unreadable: "
-                                     "Is a directory")
+    assert result.stderr.strip() == (f"orchestrate: error: {store.journal_path(run_id)}: unreadable: Is a directory")
 
 
 def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
@@ -297,8 +383,13 @@ def test_short_steps_are_not_synced_one_by_one(project: Project, monkeypatch: py
 
 
 def test_a_step_that_ran_a_second_has_its_outcome_synced(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    project.workflow("w", [{"name": "slow", "type": "command", "run": ["sleep", "1.1"]},
-                           {"name": "quick", "type": "command", "run": ["true"]}])
+    project.workflow(
+        "w",
+        [
+            {"name": "slow", "type": "command", "run": ["sleep", "1.1"]},
+            {"name": "quick", "type": "command", "run": ["true"]},
+        ],
+    )
     calls = _count_syncs(monkeypatch)
     monkeypatch.setattr(orchestrate, "SNAPSHOT_INTERVAL_S", 3600.0)  # no periodic snapshot in between
     assert project.cli("run", "w", "--quiet").exit_code == 0
@@ -337,11 +428,12 @@ def test_pruning_after_a_run_goes_in_bounded_batches(project: Project, monkeypat
     # pruning always makes progress
     _finished_runs(store, 20, first=1000)
     ids = store.list_ids()
-    assert store.prune(1, budget_s=0.0) == ids[1:1 + orchestrate.PRUNE_AT_LEAST]
+    assert store.prune(1, budget_s=0.0) == ids[1 : 1 + orchestrate.PRUNE_AT_LEAST]
 
 
-def test_after_a_run_one_stat_says_runs_holds_no_more_than_keep(project: Project,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_after_a_run_one_stat_says_runs_holds_no_more_than_keep(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Listing 10,000 runs took 17 ms after every run; a folder's link count tells as much."""
     store = orchestrate.RunStore(project.runs)
     _finished_runs(store, 3)
@@ -353,8 +445,9 @@ def test_after_a_run_one_stat_says_runs_holds_no_more_than_keep(project: Project
     assert store.may_hold_more_than(2) is True
 
 
-def test_a_filtered_listing_parses_only_records_that_may_match(project: Project,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_filtered_listing_parses_only_records_that_may_match(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 15: `runs --workflow W` and `--status S` read a record's first bytes and parse it
     only when it may match; the newest matching ones come first, and reading stops at --limit."""
     store = orchestrate.RunStore(project.runs)
@@ -365,7 +458,9 @@ def test_a_filtered_listing_parses_only_records_that_may_match(project: Project,
     store.create(_record(failed, workflow="other", status="failed"))
     loaded: list[str] = []
     real_load = orchestrate.RunStore.load
-    monkeypatch.setattr(orchestrate.RunStore, "load", lambda self, run_id: loaded.append(run_id) or real_load(self, run_id))
+    monkeypatch.setattr(
+        orchestrate.RunStore, "load", lambda self, run_id: loaded.append(run_id) or real_load(self, run_id)
+    )
     assert [r["run_id"] for r in store.list(workflow="mine", limit=3)] == [*reversed(newest_mine), mine[-1]]
     assert loaded == [*reversed(newest_mine), mine[-1]]
     loaded.clear()
@@ -373,8 +468,7 @@ def test_a_filtered_listing_parses_only_records_that_may_match(project: Project,
     assert loaded == [failed]
 
 
-def test_status_of_an_id_or_the_latest_run_lists_no_history(project: Project,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_of_an_id_or_the_latest_run_lists_no_history(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 15: `status ID` and `status latest` with 10,000 runs listed and sorted them all."""
     store = orchestrate.RunStore(project.runs)
     ids = _finished_runs(store, 80)

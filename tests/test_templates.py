@@ -4,6 +4,7 @@ this repository, with only the install line pointed at the wheel just built; the
 appears where the template publishes it and the exit code follows the run's. The templates
 also pass their CI systems' own checks: SchemaStore's GitHub and GitLab schemas (the ones
 check-jsonschema ships), actionlint, and shellcheck on every shell line."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ DISTRIBUTION = "orchestrate-cli"
 
 
 # --- reading the templates ---------------------------------------------------------------
+
 
 def github_template(path: Path = HOOKS / "github-actions.yml") -> dict[str, Any]:
     data = yaml.safe_load(path.read_text())
@@ -58,8 +60,11 @@ def is_install_line(line: str) -> bool:
 
 
 def test_each_template_installs_the_distribution_exactly_once() -> None:
-    for name, lines in (("github-actions.yml", github_scripts()), ("gitlab-ci.yml", gitlab_lines()),
-                        ("Jenkinsfile", jenkins_lines())):
+    for name, lines in (
+        ("github-actions.yml", github_scripts()),
+        ("gitlab-ci.yml", gitlab_lines()),
+        ("Jenkinsfile", jenkins_lines()),
+    ):
         assert sum(map(is_install_line, lines)) == 1, f"{name}: {lines}"
         run_lines = [line for line in lines if re.search(r"(^|/)orchestrate run ci\b", line)]
         assert run_lines and all("--junit-xml reports/junit.xml" in line for line in run_lines), name
@@ -77,6 +82,7 @@ def test_jenkins_never_installs_into_the_system_python() -> None:
 
 # --- running them ----------------------------------------------------------------------------
 
+
 class Clone:
     """A temporary clone of this repository: the files, committed in a fresh git repository."""
 
@@ -84,8 +90,9 @@ class Clone:
         self.tmp = tmp
         self.home = tmp / "home"
         self.home.mkdir()
-        (tmp / "gitconfig").write_text("[user]\n\tname = CI\n\temail = ci@example.com\n"
-                                       "[init]\n\tdefaultBranch = main\n")
+        (tmp / "gitconfig").write_text(
+            "[user]\n\tname = CI\n\temail = ci@example.com\n[init]\n\tdefaultBranch = main\n"
+        )
         self.root = copy_checkout(tmp / "workspace")
         self.tools = tmp / "tools"  # what a CI image has on PATH, and nothing of this test's venv
         self.tools.mkdir()
@@ -96,16 +103,25 @@ class Clone:
         self.git("commit", "-q", "-m", "the repository as shipped")
 
     def base_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in CI_VARIABLES and not k.startswith(("GIT_", "ORCHESTRATE_", "PYTHON", "PIPX_",
-                                                              "VIRTUAL_ENV", "GITHUB_", "GITLAB_", "CI_"))}
-        env.update(HOME=str(self.home), GIT_CONFIG_GLOBAL=str(self.tmp / "gitconfig"), GIT_CONFIG_NOSYSTEM="1",
-                   PATH=os.pathsep.join([str(self.tools), "/usr/local/bin", "/usr/bin", "/bin"]), CI="true")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in CI_VARIABLES
+            and not k.startswith(
+                ("GIT_", "ORCHESTRATE_", "PYTHON", "PIPX_", "VIRTUAL_ENV", "GITHUB_", "GITLAB_", "CI_")
+            )
+        }
+        env.update(
+            HOME=str(self.home),
+            GIT_CONFIG_GLOBAL=str(self.tmp / "gitconfig"),
+            GIT_CONFIG_NOSYSTEM="1",
+            PATH=os.pathsep.join([str(self.tools), "/usr/local/bin", "/usr/bin", "/bin"]),
+            CI="true",
+        )
         return env
 
     def git(self, *args: str) -> None:
-        subprocess.run(["git", *args], cwd=self.root, env=self.base_env(), check=True, capture_output=True,
-                       timeout=60)
+        subprocess.run(["git", *args], cwd=self.root, env=self.base_env(), check=True, capture_output=True, timeout=60)
 
     def break_ci_workflow(self) -> None:
         """Add a failing step to workflows/ci.json and commit it, as a developer would."""
@@ -121,8 +137,15 @@ class Clone:
     def sh(self, argv: list[str], script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         path = self.tmp / "step.sh"
         path.write_text(script + "\n")
-        return subprocess.run([*argv, str(path)], cwd=self.root, env=env, capture_output=True, text=True,
-                              timeout=240, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [*argv, str(path)],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def run_github(clone: Clone, wheel: Path) -> tuple[int, str]:
@@ -133,9 +156,18 @@ def run_github(clone: Clone, wheel: Path) -> tuple[int, str]:
         (clone.tools / "pipx").symlink_to(tool_path("pipx"))
     summary = clone.tmp / "step-summary.md"
     summary.touch()
-    env.update(GITHUB_ACTIONS="true", GITHUB_WORKSPACE=str(clone.root), GITHUB_STEP_SUMMARY=str(summary),
-               GITHUB_REPOSITORY="acme/shop", GITHUB_RUN_ID="1", GITHUB_SHA="0" * 40, GITHUB_REF_NAME="main",
-               RUNNER_TEMP=str(clone.tmp), PIPX_HOME=str(clone.tmp / "pipx-home"), PIPX_BIN_DIR=str(pipx_bin))
+    env.update(
+        GITHUB_ACTIONS="true",
+        GITHUB_WORKSPACE=str(clone.root),
+        GITHUB_STEP_SUMMARY=str(summary),
+        GITHUB_REPOSITORY="acme/shop",
+        GITHUB_RUN_ID="1",
+        GITHUB_SHA="0" * 40,
+        GITHUB_REF_NAME="main",
+        RUNNER_TEMP=str(clone.tmp),
+        PIPX_HOME=str(clone.tmp / "pipx-home"),
+        PIPX_BIN_DIR=str(pipx_bin),
+    )
     env["PATH"] = f"{pipx_bin}{os.pathsep}{env['PATH']}"  # as on GitHub's images
     log = ""
     for script in github_scripts():
@@ -155,12 +187,20 @@ def run_gitlab(clone: Clone, wheel: Path) -> tuple[int, str]:
     job = gitlab_job()
     image = clone.tmp / "image-python"
     if not image.exists():
-        subprocess.run([sys._base_executable, "-m", "venv", str(image)], check=True,  # type: ignore[attr-defined]
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys._base_executable, "-m", "venv", str(image)],
+            check=True,  # type: ignore[attr-defined]
+            capture_output=True,
+            timeout=120,
+        )
     env = clone.base_env()
     env.update({key: str(value) for key, value in job.get("variables", {}).items()})
-    env.update(GITLAB_CI="true", CI_PROJECT_DIR=str(clone.root), CI_JOB_URL="https://gitlab.example/job/1",
-               CI_COMMIT_BRANCH="main")
+    env.update(
+        GITLAB_CI="true",
+        CI_PROJECT_DIR=str(clone.root),
+        CI_JOB_URL="https://gitlab.example/job/1",
+        CI_COMMIT_BRANCH="main",
+    )
     env["PATH"] = f"{image / 'bin'}{os.pathsep}{env['PATH']}"
     lines = [point_install_at(line, wheel) if is_install_line(line) else line for line in gitlab_lines()]
     result = clone.sh(["bash", "--noprofile", "--norc", "-eo", "pipefail"], "\n".join(lines), env)
@@ -171,8 +211,12 @@ def run_gitlab(clone: Clone, wheel: Path) -> tuple[int, str]:
 def run_jenkins(clone: Clone, wheel: Path) -> tuple[int, str]:
     """Each `sh` step as Jenkins runs it (sh -xe), stopping at the first failure."""
     env = clone.base_env()
-    env.update(JENKINS_URL="http://127.0.0.1:8080/", WORKSPACE=str(clone.root),
-               BUILD_URL="http://127.0.0.1:8080/job/shop/1/", BRANCH_NAME="main")
+    env.update(
+        JENKINS_URL="http://127.0.0.1:8080/",
+        WORKSPACE=str(clone.root),
+        BUILD_URL="http://127.0.0.1:8080/job/shop/1/",
+        BRANCH_NAME="main",
+    )
     log = ""
     for line in jenkins_lines():
         if is_install_line(line):
@@ -222,7 +266,8 @@ def published_html_report(template: str) -> str:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("template", sorted(RUNNERS))
 def test_template_runs_as_shipped_and_its_exit_code_follows_the_run(
-        template: str, built_dist: dict[str, Path], tmp_path: Path) -> None:
+    template: str, built_dist: dict[str, Path], tmp_path: Path
+) -> None:
     clone = Clone(tmp_path)
     report = clone.root / published_report(template)
     page = clone.root / published_html_report(template)
@@ -245,45 +290,64 @@ def test_template_runs_as_shipped_and_its_exit_code_follows_the_run(
 
 # --- the CI systems' own checks --------------------------------------------------------------
 
-@pytest.mark.parametrize("name, schema", [("github-actions.yml", "vendor.github-workflows"),
-                                          ("github-actions-shard.yml", "vendor.github-workflows"),
-                                          ("gitlab-ci.yml", "vendor.gitlab-ci")])
+
+@pytest.mark.parametrize(
+    "name, schema",
+    [
+        ("github-actions.yml", "vendor.github-workflows"),
+        ("github-actions-shard.yml", "vendor.github-workflows"),
+        ("gitlab-ci.yml", "vendor.gitlab-ci"),
+    ],
+)
 def test_templates_match_their_ci_schemas(name: str, schema: str) -> None:
-    result = subprocess.run([tool_path("check-jsonschema"), "--builtin-schema", schema, str(HOOKS / name)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [tool_path("check-jsonschema"), "--builtin-schema", schema, str(HOOKS / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("name", ["github-actions.yml", "github-actions-shard.yml"])
 def test_github_templates_pass_actionlint_with_shellcheck(name: str) -> None:
-    result = subprocess.run([tool_path("actionlint"), "-shellcheck", tool_path("shellcheck"), "-no-color",
-                             str(HOOKS / name)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [tool_path("actionlint"), "-shellcheck", tool_path("shellcheck"), "-no-color", str(HOOKS / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def shell_snippets() -> list[tuple[str, str, str]]:
     """(template, shell dialect, script) for every shell line a template runs."""
+
     def expanded(script: str) -> str:  # the runner substitutes ${{ ... }} before the shell runs
         return re.sub(r"\$\{\{.*?\}\}", "1", script)
 
     found = [("github-actions.yml", "bash", expanded(s)) for s in github_scripts()]
-    found += [("github-actions-shard.yml", "bash", expanded(s))
-              for s in github_scripts(HOOKS / "github-actions-shard.yml")]
+    found += [
+        ("github-actions-shard.yml", "bash", expanded(s)) for s in github_scripts(HOOKS / "github-actions-shard.yml")
+    ]
     found.append(("gitlab-ci.yml", "bash", "\n".join(gitlab_lines())))
     found += [(name, "sh", line) for name in ("Jenkinsfile", "Jenkinsfile.shard") for line in jenkins_lines(name)]
     return found
 
 
-@pytest.mark.parametrize("template, dialect, script", shell_snippets(),
-                         ids=[f"{t}:{s[:40]}" for t, _, s in shell_snippets()])
+@pytest.mark.parametrize(
+    "template, dialect, script", shell_snippets(), ids=[f"{t}:{s[:40]}" for t, _, s in shell_snippets()]
+)
 def test_template_shell_lines_pass_shellcheck(template: str, dialect: str, script: str) -> None:
-    result = subprocess.run([tool_path("shellcheck"), "-s", dialect, "-"], input=script, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [tool_path("shellcheck"), "-s", dialect, "-"], input=script, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"{template}: {result.stdout}"
 
 
 @pytest.mark.parametrize("bad, code", [("echo $1", "SC2086"), ("cd somewhere\nls", "SC2164")])
 def test_shellcheck_is_really_checking(bad: str, code: str) -> None:
-    result = subprocess.run([tool_path("shellcheck"), "-s", "sh", "-"], input=bad, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [tool_path("shellcheck"), "-s", "sh", "-"], input=bad, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1 and code in result.stdout

@@ -1,4 +1,5 @@
 """Loading and validating workflow files: every bad input is one clear line and exit 2."""
+
 from __future__ import annotations
 
 import json
@@ -29,46 +30,106 @@ BAD_WORKFLOWS = [
     ('{"steps": {}}', "workflows/w.json: key 'steps' must be a list, not object"),
     ('{"steps": []}', "workflows/w.json: key 'steps' is empty; add at least one step"),
     (_doc(CMD, stesp=1), "workflows/w.json: unknown key 'stesp' (did you mean 'steps'?)"),
-    (_doc(CMD, name="other"), "workflows/w.json: key 'name' is 'other' but the file is w.json; make them match (the file name is how you run it)"),
+    (
+        _doc(CMD, name="other"),
+        "workflows/w.json: key 'name' is 'other' but the file is w.json; make them match (the file name is how you run it)",
+    ),
     (_doc(CMD, env={"A": 1}), "workflows/w.json: key 'env.A' must be a string, not integer"),
     ('{"steps": [1]}', "workflows/w.json: steps[0]: expected an object, not integer"),
     (_doc({"type": "command", "run": "x"}), "workflows/w.json: steps[0]: missing required key 'name'"),
-    (_doc({"name": "a", "run": "x"}), 'workflows/w.json: steps[0] "a": missing required key \'type\''),
-    (_doc({"name": 5, "type": "command", "run": "x"}), "workflows/w.json: steps[0]: key 'name' must be a string, not integer"),
-    (_doc({"name": "a", "type": "pyhton"}), "workflows/w.json: steps[0] \"a\": unknown step type 'pyhton' (did you mean 'python'?); built-in types: "),
-    (_doc({**PY, "scirpt": "x"}), 'workflows/w.json: steps[0] "py": unknown key \'scirpt\' (did you mean \'script\'?)'),
-    (_doc({k: v for k, v in PY.items() if k != "script"}), 'workflows/w.json: steps[0] "py": missing required key \'script\''),
-    (_doc({**PY, "args": "--fast"}), 'workflows/w.json: steps[0] "py": key \'args\' must be a list, not string'),
-    (_doc({**PY, "args": [1]}), 'workflows/w.json: steps[0] "py": key \'args[0]\' must be a string, not integer'),
-    (_doc({**CMD, "timeout": "10"}), 'workflows/w.json: steps[0] "cmd": key \'timeout\' must be a number, not string'),
-    (_doc({**CMD, "timeout": 0}), 'workflows/w.json: steps[0] "cmd": key \'timeout\' must be a number of seconds above 0'),
-    (_doc({**CMD, "retries": True}), 'workflows/w.json: steps[0] "cmd": key \'retries\' must be an integer, not true/false'),
-    (_doc({**CMD, "retries": -1}), 'workflows/w.json: steps[0] "cmd": key \'retries\' must be between 0 and 100'),
-    (_doc({**CMD, "continue_on_error": "yes"}), 'workflows/w.json: steps[0] "cmd": key \'continue_on_error\' must be true or false, not string'),
-    (_doc({**CMD, "when": {"status": "allways"}}), 'workflows/w.json: steps[0] "cmd": key \'when.status\' must be one of success, failure, always, not \'allways\' (did you mean \'always\'?)'),
-    (_doc({**CMD, "when": {"stauts": "always"}}), 'workflows/w.json: steps[0] "cmd": unknown key \'when.stauts\' (did you mean \'status\'?)'),
-    (_doc({**CMD, "when": {"changed": []}}), 'workflows/w.json: steps[0] "cmd": key \'when.changed\' must be a non-empty list of glob strings'),
-    (_doc({**CMD, "env": ["A=1"]}), 'workflows/w.json: steps[0] "cmd": key \'env\' must be an object, not list'),
-    (_doc({**CMD, "run": []}), 'workflows/w.json: steps[0] "cmd": key \'run\' is an empty list; give the command and its arguments'),
-    (_doc({**CMD, "run": ["ls", 3]}), 'workflows/w.json: steps[0] "cmd": key \'run[1]\' must be a string, not integer'),
-    (_doc({**CMD, "run": 3}), 'workflows/w.json: steps[0] "cmd": key \'run\' must be a string or a list, not integer'),
-    (_doc(CMD, CMD), 'workflows/w.json: steps[1] "cmd": duplicate step name \'cmd\' (also steps[0]); step names must be unique'),
-    (_doc({**CMD, "name": "a/b"}), 'workflows/w.json: steps[0] "a/b": key \'name\' must be at most 100 characters without \'/\', \'\\\' or control characters'),
-    (_doc({**CMD, "name": "a\u0000b"}), "key 'name' must be at most 100 characters without '/', '\\' or control characters"),
-    (_doc({**CMD, "name": "  "}), 'workflows/w.json: steps[0] "  ": key \'name\' must not be empty'),
-    (_doc({**CMD, "run": "echo ${NOPE_UNSET_VAR}"}), 'workflows/w.json: steps[0] "cmd": key \'run\': variable ${NOPE_UNSET_VAR} is not set (export it, pass --var NOPE_UNSET_VAR=VALUE, or write ${NOPE_UNSET_VAR:-default})'),
-    (_doc({**CMD, "run": "echo ${"}), 'workflows/w.json: steps[0] "cmd": key \'run\': unterminated \'${\' in \'echo ${\' (write \'$${\' for a literal \'${\')'),
-    (_doc({**CMD, "run": "echo ${1abc}"}), 'workflows/w.json: steps[0] "cmd": key \'run\': \'${1abc}\' is not a variable reference: use ${NAME} or ${NAME:-default} (write \'$${\' for a literal \'${\')'),
+    (_doc({"name": "a", "run": "x"}), "workflows/w.json: steps[0] \"a\": missing required key 'type'"),
+    (
+        _doc({"name": 5, "type": "command", "run": "x"}),
+        "workflows/w.json: steps[0]: key 'name' must be a string, not integer",
+    ),
+    (
+        _doc({"name": "a", "type": "pyhton"}),
+        "workflows/w.json: steps[0] \"a\": unknown step type 'pyhton' (did you mean 'python'?); built-in types: ",
+    ),
+    (_doc({**PY, "scirpt": "x"}), "workflows/w.json: steps[0] \"py\": unknown key 'scirpt' (did you mean 'script'?)"),
+    (
+        _doc({k: v for k, v in PY.items() if k != "script"}),
+        "workflows/w.json: steps[0] \"py\": missing required key 'script'",
+    ),
+    (_doc({**PY, "args": "--fast"}), "workflows/w.json: steps[0] \"py\": key 'args' must be a list, not string"),
+    (_doc({**PY, "args": [1]}), "workflows/w.json: steps[0] \"py\": key 'args[0]' must be a string, not integer"),
+    (_doc({**CMD, "timeout": "10"}), "workflows/w.json: steps[0] \"cmd\": key 'timeout' must be a number, not string"),
+    (
+        _doc({**CMD, "timeout": 0}),
+        "workflows/w.json: steps[0] \"cmd\": key 'timeout' must be a number of seconds above 0",
+    ),
+    (
+        _doc({**CMD, "retries": True}),
+        "workflows/w.json: steps[0] \"cmd\": key 'retries' must be an integer, not true/false",
+    ),
+    (_doc({**CMD, "retries": -1}), "workflows/w.json: steps[0] \"cmd\": key 'retries' must be between 0 and 100"),
+    (
+        _doc({**CMD, "continue_on_error": "yes"}),
+        "workflows/w.json: steps[0] \"cmd\": key 'continue_on_error' must be true or false, not string",
+    ),
+    (
+        _doc({**CMD, "when": {"status": "allways"}}),
+        "workflows/w.json: steps[0] \"cmd\": key 'when.status' must be one of success, failure, always, not 'allways' (did you mean 'always'?)",
+    ),
+    (
+        _doc({**CMD, "when": {"stauts": "always"}}),
+        "workflows/w.json: steps[0] \"cmd\": unknown key 'when.stauts' (did you mean 'status'?)",
+    ),
+    (
+        _doc({**CMD, "when": {"changed": []}}),
+        "workflows/w.json: steps[0] \"cmd\": key 'when.changed' must be a non-empty list of glob strings",
+    ),
+    (_doc({**CMD, "env": ["A=1"]}), "workflows/w.json: steps[0] \"cmd\": key 'env' must be an object, not list"),
+    (
+        _doc({**CMD, "run": []}),
+        "workflows/w.json: steps[0] \"cmd\": key 'run' is an empty list; give the command and its arguments",
+    ),
+    (_doc({**CMD, "run": ["ls", 3]}), "workflows/w.json: steps[0] \"cmd\": key 'run[1]' must be a string, not integer"),
+    (_doc({**CMD, "run": 3}), "workflows/w.json: steps[0] \"cmd\": key 'run' must be a string or a list, not integer"),
+    (
+        _doc(CMD, CMD),
+        "workflows/w.json: steps[1] \"cmd\": duplicate step name 'cmd' (also steps[0]); step names must be unique",
+    ),
+    (
+        _doc({**CMD, "name": "a/b"}),
+        "workflows/w.json: steps[0] \"a/b\": key 'name' must be at most 100 characters without '/', '\\' or control characters",
+    ),
+    (
+        _doc({**CMD, "name": "a\u0000b"}),
+        "key 'name' must be at most 100 characters without '/', '\\' or control characters",
+    ),
+    (_doc({**CMD, "name": "  "}), "workflows/w.json: steps[0] \"  \": key 'name' must not be empty"),
+    (
+        _doc({**CMD, "run": "echo ${NOPE_UNSET_VAR}"}),
+        "workflows/w.json: steps[0] \"cmd\": key 'run': variable ${NOPE_UNSET_VAR} is not set (export it, pass --var NOPE_UNSET_VAR=VALUE, or write ${NOPE_UNSET_VAR:-default})",
+    ),
+    (
+        _doc({**CMD, "run": "echo ${"}),
+        "workflows/w.json: steps[0] \"cmd\": key 'run': unterminated '${' in 'echo ${' (write '$${' for a literal '${')",
+    ),
+    (
+        _doc({**CMD, "run": "echo ${1abc}"}),
+        "workflows/w.json: steps[0] \"cmd\": key 'run': '${1abc}' is not a variable reference: use ${NAME} or ${NAME:-default} (write '$${' for a literal '${')",
+    ),
     (_doc({**CMD, "run": "echo ${A:-${B}}"}), "nested '${' inside '${A:-${B}' is not supported"),
     (_doc({**CMD, "shard": "second"}), 'workflows/w.json: steps[0] "cmd": key \'shard\' must be "all" or "first"'),
-    (_doc(CMD, secrets=["not a var"]), "workflows/w.json: key 'secrets' lists 'not a var', which is not a variable name"),
+    (
+        _doc(CMD, secrets=["not a var"]),
+        "workflows/w.json: key 'secrets' lists 'not a var', which is not a variable name",
+    ),
     ('{"steps": [], "steps": []}', "workflows/w.json: key 'steps' appears twice in the same object"),
-    ('{"steps": [{"name": "a", "type": "command", "run": "x"},]}',
-     "workflows/w.json: invalid JSON at line 1 column 56: trailing comma before ']' (JSON allows none: remove it)"),
-    ('{\n  "steps": [{"name": "a", "type": "command", "run": "x"}],\n  \n}',
-     "workflows/w.json: invalid JSON at line 2 column 58: trailing comma before '}' (JSON allows none: remove it)"),
-    ('{"steps": [{"name": "a", "type": "command", "run": ["x", ]}]}',
-     "workflows/w.json: invalid JSON at line 1 column 56: trailing comma before ']' (JSON allows none: remove it)"),
+    (
+        '{"steps": [{"name": "a", "type": "command", "run": "x"},]}',
+        "workflows/w.json: invalid JSON at line 1 column 56: trailing comma before ']' (JSON allows none: remove it)",
+    ),
+    (
+        '{\n  "steps": [{"name": "a", "type": "command", "run": "x"}],\n  \n}',
+        "workflows/w.json: invalid JSON at line 2 column 58: trailing comma before '}' (JSON allows none: remove it)",
+    ),
+    (
+        '{"steps": [{"name": "a", "type": "command", "run": ["x", ]}]}',
+        "workflows/w.json: invalid JSON at line 1 column 56: trailing comma before ']' (JSON allows none: remove it)",
+    ),
     ('{"steps": [,]}', "workflows/w.json: invalid JSON at line 1 column 12: Expecting value"),
 ]
 
@@ -87,12 +148,18 @@ def test_bad_workflow_is_one_line_exit_2_and_nothing_written(project: Project, c
     assert not project.runs.exists() or not any(project.runs.iterdir())
 
 
-@pytest.mark.parametrize("raw,message", [
-    (b"\xef\xbb\xbf" + _doc(CMD).encode(), None),  # a UTF-8 BOM is accepted
-    ("\ufeff".encode("utf-16") + b"{}", "file is UTF-16; save it as UTF-8"),
-    (b'{"steps": [{"name": "caf\xe9", "type": "command", "run": "x"}]}', "not valid UTF-8 (byte 0xe9 at line 1); save the file as UTF-8"),
-    (b"[" * 10000 + b"]" * 10000, "JSON is nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (b"\xef\xbb\xbf" + _doc(CMD).encode(), None),  # a UTF-8 BOM is accepted
+        ("\ufeff".encode("utf-16") + b"{}", "file is UTF-16; save it as UTF-8"),
+        (
+            b'{"steps": [{"name": "caf\xe9", "type": "command", "run": "x"}]}',
+            "not valid UTF-8 (byte 0xe9 at line 1); save the file as UTF-8",
+        ),
+        (b"[" * 10000 + b"]" * 10000, "JSON is nested too deeply"),
+    ],
+)
 def test_encodings_and_nesting(project: Project, raw: bytes, message: str | None) -> None:
     project.write("workflows/w.json", raw)
     result = project.cli("validate", "w")
@@ -161,13 +228,15 @@ def test_bad_var_flag(project: Project, value: str) -> None:
 
 def test_secret_values_are_collected_and_hashes_exclude_them(project: Project) -> None:
     project.write("integrations/notify_runner.py", "def execute(step):\n    pass\n")
-    project.workflow("w", [{"name": "n", "type": "notify", "token": "${MY_TOKEN}", "api_password": "${PW}"}],
-                     secrets=["OTHER"])
+    project.workflow(
+        "w", [{"name": "n", "type": "notify", "token": "${MY_TOKEN}", "api_password": "${PW}"}], secrets=["OTHER"]
+    )
     env = {"MY_TOKEN": "tok-123456", "PW": "pw-abcdef", "OTHER": "other-secret"}
     wf = orchestrate.load_workflow("w", project.workflows, env, orchestrate.Settings(), project.root)
     assert wf.secrets == {"tok-123456", "pw-abcdef", "other-secret"}
-    wf2 = orchestrate.load_workflow("w", project.workflows, {**env, "MY_TOKEN": "different-token"},
-                                    orchestrate.Settings(), project.root)
+    wf2 = orchestrate.load_workflow(
+        "w", project.workflows, {**env, "MY_TOKEN": "different-token"}, orchestrate.Settings(), project.root
+    )
     assert wf.steps[0].definition_sha256 == wf2.steps[0].definition_sha256
 
 
@@ -197,7 +266,8 @@ def test_validate_all_and_list(project: Project) -> None:
         "a          1 step  first one",
         "b         2 steps",
         "broken    invalid  (see: orchestrate validate broken)",
-        "typo      invalid  (see: orchestrate validate typo)"]
+        "typo      invalid  (see: orchestrate validate typo)",
+    ]
 
 
 def test_validate_takes_var_like_run(project: Project) -> None:
@@ -208,8 +278,9 @@ def test_validate_takes_var_like_run(project: Project) -> None:
     assert result.stdout == "workflows/w.json: ok (1 step)\n"
     bad = project.cli("validate", "w", "--var", "no-equals")
     assert bad.exit_code == 2
-    assert bad.stderr == ("orchestrate: error: --var 'no-equals': expected KEY=VALUE with KEY a variable name "
-                          "(letters, digits, _)\n")
+    assert bad.stderr == (
+        "orchestrate: error: --var 'no-equals': expected KEY=VALUE with KEY a variable name (letters, digits, _)\n"
+    )
 
 
 def test_validate_warns_about_missing_venv_ahead_of_time(project: Project) -> None:
@@ -231,28 +302,43 @@ def test_settings_file_is_validated(project: Project) -> None:
 # --- issue 11: hostile globs end quickly with a clear message -------------------------------------
 
 CY = {"name": "ui", "type": "cypress", "project": "e2e/app"}
+
+
 def _cut(pattern: str) -> str:
     return pattern if len(pattern) <= 80 else pattern[:79] + "…"
 
 
 TOO_MANY = "its braces expand to more than 1,000 patterns, the most orchestrate accepts (list fewer alternatives, or use * and ?)"
 HOSTILE_GLOBS = [
-    ({**CY, "spec": "[z-a].cy.js"},
-     "steps[0] \"ui\": key 'spec': invalid glob '[z-a].cy.js': the character range z-a in [z-a] is reversed (write a-z)"),
+    (
+        {**CY, "spec": "[z-a].cy.js"},
+        "steps[0] \"ui\": key 'spec': invalid glob '[z-a].cy.js': the character range z-a in [z-a] is reversed (write a-z)",
+    ),
     ({**CY, "spec": "{a,b}" * 16}, f"steps[0] \"ui\": key 'spec': invalid glob '{_cut('{a,b}' * 16)}': {TOO_MANY}"),
-    ({**CY, "spec": "{a,b,c,d}" * 12}, f"steps[0] \"ui\": key 'spec': invalid glob '{_cut('{a,b,c,d}' * 12)}': {TOO_MANY}"),
+    (
+        {**CY, "spec": "{a,b,c,d}" * 12},
+        f"steps[0] \"ui\": key 'spec': invalid glob '{_cut('{a,b,c,d}' * 12)}': {TOO_MANY}",
+    ),
     ({**CY, "spec": "{" * 40 + "a,b" + "}" * 40}, "key 'spec': invalid glob '" + "{" * 40),
-    ({**CMD, "when": {"changed": ["src/**", "[z-a]/*.py"]}},
-     "steps[0] \"cmd\": key 'when.changed[1]': invalid glob '[z-a]/*.py': the character range z-a in [z-a] is reversed (write a-z)"),
-    ({**CMD, "when": {"changed": "{x,y}" * 11}}, f"steps[0] \"cmd\": key 'when.changed': invalid glob '{_cut('{x,y}' * 11)}': {TOO_MANY}"),
-    ({**CMD, "when": {"branch": ["release/[9-0]"]}},
-     "steps[0] \"cmd\": key 'when.branch[0]': invalid glob 'release/[9-0]': the character range 9-0 in [9-0] is reversed (write 0-9)"),
+    (
+        {**CMD, "when": {"changed": ["src/**", "[z-a]/*.py"]}},
+        "steps[0] \"cmd\": key 'when.changed[1]': invalid glob '[z-a]/*.py': the character range z-a in [z-a] is reversed (write a-z)",
+    ),
+    (
+        {**CMD, "when": {"changed": "{x,y}" * 11}},
+        f"steps[0] \"cmd\": key 'when.changed': invalid glob '{_cut('{x,y}' * 11)}': {TOO_MANY}",
+    ),
+    (
+        {**CMD, "when": {"branch": ["release/[9-0]"]}},
+        "steps[0] \"cmd\": key 'when.branch[0]': invalid glob 'release/[9-0]': the character range 9-0 in [9-0] is reversed (write 0-9)",
+    ),
 ]
 
 
 @pytest.mark.parametrize("step,message", HOSTILE_GLOBS, ids=[m[:50] for _, m in HOSTILE_GLOBS])
-def test_hostile_globs_are_definition_errors_in_validate_dry_run_and_run(project: Project, step: dict,
-                                                                         message: str) -> None:
+def test_hostile_globs_are_definition_errors_in_validate_dry_run_and_run(
+    project: Project, step: dict, message: str
+) -> None:
     project.workflow("w", [step])
     for args in (["validate", "w"], ["run", "w", "--dry-run"], ["run", "w"]):
         result = project.run(*args, timeout=30)  # 0.1.0 took over a minute on the brace patterns
@@ -281,12 +367,17 @@ def test_globs_at_the_limit_still_work(project: Project) -> None:
 def test_definition_hash_covers_the_workflow_env_and_steps_keep_the_values_they_used(project: Project) -> None:
     """Issue 17: A=1 and A=2 in the workflow's env hashed the same; the values a step used
     stay in memory only (the record gets their keyed hash)."""
+
     def load(env_value: str, extra: dict | None = None) -> orchestrate.Workflow:
-        project.workflow("w", [{"name": "a", "type": "command", "run": "echo ${WHO}"},
-                               {"name": "b", "type": "command", "run": "true"}],
-                         env={"A": env_value, "URL": "${BASE:-http://x}"})
-        return orchestrate.load_workflow("w", project.workflows, {"WHO": "me", **(extra or {})},
-                                         orchestrate.Settings(), project.root)
+        project.workflow(
+            "w",
+            [{"name": "a", "type": "command", "run": "echo ${WHO}"}, {"name": "b", "type": "command", "run": "true"}],
+            env={"A": env_value, "URL": "${BASE:-http://x}"},
+        )
+        return orchestrate.load_workflow(
+            "w", project.workflows, {"WHO": "me", **(extra or {})}, orchestrate.Settings(), project.root
+        )
+
     one, two = load("1"), load("2")
     assert one.steps[0].definition_sha256 != two.steps[0].definition_sha256
     assert one.steps[1].definition_sha256 != two.steps[1].definition_sha256

@@ -1,5 +1,6 @@
 """Helpers shared by the reliability suite (issue 6): real orchestrate processes, process-tree
 inspection through /proc, and the checks every guarantee repeats."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,23 @@ def orchestrate_argv(root: Path, *args: str) -> list[str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "JENKINS_HOME", "BUILD_URL",
-                        "GITHUB_STEP_SUMMARY", "ORCHESTRATE_SKIP", "ORCHESTRATE_SHARD", "ORCHESTRATE_ROOT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "CI",
+            "GITHUB_ACTIONS",
+            "GITLAB_CI",
+            "JENKINS_URL",
+            "JENKINS_HOME",
+            "BUILD_URL",
+            "GITHUB_STEP_SUMMARY",
+            "ORCHESTRATE_SKIP",
+            "ORCHESTRATE_SHARD",
+            "ORCHESTRATE_ROOT",
+        )
+    }
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra)
     return env
@@ -32,21 +47,28 @@ def clean_env(**extra: str) -> dict[str, str]:
 def start(root: Path, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
     kwargs.setdefault("stdout", subprocess.DEVNULL)
     kwargs.setdefault("stderr", subprocess.DEVNULL)
-    return subprocess.Popen(orchestrate_argv(root, *args), env=env or clean_env(),
-                            stdin=subprocess.DEVNULL, **kwargs)
+    return subprocess.Popen(orchestrate_argv(root, *args), env=env or clean_env(), stdin=subprocess.DEVNULL, **kwargs)
 
 
-def run(root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
-        **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(orchestrate_argv(root, *args), env=env or clean_env(), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+def run(
+    root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        orchestrate_argv(root, *args),
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
 
 
 def _state(pid: str) -> str | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
-        return stat[stat.rindex(b")") + 2:].split()[0].decode()
+        return stat[stat.rindex(b")") + 2 :].split()[0].decode()
     except (OSError, ValueError, IndexError):
         return None
 

@@ -1,5 +1,6 @@
 """Guarantee 4 — bad input: every malformed workflow file or command line is exit 2, one line
 on stderr naming the place, no traceback, and nothing written under runs/ (nothing ran)."""
+
 from __future__ import annotations
 
 import json
@@ -38,32 +39,47 @@ FILE_CASES: list[tuple[str, bytes, list[str]]] = [
     ("single-quotes", b"{'steps': []}", [W, "invalid JSON"]),
     ("comment", b'// c\n{"steps": []}', [W, "invalid JSON"]),
     ("nan", b'{"steps": [{"name": "a", "type": "command", "run": "true", "timeout": NaN}]}', [W, "NaN"]),
-    ("infinity", b'{"steps": [{"name": "a", "type": "command", "run": "true", "timeout": Infinity}]}',
-     [W, "Infinity"]),
-    ("float-overflow", b'{"steps": [{"name": "a", "type": "command", "run": "true", "timeout": 1e999}]}',
-     [W, "'timeout'", "out of range"]),
-    ("int-overflow", b'{"steps": [{"name": "a", "type": "command", "run": "true", "timeout": 1'
-     + b"0" * 400 + b"}]}", [W, "'timeout'", "out of range"]),
-    ("int-too-many-digits", b'{"steps": [{"name": "a", "type": "command", "run": "true", "retries": 1'
-     + b"0" * 5000 + b"}]}", [W, "invalid JSON", "digits"]),
+    ("infinity", b'{"steps": [{"name": "a", "type": "command", "run": "true", "timeout": Infinity}]}', [W, "Infinity"]),
+    (
+        "float-overflow",
+        b'{"steps": [{"name": "a", "type": "command", "run": "true", "timeout": 1e999}]}',
+        [W, "'timeout'", "out of range"],
+    ),
+    (
+        "int-overflow",
+        b'{"steps": [{"name": "a", "type": "command", "run": "true", "timeout": 1' + b"0" * 400 + b"}]}",
+        [W, "'timeout'", "out of range"],
+    ),
+    (
+        "int-too-many-digits",
+        b'{"steps": [{"name": "a", "type": "command", "run": "true", "retries": 1' + b"0" * 5000 + b"}]}",
+        [W, "invalid JSON", "digits"],
+    ),
     ("utf16-le-bom", "\ufeff".encode("utf-16-le") + _doc().decode().encode("utf-16-le"), [W, "UTF-16"]),
     ("utf16-be-bom", "\ufeff".encode("utf-16-be") + _doc().decode().encode("utf-16-be"), [W, "UTF-16"]),
     ("utf16-no-bom", _doc().decode().encode("utf-16-le"), [W]),
     ("latin1", b'{"steps": [{"name": "caf\xe9", "type": "command", "run": "true"}]}', [W, "UTF-8", "0xe9"]),
-    ("invalid-utf8-continuation", b'{"steps": [{"name": "\x80", "type": "command", "run": "true"}]}',
-     [W, "UTF-8"]),
+    ("invalid-utf8-continuation", b'{"steps": [{"name": "\x80", "type": "command", "run": "true"}]}', [W, "UTF-8"]),
     ("overlong-utf8", b'{"steps": [{"name": "\xc0\xaf", "type": "command", "run": "true"}]}', [W, "UTF-8"]),
-    ("lone-surrogate-escape", b'{"steps": [{"name": "\\ud800", "type": "command", "run": "true"}]}',
-     [W, "surrogate"]),
-    ("lone-surrogate-in-run", b'{"steps": [{"name": "a", "type": "command", "run": ["echo", "\\udfff"]}]}',
-     [W, "surrogate"]),
+    ("lone-surrogate-escape", b'{"steps": [{"name": "\\ud800", "type": "command", "run": "true"}]}', [W, "surrogate"]),
+    (
+        "lone-surrogate-in-run",
+        b'{"steps": [{"name": "a", "type": "command", "run": ["echo", "\\udfff"]}]}',
+        [W, "surrogate"],
+    ),
     ("deep-10000-array", b"[" * 10000 + b"]" * 10000, [W, "nested"]),
     ("deep-10000-object", b'{"a":' * 10000 + b"1" + b"}" * 10000, [W, "nested"]),
-    ("deep-900-in-steps", b'{"steps": [{"name": "a", "type": "command", "run": "true", "env": '
-     + b"[" * 900 + b"]" * 900 + b"}]}", [W, "nested"]),
+    (
+        "deep-900-in-steps",
+        b'{"steps": [{"name": "a", "type": "command", "run": "true", "env": ' + b"[" * 900 + b"]" * 900 + b"}]}",
+        [W, "nested"],
+    ),
     ("duplicate-key", b'{"steps": [], "steps": []}', [W, "'steps'", "twice"]),
-    ("duplicate-key-in-step", b'{"steps": [{"name": "a", "name": "b", "type": "command", "run": "x"}]}',
-     [W, "'name'", "twice"]),
+    (
+        "duplicate-key-in-step",
+        b'{"steps": [{"name": "a", "name": "b", "type": "command", "run": "x"}]}',
+        [W, "'name'", "twice"],
+    ),
     ("top-level-list", b"[]", [W, "JSON object"]),
     ("top-level-null", b"null", [W, "JSON object"]),
     ("top-level-string", b'"steps"', [W, "JSON object"]),
@@ -122,15 +138,23 @@ FILE_CASES: list[tuple[str, bytes, list[str]]] = [
     ("interp-empty", _steps({**OK_STEP, "run": "echo ${}"}), [W, "steps[0]", "not a variable reference"]),
     ("interp-bad-name", _steps({**OK_STEP, "run": "echo ${1X}"}), [W, "steps[0]", "not a variable reference"]),
     ("interp-space", _steps({**OK_STEP, "run": "echo ${A B}"}), [W, "steps[0]", "not a variable reference"]),
-    ("interp-nested-default", _steps({**OK_STEP, "run": "echo ${ORCH_UNSET_A:-${HOME}}"}),
-     [W, "steps[0]", "nested"]),
+    ("interp-nested-default", _steps({**OK_STEP, "run": "echo ${ORCH_UNSET_A:-${HOME}}"}), [W, "steps[0]", "nested"]),
     ("interp-nested-name", _steps({**OK_STEP, "run": "echo ${A${B}}"}), [W, "steps[0]"]),
-    ("interp-unset", _steps({**OK_STEP, "run": "echo ${ORCH_SURELY_UNSET}"}),
-     [W, "steps[0]", "ORCH_SURELY_UNSET", "not set"]),
-    ("interp-unset-in-list", _steps({**OK_STEP, "run": ["echo", "${ORCH_SURELY_UNSET}"]}),
-     [W, "steps[0]", "'run[1]'", "not set"]),
-    ("interp-unset-in-env", _steps({**OK_STEP, "env": {"X": "${ORCH_SURELY_UNSET}"}}),
-     [W, "steps[0]", "'env.X'", "not set"]),
+    (
+        "interp-unset",
+        _steps({**OK_STEP, "run": "echo ${ORCH_SURELY_UNSET}"}),
+        [W, "steps[0]", "ORCH_SURELY_UNSET", "not set"],
+    ),
+    (
+        "interp-unset-in-list",
+        _steps({**OK_STEP, "run": ["echo", "${ORCH_SURELY_UNSET}"]}),
+        [W, "steps[0]", "'run[1]'", "not set"],
+    ),
+    (
+        "interp-unset-in-env",
+        _steps({**OK_STEP, "env": {"X": "${ORCH_SURELY_UNSET}"}}),
+        [W, "steps[0]", "'env.X'", "not set"],
+    ),
     ("interp-unset-workflow-env", _doc(env={"X": "${ORCH_SURELY_UNSET}"}), [W, "'env.X'", "not set"]),
     ("interp-dollar-dollar-then-bad", _steps({**OK_STEP, "run": "echo $${X} ${"}), [W, "unterminated"]),
 ]
@@ -162,8 +186,15 @@ BASES: dict[str, dict[str, Any]] = {
     "python": {"name": "s", "type": "python", "script": "main.py", "venv": ".venv"},
     "command": {"name": "s", "type": "command", "run": ["true"]},
     "cypress": {"name": "s", "type": "cypress", "project": "web", "folder": "cypress/e2e"},
-    "jira": {"name": "s", "type": "jira", "jira_url": "https://jira.example/rest/api/2", "user": "u",
-             "token": "t0ken-value", "issue": "PROJ-1", "comment": "done"},
+    "jira": {
+        "name": "s",
+        "type": "jira",
+        "jira_url": "https://jira.example/rest/api/2",
+        "user": "u",
+        "token": "t0ken-value",
+        "issue": "PROJ-1",
+        "comment": "done",
+    },
 }
 
 
@@ -171,8 +202,14 @@ def _type_cases() -> list[tuple[str, bytes, list[str]]]:
     """Every key of every built-in type (plus the keys all steps share), each wrong type."""
     cases = []
     for type_name, runner in sorted(orchestrate.RUNNERS.items()):
-        base = dict(BASES.get(type_name) or {"name": "s", "type": type_name, **{
-            k: _SAMPLE[spec.types[0]] for k, spec in runner.keys.items() if spec.required}})
+        base = dict(
+            BASES.get(type_name)
+            or {
+                "name": "s",
+                "type": type_name,
+                **{k: _SAMPLE[spec.types[0]] for k, spec in runner.keys.items() if spec.required},
+            }
+        )
         for key, spec in {**orchestrate.COMMON_KEYS, **runner.keys}.items():
             for n, value in enumerate(_wrong_value(spec)):
                 step = {**base, key: value}
@@ -231,20 +268,23 @@ def test_name_with_path_separator_is_a_plain_name_error(project: Any) -> None:
     assert files_under(project.runs) == []
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("$${X}", "${X}"),
-    ("$${ORCH_SURELY_UNSET}", "${ORCH_SURELY_UNSET}"),
-    ("$$${ORCH_SET}", "$${ORCH_SET}"),  # "$${" is the escape, not "$$"
-    ("${ORCH_SURELY_UNSET:-dflt}", "dflt"),
-    ("${ORCH_SURELY_UNSET:-}end", "end"),
-    ("${ORCH_EMPTY:-fallback}", "fallback"),
-    ("${ORCH_SET}", "value"),
-    ("${ORCH_SET:-a:-b}", "value"),
-    ("${ORCH_SURELY_UNSET:-a}b}", "ab}"),
-    ("$ORCH_SET $", "$ORCH_SET $"),
-    ("a$", "a$"),
-    ("}{$", "}{$"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("$${X}", "${X}"),
+        ("$${ORCH_SURELY_UNSET}", "${ORCH_SURELY_UNSET}"),
+        ("$$${ORCH_SET}", "$${ORCH_SET}"),  # "$${" is the escape, not "$$"
+        ("${ORCH_SURELY_UNSET:-dflt}", "dflt"),
+        ("${ORCH_SURELY_UNSET:-}end", "end"),
+        ("${ORCH_EMPTY:-fallback}", "fallback"),
+        ("${ORCH_SET}", "value"),
+        ("${ORCH_SET:-a:-b}", "value"),
+        ("${ORCH_SURELY_UNSET:-a}b}", "ab}"),
+        ("$ORCH_SET $", "$ORCH_SET $"),
+        ("a$", "a$"),
+        ("}{$", "}{$"),
+    ],
+)
 def test_interpolation_edges_that_are_valid(project: Any, text: str, expected: str) -> None:
     """Interpolated once, by orchestrate: the argv the command gets holds the result."""
     project.write("workflows/w.json", _steps({**OK_STEP, "run": ["printf", "%s", text]}))
@@ -325,19 +365,25 @@ def test_bad_settings_file(project: Any, data: bytes, words: list[str]) -> None:
 # --- property: any JSON value as a workflow file -----------------------------------------
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=20)
-_KEYS = sorted({*orchestrate.COMMON_KEYS, "script", "venv", "args", "requirements", "run", "project",
-                "folder", "token"} - {"name", "type"})
+    max_leaves=20,
+)
+_KEYS = sorted(
+    {*orchestrate.COMMON_KEYS, "script", "venv", "args", "requirements", "run", "project", "folder", "token"}
+    - {"name", "type"}
+)
 _near_steps = st.fixed_dictionaries(
-    {"name": st.one_of(st.text(max_size=12), _json_values),
-     "type": st.sampled_from(["command", "python", "notify", "nosuch", "", "Command"]) | _json_values},
-    optional={k: _json_values | st.text(alphabet="${}:-AZ_a \x00/", max_size=12) for k in _KEYS})
+    {
+        "name": st.one_of(st.text(max_size=12), _json_values),
+        "type": st.sampled_from(["command", "python", "notify", "nosuch", "", "Command"]) | _json_values,
+    },
+    optional={k: _json_values | st.text(alphabet="${}:-AZ_a \x00/", max_size=12) for k in _KEYS},
+)
 _near_workflows = st.fixed_dictionaries(
     {"steps": st.lists(_near_steps, max_size=3)},
-    optional={"env": _json_values, "secrets": _json_values, "name": _json_values, "description": _json_values})
+    optional={"env": _json_values, "secrets": _json_values, "name": _json_values, "description": _json_values},
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -1,6 +1,7 @@
 """Guarantee 3 — concurrency: twenty runs of one workflow started at once, sharing runs/ (a CI
 job and several local pushes), leave twenty distinct, complete, valid records and reports;
 retention pruning running at the same time never deletes a running run or a file being written."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,20 @@ import orchestrate
 N = 20
 # each step checks that its own run's record and folder still exist: if a concurrent prune
 # deleted them, the step fails and so does the run
-CHECK_OWN_RUN = ('test -f "$ORCHESTRATE_ROOT/runs/$ORCHESTRATE_RUN_ID.json" && '
-                 'test -d "$ORCHESTRATE_ROOT/runs/$ORCHESTRATE_RUN_ID" && echo "own run intact $ORCHESTRATE_RUN_ID"')
+CHECK_OWN_RUN = (
+    'test -f "$ORCHESTRATE_ROOT/runs/$ORCHESTRATE_RUN_ID.json" && '
+    'test -d "$ORCHESTRATE_ROOT/runs/$ORCHESTRATE_RUN_ID" && echo "own run intact $ORCHESTRATE_RUN_ID"'
+)
 
 
 def _project(root: Path, keep_runs: int | None = None) -> None:
     steps = [
         {"name": "check 1", "type": "command", "run": CHECK_OWN_RUN},
-        {"name": "overlap", "type": "command", "run": [PY, "-c", "import time; [print(i, flush=True) or time.sleep(0.01) for i in range(40)]"]},
+        {
+            "name": "overlap",
+            "type": "command",
+            "run": [PY, "-c", "import time; [print(i, flush=True) or time.sleep(0.01) for i in range(40)]"],
+        },
         {"name": "check 2", "type": "command", "run": CHECK_OWN_RUN},
         {"name": "always", "type": "command", "run": CHECK_OWN_RUN, "when": {"status": "always"}},
     ]
@@ -36,9 +43,13 @@ def _start_all(root: Path) -> list[tuple[subprocess.Popen[bytes], Path]]:
     started = []
     for i in range(N):
         copy = root / "ci" / f"report-{i}.xml"
-        process = subprocess.Popen(orchestrate_argv(root, "run", "w", "--quiet", "--json", "--junit-xml", str(copy)),
-                                   env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            orchestrate_argv(root, "run", "w", "--quiet", "--json", "--junit-xml", str(copy)),
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         started.append((process, copy))
     return started
 
@@ -95,8 +106,10 @@ def test_pruning_during_twenty_runs_never_touches_a_running_one(tmp_path: Path) 
     pruner.start()
     try:
         started = _start_all(root)
-        cli_prunes = [subprocess.run(orchestrate_argv(root, "prune", "--keep", "0"), env=clean_env(),
-                                     capture_output=True) for _ in range(3)]
+        cli_prunes = [
+            subprocess.run(orchestrate_argv(root, "prune", "--keep", "0"), env=clean_env(), capture_output=True)
+            for _ in range(3)
+        ]
         results = [(p.communicate(timeout=120), p.returncode, copy) for p, copy in started]
     finally:
         stop.set()

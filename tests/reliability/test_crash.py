@@ -1,6 +1,7 @@
 """Guarantee 1 — crash consistency: orchestrate killed with SIGKILL at any moment leaves only
 whole records, `status`/`runs` report the run as failed (interrupted), its step processes are
 ended by the watchdog, and a record that is corrupt anyway never stops `runs` listing the rest."""
+
 from __future__ import annotations
 
 import json
@@ -21,22 +22,28 @@ import orchestrate
 
 SEED = 20261127
 KILLS = 50
-STREAM = ("import sys, time\n"
-          "for i in range(250):\n"
-          "    sys.stdout.write('line %d %s\\n' % (i, 'x' * 300)); sys.stdout.flush(); time.sleep(0.003)\n")
+STREAM = (
+    "import sys, time\n"
+    "for i in range(250):\n"
+    "    sys.stdout.write('line %d %s\\n' % (i, 'x' * 300)); sys.stdout.flush(); time.sleep(0.003)\n"
+)
 # orchestrate with every record update written as a full snapshot (write_atomic), so kills land
 # inside record writes as often as possible; the plain command is used for the other half
-LAUNCH_SNAPSHOT_EVERY_UPDATE = ("import sys, orchestrate\norchestrate.SNAPSHOT_INTERVAL_S = 0.0\n"
-                                "sys.exit(orchestrate.main(sys.argv[1:]))\n")
+LAUNCH_SNAPSHOT_EVERY_UPDATE = (
+    "import sys, orchestrate\norchestrate.SNAPSHOT_INTERVAL_S = 0.0\nsys.exit(orchestrate.main(sys.argv[1:]))\n"
+)
 
 
 def _crash_workflow(root: Path, name: str, marker: str) -> Path:
     started = root / f"{name}.started"
     quick = [{"name": "first", "type": "command", "run": ["touch", str(started)]}]
     quick += [{"name": f"quick {i}", "type": "command", "run": ["true", marker]} for i in range(12)]
-    stream = {"name": "stream", "type": "command",
-              "run": f"{PY} -c 'import time; time.sleep(60)' {marker}-grandchild & "
-                     f"exec {PY} -c \"$STREAM\" {marker}", "env": {"STREAM": STREAM}}
+    stream = {
+        "name": "stream",
+        "type": "command",
+        "run": f"{PY} -c 'import time; time.sleep(60)' {marker}-grandchild & exec {PY} -c \"$STREAM\" {marker}",
+        "env": {"STREAM": STREAM},
+    }
     tail = [{"name": f"late {i}", "type": "command", "run": ["true"]} for i in range(12)]
     cleanup = {"name": "cleanup", "type": "command", "run": ["true"], "when": {"status": "always"}}
     (root / "workflows").mkdir(parents=True, exist_ok=True)
@@ -44,19 +51,22 @@ def _crash_workflow(root: Path, name: str, marker: str) -> Path:
     return started
 
 
-def _one_kill(root: Path, trial: int, delay: float, snapshot_every_update: bool,
-              moment: str) -> dict[str, Any]:
+def _one_kill(root: Path, trial: int, delay: float, snapshot_every_update: bool, moment: str) -> dict[str, Any]:
     marker = f"orch-crash-{SEED}-t{trial:02d}"  # no marker is a prefix of another
     started = _crash_workflow(root, f"crash{trial}", marker)
     launcher = ["-c", LAUNCH_SNAPSHOT_EVERY_UPDATE] if snapshot_every_update else ["-m", "orchestrate"]
-    process = subprocess.Popen([PY, *launcher, "--root", str(root), "run", f"crash{trial}"],
-                               env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [PY, *launcher, "--root", str(root), "run", f"crash{trial}"],
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         # start-up time varies with load: count from the first step, or from the stream step
         deadline = time.monotonic() + 20
         while moment != "start-up" and process.poll() is None and time.monotonic() < deadline:
-            if (started.exists() if moment == "steps" else bool(processes_with(f"{marker}-grandchild"))):
+            if started.exists() if moment == "steps" else bool(processes_with(f"{marker}-grandchild")):
                 break
             time.sleep(0.005)
         time.sleep(delay)
@@ -76,8 +86,10 @@ def test_sigkill_at_fifty_random_moments(tmp_path: Path) -> None:
     # (between quick steps, during record writes, at the end: reports, final record), twenty
     # while the stream step prints and its grandchild sleeps
     moments = ["start-up"] * 10 + ["steps"] * 20 + ["stream"] * 20
-    plan = [(i, rng.uniform(0.0, {"start-up": 0.5, "steps": 1.0, "stream": 0.8}[moment]), i % 2 == 0, moment)
-            for i, moment in enumerate(moments)]
+    plan = [
+        (i, rng.uniform(0.0, {"start-up": 0.5, "steps": 1.0, "stream": 0.8}[moment]), i % 2 == 0, moment)
+        for i, moment in enumerate(moments)
+    ]
     with ThreadPoolExecutor(max_workers=4) as pool:  # four at a time, all sharing one runs/
         outcomes = list(pool.map(lambda p: _one_kill(root, *p), plan))
 
@@ -107,11 +119,17 @@ def test_sigkill_at_fifty_random_moments(tmp_path: Path) -> None:
     for row in interrupted[:5]:
         status = run(root, "status", row["run_id"])
         assert status.returncode == 0 and "failed" in status.stdout and "interrupted" in status.stdout
-        assert "running" not in [e["status"] for e in json.loads(run(root, "status", row["run_id"], "--json").stdout)["log"]]
+        assert "running" not in [
+            e["status"] for e in json.loads(run(root, "status", row["run_id"], "--json").stdout)["log"]
+        ]
 
     # temporary files of killed writers are never listed, and prune removes them
-    subprocess.run([PY, "-m", "orchestrate", "--root", str(root), "prune", "--keep", "1000"], env=clean_env(),
-                   check=True, capture_output=True)
+    subprocess.run(
+        [PY, "-m", "orchestrate", "--root", str(root), "prune", "--keep", "1000"],
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+    )
     assert [p.name for p in runs.glob(".*.tmp")] == []
 
 
@@ -141,9 +159,13 @@ def test_sigkill_inside_every_record_write(tmp_path: Path, seam: str, snapshot: 
     n = 0
     while True:
         n += 1
-        done = subprocess.run([PY, "-c", LAUNCH_KILL_AT_WRITE, "--root", str(root), "run", "w"],
-                              env=clean_env(KILL_AT=str(n), KILL_SEAM=seam, SNAPSHOT=snapshot),
-                              capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [PY, "-c", LAUNCH_KILL_AT_WRITE, "--root", str(root), "run", "w"],
+            env=clean_env(KILL_AT=str(n), KILL_SEAM=seam, SNAPSHOT=snapshot),
+            capture_output=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
         for record in all_records_parse(root / "runs"):
             assert record["schema_version"] == orchestrate.SCHEMA_VERSION
         if done.returncode != -signal.SIGKILL:
@@ -157,9 +179,20 @@ def test_sigkill_inside_every_record_write(tmp_path: Path, seam: str, snapshot: 
 
 
 def _record(run_id: str, **extra: Any) -> dict[str, Any]:
-    return {"schema_version": 1, "run_id": run_id, "workflow": "w", "status": "completed",
-            "current": None, "started_at": "2026-11-27T15:40:00.123Z", "finished_at": "2026-11-27T15:40:01.000Z",
-            "duration_s": 1.0, "pid": 1, "trigger": {"source": "cli"}, "log": [], **extra}
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "workflow": "w",
+        "status": "completed",
+        "current": None,
+        "started_at": "2026-11-27T15:40:00.123Z",
+        "finished_at": "2026-11-27T15:40:01.000Z",
+        "duration_s": 1.0,
+        "pid": 1,
+        "trigger": {"source": "cli"},
+        "log": [],
+        **extra,
+    }
 
 
 CORRUPT = {
@@ -174,7 +207,9 @@ CORRUPT = {
     "log-not-list": lambda rid: json.dumps(_record(rid, status="running", log={"a": 1})).encode(),
     "log-items-not-objects": lambda rid: json.dumps(_record(rid, status="running", log=[1, "x", None])).encode(),
     "trigger-not-object": lambda rid: json.dumps(_record(rid, trigger="cli")).encode(),
-    "fields-wrong-types": lambda rid: json.dumps(_record(rid, status=5, duration_s="x", message=[1], workflow={})).encode(),
+    "fields-wrong-types": lambda rid: json.dumps(
+        _record(rid, status=5, duration_s="x", message=[1], workflow={})
+    ).encode(),
     "unknown-status": lambda rid: json.dumps(_record(rid, status="exploded")).encode(),
     "entry-fields-wrong": lambda rid: json.dumps(_record(rid, log=[{"step": ["a"], "status": 1}])).encode(),
     "bool-schema": lambda rid: json.dumps(_record(rid, schema_version=True)).encode(),
@@ -223,8 +258,9 @@ def test_torn_journal_line_keeps_everything_before_it(tmp_path: Path) -> None:
     runs.mkdir(parents=True)
     rid = "20261127T154000000Z-cccccc"
     entry = {"step": "a", "status": "pending"}
-    (runs / f"{rid}.json").write_text(json.dumps(_record(rid, status="running", pid=2 ** 22 + 7, log=[entry, entry],
-                                                          journal_seq=0)))
+    (runs / f"{rid}.json").write_text(
+        json.dumps(_record(rid, status="running", pid=2**22 + 7, log=[entry, entry], journal_seq=0))
+    )
     passed = json.dumps({"seq": 1, "index": 0, "entry": {"step": "a", "status": "passed"}, "current": None})
     (runs / f"{rid}.journal").write_text(passed + "\n" + passed[:20])
     record = json.loads(run(root, "status", rid, "--json").stdout)
@@ -251,8 +287,13 @@ def test_sigkill_between_fork_and_registration_still_ends_the_step(tmp_path: Pat
     (root / "workflows").mkdir(parents=True)
     (root / "workflows" / "w.json").write_text(json.dumps({"steps": [step]}))
     try:
-        done = subprocess.run([PY, "-c", LAUNCH_DIE_BEFORE_REGISTERING, "--root", str(root), "run", "w"],
-                              env=clean_env(), capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [PY, "-c", LAUNCH_DIE_BEFORE_REGISTERING, "--root", str(root), "run", "w"],
+            env=clean_env(),
+            capture_output=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
         assert done.returncode == -signal.SIGKILL
         # they ignore SIGTERM: gone after the grace period, by SIGKILL
         assert wait_gone(marker, orchestrate.KILL_GRACE_S + 3) == []

@@ -2,6 +2,7 @@
 its record, journal, report or step log: one clear line on stderr, exit 3 (DESIGN.md: an
 unusable environment, never mistaken for a step failure), every record already on disk still
 whole, and the interrupted run reported as failed, never 'running'."""
+
 from __future__ import annotations
 
 import errno
@@ -18,8 +19,16 @@ import orchestrate
 
 STEPS = [
     {"name": "first", "type": "command", "run": ["echo", "first"]},
-    {"name": "stream", "type": "command",
-     "run": [PY, "-c", "import sys\nfor i in range(300): print('line', i, 'x' * 100, flush=True)", "orch-disk-marker"]},
+    {
+        "name": "stream",
+        "type": "command",
+        "run": [
+            PY,
+            "-c",
+            "import sys\nfor i in range(300): print('line', i, 'x' * 100, flush=True)",
+            "orch-disk-marker",
+        ],
+    },
     {"name": "last", "type": "command", "run": ["echo", "last"]},
 ]
 
@@ -60,8 +69,11 @@ def test_runs_folder_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     _project(root)
     before = _previous_run(root)
     real_access = os.access
-    monkeypatch.setattr(orchestrate.os, "access",
-                        lambda path, mode, **kw: False if Path(path) == root / "runs" else real_access(path, mode, **kw))
+    monkeypatch.setattr(
+        orchestrate.os,
+        "access",
+        lambda path, mode, **kw: False if Path(path) == root / "runs" else real_access(path, mode, **kw),
+    )
     _assert_exit_3_one_line(cli(root, "run", "w"), str(root / "runs"), "Permission denied", "--runs-dir")
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in (root / "runs").rglob("*") if p.is_file()} == before
@@ -117,8 +129,13 @@ def test_disk_full_at_every_write_of_a_run(tmp_path: Path, seam: str) -> None:
     n = 0
     while True:
         n += 1
-        done = subprocess.run([PY, "-c", DISK_FULL_AFTER, "--root", str(root), "run", "w"], capture_output=True,
-                              env=clean_env(FAIL_AT=str(n), FAIL_SEAM=seam), timeout=60, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [PY, "-c", DISK_FULL_AFTER, "--root", str(root), "run", "w"],
+            capture_output=True,
+            env=clean_env(FAIL_AT=str(n), FAIL_SEAM=seam),
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert not wait_gone("orch-disk-marker", 5)
         records = all_records_parse(root / "runs")  # whatever was on disk is whole
         for path, data in previous.items():
@@ -150,20 +167,36 @@ def test_disk_full_at_every_write_of_a_run(tmp_path: Path, seam: str) -> None:
 def _run_real(root: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     from _rel import orchestrate_argv
 
-    return subprocess.run(orchestrate_argv(root, *args), env=clean_env(), capture_output=True, timeout=60,
-                          stdin=subprocess.DEVNULL, **kwargs)
+    return subprocess.run(
+        orchestrate_argv(root, *args),
+        env=clean_env(),
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
 
 
 def test_disk_full_on_a_step_log_names_that_log(tmp_path: Path) -> None:
     root = tmp_path / "project"
     _project(root)
-    done = subprocess.run([PY, "-c", DISK_FULL_AFTER, "--root", str(root), "run", "w"], capture_output=True, text=True,
-                          env=clean_env(FAIL_AT="1", FAIL_SEAM="log"), timeout=60, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [PY, "-c", DISK_FULL_AFTER, "--root", str(root), "run", "w"],
+        capture_output=True,
+        text=True,
+        env=clean_env(FAIL_AT="1", FAIL_SEAM="log"),
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     record = all_records_parse(root / "runs")[0]
     log = root / "runs" / record["run_id"] / "01-first.log"
-    assert done.stderr == (f"orchestrate: error: cannot write {log}: No space left on device "
-                           f"(free some space, or pass --runs-dir)\n")
-    assert record["message"] == f"run stopped: cannot write {log}: No space left on device (free some space, or pass --runs-dir)"
+    assert done.stderr == (
+        f"orchestrate: error: cannot write {log}: No space left on device (free some space, or pass --runs-dir)\n"
+    )
+    assert (
+        record["message"]
+        == f"run stopped: cannot write {log}: No space left on device (free some space, or pass --runs-dir)"
+    )
 
 
 def test_junit_copy_onto_devices_fifos_and_links_writes_into_them(tmp_path: Path) -> None:
@@ -207,8 +240,10 @@ def test_junit_copy_onto_devices_fifos_and_links_writes_into_them(tmp_path: Path
     # a FIFO nobody reads: one line, exit 3, no hang
     done = _run_real(root, "run", "w", "--junit-xml", str(fifo))
     assert done.returncode == 3
-    assert done.stderr.decode() == (f"orchestrate: error: cannot write the JUnit report to {fifo}: "
-                                    f"No such device or address (a FIFO nobody reads)\n")
+    assert done.stderr.decode() == (
+        f"orchestrate: error: cannot write the JUnit report to {fifo}: "
+        f"No such device or address (a FIFO nobody reads)\n"
+    )
     # a full device: it stays a device, the error says why
     full = tmp_path / "full"
     try:
@@ -217,7 +252,10 @@ def test_junit_copy_onto_devices_fifos_and_links_writes_into_them(tmp_path: Path
         full = Path("/dev/full")  # not root: nothing can replace the real one
     done = _run_real(root, "run", "w", "--junit-xml", str(full))
     assert done.returncode == 3
-    assert done.stderr.decode() == f"orchestrate: error: cannot write the JUnit report to {full}: No space left on device\n"
+    assert (
+        done.stderr.decode()
+        == f"orchestrate: error: cannot write the JUnit report to {full}: No space left on device\n"
+    )
     assert stat.S_ISCHR(os.lstat(full).st_mode)
     # a link to a regular file stays a link; its target gets the report
     target = tmp_path / "reports" / "junit.xml"
@@ -248,8 +286,10 @@ def test_planted_links_under_runs_are_not_followed(tmp_path: Path) -> None:
     done = _run_real(root, "run", "w", "--run-id", run_id)
     assert done.returncode == 3
     log = runs / run_id / "01-first.log"
-    assert done.stderr.decode() == (f"orchestrate: error: cannot write {log}: it is a symbolic link; orchestrate "
-                                    f"does not write through it: remove it\n")
+    assert done.stderr.decode() == (
+        f"orchestrate: error: cannot write {log}: it is a symbolic link; orchestrate "
+        f"does not write through it: remove it\n"
+    )
     assert victim.read_text() == "precious" and not (outside / "junit.xml").exists()
     assert (runs / run_id / "junit.xml").is_file() and not (runs / run_id / "junit.xml").is_symlink()
     # the run's whole folder planted as a link: refused before any step runs
@@ -257,6 +297,7 @@ def test_planted_links_under_runs_are_not_followed(tmp_path: Path) -> None:
     (runs / other).symlink_to(outside)
     done = _run_real(root, "run", "w", "--run-id", other)
     assert done.returncode == 3
-    assert done.stderr.decode() == (f"orchestrate: error: {runs / other} is a symbolic link; orchestrate does not "
-                                    f"write through it: remove it\n")
+    assert done.stderr.decode() == (
+        f"orchestrate: error: {runs / other} is a symbolic link; orchestrate does not write through it: remove it\n"
+    )
     assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]

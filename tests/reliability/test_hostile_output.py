@@ -2,6 +2,7 @@
 escapes, ']]>', invalid UTF-8, 50 MB without a newline, 10 MB lines), the console does not
 hang, orchestrate's memory stays bounded, the step log holds every byte, the record keeps a
 bounded readable tail, and the JUnit report validates against both schemas."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,14 +15,16 @@ from _rel import PY, clean_env, orchestrate_argv
 
 import orchestrate
 
-HOSTILE = (bytes(range(256)) * 4
-           + b"\x1b[31mred\x1b[0m \x1b[2J\x1b[H \x1b[?1049h"          # colour, clear screen, alt screen
-           + b"\x1b]0;window title\x07 \x1b]8;;https://evil.example\x1b\\link\x1b]8;;\x1b\\"  # OSC title, hyperlink
-           + b"\x1b]52;c;cGF5bG9hZA==\x07"                              # OSC 52: write the clipboard
-           + b"]]> <![CDATA[ ]]> </failure></testcase> &amp; <x/>\n"
-           + b"\xff\xfe\xc0\xaf\xed\xa0\x80\xed\xbf\xbf\xf4\x90\x80\x80 \x80\x80\n"  # invalid UTF-8, encoded surrogates
-           + b"\r\rcarriage\x00nul\x08backspace\x7f\n"
-           + "unicode \u2028 \ufffe \U0001F600\n".encode())
+HOSTILE = (
+    bytes(range(256)) * 4
+    + b"\x1b[31mred\x1b[0m \x1b[2J\x1b[H \x1b[?1049h"  # colour, clear screen, alt screen
+    + b"\x1b]0;window title\x07 \x1b]8;;https://evil.example\x1b\\link\x1b]8;;\x1b\\"  # OSC title, hyperlink
+    + b"\x1b]52;c;cGF5bG9hZA==\x07"  # OSC 52: write the clipboard
+    + b"]]> <![CDATA[ ]]> </failure></testcase> &amp; <x/>\n"
+    + b"\xff\xfe\xc0\xaf\xed\xa0\x80\xed\xbf\xbf\xf4\x90\x80\x80 \x80\x80\n"  # invalid UTF-8, encoded surrogates
+    + b"\r\rcarriage\x00nul\x08backspace\x7f\n"
+    + "unicode \u2028 \ufffe \U0001f600\n".encode()
+)
 
 
 def _measure(root: Path, *args: str) -> dict[str, Any]:
@@ -40,8 +43,9 @@ print(json.dumps({"code": code, "console_bytes": console, "stderr": err.decode("
                   "peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
                   "seconds": time.monotonic() - started}))
 """
-    done = subprocess.run([PY, "-c", helper, *orchestrate_argv(root, *args)], env=clean_env(), capture_output=True,
-                          timeout=120, text=True)
+    done = subprocess.run(
+        [PY, "-c", helper, *orchestrate_argv(root, *args)], env=clean_env(), capture_output=True, timeout=120, text=True
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -68,11 +72,18 @@ def test_every_byte_escape_and_invalid_utf8(tmp_path: Path) -> None:
     root = tmp_path / "project"
     (root / "hostile.bin").parent.mkdir(parents=True)
     (root / "hostile.bin").write_bytes(HOSTILE)
-    _project(root, [
-        {"name": "passes", "type": "command", "run": _printer("out.write(open('hostile.bin','rb').read())")},
-        {"name": "fails", "type": "command", "run": _printer("out.write(open('hostile.bin','rb').read())", 1),
-         "continue_on_error": False},
-    ])
+    _project(
+        root,
+        [
+            {"name": "passes", "type": "command", "run": _printer("out.write(open('hostile.bin','rb').read())")},
+            {
+                "name": "fails",
+                "type": "command",
+                "run": _printer("out.write(open('hostile.bin','rb').read())", 1),
+                "continue_on_error": False,
+            },
+        ],
+    )
     result = subprocess.run(orchestrate_argv(root, "run", "w"), env=clean_env(), capture_output=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert b"Traceback" not in result.stderr
@@ -89,8 +100,9 @@ def test_every_byte_escape_and_invalid_utf8(tmp_path: Path) -> None:
     assert_valid_junit(junit)
     text = junit.read_text(encoding="utf-8")
     assert "]]&gt;" in text and "\x1b" not in text
-    logs = subprocess.run(orchestrate_argv(root, "logs", record["run_id"], "passes"), env=clean_env(),
-                          capture_output=True, timeout=60)
+    logs = subprocess.run(
+        orchestrate_argv(root, "logs", record["run_id"], "passes"), env=clean_env(), capture_output=True, timeout=60
+    )
     assert logs.returncode == 0 and logs.stdout == HOSTILE
 
 
@@ -98,10 +110,20 @@ def test_hostile_step_names_and_messages_still_make_valid_junit(tmp_path: Path) 
     from conftest import assert_valid_junit
 
     root = tmp_path / "project"
-    names = ["]]> & <x>", "quotes \" '", "emoji \U0001F600", "\ufffe\uffff", "\u2028sep", "\x85next"]
-    _project(root, [{"name": name, "type": "command", "run": ["sh", "-c", "printf '\\033]0;x\\007'; exit 3"],
-                     "continue_on_error": True} for name in names]
-             + [{"name": "plain", "type": "command", "run": ["false"]}])
+    names = ["]]> & <x>", "quotes \" '", "emoji \U0001f600", "\ufffe\uffff", "\u2028sep", "\x85next"]
+    _project(
+        root,
+        [
+            {
+                "name": name,
+                "type": "command",
+                "run": ["sh", "-c", "printf '\\033]0;x\\007'; exit 3"],
+                "continue_on_error": True,
+            }
+            for name in names
+        ]
+        + [{"name": "plain", "type": "command", "run": ["false"]}],
+    )
     result = subprocess.run(orchestrate_argv(root, "run", "w"), env=clean_env(), capture_output=True, timeout=60)
     assert result.returncode == 1 and b"Traceback" not in result.stderr
     record = _only_record(root)
@@ -122,8 +144,13 @@ def test_fifty_megabytes_without_a_newline_and_ten_megabyte_lines(tmp_path: Path
     root = tmp_path / "project"
     fifty = "chunk = bytes(range(32, 127)) * 700\nfor i in range(50 * 1024 * 1024 // len(chunk)): out.write(chunk)"
     lines = "for i in range(10): out.write(bytes([65 + i]) * (10 * 1024 * 1024) + b'\\n')"
-    _project(root, [{"name": "no newline", "type": "command", "run": _printer(fifty)},
-                    {"name": "long lines", "type": "command", "run": _printer(lines)}])
+    _project(
+        root,
+        [
+            {"name": "no newline", "type": "command", "run": _printer(fifty)},
+            {"name": "long lines", "type": "command", "run": _printer(lines)},
+        ],
+    )
     measured = _measure(root, "run", "w")
     assert measured["code"] == 0, measured["stderr"]
     assert measured["console_bytes"] > 145 * 1024 * 1024  # streamed live, not dropped
@@ -146,10 +173,23 @@ def test_fifty_megabytes_without_a_newline_and_ten_megabyte_lines(tmp_path: Path
 def test_console_going_away_does_not_stop_the_run(tmp_path: Path) -> None:
     """`orchestrate run w | head -1`: the reader leaves; the run still completes and records."""
     root = tmp_path / "project"
-    _project(root, [{"name": "talks", "type": "command", "run": _printer("for i in range(20000): out.write(b'line %d\\n' % i)")},
-                    {"name": "after", "type": "command", "run": ["echo", "after"]}])
-    done = subprocess.run(["sh", "-c", '"$@" | head -c 100 >/dev/null', "sh",
-                           *orchestrate_argv(root, "run", "w")], env=clean_env(), capture_output=True, timeout=60)
+    _project(
+        root,
+        [
+            {
+                "name": "talks",
+                "type": "command",
+                "run": _printer("for i in range(20000): out.write(b'line %d\\n' % i)"),
+            },
+            {"name": "after", "type": "command", "run": ["echo", "after"]},
+        ],
+    )
+    done = subprocess.run(
+        ["sh", "-c", '"$@" | head -c 100 >/dev/null', "sh", *orchestrate_argv(root, "run", "w")],
+        env=clean_env(),
+        capture_output=True,
+        timeout=60,
+    )
     assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr
     record = _only_record(root)
     assert record["status"] == "completed", record["message"]

@@ -1,6 +1,7 @@
 """Guarantee 2 — signals: SIGINT or SIGTERM to `orchestrate run` while a step that ignores
 SIGTERM and has grandchildren runs: the whole tree is gone within the grace period, the run
 is recorded as failed with the reason, the JUnit report is written, exit 130 / 143."""
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,13 @@ POLITE = "import sys, time; print('ready', flush=True); time.sleep(60)"
 def _workflow(root: Path, marker: str, code: str) -> None:
     steps = [
         {"name": "first", "type": "command", "run": ["true"]},
-        {"name": "stubborn", "type": "command",
-         # the shell ignores SIGTERM too; two grandchildren, one in a subshell (reparented)
-         "run": ("trap '' TERM; " if code == STUBBORN else "") + f"{PY} -c \"{code}\" {marker}-g1 & "
-                f"( {PY} -c \"{code}\" {marker}-g2 & ) ; {PY} -c \"{code}\" {marker}-child"},
+        {
+            "name": "stubborn",
+            "type": "command",
+            # the shell ignores SIGTERM too; two grandchildren, one in a subshell (reparented)
+            "run": ("trap '' TERM; " if code == STUBBORN else "") + f'{PY} -c "{code}" {marker}-g1 & '
+            f'( {PY} -c "{code}" {marker}-g2 & ) ; {PY} -c "{code}" {marker}-child',
+        },
         {"name": "never", "type": "command", "run": ["true"]},
     ]
     (root / "workflows").mkdir(parents=True)
@@ -37,8 +41,13 @@ def _interrupt(tmp: Path, signum: int, code: str) -> dict[str, Any]:
     marker = f"orch-signal-{signum}-{len(code)}-{id(root)}"
     _workflow(root, marker, code)
     junit_copy = root / "ci" / "report.xml"
-    process = subprocess.Popen(orchestrate_argv(root, "run", "w", "--junit-xml", str(junit_copy)), env=clean_env(),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        orchestrate_argv(root, "run", "w", "--junit-xml", str(junit_copy)),
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         log = None
         deadline = time.monotonic() + 30
@@ -54,8 +63,15 @@ def _interrupt(tmp: Path, signum: int, code: str) -> dict[str, Any]:
         left = wait_gone(marker, timeout=orchestrate.KILL_GRACE_S + 5)
         gone_after = time.monotonic() - sent
         out, err = process.communicate(timeout=20)
-        return {"root": root, "code": process.returncode, "gone_after": gone_after, "left": left,
-                "stdout": out.decode(), "stderr": err.decode(), "junit_copy": junit_copy}
+        return {
+            "root": root,
+            "code": process.returncode,
+            "gone_after": gone_after,
+            "left": left,
+            "stdout": out.decode(),
+            "stderr": err.decode(),
+            "junit_copy": junit_copy,
+        }
     finally:
         kill_all(marker)
         if process.poll() is None:
@@ -96,10 +112,16 @@ def test_sigint_and_sigterm_end_the_whole_tree_and_record_the_reason(tmp_path: P
 
 def _start_stubborn(root: Path, marker: str, run: str) -> subprocess.Popen[bytes]:
     (root / "workflows").mkdir(parents=True)
-    (root / "workflows" / "w.json").write_text(json.dumps({"steps": [
-        {"name": "stubborn step", "type": "command", "run": run}]}))
-    return subprocess.Popen(orchestrate_argv(root, "run", "w"), env=clean_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    (root / "workflows" / "w.json").write_text(
+        json.dumps({"steps": [{"name": "stubborn step", "type": "command", "run": run}]})
+    )
+    return subprocess.Popen(
+        orchestrate_argv(root, "run", "w"),
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _wait_started(root: Path, marker: str, count: int = 1) -> None:
@@ -140,7 +162,7 @@ def test_first_ctrl_c_says_what_it_stops_and_a_second_one_kills_at_once(tmp_path
 def test_ctrl_c_reaches_a_step_that_closed_its_output(tmp_path: Path) -> None:
     marker = f"orch-closed-sig-{id(tmp_path)}"
     root = tmp_path / "p"
-    process = _start_stubborn(root, marker, f"exec >/dev/null 2>&1; {PY} -c \"{POLITE}\" {marker}")
+    process = _start_stubborn(root, marker, f'exec >/dev/null 2>&1; {PY} -c "{POLITE}" {marker}')
     try:
         _wait_started(root, marker)
         process.send_signal(signal.SIGINT)

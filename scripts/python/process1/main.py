@@ -1,4 +1,5 @@
 """Sample step: a stand-in for a project's unit tests, run by its own virtualenv."""
+
 import argparse
 import os
 import sys
