@@ -26,7 +26,6 @@ from __future__ import annotations
 # subprocess, threading, shlex and xml imported by the functions that need them. Measured with
 # `python -X importtime -c 'import orchestrate'` and bench/run.py (issue 15).
 import _thread  # locks without importing threading (a run in one thread never needs it)
-import builtins  # RunStore.list shadows the built-in inside the class
 import functools
 import json
 import os
@@ -408,7 +407,7 @@ class Step:
     name: str
     type: str
     config: dict[str, Any]
-    raw: dict[str, Any]
+    resolved: dict[str, Any]  # the whole step definition, its ${NAME} values interpolated
     timeout: float | None = None
     retries: int = 0
     retry_delay: float = 0.0
@@ -1099,7 +1098,7 @@ def _build_workflow(
             name=step_name,
             type=step_type,
             config=config,
-            raw=resolved,
+            resolved=resolved,
             timeout=float(resolved["timeout"]) if "timeout" in resolved else None,
             retries=resolved.get("retries", 0),
             retry_delay=float(resolved.get("retry_delay", 0)),
@@ -1150,7 +1149,7 @@ def _build_workflow(
             if number.isdigit():
                 step_names.setdefault(int(number), []).extend(used)
     for step in steps:
-        step.definition_sha256 = _canonical_hash({"step": masker.mask_tree(step.raw), "env": shared_env})
+        step.definition_sha256 = _canonical_hash({"step": masker.mask_tree(step.resolved), "env": shared_env})
         step.variables = {name: variables.get(name) for name in sorted({*env_names, *step_names.get(step.index, [])})}
     return Workflow(
         name=name,
@@ -1814,7 +1813,7 @@ class RunStore:
             candidates.sort(reverse=True)
             yield from (run_id for run_id in candidates[_NEWEST_FIRST:] if match(run_id))
 
-    def list(
+    def summaries(
         self, workflow: str | None = None, status: str | None = None, limit: int | None = 20
     ) -> list[dict[str, Any]]:
         """Newest first; reads only as many records as it needs. With a filter, a record whose
@@ -1855,7 +1854,7 @@ class RunStore:
             return links - 2 > keep  # prune then lists runs/ once, within its budget
         return len(self.list_ids()) > keep
 
-    def prune(self, keep: int, *, batch: int | None = None, budget_s: float | None = None) -> builtins.list[str]:
+    def prune(self, keep: int, *, batch: int | None = None, budget_s: float | None = None) -> list[str]:
         """Delete the oldest finished runs beyond the newest `keep` finished ones. Running and
         pending runs neither count nor go: 500 runs queued on the HTTP server once made
         every finished record, CLI runs included, "older than the newest 300". With `batch`
@@ -3735,7 +3734,7 @@ class CommandRunner(Runner):
     keys = {"run": KeySpec((str, list), required=True, item_type=None)}
 
     def check_definition(self, step: Step, workflow_path: Path, settings: Settings) -> None:
-        run = step.raw.get("run")
+        run = step.resolved.get("run")
         where = f"{workflow_path.parent.name}/{workflow_path.name}: {step.label}"
         if isinstance(run, list):
             if not run:
@@ -3868,7 +3867,7 @@ class PluginRunner(Runner):
         result_path = ctx.run_dir / f".plugin-result-{ctx.step.index + 1}.json"
         _unlink_quietly(result_path)  # the child creates it anew (O_EXCL): never through a link
         env = dict(ctx.env, ORCHESTRATE_PLUGIN_RESULT=str(result_path))
-        step_file = _unnamed_file(json.dumps(ctx.step.raw, ensure_ascii=False).encode("utf-8", "surrogateescape"))
+        step_file = _unnamed_file(json.dumps(ctx.step.resolved, ensure_ascii=False).encode("utf-8", "surrogateescape"))
         try:
             process = ctx.run_process(
                 [sys.executable, "-c", _PLUGIN_BOOTSTRAP, kind, shown if kind != "file" else target, self.type_name],
@@ -6181,7 +6180,7 @@ def spec_durations_from_records(
 ) -> dict[str, float]:
     """Per-spec seconds from earlier run records' `spec_durations`, newest first wins.
 
-    `records` must come newest first (as RunStore.list returns them); only entries of
+    `records` must come newest first (as RunStore.summaries returns them); only entries of
     the step `step_name` (of `workflow`, when given) count.
     """
     durations: dict[str, float] = {}
@@ -6309,12 +6308,12 @@ class CypressRunner(Runner):
         return Path(os.path.abspath(ctx.root / relative))
 
     @staticmethod
-    def _slug(ctx: StepContext) -> str:
+    def _step_folder(ctx: StepContext) -> str:
         """The step's folder name under runs/<run_id>/: its log file's name without .log."""
         return step_log_name(ctx.step, len(ctx.workflow.steps)).removesuffix(".log")
 
     def _report_dir(self, ctx: StepContext) -> Path:
-        return ctx.run_dir / "cypress" / self._slug(ctx)
+        return ctx.run_dir / "cypress" / self._step_folder(ctx)
 
     def _install_problems(self, ctx: StepContext, project: Path) -> list[str]:
         """What on disk keeps Cypress from starting, each with its fix."""
@@ -6357,7 +6356,7 @@ class CypressRunner(Runner):
         return shard_specs(specs, index, count, self._recorded_durations(ctx))
 
     def _recorded_durations(self, ctx: StepContext) -> dict[str, float]:
-        records = RunStore(ctx.runs_dir).list(workflow=ctx.workflow.name, limit=CYPRESS_HISTORY_RUNS)
+        records = RunStore(ctx.runs_dir).summaries(workflow=ctx.workflow.name, limit=CYPRESS_HISTORY_RUNS)
         return spec_durations_from_records(records, ctx.step.name, ctx.workflow.name)
 
     def _argv(self, ctx: StepContext, project: Path, specs: Sequence[str]) -> list[str]:
@@ -6459,7 +6458,7 @@ class CypressRunner(Runner):
                 self._argv(ctx, project, batch), cwd=project, env={**ctx.env, **cypress_env_variables(ctx.step.env)}
             )
             artifacts += collect_cypress_artifacts(
-                folders, before, ctx.run_dir / "artifacts" / self._slug(ctx), ctx.runs_dir, ctx.masker
+                folders, before, ctx.run_dir / "artifacts" / self._step_folder(ctx), ctx.runs_dir, ctx.masker
             )
             if code == 0:
                 code = process.exit_code  # the first batch that did not pass speaks for the step
@@ -6581,13 +6580,13 @@ def parse_vars(pairs: Iterable[str]) -> dict[str, str]:
     return result
 
 
-def _slug(name: str) -> str:
+def name_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "step"
 
 
 def step_log_name(step: Step, total: int) -> str:
     width = max(2, len(str(total)))
-    return f"{step.index + 1:0{width}d}-{_slug(step.name)}.log"
+    return f"{step.index + 1:0{width}d}-{name_slug(step.name)}.log"
 
 
 def _pending_entry(step: Step, log_file: str) -> dict[str, Any]:
@@ -11998,7 +11997,7 @@ def fail_orphaned_pending_runs(store: RunStore) -> list[str]:
     server lives (another server on the same runs folder) its queue is left alone.
     """
     failed = []
-    for summary in store.list(status="pending", limit=None):
+    for summary in store.summaries(status="pending", limit=None):
         run_id = summary.get("run_id")
         if not run_id or summary.get("unreadable"):
             continue
@@ -12203,7 +12202,7 @@ def _queue_record(store: RunStore, name: str, workflow: Workflow, request: Any, 
 
 def api_runs(store: RunStore, workflow: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
     """GET /runs: run history, newest first."""
-    return store.list(
+    return store.summaries(
         workflow=api_workflow_name(workflow) if workflow is not None else None, status=status, limit=limit
     )
 
@@ -12921,7 +12920,7 @@ def register_dashboard(
         return render_report_body(record, **inputs)
 
     def list_html(workflow: str | None, status: str | None, limit: int) -> str:
-        rows = store.list(workflow=workflow, status=status, limit=limit)
+        rows = store.summaries(workflow=workflow, status=status, limit=limit)
         return runs_table(rows, filtered=bool(workflow or status))
 
     @app.get("/", include_in_schema=False)
@@ -13562,7 +13561,7 @@ def cmd_runs(paths: Paths, workflow: str | None = None, status: str | None = Non
         raise UsageError(
             f"--status {status!r}: expected one of {', '.join(RUN_STATUSES)}{did_you_mean(status, RUN_STATUSES)}"
         )
-    rows = RunStore(paths.runs_dir).list(workflow=workflow, status=status, limit=limit)
+    rows = RunStore(paths.runs_dir).summaries(workflow=workflow, status=status, limit=limit)
     result = CommandResult(data=rows)
     if not rows:
         result.say("no runs yet")

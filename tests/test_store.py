@@ -461,10 +461,10 @@ def test_a_filtered_listing_parses_only_records_that_may_match(
     monkeypatch.setattr(
         orchestrate.RunStore, "load", lambda self, run_id: loaded.append(run_id) or real_load(self, run_id)
     )
-    assert [r["run_id"] for r in store.list(workflow="mine", limit=3)] == [*reversed(newest_mine), mine[-1]]
+    assert [r["run_id"] for r in store.summaries(workflow="mine", limit=3)] == [*reversed(newest_mine), mine[-1]]
     assert loaded == [*reversed(newest_mine), mine[-1]]
     loaded.clear()
-    assert [r["run_id"] for r in store.list(status="failed")] == [failed]
+    assert [r["run_id"] for r in store.summaries(status="failed")] == [failed]
     assert loaded == [failed]
 
 
@@ -475,5 +475,5 @@ def test_status_of_an_id_or_the_latest_run_lists_no_history(project: Project, mo
     monkeypatch.setattr(orchestrate.RunStore, "list_ids", lambda self: pytest.fail("sorted every run id"))
     assert orchestrate.resolve_run_ref(store, ids[3]) == ids[3]
     assert orchestrate.resolve_run_ref(store, "latest") == ids[-1]
-    assert [r["run_id"] for r in store.list(limit=3)] == ids[-1:-4:-1]
+    assert [r["run_id"] for r in store.summaries(limit=3)] == ids[-1:-4:-1]
     assert list(store.newest_ids()) == sorted(ids, reverse=True)  # past the first ones picked: all, in order
