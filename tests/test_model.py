@@ -118,4 +118,4 @@ def test_annotations_resolve_once_typing_names_are_defined() -> None:
     orchestrate.define_typing_names()
     hints = typing.get_type_hints(orchestrate.create_app)
     assert hints["return"] is typing.Any and hints["root"] is orchestrate.Path
-    assert typing.get_type_hints(orchestrate.RunStore.list)["return"] == list[dict[str, typing.Any]]
+    assert typing.get_type_hints(orchestrate.RunStore.summaries)["return"] == list[dict[str, typing.Any]]
