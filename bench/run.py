@@ -1512,7 +1512,7 @@ for k in range(files):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(chunk)
 time.sleep(1.1)  # older than the one-second window in which a file is always read again
-step = orchestrate.Step(index=0, name="s", type="command", config={}, raw={}, sources=["src/**/*.py"])
+step = orchestrate.Step(index=0, name="s", type="command", config={}, resolved={}, sources=["src/**/*.py"])
 runs = work / "runs"
 runs.mkdir(parents=True, exist_ok=True)
 first, second, walk, hashing_only = [], [], [], []
