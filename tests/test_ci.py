@@ -521,7 +521,7 @@ def test_gha_masks_multiline_secret():
 
 
 def make_step(index: int, name: str) -> orchestrate.Step:
-    return orchestrate.Step(index=index, name=name, type="command", config={}, raw={})
+    return orchestrate.Step(index=index, name=name, type="command", config={}, resolved={})
 
 
 def test_github_output_fences_and_annotates() -> None:
