@@ -5879,8 +5879,6 @@ def _matching_files(
 ) -> list[tuple[str, str, os.stat_result]]:
     """match_files with each file's full path too (a string: hashing 10,000 sources must not
     pay for pathlib)."""
-    import stat
-
     found: dict[str, tuple[str, os.stat_result]] = {}
     runs = os.path.abspath(runs_dir) if runs_dir is not None else None
     base_dir = os.fspath(root)  # strings, not Paths: pathlib costs more than the stat (10,000 files)
@@ -5895,35 +5893,46 @@ def _matching_files(
             except OSError:
                 pass
             continue
-        regex = glob_regex(pattern)
-        base = _glob_base(pattern)
-        depth_left = None if "**" in pattern else pattern.count("/") - base.count("/") - (1 if base else 0)
-        stack: list[tuple[str, int | None]] = [(base, depth_left)]
-        while stack:
-            folder, depth = stack.pop()
+        _walk_for_glob(base_dir, pattern, runs, found)
+    return [(relative, path, info) for relative, (path, info) in sorted(found.items())]
+
+
+def _walk_for_glob(base_dir: str, pattern: str, runs: str | None, found: dict[str, tuple[str, os.stat_result]]) -> None:
+    """Add to `found` the files a wildcard glob matches, searching from its literal folder."""
+    import stat
+
+    regex = glob_regex(pattern)
+    base = _glob_base(pattern)
+    depth_left = None if "**" in pattern else pattern.count("/") - base.count("/") - (1 if base else 0)
+    stack: list[tuple[str, int | None]] = [(base, depth_left)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(base_dir, folder) if folder else base_dir))
+        except OSError:
+            continue
+        for entry in entries:
+            relative = f"{folder}/{entry.name}" if folder else entry.name
             try:
-                entries = list(os.scandir(os.path.join(base_dir, folder) if folder else base_dir))
+                info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            for entry in entries:
-                relative = f"{folder}/{entry.name}" if folder else entry.name
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(info.st_mode):
-                    if (
-                        entry.name == ".git"
-                        or entry.name == "node_modules"
-                        or entry.name.startswith(".")
-                        or (runs is not None and os.path.abspath(entry.path) == runs)
-                        or (depth is not None and depth <= 0)
-                    ):
-                        continue
+            if stat.S_ISDIR(info.st_mode):
+                if _searchable_folder(entry, runs, depth):
                     stack.append((relative, None if depth is None else depth - 1))
-                elif regex.match(relative):
-                    found[relative] = (entry.path, info)
-    return [(relative, path, info) for relative, (path, info) in sorted(found.items())]
+            elif regex.match(relative):
+                found[relative] = (entry.path, info)
+
+
+def _searchable_folder(entry: os.DirEntry[str], runs: str | None, depth: int | None) -> bool:
+    """Not .git, node_modules, a dot-folder or the runs folder, and not below the glob's depth."""
+    return not (
+        entry.name == ".git"
+        or entry.name == "node_modules"
+        or entry.name.startswith(".")
+        or (runs is not None and os.path.abspath(entry.path) == runs)
+        or (depth is not None and depth <= 0)
+    )
 
 
 def check_path_globs(values: Any, where: str, key: str) -> None:
@@ -11137,43 +11146,78 @@ def prepare_git_state(
     options.git = state
     if options.git_hook == "pre-push":
         state.push = push
-        reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref, commits))
-        if reason:
-            human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
-            human.flush()
+        if _push_has_nothing_to_check(paths, workflow, options, state, commits, calls, human):
             return EXIT_OK
-        settings = load_settings(root)
-        if not wants_pushed_checkout(settings, options):
-            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir, calls.status())
-            if difference:
-                sys.stderr.write(f"orchestrate: warning: {difference}\n")
+    _plan_skipped_steps(state, workflow, env, human)
+    state.changes = _changes_to_compare(root, workflow, options, state, env, commits)
+    return None
+
+
+def _push_has_nothing_to_check(
+    paths: Any,
+    workflow: Workflow,
+    options: RunOptions,
+    state: GitState,
+    commits: PushedCommits | None,
+    calls: RunGitCalls,
+    human: Any,
+) -> bool:
+    """Pre-push: True (and one line why) for a push with no new commits; else warn when the
+    working tree that will be checked differs from what is pushed."""
+    root = paths.root
+    assert state.push is not None
+    reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref, commits))
+    if reason:
+        human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
+        human.flush()
+        return True
+    settings = load_settings(root)
+    if not wants_pushed_checkout(settings, options):
+        difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir, calls.status())
+        if difference:
+            sys.stderr.write(f"orchestrate: warning: {difference}\n")
+    return False
+
+
+def _plan_skipped_steps(state: GitState, workflow: Workflow, env: Mapping[str, str], human: Any) -> None:
     skip_value = env.get("ORCHESTRATE_SKIP")
     state.skipped, warnings = skip_env_plan(skip_value, workflow.steps)
     for warning in warnings:
         sys.stderr.write(f"orchestrate: warning: {warning}\n")
     if state.skipped:
         human.write(f"orchestrate: ORCHESTRATE_SKIP={skip_value}: skipping {', '.join(state.skipped)}\n")
+
+
+def _changes_to_compare(
+    root: Path,
+    workflow: Workflow,
+    options: RunOptions,
+    state: GitState,
+    env: Mapping[str, str],
+    commits: PushedCommits | None,
+) -> ChangeSet | None:
+    """What `when.changed` compares, from the first source found (see prepare_git_state)."""
     branch = (state.ci or {}).get("branch") or state.git.get("branch")
     branches = (branch,) if branch else ()
     if state.push is not None:
         # the changed files only when a step's `when` reads them: a git diff less otherwise
-        state.changes = push_changes(root, state.push, commits, list_files=_gated(workflow))
-    elif options.from_ref or options.to_ref:
+        return push_changes(root, state.push, commits, list_files=_gated(workflow))
+    if options.from_ref or options.to_ref:
         if not options.from_ref:
             raise UsageError("--to-ref needs --from-ref: the commit to compare with")
-        state.changes = compare_changes(root, options.from_ref, options.to_ref or "HEAD", branches=branches)
-    elif env.get("PRE_COMMIT_FROM_REF") and env.get("PRE_COMMIT_TO_REF"):
-        state.changes = compare_changes(
+        return compare_changes(root, options.from_ref, options.to_ref or "HEAD", branches=branches)
+    if env.get("PRE_COMMIT_FROM_REF") and env.get("PRE_COMMIT_TO_REF"):
+        return compare_changes(
             root, env["PRE_COMMIT_FROM_REF"], env["PRE_COMMIT_TO_REF"], branches=branches, explicit=False
         )
-    elif _gated(workflow):
+    if _gated(workflow):
         base = (state.ci or {}).get("base")
-        state.changes = (
+        return (
             compare_changes(root, base, "HEAD", branches=branches, explicit=False)
             if base
             else ChangeSet(None, "nothing to compare with (no push, no --from-ref)", branches)
         )
-    return None
+    return state.changes
 
 
 def git_gate(step: Step, options: RunOptions) -> str | None:
