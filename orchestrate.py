@@ -905,13 +905,28 @@ def list_workflows(workflows_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _validate_common(step: dict[str, Any], where: str) -> None:
-    name = step["name"]
+    """The rules of the keys every step type shares, beyond their JSON types."""
+    _check_step_name(step["name"], where)
+    _check_step_limits(step, where)
+    for key, value in step.get("when", {}).items():
+        if key not in WHEN_KEYS:
+            raise DefinitionError(f"{where}: unknown key 'when.{key}'{did_you_mean(key, WHEN_KEYS)}")
+        if key == "status":
+            _check_when_status(value, where)
+        else:
+            _check_when_globs(key, value, where)
+
+
+def _check_step_name(name: str, where: str) -> None:
     if not name.strip():
         raise DefinitionError(f"{where}: key 'name' must not be empty")
     if len(name) > 100 or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
         raise DefinitionError(
             f"{where}: key 'name' must be at most 100 characters without '/', '\\' or control characters"
         )
+
+
+def _check_step_limits(step: dict[str, Any], where: str) -> None:
     if "timeout" in step and not step["timeout"] > 0:
         raise DefinitionError(f"{where}: key 'timeout' must be a number of seconds above 0")
     if "retries" in step and not 0 <= step["retries"] <= 100:
@@ -922,30 +937,29 @@ def _validate_common(step: dict[str, Any], where: str) -> None:
         raise DefinitionError(
             f'{where}: key \'shard\' must be "all" or "first"{did_you_mean(step["shard"], ["all", "first"])}'
         )
-    when = step.get("when", {})
-    for key, value in when.items():
-        if key not in WHEN_KEYS:
-            raise DefinitionError(f"{where}: unknown key 'when.{key}'{did_you_mean(key, WHEN_KEYS)}")
-        if key == "status":
-            if value not in WHEN_STATUSES:
-                shown = value if isinstance(value, str) else _value_type_name(value)
-                raise DefinitionError(
-                    f"{where}: key 'when.status' must be one of success, failure, always, "
-                    f"not '{shown}'{did_you_mean(str(value), WHEN_STATUSES)}"
-                )
-        else:
-            items = [value] if isinstance(value, str) else value
-            if not isinstance(items, list) or not items or not all(isinstance(v, str) and v for v in items):
-                raise DefinitionError(f"{where}: key 'when.{key}' must be a non-empty list of glob strings")
-            as_matched = changed_glob if key == "changed" else branch_glob
-            for i, pattern in enumerate(items):
-                try:
-                    as_matched(pattern)
-                except GlobError as exc:
-                    shown = f"when.{key}" if isinstance(value, str) else f"when.{key}[{i}]"
-                    raise DefinitionError(
-                        f"{where}: key '{shown}': invalid glob {_shorten(pattern, 80)!r}: {exc}"
-                    ) from None
+
+
+def _check_when_status(value: Any, where: str) -> None:
+    if value not in WHEN_STATUSES:
+        shown = value if isinstance(value, str) else _value_type_name(value)
+        raise DefinitionError(
+            f"{where}: key 'when.status' must be one of success, failure, always, "
+            f"not '{shown}'{did_you_mean(str(value), WHEN_STATUSES)}"
+        )
+
+
+def _check_when_globs(key: str, value: Any, where: str) -> None:
+    """when.changed / when.branch: one glob or a non-empty list of them, each one valid."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v for v in items):
+        raise DefinitionError(f"{where}: key 'when.{key}' must be a non-empty list of glob strings")
+    as_matched = changed_glob if key == "changed" else branch_glob
+    for i, pattern in enumerate(items):
+        try:
+            as_matched(pattern)
+        except GlobError as exc:
+            shown = f"when.{key}" if isinstance(value, str) else f"when.{key}[{i}]"
+            raise DefinitionError(f"{where}: key '{shown}': invalid glob {_shorten(pattern, 80)!r}: {exc}") from None
 
 
 def _find_plugin(step_type: str, root: Path) -> str | None:
@@ -1028,6 +1042,44 @@ def build_workflow(
 def _build_workflow(
     data: Any, name: str, path: Path, shown: str, variables: dict[str, str], settings: Settings, root: Path, sha256: str
 ) -> Workflow:
+    _check_workflow_document(data, name, shown)
+    secrets = _declared_secrets(data, variables, shown)  # value -> where it came from
+    refs: list[tuple[str, str, tuple[str, ...]]] = []
+    warnings: list[str] = []
+    env = _interpolate_tree(data.get("env", {}), variables, shown, "env", secrets, refs)
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    for index, raw_step in enumerate(data["steps"]):
+        where, runner = _check_step_document(raw_step, index, shown, root, seen)
+        _note_literal_tokens(raw_step, index, where, secrets, warnings)
+        step = _resolve_step(raw_step, index, runner, variables, where, secrets, refs)
+        for key in ("sources", "reports"):
+            if key in step.resolved:
+                check_path_globs(step.resolved[key], where, key)
+        runner.check_definition(step, path, settings)
+        runner.check_paths(step, where, root)
+        steps.append(step)
+        _note_jira_credential(step, secrets)
+    check_step_needs(steps, shown)
+    _check_secret_lengths(secrets, shown)
+    _stamp_step_hashes(steps, env, Masker(secrets), refs, variables, shown)
+    return Workflow(
+        name=name,
+        path=path,
+        description=data.get("description", ""),
+        env=env,
+        steps=steps,
+        secrets=set(secrets),
+        sha256=sha256,
+        display_path=shown,
+        warnings=warnings,
+        references=refs,
+        variables_used={n for _, _, used in refs for n in used},
+    )
+
+
+def _check_workflow_document(data: Any, name: str, shown: str) -> None:
+    """The workflow file's own keys: an object whose name matches its file, with steps."""
     if not isinstance(data, dict):
         raise DefinitionError(f"{shown}: expected a JSON object with a 'steps' list, not {_value_type_name(data)}")
     _check_keys(data, WORKFLOW_KEYS, shown)
@@ -1038,97 +1090,123 @@ def _build_workflow(
         )
     if not data["steps"]:
         raise DefinitionError(f"{shown}: key 'steps' is empty; add at least one step")
-    secrets: dict[str, str] = {}  # value -> where it came from, for the too-short message
-    refs: list[tuple[str, str, tuple[str, ...]]] = []
-    warnings: list[str] = []
+
+
+def _declared_secrets(data: dict[str, Any], variables: dict[str, str], shown: str) -> dict[str, str]:
+    """The values of the variables the workflow's 'secrets' key names, each with its ${NAME}."""
+    secrets: dict[str, str] = {}
     for var in data.get("secrets", []):
         if not _VAR_NAME_RE.match(var):
             raise DefinitionError(f"{shown}: key 'secrets' lists '{var}', which is not a variable name")
         if variables.get(var):
             secrets.setdefault(variables[var], f"${{{var}}}")
-    env = _interpolate_tree(data.get("env", {}), variables, shown, "env", secrets, refs)
-    steps: list[Step] = []
-    seen: dict[str, int] = {}
-    for index, raw_step in enumerate(data["steps"]):
-        where = f"{shown}: steps[{index}]"
-        if not isinstance(raw_step, dict):
-            raise DefinitionError(f"{where}: expected an object, not {_value_type_name(raw_step)}")
-        step_name = raw_step.get("name")
-        if isinstance(step_name, str):
-            where = f'{shown}: steps[{index}] "{step_name}"'
-        for key in ("name", "type"):
-            if key not in raw_step:
-                raise DefinitionError(f"{where}: missing required key '{key}'")
-            check_value(raw_step[key], COMMON_KEYS[key], where, key)
-        step_type = raw_step["type"]
-        runner = RUNNERS.get(step_type)
-        if runner is None:
-            if not _STEP_TYPE_RE.match(step_type) or _find_plugin(step_type, root) is None:
-                plugins = sorted(p.name[: -len("_runner.py")] for p in (root / "integrations").glob("*_runner.py"))
-                plugins += sorted(n for n in _entry_point_names() if n not in plugins)
-                raise DefinitionError(
-                    f"{where}: unknown step type '{step_type}'{did_you_mean(step_type, list(RUNNERS) + plugins)}; "
-                    f"built-in types: {', '.join(sorted(RUNNERS))}; plugins: "
-                    f"{', '.join(plugins) if plugins else 'none (add integrations/' + step_type + '_runner.py)'}"
-                )
-            runner = PluginRunner(step_type)
-        specs = {**COMMON_KEYS, **runner.keys}
-        _check_keys(raw_step, specs, where, extra_allowed=runner.accepts_any_key)
-        _validate_common(raw_step, where)
-        step_name = raw_step["name"]  # a string now: _check_keys has checked it
-        if step_name in seen:
-            raise DefinitionError(
-                f"{where}: duplicate step name '{step_name}' (also steps[{seen[step_name]}]); step names must be unique"
-            )
-        seen[step_name] = index
-        for key, value in raw_step.items():
-            if key == "token" and isinstance(value, str) and value and "${" not in value:
-                secrets.setdefault(value, f"in steps[{index}] key 'token'")
-                warnings.append(
-                    f"{where}: key 'token' holds a literal token; keep it out of the file with "
-                    f'"token": "${{JIRA_TOKEN}}" (it is masked as *** all the same)'
-                )
-        resolved = {
-            k: (v if k in ("name", "type") else _interpolate_tree(v, variables, where, k, secrets, refs))
-            for k, v in raw_step.items()
-        }
-        config = {k: v for k, v in resolved.items() if k not in COMMON_KEYS}
-        step = Step(
-            index=index,
-            name=step_name,
-            type=step_type,
-            config=config,
-            resolved=resolved,
-            timeout=float(resolved["timeout"]) if "timeout" in resolved else None,
-            retries=resolved.get("retries", 0),
-            retry_delay=float(resolved.get("retry_delay", 0)),
-            continue_on_error=resolved.get("continue_on_error", False),
-            env=dict(resolved.get("env", {})),
-            cwd=resolved.get("cwd"),
-            when=dict(resolved.get("when", {})),
-            required=resolved.get("required", False),
-            shard=resolved.get("shard", "all"),
-            label=f'steps[{index}] "{step_name}"',
-            source=raw_step,
-            needs=list(raw_step["needs"]) if "needs" in raw_step else None,
-            sources=list(resolved.get("sources", [])),
-            reports=list(resolved.get("reports", [])),
-        )
-        for key in ("sources", "reports"):
-            if key in resolved:
-                check_path_globs(resolved[key], where, key)
-        runner.check_definition(step, path, settings)
-        runner.check_paths(step, where, root)
-        steps.append(step)
-        user, token = step.config.get("user"), step.config.get("token")
-        if step_type == "jira" and isinstance(user, str) and user and isinstance(token, str) and token:
-            # the Basic credential a jira step sends: a step printing its headers prints this
-            import base64
+    return secrets
 
-            secrets.setdefault(
-                base64.b64encode(f"{user}:{token}".encode()).decode("ascii"), f"user:token of steps[{index}]"
+
+def _check_step_document(raw_step: Any, index: int, shown: str, root: Path, seen: dict[str, int]) -> tuple[str, Runner]:
+    """Check one step's keys before interpolation; its label for messages and its runner."""
+    where = f"{shown}: steps[{index}]"
+    if not isinstance(raw_step, dict):
+        raise DefinitionError(f"{where}: expected an object, not {_value_type_name(raw_step)}")
+    step_name = raw_step.get("name")
+    if isinstance(step_name, str):
+        where = f'{shown}: steps[{index}] "{step_name}"'
+    for key in ("name", "type"):
+        if key not in raw_step:
+            raise DefinitionError(f"{where}: missing required key '{key}'")
+        check_value(raw_step[key], COMMON_KEYS[key], where, key)
+    runner = _step_runner(raw_step["type"], where, root)
+    specs = {**COMMON_KEYS, **runner.keys}
+    _check_keys(raw_step, specs, where, extra_allowed=runner.accepts_any_key)
+    _validate_common(raw_step, where)
+    step_name = raw_step["name"]  # a string now: _check_keys has checked it
+    if step_name in seen:
+        raise DefinitionError(
+            f"{where}: duplicate step name '{step_name}' (also steps[{seen[step_name]}]); step names must be unique"
+        )
+    seen[step_name] = index
+    return where, runner
+
+
+def _step_runner(step_type: str, where: str, root: Path) -> Runner:
+    """The built-in runner of a step type, else its plugin, else a message listing both."""
+    runner = RUNNERS.get(step_type)
+    if runner is not None:
+        return runner
+    if not _STEP_TYPE_RE.match(step_type) or _find_plugin(step_type, root) is None:
+        plugins = sorted(p.name[: -len("_runner.py")] for p in (root / "integrations").glob("*_runner.py"))
+        plugins += sorted(n for n in _entry_point_names() if n not in plugins)
+        raise DefinitionError(
+            f"{where}: unknown step type '{step_type}'{did_you_mean(step_type, list(RUNNERS) + plugins)}; "
+            f"built-in types: {', '.join(sorted(RUNNERS))}; plugins: "
+            f"{', '.join(plugins) if plugins else 'none (add integrations/' + step_type + '_runner.py)'}"
+        )
+    return PluginRunner(step_type)
+
+
+def _note_literal_tokens(
+    raw_step: dict[str, Any], index: int, where: str, secrets: dict[str, str], warnings: list[str]
+) -> None:
+    """A token written into the file is masked like a declared secret, with a warning."""
+    for key, value in raw_step.items():
+        if key == "token" and isinstance(value, str) and value and "${" not in value:
+            secrets.setdefault(value, f"in steps[{index}] key 'token'")
+            warnings.append(
+                f"{where}: key 'token' holds a literal token; keep it out of the file with "
+                f'"token": "${{JIRA_TOKEN}}" (it is masked as *** all the same)'
             )
-    check_step_needs(steps, shown)
+
+
+def _resolve_step(
+    raw_step: dict[str, Any],
+    index: int,
+    runner: Runner,
+    variables: dict[str, str],
+    where: str,
+    secrets: dict[str, str],
+    refs: list[tuple[str, str, tuple[str, ...]]],
+) -> Step:
+    """The Step of a checked step definition, its ${NAME} values interpolated."""
+    resolved = {
+        k: (v if k in ("name", "type") else _interpolate_tree(v, variables, where, k, secrets, refs))
+        for k, v in raw_step.items()
+    }
+    step_name = raw_step["name"]
+    return Step(
+        index=index,
+        name=step_name,
+        type=raw_step["type"],
+        config={k: v for k, v in resolved.items() if k not in COMMON_KEYS},
+        resolved=resolved,
+        timeout=float(resolved["timeout"]) if "timeout" in resolved else None,
+        retries=resolved.get("retries", 0),
+        retry_delay=float(resolved.get("retry_delay", 0)),
+        continue_on_error=resolved.get("continue_on_error", False),
+        env=dict(resolved.get("env", {})),
+        cwd=resolved.get("cwd"),
+        when=dict(resolved.get("when", {})),
+        required=resolved.get("required", False),
+        shard=resolved.get("shard", "all"),
+        label=f'steps[{index}] "{step_name}"',
+        source=raw_step,
+        needs=list(raw_step["needs"]) if "needs" in raw_step else None,
+        sources=list(resolved.get("sources", [])),
+        reports=list(resolved.get("reports", [])),
+    )
+
+
+def _note_jira_credential(step: Step, secrets: dict[str, str]) -> None:
+    """The Basic credential a jira step sends: a step printing its headers prints this."""
+    user, token = step.config.get("user"), step.config.get("token")
+    if step.type == "jira" and isinstance(user, str) and user and isinstance(token, str) and token:
+        import base64
+
+        secrets.setdefault(
+            base64.b64encode(f"{user}:{token}".encode()).decode("ascii"), f"user:token of steps[{step.index}]"
+        )
+
+
+def _check_secret_lengths(secrets: dict[str, str], shown: str) -> None:
     for value, source in secrets.items():
         if len(value) < MIN_SECRET_LEN:
             raise DefinitionError(
@@ -1136,7 +1214,17 @@ def _build_workflow(
                 f"long; a secret needs at least {MIN_SECRET_LEN}, as masking a shorter value would "
                 f"garble ordinary output (use a longer secret)"
             )
-    masker = Masker(secrets)
+
+
+def _stamp_step_hashes(
+    steps: list[Step],
+    env: Any,
+    masker: Masker,
+    refs: list[tuple[str, str, tuple[str, ...]]],
+    variables: dict[str, str],
+    shown: str,
+) -> None:
+    """Each step's definition hash and the variables it uses (what --resume and sources compare)."""
     # the workflow's env reaches every step: A=1 and A=2 must not hash the same (secrets in it
     # are masked here; their values enter values_sha256, keyed, never in clear)
     shared_env = masker.mask_tree(env)
@@ -1151,19 +1239,6 @@ def _build_workflow(
     for step in steps:
         step.definition_sha256 = _canonical_hash({"step": masker.mask_tree(step.resolved), "env": shared_env})
         step.variables = {name: variables.get(name) for name in sorted({*env_names, *step_names.get(step.index, [])})}
-    return Workflow(
-        name=name,
-        path=path,
-        description=data.get("description", ""),
-        env=env,
-        steps=steps,
-        secrets=set(secrets),
-        sha256=sha256,
-        display_path=shown,
-        warnings=warnings,
-        references=refs,
-        variables_used={n for _, _, used in refs for n in used},
-    )
 
 
 _PERCENT_ESCAPE_RE = r"%[0-9A-F]{2}"  # compiled on first use (secret_forms)
@@ -5804,8 +5879,6 @@ def _matching_files(
 ) -> list[tuple[str, str, os.stat_result]]:
     """match_files with each file's full path too (a string: hashing 10,000 sources must not
     pay for pathlib)."""
-    import stat
-
     found: dict[str, tuple[str, os.stat_result]] = {}
     runs = os.path.abspath(runs_dir) if runs_dir is not None else None
     base_dir = os.fspath(root)  # strings, not Paths: pathlib costs more than the stat (10,000 files)
@@ -5820,35 +5893,46 @@ def _matching_files(
             except OSError:
                 pass
             continue
-        regex = glob_regex(pattern)
-        base = _glob_base(pattern)
-        depth_left = None if "**" in pattern else pattern.count("/") - base.count("/") - (1 if base else 0)
-        stack: list[tuple[str, int | None]] = [(base, depth_left)]
-        while stack:
-            folder, depth = stack.pop()
+        _walk_for_glob(base_dir, pattern, runs, found)
+    return [(relative, path, info) for relative, (path, info) in sorted(found.items())]
+
+
+def _walk_for_glob(base_dir: str, pattern: str, runs: str | None, found: dict[str, tuple[str, os.stat_result]]) -> None:
+    """Add to `found` the files a wildcard glob matches, searching from its literal folder."""
+    import stat
+
+    regex = glob_regex(pattern)
+    base = _glob_base(pattern)
+    depth_left = None if "**" in pattern else pattern.count("/") - base.count("/") - (1 if base else 0)
+    stack: list[tuple[str, int | None]] = [(base, depth_left)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(base_dir, folder) if folder else base_dir))
+        except OSError:
+            continue
+        for entry in entries:
+            relative = f"{folder}/{entry.name}" if folder else entry.name
             try:
-                entries = list(os.scandir(os.path.join(base_dir, folder) if folder else base_dir))
+                info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            for entry in entries:
-                relative = f"{folder}/{entry.name}" if folder else entry.name
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(info.st_mode):
-                    if (
-                        entry.name == ".git"
-                        or entry.name == "node_modules"
-                        or entry.name.startswith(".")
-                        or (runs is not None and os.path.abspath(entry.path) == runs)
-                        or (depth is not None and depth <= 0)
-                    ):
-                        continue
+            if stat.S_ISDIR(info.st_mode):
+                if _searchable_folder(entry, runs, depth):
                     stack.append((relative, None if depth is None else depth - 1))
-                elif regex.match(relative):
-                    found[relative] = (entry.path, info)
-    return [(relative, path, info) for relative, (path, info) in sorted(found.items())]
+            elif regex.match(relative):
+                found[relative] = (entry.path, info)
+
+
+def _searchable_folder(entry: os.DirEntry[str], runs: str | None, depth: int | None) -> bool:
+    """Not .git, node_modules, a dot-folder or the runs folder, and not below the glob's depth."""
+    return not (
+        entry.name == ".git"
+        or entry.name == "node_modules"
+        or entry.name.startswith(".")
+        or (runs is not None and os.path.abspath(entry.path) == runs)
+        or (depth is not None and depth <= 0)
+    )
 
 
 def check_path_globs(values: Any, where: str, key: str) -> None:
@@ -11062,43 +11146,78 @@ def prepare_git_state(
     options.git = state
     if options.git_hook == "pre-push":
         state.push = push
-        reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref, commits))
-        if reason:
-            human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
-            human.flush()
+        if _push_has_nothing_to_check(paths, workflow, options, state, commits, calls, human):
             return EXIT_OK
-        settings = load_settings(root)
-        if not wants_pushed_checkout(settings, options):
-            difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir, calls.status())
-            if difference:
-                sys.stderr.write(f"orchestrate: warning: {difference}\n")
+    _plan_skipped_steps(state, workflow, env, human)
+    state.changes = _changes_to_compare(root, workflow, options, state, env, commits)
+    return None
+
+
+def _push_has_nothing_to_check(
+    paths: Any,
+    workflow: Workflow,
+    options: RunOptions,
+    state: GitState,
+    commits: PushedCommits | None,
+    calls: RunGitCalls,
+    human: Any,
+) -> bool:
+    """Pre-push: True (and one line why) for a push with no new commits; else warn when the
+    working tree that will be checked differs from what is pushed."""
+    root = paths.root
+    assert state.push is not None
+    reason = push_skip_reason(state.push, lambda ref: push_has_new_commits(root, ref, commits))
+    if reason:
+        human.write(f"orchestrate: {workflow.name}: nothing to check: {reason}\n")
+        human.flush()
+        return True
+    settings = load_settings(root)
+    if not wants_pushed_checkout(settings, options):
+        difference = working_tree_difference(root, state.push, workflow, settings, paths.runs_dir, calls.status())
+        if difference:
+            sys.stderr.write(f"orchestrate: warning: {difference}\n")
+    return False
+
+
+def _plan_skipped_steps(state: GitState, workflow: Workflow, env: Mapping[str, str], human: Any) -> None:
     skip_value = env.get("ORCHESTRATE_SKIP")
     state.skipped, warnings = skip_env_plan(skip_value, workflow.steps)
     for warning in warnings:
         sys.stderr.write(f"orchestrate: warning: {warning}\n")
     if state.skipped:
         human.write(f"orchestrate: ORCHESTRATE_SKIP={skip_value}: skipping {', '.join(state.skipped)}\n")
+
+
+def _changes_to_compare(
+    root: Path,
+    workflow: Workflow,
+    options: RunOptions,
+    state: GitState,
+    env: Mapping[str, str],
+    commits: PushedCommits | None,
+) -> ChangeSet | None:
+    """What `when.changed` compares, from the first source found (see prepare_git_state)."""
     branch = (state.ci or {}).get("branch") or state.git.get("branch")
     branches = (branch,) if branch else ()
     if state.push is not None:
         # the changed files only when a step's `when` reads them: a git diff less otherwise
-        state.changes = push_changes(root, state.push, commits, list_files=_gated(workflow))
-    elif options.from_ref or options.to_ref:
+        return push_changes(root, state.push, commits, list_files=_gated(workflow))
+    if options.from_ref or options.to_ref:
         if not options.from_ref:
             raise UsageError("--to-ref needs --from-ref: the commit to compare with")
-        state.changes = compare_changes(root, options.from_ref, options.to_ref or "HEAD", branches=branches)
-    elif env.get("PRE_COMMIT_FROM_REF") and env.get("PRE_COMMIT_TO_REF"):
-        state.changes = compare_changes(
+        return compare_changes(root, options.from_ref, options.to_ref or "HEAD", branches=branches)
+    if env.get("PRE_COMMIT_FROM_REF") and env.get("PRE_COMMIT_TO_REF"):
+        return compare_changes(
             root, env["PRE_COMMIT_FROM_REF"], env["PRE_COMMIT_TO_REF"], branches=branches, explicit=False
         )
-    elif _gated(workflow):
+    if _gated(workflow):
         base = (state.ci or {}).get("base")
-        state.changes = (
+        return (
             compare_changes(root, base, "HEAD", branches=branches, explicit=False)
             if base
             else ChangeSet(None, "nothing to compare with (no push, no --from-ref)", branches)
         )
-    return None
+    return state.changes
 
 
 def git_gate(step: Step, options: RunOptions) -> str | None:
