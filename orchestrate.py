@@ -8706,37 +8706,53 @@ def ansi_to_html(text: str) -> str:
     return "".join(out)
 
 
+def _sgr_simple(state: dict[str, Any], code: int) -> bool:
+    """Apply one SGR code that takes no parameters; False when it is not one of those."""
+    if code == 0:
+        state.clear()
+    elif code in (1, 2, 3, 4):
+        state["bdiu"[code - 1]] = True
+    elif code == 22:
+        state.pop("b", None)
+        state.pop("d", None)
+    elif code in (23, 24):
+        state.pop("iu"[code - 23], None)
+    elif code in (39, 49):
+        state.pop("fg" if code == 39 else "bg", None)
+    else:
+        return False
+    return True
+
+
+def _sgr_colour(code: int) -> tuple[str, int] | None:
+    """The 16-colour SGR codes: ("fg" or "bg", colour 0-15); None for any other code."""
+    for layer, normal, bright in (("fg", 30, 90), ("bg", 40, 100)):
+        if normal <= code <= normal + 7:
+            return layer, code - normal
+        if bright <= code <= bright + 7:
+            return layer, code - bright + 8
+    return None
+
+
 def _apply_sgr(state: dict[str, Any], params: str) -> None:
     codes = [int(p) if p.isdigit() else 0 for p in params.replace(":", ";").split(";")] if params else [0]
     i = 0
     while i < len(codes):
         code = codes[i]
         i += 1
-        if code == 0:
-            state.clear()
-        elif code in (1, 2, 3, 4):
-            state["bdiu"[code - 1]] = True
-        elif code == 22:
-            state.pop("b", None)
-            state.pop("d", None)
-        elif code in (23, 24):
-            state.pop("iu"[code - 23], None)
-        elif 30 <= code <= 37 or 90 <= code <= 97:
-            state["fg"] = code - 30 if code < 90 else code - 90 + 8
-        elif 40 <= code <= 47 or 100 <= code <= 107:
-            state["bg"] = code - 40 if code < 100 else code - 100 + 8
-        elif code in (39, 49):
-            state.pop("fg" if code == 39 else "bg", None)
+        colour = _sgr_colour(code)
+        if colour is not None:
+            state[colour[0]] = colour[1]
         elif code in (38, 48):  # 5;N (256 colours) or 2;R;G;B (true colour): only N < 16 is kept
             mode = codes[i] if i < len(codes) else None
             if mode == 5 and i + 1 < len(codes):
                 if codes[i + 1] < 16:
                     state["fg" if code == 38 else "bg"] = codes[i + 1]
                 i += 2
-            elif mode == 2:
-                i += 4
             else:
-                i += 1
+                i += 4 if mode == 2 else 1
+        else:
+            _sgr_simple(state, code)
 
 
 def _open_regular(path: Path) -> int | None:
