@@ -9069,37 +9069,36 @@ def render_report_body(
     return "\n".join(parts)
 
 
+def _run_took_text(record: Mapping[str, Any], started_ms: int | None, now_ms: int) -> str:
+    """How long the run took, or has taken so far while it runs; "-" when unknown."""
+    duration = record.get("duration_s")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        return format_duration(float(duration))
+    if started_ms is not None and record.get("status") == "running":
+        return format_duration(max(0, now_ms - started_ms) / 1000) + " so far"
+    return "-"
+
+
+def _trigger_facts(trigger: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The header's "Trigger" row, and its "Git" row when the run knew its branch or commit."""
+    git: Mapping[str, Any] = trigger["git"] if isinstance(trigger.get("git"), Mapping) else {}
+    hook = html_text(f" ({trigger['hook']})") if trigger.get("hook") else ""
+    facts = [("Trigger", html_text(trigger.get("source") or "?") + hook)]
+    if git.get("commit") or git.get("branch"):
+        commit = f" @ <code>{html_text(str(git.get('commit'))[:12])}</code>" if git.get("commit") else ""
+        dirty = " (uncommitted changes)" if git.get("dirty") else ""
+        facts.append(("Git", html_text(git.get("branch") or "detached") + commit + dirty))
+    return facts
+
+
 def _report_header(record: Mapping[str, Any], now_ms: int) -> str:
     """The run's name, status and facts: id, trigger, git, start, duration, step counts."""
     status = str(record.get("status") or "pending")
     run_kind = "failed" if status == "failed" else status if status in _STATUS_MARKS else "pending"
     trigger: Mapping[str, Any] = record["trigger"] if isinstance(record.get("trigger"), Mapping) else {}
-    git: Mapping[str, Any] = trigger["git"] if isinstance(trigger.get("git"), Mapping) else {}
     started_ms = _epoch_ms(record.get("started_at"))
-    duration = record.get("duration_s")
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
-        took = format_duration(float(duration))
-    elif started_ms is not None and status == "running":
-        took = format_duration(max(0, now_ms - started_ms) / 1000) + " so far"
-    else:
-        took = "-"
-    facts = [
-        ("Run", f"<code>{html_text(record.get('run_id'))}</code>"),
-        (
-            "Trigger",
-            html_text(trigger.get("source") or "?")
-            + (html_text(f" ({trigger['hook']})") if trigger.get("hook") else ""),
-        ),
-    ]
-    if git.get("commit") or git.get("branch"):
-        facts.append(
-            (
-                "Git",
-                html_text(git.get("branch") or "detached")
-                + (f" @ <code>{html_text(str(git.get('commit'))[:12])}</code>" if git.get("commit") else "")
-                + (" (uncommitted changes)" if git.get("dirty") else ""),
-            )
-        )
+    took = _run_took_text(record, started_ms, now_ms)
+    facts = [("Run", f"<code>{html_text(record.get('run_id'))}</code>"), *_trigger_facts(trigger)]
     facts.append(("Started", html_text(_iso_text(record.get("started_at")))))
     facts.append(("Duration", f'<span id="run-elapsed" data-started-ms="{started_ms or ""}">{html_text(took)}</span>'))
     facts.append(("Steps", html_text(summary_counts(dict(record)))))
