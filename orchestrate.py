@@ -2576,20 +2576,9 @@ class ProcessTree:
         None where /proc cannot tell (then only the group is known, through killpg)."""
         if self.start_ticks is None:
             return None
-        last = _last_pid()
-        quick = last is not None and last >= self.pgid and time.monotonic() - self.started < _QUICK_SCAN_S
-        if quick and last is not None and last - self.pgid <= _QUICK_SCAN_PIDS:
-            # the few pids allocated since the step started: looked up one by one, without
-            # listing /proc (0.1 ms a step, most of it for the one pid of a /bin/true)
-            pids: Iterable[int] = range(self.pgid + 1, last + 1)
-        else:
-            try:
-                names = os.listdir("/proc")
-            except OSError:
-                return None
-            pids = [int(name) for name in names if name.isdigit()]
-            if quick:
-                pids = [pid for pid in pids if self.pgid < pid <= last]  # type: ignore[operator]
+        pids = self._candidate_pids()
+        if pids is None:
+            return None
         found: dict[int, int] = {}
         own = os.getpid()
         for pid in pids:
@@ -2601,6 +2590,23 @@ class ProcessTree:
             if (stat[1] == self.pgid or self._tagged(pid)) and _is_thread_group_leader(pid):
                 found[pid] = stat[2]
         return found
+
+    def _candidate_pids(self) -> Iterable[int] | None:
+        """The pids that may belong to the tree; None when /proc cannot be listed."""
+        last = _last_pid()
+        quick = last is not None and last >= self.pgid and time.monotonic() - self.started < _QUICK_SCAN_S
+        if quick and last is not None and last - self.pgid <= _QUICK_SCAN_PIDS:
+            # the few pids allocated since the step started: looked up one by one, without
+            # listing /proc (0.1 ms a step, most of it for the one pid of a /bin/true)
+            return range(self.pgid + 1, last + 1)
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return None
+        pids = [int(name) for name in names if name.isdigit()]
+        if quick and last is not None:
+            pids = [pid for pid in pids if self.pgid < pid <= last]
+        return pids
 
     def _tagged(self, pid: int) -> bool:
         try:
