@@ -3059,48 +3059,55 @@ def run_process(
     large chunks. `deadline` (time.monotonic()) is when the step's attempt runs out of time,
     shared by every process the attempt starts; `timeout` is the same for this process alone.
     Safe to call from several threads at once."""
-    import select
-
     if timeout:
         deadline = min(deadline if deadline is not None else float("inf"), time.monotonic() + timeout)
     if deadline is not None and time.monotonic() >= deadline:
         return ProcessResult(exit_code=None, timed_out=True)
     token = env.get(STEP_TOKEN_ENV) or new_step_token()
-    shell = isinstance(argv, str)
     child_env = WATCHDOG.step_env({**env, STEP_TOKEN_ENV: token})
+    process = _start_process(argv, cwd, child_env, stdin)
+    WATCHDOG.watch(process.pid)
+    assert process.stdout is not None
+    try:
+        out_fd = process.stdout.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream, not a pipe
+        return _read_unselectable(process, sink)
+    tree = ProcessTree(process.pid, token)
+    _widen_pipe(out_fd)
+    pump = _OutputPump(process, tree, out_fd, sink, guard=guard, grace=grace, deadline=deadline)
+    try:
+        pump.run()
+    except BaseException as exc:
+        pump.stop_after(exc, name)
+        raise
+    finally:
+        pump.close()
+    code = process.wait()
+    timed_out = pump.timed_out
+    return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out, leftover_processes=pump.leftovers)
+
+
+def _start_process(argv: Sequence[str] | str, cwd: Path, child_env: dict[str, str], stdin: int | None) -> Any:
+    """Start argv (a string is run by /bin/sh) in a session of its own, stdout and stderr on one
+    pipe; a StepFailure in one line when it cannot start."""
+    shell = isinstance(argv, str)
     try:
         if can_spawn(cwd):
-            read_end, write_end = os.pipe()
-            try:
-                pid = spawn_process(
-                    ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv,
-                    child_env,
-                    stdin=_devnull() if stdin is None else stdin,
-                    stdout=write_end,
-                    stderr=write_end,
-                    new_session=True,
-                )
-            except BaseException:
-                os.close(read_end)
-                raise
-            finally:
-                os.close(write_end)
-            process: Any = SpawnedProcess(pid, stdout=read_end)
-        else:
-            import subprocess
+            return _spawn_with_pipe(["/bin/sh", "-c", argv] if isinstance(argv, str) else argv, child_env, stdin)
+        import subprocess
 
-            process = subprocess.Popen(
-                argv,
-                shell=shell,
-                executable="/bin/sh" if shell else None,
-                cwd=str(cwd),
-                env=child_env,
-                stdin=_devnull() if stdin is None else stdin,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
+        return subprocess.Popen(
+            argv,
+            shell=shell,
+            executable="/bin/sh" if shell else None,
+            cwd=str(cwd),
+            env=child_env,
+            stdin=_devnull() if stdin is None else stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
     except FileNotFoundError as exc:
         missing = exc.filename if exc.filename and str(exc.filename) != str(cwd) else argv[0]
         if not Path(cwd).is_dir():
@@ -3111,123 +3118,176 @@ def run_process(
     except OSError as exc:
         shown = (argv if len(argv) <= 200 else argv[:200] + "…") if isinstance(argv, str) else argv[0]
         raise StepFailure(f"cannot start {shown!r}: {exc.strerror or exc}") from None
-    WATCHDOG.watch(process.pid)
-    assert process.stdout is not None
+
+
+def _spawn_with_pipe(argv: Sequence[str], child_env: dict[str, str], stdin: int | None) -> SpawnedProcess:
+    """spawn_process with stdout and stderr on a new pipe whose read end the result owns."""
+    read_end, write_end = os.pipe()
     try:
-        out_fd = process.stdout.fileno()
-    except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream, not a pipe
-        return _read_unselectable(process, sink)
-    tree = ProcessTree(process.pid, token)
+        pid = spawn_process(
+            argv,
+            child_env,
+            stdin=_devnull() if stdin is None else stdin,
+            stdout=write_end,
+            stderr=write_end,
+            new_session=True,
+        )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return SpawnedProcess(pid, stdout=read_end)
+
+
+def _widen_pipe(out_fd: int) -> None:
+    """Non-blocking reads, and on Linux a 1 MiB pipe instead of 64 KiB, so a read can take a
+    whole READ_CHUNK."""
     os.set_blocking(out_fd, False)
-    try:  # Linux: a 1 MiB pipe instead of 64 KiB, so a read can take a whole READ_CHUNK
+    try:
         import fcntl
 
         fcntl.fcntl(out_fd, fcntl.F_SETPIPE_SZ, READ_CHUNK)
     except (ImportError, AttributeError, OSError):
         pass  # elsewhere, or above /proc/sys/fs/pipe-max-size: the default pipe works
-    # One buffer for every read: os.read() allocates a fresh READ_CHUNK each time, and the
-    # kernel faulted its pages in anew (194,000 minor faults for 1 GB of output, 1 every
-    # 5 KB; 1,800 this way). The chunk handed on is a copy of what was read, as before.
-    buffer = bytearray(READ_CHUNK)
-    view = memoryview(buffer)
-    poller = select.poll()  # the selectors module costs 1 ms of start-up for the same poll(2)
-    poller.register(out_fd, select.POLLIN)
-    if guard is not None:
-        poller.register(guard.read_fd, select.POLLIN)
-    # A step that closes its stdout and stderr (`exec >/dev/null 2>&1; sleep 30`) ends the
-    # output long before it exits: the wait for its exit is watched like the output, for the
-    # deadline and for signals, woken by a pidfd where there is one.
-    exit_fd = _pidfd(process.pid)
-    if exit_fd is not None:
-        poller.register(exit_fd, select.POLLIN)
-    timed_out = False
-    eof = False
-    leftovers = 0
-    exited_at: float | None = None
-    try:
-        while True:
-            now = time.monotonic()
-            if guard is not None and guard.signum is not None:
-                raise RunInterrupted(guard.signum)
-            if deadline is not None and now >= deadline:
-                timed_out = True
-                stop_tree(tree, process, grace, guard)
-                if not eof:
-                    _drain(out_fd, sink)
+
+
+class _OutputPump:
+    """The loop that watches one running process: its output (handed to the sink in large
+    chunks), its exit, the deadline and signals, until the process and what it left running
+    have ended."""
+
+    def __init__(
+        self,
+        process: Any,
+        tree: ProcessTree,
+        out_fd: int,
+        sink: OutputSink,
+        *,
+        guard: SignalGuard | None,
+        grace: float,
+        deadline: float | None,
+    ) -> None:
+        import select
+
+        self.process, self.tree, self.out_fd, self.sink = process, tree, out_fd, sink
+        self.guard, self.grace, self.deadline = guard, grace, deadline
+        # One buffer for every read: os.read() allocates a fresh READ_CHUNK each time, and the
+        # kernel faulted its pages in anew (194,000 minor faults for 1 GB of output, 1 every
+        # 5 KB; 1,800 this way). The chunk handed on is a copy of what was read, as before.
+        self.view = memoryview(bytearray(READ_CHUNK))
+        self.poller = select.poll()  # the selectors module costs 1 ms of start-up for the same poll(2)
+        self.poller.register(out_fd, select.POLLIN)
+        if guard is not None:
+            self.poller.register(guard.read_fd, select.POLLIN)
+        # A step that closes its stdout and stderr (`exec >/dev/null 2>&1; sleep 30`) ends the
+        # output long before it exits: the wait for its exit is watched like the output, for the
+        # deadline and for signals, woken by a pidfd where there is one.
+        self.exit_fd = _pidfd(process.pid)
+        if self.exit_fd is not None:
+            self.poller.register(self.exit_fd, select.POLLIN)
+        self.timed_out = False
+        self.eof = False
+        self.leftovers = 0
+        self.exited_at: float | None = None
+
+    def run(self) -> None:
+        while not self._turn():
+            pass
+
+    def _turn(self) -> bool:
+        """One pass of the loop; True when the process is done with."""
+        now = time.monotonic()
+        self._check_signal()
+        if self.deadline is not None and now >= self.deadline:
+            self.timed_out = True
+            stop_tree(self.tree, self.process, self.grace, self.guard)
+            self._drain_rest()
+            return True
+        if self.exited_at is None and self.process.poll() is not None:
+            self.exited_at = now
+        if self.exited_at is not None and (self.eof or now - self.exited_at > 0.2):
+            self._end_leftovers()
+            return True
+        events = self.poller.poll(self._wait_ms(now))
+        if not events and self.sink.on_idle is not None:
+            self.sink.on_idle()
+        if any(fd == self.out_fd for fd, _ in events):
+            self._read_available()
+        return False
+
+    def _check_signal(self) -> None:
+        if self.guard is not None and self.guard.signum is not None:
+            raise RunInterrupted(self.guard.signum)
+
+    def _drain_rest(self) -> None:
+        if not self.eof:
+            _drain(self.out_fd, self.sink)
+
+    def _end_leftovers(self) -> None:
+        """The step is done. What it left running ends with it (a push must not hang on a
+        forgotten daemon, and the pipe may be held by one): SIGTERM, the grace period (bounded
+        by the deadline), SIGKILL."""
+        self.leftovers = stop_tree(self.tree, self.process, self.grace, self.guard, until=self.deadline)
+        self._drain_rest()
+        if self.leftovers:
+            plural = "es" if self.leftovers > 1 else ""
+            self.sink.line(f"orchestrate: ended {self.leftovers} process{plural} the step left running")
+        self._check_signal()
+
+    def _wait_ms(self, now: float) -> int:
+        """How long poll() may sleep: long while output may come, short once the process exited
+        (without a pidfd, its exit is noticed by asking), never past the deadline."""
+        if self.eof:
+            wait = 0.5 if self.exit_fd is not None else 0.05
+        else:
+            wait = 0.5 if self.exited_at is None else 0.05
+        if self.deadline is not None:
+            wait = max(0.0, min(wait, self.deadline - now))
+        return int(wait * 1000) + (wait > 0)  # milliseconds, rounded up
+
+    def _read_available(self) -> None:
+        """While output flows, read until the pipe is empty (EAGAIN) before asking the selector
+        again, gathering the reads into one buffer: a writer's small writes (8 KiB from `head`)
+        make many short reads, and a select, a waitpid and a pass through the sink for each
+        cost more than the read itself."""
+        view, filled = self.view, 0
+        for _ in range(256):
+            try:
+                size = os.readv(self.out_fd, [view[filled:]])
+            except BlockingIOError:
                 break
-            if exited_at is None and process.poll() is not None:
-                exited_at = now
-            if exited_at is not None and (eof or now - exited_at > 0.2):
-                # The step is done. What it left running ends with it (a push must not hang on
-                # a forgotten daemon, and the pipe may be held by one): SIGTERM, the grace period
-                # (bounded by the deadline), SIGKILL.
-                leftovers = stop_tree(tree, process, grace, guard, until=deadline)
-                if not eof:
-                    _drain(out_fd, sink)
-                if leftovers:
-                    sink.line(
-                        f"orchestrate: ended {leftovers} process{'es' if leftovers > 1 else ''} the step left running"
-                    )
-                if guard is not None and guard.signum is not None:
-                    raise RunInterrupted(guard.signum)
+            if not size:
+                self.eof = True
                 break
-            if eof:
-                wait = 0.5 if exit_fd is not None else 0.05
-            else:
-                wait = 0.5 if exited_at is None else 0.05
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - now))
-            events = poller.poll(int(wait * 1000) + (wait > 0))  # milliseconds, rounded up
-            if not events and sink.on_idle is not None:
-                sink.on_idle()
-            for fd, _ in events:
-                if fd != out_fd:
-                    continue
-                # While output flows, read until the pipe is empty (EAGAIN) before asking
-                # the selector again, gathering the reads into one buffer: a writer's small
-                # writes (8 KiB from `head`) make many short reads, and a select, a waitpid
-                # and a pass through the sink for each cost more than the read itself.
+            filled += size
+            if filled == READ_CHUNK:
+                self.sink.write(view)  # a view: the sink copies only what it keeps
                 filled = 0
-                for _ in range(256):
-                    try:
-                        size = os.readv(out_fd, [view[filled:]])
-                    except BlockingIOError:
-                        break
-                    if not size:
-                        eof = True
-                        break
-                    filled += size
-                    if filled == READ_CHUNK:
-                        sink.write(view)  # a view: the sink copies only what it keeps
-                        filled = 0
-                        if guard is not None and guard.signum is not None:
-                            break
-                if filled:
-                    sink.write(view[:filled])
-                if eof:
-                    poller.unregister(out_fd)
-    except BaseException as exc:
+                if self.guard is not None and self.guard.signum is not None:
+                    break
+        if filled:
+            self.sink.write(view[:filled])
+        if self.eof:
+            self.poller.unregister(self.out_fd)
+
+    def stop_after(self, exc: BaseException, name: str | None) -> None:
+        """The loop ended by an exception (a signal, or a bug): the whole tree ends now."""
         interrupted = isinstance(exc, RunInterrupted)
-        if (
-            interrupted
-            and guard is not None
-            and guard.announce is not None
-            and name is not None
-            and process.poll() is None
-        ):
-            guard.announce(f"stopping {name} (SIGTERM sent; SIGKILL in {grace:g} s; Ctrl-C again to kill now)")
+        guard = self.guard
+        announce = guard.announce if interrupted and guard is not None and name is not None else None
+        if announce is not None and self.process.poll() is None:  # poll() only when it is needed
+            announce(f"stopping {name} (SIGTERM sent; SIGKILL in {self.grace:g} s; Ctrl-C again to kill now)")
         # the first signal stopped the step: any later one, even one that arrives while the
         # tree is still being looked for, means "kill now"
-        stop_tree(tree, process, grace, guard, signals_seen=1 if interrupted else None)
-        raise
-    finally:
-        if exit_fd is not None:
-            os.close(exit_fd)
-        process.stdout.close()
-        WATCHDOG.release(process.pid)
-        sink.flush()
-    code = process.wait()
-    return ProcessResult(exit_code=None if timed_out else code, timed_out=timed_out, leftover_processes=leftovers)
+        stop_tree(self.tree, self.process, self.grace, guard, signals_seen=1 if interrupted else None)
+
+    def close(self) -> None:
+        if self.exit_fd is not None:
+            os.close(self.exit_fd)
+        self.process.stdout.close()
+        WATCHDOG.release(self.process.pid)
+        self.sink.flush()
 
 
 def _read_unselectable(process: Any, sink: OutputSink) -> ProcessResult:
