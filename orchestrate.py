@@ -7884,13 +7884,22 @@ def build_junit_xml(
 ) -> bytes:
     """One <testsuite> per run (a <testcase> per step), plus one per step that reported its own
     test cases; valid against both Jenkins xunit's junit-10.xsd and the Ant-style JUnit.xsd."""
-    ET: Any = _SmallElementTree  # the ElementTree calls below, unchanged
-
-    testcases = testcases or {}
     hostname = xml_safe(_hostname() or "localhost") or "localhost"
     workflow = xml_safe(record.get("workflow") or "workflow")
     suite_name = workflow + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
-    root = ET.Element("testsuites")
+    root = _SmallElementTree.Element("testsuites")
+    _junit_run_suite(root, record, suite_name, workflow, hostname)
+    entries = record.get("log", [])
+    for n, (index, cases) in enumerate(sorted((testcases or {}).items()), start=1):
+        entry = entries[index] if index < len(entries) else {"step": f"step {index}"}
+        _junit_step_suite(root, n, entry, cases, suite_name, workflow, hostname)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + _SmallElementTree.tostring(root, encoding="utf-8") + b"\n"
+
+
+def _junit_run_suite(root: _XmlElement, record: dict[str, Any], suite_name: str, workflow: str, hostname: str) -> None:
+    """The run's own <testsuite>: its properties, a <testcase> per step, and in system-out one
+    line per step with its start (testcase has no start attribute in either schema)."""
+    ET: Any = _SmallElementTree
     suite = ET.SubElement(root, "testsuite")
     entries = record.get("log", [])
     failures = sum(1 for e in entries if e.get("status") == "failed" and not e.get("allowed_failure"))
@@ -7915,68 +7924,79 @@ def build_junit_xml(
     for key in ("commit", "branch"):
         if git.get(key):
             ET.SubElement(props, "property", name=f"git.{key}", value=xml_safe(str(git[key])))
-    out_lines = []
-    for entry in entries:
-        case = ET.SubElement(
-            suite,
-            "testcase",
-            classname=workflow,
-            name=xml_safe(entry.get("step") or "step"),
-            time=_junit_time(entry.get("duration_s")),
-        )
-        status = entry.get("status")
-        message = xml_safe(entry.get("message") or "")
-        if status == "failed" and entry.get("allowed_failure"):
-            ET.SubElement(case, "skipped", message=f"failed, allowed by continue_on_error: {message}")
-        elif status == "failed":
-            failure = ET.SubElement(case, "failure", message=message or "failed", type="StepFailed")
-            failure.text = xml_safe(entry.get("output_tail") or "")
-        elif status in ("skipped", "pending"):
-            ET.SubElement(case, "skipped", message=message or "not run")
-        # testcase has no start attribute in either schema: the start goes into system-out
-        started = f", started {entry['started_at']}" if entry.get("started_at") else ""
-        out_lines.append(
-            f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s{started})"
-            + (f": {entry.get('message')}" if entry.get("message") else "")
-        )
+    out_lines = [_junit_step_case(suite, workflow, entry) for entry in entries]
     ET.SubElement(suite, "system-out").text = xml_safe(
         "\n".join(out_lines) + ("\n" + record["message"] if record.get("message") else "")
     )
     ET.SubElement(suite, "system-err").text = ""
-    for n, (index, cases) in enumerate(sorted(testcases.items()), start=1):
-        step_name = xml_safe(entries[index].get("step") if index < len(entries) else f"step {index}")
-        sub = ET.SubElement(root, "testsuite")
-        sub.attrib.update(
-            name=f"{suite_name} › {step_name}",
-            package=f"{workflow}.{step_name}",
-            id=str(n),
-            timestamp=_junit_timestamp(entries[index].get("started_at") if index < len(entries) else None),
-            hostname=hostname,
-            tests=str(len(cases)),
-            failures=str(sum(1 for c in cases if c.status == "failed")),
-            errors="0",
-            skipped=str(sum(1 for c in cases if c.status == "skipped")),
-            time=_junit_time(sum(c.time for c in cases)),
+
+
+def _junit_step_case(suite: _XmlElement, workflow: str, entry: Mapping[str, Any]) -> str:
+    """A step's <testcase> in the run's suite; returns its system-out line."""
+    ET: Any = _SmallElementTree
+    case = ET.SubElement(
+        suite,
+        "testcase",
+        classname=workflow,
+        name=xml_safe(entry.get("step") or "step"),
+        time=_junit_time(entry.get("duration_s")),
+    )
+    status = entry.get("status")
+    message = xml_safe(entry.get("message") or "")
+    if status == "failed" and entry.get("allowed_failure"):
+        ET.SubElement(case, "skipped", message=f"failed, allowed by continue_on_error: {message}")
+    elif status == "failed":
+        failure = ET.SubElement(case, "failure", message=message or "failed", type="StepFailed")
+        failure.text = xml_safe(entry.get("output_tail") or "")
+    elif status in ("skipped", "pending"):
+        ET.SubElement(case, "skipped", message=message or "not run")
+    started = f", started {entry['started_at']}" if entry.get("started_at") else ""
+    return f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s{started})" + (
+        f": {entry.get('message')}" if entry.get("message") else ""
+    )
+
+
+def _junit_step_suite(
+    root: _XmlElement,
+    number: int,
+    entry: dict[str, Any],
+    cases: list[TestCase],
+    suite_name: str,
+    workflow: str,
+    hostname: str,
+) -> None:
+    """The <testsuite> of the test cases one step reported (its JUnit files, Cypress specs)."""
+    ET: Any = _SmallElementTree
+    step_name = xml_safe(entry["step"])
+    sub = ET.SubElement(root, "testsuite")
+    sub.attrib.update(
+        name=f"{suite_name} › {step_name}",
+        package=f"{workflow}.{step_name}",
+        id=str(number),
+        timestamp=_junit_timestamp(entry.get("started_at")),
+        hostname=hostname,
+        tests=str(len(cases)),
+        failures=str(sum(1 for c in cases if c.status == "failed")),
+        errors="0",
+        skipped=str(sum(1 for c in cases if c.status == "skipped")),
+        time=_junit_time(sum(c.time for c in cases)),
+    )
+    ET.SubElement(sub, "properties")
+    for case_data in cases:
+        case = ET.SubElement(
+            sub,
+            "testcase",
+            classname=xml_safe(case_data.classname) or step_name,
+            name=xml_safe(case_data.name) or "test",
+            time=_junit_time(case_data.time),
         )
-        ET.SubElement(sub, "properties")
-        for case_data in cases:
-            case = ET.SubElement(
-                sub,
-                "testcase",
-                classname=xml_safe(case_data.classname) or step_name,
-                name=xml_safe(case_data.name) or "test",
-                time=_junit_time(case_data.time),
-            )
-            if case_data.status == "failed":
-                failure = ET.SubElement(
-                    case, "failure", message=xml_safe(case_data.message) or "failed", type="TestFailed"
-                )
-                failure.text = xml_safe(case_data.text)
-            elif case_data.status == "skipped":
-                ET.SubElement(case, "skipped", message=xml_safe(case_data.message) or "skipped")
-        ET.SubElement(sub, "system-out").text = ""
-        ET.SubElement(sub, "system-err").text = ""
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+        if case_data.status == "failed":
+            failure = ET.SubElement(case, "failure", message=xml_safe(case_data.message) or "failed", type="TestFailed")
+            failure.text = xml_safe(case_data.text)
+        elif case_data.status == "skipped":
+            ET.SubElement(case, "skipped", message=xml_safe(case_data.message) or "skipped")
+    ET.SubElement(sub, "system-out").text = ""
+    ET.SubElement(sub, "system-err").text = ""
 
 
 # --- Test reports a step writes (`reports`), and the one JUnit parser ---------------------
