@@ -7313,25 +7313,9 @@ class Engine:
         inline: bool,
     ) -> dict[str, Any]:
         record = recorder.record
-        run_id = record["run_id"]
-        total = len(self.workflow.steps)
         runner = runner_for(step)
-        ctx = make_context(
-            self.workflow,
-            step,
-            self.settings,
-            self.root,
-            self.store,
-            run_id,
-            self.options,
-            self.masker,
-            self.previous_entries(step, record["log"]),
-            record["trigger"],
-            base_env,
-        )
-        ctx.guard = guard
-        ctx.debug_write = self._debug_writer()
-        log_path = self.store.run_dir(run_id) / step_log_name(step, total)
+        ctx = self._step_context(step, record, guard, base_env)
+        log_path = self.store.run_dir(record["run_id"]) / step_log_name(step, len(self.workflow.steps))
         entry.update(status="running", started_at=utc_now())
         recorder.step_started(step.index, entry)
         self.sinks.emit("step_started", step, entry)
@@ -7350,37 +7334,7 @@ class Engine:
         try:
             while True:
                 attempts += 1
-                if attempts > 1:
-                    ctx.emit(f"orchestrate: attempt {attempts} of {step.retries + 1} (after {step.retry_delay:g}s)")
-                ctx.last_process = None
-                # `timeout` is the budget of the whole attempt: every process it starts (a venv
-                # build, pip, the script) and every wait shares this one deadline
-                ctx.deadline = time.monotonic() + step.timeout if step.timeout else None
-                ctx.timed_out = False
-                ctx.env[STEP_TOKEN_ENV] = new_step_token()  # finds this attempt's processes only
-                # `reports`: what the globs match now is from before the attempt and not read
-                reports_before = report_snapshot(step, self.root, self.store.runs_dir) if step.reports else None
-                try:
-                    if step.cwd and not ctx.cwd.is_dir():
-                        raise StepFailure(f"working directory {step.cwd} does not exist")
-                    result = runner.execute(ctx)
-                except StepFailure as exc:
-                    result = StepResult("failed", str(exc))
-                    if ctx.last_process is not None and ctx.last_process.exit_code is not None:
-                        result.exit_code = ctx.last_process.exit_code
-                if ctx.timed_out:
-                    result = StepResult(
-                        "failed",
-                        f"timed out after {step.timeout:g} s",
-                        exit_code=None,
-                        extra=result.extra,
-                        testcases=result.testcases,
-                    )
-                if reports_before is not None:
-                    cases, _files, problems = read_step_reports(
-                        step, self.root, self.store.runs_dir, reports_before, self.masker
-                    )
-                    result = apply_step_reports(result, cases, problems)
+                result = self._attempt(step, runner, ctx, attempts)
                 if result.status != "failed" or attempts > step.retries:
                     break
                 guard.sleep(step.retry_delay)
@@ -7398,22 +7352,83 @@ class Engine:
                 pass
             raise
         except Exception as exc:
-            # A bug in a built-in runner (plugins run in a child interpreter: their exceptions
-            # are step failures) is not a failed check: the run goes on to its report and
-            # cleanup steps, and ends with exit 3, not 1, so CI does not read it as "tests failed".
-            import traceback
-
-            trace = self.masker.mask(traceback.format_exc().rstrip())
-            sink.line(trace)
-            sys.stderr.write(trace + "\n")
-            sys.stderr.flush()
-            message = self.masker.mask(f"internal error in the {step.type} runner: {type(exc).__name__}: {exc}")
-            result = StepResult("failed", message)
-            if self.internal_error is None:
-                self.internal_error = message
+            result = self._runner_bug(step, exc, sink)
         entry["leftover_processes"] = ctx.leftover_processes
         self._finish_entry(entry, result, attempts, started, sink, step, recorder, log_path)
         return entry
+
+    def _step_context(
+        self, step: Step, record: dict[str, Any], guard: SignalGuard, base_env: dict[str, str]
+    ) -> StepContext:
+        """What a runner gets for this step: its resolved definition, paths, environment, the
+        entries of the steps before it, the run's signal guard and --debug writer."""
+        ctx = make_context(
+            self.workflow,
+            step,
+            self.settings,
+            self.root,
+            self.store,
+            record["run_id"],
+            self.options,
+            self.masker,
+            self.previous_entries(step, record["log"]),
+            record["trigger"],
+            base_env,
+        )
+        ctx.guard = guard
+        ctx.debug_write = self._debug_writer()
+        return ctx
+
+    def _attempt(self, step: Step, runner: Runner, ctx: StepContext, attempts: int) -> StepResult:
+        """One attempt of a step: the runner's result, made a failure when the attempt ran out of
+        time, with the test reports the attempt wrote."""
+        if attempts > 1:
+            ctx.emit(f"orchestrate: attempt {attempts} of {step.retries + 1} (after {step.retry_delay:g}s)")
+        ctx.last_process = None
+        # `timeout` is the budget of the whole attempt: every process it starts (a venv
+        # build, pip, the script) and every wait shares this one deadline
+        ctx.deadline = time.monotonic() + step.timeout if step.timeout else None
+        ctx.timed_out = False
+        ctx.env[STEP_TOKEN_ENV] = new_step_token()  # finds this attempt's processes only
+        # `reports`: what the globs match now is from before the attempt and not read
+        reports_before = report_snapshot(step, self.root, self.store.runs_dir) if step.reports else None
+        try:
+            if step.cwd and not ctx.cwd.is_dir():
+                raise StepFailure(f"working directory {step.cwd} does not exist")
+            result = runner.execute(ctx)
+        except StepFailure as exc:
+            result = StepResult("failed", str(exc))
+            if ctx.last_process is not None and ctx.last_process.exit_code is not None:
+                result.exit_code = ctx.last_process.exit_code
+        if ctx.timed_out:
+            result = StepResult(
+                "failed",
+                f"timed out after {step.timeout:g} s",
+                exit_code=None,
+                extra=result.extra,
+                testcases=result.testcases,
+            )
+        if reports_before is not None:
+            cases, _files, problems = read_step_reports(
+                step, self.root, self.store.runs_dir, reports_before, self.masker
+            )
+            result = apply_step_reports(result, cases, problems)
+        return result
+
+    def _runner_bug(self, step: Step, exc: Exception, sink: OutputSink) -> StepResult:
+        """A bug in a built-in runner (plugins run in a child interpreter: their exceptions are
+        step failures) is not a failed check: the run goes on to its report and cleanup steps,
+        and ends with exit 3, not 1, so CI does not read it as "tests failed"."""
+        import traceback
+
+        trace = self.masker.mask(traceback.format_exc().rstrip())
+        sink.line(trace)
+        sys.stderr.write(trace + "\n")
+        sys.stderr.flush()
+        message = self.masker.mask(f"internal error in the {step.type} runner: {type(exc).__name__}: {exc}")
+        if self.internal_error is None:
+            self.internal_error = message
+        return StepResult("failed", message)
 
     def _console(self) -> Console | None:
         return next((s for s in self.wiring.sinks if isinstance(s, Console)), None)
