@@ -4234,30 +4234,20 @@ def http_request(
     sleep: Callable[[float], None] | None = None,
     on_retry: Callable[[int, str, float], None] | None = None,
 ) -> HttpResponse:
-    """Send one request, retrying connection failures and `retry_statuses` with
-    exponential backoff (backoff * 2**n, capped at `max_delay`), or after the server's
-    Retry-After when it sends one (up to `max_retry_after`; longer ends the retries).
-    `deadline` (a time.monotonic() value, e.g. from the step's timeout) bounds every wait
-    and every timeout: no attempt starts or waits past it.  Returns the last response
-    whatever its status (the caller maps statuses to messages); raises
-    HttpTransportError when no response ever came.  Redirects are not followed: a POST
-    silently turned into a GET by a redirect is a lost comment.  `auth` is requests'
-    auth hook (see _AuthorizationHeader).  `on_retry(attempt, reason, delay)` is told
-    before each wait."""
+    """Send one request, retrying connection failures and `retry_statuses` with exponential backoff
+    (backoff * 2**n, capped at `max_delay`), or after the server's Retry-After when it sends one (up
+    to `max_retry_after`; longer ends the retries). `deadline` (a time.monotonic() value, e.g. from
+    the step's timeout) bounds every wait and every timeout: no attempt starts or waits past it.
+    Returns the last response whatever its status (the caller maps statuses to messages); raises
+    HttpTransportError when no response ever came. Redirects are not followed: a POST silently
+    turned into a GET by a redirect is a lost comment. `auth` is requests' auth hook (see
+    _AuthorizationHeader). `on_retry(attempt, reason, delay)` is told before each wait."""
     import requests  # here, not at module top: start-up time matters in a git hook
 
     sleep = sleep or _http_sleep
     method = method.upper()
-    where = _host_port(url)
     for attempt in range(1, attempts + 1):
-        connect, read = connect_timeout, read_timeout
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise HttpTransportError(
-                    "deadline", f"the step's timeout ran out before the request to {where} could be sent", attempt - 1
-                )
-            connect, read = min(connect, left), min(read, left)
+        connect, read = _attempt_timeouts(url, attempt, deadline, connect_timeout, read_timeout)
         delay = min(max_delay, backoff * 2 ** (attempt - 1))
         try:
             resp = requests.request(
@@ -4271,45 +4261,84 @@ def http_request(
                 allow_redirects=False,
             )
         except (requests.exceptions.RequestException, OSError) as exc:
-            kind, message, hint, retryable, maybe_applied = _transport_failure(exc, method, url, connect, read)
-            tries = f" after {attempt} attempts" if attempt > 1 else ""
-            if not retryable or attempt == attempts:
-                raise HttpTransportError(kind, message + tries + hint, attempt, maybe_applied) from None
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                raise HttpTransportError(
-                    kind,
-                    message + tries + " (the step's timeout leaves no time for another attempt)" + hint,
-                    attempt,
-                    maybe_applied,
-                ) from None
-            reason = message
+            reason = _retryable_failure(exc, method, url, (connect, read), attempt, attempts, deadline, delay)
         else:
-            result = HttpResponse(
-                status=resp.status_code,
-                headers={k.lower(): v for k, v in resp.headers.items()},
-                text=resp.text,
-                attempts=attempt,
-                url=url,
-            )
+            result = HttpResponse(resp.status_code, _lower_keys(resp.headers), resp.text, attempt, url)
             if not retry_statuses(resp.status_code) or attempt == attempts:
                 return result
             reason = f"HTTP {resp.status_code}"
-            retry_after = parse_retry_after(result.headers.get("retry-after"))
-            if retry_after is not None:
-                if retry_after > max_retry_after:
-                    result.stopped = (
-                        f"not retried: the server asks to wait {retry_after:g}s, more than "
-                        f"orchestrate waits ({max_retry_after:g}s)"
-                    )
-                    return result
-                delay = retry_after
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                result.stopped = f"not retried: waiting {delay:g}s would pass the step's timeout"
+            wait = _retry_delay(result, delay, max_retry_after, deadline)
+            if wait is None:
                 return result
+            delay = wait
         if on_retry is not None:
             on_retry(attempt, reason, delay)
         sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _lower_keys(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _attempt_timeouts(
+    url: str, attempt: int, deadline: float | None, connect_timeout: float, read_timeout: float
+) -> tuple[float, float]:
+    """An attempt's (connect, read) timeouts, shortened to what the deadline leaves; raises
+    when nothing is left."""
+    if deadline is None:
+        return connect_timeout, read_timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise HttpTransportError(
+            "deadline", f"the step's timeout ran out before the request to {_host_port(url)} could be sent", attempt - 1
+        )
+    return min(connect_timeout, left), min(read_timeout, left)
+
+
+def _retryable_failure(
+    exc: Exception,
+    method: str,
+    url: str,
+    timeouts: tuple[float, float],
+    attempt: int,
+    attempts: int,
+    deadline: float | None,
+    delay: float,
+) -> str:
+    """A request that got no response: the reason to retry it, or HttpTransportError when it
+    may not be retried (not retryable, the last attempt, or no time left for the wait)."""
+    kind, message, hint, retryable, maybe_applied = _transport_failure(exc, method, url, *timeouts)
+    tries = f" after {attempt} attempts" if attempt > 1 else ""
+    if not retryable or attempt == attempts:
+        raise HttpTransportError(kind, message + tries + hint, attempt, maybe_applied) from None
+    if deadline is not None and time.monotonic() + delay >= deadline:
+        raise HttpTransportError(
+            kind,
+            message + tries + " (the step's timeout leaves no time for another attempt)" + hint,
+            attempt,
+            maybe_applied,
+        ) from None
+    return message
+
+
+def _retry_delay(result: HttpResponse, delay: float, max_retry_after: float, deadline: float | None) -> float | None:
+    """How long to wait before retrying a retryable status: the server's Retry-After when it
+    sends one, else the backoff; None (with result.stopped saying why) when the wait is longer
+    than orchestrate waits or would pass the deadline."""
+    retry_after = parse_retry_after(result.headers.get("retry-after"))
+    if retry_after is not None:
+        if retry_after > max_retry_after:
+            result.stopped = (
+                f"not retried: the server asks to wait {retry_after:g}s, more than "
+                f"orchestrate waits ({max_retry_after:g}s)"
+            )
+            return None
+        delay = retry_after
+    if deadline is not None and time.monotonic() + delay >= deadline:
+        result.stopped = f"not retried: waiting {delay:g}s would pass the step's timeout"
+        return None
+    return delay
 
 
 def _tls_failure(text: str) -> tuple[str, str]:
