@@ -5554,17 +5554,11 @@ class _JiraExchange:
     # -- the transition: only for the outcome it is meant for --------------------------
 
     def transition(self, done: str, ok: bool, passed: bool) -> tuple[bool, str]:
-        work, plan, issue = self.work, self.plan, self.issue
-        target = plan.transition["on_success" if passed else "on_failure"]
-        if target is None:
-            if plan.transition["on_failure" if passed else "on_success"] is not None:
-                work.moved = "not moved"
-                return ok, f"{done}, not moved (the run so far {'passed' if passed else 'failed'})"
-            return ok, done
-        if work.moved == "already":
-            return ok, f"{done}, already in {work.to_status}"
-        if work.moved == "moved":  # by an earlier attempt
-            return ok, f"{done}, moved by {work.transition!r}" + (f" to {work.to_status!r}" if work.to_status else "")
+        work, issue = self.work, self.issue
+        target = self.plan.transition["on_success" if passed else "on_failure"]
+        settled = self._settled_without_lookup(done, ok, passed, target)
+        if settled is not None or target is None:  # (no target is always settled)
+            return settled if settled is not None else (ok, done)
         found = self._issue_transitions(done)
         if isinstance(found[0], bool):
             return found  # type: ignore[return-value]
@@ -5581,13 +5575,42 @@ class _JiraExchange:
         if status.get("id") is not None and goes_to.get("id") == status.get("id"):
             work.moved, work.to_status = "already", str(status.get("name"))
             return ok, f"{done}, already in {work.to_status}"
+        return self._send_transition(done, ok, target, chosen, others)
+
+    def _settled_without_lookup(
+        self, done: str, ok: bool, passed: bool, target: dict[str, Any] | None
+    ) -> tuple[bool, str] | None:
+        """The outcome when no transition applies to this run's result, or an earlier attempt
+        already settled it; None when the issue's transitions must be looked up."""
+        work = self.work
+        if target is None:
+            if self.plan.transition["on_failure" if passed else "on_success"] is not None:
+                work.moved = "not moved"
+                return ok, f"{done}, not moved (the run so far {'passed' if passed else 'failed'})"
+            return ok, done
+        if work.moved == "already":
+            return ok, f"{done}, already in {work.to_status}"
+        if work.moved == "moved":  # by an earlier attempt
+            return ok, f"{done}, moved by {work.transition!r}" + (f" to {work.to_status!r}" if work.to_status else "")
+        return None
+
+    def _send_transition(
+        self, done: str, ok: bool, target: dict[str, Any], chosen: dict[str, Any], others: list[dict[str, Any]]
+    ) -> tuple[bool, str]:
+        """POST the chosen transition (with the target's `fields`) and say what moved."""
+        work, issue = self.work, self.issue
+        goes_to = chosen.get("to") or {}
         body: dict[str, Any] = {"transition": {"id": str(chosen.get("id"))}}
         if target.get("fields"):
             body["fields"] = target["fields"]
         action = f"transition {chosen.get('name')!r}"
         # like a comment: sent again only where Jira cannot have applied it
         moved = self.call(
-            "POST", plan.url(issue, "transitions"), body, action, retry_statuses=lambda status: status in (429, 503)
+            "POST",
+            self.plan.url(issue, "transitions"),
+            body,
+            action,
+            retry_statuses=lambda status: status in (429, 503),
         )
         if isinstance(moved, HttpTransportError):
             return False, self.say(f"{done}, but cannot transition {issue}: {moved}")
