@@ -6641,7 +6641,29 @@ class CypressRunner(Runner):
         report_dir = self._report_dir(ctx)
         shutil.rmtree(report_dir, ignore_errors=True)  # a retry must not read the last attempt's files
         make_runs_dirs(report_dir, ctx.runs_dir)
-        folders = _cypress_artifact_folders(project, config.get("config") or {})
+        code, artifacts, batches = self._run_batches(ctx, project, specs, share, shard)
+        if batches > 1:
+            extra["batches"] = batches
+        _drop_write_by_others(report_dir)
+        reports, unreadable = read_cypress_reports(report_dir, project)
+        mask_cypress_reports(report_dir, ctx.masker)
+        tests = [test for report in reports for test in report.tests]
+        self._record_results(ctx, project, extra, share, reports, artifacts)
+        message = self._failure_message(ctx, code, tests, bool(reports), unreadable, report_dir)
+        status = "failed" if message else "passed"
+        if status == "passed":
+            message = f"{len(tests)} Cypress tests passed in {len(share)} spec files"
+        testcases = self._testcases(ctx, project, tests)
+        return StepResult(
+            status=status, message=ctx.masker.mask(message), exit_code=code, extra=extra, testcases=testcases
+        )
+
+    def _run_batches(
+        self, ctx: StepContext, project: Path, specs: list[str], share: list[str], shard: str | None
+    ) -> tuple[int | None, list[Path], int]:
+        """Run Cypress over this shard's specs, in as many batches as the command line needs;
+        returns the first exit code that was not 0, the artifacts copied, the batch count."""
+        folders = _cypress_artifact_folders(project, ctx.step.config.get("config") or {})
         batches = self._batches(ctx, project, share)
         ctx.emit(
             f"cypress: {len(share)} of {len(specs)} spec files"
@@ -6666,49 +6688,71 @@ class CypressRunner(Runner):
                 code = process.exit_code  # the first batch that did not pass speaks for the step
             if ctx.timed_out:
                 break
-        if len(batches) > 1:
-            extra["batches"] = len(batches)
-        _drop_write_by_others(report_dir)
-        reports, unreadable = read_cypress_reports(report_dir, project)
-        mask_cypress_reports(report_dir, ctx.masker)
+        return code, artifacts, len(batches)
+
+    def _record_results(
+        self,
+        ctx: StepContext,
+        project: Path,
+        extra: dict[str, Any],
+        share: list[str],
+        reports: list[CypressReport],
+        artifacts: list[Path],
+    ) -> None:
+        """What the record keeps of the reports: counts, failed tests, spec durations, artifacts."""
+        mask, readable = ctx.masker.mask, ctx.masker.mask_readable
         tests = [test for report in reports for test in report.tests]
-        failed = [test for test in tests if test.status == "failed"]
+        failed = [test for test in tests if test.status == "failed"][:CYPRESS_FAILED_NAMES_MAX]
         extra.update(
             tests=len(tests),
-            failures=len(failed),
-            failed_tests=[ctx.masker.mask_readable(t.display_name) for t in failed[:CYPRESS_FAILED_NAMES_MAX]],
-            specs=[ctx.masker.mask(spec) for spec in share],
-            spec_durations={ctx.masker.mask(r.spec): r.time for r in reports if r.spec},
+            failures=sum(1 for test in tests if test.status == "failed"),
+            failed_tests=[readable(t.display_name) for t in failed],
+            specs=[mask(spec) for spec in share],
+            spec_durations={mask(r.spec): r.time for r in reports if r.spec},
             # the same form as the record's log_file: runs/<run_id>/artifacts/...
             artifacts=[p.relative_to(ctx.runs_dir.parent).as_posix() for p in artifacts],
         )
         extra["failed_test_details"] = [
             {
-                "name": ctx.masker.mask_readable(t.display_name),
-                "file": ctx.masker.mask_readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
-                "message": _shorten(ctx.masker.mask_readable(t.message or "failed").strip().split("\n", 1)[0], 300),
+                "name": readable(t.display_name),
+                "file": readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
+                "message": _shorten(readable(t.message or "failed").strip().split("\n", 1)[0], 300),
             }
-            for t in failed[:CYPRESS_FAILED_NAMES_MAX]
+            for t in failed
         ]
-        testcases = [
+
+    def _testcases(self, ctx: StepContext, project: Path, tests: list[CypressTest]) -> list[TestCase]:
+        readable = ctx.masker.mask_readable
+        return [
             TestCase(
-                name=ctx.masker.mask_readable(" › ".join(p for p in (t.suite, t.title) if p)),
-                classname=ctx.masker.mask_readable(t.spec) or "cypress",
+                name=readable(" › ".join(p for p in (t.suite, t.title) if p)),
+                classname=readable(t.spec) or "cypress",
                 time=t.time,
                 status=t.status,
-                message=ctx.masker.mask_readable(t.message),
-                text=ctx.masker.mask_readable(t.text),
-                file=ctx.masker.mask_readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
+                message=readable(t.message),
+                text=readable(t.text),
+                file=readable(_root_relative(project / t.spec, ctx.root)) if t.spec else "",
             )
             for t in tests
         ]
 
-        # a timeout is reported by the engine, which keeps the tests counted so far
+    def _failure_message(
+        self,
+        ctx: StepContext,
+        code: int | None,
+        tests: list[CypressTest],
+        any_report: bool,
+        unreadable: list[str],
+        report_dir: Path,
+    ) -> str:
+        """Why the step failed, or "" when it passed. A timeout is reported by the engine, which
+        keeps the tests counted so far."""
+        failed = [test for test in tests if test.status == "failed"]
         if failed:
             names = ", ".join(t.display_name for t in failed[:3])
             more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
             message = f"{len(failed)} of {len(tests)} Cypress tests failed: {names}{more}"
-        elif not reports and not unreadable:
+        elif not any_report and not unreadable:
             message = (
                 f"Cypress exited {code} and wrote no JUnit report to "
                 f"{_display_path(report_dir, ctx.root)}: it stopped before running a spec "
@@ -6720,12 +6764,7 @@ class CypressRunner(Runner):
             message = ""
         if unreadable:
             message = "; ".join(filter(None, [message, *unreadable]))
-        status = "failed" if message else "passed"
-        if status == "passed":
-            message = f"{len(tests)} Cypress tests passed in {len(share)} spec files"
-        return StepResult(
-            status=status, message=ctx.masker.mask(message), exit_code=code, extra=extra, testcases=testcases
-        )
+        return message
 
 
 # === 7. Engine ===
