@@ -13444,14 +13444,7 @@ def make_run_options(
     workflow_from_git_config: bool = False,
 ) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
-    if git_hook is not None and git_hook != "pre-push":
-        raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
-    if output is not None and output not in Console.MODES:
-        raise UsageError(
-            f"--output {output!r}: expected one of {', '.join(Console.MODES)}{did_you_mean(output, Console.MODES)}"
-        )
-    if vars_stdin and (git_hook is not None or var):
-        raise UsageError("--vars-stdin reads the variables from stdin: it cannot be combined with --var or --git-hook")
+    check_run_modes(git_hook, output, vars_stdin, var)
     return RunOptions(
         dry_run=dry_run,
         only=list(only),
@@ -13478,6 +13471,19 @@ def make_run_options(
         force=force,
         workflow_from_git_config=workflow_from_git_config,
     )
+
+
+def check_run_modes(git_hook: str | None, output: str | None, vars_stdin: bool, var: Sequence[str]) -> None:
+    """The options make_run_options checks before it converts any value: a known --git-hook and
+    --output, and --vars-stdin alone (stdin cannot also carry git's ref lines)."""
+    if git_hook is not None and git_hook != "pre-push":
+        raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
+    if output is not None and output not in Console.MODES:
+        raise UsageError(
+            f"--output {output!r}: expected one of {', '.join(Console.MODES)}{did_you_mean(output, Console.MODES)}"
+        )
+    if vars_stdin and (git_hook is not None or var):
+        raise UsageError("--vars-stdin reads the variables from stdin: it cannot be combined with --var or --git-hook")
 
 
 def parse_jobs(value: str | int) -> int:
