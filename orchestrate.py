@@ -13651,14 +13651,7 @@ def make_run_options(
     workflow_from_git_config: bool = False,
 ) -> RunOptions:
     """The checked options of `orchestrate run`, from either command-line parser."""
-    if git_hook is not None and git_hook != "pre-push":
-        raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
-    if output is not None and output not in Console.MODES:
-        raise UsageError(
-            f"--output {output!r}: expected one of {', '.join(Console.MODES)}{did_you_mean(output, Console.MODES)}"
-        )
-    if vars_stdin and (git_hook is not None or var):
-        raise UsageError("--vars-stdin reads the variables from stdin: it cannot be combined with --var or --git-hook")
+    check_run_modes(git_hook, output, vars_stdin, var)
     return RunOptions(
         dry_run=dry_run,
         only=list(only),
@@ -13685,6 +13678,19 @@ def make_run_options(
         force=force,
         workflow_from_git_config=workflow_from_git_config,
     )
+
+
+def check_run_modes(git_hook: str | None, output: str | None, vars_stdin: bool, var: Sequence[str]) -> None:
+    """The options make_run_options checks before it converts any value: a known --git-hook and
+    --output, and --vars-stdin alone (stdin cannot also carry git's ref lines)."""
+    if git_hook is not None and git_hook != "pre-push":
+        raise UsageError(f"--git-hook {git_hook!r}: only 'pre-push' is supported")
+    if output is not None and output not in Console.MODES:
+        raise UsageError(
+            f"--output {output!r}: expected one of {', '.join(Console.MODES)}{did_you_mean(output, Console.MODES)}"
+        )
+    if vars_stdin and (git_hook is not None or var):
+        raise UsageError("--vars-stdin reads the variables from stdin: it cannot be combined with --var or --git-hook")
 
 
 def parse_jobs(value: str | int) -> int:
@@ -14039,12 +14045,145 @@ def complete_workflow_name(incomplete: str) -> list[str]:
     return [name for name, _ in list_workflows(paths.workflows_dir) if name.startswith(incomplete)]
 
 
+# Every option of `run`, declared once for the three parsers that read them: Typer's `run` and
+# `resume` (_with_run_options) and main()'s fast path (parse_fast_run). Each is (parameter of
+# make_run_options, type, default, flags, the rest of its typer.Option), in `run --help` order.
+_RUN_OPTIONS: tuple[tuple[str, Any, Any, tuple[str, ...], dict[str, Any]], ...] = (
+    ("dry_run", bool, False, ("--dry-run",), {"help": "Validate and print the plan; run nothing."}),
+    ("only", list[str], [], ("--only",), {"help": "Run only this step (repeatable)."}),
+    ("skip", list[str], [], ("--skip",), {"help": "Skip this step (repeatable)."}),
+    ("keep_going", bool, False, ("--keep-going",), {"help": "Run every step even after a failure; still exit 1."}),
+    ("quiet", bool, False, ("--quiet", "-q"), {"help": "Only failing output and the summary."}),
+    ("json_output", bool, False, ("--json",), {"help": "Print the final run record as JSON on stdout."}),
+    ("debug", bool, False, ("--debug",), {"help": "Echo each command orchestrate runs."}),
+    ("var", list[str], [], ("--var",), {"help": "KEY=VALUE for ${KEY} in the workflow (repeatable)."}),
+    ("junit_xml", Path, None, ("--junit-xml",), {"help": "Also write the JUnit report here."}),
+    (
+        "shard",
+        str,
+        None,
+        ("--shard",),
+        {"envvar": "ORCHESTRATE_SHARD", "help": "I/N: run shard I of N of each Cypress suite."},
+    ),
+    ("git_hook", str, None, ("--git-hook",), {"help": "Hook mode (pre-push): read git's ref lines from stdin."}),
+    ("push_remote", str, None, ("--push-remote",), {"help": "Remote name git passes to pre-push."}),
+    ("push_url", str, None, ("--push-url",), {"help": "Remote URL git passes to pre-push."}),
+    ("from_ref", str, None, ("--from-ref",), {"help": "Compare from this ref for when.changed (CI)."}),
+    ("to_ref", str, None, ("--to-ref",), {"help": "Compare to this ref for when.changed (CI)."}),
+    ("run_id", str, None, ("--run-id",), {"hidden": True, "help": "Adopt a pre-assigned run id (HTTP server)."}),
+    (
+        "jobs",
+        str,
+        None,
+        ("--jobs", "-j"),
+        {"help": 'Steps at once (default: "jobs" in orchestrate.json, else the number of CPUs); 1 runs them in order.'},
+    ),
+    (
+        "output",
+        str,
+        None,
+        ("--output",),
+        {
+            "help": "live, grouped (each step whole when it ends; the default when steps run in parallel) or prefixed (every line as it comes, 'name | ' in front)."
+        },
+    ),
+    (
+        "vars_stdin",
+        bool,
+        False,
+        ("--vars-stdin",),
+        {"hidden": True, "help": "Read ${NAME} values as a JSON object from stdin (HTTP server)."},
+    ),
+    (
+        "isolated",
+        bool,
+        False,
+        ("--isolated",),
+        {
+            "help": "Run in a temporary git worktree of the commit "
+            "being checked (the pushed one, else HEAD), not the working tree."
+        },
+    ),
+    (
+        "html_report",
+        Path,
+        None,
+        ("--html-report",),
+        {"help": "Also write the run's HTML report here (a failed or interrupted run too)."},
+    ),
+    (
+        "force",
+        bool,
+        False,
+        ("--force",),
+        {"envvar": "ORCHESTRATE_FORCE", "help": "Run every step, even those up to date (their `sources` unchanged)."},
+    ),
+    (
+        "workflow_from_git_config",
+        bool,
+        False,
+        ("--workflow-from-git-config",),
+        {
+            "help": "Run the workflow `git config orchestrate.prePushWorkflow` names, if any, instead of NAME "
+            "(what the installed pre-push hook passes)."
+        },
+    ),
+)
+# `resume` takes run's options but --dry-run and --workflow-from-git-config, in this --help
+# order, some with a help of their own (their default is what RUN did)
+_RESUME_OPTIONS = (
+    "only",
+    "skip",
+    "keep_going",
+    "quiet",
+    "json_output",
+    "debug",
+    "var",
+    "junit_xml",
+    "shard",
+    "git_hook",
+    "push_remote",
+    "push_url",
+    "from_ref",
+    "to_ref",
+    "run_id",
+    "jobs",
+    "output",
+    "vars_stdin",
+    "isolated",
+    "force",
+    "html_report",
+)
+_RESUME_HELP = {
+    "only": "Run only this step (repeatable; default: as RUN did).",
+    "skip": "Skip this step (repeatable; default: as RUN did).",
+    "shard": "I/N: run shard I of N of each Cypress suite (default: as RUN did).",
+    "jobs": "Steps at once (as on run).",
+    "output": "live, grouped or prefixed (as on run).",
+    "isolated": "Run in a temporary git worktree of the commit being checked (as on run).",
+    "force": "Run every step again: re-use none, skip none as up to date.",
+    "html_report": "Also write the run's HTML report here (as on run).",
+}
+
+
 def build_app() -> Any:
     """The Typer application: every command, its options and its --help text."""
     global typer  # the commands' annotations (typer.Context) are resolved in module globals
     import typer
 
     define_typing_names()
+    app = _new_app()
+    # in this order in `orchestrate --help` (the `hook` group comes after every command)
+    _add_run_commands(app)
+    _add_workflow_commands(app)
+    _add_run_record_commands(app)
+    _add_setup_commands(app)
+    _add_serve_command(app)
+    return app
+
+
+def _new_app() -> Any:
+    """The Typer app with no command yet: its help, the global options and --version."""
     from typer.core import TyperGroup
 
     class GlobalOptionsAnywhere(TyperGroup):
@@ -14064,23 +14203,6 @@ def build_app() -> Any:
         "Exit codes: 0 every step passed or was skipped; 1 a step failed; 2 usage or "
         "definition error (nothing ran); 3 internal error; 130/143 interrupted.",
     )
-
-    def _paths(ctx: typer.Context) -> Paths:
-        return ctx.obj  # type: ignore[no-any-return]
-
-    def _boundary(func: Callable[..., int | None]) -> Callable[..., None]:
-        import functools
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> None:
-            raise typer.Exit(guarded(func, *args, passthrough=(typer.Exit, typer.Abort), **kwargs))
-
-        return wrapper
-
-    def _version_callback(value: bool) -> None:
-        if value:
-            typer.echo(f"orchestrate {__version__}")
-            raise typer.Exit(0)
 
     @app.callback()
     def cli(
@@ -14105,169 +14227,92 @@ def build_app() -> Any:
         """Run a project's check-and-release workflow from a git hook, a CI job or a terminal."""
         ctx.obj = make_paths(root, workflows_dir, runs_dir)
 
+    return app
+
+
+def _version_callback(value: bool) -> None:
+    """`orchestrate --version` with other arguments (main() answers a lone --version itself)."""
+    if value:
+        typer.echo(f"orchestrate {__version__}")
+        raise typer.Exit(0)
+
+
+def _ctx_paths(ctx: typer.Context) -> Paths:
+    """The Paths the app's callback made of the global options."""
+    return ctx.obj  # type: ignore[no-any-return]
+
+
+def _boundary(func: Callable[..., int | None]) -> Callable[..., None]:
+    """A command as Typer calls it: errors become messages and exit codes (guarded), and the
+    code leaves as typer.Exit (Typer's own Exit and Abort pass through)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        raise typer.Exit(guarded(func, *args, passthrough=(typer.Exit, typer.Abort), **kwargs))
+
+    return wrapper
+
+
+def _with_run_options(
+    names: Sequence[str], helps: Mapping[str, str]
+) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Give a command the options `names` of _RUN_OPTIONS, after its own parameters, with the
+    help texts in `helps` instead of run's: Typer reads them from its signature, and the
+    command receives them as **values for make_run_options."""
+    import inspect
+
+    specs = {spec[0]: spec for spec in _RUN_OPTIONS}
+
+    def decorate(func: Callable[..., int]) -> Callable[..., int]:
+        signature = inspect.signature(func, eval_str=True)
+        own = [parameter for parameter in signature.parameters.values() if parameter.kind is not parameter.VAR_KEYWORD]
+        options = []
+        for name in names:
+            _, kind, default, flags, keywords = specs[name]
+            option = typer.Option(
+                list(default) if isinstance(default, list) else default,
+                *flags,
+                **{**keywords, "help": helps.get(name, keywords["help"])},
+            )
+            options.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
+        func.__signature__ = signature.replace(parameters=[*own, *options])  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+def _add_run_commands(app: Any) -> None:
+    """`run` and `resume`, with the same options (_RUN_OPTIONS)."""
+
     @app.command()
     @_boundary
+    @_with_run_options([spec[0] for spec in _RUN_OPTIONS], {})
     def run(
         ctx: typer.Context,
         name: str = typer.Argument(
             ..., help="Workflow name (workflows/NAME.json).", autocompletion=complete_workflow_name
         ),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; run nothing."),
-        only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable)."),
-        skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable)."),
-        keep_going: bool = typer.Option(
-            False, "--keep-going", help="Run every step even after a failure; still exit 1."
-        ),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failing output and the summary."),
-        json_output: bool = typer.Option(False, "--json", help="Print the final run record as JSON on stdout."),
-        debug: bool = typer.Option(False, "--debug", help="Echo each command orchestrate runs."),
-        var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable)."),
-        junit_xml: Path = typer.Option(None, "--junit-xml", help="Also write the JUnit report here."),
-        shard: str = typer.Option(
-            None, "--shard", envvar="ORCHESTRATE_SHARD", help="I/N: run shard I of N of each Cypress suite."
-        ),
-        git_hook: str = typer.Option(None, "--git-hook", help="Hook mode (pre-push): read git's ref lines from stdin."),
-        push_remote: str = typer.Option(None, "--push-remote", help="Remote name git passes to pre-push."),
-        push_url: str = typer.Option(None, "--push-url", help="Remote URL git passes to pre-push."),
-        from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
-        to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
-        run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
-        jobs: str = typer.Option(
-            None,
-            "--jobs",
-            "-j",
-            help='Steps at once (default: "jobs" in orchestrate.json, else the number of CPUs); 1 runs them in order.',
-        ),
-        output: str = typer.Option(
-            None,
-            "--output",
-            help="live, grouped (each step whole when it ends; the default when steps run in parallel) or prefixed (every line as it comes, 'name | ' in front).",
-        ),
-        vars_stdin: bool = typer.Option(
-            False, "--vars-stdin", hidden=True, help="Read ${NAME} values as a JSON object from stdin (HTTP server)."
-        ),
-        isolated: bool = typer.Option(
-            False,
-            "--isolated",
-            help="Run in a temporary git worktree of the commit "
-            "being checked (the pushed one, else HEAD), not the working tree.",
-        ),
-        html_report: Path = typer.Option(
-            None, "--html-report", help="Also write the run's HTML report here (a failed or interrupted run too)."
-        ),
-        force: bool = typer.Option(
-            False,
-            "--force",
-            envvar="ORCHESTRATE_FORCE",
-            help="Run every step, even those up to date (their `sources` unchanged).",
-        ),
-        workflow_from_git_config: bool = typer.Option(
-            False,
-            "--workflow-from-git-config",
-            help="Run the workflow `git config orchestrate.prePushWorkflow` names, if any, instead of NAME "
-            "(what the installed pre-push hook passes).",
-        ),
+        **values: Any,
     ) -> int:
         """Run workflow NAME: each step in order, live output, a record in runs/ and a JUnit report."""
-        options = make_run_options(
-            dry_run=dry_run,
-            only=only,
-            skip=skip,
-            keep_going=keep_going,
-            quiet=quiet,
-            json_output=json_output,
-            debug=debug,
-            var=var,
-            junit_xml=junit_xml,
-            shard=shard,
-            git_hook=git_hook,
-            push_remote=push_remote,
-            push_url=push_url,
-            from_ref=from_ref,
-            to_ref=to_ref,
-            run_id=run_id,
-            jobs=jobs,
-            output=output,
-            vars_stdin=vars_stdin,
-            isolated=isolated,
-            html_report=html_report,
-            force=force,
-            workflow_from_git_config=workflow_from_git_config,
-        )
-        return run_workflow_command(_paths(ctx), name, options)
+        return run_workflow_command(_ctx_paths(ctx), name, make_run_options(**values))
 
     @app.command()
     @_boundary
+    @_with_run_options(_RESUME_OPTIONS, _RESUME_HELP)
     def resume(
         ctx: typer.Context,
         run_ref: str = typer.Argument(
             ..., metavar="RUN", help="The failed run: its id, a unique start or end of one, or 'latest'."
         ),
-        only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable; default: as RUN did)."),
-        skip: list[str] = typer.Option([], "--skip", help="Skip this step (repeatable; default: as RUN did)."),
-        keep_going: bool = typer.Option(
-            False, "--keep-going", help="Run every step even after a failure; still exit 1."
-        ),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failing output and the summary."),
-        json_output: bool = typer.Option(False, "--json", help="Print the final run record as JSON on stdout."),
-        debug: bool = typer.Option(False, "--debug", help="Echo each command orchestrate runs."),
-        var: list[str] = typer.Option([], "--var", help="KEY=VALUE for ${KEY} in the workflow (repeatable)."),
-        junit_xml: Path = typer.Option(None, "--junit-xml", help="Also write the JUnit report here."),
-        shard: str = typer.Option(
-            None,
-            "--shard",
-            envvar="ORCHESTRATE_SHARD",
-            help="I/N: run shard I of N of each Cypress suite (default: as RUN did).",
-        ),
-        git_hook: str = typer.Option(None, "--git-hook", help="Hook mode (pre-push): read git's ref lines from stdin."),
-        push_remote: str = typer.Option(None, "--push-remote", help="Remote name git passes to pre-push."),
-        push_url: str = typer.Option(None, "--push-url", help="Remote URL git passes to pre-push."),
-        from_ref: str = typer.Option(None, "--from-ref", help="Compare from this ref for when.changed (CI)."),
-        to_ref: str = typer.Option(None, "--to-ref", help="Compare to this ref for when.changed (CI)."),
-        run_id: str = typer.Option(None, "--run-id", hidden=True, help="Adopt a pre-assigned run id (HTTP server)."),
-        jobs: str = typer.Option(None, "--jobs", "-j", help="Steps at once (as on run)."),
-        output: str = typer.Option(None, "--output", help="live, grouped or prefixed (as on run)."),
-        vars_stdin: bool = typer.Option(
-            False, "--vars-stdin", hidden=True, help="Read ${NAME} values as a JSON object from stdin (HTTP server)."
-        ),
-        isolated: bool = typer.Option(
-            False, "--isolated", help="Run in a temporary git worktree of the commit being checked (as on run)."
-        ),
-        force: bool = typer.Option(
-            False,
-            "--force",
-            envvar="ORCHESTRATE_FORCE",
-            help="Run every step again: re-use none, skip none as up to date.",
-        ),
-        html_report: Path = typer.Option(
-            None, "--html-report", help="Also write the run's HTML report here (as on run)."
-        ),
+        **values: Any,
     ) -> int:
         """Re-run failed RUN from its first failed step, as a new run; steps above it that passed are re-used while nothing they depend on changed."""
-        options = make_run_options(
-            only=only,
-            skip=skip,
-            keep_going=keep_going,
-            quiet=quiet,
-            json_output=json_output,
-            debug=debug,
-            var=var,
-            junit_xml=junit_xml,
-            shard=shard,
-            git_hook=git_hook,
-            push_remote=push_remote,
-            push_url=push_url,
-            from_ref=from_ref,
-            to_ref=to_ref,
-            run_id=run_id,
-            jobs=jobs,
-            output=output,
-            vars_stdin=vars_stdin,
-            isolated=isolated,
-            force=force,
-            html_report=html_report,
-        )
-        return cmd_resume(_paths(ctx), run_ref, options)
+        return cmd_resume(_ctx_paths(ctx), run_ref, make_run_options(**values))
+
+
+def _add_workflow_commands(app: Any) -> None:
+    """`validate` and `list`: the workflow definitions, nothing run."""
 
     @app.command()
     @_boundary
@@ -14279,13 +14324,17 @@ def build_app() -> Any:
         ),
     ) -> int:
         """Check workflow definitions without running anything; warn about what is missing on disk."""
-        return render(cmd_validate(_paths(ctx), names or [], var))
+        return render(cmd_validate(_ctx_paths(ctx), names or [], var))
 
     @app.command("list")
     @_boundary
     def list_command(ctx: typer.Context) -> int:
         """List the workflows with their step count and description."""
-        return render(cmd_list(_paths(ctx)))
+        return render(cmd_list(_ctx_paths(ctx)))
+
+
+def _add_run_record_commands(app: Any) -> None:
+    """`status`, `runs`, `logs`, `report` and `prune`: the records in runs/."""
 
     @app.command()
     @_boundary
@@ -14295,7 +14344,7 @@ def build_app() -> Any:
         json_output: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
     ) -> int:
         """Show one run (the latest by default): its status, current step and every step's result."""
-        return render(cmd_status(_paths(ctx), run_id), json_output)
+        return render(cmd_status(_ctx_paths(ctx), run_id), json_output)
 
     @app.command()
     @_boundary
@@ -14309,7 +14358,7 @@ def build_app() -> Any:
         json_output: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
     ) -> int:
         """List recent runs, newest first."""
-        return render(cmd_runs(_paths(ctx), workflow, status_filter, limit), json_output)
+        return render(cmd_runs(_ctx_paths(ctx), workflow, status_filter, limit), json_output)
 
     @app.command()
     @_boundary
@@ -14319,7 +14368,7 @@ def build_app() -> Any:
         step: str = typer.Argument(None, help="Step name or number (default: all steps)."),
     ) -> int:
         """Print the full output of a run's steps from their log files."""
-        return render(cmd_logs(_paths(ctx), run_id, step))
+        return render(cmd_logs(_ctx_paths(ctx), run_id, step))
 
     @app.command()
     @_boundary
@@ -14329,7 +14378,7 @@ def build_app() -> Any:
         html: Path = typer.Option(None, "--html", help="Where to write it (default: runs/RUN_ID/report.html)."),
     ) -> int:
         """Write a run's self-contained HTML report: header, timeline, steps, failed tests, output."""
-        return render(cmd_report(_paths(ctx), run_id, html))
+        return render(cmd_report(_ctx_paths(ctx), run_id, html))
 
     @app.command()
     @_boundary
@@ -14338,7 +14387,11 @@ def build_app() -> Any:
         keep: int = typer.Option(..., "--keep", min=0, help="Keep the newest N runs."),
     ) -> int:
         """Delete old runs, keeping the newest N (running ones are never deleted)."""
-        return render(cmd_prune(_paths(ctx), keep))
+        return render(cmd_prune(_ctx_paths(ctx), keep))
+
+
+def _add_setup_commands(app: Any) -> None:
+    """`init` and the `hook` group: setting a project up."""
 
     @app.command()
     @_boundary
@@ -14349,7 +14402,7 @@ def build_app() -> Any:
         ),
     ) -> int:
         """Scaffold workflows/pre-push.json and runs/.gitignore (never overwrites a file)."""
-        return render(cmd_init(_paths(ctx), ci))
+        return render(cmd_init(_ctx_paths(ctx), ci))
 
     hook_app = typer.Typer(
         name="hook",
@@ -14368,7 +14421,7 @@ def build_app() -> Any:
         force: bool = typer.Option(False, "--force", help="Keep a foreign hook as HOOK.legacy and run it first."),
     ) -> int:
         """Install the hook into the folder git uses (core.hooksPath and worktrees respected)."""
-        return render(cmd_hook_install(_paths(ctx), hook, workflow, force))
+        return render(cmd_hook_install(_ctx_paths(ctx), hook, workflow, force))
 
     @hook_app.command("uninstall")
     @_boundary
@@ -14377,7 +14430,7 @@ def build_app() -> Any:
         hook: str = typer.Option("pre-push", "--hook", help="Which git hook (pre-push)."),
     ) -> int:
         """Remove orchestrate's hook (never a foreign one) and restore the hook it replaced."""
-        return render(cmd_hook_uninstall(_paths(ctx), hook))
+        return render(cmd_hook_uninstall(_ctx_paths(ctx), hook))
 
     @hook_app.command("status")
     @_boundary
@@ -14387,7 +14440,11 @@ def build_app() -> Any:
         json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     ) -> int:
         """Say what git will run on push: the hooks folder, the hook's owner and its workflow."""
-        return render(cmd_hook_status(_paths(ctx), hook), json_output)
+        return render(cmd_hook_status(_ctx_paths(ctx), hook), json_output)
+
+
+def _add_serve_command(app: Any) -> None:
+    """`serve`: the HTTP API."""
 
     @app.command("serve")
     @_boundary
@@ -14414,7 +14471,7 @@ def build_app() -> Any:
         Each run is its own `orchestrate run` process on the same run store as the CLI. With
         ORCHESTRATE_API_TOKEN set, every endpoint but /healthz needs 'Authorization: Bearer <token>'.
         """
-        paths = _paths(ctx)
+        paths = _ctx_paths(ctx)
         serve(
             host,
             port,
@@ -14426,8 +14483,6 @@ def build_app() -> Any:
             max_queued=max_queued,
         )
         return EXIT_OK
-
-    return app
 
 
 _APP: Any = None
