@@ -13190,110 +13190,132 @@ def run_page(nonce: str, token_required: bool, run_id: str, body_html: str | Non
     )
 
 
+def _dashboard_response(text: str, nonce: str, status_code: int = 200) -> Any:
+    """A dashboard page or part, with the headers that keep it from being framed, sniffed,
+    cached or given scripts other than its own (the nonce)."""
+    from fastapi.responses import HTMLResponse
+
+    return HTMLResponse(
+        text,
+        status_code=status_code,
+        headers={
+            "Content-Security-Policy": dashboard_csp(nonce),
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+            "X-Frame-Options": "DENY",
+        },
+    )
+
+
+def _new_nonce() -> str:
+    import base64
+
+    return base64.b64encode(os.urandom(18)).decode("ascii")
+
+
+def _dashboard_filters(workflow: str | None, status: str | None) -> tuple[str | None, str | None]:
+    """The list's filters, checked (400 for a bad workflow name or an unknown status)."""
+    from fastapi import HTTPException
+
+    try:
+        workflow = check_workflow_name(_check_text(workflow, "workflow name")) if workflow else None
+    except (UsageError, ValueError) as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
+    if status and status not in RUN_STATUSES:
+        raise HTTPException(status_code=400, detail=f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
+    return workflow, status or None
+
+
+def _dashboard_run_body(store: RunStore, root: Path, workflows_dir: Path, run_id: str) -> str:
+    """One run's report body (as `orchestrate report` draws it), its logs linked to the API."""
+    from fastapi import HTTPException
+
+    try:
+        check_run_id(_check_text(run_id, "run id"))
+    except (UsageError, ValueError) as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
+    try:
+        record = store.load(run_id)
+    except UsageError:
+        raise HTTPException(status_code=404, detail=f"unknown run '{run_id}'") from None
+    except OrchestrateError as exc:
+        raise HTTPException(status_code=500, detail=str(exc)) from None
+    paths = Paths(root=root, workflows_dir=workflows_dir, runs_dir=store.runs_dir)
+    inputs = gather_report_inputs(record, store, None, _workflow_masker(paths, record))
+    inputs["log_links"] = {i: f"/runs/{quote_path(run_id)}/logs/{i + 1}" for i in inputs.get("tails", {})}
+    return render_report_body(record, **inputs)
+
+
+def _dashboard_runs_html(store: RunStore, workflow: str | None, status: str | None, limit: int) -> str:
+    rows = store.summaries(workflow=workflow, status=status, limit=limit)
+    return runs_table(rows, filtered=bool(workflow or status))
+
+
+def dashboard_list_view(
+    store: RunStore, workflows_dir: Path, token_required: bool, workflow: str | None, status: str | None
+) -> Any:
+    """GET /: the list of runs (filled in by the page's script when a token is needed)."""
+    from fastapi import HTTPException
+
+    nonce = _new_nonce()
+    try:
+        chosen, state = _dashboard_filters(workflow, status)
+    except HTTPException as exc:
+        problem = f'<p class="problem">{html_text(exc.detail)}</p>'
+        return _dashboard_response(dashboard_page(nonce, token_required, [], None, None, problem), nonce, 400)
+    names = [] if token_required else [n for n, _ in list_workflows(workflows_dir)]
+    runs_html = None if token_required else _dashboard_runs_html(store, chosen, state, 50)
+    return _dashboard_response(dashboard_page(nonce, token_required, names, chosen, state, runs_html), nonce)
+
+
+def dashboard_run_view(store: RunStore, root: Path, workflows_dir: Path, token_required: bool, run_id: str) -> Any:
+    """GET /ui/runs/{run_id}: one run's page (its report fetched by the script with a token)."""
+    from fastapi import HTTPException
+
+    nonce = _new_nonce()
+    if token_required:
+        try:
+            check_run_id(_check_text(run_id, "run id"))
+        except (UsageError, ValueError) as exc:
+            return _dashboard_response(
+                run_page(nonce, True, "?", f'<p class="problem">{html_text(exc)}</p>'), nonce, 400
+            )
+        return _dashboard_response(run_page(nonce, True, run_id, None), nonce)
+    try:
+        return _dashboard_response(
+            run_page(nonce, False, run_id, _dashboard_run_body(store, root, workflows_dir, run_id)), nonce
+        )
+    except HTTPException as exc:
+        problem = f'<p class="problem">{html_text(exc.detail)}</p>'
+        return _dashboard_response(run_page(nonce, False, run_id, problem), nonce, exc.status_code)
+
+
 def register_dashboard(
     app: Any, api: Any, store: RunStore, root: Path, workflows_dir: Path, token_required: bool
 ) -> None:
     """The dashboard's routes: the pages on `app` (they hold data only without a token) and
     the parts the pages fetch on `api` (behind the token like every other endpoint)."""
-    import base64
-
-    from fastapi import HTTPException, Query
-    from fastapi.responses import HTMLResponse
-
-    def html_response(text: str, nonce: str, status_code: int = 200) -> Any:
-        return HTMLResponse(
-            text,
-            status_code=status_code,
-            headers={
-                "Content-Security-Policy": dashboard_csp(nonce),
-                "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "no-referrer",
-                "Cache-Control": "no-store",
-                "X-Frame-Options": "DENY",
-            },
-        )
-
-    def new_nonce() -> str:
-        return base64.b64encode(os.urandom(18)).decode("ascii")
-
-    def checked_filters(workflow: str | None, status: str | None) -> tuple[str | None, str | None]:
-        try:
-            workflow = check_workflow_name(_check_text(workflow, "workflow name")) if workflow else None
-        except (UsageError, ValueError) as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
-        if status and status not in RUN_STATUSES:
-            raise HTTPException(status_code=400, detail=f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
-        return workflow, status or None
-
-    def run_body(run_id: str) -> str:
-        try:
-            check_run_id(_check_text(run_id, "run id"))
-        except (UsageError, ValueError) as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
-        try:
-            record = store.load(run_id)
-        except UsageError:
-            raise HTTPException(status_code=404, detail=f"unknown run '{run_id}'") from None
-        except OrchestrateError as exc:
-            raise HTTPException(status_code=500, detail=str(exc)) from None
-        inputs = gather_report_inputs(
-            record,
-            store,
-            None,
-            _workflow_masker(Paths(root=root, workflows_dir=workflows_dir, runs_dir=store.runs_dir), record),
-        )
-        inputs["log_links"] = {i: f"/runs/{quote_path(run_id)}/logs/{i + 1}" for i in inputs.get("tails", {})}
-        return render_report_body(record, **inputs)
-
-    def list_html(workflow: str | None, status: str | None, limit: int) -> str:
-        rows = store.summaries(workflow=workflow, status=status, limit=limit)
-        return runs_table(rows, filtered=bool(workflow or status))
+    from fastapi import Query
 
     @app.get("/", include_in_schema=False)
     def dashboard(workflow: str | None = Query(None), status: str | None = Query(None)) -> Any:
-        nonce = new_nonce()
-        try:
-            chosen, state = checked_filters(workflow, status)
-        except HTTPException as exc:
-            return html_response(
-                dashboard_page(
-                    nonce, token_required, [], None, None, f'<p class="problem">{html_text(exc.detail)}</p>'
-                ),
-                nonce,
-                400,
-            )
-        names = [] if token_required else [n for n, _ in list_workflows(workflows_dir)]
-        runs_html = None if token_required else list_html(chosen, state, 50)
-        return html_response(dashboard_page(nonce, token_required, names, chosen, state, runs_html), nonce)
+        return dashboard_list_view(store, workflows_dir, token_required, workflow, status)
 
     @app.get("/ui/runs/{run_id}", include_in_schema=False)
     def run_view(run_id: str) -> Any:
-        nonce = new_nonce()
-        if token_required:
-            try:
-                check_run_id(_check_text(run_id, "run id"))
-            except (UsageError, ValueError) as exc:
-                return html_response(run_page(nonce, True, "?", f'<p class="problem">{html_text(exc)}</p>'), nonce, 400)
-            return html_response(run_page(nonce, True, run_id, None), nonce)
-        try:
-            return html_response(run_page(nonce, False, run_id, run_body(run_id)), nonce)
-        except HTTPException as exc:
-            return html_response(
-                run_page(nonce, False, run_id, f'<p class="problem">{html_text(exc.detail)}</p>'),
-                nonce,
-                exc.status_code,
-            )
+        return dashboard_run_view(store, root, workflows_dir, token_required, run_id)
 
     @api.get("/ui/parts/runs", include_in_schema=False)
     def runs_part(
         workflow: str | None = Query(None), status: str | None = Query(None), limit: int = Query(50, ge=1, le=1000)
     ) -> Any:
-        chosen, state = checked_filters(workflow, status)
-        return html_response(list_html(chosen, state, limit), new_nonce())
+        chosen, state = _dashboard_filters(workflow, status)
+        return _dashboard_response(_dashboard_runs_html(store, chosen, state, limit), _new_nonce())
 
     @api.get("/ui/parts/runs/{run_id}", include_in_schema=False)
     def run_part(run_id: str) -> Any:
-        return html_response(run_body(run_id), new_nonce())
+        return _dashboard_response(_dashboard_run_body(store, root, workflows_dir, run_id), _new_nonce())
 
 
 def quote_path(text: str) -> str:
