@@ -14521,35 +14521,10 @@ def __getattr__(name: str) -> Any:
 
 
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
-_FAST_RUN_FLAGS = {
-    "--dry-run": "dry_run",
-    "--keep-going": "keep_going",
-    "--quiet": "quiet",
-    "-q": "quiet",
-    "--json": "json_output",
-    "--debug": "debug",
-    "--vars-stdin": "vars_stdin",
-    "--isolated": "isolated",
-    "--force": "force",
-    "--workflow-from-git-config": "workflow_from_git_config",
-}
-_FAST_RUN_VALUES = {
-    "--only": "only",
-    "--skip": "skip",
-    "--var": "var",
-    "--junit-xml": "junit_xml",
-    "--shard": "shard",
-    "--git-hook": "git_hook",
-    "--push-remote": "push_remote",
-    "--push-url": "push_url",
-    "--from-ref": "from_ref",
-    "--to-ref": "to_ref",
-    "--run-id": "run_id",
-    "--jobs": "jobs",
-    "-j": "jobs",
-    "--output": "output",
-    "--html-report": "html_report",
-}
+# run's options as main()'s fast path reads them (from _RUN_OPTIONS, as Typer's `run`): each
+# flag or value option by the flags that name it, and the ones that may be given again
+_FAST_RUN_FLAGS = {flag: name for name, kind, _default, flags, _ in _RUN_OPTIONS if kind is bool for flag in flags}
+_FAST_RUN_VALUES = {flag: name for name, kind, _default, flags, _ in _RUN_OPTIONS if kind is not bool for flag in flags}
 _FAST_REPEATABLE = ("only", "skip", "var")
 _FORCE_VALUES = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
@@ -14598,52 +14573,12 @@ def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None
     Returns (root, workflows_dir, runs_dir, name, run option values), or None for anything else,
     which Typer then parses (and reports, if it is wrong)."""
     env: Mapping[str, str] = os.environ if environ is None else environ
-    global_values: dict[str, str] = {}
-    run_values: dict[str, Any] = {key: [] for key in _FAST_REPEATABLE}
-    name: str | None = None
-    seen_run = False
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if not seen_run and arg == "run":
-            seen_run = True
-            continue
-        if not arg.startswith("-"):
-            if not seen_run or name is not None:
-                return None
-            name = arg
-            continue
-        option, has_value, value = arg.partition("=")
-        is_global = option in _FAST_GLOBAL_OPTIONS  # before or after `run` (hoist_global_options)
-        table = _FAST_GLOBAL_OPTIONS if is_global or not seen_run else _FAST_RUN_VALUES
-        if seen_run and option in _FAST_RUN_FLAGS and not has_value:
-            run_values[_FAST_RUN_FLAGS[option]] = True
-            continue
-        if option not in table:
-            return None  # --help, --version, a typo, '--', '-qx': Typer decides
-        if not has_value:
-            if i >= len(argv) or argv[i].startswith("-"):
-                return None
-            value = argv[i]
-            i += 1
-        key = table[option]
-        if key in _FAST_REPEATABLE:
-            run_values[key].append(value)
-        elif is_global:
-            global_values[key] = value
-        else:
-            run_values[key] = value
-    if not seen_run or name is None:
+    words = _read_fast_run_words(argv)
+    if words is None:
         return None
-    if "root" not in global_values and env.get("ORCHESTRATE_ROOT"):
-        global_values["root"] = env["ORCHESTRATE_ROOT"]
-    if "shard" not in run_values and env.get("ORCHESTRATE_SHARD"):
-        run_values["shard"] = env["ORCHESTRATE_SHARD"]
-    if "force" not in run_values and env.get("ORCHESTRATE_FORCE"):
-        if env["ORCHESTRATE_FORCE"].strip().lower() not in _FORCE_VALUES:
-            return None  # Typer reports the value it cannot read as a boolean
-        run_values["force"] = _truthy(env["ORCHESTRATE_FORCE"])
+    global_values, name, run_values = words
+    if not _fast_run_environment(global_values, run_values, env):
+        return None
     return (
         global_values.get("root"),
         global_values.get("workflows_dir"),
@@ -14651,6 +14586,71 @@ def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str] | None = None
         name,
         run_values,
     )
+
+
+def _read_fast_run_words(argv: Sequence[str]) -> tuple[dict[str, str], str, dict[str, Any]] | None:
+    """The command line of parse_fast_run, word by word: (global option values, the workflow
+    name, run option values), or None for anything it does not read."""
+    global_values: dict[str, str] = {}
+    run_values: dict[str, Any] = {key: [] for key in _FAST_REPEATABLE}
+    name: str | None = None
+    seen_run = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not seen_run and arg == "run":
+            seen_run, i = True, i + 1
+            continue
+        if not arg.startswith("-"):
+            if not seen_run or name is not None:
+                return None
+            name, i = arg, i + 1
+            continue
+        option = _read_fast_run_option(argv, i, seen_run)
+        if option is None:
+            return None  # --help, --version, a typo, '--', '-qx': Typer decides
+        is_global, key, value, i = option
+        if key in _FAST_REPEATABLE:
+            run_values[key].append(value)
+        else:
+            (global_values if is_global else run_values)[key] = value
+    if not seen_run or name is None:
+        return None
+    return global_values, name, run_values
+
+
+def _read_fast_run_option(argv: Sequence[str], i: int, seen_run: bool) -> tuple[bool, str, Any, int] | None:
+    """The option argv[i] as (whether it is a global option, its key, its value, the index after
+    it): a flag of run is True, another option's value follows '=' or is the next word (not an
+    option itself). None for what the tables do not know, or a value missing."""
+    option, has_value, value = argv[i].partition("=")
+    is_global = option in _FAST_GLOBAL_OPTIONS  # before or after `run` (hoist_global_options)
+    if seen_run and option in _FAST_RUN_FLAGS and not has_value:
+        return False, _FAST_RUN_FLAGS[option], True, i + 1
+    table = _FAST_GLOBAL_OPTIONS if is_global or not seen_run else _FAST_RUN_VALUES
+    if option not in table:
+        return None
+    if not has_value:
+        if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+            return None
+        i += 1
+        value = argv[i]
+    return is_global, table[option], value, i + 1
+
+
+def _fast_run_environment(global_values: dict[str, str], run_values: dict[str, Any], env: Mapping[str, str]) -> bool:
+    """Fill in what the environment gives, as Typer reads it, for options the command line did
+    not give: ORCHESTRATE_ROOT, ORCHESTRATE_SHARD, ORCHESTRATE_FORCE. False for a
+    ORCHESTRATE_FORCE that is no boolean."""
+    if "root" not in global_values and env.get("ORCHESTRATE_ROOT"):
+        global_values["root"] = env["ORCHESTRATE_ROOT"]
+    if "shard" not in run_values and env.get("ORCHESTRATE_SHARD"):
+        run_values["shard"] = env["ORCHESTRATE_SHARD"]
+    if "force" not in run_values and env.get("ORCHESTRATE_FORCE"):
+        if env["ORCHESTRATE_FORCE"].strip().lower() not in _FORCE_VALUES:
+            return False  # Typer reports the value it cannot read as a boolean
+        run_values["force"] = _truthy(env["ORCHESTRATE_FORCE"])
+    return True
 
 
 def _run_fast(parsed: tuple[Any, ...]) -> int:
