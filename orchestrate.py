@@ -12597,15 +12597,8 @@ def create_app(
 ) -> Any:
     """The ASGI application of `orchestrate serve` (needs the `server` extra): FastAPI behind
     RequestGuard, which knows the address it is served on (host, port, allowed_hosts)."""
-    import asyncio
-    import contextlib
-    import hmac
-
     define_typing_names()
-    from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-    from fastapi.security import HTTPBearer
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+    from fastapi import FastAPI
 
     root = Path(root).resolve()
     workflows_dir = Path(workflows_dir)
@@ -12615,6 +12608,41 @@ def create_app(
     child_env = {k: v for k, v in os.environ.items() if k != API_TOKEN_ENV}
     dispatcher = RunDispatcher(store, root, _child_command(child_env), max_parallel, child_env, max_queued=max_queued)
     policy = HostPolicy.build(parse_bind_host(host), port, allowed_hosts)
+
+    state = ServerState(root, workflows_dir, runs_dir, store, dispatcher)
+    start_request, error_body, parse_request = _start_request_models()
+    docs_off: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None} if token is not None else {}
+    app = FastAPI(
+        title="orchestrate",
+        version=__version__,
+        description="Start orchestrate workflows and follow their runs over HTTP.",
+        lifespan=_server_lifespan(state),
+        # with a token, the schema and docs are behind it too (added to the router below)
+        **docs_off,
+    )
+    app.state.dispatcher = dispatcher
+    app.state.store = store
+    api = _api_router(app, token, error_body)
+
+    @app.get("/healthz", tags=["server"])
+    def healthz() -> dict:
+        """Liveness probe; the only endpoint that never needs the token."""
+        return {"status": "ok"}
+
+    _add_start_routes(api, state, start_request, error_body, parse_request)
+    _add_record_routes(api, store, root, workflows_dir)
+    register_dashboard(app, api, store, root, workflows_dir, token is not None)
+    app.include_router(api)
+    _add_error_handlers(app)
+    guarded = RequestGuard(app, policy)
+    guarded.state = app.state  # type: ignore[attr-defined]
+    return guarded
+
+
+def _start_request_models() -> tuple[Any, Any, Callable[[Any], Any]]:
+    """The body of POST /start and /runs/{id}/resume, the error body, and the parser that turns
+    a bad body into one 422 line."""
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     class StartRequest(BaseModel):
         """Optional body of POST /start: what `--var`, `--only` and `--skip` give on the CLI."""
@@ -12627,8 +12655,6 @@ def create_app(
     class ErrorBody(BaseModel):
         detail: str
 
-    state = ServerState(root, workflows_dir, runs_dir, store, dispatcher)
-
     def parse_request(body: Any) -> Any:
         try:
             return StartRequest.model_validate({} if body is None else body)
@@ -12637,6 +12663,36 @@ def create_app(
                 422, "; ".join(".".join(["body", *map(str, e["loc"])]) + f": {e['msg']}" for e in exc.errors())
             ) from None
 
+    return StartRequest, ErrorBody, parse_request
+
+
+def _server_lifespan(state: ServerState) -> Any:
+    """Start the dispatcher when the server starts (after failing runs an earlier server left
+    pending) and stop it when the server stops."""
+    import contextlib
+
+    store, dispatcher, runs_dir = state.store, state.dispatcher, state.runs_dir
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fail_orphaned_pending_runs(store)
+        dispatcher.start()
+        yield
+        dispatcher.stop()
+
+    return lifespan
+
+
+def _api_router(app: Any, token: str | None, error_body: Any) -> Any:
+    """The router of every endpoint that needs the token (when there is one), with the schema
+    and docs behind it too."""
+    import hmac
+
+    from fastapi import APIRouter, HTTPException, Security
+    from fastapi.security import HTTPBearer
+
+    ErrorBody = error_body
     bearer = HTTPBearer(auto_error=False, description=f"the value of {API_TOKEN_ENV}")
 
     def require_token(credentials: Any = Security(bearer)) -> None:
@@ -12651,25 +12707,6 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> Any:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        fail_orphaned_pending_runs(store)
-        dispatcher.start()
-        yield
-        dispatcher.stop()
-
-    docs_off: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None} if token is not None else {}
-    app = FastAPI(
-        title="orchestrate",
-        version=__version__,
-        description="Start orchestrate workflows and follow their runs over HTTP.",
-        lifespan=lifespan,
-        # with a token, the schema and docs are behind it too (added to the router below)
-        **docs_off,
-    )
-    app.state.dispatcher = dispatcher
-    app.state.store = store
     errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}}
     if token is not None:
         errors[401] = {"model": ErrorBody}
@@ -12685,11 +12722,16 @@ def create_app(
         def docs() -> Any:
             return get_swagger_ui_html(openapi_url="/openapi.json", title="orchestrate API")
 
-    @app.get("/healthz", tags=["server"])
-    def healthz() -> dict:
-        """Liveness probe; the only endpoint that never needs the token."""
-        return {"status": "ok"}
+    return api
 
+
+def _add_start_routes(api: Any, state: ServerState, start_request: Any, error_body: Any, parse_request: Any) -> None:
+    """POST /start and POST /runs/{run_id}/resume: queue a run (the work is api_start/api_resume)."""
+    import asyncio
+
+    from fastapi import Query, Request
+
+    StartRequest, ErrorBody = start_request, error_body
     start_body_schema = StartRequest.model_json_schema()
 
     async def start(request: Any, name: str = Query(..., description="workflow name (workflows/NAME.json)")) -> dict:
@@ -12713,6 +12755,35 @@ def create_app(
             "requestBody": {"required": False, "content": {"application/json": {"schema": start_body_schema}}}
         },
     )(start)
+
+    async def resume(request: Any, run_id: str) -> dict:
+        """Resume failed run RUN_ID as a new run (`orchestrate resume`): body as for /start."""
+        raw = await request.body()
+        return await asyncio.to_thread(api_resume, state, run_id, raw, parse_request)
+
+    resume.__annotations__["request"] = Request
+    api.post(
+        "/runs/{run_id}/resume",
+        status_code=202,
+        tags=["runs"],
+        responses={
+            409: {"model": ErrorBody},
+            413: {"model": ErrorBody},
+            415: {"model": ErrorBody},
+            422: {"model": ErrorBody},
+            429: {"model": ErrorBody},
+        },
+        openapi_extra={
+            "requestBody": {"required": False, "content": {"application/json": {"schema": start_body_schema}}}
+        },
+    )(resume)
+
+
+def _add_record_routes(api: Any, store: RunStore, root: Path, workflows_dir: Path) -> None:
+    """The read-only endpoints: a run's record, the run list, workflows, JUnit, step logs."""
+
+    from fastapi import Query
+    from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
     @api.get("/status/{run_id}", tags=["runs"])
     def status(run_id: str) -> dict:
@@ -12755,48 +12826,32 @@ def create_app(
         if path is None:
             return PlainTextResponse("")
 
-        async def follow() -> Any:
-            handle = await asyncio.to_thread(open, path, "rb")
-            try:
-                while True:
-                    chunk = await asyncio.to_thread(handle.read, READ_CHUNK)
-                    if chunk:
-                        yield chunk
-                        continue
-                    if not await asyncio.to_thread(step_still_writing, store, run_id, step):
-                        while rest := await asyncio.to_thread(handle.read, READ_CHUNK):
-                            yield rest
-                        return
-                    await asyncio.sleep(_LOG_FOLLOW_INTERVAL_S)
-            finally:
-                handle.close()
+        return StreamingResponse(_follow_log(store, run_id, step, path), media_type="text/plain; charset=utf-8")
 
-        return StreamingResponse(follow(), media_type="text/plain; charset=utf-8")
 
-    async def resume(request: Any, run_id: str) -> dict:
-        """Resume failed run RUN_ID as a new run (`orchestrate resume`): body as for /start."""
-        raw = await request.body()
-        return await asyncio.to_thread(api_resume, state, run_id, raw, parse_request)
+async def _follow_log(store: RunStore, run_id: str, step: str, path: Path) -> Any:
+    """A step's log as it grows, until its step has ended and the file is read to its end."""
+    import asyncio
 
-    resume.__annotations__["request"] = Request
-    api.post(
-        "/runs/{run_id}/resume",
-        status_code=202,
-        tags=["runs"],
-        responses={
-            409: {"model": ErrorBody},
-            413: {"model": ErrorBody},
-            415: {"model": ErrorBody},
-            422: {"model": ErrorBody},
-            429: {"model": ErrorBody},
-        },
-        openapi_extra={
-            "requestBody": {"required": False, "content": {"application/json": {"schema": start_body_schema}}}
-        },
-    )(resume)
+    handle = await asyncio.to_thread(open, path, "rb")
+    try:
+        while True:
+            chunk = await asyncio.to_thread(handle.read, READ_CHUNK)
+            if chunk:
+                yield chunk
+                continue
+            if not await asyncio.to_thread(step_still_writing, store, run_id, step):
+                while rest := await asyncio.to_thread(handle.read, READ_CHUNK):
+                    yield rest
+                return
+            await asyncio.sleep(_LOG_FOLLOW_INTERVAL_S)
+    finally:
+        handle.close()
 
-    register_dashboard(app, api, store, root, workflows_dir, token is not None)
-    app.include_router(api)
+
+def _add_error_handlers(app: Any) -> None:
+    """ApiError and OrchestrateError as JSON bodies with their status, never a traceback."""
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(ApiError)
     async def api_error(request: Any, exc: Any) -> Any:
@@ -12806,10 +12861,6 @@ def create_app(
     async def orchestrate_error(request: Any, exc: Any) -> Any:
         status_code = 400 if isinstance(exc, UsageError) else 422 if isinstance(exc, DefinitionError) else 500
         return JSONResponse(status_code=status_code, content={"detail": str(exc)})
-
-    guarded = RequestGuard(app, policy)
-    guarded.state = app.state  # type: ignore[attr-defined]
-    return guarded
 
 
 def _listen(bind: BindAddress, port: int) -> Any:
