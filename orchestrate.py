@@ -9,13 +9,15 @@ Promises: a definition error is one line naming the file, the step and the key (
 nothing runs; a run record is never torn; secrets are masked as ``***`` in everything
 orchestrate prints or writes; a step's whole process tree ends with the step.
 
-Map of this module (``grep -n '^# ===' orchestrate.py``):
-  1. Constants and exit codes      2. Errors
-  3. Workflow model and validation 4. Run store
-  5. Processes                     6. Runners
-  7. Engine                        8. Reports
-  9. Git and CI                    10. HTTP server
-  11. CLI and main
+Map of this module (``grep -n '^# ===' orchestrate.py``; sub-sections
+are numbered N.M):
+  1. Constants and exit codes          2. Errors
+  3. Text utilities                    4. Workflow model
+  5. Run store                         6. Processes
+  7. Git and CI                        8. Reports
+  9. Runners                           10. Loading and validating workflows
+  11. Engine                           12. HTTP server
+  13. CLI and main
 """
 
 from __future__ import annotations
@@ -76,15 +78,30 @@ __all__ = [
     "register_runner",
 ]
 
+
 # === 1. Constants and exit codes ===
 
+
 EXIT_OK = 0
+
+
 EXIT_STEP_FAILED = 1
+
+
 EXIT_USAGE = 2
+
+
 EXIT_INTERNAL = 3
+
+
 EXIT_SIGINT = 130
+
+
 EXIT_SIGTERM = 143
+
+
 EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader left (`| head`)
+
 
 # runs/<run_id>.json: v1 first version; v2 adds "running" (the steps running now, in start
 # order; "current" is the first of them) and options.jobs; v3 adds "resumed_from" (the run a
@@ -95,26 +112,58 @@ EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose re
 # Older records are migrated on read (migrate_record), newer ones refused.
 SCHEMA_VERSION = 3
 
+
 RUN_STATUSES = ("pending", "running", "failed", "completed")
+
+
 RUN_STATUS_ALIASES = {"passed": "completed"}  # what a run that passed is called in its summary line
+
+
 WHEN_STATUSES = ("success", "failure", "always")
 
+
 MAX_WORKFLOW_BYTES = 4 * 1024 * 1024  # a workflow is a hand-written file; 4 MiB is far beyond any real one
+
+
 TAIL_MAX_BYTES = 4096  # the run record keeps a bounded tail; the step log keeps everything
+
+
 TAIL_MAX_LINES = 40
+
+
 READ_CHUNK = 1024 * 1024  # large binary reads: line-by-line reading is several times slower
+
+
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this many seconds (as docker stop and systemd do)
+
+
 SNAPSHOT_INTERVAL_S = 0.5  # between full rewrites of a running record; the journal covers the gap
+
+
 SYNC_AFTER_STEP_S = 1.0  # a step that ran this long has its outcome synced to disk (RunRecorder)
+
+
 DEFAULT_KEEP_RUNS = 300
+
+
 PRUNE_BATCH = 200  # runs removed at most after one run (the next runs remove the rest)
+
+
 PRUNE_BUDGET_S = 0.03  # nor once this long has passed since the prune began (listing included)
+
+
 PRUNE_AT_LEAST = 5  # but these go in any case: a slow listing never stops pruning altogether
+
+
 MAX_JOBS = 256  # steps at once: far beyond what one machine runs usefully
+
+
 # Modes given explicitly wherever orchestrate creates something under runs/: with the
 # umask 000 some CI images and containers run with, open()'s 0o666 and mkdir's 0o777
 # would make run records, logs and folders world-writable (anyone could forge a result).
 RUNS_FILE_MODE = 0o644
+
+
 RUNS_DIR_MODE = 0o755
 
 
@@ -172,6 +221,8 @@ def define_typing_names() -> None:
 
 
 SECRET_KEY_RE = lazy_regex(r"token|password|passwd|secret|api[_-]?key", re.IGNORECASE)
+
+
 _SECRET_KEY_WORDS = ("token", "password", "passwd", "secret", "apikey", "api_key", "api-key")
 
 
@@ -186,13 +237,21 @@ def is_secret_key(key: str) -> bool:
 
 MIN_SECRET_LEN = 4  # a shorter secret is a definition error: masking "abc" would garble every line
 
-# === 2. Errors ===
+
+CYPRESS_FAILED_NAMES_MAX = 100  # names kept in the run record; the JUnit report has all
+
+
+MAX_HTTP_VARS_BYTES = 2 * 1024 * 1024  # what `run --vars-stdin` reads at most
+
+
+# === 1.1. Record classes: the subset of dataclasses orchestrate uses ===
 
 # Record classes. The standard dataclasses module imports inspect, and generating this module's
 # classes with it cost about 20 ms at every start (measured with bench/run.py and -X importtime),
 # which a git hook pays on every push. This is the subset orchestrate uses: annotated fields
 # with defaults or default factories, __init__ (positional or keyword), __repr__, __eq__, and
 # frozen classes that hash; one generated __init__ per class, shared __repr__ and __eq__.
+
 
 _MISSING = object()
 
@@ -326,6 +385,11 @@ def dataclass(cls: Any = None, *, frozen: bool = False) -> Any:
     return wrap if cls is None else wrap(cls)
 
 
+# === 2. Errors ===
+# One exception family, each with its exit code, caught once at the CLI boundary; and the
+# helpers that word its one-line messages.
+
+
 class OrchestrateError(Exception):
     """A problem to tell the user in one line; the CLI turns it into its exit code."""
 
@@ -387,281 +451,451 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-# === 3. Workflow model and validation ===
+# === 3. Text utilities ===
+# Pure text helpers that the model, the runners, the reports and the server all use.
 
 
-@dataclass
-class KeySpec:
-    """A type-specific key of a step type: its allowed types and whether it is required."""
-
-    types: tuple[type, ...]
-    required: bool = False
-    item_type: type | None = None
+# === 3.1. Globs ===
 
 
-@dataclass
-class Step:
-    """One validated step, its values interpolated."""
-
-    index: int
-    name: str
-    type: str
-    config: dict[str, Any]
-    resolved: dict[str, Any]  # the whole step definition, its ${NAME} values interpolated
-    timeout: float | None = None
-    retries: int = 0
-    retry_delay: float = 0.0
-    continue_on_error: bool = False
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    when: dict[str, Any] = field(default_factory=dict)
-    required: bool = False
-    shard: str = "all"
-    label: str = ""
-    definition_sha256: str = ""
-    source: dict[str, Any] = field(default_factory=dict)  # as written, before ${VAR}
-    needs: list[str] | None = None  # None: the step depends on the step above it
-    sources: list[str] = field(default_factory=list)
-    reports: list[str] = field(default_factory=list)
-    # the ${NAME}s the step's strings and the workflow's env used, with the values they had
-    # (in memory only: a record keeps their keyed hash, values_sha256)
-    variables: dict[str, str | None] = field(default_factory=dict)
-
-    @property
-    def when_status(self) -> str:
-        return self.when.get("status", "success")
+# One translator for every glob orchestrate matches (Cypress `spec`, `when.changed`,
+# `when.branch`), built so that a hostile pattern cannot hang a run:
+# - braces are expanded after counting: a pattern that would expand to more than
+#   GLOB_MAX_PATTERNS patterns is refused (0.1.0 expanded "{a,b}" x 16 recursively, which
+#   hung `validate` for over a minute), and so is one longer than GLOB_MAX_LENGTH;
+# - the expanded patterns become one regular expression whose matching time is linear in the
+#   path's length: a fixed-width chunk between two `*` of a segment, and the segments between
+#   two `**/`, are matched at their leftmost place and never retried (an atomic group, written
+#   as a lookahead and a backreference, as CPython's fnmatch does since 3.9), which is exact
+#   for globs and leaves no backtracking that grows with the path;
+# - a character class is checked when the workflow is loaded: `[z-a]` is a definition error.
+GLOB_MAX_PATTERNS = 1000
 
 
-@dataclass
-class Workflow:
-    """A validated workflow file."""
-
-    name: str
-    path: Path
-    description: str
-    env: dict[str, str]
-    steps: list[Step]
-    secrets: set[str]
-    sha256: str
-    display_path: str = ""
-    warnings: list[str] = field(default_factory=list)
-    # every string that used a ${NAME}: (where, key, names), and the union of those names
-    references: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
-    variables_used: set[str] = field(default_factory=set)
+GLOB_MAX_LENGTH = 10_000
 
 
-@dataclass
-class Settings:
-    """Project settings from <root>/orchestrate.json."""
-
-    cypress_modules: dict[str, str] = field(default_factory=dict)
-    keep_runs: int = DEFAULT_KEEP_RUNS
-    jobs: int | None = None  # steps at once; None: the number of CPUs
-    raw: dict[str, Any] = field(default_factory=dict)
-    pre_push_checkout: str = "working-tree"  # or "pushed": check the pushed commit in a worktree
-    pre_push_share: list[str] = field(default_factory=list)  # untracked paths linked into it
-    root: Path | None = None  # the project root the file was read from
+_GLOB_MAX_NESTING = 32
 
 
-COMMON_KEYS: dict[str, KeySpec] = {
-    "name": KeySpec((str,), required=True),
-    "type": KeySpec((str,), required=True),
-    "description": KeySpec((str,)),
-    "timeout": KeySpec((int, float)),
-    "retries": KeySpec((int,)),
-    "retry_delay": KeySpec((int, float)),
-    "continue_on_error": KeySpec((bool,)),
-    "env": KeySpec((dict,), item_type=str),
-    "cwd": KeySpec((str,)),
-    "when": KeySpec((dict,)),
-    "required": KeySpec((bool,)),
-    "shard": KeySpec((str,)),
-    "needs": KeySpec((list,), item_type=str),
-    "sources": KeySpec((list,), item_type=str),  # globs: the step is up to date while they are unchanged
-    "reports": KeySpec((list,), item_type=str),  # globs: JUnit XML files the step writes
-}
-WORKFLOW_KEYS: dict[str, KeySpec] = {
-    "name": KeySpec((str,)),
-    "description": KeySpec((str,)),
-    "env": KeySpec((dict,), item_type=str),
-    "secrets": KeySpec((list,), item_type=str),
-    "steps": KeySpec((list,), required=True),
-}
-WHEN_KEYS = ("status", "changed", "branch")
-SETTINGS_KEYS: dict[str, KeySpec] = {
-    "cypress_modules": KeySpec((dict,), item_type=str),
-    "keep_runs": KeySpec((int,)),
-    "jobs": KeySpec((int,)),
-    "pre_push": KeySpec((dict,)),
-}
-PRE_PUSH_KEYS: dict[str, KeySpec] = {
-    "checkout": KeySpec((str,)),
-    "share": KeySpec((list,), item_type=str),
-}
-PRE_PUSH_CHECKOUTS = ("working-tree", "pushed")
-_TYPE_NAMES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    list: "a list",
-    dict: "an object",
-}
-# \Z, not $: '$' also matches before a trailing newline, and "w\n" would become a file name
-_PLAIN_NAME_RE = lazy_regex(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
-_STEP_TYPE_RE = lazy_regex(r"^[a-z][a-z0-9_]{0,49}\Z")
-_VAR_NAME_RE = lazy_regex(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-_VAR_EXPR_RE = lazy_regex(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+class GlobError(ValueError):
+    """A glob that cannot be used; the message says why (the caller names the key)."""
 
 
-def _describe_type(types: tuple[type, ...]) -> str:
-    if types == (int, float):
-        return "a number"
-    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+def _brace_pairs(pattern: str) -> dict[int, int]:
+    """Index of each '{' that has a matching '}' -> index of that '}'."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for index, char in enumerate(pattern):
+        if char == "{":
+            stack.append(index)
+            if len(stack) > _GLOB_MAX_NESTING:
+                raise GlobError(f"braces are nested more than {_GLOB_MAX_NESTING} deep")
+        elif char == "}" and stack:
+            pairs[stack.pop()] = index
+    return pairs
 
 
-def _value_type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    return _TYPE_NAMES.get(type(value), type(value).__name__).replace("an ", "").replace("a ", "")
+def _parse_braces(pattern: str, pairs: dict[int, int], start: int, end: int) -> list[Any]:
+    """pattern[start:end] as a sequence of literal strings and groups (lists of sequences).
+    As in bash, braces without a top-level comma ("{x}") or without their closing brace stay
+    literal (what is inside them is still read)."""
+    import itertools
 
-
-MAX_NUMBER = 2**53  # beyond this a JSON number is no longer exact in JavaScript or a float
-
-
-def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):  # bool is an int in Python, never in a workflow file
-        return bool in types
-    if isinstance(value, (int, float)) and not -MAX_NUMBER <= value <= MAX_NUMBER:
-        return False  # 1e999 is inf and 10**400 overflows float(): no key means such numbers
-    if isinstance(value, int) and float in types:
-        return True
-    return isinstance(value, types)
-
-
-def check_value(value: Any, spec: KeySpec, where: str, key: str) -> None:
-    """Raise DefinitionError unless value matches spec (type, and item type of lists/dicts)."""
-    if not _type_ok(value, spec.types):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and _type_ok(0, spec.types):
-            raise DefinitionError(f"{where}: key '{key}' is out of range (at most {MAX_NUMBER})")
-        raise DefinitionError(
-            f"{where}: key '{key}' must be {_describe_type(spec.types)}, not {_value_type_name(value)}"
-        )
-    if spec.item_type is not None and isinstance(value, list):
-        for i, item in enumerate(value):
-            if not _type_ok(item, (spec.item_type,)):
-                raise DefinitionError(
-                    f"{where}: key '{key}[{i}]' must be {_describe_type((spec.item_type,))}, "
-                    f"not {_value_type_name(item)}"
+    items: list[Any] = []
+    literal: list[str] = []
+    index = start
+    while index < end:
+        char = pattern[index]
+        close = pairs.get(index, -1) if char == "{" else -1
+        if 0 <= close < end:
+            commas, inner = [], index + 1
+            while inner < close:
+                if pattern[inner] == "{" and inner in pairs:
+                    inner = pairs[inner] + 1
+                    continue
+                if pattern[inner] == ",":
+                    commas.append(inner)
+                inner += 1
+            if commas:
+                if literal:
+                    items.append("".join(literal))
+                    literal = []
+                bounds = [index, *commas, close]
+                items.append(
+                    [_parse_braces(pattern, pairs, left + 1, right) for left, right in itertools.pairwise(bounds)]
                 )
-    if spec.item_type is not None and isinstance(value, dict):
-        for k, item in value.items():
-            if not _type_ok(item, (spec.item_type,)):
-                raise DefinitionError(
-                    f"{where}: key '{key}.{k}' must be {_describe_type((spec.item_type,))}, "
-                    f"not {_value_type_name(item)}"
-                )
+                index = close + 1
+                continue
+        literal.append(char)
+        index += 1
+    if literal:
+        items.append("".join(literal))
+    return items
 
 
-def check_plain_name(name: str, what: str) -> str:
-    """A name that becomes a file name: no separators, no traversal, no control characters."""
-    if not isinstance(name, str) or not _PLAIN_NAME_RE.match(name) or ".." in name:
-        shown = repr(shorten_middle(str(name)))
-        raise UsageError(
-            f"{what} {shown} is not a plain name: use letters, digits, '_', '-' and '.', "
-            f"at most 100 characters, no '/' or '..'"
-        )
-    return name
+def _brace_count(sequence: list[Any]) -> int:
+    total = 1
+    for item in sequence:
+        if isinstance(item, list):
+            total *= sum(_brace_count(alternative) for alternative in item)
+            if total > GLOB_MAX_PATTERNS:
+                return total
+    return total
 
 
-def check_workflow_name(name: str) -> str:
-    if name.endswith(".json"):
-        name = name[: -len(".json")]
-    return check_plain_name(name, "workflow name")
-
-
-def interpolate(value: str, variables: dict[str, str], where: str) -> tuple[str, list[str]]:
-    """Expand ${VAR} and ${VAR:-default}; '$${' is a literal '${'. Returns (text, names used)."""
-    if "$" not in value:
-        return value, []
-    out: list[str] = []
-    used: list[str] = []
-    i = 0
-    while True:
-        j = value.find("$", i)
-        if j < 0:
-            out.append(value[i:])
-            break
-        out.append(value[i:j])
-        if value.startswith("$${", j):
-            out.append("${")
-            i = j + 3
-            continue
-        if not value.startswith("${", j):
-            out.append("$")
-            i = j + 1
-            continue
-        end = value.find("}", j)
-        if end < 0:
-            raise DefinitionError(f"{where}: unterminated '${{' in {value!r} (write '$${{' for a literal '${{')")
-        expr = value[j + 2 : end]
-        match = _VAR_EXPR_RE.fullmatch(expr)
-        if not match:
-            raise DefinitionError(
-                f"{where}: '${{{expr}}}' is not a variable reference: use ${{NAME}} or "
-                f"${{NAME:-default}} (write '$${{' for a literal '${{')"
-            )
-        name, default = match.group(1), match.group(2)
-        if default is not None and "${" in default:
-            raise DefinitionError(f"{where}: nested '${{' inside '${{{expr}}}' is not supported")
-        current = variables.get(name)
-        if current is not None and (current != "" or default is None):
-            out.append(current)
-        elif default is not None:
-            out.append(default)
+def _brace_expand(sequence: list[Any]) -> list[str]:
+    results = [""]
+    for item in sequence:
+        if isinstance(item, str):
+            results = [prefix + item for prefix in results]
         else:
-            raise DefinitionError(
-                f"{where}: variable ${{{name}}} is not set (export it, pass --var {name}=VALUE, "
-                f"or write ${{{name}:-default}})"
-            )
-        used.append(name)
-        i = end + 1
-    return "".join(out), used
+            endings = [text for alternative in item for text in _brace_expand(alternative)]
+            results = [prefix + ending for prefix in results for ending in endings]
+    return results
 
 
-def _interpolate_tree(
-    value: Any,
-    variables: dict[str, str],
-    where: str,
-    key: str,
-    secrets: dict[str, str],
-    refs: list[tuple[str, str, tuple[str, ...]]],
-) -> Any:
-    """Interpolate every string inside value; values of secret-named keys that came from a
-    variable are remembered as secrets (with the ${NAME}s they came from), and every
-    (where, key, names used) goes into refs."""
-    if isinstance(value, str):
-        if "\x00" in value:  # argv, environment and paths cannot carry NUL: fail now, not mid-run
-            raise DefinitionError(f"{where}: key '{key}' contains a NUL character")
-        text, used = interpolate(value, variables, f"{where}: key '{key}'")
-        if used:
-            refs.append((where, key, tuple(used)))
-            if is_secret_key(key.rsplit(".", 1)[-1]) and text:
-                secrets.setdefault(text, ", ".join(f"${{{n}}}" for n in dict.fromkeys(used)))
-        return text
-    if isinstance(value, list):
-        return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets, refs) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        if key == "env" and any(not k or "=" in k or "\x00" in k for k in value):
-            bad = next(k for k in value if not k or "=" in k or "\x00" in k)
+def expand_braces(pattern: str) -> list[str]:
+    """Expand shell braces: "a.{js,ts}" -> ["a.js", "a.ts"], nested groups included.
+
+    Like bash, a group without a top-level comma ("{x}") or without its closing brace
+    stays literal. Duplicates are dropped, first occurrence kept. GlobError when the pattern
+    would expand to more than GLOB_MAX_PATTERNS patterns (counted before anything is built).
+    """
+    if len(pattern) > GLOB_MAX_LENGTH:
+        raise GlobError(f"the pattern is {len(pattern):,} characters long; at most {GLOB_MAX_LENGTH:,} are allowed")
+    if "{" not in pattern:
+        return [pattern]
+    sequence = _parse_braces(pattern, _brace_pairs(pattern), 0, len(pattern))
+    if _brace_count(sequence) > GLOB_MAX_PATTERNS:
+        raise GlobError(
+            f"its braces expand to more than {GLOB_MAX_PATTERNS:,} patterns, the most "
+            f"orchestrate accepts (list fewer alternatives, or use * and ?)"
+        )
+    return list(dict.fromkeys(_brace_expand(sequence)))
+
+
+_CLASS_SPECIAL = frozenset("\\]^-[&~|")
+
+
+def _glob_class(pattern: str, pos: int) -> tuple[str, int] | None:
+    """The regex of the character class at pattern[pos] == '[' and the index after it, or None
+    when it has no closing ']' (then '[' is literal). A class never matches '/'."""
+    index = pos + 1
+    negate = index < len(pattern) and pattern[index] in "!^"
+    if negate:
+        index += 1
+    start = index
+    if index < len(pattern) and pattern[index] == "]":
+        index += 1  # a ']' first is a member, as in fnmatch
+    close = pattern.find("]", index)
+    if close < 0:
+        return None
+    body = pattern[start:close]
+    parts: list[str] = []
+    k = 0
+    while k < len(body):
+        if k + 2 < len(body) and body[k + 1] == "-":
+            low, high = body[k], body[k + 2]
+            if low > high:
+                raise GlobError(f"the character range {low}-{high} in [{body}] is reversed (write {high}-{low})")
+            parts.append(_class_char(low) + "-" + _class_char(high))
+            k += 3
+        else:
+            parts.append(_class_char(body[k]))
+            k += 1
+    inner = "".join(parts)
+    return (f"[^/{inner}]" if negate else f"(?!/)[{inner}]"), close + 1
+
+
+def _class_char(char: str) -> str:
+    return "\\" + char if char in _CLASS_SPECIAL else char
+
+
+def _glob_tokens(pattern: str) -> list[tuple[str, str]]:
+    """A brace-free glob as tokens: ("sep", "/"), ("star", ""), ("one", regex) for a literal,
+    `?` or a class (each matches exactly one character)."""
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(pattern):
+        char = pattern[pos]
+        if char == "/":
+            tokens.append(("sep", "/"))
+        elif char == "*":
+            tokens.append(("star", ""))
+        elif char == "?":
+            tokens.append(("one", "[^/]"))
+        elif char == "[":
+            found = _glob_class(pattern, pos)
+            if found is not None:
+                tokens.append(("one", found[0]))
+                pos = found[1]
+                continue
+            tokens.append(("one", re.escape(char)))
+        else:
+            tokens.append(("one", re.escape(char)))
+        pos += 1
+    return tokens
+
+
+class _GroupNames:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def next(self) -> str:
+        self.count += 1
+        return f"g{self.count}"
+
+
+def _segment_regex(tokens: list[tuple[str, str]], names: _GroupNames) -> str:
+    """One path segment: fixed chunks between stars; the chunks between the first and the last
+    star are found at their leftmost place, atomically (see the comment above)."""
+    chunks: list[str] = [""]
+    for kind, text in tokens:
+        if kind == "star":
+            chunks.append("")
+        else:
+            chunks[-1] += text
+    if len(chunks) == 1:
+        return chunks[0]
+    first, *middle, last = chunks
+    out = [first]
+    for chunk in middle:
+        if chunk:
+            name = names.next()
+            out.append(f"(?=(?P<{name}>[^/]*?{chunk}))(?P={name})")
+    out.append("[^/]*" + last)
+    return "".join(out)
+
+
+def _glob_pattern_regex(pattern: str, names: _GroupNames) -> str:
+    """The regex of one brace-free glob over a POSIX relative path (to be matched from its start).
+
+    `*` and `?` stay inside one path segment, `[...]`/`[!...]` are character classes,
+    `**/` is any number of directories (none included) and a final `**` is anything."""
+    tokens = _glob_tokens(pattern)
+    segments: list[list[tuple[str, str]]] = [[]]
+    for token in tokens:
+        if token[0] == "sep":
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    globstar = [("star", ""), ("star", "")]
+    ends_anything = len(segments) > 0 and segments[-1] == globstar
+    if ends_anything:
+        segments.pop()
+    # runs of segments between `**/` (consecutive `**` are one)
+    runs: list[list[str]] = [[]]
+    for index, segment in enumerate(segments):
+        if segment == globstar and index < len(segments) - 1 + (1 if ends_anything else 0):
+            if runs[-1] or len(runs) == 1:
+                runs.append([])
+            continue
+        runs[-1].append(_segment_regex(segment, names))
+    out: list[str] = []
+    for position, run in enumerate(runs):
+        text = "".join(part + "/" for part in run)
+        last_run = position == len(runs) - 1
+        if last_run and not ends_anything:
+            text = text[:-1]  # the last segment has no '/' after it
+        if position == 0:
+            out.append(text)
+        elif last_run and not ends_anything:
+            out.append(f"(?:[^/]+/)*{text}")
+        else:
+            name = names.next()
+            out.append(f"(?=(?P<{name}>(?:[^/]+/)*?{text}))(?P={name})")
+    if ends_anything:
+        out.append(".*")
+    return "".join(out) + r"\Z"
+
+
+@functools.lru_cache(maxsize=512)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a glob (braces included) to one regex over POSIX relative paths, to be used with
+    .match(). Raises GlobError for a pattern that cannot be used (see above)."""
+    names = _GroupNames()
+    alternatives = [_glob_pattern_regex(expanded, names) for expanded in expand_braces(pattern)]
+    try:
+        return re.compile(
+            alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")", re.DOTALL
+        )
+    except (re.error, RecursionError, OverflowError) as exc:  # not expected: every piece is escaped
+        raise GlobError(f"cannot be compiled ({exc})") from None
+
+
+def check_glob(pattern: str, where: str, key: str) -> None:
+    """A definition-time check of a glob: DefinitionError naming the key."""
+    try:
+        glob_regex(pattern)
+    except GlobError as exc:
+        raise DefinitionError(f"{where}: key '{key}': invalid glob {_shorten(pattern, 80)!r}: {exc}") from None
+
+
+def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
+    """Spec files under `project/folder` whose folder-relative path matches `spec`.
+
+    Returns POSIX paths relative to the project, sorted, so every machine builds the
+    same list. node_modules and dot-folders and dot-files are never searched, as in
+    Cypress's own spec finder.
+    """
+    base = project / folder
+    if not base.is_dir():
+        return []
+    pattern = glob_regex(spec.strip().removeprefix("./"))
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if d != "node_modules" and not d.startswith(".")]
+        for filename in filenames:
+            if filename.startswith("."):
+                continue
+            path = os.path.join(dirpath, filename)
+            in_folder = os.path.relpath(path, base).replace(os.sep, "/")
+            if pattern.match(in_folder):
+                found.append(os.path.relpath(path, project).replace(os.sep, "/"))
+    return sorted(found)
+
+
+_GLOB_CHARS = frozenset("*?[{")
+
+
+def _literal_glob(pattern: str) -> bool:
+    return not any(char in _GLOB_CHARS for char in pattern)
+
+
+def _glob_base(pattern: str) -> str:
+    """The literal folder a glob starts in: "src" for "src/**/*.py", "" for "*.toml"."""
+    literal = []
+    for part in pattern.split("/")[:-1]:
+        if not _literal_glob(part) or part in ("", "."):
+            break
+        literal.append(part)
+    return "/".join(literal)
+
+
+def match_files(root: Path, patterns: Sequence[str], runs_dir: Path | None = None) -> list[tuple[str, os.stat_result]]:
+    """The files under `root` whose root-relative POSIX path matches one of the globs (glob_regex:
+    `**` any depth, anchored at the root), sorted, each with its lstat. Only the literal folder
+    each glob starts in is searched, and no deeper than it can match; a symbolic link to a
+    folder is never followed (a link is listed as itself), and .git, the runs folder, and
+    node_modules and dot-folders reached through a wildcard are never searched."""
+    return [(relative, info) for relative, _path, info in _matching_files(root, patterns, runs_dir)]
+
+
+def _matching_files(
+    root: Path, patterns: Sequence[str], runs_dir: Path | None = None
+) -> list[tuple[str, str, os.stat_result]]:
+    """match_files with each file's full path too (a string: hashing 10,000 sources must not
+    pay for pathlib)."""
+    found: dict[str, tuple[str, os.stat_result]] = {}
+    runs = os.path.abspath(runs_dir) if runs_dir is not None else None
+    base_dir = os.fspath(root)  # strings, not Paths: pathlib costs more than the stat (10,000 files)
+    for raw in patterns:
+        pattern = raw.strip().removeprefix("./")
+        if not pattern:
+            continue
+        if _literal_glob(pattern):
+            full = os.path.join(base_dir, pattern)
+            try:
+                found[pattern] = (full, os.lstat(full))
+            except OSError:
+                pass
+            continue
+        _walk_for_glob(base_dir, pattern, runs, found)
+    return [(relative, path, info) for relative, (path, info) in sorted(found.items())]
+
+
+def _walk_for_glob(base_dir: str, pattern: str, runs: str | None, found: dict[str, tuple[str, os.stat_result]]) -> None:
+    """Add to `found` the files a wildcard glob matches, searching from its literal folder."""
+    import stat
+
+    regex = glob_regex(pattern)
+    base = _glob_base(pattern)
+    depth_left = None if "**" in pattern else pattern.count("/") - base.count("/") - (1 if base else 0)
+    stack: list[tuple[str, int | None]] = [(base, depth_left)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(base_dir, folder) if folder else base_dir))
+        except OSError:
+            continue
+        for entry in entries:
+            relative = f"{folder}/{entry.name}" if folder else entry.name
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if _searchable_folder(entry, runs, depth):
+                    stack.append((relative, None if depth is None else depth - 1))
+            elif regex.match(relative):
+                found[relative] = (entry.path, info)
+
+
+def _searchable_folder(entry: os.DirEntry[str], runs: str | None, depth: int | None) -> bool:
+    """Not .git, node_modules, a dot-folder or the runs folder, and not below the glob's depth."""
+    return not (
+        entry.name == ".git"
+        or entry.name == "node_modules"
+        or entry.name.startswith(".")
+        or (runs is not None and os.path.abspath(entry.path) == runs)
+        or (depth is not None and depth <= 0)
+    )
+
+
+def check_path_globs(values: Any, where: str, key: str) -> None:
+    """`sources` and `reports`: a non-empty list of globs relative to the project root."""
+    for i, pattern in enumerate(values):
+        text = pattern.strip().removeprefix("./")
+        parts = text.split("/")
+        if not text or os.path.isabs(text) or ".." in parts:
             raise DefinitionError(
-                f"{where}: key '{key}' has {bad!r}, which is not an environment "
-                f"variable name (no '=', no NUL, not empty)"
+                f"{where}: key '{key}[{i}]': {pattern!r} must be a glob relative to the "
+                'project root, inside it (e.g. "src/**/*.py")'
             )
-        return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets, refs) for k, v in value.items()}
-    return value
+        check_glob(text, where, f"{key}[{i}]")
+    if not values:
+        raise DefinitionError(f"{where}: key '{key}' is empty; list at least one glob, or leave the key out")
+
+
+def changed_glob(pattern: str) -> re.Pattern[str]:
+    """The regex of a `when.changed` glob, gitignore-style: a pattern without "/" matches a
+    file name at any depth (`*.py`), one with "/" is anchored at the repository root
+    (`src/**`, `/setup.py`), a trailing "/" means the whole folder (`docs/`). GlobError
+    when it cannot be used (checked when the workflow is loaded)."""
+    pattern = pattern.strip()
+    if pattern.endswith("/"):
+        pattern += "**"
+    if pattern.startswith("/"):
+        pattern = pattern[1:]
+    elif "/" not in pattern:
+        pattern = "**/" + pattern
+    return glob_regex(pattern)
+
+
+def branch_glob(pattern: str) -> re.Pattern[str]:
+    """The regex of a `when.branch` pattern: `main`, `release/*` (one level), `feature/**`."""
+    return glob_regex(pattern.strip().removeprefix("refs/heads/"))
+
+
+def path_matches(path: str, pattern: str) -> bool:
+    """Whether a repository path matches a `when.changed` glob (see changed_glob)."""
+    return bool(changed_glob(pattern).match(path))
+
+
+def branch_matches(branch: str, pattern: str) -> bool:
+    """`main`, `release/*` (one level), `feature/**` (any depth)."""
+    return bool(branch_glob(pattern).match(branch))
+
+
+def _as_patterns(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [str(item) for item in value or ()]
+
+
+# === 3.2. Masking secrets ===
+# Secret values (from `secrets`, from variables whose names say secret, and their encoded
+# forms) are replaced by *** in everything orchestrate prints or writes, also when a value
+# is split across two chunks of a stream.
 
 
 # patterns some paths need: plain strings, compiled (and cached by re) on first use, not at
@@ -703,544 +937,6 @@ def _name_secrets(text: str, names: Mapping[str, str]) -> str:
     return text
 
 
-# names whose value steers a program before it runs its own code: a caller of the HTTP API
-# may set a workflow's ${NAME}s, never one of these in a step's environment
-_PROTECTED_ENV_RE = r"^(?:LD_|DYLD_|PYTHON|GIT_)|^(?:PATH|BASH_ENV|ENV|NODE_OPTIONS|PERL5OPT|RUBYOPT)\Z"
-
-
-def check_http_variables(workflow: Workflow, names: Iterable[str]) -> None:
-    """DefinitionError unless every name is a ${NAME} the workflow uses and none of them
-    reaches a protected environment variable (LD_*, PYTHON*, PATH, GIT_*...) of a step."""
-    accepted = sorted(workflow.variables_used)
-    for name in sorted(set(names)):
-        if name not in workflow.variables_used:
-            raise DefinitionError(
-                f"vars key '{name}': workflow {workflow.name} does not use ${{{name}}}; accepted: "
-                + (", ".join(accepted) if accepted else "none (the workflow uses no ${NAME})")
-            )
-        for where, key, used in workflow.references:
-            env_name = key[len("env.") :] if key.startswith("env.") else None
-            if env_name is not None and name in used and re.match(_PROTECTED_ENV_RE, env_name):
-                raise DefinitionError(
-                    f"vars key '{name}': {where} puts ${{{name}}} into {env_name}, which a caller "
-                    f"of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)"
-                )
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-class _NotJSON(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    # Python's json accepts NaN and Infinity; RFC 8259 does not, and no key means them
-    raise _NotJSON(f"{name} is not a JSON value")
-
-
-def _trailing_comma(text: str, error_pos: int) -> int | None:
-    """Where the comma is, when a JSON error is a `,` right before `]` or `}` (JavaScript and
-    Python allow one; JSON does not, and the decoder's "Expecting value" does not say so)."""
-    if error_pos >= len(text) or text[error_pos] not in "]}":
-        return None
-    before = len(text[:error_pos].rstrip())
-    return before - 1 if before and text[before - 1] == "," else None
-
-
-def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES) -> Any:
-    """Read a JSON document with one clear message for every way it can be wrong."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise DefinitionError(
-                f"{shown}: file is {size / 1e6:.1f} MB; a workflow file may be at most {max_bytes // (1024 * 1024)} MiB"
-            )
-        data = path.read_bytes()
-    except DefinitionError:
-        raise
-    except IsADirectoryError:
-        raise DefinitionError(f"{shown}: is a folder, not a JSON file") from None
-    except OSError as exc:
-        raise DefinitionError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DefinitionError(f"{shown}: file is UTF-16; save it as UTF-8")
-    if data.startswith(b"\xef\xbb\xbf"):  # a BOM some Windows editors add; JSON allows ignoring it
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DefinitionError(
-            f"{shown}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}); save the file as UTF-8"
-        ) from None
-    if not text.strip():
-        raise DefinitionError(f"{shown}: file is empty; expected a JSON object")
-    try:
-        document = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        comma = _trailing_comma(text, exc.pos)
-        if comma is not None:
-            line, column = text.count("\n", 0, comma) + 1, comma - text.rfind("\n", 0, comma)
-            raise DefinitionError(
-                f"{shown}: invalid JSON at line {line} column {column}: trailing comma before "
-                f"'{text[exc.pos]}' (JSON allows none: remove it)"
-            ) from None
-        raise DefinitionError(f"{shown}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except _NotJSON as exc:
-        raise DefinitionError(f"{shown}: invalid JSON: {exc}") from None
-    except _DuplicateKey as exc:
-        raise DefinitionError(f"{shown}: key '{exc}' appears twice in the same object") from None
-    except RecursionError:
-        raise DefinitionError(f"{shown}: JSON is nested too deeply") from None
-    except ValueError as exc:  # an integer of more than 4,300 digits (CVE-2020-10735 limit)
-        raise DefinitionError(f"{shown}: invalid JSON: {str(exc).split(';')[0]}") from None
-    problem = _check_document(document)
-    if problem:
-        raise DefinitionError(f"{shown}: {problem}")
-    return document
-
-
-MAX_NESTING = 64  # far beyond any workflow; keeps every recursive walk of a document safe
-
-
-def _check_document(document: Any) -> str | None:
-    """What no later stage can handle, found with one iterative walk: nesting deeper than
-    MAX_NESTING (validation, masking and hashing recurse) and lone surrogates from '\\ud800'
-    escapes (they cannot be encoded as UTF-8 for argv, environment or the run record)."""
-    stack: list[tuple[Any, int]] = [(document, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_NESTING:
-            return f"JSON is nested more than {MAX_NESTING} levels deep"
-        if isinstance(value, str):
-            if not value.isascii() and _SURROGATE_RE.search(value):
-                return f"string {shorten_middle(value, 40)!r} contains a lone UTF-16 surrogate (\\uD800-\\uDFFF); use the real character"
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, dict):
-            stack.extend((key, depth + 1) for key in value)
-            stack.extend((item, depth + 1) for item in value.values())
-    return None
-
-
-_SURROGATE_RE = lazy_regex("[\ud800-\udfff]")
-
-
-def _check_keys(obj: dict[str, Any], specs: dict[str, KeySpec], where: str, extra_allowed: bool = False) -> None:
-    for key in obj:
-        if key not in specs and not extra_allowed:
-            raise DefinitionError(f"{where}: unknown key '{key}'{did_you_mean(key, specs)}")
-    for key, spec in specs.items():
-        if key in obj:
-            check_value(obj[key], spec, where, key)
-        elif spec.required:
-            raise DefinitionError(f"{where}: missing required key '{key}'")
-
-
-def _display_path(path: Path, root: Path | None) -> str:
-    if root is not None:
-        try:
-            return str(path.resolve().relative_to(root.resolve()))
-        except ValueError:
-            pass
-    return str(path)
-
-
-def load_settings(root: Path) -> Settings:
-    path = root / "orchestrate.json"
-    if not path.exists():
-        return Settings(root=root)
-    shown = "orchestrate.json"
-    data = parse_json_file(path, shown)
-    if not isinstance(data, dict):
-        raise DefinitionError(f"{shown}: expected a JSON object, not {_value_type_name(data)}")
-    _check_keys(data, SETTINGS_KEYS, shown)
-    keep = data.get("keep_runs", DEFAULT_KEEP_RUNS)
-    if keep < 1:
-        raise DefinitionError(f"{shown}: key 'keep_runs' must be at least 1")
-    jobs = data.get("jobs")
-    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
-        raise DefinitionError(f"{shown}: key 'jobs' must be between 1 and {MAX_JOBS}")
-    pre_push = data.get("pre_push", {})
-    _check_keys(pre_push, PRE_PUSH_KEYS, f"{shown}: pre_push")
-    checkout = pre_push.get("checkout", "working-tree")
-    if checkout not in PRE_PUSH_CHECKOUTS:
-        raise DefinitionError(
-            f'{shown}: key \'pre_push.checkout\' must be "working-tree" or "pushed", '
-            f"not {checkout!r}{did_you_mean(checkout, PRE_PUSH_CHECKOUTS)}"
-        )
-    for item in pre_push.get("share", []):
-        parts = Path(item).parts
-        if not item or Path(item).is_absolute() or ".." in parts or parts in ((), (".",)) or parts[0] == ".git":
-            raise DefinitionError(
-                f"{shown}: key 'pre_push.share' lists {item!r}: give a path inside the "
-                'project, relative to it, such as ".venv"'
-            )
-    return Settings(
-        cypress_modules=dict(data.get("cypress_modules", {})),
-        keep_runs=keep,
-        jobs=jobs,
-        raw=data,
-        pre_push_checkout=checkout,
-        pre_push_share=list(pre_push.get("share", [])),
-        root=root,
-    )
-
-
-def list_workflows(workflows_dir: Path) -> list[tuple[str, Path]]:
-    if not workflows_dir.is_dir():
-        return []
-    return sorted((p.stem, p) for p in workflows_dir.glob("*.json") if p.is_file())
-
-
-def _validate_common(step: dict[str, Any], where: str) -> None:
-    """The rules of the keys every step type shares, beyond their JSON types."""
-    _check_step_name(step["name"], where)
-    _check_step_limits(step, where)
-    for key, value in step.get("when", {}).items():
-        if key not in WHEN_KEYS:
-            raise DefinitionError(f"{where}: unknown key 'when.{key}'{did_you_mean(key, WHEN_KEYS)}")
-        if key == "status":
-            _check_when_status(value, where)
-        else:
-            _check_when_globs(key, value, where)
-
-
-def _check_step_name(name: str, where: str) -> None:
-    if not name.strip():
-        raise DefinitionError(f"{where}: key 'name' must not be empty")
-    if len(name) > 100 or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
-        raise DefinitionError(
-            f"{where}: key 'name' must be at most 100 characters without '/', '\\' or control characters"
-        )
-
-
-def _check_step_limits(step: dict[str, Any], where: str) -> None:
-    if "timeout" in step and not step["timeout"] > 0:
-        raise DefinitionError(f"{where}: key 'timeout' must be a number of seconds above 0")
-    if "retries" in step and not 0 <= step["retries"] <= 100:
-        raise DefinitionError(f"{where}: key 'retries' must be between 0 and 100")
-    if "retry_delay" in step and not 0 <= step["retry_delay"] <= 3600:
-        raise DefinitionError(f"{where}: key 'retry_delay' must be between 0 and 3600 seconds")
-    if "shard" in step and step["shard"] not in ("all", "first"):
-        raise DefinitionError(
-            f'{where}: key \'shard\' must be "all" or "first"{did_you_mean(step["shard"], ["all", "first"])}'
-        )
-
-
-def _check_when_status(value: Any, where: str) -> None:
-    if value not in WHEN_STATUSES:
-        shown = value if isinstance(value, str) else _value_type_name(value)
-        raise DefinitionError(
-            f"{where}: key 'when.status' must be one of success, failure, always, "
-            f"not '{shown}'{did_you_mean(str(value), WHEN_STATUSES)}"
-        )
-
-
-def _check_when_globs(key: str, value: Any, where: str) -> None:
-    """when.changed / when.branch: one glob or a non-empty list of them, each one valid."""
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v for v in items):
-        raise DefinitionError(f"{where}: key 'when.{key}' must be a non-empty list of glob strings")
-    as_matched = changed_glob if key == "changed" else branch_glob
-    for i, pattern in enumerate(items):
-        try:
-            as_matched(pattern)
-        except GlobError as exc:
-            shown = f"when.{key}" if isinstance(value, str) else f"when.{key}[{i}]"
-            raise DefinitionError(f"{where}: key '{shown}': invalid glob {_shorten(pattern, 80)!r}: {exc}") from None
-
-
-def _find_plugin(step_type: str, root: Path) -> str | None:
-    """Where a plugin type is defined: a file under integrations/, or an entry point."""
-    path = root / "integrations" / f"{step_type}_runner.py"
-    if path.is_file():
-        return str(path)
-    if step_type in _entry_point_names():
-        return f"entry point {step_type}"
-    return None
-
-
-_ENTRY_POINTS: dict[str, Any] | None = None
-
-
-def _entry_point_names() -> dict[str, Any]:
-    global _ENTRY_POINTS
-    if _ENTRY_POINTS is None:  # importlib.metadata costs tens of ms: only for plugin types
-        from importlib.metadata import entry_points
-
-        _ENTRY_POINTS = {ep.name: ep for ep in entry_points(group="orchestrate.runners")}
-    return _ENTRY_POINTS
-
-
-def _canonical_hash(value: Any) -> str:
-    data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return sha256_hex(data.encode("utf-8", "surrogatepass"))
-
-
-def load_workflow(
-    name: str,
-    workflows_dir: Path,
-    variables: dict[str, str] | None = None,
-    settings: Settings | None = None,
-    root: Path | None = None,
-) -> Workflow:
-    """Load and strictly validate workflows/<name>.json; DefinitionError on the first problem."""
-    name = check_workflow_name(name)
-    root = root if root is not None else workflows_dir.parent
-    settings = settings or Settings()
-    path = workflows_dir / f"{name}.json"
-    shown = _display_path(path, root)
-    if not path.is_file():
-        known = [n for n, _ in list_workflows(workflows_dir)]
-        hint = did_you_mean(name, known) or (
-            f"; known: {', '.join(known)}"
-            if known
-            else f"; {_display_path(workflows_dir, root)}/ has no workflows (try: orchestrate init)"
-        )
-        raise UsageError(f"no workflow '{name}': {shown} does not exist{hint}")
-    data = parse_json_file(path, shown)
-    sha256 = sha256_hex(path.read_bytes())
-    return build_workflow(
-        data, name, path, shown, variables if variables is not None else dict(os.environ), settings, root, sha256
-    )
-
-
-def build_workflow(
-    data: Any,
-    name: str,
-    path: Path,
-    shown: str,
-    variables: dict[str, str],
-    settings: Settings,
-    root: Path,
-    sha256: str = "",
-) -> Workflow:
-    """Validate a parsed workflow document: pure except for plugin lookup under root.
-
-    A DefinitionError never quotes a secret: its value becomes the ${NAME} it came from."""
-    names = _secret_variable_names(data, variables) if isinstance(data, dict) else {}
-    try:
-        return _build_workflow(data, name, path, shown, variables, settings, root, sha256)
-    except DefinitionError as exc:
-        if not names:
-            raise
-        raise DefinitionError(_name_secrets(str(exc), names)) from None
-
-
-def _build_workflow(
-    data: Any, name: str, path: Path, shown: str, variables: dict[str, str], settings: Settings, root: Path, sha256: str
-) -> Workflow:
-    _check_workflow_document(data, name, shown)
-    secrets = _declared_secrets(data, variables, shown)  # value -> where it came from
-    refs: list[tuple[str, str, tuple[str, ...]]] = []
-    warnings: list[str] = []
-    env = _interpolate_tree(data.get("env", {}), variables, shown, "env", secrets, refs)
-    steps: list[Step] = []
-    seen: dict[str, int] = {}
-    for index, raw_step in enumerate(data["steps"]):
-        where, runner = _check_step_document(raw_step, index, shown, root, seen)
-        _note_literal_tokens(raw_step, index, where, secrets, warnings)
-        step = _resolve_step(raw_step, index, runner, variables, where, secrets, refs)
-        for key in ("sources", "reports"):
-            if key in step.resolved:
-                check_path_globs(step.resolved[key], where, key)
-        runner.check_definition(step, path, settings)
-        runner.check_paths(step, where, root)
-        steps.append(step)
-        _note_jira_credential(step, secrets)
-    check_step_needs(steps, shown)
-    _check_secret_lengths(secrets, shown)
-    _stamp_step_hashes(steps, env, Masker(secrets), refs, variables, shown)
-    return Workflow(
-        name=name,
-        path=path,
-        description=data.get("description", ""),
-        env=env,
-        steps=steps,
-        secrets=set(secrets),
-        sha256=sha256,
-        display_path=shown,
-        warnings=warnings,
-        references=refs,
-        variables_used={n for _, _, used in refs for n in used},
-    )
-
-
-def _check_workflow_document(data: Any, name: str, shown: str) -> None:
-    """The workflow file's own keys: an object whose name matches its file, with steps."""
-    if not isinstance(data, dict):
-        raise DefinitionError(f"{shown}: expected a JSON object with a 'steps' list, not {_value_type_name(data)}")
-    _check_keys(data, WORKFLOW_KEYS, shown)
-    if "name" in data and data["name"] != name:
-        raise DefinitionError(
-            f"{shown}: key 'name' is '{data['name']}' but the file is {name}.json; "
-            f"make them match (the file name is how you run it)"
-        )
-    if not data["steps"]:
-        raise DefinitionError(f"{shown}: key 'steps' is empty; add at least one step")
-
-
-def _declared_secrets(data: dict[str, Any], variables: dict[str, str], shown: str) -> dict[str, str]:
-    """The values of the variables the workflow's 'secrets' key names, each with its ${NAME}."""
-    secrets: dict[str, str] = {}
-    for var in data.get("secrets", []):
-        if not _VAR_NAME_RE.match(var):
-            raise DefinitionError(f"{shown}: key 'secrets' lists '{var}', which is not a variable name")
-        if variables.get(var):
-            secrets.setdefault(variables[var], f"${{{var}}}")
-    return secrets
-
-
-def _check_step_document(raw_step: Any, index: int, shown: str, root: Path, seen: dict[str, int]) -> tuple[str, Runner]:
-    """Check one step's keys before interpolation; its label for messages and its runner."""
-    where = f"{shown}: steps[{index}]"
-    if not isinstance(raw_step, dict):
-        raise DefinitionError(f"{where}: expected an object, not {_value_type_name(raw_step)}")
-    step_name = raw_step.get("name")
-    if isinstance(step_name, str):
-        where = f'{shown}: steps[{index}] "{step_name}"'
-    for key in ("name", "type"):
-        if key not in raw_step:
-            raise DefinitionError(f"{where}: missing required key '{key}'")
-        check_value(raw_step[key], COMMON_KEYS[key], where, key)
-    runner = _step_runner(raw_step["type"], where, root)
-    specs = {**COMMON_KEYS, **runner.keys}
-    _check_keys(raw_step, specs, where, extra_allowed=runner.accepts_any_key)
-    _validate_common(raw_step, where)
-    step_name = raw_step["name"]  # a string now: _check_keys has checked it
-    if step_name in seen:
-        raise DefinitionError(
-            f"{where}: duplicate step name '{step_name}' (also steps[{seen[step_name]}]); step names must be unique"
-        )
-    seen[step_name] = index
-    return where, runner
-
-
-def _step_runner(step_type: str, where: str, root: Path) -> Runner:
-    """The built-in runner of a step type, else its plugin, else a message listing both."""
-    runner = RUNNERS.get(step_type)
-    if runner is not None:
-        return runner
-    if not _STEP_TYPE_RE.match(step_type) or _find_plugin(step_type, root) is None:
-        plugins = sorted(p.name[: -len("_runner.py")] for p in (root / "integrations").glob("*_runner.py"))
-        plugins += sorted(n for n in _entry_point_names() if n not in plugins)
-        raise DefinitionError(
-            f"{where}: unknown step type '{step_type}'{did_you_mean(step_type, list(RUNNERS) + plugins)}; "
-            f"built-in types: {', '.join(sorted(RUNNERS))}; plugins: "
-            f"{', '.join(plugins) if plugins else 'none (add integrations/' + step_type + '_runner.py)'}"
-        )
-    return PluginRunner(step_type)
-
-
-def _note_literal_tokens(
-    raw_step: dict[str, Any], index: int, where: str, secrets: dict[str, str], warnings: list[str]
-) -> None:
-    """A token written into the file is masked like a declared secret, with a warning."""
-    for key, value in raw_step.items():
-        if key == "token" and isinstance(value, str) and value and "${" not in value:
-            secrets.setdefault(value, f"in steps[{index}] key 'token'")
-            warnings.append(
-                f"{where}: key 'token' holds a literal token; keep it out of the file with "
-                f'"token": "${{JIRA_TOKEN}}" (it is masked as *** all the same)'
-            )
-
-
-def _resolve_step(
-    raw_step: dict[str, Any],
-    index: int,
-    runner: Runner,
-    variables: dict[str, str],
-    where: str,
-    secrets: dict[str, str],
-    refs: list[tuple[str, str, tuple[str, ...]]],
-) -> Step:
-    """The Step of a checked step definition, its ${NAME} values interpolated."""
-    resolved = {
-        k: (v if k in ("name", "type") else _interpolate_tree(v, variables, where, k, secrets, refs))
-        for k, v in raw_step.items()
-    }
-    step_name = raw_step["name"]
-    return Step(
-        index=index,
-        name=step_name,
-        type=raw_step["type"],
-        config={k: v for k, v in resolved.items() if k not in COMMON_KEYS},
-        resolved=resolved,
-        timeout=float(resolved["timeout"]) if "timeout" in resolved else None,
-        retries=resolved.get("retries", 0),
-        retry_delay=float(resolved.get("retry_delay", 0)),
-        continue_on_error=resolved.get("continue_on_error", False),
-        env=dict(resolved.get("env", {})),
-        cwd=resolved.get("cwd"),
-        when=dict(resolved.get("when", {})),
-        required=resolved.get("required", False),
-        shard=resolved.get("shard", "all"),
-        label=f'steps[{index}] "{step_name}"',
-        source=raw_step,
-        needs=list(raw_step["needs"]) if "needs" in raw_step else None,
-        sources=list(resolved.get("sources", [])),
-        reports=list(resolved.get("reports", [])),
-    )
-
-
-def _note_jira_credential(step: Step, secrets: dict[str, str]) -> None:
-    """The Basic credential a jira step sends: a step printing its headers prints this."""
-    user, token = step.config.get("user"), step.config.get("token")
-    if step.type == "jira" and isinstance(user, str) and user and isinstance(token, str) and token:
-        import base64
-
-        secrets.setdefault(
-            base64.b64encode(f"{user}:{token}".encode()).decode("ascii"), f"user:token of steps[{step.index}]"
-        )
-
-
-def _check_secret_lengths(secrets: dict[str, str], shown: str) -> None:
-    for value, source in secrets.items():
-        if len(value) < MIN_SECRET_LEN:
-            raise DefinitionError(
-                f"{shown}: secret {source} is {len(value)} character{'s' if len(value) != 1 else ''} "
-                f"long; a secret needs at least {MIN_SECRET_LEN}, as masking a shorter value would "
-                f"garble ordinary output (use a longer secret)"
-            )
-
-
-def _stamp_step_hashes(
-    steps: list[Step],
-    env: Any,
-    masker: Masker,
-    refs: list[tuple[str, str, tuple[str, ...]]],
-    variables: dict[str, str],
-    shown: str,
-) -> None:
-    """Each step's definition hash and the variables it uses (what --resume and sources compare)."""
-    # the workflow's env reaches every step: A=1 and A=2 must not hash the same (secrets in it
-    # are masked here; their values enter values_sha256, keyed, never in clear)
-    shared_env = masker.mask_tree(env)
-    env_names = [name for where, key, used in refs if where == shown and key.startswith("env") for name in used]
-    step_names: dict[int, list[str]] = {}
-    prefix = f"{shown}: steps["
-    for where, _key, used in refs:
-        if where.startswith(prefix):
-            number = where[len(prefix) : where.find("]", len(prefix))]
-            if number.isdigit():
-                step_names.setdefault(int(number), []).extend(used)
-    for step in steps:
-        step.definition_sha256 = _canonical_hash({"step": masker.mask_tree(step.resolved), "env": shared_env})
-        step.variables = {name: variables.get(name) for name in sorted({*env_names, *step_names.get(step.index, [])})}
-
-
 _PERCENT_ESCAPE_RE = r"%[0-9A-F]{2}"  # compiled on first use (secret_forms)
 
 
@@ -1262,67 +958,6 @@ def secret_forms(secret: str) -> set[str]:
     }
     forms |= {re.sub(_PERCENT_ESCAPE_RE, lambda m: m.group().lower(), form) for form in forms if "%" in form}
     return {form for form in forms if form}
-
-
-def check_step_needs(steps: Sequence[Step], shown: str) -> None:
-    """`needs` names steps of the same workflow, never the step itself, and forms no cycle."""
-    names = {step.name: step for step in steps}
-    for step in steps:
-        for i, need in enumerate(step.needs or ()):
-            where = f"{shown}: {step.label}: key 'needs[{i}]'"
-            if need == step.name:
-                raise DefinitionError(f"{where}: a step cannot need itself")
-            if need not in names:
-                raise DefinitionError(f"{where}: no step named {need!r} in this workflow{did_you_mean(need, names)}")
-            if need in (step.needs or [])[:i]:
-                raise DefinitionError(f"{where}: {need!r} is listed twice")
-    cycle = _dependency_cycle(steps)
-    if cycle:
-        first = steps[cycle[0]]
-        raise DefinitionError(
-            f"{shown}: {first.label}: key 'needs': the steps form a cycle: "
-            + " → ".join(repr(steps[i].name) for i in cycle)
-        )
-
-
-def step_dependencies(steps: Sequence[Step]) -> list[tuple[int, ...]]:
-    """The steps each step waits for, by index: its `needs`; without `needs`, the step above it
-    (a workflow without `needs` is a chain, as before `needs` existed), or every step above it
-    for a `when.status` failure/always step (it judges them all)."""
-    index_of = {step.name: step.index for step in steps}
-    deps: list[tuple[int, ...]] = []
-    for i, step in enumerate(steps):
-        if step.needs is not None:
-            deps.append(tuple(index_of[name] for name in step.needs))
-        elif step.when_status != "success":
-            deps.append(tuple(range(i)))
-        else:
-            deps.append((i - 1,) if i else ())
-    return deps
-
-
-def _dependency_cycle(steps: Sequence[Step]) -> list[int] | None:
-    """A cycle in the step graph as the indices along it (first repeated at the end), or None."""
-    deps = step_dependencies(steps)
-    state = [0] * len(steps)  # 1: on the current path, 2: done
-    for start in range(len(steps)):
-        if state[start]:
-            continue
-        path = [start]
-        stack = [iter(deps[start])]
-        state[start] = 1
-        while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
-                state[path.pop()] = 2
-                stack.pop()
-            elif state[nxt] == 1:
-                return path[path.index(nxt) :] + [nxt]
-            elif not state[nxt]:
-                state[nxt] = 1
-                path.append(nxt)
-                stack.append(iter(deps[nxt]))
-    return None
 
 
 class Masker:
@@ -1418,11 +1053,323 @@ class StreamMasker:
         return self.masker.mask_bytes(rest)
 
 
-# === 4. Run store ===
+# === 3.3. Terminal and XML-safe text ===
+# What may reach a terminal or an XML file: control characters and ANSI sequences removed
+# or kept on purpose, characters XML 1.0 forbids replaced.
+
+
+_ANSI_RE = lazy_regex(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+_CONTROL_RE = lazy_regex(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def readable_text(data: bytes) -> str:
+    """Bytes a step printed, as text fit for a record: decoded leniently, escapes removed."""
+    return readable(data.decode("utf-8", "replace"))
+
+
+def readable(text: str) -> str:
+    """Text without terminal escapes and control characters (newlines and tabs kept)."""
+    if _plain(text):  # most text: no escape, no control character (no regex to compile or run)
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _ANSI_RE.sub("", text.replace("\r\n", "\n"))
+    return _CONTROL_RE.sub("", text.replace("\r", "\n"))
+
+
+def _plain(text: str) -> bool:
+    """ASCII without control characters other than tab, newline and carriage return."""
+    return text.isascii() and text.replace("\n", "").replace("\t", "").replace("\r", "").isprintable()
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# The characters XML 1.0 forbids, listed directly. The same set written as the complement of the
+# allowed ranges ("[^\x09\x0a\x0d\x20-\ud7ff...\U0010ffff]") takes ~5 ms to compile, at every
+# start of every command (python -X importtime); this one ~0.5 ms, and substitutes faster too.
+_XML_ILLEGAL_RE = lazy_regex("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text that XML 1.0 can carry: escapes removed, forbidden characters shown as \\xNN
+    (pytest's junitxml does the same)."""
+    if _plain(text):
+        return text
+    text = _ANSI_RE.sub("", text)
+    return _XML_ILLEGAL_RE.sub(
+        lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()), text
+    )
+
+
+# === 3.4. Paths ===
+# Paths shown to people (relative to the project root) and containment checks.
+
+
+def _display_path(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return str(path.resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+# === 4. Workflow model ===
+# What a workflow is once loaded: its steps, settings and run options, and what a step's
+# run produces (results, test cases) and the events a run reports to its sinks.
+
+
+@dataclass
+class KeySpec:
+    """A type-specific key of a step type: its allowed types and whether it is required."""
+
+    types: tuple[type, ...]
+    required: bool = False
+    item_type: type | None = None
+
+
+@dataclass
+class Step:
+    """One validated step, its values interpolated."""
+
+    index: int
+    name: str
+    type: str
+    config: dict[str, Any]
+    resolved: dict[str, Any]  # the whole step definition, its ${NAME} values interpolated
+    timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 0.0
+    continue_on_error: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    when: dict[str, Any] = field(default_factory=dict)
+    required: bool = False
+    shard: str = "all"
+    label: str = ""
+    definition_sha256: str = ""
+    source: dict[str, Any] = field(default_factory=dict)  # as written, before ${VAR}
+    needs: list[str] | None = None  # None: the step depends on the step above it
+    sources: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
+    # the ${NAME}s the step's strings and the workflow's env used, with the values they had
+    # (in memory only: a record keeps their keyed hash, values_sha256)
+    variables: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def when_status(self) -> str:
+        return self.when.get("status", "success")
+
+
+@dataclass
+class Workflow:
+    """A validated workflow file."""
+
+    name: str
+    path: Path
+    description: str
+    env: dict[str, str]
+    steps: list[Step]
+    secrets: set[str]
+    sha256: str
+    display_path: str = ""
+    warnings: list[str] = field(default_factory=list)
+    # every string that used a ${NAME}: (where, key, names), and the union of those names
+    references: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    variables_used: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Settings:
+    """Project settings from <root>/orchestrate.json."""
+
+    cypress_modules: dict[str, str] = field(default_factory=dict)
+    keep_runs: int = DEFAULT_KEEP_RUNS
+    jobs: int | None = None  # steps at once; None: the number of CPUs
+    raw: dict[str, Any] = field(default_factory=dict)
+    pre_push_checkout: str = "working-tree"  # or "pushed": check the pushed commit in a worktree
+    pre_push_share: list[str] = field(default_factory=list)  # untracked paths linked into it
+    root: Path | None = None  # the project root the file was read from
+
+
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "an object",
+}
+
+
+# \Z, not $: '$' also matches before a trailing newline, and "w\n" would become a file name
+_PLAIN_NAME_RE = lazy_regex(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+
+
+def _describe_type(types: tuple[type, ...]) -> str:
+    if types == (int, float):
+        return "a number"
+    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+
+
+def _value_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return _TYPE_NAMES.get(type(value), type(value).__name__).replace("an ", "").replace("a ", "")
+
+
+def check_plain_name(name: str, what: str) -> str:
+    """A name that becomes a file name: no separators, no traversal, no control characters."""
+    if not isinstance(name, str) or not _PLAIN_NAME_RE.match(name) or ".." in name:
+        shown = repr(shorten_middle(str(name)))
+        raise UsageError(
+            f"{what} {shown} is not a plain name: use letters, digits, '_', '-' and '.', "
+            f"at most 100 characters, no '/' or '..'"
+        )
+    return name
+
+
+def check_workflow_name(name: str) -> str:
+    if name.endswith(".json"):
+        name = name[: -len(".json")]
+    return check_plain_name(name, "workflow name")
+
+
+def _canonical_hash(value: Any) -> str:
+    data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return sha256_hex(data.encode("utf-8", "surrogatepass"))
+
+
+@dataclass
+class TestCase:
+    """A test case a step reports itself (Cypress), for the JUnit report."""
+
+    __test__ = False  # not a pytest class
+    name: str
+    classname: str
+    time: float
+    status: str
+    message: str = ""
+    text: str = ""
+    file: str = ""  # the test's file relative to the project root, where known
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "classname": self.classname,
+            "time": self.time,
+            "status": self.status,
+            "message": self.message,
+            "text": self.text,
+            "file": self.file,
+        }
+
+
+@dataclass
+class StepResult:
+    """What a runner returns: the step's status, message and extra record fields."""
+
+    status: str
+    message: str = ""
+    exit_code: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    testcases: list[TestCase] = field(default_factory=list)
+
+
+@dataclass
+class RunOptions:
+    """The options of one `orchestrate run`."""
+
+    dry_run: bool = False
+    only: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    keep_going: bool = False
+    quiet: bool = False
+    json_output: bool = False
+    debug: bool = False
+    variables: dict[str, str] = field(default_factory=dict)
+    junit_xml: Path | None = None
+    shard: tuple[int, int] | None = None
+    git_hook: str | None = None
+    from_ref: str | None = None
+    to_ref: str | None = None
+    push_remote: str | None = None
+    push_url: str | None = None
+    run_id: str | None = None
+    jobs: int | None = None  # steps at once; None: settings.jobs, else the number of CPUs
+    output: str | None = None  # live | grouped | prefixed; None: live unless steps can overlap
+    isolated: bool = False  # run in a temporary worktree of the commit being checked
+    html_report: Path | None = None  # --html-report: the run's HTML report, also written here
+    workflow_from_git_config: bool = False  # git config orchestrate.prePushWorkflow overrides NAME (the hook)
+    git: Any = None  # what section 7 learned before the run (push, compared changes, skips)
+    kill_grace: float = KILL_GRACE_S  # SIGTERM, then SIGKILL this many seconds later
+    # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
+    # into any environment, and only names the workflow uses (check_http_variables)
+    vars_from_http: bool = False
+    force: bool = False  # --force / ORCHESTRATE_FORCE=1: no step is up to date
+    resume_of: Any = None  # `resume RUN`: RUN's record (the new record names it in resumed_from)
+
+
+def step_by_name_or_number(value: str, names: Sequence[str]) -> str | None:
+    """The step a user means: its name, else its number (1 = the first, as `logs` counts)."""
+    if value in names:
+        return value
+    if value.isdigit() and 1 <= int(value) <= len(names):
+        return names[int(value) - 1]
+    return None
+
+
+class RunSink:
+    """Receives the events of one run. The engine calls a sink's methods one at a time (steps
+    that run in parallel threads take turns), so a sink needs no lock of its own; it keeps
+    whatever per-step state it needs keyed by the step's index."""
+
+    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
+        """Before any step."""
+
+    def step_started(self, step: Step, entry: dict[str, Any]) -> None:
+        """A step starts (its entry is `running`)."""
+
+    def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
+        """A step will not run; entry["message"] says why."""
+
+    def step_reused(self, step: Step, entry: dict[str, Any]) -> None:
+        """A step took over an earlier run's result (entry["reused_from"]) instead of running."""
+
+    def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
+        """A step ended (passed, failed or skipped by its runner); its log is complete."""
+
+    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
+        """After the last step, once the record and the JUnit report are written."""
+
+    def tick(self) -> None:
+        """Called now and then while steps run (live status lines)."""
+
+    def debug(self, text: str) -> None:
+        """With --debug: a command orchestrate is about to run."""
+
+
+# === 5. Run store ===
+
 
 RUN_ID_RE = lazy_regex(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{6,32}\Z")
+
+
 _HEAD_PEEK_RE = rb'\n "(status|workflow)": "([^"\\\n]{0,100})"'  # compiled on first use (RunStore._peek)
+
+
 _LOOSE_RUN_ID_RE = lazy_regex(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
+
+
 _NEWEST_FIRST = 64  # RunStore.newest_ids: picked without sorting every name
 
 
@@ -1688,6 +1635,8 @@ _RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "log": (list,),
     "running": (list,),
 }
+
+
 _ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
     "step": (str,),
     "status": (str,),
@@ -2131,7 +2080,16 @@ class RunRecorder:
         _unlink_quietly(self.store.journal_path(self.record["run_id"]))
 
 
-# --- The index beside the records (runs/.index/) -----------------------------------------
+def name_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "step"
+
+
+def step_log_name(step: Step, total: int) -> str:
+    width = max(2, len(str(total)))
+    return f"{step.index + 1:0{width}d}-{name_slug(step.name)}.log"
+
+
+# === 5.1. The index beside the records (runs/.index/) ===
 # What a run needs to know about earlier ones without reading them all: the last run that
 # passed each (workflow, step) with recorded inputs (`sources`, resume), found in O(1) runs.
 # One small file per key, written atomically; every row is checked against the record it
@@ -2140,7 +2098,10 @@ class RunRecorder:
 # started_at), appended as runs end: what `runs --workflow/--status` can read instead of
 # every record.
 
+
 INDEX_DIR = ".index"
+
+
 INDEX_VERSION = 1
 
 
@@ -2329,28 +2290,7 @@ class StepIndex:
             write_atomic(self.folder / "version", f"{INDEX_VERSION}\n".encode())
 
 
-# === 5. Processes ===
-
-_ANSI_RE = lazy_regex(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL_RE = lazy_regex(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def readable_text(data: bytes) -> str:
-    """Bytes a step printed, as text fit for a record: decoded leniently, escapes removed."""
-    return readable(data.decode("utf-8", "replace"))
-
-
-def readable(text: str) -> str:
-    """Text without terminal escapes and control characters (newlines and tabs kept)."""
-    if _plain(text):  # most text: no escape, no control character (no regex to compile or run)
-        return text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _ANSI_RE.sub("", text.replace("\r\n", "\n"))
-    return _CONTROL_RE.sub("", text.replace("\r", "\n"))
-
-
-def _plain(text: str) -> bool:
-    """ASCII without control characters other than tab, newline and carriage return."""
-    return text.isascii() and text.replace("\n", "").replace("\t", "").replace("\r", "").isprintable()
+# === 6. Processes ===
 
 
 class OutputSink:
@@ -2510,7 +2450,9 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-# --- a step process's tree ---
+# === 6.1. A step process's tree ===
+
+
 # Each step attempt's processes carry ORCHESTRATE_STEP_TOKEN=<random> in their environment (the
 # engine sets one per attempt, so steps running at the same time never find each other's). When
 # a process ends, whatever it left running is ended too: its process group, and on Linux every
@@ -2519,9 +2461,13 @@ def _group_alive(pgid: int) -> bool:
 # count: killpg(pgid, 0) succeeds on them, and a container's init may take seconds to reap them
 # (a `sh -c "sleep 30"` timing out took 2.2 s instead of 1 because of that).
 STEP_TOKEN_ENV = "ORCHESTRATE_STEP_TOKEN"
+
+
 # a process ending sooner than this is swept with a scan of the pids allocated since it started
 # (from /proc/loadavg's last pid); after a longer run the pids may have wrapped: a full scan
 _QUICK_SCAN_S = 1.0
+
+
 _QUICK_SCAN_PIDS = 64  # fewer pids allocated since then than this: each is looked up, /proc is not listed
 
 
@@ -2724,6 +2670,8 @@ while [ "$i" -lt "$grace" ]; do
 done
 end KILL
 """
+
+
 WATCHDOG_ENV = "ORCHESTRATE_WATCHDOG"
 
 
@@ -2876,7 +2824,7 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-# --- starting a process without the subprocess module ---
+# === 6.2. Starting a process without the subprocess module ===
 # subprocess costs about 5 ms to import (threading, selectors, locale, contextlib) and
 # Popen about 0.2 ms more than os.posix_spawn for each step (bench/run.py). os.posix_spawn
 # cannot change the working directory, so it is used where none is needed (the step runs
@@ -3319,43 +3267,3096 @@ def _drain(fd: int, sink: OutputSink) -> None:
         sink.write(chunk)
 
 
-# === 6. Runners ===
+# === 7. Git and CI ===
+#
+# Everything orchestrate knows about git and CI systems: the pre-push hook's ref lines, the
+# files a push or a CI comparison changes, `when.changed` / `when.branch` gates,
+# ORCHESTRATE_SKIP, CI detection for the run's trigger, GitHub Actions / GitLab console
+# markup, and installing the pre-push hook.  The parsing, matching and rendering functions
+# are pure; only `run_git`, the `*_changes` functions, `git_info`, `read_github_event`,
+# `append_step_summary` and the hook install functions touch processes or files.
+#
+# What a run takes from here is wired explicitly by the CLI (run_wiring in section 13):
+# prepare_git_state before the run (read the push, end a run with nothing to check), git_gate
+# (ORCHESTRATE_SKIP, when.changed, when.branch), git_step_environment (the steps' environment),
+# GitHubStepSummary ($GITHUB_STEP_SUMMARY) and detect_ci_output (console markup).
 
 
-@dataclass
-class TestCase:
-    """A test case a step reports itself (Cypress), for the JUnit report."""
+GIT_TIMEOUT = 60.0  # seconds; a git call that takes longer is stuck (a lock, a dead NFS mount)
 
-    __test__ = False  # not a pytest class
-    name: str
-    classname: str
-    time: float
-    status: str
-    message: str = ""
-    text: str = ""
-    file: str = ""  # the test's file relative to the project root, where known
 
-    def as_dict(self) -> dict[str, Any]:
+# pre-commit's list (pre_commit/git.py no_git_env): variables git sets for a hook that would
+# point a nested git at the wrong repository (GIT_DIR, GIT_INDEX_FILE, GIT_WORK_TREE...) are
+# dropped; these configure transport or identity and are kept.
+_GIT_ENV_KEEP = frozenset(
+    {
+        "GIT_EXEC_PATH",
+        "GIT_SSH",
+        "GIT_SSH_COMMAND",
+        "GIT_SSL_CAINFO",
+        "GIT_SSL_NO_VERIFY",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_GLOBAL",
+        "GIT_CONFIG_SYSTEM",
+        "GIT_CONFIG_NOSYSTEM",
+        "GIT_HTTP_PROXY_AUTHMETHOD",
+        "GIT_ALLOW_PROTOCOL",
+        "GIT_ASKPASS",
+        "GIT_TERMINAL_PROMPT",
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+    }
+)
+
+
+_GIT_ENV_KEEP_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
+
+
+# githooks(5): all-zero object names mean "no object": 40 hex digits for SHA-1 repositories,
+# 64 for SHA-256 ones.
+_ZERO_OID_RE = lazy_regex(r"\A(?:0{40}|0{64})\Z")
+
+
+_OID_RE = lazy_regex(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+
+
+class GitError(OrchestrateError):
+    """git could not be run, or a git command failed where orchestrate needs its answer."""
+
+    exit_code = 3
+
+
+def strip_git_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the GIT_* variables a hook exports (GIT_DIR, GIT_INDEX_FILE, GIT_PREFIX...)."""
+    return {
+        key: value
+        for key, value in env.items()
+        if not key.startswith("GIT_") or key in _GIT_ENV_KEEP or key.startswith(_GIT_ENV_KEEP_PREFIXES)
+    }
+
+
+# What orchestrate's own git calls (status, rev-parse, rev-list, diff, config: all local and
+# read-only) may take from the environment: where the user's config and identity live, the
+# locale, and the SSH agent and proxies a future remote call would need. Nothing else: a
+# GIT_CONFIG_COUNT/KEY/VALUE triple in the environment once set core.fsmonitor, which
+# `git status` runs as a command (and LD_PRELOAD, GIT_EXEC_PATH or GIT_DIR steer git too).
+_GIT_CALL_ENV = frozenset(
+    {
+        "HOME",
+        "PATH",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "XDG_CONFIG_HOME",
+        "SSH_AUTH_SOCK",
+        "GNUPGHOME",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "GIT_CONFIG_GLOBAL",
+        "GIT_CONFIG_SYSTEM",
+        "GIT_CONFIG_NOSYSTEM",
+        "GIT_CEILING_DIRECTORIES",
+        "GIT_SSH",
+        "GIT_SSH_COMMAND",
+        "GIT_SSL_CAINFO",
+    }
+)
+
+
+def git_call_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The clean, fixed environment of orchestrate's own git calls (see _GIT_CALL_ENV)."""
+    child = {k: v for k, v in env.items() if k in _GIT_CALL_ENV or k.startswith("LC_")}
+    child["GIT_TERMINAL_PROMPT"] = "0"
+    child["GIT_OPTIONAL_LOCKS"] = "0"  # `git status` must not take index.lock during a push
+    return child
+
+
+def run_git(args: Sequence[str], cwd: Path, *, check: bool = True, env: Mapping[str, str] | None = None) -> str:
+    """Run `git ARGS` in `cwd` and return its stdout (utf-8, undecodable bytes escaped).
+
+    The one place orchestrate runs git (GitCall): stdin is closed and prompts are off so it can
+    never wait for a user (a push from an IDE has nobody to answer), the environment is a fixed
+    few variables (no GIT_DIR or other hook variable, so `cwd` decides the repository; no
+    GIT_CONFIG_* or LD_*), and a hung git is ended after GIT_TIMEOUT.
+    """
+    return GitCall(args, cwd, env).output(check=check)
+
+
+class GitCall:
+    """One git command (with run_git's rules), started at once and read with output(): the
+    independent git calls of a pre-push run overlap instead of following one another."""
+
+    def __init__(self, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> None:
+        self.argv = ["git", *args]
+        self.cwd = cwd
+        self.result: tuple[int, bytes, bytes] | None = None
+        child_env = git_call_environment(os.environ if env is None else env)
+        self.process: Any = None
+        try:
+            if can_spawn():  # git -C: the same as starting git there
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                try:
+                    pid = spawn_process(
+                        ["git", "-C", str(cwd), *args], child_env, stdin=_devnull(), stdout=out_w, stderr=err_w
+                    )
+                except BaseException:
+                    os.close(out_r)
+                    os.close(err_r)
+                    raise
+                finally:
+                    os.close(out_w)
+                    os.close(err_w)
+                self.process = SpawnedProcess(pid, stdout=out_r, stderr=err_r)
+            else:
+                import subprocess
+
+                self.process = subprocess.Popen(
+                    self.argv,
+                    cwd=cwd,
+                    env=child_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+        except FileNotFoundError:
+            self.process = None
+
+    def output(self, check: bool = True) -> str:
+        """git's stdout; GitError when git is missing, hangs, or (with check) fails."""
+        if self.process is None:
+            raise GitError("git: command not found; install git or put it on PATH")
+        if self.result is None:
+            try:
+                out, err = self.process.communicate(timeout=GIT_TIMEOUT)
+            except (TimeoutError, _subprocess_timeout()):
+                import shlex
+
+                self.process.kill()
+                self.process.communicate()
+                raise GitError(f"{shlex.join(self.argv)}: no answer after {GIT_TIMEOUT:.0f}s in {self.cwd}") from None
+            self.result = (self.process.returncode, out, err)
+        code, out, err = self.result
+        if check and code != 0:
+            import shlex
+
+            why = err.decode("utf-8", "replace").strip().splitlines()
+            raise GitError(f"{shlex.join(self.argv)} failed in {self.cwd}: {why[-1] if why else f'exit {code}'}")
+        return out.decode("utf-8", "surrogateescape")
+
+    def succeeded(self) -> bool:
+        try:
+            self.output()
+        except GitError:
+            return False
+        return True
+
+
+def _git_lines(args: Sequence[str], cwd: Path) -> list[str]:
+    """`run_git` for -z output: the NUL-separated items."""
+    return [item for item in run_git(args, cwd).split("\0") if item]
+
+
+# === 7.1. Push refs ===
+
+
+def is_zero_oid(oid: str) -> bool:
+    return bool(_ZERO_OID_RE.match(oid))
+
+
+@dataclass(frozen=True)
+class PushRef:
+    """One ref line git writes to a pre-push hook's stdin."""
+
+    local_ref: str
+    local_oid: str
+    remote_ref: str
+    remote_oid: str
+
+    @property
+    def is_deletion(self) -> bool:
+        return is_zero_oid(self.local_oid)
+
+    @property
+    def is_new(self) -> bool:
+        """The remote has no such ref yet (a new branch or tag)."""
+        return is_zero_oid(self.remote_oid)
+
+    @property
+    def is_tag(self) -> bool:
+        return self.remote_ref.startswith("refs/tags/")
+
+    @property
+    def branch(self) -> str | None:
+        """The remote branch name pushed to ("main" for refs/heads/main), None for others."""
+        prefix = "refs/heads/"
+        return self.remote_ref[len(prefix) :] if self.remote_ref.startswith(prefix) else None
+
+    def as_dict(self) -> dict[str, str]:
         return {
-            "name": self.name,
-            "classname": self.classname,
-            "time": self.time,
-            "status": self.status,
-            "message": self.message,
-            "text": self.text,
-            "file": self.file,
+            "local_ref": self.local_ref,
+            "local_oid": self.local_oid,
+            "remote_ref": self.remote_ref,
+            "remote_oid": self.remote_oid,
         }
 
 
-@dataclass
-class StepResult:
-    """What a runner returns: the step's status, message and extra record fields."""
+@dataclass(frozen=True)
+class PushInfo:
+    """What `git push` is about to send: the remote and every ref line."""
 
-    status: str
-    message: str = ""
-    exit_code: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    testcases: list[TestCase] = field(default_factory=list)
+    remote: str
+    url: str
+    refs: tuple[PushRef, ...]
+
+    @property
+    def updates(self) -> tuple[PushRef, ...]:
+        """Branch updates: what the workflow checks (no deletions, no tags)."""
+        return tuple(ref for ref in self.refs if not ref.is_deletion and not ref.is_tag)
+
+    @property
+    def branches(self) -> list[str]:
+        return [ref.branch for ref in self.updates if ref.branch]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"remote": self.remote, "url": self.url, "refs": [ref.as_dict() for ref in self.refs]}
+
+
+def parse_push_refs(text: str, remote: str = "", url: str = "") -> PushInfo:
+    """Parse git's pre-push stdin: `<local ref> SP <local oid> SP <remote ref> SP <remote oid>`.
+
+    Blank lines are ignored. A malformed line is a UsageError naming it: it means orchestrate
+    was not started by git (or by a hook that mangled stdin), and guessing would let a push
+    through unchecked.
+    """
+    refs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 4 or not (_OID_RE.match(fields[1]) and _OID_RE.match(fields[3])):
+            raise UsageError(
+                f"--git-hook pre-push: stdin line {number} is not "
+                f"'<local ref> <local oid> <remote ref> <remote oid>': {shorten_middle(line, 200)!r} "
+                "(git writes these lines; run the hook from git, or pass --from-ref/--to-ref)"
+            )
+        refs.append(PushRef(*fields))
+    return PushInfo(remote=remote, url=url, refs=tuple(refs))
+
+
+def push_skip_reason(push: PushInfo, has_new_commits: Callable[[PushRef], bool]) -> str | None:
+    """Why this push needs no workflow run at all, or None when it must be checked.
+
+    Skipped: nothing to push (git still runs the hook for "Everything up-to-date"), only
+    deletions, only tags, or branch updates whose commits all are on the remote already
+    (`git push origin main:copy`). `has_new_commits` answers the last question with git.
+    """
+    if not push.refs:
+        return "nothing to push (everything up to date)"
+    if all(ref.is_deletion for ref in push.refs):
+        names = ", ".join(ref.remote_ref for ref in push.refs)
+        return f"push only deletes {names}"
+    updates = push.updates
+    if not updates:
+        tags = ", ".join(
+            ref.remote_ref.removeprefix("refs/tags/") for ref in push.refs if ref.is_tag and not ref.is_deletion
+        )
+        return f"push only carries tags ({tags})"
+    if not any(has_new_commits(ref) for ref in updates):
+        return "push carries no new commits (every pushed commit is on the remote already)"
+    return None
+
+
+class PushedCommits:
+    """The commits each pushed ref brings that the remote lacks, oldest first with their parents
+    (what `git push` sends): one `git rev-list` per ref, all started together and each read
+    once (push_skip_reason, push_range and push_changes share them). Against the remote's tip
+    when this repository has that object; else (a new branch, a tip never fetched) the commits
+    on no remote ref: a second call, only then."""
+
+    def __init__(self, root: Path, refs: Iterable[PushRef] = ()) -> None:
+        self.root = root
+        self.calls: dict[PushRef, tuple[GitCall, bool]] = {}
+        self.found: dict[PushRef, tuple[list[list[str]], bool]] = {}
+        for ref in refs:
+            self._start(ref)
+
+    def _start(self, ref: PushRef) -> None:
+        against_tip = not ref.is_new
+        exclude = [f"^{ref.remote_oid}"] if against_tip else ["--not", "--remotes"]
+        call = GitCall(["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid, *exclude], self.root)
+        self.calls[ref] = (call, against_tip)
+
+    def _read(self, ref: PushRef) -> tuple[list[list[str]], bool]:
+        if ref not in self.found:
+            if ref not in self.calls:
+                self._start(ref)
+            call, against_tip = self.calls[ref]
+            if against_tip and not call.succeeded():  # git does not have the remote's tip
+                call = GitCall(
+                    ["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid, "--not", "--remotes"],
+                    self.root,
+                )
+                against_tip = False
+            self.found[ref] = ([line.split() for line in call.output().splitlines() if line.strip()], against_tip)
+        return self.found[ref]
+
+    def new_commits(self, ref: PushRef) -> list[str]:
+        return [line[0] for line in self._read(ref)[0]]
+
+    def has_remote_tip(self, ref: PushRef) -> bool:
+        """Whether the range starts at the remote's tip (this repository has that commit)."""
+        return self._read(ref)[1]
+
+    def parent_of_first(self, ref: PushRef) -> str:
+        """The first parent of the oldest new commit ("" for a root commit or no new commit)."""
+        lines = self._read(ref)[0]
+        return lines[0][1] if lines and len(lines[0]) > 1 else ""
+
+
+def push_has_new_commits(root: Path, ref: PushRef, commits: PushedCommits | None = None) -> bool:
+    return bool((commits or PushedCommits(root)).new_commits(ref))
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """What a run compares against, for `when.changed` and `when.branch`.
+
+    files is None when there is nothing to compare with (a terminal run without
+    --from-ref): `changed` gates then stay open rather than silently skipping work.
+    """
+
+    files: tuple[str, ...] | None = None
+    description: str = ""
+    branches: tuple[str, ...] = ()
+    from_ref: str = ""
+    to_ref: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "from_ref": self.from_ref,
+            "to_ref": self.to_ref,
+            "branches": list(self.branches),
+            "files": None if self.files is None else len(self.files),
+        }
+
+
+def push_range(root: Path, ref: PushRef, commits: PushedCommits | None = None) -> tuple[str, str]:
+    """(from, to) object names for one pushed ref: from is "" when every commit is new."""
+    commits = commits or PushedCommits(root)
+    if commits.has_remote_tip(ref):
+        return ref.remote_oid, ref.local_oid
+    if not commits.new_commits(ref):
+        return ref.local_oid, ref.local_oid
+    return commits.parent_of_first(ref), ref.local_oid
+
+
+def push_changes(
+    root: Path, push: PushInfo, commits: PushedCommits | None = None, *, list_files: bool = True
+) -> ChangeSet:
+    """The files the pushed commits change: remote oid..local oid for an existing branch;
+    for a new branch, from the parent of its first commit not on any remote ref. Without
+    list_files (no step has a `when` gate to read them), files stays None and git diff is not run."""
+    commits = commits or PushedCommits(root, push.updates)
+    ranges = [push_range(root, ref, commits) for ref in push.updates]
+    diffs = (
+        [
+            GitCall(["diff", "--name-only", "--no-renames", "-z", a, b], root)
+            if a
+            else GitCall(["ls-tree", "-r", "--name-only", "-z", b], root)  # a root commit: every file is new
+            for a, b in ranges
+            if a != b
+        ]
+        if list_files
+        else []
+    )
+    files: set[str] = set()
+    for call in diffs:
+        files.update(item for item in call.output().split("\0") if item)
+    first_from, first_to = ranges[0] if ranges else ("", "")
+    names = ", ".join(ref.remote_ref.removeprefix("refs/heads/") for ref in push.updates)
+    return ChangeSet(
+        files=tuple(sorted(files)) if list_files else None,
+        description=f"pushed to {push.remote or '?'}: {names}",
+        branches=tuple(push.branches),
+        from_ref=first_from,
+        to_ref=first_to,
+    )
+
+
+def compare_changes(
+    root: Path, from_ref: str, to_ref: str = "HEAD", *, branches: Sequence[str] = (), explicit: bool = True
+) -> ChangeSet:
+    """The files changed on `to_ref` since it left `from_ref` (`git diff from...to`, the
+    merge-base comparison a pull request shows).
+
+    An unknown ref given on the command line is a UsageError; one guessed from CI variables
+    (a shallow clone lacks the base) only opens the gates, with the reason kept.
+    """
+    try:
+        files = _git_lines(["diff", "--name-only", "--no-renames", "-z", f"{from_ref}...{to_ref}", "--"], root)
+    except GitError as exc:
+        hint = "fetch the full history in CI (actions/checkout fetch-depth: 0, GitLab GIT_DEPTH: 0)"
+        if explicit:
+            raise UsageError(f"--from-ref {from_ref} --to-ref {to_ref}: cannot compare: {exc}; {hint}") from None
+        return ChangeSet(None, f"cannot compare {from_ref}...{to_ref} ({hint})", tuple(branches), from_ref, to_ref)
+    return ChangeSet(tuple(sorted(set(files))), f"{from_ref}...{to_ref}", tuple(branches), from_ref, to_ref)
+
+
+# === 7.2. when.changed and when.branch gates ===
+
+# Globs are glob_regex() of section 3.1 (Cypress specs use the same syntax).
+
+
+def gate_reason(when: Mapping[str, Any], changes: ChangeSet) -> str | None:
+    """Why `when.changed` / `when.branch` keep a step from running, or None when it runs."""
+    branch_patterns = _as_patterns(when.get("branch"))
+    if branch_patterns:
+        if not changes.branches:
+            return f"when.branch {branch_patterns}: no branch (detached HEAD, or a push of no branch)"
+        if not any(branch_matches(branch, pattern) for branch in changes.branches for pattern in branch_patterns):
+            shown = ", ".join(repr(branch) for branch in changes.branches)
+            return f"when.branch {branch_patterns}: branch {shown} does not match"
+    changed_patterns = _as_patterns(when.get("changed"))
+    if (
+        changed_patterns
+        and changes.files is not None
+        and not any(path_matches(path, pattern) for path in changes.files for pattern in changed_patterns)
+    ):
+        return (
+            f"when.changed {changed_patterns}: no changed file matches "
+            f"({len(changes.files)} changed, {changes.description})"
+        )
+    return None
+
+
+# === 7.3. ORCHESTRATE_SKIP ===
+
+
+_SKIP_ALL = frozenset({"1", "true", "yes", "all", "*"})
+
+
+_SKIP_NONE = frozenset({"", "0", "false", "no"})
+
+
+def parse_skip_env(value: str | None) -> tuple[bool, list[str]]:
+    """ORCHESTRATE_SKIP: "1" (or true/yes/all) skips every step, "a,b c" skips the steps named
+    a and "b c" (names may hold spaces, so only commas separate them)."""
+    text = (value or "").strip()
+    if text.lower() in _SKIP_NONE:
+        return False, []
+    if text.lower() in _SKIP_ALL:
+        return True, []
+    return False, [name.strip() for name in text.split(",") if name.strip()]
+
+
+def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, str], list[str]]:
+    """Which steps ORCHESTRATE_SKIP skips ({name: reason}) and warnings to print.
+
+    A step with `"required": true` is never skipped this way (that is what required means:
+    a team's last line of defence). A name matching no step is a warning, not an error:
+    the variable may be set for several workflows at once.
+    """
+    skip_all, given = parse_skip_env(value)
+    skipped: dict[str, str] = {}
+    warnings: list[str] = []
+    by_name = {step.name: step for step in steps}
+    names = []
+    for item in given:
+        name = step_by_name_or_number(item, list(by_name))
+        if name is None:
+            warnings.append(f"ORCHESTRATE_SKIP: no step {item!r} in this workflow{did_you_mean(item, by_name)}")
+        else:
+            names.append(name)
+    for step in steps:
+        if not (skip_all or step.name in names):
+            continue
+        if step.required:
+            warnings.append(f"ORCHESTRATE_SKIP: step {step.name!r} is required and runs anyway")
+        else:
+            skipped[step.name] = f"ORCHESTRATE_SKIP={value}"
+    return skipped, warnings
+
+
+# === 7.4. Git state and CI detection ===
+
+
+@dataclass(frozen=True)
+class GitStatus:
+    """The checkout at a project root, from one `git status --porcelain=v2 --branch` call."""
+
+    in_repository: bool = False
+    commit: str | None = None  # HEAD; None before the first commit
+    branch: str | None = None  # None when detached
+    changed: tuple[str, ...] = ()  # tracked files changed in the index or the working tree
+    untracked: tuple[str, ...] | None = None  # None unless asked for (untracked=True)
+
+    def info(self, root: Path | None = None, runs_dir: Path | None = None) -> dict[str, Any]:
+        """{"commit", "branch", "dirty", "changed", "prefix"}; {} outside a repository. "dirty"
+        counts untracked files too (not ignored ones) when they were asked for; "changed" lists
+        every file that differs from the commit (modified, staged, deleted, untracked) relative
+        to the repository's top level, the run records under `runs_dir` left out; "prefix" is
+        `root`'s path below that top level."""
+        if not self.in_repository:
+            return {}
+        prefix = (repository_prefix(root) or "") if root is not None else ""
+        runs_prefix = ""
+        if runs_dir is not None and root is not None:
+            runs_prefix = prefix + _display_path(runs_dir, root).rstrip("/") + "/"
+        changed = sorted(
+            {
+                path
+                for path in (*self.changed, *(self.untracked or ()))
+                if not (runs_prefix and path.startswith(runs_prefix))
+            }
+        )
+        return {
+            "commit": self.commit,
+            "branch": self.branch,
+            "dirty": bool(changed),
+            "changed": changed,
+            "prefix": prefix,
+        }
+
+
+def start_git_status(root: Path, untracked: bool = False) -> GitCall:
+    """`git status` for GitStatus, started now (read_git_status reads it). Paths come relative to
+    the repository's top; renames are listed as a deletion and an addition."""
+    return GitCall(
+        [
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "-z",
+            "--no-renames",
+            f"--untracked-files={'all' if untracked else 'no'}",
+        ],
+        root,
+    )
+
+
+def read_git_status(call: GitCall, untracked: bool = False) -> GitStatus:
+    try:
+        out = call.output(check=False)
+    except GitError:
+        return GitStatus()
+    commit = branch = None
+    seen_header = False
+    changed: list[str] = []
+    others: list[str] = []
+    for item in out.split("\0"):
+        if item.startswith("# branch.oid "):
+            seen_header = True
+            oid = item[len("# branch.oid ") :]
+            commit = None if oid == "(initial)" else oid
+        elif item.startswith("# branch.head "):
+            head = item[len("# branch.head ") :]
+            branch = None if head == "(detached)" else head
+        elif item.startswith("? "):
+            others.append(item[2:])
+        elif item.startswith("1 "):  # 1 XY sub mH mI mW hH hI path
+            changed.append(item.split(" ", 8)[-1])
+        elif item.startswith("u "):  # u XY sub m1 m2 m3 mW h1 h2 h3 path
+            changed.append(item.split(" ", 10)[-1])
+        elif item and not item.startswith("#"):
+            changed.append(item)
+    if not seen_header:
+        return GitStatus()
+    return GitStatus(True, commit, branch, tuple(changed), tuple(others) if untracked else None)
+
+
+def git_info(root: Path, runs_dir: Path | None = None) -> dict[str, Any]:
+    """GitStatus.info() of the checkout at `root`, untracked files included, from one `git
+    status` call; {} outside a repository (orchestrate runs fine without git)."""
+    return read_git_status(start_git_status(root, untracked=True), untracked=True).info(root, runs_dir)
+
+
+def repository_prefix(root: Path) -> str | None:
+    """`git rev-parse --show-prefix` without running git: the root's path below the nearest
+    folder up with a .git (folder or file, as in a linked worktree), "" at the top; None when
+    none is found (then git is asked)."""
+    path = os.path.abspath(root)
+    parts: list[str] = []
+    while True:
+        if os.path.lexists(os.path.join(path, ".git")):
+            return "".join(f"{part}/" for part in reversed(parts))
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        parts.append(os.path.basename(path))
+        path = parent
+
+
+def read_github_event(env: Mapping[str, str]) -> dict[str, Any]:
+    """The webhook payload GitHub Actions leaves at GITHUB_EVENT_PATH ({} if unreadable)."""
+    path = env.get("GITHUB_EVENT_PATH")
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def detect_ci(env: Mapping[str, str], event: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The CI system this run is in, from its documented variables, or None outside CI.
+
+    Returns {"provider", "job_url", "commit", "branch", "base"}: base is what `when.changed`
+    compares with (a pull request's base, a push's previous tip), "" when unknown.
+    """
+    if env.get("GITHUB_ACTIONS") == "true":
+        return _github_ci(env, event or {})
+    if env.get("GITLAB_CI"):
+        return _gitlab_ci(env)
+    if env.get("JENKINS_URL") or env.get("JENKINS_HOME"):
+        branch = env.get("CHANGE_BRANCH") or env.get("BRANCH_NAME") or env.get("GIT_BRANCH", "")
+        target = env.get("CHANGE_TARGET", "")
+        return {
+            "provider": "jenkins",
+            "job_url": env.get("BUILD_URL", ""),
+            "commit": env.get("GIT_COMMIT", ""),
+            "branch": branch.removeprefix("origin/"),
+            "base": f"origin/{target}" if target else "",
+        }
+    if _truthy(env.get("CI")):
+        return {"provider": "generic", "job_url": "", "commit": "", "branch": "", "base": ""}
+    return None
+
+
+def _github_ci(env: Mapping[str, str], event: Mapping[str, Any]) -> dict[str, Any]:
+    job_url = ""
+    if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
+        server = env.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+        job_url = f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+    base = ""
+    pull = event.get("pull_request")
+    if isinstance(pull, dict) and isinstance(pull.get("base"), dict):
+        base = str(pull["base"].get("sha") or "")
+    elif env.get("GITHUB_BASE_REF"):
+        base = f"origin/{env['GITHUB_BASE_REF']}"
+    elif isinstance(event.get("before"), str) and not is_zero_oid(event["before"]):
+        base = event["before"]  # a push event: the branch tip before this push
+    return {
+        "provider": "github",
+        "job_url": job_url,
+        "commit": env.get("GITHUB_SHA", ""),
+        "branch": env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", ""),
+        "base": base,
+    }
+
+
+def _gitlab_ci(env: Mapping[str, str]) -> dict[str, Any]:
+    base = env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")
+    before = env.get("CI_COMMIT_BEFORE_SHA", "")
+    if not base and before and not is_zero_oid(before):
+        base = before
+    return {
+        "provider": "gitlab",
+        "job_url": env.get("CI_JOB_URL", ""),
+        "commit": env.get("CI_COMMIT_SHA", ""),
+        "branch": (
+            env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
+            or env.get("CI_COMMIT_BRANCH")
+            or env.get("CI_COMMIT_REF_NAME", "")
+        ),
+        "base": base,
+    }
+
+
+def make_trigger(
+    git: Mapping[str, Any], ci: Mapping[str, Any] | None, push: PushInfo | None = None, hook: str | None = None
+) -> dict[str, Any]:
+    """The run record's "trigger": source (pre-push | ci | cli), provider, job_url, commit,
+    branch, the git state, and the push's ref lines when started by the hook."""
+    source = hook if hook else ("ci" if ci else "cli")
+    trigger: dict[str, Any] = {
+        "source": source,
+        "provider": ci["provider"] if ci else None,
+        "job_url": (ci or {}).get("job_url") or None,
+        "commit": (ci or {}).get("commit") or git.get("commit"),
+        "branch": (ci or {}).get("branch") or git.get("branch"),
+        "git": {"commit": git.get("commit"), "branch": git.get("branch"), "dirty": git.get("dirty")},
+    }
+    if ci:
+        trigger["ci"] = dict(ci)
+    if push is not None:
+        trigger["push"] = push.as_dict()
+    return trigger
+
+
+def step_git_env(env: Mapping[str, str], changes: ChangeSet | None, push: PushInfo | None) -> dict[str, str]:
+    """A step's environment in hook or CI mode: git's hook variables removed (a step's own
+    `git` must see its cwd, not the pushing repository's index), no credential prompts,
+    and ORCHESTRATE_PUSH_REMOTE / ORCHESTRATE_FROM_REF / ORCHESTRATE_TO_REF set."""
+    out = strip_git_env(env)
+    out["GIT_TERMINAL_PROMPT"] = "0"
+    out["ORCHESTRATE_PUSH_REMOTE"] = push.remote if push else ""
+    out["ORCHESTRATE_FROM_REF"] = changes.from_ref if changes else ""
+    out["ORCHESTRATE_TO_REF"] = changes.to_ref if changes else ""
+    return out
+
+
+@dataclass
+class PushedWorktree:
+    """A temporary worktree of the commit being checked."""
+
+    repo: Path  # the project root in the developer's checkout
+    path: Path  # the worktree (the repository's top level at the commit)
+    root: Path  # the project root inside it
+    commit: str
+    owner_file: Path
+    shared: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GitState:
+    """What this section learns before a run starts; the engine carries it as RunOptions.git."""
+
+    git: dict[str, Any] = field(default_factory=dict)
+    ci: dict[str, Any] | None = None
+    push: PushInfo | None = None
+    changes: ChangeSet | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # ORCHESTRATE_SKIP: step -> reason
+    checkout: PushedWorktree | None = None  # the run checks this worktree (--isolated)
+
+
+def run_branch_names(state: GitState | None, trigger: Mapping[str, Any]) -> list[str]:
+    """The branch names this run is about, each once: the pushed branches (remote and
+    local names), the CI system's branch, the checkout's branch."""
+    names: list[Any] = []
+    if state is not None:
+        if state.push is not None:
+            for ref in state.push.updates:
+                names.append(ref.branch)
+                names.append(
+                    ref.local_ref.removeprefix("refs/heads/") if ref.local_ref.startswith("refs/heads/") else None
+                )
+        names += [(state.ci or {}).get("branch"), state.git.get("branch")]
+    names.append(trigger.get("branch"))
+    return list(dict.fromkeys(str(n) for n in names if n))
+
+
+RUN_COMMIT_MESSAGES_LIMIT = 1000  # per pushed ref: a new long-lived branch can carry thousands
+
+
+def run_commit_messages(root: Path, state: GitState | None) -> tuple[list[str], str]:
+    """The messages of the commits this run checks, newest first, and what they are: the
+    pushed commits (each pushed ref's new commits), else the compared range (--from-ref,
+    pre-commit's refs, the CI base), else none and why."""
+    ranges: list[list[str]] = []
+    if state is not None and state.push is not None:
+        for ref in state.push.updates:
+            from_oid, to_oid = push_range(root, ref)
+            if from_oid != to_oid:
+                ranges.append([to_oid, f"^{from_oid}"] if from_oid else [to_oid, "--not", "--remotes"])
+        what = "the pushed commits"
+    elif state is not None and state.changes is not None and state.changes.from_ref and state.changes.to_ref:
+        ranges.append([state.changes.to_ref, f"^{state.changes.from_ref}"])
+        what = f"the commits {state.changes.from_ref}..{state.changes.to_ref}"
+    elif state is not None and (state.ci or {}).get("base"):
+        base = str((state.ci or {})["base"])
+        ranges.append(["HEAD", f"^{base}"])
+        what = f"the commits {base}..HEAD"
+    else:
+        return [], "no commits to read (not a push, no --from-ref)"
+    messages: list[str] = []
+    for revisions in ranges:
+        try:
+            out = run_git(
+                ["log", f"--max-count={RUN_COMMIT_MESSAGES_LIMIT}", "--format=%B%x00", *revisions, "--"],
+                root,
+                check=False,
+            )
+        except GitError:
+            out = ""
+        messages += [m.strip() for m in out.split("\0") if m.strip()]
+    return messages, what
+
+
+# === 7.5. GitHub Actions and GitLab console markup ===
+
+
+def gha_escape_data(text: str) -> str:
+    """Escape a workflow command's message (actions/toolkit command.ts escapeData)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def gha_escape_property(text: str) -> str:
+    """Escape a workflow command's property value (escapeProperty: also ':' and ',')."""
+    return gha_escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def gha_group(title: str) -> str:
+    return f"::group::{gha_escape_data(title)}"
+
+
+def gha_endgroup() -> str:
+    return "::endgroup::"
+
+
+def new_stop_token() -> str:
+    """A token a step cannot guess, so its output cannot end the fence early."""
+    import secrets
+
+    return "orchestrate-" + secrets.token_hex(16)
+
+
+def gha_stop_commands(token: str) -> str:
+    """Until `gha_resume_commands(token)`, the runner treats `::...::` lines as plain text:
+    a step printing `::error::` or `::set-output` cannot forge annotations or outputs."""
+    return f"::stop-commands::{token}"
+
+
+def gha_resume_commands(token: str) -> str:
+    return f"::{token}::"
+
+
+def gha_mask_lines(values: Iterable[str]) -> list[str]:
+    """`::add-mask::` for every secret, line by line (the runner masks single lines)."""
+    lines = []
+    for value in sorted(set(values)):
+        for part in value.splitlines():
+            if part.strip():
+                lines.append(f"::add-mask::{gha_escape_data(part)}")
+    return lines
+
+
+GHA_TEST_ANNOTATIONS = 10  # per step: GitHub shows at most 10 error annotations of a step
+
+
+def gha_error(title: str, message: str, file: str | None = None) -> str:
+    where = f"file={gha_escape_property(file)}," if file else ""
+    return f"::error {where}title={gha_escape_property(title)}::{gha_escape_data(message)}"
+
+
+def gha_warning(title: str, message: str) -> str:
+    return f"::warning title={gha_escape_property(title)}::{gha_escape_data(message)}"
+
+
+_GITLAB_SECTION_RE = lazy_regex(r"[^A-Za-z0-9_.-]+")
+
+
+def gitlab_section_name(index: int, step_name: str) -> str:
+    return f"step_{index + 1}_" + _GITLAB_SECTION_RE.sub("_", step_name)[:60]
+
+
+def gitlab_section_start(name: str, header: str, when: float, collapsed: bool = False) -> str:
+    """GitLab's collapsible job-log section: ESC[0Ksection_start:TS:NAME\\r ESC[0K HEADER."""
+    option = "[collapsed=true]" if collapsed else ""
+    return f"\x1b[0Ksection_start:{int(when)}:{name}{option}\r\x1b[0K{header}"
+
+
+def gitlab_section_end(name: str, when: float) -> str:
+    return f"\x1b[0Ksection_end:{int(when)}:{name}\r\x1b[0K"
+
+
+class PlainCIOutput:
+    """Console decorations for a CI provider; plain output (Jenkins, a terminal) needs none.
+
+    The Console prints what these return: `run_started` before any step (GitHub masks must
+    come before a secret's first appearance), `step_started` before a step's header,
+    `fence_output` on every chunk of its output, `step_output_ended` after its last chunk,
+    `step_finished` after its status line.
+    """
+
+    name = "none"
+
+    def run_started(self, masker: Masker) -> list[str]:
+        return []
+
+    def escape(self, text: str) -> str:
+        """Step-derived text on a line of orchestrate's own, outside any fence."""
+        return text
+
+    def fence(self, step: Step, lines: list[str]) -> list[str]:
+        """A step's own lines printed by orchestrate (the --quiet failure tail)."""
+        return lines
+
+    def step_started(self, step: Step) -> list[str]:
+        return []
+
+    def fence_output(self, data: bytes) -> bytes:
+        return data
+
+    def step_output_ended(self, step: Step) -> list[str]:
+        return []
+
+    def step_finished(self, step: Step, entry: dict[str, Any]) -> list[str]:
+        return []
+
+
+class GitHubCIOutput(PlainCIOutput):
+    """GitHub Actions: a log group per step, child output fenced with ::stop-commands:: (a
+    step printing `::error::` or `::set-output` cannot forge workflow commands), secrets
+    registered with ::add-mask::, an ::error annotation per failed step."""
+
+    name = "github"
+
+    def __init__(self) -> None:
+        self._tokens: dict[int, str] = {}  # by step index: steps may one day run side by side
+
+    def run_started(self, masker: Masker) -> list[str]:
+        return gha_mask_lines(masker.secrets)
+
+    def escape(self, text: str) -> str:
+        # the runner reads every line that starts with '::' (after spaces) as a command:
+        # escaped, a step's "boom\n::error::x" stays on orchestrate's line as text
+        return gha_escape_data(text)
+
+    def fence(self, step: Step, lines: list[str]) -> list[str]:
+        token = new_stop_token()
+        return [gha_stop_commands(token), *lines, gha_resume_commands(token)]
+
+    def step_started(self, step: Step) -> list[str]:
+        token = self._tokens[step.index] = new_stop_token()
+        return [gha_group(f"{step.name} ({step.type})"), gha_stop_commands(token)]
+
+    def step_output_ended(self, step: Step) -> list[str]:
+        token = self._tokens.pop(step.index, "")
+        return ([gha_resume_commands(token)] if token else []) + [gha_endgroup()]
+
+    def step_finished(self, step: Step, entry: dict[str, Any]) -> list[str]:
+        if entry.get("status") != "failed":
+            return []
+        message = str(entry.get("message") or "step failed")
+        if entry.get("allowed_failure"):
+            return [gha_warning(f"{step.name} failed (continue_on_error)", message)]
+        # one annotation on the file of each failed test a report names (GitHub shows ten per step)
+        tests = [
+            gha_error(
+                f"{step.name}: {detail['name']}", str(detail.get("message") or "failed"), file=str(detail["file"])
+            )
+            for detail in (entry.get("failed_test_details") or [])[:GHA_TEST_ANNOTATIONS]
+            if isinstance(detail, dict) and detail.get("file") and detail.get("name")
+        ]
+        return [*tests, gha_error(f"{step.name} failed", message)]
+
+
+class GitLabCIOutput(PlainCIOutput):
+    """GitLab CI: a collapsible job-log section per step."""
+
+    name = "gitlab"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._sections: dict[int, str] = {}  # by step index
+
+    def step_started(self, step: Step) -> list[str]:
+        section = self._sections[step.index] = gitlab_section_name(step.index, step.name)
+        return [gitlab_section_start(section, f"{step.name} ({step.type})", self._clock())]
+
+    def step_output_ended(self, step: Step) -> list[str]:
+        section = self._sections.pop(step.index, "")
+        return [gitlab_section_end(section, self._clock())] if section else []
+
+
+CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {"github": GitHubCIOutput, "gitlab": GitLabCIOutput}
+
+
+def detect_ci_provider(env: Mapping[str, str] | None = None) -> str | None:
+    ci = detect_ci(os.environ if env is None else env, {})
+    return ci["provider"] if ci else None
+
+
+def detect_ci_output() -> PlainCIOutput:
+    factory = CI_OUTPUTS.get(detect_ci_provider() or "")
+    return factory() if factory else PlainCIOutput()
+
+
+# === 7.6. Hook installation ===
+
+
+HOOK_ID = "orchestrate-hook-id: 5c1e0a8f3b7d4e2a"  # marks hooks orchestrate wrote; never change
+
+
+SUPPORTED_HOOKS = ("pre-push",)
+
+
+PRE_PUSH_HOOK = r"""#!/bin/sh
+# orchestrate pre-push hook: runs an orchestrate workflow before `git push` sends anything;
+# a failing workflow stops the push.
+# orchestrate-hook-id: 5c1e0a8f3b7d4e2a
+#
+# Install: orchestrate hook install     Remove: orchestrate hook uninstall
+# A hook that was here before is kept as pre-push.legacy and runs first.
+#
+#   skip this push:         git push --no-verify
+#   skip the workflow:      ORCHESTRATE_SKIP=1 git push   (steps marked "required" still run)
+#   skip some steps:        ORCHESTRATE_SKIP="lint,e2e tests" git push
+#   another workflow:       git config orchestrate.prePushWorkflow NAME
+#                           (or ORCHESTRATE_PRE_PUSH_WORKFLOW=NAME)
+#   orchestrate elsewhere:  ORCHESTRATE_BIN=/path/to/orchestrate
+#   not installed:          the push fails and says how to install it;
+#                           ORCHESTRATE_ALLOW_MISSING=1 lets it through
+#
+# git runs `pre-push <remote name> <remote url>` with one line per ref on stdin:
+#   <local ref> <local oid> <remote ref> <remote oid>
+# Plain POSIX sh, shell builtins only: a push with nothing to check (up to date, only
+# deletions, only tags) ends here before any other program starts; otherwise orchestrate gets
+# the lines, and reads the workflow's name from git config along with its other git calls.
+
+default_workflow=pre-push
+remote=$1 url=$2
+
+# What is pushed, and whether any of it needs a check.
+refs='' check='' deleted='' tags='' updates=''
+classify() {  # the fields of one ref line
+    [ $# -gt 0 ] || return 0
+    if [ $# -ne 4 ]; then
+        check=1  # not what git writes: orchestrate says what is wrong
+        return 0
+    fi
+    case $2$4 in
+        *[!0-9a-f]*) check=1; return 0 ;;
+    esac
+    case $2 in
+        *[!0]*) ;;
+        *) deleted="$deleted${deleted:+, }$3"; return 0 ;;
+    esac
+    case $3 in
+        refs/tags/*) tags="$tags${tags:+, }${3#refs/tags/}"; return 0 ;;
+    esac
+    updates=1
+    [ "$2" = "$4" ] || check=1
+}
+while IFS= read -r line || [ -n "$line" ]; do
+    refs="$refs$line
+"
+    set -f
+    # shellcheck disable=SC2086 # split the line into its fields on purpose
+    classify $line
+    set +f
+done
+
+# A hook that was here before orchestrate's: run it first, with the same arguments and stdin.
+legacy=$0.legacy
+if [ -f "$legacy" ] && [ -x "$legacy" ]; then
+    if [ -n "$refs" ]; then
+        printf '%s' "$refs" | "$legacy" "$remote" "$url" || exit
+    else
+        "$legacy" "$remote" "$url" </dev/null || exit
+    fi
+fi
+
+if [ -z "$check" ]; then
+    if [ -z "$refs" ]; then
+        reason="nothing to push (everything up to date)"
+    elif [ -n "$updates" ]; then
+        reason="push carries no new commits (every pushed commit is on the remote already)"
+    elif [ -n "$tags" ]; then
+        reason="push only carries tags ($tags)"
+    else
+        reason="push only deletes $deleted"
+    fi
+    echo "orchestrate pre-push: nothing to check: $reason"
+    exit 0
+fi
+
+# Find orchestrate: $ORCHESTRATE_BIN, then PATH, then pipx's default ~/.local/bin.
+bin=${ORCHESTRATE_BIN:-}
+if [ -n "$bin" ]; then
+    if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
+        echo "orchestrate pre-push: ORCHESTRATE_BIN=$bin is not an executable file" >&2
+        exit 1
+    fi
+else
+    saved_ifs=$IFS
+    IFS=:
+    set -f
+    # shellcheck disable=SC2086 # split PATH on ':' on purpose
+    for dir in $PATH; do
+        if [ -f "${dir:-.}/orchestrate" ] && [ -x "${dir:-.}/orchestrate" ]; then
+            bin=${dir:-.}/orchestrate
+            break
+        fi
+    done
+    set +f
+    IFS=$saved_ifs
+    if [ -z "$bin" ] && [ -x "${HOME:-/nonexistent}/.local/bin/orchestrate" ]; then
+        bin=$HOME/.local/bin/orchestrate
+    fi
+fi
+
+if [ -z "$bin" ]; then
+    if [ "${ORCHESTRATE_ALLOW_MISSING:-}" = 1 ] || [ "${ORCHESTRATE_SKIP:-}" = 1 ]; then
+        echo "orchestrate pre-push: orchestrate not found; push allowed (ORCHESTRATE_ALLOW_MISSING/ORCHESTRATE_SKIP)" >&2
+        exit 0
+    fi
+    echo "orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): install it with 'pipx install orchestrate-cli', or skip this check with 'git push --no-verify'" >&2
+    exit 1
+fi
+
+# The workflow: $ORCHESTRATE_PRE_PUSH_WORKFLOW, else `git config orchestrate.prePushWorkflow`
+# (orchestrate reads it), else the default.
+if [ -n "${ORCHESTRATE_PRE_PUSH_WORKFLOW:-}" ]; then
+    set -- run "$ORCHESTRATE_PRE_PUSH_WORKFLOW" --git-hook pre-push --push-remote "$remote" --push-url "$url"
+else
+    set -- run "$default_workflow" --workflow-from-git-config --git-hook pre-push --push-remote "$remote" --push-url "$url"
+fi
+exec "$bin" "$@" <<EOF
+$refs
+EOF
+"""
+
+
+def render_hook(hook: str = "pre-push", workflow: str | None = None) -> str:
+    """The hook script `hook install` writes; `workflow` replaces the default workflow name."""
+    if hook not in SUPPORTED_HOOKS:
+        raise UsageError(
+            f"hook {hook!r}: orchestrate installs only "
+            f"{', '.join(SUPPORTED_HOOKS)}{did_you_mean(hook, SUPPORTED_HOOKS)}"
+        )
+    text = PRE_PUSH_HOOK
+    if workflow:
+        check_workflow_name(workflow)
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", workflow):
+            raise UsageError(f"--workflow {workflow!r}: use letters, digits and . _ + - only in a hook's workflow name")
+        text = text.replace("\ndefault_workflow=pre-push\n", f"\ndefault_workflow={workflow}\n")
+    return text
+
+
+def hooks_dir(repo_dir: Path) -> Path:
+    """The folder git really runs hooks from: `git rev-parse --git-path hooks` follows
+    core.hooksPath and, in a linked worktree, the main repository's common folder."""
+    try:
+        out = run_git(["rev-parse", "--git-path", "hooks"], repo_dir).strip()
+    except GitError as exc:
+        raise UsageError(
+            f"{repo_dir}: not inside a git repository ({exc}); run `git init` first or pass --root"
+        ) from None
+    path = Path(out)
+    return path if path.is_absolute() else (repo_dir / path).resolve()
+
+
+def is_our_hook(path: Path) -> bool:
+    try:
+        return HOOK_ID in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+def _hook_workflow(text: str) -> str:
+    match = re.search(r"^default_workflow=(\S+)$", text, re.MULTILINE)
+    return match.group(1) if match else "pre-push"
+
+
+def _write_executable(path: Path, text: str) -> None:
+    """Write a hook atomically (a push racing the install sees old or new, never half)."""
+    tmp = path.with_name(f".{path.name}.orchestrate-tmp")
+    tmp.write_text(text, encoding="utf-8", newline="\n")
+    tmp.chmod(0o755)
+    os.replace(tmp, path)
+
+
+@dataclass
+class HookChange:
+    """What hook install or uninstall did, in one sentence."""
+
+    path: Path
+    message: str
+    legacy: Path | None = None
+
+
+def install_hook(
+    repo_dir: Path, hook: str = "pre-push", workflow: str | None = None, force: bool = False
+) -> HookChange:
+    """Install orchestrate's hook; a foreign hook is refused, or with force kept as
+    HOOK.legacy and run first (pre-commit's convention)."""
+    text = render_hook(hook, workflow)
+    folder = hooks_dir(repo_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / hook
+    legacy = folder / f"{hook}.legacy"
+    kept: Path | None = legacy if legacy.exists() else None
+    if (path.exists() or path.is_symlink()) and not is_our_hook(path):
+        if not force:
+            raise UsageError(
+                f"{path}: a {hook} hook orchestrate did not write is already there; "
+                f"rerun with --force to keep it as {legacy.name} and run it before "
+                "orchestrate, or move it away"
+            )
+        if legacy.exists() or legacy.is_symlink():
+            raise UsageError(
+                f"{path}: both a foreign {hook} hook and {legacy.name} exist; move one of them away, then rerun"
+            )
+        os.replace(path, legacy)
+        kept = legacy
+    _write_executable(path, text)
+    message = f"installed {hook} hook at {path} (workflow {_hook_workflow(text)!r})"
+    if kept:
+        message += f"; the previous hook is kept as {kept.name} and runs first"
+    return HookChange(path, message, kept)
+
+
+def uninstall_hook(repo_dir: Path, hook: str = "pre-push") -> HookChange:
+    """Remove orchestrate's hook (never a foreign one) and put HOOK.legacy back."""
+    if hook not in SUPPORTED_HOOKS:
+        render_hook(hook)  # raises the usage error
+    folder = hooks_dir(repo_dir)
+    path = folder / hook
+    legacy = folder / f"{hook}.legacy"
+    if not (path.exists() or path.is_symlink()):
+        return HookChange(path, f"no {hook} hook at {path}; nothing to remove")
+    if not is_our_hook(path):
+        raise UsageError(
+            f"{path}: this {hook} hook was not written by orchestrate; "
+            "left as it is (remove it yourself if you mean to)"
+        )
+    path.unlink()
+    if legacy.exists() or legacy.is_symlink():
+        os.replace(legacy, path)
+        return HookChange(
+            path, f"removed orchestrate's {hook} hook; restored the previous hook from {legacy.name}", path
+        )
+    return HookChange(path, f"removed orchestrate's {hook} hook from {path}")
+
+
+def hook_status(repo_dir: Path, hook: str = "pre-push") -> dict[str, Any]:
+    """What git will run on push, as data: hooks folder, whether core.hooksPath moved it,
+    the hook's owner (orchestrate | foreign | none), its workflow and chained legacy hook."""
+    folder = hooks_dir(repo_dir)
+    path = folder / hook
+    legacy = folder / f"{hook}.legacy"
+    hooks_path = run_git(["config", "--get", "core.hooksPath"], repo_dir, check=False).strip()
+    configured = run_git(["config", "--get", "orchestrate.prePushWorkflow"], repo_dir, check=False).strip()
+    state = "none"
+    workflow = None
+    if path.exists():
+        state = "orchestrate" if is_our_hook(path) else "foreign"
+    executable = path.exists() and os.access(path, os.X_OK)
+    if state == "orchestrate":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        workflow = os.environ.get("ORCHESTRATE_PRE_PUSH_WORKFLOW") or configured or _hook_workflow(text)
+    has_legacy = legacy.exists() and os.access(legacy, os.X_OK)
+    if state == "none":
+        summary = f"git runs no {hook} hook (none at {path}); install: orchestrate hook install"
+    elif not executable:
+        summary = f"git ignores {path}: it is not executable (chmod +x it)"
+    elif state == "foreign":
+        summary = (
+            f"git runs {path}, a hook orchestrate did not write; "
+            "orchestrate hook install --force keeps it and runs it first"
+        )
+    else:
+        summary = f"git runs {path}: orchestrate workflow {workflow!r}"
+        if has_legacy:
+            summary = f"git runs {path}: {legacy.name} first, then orchestrate workflow {workflow!r}"
+    return {
+        "hook": hook,
+        "hooks_dir": str(folder),
+        "core_hooks_path": hooks_path or None,
+        "path": str(path),
+        "state": state,
+        "executable": executable,
+        "workflow": workflow,
+        "legacy": str(legacy) if has_legacy else None,
+        "summary": summary,
+    }
+
+
+# === 8. Reports ===
+
+
+def _junit_time(seconds: Any) -> str:
+    return f"{float(seconds or 0):.3f}"
+
+
+def _junit_timestamp(iso: str | None) -> str:
+    # the Ant schema's pattern: no fraction, no zone (UTC by our convention)
+    return (iso or utc_now())[:19]
+
+
+class _XmlElement:
+    """An element of _SmallElementTree."""
+
+    __slots__ = ("attrib", "children", "tag", "text")
+
+    def __init__(self, tag: str, attrib: dict[str, str]) -> None:
+        self.tag, self.attrib, self.text = tag, attrib, ""
+        self.children: list[_XmlElement] = []
+
+
+def _xml_escape(text: str, attribute: bool = False) -> str:
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if attribute:
+        text = text.replace('"', "&quot;").replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#09;")
+    return text
+
+
+class _SmallElementTree:
+    """The part of xml.etree.ElementTree that build_junit_xml uses, writing the same bytes as
+    ET.tostring(root, encoding="utf-8"): importing ElementTree cost about 4 ms of every run
+    (a run writes its report whatever happens). tests/test_junit.py compares the two."""
+
+    @staticmethod
+    def Element(tag: str, **attrib: str) -> _XmlElement:  # ElementTree's names
+        return _XmlElement(tag, attrib)
+
+    @staticmethod
+    def SubElement(parent: _XmlElement, tag: str, **attrib: str) -> _XmlElement:
+        element = _XmlElement(tag, attrib)
+        parent.children.append(element)
+        return element
+
+    @staticmethod
+    def tostring(root: _XmlElement, encoding: str = "utf-8") -> bytes:
+        parts: list[str] = []
+
+        def write(element: _XmlElement) -> None:
+            parts.append("<" + element.tag)
+            for key, value in element.attrib.items():
+                parts.append(f' {key}="{_xml_escape(value, attribute=True)}"')
+            if element.text or element.children:
+                parts.append(">" + _xml_escape(element.text or ""))
+                for child in element.children:
+                    write(child)
+                parts.append(f"</{element.tag}>")
+            else:
+                parts.append(" />")
+
+        write(root)
+        return "".join(parts).encode(encoding, "xmlcharrefreplace")
+
+
+def build_junit_xml(
+    record: dict[str, Any], testcases: dict[int, list[TestCase]] | None = None, shard: tuple[int, int] | None = None
+) -> bytes:
+    """One <testsuite> per run (a <testcase> per step), plus one per step that reported its own
+    test cases; valid against both Jenkins xunit's junit-10.xsd and the Ant-style JUnit.xsd."""
+    hostname = xml_safe(_hostname() or "localhost") or "localhost"
+    workflow = xml_safe(record.get("workflow") or "workflow")
+    suite_name = workflow + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
+    root = _SmallElementTree.Element("testsuites")
+    _junit_run_suite(root, record, suite_name, workflow, hostname)
+    entries = record.get("log", [])
+    for n, (index, cases) in enumerate(sorted((testcases or {}).items()), start=1):
+        entry = entries[index] if index < len(entries) else {"step": f"step {index}"}
+        _junit_step_suite(root, n, entry, cases, suite_name, workflow, hostname)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + _SmallElementTree.tostring(root, encoding="utf-8") + b"\n"
+
+
+def _junit_run_suite(root: _XmlElement, record: dict[str, Any], suite_name: str, workflow: str, hostname: str) -> None:
+    """The run's own <testsuite>: its properties, a <testcase> per step, and in system-out one
+    line per step with its start (testcase has no start attribute in either schema)."""
+    ET: Any = _SmallElementTree
+    suite = ET.SubElement(root, "testsuite")
+    entries = record.get("log", [])
+    failures = sum(1 for e in entries if e.get("status") == "failed" and not e.get("allowed_failure"))
+    skipped = sum(1 for e in entries if e.get("status") in ("skipped", "pending") or e.get("allowed_failure"))
+    suite.attrib.update(
+        name=suite_name,
+        package=workflow,
+        id="0",
+        timestamp=_junit_timestamp(record.get("started_at")),
+        hostname=hostname,
+        tests=str(len(entries)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+        time=_junit_time(record.get("duration_s")),
+    )
+    props = ET.SubElement(suite, "properties")
+    for key in ("run_id", "status", "workflow_sha256"):
+        if record.get(key):
+            ET.SubElement(props, "property", name=key, value=xml_safe(str(record[key])))
+    git = (record.get("trigger") or {}).get("git") or {}
+    for key in ("commit", "branch"):
+        if git.get(key):
+            ET.SubElement(props, "property", name=f"git.{key}", value=xml_safe(str(git[key])))
+    out_lines = [_junit_step_case(suite, workflow, entry) for entry in entries]
+    ET.SubElement(suite, "system-out").text = xml_safe(
+        "\n".join(out_lines) + ("\n" + record["message"] if record.get("message") else "")
+    )
+    ET.SubElement(suite, "system-err").text = ""
+
+
+def _junit_step_case(suite: _XmlElement, workflow: str, entry: Mapping[str, Any]) -> str:
+    """A step's <testcase> in the run's suite; returns its system-out line."""
+    ET: Any = _SmallElementTree
+    case = ET.SubElement(
+        suite,
+        "testcase",
+        classname=workflow,
+        name=xml_safe(entry.get("step") or "step"),
+        time=_junit_time(entry.get("duration_s")),
+    )
+    status = entry.get("status")
+    message = xml_safe(entry.get("message") or "")
+    if status == "failed" and entry.get("allowed_failure"):
+        ET.SubElement(case, "skipped", message=f"failed, allowed by continue_on_error: {message}")
+    elif status == "failed":
+        failure = ET.SubElement(case, "failure", message=message or "failed", type="StepFailed")
+        failure.text = xml_safe(entry.get("output_tail") or "")
+    elif status in ("skipped", "pending"):
+        ET.SubElement(case, "skipped", message=message or "not run")
+    started = f", started {entry['started_at']}" if entry.get("started_at") else ""
+    return f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s{started})" + (
+        f": {entry.get('message')}" if entry.get("message") else ""
+    )
+
+
+def _junit_step_suite(
+    root: _XmlElement,
+    number: int,
+    entry: dict[str, Any],
+    cases: list[TestCase],
+    suite_name: str,
+    workflow: str,
+    hostname: str,
+) -> None:
+    """The <testsuite> of the test cases one step reported (its JUnit files, Cypress specs)."""
+    ET: Any = _SmallElementTree
+    step_name = xml_safe(entry["step"])
+    sub = ET.SubElement(root, "testsuite")
+    sub.attrib.update(
+        name=f"{suite_name} › {step_name}",
+        package=f"{workflow}.{step_name}",
+        id=str(number),
+        timestamp=_junit_timestamp(entry.get("started_at")),
+        hostname=hostname,
+        tests=str(len(cases)),
+        failures=str(sum(1 for c in cases if c.status == "failed")),
+        errors="0",
+        skipped=str(sum(1 for c in cases if c.status == "skipped")),
+        time=_junit_time(sum(c.time for c in cases)),
+    )
+    ET.SubElement(sub, "properties")
+    for case_data in cases:
+        case = ET.SubElement(
+            sub,
+            "testcase",
+            classname=xml_safe(case_data.classname) or step_name,
+            name=xml_safe(case_data.name) or "test",
+            time=_junit_time(case_data.time),
+        )
+        if case_data.status == "failed":
+            failure = ET.SubElement(case, "failure", message=xml_safe(case_data.message) or "failed", type="TestFailed")
+            failure.text = xml_safe(case_data.text)
+        elif case_data.status == "skipped":
+            ET.SubElement(case, "skipped", message=xml_safe(case_data.message) or "skipped")
+    ET.SubElement(sub, "system-out").text = ""
+    ET.SubElement(sub, "system-err").text = ""
+
+
+# === 8.1. Test reports a step writes (`reports`), and the one JUnit parser ===
+# Every JUnit file orchestrate reads (Cypress's, and whatever a step's `reports` globs match:
+# pytest --junitxml, jest-junit, go-junit-report, Maven Surefire) goes through parse_junit_xml:
+# a file is a step's output, so it may be hostile. expat is driven directly, so a DOCTYPE (and
+# with it every entity declaration: "billion laughs", external entities) is refused before
+# anything is expanded, and a file is read only up to MAX_REPORT_BYTES, never through a
+# symbolic link, and only when it is a regular file (a FIFO would hang the run).
+
+
+def _valid_seconds(value: Any) -> bool:
+    """A usable duration: a finite, non-negative JSON number (true/false are not numbers)."""
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _seconds(value: str | None) -> float:
+    """A JUnit time attribute as seconds; 0 where it is missing or not a duration."""
+    try:
+        seconds = float((value or "0").replace(",", ""))
+    except ValueError:
+        return 0.0
+    return seconds if _valid_seconds(seconds) else 0.0
+
+
+MAX_REPORT_BYTES = 64 * 1024 * 1024
+
+
+MAX_REPORT_FILES = 1000  # per step and attempt: beyond it the step says so
+
+
+MAX_STEP_TESTCASES = 50_000  # cases one step keeps for the report (and its .tests.json)
+
+
+MAX_TEST_TEXT = 16 * 1024  # a failure's text kept per case; the tool's own file has it all
+
+
+REPORT_FAILED_NAMES_MAX = CYPRESS_FAILED_NAMES_MAX
+
+
+_TEST_FILE_SUFFIXES = (".py", ".java", ".kt", ".scala", ".groovy", ".js", ".ts", ".rb", ".cs", ".go")
+
+
+_TEST_FILE_PREFIXES = ("", "src/test/java/", "src/test/kotlin/", "src/test/scala/", "test/", "tests/")
+
+
+class ReportError(ValueError):
+    """A test report that cannot be used; the message says why (the caller names the file)."""
+
+
+def parse_junit_xml(data: bytes) -> Any:
+    """The element tree of a JUnit XML document, hardened: no DTD or entity declaration is
+    accepted (ReportError), nor a document over MAX_REPORT_BYTES; ReportError when it is not
+    well-formed. Only the five predefined entities and character references are expanded."""
+    import xml.etree.ElementTree as ET
+    from xml.parsers import expat
+
+    if len(data) > MAX_REPORT_BYTES:
+        raise ReportError(
+            f"it is {len(data) / 1e6:.0f} MB; a report may be at most {MAX_REPORT_BYTES // (1024 * 1024)} MiB"
+        )
+    builder = ET.TreeBuilder()
+    parser = expat.ParserCreate()
+    parser.buffer_text = True
+
+    def refuse(*_: Any) -> None:
+        raise ReportError("it declares a DOCTYPE; JUnit reports have none, and its entities could expand without bound")
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse  # type: ignore[assignment]
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    try:
+        parser.Parse(data, True)
+        return builder.close()
+    except expat.ExpatError as exc:
+        raise ReportError(f"not well-formed XML: {exc}") from None
+    except (ValueError, LookupError, AssertionError) as exc:  # ValueError covers ReportError
+        if isinstance(exc, ReportError):
+            raise
+        raise ReportError(f"not a JUnit report ({type(exc).__name__}: {exc})") from None
+
+
+def read_report_file(path: Path) -> bytes:
+    """A report's bytes: a regular file, not followed through a symbolic link, at most
+    MAX_REPORT_BYTES (ReportError otherwise; OSError when it cannot be opened)."""
+    import errno
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ReportError("it is a symbolic link; orchestrate reads reports only as files") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportError("it is not a regular file")
+        if info.st_size > MAX_REPORT_BYTES:
+            raise ReportError(
+                f"it is {info.st_size / 1e6:.0f} MB; a report may be at most {MAX_REPORT_BYTES // (1024 * 1024)} MiB"
+            )
+        chunks, size = [], 0
+        while size <= MAX_REPORT_BYTES:
+            chunk = os.read(fd, READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _root_relative(path: Path | str, root: Path) -> str:
+    """`path` relative to the project root, POSIX-style, when it is inside it; else as given."""
+    text = os.path.normpath(os.path.join(root, path))
+    base = os.path.abspath(root)
+    if _inside(text, base):
+        return os.path.relpath(text, base).replace(os.sep, "/")
+    return str(path).replace(os.sep, "/")
+
+
+def case_file_of(classname: str, root: Path, given: str = "") -> str:
+    """The file a JUnit test case belongs to, relative to the root: its `file` attribute (or
+    its suite's), else found from a dotted classname (pytest's `tests.test_calc`, Surefire's
+    `com.acme.CalcTest` under src/test/java/), else ""."""
+    if given:
+        return _root_relative(given.replace("\\", "/"), root)
+    parts = [p for p in classname.replace("::", ".").split(".") if p]
+    if not parts or len(parts) > 32 or any("/" in p for p in parts):
+        return ""
+    for count in range(len(parts), 0, -1):
+        base = "/".join(parts[:count])
+        for prefix in _TEST_FILE_PREFIXES:
+            for suffix in _TEST_FILE_SUFFIXES:
+                candidate = f"{prefix}{base}{suffix}"
+                if (root / candidate).is_file():
+                    return candidate
+    return ""
+
+
+def junit_test_cases(document: Any, root: Path) -> list[TestCase]:
+    """Every <testcase> of a JUnit document (nested suites too), in document order. A case
+    with <failure> or <error> failed, one with <skipped> was skipped; `file` comes from the
+    case, its suite, or its classname (case_file_of)."""
+    cases: list[TestCase] = []
+    files: dict[str, str] = {}  # classname -> file: looked up once per class
+    stack: list[tuple[Any, str]] = [(document, document.get("file", "") if document.tag == "testsuite" else "")]
+    while stack:
+        element, suite_file = stack.pop()
+        children = list(element)
+        for child in reversed(children):
+            if child.tag == "testsuite":
+                stack.append((child, child.get("file") or suite_file))
+        if element.tag == "testsuites":
+            continue
+        for case in element.findall("testcase"):
+            problem = case.find("failure")
+            if problem is None:
+                problem = case.find("error")
+            skipped = case.find("skipped")
+            if problem is not None:
+                status, message, text = "failed", problem.get("message", ""), problem.text or ""
+            elif skipped is not None:
+                status, message, text = "skipped", skipped.get("message", ""), ""
+            else:
+                status, message, text = "passed", "", ""
+            classname = case.get("classname", "")
+            given = case.get("file") or suite_file
+            key = f"{classname}\0{given}"
+            if key not in files:
+                files[key] = case_file_of(classname, root, given)
+            cases.append(
+                TestCase(
+                    name=case.get("name", ""),
+                    classname=classname,
+                    time=_seconds(case.get("time")),
+                    status=status,
+                    message=message,
+                    text=text[:MAX_TEST_TEXT],
+                    file=files[key],
+                )
+            )
+    return cases
+
+
+def case_display_name(case: TestCase) -> str:
+    """`file › test` (or `classname › test`): how the record and messages name a reported test."""
+    return " › ".join(part for part in (case.file or case.classname, case.name) if part)
+
+
+def report_snapshot(step: Step, root: Path, runs_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """The files a step's `reports` globs match now, with what identifies their version:
+    a file that is the same afterwards is from before the step and is not read."""
+    return {
+        path: (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+        for path, info in match_files(root, step.reports, runs_dir)
+    }
+
+
+def read_step_reports(
+    step: Step, root: Path, runs_dir: Path, before: Mapping[str, tuple[int, int, int]], masker: Masker
+) -> tuple[list[TestCase], list[str], list[str]]:
+    """The test cases of the reports the step (re)wrote since `before`, masked; the files
+    read; and one problem line per report that could not be used (none found included)."""
+    found = [
+        (path, info)
+        for path, info in match_files(root, step.reports, runs_dir)
+        if before.get(path) != (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+    ]
+    problems: list[str] = []
+    if not found:
+        shown = ", ".join(repr(p) for p in step.reports)
+        return [], [], [f"reports: no file matching {shown} was written by the step"]
+    if len(found) > MAX_REPORT_FILES:
+        problems.append(f"reports: {len(found)} files match; the first {MAX_REPORT_FILES} were read")
+        found = found[:MAX_REPORT_FILES]
+    cases: list[TestCase] = []
+    for path, _info in found:
+        try:
+            cases += junit_test_cases(parse_junit_xml(read_report_file(root / path)), root)
+        except (ReportError, OSError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.append(f"reports: {masker.mask_readable(path)} is not a usable JUnit report ({why})")
+    if len(cases) > MAX_STEP_TESTCASES:
+        problems.append(f"reports: {len(cases)} test cases; the first {MAX_STEP_TESTCASES} are kept")
+        cases = cases[:MAX_STEP_TESTCASES]
+    masked = [
+        TestCase(
+            name=masker.mask_readable(c.name),
+            classname=masker.mask_readable(c.classname),
+            time=c.time,
+            status=c.status,
+            message=masker.mask_readable(c.message),
+            text=masker.mask_readable(c.text),
+            file=masker.mask_readable(c.file),
+        )
+        for c in cases
+    ]
+    return masked, [path for path, _ in found], problems
+
+
+def failed_test_details(failed: Iterable[TestCase]) -> list[dict[str, str]]:
+    """The record's `failed_test_details`: each failed test's name (as in failed_tests), its
+    file relative to the root and the first line of its message, for annotations on the file."""
+    return [
+        {
+            "name": case_display_name(case),
+            "file": case.file,
+            "message": _shorten((case.message or case.text or "failed").strip().split("\n", 1)[0], 300),
+        }
+        for case in list(failed)[:REPORT_FAILED_NAMES_MAX]
+    ]
+
+
+def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list[str]) -> StepResult:
+    """A step's result with its reports read in: the counts and failed names in the record,
+    the cases for the JUnit report; a step whose tool passed fails when a report records a
+    failed test or could not be read."""
+    failed = [c for c in cases if c.status == "failed"]
+    extra = dict(result.extra)
+    extra.update(
+        tests=extra.get("tests", 0) + len(cases),
+        failures=extra.get("failures", 0) + len(failed),
+        failed_tests=[*(extra.get("failed_tests") or []), *(case_display_name(c) for c in failed)][
+            :REPORT_FAILED_NAMES_MAX
+        ],
+        failed_test_details=[*(extra.get("failed_test_details") or []), *failed_test_details(failed)][
+            :REPORT_FAILED_NAMES_MAX
+        ],
+    )
+    parts = []
+    if failed:
+        names = ", ".join(case_display_name(c) for c in failed[:3])
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        parts.append(f"{len(failed)} of {len(cases)} tests failed: {names}{more}")
+    parts += problems
+    status, message = result.status, result.message
+    if parts:
+        if status == "passed":
+            status, message = "failed", "; ".join(parts)
+        else:
+            message = "; ".join(filter(None, [message, *parts]))
+    elif status == "passed" and not message:
+        message = f"{plural(len(cases), 'test')} passed"
+    return StepResult(
+        status=status,
+        message=message,
+        exit_code=result.exit_code,
+        extra=extra,
+        testcases=[*result.testcases, *cases][:MAX_STEP_TESTCASES],
+    )
+
+
+_STD_STREAM_PATH_RE = lazy_regex(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_report_copy(path: Path, data: bytes) -> None:
+    """Write `--junit-xml PATH` without destroying what PATH is: /dev/stdout and its kind are
+    written to the descriptor itself; a device, FIFO or socket is opened and written into
+    (never replaced by a regular file: as root, /dev/full used to become one); a symbolic link
+    to a regular file stays a link and its target is replaced atomically; anything else is
+    replaced atomically as before. Raises OSError."""
+    import stat
+
+    stream = _STD_STREAM_PATH_RE.fullmatch(str(path))
+    if stream is not None:
+        fd = 1 if stream.group(1) else 2 if stream.group(2) else int(stream.group(3) or stream.group(4))
+        for handle in (sys.stdout, sys.stderr):
+            try:
+                handle.flush()
+            except (OSError, ValueError):
+                pass
+        _write_fd(fd, data)
+        return
+    try:
+        info: os.stat_result | None = os.stat(path)  # through a link: what it leads to
+    except FileNotFoundError:
+        info = None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(21, "is a folder", str(path))
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of hanging the run
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        try:
+            os.set_blocking(fd, True)
+            _write_fd(fd, data)
+        finally:
+            os.close(fd)
+        return
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, data)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def summary_counts(record: dict[str, Any]) -> str:
+    entries = record.get("log", [])
+    passed = sum(1 for e in entries if e.get("status") == "passed")
+    failed = sum(1 for e in entries if e.get("status") == "failed")
+    allowed = sum(1 for e in entries if e.get("allowed_failure"))
+    skipped = sum(1 for e in entries if e.get("status") in ("skipped", "pending"))
+    failed_text = f"{failed} failed" + (f" ({allowed} allowed)" if allowed else "")
+    return f"{passed} passed, {failed_text}, {skipped} skipped"
+
+
+def closing_line(record: dict[str, Any]) -> str:
+    return (
+        f"{record.get('workflow')}: {summary_counts(record)} in "
+        f"{float(record.get('duration_s') or 0):.1f}s (run {record.get('run_id')})"
+    )
+
+
+def render_step_table(record: dict[str, Any], detail_text: Callable[[str], str] = readable) -> list[str]:
+    """One row per step: status, duration and, when steps overlapped, when each started; a
+    step's message (its own text) goes through detail_text."""
+    rows = []
+    offsets = step_offsets(record)
+    for i, entry in enumerate(record.get("log", [])):
+        status = entry.get("status", "?")
+        label = "failed*" if entry.get("allowed_failure") else status
+        detail = detail_text(str(entry.get("message") or ""))
+        start = ""
+        if offsets is not None:
+            start = f"{'+' + format_duration(offsets[i]) if offsets[i] is not None else '-':>8}"
+        rows.append(
+            f"  {label:<8}{start} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
+            + (f" — {detail}" if detail and status != "passed" else "")
+        )
+    if any(e.get("allowed_failure") for e in record.get("log", [])):
+        rows.append("  (* failure allowed by continue_on_error)")
+    return rows
+
+
+_COLORS = {"passed": "32", "failed": "31", "skipped": "33", "header": "1", "dim": "2"}
+
+
+class _ConsoleStream:
+    """A console stream that may go away (`orchestrate run deploy | head`, a CI log pipe
+    closed early): the run, its record and its report matter more than its echo, so after
+    EPIPE output is dropped and the run carries on. Before, the BrokenPipeError ended the run
+    mid-step with exit 0 and left a record that later read as interrupted."""
+
+    def __init__(self, stream: Any, binary: bool = False) -> None:
+        self._stream = stream
+        self._binary = binary
+        self.gone = False
+        inner = getattr(stream, "buffer", None)
+        self.buffer = _ConsoleStream(inner, binary=True) if inner is not None and not binary else None
+
+    def _went_away(self) -> None:
+        self.gone = True
+        if self.buffer is not None:
+            self.buffer.gone = True
+        try:  # so the interpreter's final flush of sys.stdout does not complain either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, AttributeError, ValueError):
+            pass
+
+    def write(self, data: Any) -> None:
+        if self.gone:
+            return
+        try:
+            self._stream.write(data)
+        except BrokenPipeError:
+            self._went_away()
+
+    def flush(self) -> None:
+        if self.gone:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._went_away()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._stream, "isatty", lambda: False)())
+
+
+class Console(RunSink):
+    """Everything orchestrate prints while running. Colour only on a terminal without NO_COLOR;
+    live status lines only on a terminal, never into a pipe or CI log.
+
+    Output modes: `live` streams the one running step's output as it comes (a chain, or
+    --jobs 1); `grouped` prints each step's output whole when it ends, from its log file, so
+    steps running in parallel never interleave (the default when they can); `prefixed` streams
+    every line as it comes with `name | ` in front. Under GitHub Actions and GitLab a step is
+    one group or section: `prefixed` is printed grouped there."""
+
+    MODES = ("live", "grouped", "prefixed")
+
+    def __init__(
+        self,
+        quiet: bool = False,
+        stream: Any = None,
+        debug: bool = False,
+        color: bool | None = None,
+        ci: PlainCIOutput | None = None,
+        output: str = "live",
+    ) -> None:
+        self.stream = _ConsoleStream(stream if stream is not None else sys.stdout)
+        self.quiet = quiet
+        self.debug_enabled = debug
+        is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.is_tty = is_tty
+        self.color = (
+            is_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb" if color is None else color
+        )
+        self.ci = ci if ci is not None else PlainCIOutput()
+        if output == "prefixed" and self.ci.name != "none":
+            output = "grouped"
+        self.mode = output
+        self.masker = Masker()
+        self.total = 0
+        self.lock = _thread.RLock()  # prefixed output arrives from the steps' threads
+        self.running: dict[int, tuple[Step, float]] = {}  # index -> (step, started), start order
+        self.live_lines = 0  # status lines drawn at the bottom of the terminal
+        self.at_line_start = True  # live mode: the last byte of step output was a newline
+        self.last_output = 0.0
+        self.partial: dict[int, bytes] = {}  # prefixed mode: each step's unfinished line
+
+    # -- plain writing -------------------------------------------------------------------
+
+    def style(self, text: str, kind: str) -> str:
+        return f"\x1b[{_COLORS[kind]}m{text}\x1b[0m" if self.color else text
+
+    def write(self, text: str) -> None:
+        """One of orchestrate's own lines. Not masked as a whole: the summary, the run id and
+        step names are orchestrate's; what came from a step (messages, output tails, test
+        names) was masked where it was produced and goes through step_text() here."""
+        with self.lock:
+            self._clear_live()
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def step_text(self, text: str) -> str:
+        """Text a step produced, for a line of orchestrate's own: masked, without escapes or
+        control characters (a raw ESC or BEL never reaches the terminal this way), and
+        escaped as the CI system needs (GitHub: a newline cannot start a forged command)."""
+        return self.ci.escape(self.masker.mask_readable(text))
+
+    def _lines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.stream.write(line + "\n")
+
+    def debug(self, text: str) -> None:
+        if self.debug_enabled:
+            self.write(self.style(text, "dim"))
+
+    def _binary(self) -> Any:
+        return getattr(self.stream, "buffer", None)
+
+    def _raw(self, data: bytes) -> None:
+        binary = self._binary()
+        if binary is not None:
+            binary.write(data)
+            binary.flush()
+        else:
+            self.stream.write(bytes(data).decode("utf-8", "replace"))
+            self.stream.flush()
+
+    def _number(self, step: Step) -> str:
+        return f"[{step.index + 1}/{self.total}]"
+
+    # -- live status lines ----------------------------------------------------------------
+
+    def _live_text(self) -> list[str]:
+        now = time.monotonic()
+        return [f"{self._number(step)} {step.name} … {now - since:.0f}s" for step, since in self.running.values()]
+
+    def _clear_live(self) -> None:
+        if not self.live_lines:
+            return
+        if self.live_lines == 1:
+            self.stream.write("\r\x1b[2K")
+        else:  # up to the first status line, then clear to the end of the screen
+            self.stream.write(f"\r\x1b[{self.live_lines - 1}A\x1b[J")
+        self.live_lines = 0
+
+    def _draw_live(self) -> None:
+        """The status lines: one per running step (on one line with --quiet); in live mode
+        only while the step is silent and its output is at the start of a line."""
+        if not self.is_tty or not self.running:
+            return
+        if self.quiet:
+            text = [" · ".join(self._live_text())]
+        elif self.mode == "live":
+            if not self.at_line_start or time.monotonic() - self.last_output < 1.0:
+                return
+            text = self._live_text()[:1]
+        else:
+            text = self._live_text()
+        self._clear_live()
+        self.stream.write("\r\x1b[2K" + "\n".join(self.style(t, "dim") if not self.quiet else t for t in text))
+        self.stream.flush()
+        self.live_lines = len(text)
+
+    def tick(self) -> None:
+        with self.lock:
+            self._draw_live()
+
+    # -- step output ----------------------------------------------------------------------
+
+    def step_output_writer(self, step: Step) -> Callable[[bytes], None] | None:
+        """How a step's output reaches the terminal while it runs (None: it does not)."""
+        if self.quiet or self.mode == "grouped":
+            return None
+        if self.mode == "prefixed":
+            return lambda data: self._prefixed(step, data)
+
+        def write(data: bytes) -> None:
+            with self.lock:
+                self._clear_live()
+                self._raw(self.ci.fence_output(data))
+                if data:
+                    self.at_line_start = bytes(data[-1:]) == b"\n"
+                self.last_output = time.monotonic()
+
+        return write
+
+    _PREFIX_LINE_MAX = 64 * 1024  # a line that never ends is printed in pieces of this size
+
+    def _prefixed(self, step: Step, data: bytes) -> None:
+        with self.lock:
+            pending = self.partial.get(step.index, b"") + bytes(data)
+            lines = pending.split(b"\n")
+            rest = lines.pop()
+            while len(rest) > self._PREFIX_LINE_MAX:
+                lines.append(rest[: self._PREFIX_LINE_MAX])
+                rest = rest[self._PREFIX_LINE_MAX :]
+            self.partial[step.index] = rest
+            if lines:
+                self._clear_live()
+                prefix = f"{step.name} | ".encode("utf-8", "replace")
+                self._raw(b"".join(prefix + line + b"\n" for line in lines))
+                self._draw_live()
+
+    def _flush_prefixed(self, step: Step) -> None:
+        rest = self.partial.pop(step.index, b"")
+        if rest:
+            prefix = f"{step.name} | ".encode("utf-8", "replace")
+            self._raw(prefix + rest + b"\n")
+
+    def _replay_log(self, log_path: Path) -> None:
+        """Grouped mode: a finished step's whole output, from its log (already masked)."""
+        try:
+            handle = open(log_path, "rb")
+        except OSError:
+            return  # a silent step has no log file
+        last = b"\n"
+        with handle:
+            while chunk := handle.read(READ_CHUNK):
+                self._raw(self.ci.fence_output(chunk))
+                last = chunk[-1:]
+        if last != b"\n":
+            self._raw(b"\n")
+
+    # -- the run's events (RunSink) ---------------------------------------------------------
+
+    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
+        with self.lock:
+            self.masker = masker
+            self.total = len(workflow.steps)
+            self._lines(self.ci.run_started(masker))
+            if not self.quiet:
+                self.write(
+                    self.style(
+                        f"orchestrate: {workflow.name} ({plural(len(workflow.steps), 'step')}, run {record['run_id']})",
+                        "dim",
+                    )
+                )
+
+    def _header(self, step: Step) -> None:
+        self._lines(self.ci.step_started(step))
+        self.write(self.style(f"{self._number(step)} {step.name} ({step.type})", "header"))
+
+    def step_started(self, step: Step, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.running[step.index] = (step, time.monotonic())
+            self.last_output = time.monotonic()
+            self.at_line_start = True
+            if not self.quiet:
+                if self.mode == "live":
+                    self._header(step)
+                elif self.mode == "prefixed" or not self.is_tty:
+                    self.write(self.style(f"{self._number(step)} {step.name} ({step.type}) started", "dim"))
+            self._draw_live()
+
+    def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.write(
+                self.style(
+                    f"{self._number(step)} {step.name} ({step.type}): skipped — "
+                    f"{self.step_text(str(entry.get('message', '')))}",
+                    "skipped",
+                )
+            )
+
+    def step_reused(self, step: Step, entry: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.write(
+                self.style(
+                    f"{self._number(step)} {step.name} ({step.type}): passed — "
+                    f"{self.step_text(str(entry.get('message', '')))}",
+                    "passed",
+                )
+            )
+
+    def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
+        with self.lock:
+            self.running.pop(step.index, None)
+            self._clear_live()
+            binary = self._binary()
+            if binary is not None:
+                binary.flush()
+            status = entry["status"]
+            kind = (
+                "failed"
+                if status == "failed" and not entry.get("allowed_failure")
+                else ("skipped" if status != "passed" else "passed")
+            )
+            if not self.quiet:
+                if self.mode == "grouped":
+                    self._header(step)
+                    self._replay_log(log_path)
+                elif self.mode == "prefixed":
+                    self._flush_prefixed(step)
+                elif not self.at_line_start:
+                    # output that did not end with a newline: the next line (a fence's closing
+                    # token, a GitLab section end, the status) must start a line of its own
+                    self._raw(b"\n")
+                self.at_line_start = True
+                if self.mode != "prefixed":
+                    self._lines(self.ci.step_output_ended(step))
+            if self.quiet and status == "failed":
+                self.write(self.style(f"[{step.index + 1}] {step.name} ({step.type}) failed; last output:", "failed"))
+                if entry.get("output_tail"):
+                    # the step's own lines: fenced under GitHub, like its live output
+                    for line in self.ci.fence(step, [self.masker.mask_readable(str(entry["output_tail"]))]):
+                        self.write(line)
+            text = (
+                f"  {status}"
+                + (" (allowed)" if entry.get("allowed_failure") else "")
+                + f" in {format_duration(entry.get('duration_s'))}"
+                + (f": {self.step_text(str(entry['message']))}" if entry.get("message") and status != "passed" else "")
+            )
+            if self.mode == "prefixed":
+                text = f"{self._number(step)} {step.name}:{text[1:]}"
+            if not self.quiet or status == "failed":
+                self.write(self.style(text, kind))
+            self._lines(self.ci.step_finished(step, entry))
+            self.stream.flush()
+            self._draw_live()
+
+    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
+        with self.lock:
+            self._clear_live()
+            self.running.clear()
+            if not self.quiet:
+                self.write("")
+            for row in render_step_table(record, self.step_text):
+                status = row.split()[0] if row.strip() else ""
+                kind = {"passed": "passed", "failed": "failed", "skipped": "skipped"}.get(status)
+                self.write(self.style(row, kind) if kind else row)
+            kind = "passed" if record["status"] == "completed" else "failed"
+            self.write(self.style(closing_line(record), kind))
+
+
+# === 8.2. HTML report ===
+#
+# `orchestrate report RUN_ID` and `run --html-report PATH`: one self-contained page per run
+# (no external asset, readable with JavaScript off, offline and on paper), drawn from the run
+# record, the ends of the step logs (the record's output_tail has its colours stripped) and
+# the test cases of runs/<run_id>/junit.xml. Every piece of text a step produced is escaped
+# in one place (html_text); the page's own style and script are the only ones a browser may
+# run (a Content-Security-Policy with their hashes). The server's dashboard (section 12)
+# shows the same body with its own page around it.
+
+
+HTML_TAIL_MAX_BYTES = 8192  # of each step log's end shown in the report (the full log is linked)
+
+
+HTML_TAIL_MAX_LINES = 80
+
+
+HTML_JUNIT_MAX_BYTES = 32 * 1024 * 1024  # a JUnit file beyond this is not read back into a page
+
+
+# status -> (symbol, text): the page never tells a status by colour alone
+_STATUS_MARKS = {
+    "passed": ("✓", "passed"),
+    "failed": ("✗", "failed"),
+    "allowed": ("!", "failed (allowed)"),
+    "skipped": ("–", "skipped"),
+    "pending": ("○", "pending"),
+    "running": ("…", "running"),
+    "reused": ("↺", "reused"),
+    "completed": ("✓", "completed"),
+}
+
+
+def html_text(value: Any) -> str:
+    """Any value as HTML text (element content or a quoted attribute): escaped, control
+    characters dropped (they are not allowed in HTML), lone surrogates shown as U+FFFD."""
+    text = _CONTROL_RE.sub("", str(value if value is not None else "").replace("\r", ""))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace('"', "&quot;").replace("'", "&#x27;")
+    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def entry_kind(entry: Mapping[str, Any]) -> str:
+    """How the report shows a step: passed, failed, allowed (failure allowed by
+    continue_on_error), skipped, pending, running or reused."""
+    status = str(entry.get("status") or "pending")
+    if status == "failed" and entry.get("allowed_failure"):
+        return "allowed"
+    if entry.get("reused") and status in ("passed", "skipped"):
+        return "reused"
+    return status if status in _STATUS_MARKS else "pending"
+
+
+def status_label(kind: str) -> str:
+    symbol, text = _STATUS_MARKS.get(kind, ("?", kind))
+    return f"{symbol} {text}"
+
+
+@functools.cache
+def _sgr_re() -> re.Pattern[str]:
+    return re.compile(r"\x1b\[([0-9;:]*)m")
+
+
+def ansi_to_html(text: str) -> str:
+    """Terminal output as HTML: a small, safe subset of SGR (bold, dim, italic, underline,
+    the 16 colours, foreground and background; 256-colour codes below 16) becomes
+    <span class="...">; every other escape sequence and control character is dropped and
+    all text is escaped."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    out: list[str] = []
+    state: dict[str, Any] = {}
+    pos = 0
+
+    def emit(chunk: str) -> None:
+        chunk = html_text(_ANSI_RE.sub("", chunk))
+        if not chunk:
+            return
+        classes = [name for name in ("b", "d", "i", "u") if state.get(name)]
+        if state.get("fg") is not None:
+            classes.append(f"f{state['fg']}")
+        if state.get("bg") is not None:
+            classes.append(f"g{state['bg']}")
+        out.append(f'<span class="{" ".join(classes)}">{chunk}</span>' if classes else chunk)
+
+    for match in _sgr_re().finditer(text):
+        emit(text[pos : match.start()])
+        _apply_sgr(state, match.group(1))
+        pos = match.end()
+    emit(text[pos:])
+    return "".join(out)
+
+
+def _sgr_simple(state: dict[str, Any], code: int) -> bool:
+    """Apply one SGR code that takes no parameters; False when it is not one of those."""
+    if code == 0:
+        state.clear()
+    elif code in (1, 2, 3, 4):
+        state["bdiu"[code - 1]] = True
+    elif code == 22:
+        state.pop("b", None)
+        state.pop("d", None)
+    elif code in (23, 24):
+        state.pop("iu"[code - 23], None)
+    elif code in (39, 49):
+        state.pop("fg" if code == 39 else "bg", None)
+    else:
+        return False
+    return True
+
+
+def _sgr_colour(code: int) -> tuple[str, int] | None:
+    """The 16-colour SGR codes: ("fg" or "bg", colour 0-15); None for any other code."""
+    for layer, normal, bright in (("fg", 30, 90), ("bg", 40, 100)):
+        if normal <= code <= normal + 7:
+            return layer, code - normal
+        if bright <= code <= bright + 7:
+            return layer, code - bright + 8
+    return None
+
+
+def _apply_sgr(state: dict[str, Any], params: str) -> None:
+    codes = [int(p) if p.isdigit() else 0 for p in params.replace(":", ";").split(";")] if params else [0]
+    i = 0
+    while i < len(codes):
+        code = codes[i]
+        i += 1
+        colour = _sgr_colour(code)
+        if colour is not None:
+            state[colour[0]] = colour[1]
+        elif code in (38, 48):  # 5;N (256 colours) or 2;R;G;B (true colour): only N < 16 is kept
+            mode = codes[i] if i < len(codes) else None
+            if mode == 5 and i + 1 < len(codes):
+                if codes[i + 1] < 16:
+                    state["fg" if code == 38 else "bg"] = codes[i + 1]
+                i += 2
+            else:
+                i += 4 if mode == 2 else 1
+        else:
+            _sgr_simple(state, code)
+
+
+def _open_regular(path: Path) -> int | None:
+    """A descriptor of `path` if it is a regular file; None for a symbolic link, a FIFO (whose
+    open would block), a device or anything missing. Files under runs/ are read this way: a
+    record is data, and a name in it must never make orchestrate read elsewhere."""
+    import stat
+
+    try:
+        fd = os.open(
+            path,
+            os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0),
+        )
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def read_log_tail(
+    path: Path, masker: Masker | None = None, max_bytes: int = HTML_TAIL_MAX_BYTES, max_lines: int = HTML_TAIL_MAX_LINES
+) -> str | None:
+    """The end of a step log as text with its escape sequences (for ansi_to_html), masked
+    again with `masker`; None when there is no regular file to read."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - max_bytes)
+        os.lseek(fd, start, os.SEEK_SET)
+        data = os.read(fd, max_bytes)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", "replace")
+    lines = text.split("\n")
+    if start > 0 and len(lines) > 1:
+        lines = lines[1:]  # the first line was cut by the window
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = lines[-max_lines:]
+    if masker:
+        # a secret printed with an escape sequence inside it ("ab\x1b[1mc") is whole once
+        # the escapes are gone: such a line loses its colours rather than show the secret
+        for n, line in enumerate(lines):
+            line = masker.mask(line)
+            plain = _ANSI_RE.sub("", line)
+            lines[n] = masker.mask(plain) if masker.mask(plain) != plain else line
+    return "\n".join(lines)
+
+
+def read_junit_testcases(path: Path, record: Mapping[str, Any]) -> tuple[dict[int, list[TestCase]], str | None]:
+    """The per-step test cases build_junit_xml wrote into a run's junit.xml, keyed by step
+    index, and a problem line when the file exists but cannot be used. Parsed as the Cypress
+    runner parses reports (ElementTree: no external entities, expat's expansion limits),
+    with a size limit, never through a link or from a FIFO."""
+    import xml.etree.ElementTree as ET
+
+    fd = _open_regular(path)
+    if fd is None:
+        return {}, None
+    try:
+        size = os.fstat(fd).st_size
+        if size > HTML_JUNIT_MAX_BYTES:
+            return {}, f"{path.name} is {size // (1024 * 1024)} MiB: too large to show its test cases"
+        chunks = []
+        while chunk := os.read(fd, READ_CHUNK):
+            chunks.append(chunk)
+    except OSError as exc:
+        return {}, f"{path.name}: unreadable: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+    try:
+        root = ET.fromstring(b"".join(chunks))
+    except ET.ParseError as exc:
+        return {}, f"{path.name}: unreadable: {exc}"
+    workflow = xml_safe(str(record.get("workflow") or "workflow"))
+    by_package: dict[str, int] = {}
+    for index, entry in enumerate(record.get("log") or ()):
+        by_package.setdefault(f"{workflow}.{xml_safe(str(entry.get('step') or ''))}", index)
+    found: dict[int, list[TestCase]] = {}
+    for suite in root.findall("testsuite")[1:]:  # the first one is the run's (a case per step)
+        step_index = by_package.get(suite.get("package", ""))
+        if step_index is None:
+            continue
+        for case in suite.findall("testcase"):
+            problem = case.find("failure")
+            if problem is None:
+                problem = case.find("error")
+            status = "failed" if problem is not None else "skipped" if case.find("skipped") is not None else "passed"
+            found.setdefault(step_index, []).append(
+                TestCase(
+                    name=case.get("name", ""),
+                    classname=case.get("classname", ""),
+                    time=_seconds(case.get("time")),
+                    status=status,
+                    message=problem.get("message", "") if problem is not None else "",
+                    text=(problem.text or "") if problem is not None else "",
+                )
+            )
+    return found, None
+
+
+def _ms_text(ms: float) -> str:
+    seconds = ms / 1000
+    if seconds < 10:
+        return f"{seconds:.1f}s".replace(".0s", "s")
+    return format_duration(seconds).replace(".0s", "s")
+
+
+_SVG_WIDTH, _SVG_LABEL_W, _SVG_RIGHT_PAD, _SVG_ROW_H, _SVG_TOP = 960, 250, 120, 24, 26
+
+
+_SVG_DEFS = (
+    '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+    'patternTransform="rotate(45)"><rect width="6" height="6" class="hatch-bg"/>'
+    '<line x1="0" y1="0" x2="0" y2="6" class="hatch-line"/></pattern>'
+    '<pattern id="stripes" width="8" height="8" patternUnits="userSpaceOnUse" '
+    'patternTransform="rotate(-45)"><rect width="8" height="8" class="stripe-bg"/>'
+    '<line x1="0" y1="0" x2="0" y2="8" class="stripe-line"/></pattern></defs>'
+)
+
+
+def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
+    """The steps on a real clock: one row per step, in start order, its bar from its true
+    start to its end (overlap shows steps that ran in parallel). Shapes and words tell the
+    status as well as the colour: solid (passed), hatched with a heavy edge (failed), dashed
+    outline (failure allowed), striped (running), hollow (reused), a diamond and no bar
+    (skipped or not run)."""
+    entries = list(record.get("log") or ())
+    if not entries:
+        return ""
+    origin = _epoch_ms(record.get("started_at"))
+    spans, unstarted = _timeline_spans(entries, origin, now_ms)
+    if origin is None:
+        origin = spans[0][0] if spans else now_ms
+    total = max(1, max([end for _, end, _ in spans] + [origin + 1]) - origin)
+    height = _SVG_TOP + _SVG_ROW_H * (len(spans) + len(unstarted)) + 8
+    parts = [
+        f'<svg class="timeline" viewBox="0 0 {_SVG_WIDTH} {height}" width="100%" role="img" '
+        f'aria-labelledby="timeline-title" xmlns="http://www.w3.org/2000/svg">',
+        '<title id="timeline-title">Timeline of the steps, in start order</title>',
+        _SVG_DEFS,
+        _timeline_ticks(total, height),
+    ]
+    for row, (start, end, index) in enumerate(spans):
+        parts.append(_timeline_bar(entries[index], index, row, start - origin, end - origin, total))
+    for row, index in enumerate(unstarted, start=len(spans)):
+        parts.append(_timeline_mark(entries[index], index, row))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _timeline_spans(
+    entries: Sequence[Mapping[str, Any]], origin: int | None, now_ms: int
+) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """(start, end, index) of the steps that started, by start then step order; the others."""
+    spans: list[tuple[int, int, int]] = []
+    unstarted: list[int] = []
+    for index, entry in enumerate(entries):
+        start = _epoch_ms(entry.get("started_at"))
+        if start is None:
+            unstarted.append(index)
+            continue
+        end = _epoch_ms(entry.get("finished_at"))
+        if end is None:
+            duration = entry.get("duration_s")
+            end = (
+                start + int(float(duration) * 1000)
+                if isinstance(duration, (int, float))
+                and not isinstance(duration, bool)
+                and entry.get("status") != "running"
+                else max(start, now_ms)
+            )
+        if origin is not None and start < origin:  # a clock set back mid-run: never left of zero
+            start, end = origin, max(end, origin)
+        spans.append((start, max(end, start), index))
+    spans.sort(key=lambda span: (span[0], span[2]))
+    return spans, unstarted
+
+
+def _timeline_ticks(total: int, height: int) -> str:
+    chart_w = _SVG_WIDTH - _SVG_LABEL_W - _SVG_RIGHT_PAD
+    out, tick, step = [], 0, _tick_step(total)
+    while tick <= total:
+        x = _SVG_LABEL_W + tick / total * chart_w
+        out.append(
+            f'<line class="grid" x1="{x:.1f}" y1="{_SVG_TOP - 6}" x2="{x:.1f}" y2="{height - 4}"/>'
+            f'<text class="tick" x="{x:.1f}" y="{_SVG_TOP - 10}">{_ms_text(tick)}</text>'
+        )
+        tick += step
+    return "".join(out)
+
+
+def _timeline_label(entry: Mapping[str, Any], index: int) -> tuple[str, str]:
+    name = str(entry.get("step") or f"step {index + 1}")
+    return name, name if len(name) <= 30 else name[:29] + "…"
+
+
+def _timeline_bar(entry: Mapping[str, Any], index: int, row: int, start: int, end: int, total: int) -> str:
+    """One step that ran: its bar from `start` to `end` (ms after the run started)."""
+    kind = entry_kind(entry)
+    chart_w = _SVG_WIDTH - _SVG_LABEL_W - _SVG_RIGHT_PAD
+    y = _SVG_TOP + row * _SVG_ROW_H
+    x = _SVG_LABEL_W + start / total * chart_w
+    w = max(3.0, (end - start) / total * chart_w)
+    name, shown = _timeline_label(entry, index)
+    took = _ms_text(end - start)
+    tip = f"{name}: {status_label(kind)}, started +{_ms_text(start)}, {took}"
+    label_x, anchor = (x + w + 6, "start") if x + w + 6 < _SVG_WIDTH - 70 else (x - 6, "end")
+    return (
+        f'<g class="bar {kind}" data-step="{html_text(name)}" data-index="{index}" '
+        f'data-start-ms="{start}" data-end-ms="{end}"><title>{html_text(tip)}</title>'
+        f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
+        f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{_SVG_ROW_H - 8}" rx="2"/>'
+        f'<text class="what" x="{label_x:.1f}" y="{y + 16}" text-anchor="{anchor}">'
+        f"{html_text(_STATUS_MARKS[kind][1])} {took}</text></g>"
+    )
+
+
+def _timeline_mark(entry: Mapping[str, Any], index: int, row: int) -> str:
+    """One step that never started (skipped, not run): a diamond and the reason."""
+    kind = entry_kind(entry)
+    y = _SVG_TOP + row * _SVG_ROW_H
+    name, shown = _timeline_label(entry, index)
+    cx, cy = _SVG_LABEL_W + 6, y + _SVG_ROW_H / 2
+    reason = str(entry.get("message") or "")
+    reason = reason if len(reason) <= 60 else reason[:59] + "…"
+    return (
+        f'<g class="mark {kind}" data-step="{html_text(name)}" data-index="{index}">'
+        f"<title>{html_text(name + ': ' + status_label(kind) + (' — ' + reason if reason else ''))}</title>"
+        f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
+        f'<path d="M{cx - 5} {cy} L{cx} {cy - 5} L{cx + 5} {cy} L{cx} {cy + 5} Z"/>'
+        f'<text class="what" x="{cx + 10}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][1])}'
+        f"{html_text(' — ' + reason) if reason else ''}</text></g>"
+    )
+
+
+def _tick_step(total_ms: int) -> int:
+    for step in (
+        100,
+        200,
+        500,
+        1000,
+        2000,
+        5000,
+        10_000,
+        15_000,
+        30_000,
+        60_000,
+        120_000,
+        300_000,
+        600_000,
+        900_000,
+        1_800_000,
+        3_600_000,
+    ):
+        if total_ms / step <= 8:
+            return step
+    return max(1, total_ms // 8)
+
+
+def _iso_text(value: Any) -> str:
+    """A record timestamp as people read it: 2026-11-27 15:40:00 UTC."""
+    if isinstance(value, str) and len(value) >= 19 and value[10] == "T":
+        return f"{value[:10]} {value[11:19]} UTC"
+    return str(value or "-")
+
+
+def _test_rows(entry: Mapping[str, Any], cases: Sequence[TestCase] | None) -> list[tuple[str, str, str]]:
+    """(file, test name, message) of a step's failed tests: from its JUnit cases when the run
+    has them (every test, with its file), else from the record's failed_tests names."""
+    if cases:
+        return [(c.classname, c.name, c.message) for c in cases if c.status == "failed"]
+    rows = []
+    for name in _failed_tests(entry):
+        spec, sep, rest = name.partition(" › ")
+        rows.append((spec, rest, "") if sep else ("", name, ""))
+    return rows
+
+
+def render_report_body(
+    record: Mapping[str, Any],
+    testcases: Mapping[int, Sequence[TestCase]] | None = None,
+    tails: Mapping[int, str] | None = None,
+    log_links: Mapping[int, str] | None = None,
+    junit_problem: str | None = None,
+    now_ms: int | None = None,
+) -> str:
+    """The report of one run as an HTML fragment (header, timeline, steps, failed tests,
+    output): what the report file and the dashboard's run page both show. Pure: whatever it
+    shows comes in through its arguments. `tails` holds each step's log end with its escape
+    sequences (else the record's output_tail is shown); `log_links` each full log's URL."""
+    testcases = testcases or {}
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    entries = [e for e in (record.get("log") or ()) if isinstance(e, Mapping)]
+    parts = [_report_header(record, now_ms)]
+    if entries:
+        parts.append('<section id="timeline"><h2>Timeline</h2>' + _timeline_svg(record, now_ms) + "</section>")
+        parts.append(_report_steps(entries, _epoch_ms(record.get("started_at"))))
+    else:
+        parts.append('<p class="empty">No steps recorded yet.</p>')
+    failed = _report_failed_tests(entries, testcases, junit_problem)
+    if failed:
+        parts.append(failed)
+    output = _report_output(entries, tails or {}, log_links or {})
+    if output:
+        parts.append(output)
+    return "\n".join(parts)
+
+
+def _run_took_text(record: Mapping[str, Any], started_ms: int | None, now_ms: int) -> str:
+    """How long the run took, or has taken so far while it runs; "-" when unknown."""
+    duration = record.get("duration_s")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        return format_duration(float(duration))
+    if started_ms is not None and record.get("status") == "running":
+        return format_duration(max(0, now_ms - started_ms) / 1000) + " so far"
+    return "-"
+
+
+def _trigger_facts(trigger: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The header's "Trigger" row, and its "Git" row when the run knew its branch or commit."""
+    git: Mapping[str, Any] = trigger["git"] if isinstance(trigger.get("git"), Mapping) else {}
+    hook = html_text(f" ({trigger['hook']})") if trigger.get("hook") else ""
+    facts = [("Trigger", html_text(trigger.get("source") or "?") + hook)]
+    if git.get("commit") or git.get("branch"):
+        commit = f" @ <code>{html_text(str(git.get('commit'))[:12])}</code>" if git.get("commit") else ""
+        dirty = " (uncommitted changes)" if git.get("dirty") else ""
+        facts.append(("Git", html_text(git.get("branch") or "detached") + commit + dirty))
+    return facts
+
+
+def _report_header(record: Mapping[str, Any], now_ms: int) -> str:
+    """The run's name, status and facts: id, trigger, git, start, duration, step counts."""
+    status = str(record.get("status") or "pending")
+    run_kind = "failed" if status == "failed" else status if status in _STATUS_MARKS else "pending"
+    trigger: Mapping[str, Any] = record["trigger"] if isinstance(record.get("trigger"), Mapping) else {}
+    started_ms = _epoch_ms(record.get("started_at"))
+    took = _run_took_text(record, started_ms, now_ms)
+    facts = [("Run", f"<code>{html_text(record.get('run_id'))}</code>"), *_trigger_facts(trigger)]
+    facts.append(("Started", html_text(_iso_text(record.get("started_at")))))
+    facts.append(("Duration", f'<span id="run-elapsed" data-started-ms="{started_ms or ""}">{html_text(took)}</span>'))
+    facts.append(("Steps", html_text(summary_counts(dict(record)))))
+    if record.get("message"):
+        facts.append(("Message", html_text(record.get("message"))))
+    return (
+        f'<header class="run"><h1>{html_text(record.get("workflow") or "run")} '
+        f'<span id="run-status" class="status {run_kind}">{html_text(status_label(run_kind))}</span></h1><dl>'
+        + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
+        + "</dl></header>"
+    )
+
+
+def _report_steps(entries: Sequence[Mapping[str, Any]], origin_ms: int | None) -> str:
+    """The table of steps: status (text, not colour alone), start offset, duration, attempts."""
+    rows = []
+    for index, entry in enumerate(entries):
+        kind = entry_kind(entry)
+        start = _epoch_ms(entry.get("started_at"))
+        offset = f"+{_ms_text(start - origin_ms)}" if start is not None and origin_ms is not None else "-"
+        dur = entry.get("duration_s")
+        dur_text = (
+            format_duration(float(dur))
+            if isinstance(dur, (int, float)) and not isinstance(dur, bool)
+            else "running"
+            if kind == "running"
+            else "-"
+        )
+        attempts = entry.get("attempts")
+        message = str(entry.get("message") or "")
+        rows.append(
+            f'<tr id="step-row-{index}" class="{kind}" data-step="{html_text(entry.get("step"))}"'
+            f' data-started-ms="{start if start is not None else ""}"><td>{index + 1}</td>'
+            f'<td><a href="#step-{index + 1}">{html_text(entry.get("step"))}</a></td>'
+            f"<td>{html_text(entry.get('type') or '')}</td>"
+            f'<td class="status {kind}">{html_text(status_label(kind))}</td><td>{html_text(offset)}</td>'
+            f'<td class="duration">{html_text(dur_text)}</td><td>{html_text(attempts if attempts else "-")}</td>'
+            f'<td class="message">{html_text(message)}</td></tr>'
+        )
+    return (
+        '<section id="steps"><h2>Steps</h2><table class="steps"><thead><tr><th>#</th><th>Step</th>'
+        "<th>Type</th><th>Status</th><th>Started</th><th>Duration</th><th>Attempts</th>"
+        "<th>Message</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
+    )
+
+
+def _report_failed_tests(
+    entries: Sequence[Mapping[str, Any]], testcases: Mapping[int, Sequence[TestCase]], junit_problem: str | None
+) -> str:
+    """Each step's failed tests with their files ("" when none failed and JUnit read fine)."""
+    blocks = []
+    for index, entry in enumerate(entries):
+        tests = _test_rows(entry, testcases.get(index))
+        if not tests:
+            continue
+        counted = entry.get("tests")
+        total_tests = len(testcases[index]) if testcases.get(index) else counted if isinstance(counted, int) else None
+        head = f"{len(tests)} failed" + (f" of {total_tests} tests" if total_tests else "")
+        items = "".join(
+            f'<li class="failed-test"><span class="file">{html_text(spec) if spec else "(no file)"}</span> '
+            f'<span class="test-name">{html_text(name)}</span>'
+            + (f'<div class="test-message">{html_text(msg)}</div>' if msg else "")
+            + "</li>"
+            for spec, name, msg in tests
+        )
+        blocks.append(
+            f'<h3>{html_text(entry.get("step"))} <span class="count">({html_text(head)})</span></h3>'
+            f'<ul class="failed-tests">{items}</ul>'
+        )
+    if not blocks and not junit_problem:
+        return ""
+    return (
+        '<section id="failed-tests"><h2>Failed tests</h2>'
+        + "".join(blocks)
+        + (f'<p class="problem">{html_text(junit_problem)}</p>' if junit_problem else "")
+        + "</section>"
+    )
+
+
+def _report_output(entries: Sequence[Mapping[str, Any]], tails: Mapping[int, str], log_links: Mapping[int, str]) -> str:
+    """Each step's output end, ANSI colours as HTML, with a link to the full log."""
+    logs = []
+    for index, entry in enumerate(entries):
+        kind = entry_kind(entry)
+        tail = tails.get(index)
+        body = ansi_to_html(tail) if tail is not None else html_text(entry.get("output_tail") or "")
+        link = log_links.get(index)
+        if not body and kind in ("skipped", "pending"):
+            continue
+        logs.append(
+            f'<div class="log {kind}" id="step-{index + 1}"><h3><span class="status {kind}">'
+            f"{html_text(status_label(kind))}</span> {html_text(entry.get('step'))}"
+            + (f' <a class="full-log" href="{html_text(link)}">full log</a>' if link else "")
+            + f'</h3><pre id="tail-{index}">{body or "<i>(no output)</i>"}</pre></div>'
+        )
+    if not logs:
+        return ""
+    return (
+        '<section id="output"><h2>Output</h2><p class="hint">The last lines of each step; '
+        "“full log” opens all of it.</p>" + "".join(logs) + "</section>"
+    )
+
+
+_REPORT_CSS = """
+:root{color-scheme:light;--ok:#1a7f37;--bad:#cf222e;--warn:#9a6700;--dim:#57606a;--line:#d0d7de}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:16px 24px;color:#1f2328;background:#fff}
+h1{font-size:22px;margin:8px 0}h2{font-size:17px;margin:24px 0 8px;border-bottom:1px solid var(--line)}h3{font-size:14px;margin:14px 0 4px}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0}dt{color:var(--dim)}dd{margin:0}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
+.status{font-weight:600;white-space:nowrap}.status.passed,.status.completed{color:var(--ok)}.status.failed{color:var(--bad)}
+.status.allowed,.status.skipped{color:var(--warn)}.status.running,.status.pending,.status.reused{color:var(--dim)}
+table.steps{border-collapse:collapse;width:100%}table.steps th,table.steps td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
+table.steps td.message{color:var(--dim);word-break:break-word}table.steps td:nth-child(2){min-width:9em}tr.failed td{background:#fff5f5}
+svg.timeline{display:block;max-width:100%;height:auto;font:12px system-ui,sans-serif}
+svg .grid{stroke:#eaeef2}svg .tick{fill:var(--dim);text-anchor:middle;font-size:11px}svg .name{text-anchor:end;fill:#1f2328}svg .what{fill:var(--dim)}
+svg .bar rect{stroke-width:1.5}svg .passed rect{fill:var(--ok);stroke:var(--ok)}
+svg .failed rect{fill:url(#hatch);stroke:var(--bad);stroke-width:3}svg .allowed rect{fill:#fff8c5;stroke:var(--warn);stroke-dasharray:4 3}
+svg .running rect{fill:url(#stripes);stroke:#0969da}svg .reused rect{fill:#fff;stroke:var(--ok)}
+svg .mark path{fill:#fff;stroke:var(--warn);stroke-width:1.5}svg .hatch-bg{fill:#ffebe9}svg .hatch-line{stroke:var(--bad);stroke-width:3}
+svg .stripe-bg{fill:#ddf4ff}svg .stripe-line{stroke:#0969da;stroke-width:3}
+ul.failed-tests{margin:4px 0;padding-left:20px}.file{font:12px ui-monospace,monospace;color:var(--dim)}.test-name{font-weight:600}
+.test-message{font:12px ui-monospace,monospace;white-space:pre-wrap;color:var(--bad)}.problem,.hint,.empty{color:var(--dim)}
+.log pre{background:#f6f8fa;border:1px solid var(--line);padding:8px;overflow:auto;max-height:420px;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;word-break:break-all}
+.log.folded pre{display:none}.fold{font:12px system-ui;margin-left:8px}
+.b{font-weight:700}.d{opacity:.7}.i{font-style:italic}.u{text-decoration:underline}
+.f0{color:#24292f}.f1{color:#cf222e}.f2{color:#116329}.f3{color:#7d4e00}.f4{color:#0550ae}.f5{color:#8250df}.f6{color:#1b7c83}.f7{color:#6e7781}
+.f8{color:#57606a}.f9{color:#a40e26}.f10{color:#1a7f37}.f11{color:#633c01}.f12{color:#218bff}.f13{color:#a475f9}.f14{color:#3192aa}.f15{color:#8c959f}
+.g0{background:#24292f;color:#fff}.g1{background:#ffebe9}.g2{background:#dafbe1}.g3{background:#fff8c5}.g4{background:#ddf4ff}.g5{background:#fbefff}.g6{background:#d8f3f6}.g7{background:#eaeef2}
+.g8{background:#57606a;color:#fff}.g9{background:#ffcecb}.g10{background:#aceebb}.g11{background:#fae17d}.g12{background:#b6e3ff}.g13{background:#ecd8ff}.g14{background:#b3f0f5}.g15{background:#fff}
+@media print{body{max-width:none;padding:0;font-size:11pt}.log pre,.log.folded pre{display:block;max-height:none;overflow:visible;background:#fff;border-color:#999}
+.fold,nav,.no-print{display:none}tr.failed td{background:none}h2{break-after:avoid}.log,tr,li{break-inside:avoid}a{color:inherit;text-decoration:none}}
+"""
+
+
+# Folds the logs of the steps that passed; everything stays visible with JavaScript off and
+# everything unfolds to be printed.
+_REPORT_JS = """
+(function(){
+  var logs = document.querySelectorAll(".log");
+  logs.forEach(function(log){
+    var head = log.querySelector("h3"); if (!head) return;
+    var button = document.createElement("button"); button.type = "button"; button.className = "fold";
+    function show(){ button.textContent = log.classList.contains("folded") ? "show" : "hide"; }
+    button.addEventListener("click", function(){ log.classList.toggle("folded"); show(); });
+    if (log.classList.contains("passed") || log.classList.contains("reused")) log.classList.add("folded");
+    show(); head.appendChild(button);
+  });
+  window.addEventListener("beforeprint", function(){ logs.forEach(function(l){ l.classList.remove("folded"); }); });
+})();
+"""
+
+
+@functools.cache
+def _csp_hash(text: str) -> str:
+    import hashlib
+
+    import base64
+
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def render_html_report(
+    record: Mapping[str, Any],
+    testcases: Mapping[int, Sequence[TestCase]] | None = None,
+    tails: Mapping[int, str] | None = None,
+    log_links: Mapping[int, str] | None = None,
+    junit_problem: str | None = None,
+    now_ms: int | None = None,
+) -> str:
+    """The self-contained HTML report of one run (see render_report_body for the arguments):
+    no external asset, and a Content-Security-Policy that lets the browser run only the
+    page's own style and script, whatever text ends up in it."""
+    policy = (
+        f"default-src 'none'; style-src {_csp_hash(_REPORT_CSS)}; script-src {_csp_hash(_REPORT_JS)}; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
+    title = f"{record.get('workflow') or 'run'} {record.get('status') or ''} — run {record.get('run_id') or ''}"
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="orchestrate {__version__}">'
+        f"<title>{html_text(title)}</title><style>{_REPORT_CSS}</style></head>\n<body>\n"
+        + render_report_body(record, testcases, tails, log_links, junit_problem, now_ms)
+        + f'\n<footer class="hint">orchestrate {__version__} · report written {html_text(_iso_text(utc_now()))}</footer>'
+        f"\n<script>{_REPORT_JS}</script>\n</body></html>\n"
+    )
+
+
+def gather_report_inputs(
+    record: Mapping[str, Any], store: RunStore, link_base: Path | None, masker: Masker | None = None
+) -> dict[str, Any]:
+    """What render_report_body needs beyond the record, read from the run's folder: each
+    step log's end (masked again with `masker`), links to the logs relative to `link_base`
+    (the report's folder; None: no links) and the JUnit test cases."""
+    run_id = str(record.get("run_id") or "")
+    try:
+        run_dir = store.run_dir(run_id)
+    except UsageError:
+        return {}
+    tails: dict[int, str] = {}
+    links: dict[int, str] = {}
+    for index, entry in enumerate(record.get("log") or ()):
+        if not isinstance(entry, Mapping) or not entry.get("log_file"):
+            continue
+        # only the file name is taken from the record: the log is always looked up in the run's folder
+        path = run_dir / Path(str(entry["log_file"])).name
+        tail = read_log_tail(path, masker)
+        if tail is None:
+            continue
+        tails[index] = tail
+        if link_base is not None:
+            from urllib.parse import quote
+
+            links[index] = quote(os.path.relpath(path, link_base).replace(os.sep, "/"))
+    testcases, problem = read_junit_testcases(store.junit_path(run_id), record)
+    return {"testcases": testcases, "tails": tails, "log_links": links, "junit_problem": problem}
+
+
+def check_report_target(path: Path, flag: str) -> Path:
+    """An HTML report may replace a regular file, never a folder, a link, a FIFO or a device
+    (`--html /dev/null` as root would replace the device node)."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(mode):
+        raise UsageError(f"{flag} {path}: is a symbolic link; give the path of a file to write (or of its target)")
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'report.html'}")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{flag} {path}: is not a regular file (a FIFO, socket or device); give a file path")
+    return path
+
+
+def write_html_report(
+    record: Mapping[str, Any],
+    store: RunStore,
+    path: Path | None = None,
+    masker: Masker | None = None,
+    flag: str = "--html",
+) -> Path:
+    """Write the run's HTML report atomically (default runs/<run_id>/report.html); returns
+    where. Folders it creates and the file get the modes of everything under runs/."""
+    target = path if path is not None else store.run_dir(str(record.get("run_id"))) / "report.html"
+    check_report_target(target, flag)
+    try:
+        target.parent.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {target.parent} for the HTML report: {exc.strerror or exc}") from None
+    inputs = gather_report_inputs(record, store, target.parent.absolute(), masker)
+    page = render_html_report(record, **inputs)
+    try:
+        write_atomic(target, page.encode("utf-8", "replace"))
+    except OSError as exc:
+        raise StoreError(f"cannot write the HTML report {target}: {exc.strerror or exc}") from None
+    return target
+
+
+class HtmlReportSink(RunSink):
+    """`run --html-report PATH`: the report, once the record and JUnit file are written (a
+    failed or interrupted run too). A report that cannot be written is a warning: the run's
+    outcome and exit code stay what its steps made them."""
+
+    def __init__(self, path: Path, store: RunStore) -> None:
+        self.path = path
+        self.store = store
+        self.masker: Masker | None = None
+
+    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
+        self.masker = masker
+
+    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
+        try:
+            write_html_report(record, self.store, self.path, self.masker, flag="--html-report")
+        except OrchestrateError as exc:
+            sys.stderr.write(f"orchestrate: warning: {exc}\n")
+
+
+# === 8.3. GitHub step summary ===
+
+
+def _md_cell(text: Any, limit: int = 300) -> str:
+    """A Markdown table cell: one line, no pipe breaking the row, no HTML."""
+    value = " ".join(str(text or "").split())
+    if len(value) > limit:
+        value = value[: limit - 1] + "…"
+    return value.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _failed_tests(entry: Mapping[str, Any]) -> list[str]:
+    names = []
+    for item in entry.get("failed_tests") or ():
+        if isinstance(item, Mapping):
+            names.append(str(item.get("name") or item.get("title") or item))
+        else:
+            names.append(str(item))
+    return names
+
+
+def _mermaid_label(text: str) -> str:
+    # ':' ends a gantt task label and '#'/';' start comments/statements in Mermaid
+    return re.sub(r"[:#;\n\r]+", " ", text).strip() or "step"
+
+
+def render_gantt(record: Mapping[str, Any]) -> str:
+    """A Mermaid `gantt` of the steps that ran, on a real clock (dateFormat x = epoch ms)."""
+    lines = [
+        "```mermaid",
+        "gantt",
+        f"    title {_mermaid_label(str(record.get('workflow', 'run')))}",
+        "    dateFormat x",
+        "    axisFormat %M:%S",
+        "    section steps",
+    ]
+    drawn = 0
+    for index, entry in enumerate(record.get("log") or ()):
+        start_ms = _epoch_ms(entry.get("started_at"))
+        if start_ms is None or entry.get("status") == "skipped":
+            continue
+        end_ms = _epoch_ms(entry.get("finished_at"))
+        if end_ms is None:
+            end_ms = start_ms + int(float(entry.get("duration_s") or 0) * 1000)
+        # an allowed failure (continue_on_error) did not fail the run: not drawn as critical
+        tag = (
+            ""
+            if entry.get("allowed_failure")
+            else {"passed": "done, ", "failed": "crit, ", "running": "active, "}.get(str(entry.get("status")), "")
+        )
+        lines.append(
+            f"    {_mermaid_label(str(entry.get('step', '')))} :{tag}s{index}, {start_ms}, {max(end_ms, start_ms + 1)}"
+        )
+        drawn += 1
+    lines.append("```")
+    return "\n".join(lines) if drawn else ""
+
+
+def render_step_summary(record: Mapping[str, Any]) -> str:
+    """The Markdown appended to $GITHUB_STEP_SUMMARY: headline, table, gantt timeline."""
+    log = list(record.get("log") or ())
+    trigger = record.get("trigger") or {}
+    head = f"### orchestrate: {_md_cell(record.get('workflow'))} {record.get('status', '')}"
+    # counted as the console's closing line counts them: "1 failed (1 allowed)"
+    meta = summary_counts(dict(record)) + f" · run `{record.get('run_id', '')}`"
+    if trigger.get("job_url"):
+        meta += f" · [job log]({trigger['job_url']})"
+    rows = ["| Step | Status | Time | Failed tests / reason |", "|---|---|---:|---|"]
+    for entry in log:
+        status = str(entry.get("status", ""))
+        allowed = status == "failed" and bool(entry.get("allowed_failure"))
+        shown = "failed (allowed)" if allowed else f"**{status}**" if status == "failed" else status
+        duration = entry.get("duration_s")
+        took = f"{float(duration):.1f}s" if isinstance(duration, (int, float)) and status != "skipped" else ""
+        failed = _failed_tests(entry)
+        detail = "; ".join(failed[:10]) + (f" (+{len(failed) - 10} more)" if len(failed) > 10 else "")
+        if not detail and status in ("failed", "skipped"):
+            detail = str(entry.get("message") or "")
+        rows.append(f"| {_md_cell(entry.get('step'))} | {shown} | {took} | {_md_cell(detail)} |")
+    sections = [head, "", meta, "", *rows, ""]
+    gantt = render_gantt(record)
+    if gantt:
+        sections += [gantt, ""]
+    return "\n".join(sections) + "\n"
+
+
+def append_step_summary(env: Mapping[str, str], record: Mapping[str, Any]) -> Path | None:
+    """Append the run's summary to $GITHUB_STEP_SUMMARY (under GitHub Actions only)."""
+    target = env.get("GITHUB_STEP_SUMMARY")
+    if env.get("GITHUB_ACTIONS") != "true" or not target:
+        return None
+    path = Path(target)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(render_step_summary(record))
+    return path
+
+
+# === 9. Runners ===
 
 
 @dataclass
@@ -3479,6 +6480,11 @@ def _process_result(result: ProcessResult, what: str) -> StepResult:
     return StepResult("failed", f"{what} exited with code {result.exit_code}", exit_code=result.exit_code)
 
 
+# === 9.1. Python ===
+# `python` steps: a script or module run by a virtualenv's own interpreter; the venv is
+# built, rebuilt and swapped only when orchestrate built it (its marker proves it).
+
+
 def venv_python(venv: Path) -> Path:
     """A virtualenv's interpreter (POSIX layout: orchestrate runs steps on Linux and macOS)."""
     return venv / "bin" / "python"
@@ -3489,9 +6495,17 @@ def venv_python(venv: Path) -> Path:
 # rebuilt or removed: a `"venv": "src"` that is the user's source folder is left alone (0.1.0
 # ran rmtree on any folder without bin/python, the project root included).
 _REQUIREMENTS_MARKER = ".orchestrate-requirements.sha256"
+
+
 _VENV_BUILD_INFIX = ".orchestrate-build-"  # <venv>.orchestrate-build-<random>: a build under way
+
+
 _VENV_OLD_INFIX = ".orchestrate-old-"  # the previous venv between the swap and its removal
+
+
 _VENV_LOCK_SUFFIX = ".orchestrate-lock"  # beside the venv: one build at a time across runs
+
+
 _NOT_A_VENV = "not a virtualenv"
 
 
@@ -3505,10 +6519,6 @@ def venv_built_by_orchestrate(venv: Path) -> bool:
         return (venv / "pyvenv.cfg").is_file() and marker.is_file() and not marker.is_symlink()
     except OSError:
         return False
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 class _VenvLock:
@@ -3867,6 +6877,10 @@ class PythonRunner(Runner):
         )
 
 
+# === 9.2. Commands ===
+# `command` steps: an argv list, or a string run by /bin/sh.
+
+
 @register_runner
 class CommandRunner(Runner):
     """A command: an argv list run directly, or a string run by /bin/sh."""
@@ -3907,6 +6921,32 @@ class CommandRunner(Runner):
 
     def execute(self, ctx: StepContext) -> StepResult:
         return _process_result(ctx.run_process(ctx.step.config["run"]), "command")
+
+
+# === 9.3. Plugins ===
+# Plugin runners: step types from entry points, run in a child interpreter.
+
+
+def _find_plugin(step_type: str, root: Path) -> str | None:
+    """Where a plugin type is defined: a file under integrations/, or an entry point."""
+    path = root / "integrations" / f"{step_type}_runner.py"
+    if path.is_file():
+        return str(path)
+    if step_type in _entry_point_names():
+        return f"entry point {step_type}"
+    return None
+
+
+_ENTRY_POINTS: dict[str, Any] | None = None
+
+
+def _entry_point_names() -> dict[str, Any]:
+    global _ENTRY_POINTS
+    if _ENTRY_POINTS is None:  # importlib.metadata costs tens of ms: only for plugin types
+        from importlib.metadata import entry_points
+
+        _ENTRY_POINTS = {ep.name: ep for ep in entry_points(group="orchestrate.runners")}
+    return _ENTRY_POINTS
 
 
 # The step dict reaches the child on its stdin (a file that has no name: memfd or an unlinked
@@ -4036,19 +7076,32 @@ class PluginRunner(Runner):
         return StepResult("failed", message or f"{shown}: failed", exit_code=process.exit_code)
 
 
-# --- HTTP helper -------------------------------------------------------------------
+# === 9.4. HTTP helper ===
 # The one place orchestrate talks HTTP.  It retries what a retry can fix (a refused or
 # timed-out connection, 429, 5xx — or fewer statuses, as the caller says) and nothing
 # else, and it never puts request headers (where credentials live) into a message.
 
+
 HTTP_ATTEMPTS = 4  # 1 try + 3 retries
+
+
 HTTP_BACKOFF_S = 1.0  # 1 s, 2 s, 4 s between attempts
+
+
 HTTP_MAX_DELAY_S = 30.0  # cap for the backoff between attempts
+
+
 # A server's Retry-After is waited for up to this; a longer one ends the retries at once
 # (waiting less than the server asked only earns another 429).
 HTTP_MAX_RETRY_AFTER_S = 120.0
+
+
 HTTP_CONNECT_TIMEOUT_S = 10.0
+
+
 HTTP_READ_TIMEOUT_S = 30.0
+
+
 # RFC 9110 §9.2.2: only these may be repeated blindly after the request may have reached
 # the server.  A POST whose response never came is not retried (it may have been applied:
 # a second Jira comment is worse than a failed step).
@@ -4414,40 +7467,66 @@ def _json_error_summary(data: dict[str, Any]) -> str:
     return "; ".join(parts) if parts else json.dumps(data, sort_keys=True)
 
 
-def _shorten(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+# === 9.5. Jira: pure helpers ===
 
-
-# --- Jira: pure helpers ------------------------------------------------------------
 
 JIRA_ISSUE_KEY_RE = lazy_regex(r"[A-Z][A-Z0-9_]+-[0-9]+")
+
+
 # Keys inside free text (a branch name, a commit message); compiled on first use (re's cache)
 _JIRA_KEY_IN_TEXT = r"(?<![A-Za-z0-9])[A-Z][A-Z0-9_]+-[0-9]+(?![A-Za-z0-9])"
+
+
 _JIRA_PROJECT = r"[A-Z][A-Z0-9_]+"
+
+
 # A URL in a comment: it ends at whitespace or at characters no URL carries unencoded;
 # trailing sentence punctuation is not part of it.
 _URL_IN_TEXT = r"https?://[^\s<>\"'`{}|\\^\[\]]+"
+
+
 _URL_TRAILING = ".,;:!?)"
+
+
 # Jira Cloud stores a comment in a field limited to 32,767 characters (Java string length, so
 # UTF-16 code units); longer bodies are rejected with a 400.  We cut and say so instead.
 JIRA_COMMENT_LIMIT = 32_767
+
+
 JIRA_TRUNCATION_MARKER = "\n[… truncated by orchestrate: {omitted} characters omitted]"
+
+
 JIRA_PLACEHOLDERS = ("workflow", "run_id", "status", "failed_steps", "summary", "git_branch", "git_commit", "ci_url")
+
+
 JIRA_UNKNOWN_VALUE = "n/a"
+
+
 JIRA_ISSUES_FROM = ("branch", "commits")
+
+
 # More keys than this found by issues_from is a mistake (a merge of a long branch, a commit
 # message listing a backlog), not a set of issues to comment on: the step fails, sends nothing.
 JIRA_MAX_FOUND_ISSUES = 20
+
+
 # The names Jira gives its three status categories (a category's own name is the preferred
 # target when several transitions lead into it)
 JIRA_CATEGORY_NAMES = {"new": "To Do", "indeterminate": "In Progress", "done": "Done"}
+
+
 JIRA_TRANSITION_KEYS = ("name", "to_status_category", "prefer", "fields")
+
+
 # Characters Jira's wiki markup (API 2, Server/Data Center) gives a meaning: *bold*,
 # _italic_, -strike-, +underline+, ^sup^, ~sub~, ??cite??, {macro}, [link], |table|,
 # !image!, # lists.  A backslash before one shows it as written.
 _JIRA_WIKI_SPECIAL = "*_-+^~?{}[]|!#"
+
+
 _JIRA_API_PATH_RE = lazy_regex(r"^(?P<prefix>.*)/rest/api/(?P<version>2|3|latest)$")
+
+
 _ENV_REF_RE = lazy_regex(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -4939,7 +8018,7 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-# --- Jira: the runner --------------------------------------------------------------
+# === 9.6. Jira: the runner ===
 
 
 class _BadJiraKey(ValueError):
@@ -5651,7 +8730,7 @@ def _jira_raw_value(ctx: StepContext, key: str) -> Any:
     return ctx.step.source.get(key)
 
 
-# --- cypress: end-to-end suites ---
+# === 9.7. Cypress: end-to-end suites ===
 #
 # orchestrate expands the spec glob itself and hands Cypress an explicit, comma-joined list
 # of files: Cypress splits its own --spec value on commas, so a glob such as
@@ -5659,413 +8738,24 @@ def _jira_raw_value(ctx: StepContext, key: str) -> Any:
 # writes, never from its exit code alone: that code is the number of failed tests modulo
 # 256, so 256 failures exit 0.
 
+
 CYPRESS_DEFAULT_FOLDER = "cypress/e2e"
+
+
 CYPRESS_DEFAULT_SPEC = "**/*.cy.{js,jsx,ts,tsx}"
+
+
 CYPRESS_INSTALL_HINT = 'run "npm ci" (or "npm install cypress --save-dev") in {project}'
-CYPRESS_FAILED_NAMES_MAX = 100  # names kept in the run record; the JUnit report has all
+
+
 CYPRESS_HISTORY_RUNS = 50  # earlier runs read for spec durations when sharding
+
+
 # (cypress config key, default folder, name under runs/<id>/artifacts/<step>/)
 CYPRESS_ARTIFACT_DIRS = (
     ("screenshotsFolder", "cypress/screenshots", "screenshots"),
     ("videosFolder", "cypress/videos", "videos"),
 )
-
-
-# --- globs ---
-# One translator for every glob orchestrate matches (Cypress `spec`, `when.changed`,
-# `when.branch`), built so that a hostile pattern cannot hang a run:
-# - braces are expanded after counting: a pattern that would expand to more than
-#   GLOB_MAX_PATTERNS patterns is refused (0.1.0 expanded "{a,b}" x 16 recursively, which
-#   hung `validate` for over a minute), and so is one longer than GLOB_MAX_LENGTH;
-# - the expanded patterns become one regular expression whose matching time is linear in the
-#   path's length: a fixed-width chunk between two `*` of a segment, and the segments between
-#   two `**/`, are matched at their leftmost place and never retried (an atomic group, written
-#   as a lookahead and a backreference, as CPython's fnmatch does since 3.9), which is exact
-#   for globs and leaves no backtracking that grows with the path;
-# - a character class is checked when the workflow is loaded: `[z-a]` is a definition error.
-GLOB_MAX_PATTERNS = 1000
-GLOB_MAX_LENGTH = 10_000
-_GLOB_MAX_NESTING = 32
-
-
-class GlobError(ValueError):
-    """A glob that cannot be used; the message says why (the caller names the key)."""
-
-
-def _brace_pairs(pattern: str) -> dict[int, int]:
-    """Index of each '{' that has a matching '}' -> index of that '}'."""
-    pairs: dict[int, int] = {}
-    stack: list[int] = []
-    for index, char in enumerate(pattern):
-        if char == "{":
-            stack.append(index)
-            if len(stack) > _GLOB_MAX_NESTING:
-                raise GlobError(f"braces are nested more than {_GLOB_MAX_NESTING} deep")
-        elif char == "}" and stack:
-            pairs[stack.pop()] = index
-    return pairs
-
-
-def _parse_braces(pattern: str, pairs: dict[int, int], start: int, end: int) -> list[Any]:
-    """pattern[start:end] as a sequence of literal strings and groups (lists of sequences).
-    As in bash, braces without a top-level comma ("{x}") or without their closing brace stay
-    literal (what is inside them is still read)."""
-    import itertools
-
-    items: list[Any] = []
-    literal: list[str] = []
-    index = start
-    while index < end:
-        char = pattern[index]
-        close = pairs.get(index, -1) if char == "{" else -1
-        if 0 <= close < end:
-            commas, inner = [], index + 1
-            while inner < close:
-                if pattern[inner] == "{" and inner in pairs:
-                    inner = pairs[inner] + 1
-                    continue
-                if pattern[inner] == ",":
-                    commas.append(inner)
-                inner += 1
-            if commas:
-                if literal:
-                    items.append("".join(literal))
-                    literal = []
-                bounds = [index, *commas, close]
-                items.append(
-                    [_parse_braces(pattern, pairs, left + 1, right) for left, right in itertools.pairwise(bounds)]
-                )
-                index = close + 1
-                continue
-        literal.append(char)
-        index += 1
-    if literal:
-        items.append("".join(literal))
-    return items
-
-
-def _brace_count(sequence: list[Any]) -> int:
-    total = 1
-    for item in sequence:
-        if isinstance(item, list):
-            total *= sum(_brace_count(alternative) for alternative in item)
-            if total > GLOB_MAX_PATTERNS:
-                return total
-    return total
-
-
-def _brace_expand(sequence: list[Any]) -> list[str]:
-    results = [""]
-    for item in sequence:
-        if isinstance(item, str):
-            results = [prefix + item for prefix in results]
-        else:
-            endings = [text for alternative in item for text in _brace_expand(alternative)]
-            results = [prefix + ending for prefix in results for ending in endings]
-    return results
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """Expand shell braces: "a.{js,ts}" -> ["a.js", "a.ts"], nested groups included.
-
-    Like bash, a group without a top-level comma ("{x}") or without its closing brace
-    stays literal. Duplicates are dropped, first occurrence kept. GlobError when the pattern
-    would expand to more than GLOB_MAX_PATTERNS patterns (counted before anything is built).
-    """
-    if len(pattern) > GLOB_MAX_LENGTH:
-        raise GlobError(f"the pattern is {len(pattern):,} characters long; at most {GLOB_MAX_LENGTH:,} are allowed")
-    if "{" not in pattern:
-        return [pattern]
-    sequence = _parse_braces(pattern, _brace_pairs(pattern), 0, len(pattern))
-    if _brace_count(sequence) > GLOB_MAX_PATTERNS:
-        raise GlobError(
-            f"its braces expand to more than {GLOB_MAX_PATTERNS:,} patterns, the most "
-            f"orchestrate accepts (list fewer alternatives, or use * and ?)"
-        )
-    return list(dict.fromkeys(_brace_expand(sequence)))
-
-
-_CLASS_SPECIAL = frozenset("\\]^-[&~|")
-
-
-def _glob_class(pattern: str, pos: int) -> tuple[str, int] | None:
-    """The regex of the character class at pattern[pos] == '[' and the index after it, or None
-    when it has no closing ']' (then '[' is literal). A class never matches '/'."""
-    index = pos + 1
-    negate = index < len(pattern) and pattern[index] in "!^"
-    if negate:
-        index += 1
-    start = index
-    if index < len(pattern) and pattern[index] == "]":
-        index += 1  # a ']' first is a member, as in fnmatch
-    close = pattern.find("]", index)
-    if close < 0:
-        return None
-    body = pattern[start:close]
-    parts: list[str] = []
-    k = 0
-    while k < len(body):
-        if k + 2 < len(body) and body[k + 1] == "-":
-            low, high = body[k], body[k + 2]
-            if low > high:
-                raise GlobError(f"the character range {low}-{high} in [{body}] is reversed (write {high}-{low})")
-            parts.append(_class_char(low) + "-" + _class_char(high))
-            k += 3
-        else:
-            parts.append(_class_char(body[k]))
-            k += 1
-    inner = "".join(parts)
-    return (f"[^/{inner}]" if negate else f"(?!/)[{inner}]"), close + 1
-
-
-def _class_char(char: str) -> str:
-    return "\\" + char if char in _CLASS_SPECIAL else char
-
-
-def _glob_tokens(pattern: str) -> list[tuple[str, str]]:
-    """A brace-free glob as tokens: ("sep", "/"), ("star", ""), ("one", regex) for a literal,
-    `?` or a class (each matches exactly one character)."""
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(pattern):
-        char = pattern[pos]
-        if char == "/":
-            tokens.append(("sep", "/"))
-        elif char == "*":
-            tokens.append(("star", ""))
-        elif char == "?":
-            tokens.append(("one", "[^/]"))
-        elif char == "[":
-            found = _glob_class(pattern, pos)
-            if found is not None:
-                tokens.append(("one", found[0]))
-                pos = found[1]
-                continue
-            tokens.append(("one", re.escape(char)))
-        else:
-            tokens.append(("one", re.escape(char)))
-        pos += 1
-    return tokens
-
-
-class _GroupNames:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def next(self) -> str:
-        self.count += 1
-        return f"g{self.count}"
-
-
-def _segment_regex(tokens: list[tuple[str, str]], names: _GroupNames) -> str:
-    """One path segment: fixed chunks between stars; the chunks between the first and the last
-    star are found at their leftmost place, atomically (see the comment above)."""
-    chunks: list[str] = [""]
-    for kind, text in tokens:
-        if kind == "star":
-            chunks.append("")
-        else:
-            chunks[-1] += text
-    if len(chunks) == 1:
-        return chunks[0]
-    first, *middle, last = chunks
-    out = [first]
-    for chunk in middle:
-        if chunk:
-            name = names.next()
-            out.append(f"(?=(?P<{name}>[^/]*?{chunk}))(?P={name})")
-    out.append("[^/]*" + last)
-    return "".join(out)
-
-
-def _glob_pattern_regex(pattern: str, names: _GroupNames) -> str:
-    """The regex of one brace-free glob over a POSIX relative path (to be matched from its start).
-
-    `*` and `?` stay inside one path segment, `[...]`/`[!...]` are character classes,
-    `**/` is any number of directories (none included) and a final `**` is anything."""
-    tokens = _glob_tokens(pattern)
-    segments: list[list[tuple[str, str]]] = [[]]
-    for token in tokens:
-        if token[0] == "sep":
-            segments.append([])
-        else:
-            segments[-1].append(token)
-    globstar = [("star", ""), ("star", "")]
-    ends_anything = len(segments) > 0 and segments[-1] == globstar
-    if ends_anything:
-        segments.pop()
-    # runs of segments between `**/` (consecutive `**` are one)
-    runs: list[list[str]] = [[]]
-    for index, segment in enumerate(segments):
-        if segment == globstar and index < len(segments) - 1 + (1 if ends_anything else 0):
-            if runs[-1] or len(runs) == 1:
-                runs.append([])
-            continue
-        runs[-1].append(_segment_regex(segment, names))
-    out: list[str] = []
-    for position, run in enumerate(runs):
-        text = "".join(part + "/" for part in run)
-        last_run = position == len(runs) - 1
-        if last_run and not ends_anything:
-            text = text[:-1]  # the last segment has no '/' after it
-        if position == 0:
-            out.append(text)
-        elif last_run and not ends_anything:
-            out.append(f"(?:[^/]+/)*{text}")
-        else:
-            name = names.next()
-            out.append(f"(?=(?P<{name}>(?:[^/]+/)*?{text}))(?P={name})")
-    if ends_anything:
-        out.append(".*")
-    return "".join(out) + r"\Z"
-
-
-@functools.lru_cache(maxsize=512)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a glob (braces included) to one regex over POSIX relative paths, to be used with
-    .match(). Raises GlobError for a pattern that cannot be used (see above)."""
-    names = _GroupNames()
-    alternatives = [_glob_pattern_regex(expanded, names) for expanded in expand_braces(pattern)]
-    try:
-        return re.compile(
-            alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")", re.DOTALL
-        )
-    except (re.error, RecursionError, OverflowError) as exc:  # not expected: every piece is escaped
-        raise GlobError(f"cannot be compiled ({exc})") from None
-
-
-def check_glob(pattern: str, where: str, key: str) -> None:
-    """A definition-time check of a glob: DefinitionError naming the key."""
-    try:
-        glob_regex(pattern)
-    except GlobError as exc:
-        raise DefinitionError(f"{where}: key '{key}': invalid glob {_shorten(pattern, 80)!r}: {exc}") from None
-
-
-def find_spec_files(project: Path, folder: str, spec: str) -> list[str]:
-    """Spec files under `project/folder` whose folder-relative path matches `spec`.
-
-    Returns POSIX paths relative to the project, sorted, so every machine builds the
-    same list. node_modules and dot-folders and dot-files are never searched, as in
-    Cypress's own spec finder.
-    """
-    base = project / folder
-    if not base.is_dir():
-        return []
-    pattern = glob_regex(spec.strip().removeprefix("./"))
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = [d for d in dirnames if d != "node_modules" and not d.startswith(".")]
-        for filename in filenames:
-            if filename.startswith("."):
-                continue
-            path = os.path.join(dirpath, filename)
-            in_folder = os.path.relpath(path, base).replace(os.sep, "/")
-            if pattern.match(in_folder):
-                found.append(os.path.relpath(path, project).replace(os.sep, "/"))
-    return sorted(found)
-
-
-_GLOB_CHARS = frozenset("*?[{")
-
-
-def _literal_glob(pattern: str) -> bool:
-    return not any(char in _GLOB_CHARS for char in pattern)
-
-
-def _glob_base(pattern: str) -> str:
-    """The literal folder a glob starts in: "src" for "src/**/*.py", "" for "*.toml"."""
-    literal = []
-    for part in pattern.split("/")[:-1]:
-        if not _literal_glob(part) or part in ("", "."):
-            break
-        literal.append(part)
-    return "/".join(literal)
-
-
-def match_files(root: Path, patterns: Sequence[str], runs_dir: Path | None = None) -> list[tuple[str, os.stat_result]]:
-    """The files under `root` whose root-relative POSIX path matches one of the globs (glob_regex:
-    `**` any depth, anchored at the root), sorted, each with its lstat. Only the literal folder
-    each glob starts in is searched, and no deeper than it can match; a symbolic link to a
-    folder is never followed (a link is listed as itself), and .git, the runs folder, and
-    node_modules and dot-folders reached through a wildcard are never searched."""
-    return [(relative, info) for relative, _path, info in _matching_files(root, patterns, runs_dir)]
-
-
-def _matching_files(
-    root: Path, patterns: Sequence[str], runs_dir: Path | None = None
-) -> list[tuple[str, str, os.stat_result]]:
-    """match_files with each file's full path too (a string: hashing 10,000 sources must not
-    pay for pathlib)."""
-    found: dict[str, tuple[str, os.stat_result]] = {}
-    runs = os.path.abspath(runs_dir) if runs_dir is not None else None
-    base_dir = os.fspath(root)  # strings, not Paths: pathlib costs more than the stat (10,000 files)
-    for raw in patterns:
-        pattern = raw.strip().removeprefix("./")
-        if not pattern:
-            continue
-        if _literal_glob(pattern):
-            full = os.path.join(base_dir, pattern)
-            try:
-                found[pattern] = (full, os.lstat(full))
-            except OSError:
-                pass
-            continue
-        _walk_for_glob(base_dir, pattern, runs, found)
-    return [(relative, path, info) for relative, (path, info) in sorted(found.items())]
-
-
-def _walk_for_glob(base_dir: str, pattern: str, runs: str | None, found: dict[str, tuple[str, os.stat_result]]) -> None:
-    """Add to `found` the files a wildcard glob matches, searching from its literal folder."""
-    import stat
-
-    regex = glob_regex(pattern)
-    base = _glob_base(pattern)
-    depth_left = None if "**" in pattern else pattern.count("/") - base.count("/") - (1 if base else 0)
-    stack: list[tuple[str, int | None]] = [(base, depth_left)]
-    while stack:
-        folder, depth = stack.pop()
-        try:
-            entries = list(os.scandir(os.path.join(base_dir, folder) if folder else base_dir))
-        except OSError:
-            continue
-        for entry in entries:
-            relative = f"{folder}/{entry.name}" if folder else entry.name
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                if _searchable_folder(entry, runs, depth):
-                    stack.append((relative, None if depth is None else depth - 1))
-            elif regex.match(relative):
-                found[relative] = (entry.path, info)
-
-
-def _searchable_folder(entry: os.DirEntry[str], runs: str | None, depth: int | None) -> bool:
-    """Not .git, node_modules, a dot-folder or the runs folder, and not below the glob's depth."""
-    return not (
-        entry.name == ".git"
-        or entry.name == "node_modules"
-        or entry.name.startswith(".")
-        or (runs is not None and os.path.abspath(entry.path) == runs)
-        or (depth is not None and depth <= 0)
-    )
-
-
-def check_path_globs(values: Any, where: str, key: str) -> None:
-    """`sources` and `reports`: a non-empty list of globs relative to the project root."""
-    for i, pattern in enumerate(values):
-        text = pattern.strip().removeprefix("./")
-        parts = text.split("/")
-        if not text or os.path.isabs(text) or ".." in parts:
-            raise DefinitionError(
-                f"{where}: key '{key}[{i}]': {pattern!r} must be a glob relative to the "
-                'project root, inside it (e.g. "src/**/*.py")'
-            )
-        check_glob(text, where, f"{key}[{i}]")
-    if not values:
-        raise DefinitionError(f"{where}: key '{key}' is empty; list at least one glob, or leave the key out")
 
 
 def resolve_cypress_project(value: str, modules: dict[str, str], root: Path | None = None) -> str:
@@ -6224,22 +8914,6 @@ class CypressReport:
     spec: str
     time: float
     tests: list[CypressTest]
-
-
-def _valid_seconds(value: Any) -> bool:
-    """A usable duration: a finite, non-negative JSON number (true/false are not numbers)."""
-    import math
-
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-
-
-def _seconds(value: str | None) -> float:
-    """A JUnit time attribute as seconds; 0 where it is missing or not a duration."""
-    try:
-        seconds = float((value or "0").replace(",", ""))
-    except ValueError:
-        return 0.0
-    return seconds if _valid_seconds(seconds) else 0.0
 
 
 def _project_relative(path: str, project: Path | None) -> str:
@@ -6767,41 +9441,749 @@ class CypressRunner(Runner):
         return message
 
 
-# === 7. Engine ===
+# === 10. Loading and validating workflows ===
 
 
-@dataclass
-class RunOptions:
-    """The options of one `orchestrate run`."""
+COMMON_KEYS: dict[str, KeySpec] = {
+    "name": KeySpec((str,), required=True),
+    "type": KeySpec((str,), required=True),
+    "description": KeySpec((str,)),
+    "timeout": KeySpec((int, float)),
+    "retries": KeySpec((int,)),
+    "retry_delay": KeySpec((int, float)),
+    "continue_on_error": KeySpec((bool,)),
+    "env": KeySpec((dict,), item_type=str),
+    "cwd": KeySpec((str,)),
+    "when": KeySpec((dict,)),
+    "required": KeySpec((bool,)),
+    "shard": KeySpec((str,)),
+    "needs": KeySpec((list,), item_type=str),
+    "sources": KeySpec((list,), item_type=str),  # globs: the step is up to date while they are unchanged
+    "reports": KeySpec((list,), item_type=str),  # globs: JUnit XML files the step writes
+}
 
-    dry_run: bool = False
-    only: list[str] = field(default_factory=list)
-    skip: list[str] = field(default_factory=list)
-    keep_going: bool = False
-    quiet: bool = False
-    json_output: bool = False
-    debug: bool = False
-    variables: dict[str, str] = field(default_factory=dict)
-    junit_xml: Path | None = None
-    shard: tuple[int, int] | None = None
-    git_hook: str | None = None
-    from_ref: str | None = None
-    to_ref: str | None = None
-    push_remote: str | None = None
-    push_url: str | None = None
-    run_id: str | None = None
-    jobs: int | None = None  # steps at once; None: settings.jobs, else the number of CPUs
-    output: str | None = None  # live | grouped | prefixed; None: live unless steps can overlap
-    isolated: bool = False  # run in a temporary worktree of the commit being checked
-    html_report: Path | None = None  # --html-report: the run's HTML report, also written here
-    workflow_from_git_config: bool = False  # git config orchestrate.prePushWorkflow overrides NAME (the hook)
-    git: Any = None  # what section 9 learned before the run (push, compared changes, skips)
-    kill_grace: float = KILL_GRACE_S  # SIGTERM, then SIGKILL this many seconds later
-    # `variables` came from the HTTP API (run --vars-stdin): ${NAME} values only, never put
-    # into any environment, and only names the workflow uses (check_http_variables)
-    vars_from_http: bool = False
-    force: bool = False  # --force / ORCHESTRATE_FORCE=1: no step is up to date
-    resume_of: Any = None  # `resume RUN`: RUN's record (the new record names it in resumed_from)
+
+WORKFLOW_KEYS: dict[str, KeySpec] = {
+    "name": KeySpec((str,)),
+    "description": KeySpec((str,)),
+    "env": KeySpec((dict,), item_type=str),
+    "secrets": KeySpec((list,), item_type=str),
+    "steps": KeySpec((list,), required=True),
+}
+
+
+WHEN_KEYS = ("status", "changed", "branch")
+
+
+SETTINGS_KEYS: dict[str, KeySpec] = {
+    "cypress_modules": KeySpec((dict,), item_type=str),
+    "keep_runs": KeySpec((int,)),
+    "jobs": KeySpec((int,)),
+    "pre_push": KeySpec((dict,)),
+}
+
+
+PRE_PUSH_KEYS: dict[str, KeySpec] = {
+    "checkout": KeySpec((str,)),
+    "share": KeySpec((list,), item_type=str),
+}
+
+
+PRE_PUSH_CHECKOUTS = ("working-tree", "pushed")
+
+
+_STEP_TYPE_RE = lazy_regex(r"^[a-z][a-z0-9_]{0,49}\Z")
+
+
+_VAR_NAME_RE = lazy_regex(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+_VAR_EXPR_RE = lazy_regex(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+MAX_NUMBER = 2**53  # beyond this a JSON number is no longer exact in JavaScript or a float
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # bool is an int in Python, never in a workflow file
+        return bool in types
+    if isinstance(value, (int, float)) and not -MAX_NUMBER <= value <= MAX_NUMBER:
+        return False  # 1e999 is inf and 10**400 overflows float(): no key means such numbers
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def check_value(value: Any, spec: KeySpec, where: str, key: str) -> None:
+    """Raise DefinitionError unless value matches spec (type, and item type of lists/dicts)."""
+    if not _type_ok(value, spec.types):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _type_ok(0, spec.types):
+            raise DefinitionError(f"{where}: key '{key}' is out of range (at most {MAX_NUMBER})")
+        raise DefinitionError(
+            f"{where}: key '{key}' must be {_describe_type(spec.types)}, not {_value_type_name(value)}"
+        )
+    if spec.item_type is not None and isinstance(value, list):
+        for i, item in enumerate(value):
+            if not _type_ok(item, (spec.item_type,)):
+                raise DefinitionError(
+                    f"{where}: key '{key}[{i}]' must be {_describe_type((spec.item_type,))}, "
+                    f"not {_value_type_name(item)}"
+                )
+    if spec.item_type is not None and isinstance(value, dict):
+        for k, item in value.items():
+            if not _type_ok(item, (spec.item_type,)):
+                raise DefinitionError(
+                    f"{where}: key '{key}.{k}' must be {_describe_type((spec.item_type,))}, "
+                    f"not {_value_type_name(item)}"
+                )
+
+
+def interpolate(value: str, variables: dict[str, str], where: str) -> tuple[str, list[str]]:
+    """Expand ${VAR} and ${VAR:-default}; '$${' is a literal '${'. Returns (text, names used)."""
+    if "$" not in value:
+        return value, []
+    out: list[str] = []
+    used: list[str] = []
+    i = 0
+    while True:
+        j = value.find("$", i)
+        if j < 0:
+            out.append(value[i:])
+            break
+        out.append(value[i:j])
+        if value.startswith("$${", j):
+            out.append("${")
+            i = j + 3
+            continue
+        if not value.startswith("${", j):
+            out.append("$")
+            i = j + 1
+            continue
+        end = value.find("}", j)
+        if end < 0:
+            raise DefinitionError(f"{where}: unterminated '${{' in {value!r} (write '$${{' for a literal '${{')")
+        expr = value[j + 2 : end]
+        match = _VAR_EXPR_RE.fullmatch(expr)
+        if not match:
+            raise DefinitionError(
+                f"{where}: '${{{expr}}}' is not a variable reference: use ${{NAME}} or "
+                f"${{NAME:-default}} (write '$${{' for a literal '${{')"
+            )
+        name, default = match.group(1), match.group(2)
+        if default is not None and "${" in default:
+            raise DefinitionError(f"{where}: nested '${{' inside '${{{expr}}}' is not supported")
+        current = variables.get(name)
+        if current is not None and (current != "" or default is None):
+            out.append(current)
+        elif default is not None:
+            out.append(default)
+        else:
+            raise DefinitionError(
+                f"{where}: variable ${{{name}}} is not set (export it, pass --var {name}=VALUE, "
+                f"or write ${{{name}:-default}})"
+            )
+        used.append(name)
+        i = end + 1
+    return "".join(out), used
+
+
+def _interpolate_tree(
+    value: Any,
+    variables: dict[str, str],
+    where: str,
+    key: str,
+    secrets: dict[str, str],
+    refs: list[tuple[str, str, tuple[str, ...]]],
+) -> Any:
+    """Interpolate every string inside value; values of secret-named keys that came from a
+    variable are remembered as secrets (with the ${NAME}s they came from), and every
+    (where, key, names used) goes into refs."""
+    if isinstance(value, str):
+        if "\x00" in value:  # argv, environment and paths cannot carry NUL: fail now, not mid-run
+            raise DefinitionError(f"{where}: key '{key}' contains a NUL character")
+        text, used = interpolate(value, variables, f"{where}: key '{key}'")
+        if used:
+            refs.append((where, key, tuple(used)))
+            if is_secret_key(key.rsplit(".", 1)[-1]) and text:
+                secrets.setdefault(text, ", ".join(f"${{{n}}}" for n in dict.fromkeys(used)))
+        return text
+    if isinstance(value, list):
+        return [_interpolate_tree(v, variables, where, f"{key}[{i}]", secrets, refs) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if key == "env" and any(not k or "=" in k or "\x00" in k for k in value):
+            bad = next(k for k in value if not k or "=" in k or "\x00" in k)
+            raise DefinitionError(
+                f"{where}: key '{key}' has {bad!r}, which is not an environment "
+                f"variable name (no '=', no NUL, not empty)"
+            )
+        return {k: _interpolate_tree(v, variables, where, f"{key}.{k}", secrets, refs) for k, v in value.items()}
+    return value
+
+
+# names whose value steers a program before it runs its own code: a caller of the HTTP API
+# may set a workflow's ${NAME}s, never one of these in a step's environment
+_PROTECTED_ENV_RE = r"^(?:LD_|DYLD_|PYTHON|GIT_)|^(?:PATH|BASH_ENV|ENV|NODE_OPTIONS|PERL5OPT|RUBYOPT)\Z"
+
+
+def check_http_variables(workflow: Workflow, names: Iterable[str]) -> None:
+    """DefinitionError unless every name is a ${NAME} the workflow uses and none of them
+    reaches a protected environment variable (LD_*, PYTHON*, PATH, GIT_*...) of a step."""
+    accepted = sorted(workflow.variables_used)
+    for name in sorted(set(names)):
+        if name not in workflow.variables_used:
+            raise DefinitionError(
+                f"vars key '{name}': workflow {workflow.name} does not use ${{{name}}}; accepted: "
+                + (", ".join(accepted) if accepted else "none (the workflow uses no ${NAME})")
+            )
+        for where, key, used in workflow.references:
+            env_name = key[len("env.") :] if key.startswith("env.") else None
+            if env_name is not None and name in used and re.match(_PROTECTED_ENV_RE, env_name):
+                raise DefinitionError(
+                    f"vars key '{name}': {where} puts ${{{name}}} into {env_name}, which a caller "
+                    f"of the HTTP API may not set (LD_*, PYTHON*, PATH, GIT_* and the like)"
+                )
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; RFC 8259 does not, and no key means them
+    raise _NotJSON(f"{name} is not a JSON value")
+
+
+def _trailing_comma(text: str, error_pos: int) -> int | None:
+    """Where the comma is, when a JSON error is a `,` right before `]` or `}` (JavaScript and
+    Python allow one; JSON does not, and the decoder's "Expecting value" does not say so)."""
+    if error_pos >= len(text) or text[error_pos] not in "]}":
+        return None
+    before = len(text[:error_pos].rstrip())
+    return before - 1 if before and text[before - 1] == "," else None
+
+
+def parse_json_file(path: Path, shown: str, max_bytes: int = MAX_WORKFLOW_BYTES) -> Any:
+    """Read a JSON document with one clear message for every way it can be wrong."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DefinitionError(
+                f"{shown}: file is {size / 1e6:.1f} MB; a workflow file may be at most {max_bytes // (1024 * 1024)} MiB"
+            )
+        data = path.read_bytes()
+    except DefinitionError:
+        raise
+    except IsADirectoryError:
+        raise DefinitionError(f"{shown}: is a folder, not a JSON file") from None
+    except OSError as exc:
+        raise DefinitionError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DefinitionError(f"{shown}: file is UTF-16; save it as UTF-8")
+    if data.startswith(b"\xef\xbb\xbf"):  # a BOM some Windows editors add; JSON allows ignoring it
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DefinitionError(
+            f"{shown}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}); save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise DefinitionError(f"{shown}: file is empty; expected a JSON object")
+    try:
+        document = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        comma = _trailing_comma(text, exc.pos)
+        if comma is not None:
+            line, column = text.count("\n", 0, comma) + 1, comma - text.rfind("\n", 0, comma)
+            raise DefinitionError(
+                f"{shown}: invalid JSON at line {line} column {column}: trailing comma before "
+                f"'{text[exc.pos]}' (JSON allows none: remove it)"
+            ) from None
+        raise DefinitionError(f"{shown}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except _NotJSON as exc:
+        raise DefinitionError(f"{shown}: invalid JSON: {exc}") from None
+    except _DuplicateKey as exc:
+        raise DefinitionError(f"{shown}: key '{exc}' appears twice in the same object") from None
+    except RecursionError:
+        raise DefinitionError(f"{shown}: JSON is nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (CVE-2020-10735 limit)
+        raise DefinitionError(f"{shown}: invalid JSON: {str(exc).split(';')[0]}") from None
+    problem = _check_document(document)
+    if problem:
+        raise DefinitionError(f"{shown}: {problem}")
+    return document
+
+
+MAX_NESTING = 64  # far beyond any workflow; keeps every recursive walk of a document safe
+
+
+def _check_document(document: Any) -> str | None:
+    """What no later stage can handle, found with one iterative walk: nesting deeper than
+    MAX_NESTING (validation, masking and hashing recurse) and lone surrogates from '\\ud800'
+    escapes (they cannot be encoded as UTF-8 for argv, environment or the run record)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return f"JSON is nested more than {MAX_NESTING} levels deep"
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE_RE.search(value):
+                return f"string {shorten_middle(value, 40)!r} contains a lone UTF-16 surrogate (\\uD800-\\uDFFF); use the real character"
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, dict):
+            stack.extend((key, depth + 1) for key in value)
+            stack.extend((item, depth + 1) for item in value.values())
+    return None
+
+
+_SURROGATE_RE = lazy_regex("[\ud800-\udfff]")
+
+
+def _check_keys(obj: dict[str, Any], specs: dict[str, KeySpec], where: str, extra_allowed: bool = False) -> None:
+    for key in obj:
+        if key not in specs and not extra_allowed:
+            raise DefinitionError(f"{where}: unknown key '{key}'{did_you_mean(key, specs)}")
+    for key, spec in specs.items():
+        if key in obj:
+            check_value(obj[key], spec, where, key)
+        elif spec.required:
+            raise DefinitionError(f"{where}: missing required key '{key}'")
+
+
+def load_settings(root: Path) -> Settings:
+    path = root / "orchestrate.json"
+    if not path.exists():
+        return Settings(root=root)
+    shown = "orchestrate.json"
+    data = parse_json_file(path, shown)
+    if not isinstance(data, dict):
+        raise DefinitionError(f"{shown}: expected a JSON object, not {_value_type_name(data)}")
+    _check_keys(data, SETTINGS_KEYS, shown)
+    keep = data.get("keep_runs", DEFAULT_KEEP_RUNS)
+    if keep < 1:
+        raise DefinitionError(f"{shown}: key 'keep_runs' must be at least 1")
+    jobs = data.get("jobs")
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise DefinitionError(f"{shown}: key 'jobs' must be between 1 and {MAX_JOBS}")
+    pre_push = data.get("pre_push", {})
+    _check_keys(pre_push, PRE_PUSH_KEYS, f"{shown}: pre_push")
+    checkout = pre_push.get("checkout", "working-tree")
+    if checkout not in PRE_PUSH_CHECKOUTS:
+        raise DefinitionError(
+            f'{shown}: key \'pre_push.checkout\' must be "working-tree" or "pushed", '
+            f"not {checkout!r}{did_you_mean(checkout, PRE_PUSH_CHECKOUTS)}"
+        )
+    for item in pre_push.get("share", []):
+        parts = Path(item).parts
+        if not item or Path(item).is_absolute() or ".." in parts or parts in ((), (".",)) or parts[0] == ".git":
+            raise DefinitionError(
+                f"{shown}: key 'pre_push.share' lists {item!r}: give a path inside the "
+                'project, relative to it, such as ".venv"'
+            )
+    return Settings(
+        cypress_modules=dict(data.get("cypress_modules", {})),
+        keep_runs=keep,
+        jobs=jobs,
+        raw=data,
+        pre_push_checkout=checkout,
+        pre_push_share=list(pre_push.get("share", [])),
+        root=root,
+    )
+
+
+def list_workflows(workflows_dir: Path) -> list[tuple[str, Path]]:
+    if not workflows_dir.is_dir():
+        return []
+    return sorted((p.stem, p) for p in workflows_dir.glob("*.json") if p.is_file())
+
+
+def _validate_common(step: dict[str, Any], where: str) -> None:
+    """The rules of the keys every step type shares, beyond their JSON types."""
+    _check_step_name(step["name"], where)
+    _check_step_limits(step, where)
+    for key, value in step.get("when", {}).items():
+        if key not in WHEN_KEYS:
+            raise DefinitionError(f"{where}: unknown key 'when.{key}'{did_you_mean(key, WHEN_KEYS)}")
+        if key == "status":
+            _check_when_status(value, where)
+        else:
+            _check_when_globs(key, value, where)
+
+
+def _check_step_name(name: str, where: str) -> None:
+    if not name.strip():
+        raise DefinitionError(f"{where}: key 'name' must not be empty")
+    if len(name) > 100 or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
+        raise DefinitionError(
+            f"{where}: key 'name' must be at most 100 characters without '/', '\\' or control characters"
+        )
+
+
+def _check_step_limits(step: dict[str, Any], where: str) -> None:
+    if "timeout" in step and not step["timeout"] > 0:
+        raise DefinitionError(f"{where}: key 'timeout' must be a number of seconds above 0")
+    if "retries" in step and not 0 <= step["retries"] <= 100:
+        raise DefinitionError(f"{where}: key 'retries' must be between 0 and 100")
+    if "retry_delay" in step and not 0 <= step["retry_delay"] <= 3600:
+        raise DefinitionError(f"{where}: key 'retry_delay' must be between 0 and 3600 seconds")
+    if "shard" in step and step["shard"] not in ("all", "first"):
+        raise DefinitionError(
+            f'{where}: key \'shard\' must be "all" or "first"{did_you_mean(step["shard"], ["all", "first"])}'
+        )
+
+
+def _check_when_status(value: Any, where: str) -> None:
+    if value not in WHEN_STATUSES:
+        shown = value if isinstance(value, str) else _value_type_name(value)
+        raise DefinitionError(
+            f"{where}: key 'when.status' must be one of success, failure, always, "
+            f"not '{shown}'{did_you_mean(str(value), WHEN_STATUSES)}"
+        )
+
+
+def _check_when_globs(key: str, value: Any, where: str) -> None:
+    """when.changed / when.branch: one glob or a non-empty list of them, each one valid."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v for v in items):
+        raise DefinitionError(f"{where}: key 'when.{key}' must be a non-empty list of glob strings")
+    as_matched = changed_glob if key == "changed" else branch_glob
+    for i, pattern in enumerate(items):
+        try:
+            as_matched(pattern)
+        except GlobError as exc:
+            shown = f"when.{key}" if isinstance(value, str) else f"when.{key}[{i}]"
+            raise DefinitionError(f"{where}: key '{shown}': invalid glob {_shorten(pattern, 80)!r}: {exc}") from None
+
+
+def load_workflow(
+    name: str,
+    workflows_dir: Path,
+    variables: dict[str, str] | None = None,
+    settings: Settings | None = None,
+    root: Path | None = None,
+) -> Workflow:
+    """Load and strictly validate workflows/<name>.json; DefinitionError on the first problem."""
+    name = check_workflow_name(name)
+    root = root if root is not None else workflows_dir.parent
+    settings = settings or Settings()
+    path = workflows_dir / f"{name}.json"
+    shown = _display_path(path, root)
+    if not path.is_file():
+        known = [n for n, _ in list_workflows(workflows_dir)]
+        hint = did_you_mean(name, known) or (
+            f"; known: {', '.join(known)}"
+            if known
+            else f"; {_display_path(workflows_dir, root)}/ has no workflows (try: orchestrate init)"
+        )
+        raise UsageError(f"no workflow '{name}': {shown} does not exist{hint}")
+    data = parse_json_file(path, shown)
+    sha256 = sha256_hex(path.read_bytes())
+    return build_workflow(
+        data, name, path, shown, variables if variables is not None else dict(os.environ), settings, root, sha256
+    )
+
+
+def build_workflow(
+    data: Any,
+    name: str,
+    path: Path,
+    shown: str,
+    variables: dict[str, str],
+    settings: Settings,
+    root: Path,
+    sha256: str = "",
+) -> Workflow:
+    """Validate a parsed workflow document: pure except for plugin lookup under root.
+
+    A DefinitionError never quotes a secret: its value becomes the ${NAME} it came from."""
+    names = _secret_variable_names(data, variables) if isinstance(data, dict) else {}
+    try:
+        return _build_workflow(data, name, path, shown, variables, settings, root, sha256)
+    except DefinitionError as exc:
+        if not names:
+            raise
+        raise DefinitionError(_name_secrets(str(exc), names)) from None
+
+
+def _build_workflow(
+    data: Any, name: str, path: Path, shown: str, variables: dict[str, str], settings: Settings, root: Path, sha256: str
+) -> Workflow:
+    _check_workflow_document(data, name, shown)
+    secrets = _declared_secrets(data, variables, shown)  # value -> where it came from
+    refs: list[tuple[str, str, tuple[str, ...]]] = []
+    warnings: list[str] = []
+    env = _interpolate_tree(data.get("env", {}), variables, shown, "env", secrets, refs)
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    for index, raw_step in enumerate(data["steps"]):
+        where, runner = _check_step_document(raw_step, index, shown, root, seen)
+        _note_literal_tokens(raw_step, index, where, secrets, warnings)
+        step = _resolve_step(raw_step, index, runner, variables, where, secrets, refs)
+        for key in ("sources", "reports"):
+            if key in step.resolved:
+                check_path_globs(step.resolved[key], where, key)
+        runner.check_definition(step, path, settings)
+        runner.check_paths(step, where, root)
+        steps.append(step)
+        _note_jira_credential(step, secrets)
+    check_step_needs(steps, shown)
+    _check_secret_lengths(secrets, shown)
+    _stamp_step_hashes(steps, env, Masker(secrets), refs, variables, shown)
+    return Workflow(
+        name=name,
+        path=path,
+        description=data.get("description", ""),
+        env=env,
+        steps=steps,
+        secrets=set(secrets),
+        sha256=sha256,
+        display_path=shown,
+        warnings=warnings,
+        references=refs,
+        variables_used={n for _, _, used in refs for n in used},
+    )
+
+
+def _check_workflow_document(data: Any, name: str, shown: str) -> None:
+    """The workflow file's own keys: an object whose name matches its file, with steps."""
+    if not isinstance(data, dict):
+        raise DefinitionError(f"{shown}: expected a JSON object with a 'steps' list, not {_value_type_name(data)}")
+    _check_keys(data, WORKFLOW_KEYS, shown)
+    if "name" in data and data["name"] != name:
+        raise DefinitionError(
+            f"{shown}: key 'name' is '{data['name']}' but the file is {name}.json; "
+            f"make them match (the file name is how you run it)"
+        )
+    if not data["steps"]:
+        raise DefinitionError(f"{shown}: key 'steps' is empty; add at least one step")
+
+
+def _declared_secrets(data: dict[str, Any], variables: dict[str, str], shown: str) -> dict[str, str]:
+    """The values of the variables the workflow's 'secrets' key names, each with its ${NAME}."""
+    secrets: dict[str, str] = {}
+    for var in data.get("secrets", []):
+        if not _VAR_NAME_RE.match(var):
+            raise DefinitionError(f"{shown}: key 'secrets' lists '{var}', which is not a variable name")
+        if variables.get(var):
+            secrets.setdefault(variables[var], f"${{{var}}}")
+    return secrets
+
+
+def _check_step_document(raw_step: Any, index: int, shown: str, root: Path, seen: dict[str, int]) -> tuple[str, Runner]:
+    """Check one step's keys before interpolation; its label for messages and its runner."""
+    where = f"{shown}: steps[{index}]"
+    if not isinstance(raw_step, dict):
+        raise DefinitionError(f"{where}: expected an object, not {_value_type_name(raw_step)}")
+    step_name = raw_step.get("name")
+    if isinstance(step_name, str):
+        where = f'{shown}: steps[{index}] "{step_name}"'
+    for key in ("name", "type"):
+        if key not in raw_step:
+            raise DefinitionError(f"{where}: missing required key '{key}'")
+        check_value(raw_step[key], COMMON_KEYS[key], where, key)
+    runner = _step_runner(raw_step["type"], where, root)
+    specs = {**COMMON_KEYS, **runner.keys}
+    _check_keys(raw_step, specs, where, extra_allowed=runner.accepts_any_key)
+    _validate_common(raw_step, where)
+    step_name = raw_step["name"]  # a string now: _check_keys has checked it
+    if step_name in seen:
+        raise DefinitionError(
+            f"{where}: duplicate step name '{step_name}' (also steps[{seen[step_name]}]); step names must be unique"
+        )
+    seen[step_name] = index
+    return where, runner
+
+
+def _step_runner(step_type: str, where: str, root: Path) -> Runner:
+    """The built-in runner of a step type, else its plugin, else a message listing both."""
+    runner = RUNNERS.get(step_type)
+    if runner is not None:
+        return runner
+    if not _STEP_TYPE_RE.match(step_type) or _find_plugin(step_type, root) is None:
+        plugins = sorted(p.name[: -len("_runner.py")] for p in (root / "integrations").glob("*_runner.py"))
+        plugins += sorted(n for n in _entry_point_names() if n not in plugins)
+        raise DefinitionError(
+            f"{where}: unknown step type '{step_type}'{did_you_mean(step_type, list(RUNNERS) + plugins)}; "
+            f"built-in types: {', '.join(sorted(RUNNERS))}; plugins: "
+            f"{', '.join(plugins) if plugins else 'none (add integrations/' + step_type + '_runner.py)'}"
+        )
+    return PluginRunner(step_type)
+
+
+def _note_literal_tokens(
+    raw_step: dict[str, Any], index: int, where: str, secrets: dict[str, str], warnings: list[str]
+) -> None:
+    """A token written into the file is masked like a declared secret, with a warning."""
+    for key, value in raw_step.items():
+        if key == "token" and isinstance(value, str) and value and "${" not in value:
+            secrets.setdefault(value, f"in steps[{index}] key 'token'")
+            warnings.append(
+                f"{where}: key 'token' holds a literal token; keep it out of the file with "
+                f'"token": "${{JIRA_TOKEN}}" (it is masked as *** all the same)'
+            )
+
+
+def _resolve_step(
+    raw_step: dict[str, Any],
+    index: int,
+    runner: Runner,
+    variables: dict[str, str],
+    where: str,
+    secrets: dict[str, str],
+    refs: list[tuple[str, str, tuple[str, ...]]],
+) -> Step:
+    """The Step of a checked step definition, its ${NAME} values interpolated."""
+    resolved = {
+        k: (v if k in ("name", "type") else _interpolate_tree(v, variables, where, k, secrets, refs))
+        for k, v in raw_step.items()
+    }
+    step_name = raw_step["name"]
+    return Step(
+        index=index,
+        name=step_name,
+        type=raw_step["type"],
+        config={k: v for k, v in resolved.items() if k not in COMMON_KEYS},
+        resolved=resolved,
+        timeout=float(resolved["timeout"]) if "timeout" in resolved else None,
+        retries=resolved.get("retries", 0),
+        retry_delay=float(resolved.get("retry_delay", 0)),
+        continue_on_error=resolved.get("continue_on_error", False),
+        env=dict(resolved.get("env", {})),
+        cwd=resolved.get("cwd"),
+        when=dict(resolved.get("when", {})),
+        required=resolved.get("required", False),
+        shard=resolved.get("shard", "all"),
+        label=f'steps[{index}] "{step_name}"',
+        source=raw_step,
+        needs=list(raw_step["needs"]) if "needs" in raw_step else None,
+        sources=list(resolved.get("sources", [])),
+        reports=list(resolved.get("reports", [])),
+    )
+
+
+def _note_jira_credential(step: Step, secrets: dict[str, str]) -> None:
+    """The Basic credential a jira step sends: a step printing its headers prints this."""
+    user, token = step.config.get("user"), step.config.get("token")
+    if step.type == "jira" and isinstance(user, str) and user and isinstance(token, str) and token:
+        import base64
+
+        secrets.setdefault(
+            base64.b64encode(f"{user}:{token}".encode()).decode("ascii"), f"user:token of steps[{step.index}]"
+        )
+
+
+def _check_secret_lengths(secrets: dict[str, str], shown: str) -> None:
+    for value, source in secrets.items():
+        if len(value) < MIN_SECRET_LEN:
+            raise DefinitionError(
+                f"{shown}: secret {source} is {len(value)} character{'s' if len(value) != 1 else ''} "
+                f"long; a secret needs at least {MIN_SECRET_LEN}, as masking a shorter value would "
+                f"garble ordinary output (use a longer secret)"
+            )
+
+
+def _stamp_step_hashes(
+    steps: list[Step],
+    env: Any,
+    masker: Masker,
+    refs: list[tuple[str, str, tuple[str, ...]]],
+    variables: dict[str, str],
+    shown: str,
+) -> None:
+    """Each step's definition hash and the variables it uses (what --resume and sources compare)."""
+    # the workflow's env reaches every step: A=1 and A=2 must not hash the same (secrets in it
+    # are masked here; their values enter values_sha256, keyed, never in clear)
+    shared_env = masker.mask_tree(env)
+    env_names = [name for where, key, used in refs if where == shown and key.startswith("env") for name in used]
+    step_names: dict[int, list[str]] = {}
+    prefix = f"{shown}: steps["
+    for where, _key, used in refs:
+        if where.startswith(prefix):
+            number = where[len(prefix) : where.find("]", len(prefix))]
+            if number.isdigit():
+                step_names.setdefault(int(number), []).extend(used)
+    for step in steps:
+        step.definition_sha256 = _canonical_hash({"step": masker.mask_tree(step.resolved), "env": shared_env})
+        step.variables = {name: variables.get(name) for name in sorted({*env_names, *step_names.get(step.index, [])})}
+
+
+def check_step_needs(steps: Sequence[Step], shown: str) -> None:
+    """`needs` names steps of the same workflow, never the step itself, and forms no cycle."""
+    names = {step.name: step for step in steps}
+    for step in steps:
+        for i, need in enumerate(step.needs or ()):
+            where = f"{shown}: {step.label}: key 'needs[{i}]'"
+            if need == step.name:
+                raise DefinitionError(f"{where}: a step cannot need itself")
+            if need not in names:
+                raise DefinitionError(f"{where}: no step named {need!r} in this workflow{did_you_mean(need, names)}")
+            if need in (step.needs or [])[:i]:
+                raise DefinitionError(f"{where}: {need!r} is listed twice")
+    cycle = _dependency_cycle(steps)
+    if cycle:
+        first = steps[cycle[0]]
+        raise DefinitionError(
+            f"{shown}: {first.label}: key 'needs': the steps form a cycle: "
+            + " → ".join(repr(steps[i].name) for i in cycle)
+        )
+
+
+def step_dependencies(steps: Sequence[Step]) -> list[tuple[int, ...]]:
+    """The steps each step waits for, by index: its `needs`; without `needs`, the step above it
+    (a workflow without `needs` is a chain, as before `needs` existed), or every step above it
+    for a `when.status` failure/always step (it judges them all)."""
+    index_of = {step.name: step.index for step in steps}
+    deps: list[tuple[int, ...]] = []
+    for i, step in enumerate(steps):
+        if step.needs is not None:
+            deps.append(tuple(index_of[name] for name in step.needs))
+        elif step.when_status != "success":
+            deps.append(tuple(range(i)))
+        else:
+            deps.append((i - 1,) if i else ())
+    return deps
+
+
+def _dependency_cycle(steps: Sequence[Step]) -> list[int] | None:
+    """A cycle in the step graph as the indices along it (first repeated at the end), or None."""
+    deps = step_dependencies(steps)
+    state = [0] * len(steps)  # 1: on the current path, 2: done
+    for start in range(len(steps)):
+        if state[start]:
+            continue
+        path = [start]
+        stack = [iter(deps[start])]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state[nxt] == 1:
+                return path[path.index(nxt) :] + [nxt]
+            elif not state[nxt]:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(deps[nxt]))
+    return None
+
+
+# === 11. Engine ===
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -6821,15 +10203,6 @@ def parse_vars(pairs: Iterable[str]) -> dict[str, str]:
     return result
 
 
-def name_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "step"
-
-
-def step_log_name(step: Step, total: int) -> str:
-    width = max(2, len(str(total)))
-    return f"{step.index + 1:0{width}d}-{name_slug(step.name)}.log"
-
-
 def _pending_entry(step: Step, log_file: str) -> dict[str, Any]:
     return {
         "step": step.name,
@@ -6845,15 +10218,6 @@ def _pending_entry(step: Step, log_file: str) -> dict[str, Any]:
         "log_file": log_file,
         "definition_sha256": step.definition_sha256,
     }
-
-
-def step_by_name_or_number(value: str, names: Sequence[str]) -> str | None:
-    """The step a user means: its name, else its number (1 = the first, as `logs` counts)."""
-    if value in names:
-        return value
-    if value.isdigit() and 1 <= int(value) <= len(names):
-        return names[int(value) - 1]
-    return None
 
 
 def select_steps(workflow: Workflow, options: RunOptions) -> dict[int, str]:
@@ -7085,41 +10449,17 @@ def _base_environment(options: RunOptions, env_hooks: Iterable[EnvHook] = ()) ->
 
 
 StepGate = Callable[[Step, RunOptions], "str | None"]
+
+
 EnvHook = Callable[[dict[str, str], RunOptions], None]
+
+
 # fields a step's entry gets when it starts, is skipped or is re-used ("start", "skip", "reuse")
 EntryFields = Callable[[Step, str], "dict[str, Any]"]
+
+
 # an earlier run's result a step may take over instead of running: (that run's id, its entry)
 StepReuse = Callable[[Step, RunOptions], "tuple[str, dict[str, Any]] | None"]
-
-
-class RunSink:
-    """Receives the events of one run. The engine calls a sink's methods one at a time (steps
-    that run in parallel threads take turns), so a sink needs no lock of its own; it keeps
-    whatever per-step state it needs keyed by the step's index."""
-
-    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
-        """Before any step."""
-
-    def step_started(self, step: Step, entry: dict[str, Any]) -> None:
-        """A step starts (its entry is `running`)."""
-
-    def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
-        """A step will not run; entry["message"] says why."""
-
-    def step_reused(self, step: Step, entry: dict[str, Any]) -> None:
-        """A step took over an earlier run's result (entry["reused_from"]) instead of running."""
-
-    def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
-        """A step ended (passed, failed or skipped by its runner); its log is complete."""
-
-    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
-        """After the last step, once the record and the JUnit report are written."""
-
-    def tick(self) -> None:
-        """Called now and then while steps run (live status lines)."""
-
-    def debug(self, text: str) -> None:
-        """With --debug: a command orchestrate is about to run."""
 
 
 @dataclass
@@ -7905,3017 +11245,7 @@ def execute_run(
     return record, code
 
 
-# === 8. Reports ===
-
-# The characters XML 1.0 forbids, listed directly. The same set written as the complement of the
-# allowed ranges ("[^\x09\x0a\x0d\x20-\ud7ff...\U0010ffff]") takes ~5 ms to compile, at every
-# start of every command (python -X importtime); this one ~0.5 ms, and substitutes faster too.
-_XML_ILLEGAL_RE = lazy_regex("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def xml_safe(text: str) -> str:
-    """Text that XML 1.0 can carry: escapes removed, forbidden characters shown as \\xNN
-    (pytest's junitxml does the same)."""
-    if _plain(text):
-        return text
-    text = _ANSI_RE.sub("", text)
-    return _XML_ILLEGAL_RE.sub(
-        lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()), text
-    )
-
-
-def _junit_time(seconds: Any) -> str:
-    return f"{float(seconds or 0):.3f}"
-
-
-def _junit_timestamp(iso: str | None) -> str:
-    # the Ant schema's pattern: no fraction, no zone (UTC by our convention)
-    return (iso or utc_now())[:19]
-
-
-class _XmlElement:
-    """An element of _SmallElementTree."""
-
-    __slots__ = ("attrib", "children", "tag", "text")
-
-    def __init__(self, tag: str, attrib: dict[str, str]) -> None:
-        self.tag, self.attrib, self.text = tag, attrib, ""
-        self.children: list[_XmlElement] = []
-
-
-def _xml_escape(text: str, attribute: bool = False) -> str:
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    if attribute:
-        text = text.replace('"', "&quot;").replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#09;")
-    return text
-
-
-class _SmallElementTree:
-    """The part of xml.etree.ElementTree that build_junit_xml uses, writing the same bytes as
-    ET.tostring(root, encoding="utf-8"): importing ElementTree cost about 4 ms of every run
-    (a run writes its report whatever happens). tests/test_junit.py compares the two."""
-
-    @staticmethod
-    def Element(tag: str, **attrib: str) -> _XmlElement:  # ElementTree's names
-        return _XmlElement(tag, attrib)
-
-    @staticmethod
-    def SubElement(parent: _XmlElement, tag: str, **attrib: str) -> _XmlElement:
-        element = _XmlElement(tag, attrib)
-        parent.children.append(element)
-        return element
-
-    @staticmethod
-    def tostring(root: _XmlElement, encoding: str = "utf-8") -> bytes:
-        parts: list[str] = []
-
-        def write(element: _XmlElement) -> None:
-            parts.append("<" + element.tag)
-            for key, value in element.attrib.items():
-                parts.append(f' {key}="{_xml_escape(value, attribute=True)}"')
-            if element.text or element.children:
-                parts.append(">" + _xml_escape(element.text or ""))
-                for child in element.children:
-                    write(child)
-                parts.append(f"</{element.tag}>")
-            else:
-                parts.append(" />")
-
-        write(root)
-        return "".join(parts).encode(encoding, "xmlcharrefreplace")
-
-
-def build_junit_xml(
-    record: dict[str, Any], testcases: dict[int, list[TestCase]] | None = None, shard: tuple[int, int] | None = None
-) -> bytes:
-    """One <testsuite> per run (a <testcase> per step), plus one per step that reported its own
-    test cases; valid against both Jenkins xunit's junit-10.xsd and the Ant-style JUnit.xsd."""
-    hostname = xml_safe(_hostname() or "localhost") or "localhost"
-    workflow = xml_safe(record.get("workflow") or "workflow")
-    suite_name = workflow + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
-    root = _SmallElementTree.Element("testsuites")
-    _junit_run_suite(root, record, suite_name, workflow, hostname)
-    entries = record.get("log", [])
-    for n, (index, cases) in enumerate(sorted((testcases or {}).items()), start=1):
-        entry = entries[index] if index < len(entries) else {"step": f"step {index}"}
-        _junit_step_suite(root, n, entry, cases, suite_name, workflow, hostname)
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + _SmallElementTree.tostring(root, encoding="utf-8") + b"\n"
-
-
-def _junit_run_suite(root: _XmlElement, record: dict[str, Any], suite_name: str, workflow: str, hostname: str) -> None:
-    """The run's own <testsuite>: its properties, a <testcase> per step, and in system-out one
-    line per step with its start (testcase has no start attribute in either schema)."""
-    ET: Any = _SmallElementTree
-    suite = ET.SubElement(root, "testsuite")
-    entries = record.get("log", [])
-    failures = sum(1 for e in entries if e.get("status") == "failed" and not e.get("allowed_failure"))
-    skipped = sum(1 for e in entries if e.get("status") in ("skipped", "pending") or e.get("allowed_failure"))
-    suite.attrib.update(
-        name=suite_name,
-        package=workflow,
-        id="0",
-        timestamp=_junit_timestamp(record.get("started_at")),
-        hostname=hostname,
-        tests=str(len(entries)),
-        failures=str(failures),
-        errors="0",
-        skipped=str(skipped),
-        time=_junit_time(record.get("duration_s")),
-    )
-    props = ET.SubElement(suite, "properties")
-    for key in ("run_id", "status", "workflow_sha256"):
-        if record.get(key):
-            ET.SubElement(props, "property", name=key, value=xml_safe(str(record[key])))
-    git = (record.get("trigger") or {}).get("git") or {}
-    for key in ("commit", "branch"):
-        if git.get(key):
-            ET.SubElement(props, "property", name=f"git.{key}", value=xml_safe(str(git[key])))
-    out_lines = [_junit_step_case(suite, workflow, entry) for entry in entries]
-    ET.SubElement(suite, "system-out").text = xml_safe(
-        "\n".join(out_lines) + ("\n" + record["message"] if record.get("message") else "")
-    )
-    ET.SubElement(suite, "system-err").text = ""
-
-
-def _junit_step_case(suite: _XmlElement, workflow: str, entry: Mapping[str, Any]) -> str:
-    """A step's <testcase> in the run's suite; returns its system-out line."""
-    ET: Any = _SmallElementTree
-    case = ET.SubElement(
-        suite,
-        "testcase",
-        classname=workflow,
-        name=xml_safe(entry.get("step") or "step"),
-        time=_junit_time(entry.get("duration_s")),
-    )
-    status = entry.get("status")
-    message = xml_safe(entry.get("message") or "")
-    if status == "failed" and entry.get("allowed_failure"):
-        ET.SubElement(case, "skipped", message=f"failed, allowed by continue_on_error: {message}")
-    elif status == "failed":
-        failure = ET.SubElement(case, "failure", message=message or "failed", type="StepFailed")
-        failure.text = xml_safe(entry.get("output_tail") or "")
-    elif status in ("skipped", "pending"):
-        ET.SubElement(case, "skipped", message=message or "not run")
-    started = f", started {entry['started_at']}" if entry.get("started_at") else ""
-    return f"[{status}] {entry.get('step')} ({_junit_time(entry.get('duration_s'))}s{started})" + (
-        f": {entry.get('message')}" if entry.get("message") else ""
-    )
-
-
-def _junit_step_suite(
-    root: _XmlElement,
-    number: int,
-    entry: dict[str, Any],
-    cases: list[TestCase],
-    suite_name: str,
-    workflow: str,
-    hostname: str,
-) -> None:
-    """The <testsuite> of the test cases one step reported (its JUnit files, Cypress specs)."""
-    ET: Any = _SmallElementTree
-    step_name = xml_safe(entry["step"])
-    sub = ET.SubElement(root, "testsuite")
-    sub.attrib.update(
-        name=f"{suite_name} › {step_name}",
-        package=f"{workflow}.{step_name}",
-        id=str(number),
-        timestamp=_junit_timestamp(entry.get("started_at")),
-        hostname=hostname,
-        tests=str(len(cases)),
-        failures=str(sum(1 for c in cases if c.status == "failed")),
-        errors="0",
-        skipped=str(sum(1 for c in cases if c.status == "skipped")),
-        time=_junit_time(sum(c.time for c in cases)),
-    )
-    ET.SubElement(sub, "properties")
-    for case_data in cases:
-        case = ET.SubElement(
-            sub,
-            "testcase",
-            classname=xml_safe(case_data.classname) or step_name,
-            name=xml_safe(case_data.name) or "test",
-            time=_junit_time(case_data.time),
-        )
-        if case_data.status == "failed":
-            failure = ET.SubElement(case, "failure", message=xml_safe(case_data.message) or "failed", type="TestFailed")
-            failure.text = xml_safe(case_data.text)
-        elif case_data.status == "skipped":
-            ET.SubElement(case, "skipped", message=xml_safe(case_data.message) or "skipped")
-    ET.SubElement(sub, "system-out").text = ""
-    ET.SubElement(sub, "system-err").text = ""
-
-
-# --- Test reports a step writes (`reports`), and the one JUnit parser ---------------------
-# Every JUnit file orchestrate reads (Cypress's, and whatever a step's `reports` globs match:
-# pytest --junitxml, jest-junit, go-junit-report, Maven Surefire) goes through parse_junit_xml:
-# a file is a step's output, so it may be hostile. expat is driven directly, so a DOCTYPE (and
-# with it every entity declaration: "billion laughs", external entities) is refused before
-# anything is expanded, and a file is read only up to MAX_REPORT_BYTES, never through a
-# symbolic link, and only when it is a regular file (a FIFO would hang the run).
-
-MAX_REPORT_BYTES = 64 * 1024 * 1024
-MAX_REPORT_FILES = 1000  # per step and attempt: beyond it the step says so
-MAX_STEP_TESTCASES = 50_000  # cases one step keeps for the report (and its .tests.json)
-MAX_TEST_TEXT = 16 * 1024  # a failure's text kept per case; the tool's own file has it all
-REPORT_FAILED_NAMES_MAX = CYPRESS_FAILED_NAMES_MAX
-_TEST_FILE_SUFFIXES = (".py", ".java", ".kt", ".scala", ".groovy", ".js", ".ts", ".rb", ".cs", ".go")
-_TEST_FILE_PREFIXES = ("", "src/test/java/", "src/test/kotlin/", "src/test/scala/", "test/", "tests/")
-
-
-class ReportError(ValueError):
-    """A test report that cannot be used; the message says why (the caller names the file)."""
-
-
-def parse_junit_xml(data: bytes) -> Any:
-    """The element tree of a JUnit XML document, hardened: no DTD or entity declaration is
-    accepted (ReportError), nor a document over MAX_REPORT_BYTES; ReportError when it is not
-    well-formed. Only the five predefined entities and character references are expanded."""
-    import xml.etree.ElementTree as ET
-    from xml.parsers import expat
-
-    if len(data) > MAX_REPORT_BYTES:
-        raise ReportError(
-            f"it is {len(data) / 1e6:.0f} MB; a report may be at most {MAX_REPORT_BYTES // (1024 * 1024)} MiB"
-        )
-    builder = ET.TreeBuilder()
-    parser = expat.ParserCreate()
-    parser.buffer_text = True
-
-    def refuse(*_: Any) -> None:
-        raise ReportError("it declares a DOCTYPE; JUnit reports have none, and its entities could expand without bound")
-
-    parser.StartDoctypeDeclHandler = refuse
-    parser.EntityDeclHandler = refuse
-    parser.ExternalEntityRefHandler = refuse  # type: ignore[assignment]
-    parser.StartElementHandler = builder.start
-    parser.EndElementHandler = builder.end
-    parser.CharacterDataHandler = builder.data
-    try:
-        parser.Parse(data, True)
-        return builder.close()
-    except expat.ExpatError as exc:
-        raise ReportError(f"not well-formed XML: {exc}") from None
-    except (ValueError, LookupError, AssertionError) as exc:  # ValueError covers ReportError
-        if isinstance(exc, ReportError):
-            raise
-        raise ReportError(f"not a JUnit report ({type(exc).__name__}: {exc})") from None
-
-
-def read_report_file(path: Path) -> bytes:
-    """A report's bytes: a regular file, not followed through a symbolic link, at most
-    MAX_REPORT_BYTES (ReportError otherwise; OSError when it cannot be opened)."""
-    import errno
-    import stat
-
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ReportError("it is a symbolic link; orchestrate reads reports only as files") from None
-        raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ReportError("it is not a regular file")
-        if info.st_size > MAX_REPORT_BYTES:
-            raise ReportError(
-                f"it is {info.st_size / 1e6:.0f} MB; a report may be at most {MAX_REPORT_BYTES // (1024 * 1024)} MiB"
-            )
-        chunks, size = [], 0
-        while size <= MAX_REPORT_BYTES:
-            chunk = os.read(fd, READ_CHUNK)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _root_relative(path: Path | str, root: Path) -> str:
-    """`path` relative to the project root, POSIX-style, when it is inside it; else as given."""
-    text = os.path.normpath(os.path.join(root, path))
-    base = os.path.abspath(root)
-    if _inside(text, base):
-        return os.path.relpath(text, base).replace(os.sep, "/")
-    return str(path).replace(os.sep, "/")
-
-
-def case_file_of(classname: str, root: Path, given: str = "") -> str:
-    """The file a JUnit test case belongs to, relative to the root: its `file` attribute (or
-    its suite's), else found from a dotted classname (pytest's `tests.test_calc`, Surefire's
-    `com.acme.CalcTest` under src/test/java/), else ""."""
-    if given:
-        return _root_relative(given.replace("\\", "/"), root)
-    parts = [p for p in classname.replace("::", ".").split(".") if p]
-    if not parts or len(parts) > 32 or any("/" in p for p in parts):
-        return ""
-    for count in range(len(parts), 0, -1):
-        base = "/".join(parts[:count])
-        for prefix in _TEST_FILE_PREFIXES:
-            for suffix in _TEST_FILE_SUFFIXES:
-                candidate = f"{prefix}{base}{suffix}"
-                if (root / candidate).is_file():
-                    return candidate
-    return ""
-
-
-def junit_test_cases(document: Any, root: Path) -> list[TestCase]:
-    """Every <testcase> of a JUnit document (nested suites too), in document order. A case
-    with <failure> or <error> failed, one with <skipped> was skipped; `file` comes from the
-    case, its suite, or its classname (case_file_of)."""
-    cases: list[TestCase] = []
-    files: dict[str, str] = {}  # classname -> file: looked up once per class
-    stack: list[tuple[Any, str]] = [(document, document.get("file", "") if document.tag == "testsuite" else "")]
-    while stack:
-        element, suite_file = stack.pop()
-        children = list(element)
-        for child in reversed(children):
-            if child.tag == "testsuite":
-                stack.append((child, child.get("file") or suite_file))
-        if element.tag == "testsuites":
-            continue
-        for case in element.findall("testcase"):
-            problem = case.find("failure")
-            if problem is None:
-                problem = case.find("error")
-            skipped = case.find("skipped")
-            if problem is not None:
-                status, message, text = "failed", problem.get("message", ""), problem.text or ""
-            elif skipped is not None:
-                status, message, text = "skipped", skipped.get("message", ""), ""
-            else:
-                status, message, text = "passed", "", ""
-            classname = case.get("classname", "")
-            given = case.get("file") or suite_file
-            key = f"{classname}\0{given}"
-            if key not in files:
-                files[key] = case_file_of(classname, root, given)
-            cases.append(
-                TestCase(
-                    name=case.get("name", ""),
-                    classname=classname,
-                    time=_seconds(case.get("time")),
-                    status=status,
-                    message=message,
-                    text=text[:MAX_TEST_TEXT],
-                    file=files[key],
-                )
-            )
-    return cases
-
-
-def case_display_name(case: TestCase) -> str:
-    """`file › test` (or `classname › test`): how the record and messages name a reported test."""
-    return " › ".join(part for part in (case.file or case.classname, case.name) if part)
-
-
-def report_snapshot(step: Step, root: Path, runs_dir: Path) -> dict[str, tuple[int, int, int]]:
-    """The files a step's `reports` globs match now, with what identifies their version:
-    a file that is the same afterwards is from before the step and is not read."""
-    return {
-        path: (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
-        for path, info in match_files(root, step.reports, runs_dir)
-    }
-
-
-def read_step_reports(
-    step: Step, root: Path, runs_dir: Path, before: Mapping[str, tuple[int, int, int]], masker: Masker
-) -> tuple[list[TestCase], list[str], list[str]]:
-    """The test cases of the reports the step (re)wrote since `before`, masked; the files
-    read; and one problem line per report that could not be used (none found included)."""
-    found = [
-        (path, info)
-        for path, info in match_files(root, step.reports, runs_dir)
-        if before.get(path) != (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
-    ]
-    problems: list[str] = []
-    if not found:
-        shown = ", ".join(repr(p) for p in step.reports)
-        return [], [], [f"reports: no file matching {shown} was written by the step"]
-    if len(found) > MAX_REPORT_FILES:
-        problems.append(f"reports: {len(found)} files match; the first {MAX_REPORT_FILES} were read")
-        found = found[:MAX_REPORT_FILES]
-    cases: list[TestCase] = []
-    for path, _info in found:
-        try:
-            cases += junit_test_cases(parse_junit_xml(read_report_file(root / path)), root)
-        except (ReportError, OSError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            problems.append(f"reports: {masker.mask_readable(path)} is not a usable JUnit report ({why})")
-    if len(cases) > MAX_STEP_TESTCASES:
-        problems.append(f"reports: {len(cases)} test cases; the first {MAX_STEP_TESTCASES} are kept")
-        cases = cases[:MAX_STEP_TESTCASES]
-    masked = [
-        TestCase(
-            name=masker.mask_readable(c.name),
-            classname=masker.mask_readable(c.classname),
-            time=c.time,
-            status=c.status,
-            message=masker.mask_readable(c.message),
-            text=masker.mask_readable(c.text),
-            file=masker.mask_readable(c.file),
-        )
-        for c in cases
-    ]
-    return masked, [path for path, _ in found], problems
-
-
-def failed_test_details(failed: Iterable[TestCase]) -> list[dict[str, str]]:
-    """The record's `failed_test_details`: each failed test's name (as in failed_tests), its
-    file relative to the root and the first line of its message, for annotations on the file."""
-    return [
-        {
-            "name": case_display_name(case),
-            "file": case.file,
-            "message": _shorten((case.message or case.text or "failed").strip().split("\n", 1)[0], 300),
-        }
-        for case in list(failed)[:REPORT_FAILED_NAMES_MAX]
-    ]
-
-
-def apply_step_reports(result: StepResult, cases: list[TestCase], problems: list[str]) -> StepResult:
-    """A step's result with its reports read in: the counts and failed names in the record,
-    the cases for the JUnit report; a step whose tool passed fails when a report records a
-    failed test or could not be read."""
-    failed = [c for c in cases if c.status == "failed"]
-    extra = dict(result.extra)
-    extra.update(
-        tests=extra.get("tests", 0) + len(cases),
-        failures=extra.get("failures", 0) + len(failed),
-        failed_tests=[*(extra.get("failed_tests") or []), *(case_display_name(c) for c in failed)][
-            :REPORT_FAILED_NAMES_MAX
-        ],
-        failed_test_details=[*(extra.get("failed_test_details") or []), *failed_test_details(failed)][
-            :REPORT_FAILED_NAMES_MAX
-        ],
-    )
-    parts = []
-    if failed:
-        names = ", ".join(case_display_name(c) for c in failed[:3])
-        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-        parts.append(f"{len(failed)} of {len(cases)} tests failed: {names}{more}")
-    parts += problems
-    status, message = result.status, result.message
-    if parts:
-        if status == "passed":
-            status, message = "failed", "; ".join(parts)
-        else:
-            message = "; ".join(filter(None, [message, *parts]))
-    elif status == "passed" and not message:
-        message = f"{plural(len(cases), 'test')} passed"
-    return StepResult(
-        status=status,
-        message=message,
-        exit_code=result.exit_code,
-        extra=extra,
-        testcases=[*result.testcases, *cases][:MAX_STEP_TESTCASES],
-    )
-
-
-_STD_STREAM_PATH_RE = lazy_regex(r"/dev/(?:(stdout)|(stderr)|fd/([0-9]+))|/proc/self/fd/([0-9]+)")
-
-
-def _write_fd(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def write_report_copy(path: Path, data: bytes) -> None:
-    """Write `--junit-xml PATH` without destroying what PATH is: /dev/stdout and its kind are
-    written to the descriptor itself; a device, FIFO or socket is opened and written into
-    (never replaced by a regular file: as root, /dev/full used to become one); a symbolic link
-    to a regular file stays a link and its target is replaced atomically; anything else is
-    replaced atomically as before. Raises OSError."""
-    import stat
-
-    stream = _STD_STREAM_PATH_RE.fullmatch(str(path))
-    if stream is not None:
-        fd = 1 if stream.group(1) else 2 if stream.group(2) else int(stream.group(3) or stream.group(4))
-        for handle in (sys.stdout, sys.stderr):
-            try:
-                handle.flush()
-            except (OSError, ValueError):
-                pass
-        _write_fd(fd, data)
-        return
-    try:
-        info: os.stat_result | None = os.stat(path)  # through a link: what it leads to
-    except FileNotFoundError:
-        info = None
-    if info is not None and stat.S_ISDIR(info.st_mode):
-        raise IsADirectoryError(21, "is a folder", str(path))
-    if info is not None and not stat.S_ISREG(info.st_mode):
-        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of hanging the run
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-        try:
-            os.set_blocking(fd, True)
-            _write_fd(fd, data)
-        finally:
-            os.close(fd)
-        return
-    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, data)
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s"
-
-
-def summary_counts(record: dict[str, Any]) -> str:
-    entries = record.get("log", [])
-    passed = sum(1 for e in entries if e.get("status") == "passed")
-    failed = sum(1 for e in entries if e.get("status") == "failed")
-    allowed = sum(1 for e in entries if e.get("allowed_failure"))
-    skipped = sum(1 for e in entries if e.get("status") in ("skipped", "pending"))
-    failed_text = f"{failed} failed" + (f" ({allowed} allowed)" if allowed else "")
-    return f"{passed} passed, {failed_text}, {skipped} skipped"
-
-
-def closing_line(record: dict[str, Any]) -> str:
-    return (
-        f"{record.get('workflow')}: {summary_counts(record)} in "
-        f"{float(record.get('duration_s') or 0):.1f}s (run {record.get('run_id')})"
-    )
-
-
-def render_step_table(record: dict[str, Any], detail_text: Callable[[str], str] = readable) -> list[str]:
-    """One row per step: status, duration and, when steps overlapped, when each started; a
-    step's message (its own text) goes through detail_text."""
-    rows = []
-    offsets = step_offsets(record)
-    for i, entry in enumerate(record.get("log", [])):
-        status = entry.get("status", "?")
-        label = "failed*" if entry.get("allowed_failure") else status
-        detail = detail_text(str(entry.get("message") or ""))
-        start = ""
-        if offsets is not None:
-            start = f"{'+' + format_duration(offsets[i]) if offsets[i] is not None else '-':>8}"
-        rows.append(
-            f"  {label:<8}{start} {format_duration(entry.get('duration_s')):>7}  {entry.get('step')}"
-            + (f" — {detail}" if detail and status != "passed" else "")
-        )
-    if any(e.get("allowed_failure") for e in record.get("log", [])):
-        rows.append("  (* failure allowed by continue_on_error)")
-    return rows
-
-
-_COLORS = {"passed": "32", "failed": "31", "skipped": "33", "header": "1", "dim": "2"}
-
-
-class _ConsoleStream:
-    """A console stream that may go away (`orchestrate run deploy | head`, a CI log pipe
-    closed early): the run, its record and its report matter more than its echo, so after
-    EPIPE output is dropped and the run carries on. Before, the BrokenPipeError ended the run
-    mid-step with exit 0 and left a record that later read as interrupted."""
-
-    def __init__(self, stream: Any, binary: bool = False) -> None:
-        self._stream = stream
-        self._binary = binary
-        self.gone = False
-        inner = getattr(stream, "buffer", None)
-        self.buffer = _ConsoleStream(inner, binary=True) if inner is not None and not binary else None
-
-    def _went_away(self) -> None:
-        self.gone = True
-        if self.buffer is not None:
-            self.buffer.gone = True
-        try:  # so the interpreter's final flush of sys.stdout does not complain either
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._stream.fileno())
-            os.close(devnull)
-        except (OSError, AttributeError, ValueError):
-            pass
-
-    def write(self, data: Any) -> None:
-        if self.gone:
-            return
-        try:
-            self._stream.write(data)
-        except BrokenPipeError:
-            self._went_away()
-
-    def flush(self) -> None:
-        if self.gone:
-            return
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._went_away()
-
-    def isatty(self) -> bool:
-        return bool(getattr(self._stream, "isatty", lambda: False)())
-
-
-class Console(RunSink):
-    """Everything orchestrate prints while running. Colour only on a terminal without NO_COLOR;
-    live status lines only on a terminal, never into a pipe or CI log.
-
-    Output modes: `live` streams the one running step's output as it comes (a chain, or
-    --jobs 1); `grouped` prints each step's output whole when it ends, from its log file, so
-    steps running in parallel never interleave (the default when they can); `prefixed` streams
-    every line as it comes with `name | ` in front. Under GitHub Actions and GitLab a step is
-    one group or section: `prefixed` is printed grouped there."""
-
-    MODES = ("live", "grouped", "prefixed")
-
-    def __init__(
-        self,
-        quiet: bool = False,
-        stream: Any = None,
-        debug: bool = False,
-        color: bool | None = None,
-        ci: PlainCIOutput | None = None,
-        output: str = "live",
-    ) -> None:
-        self.stream = _ConsoleStream(stream if stream is not None else sys.stdout)
-        self.quiet = quiet
-        self.debug_enabled = debug
-        is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.is_tty = is_tty
-        self.color = (
-            is_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb" if color is None else color
-        )
-        self.ci = ci if ci is not None else PlainCIOutput()
-        if output == "prefixed" and self.ci.name != "none":
-            output = "grouped"
-        self.mode = output
-        self.masker = Masker()
-        self.total = 0
-        self.lock = _thread.RLock()  # prefixed output arrives from the steps' threads
-        self.running: dict[int, tuple[Step, float]] = {}  # index -> (step, started), start order
-        self.live_lines = 0  # status lines drawn at the bottom of the terminal
-        self.at_line_start = True  # live mode: the last byte of step output was a newline
-        self.last_output = 0.0
-        self.partial: dict[int, bytes] = {}  # prefixed mode: each step's unfinished line
-
-    # -- plain writing -------------------------------------------------------------------
-
-    def style(self, text: str, kind: str) -> str:
-        return f"\x1b[{_COLORS[kind]}m{text}\x1b[0m" if self.color else text
-
-    def write(self, text: str) -> None:
-        """One of orchestrate's own lines. Not masked as a whole: the summary, the run id and
-        step names are orchestrate's; what came from a step (messages, output tails, test
-        names) was masked where it was produced and goes through step_text() here."""
-        with self.lock:
-            self._clear_live()
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def step_text(self, text: str) -> str:
-        """Text a step produced, for a line of orchestrate's own: masked, without escapes or
-        control characters (a raw ESC or BEL never reaches the terminal this way), and
-        escaped as the CI system needs (GitHub: a newline cannot start a forged command)."""
-        return self.ci.escape(self.masker.mask_readable(text))
-
-    def _lines(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            self.stream.write(line + "\n")
-
-    def debug(self, text: str) -> None:
-        if self.debug_enabled:
-            self.write(self.style(text, "dim"))
-
-    def _binary(self) -> Any:
-        return getattr(self.stream, "buffer", None)
-
-    def _raw(self, data: bytes) -> None:
-        binary = self._binary()
-        if binary is not None:
-            binary.write(data)
-            binary.flush()
-        else:
-            self.stream.write(bytes(data).decode("utf-8", "replace"))
-            self.stream.flush()
-
-    def _number(self, step: Step) -> str:
-        return f"[{step.index + 1}/{self.total}]"
-
-    # -- live status lines ----------------------------------------------------------------
-
-    def _live_text(self) -> list[str]:
-        now = time.monotonic()
-        return [f"{self._number(step)} {step.name} … {now - since:.0f}s" for step, since in self.running.values()]
-
-    def _clear_live(self) -> None:
-        if not self.live_lines:
-            return
-        if self.live_lines == 1:
-            self.stream.write("\r\x1b[2K")
-        else:  # up to the first status line, then clear to the end of the screen
-            self.stream.write(f"\r\x1b[{self.live_lines - 1}A\x1b[J")
-        self.live_lines = 0
-
-    def _draw_live(self) -> None:
-        """The status lines: one per running step (on one line with --quiet); in live mode
-        only while the step is silent and its output is at the start of a line."""
-        if not self.is_tty or not self.running:
-            return
-        if self.quiet:
-            text = [" · ".join(self._live_text())]
-        elif self.mode == "live":
-            if not self.at_line_start or time.monotonic() - self.last_output < 1.0:
-                return
-            text = self._live_text()[:1]
-        else:
-            text = self._live_text()
-        self._clear_live()
-        self.stream.write("\r\x1b[2K" + "\n".join(self.style(t, "dim") if not self.quiet else t for t in text))
-        self.stream.flush()
-        self.live_lines = len(text)
-
-    def tick(self) -> None:
-        with self.lock:
-            self._draw_live()
-
-    # -- step output ----------------------------------------------------------------------
-
-    def step_output_writer(self, step: Step) -> Callable[[bytes], None] | None:
-        """How a step's output reaches the terminal while it runs (None: it does not)."""
-        if self.quiet or self.mode == "grouped":
-            return None
-        if self.mode == "prefixed":
-            return lambda data: self._prefixed(step, data)
-
-        def write(data: bytes) -> None:
-            with self.lock:
-                self._clear_live()
-                self._raw(self.ci.fence_output(data))
-                if data:
-                    self.at_line_start = bytes(data[-1:]) == b"\n"
-                self.last_output = time.monotonic()
-
-        return write
-
-    _PREFIX_LINE_MAX = 64 * 1024  # a line that never ends is printed in pieces of this size
-
-    def _prefixed(self, step: Step, data: bytes) -> None:
-        with self.lock:
-            pending = self.partial.get(step.index, b"") + bytes(data)
-            lines = pending.split(b"\n")
-            rest = lines.pop()
-            while len(rest) > self._PREFIX_LINE_MAX:
-                lines.append(rest[: self._PREFIX_LINE_MAX])
-                rest = rest[self._PREFIX_LINE_MAX :]
-            self.partial[step.index] = rest
-            if lines:
-                self._clear_live()
-                prefix = f"{step.name} | ".encode("utf-8", "replace")
-                self._raw(b"".join(prefix + line + b"\n" for line in lines))
-                self._draw_live()
-
-    def _flush_prefixed(self, step: Step) -> None:
-        rest = self.partial.pop(step.index, b"")
-        if rest:
-            prefix = f"{step.name} | ".encode("utf-8", "replace")
-            self._raw(prefix + rest + b"\n")
-
-    def _replay_log(self, log_path: Path) -> None:
-        """Grouped mode: a finished step's whole output, from its log (already masked)."""
-        try:
-            handle = open(log_path, "rb")
-        except OSError:
-            return  # a silent step has no log file
-        last = b"\n"
-        with handle:
-            while chunk := handle.read(READ_CHUNK):
-                self._raw(self.ci.fence_output(chunk))
-                last = chunk[-1:]
-        if last != b"\n":
-            self._raw(b"\n")
-
-    # -- the run's events (RunSink) ---------------------------------------------------------
-
-    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
-        with self.lock:
-            self.masker = masker
-            self.total = len(workflow.steps)
-            self._lines(self.ci.run_started(masker))
-            if not self.quiet:
-                self.write(
-                    self.style(
-                        f"orchestrate: {workflow.name} ({plural(len(workflow.steps), 'step')}, run {record['run_id']})",
-                        "dim",
-                    )
-                )
-
-    def _header(self, step: Step) -> None:
-        self._lines(self.ci.step_started(step))
-        self.write(self.style(f"{self._number(step)} {step.name} ({step.type})", "header"))
-
-    def step_started(self, step: Step, entry: dict[str, Any]) -> None:
-        with self.lock:
-            self.running[step.index] = (step, time.monotonic())
-            self.last_output = time.monotonic()
-            self.at_line_start = True
-            if not self.quiet:
-                if self.mode == "live":
-                    self._header(step)
-                elif self.mode == "prefixed" or not self.is_tty:
-                    self.write(self.style(f"{self._number(step)} {step.name} ({step.type}) started", "dim"))
-            self._draw_live()
-
-    def step_skipped(self, step: Step, entry: dict[str, Any]) -> None:
-        if not self.quiet:
-            self.write(
-                self.style(
-                    f"{self._number(step)} {step.name} ({step.type}): skipped — "
-                    f"{self.step_text(str(entry.get('message', '')))}",
-                    "skipped",
-                )
-            )
-
-    def step_reused(self, step: Step, entry: dict[str, Any]) -> None:
-        if not self.quiet:
-            self.write(
-                self.style(
-                    f"{self._number(step)} {step.name} ({step.type}): passed — "
-                    f"{self.step_text(str(entry.get('message', '')))}",
-                    "passed",
-                )
-            )
-
-    def step_finished(self, step: Step, entry: dict[str, Any], log_path: Path) -> None:
-        with self.lock:
-            self.running.pop(step.index, None)
-            self._clear_live()
-            binary = self._binary()
-            if binary is not None:
-                binary.flush()
-            status = entry["status"]
-            kind = (
-                "failed"
-                if status == "failed" and not entry.get("allowed_failure")
-                else ("skipped" if status != "passed" else "passed")
-            )
-            if not self.quiet:
-                if self.mode == "grouped":
-                    self._header(step)
-                    self._replay_log(log_path)
-                elif self.mode == "prefixed":
-                    self._flush_prefixed(step)
-                elif not self.at_line_start:
-                    # output that did not end with a newline: the next line (a fence's closing
-                    # token, a GitLab section end, the status) must start a line of its own
-                    self._raw(b"\n")
-                self.at_line_start = True
-                if self.mode != "prefixed":
-                    self._lines(self.ci.step_output_ended(step))
-            if self.quiet and status == "failed":
-                self.write(self.style(f"[{step.index + 1}] {step.name} ({step.type}) failed; last output:", "failed"))
-                if entry.get("output_tail"):
-                    # the step's own lines: fenced under GitHub, like its live output
-                    for line in self.ci.fence(step, [self.masker.mask_readable(str(entry["output_tail"]))]):
-                        self.write(line)
-            text = (
-                f"  {status}"
-                + (" (allowed)" if entry.get("allowed_failure") else "")
-                + f" in {format_duration(entry.get('duration_s'))}"
-                + (f": {self.step_text(str(entry['message']))}" if entry.get("message") and status != "passed" else "")
-            )
-            if self.mode == "prefixed":
-                text = f"{self._number(step)} {step.name}:{text[1:]}"
-            if not self.quiet or status == "failed":
-                self.write(self.style(text, kind))
-            self._lines(self.ci.step_finished(step, entry))
-            self.stream.flush()
-            self._draw_live()
-
-    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
-        with self.lock:
-            self._clear_live()
-            self.running.clear()
-            if not self.quiet:
-                self.write("")
-            for row in render_step_table(record, self.step_text):
-                status = row.split()[0] if row.strip() else ""
-                kind = {"passed": "passed", "failed": "failed", "skipped": "skipped"}.get(status)
-                self.write(self.style(row, kind) if kind else row)
-            kind = "passed" if record["status"] == "completed" else "failed"
-            self.write(self.style(closing_line(record), kind))
-
-
-# --- HTML report ---
-#
-# `orchestrate report RUN_ID` and `run --html-report PATH`: one self-contained page per run
-# (no external asset, readable with JavaScript off, offline and on paper), drawn from the run
-# record, the ends of the step logs (the record's output_tail has its colours stripped) and
-# the test cases of runs/<run_id>/junit.xml. Every piece of text a step produced is escaped
-# in one place (html_text); the page's own style and script are the only ones a browser may
-# run (a Content-Security-Policy with their hashes). The server's dashboard (section 10)
-# shows the same body with its own page around it.
-
-HTML_TAIL_MAX_BYTES = 8192  # of each step log's end shown in the report (the full log is linked)
-HTML_TAIL_MAX_LINES = 80
-HTML_JUNIT_MAX_BYTES = 32 * 1024 * 1024  # a JUnit file beyond this is not read back into a page
-
-# status -> (symbol, text): the page never tells a status by colour alone
-_STATUS_MARKS = {
-    "passed": ("✓", "passed"),
-    "failed": ("✗", "failed"),
-    "allowed": ("!", "failed (allowed)"),
-    "skipped": ("–", "skipped"),
-    "pending": ("○", "pending"),
-    "running": ("…", "running"),
-    "reused": ("↺", "reused"),
-    "completed": ("✓", "completed"),
-}
-
-
-def html_text(value: Any) -> str:
-    """Any value as HTML text (element content or a quoted attribute): escaped, control
-    characters dropped (they are not allowed in HTML), lone surrogates shown as U+FFFD."""
-    text = _CONTROL_RE.sub("", str(value if value is not None else "").replace("\r", ""))
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = text.replace('"', "&quot;").replace("'", "&#x27;")
-    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def entry_kind(entry: Mapping[str, Any]) -> str:
-    """How the report shows a step: passed, failed, allowed (failure allowed by
-    continue_on_error), skipped, pending, running or reused."""
-    status = str(entry.get("status") or "pending")
-    if status == "failed" and entry.get("allowed_failure"):
-        return "allowed"
-    if entry.get("reused") and status in ("passed", "skipped"):
-        return "reused"
-    return status if status in _STATUS_MARKS else "pending"
-
-
-def status_label(kind: str) -> str:
-    symbol, text = _STATUS_MARKS.get(kind, ("?", kind))
-    return f"{symbol} {text}"
-
-
-@functools.cache
-def _sgr_re() -> re.Pattern[str]:
-    return re.compile(r"\x1b\[([0-9;:]*)m")
-
-
-def ansi_to_html(text: str) -> str:
-    """Terminal output as HTML: a small, safe subset of SGR (bold, dim, italic, underline,
-    the 16 colours, foreground and background; 256-colour codes below 16) becomes
-    <span class="...">; every other escape sequence and control character is dropped and
-    all text is escaped."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    out: list[str] = []
-    state: dict[str, Any] = {}
-    pos = 0
-
-    def emit(chunk: str) -> None:
-        chunk = html_text(_ANSI_RE.sub("", chunk))
-        if not chunk:
-            return
-        classes = [name for name in ("b", "d", "i", "u") if state.get(name)]
-        if state.get("fg") is not None:
-            classes.append(f"f{state['fg']}")
-        if state.get("bg") is not None:
-            classes.append(f"g{state['bg']}")
-        out.append(f'<span class="{" ".join(classes)}">{chunk}</span>' if classes else chunk)
-
-    for match in _sgr_re().finditer(text):
-        emit(text[pos : match.start()])
-        _apply_sgr(state, match.group(1))
-        pos = match.end()
-    emit(text[pos:])
-    return "".join(out)
-
-
-def _sgr_simple(state: dict[str, Any], code: int) -> bool:
-    """Apply one SGR code that takes no parameters; False when it is not one of those."""
-    if code == 0:
-        state.clear()
-    elif code in (1, 2, 3, 4):
-        state["bdiu"[code - 1]] = True
-    elif code == 22:
-        state.pop("b", None)
-        state.pop("d", None)
-    elif code in (23, 24):
-        state.pop("iu"[code - 23], None)
-    elif code in (39, 49):
-        state.pop("fg" if code == 39 else "bg", None)
-    else:
-        return False
-    return True
-
-
-def _sgr_colour(code: int) -> tuple[str, int] | None:
-    """The 16-colour SGR codes: ("fg" or "bg", colour 0-15); None for any other code."""
-    for layer, normal, bright in (("fg", 30, 90), ("bg", 40, 100)):
-        if normal <= code <= normal + 7:
-            return layer, code - normal
-        if bright <= code <= bright + 7:
-            return layer, code - bright + 8
-    return None
-
-
-def _apply_sgr(state: dict[str, Any], params: str) -> None:
-    codes = [int(p) if p.isdigit() else 0 for p in params.replace(":", ";").split(";")] if params else [0]
-    i = 0
-    while i < len(codes):
-        code = codes[i]
-        i += 1
-        colour = _sgr_colour(code)
-        if colour is not None:
-            state[colour[0]] = colour[1]
-        elif code in (38, 48):  # 5;N (256 colours) or 2;R;G;B (true colour): only N < 16 is kept
-            mode = codes[i] if i < len(codes) else None
-            if mode == 5 and i + 1 < len(codes):
-                if codes[i + 1] < 16:
-                    state["fg" if code == 38 else "bg"] = codes[i + 1]
-                i += 2
-            else:
-                i += 4 if mode == 2 else 1
-        else:
-            _sgr_simple(state, code)
-
-
-def _open_regular(path: Path) -> int | None:
-    """A descriptor of `path` if it is a regular file; None for a symbolic link, a FIFO (whose
-    open would block), a device or anything missing. Files under runs/ are read this way: a
-    record is data, and a name in it must never make orchestrate read elsewhere."""
-    import stat
-
-    try:
-        fd = os.open(
-            path,
-            os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0),
-        )
-    except OSError:
-        return None
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return fd
-    except OSError:
-        pass
-    os.close(fd)
-    return None
-
-
-def read_log_tail(
-    path: Path, masker: Masker | None = None, max_bytes: int = HTML_TAIL_MAX_BYTES, max_lines: int = HTML_TAIL_MAX_LINES
-) -> str | None:
-    """The end of a step log as text with its escape sequences (for ansi_to_html), masked
-    again with `masker`; None when there is no regular file to read."""
-    fd = _open_regular(path)
-    if fd is None:
-        return None
-    try:
-        size = os.fstat(fd).st_size
-        start = max(0, size - max_bytes)
-        os.lseek(fd, start, os.SEEK_SET)
-        data = os.read(fd, max_bytes)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    text = data.decode("utf-8", "replace")
-    lines = text.split("\n")
-    if start > 0 and len(lines) > 1:
-        lines = lines[1:]  # the first line was cut by the window
-    if lines and lines[-1] == "":
-        lines.pop()
-    lines = lines[-max_lines:]
-    if masker:
-        # a secret printed with an escape sequence inside it ("ab\x1b[1mc") is whole once
-        # the escapes are gone: such a line loses its colours rather than show the secret
-        for n, line in enumerate(lines):
-            line = masker.mask(line)
-            plain = _ANSI_RE.sub("", line)
-            lines[n] = masker.mask(plain) if masker.mask(plain) != plain else line
-    return "\n".join(lines)
-
-
-def read_junit_testcases(path: Path, record: Mapping[str, Any]) -> tuple[dict[int, list[TestCase]], str | None]:
-    """The per-step test cases build_junit_xml wrote into a run's junit.xml, keyed by step
-    index, and a problem line when the file exists but cannot be used. Parsed as the Cypress
-    runner parses reports (ElementTree: no external entities, expat's expansion limits),
-    with a size limit, never through a link or from a FIFO."""
-    import xml.etree.ElementTree as ET
-
-    fd = _open_regular(path)
-    if fd is None:
-        return {}, None
-    try:
-        size = os.fstat(fd).st_size
-        if size > HTML_JUNIT_MAX_BYTES:
-            return {}, f"{path.name} is {size // (1024 * 1024)} MiB: too large to show its test cases"
-        chunks = []
-        while chunk := os.read(fd, READ_CHUNK):
-            chunks.append(chunk)
-    except OSError as exc:
-        return {}, f"{path.name}: unreadable: {exc.strerror or exc}"
-    finally:
-        os.close(fd)
-    try:
-        root = ET.fromstring(b"".join(chunks))
-    except ET.ParseError as exc:
-        return {}, f"{path.name}: unreadable: {exc}"
-    workflow = xml_safe(str(record.get("workflow") or "workflow"))
-    by_package: dict[str, int] = {}
-    for index, entry in enumerate(record.get("log") or ()):
-        by_package.setdefault(f"{workflow}.{xml_safe(str(entry.get('step') or ''))}", index)
-    found: dict[int, list[TestCase]] = {}
-    for suite in root.findall("testsuite")[1:]:  # the first one is the run's (a case per step)
-        step_index = by_package.get(suite.get("package", ""))
-        if step_index is None:
-            continue
-        for case in suite.findall("testcase"):
-            problem = case.find("failure")
-            if problem is None:
-                problem = case.find("error")
-            status = "failed" if problem is not None else "skipped" if case.find("skipped") is not None else "passed"
-            found.setdefault(step_index, []).append(
-                TestCase(
-                    name=case.get("name", ""),
-                    classname=case.get("classname", ""),
-                    time=_seconds(case.get("time")),
-                    status=status,
-                    message=problem.get("message", "") if problem is not None else "",
-                    text=(problem.text or "") if problem is not None else "",
-                )
-            )
-    return found, None
-
-
-def _ms_text(ms: float) -> str:
-    seconds = ms / 1000
-    if seconds < 10:
-        return f"{seconds:.1f}s".replace(".0s", "s")
-    return format_duration(seconds).replace(".0s", "s")
-
-
-_SVG_WIDTH, _SVG_LABEL_W, _SVG_RIGHT_PAD, _SVG_ROW_H, _SVG_TOP = 960, 250, 120, 24, 26
-_SVG_DEFS = (
-    '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
-    'patternTransform="rotate(45)"><rect width="6" height="6" class="hatch-bg"/>'
-    '<line x1="0" y1="0" x2="0" y2="6" class="hatch-line"/></pattern>'
-    '<pattern id="stripes" width="8" height="8" patternUnits="userSpaceOnUse" '
-    'patternTransform="rotate(-45)"><rect width="8" height="8" class="stripe-bg"/>'
-    '<line x1="0" y1="0" x2="0" y2="8" class="stripe-line"/></pattern></defs>'
-)
-
-
-def _timeline_svg(record: Mapping[str, Any], now_ms: int) -> str:
-    """The steps on a real clock: one row per step, in start order, its bar from its true
-    start to its end (overlap shows steps that ran in parallel). Shapes and words tell the
-    status as well as the colour: solid (passed), hatched with a heavy edge (failed), dashed
-    outline (failure allowed), striped (running), hollow (reused), a diamond and no bar
-    (skipped or not run)."""
-    entries = list(record.get("log") or ())
-    if not entries:
-        return ""
-    origin = _epoch_ms(record.get("started_at"))
-    spans, unstarted = _timeline_spans(entries, origin, now_ms)
-    if origin is None:
-        origin = spans[0][0] if spans else now_ms
-    total = max(1, max([end for _, end, _ in spans] + [origin + 1]) - origin)
-    height = _SVG_TOP + _SVG_ROW_H * (len(spans) + len(unstarted)) + 8
-    parts = [
-        f'<svg class="timeline" viewBox="0 0 {_SVG_WIDTH} {height}" width="100%" role="img" '
-        f'aria-labelledby="timeline-title" xmlns="http://www.w3.org/2000/svg">',
-        '<title id="timeline-title">Timeline of the steps, in start order</title>',
-        _SVG_DEFS,
-        _timeline_ticks(total, height),
-    ]
-    for row, (start, end, index) in enumerate(spans):
-        parts.append(_timeline_bar(entries[index], index, row, start - origin, end - origin, total))
-    for row, index in enumerate(unstarted, start=len(spans)):
-        parts.append(_timeline_mark(entries[index], index, row))
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _timeline_spans(
-    entries: Sequence[Mapping[str, Any]], origin: int | None, now_ms: int
-) -> tuple[list[tuple[int, int, int]], list[int]]:
-    """(start, end, index) of the steps that started, by start then step order; the others."""
-    spans: list[tuple[int, int, int]] = []
-    unstarted: list[int] = []
-    for index, entry in enumerate(entries):
-        start = _epoch_ms(entry.get("started_at"))
-        if start is None:
-            unstarted.append(index)
-            continue
-        end = _epoch_ms(entry.get("finished_at"))
-        if end is None:
-            duration = entry.get("duration_s")
-            end = (
-                start + int(float(duration) * 1000)
-                if isinstance(duration, (int, float))
-                and not isinstance(duration, bool)
-                and entry.get("status") != "running"
-                else max(start, now_ms)
-            )
-        if origin is not None and start < origin:  # a clock set back mid-run: never left of zero
-            start, end = origin, max(end, origin)
-        spans.append((start, max(end, start), index))
-    spans.sort(key=lambda span: (span[0], span[2]))
-    return spans, unstarted
-
-
-def _timeline_ticks(total: int, height: int) -> str:
-    chart_w = _SVG_WIDTH - _SVG_LABEL_W - _SVG_RIGHT_PAD
-    out, tick, step = [], 0, _tick_step(total)
-    while tick <= total:
-        x = _SVG_LABEL_W + tick / total * chart_w
-        out.append(
-            f'<line class="grid" x1="{x:.1f}" y1="{_SVG_TOP - 6}" x2="{x:.1f}" y2="{height - 4}"/>'
-            f'<text class="tick" x="{x:.1f}" y="{_SVG_TOP - 10}">{_ms_text(tick)}</text>'
-        )
-        tick += step
-    return "".join(out)
-
-
-def _timeline_label(entry: Mapping[str, Any], index: int) -> tuple[str, str]:
-    name = str(entry.get("step") or f"step {index + 1}")
-    return name, name if len(name) <= 30 else name[:29] + "…"
-
-
-def _timeline_bar(entry: Mapping[str, Any], index: int, row: int, start: int, end: int, total: int) -> str:
-    """One step that ran: its bar from `start` to `end` (ms after the run started)."""
-    kind = entry_kind(entry)
-    chart_w = _SVG_WIDTH - _SVG_LABEL_W - _SVG_RIGHT_PAD
-    y = _SVG_TOP + row * _SVG_ROW_H
-    x = _SVG_LABEL_W + start / total * chart_w
-    w = max(3.0, (end - start) / total * chart_w)
-    name, shown = _timeline_label(entry, index)
-    took = _ms_text(end - start)
-    tip = f"{name}: {status_label(kind)}, started +{_ms_text(start)}, {took}"
-    label_x, anchor = (x + w + 6, "start") if x + w + 6 < _SVG_WIDTH - 70 else (x - 6, "end")
-    return (
-        f'<g class="bar {kind}" data-step="{html_text(name)}" data-index="{index}" '
-        f'data-start-ms="{start}" data-end-ms="{end}"><title>{html_text(tip)}</title>'
-        f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
-        f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{_SVG_ROW_H - 8}" rx="2"/>'
-        f'<text class="what" x="{label_x:.1f}" y="{y + 16}" text-anchor="{anchor}">'
-        f"{html_text(_STATUS_MARKS[kind][1])} {took}</text></g>"
-    )
-
-
-def _timeline_mark(entry: Mapping[str, Any], index: int, row: int) -> str:
-    """One step that never started (skipped, not run): a diamond and the reason."""
-    kind = entry_kind(entry)
-    y = _SVG_TOP + row * _SVG_ROW_H
-    name, shown = _timeline_label(entry, index)
-    cx, cy = _SVG_LABEL_W + 6, y + _SVG_ROW_H / 2
-    reason = str(entry.get("message") or "")
-    reason = reason if len(reason) <= 60 else reason[:59] + "…"
-    return (
-        f'<g class="mark {kind}" data-step="{html_text(name)}" data-index="{index}">'
-        f"<title>{html_text(name + ': ' + status_label(kind) + (' — ' + reason if reason else ''))}</title>"
-        f'<text class="name" x="{_SVG_LABEL_W - 8}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][0] + " " + shown)}</text>'
-        f'<path d="M{cx - 5} {cy} L{cx} {cy - 5} L{cx + 5} {cy} L{cx} {cy + 5} Z"/>'
-        f'<text class="what" x="{cx + 10}" y="{y + 16}">{html_text(_STATUS_MARKS[kind][1])}'
-        f"{html_text(' — ' + reason) if reason else ''}</text></g>"
-    )
-
-
-def _tick_step(total_ms: int) -> int:
-    for step in (
-        100,
-        200,
-        500,
-        1000,
-        2000,
-        5000,
-        10_000,
-        15_000,
-        30_000,
-        60_000,
-        120_000,
-        300_000,
-        600_000,
-        900_000,
-        1_800_000,
-        3_600_000,
-    ):
-        if total_ms / step <= 8:
-            return step
-    return max(1, total_ms // 8)
-
-
-def _iso_text(value: Any) -> str:
-    """A record timestamp as people read it: 2026-11-27 15:40:00 UTC."""
-    if isinstance(value, str) and len(value) >= 19 and value[10] == "T":
-        return f"{value[:10]} {value[11:19]} UTC"
-    return str(value or "-")
-
-
-def _test_rows(entry: Mapping[str, Any], cases: Sequence[TestCase] | None) -> list[tuple[str, str, str]]:
-    """(file, test name, message) of a step's failed tests: from its JUnit cases when the run
-    has them (every test, with its file), else from the record's failed_tests names."""
-    if cases:
-        return [(c.classname, c.name, c.message) for c in cases if c.status == "failed"]
-    rows = []
-    for name in _failed_tests(entry):
-        spec, sep, rest = name.partition(" › ")
-        rows.append((spec, rest, "") if sep else ("", name, ""))
-    return rows
-
-
-def render_report_body(
-    record: Mapping[str, Any],
-    testcases: Mapping[int, Sequence[TestCase]] | None = None,
-    tails: Mapping[int, str] | None = None,
-    log_links: Mapping[int, str] | None = None,
-    junit_problem: str | None = None,
-    now_ms: int | None = None,
-) -> str:
-    """The report of one run as an HTML fragment (header, timeline, steps, failed tests,
-    output): what the report file and the dashboard's run page both show. Pure: whatever it
-    shows comes in through its arguments. `tails` holds each step's log end with its escape
-    sequences (else the record's output_tail is shown); `log_links` each full log's URL."""
-    testcases = testcases or {}
-    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    entries = [e for e in (record.get("log") or ()) if isinstance(e, Mapping)]
-    parts = [_report_header(record, now_ms)]
-    if entries:
-        parts.append('<section id="timeline"><h2>Timeline</h2>' + _timeline_svg(record, now_ms) + "</section>")
-        parts.append(_report_steps(entries, _epoch_ms(record.get("started_at"))))
-    else:
-        parts.append('<p class="empty">No steps recorded yet.</p>')
-    failed = _report_failed_tests(entries, testcases, junit_problem)
-    if failed:
-        parts.append(failed)
-    output = _report_output(entries, tails or {}, log_links or {})
-    if output:
-        parts.append(output)
-    return "\n".join(parts)
-
-
-def _run_took_text(record: Mapping[str, Any], started_ms: int | None, now_ms: int) -> str:
-    """How long the run took, or has taken so far while it runs; "-" when unknown."""
-    duration = record.get("duration_s")
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
-        return format_duration(float(duration))
-    if started_ms is not None and record.get("status") == "running":
-        return format_duration(max(0, now_ms - started_ms) / 1000) + " so far"
-    return "-"
-
-
-def _trigger_facts(trigger: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The header's "Trigger" row, and its "Git" row when the run knew its branch or commit."""
-    git: Mapping[str, Any] = trigger["git"] if isinstance(trigger.get("git"), Mapping) else {}
-    hook = html_text(f" ({trigger['hook']})") if trigger.get("hook") else ""
-    facts = [("Trigger", html_text(trigger.get("source") or "?") + hook)]
-    if git.get("commit") or git.get("branch"):
-        commit = f" @ <code>{html_text(str(git.get('commit'))[:12])}</code>" if git.get("commit") else ""
-        dirty = " (uncommitted changes)" if git.get("dirty") else ""
-        facts.append(("Git", html_text(git.get("branch") or "detached") + commit + dirty))
-    return facts
-
-
-def _report_header(record: Mapping[str, Any], now_ms: int) -> str:
-    """The run's name, status and facts: id, trigger, git, start, duration, step counts."""
-    status = str(record.get("status") or "pending")
-    run_kind = "failed" if status == "failed" else status if status in _STATUS_MARKS else "pending"
-    trigger: Mapping[str, Any] = record["trigger"] if isinstance(record.get("trigger"), Mapping) else {}
-    started_ms = _epoch_ms(record.get("started_at"))
-    took = _run_took_text(record, started_ms, now_ms)
-    facts = [("Run", f"<code>{html_text(record.get('run_id'))}</code>"), *_trigger_facts(trigger)]
-    facts.append(("Started", html_text(_iso_text(record.get("started_at")))))
-    facts.append(("Duration", f'<span id="run-elapsed" data-started-ms="{started_ms or ""}">{html_text(took)}</span>'))
-    facts.append(("Steps", html_text(summary_counts(dict(record)))))
-    if record.get("message"):
-        facts.append(("Message", html_text(record.get("message"))))
-    return (
-        f'<header class="run"><h1>{html_text(record.get("workflow") or "run")} '
-        f'<span id="run-status" class="status {run_kind}">{html_text(status_label(run_kind))}</span></h1><dl>'
-        + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
-        + "</dl></header>"
-    )
-
-
-def _report_steps(entries: Sequence[Mapping[str, Any]], origin_ms: int | None) -> str:
-    """The table of steps: status (text, not colour alone), start offset, duration, attempts."""
-    rows = []
-    for index, entry in enumerate(entries):
-        kind = entry_kind(entry)
-        start = _epoch_ms(entry.get("started_at"))
-        offset = f"+{_ms_text(start - origin_ms)}" if start is not None and origin_ms is not None else "-"
-        dur = entry.get("duration_s")
-        dur_text = (
-            format_duration(float(dur))
-            if isinstance(dur, (int, float)) and not isinstance(dur, bool)
-            else "running"
-            if kind == "running"
-            else "-"
-        )
-        attempts = entry.get("attempts")
-        message = str(entry.get("message") or "")
-        rows.append(
-            f'<tr id="step-row-{index}" class="{kind}" data-step="{html_text(entry.get("step"))}"'
-            f' data-started-ms="{start if start is not None else ""}"><td>{index + 1}</td>'
-            f'<td><a href="#step-{index + 1}">{html_text(entry.get("step"))}</a></td>'
-            f"<td>{html_text(entry.get('type') or '')}</td>"
-            f'<td class="status {kind}">{html_text(status_label(kind))}</td><td>{html_text(offset)}</td>'
-            f'<td class="duration">{html_text(dur_text)}</td><td>{html_text(attempts if attempts else "-")}</td>'
-            f'<td class="message">{html_text(message)}</td></tr>'
-        )
-    return (
-        '<section id="steps"><h2>Steps</h2><table class="steps"><thead><tr><th>#</th><th>Step</th>'
-        "<th>Type</th><th>Status</th><th>Started</th><th>Duration</th><th>Attempts</th>"
-        "<th>Message</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
-    )
-
-
-def _report_failed_tests(
-    entries: Sequence[Mapping[str, Any]], testcases: Mapping[int, Sequence[TestCase]], junit_problem: str | None
-) -> str:
-    """Each step's failed tests with their files ("" when none failed and JUnit read fine)."""
-    blocks = []
-    for index, entry in enumerate(entries):
-        tests = _test_rows(entry, testcases.get(index))
-        if not tests:
-            continue
-        counted = entry.get("tests")
-        total_tests = len(testcases[index]) if testcases.get(index) else counted if isinstance(counted, int) else None
-        head = f"{len(tests)} failed" + (f" of {total_tests} tests" if total_tests else "")
-        items = "".join(
-            f'<li class="failed-test"><span class="file">{html_text(spec) if spec else "(no file)"}</span> '
-            f'<span class="test-name">{html_text(name)}</span>'
-            + (f'<div class="test-message">{html_text(msg)}</div>' if msg else "")
-            + "</li>"
-            for spec, name, msg in tests
-        )
-        blocks.append(
-            f'<h3>{html_text(entry.get("step"))} <span class="count">({html_text(head)})</span></h3>'
-            f'<ul class="failed-tests">{items}</ul>'
-        )
-    if not blocks and not junit_problem:
-        return ""
-    return (
-        '<section id="failed-tests"><h2>Failed tests</h2>'
-        + "".join(blocks)
-        + (f'<p class="problem">{html_text(junit_problem)}</p>' if junit_problem else "")
-        + "</section>"
-    )
-
-
-def _report_output(entries: Sequence[Mapping[str, Any]], tails: Mapping[int, str], log_links: Mapping[int, str]) -> str:
-    """Each step's output end, ANSI colours as HTML, with a link to the full log."""
-    logs = []
-    for index, entry in enumerate(entries):
-        kind = entry_kind(entry)
-        tail = tails.get(index)
-        body = ansi_to_html(tail) if tail is not None else html_text(entry.get("output_tail") or "")
-        link = log_links.get(index)
-        if not body and kind in ("skipped", "pending"):
-            continue
-        logs.append(
-            f'<div class="log {kind}" id="step-{index + 1}"><h3><span class="status {kind}">'
-            f"{html_text(status_label(kind))}</span> {html_text(entry.get('step'))}"
-            + (f' <a class="full-log" href="{html_text(link)}">full log</a>' if link else "")
-            + f'</h3><pre id="tail-{index}">{body or "<i>(no output)</i>"}</pre></div>'
-        )
-    if not logs:
-        return ""
-    return (
-        '<section id="output"><h2>Output</h2><p class="hint">The last lines of each step; '
-        "“full log” opens all of it.</p>" + "".join(logs) + "</section>"
-    )
-
-
-_REPORT_CSS = """
-:root{color-scheme:light;--ok:#1a7f37;--bad:#cf222e;--warn:#9a6700;--dim:#57606a;--line:#d0d7de}
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:16px 24px;color:#1f2328;background:#fff}
-h1{font-size:22px;margin:8px 0}h2{font-size:17px;margin:24px 0 8px;border-bottom:1px solid var(--line)}h3{font-size:14px;margin:14px 0 4px}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0}dt{color:var(--dim)}dd{margin:0}
-code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
-.status{font-weight:600;white-space:nowrap}.status.passed,.status.completed{color:var(--ok)}.status.failed{color:var(--bad)}
-.status.allowed,.status.skipped{color:var(--warn)}.status.running,.status.pending,.status.reused{color:var(--dim)}
-table.steps{border-collapse:collapse;width:100%}table.steps th,table.steps td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
-table.steps td.message{color:var(--dim);word-break:break-word}table.steps td:nth-child(2){min-width:9em}tr.failed td{background:#fff5f5}
-svg.timeline{display:block;max-width:100%;height:auto;font:12px system-ui,sans-serif}
-svg .grid{stroke:#eaeef2}svg .tick{fill:var(--dim);text-anchor:middle;font-size:11px}svg .name{text-anchor:end;fill:#1f2328}svg .what{fill:var(--dim)}
-svg .bar rect{stroke-width:1.5}svg .passed rect{fill:var(--ok);stroke:var(--ok)}
-svg .failed rect{fill:url(#hatch);stroke:var(--bad);stroke-width:3}svg .allowed rect{fill:#fff8c5;stroke:var(--warn);stroke-dasharray:4 3}
-svg .running rect{fill:url(#stripes);stroke:#0969da}svg .reused rect{fill:#fff;stroke:var(--ok)}
-svg .mark path{fill:#fff;stroke:var(--warn);stroke-width:1.5}svg .hatch-bg{fill:#ffebe9}svg .hatch-line{stroke:var(--bad);stroke-width:3}
-svg .stripe-bg{fill:#ddf4ff}svg .stripe-line{stroke:#0969da;stroke-width:3}
-ul.failed-tests{margin:4px 0;padding-left:20px}.file{font:12px ui-monospace,monospace;color:var(--dim)}.test-name{font-weight:600}
-.test-message{font:12px ui-monospace,monospace;white-space:pre-wrap;color:var(--bad)}.problem,.hint,.empty{color:var(--dim)}
-.log pre{background:#f6f8fa;border:1px solid var(--line);padding:8px;overflow:auto;max-height:420px;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;word-break:break-all}
-.log.folded pre{display:none}.fold{font:12px system-ui;margin-left:8px}
-.b{font-weight:700}.d{opacity:.7}.i{font-style:italic}.u{text-decoration:underline}
-.f0{color:#24292f}.f1{color:#cf222e}.f2{color:#116329}.f3{color:#7d4e00}.f4{color:#0550ae}.f5{color:#8250df}.f6{color:#1b7c83}.f7{color:#6e7781}
-.f8{color:#57606a}.f9{color:#a40e26}.f10{color:#1a7f37}.f11{color:#633c01}.f12{color:#218bff}.f13{color:#a475f9}.f14{color:#3192aa}.f15{color:#8c959f}
-.g0{background:#24292f;color:#fff}.g1{background:#ffebe9}.g2{background:#dafbe1}.g3{background:#fff8c5}.g4{background:#ddf4ff}.g5{background:#fbefff}.g6{background:#d8f3f6}.g7{background:#eaeef2}
-.g8{background:#57606a;color:#fff}.g9{background:#ffcecb}.g10{background:#aceebb}.g11{background:#fae17d}.g12{background:#b6e3ff}.g13{background:#ecd8ff}.g14{background:#b3f0f5}.g15{background:#fff}
-@media print{body{max-width:none;padding:0;font-size:11pt}.log pre,.log.folded pre{display:block;max-height:none;overflow:visible;background:#fff;border-color:#999}
-.fold,nav,.no-print{display:none}tr.failed td{background:none}h2{break-after:avoid}.log,tr,li{break-inside:avoid}a{color:inherit;text-decoration:none}}
-"""
-
-# Folds the logs of the steps that passed; everything stays visible with JavaScript off and
-# everything unfolds to be printed.
-_REPORT_JS = """
-(function(){
-  var logs = document.querySelectorAll(".log");
-  logs.forEach(function(log){
-    var head = log.querySelector("h3"); if (!head) return;
-    var button = document.createElement("button"); button.type = "button"; button.className = "fold";
-    function show(){ button.textContent = log.classList.contains("folded") ? "show" : "hide"; }
-    button.addEventListener("click", function(){ log.classList.toggle("folded"); show(); });
-    if (log.classList.contains("passed") || log.classList.contains("reused")) log.classList.add("folded");
-    show(); head.appendChild(button);
-  });
-  window.addEventListener("beforeprint", function(){ logs.forEach(function(l){ l.classList.remove("folded"); }); });
-})();
-"""
-
-
-@functools.cache
-def _csp_hash(text: str) -> str:
-    import hashlib
-
-    import base64
-
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
-
-
-def render_html_report(
-    record: Mapping[str, Any],
-    testcases: Mapping[int, Sequence[TestCase]] | None = None,
-    tails: Mapping[int, str] | None = None,
-    log_links: Mapping[int, str] | None = None,
-    junit_problem: str | None = None,
-    now_ms: int | None = None,
-) -> str:
-    """The self-contained HTML report of one run (see render_report_body for the arguments):
-    no external asset, and a Content-Security-Policy that lets the browser run only the
-    page's own style and script, whatever text ends up in it."""
-    policy = (
-        f"default-src 'none'; style-src {_csp_hash(_REPORT_CSS)}; script-src {_csp_hash(_REPORT_JS)}; "
-        "img-src data:; base-uri 'none'; form-action 'none'"
-    )
-    title = f"{record.get('workflow') or 'run'} {record.get('status') or ''} — run {record.get('run_id') or ''}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<meta name="generator" content="orchestrate {__version__}">'
-        f"<title>{html_text(title)}</title><style>{_REPORT_CSS}</style></head>\n<body>\n"
-        + render_report_body(record, testcases, tails, log_links, junit_problem, now_ms)
-        + f'\n<footer class="hint">orchestrate {__version__} · report written {html_text(_iso_text(utc_now()))}</footer>'
-        f"\n<script>{_REPORT_JS}</script>\n</body></html>\n"
-    )
-
-
-def gather_report_inputs(
-    record: Mapping[str, Any], store: RunStore, link_base: Path | None, masker: Masker | None = None
-) -> dict[str, Any]:
-    """What render_report_body needs beyond the record, read from the run's folder: each
-    step log's end (masked again with `masker`), links to the logs relative to `link_base`
-    (the report's folder; None: no links) and the JUnit test cases."""
-    run_id = str(record.get("run_id") or "")
-    try:
-        run_dir = store.run_dir(run_id)
-    except UsageError:
-        return {}
-    tails: dict[int, str] = {}
-    links: dict[int, str] = {}
-    for index, entry in enumerate(record.get("log") or ()):
-        if not isinstance(entry, Mapping) or not entry.get("log_file"):
-            continue
-        # only the file name is taken from the record: the log is always looked up in the run's folder
-        path = run_dir / Path(str(entry["log_file"])).name
-        tail = read_log_tail(path, masker)
-        if tail is None:
-            continue
-        tails[index] = tail
-        if link_base is not None:
-            from urllib.parse import quote
-
-            links[index] = quote(os.path.relpath(path, link_base).replace(os.sep, "/"))
-    testcases, problem = read_junit_testcases(store.junit_path(run_id), record)
-    return {"testcases": testcases, "tails": tails, "log_links": links, "junit_problem": problem}
-
-
-def check_report_target(path: Path, flag: str) -> Path:
-    """An HTML report may replace a regular file, never a folder, a link, a FIFO or a device
-    (`--html /dev/null` as root would replace the device node)."""
-    import stat
-
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return path
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
-    if stat.S_ISLNK(mode):
-        raise UsageError(f"{flag} {path}: is a symbolic link; give the path of a file to write (or of its target)")
-    if stat.S_ISDIR(mode):
-        raise UsageError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'report.html'}")
-    if not stat.S_ISREG(mode):
-        raise UsageError(f"{flag} {path}: is not a regular file (a FIFO, socket or device); give a file path")
-    return path
-
-
-def write_html_report(
-    record: Mapping[str, Any],
-    store: RunStore,
-    path: Path | None = None,
-    masker: Masker | None = None,
-    flag: str = "--html",
-) -> Path:
-    """Write the run's HTML report atomically (default runs/<run_id>/report.html); returns
-    where. Folders it creates and the file get the modes of everything under runs/."""
-    target = path if path is not None else store.run_dir(str(record.get("run_id"))) / "report.html"
-    check_report_target(target, flag)
-    try:
-        target.parent.mkdir(mode=RUNS_DIR_MODE, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create {target.parent} for the HTML report: {exc.strerror or exc}") from None
-    inputs = gather_report_inputs(record, store, target.parent.absolute(), masker)
-    page = render_html_report(record, **inputs)
-    try:
-        write_atomic(target, page.encode("utf-8", "replace"))
-    except OSError as exc:
-        raise StoreError(f"cannot write the HTML report {target}: {exc.strerror or exc}") from None
-    return target
-
-
-class HtmlReportSink(RunSink):
-    """`run --html-report PATH`: the report, once the record and JUnit file are written (a
-    failed or interrupted run too). A report that cannot be written is a warning: the run's
-    outcome and exit code stay what its steps made them."""
-
-    def __init__(self, path: Path, store: RunStore) -> None:
-        self.path = path
-        self.store = store
-        self.masker: Masker | None = None
-
-    def run_started(self, workflow: Workflow, record: dict[str, Any], masker: Masker) -> None:
-        self.masker = masker
-
-    def run_finished(self, workflow: Workflow, record: dict[str, Any]) -> None:
-        try:
-            write_html_report(record, self.store, self.path, self.masker, flag="--html-report")
-        except OrchestrateError as exc:
-            sys.stderr.write(f"orchestrate: warning: {exc}\n")
-
-
-# === 9. Git and CI ===
-#
-# Everything orchestrate knows about git and CI systems: the pre-push hook's ref lines, the
-# files a push or a CI comparison changes, `when.changed` / `when.branch` gates,
-# ORCHESTRATE_SKIP, CI detection for the run's trigger, GitHub Actions / GitLab console
-# markup, and installing the pre-push hook.  The parsing, matching and rendering functions
-# are pure; only `run_git`, the `*_changes` functions, `git_info`, `read_github_event`,
-# `append_step_summary` and the hook install functions touch processes or files.
-#
-# What a run takes from here is wired explicitly by the CLI (run_wiring in section 11):
-# prepare_git_state before the run (read the push, end a run with nothing to check), git_gate
-# (ORCHESTRATE_SKIP, when.changed, when.branch), git_step_environment (the steps' environment),
-# GitHubStepSummary ($GITHUB_STEP_SUMMARY) and detect_ci_output (console markup).
-
-GIT_TIMEOUT = 60.0  # seconds; a git call that takes longer is stuck (a lock, a dead NFS mount)
-
-# pre-commit's list (pre_commit/git.py no_git_env): variables git sets for a hook that would
-# point a nested git at the wrong repository (GIT_DIR, GIT_INDEX_FILE, GIT_WORK_TREE...) are
-# dropped; these configure transport or identity and are kept.
-_GIT_ENV_KEEP = frozenset(
-    {
-        "GIT_EXEC_PATH",
-        "GIT_SSH",
-        "GIT_SSH_COMMAND",
-        "GIT_SSL_CAINFO",
-        "GIT_SSL_NO_VERIFY",
-        "GIT_CONFIG_COUNT",
-        "GIT_CONFIG_GLOBAL",
-        "GIT_CONFIG_SYSTEM",
-        "GIT_CONFIG_NOSYSTEM",
-        "GIT_HTTP_PROXY_AUTHMETHOD",
-        "GIT_ALLOW_PROTOCOL",
-        "GIT_ASKPASS",
-        "GIT_TERMINAL_PROMPT",
-        "GIT_AUTHOR_NAME",
-        "GIT_AUTHOR_EMAIL",
-        "GIT_COMMITTER_NAME",
-        "GIT_COMMITTER_EMAIL",
-    }
-)
-_GIT_ENV_KEEP_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
-
-# githooks(5): all-zero object names mean "no object": 40 hex digits for SHA-1 repositories,
-# 64 for SHA-256 ones.
-_ZERO_OID_RE = lazy_regex(r"\A(?:0{40}|0{64})\Z")
-_OID_RE = lazy_regex(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
-
-
-class GitError(OrchestrateError):
-    """git could not be run, or a git command failed where orchestrate needs its answer."""
-
-    exit_code = 3
-
-
-def strip_git_env(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` without the GIT_* variables a hook exports (GIT_DIR, GIT_INDEX_FILE, GIT_PREFIX...)."""
-    return {
-        key: value
-        for key, value in env.items()
-        if not key.startswith("GIT_") or key in _GIT_ENV_KEEP or key.startswith(_GIT_ENV_KEEP_PREFIXES)
-    }
-
-
-# What orchestrate's own git calls (status, rev-parse, rev-list, diff, config: all local and
-# read-only) may take from the environment: where the user's config and identity live, the
-# locale, and the SSH agent and proxies a future remote call would need. Nothing else: a
-# GIT_CONFIG_COUNT/KEY/VALUE triple in the environment once set core.fsmonitor, which
-# `git status` runs as a command (and LD_PRELOAD, GIT_EXEC_PATH or GIT_DIR steer git too).
-_GIT_CALL_ENV = frozenset(
-    {
-        "HOME",
-        "PATH",
-        "USER",
-        "LOGNAME",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TMPDIR",
-        "XDG_CONFIG_HOME",
-        "SSH_AUTH_SOCK",
-        "GNUPGHOME",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "GIT_CONFIG_GLOBAL",
-        "GIT_CONFIG_SYSTEM",
-        "GIT_CONFIG_NOSYSTEM",
-        "GIT_CEILING_DIRECTORIES",
-        "GIT_SSH",
-        "GIT_SSH_COMMAND",
-        "GIT_SSL_CAINFO",
-    }
-)
-
-
-def git_call_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """The clean, fixed environment of orchestrate's own git calls (see _GIT_CALL_ENV)."""
-    child = {k: v for k, v in env.items() if k in _GIT_CALL_ENV or k.startswith("LC_")}
-    child["GIT_TERMINAL_PROMPT"] = "0"
-    child["GIT_OPTIONAL_LOCKS"] = "0"  # `git status` must not take index.lock during a push
-    return child
-
-
-def run_git(args: Sequence[str], cwd: Path, *, check: bool = True, env: Mapping[str, str] | None = None) -> str:
-    """Run `git ARGS` in `cwd` and return its stdout (utf-8, undecodable bytes escaped).
-
-    The one place orchestrate runs git (GitCall): stdin is closed and prompts are off so it can
-    never wait for a user (a push from an IDE has nobody to answer), the environment is a fixed
-    few variables (no GIT_DIR or other hook variable, so `cwd` decides the repository; no
-    GIT_CONFIG_* or LD_*), and a hung git is ended after GIT_TIMEOUT.
-    """
-    return GitCall(args, cwd, env).output(check=check)
-
-
-class GitCall:
-    """One git command (with run_git's rules), started at once and read with output(): the
-    independent git calls of a pre-push run overlap instead of following one another."""
-
-    def __init__(self, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> None:
-        self.argv = ["git", *args]
-        self.cwd = cwd
-        self.result: tuple[int, bytes, bytes] | None = None
-        child_env = git_call_environment(os.environ if env is None else env)
-        self.process: Any = None
-        try:
-            if can_spawn():  # git -C: the same as starting git there
-                out_r, out_w = os.pipe()
-                err_r, err_w = os.pipe()
-                try:
-                    pid = spawn_process(
-                        ["git", "-C", str(cwd), *args], child_env, stdin=_devnull(), stdout=out_w, stderr=err_w
-                    )
-                except BaseException:
-                    os.close(out_r)
-                    os.close(err_r)
-                    raise
-                finally:
-                    os.close(out_w)
-                    os.close(err_w)
-                self.process = SpawnedProcess(pid, stdout=out_r, stderr=err_r)
-            else:
-                import subprocess
-
-                self.process = subprocess.Popen(
-                    self.argv,
-                    cwd=cwd,
-                    env=child_env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-        except FileNotFoundError:
-            self.process = None
-
-    def output(self, check: bool = True) -> str:
-        """git's stdout; GitError when git is missing, hangs, or (with check) fails."""
-        if self.process is None:
-            raise GitError("git: command not found; install git or put it on PATH")
-        if self.result is None:
-            try:
-                out, err = self.process.communicate(timeout=GIT_TIMEOUT)
-            except (TimeoutError, _subprocess_timeout()):
-                import shlex
-
-                self.process.kill()
-                self.process.communicate()
-                raise GitError(f"{shlex.join(self.argv)}: no answer after {GIT_TIMEOUT:.0f}s in {self.cwd}") from None
-            self.result = (self.process.returncode, out, err)
-        code, out, err = self.result
-        if check and code != 0:
-            import shlex
-
-            why = err.decode("utf-8", "replace").strip().splitlines()
-            raise GitError(f"{shlex.join(self.argv)} failed in {self.cwd}: {why[-1] if why else f'exit {code}'}")
-        return out.decode("utf-8", "surrogateescape")
-
-    def succeeded(self) -> bool:
-        try:
-            self.output()
-        except GitError:
-            return False
-        return True
-
-
-def _git_lines(args: Sequence[str], cwd: Path) -> list[str]:
-    """`run_git` for -z output: the NUL-separated items."""
-    return [item for item in run_git(args, cwd).split("\0") if item]
-
-
-# --- Push refs -------------------------------------------------------------------------------
-
-
-def is_zero_oid(oid: str) -> bool:
-    return bool(_ZERO_OID_RE.match(oid))
-
-
-@dataclass(frozen=True)
-class PushRef:
-    """One ref line git writes to a pre-push hook's stdin."""
-
-    local_ref: str
-    local_oid: str
-    remote_ref: str
-    remote_oid: str
-
-    @property
-    def is_deletion(self) -> bool:
-        return is_zero_oid(self.local_oid)
-
-    @property
-    def is_new(self) -> bool:
-        """The remote has no such ref yet (a new branch or tag)."""
-        return is_zero_oid(self.remote_oid)
-
-    @property
-    def is_tag(self) -> bool:
-        return self.remote_ref.startswith("refs/tags/")
-
-    @property
-    def branch(self) -> str | None:
-        """The remote branch name pushed to ("main" for refs/heads/main), None for others."""
-        prefix = "refs/heads/"
-        return self.remote_ref[len(prefix) :] if self.remote_ref.startswith(prefix) else None
-
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "local_ref": self.local_ref,
-            "local_oid": self.local_oid,
-            "remote_ref": self.remote_ref,
-            "remote_oid": self.remote_oid,
-        }
-
-
-@dataclass(frozen=True)
-class PushInfo:
-    """What `git push` is about to send: the remote and every ref line."""
-
-    remote: str
-    url: str
-    refs: tuple[PushRef, ...]
-
-    @property
-    def updates(self) -> tuple[PushRef, ...]:
-        """Branch updates: what the workflow checks (no deletions, no tags)."""
-        return tuple(ref for ref in self.refs if not ref.is_deletion and not ref.is_tag)
-
-    @property
-    def branches(self) -> list[str]:
-        return [ref.branch for ref in self.updates if ref.branch]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"remote": self.remote, "url": self.url, "refs": [ref.as_dict() for ref in self.refs]}
-
-
-def parse_push_refs(text: str, remote: str = "", url: str = "") -> PushInfo:
-    """Parse git's pre-push stdin: `<local ref> SP <local oid> SP <remote ref> SP <remote oid>`.
-
-    Blank lines are ignored. A malformed line is a UsageError naming it: it means orchestrate
-    was not started by git (or by a hook that mangled stdin), and guessing would let a push
-    through unchecked.
-    """
-    refs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) != 4 or not (_OID_RE.match(fields[1]) and _OID_RE.match(fields[3])):
-            raise UsageError(
-                f"--git-hook pre-push: stdin line {number} is not "
-                f"'<local ref> <local oid> <remote ref> <remote oid>': {shorten_middle(line, 200)!r} "
-                "(git writes these lines; run the hook from git, or pass --from-ref/--to-ref)"
-            )
-        refs.append(PushRef(*fields))
-    return PushInfo(remote=remote, url=url, refs=tuple(refs))
-
-
-def push_skip_reason(push: PushInfo, has_new_commits: Callable[[PushRef], bool]) -> str | None:
-    """Why this push needs no workflow run at all, or None when it must be checked.
-
-    Skipped: nothing to push (git still runs the hook for "Everything up-to-date"), only
-    deletions, only tags, or branch updates whose commits all are on the remote already
-    (`git push origin main:copy`). `has_new_commits` answers the last question with git.
-    """
-    if not push.refs:
-        return "nothing to push (everything up to date)"
-    if all(ref.is_deletion for ref in push.refs):
-        names = ", ".join(ref.remote_ref for ref in push.refs)
-        return f"push only deletes {names}"
-    updates = push.updates
-    if not updates:
-        tags = ", ".join(
-            ref.remote_ref.removeprefix("refs/tags/") for ref in push.refs if ref.is_tag and not ref.is_deletion
-        )
-        return f"push only carries tags ({tags})"
-    if not any(has_new_commits(ref) for ref in updates):
-        return "push carries no new commits (every pushed commit is on the remote already)"
-    return None
-
-
-class PushedCommits:
-    """The commits each pushed ref brings that the remote lacks, oldest first with their parents
-    (what `git push` sends): one `git rev-list` per ref, all started together and each read
-    once (push_skip_reason, push_range and push_changes share them). Against the remote's tip
-    when this repository has that object; else (a new branch, a tip never fetched) the commits
-    on no remote ref: a second call, only then."""
-
-    def __init__(self, root: Path, refs: Iterable[PushRef] = ()) -> None:
-        self.root = root
-        self.calls: dict[PushRef, tuple[GitCall, bool]] = {}
-        self.found: dict[PushRef, tuple[list[list[str]], bool]] = {}
-        for ref in refs:
-            self._start(ref)
-
-    def _start(self, ref: PushRef) -> None:
-        against_tip = not ref.is_new
-        exclude = [f"^{ref.remote_oid}"] if against_tip else ["--not", "--remotes"]
-        call = GitCall(["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid, *exclude], self.root)
-        self.calls[ref] = (call, against_tip)
-
-    def _read(self, ref: PushRef) -> tuple[list[list[str]], bool]:
-        if ref not in self.found:
-            if ref not in self.calls:
-                self._start(ref)
-            call, against_tip = self.calls[ref]
-            if against_tip and not call.succeeded():  # git does not have the remote's tip
-                call = GitCall(
-                    ["rev-list", "--reverse", "--topo-order", "--parents", ref.local_oid, "--not", "--remotes"],
-                    self.root,
-                )
-                against_tip = False
-            self.found[ref] = ([line.split() for line in call.output().splitlines() if line.strip()], against_tip)
-        return self.found[ref]
-
-    def new_commits(self, ref: PushRef) -> list[str]:
-        return [line[0] for line in self._read(ref)[0]]
-
-    def has_remote_tip(self, ref: PushRef) -> bool:
-        """Whether the range starts at the remote's tip (this repository has that commit)."""
-        return self._read(ref)[1]
-
-    def parent_of_first(self, ref: PushRef) -> str:
-        """The first parent of the oldest new commit ("" for a root commit or no new commit)."""
-        lines = self._read(ref)[0]
-        return lines[0][1] if lines and len(lines[0]) > 1 else ""
-
-
-def push_has_new_commits(root: Path, ref: PushRef, commits: PushedCommits | None = None) -> bool:
-    return bool((commits or PushedCommits(root)).new_commits(ref))
-
-
-@dataclass(frozen=True)
-class ChangeSet:
-    """What a run compares against, for `when.changed` and `when.branch`.
-
-    files is None when there is nothing to compare with (a terminal run without
-    --from-ref): `changed` gates then stay open rather than silently skipping work.
-    """
-
-    files: tuple[str, ...] | None = None
-    description: str = ""
-    branches: tuple[str, ...] = ()
-    from_ref: str = ""
-    to_ref: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "description": self.description,
-            "from_ref": self.from_ref,
-            "to_ref": self.to_ref,
-            "branches": list(self.branches),
-            "files": None if self.files is None else len(self.files),
-        }
-
-
-def push_range(root: Path, ref: PushRef, commits: PushedCommits | None = None) -> tuple[str, str]:
-    """(from, to) object names for one pushed ref: from is "" when every commit is new."""
-    commits = commits or PushedCommits(root)
-    if commits.has_remote_tip(ref):
-        return ref.remote_oid, ref.local_oid
-    if not commits.new_commits(ref):
-        return ref.local_oid, ref.local_oid
-    return commits.parent_of_first(ref), ref.local_oid
-
-
-def push_changes(
-    root: Path, push: PushInfo, commits: PushedCommits | None = None, *, list_files: bool = True
-) -> ChangeSet:
-    """The files the pushed commits change: remote oid..local oid for an existing branch;
-    for a new branch, from the parent of its first commit not on any remote ref. Without
-    list_files (no step has a `when` gate to read them), files stays None and git diff is not run."""
-    commits = commits or PushedCommits(root, push.updates)
-    ranges = [push_range(root, ref, commits) for ref in push.updates]
-    diffs = (
-        [
-            GitCall(["diff", "--name-only", "--no-renames", "-z", a, b], root)
-            if a
-            else GitCall(["ls-tree", "-r", "--name-only", "-z", b], root)  # a root commit: every file is new
-            for a, b in ranges
-            if a != b
-        ]
-        if list_files
-        else []
-    )
-    files: set[str] = set()
-    for call in diffs:
-        files.update(item for item in call.output().split("\0") if item)
-    first_from, first_to = ranges[0] if ranges else ("", "")
-    names = ", ".join(ref.remote_ref.removeprefix("refs/heads/") for ref in push.updates)
-    return ChangeSet(
-        files=tuple(sorted(files)) if list_files else None,
-        description=f"pushed to {push.remote or '?'}: {names}",
-        branches=tuple(push.branches),
-        from_ref=first_from,
-        to_ref=first_to,
-    )
-
-
-def compare_changes(
-    root: Path, from_ref: str, to_ref: str = "HEAD", *, branches: Sequence[str] = (), explicit: bool = True
-) -> ChangeSet:
-    """The files changed on `to_ref` since it left `from_ref` (`git diff from...to`, the
-    merge-base comparison a pull request shows).
-
-    An unknown ref given on the command line is a UsageError; one guessed from CI variables
-    (a shallow clone lacks the base) only opens the gates, with the reason kept.
-    """
-    try:
-        files = _git_lines(["diff", "--name-only", "--no-renames", "-z", f"{from_ref}...{to_ref}", "--"], root)
-    except GitError as exc:
-        hint = "fetch the full history in CI (actions/checkout fetch-depth: 0, GitLab GIT_DEPTH: 0)"
-        if explicit:
-            raise UsageError(f"--from-ref {from_ref} --to-ref {to_ref}: cannot compare: {exc}; {hint}") from None
-        return ChangeSet(None, f"cannot compare {from_ref}...{to_ref} ({hint})", tuple(branches), from_ref, to_ref)
-    return ChangeSet(tuple(sorted(set(files))), f"{from_ref}...{to_ref}", tuple(branches), from_ref, to_ref)
-
-
-# --- Globs and gates -------------------------------------------------------------------------
-
-# Globs are glob_regex() of the Runners section (Cypress specs use the same syntax).
-
-
-def changed_glob(pattern: str) -> re.Pattern[str]:
-    """The regex of a `when.changed` glob, gitignore-style: a pattern without "/" matches a
-    file name at any depth (`*.py`), one with "/" is anchored at the repository root
-    (`src/**`, `/setup.py`), a trailing "/" means the whole folder (`docs/`). GlobError
-    when it cannot be used (checked when the workflow is loaded)."""
-    pattern = pattern.strip()
-    if pattern.endswith("/"):
-        pattern += "**"
-    if pattern.startswith("/"):
-        pattern = pattern[1:]
-    elif "/" not in pattern:
-        pattern = "**/" + pattern
-    return glob_regex(pattern)
-
-
-def branch_glob(pattern: str) -> re.Pattern[str]:
-    """The regex of a `when.branch` pattern: `main`, `release/*` (one level), `feature/**`."""
-    return glob_regex(pattern.strip().removeprefix("refs/heads/"))
-
-
-def path_matches(path: str, pattern: str) -> bool:
-    """Whether a repository path matches a `when.changed` glob (see changed_glob)."""
-    return bool(changed_glob(pattern).match(path))
-
-
-def branch_matches(branch: str, pattern: str) -> bool:
-    """`main`, `release/*` (one level), `feature/**` (any depth)."""
-    return bool(branch_glob(pattern).match(branch))
-
-
-def _as_patterns(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else [str(item) for item in value or ()]
-
-
-def gate_reason(when: Mapping[str, Any], changes: ChangeSet) -> str | None:
-    """Why `when.changed` / `when.branch` keep a step from running, or None when it runs."""
-    branch_patterns = _as_patterns(when.get("branch"))
-    if branch_patterns:
-        if not changes.branches:
-            return f"when.branch {branch_patterns}: no branch (detached HEAD, or a push of no branch)"
-        if not any(branch_matches(branch, pattern) for branch in changes.branches for pattern in branch_patterns):
-            shown = ", ".join(repr(branch) for branch in changes.branches)
-            return f"when.branch {branch_patterns}: branch {shown} does not match"
-    changed_patterns = _as_patterns(when.get("changed"))
-    if (
-        changed_patterns
-        and changes.files is not None
-        and not any(path_matches(path, pattern) for path in changes.files for pattern in changed_patterns)
-    ):
-        return (
-            f"when.changed {changed_patterns}: no changed file matches "
-            f"({len(changes.files)} changed, {changes.description})"
-        )
-    return None
-
-
-# --- ORCHESTRATE_SKIP ------------------------------------------------------------------------
-
-_SKIP_ALL = frozenset({"1", "true", "yes", "all", "*"})
-_SKIP_NONE = frozenset({"", "0", "false", "no"})
-
-
-def parse_skip_env(value: str | None) -> tuple[bool, list[str]]:
-    """ORCHESTRATE_SKIP: "1" (or true/yes/all) skips every step, "a,b c" skips the steps named
-    a and "b c" (names may hold spaces, so only commas separate them)."""
-    text = (value or "").strip()
-    if text.lower() in _SKIP_NONE:
-        return False, []
-    if text.lower() in _SKIP_ALL:
-        return True, []
-    return False, [name.strip() for name in text.split(",") if name.strip()]
-
-
-def skip_env_plan(value: str | None, steps: Sequence[Any]) -> tuple[dict[str, str], list[str]]:
-    """Which steps ORCHESTRATE_SKIP skips ({name: reason}) and warnings to print.
-
-    A step with `"required": true` is never skipped this way (that is what required means:
-    a team's last line of defence). A name matching no step is a warning, not an error:
-    the variable may be set for several workflows at once.
-    """
-    skip_all, given = parse_skip_env(value)
-    skipped: dict[str, str] = {}
-    warnings: list[str] = []
-    by_name = {step.name: step for step in steps}
-    names = []
-    for item in given:
-        name = step_by_name_or_number(item, list(by_name))
-        if name is None:
-            warnings.append(f"ORCHESTRATE_SKIP: no step {item!r} in this workflow{did_you_mean(item, by_name)}")
-        else:
-            names.append(name)
-    for step in steps:
-        if not (skip_all or step.name in names):
-            continue
-        if step.required:
-            warnings.append(f"ORCHESTRATE_SKIP: step {step.name!r} is required and runs anyway")
-        else:
-            skipped[step.name] = f"ORCHESTRATE_SKIP={value}"
-    return skipped, warnings
-
-
-# --- Git state and CI detection --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GitStatus:
-    """The checkout at a project root, from one `git status --porcelain=v2 --branch` call."""
-
-    in_repository: bool = False
-    commit: str | None = None  # HEAD; None before the first commit
-    branch: str | None = None  # None when detached
-    changed: tuple[str, ...] = ()  # tracked files changed in the index or the working tree
-    untracked: tuple[str, ...] | None = None  # None unless asked for (untracked=True)
-
-    def info(self, root: Path | None = None, runs_dir: Path | None = None) -> dict[str, Any]:
-        """{"commit", "branch", "dirty", "changed", "prefix"}; {} outside a repository. "dirty"
-        counts untracked files too (not ignored ones) when they were asked for; "changed" lists
-        every file that differs from the commit (modified, staged, deleted, untracked) relative
-        to the repository's top level, the run records under `runs_dir` left out; "prefix" is
-        `root`'s path below that top level."""
-        if not self.in_repository:
-            return {}
-        prefix = (repository_prefix(root) or "") if root is not None else ""
-        runs_prefix = ""
-        if runs_dir is not None and root is not None:
-            runs_prefix = prefix + _display_path(runs_dir, root).rstrip("/") + "/"
-        changed = sorted(
-            {
-                path
-                for path in (*self.changed, *(self.untracked or ()))
-                if not (runs_prefix and path.startswith(runs_prefix))
-            }
-        )
-        return {
-            "commit": self.commit,
-            "branch": self.branch,
-            "dirty": bool(changed),
-            "changed": changed,
-            "prefix": prefix,
-        }
-
-
-def start_git_status(root: Path, untracked: bool = False) -> GitCall:
-    """`git status` for GitStatus, started now (read_git_status reads it). Paths come relative to
-    the repository's top; renames are listed as a deletion and an addition."""
-    return GitCall(
-        [
-            "status",
-            "--porcelain=v2",
-            "--branch",
-            "-z",
-            "--no-renames",
-            f"--untracked-files={'all' if untracked else 'no'}",
-        ],
-        root,
-    )
-
-
-def read_git_status(call: GitCall, untracked: bool = False) -> GitStatus:
-    try:
-        out = call.output(check=False)
-    except GitError:
-        return GitStatus()
-    commit = branch = None
-    seen_header = False
-    changed: list[str] = []
-    others: list[str] = []
-    for item in out.split("\0"):
-        if item.startswith("# branch.oid "):
-            seen_header = True
-            oid = item[len("# branch.oid ") :]
-            commit = None if oid == "(initial)" else oid
-        elif item.startswith("# branch.head "):
-            head = item[len("# branch.head ") :]
-            branch = None if head == "(detached)" else head
-        elif item.startswith("? "):
-            others.append(item[2:])
-        elif item.startswith("1 "):  # 1 XY sub mH mI mW hH hI path
-            changed.append(item.split(" ", 8)[-1])
-        elif item.startswith("u "):  # u XY sub m1 m2 m3 mW h1 h2 h3 path
-            changed.append(item.split(" ", 10)[-1])
-        elif item and not item.startswith("#"):
-            changed.append(item)
-    if not seen_header:
-        return GitStatus()
-    return GitStatus(True, commit, branch, tuple(changed), tuple(others) if untracked else None)
-
-
-def git_info(root: Path, runs_dir: Path | None = None) -> dict[str, Any]:
-    """GitStatus.info() of the checkout at `root`, untracked files included, from one `git
-    status` call; {} outside a repository (orchestrate runs fine without git)."""
-    return read_git_status(start_git_status(root, untracked=True), untracked=True).info(root, runs_dir)
-
-
-def repository_prefix(root: Path) -> str | None:
-    """`git rev-parse --show-prefix` without running git: the root's path below the nearest
-    folder up with a .git (folder or file, as in a linked worktree), "" at the top; None when
-    none is found (then git is asked)."""
-    path = os.path.abspath(root)
-    parts: list[str] = []
-    while True:
-        if os.path.lexists(os.path.join(path, ".git")):
-            return "".join(f"{part}/" for part in reversed(parts))
-        parent = os.path.dirname(path)
-        if parent == path:
-            return None
-        parts.append(os.path.basename(path))
-        path = parent
-
-
-def read_github_event(env: Mapping[str, str]) -> dict[str, Any]:
-    """The webhook payload GitHub Actions leaves at GITHUB_EVENT_PATH ({} if unreadable)."""
-    path = env.get("GITHUB_EVENT_PATH")
-    if not path:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def detect_ci(env: Mapping[str, str], event: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-    """The CI system this run is in, from its documented variables, or None outside CI.
-
-    Returns {"provider", "job_url", "commit", "branch", "base"}: base is what `when.changed`
-    compares with (a pull request's base, a push's previous tip), "" when unknown.
-    """
-    if env.get("GITHUB_ACTIONS") == "true":
-        return _github_ci(env, event or {})
-    if env.get("GITLAB_CI"):
-        return _gitlab_ci(env)
-    if env.get("JENKINS_URL") or env.get("JENKINS_HOME"):
-        branch = env.get("CHANGE_BRANCH") or env.get("BRANCH_NAME") or env.get("GIT_BRANCH", "")
-        target = env.get("CHANGE_TARGET", "")
-        return {
-            "provider": "jenkins",
-            "job_url": env.get("BUILD_URL", ""),
-            "commit": env.get("GIT_COMMIT", ""),
-            "branch": branch.removeprefix("origin/"),
-            "base": f"origin/{target}" if target else "",
-        }
-    if _truthy(env.get("CI")):
-        return {"provider": "generic", "job_url": "", "commit": "", "branch": "", "base": ""}
-    return None
-
-
-def _github_ci(env: Mapping[str, str], event: Mapping[str, Any]) -> dict[str, Any]:
-    job_url = ""
-    if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
-        server = env.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
-        job_url = f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
-    base = ""
-    pull = event.get("pull_request")
-    if isinstance(pull, dict) and isinstance(pull.get("base"), dict):
-        base = str(pull["base"].get("sha") or "")
-    elif env.get("GITHUB_BASE_REF"):
-        base = f"origin/{env['GITHUB_BASE_REF']}"
-    elif isinstance(event.get("before"), str) and not is_zero_oid(event["before"]):
-        base = event["before"]  # a push event: the branch tip before this push
-    return {
-        "provider": "github",
-        "job_url": job_url,
-        "commit": env.get("GITHUB_SHA", ""),
-        "branch": env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME", ""),
-        "base": base,
-    }
-
-
-def _gitlab_ci(env: Mapping[str, str]) -> dict[str, Any]:
-    base = env.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")
-    before = env.get("CI_COMMIT_BEFORE_SHA", "")
-    if not base and before and not is_zero_oid(before):
-        base = before
-    return {
-        "provider": "gitlab",
-        "job_url": env.get("CI_JOB_URL", ""),
-        "commit": env.get("CI_COMMIT_SHA", ""),
-        "branch": (
-            env.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME")
-            or env.get("CI_COMMIT_BRANCH")
-            or env.get("CI_COMMIT_REF_NAME", "")
-        ),
-        "base": base,
-    }
-
-
-def make_trigger(
-    git: Mapping[str, Any], ci: Mapping[str, Any] | None, push: PushInfo | None = None, hook: str | None = None
-) -> dict[str, Any]:
-    """The run record's "trigger": source (pre-push | ci | cli), provider, job_url, commit,
-    branch, the git state, and the push's ref lines when started by the hook."""
-    source = hook if hook else ("ci" if ci else "cli")
-    trigger: dict[str, Any] = {
-        "source": source,
-        "provider": ci["provider"] if ci else None,
-        "job_url": (ci or {}).get("job_url") or None,
-        "commit": (ci or {}).get("commit") or git.get("commit"),
-        "branch": (ci or {}).get("branch") or git.get("branch"),
-        "git": {"commit": git.get("commit"), "branch": git.get("branch"), "dirty": git.get("dirty")},
-    }
-    if ci:
-        trigger["ci"] = dict(ci)
-    if push is not None:
-        trigger["push"] = push.as_dict()
-    return trigger
-
-
-def step_git_env(env: Mapping[str, str], changes: ChangeSet | None, push: PushInfo | None) -> dict[str, str]:
-    """A step's environment in hook or CI mode: git's hook variables removed (a step's own
-    `git` must see its cwd, not the pushing repository's index), no credential prompts,
-    and ORCHESTRATE_PUSH_REMOTE / ORCHESTRATE_FROM_REF / ORCHESTRATE_TO_REF set."""
-    out = strip_git_env(env)
-    out["GIT_TERMINAL_PROMPT"] = "0"
-    out["ORCHESTRATE_PUSH_REMOTE"] = push.remote if push else ""
-    out["ORCHESTRATE_FROM_REF"] = changes.from_ref if changes else ""
-    out["ORCHESTRATE_TO_REF"] = changes.to_ref if changes else ""
-    return out
-
-
-# --- GitHub Actions and GitLab console markup ------------------------------------------------
-
-
-def gha_escape_data(text: str) -> str:
-    """Escape a workflow command's message (actions/toolkit command.ts escapeData)."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def gha_escape_property(text: str) -> str:
-    """Escape a workflow command's property value (escapeProperty: also ':' and ',')."""
-    return gha_escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def gha_group(title: str) -> str:
-    return f"::group::{gha_escape_data(title)}"
-
-
-def gha_endgroup() -> str:
-    return "::endgroup::"
-
-
-def new_stop_token() -> str:
-    """A token a step cannot guess, so its output cannot end the fence early."""
-    import secrets
-
-    return "orchestrate-" + secrets.token_hex(16)
-
-
-def gha_stop_commands(token: str) -> str:
-    """Until `gha_resume_commands(token)`, the runner treats `::...::` lines as plain text:
-    a step printing `::error::` or `::set-output` cannot forge annotations or outputs."""
-    return f"::stop-commands::{token}"
-
-
-def gha_resume_commands(token: str) -> str:
-    return f"::{token}::"
-
-
-def gha_mask_lines(values: Iterable[str]) -> list[str]:
-    """`::add-mask::` for every secret, line by line (the runner masks single lines)."""
-    lines = []
-    for value in sorted(set(values)):
-        for part in value.splitlines():
-            if part.strip():
-                lines.append(f"::add-mask::{gha_escape_data(part)}")
-    return lines
-
-
-GHA_TEST_ANNOTATIONS = 10  # per step: GitHub shows at most 10 error annotations of a step
-
-
-def gha_error(title: str, message: str, file: str | None = None) -> str:
-    where = f"file={gha_escape_property(file)}," if file else ""
-    return f"::error {where}title={gha_escape_property(title)}::{gha_escape_data(message)}"
-
-
-def gha_warning(title: str, message: str) -> str:
-    return f"::warning title={gha_escape_property(title)}::{gha_escape_data(message)}"
-
-
-_GITLAB_SECTION_RE = lazy_regex(r"[^A-Za-z0-9_.-]+")
-
-
-def gitlab_section_name(index: int, step_name: str) -> str:
-    return f"step_{index + 1}_" + _GITLAB_SECTION_RE.sub("_", step_name)[:60]
-
-
-def gitlab_section_start(name: str, header: str, when: float, collapsed: bool = False) -> str:
-    """GitLab's collapsible job-log section: ESC[0Ksection_start:TS:NAME\\r ESC[0K HEADER."""
-    option = "[collapsed=true]" if collapsed else ""
-    return f"\x1b[0Ksection_start:{int(when)}:{name}{option}\r\x1b[0K{header}"
-
-
-def gitlab_section_end(name: str, when: float) -> str:
-    return f"\x1b[0Ksection_end:{int(when)}:{name}\r\x1b[0K"
-
-
-class PlainCIOutput:
-    """Console decorations for a CI provider; plain output (Jenkins, a terminal) needs none.
-
-    The Console prints what these return: `run_started` before any step (GitHub masks must
-    come before a secret's first appearance), `step_started` before a step's header,
-    `fence_output` on every chunk of its output, `step_output_ended` after its last chunk,
-    `step_finished` after its status line.
-    """
-
-    name = "none"
-
-    def run_started(self, masker: Masker) -> list[str]:
-        return []
-
-    def escape(self, text: str) -> str:
-        """Step-derived text on a line of orchestrate's own, outside any fence."""
-        return text
-
-    def fence(self, step: Step, lines: list[str]) -> list[str]:
-        """A step's own lines printed by orchestrate (the --quiet failure tail)."""
-        return lines
-
-    def step_started(self, step: Step) -> list[str]:
-        return []
-
-    def fence_output(self, data: bytes) -> bytes:
-        return data
-
-    def step_output_ended(self, step: Step) -> list[str]:
-        return []
-
-    def step_finished(self, step: Step, entry: dict[str, Any]) -> list[str]:
-        return []
-
-
-class GitHubCIOutput(PlainCIOutput):
-    """GitHub Actions: a log group per step, child output fenced with ::stop-commands:: (a
-    step printing `::error::` or `::set-output` cannot forge workflow commands), secrets
-    registered with ::add-mask::, an ::error annotation per failed step."""
-
-    name = "github"
-
-    def __init__(self) -> None:
-        self._tokens: dict[int, str] = {}  # by step index: steps may one day run side by side
-
-    def run_started(self, masker: Masker) -> list[str]:
-        return gha_mask_lines(masker.secrets)
-
-    def escape(self, text: str) -> str:
-        # the runner reads every line that starts with '::' (after spaces) as a command:
-        # escaped, a step's "boom\n::error::x" stays on orchestrate's line as text
-        return gha_escape_data(text)
-
-    def fence(self, step: Step, lines: list[str]) -> list[str]:
-        token = new_stop_token()
-        return [gha_stop_commands(token), *lines, gha_resume_commands(token)]
-
-    def step_started(self, step: Step) -> list[str]:
-        token = self._tokens[step.index] = new_stop_token()
-        return [gha_group(f"{step.name} ({step.type})"), gha_stop_commands(token)]
-
-    def step_output_ended(self, step: Step) -> list[str]:
-        token = self._tokens.pop(step.index, "")
-        return ([gha_resume_commands(token)] if token else []) + [gha_endgroup()]
-
-    def step_finished(self, step: Step, entry: dict[str, Any]) -> list[str]:
-        if entry.get("status") != "failed":
-            return []
-        message = str(entry.get("message") or "step failed")
-        if entry.get("allowed_failure"):
-            return [gha_warning(f"{step.name} failed (continue_on_error)", message)]
-        # one annotation on the file of each failed test a report names (GitHub shows ten per step)
-        tests = [
-            gha_error(
-                f"{step.name}: {detail['name']}", str(detail.get("message") or "failed"), file=str(detail["file"])
-            )
-            for detail in (entry.get("failed_test_details") or [])[:GHA_TEST_ANNOTATIONS]
-            if isinstance(detail, dict) and detail.get("file") and detail.get("name")
-        ]
-        return [*tests, gha_error(f"{step.name} failed", message)]
-
-
-class GitLabCIOutput(PlainCIOutput):
-    """GitLab CI: a collapsible job-log section per step."""
-
-    name = "gitlab"
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._sections: dict[int, str] = {}  # by step index
-
-    def step_started(self, step: Step) -> list[str]:
-        section = self._sections[step.index] = gitlab_section_name(step.index, step.name)
-        return [gitlab_section_start(section, f"{step.name} ({step.type})", self._clock())]
-
-    def step_output_ended(self, step: Step) -> list[str]:
-        section = self._sections.pop(step.index, "")
-        return [gitlab_section_end(section, self._clock())] if section else []
-
-
-CI_OUTPUTS: dict[str, Callable[[], PlainCIOutput]] = {"github": GitHubCIOutput, "gitlab": GitLabCIOutput}
-
-
-def detect_ci_provider(env: Mapping[str, str] | None = None) -> str | None:
-    ci = detect_ci(os.environ if env is None else env, {})
-    return ci["provider"] if ci else None
-
-
-def detect_ci_output() -> PlainCIOutput:
-    factory = CI_OUTPUTS.get(detect_ci_provider() or "")
-    return factory() if factory else PlainCIOutput()
-
-
-# --- GitHub step summary ---------------------------------------------------------------------
-
-
-def _md_cell(text: Any, limit: int = 300) -> str:
-    """A Markdown table cell: one line, no pipe breaking the row, no HTML."""
-    value = " ".join(str(text or "").split())
-    if len(value) > limit:
-        value = value[: limit - 1] + "…"
-    return value.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _failed_tests(entry: Mapping[str, Any]) -> list[str]:
-    names = []
-    for item in entry.get("failed_tests") or ():
-        if isinstance(item, Mapping):
-            names.append(str(item.get("name") or item.get("title") or item))
-        else:
-            names.append(str(item))
-    return names
-
-
-def _mermaid_label(text: str) -> str:
-    # ':' ends a gantt task label and '#'/';' start comments/statements in Mermaid
-    return re.sub(r"[:#;\n\r]+", " ", text).strip() or "step"
-
-
-def render_gantt(record: Mapping[str, Any]) -> str:
-    """A Mermaid `gantt` of the steps that ran, on a real clock (dateFormat x = epoch ms)."""
-    lines = [
-        "```mermaid",
-        "gantt",
-        f"    title {_mermaid_label(str(record.get('workflow', 'run')))}",
-        "    dateFormat x",
-        "    axisFormat %M:%S",
-        "    section steps",
-    ]
-    drawn = 0
-    for index, entry in enumerate(record.get("log") or ()):
-        start_ms = _epoch_ms(entry.get("started_at"))
-        if start_ms is None or entry.get("status") == "skipped":
-            continue
-        end_ms = _epoch_ms(entry.get("finished_at"))
-        if end_ms is None:
-            end_ms = start_ms + int(float(entry.get("duration_s") or 0) * 1000)
-        # an allowed failure (continue_on_error) did not fail the run: not drawn as critical
-        tag = (
-            ""
-            if entry.get("allowed_failure")
-            else {"passed": "done, ", "failed": "crit, ", "running": "active, "}.get(str(entry.get("status")), "")
-        )
-        lines.append(
-            f"    {_mermaid_label(str(entry.get('step', '')))} :{tag}s{index}, {start_ms}, {max(end_ms, start_ms + 1)}"
-        )
-        drawn += 1
-    lines.append("```")
-    return "\n".join(lines) if drawn else ""
-
-
-def render_step_summary(record: Mapping[str, Any]) -> str:
-    """The Markdown appended to $GITHUB_STEP_SUMMARY: headline, table, gantt timeline."""
-    log = list(record.get("log") or ())
-    trigger = record.get("trigger") or {}
-    head = f"### orchestrate: {_md_cell(record.get('workflow'))} {record.get('status', '')}"
-    # counted as the console's closing line counts them: "1 failed (1 allowed)"
-    meta = summary_counts(dict(record)) + f" · run `{record.get('run_id', '')}`"
-    if trigger.get("job_url"):
-        meta += f" · [job log]({trigger['job_url']})"
-    rows = ["| Step | Status | Time | Failed tests / reason |", "|---|---|---:|---|"]
-    for entry in log:
-        status = str(entry.get("status", ""))
-        allowed = status == "failed" and bool(entry.get("allowed_failure"))
-        shown = "failed (allowed)" if allowed else f"**{status}**" if status == "failed" else status
-        duration = entry.get("duration_s")
-        took = f"{float(duration):.1f}s" if isinstance(duration, (int, float)) and status != "skipped" else ""
-        failed = _failed_tests(entry)
-        detail = "; ".join(failed[:10]) + (f" (+{len(failed) - 10} more)" if len(failed) > 10 else "")
-        if not detail and status in ("failed", "skipped"):
-            detail = str(entry.get("message") or "")
-        rows.append(f"| {_md_cell(entry.get('step'))} | {shown} | {took} | {_md_cell(detail)} |")
-    sections = [head, "", meta, "", *rows, ""]
-    gantt = render_gantt(record)
-    if gantt:
-        sections += [gantt, ""]
-    return "\n".join(sections) + "\n"
-
-
-def append_step_summary(env: Mapping[str, str], record: Mapping[str, Any]) -> Path | None:
-    """Append the run's summary to $GITHUB_STEP_SUMMARY (under GitHub Actions only)."""
-    target = env.get("GITHUB_STEP_SUMMARY")
-    if env.get("GITHUB_ACTIONS") != "true" or not target:
-        return None
-    path = Path(target)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(render_step_summary(record))
-    return path
-
-
-# --- Hook installation -----------------------------------------------------------------------
-
-HOOK_ID = "orchestrate-hook-id: 5c1e0a8f3b7d4e2a"  # marks hooks orchestrate wrote; never change
-SUPPORTED_HOOKS = ("pre-push",)
-
-PRE_PUSH_HOOK = r"""#!/bin/sh
-# orchestrate pre-push hook: runs an orchestrate workflow before `git push` sends anything;
-# a failing workflow stops the push.
-# orchestrate-hook-id: 5c1e0a8f3b7d4e2a
-#
-# Install: orchestrate hook install     Remove: orchestrate hook uninstall
-# A hook that was here before is kept as pre-push.legacy and runs first.
-#
-#   skip this push:         git push --no-verify
-#   skip the workflow:      ORCHESTRATE_SKIP=1 git push   (steps marked "required" still run)
-#   skip some steps:        ORCHESTRATE_SKIP="lint,e2e tests" git push
-#   another workflow:       git config orchestrate.prePushWorkflow NAME
-#                           (or ORCHESTRATE_PRE_PUSH_WORKFLOW=NAME)
-#   orchestrate elsewhere:  ORCHESTRATE_BIN=/path/to/orchestrate
-#   not installed:          the push fails and says how to install it;
-#                           ORCHESTRATE_ALLOW_MISSING=1 lets it through
-#
-# git runs `pre-push <remote name> <remote url>` with one line per ref on stdin:
-#   <local ref> <local oid> <remote ref> <remote oid>
-# Plain POSIX sh, shell builtins only: a push with nothing to check (up to date, only
-# deletions, only tags) ends here before any other program starts; otherwise orchestrate gets
-# the lines, and reads the workflow's name from git config along with its other git calls.
-
-default_workflow=pre-push
-remote=$1 url=$2
-
-# What is pushed, and whether any of it needs a check.
-refs='' check='' deleted='' tags='' updates=''
-classify() {  # the fields of one ref line
-    [ $# -gt 0 ] || return 0
-    if [ $# -ne 4 ]; then
-        check=1  # not what git writes: orchestrate says what is wrong
-        return 0
-    fi
-    case $2$4 in
-        *[!0-9a-f]*) check=1; return 0 ;;
-    esac
-    case $2 in
-        *[!0]*) ;;
-        *) deleted="$deleted${deleted:+, }$3"; return 0 ;;
-    esac
-    case $3 in
-        refs/tags/*) tags="$tags${tags:+, }${3#refs/tags/}"; return 0 ;;
-    esac
-    updates=1
-    [ "$2" = "$4" ] || check=1
-}
-while IFS= read -r line || [ -n "$line" ]; do
-    refs="$refs$line
-"
-    set -f
-    # shellcheck disable=SC2086 # split the line into its fields on purpose
-    classify $line
-    set +f
-done
-
-# A hook that was here before orchestrate's: run it first, with the same arguments and stdin.
-legacy=$0.legacy
-if [ -f "$legacy" ] && [ -x "$legacy" ]; then
-    if [ -n "$refs" ]; then
-        printf '%s' "$refs" | "$legacy" "$remote" "$url" || exit
-    else
-        "$legacy" "$remote" "$url" </dev/null || exit
-    fi
-fi
-
-if [ -z "$check" ]; then
-    if [ -z "$refs" ]; then
-        reason="nothing to push (everything up to date)"
-    elif [ -n "$updates" ]; then
-        reason="push carries no new commits (every pushed commit is on the remote already)"
-    elif [ -n "$tags" ]; then
-        reason="push only carries tags ($tags)"
-    else
-        reason="push only deletes $deleted"
-    fi
-    echo "orchestrate pre-push: nothing to check: $reason"
-    exit 0
-fi
-
-# Find orchestrate: $ORCHESTRATE_BIN, then PATH, then pipx's default ~/.local/bin.
-bin=${ORCHESTRATE_BIN:-}
-if [ -n "$bin" ]; then
-    if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
-        echo "orchestrate pre-push: ORCHESTRATE_BIN=$bin is not an executable file" >&2
-        exit 1
-    fi
-else
-    saved_ifs=$IFS
-    IFS=:
-    set -f
-    # shellcheck disable=SC2086 # split PATH on ':' on purpose
-    for dir in $PATH; do
-        if [ -f "${dir:-.}/orchestrate" ] && [ -x "${dir:-.}/orchestrate" ]; then
-            bin=${dir:-.}/orchestrate
-            break
-        fi
-    done
-    set +f
-    IFS=$saved_ifs
-    if [ -z "$bin" ] && [ -x "${HOME:-/nonexistent}/.local/bin/orchestrate" ]; then
-        bin=$HOME/.local/bin/orchestrate
-    fi
-fi
-
-if [ -z "$bin" ]; then
-    if [ "${ORCHESTRATE_ALLOW_MISSING:-}" = 1 ] || [ "${ORCHESTRATE_SKIP:-}" = 1 ]; then
-        echo "orchestrate pre-push: orchestrate not found; push allowed (ORCHESTRATE_ALLOW_MISSING/ORCHESTRATE_SKIP)" >&2
-        exit 0
-    fi
-    echo "orchestrate pre-push: orchestrate not found (ORCHESTRATE_BIN, PATH, ~/.local/bin): install it with 'pipx install orchestrate-cli', or skip this check with 'git push --no-verify'" >&2
-    exit 1
-fi
-
-# The workflow: $ORCHESTRATE_PRE_PUSH_WORKFLOW, else `git config orchestrate.prePushWorkflow`
-# (orchestrate reads it), else the default.
-if [ -n "${ORCHESTRATE_PRE_PUSH_WORKFLOW:-}" ]; then
-    set -- run "$ORCHESTRATE_PRE_PUSH_WORKFLOW" --git-hook pre-push --push-remote "$remote" --push-url "$url"
-else
-    set -- run "$default_workflow" --workflow-from-git-config --git-hook pre-push --push-remote "$remote" --push-url "$url"
-fi
-exec "$bin" "$@" <<EOF
-$refs
-EOF
-"""
-
-
-def render_hook(hook: str = "pre-push", workflow: str | None = None) -> str:
-    """The hook script `hook install` writes; `workflow` replaces the default workflow name."""
-    if hook not in SUPPORTED_HOOKS:
-        raise UsageError(
-            f"hook {hook!r}: orchestrate installs only "
-            f"{', '.join(SUPPORTED_HOOKS)}{did_you_mean(hook, SUPPORTED_HOOKS)}"
-        )
-    text = PRE_PUSH_HOOK
-    if workflow:
-        check_workflow_name(workflow)
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", workflow):
-            raise UsageError(f"--workflow {workflow!r}: use letters, digits and . _ + - only in a hook's workflow name")
-        text = text.replace("\ndefault_workflow=pre-push\n", f"\ndefault_workflow={workflow}\n")
-    return text
-
-
-def hooks_dir(repo_dir: Path) -> Path:
-    """The folder git really runs hooks from: `git rev-parse --git-path hooks` follows
-    core.hooksPath and, in a linked worktree, the main repository's common folder."""
-    try:
-        out = run_git(["rev-parse", "--git-path", "hooks"], repo_dir).strip()
-    except GitError as exc:
-        raise UsageError(
-            f"{repo_dir}: not inside a git repository ({exc}); run `git init` first or pass --root"
-        ) from None
-    path = Path(out)
-    return path if path.is_absolute() else (repo_dir / path).resolve()
-
-
-def is_our_hook(path: Path) -> bool:
-    try:
-        return HOOK_ID in path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-
-
-def _hook_workflow(text: str) -> str:
-    match = re.search(r"^default_workflow=(\S+)$", text, re.MULTILINE)
-    return match.group(1) if match else "pre-push"
-
-
-def _write_executable(path: Path, text: str) -> None:
-    """Write a hook atomically (a push racing the install sees old or new, never half)."""
-    tmp = path.with_name(f".{path.name}.orchestrate-tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    tmp.chmod(0o755)
-    os.replace(tmp, path)
-
-
-@dataclass
-class HookChange:
-    """What hook install or uninstall did, in one sentence."""
-
-    path: Path
-    message: str
-    legacy: Path | None = None
-
-
-def install_hook(
-    repo_dir: Path, hook: str = "pre-push", workflow: str | None = None, force: bool = False
-) -> HookChange:
-    """Install orchestrate's hook; a foreign hook is refused, or with force kept as
-    HOOK.legacy and run first (pre-commit's convention)."""
-    text = render_hook(hook, workflow)
-    folder = hooks_dir(repo_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / hook
-    legacy = folder / f"{hook}.legacy"
-    kept: Path | None = legacy if legacy.exists() else None
-    if (path.exists() or path.is_symlink()) and not is_our_hook(path):
-        if not force:
-            raise UsageError(
-                f"{path}: a {hook} hook orchestrate did not write is already there; "
-                f"rerun with --force to keep it as {legacy.name} and run it before "
-                "orchestrate, or move it away"
-            )
-        if legacy.exists() or legacy.is_symlink():
-            raise UsageError(
-                f"{path}: both a foreign {hook} hook and {legacy.name} exist; move one of them away, then rerun"
-            )
-        os.replace(path, legacy)
-        kept = legacy
-    _write_executable(path, text)
-    message = f"installed {hook} hook at {path} (workflow {_hook_workflow(text)!r})"
-    if kept:
-        message += f"; the previous hook is kept as {kept.name} and runs first"
-    return HookChange(path, message, kept)
-
-
-def uninstall_hook(repo_dir: Path, hook: str = "pre-push") -> HookChange:
-    """Remove orchestrate's hook (never a foreign one) and put HOOK.legacy back."""
-    if hook not in SUPPORTED_HOOKS:
-        render_hook(hook)  # raises the usage error
-    folder = hooks_dir(repo_dir)
-    path = folder / hook
-    legacy = folder / f"{hook}.legacy"
-    if not (path.exists() or path.is_symlink()):
-        return HookChange(path, f"no {hook} hook at {path}; nothing to remove")
-    if not is_our_hook(path):
-        raise UsageError(
-            f"{path}: this {hook} hook was not written by orchestrate; "
-            "left as it is (remove it yourself if you mean to)"
-        )
-    path.unlink()
-    if legacy.exists() or legacy.is_symlink():
-        os.replace(legacy, path)
-        return HookChange(
-            path, f"removed orchestrate's {hook} hook; restored the previous hook from {legacy.name}", path
-        )
-    return HookChange(path, f"removed orchestrate's {hook} hook from {path}")
-
-
-def hook_status(repo_dir: Path, hook: str = "pre-push") -> dict[str, Any]:
-    """What git will run on push, as data: hooks folder, whether core.hooksPath moved it,
-    the hook's owner (orchestrate | foreign | none), its workflow and chained legacy hook."""
-    folder = hooks_dir(repo_dir)
-    path = folder / hook
-    legacy = folder / f"{hook}.legacy"
-    hooks_path = run_git(["config", "--get", "core.hooksPath"], repo_dir, check=False).strip()
-    configured = run_git(["config", "--get", "orchestrate.prePushWorkflow"], repo_dir, check=False).strip()
-    state = "none"
-    workflow = None
-    if path.exists():
-        state = "orchestrate" if is_our_hook(path) else "foreign"
-    executable = path.exists() and os.access(path, os.X_OK)
-    if state == "orchestrate":
-        text = path.read_text(encoding="utf-8", errors="replace")
-        workflow = os.environ.get("ORCHESTRATE_PRE_PUSH_WORKFLOW") or configured or _hook_workflow(text)
-    has_legacy = legacy.exists() and os.access(legacy, os.X_OK)
-    if state == "none":
-        summary = f"git runs no {hook} hook (none at {path}); install: orchestrate hook install"
-    elif not executable:
-        summary = f"git ignores {path}: it is not executable (chmod +x it)"
-    elif state == "foreign":
-        summary = (
-            f"git runs {path}, a hook orchestrate did not write; "
-            "orchestrate hook install --force keeps it and runs it first"
-        )
-    else:
-        summary = f"git runs {path}: orchestrate workflow {workflow!r}"
-        if has_legacy:
-            summary = f"git runs {path}: {legacy.name} first, then orchestrate workflow {workflow!r}"
-    return {
-        "hook": hook,
-        "hooks_dir": str(folder),
-        "core_hooks_path": hooks_path or None,
-        "path": str(path),
-        "state": state,
-        "executable": executable,
-        "workflow": workflow,
-        "legacy": str(legacy) if has_legacy else None,
-        "summary": summary,
-    }
-
-
-# --- What is pushed, and checking exactly that ----------------------------------------------
+# === 11.1. What is pushed, and checking exactly that ===
 #
 # A pre-push hook runs in the developer's working tree, which may hold fixes that are not in
 # the pushed commit: the checks pass and the remote gets the broken commit. Before a run the
@@ -10925,7 +11255,10 @@ def hook_status(repo_dir: Path, hook: str = "pre-push") -> dict[str, Any]:
 # (<run_id>.json: pid, start time, shared links) written before it exists, so one left by a
 # killed run is found and removed at the next isolated run.
 
+
 WORKTREES_DIR = ".worktrees"
+
+
 MAX_NAMED_FILES = 5  # a one-line warning names this many files, then "and N more"
 
 
@@ -11025,18 +11358,6 @@ def working_tree_difference(
         'the working tree: commit or stash first, or set "pre_push": {"checkout": "pushed"} in '
         "orchestrate.json to check the pushed commit"
     )
-
-
-@dataclass
-class PushedWorktree:
-    """A temporary worktree of the commit being checked."""
-
-    repo: Path  # the project root in the developer's checkout
-    path: Path  # the worktree (the repository's top level at the commit)
-    root: Path  # the project root inside it
-    commit: str
-    owner_file: Path
-    shared: list[str] = field(default_factory=list)
 
 
 def _worktrees_dir(runs_dir: Path) -> Path:
@@ -11195,72 +11516,7 @@ def enter_pushed_checkout(
     return checkout, isolated_paths, isolated_settings, isolated
 
 
-# --- Wiring into a run -----------------------------------------------------------------------
-
-
-@dataclass
-class GitState:
-    """What this section learns before a run starts; the engine carries it as RunOptions.git."""
-
-    git: dict[str, Any] = field(default_factory=dict)
-    ci: dict[str, Any] | None = None
-    push: PushInfo | None = None
-    changes: ChangeSet | None = None
-    skipped: dict[str, str] = field(default_factory=dict)  # ORCHESTRATE_SKIP: step -> reason
-    checkout: PushedWorktree | None = None  # the run checks this worktree (--isolated)
-
-
-def run_branch_names(state: GitState | None, trigger: Mapping[str, Any]) -> list[str]:
-    """The branch names this run is about, each once: the pushed branches (remote and
-    local names), the CI system's branch, the checkout's branch."""
-    names: list[Any] = []
-    if state is not None:
-        if state.push is not None:
-            for ref in state.push.updates:
-                names.append(ref.branch)
-                names.append(
-                    ref.local_ref.removeprefix("refs/heads/") if ref.local_ref.startswith("refs/heads/") else None
-                )
-        names += [(state.ci or {}).get("branch"), state.git.get("branch")]
-    names.append(trigger.get("branch"))
-    return list(dict.fromkeys(str(n) for n in names if n))
-
-
-RUN_COMMIT_MESSAGES_LIMIT = 1000  # per pushed ref: a new long-lived branch can carry thousands
-
-
-def run_commit_messages(root: Path, state: GitState | None) -> tuple[list[str], str]:
-    """The messages of the commits this run checks, newest first, and what they are: the
-    pushed commits (each pushed ref's new commits), else the compared range (--from-ref,
-    pre-commit's refs, the CI base), else none and why."""
-    ranges: list[list[str]] = []
-    if state is not None and state.push is not None:
-        for ref in state.push.updates:
-            from_oid, to_oid = push_range(root, ref)
-            if from_oid != to_oid:
-                ranges.append([to_oid, f"^{from_oid}"] if from_oid else [to_oid, "--not", "--remotes"])
-        what = "the pushed commits"
-    elif state is not None and state.changes is not None and state.changes.from_ref and state.changes.to_ref:
-        ranges.append([state.changes.to_ref, f"^{state.changes.from_ref}"])
-        what = f"the commits {state.changes.from_ref}..{state.changes.to_ref}"
-    elif state is not None and (state.ci or {}).get("base"):
-        base = str((state.ci or {})["base"])
-        ranges.append(["HEAD", f"^{base}"])
-        what = f"the commits {base}..HEAD"
-    else:
-        return [], "no commits to read (not a push, no --from-ref)"
-    messages: list[str] = []
-    for revisions in ranges:
-        try:
-            out = run_git(
-                ["log", f"--max-count={RUN_COMMIT_MESSAGES_LIMIT}", "--format=%B%x00", *revisions, "--"],
-                root,
-                check=False,
-            )
-        except GitError:
-            out = ""
-        messages += [m.strip() for m in out.split("\0") if m.strip()]
-    return messages, what
+# === 11.2. Wiring into a run ===
 
 
 def _read_hook_stdin() -> str:
@@ -11484,7 +11740,7 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
     return trigger
 
 
-# --- Inputs: up to date (`sources`) and resume ----------------------------------------------
+# === 11.3. Inputs: up to date (`sources`) and resume ===
 #
 # What a step's result depended on, recorded with every step so a later run can tell whether
 # running it again could change anything: its definition (definition_sha256: its keys and the
@@ -11496,12 +11752,19 @@ def build_trigger(root: Path, options: RunOptions) -> dict[str, Any]:
 # hashes.json), as git's index knows them; a file changed within the last second is read
 # again, since a second write in the same clock tick would leave its times as they were.
 
+
 HASH_CACHE_FILE = "hashes.json"
+
+
 # in the whole-tree state (a step without `sources`), a changed file bigger than this counts by
 # its size, mtime and inode, not its content: every run records the tree, and reading an
 # untracked 1 GB file at the start of each push is not what a hook may cost
 TREE_CONTENT_LIMIT = 8 * 1024 * 1024
+
+
 RACY_WINDOW_NS = 1_000_000_000
+
+
 MAX_HASH_CACHE_ENTRIES = 200_000
 
 
@@ -11824,7 +12087,7 @@ class ResumePlan:
         return {"rerun_reason": self.reasons[step.name]} if event == "start" and step.name in self.reasons else {}
 
 
-# === 10. HTTP server ===
+# === 12. HTTP server ===
 #
 # `orchestrate serve` (the optional `server` extra): the seed's HTTP service shape on the
 # same run store the CLI uses. Each run is its own `orchestrate run NAME --run-id ID` child
@@ -11835,22 +12098,38 @@ class ResumePlan:
 # Annotations in this section use only builtins and `Any`: FastAPI evaluates string
 # annotations (PEP 563) against this module's globals, where no FastAPI name lives.
 
+
 SERVER_EXTRA_HINT = (
     "pipx install 'orchestrate-cli[server]' (or, into an existing pipx install: "
     "pipx inject orchestrate-cli fastapi uvicorn; in a virtualenv: pip install 'orchestrate-cli[server]')"
 )
+
+
 API_TOKEN_ENV = "ORCHESTRATE_API_TOKEN"
+
+
 SERVER_STOPPED = "server stopped"
+
+
 MAX_QUEUED_RUNS = 1000  # pending runs one server holds before /start answers 429
+
+
 _LOG_FOLLOW_INTERVAL_S = 0.25
+
+
 _RUN_STATUS_PATTERN = "^(pending|running|failed|completed)$"
+
+
 MAX_REQUEST_BODY = 1024 * 1024  # a /start body is a few hundred bytes; 1 MiB is far beyond
+
+
 REQUEST_READ_TIMEOUT_S = 10.0  # a request's headers, and then its body, must arrive within this
+
+
 MAX_REQUEST_HEADERS = 16 * 1024  # h11's limit on the request line and headers
-MAX_HTTP_VARS_BYTES = 2 * 1024 * 1024  # what `run --vars-stdin` reads at most
 
 
-# --- Who may talk to the server ---------------------------------------------------------------
+# === 12.1. Who may talk to the server ===
 #
 # The trust model (README "HTTP API"): a run executes workflow code as the user running the
 # server, so the server must know who asks. Without a token it binds only loopback, and then
@@ -12369,7 +12648,7 @@ class ApiError(Exception):
         self.status = status
 
 
-# --- The endpoints' work -------------------------------------------------------------------
+# === 12.2. The endpoints' work ===
 #
 # Each endpoint of create_app() is a thin FastAPI function over one of these: they take the
 # server's state, return data or raise ApiError, and touch no FastAPI name, so tests call them.
@@ -12888,7 +13167,7 @@ def _listen(bind: BindAddress, port: int) -> Any:
     return sock
 
 
-# --- dashboard ---
+# === 12.3. Dashboard ===
 #
 # `/` lists runs, `/ui/runs/{run_id}` shows one run's report and follows it while it runs, a
 # form starts a workflow through POST /start (so with exactly its checks). Pages are built
@@ -12899,6 +13178,7 @@ def _listen(bind: BindAddress, port: int) -> Any:
 # cookie) and fetches the same HTML, rendered and escaped here, from /ui/parts/... with the
 # header. Every page sends a Content-Security-Policy allowing only its own script and style
 # (a fresh nonce per response) and requests to this server.
+
 
 _DASHBOARD_CSS = """
 nav.top{display:flex;gap:16px;align-items:baseline;border-bottom:1px solid var(--line);padding-bottom:8px}
@@ -12913,6 +13193,7 @@ form.filters label,#start label{display:flex;flex-direction:column;font-size:12p
 table.runs{border-collapse:collapse;width:100%}table.runs th,table.runs td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
 table.runs td.message{color:var(--dim);word-break:break-word}
 """
+
 
 _DASHBOARD_JS = r"""
 (function () {
@@ -13432,7 +13713,7 @@ def serve(
     uvicorn.Server(config).run(sockets=[sock])
 
 
-# === 11. CLI and main ===
+# === 13. CLI and main ===
 
 # The Typer app is built on first use (``orchestrate.app``, or any command line main() does
 # not take itself): importing Typer costs more than the rest of a run put together, and a git
@@ -13616,6 +13897,8 @@ _INIT_WORKFLOW = {
         },
     ],
 }
+
+
 # what the CI templates in hooks/ run (`orchestrate run ci`)
 _INIT_CI_WORKFLOW = {
     "name": "ci",
@@ -13833,7 +14116,7 @@ def guarded(
         return EXIT_INTERNAL
 
 
-# --- Commands: each does its work and returns a CommandResult; render() prints it ----------
+# === 13.1. Commands: each does its work and returns a CommandResult; render() prints it ===
 
 
 @dataclass
@@ -14202,6 +14485,8 @@ _RUN_OPTIONS: tuple[tuple[str, Any, Any, tuple[str, ...], dict[str, Any]], ...] 
         },
     ),
 )
+
+
 # `resume` takes run's options but --dry-run and --workflow-from-git-config, in this --help
 # order, some with a help of their own (their default is what RUN did)
 _RESUME_OPTIONS = (
@@ -14227,6 +14512,8 @@ _RESUME_OPTIONS = (
     "force",
     "html_report",
 )
+
+
 _RESUME_HELP = {
     "only": "Run only this step (repeatable; default: as RUN did).",
     "skip": "Skip this step (repeatable; default: as RUN did).",
@@ -14572,11 +14859,19 @@ def __getattr__(name: str) -> Any:
 
 
 _FAST_GLOBAL_OPTIONS = {"--root": "root", "--workflows-dir": "workflows_dir", "--runs-dir": "runs_dir"}
+
+
 # run's options as main()'s fast path reads them (from _RUN_OPTIONS, as Typer's `run`): each
 # flag or value option by the flags that name it, and the ones that may be given again
 _FAST_RUN_FLAGS = {flag: name for name, kind, _default, flags, _ in _RUN_OPTIONS if kind is bool for flag in flags}
+
+
 _FAST_RUN_VALUES = {flag: name for name, kind, _default, flags, _ in _RUN_OPTIONS if kind is not bool for flag in flags}
+
+
 _FAST_REPEATABLE = ("only", "skip", "var")
+
+
 _FORCE_VALUES = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
 

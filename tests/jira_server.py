@@ -330,7 +330,7 @@ class FakeJira:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> FakeJira:  # noqa: PYI034  (typing.Self needs Python 3.11)
+    def __enter__(self) -> FakeJira:
         return self.start()
 
     def __exit__(self, exc_type: object, *exc_info: object) -> None:

@@ -284,9 +284,7 @@ def paths_leaving_the_repository(source: str, depth: int) -> list[str]:
                 inner = inner.func.value
             else:
                 break
-        if hops and "__file__" in ast.unparse(inner) and hops > depth + 1:
-            found.append(ast.unparse(node))
-        elif hops and isinstance(inner, ast.Name) and inner.id in ("REPO", "ROOT") and isinstance(node, ast.Attribute):
+        if (hops and "__file__" in ast.unparse(inner) and hops > depth + 1) or (hops and isinstance(inner, ast.Name) and inner.id in ("REPO", "ROOT") and isinstance(node, ast.Attribute)):
             found.append(ast.unparse(node))
         elif (
             isinstance(node, ast.Constant)
@@ -350,4 +348,4 @@ def test_opening_a_file_beside_the_repository_fails_the_test(tmp_path: Path) -> 
     guarded = beside_repository()
     if guarded is not None:  # this checkout's guard is on: it catches a real open
         with pytest.raises(PermissionError, match="outside the repository"):
-            open(guarded / "shared" / "junit-10.xsd")  # noqa: SIM115
+            open(guarded / "shared" / "junit-10.xsd")

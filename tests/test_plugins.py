@@ -16,7 +16,7 @@ from conftest import REPO, Project
 @pytest.fixture
 def http_server():
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200 if self.path == "/ok" else 503)
             self.end_headers()
             self.wfile.write(b"hi")
@@ -105,7 +105,6 @@ def test_plugin_timeout_ends_it(project: Project) -> None:
 
 
 def test_entry_point_plugins_are_found(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import orchestrate
 
     site = tmp_path / "site"
     (site / "myplugin").mkdir(parents=True)

@@ -98,7 +98,7 @@ def test_pruning_during_twenty_runs_never_touches_a_running_one(tmp_path: Path) 
         while not stop.is_set():
             try:
                 pruned.extend(store.prune(0))
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
                 return
 
