@@ -284,7 +284,9 @@ def paths_leaving_the_repository(source: str, depth: int) -> list[str]:
                 inner = inner.func.value
             else:
                 break
-        if (hops and "__file__" in ast.unparse(inner) and hops > depth + 1) or (hops and isinstance(inner, ast.Name) and inner.id in ("REPO", "ROOT") and isinstance(node, ast.Attribute)):
+        if (hops and "__file__" in ast.unparse(inner) and hops > depth + 1) or (
+            hops and isinstance(inner, ast.Name) and inner.id in ("REPO", "ROOT") and isinstance(node, ast.Attribute)
+        ):
             found.append(ast.unparse(node))
         elif (
             isinstance(node, ast.Constant)
