@@ -13013,6 +13013,18 @@ def _add_start_routes(api: Any, state: ServerState, start_request: Any, error_bo
     StartRequest, ErrorBody = start_request, error_body
     start_body_schema = StartRequest.model_json_schema()
 
+    def queue_route(path: str, endpoint: Any, *statuses: int) -> None:
+        """A POST that queues a run: 202, an optional JSON body as /start's, these error statuses."""
+        api.post(
+            path,
+            status_code=202,
+            tags=["runs"],
+            responses={status: {"model": ErrorBody} for status in statuses},
+            openapi_extra={
+                "requestBody": {"required": False, "content": {"application/json": {"schema": start_body_schema}}}
+            },
+        )(endpoint)
+
     async def start(request: Any, name: str = Query(..., description="workflow name (workflows/NAME.json)")) -> dict:
         """Queue a run of workflow NAME; it starts as soon as fewer than --max-parallel run."""
         raw = await request.body()  # read (at most MAX_REQUEST_BODY) by RequestGuard already
@@ -13020,20 +13032,7 @@ def _add_start_routes(api: Any, state: ServerState, start_request: Any, error_bo
         return await asyncio.to_thread(api_start, state, name, raw, parse_request)
 
     start.__annotations__["request"] = Request  # a FastAPI name: not resolvable from the module
-    api.post(
-        "/start",
-        status_code=202,
-        tags=["runs"],
-        responses={
-            413: {"model": ErrorBody},
-            415: {"model": ErrorBody},
-            422: {"model": ErrorBody},
-            429: {"model": ErrorBody},
-        },
-        openapi_extra={
-            "requestBody": {"required": False, "content": {"application/json": {"schema": start_body_schema}}}
-        },
-    )(start)
+    queue_route("/start", start, 413, 415, 422, 429)
 
     async def resume(request: Any, run_id: str) -> dict:
         """Resume failed run RUN_ID as a new run (`orchestrate resume`): body as for /start."""
@@ -13041,21 +13040,7 @@ def _add_start_routes(api: Any, state: ServerState, start_request: Any, error_bo
         return await asyncio.to_thread(api_resume, state, run_id, raw, parse_request)
 
     resume.__annotations__["request"] = Request
-    api.post(
-        "/runs/{run_id}/resume",
-        status_code=202,
-        tags=["runs"],
-        responses={
-            409: {"model": ErrorBody},
-            413: {"model": ErrorBody},
-            415: {"model": ErrorBody},
-            422: {"model": ErrorBody},
-            429: {"model": ErrorBody},
-        },
-        openapi_extra={
-            "requestBody": {"required": False, "content": {"application/json": {"schema": start_body_schema}}}
-        },
-    )(resume)
+    queue_route("/runs/{run_id}/resume", resume, 409, 413, 415, 422, 429)
 
 
 def _add_record_routes(api: Any, store: RunStore, root: Path, workflows_dir: Path) -> None:
