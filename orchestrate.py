@@ -9322,7 +9322,7 @@ class CypressRunner(Runner):
         reports, unreadable = read_cypress_reports(report_dir, project)
         mask_cypress_reports(report_dir, ctx.masker)
         tests = [test for report in reports for test in report.tests]
-        self._record_results(ctx, project, extra, share, reports, artifacts)
+        self._record_results(ctx, project, extra, share, reports, tests, artifacts)
         message = self._failure_message(ctx, code, tests, bool(reports), unreadable, report_dir)
         status = "failed" if message else "passed"
         if status == "passed":
@@ -9371,11 +9371,11 @@ class CypressRunner(Runner):
         extra: dict[str, Any],
         share: list[str],
         reports: list[CypressReport],
+        tests: list[CypressTest],
         artifacts: list[Path],
     ) -> None:
         """What the record keeps of the reports: counts, failed tests, spec durations, artifacts."""
         mask, readable = ctx.masker.mask, ctx.masker.mask_readable
-        tests = [test for report in reports for test in report.tests]
         failed = [test for test in tests if test.status == "failed"][:CYPRESS_FAILED_NAMES_MAX]
         extra.update(
             tests=len(tests),
