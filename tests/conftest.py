@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -108,7 +108,7 @@ class Project:
             path.write_text(text)
         return path
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> Any:
+    def cli(self, *args: str, env: Mapping[str, str | None] | None = None) -> Any:
         """Run the CLI in-process (Typer's CliRunner) with stdout and stderr kept apart."""
         runner = CliRunner()
         return runner.invoke(orchestrate.app, ["--root", str(self.root), *args], env=env, catch_exceptions=False)

@@ -92,7 +92,7 @@ class OpenApiContract:
 
     def __init__(self) -> None:
         import jsonschema
-        from referencing import Registry, Resource
+        from referencing import Registry
         from referencing.jsonschema import DRAFT4
 
         document = json.loads((SCHEMAS / "jira-cloud-platform-v3-subset.openapi.json").read_text())
@@ -101,7 +101,7 @@ class OpenApiContract:
             document["paths"].setdefault(path, {}).update(operations)
         self.document = document
         self.adf = json.loads((SCHEMAS / "atlaskit-adf-schema-57.7.22-full.json").read_text())
-        self._registry = Registry().with_resource(self.URI, Resource(document, DRAFT4))
+        self._registry = Registry().with_resource(self.URI, DRAFT4.create_resource(document))
         draft4 = jsonschema.Draft4Validator
 
         def openapi_type(validator: Any, types: Any, instance: Any, schema: dict[str, Any]) -> Any:
@@ -496,9 +496,10 @@ class FakeJira:
                 self.comments.append(comment)
             return 201, self._comment_json(comment, issue_self), {}
         if route == "comment_id" and req.method == "PUT":
-            comment = next((c for c in self.comments if c["issue"] == key and c["id"] == match["id"]), None)
-            if comment is None:
+            found = [c for c in self.comments if c["issue"] == key and c["id"] == match["id"]]
+            if not found:
                 return 404, {"errorMessages": [f"Can not find a comment for the id: {match['id']}."], "errors": {}}, {}
+            [comment] = found
             comment.update(body=data.get("body"), visibility=data.get("visibility"), edits=comment["edits"] + 1)
             return 200, self._comment_json(comment, issue_self), {}
         if route == "transitions" and req.method == "GET":

@@ -211,7 +211,7 @@ def test_timeout_ends_the_whole_process_tree(project: Project) -> None:
     assert entry["message"] == "timed out after 1 s"
     assert entry["exit_code"] is None
     for pid in map(int, pids.read_text().split()):
-        _wait_for(lambda: not _alive(pid), 10)
+        _wait_for(lambda pid=pid: not _alive(pid), 10)
 
 
 def test_timeout_escalates_to_kill_when_term_is_ignored(project: Project) -> None:
@@ -265,7 +265,7 @@ def test_signal_ends_step_tree_records_failure_and_writes_report(
     _wait_for(lambda: pids.exists() and pids.read_text().strip() != "")
     time.sleep(0.2)
     process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=30)
+    _stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == code, stderr
     record = project.last_record()
     assert record["status"] == "failed"

@@ -802,7 +802,7 @@ def start_isolated_sleeper(gp: GitProject) -> tuple[subprocess.Popen[str], dict[
 
 
 def test_ctrl_c_removes_the_worktree(gp: GitProject) -> None:
-    process, owner = start_isolated_sleeper(gp)
+    process, _owner = start_isolated_sleeper(gp)
     assert len(worktrees(gp)) == 2
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
@@ -811,7 +811,7 @@ def test_ctrl_c_removes_the_worktree(gp: GitProject) -> None:
 
 
 def test_a_killed_run_leaves_a_worktree_the_next_run_removes(gp: GitProject) -> None:
-    process, owner = start_isolated_sleeper(gp)
+    process, _owner = start_isolated_sleeper(gp)
     process.kill()
     process.communicate(timeout=60)
     [stale] = [Path(p) for p in worktrees(gp) if p != str(gp.root)]

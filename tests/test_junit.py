@@ -45,7 +45,8 @@ def test_every_byte_value_ansi_and_cdata_end_keep_the_report_valid(project: Proj
     failure = suite.find("testcase/failure")
     assert failure is not None and "]]>" in (failure.text or "")
     assert "\x1b" not in (failure.text or "")
-    assert suite.find("testcase").get("name") == 'noise <&> "q"'
+    case = suite.find("testcase")
+    assert case is not None and case.get("name") == 'noise <&> "q"'
 
 
 def test_report_written_for_passing_run_and_copied_with_junit_xml(project: Project, tmp_path) -> None:
@@ -60,7 +61,8 @@ def test_report_written_for_passing_run_and_copied_with_junit_xml(project: Proje
     root = ET.fromstring(original)
     case = root.find("testsuite/testcase")
     assert case is not None and case.get("classname") == "w" and case.get("name") == "a"
-    assert root.find("testsuite/properties/property[@name='run_id']").get("value") == record["run_id"]
+    run_id = root.find("testsuite/properties/property[@name='run_id']")
+    assert run_id is not None and run_id.get("value") == record["run_id"]
 
 
 def test_skipped_and_allowed_failures_are_skipped_cases() -> None:
@@ -83,7 +85,8 @@ def test_skipped_and_allowed_failures_are_skipped_cases() -> None:
         "failed, allowed by continue_on_error: exit 1",
         "an earlier step failed (x)",
     ]
-    assert root.find("testsuite").get("timestamp") == "2026-11-27T15:40:00"
+    suite = root.find("testsuite")
+    assert suite is not None and suite.get("timestamp") == "2026-11-27T15:40:00"
 
 
 def test_extra_testcases_become_their_own_suite() -> None:

@@ -275,7 +275,7 @@ def paths_leaving_the_repository(source: str, depth: int) -> list[str]:
                 and inner.value.attr == "parents"
                 and isinstance(inner.slice, ast.Constant)
             ):
-                hops, inner = hops + int(inner.slice.value) + 1, inner.value.value
+                hops, inner = hops + int(str(inner.slice.value)) + 1, inner.value.value
             elif (
                 isinstance(inner, ast.Call)
                 and isinstance(inner.func, ast.Attribute)

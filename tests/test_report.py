@@ -321,7 +321,7 @@ def test_report_command_latest_prefix_and_default_path(project: Project) -> None
     result = project.cli("report", first[:-2])
     assert result.stdout == f"wrote runs/{first}/report.html (run {first}, completed)\n"
     assert "✓ completed" in report_of(project, first)
-    shared = os.path.commonprefix([first, second])
+    shared = os.path.commonprefix([first, second])  # noqa: RUF071 -- run ids are strings, not paths
     result = project.cli("report", shared)
     assert result.exit_code == 2
     assert result.stderr == (

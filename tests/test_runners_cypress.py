@@ -743,7 +743,7 @@ def test_shard_plan_is_the_same_on_another_machine() -> None:
 
 
 def test_durations_come_from_earlier_records_newest_first() -> None:
-    records = [
+    records: list[dict[str, Any]] = [
         {
             "workflow": "w",
             "log": [{"step": "ui", "spec_durations": {"a": 2.0}}, {"step": "other", "spec_durations": {"b": 9.0}}],

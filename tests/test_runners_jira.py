@@ -630,7 +630,7 @@ def test_issue_key_pattern(key: str, ok: bool) -> None:
 
 
 def test_template_values() -> None:
-    previous = [
+    previous: list[dict[str, Any]] = [
         {"step": "unit", "status": "passed", "duration_s": 1.94},
         {"step": "ui", "status": "failed", "duration_s": 12.0, "message": "2 tests failed\nmore"},
         {"step": "lint", "status": "failed", "duration_s": 0.2, "message": "style", "allowed_failure": True},
@@ -741,10 +741,14 @@ def test_retry_after_forms() -> None:
 # -- the HTTP helper on its own ------------------------------------------------------------
 
 
+def no_sleep(seconds: float) -> None:
+    pytest.fail(f"the request was retried (it would have waited {seconds}s)")
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409])
 def test_http_helper_does_not_retry_4xx(jira: FakeJira, status: int) -> None:
     jira.script(status, {"errorMessages": ["no"]}, times=5)
-    resp = o.http_request("GET", jira.api_url(3) + "/issue/PROJ-123/transitions", sleep=pytest.fail)
+    resp = o.http_request("GET", jira.api_url(3) + "/issue/PROJ-123/transitions", sleep=no_sleep)
     assert resp.status == status and resp.attempts == 1
 
 
@@ -760,7 +764,7 @@ def test_http_helper_retries_idempotent_read_timeouts(jira: FakeJira) -> None:
 def test_http_helper_connection_dropped_after_post(jira: FakeJira) -> None:
     jira.script(close=True)
     with pytest.raises(o.HttpTransportError) as info:
-        o.http_request("POST", jira.api_url(2) + "/issue/PROJ-123/comment", json_body={"body": "x"}, sleep=pytest.fail)
+        o.http_request("POST", jira.api_url(2) + "/issue/PROJ-123/comment", json_body={"body": "x"}, sleep=no_sleep)
     assert info.value.kind == "aborted"
     assert str(info.value) == (
         f"127.0.0.1:{jira.port} closed the connection without a response "
@@ -779,12 +783,12 @@ def test_http_helper_dns_failure() -> None:
 
 FAILING = {"name": "ui smoke", "type": "command", "run": ["python3", "-c", "raise SystemExit(3)"]}
 PASSING = {"name": "unit", "type": "command", "run": ["python3", "-c", "print('ok')"]}
-WONT_DO = {
+WONT_DO: dict[str, Any] = {
     "id": "41",
     "name": "Won't Do",
     "to": {"id": "10002", "name": "Won't Do", "statusCategory": {"id": 3, "key": "done", "name": "Done"}},
 }
-DONE = {
+DONE: dict[str, Any] = {
     "id": "51",
     "name": "Done",
     "to": {"id": "10001", "name": "Done", "statusCategory": {"id": 3, "key": "done", "name": "Done"}},
@@ -1301,7 +1305,7 @@ def test_scoped_token_gateway_uses_api3(url: str, base: str, version: int) -> No
 def test_scoped_token_gateway_path_is_an_operation_of_the_document(jira: FakeJira) -> None:
     # the gateway's /ex/jira/<cloudId> prefix stands where a site's context path does
     jira_url = f"{jira.url}/ex/jira/0a1b2c3d/rest/api/3"
-    resp = o.http_request("GET", f"{jira_url}/issue/PROJ-123?fields=status", sleep=pytest.fail)
+    resp = o.http_request("GET", f"{jira_url}/issue/PROJ-123?fields=status", sleep=no_sleep)
     assert resp.status == 200 and resp.json()["fields"]["status"]["name"] == "To Do"
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -458,9 +459,12 @@ def test_a_filtered_listing_parses_only_records_that_may_match(
     store.create(_record(failed, workflow="other", status="failed"))
     loaded: list[str] = []
     real_load = orchestrate.RunStore.load
-    monkeypatch.setattr(
-        orchestrate.RunStore, "load", lambda self, run_id: loaded.append(run_id) or real_load(self, run_id)
-    )
+
+    def counted_load(self: orchestrate.RunStore, run_id: str) -> dict[str, Any]:
+        loaded.append(run_id)
+        return real_load(self, run_id)
+
+    monkeypatch.setattr(orchestrate.RunStore, "load", counted_load)
     assert [r["run_id"] for r in store.summaries(workflow="mine", limit=3)] == [*reversed(newest_mine), mine[-1]]
     assert loaded == [*reversed(newest_mine), mine[-1]]
     loaded.clear()

@@ -188,8 +188,8 @@ def run_gitlab(clone: Clone, wheel: Path) -> tuple[int, str]:
     image = clone.tmp / "image-python"
     if not image.exists():
         subprocess.run(
-            [sys._base_executable, "-m", "venv", str(image)],
-            check=True,  # type: ignore[attr-defined]
+            [sys._base_executable, "-m", "venv", str(image)],  # type: ignore[attr-defined]
+            check=True,
             capture_output=True,
             timeout=120,
         )

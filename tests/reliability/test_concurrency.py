@@ -60,7 +60,7 @@ def test_twenty_runs_at_once_leave_twenty_complete_records(tmp_path: Path) -> No
     root = tmp_path / "project"
     _project(root)
     results = [(p.communicate(timeout=120), p.returncode, copy) for p, copy in _start_all(root)]
-    for (out, err), code, _ in results:
+    for (_out, err), code, _ in results:
         assert code == 0, err.decode()
     printed = [json.loads(out) for (out, _), _, _ in results]
     ids = {r["run_id"] for r in printed}

@@ -84,7 +84,7 @@ def test_sigint_and_sigterm_end_the_whole_tree_and_record_the_reason(tmp_path: P
         results = list(pool.map(lambda c: _interrupt(tmp_path, *c), cases))
     from conftest import assert_valid_junit
 
-    for (signum, code), result in zip(cases, results):
+    for (signum, code), result in zip(cases, results, strict=True):
         name = signal.Signals(signum).name
         assert not result["left"], f"{name}: processes left: {result['left']}"
         # within the grace period: SIGTERM first, SIGKILL when it ends (plus scheduling slack)
