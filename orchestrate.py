@@ -195,20 +195,34 @@ def lazy_regex(source: str, flags: int = 0) -> re.Pattern[str]:
 _SHA256: Any = None
 
 
-def sha256_hex(data: bytes) -> str:
-    """hashlib.sha256(data).hexdigest() without importing hashlib, which loads OpenSSL (about
-    3 ms at every start): CPython's own implementation gives the same digest."""
+def builtin_sha256() -> Any:
+    """hashlib.sha256 without importing hashlib, which loads OpenSSL (about 3 ms at every
+    start): CPython's own implementation gives the same digest. For short texts; a file's
+    content goes through hashlib, which is faster per byte."""
     global _SHA256
     if _SHA256 is None:
         try:
-            from _sha2 import sha256 as builtin_sha256  # type: ignore[import-not-found]  # Python 3.12+
+            from _sha2 import sha256 as implementation  # type: ignore[import-not-found]  # Python 3.12+
         except ImportError:
             try:
-                from _sha256 import sha256 as builtin_sha256  # type: ignore[import-not-found,no-redef]
+                from _sha256 import sha256 as implementation  # type: ignore[import-not-found,no-redef]
             except ImportError:  # a build without it
-                from hashlib import sha256 as builtin_sha256  # type: ignore[assignment,no-redef]
-        _SHA256 = builtin_sha256
-    return str(_SHA256(data).hexdigest())
+                from hashlib import sha256 as implementation  # type: ignore[assignment,no-redef]
+        _SHA256 = implementation
+    return _SHA256
+
+
+def sha256_hex(data: bytes) -> str:
+    return str(builtin_sha256()(data).hexdigest())
+
+
+def hmac_sha256_hex(key: bytes, data: bytes) -> str:
+    """hmac.new(key, data, "sha256").hexdigest() (RFC 2104) over builtin_sha256: a run keys
+    its values' hash without importing hmac, and with it OpenSSL."""
+    sha256 = builtin_sha256()
+    block = (sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    inner = sha256(bytes(b ^ 0x36 for b in block) + data).digest()
+    return str(sha256(bytes(b ^ 0x5C for b in block) + inner).hexdigest())
 
 
 def define_typing_names() -> None:
@@ -2106,9 +2120,7 @@ INDEX_VERSION = 1
 
 
 def _index_key(workflow: str, step: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(f"{workflow}\0{step}".encode("utf-8", "surrogateescape")).hexdigest()[:40]
+    return sha256_hex(f"{workflow}\0{step}".encode("utf-8", "surrogateescape"))[:40]
 
 
 def _pass_of(entry: Mapping[str, Any], run_id: str) -> str | None:
@@ -11792,14 +11804,12 @@ class FileHashes:
     def digest(self, path: Path | str, info: os.stat_result) -> str:
         """A file's fingerprint from its lstat `info`: a link is its target's name, a FIFO,
         socket or device only its kind (never opened), a regular file its content's sha256."""
-        import hashlib
-
         import stat
 
         if info.st_mode & 0o170000 != 0o100000:  # not S_ISREG (tested inline: 10,000 calls a run)
             if stat.S_ISLNK(info.st_mode):
                 try:
-                    return "link:" + hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
+                    return "link:" + sha256_hex(os.fsencode(os.readlink(path)))
                 except OSError:
                     return "link:?"
             return f"special:{stat.S_IFMT(info.st_mode):o}"
@@ -11823,7 +11833,12 @@ class FileHashes:
             opened = os.fstat(fd)
             if not stat.S_ISREG(opened.st_mode):
                 return f"special:{stat.S_IFMT(opened.st_mode):o}"
-            content = hashlib.sha256()
+            if opened.st_size < READ_CHUNK:  # most files: no OpenSSL to load for them
+                content = builtin_sha256()()
+            else:
+                import hashlib
+
+                content = hashlib.sha256()
             while chunk := os.read(fd, READ_CHUNK):
                 content.update(chunk)
         except OSError:
@@ -11887,37 +11902,31 @@ def project_hash_key(runs_dir: Path) -> bytes:
 
 
 def values_sha256(step: Step, key: bytes) -> str:
-    import hmac
-
-    return hmac.new(
-        key, json.dumps(step.variables, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"), "sha256"
-    ).hexdigest()
+    return hmac_sha256_hex(
+        key, json.dumps(step.variables, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    )
 
 
 def sources_sha256(step: Step, root: Path, runs_dir: Path, hashes: FileHashes) -> str:
     """The names and contents of the files the step's `sources` globs match."""
-    import hashlib
-
     with hashes.lock:
         hashes._load()
     lines = [
         f"{relative}\0{hashes.digest(path, info)}\n"
         for relative, path, info in _matching_files(root, step.sources, runs_dir)
     ]
-    return hashlib.sha256(("sources\n" + "".join(lines)).encode("utf-8", "surrogateescape")).hexdigest()
+    return sha256_hex(("sources\n" + "".join(lines)).encode("utf-8", "surrogateescape"))
 
 
 def tree_sha256(git: Mapping[str, Any], root: Path, hashes: FileHashes) -> str | None:
     """The commit and the content of every file that differs from it (git_info's "changed"):
     the whole working tree, without reading the files git knows are unchanged. None outside
     a repository."""
-    import hashlib
-
     if not git or "changed" not in git:
         return None
     prefix = str(git.get("prefix") or "")
     top = Path(os.path.normpath(root / ("../" * prefix.count("/")))) if prefix else root
-    digest = hashlib.sha256(f"tree\n{git.get('commit')}\n".encode())
+    digest = builtin_sha256()(f"tree\n{git.get('commit')}\n".encode())
     for relative in git["changed"]:
         path = top / relative
         try:

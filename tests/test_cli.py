@@ -273,16 +273,26 @@ def test_everything_else_goes_to_typer(args: list[str]) -> None:
     assert orchestrate.parse_fast_run(args, {}) is None
 
 
-def test_run_does_not_import_typer(project: Project) -> None:
-    project.workflow("w", [{"name": "a", "type": "command", "run": "true"}])
+def test_run_does_not_import_typer_requests_or_openssl(project: Project) -> None:
+    """A run in a git repository (its steps' values and working tree are hashed) imports
+    neither Typer nor requests, nor hashlib or hmac (OpenSSL: 3 ms of every push)."""
+    project.workflow("w", [{"name": "a", "type": "command", "run": "true", "env": {"X": "${HOME}"}}])
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], cwd=project.root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=project.root, check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], cwd=project.root, check=True)
+    (project.root / "changed.txt").write_text("not committed\n")
+    heavy = ("typer", "requests", "hashlib", "hmac", "_hashlib")
     code = (
         "import sys, orchestrate; rc = orchestrate.main(['--root', sys.argv[1], 'run', 'w', '-q']); "
-        "print(rc, 'typer' in sys.modules, 'requests' in sys.modules)"
+        f"print(rc, [m for m in {heavy!r} if m in sys.modules])"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(project.root)], capture_output=True, text=True, env=_clean_env(), timeout=60
     )
-    assert done.stdout.strip().splitlines()[-1] == "0 False False", done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "0 []", done.stdout + done.stderr
+    entry = project.last_record()["log"][0]
+    assert entry["status"] == "passed" and len(entry["values_sha256"]) == 64 and len(entry["tree_sha256"]) == 64
 
 
 class CliRunnerNoRoot:

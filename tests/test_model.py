@@ -119,3 +119,13 @@ def test_annotations_resolve_once_typing_names_are_defined() -> None:
     hints = typing.get_type_hints(orchestrate.create_app)
     assert hints["return"] is typing.Any and hints["root"] is orchestrate.Path
     assert typing.get_type_hints(orchestrate.RunStore.summaries)["return"] == list[dict[str, typing.Any]]
+
+
+@pytest.mark.parametrize("key", [b"", b"k", b"x" * 64, b"y" * 65, bytes(range(256))])
+@pytest.mark.parametrize("data", [b"", b"{}", "ünïcode".encode(), b"\0" * 1000])
+def test_hmac_without_openssl_is_hmac(key: bytes, data: bytes) -> None:
+    import hashlib
+    import hmac
+
+    assert orchestrate.hmac_sha256_hex(key, data) == hmac.new(key, data, "sha256").hexdigest()
+    assert orchestrate.sha256_hex(data) == hashlib.sha256(data).hexdigest()
