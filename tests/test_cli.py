@@ -702,3 +702,63 @@ def test_a_reader_that_leaves_ends_any_command_quietly_with_141(project: Project
     code, err = _with_reader_gone(project, "run", "bad")
     assert code == 1 and b"Traceback" not in err and b"BrokenPipe" not in err
     assert [r["status"] for r in project.records()][-2:] == ["completed", "failed"]
+
+
+CONSOLE_MAIN_PROBE = """
+import atexit, os, sys, threading, time
+import orchestrate
+
+def fake_main():
+    atexit.register(lambda: print("atexit handler ran", flush=False))
+    sys.stdout.write("x" * 300000 + "\\n")  # more than a pipe holds: still buffered at the end
+    if sys.argv[1] == "thread":
+        def late():
+            time.sleep(0.3)
+            open(sys.argv[2], "w").write("the thread finished")
+        threading.Thread(target=late).start()
+    return 7
+
+class TornDown:
+    def __del__(self):
+        os.write(2, b"interpreter teardown")
+
+kept = TornDown()  # freed only by the interpreter's teardown, which os._exit skips
+orchestrate.main = fake_main
+orchestrate.console_main()
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "thread"])
+def test_console_main_flushes_runs_atexit_and_waits_for_a_foreign_thread(tmp_path: Path, mode: str) -> None:
+    """Issue 15: the console script ends with os._exit (the interpreter's teardown cost 5 ms a
+    run): buffered output and atexit handlers still come out, the exit code is main()'s, and
+    a non-daemon thread someone else started gets the ordinary exit that waits for it."""
+    marker = tmp_path / "thread-done"
+    done = subprocess.run(
+        [sys.executable, "-c", CONSOLE_MAIN_PROBE, mode, str(marker)],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=60,
+    )
+    assert done.returncode == 7, done.stderr
+    assert done.stdout == "x" * 300000 + "\natexit handler ran\n"
+    assert done.stderr == ("" if mode == "plain" else "interpreter teardown")
+    assert marker.exists() == (mode == "thread")
+    if mode == "thread":
+        assert marker.read_text() == "the thread finished"
+
+
+def test_the_console_script_keeps_a_failed_runs_output_and_exit_code(project: Project) -> None:
+    project.workflow(
+        "w",
+        [
+            {"name": "loud", "type": "command", "run": "yes 0123456789 | head -c 200000; exit 4"},
+            {"name": "after", "type": "command", "run": "echo never"},
+        ],
+    )
+    done = project.run("run", "w")
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.count("0123456789") >= 200000 // 11 - 1
+    assert done.stdout.rstrip().endswith(f"(run {project.last_record()['run_id']})")
+    assert (project.root / "runs" / project.last_record()["run_id"] / "01-loud.log").stat().st_size == 200000

@@ -31,7 +31,7 @@ def test_distribution_name_version_and_command() -> None:
     project = read_pyproject()["project"]
     assert project["name"] == DISTRIBUTION
     assert project["version"] == orchestrate.__version__ == "0.2.0"
-    assert project["scripts"] == {"orchestrate": "orchestrate:main"}
+    assert project["scripts"] == {"orchestrate": "orchestrate:console_main"}
     assert sorted(project["dependencies"]) == ["requests>=2.28,<3", "typer>=0.24,<0.29"]
 
 
@@ -44,7 +44,7 @@ def test_wheel_holds_only_the_module_and_its_metadata(built_dist: dict[str, Path
         entry_points = archive.read("orchestrate_cli-0.2.0.dist-info/entry_points.txt").decode()
     assert [n for n in names if not n.startswith("orchestrate_cli-0.2.0.dist-info/")] == ["orchestrate.py"]
     assert metadata["Name"] == DISTRIBUTION and metadata["Version"] == "0.2.0"
-    assert "orchestrate = orchestrate:main" in entry_points
+    assert "orchestrate = orchestrate:console_main" in entry_points
     with tarfile.open(built_dist["sdist"]) as archive:
         members = {
             Path(m.name).relative_to("orchestrate_cli-0.2.0").as_posix()
