@@ -94,6 +94,31 @@ def test_journal_updates_are_applied_and_a_torn_line_ignored(tmp_path: Path) -> 
     assert json.loads(store.record_path(run_id).read_text())["log"][0]["status"] == "passed"
 
 
+def test_snapshots_of_a_running_run_are_compact_and_the_finished_record_indented(tmp_path: Path) -> None:
+    """Issue 15: json indents only in pure Python (a tenth of a short step's time); readers
+    take both forms, and a filter that peeks at a record's head reads a compact one whole."""
+    store = orchestrate.RunStore(tmp_path / "runs")
+    run_id = "20261127T154000000Z-eeeeee"
+    steps = [{"step": f"s{i}", "status": "pending"} for i in range(3)]
+    record = _record(run_id, status="running", pid=os.getpid(), log=steps)
+    record["pid_start"] = orchestrate.pid_start_time(os.getpid())
+    store.create(record)
+    recorder = orchestrate.RunRecorder(store, record, snapshot_interval=0)  # a snapshot at each update
+    recorder.step_finished(0, {"step": "s0", "status": "passed", "message": "ünï"})
+    recorder.step_started(1, {"step": "s1", "status": "running"})
+    raw = store.record_path(run_id).read_bytes()
+    assert raw.count(b"\n") == 1 and '"log":[{"step":"s0","status":"passed","message":"ünï"}'.encode() in raw
+    assert store.load(run_id)["current"] == "s1"
+    assert [r["run_id"] for r in store.summaries(workflow=record["workflow"])] == [run_id]
+    recorder.step_finished(1, {"step": "s1", "status": "passed"})
+    recorder.record["status"] = "completed"
+    recorder.finish()
+    raw = store.record_path(run_id).read_bytes()
+    assert raw.startswith(b'{\n "schema_version": ') and b'\n "status": "completed"' in raw
+    assert [e["status"] for e in store.load(run_id)["log"]] == ["passed", "passed", "pending"]
+    assert [r["run_id"] for r in store.summaries(status="completed")] == [run_id]
+
+
 def test_status_is_current_while_the_run_goes_on(project: Project) -> None:
     gate = project.root / "gate"
     project.workflow(
