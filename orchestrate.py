@@ -1476,10 +1476,12 @@ def process_alive(pid: int | None, start: str | None = None) -> bool:
     return True
 
 
-def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE, *, durable: bool = True) -> None:
     """Temporary file in the same folder, flush, fsync, os.replace: a reader or a crash never
     sees a torn file (the pipx and git approach). The temporary file is created anew, never
-    opened through a link planted at its name; os.replace replaces a link at `path` itself."""
+    opened through a link planted at its name; os.replace replaces a link at `path` itself.
+    Without `durable` there is no fsync: for caches, whose every file is checked when read
+    (a power cut may leave one empty, never half of an old and a new one to a reader)."""
     # pid and thread in the name: steps finishing in parallel threads never share a temporary file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{_thread.get_native_id()}.tmp")
     _unlink_quietly(tmp)  # a leftover of a killed writer with the same pid and thread id
@@ -1488,7 +1490,8 @@ def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)
@@ -2114,9 +2117,10 @@ def step_log_name(step: Step, total: int) -> str:
 # === 5.1. The index beside the records (runs/.index/) ===
 # What a run needs to know about earlier ones without reading them all: the last run that
 # passed each (workflow, step) with recorded inputs (`sources`, resume), found in O(1) runs.
-# One small file per key, written atomically; every row is checked against the record it
-# names before it is believed, so a torn, stale or forged index costs a rebuild from the
-# records, never a wrong answer. runs.jsonl lists every run (run_id, workflow, status,
+# One small file per key, written atomically and not synced (a cache: a power cut costs a
+# rebuild or a step run again); every row is checked against the record it names before it
+# is believed, so a torn, stale or forged index costs a rebuild from the records, never a
+# wrong answer. runs.jsonl lists every run (run_id, workflow, status,
 # started_at), appended as runs end: what `runs --workflow/--status` can read instead of
 # every record.
 
@@ -2272,7 +2276,7 @@ class StepIndex:
                 current = self._read_row(row["workflow"], row["step"])
                 if isinstance(current, dict) and current["run_id"] > row["run_id"]:
                     continue
-                write_atomic(self._row_path(row["workflow"], row["step"]), _dump_record(row))
+                write_atomic(self._row_path(row["workflow"], row["step"]), _dump_record(row), durable=False)
             fd = os.open(
                 self.folder / "runs.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW, RUNS_FILE_MODE
             )
@@ -2284,8 +2288,6 @@ class StepIndex:
     def rebuild(self) -> None:
         """Every row and runs.jsonl anew from the records (newest first: the first pass found
         for a step is its row). Unreadable records are left out."""
-        import shutil
-
         self.rebuilt = True
         with self._lock():
             rows: dict[str, dict[str, Any]] = {}
@@ -2302,12 +2304,17 @@ class StepIndex:
                         continue
                     rows.setdefault(_index_key(row["workflow"], row["step"]), row)
             steps = self.folder / "steps"
-            shutil.rmtree(steps, ignore_errors=True)
-            make_runs_dirs(steps, self.store.runs_dir)
+            with os.scandir(steps) as entries:  # _lock made the folder
+                occupied = any(entries)
+            if occupied:
+                import shutil
+
+                shutil.rmtree(steps, ignore_errors=True)
+                make_runs_dirs(steps, self.store.runs_dir)
             for key, row in rows.items():
-                write_atomic(steps / f"{key}.json", _dump_record(row))
-            write_atomic(self.folder / "runs.jsonl", b"".join(reversed(lines)))
-            write_atomic(self.folder / "version", f"{INDEX_VERSION}\n".encode())
+                write_atomic(steps / f"{key}.json", _dump_record(row), durable=False)
+            write_atomic(self.folder / "runs.jsonl", b"".join(reversed(lines)), durable=False)
+            write_atomic(self.folder / "version", f"{INDEX_VERSION}\n".encode(), durable=False)
 
 
 # === 6. Processes ===
@@ -10307,17 +10314,19 @@ class StepGraph:
         self.ancestors = [0] * len(steps)
         import itertools
 
-        for index in self._order():
+        order = self._order()
+        for index in order:
             mask = 0
             for dep in self.deps[index]:
                 mask |= self.ancestors[dep] | (1 << dep)
             self.ancestors[index] = mask
         # a chain (every step after the one before it) never has two steps running at once
-        order = self._order()
         self.parallel = any(not (self.ancestors[b] >> a) & 1 for a, b in itertools.pairwise(order))
 
     def _order(self) -> list[int]:
         """Indices in an order where every step comes after its dependencies (lowest first)."""
+        if all(dep < index for index, deps in enumerate(self.deps) for dep in deps):
+            return list(range(len(self.deps)))  # what the heap below gives, without importing it
         import heapq
 
         waiting = [len(d) for d in self.deps]

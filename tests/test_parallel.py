@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import REPO, Project, assert_valid_junit, orchestrate_bin, run_in_pty
 
@@ -573,3 +575,52 @@ def test_the_pre_push_workflow_init_writes_runs_its_checks_in_parallel(project: 
     # the graph lets them overlap, so the output is grouped: a start line, then each check whole
     for number, name in enumerate(independent, start=1):
         assert f"[{number}/{len(steps)}] {name} (command) started\n" in result.stdout
+
+
+def _heap_order(deps: list[list[int]]) -> list[int]:
+    """The lowest-ready-first topological order, as StepGraph computed it before its fast path."""
+    import heapq
+
+    waiting = [len(d) for d in deps]
+    users: list[list[int]] = [[] for _ in deps]
+    for index, ds in enumerate(deps):
+        for dep in ds:
+            users[dep].append(index)
+    ready = [i for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for user in users[index]:
+            waiting[user] -= 1
+            if not waiting[user]:
+                heapq.heappush(ready, user)
+    return order
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_step_order_is_the_lowest_ready_first_order(data: st.DataObject) -> None:
+    """Issue 15: where every step needs only steps above it (the usual workflow), the order
+    is taken as it is, without heapq; it is the one the heap gives, as it is for any DAG."""
+    size = data.draw(st.integers(0, 12))
+    rank = data.draw(st.permutations(list(range(size))))  # a hidden order that keeps it acyclic
+    deps = [
+        sorted(data.draw(st.sets(st.sampled_from([j for j in range(size) if rank[j] < rank[i]]))) if rank[i] else [])
+        for i in range(size)
+    ]
+    from types import SimpleNamespace
+
+    import orchestrate
+
+    def graph(needs: list[list[int]]) -> orchestrate.StepGraph:
+        steps = [
+            SimpleNamespace(name=f"s{i}", index=i, needs=[f"s{j}" for j in ds], when_status="success")
+            for i, ds in enumerate(needs)
+        ]
+        return orchestrate.StepGraph(steps)  # type: ignore[arg-type]
+
+    assert graph(deps)._order() == _heap_order(deps)
+    backward = [[j for j in ds if j < i] for i, ds in enumerate(deps)]
+    assert graph(backward)._order() == _heap_order(backward) == list(range(size))

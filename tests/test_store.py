@@ -408,6 +408,31 @@ def test_short_steps_are_not_synced_one_by_one(project: Project, monkeypatch: py
     assert counts["one"] == counts["many"] == ["record", "junit", "record"]
 
 
+def test_the_index_is_a_cache_and_is_not_synced(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: runs/.index/ is checked against the records whenever it is read, so a power
+    cut costs a rebuild, never a wrong answer: its files are written atomically, not synced."""
+    project.write("src/a.txt", "one\n")
+    project.workflow("w", [{"name": "build", "type": "command", "run": ["true"], "sources": ["src/**"]}])
+    kinds = []
+    for _ in range(2):
+        calls = _count_syncs(monkeypatch)
+        assert project.cli("run", "w", "--quiet").exit_code == 0
+        monkeypatch.undo()
+        kinds.append(
+            [
+                "key" if "hash-key" in n else "junit" if "junit.xml" in n else "record" if ".json" in n else n
+                for n in calls["fsync"]
+            ]
+        )
+    assert kinds == [["record", "key", "junit", "record"], ["record", "junit", "record"]]  # the key: once a project
+    lines = [json.loads(line) for line in (project.runs / ".index" / "runs.jsonl").read_text().splitlines()]
+    statuses = {line["run_id"]: line["status"] for line in lines}  # a later line for a run wins
+    first, second = sorted(statuses)
+    assert statuses == {first: "completed", second: "completed"}
+    entry = project.last_record()["log"][0]
+    assert entry["status"] == "skipped" and entry["up_to_date_since"] == first
+
+
 def test_a_step_that_ran_a_second_has_its_outcome_synced(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     project.workflow(
         "w",
