@@ -352,6 +352,7 @@ class Bench:
         self.cache = cache
         self.results = Results()
         self.python = interpreter_of(orchestrate)
+        self.baseline_ref = BASELINE_REF  # what the chain's per-step cost is compared with
         self.env = bench_env(orchestrate, cache, self.results.notes)
 
     # --- projects ---
@@ -931,16 +932,18 @@ class Bench:
 
     def chain_vs_release(self, root: Path) -> None:
         m, r = self.mode, self.results
-        label = f"parallel: chain of {m.chain_n}, per step vs {BASELINE_REF}"
+        label = f"parallel: chain of {m.chain_n}, per step vs {self.baseline_ref}"
         old = self.work / "baseline"
         old.mkdir()
         try:
-            source = check_output(["git", "-C", str(REPO), "show", f"{BASELINE_REF}:orchestrate.py"], REPO, self.env)
+            source = check_output(
+                ["git", "-C", str(REPO), "show", f"{self.baseline_ref}:orchestrate.py"], REPO, self.env
+            )
         except CommandFailed:
             r.skip(
                 "chain_vs_release",
                 label,
-                f"git has no {BASELINE_REF} here (a shallow clone?): `git fetch --tags` to compare with it",
+                f"git has no {self.baseline_ref} here (a shallow clone?): `git fetch --tags` to compare with it",
             )
             r.target(
                 "chain_vs_release",
@@ -949,7 +952,7 @@ class Bench:
                 "<=",
                 1.05,
                 "x",
-                f"per-step cost of a chain ≤ 1.05× {BASELINE_REF}'s",
+                f"per-step cost of a chain ≤ 1.05× {self.baseline_ref}'s",
             )
             return
         (old / "orchestrate.py").write_text(source)
@@ -968,7 +971,7 @@ class Bench:
             )
 
         new_n, new_1 = side("this orchestrate", str(REPO), "chain"), side("this orchestrate", str(REPO), "one")
-        old_n, old_1 = side(BASELINE_REF, str(old), "chain"), side(BASELINE_REF, str(old), "one")
+        old_n, old_1 = side(self.baseline_ref, str(old), "chain"), side(self.baseline_ref, str(old), "one")
         measure_rounds([(new_n, old_n, m.reps_big), (new_1, old_1, m.reps_steps)], m.timeout)
         new_slope = (new_n.median_ms - new_1.median_ms) / (m.chain_n - 1)
         old_slope = (old_n.median_ms - old_1.median_ms) / (m.chain_n - 1)
@@ -980,7 +983,7 @@ class Bench:
             "<=",
             1.05,
             "x",
-            f"per-step cost of a {m.chain_n}-step chain ≤ 1.05× {BASELINE_REF}'s",
+            f"per-step cost of a {m.chain_n}-step chain ≤ 1.05× {self.baseline_ref}'s",
         )
 
         def cpu_ms(cmd: Cmd) -> float:
@@ -999,7 +1002,7 @@ class Bench:
         }
         r.rows.append(
             Row(
-                f"parallel: chain of {m.chain_n}, CPU per step vs {BASELINE_REF}",
+                f"parallel: chain of {m.chain_n}, CPU per step vs {self.baseline_ref}",
                 f"{(cpu_ms(new_n) - cpu_ms(new_1)) / (m.chain_n - 1):.3f} ms/step",
                 f"{(cpu_ms(old_n) - cpu_ms(old_1)) / (m.chain_n - 1):.3f} ms/step",
                 _x(cpu_ratio),
@@ -1887,6 +1890,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--json-out", metavar="PATH", type=Path, default=BENCH_DIR / "results.json")
     parser.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects (path printed)")
+    parser.add_argument(
+        "--baseline-ref",
+        metavar="REF",
+        default=BASELINE_REF,
+        help=f"the git tag or commit whose orchestrate.py the chain figure compares with (default {BASELINE_REF})",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     mode = QUICK if args.quick else FULL if args.full else NORMAL
     sections = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))
@@ -1899,6 +1908,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="orchestrate-bench-"))
     bench = Bench(orchestrate, mode, work, cache)
+    bench.baseline_ref = args.baseline_ref
     started = time.perf_counter()
     load_at_start = list(os.getloadavg())
     command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])

@@ -706,3 +706,20 @@ def test_runs_that_end_early_leave_no_git_process_or_pipe_behind(project: Projec
     children = [line for line in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
     zombies = [pid for pid in children if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"]
     assert zombies == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here: the sweep has only the process group")
+def test_boot_ticks_read_before_a_start_bound_the_start_time_proc_gives() -> None:
+    """Issue 15: a step's process tree takes the boot-clock ticks read before the start as the
+    step's start time instead of reading /proc/<pid>/stat: never later than what /proc says
+    (a later one would hide a leftover process), and at most a tick or two earlier."""
+    import orchestrate
+
+    for _ in range(100):
+        before = orchestrate.boot_ticks()
+        child = subprocess.Popen(["sleep", "0"])
+        with open(f"/proc/{child.pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        child.wait()
+        started = int(fields[19])  # field 22 of proc(5): starttime, counted from field 3 here
+        assert before is not None and before <= started <= before + 2, (before, started)
