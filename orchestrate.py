@@ -2523,6 +2523,19 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
 _NS_PER_TICK = 0  # of /proc/<pid>/stat's start time (SC_CLK_TCK); -1: no such clock here
 
 
+_BOOT_TICKS_CHECKED = False  # against /proc, at the first step a process starts
+
+
+def _check_boot_ticks(read_before: int, proc_start: int) -> None:
+    """Where /proc counts start times on another clock than CLOCK_BOOTTIME (an emulated /proc),
+    the boot clock is not used again in this process: a bound later than a step's real
+    start would hide what it left running."""
+    global _BOOT_TICKS_CHECKED, _NS_PER_TICK
+    _BOOT_TICKS_CHECKED = True
+    if not read_before <= proc_start <= read_before + 100:  # within a second
+        _NS_PER_TICK = -1
+
+
 def boot_ticks() -> int | None:
     """CLOCK_BOOTTIME in the clock ticks of /proc/<pid>/stat's start time (the kernel counts
     it the same way, rounding down), or None where there is no such clock or no /proc."""
@@ -2567,8 +2580,10 @@ class ProcessTree:
         self.pgid = pgid
         self.needle = f"\0{STEP_TOKEN_ENV}={token}\0".encode()
         self.started = time.monotonic()
-        if started_after is None:
+        if started_after is None or not _BOOT_TICKS_CHECKED:
             stat = _proc_stat(pgid)
+            if started_after is not None and stat is not None:
+                _check_boot_ticks(started_after, stat[2])
             started_after = stat[2] if stat is not None else None
         self.start_ticks = started_after
 

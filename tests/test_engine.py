@@ -723,3 +723,22 @@ def test_boot_ticks_read_before_a_start_bound_the_start_time_proc_gives() -> Non
         child.wait()
         started = int(fields[19])  # field 22 of proc(5): starttime, counted from field 3 here
         assert before is not None and before <= started <= before + 2, (before, started)
+
+
+def test_a_boot_clock_that_disagrees_with_proc_is_not_used_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An emulated /proc may count start times on another clock: checked at the first step,
+    and from then on every step's start time comes from /proc again."""
+    import orchestrate
+
+    monkeypatch.setattr(orchestrate, "_BOOT_TICKS_CHECKED", False)
+    monkeypatch.setattr(orchestrate, "_NS_PER_TICK", 0)
+    assert orchestrate.boot_ticks() is not None
+    with subprocess.Popen(["sleep", "5"]) as child:
+        try:
+            tree = orchestrate.ProcessTree(child.pid, "t", started_after=10**12)  # "started" later than it did
+            real = orchestrate._proc_stat(child.pid)
+            assert real is not None and tree.start_ticks == real[2]
+            assert orchestrate.boot_ticks() is None
+            assert orchestrate.ProcessTree(child.pid, "t", started_after=None).start_ticks == real[2]
+        finally:
+            child.kill()
