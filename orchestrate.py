@@ -2127,7 +2127,8 @@ def step_log_name(step: Step, total: int) -> str:
 # One small file per key, written atomically and not synced (a cache: a power cut costs a
 # rebuild or a step run again); every row is checked against the record it names before it
 # is believed, so a torn, stale or forged index costs a rebuild from the records, never a
-# wrong answer. runs.jsonl lists every run (run_id, workflow, status,
+# wrong answer. runs.jsonl (synced when rebuilt; a power cut may lose the lines of the runs
+# that ended just before it) lists every run (run_id, workflow, status,
 # started_at), appended as runs end: what `runs --workflow/--status` can read instead of
 # every record.
 
@@ -2320,7 +2321,8 @@ class StepIndex:
                 make_runs_dirs(steps, self.store.runs_dir)
             for key, row in rows.items():
                 write_atomic(steps / f"{key}.json", _dump_record(row), durable=False)
-            write_atomic(self.folder / "runs.jsonl", b"".join(reversed(lines)), durable=False)
+            # runs.jsonl is not checked when read, unlike the rows: its rebuild is synced
+            write_atomic(self.folder / "runs.jsonl", b"".join(reversed(lines)))
             write_atomic(self.folder / "version", f"{INDEX_VERSION}\n".encode(), durable=False)
 
 
@@ -2523,17 +2525,20 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
 _NS_PER_TICK = 0  # of /proc/<pid>/stat's start time (SC_CLK_TCK); -1: no such clock here
 
 
-_BOOT_TICKS_CHECKED = False  # against /proc, at the first step a process starts
+_BOOT_TICKS_AGREE: bool | None = None  # whether boot_ticks() and /proc agreed (None: not checked yet)
 
 
 def _check_boot_ticks(read_before: int, proc_start: int) -> None:
     """Where /proc counts start times on another clock than CLOCK_BOOTTIME (an emulated /proc),
     the boot clock is not used again in this process: a bound later than a step's real
-    start would hide what it left running."""
-    global _BOOT_TICKS_CHECKED, _NS_PER_TICK
-    _BOOT_TICKS_CHECKED = True
-    if not read_before <= proc_start <= read_before + 100:  # within a second
+    start would hide what it left running. One disagreement is final."""
+    global _BOOT_TICKS_AGREE, _NS_PER_TICK
+    if read_before <= proc_start <= read_before + 100:  # within a second
+        if _BOOT_TICKS_AGREE is None:
+            _BOOT_TICKS_AGREE = True
+    else:
         _NS_PER_TICK = -1
+        _BOOT_TICKS_AGREE = False
 
 
 def boot_ticks() -> int | None:
@@ -2580,7 +2585,8 @@ class ProcessTree:
         self.pgid = pgid
         self.needle = f"\0{STEP_TOKEN_ENV}={token}\0".encode()
         self.started = time.monotonic()
-        if started_after is None or not _BOOT_TICKS_CHECKED:
+        if started_after is None or _BOOT_TICKS_AGREE is not True:
+            # until one step's check has passed, every step reads /proc (steps start in parallel)
             stat = _proc_stat(pgid)
             if started_after is not None and stat is not None:
                 _check_boot_ticks(started_after, stat[2])
@@ -3027,30 +3033,6 @@ def _executable(name: str, env: Mapping[str, str]) -> str:
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
 
-_DESCRIPTORS_CHECKED_IN = 0  # the pid that made its given descriptors non-inheritable
-
-
-def stop_inheriting_given_descriptors() -> None:
-    """Once per process: a descriptor above 2 it was given inheritable (make's jobserver, a
-    caller's pipe) is made close-on-exec, so no step inherits it, as with Popen(close_fds=True).
-    What orchestrate opens is close-on-exec already (PEP 446). Listing /proc/self/fd at every
-    start instead cost 40 us a step."""
-    global _DESCRIPTORS_CHECKED_IN
-    if os.getpid() == _DESCRIPTORS_CHECKED_IN:
-        return
-    try:
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            try:
-                if fd > 2 and os.get_inheritable(fd):
-                    os.set_inheritable(fd, False)
-            except OSError:  # the listing's own descriptor, closed by now
-                pass
-    except (OSError, ValueError):
-        pass
-    _DESCRIPTORS_CHECKED_IN = os.getpid()
-
-
 def spawn_process(
     argv: Sequence[str], env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int, new_session: bool = False
 ) -> int:
@@ -3063,7 +3045,16 @@ def spawn_process(
         (os.POSIX_SPAWN_DUP2, stdout, 1),
         (os.POSIX_SPAWN_DUP2, stderr, 2),
     ]
-    stop_inheriting_given_descriptors()
+    try:
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                if fd > 2 and fd not in (stdin, stdout, stderr) and os.get_inheritable(fd):
+                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
+            except OSError:  # the listing's own descriptor, closed by now
+                pass
+    except (OSError, ValueError):
+        pass
     return os.posix_spawn(
         _executable(argv[0], env),
         list(argv),
@@ -5788,7 +5779,7 @@ def _junit_without_testcases(record: Mapping[str, Any]) -> bytes | None:
     try:
         index, total = (int(n) for n in shard.split("/")) if isinstance(shard, str) else (0, 0)
         return build_junit_xml(dict(record), shard=(index, total) if total else None)
-    except (TypeError, ValueError, KeyError, AttributeError):
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
         return None  # a record written by hand: the file is parsed
 
 
@@ -15103,6 +15094,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     leaves early (`orchestrate runs | head`) ends it quietly with EXIT_SIGPIPE; a run goes on
     and keeps its own exit code (see Console)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdin is None or sys.stdout is None or sys.stderr is None:
+        reopen_closed_standard_streams()
     try:
         if args == ["--version"]:
             sys.stdout.write(f"orchestrate {__version__}\n")
@@ -15122,6 +15115,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def reopen_closed_standard_streams() -> None:
+    """As git does: a standard descriptor orchestrate was started without (`orchestrate run w
+    >&-`) is /dev/null, and its Python stream with it. Else the first file orchestrate opens
+    takes that number and what is written there lands in it, and the console's first write
+    was an internal error (Python leaves sys.stdout None)."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd, or a lower closed one
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False))
+
+
 def _run_typer(args: list[str]) -> int:
     try:
         __getattr__("app")(args=args, prog_name="orchestrate")
@@ -15138,14 +15148,14 @@ def console_main() -> None:
     has nothing else to do: the threads orchestrate starts are daemons it would abandon too.
     Where a flush fails or another library's thread still runs, the ordinary exit does it."""
     code = main()
-    import atexit
-
-    atexit._run_exitfuncs()
     threading = sys.modules.get("threading")
     if threading is not None and any(
         t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
     ):
-        sys.exit(code)
+        sys.exit(code)  # joins the thread, then runs the atexit handlers, as always
+    import atexit
+
+    atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -762,3 +762,35 @@ def test_the_console_script_keeps_a_failed_runs_output_and_exit_code(project: Pr
     assert done.stdout.count("0123456789") >= 200000 // 11 - 1
     assert done.stdout.rstrip().endswith(f"(run {project.last_record()['run_id']})")
     assert (project.root / "runs" / project.last_record()["run_id"] / "01-loud.log").stat().st_size == 200000
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-", "<&-", ">&- 2>&- <&-"])
+def test_a_closed_standard_descriptor_is_dev_null(project: Project, closed: str) -> None:
+    """`orchestrate run w >&-` was an internal error (Python leaves sys.stdout None), and a file
+    orchestrate opened would have taken descriptor 1. As git does, a closed stdin, stdout or
+    stderr is /dev/null: the run is recorded whole and exits with its own status."""
+    project.workflow("ok", [{"name": "a", "type": "command", "run": "echo from a"}])
+    project.workflow("bad", [{"name": "b", "type": "command", "run": "echo from b; exit 5"}])
+    for workflow, code, printed in (("ok", 0, "from a\n"), ("bad", 1, "from b\n")):
+        script = f'exec "$0" --root "$1" run {workflow} {closed}'
+        done = subprocess.run(
+            ["sh", "-c", script, orchestrate_bin(), str(project.root)],
+            capture_output=True,
+            text=True,
+            env=_clean_env(),
+            timeout=60,
+        )
+        assert done.returncode == code, done.stderr
+        assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+        record = project.last_record()
+        assert record["workflow"] == workflow and record["status"] == ("completed" if code == 0 else "failed")
+        log = project.root / "runs" / record["run_id"] / record["log"][0]["log_file"].rsplit("/", 1)[-1]
+        assert log.read_text() == printed
+    listed = subprocess.run(
+        ["sh", "-c", f'exec "$0" --root "$1" runs {closed}', orchestrate_bin(), str(project.root)],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=60,
+    )
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr

@@ -730,15 +730,19 @@ def test_a_boot_clock_that_disagrees_with_proc_is_not_used_again(monkeypatch: py
     and from then on every step's start time comes from /proc again."""
     import orchestrate
 
-    monkeypatch.setattr(orchestrate, "_BOOT_TICKS_CHECKED", False)
+    monkeypatch.setattr(orchestrate, "_BOOT_TICKS_AGREE", None)
     monkeypatch.setattr(orchestrate, "_NS_PER_TICK", 0)
     assert orchestrate.boot_ticks() is not None
     with subprocess.Popen(["sleep", "5"]) as child:
         try:
-            tree = orchestrate.ProcessTree(child.pid, "t", started_after=10**12)  # "started" later than it did
             real = orchestrate._proc_stat(child.pid)
-            assert real is not None and tree.start_ticks == real[2]
+            assert real is not None
+            # two steps started at once (--jobs) read the clock before either was checked
+            late, early = 10**12, real[2] - 1  # a bound after the real start, and a good one
+            first = orchestrate.ProcessTree(child.pid, "t", started_after=late)
+            second = orchestrate.ProcessTree(child.pid, "t", started_after=early)
+            assert first.start_ticks == second.start_ticks == real[2]
             assert orchestrate.boot_ticks() is None
-            assert orchestrate.ProcessTree(child.pid, "t", started_after=None).start_ticks == real[2]
+            assert orchestrate.ProcessTree(child.pid, "t", started_after=early).start_ticks == real[2]
         finally:
             child.kill()
