@@ -2514,8 +2514,11 @@ def new_step_token() -> str:
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
     """(state, process group, start time in clock ticks) of a process, from /proc."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # io.open costs 4x as much
+        try:
+            stat = os.read(fd, 4096)
+        finally:
+            os.close(fd)
         fields = stat[stat.rindex(b")") + 2 :].split()
         return fields[0].decode("ascii", "replace"), int(fields[2]), int(fields[19])
     except (OSError, ValueError, IndexError):
@@ -2566,10 +2569,17 @@ def _is_thread_group_leader(pid: int) -> bool:
     return True
 
 
+_LOADAVG_FD: int | None = None  # /proc/loadavg, kept open: pread renders it anew each time
+
+
 def _last_pid() -> int | None:
+    """The pid allocated last (/proc/loadavg's last field). Opening the file at every step
+    cost 26 us of it, a pread on the open descriptor 6 us."""
+    global _LOADAVG_FD
     try:
-        with open("/proc/loadavg", "rb") as handle:
-            return int(handle.read().split()[-1])
+        if _LOADAVG_FD is None:
+            _LOADAVG_FD = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_LOADAVG_FD, 256, 0).split()[-1])
     except (OSError, ValueError, IndexError):
         return None
 
