@@ -2128,9 +2128,9 @@ def step_log_name(step: Step, total: int) -> str:
 # rebuild or a step run again); every row is checked against the record it names before it
 # is believed, so a torn, stale or forged index costs a rebuild from the records, never a
 # wrong answer. runs.jsonl (synced when rebuilt; a power cut may lose the lines of the runs
-# that ended just before it) lists every run (run_id, workflow, status,
-# started_at), appended as runs end: what `runs --workflow/--status` can read instead of
-# every record.
+# that ended just before it) lists every run (run_id, workflow, status, started_at),
+# appended as runs end, for tools that want the list without reading every record;
+# orchestrate itself never reads it (`runs` lists runs/ and peeks at the records).
 
 
 INDEX_DIR = ".index"
