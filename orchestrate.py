@@ -1486,8 +1486,9 @@ def write_atomic(path: Path, data: bytes, mode: int = RUNS_FILE_MODE, *, durable
     """Temporary file in the same folder, flush, fsync, os.replace: a reader or a crash never
     sees a torn file (the pipx and git approach). The temporary file is created anew, never
     opened through a link planted at its name; os.replace replaces a link at `path` itself.
-    Without `durable` there is no fsync: for caches, whose every file is checked when read
-    (a power cut may leave one empty, never half of an old and a new one to a reader)."""
+    Without `durable` there is no fsync: for caches, where a file a power cut left empty or
+    missing costs a rebuild or work done again, never a wrong answer (a reader still never
+    sees half of an old file and half of a new one)."""
     # pid and thread in the name: steps finishing in parallel threads never share a temporary file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{_thread.get_native_id()}.tmp")
     _unlink_quietly(tmp)  # a leftover of a killed writer with the same pid and thread id
@@ -2900,6 +2901,14 @@ def _devnull_write() -> int:
     if _DEVNULL_WRITE_FD is None:
         _DEVNULL_WRITE_FD = os.open(os.devnull, os.O_WRONLY)
     return _DEVNULL_WRITE_FD
+
+
+def devnull_onto(fd: int) -> None:
+    """Descriptor `fd` is /dev/null from now on (reads end, writes vanish); OSError if not."""
+    null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: `fd` itself when it is closed
+    if null != fd:
+        os.dup2(null, fd)
+        os.close(null)
 
 
 def _pidfd(pid: int) -> int | None:
@@ -5262,9 +5271,7 @@ class _ConsoleStream:
         if self.buffer is not None:
             self.buffer.gone = True
         try:  # so the interpreter's final flush of sys.stdout does not complain either
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._stream.fileno())
-            os.close(devnull)
+            devnull_onto(self._stream.fileno())
         except (OSError, AttributeError, ValueError):
             pass
 
@@ -14481,9 +14488,7 @@ def stdout_gone() -> int:
     what is still buffered goes to /dev/null, so the interpreter's last flush does not print a
     BrokenPipeError traceback."""
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        devnull_onto(sys.stdout.fileno())
     except (AttributeError, OSError, ValueError):
         pass
     return EXIT_SIGPIPE
@@ -15134,10 +15139,7 @@ def reopen_closed_standard_streams() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd, or a lower closed one
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
+            devnull_onto(fd)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False))
 
